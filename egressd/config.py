@@ -1,0 +1,733 @@
+"""egressd configuration: typed, frozen, defaults in code, loaded from TOML with precise errors.
+
+Every problem names the key path, the file and (where it can be found) the line; the loader
+collects all problems before it gives up so ``egressd check-config`` can say all of them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from egressd.errors import ConfigError
+from egressd.units import parse_duration, parse_size
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+
+KAFKA_FORMATS = ("goflow2-json", "goflow2-protobuf", "pmacct-json", "egressd-json")
+REGION_MAP_FORMATS = ("aws", "gcp", "azure", "csv")
+OTHER_GROUP = "other"
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_ASN = re.compile(r"(?:AS)?(\d{1,10})", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class NetworksConfig:
+    local: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("172.16.0.0/12"),
+        ipaddress.ip_network("192.168.0.0/16"),
+        ipaddress.ip_network("fc00::/7"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    name: str
+    sources: tuple[IPNetwork, ...]
+    #: None means "learn the set during the learning period".
+    expected_countries: frozenset[str] | None = None
+    expected_regions: frozenset[str] | None = None
+    expected_asns: frozenset[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionConfig:
+    interval: float = 300.0
+    learning: float = 3 * 86400.0
+    allowed_lateness: float = 60.0
+    unexpected_min_bytes: int = 100_000_000
+    unexpected_window: float = 3600.0
+    #: learned expected sets ignore destinations that received less than this during learning
+    learn_min_bytes: int = 1_000_000
+    spike_ratio: float = 4.0
+    spike_deviations: float = 4.0
+    spike_min_bytes: int = 500_000_000
+    #: a firing alert resolves after its condition stayed false this long (hysteresis)
+    resolve_after: float = 900.0
+    #: an alert must hold this long before it fires (0 = fire on the first evaluation)
+    pending_for: float = 0.0
+    max_keys: int = 100_000
+    key_idle_timeout: float = 35 * 86400.0
+    top_talkers: int = 5
+    severity: str = "page"
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    path: Path | None = None
+    save_interval: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: str = "127.0.0.1:9108"
+    #: external URL used in generatorURL (defaults to http://<listen>)
+    external_url: str = ""
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: user -> bcrypt/sha256 hash, as in Prometheus' web-config
+    basic_auth_users: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NetflowSourceConfig:
+    listen: str = "127.0.0.1:2055"
+    allowed_exporters: tuple[IPNetwork, ...] | None = None
+    receive_buffer: int = 4 * 1024 * 1024
+    queue_size: int = 10_000
+    template_timeout: float = 3600.0
+    max_templates: int = 10_000
+    max_pending_datagrams: int = 1_000
+    pending_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSourceConfig:
+    bootstrap_servers: tuple[str, ...]
+    topics: tuple[str, ...]
+    group_id: str = "egressd"
+    format: str = "goflow2-json"
+    client_id: str = "egressd"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    max_batch: int = 5_000
+    dead_letter_topic: str = ""
+    session_timeout: float = 10.0
+    heartbeat_interval: float = 3.0
+    rebalance_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSourceConfig:
+    interface: str
+    bpf: str = "ip or ip6"
+    snaplen: int = 128
+    sampling: int = 1
+    idle_timeout: float = 15.0
+    active_timeout: float = 60.0
+    max_flows: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesConfig:
+    netflow: tuple[NetflowSourceConfig, ...] = ()
+    kafka: tuple[KafkaSourceConfig, ...] = ()
+    capture: tuple[CaptureSourceConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RegionMapConfig:
+    format: str
+    path: Path
+    #: label prefix, default the format name ("aws" -> "aws/eu-west-2"); csv labels are used as-is
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GeoConfig:
+    country_mmdb: Path | None = None
+    asn_mmdb: Path | None = None
+    region_maps: tuple[RegionMapConfig, ...] = ()
+    cache_size: int = 100_000
+    watch_interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertmanagerConfig:
+    urls: tuple[str, ...] = ()
+    resend_interval: float = 60.0
+    timeout: float = 10.0
+    outbox_size: int = 10_000
+    bearer_token_file: Path | None = None
+    basic_auth_username: str = ""
+    basic_auth_password_file: Path | None = None
+    tls_ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    networks: NetworksConfig = field(default_factory=NetworksConfig)
+    groups: tuple[GroupConfig, ...] = ()
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    geo: GeoConfig = field(default_factory=GeoConfig)
+    alertmanager: AlertmanagerConfig = field(default_factory=AlertmanagerConfig)
+    #: where the configuration came from ("" for built-in defaults)
+    source_path: str = ""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Locator:
+    """Finds the line of a key path in the TOML text, for error messages (best effort)."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self, text: str) -> None:
+        self._lines = text.splitlines()
+
+    def line_of(self, path: tuple[str | int, ...]) -> int | None:
+        tables = [p for p in path if isinstance(p, str)]
+        if not tables:
+            return None
+        key = tables[-1]
+        start = 0
+        # Walk table headers: "[a.b]" or "[[a.b]]" (the index-th occurrence).
+        header_parts: list[str] = []
+        index = 0
+        for part in path[:-1]:
+            if isinstance(part, int):
+                index = part
+                continue
+            header_parts.append(part)
+        candidates = [".".join(header_parts[:n]) for n in range(len(header_parts), 0, -1)]
+        for header in candidates:
+            pattern = re.compile(rf"^\s*\[\[?\s*{re.escape(header)}\s*\]\]?\s*(#.*)?$")
+            hits = [i for i, line in enumerate(self._lines) if pattern.match(line)]
+            if hits:
+                start = hits[min(index, len(hits) - 1)]
+                break
+        key_pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+        header_pattern = re.compile(r"^\s*\[")
+        for i in range(start, len(self._lines)):
+            if i > start and header_pattern.match(self._lines[i]) and header_parts:
+                break
+            if key_pattern.match(self._lines[i]):
+                return i + 1
+        if header_parts:
+            return start + 1
+        return None
+
+
+class _Reader:
+    """Pops typed values out of nested TOML tables and collects every problem."""
+
+    __slots__ = ("_filename", "_locator", "problems")
+
+    def __init__(self, filename: str, text: str) -> None:
+        self._filename = filename
+        self._locator = _Locator(text)
+        self.problems: list[str] = []
+
+    def problem(self, path: tuple[str | int, ...], message: str) -> None:
+        name = _path_name(path)
+        line = self._locator.line_of(path)
+        where = f"{self._filename}:{line}" if line else self._filename
+        self.problems.append(f"{where}: {name}: {message}")
+
+    def table(self, raw: Any, path: tuple[str | int, ...]) -> _Table:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.problem(path, f"expected a table, got {type(raw).__name__}")
+            raw = {}
+        return _Table(self, dict(raw), path)
+
+    def tables(self, raw: Any, path: tuple[str | int, ...]) -> Iterator[_Table]:
+        if raw is None:
+            return
+        if isinstance(raw, dict):
+            raw = [raw]
+        if not isinstance(raw, list):
+            self.problem(path, "expected an array of tables ([[...]])")
+            return
+        for i, item in enumerate(raw):
+            yield self.table(item, (*path, i))
+
+
+class _Table:
+    __slots__ = ("_data", "_path", "_reader")
+
+    def __init__(self, reader: _Reader, data: dict[str, Any], path: tuple[str | int, ...]) -> None:
+        self._reader = reader
+        self._data = data
+        self._path = path
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def raw(self, key: str) -> Any:
+        return self._data.pop(key, None)
+
+    def sub(self, key: str) -> _Table:
+        return self._reader.table(self._data.pop(key, None), (*self._path, key))
+
+    def subs(self, key: str) -> Iterator[_Table]:
+        return self._reader.tables(self._data.pop(key, None), (*self._path, key))
+
+    def problem(self, key: str | None, message: str) -> None:
+        self._reader.problem((*self._path, key) if key else self._path, message)
+
+    def get(self, key: str, default: T, convert: Callable[[Any], T]) -> T:
+        if key not in self._data:
+            return default
+        value = self._data.pop(key)
+        try:
+            return convert(value)
+        except (ValueError, TypeError) as exc:
+            self.problem(key, str(exc))
+            return default
+
+    def require(self, key: str, convert: Callable[[Any], T], default: T) -> T:
+        if key not in self._data:
+            self.problem(key, "is required")
+            return default
+        return self.get(key, default, convert)
+
+    def done(self) -> None:
+        for key in self._data:
+            self.problem(key, "unknown key")
+
+
+def _path_name(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+# --------------------------------------------------------------------------- converters
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _nonempty_str(value: Any) -> str:
+    text = _str(value)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _duration(value: Any) -> float:
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"expected a duration such as '5m', got {value!r}")
+    return parse_duration(value)
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = _duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than zero, got {value!r}")
+    return seconds
+
+
+def _size(value: Any) -> int:
+    if not isinstance(value, str | int):
+        raise ValueError(f"expected a size such as '100MB', got {value!r}")
+    return parse_size(value)
+
+
+def _path(value: Any) -> Path:
+    return Path(_nonempty_str(value))
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _network(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP network (CIDR such as '10.0.0.0/8')") from None
+
+
+def _networks(value: Any) -> tuple[IPNetwork, ...]:
+    return tuple(_network(v) for v in _str_list(value))
+
+
+def _countries(value: Any) -> frozenset[str]:
+    codes = _str_list(value)
+    bad = [c for c in codes if not _COUNTRY.fullmatch(c.upper())]
+    if bad:
+        raise ValueError(f"not ISO 3166-1 alpha-2 country codes: {', '.join(bad)}")
+    return frozenset(c.upper() for c in codes)
+
+
+def _regions(value: Any) -> frozenset[str]:
+    labels = _str_list(value)
+    bad = [r for r in labels if not r.strip()]
+    if bad:
+        raise ValueError("region labels must not be empty")
+    return frozenset(r.strip() for r in labels)
+
+
+def _asns(value: Any) -> frozenset[int]:
+    if isinstance(value, int | str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of AS numbers, got {value!r}")
+    out = set()
+    for item in value:
+        if isinstance(item, bool):
+            raise ValueError(f"not an AS number: {item!r}")
+        if isinstance(item, int):
+            out.add(item)
+            continue
+        match = _ASN.fullmatch(str(item).strip())
+        if not match:
+            raise ValueError(f"not an AS number: {item!r} (use 13335 or 'AS13335')")
+        out.add(int(match.group(1)))
+    return frozenset(out)
+
+
+def _listen(value: Any) -> str:
+    text = _nonempty_str(value)
+    split_host_port(text)
+    return text
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:2055"`` / ``"[::1]:2055"`` → (host, port); raises ValueError."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port (use '127.0.0.1:2055' or '[::1]:2055')")
+    return host, int(port)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _str(value)
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return convert
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _read_networks(t: _Table) -> NetworksConfig:
+    default = NetworksConfig()
+    local = t.get("local", default.local, _networks)
+    if not local:
+        t.problem("local", "must list at least one network")
+    t.done()
+    return NetworksConfig(local=local)
+
+
+def _read_group(t: _Table) -> GroupConfig:
+    name = t.require("name", _nonempty_str, "")
+    sources = t.require("sources", _networks, ())
+    group = GroupConfig(
+        name=name,
+        sources=sources,
+        expected_countries=t.get("expected_countries", None, _countries),
+        expected_regions=t.get("expected_regions", None, _regions),
+        expected_asns=t.get("expected_asns", None, _asns),
+    )
+    t.done()
+    return group
+
+
+def _read_detection(t: _Table) -> DetectionConfig:
+    d = DetectionConfig()
+    cfg = DetectionConfig(
+        interval=t.get("interval", d.interval, _positive_duration),
+        learning=t.get("learning", d.learning, _duration),
+        allowed_lateness=t.get("allowed_lateness", d.allowed_lateness, _duration),
+        unexpected_min_bytes=t.get("unexpected_min_bytes", d.unexpected_min_bytes, _size),
+        unexpected_window=t.get("unexpected_window", d.unexpected_window, _positive_duration),
+        learn_min_bytes=t.get("learn_min_bytes", d.learn_min_bytes, _size),
+        spike_ratio=t.get("spike_ratio", d.spike_ratio, _positive_float),
+        spike_deviations=t.get("spike_deviations", d.spike_deviations, _positive_float),
+        spike_min_bytes=t.get("spike_min_bytes", d.spike_min_bytes, _size),
+        resolve_after=t.get("resolve_after", d.resolve_after, _duration),
+        pending_for=t.get("pending_for", d.pending_for, _duration),
+        max_keys=t.get("max_keys", d.max_keys, _positive_int),
+        key_idle_timeout=t.get("key_idle_timeout", d.key_idle_timeout, _positive_duration),
+        top_talkers=t.get("top_talkers", d.top_talkers, _positive_int),
+        severity=t.get("severity", d.severity, _nonempty_str),
+    )
+    if cfg.unexpected_window < cfg.interval:
+        t.problem("unexpected_window", "must be at least one interval long")
+    if cfg.spike_ratio <= 1:
+        t.problem("spike_ratio", "must be greater than 1")
+    t.done()
+    return cfg
+
+
+def _read_state(t: _Table) -> StateConfig:
+    d = StateConfig()
+    cfg = StateConfig(
+        path=t.get("path", d.path, _path),
+        save_interval=t.get("save_interval", d.save_interval, _positive_duration),
+    )
+    t.done()
+    return cfg
+
+
+def _read_basic_auth_users(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError("expected a table of user = \"password hash\"")
+    return tuple(sorted(value.items()))
+
+
+def _read_http(t: _Table) -> HttpConfig:
+    d = HttpConfig()
+    cfg = HttpConfig(
+        listen=t.get("listen", d.listen, _listen),
+        external_url=t.get("external_url", d.external_url, _str),
+        tls_cert_file=t.get("tls_cert_file", d.tls_cert_file, _path),
+        tls_key_file=t.get("tls_key_file", d.tls_key_file, _path),
+        basic_auth_users=t.get("basic_auth_users", d.basic_auth_users, _read_basic_auth_users),
+    )
+    if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
+        t.problem("tls_cert_file", "tls_cert_file and tls_key_file go together")
+    t.done()
+    return cfg
+
+
+def _read_netflow(t: _Table) -> NetflowSourceConfig:
+    d = NetflowSourceConfig()
+    cfg = NetflowSourceConfig(
+        listen=t.get("listen", d.listen, _listen),
+        allowed_exporters=t.get("allowed_exporters", d.allowed_exporters, _networks),
+        receive_buffer=t.get("receive_buffer", d.receive_buffer, _size),
+        queue_size=t.get("queue_size", d.queue_size, _positive_int),
+        template_timeout=t.get("template_timeout", d.template_timeout, _positive_duration),
+        max_templates=t.get("max_templates", d.max_templates, _positive_int),
+        max_pending_datagrams=t.get("max_pending_datagrams", d.max_pending_datagrams, _positive_int),
+        pending_timeout=t.get("pending_timeout", d.pending_timeout, _positive_duration),
+    )
+    t.done()
+    return cfg
+
+
+def _read_kafka(t: _Table) -> KafkaSourceConfig:
+    servers = t.require("bootstrap_servers", _str_list, ())
+    for server in servers:
+        try:
+            split_host_port(server)
+        except ValueError as exc:
+            t.problem("bootstrap_servers", str(exc))
+    topics = t.require("topics", _str_list, ())
+    d = KafkaSourceConfig(bootstrap_servers=(), topics=())
+    cfg = KafkaSourceConfig(
+        bootstrap_servers=servers,
+        topics=topics,
+        group_id=t.get("group_id", d.group_id, _nonempty_str),
+        format=t.get("format", d.format, _choice(*KAFKA_FORMATS)),
+        client_id=t.get("client_id", d.client_id, _nonempty_str),
+        security_protocol=t.get(
+            "security_protocol",
+            d.security_protocol,
+            _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        ),
+        sasl_mechanism=t.get(
+            "sasl_mechanism", d.sasl_mechanism, _choice("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        ),
+        sasl_username=t.get("sasl_username", d.sasl_username, _str),
+        sasl_password_file=t.get("sasl_password_file", d.sasl_password_file, _path),
+        tls_ca_file=t.get("tls_ca_file", d.tls_ca_file, _path),
+        tls_cert_file=t.get("tls_cert_file", d.tls_cert_file, _path),
+        tls_key_file=t.get("tls_key_file", d.tls_key_file, _path),
+        max_batch=t.get("max_batch", d.max_batch, _positive_int),
+        dead_letter_topic=t.get("dead_letter_topic", d.dead_letter_topic, _str),
+        session_timeout=t.get("session_timeout", d.session_timeout, _positive_duration),
+        heartbeat_interval=t.get("heartbeat_interval", d.heartbeat_interval, _positive_duration),
+        rebalance_timeout=t.get("rebalance_timeout", d.rebalance_timeout, _positive_duration),
+    )
+    if cfg.security_protocol.startswith("SASL") and not cfg.sasl_mechanism:
+        t.problem("sasl_mechanism", f"is required with security_protocol {cfg.security_protocol}")
+    if cfg.sasl_mechanism and not cfg.security_protocol.startswith("SASL"):
+        t.problem("security_protocol", "must be SASL_PLAINTEXT or SASL_SSL when sasl_mechanism is set")
+    for key in ("sasl_password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(cfg, key)
+        if path is not None and not path.is_file():
+            t.problem(key, f"file {str(path)!r} does not exist")
+    t.done()
+    return cfg
+
+
+def _read_capture(t: _Table) -> CaptureSourceConfig:
+    interface = t.require("interface", _nonempty_str, "")
+    d = CaptureSourceConfig(interface="")
+    cfg = CaptureSourceConfig(
+        interface=interface,
+        bpf=t.get("bpf", d.bpf, _str),
+        snaplen=t.get("snaplen", d.snaplen, _positive_int),
+        sampling=t.get("sampling", d.sampling, _positive_int),
+        idle_timeout=t.get("idle_timeout", d.idle_timeout, _positive_duration),
+        active_timeout=t.get("active_timeout", d.active_timeout, _positive_duration),
+        max_flows=t.get("max_flows", d.max_flows, _positive_int),
+    )
+    t.done()
+    return cfg
+
+
+def _read_sources(t: _Table) -> SourcesConfig:
+    cfg = SourcesConfig(
+        netflow=tuple(_read_netflow(s) for s in t.subs("netflow")),
+        kafka=tuple(_read_kafka(s) for s in t.subs("kafka")),
+        capture=tuple(_read_capture(s) for s in t.subs("capture")),
+    )
+    t.done()
+    return cfg
+
+
+def _read_region_map(t: _Table) -> RegionMapConfig:
+    fmt = t.require("format", _choice(*REGION_MAP_FORMATS), "csv")
+    path = t.require("path", _path, Path())
+    cfg = RegionMapConfig(format=fmt, path=path, prefix=t.get("prefix", "", _str))
+    if str(path) != "." and not path.is_file():
+        t.problem("path", f"file {str(path)!r} does not exist")
+    t.done()
+    return cfg
+
+
+def _read_geo(t: _Table) -> GeoConfig:
+    d = GeoConfig()
+    cfg = GeoConfig(
+        country_mmdb=t.get("country_mmdb", d.country_mmdb, _path),
+        asn_mmdb=t.get("asn_mmdb", d.asn_mmdb, _path),
+        region_maps=tuple(_read_region_map(s) for s in t.subs("region_maps")),
+        cache_size=t.get("cache_size", d.cache_size, _positive_int),
+        watch_interval=t.get("watch_interval", d.watch_interval, _positive_duration),
+    )
+    for key in ("country_mmdb", "asn_mmdb"):
+        path = getattr(cfg, key)
+        if path is not None and not path.is_file():
+            t.problem(key, f"file {str(path)!r} does not exist")
+    t.done()
+    return cfg
+
+
+def _read_alertmanager(t: _Table) -> AlertmanagerConfig:
+    d = AlertmanagerConfig()
+    urls = t.get("urls", d.urls, _str_list)
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            t.problem("urls", f"{url!r} is not an http:// or https:// URL")
+    cfg = AlertmanagerConfig(
+        urls=urls,
+        resend_interval=t.get("resend_interval", d.resend_interval, _positive_duration),
+        timeout=t.get("timeout", d.timeout, _positive_duration),
+        outbox_size=t.get("outbox_size", d.outbox_size, _positive_int),
+        bearer_token_file=t.get("bearer_token_file", d.bearer_token_file, _path),
+        basic_auth_username=t.get("basic_auth_username", d.basic_auth_username, _str),
+        basic_auth_password_file=t.get(
+            "basic_auth_password_file", d.basic_auth_password_file, _path
+        ),
+        tls_ca_file=t.get("tls_ca_file", d.tls_ca_file, _path),
+    )
+    if cfg.bearer_token_file and cfg.basic_auth_username:
+        t.problem("bearer_token_file", "use either bearer_token_file or basic auth, not both")
+    t.done()
+    return cfg
+
+
+def _check_groups(reader: _Reader, groups: tuple[GroupConfig, ...]) -> None:
+    seen: set[str] = set()
+    for i, group in enumerate(groups):
+        if group.name == OTHER_GROUP:
+            reader.problem(("groups", i, "name"), f"{OTHER_GROUP!r} is reserved for unmatched sources")
+        if group.name in seen:
+            reader.problem(("groups", i, "name"), f"duplicate group name {group.name!r}")
+        seen.add(group.name)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def parse_config(text: str, filename: str = "<config>") -> Config:
+    """Parse TOML ``text`` into a :class:`Config`; raise :class:`ConfigError` with all problems."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{filename}: invalid TOML: {exc}") from None
+    reader = _Reader(filename, text)
+    top = reader.table(raw, ())
+    networks = _read_networks(top.sub("networks"))
+    groups = tuple(_read_group(g) for g in top.subs("groups"))
+    _check_groups(reader, groups)
+    config = Config(
+        networks=networks,
+        groups=groups,
+        detection=_read_detection(top.sub("detection")),
+        state=_read_state(top.sub("state")),
+        http=_read_http(top.sub("http")),
+        sources=_read_sources(top.sub("sources")),
+        geo=_read_geo(top.sub("geo")),
+        alertmanager=_read_alertmanager(top.sub("alertmanager")),
+        source_path=filename,
+    )
+    top.done()
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and parse the configuration file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: configuration is not UTF-8 text") from None
+    return parse_config(text, str(path))

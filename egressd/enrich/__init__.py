@@ -1,0 +1,65 @@
+"""Destination intelligence: what country, cloud region and ASN an address belongs to.
+
+The core asks a :class:`DestinationLabeler` for :class:`DestinationLabels`; the embedded
+country data answers by default, mmdb files and region maps refine it when configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+#: ISO 3166 user-assigned code used when no data source knows the country
+UNKNOWN_COUNTRY = "ZZ"
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationLabels:
+    """Labels of one destination. Empty region / zero ASN mean "not known or not configured"."""
+
+    country: str = UNKNOWN_COUNTRY
+    region: str = ""
+    asn: int = 0
+    as_org: str = ""
+    #: which data source answered for the country ("embedded", "mmdb:<file>", ...)
+    source: str = "embedded"
+
+    @property
+    def key(self) -> str:
+        """Stable text form used in state files and API output: ``CN``, ``US|aws/us-east-1|16509``."""
+        if not self.region and not self.asn:
+            return self.country
+        return f"{self.country}|{self.region}|{self.asn or ''}"
+
+    @classmethod
+    def from_key(cls, key: str) -> DestinationLabels:
+        country, _, rest = key.partition("|")
+        region, _, asn = rest.partition("|")
+        return cls(country=country, region=region, asn=int(asn) if asn else 0)
+
+    def describe(self) -> str:
+        """Human form for alert text: ``CN, aws/cn-north-1, AS16509 Amazon``."""
+        parts = [self.country]
+        if self.region:
+            parts.append(self.region)
+        if self.asn:
+            parts.append(f"AS{self.asn}" + (f" {self.as_org}" if self.as_org else ""))
+        return ", ".join(parts)
+
+
+class DestinationLabeler(Protocol):
+    """Labels destination addresses. Implementations are pure lookups (no network I/O)."""
+
+    #: True when region maps are configured (alerts and metrics then carry ``dst_region``)
+    has_regions: bool
+    #: True when an ASN database is configured (alerts and metrics then carry ``dst_asn``)
+    has_asn: bool
+
+    def label(self, address: str) -> DestinationLabels:
+        """Labels of one address (text form). Never raises for a malformed address."""
+        ...
+
+    def label_many(self, addresses: Sequence[str]) -> list[DestinationLabels]:
+        """Labels of many addresses, in order; batch lookups where the data source allows."""
+        ...
