@@ -1,0 +1,348 @@
+"""The configured destination labeler: mmdb / embedded country, region maps and ASN composed.
+
+Built once from ``[geo]`` by :func:`build_labeler`; answers through a bounded cache and reloads
+changed data files in place, keeping the old data when a new file is broken.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from egressd.config import GeoConfig, RegionMapConfig
+from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabels
+from egressd.enrich.address import format_address, parse_address
+from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.enrich.mmdb import MmdbDatabase
+from egressd.enrich.regions import RegionMap, load_region_map
+from egressd.enrich.special import special_kind_of
+from egressd.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: ``source`` of labels no data source could answer (unknown country, malformed address)
+NO_SOURCE = "none"
+EMBEDDED_SOURCE = "embedded"
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """Everything known about one address, with the data source behind each answer."""
+
+    address: str
+    #: canonical text (IPv4-mapped IPv6 shown as IPv4); "" when the address is malformed
+    normalized: str
+    labels: DestinationLabels
+    country_source: str
+    region_source: str
+    asn_source: str
+    #: kind of special-purpose range ("private", "loopback", ...) or None for a global address
+    special: str | None
+
+    @property
+    def valid(self) -> bool:
+        return bool(self.normalized)
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a file, None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+class _Watched:
+    """A data file, what was loaded from it, and the signature it had when loaded."""
+
+    __slots__ = ("failed_signature", "kind", "path", "signature")
+
+    def __init__(self, kind: str, path: Path, signature: tuple[int, int] | None) -> None:
+        self.kind = kind
+        self.path = path
+        self.signature = signature
+        #: signature of a broken version already reported, so it is not reported every check
+        self.failed_signature: tuple[int, int] | None = None
+
+
+class CompositeLabeler:
+    """Country from ``country_mmdb`` (falling back to embedded data), region from the first
+    region map covering the address, ASN from ``asn_mmdb``. Implements ``DestinationLabeler``.
+
+    Single-threaded by design (the pipeline's event loop); :meth:`reload_if_changed` swaps data
+    between lookups and clears the cache.
+    """
+
+    __slots__ = (
+        "_asn_db",
+        "_cache",
+        "_cache_size",
+        "_country_db",
+        "_embedded",
+        "_interned",
+        "_invalid",
+        "_region_configs",
+        "_region_maps",
+        "_watched",
+        "cache_clears",
+        "cache_hits",
+        "cache_misses",
+        "has_asn",
+        "has_regions",
+        "reload_failures",
+        "reload_problems",
+        "reloads",
+    )
+
+    def __init__(
+        self,
+        *,
+        country_db: MmdbDatabase | None = None,
+        asn_db: MmdbDatabase | None = None,
+        region_maps: Sequence[tuple[RegionMapConfig, RegionMap]] = (),
+        cache_size: int = 100_000,
+        embedded: EmbeddedCountryLabeler | None = None,
+    ) -> None:
+        self._embedded = embedded or EmbeddedCountryLabeler()
+        self._country_db = country_db
+        self._asn_db = asn_db
+        self._region_configs = [cfg for cfg, _ in region_maps]
+        self._region_maps = [m for _, m in region_maps]
+        self.has_regions = bool(self._region_maps)
+        self.has_asn = asn_db is not None
+        self._cache_size = max(1, cache_size)
+        self._cache: dict[str, DestinationLabels] = {}
+        self._interned: dict[tuple[str, str, int, str, str], DestinationLabels] = {}
+        self._invalid = DestinationLabels(country=UNKNOWN_COUNTRY, source=NO_SOURCE)
+        self._watched: list[_Watched] = []
+        if country_db is not None:
+            self._watched.append(_Watched("country", country_db.path, _signature(country_db.path)))
+        if asn_db is not None:
+            self._watched.append(_Watched("asn", asn_db.path, _signature(asn_db.path)))
+        for i, cfg in enumerate(self._region_configs):
+            self._watched.append(_Watched(f"region:{i}", cfg.path, _signature(cfg.path)))
+        # Counters for metrics (read by whoever exports them).
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.cache_clears = 0
+        self.reloads = 0
+        self.reload_failures = 0
+        #: problems found by the last :meth:`reload_if_changed` (kept data noted in each)
+        self.reload_problems: list[str] = []
+
+    # ------------------------------------------------------------------ hot path
+
+    def label(self, address: str) -> DestinationLabels:
+        labels = self._cache.get(address)
+        if labels is not None:
+            self.cache_hits += 1
+            return labels
+        self.cache_misses += 1
+        labels = self._compute(address)
+        cache = self._cache
+        if len(cache) >= self._cache_size:
+            # Clearing beats LRU bookkeeping: a hit costs one dict probe, and the working set
+            # of destinations refills in one interval. See benchmarks/labeler_bench.py.
+            cache.clear()
+            self.cache_clears += 1
+            if len(self._interned) > self._cache_size:
+                self._interned.clear()
+        cache[address] = labels
+        return labels
+
+    def label_many(self, addresses: Sequence[str]) -> list[DestinationLabels]:
+        label = self.label
+        return [label(a) for a in addresses]
+
+    def _compute(self, address: str) -> DestinationLabels:
+        resolved = self._resolve(address)
+        if resolved is None:
+            return self._invalid
+        key = resolved[0]
+        labels = self._interned.get(key)
+        if labels is None:
+            country, region, asn, org, source = key
+            labels = DestinationLabels(
+                country=country, region=region, asn=asn, as_org=org, source=source
+            )
+            self._interned[key] = labels
+        return labels
+
+    def _resolve(
+        self, address: str
+    ) -> tuple[tuple[str, str, int, str, str], str, str, int, int] | None:
+        """((country, region, asn, org, country source), region source, asn source, version,
+        value), or None for a malformed address."""
+        parsed = parse_address(address)
+        if parsed is None:
+            return None
+        version, value = parsed
+        # Mapped IPv6 is looked up as the IPv4 it carries: mmdb files and iptocc only know the
+        # IPv4 form.
+        text = format_address(4, value) if version == 4 and ":" in address else address
+        country: str | None = None
+        source = NO_SOURCE
+        if self._country_db is not None:
+            country = self._country_db.country(text)
+            if country is not None:
+                source = self._country_db.name
+        if country is None:
+            country = self._embedded.country(text)
+            source = EMBEDDED_SOURCE if country is not None else NO_SOURCE
+        region = ""
+        region_source = ""
+        for region_map in self._region_maps:
+            hit = region_map.lookup(version, value)
+            if hit is not None:
+                region, region_source = hit, region_map.name
+                break
+        asn, org, asn_source = 0, "", ""
+        if self._asn_db is not None:
+            asn, org = self._asn_db.asn(text)
+            if asn:
+                asn_source = self._asn_db.name
+        key = (country or UNKNOWN_COUNTRY, region, asn, org, source)
+        return key, region_source, asn_source, version, value
+
+    # ------------------------------------------------------------------ lookup / status
+
+    def explain(self, address: str) -> LookupResult:
+        """Full answer for ``egressd lookup``: labels, the source of each, special range."""
+        resolved = self._resolve(address.strip())
+        if resolved is None:
+            return LookupResult(address, "", self._invalid, NO_SOURCE, "", "", None)
+        key, region_source, asn_source, version, value = resolved
+        labels = self._compute(address.strip())
+        return LookupResult(
+            address=address,
+            normalized=format_address(version, value),
+            labels=labels,
+            country_source=key[4],
+            region_source=region_source,
+            asn_source=asn_source,
+            special=special_kind_of(version, value),
+        )
+
+    def build_info(self) -> dict[str, float]:
+        """Build time (epoch seconds) per database, keyed by data-source name.
+
+        For ``egressd_geo_database_build_timestamp_seconds{database}``: mmdb files report the
+        vendor's ``build_epoch``; region maps the provider's publication time or the mtime.
+        """
+        info: dict[str, float] = {}
+        for db in (self._country_db, self._asn_db):
+            if db is not None:
+                info[db.name] = float(db.build_epoch)
+        for region_map in self._region_maps:
+            if region_map.built_at is not None:
+                info[region_map.name] = region_map.built_at
+        return info
+
+    @property
+    def sources(self) -> list[str]:
+        """Names of the configured data sources, in the order they are consulted."""
+        names = [db.name for db in (self._country_db,) if db is not None]
+        names.append(EMBEDDED_SOURCE)
+        names.extend(m.name for m in self._region_maps)
+        if self._asn_db is not None:
+            names.append(self._asn_db.name)
+        return names
+
+    # ------------------------------------------------------------------ reload
+
+    def reload_if_changed(self) -> bool:
+        """Reload data files whose mtime or size changed; True when anything was replaced.
+
+        A file that fails to load keeps its previous data; the problem is put in
+        :attr:`reload_problems`, counted in :attr:`reload_failures` and logged once per
+        broken version of the file. Does blocking file I/O: run it off the event loop when the
+        files are large.
+        """
+        self.reload_problems = []
+        changed = False
+        for watched in self._watched:
+            signature = _signature(watched.path)
+            if signature == watched.signature or (
+                signature is not None and signature == watched.failed_signature
+            ):
+                continue
+            if signature is None:
+                if watched.failed_signature is None:
+                    self._reload_failed(watched, None, f"{watched.path}: file disappeared")
+                continue
+            try:
+                self._reload_one(watched)
+            except ConfigError as exc:
+                self._reload_failed(watched, signature, str(exc))
+                continue
+            watched.signature = signature
+            watched.failed_signature = None
+            changed = True
+        if changed:
+            self.reloads += 1
+            self._cache.clear()
+            self._interned.clear()
+        return changed
+
+    def _reload_failed(
+        self, watched: _Watched, signature: tuple[int, int] | None, problem: str
+    ) -> None:
+        message = f"{problem} (keeping the previously loaded data)"
+        watched.failed_signature = signature if signature is not None else (-1, -1)
+        self.reload_failures += 1
+        self.reload_problems.append(message)
+        log.warning("geo data reload failed: %s", message)
+
+    def _reload_one(self, watched: _Watched) -> None:
+        if watched.kind == "country":
+            new_db = MmdbDatabase.open(watched.path, role="country")
+            old, self._country_db = self._country_db, new_db
+        elif watched.kind == "asn":
+            new_db = MmdbDatabase.open(watched.path, role="asn")
+            old, self._asn_db = self._asn_db, new_db
+        else:
+            index = int(watched.kind.partition(":")[2])
+            self._region_maps[index] = load_region_map(self._region_configs[index])
+            return
+        if old is not None:
+            old.close()
+        log.info("reloaded %s database %s (%s)", watched.kind, watched.path, new_db.database_type)
+
+    def close(self) -> None:
+        for db in (self._country_db, self._asn_db):
+            if db is not None:
+                db.close()
+
+
+def build_labeler(geo: GeoConfig) -> CompositeLabeler:
+    """Open every data file ``geo`` names; raises :class:`ConfigError` listing all problems."""
+    problems: list[str] = []
+    country_db = asn_db = None
+    if geo.country_mmdb is not None:
+        try:
+            country_db = MmdbDatabase.open(geo.country_mmdb, role="country")
+        except ConfigError as exc:
+            problems.extend(f"geo.country_mmdb: {p}" for p in exc.problems)
+    if geo.asn_mmdb is not None:
+        try:
+            asn_db = MmdbDatabase.open(geo.asn_mmdb, role="asn")
+        except ConfigError as exc:
+            problems.extend(f"geo.asn_mmdb: {p}" for p in exc.problems)
+    maps: list[tuple[RegionMapConfig, RegionMap]] = []
+    for i, cfg in enumerate(geo.region_maps):
+        try:
+            maps.append((cfg, load_region_map(cfg)))
+        except ConfigError as exc:
+            problems.extend(f"geo.region_maps[{i}]: {p}" for p in exc.problems)
+    if problems:
+        for db in (country_db, asn_db):
+            if db is not None:
+                db.close()
+        raise ConfigError(problems)
+    return CompositeLabeler(
+        country_db=country_db, asn_db=asn_db, region_maps=maps, cache_size=geo.cache_size
+    )

@@ -1,0 +1,114 @@
+"""``egressd lookup``: what egressd knows about addresses (country, region, ASN, special range).
+
+Prints the answer of every configured data source so an on-call engineer can see why an alert
+named the country it did.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import orjson
+
+from egressd.config import Config, GeoConfig
+from egressd.enrich.labeler import CompositeLabeler, LookupResult, build_labeler
+from egressd.errors import ConfigError
+
+#: exit codes, as ``check-config``: 2 = something given was invalid
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+_COLUMNS = ("ADDRESS", "COUNTRY", "REGION", "ASN", "ORGANISATION", "SPECIAL", "SOURCES")
+
+
+def _row(result: LookupResult) -> tuple[str, ...]:
+    labels = result.labels
+    sources = [f"country={result.country_source}"]
+    if result.region_source:
+        sources.append(f"region={result.region_source}")
+    if result.asn_source:
+        sources.append(f"asn={result.asn_source}")
+    shown = result.normalized
+    if shown != result.address.strip():
+        shown = f"{result.address.strip()} ({shown})"
+    return (
+        shown,
+        labels.country,
+        labels.region or "-",
+        f"AS{labels.asn}" if labels.asn else "-",
+        labels.as_org or "-",
+        result.special or "-",
+        " ".join(sources),
+    )
+
+
+def _json(result: LookupResult) -> dict[str, object]:
+    labels = result.labels
+    return {
+        "address": result.address,
+        "normalized": result.normalized,
+        "country": labels.country,
+        "country_source": result.country_source,
+        "region": labels.region or None,
+        "region_source": result.region_source or None,
+        "asn": labels.asn or None,
+        "as_org": labels.as_org or None,
+        "asn_source": result.asn_source or None,
+        "special": result.special,
+        "egress_candidate": result.special is None,
+    }
+
+
+def lookup_main(
+    config: Config | None, addresses: list[str], out: TextIO, as_json: bool = False
+) -> int:
+    """Print what egressd knows about each address; 2 when any address (or the geo data) is
+    invalid, after printing the others."""
+    geo = config.geo if config is not None else GeoConfig()
+    try:
+        labeler: CompositeLabeler = build_labeler(geo)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            out.write(f"error: {problem}\n")
+        return EXIT_INVALID
+    status = EXIT_OK
+    rows: list[tuple[str, ...]] = []
+    try:
+        for address in addresses:
+            result = labeler.explain(address)
+            if not result.valid:
+                status = EXIT_INVALID
+                if as_json:
+                    line = {"address": address, "error": "not an IPv4 or IPv6 address"}
+                    out.write(orjson.dumps(line).decode() + "\n")
+                else:
+                    rows.append((address, f"error: {address!r} is not an IPv4 or IPv6 address"))
+                continue
+            if as_json:
+                out.write(orjson.dumps(_json(result)).decode() + "\n")
+            else:
+                rows.append(_row(result))
+    finally:
+        labeler.close()
+    if not as_json:
+        _write_table(rows, out)
+    return status
+
+
+def _write_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    full = [r for r in rows if len(r) == len(_COLUMNS)]
+    widths = [len(c) for c in _COLUMNS]
+    for row in full:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        # the last column is free text: no padding after it
+        padded = [c.ljust(w) for c, w in zip(cells[:-1], widths, strict=False)]
+        return "  ".join([*padded, cells[-1]]).rstrip() + "\n"
+
+    out.write(line(_COLUMNS))
+    for row in rows:
+        if len(row) == len(_COLUMNS):
+            out.write(line(row))
+        else:
+            out.write(row[1] + "\n")
