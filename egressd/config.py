@@ -61,7 +61,11 @@ class DetectionConfig:
     learn_min_bytes: int = 1_000_000
     spike_ratio: float = 4.0
     spike_deviations: float = 4.0
-    spike_min_bytes: int = 500_000_000
+    spike_min_bytes: int = 100_000_000
+    #: a baseline needs this many observed intervals before it can call a spike
+    spike_min_observations: int = 12
+    #: seasonality (hour of day, weekday/weekend) is computed in this timezone
+    timezone: str = "UTC"
     #: a firing alert resolves after its condition stayed false this long (hysteresis)
     resolve_after: float = 900.0
     #: an alert must hold this long before it fires (0 = fire on the first evaluation)
@@ -370,6 +374,13 @@ def _size(value: Any) -> int:
     return parse_size(value)
 
 
+def _timezone(value: Any) -> str:
+    from egressd.baseline.seasonal import timezone_named
+
+    timezone_named(_nonempty_str(value))
+    return str(value)
+
+
 def _path(value: Any) -> Path:
     return Path(_nonempty_str(value))
 
@@ -493,6 +504,10 @@ def _read_detection(t: _Table) -> DetectionConfig:
         spike_ratio=t.get("spike_ratio", d.spike_ratio, _positive_float),
         spike_deviations=t.get("spike_deviations", d.spike_deviations, _positive_float),
         spike_min_bytes=t.get("spike_min_bytes", d.spike_min_bytes, _size),
+        spike_min_observations=t.get(
+            "spike_min_observations", d.spike_min_observations, _positive_int
+        ),
+        timezone=t.get("timezone", d.timezone, _timezone),
         resolve_after=t.get("resolve_after", d.resolve_after, _duration),
         pending_for=t.get("pending_for", d.pending_for, _duration),
         max_keys=t.get("max_keys", d.max_keys, _positive_int),
@@ -522,7 +537,7 @@ def _read_basic_auth_users(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise ValueError("expected a table of user = \"password hash\"")
+        raise ValueError('expected a table of user = "password hash"')
     return tuple(sorted(value.items()))
 
 
@@ -550,7 +565,9 @@ def _read_netflow(t: _Table) -> NetflowSourceConfig:
         queue_size=t.get("queue_size", d.queue_size, _positive_int),
         template_timeout=t.get("template_timeout", d.template_timeout, _positive_duration),
         max_templates=t.get("max_templates", d.max_templates, _positive_int),
-        max_pending_datagrams=t.get("max_pending_datagrams", d.max_pending_datagrams, _positive_int),
+        max_pending_datagrams=t.get(
+            "max_pending_datagrams", d.max_pending_datagrams, _positive_int
+        ),
         pending_timeout=t.get("pending_timeout", d.pending_timeout, _positive_duration),
     )
     t.done()
@@ -578,7 +595,9 @@ def _read_kafka(t: _Table) -> KafkaSourceConfig:
             _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
         ),
         sasl_mechanism=t.get(
-            "sasl_mechanism", d.sasl_mechanism, _choice("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+            "sasl_mechanism",
+            d.sasl_mechanism,
+            _choice("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
         ),
         sasl_username=t.get("sasl_username", d.sasl_username, _str),
         sasl_password_file=t.get("sasl_password_file", d.sasl_password_file, _path),
@@ -594,7 +613,9 @@ def _read_kafka(t: _Table) -> KafkaSourceConfig:
     if cfg.security_protocol.startswith("SASL") and not cfg.sasl_mechanism:
         t.problem("sasl_mechanism", f"is required with security_protocol {cfg.security_protocol}")
     if cfg.sasl_mechanism and not cfg.security_protocol.startswith("SASL"):
-        t.problem("security_protocol", "must be SASL_PLAINTEXT or SASL_SSL when sasl_mechanism is set")
+        t.problem(
+            "security_protocol", "must be SASL_PLAINTEXT or SASL_SSL when sasl_mechanism is set"
+        )
     for key in ("sasl_password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         path = getattr(cfg, key)
         if path is not None and not path.is_file():
@@ -684,7 +705,9 @@ def _check_groups(reader: _Reader, groups: tuple[GroupConfig, ...]) -> None:
     seen: set[str] = set()
     for i, group in enumerate(groups):
         if group.name == OTHER_GROUP:
-            reader.problem(("groups", i, "name"), f"{OTHER_GROUP!r} is reserved for unmatched sources")
+            reader.problem(
+                ("groups", i, "name"), f"{OTHER_GROUP!r} is reserved for unmatched sources"
+            )
         if group.name in seen:
             reader.problem(("groups", i, "name"), f"duplicate group name {group.name!r}")
         seen.add(group.name)

@@ -82,7 +82,7 @@ def open_input(path: str) -> BinaryIO:
     try:
         if path.endswith(".gz"):
             return gzip.open(path, "rb")  # type: ignore[return-value]
-        return open(path, "rb")  # noqa: SIM115 - caller closes
+        return open(path, "rb")
     except OSError as exc:
         raise EgressdError(f"{path}: cannot open: {exc.strerror or exc}") from None
 

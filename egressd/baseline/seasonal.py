@@ -1,0 +1,237 @@
+"""Seasonal rolling baselines per (source group × destination), in bounded memory.
+
+Each key keeps, in log2(bytes) space, a robust running level and spread for every hour of
+day on weekdays and on weekends, plus an overall level. Updates are clipped so a single
+outlier cannot drag a baseline, and the level follows organic growth. A key costs one
+small ``bytearray`` (about 330 bytes), so a million keys fit in a few hundred megabytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+
+# header: first_seen, last_seen (event time s), overall level, overall spread, observations
+_HEADER = struct.Struct("<ddffI")
+# per slot: level, spread (float16, log2 bytes: ~2% resolution), observations (capped at 255)
+_SLOT = struct.Struct("<eeB")
+SLOTS = 48  # 24 hours × (weekday, weekend)
+RECORD_SIZE = _HEADER.size + SLOTS * _SLOT.size
+
+#: spread never counts as smaller than this (log2 units: a factor of about 1.4)
+MIN_SPREAD = 0.5
+#: clip updates to level ± CLIP × spread so one outlier moves a baseline only a little
+CLIP = 3.0
+SLOT_ALPHA = 0.15
+OVERALL_ALPHA = 0.05
+#: a slot speaks for its hour once it has this many observations
+MIN_SLOT_OBSERVATIONS = 2
+
+BaselineKey = tuple[str, str]  # (group, destination key)
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What a baseline expects for one interval."""
+
+    level: float  # log2(1 + bytes)
+    spread: float  # log2 units
+    observations: int
+    first_seen: float
+    basis: str  # "slot", "other-day-type", "overall"
+
+    @property
+    def bytes(self) -> float:
+        return max(2.0**self.level - 1.0, 0.0)
+
+
+def to_level(byte_count: float) -> float:
+    return math.log2(1.0 + max(byte_count, 0.0))
+
+
+class SeasonKeyer:
+    """Maps an event time to its seasonal slot (hour of day × weekday/weekend) in a timezone."""
+
+    __slots__ = ("_cache", "_tz")
+
+    def __init__(self, tz: tzinfo = UTC) -> None:
+        self._tz = tz
+        self._cache: dict[int, int] = {}
+
+    def slot(self, event_time: float) -> int:
+        hour_index = int(event_time // 3600)
+        slot = self._cache.get(hour_index)
+        if slot is None:
+            moment = datetime.fromtimestamp(hour_index * 3600, self._tz)
+            slot = moment.hour + (24 if moment.weekday() >= 5 else 0)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[hour_index] = slot
+        return slot
+
+
+def _update(level: float, spread: float, n: int, x: float, alpha: float) -> tuple[float, float]:
+    if n == 0:
+        return x, MIN_SPREAD
+    bound = CLIP * max(spread, MIN_SPREAD)
+    clipped = min(max(x, level - bound), level + bound)
+    rate = max(1.0 / (n + 1), alpha)
+    error = clipped - level
+    level += rate * error
+    spread += rate * (abs(error) - spread)
+    return level, spread
+
+
+class SeasonalBaselines:
+    """All baselines, keyed by (group, destination key), with a cap and idle eviction."""
+
+    __slots__ = ("evicted_capacity", "evicted_idle", "max_keys", "records", "season")
+
+    def __init__(self, max_keys: int = 100_000, season: SeasonKeyer | None = None) -> None:
+        self.max_keys = max_keys
+        self.season = season or SeasonKeyer()
+        self.records: dict[BaselineKey, bytearray] = {}
+        self.evicted_capacity = 0
+        self.evicted_idle = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __contains__(self, key: BaselineKey) -> bool:
+        return key in self.records
+
+    def observe(self, key: BaselineKey, event_time: float, byte_count: float) -> None:
+        """Learn one interval's bytes for ``key`` at ``event_time`` (the interval start)."""
+        record = self.records.get(key)
+        if record is None:
+            if len(self.records) >= self.max_keys:
+                self._evict_for_room()
+            record = bytearray(RECORD_SIZE)
+            _HEADER.pack_into(record, 0, event_time, event_time, 0.0, MIN_SPREAD, 0)
+            self.records[key] = record
+        first, last, level, spread, n = _HEADER.unpack_from(record, 0)
+        x = to_level(byte_count)
+        level, spread = _update(level, spread, n, x, OVERALL_ALPHA)
+        _HEADER.pack_into(
+            record, 0, min(first, event_time), max(last, event_time), level, spread, n + 1
+        )
+        offset = _HEADER.size + self.season.slot(event_time) * _SLOT.size
+        s_level, s_spread, s_n = _SLOT.unpack_from(record, offset)
+        s_level, s_spread = _update(s_level, s_spread, s_n, x, SLOT_ALPHA)
+        _SLOT.pack_into(record, offset, s_level, min(s_spread, 60000.0), min(s_n + 1, 255))
+
+    def expect(self, key: BaselineKey, event_time: float) -> Expectation | None:
+        """The seasonal expectation for ``key`` at ``event_time``; None if never seen.
+
+        Uses the busiest of the three neighbouring hour slots (so a job that starts a little
+        early or late is still "usual") of the same day type, of both day types when this
+        hour has no history on this day type yet, and else the overall level.
+        """
+        record = self.records.get(key)
+        if record is None:
+            return None
+        first, _last, level, spread, n = _HEADER.unpack_from(record, 0)
+        slot = self.season.slot(event_time)
+        hour, weekend = slot % 24, slot // 24
+        # The same day type speaks when its own hour has history; otherwise both day types do
+        # (the first weekend after a weekday-only history must not look like an anomaly).
+        centre = _SLOT.unpack_from(record, _HEADER.size + slot * _SLOT.size)
+        if centre[2] >= MIN_SLOT_OBSERVATIONS:
+            day_types, basis = (weekend,), "slot"
+        else:
+            day_types, basis = (weekend, 1 - weekend), "either-day-type"
+        best: tuple[float, float, int] | None = None
+        for day_type in day_types:
+            for dh in (-1, 0, 1):
+                index = day_type * 24 + (hour + dh) % 24
+                s_level, s_spread, s_n = _SLOT.unpack_from(
+                    record, _HEADER.size + index * _SLOT.size
+                )
+                if s_n >= MIN_SLOT_OBSERVATIONS and (best is None or s_level > best[0]):
+                    best = (s_level, s_spread, s_n)
+        if best is not None:
+            return Expectation(best[0], max(best[1], MIN_SPREAD), n, first, basis)
+        return Expectation(level, max(spread, MIN_SPREAD), n, first, "overall")
+
+    def summary(self, key: BaselineKey) -> dict[str, object] | None:
+        """A JSON-friendly view of one baseline (for the HTTP API)."""
+        record = self.records.get(key)
+        if record is None:
+            return None
+        first, last, level, spread, n = _HEADER.unpack_from(record, 0)
+        hourly = []
+        for index in range(SLOTS):
+            s_level, _s_spread, s_n = _SLOT.unpack_from(record, _HEADER.size + index * _SLOT.size)
+            hourly.append(round(max(2.0**s_level - 1.0, 0.0)) if s_n else None)
+        return {
+            "group": key[0],
+            "destination": key[1],
+            "first_seen": first,
+            "last_seen": last,
+            "observations": n,
+            "typical_bytes": round(max(2.0**level - 1.0, 0.0)),
+            "weekday_hourly_bytes": hourly[:24],
+            "weekend_hourly_bytes": hourly[24:],
+        }
+
+    def keys(self) -> Iterator[BaselineKey]:
+        return iter(self.records)
+
+    def evict_idle(self, now: float, idle_timeout: float) -> int:
+        """Forget keys not seen for ``idle_timeout``; returns how many."""
+        horizon = now - idle_timeout
+        stale = [k for k, r in self.records.items() if _HEADER.unpack_from(r, 0)[1] < horizon]
+        for key in stale:
+            del self.records[key]
+        self.evicted_idle += len(stale)
+        return len(stale)
+
+    def _evict_for_room(self) -> None:
+        # Evict the least recently seen tenth at once so eviction cost is amortised.
+        count = max(1, self.max_keys // 10)
+        oldest = heapq.nsmallest(
+            count, self.records.items(), key=lambda kv: _HEADER.unpack_from(kv[1], 0)[1]
+        )
+        for key, _record in oldest:
+            del self.records[key]
+        self.evicted_capacity += len(oldest)
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            f"{group}\t{dest}": base64.b64encode(bytes(record)).decode("ascii")
+            for (group, dest), record in self.records.items()
+        }
+
+    def load_json(self, data: dict[str, str]) -> None:
+        records: dict[BaselineKey, bytearray] = {}
+        for text, blob in data.items():
+            group, sep, dest = text.partition("\t")
+            raw = base64.b64decode(blob, validate=True)
+            if not sep or len(raw) != RECORD_SIZE:
+                raise ValueError(f"malformed baseline entry {text!r}")
+            records[(group, dest)] = bytearray(raw)
+        self.records = records
+
+
+def timezone_named(name: str) -> tzinfo:
+    """A timezone by IANA name ("UTC", "Europe/London") or fixed offset ("+02:00")."""
+    if name.upper() in ("UTC", "Z"):
+        return UTC
+    if name[:1] in "+-" and len(name) == 6 and name[3] == ":":
+        sign = 1 if name[0] == "+" else -1
+        return timezone(sign * timedelta(hours=int(name[1:3]), minutes=int(name[4:6])))
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone {name!r} (use an IANA name such as 'Europe/London')"
+        ) from None

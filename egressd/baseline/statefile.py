@@ -1,0 +1,100 @@
+"""The state file: what the engine learned, saved atomically and restored on start.
+
+Saved as versioned JSON through a temporary file, fsync and rename, so a crash leaves the
+old or the new file, never a torn one. A file that cannot be used is moved aside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from egressd.errors import StateError
+
+log = logging.getLogger("egressd.state")
+
+
+def save_state(path: Path, data: dict[str, Any], *, extra: dict[str, Any] | None = None) -> int:
+    """Write ``data`` (plus ``extra`` top-level entries) to ``path`` atomically; returns bytes.
+
+    The file is created with mode 0600: it reveals who talks to whom.
+    """
+    payload = dict(data)
+    if extra:
+        payload.update(extra)
+    payload["saved_at"] = time.time()
+    try:
+        blob = orjson.dumps(payload)
+    except TypeError as exc:
+        raise StateError(f"cannot serialise state: {exc}") from exc
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(blob)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StateError(f"cannot save state to {path}: {exc.strerror or exc}") from exc
+    return len(blob)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_state(path: Path) -> dict[str, Any] | None:
+    """The saved state, or None when there is none. Raises StateError when it is unreadable."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = orjson.loads(blob)
+    except orjson.JSONDecodeError as exc:
+        raise StateError(f"state file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise StateError(f"state file {path} does not hold a JSON object")
+    return data
+
+
+def move_aside(path: Path, reason: str) -> Path | None:
+    """Rename an unusable state file to ``<name>.bad-<timestamp>`` and warn; returns new path."""
+    target = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        log.warning(
+            "state file %s is unusable (%s) and could not be moved aside: %s", path, reason, exc
+        )
+        return None
+    log.warning(
+        "state file %s is unusable (%s); moved to %s, learning starts again", path, reason, target
+    )
+    return target

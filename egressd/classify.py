@@ -1,0 +1,68 @@
+"""Egress classification: is a source local, which group is it in, is a destination outside.
+
+Pure prefix matching over integers; callers cache the answer per address text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from egressd.config import OTHER_GROUP, GroupConfig, IPNetwork, NetworksConfig
+
+# (version, network as int, mask as int)
+_Prefix = tuple[int, int, int]
+
+
+def parse_address(text: str) -> tuple[int, int] | None:
+    """(IP version, address as int) of ``text``; IPv4-mapped IPv6 becomes IPv4. None if invalid."""
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return 4, int(addr.ipv4_mapped)
+    return addr.version, int(addr)
+
+
+def _prefixes(networks: Iterable[IPNetwork]) -> tuple[_Prefix, ...]:
+    out = []
+    for net in networks:
+        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None:
+            mapped = ipaddress.ip_network(
+                f"{net.network_address.ipv4_mapped}/{max(net.prefixlen - 96, 0)}", strict=False
+            )
+            net = mapped
+        out.append((net.version, int(net.network_address), int(net.netmask)))
+    return tuple(out)
+
+
+def _matches(prefixes: tuple[_Prefix, ...], version: int, value: int) -> bool:
+    for v, network, mask in prefixes:
+        if v == version and value & mask == network:
+            return True
+    return False
+
+
+class EgressClassifier:
+    """Answers "is this address inside?" and "which group does this source belong to?"."""
+
+    __slots__ = ("_groups", "_local")
+
+    def __init__(self, networks: NetworksConfig, groups: Iterable[GroupConfig]) -> None:
+        self._local = _prefixes(networks.local)
+        self._groups = tuple((g.name, _prefixes(g.sources)) for g in groups)
+
+    def is_local(self, address: str) -> bool:
+        parsed = parse_address(address)
+        return parsed is not None and _matches(self._local, *parsed)
+
+    def source_group(self, address: str) -> str | None:
+        """The group of a local source (first match wins, else ``other``); None if not local."""
+        parsed = parse_address(address)
+        if parsed is None or not _matches(self._local, *parsed):
+            return None
+        for name, prefixes in self._groups:
+            if _matches(prefixes, *parsed):
+                return name
+        return OTHER_GROUP

@@ -1,0 +1,169 @@
+"""Command line: argument parsing only; the work happens in replay, app and lookup."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from egressd import __version__
+from egressd.config import Config, load_config
+from egressd.errors import ConfigError, EgressdError
+from egressd.sources.files import FILE_FORMATS
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INVALID = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="egressd",
+        description="Watch what leaves a network; page when data flows where it should not.",
+    )
+    parser.add_argument("--version", action="version", version=f"egressd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (collectors, detection, metrics, alerts)")
+    run.add_argument(
+        "--config", "-c", type=Path, help="configuration file (TOML); default: built-in"
+    )
+    run.add_argument("--allow-root", action="store_true", help="allow running as root")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    replay = sub.add_parser("replay", help="replay recorded telemetry and print alert events")
+    replay.add_argument(
+        "--config", "-c", type=Path, help="configuration file (TOML); default: built-in"
+    )
+    replay.add_argument("--format", "-f", required=True, choices=FILE_FORMATS, help="input format")
+    replay.add_argument(
+        "--alerts-out", "-o", type=Path, help="write alert events here (default stdout)"
+    )
+    replay.add_argument(
+        "--state", type=Path, help="load learned state from and save it to this file"
+    )
+    replay.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
+    replay.add_argument("inputs", nargs="+", metavar="INPUT", help="input files ('-' for stdin)")
+
+    check = sub.add_parser(
+        "check-config", help="validate a configuration file (exit 0 valid, 2 not)"
+    )
+    check.add_argument("--config", "-c", type=Path, required=True)
+
+    lookup = sub.add_parser("lookup", help="show country, region and ASN of addresses")
+    lookup.add_argument("--config", "-c", type=Path)
+    lookup.add_argument("--json", action="store_true", help="one JSON object per address")
+    lookup.add_argument("addresses", nargs="+", metavar="ADDRESS")
+
+    demo = sub.add_parser(
+        "demo", help="send a synthetic exfiltration as NetFlow v9 to a running egressd"
+    )
+    demo.add_argument("--target", default="127.0.0.1:2055", help="collector address (host:port)")
+    demo.add_argument("--group-source", default="10.20.0.17", help="source address of the transfer")
+    demo.add_argument("--destination", default="47.100.23.45", help="destination address")
+    demo.add_argument("--bytes", default="6GB", help="how much to report as sent")
+    return parser
+
+
+def _load(path: Path | None) -> Config:
+    return load_config(path) if path is not None else Config()
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"egressd: {args.config} is invalid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    sources = config.sources
+    print(
+        f"egressd: {args.config} is valid: {len(config.groups)} group(s), "
+        f"{len(config.networks.local)} local network(s), {len(sources.netflow)} netflow, "
+        f"{len(sources.kafka)} kafka, {len(sources.capture)} capture source(s), "
+        f"{len(config.alertmanager.urls)} alertmanager(s)"
+    )
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from egressd.replay import replay
+
+    config = _load(args.config)
+    progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
+    if args.alerts_out is not None:
+        with open(args.alerts_out, "wb") as out:
+            summary = replay(
+                config, args.format, args.inputs, out, progress=progress, state_path=args.state
+            )
+    else:
+        summary = replay(
+            config,
+            args.format,
+            args.inputs,
+            sys.stdout.buffer,
+            progress=progress,
+            state_path=args.state,
+        )
+    if not args.quiet:
+        for line in summary.lines():
+            print(line, file=sys.stderr)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from egressd.app import run_daemon
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return run_daemon(args.config, allow_root=args.allow_root)
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    from egressd.lookup import lookup_main
+
+    config = _load(args.config)
+    return lookup_main(config, args.addresses, sys.stdout, as_json=args.json)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from egressd.demo import demo_main
+
+    return demo_main(args.target, args.group_source, args.destination, args.bytes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {
+        "run": _run,
+        "replay": _replay,
+        "check-config": _check_config,
+        "lookup": _lookup,
+        "demo": _demo,
+    }
+    if args.command is None:
+        _parser().print_help(sys.stderr)
+        return EXIT_INVALID
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print("egressd: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except EgressdError as exc:
+        print(f"egressd: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

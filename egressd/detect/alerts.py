@@ -1,0 +1,173 @@
+"""Alerts and their state machine: pending → firing → resolved, with hysteresis.
+
+An alert fires when its condition holds (for ``pending_for``, default at once) and resolves
+only after its weaker "keep" condition stayed false for ``resolve_after``, so a transfer
+that pauses for an interval does not flap. Events follow Alertmanager's v2 alert shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+PENDING = "pending"
+FIRING = "firing"
+RESOLVED = "resolved"
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+AlertKey = tuple[str, str, str]  # (alertname, group, destination key)
+
+
+def rfc3339(event_time: float) -> str:
+    moment = datetime.fromtimestamp(event_time, UTC)
+    if moment.microsecond:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(slots=True)
+class Alert:
+    """One alert instance and where it stands in its life."""
+
+    key: AlertKey
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    state: str
+    pending_since: float
+    starts_at: float = 0.0
+    ends_at: float | None = None
+    last_true: float = 0.0
+    #: last event time the alert was evaluated
+    updated: float = field(default=0.0)
+
+    def copy(self) -> Alert:
+        """A snapshot that later transitions of this alert do not change."""
+        return replace(self, labels=dict(self.labels), annotations=dict(self.annotations))
+
+    def event(self, status: str | None = None) -> dict[str, Any]:
+        """The alert as a contract-2 event (the Alertmanager body plus ``status``)."""
+        status = status or (RESOLVED if self.state == RESOLVED else FIRING)
+        return {
+            "status": status,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "startsAt": rfc3339(self.starts_at),
+            "endsAt": rfc3339(self.ends_at) if self.ends_at is not None else ZERO_TIME,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": list(self.key),
+            "labels": self.labels,
+            "annotations": self.annotations,
+            "state": self.state,
+            "pending_since": self.pending_since,
+            "starts_at": self.starts_at,
+            "last_true": self.last_true,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Alert:
+        key = data["key"]
+        if not (isinstance(key, list) and len(key) == 3):
+            raise ValueError("malformed alert key")
+        return cls(
+            key=(str(key[0]), str(key[1]), str(key[2])),
+            labels={str(k): str(v) for k, v in data["labels"].items()},
+            annotations={str(k): str(v) for k, v in data["annotations"].items()},
+            state=str(data["state"]),
+            pending_since=float(data["pending_since"]),
+            starts_at=float(data["starts_at"]),
+            last_true=float(data["last_true"]),
+            updated=float(data.get("updated", data["last_true"])),
+        )
+
+
+def _as_int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+class AlertBook:
+    """Every active (pending or firing) alert, and the transitions between states."""
+
+    __slots__ = ("active", "pending_for", "resolve_after", "transitions")
+
+    def __init__(self, pending_for: float, resolve_after: float) -> None:
+        self.pending_for = pending_for
+        self.resolve_after = resolve_after
+        self.active: dict[AlertKey, Alert] = {}
+        #: counts by transition name, for metrics
+        self.transitions: dict[str, int] = {"pending": 0, "firing": 0, "resolved": 0}
+
+    def firing(self) -> list[Alert]:
+        return [a for a in self.active.values() if a.state == FIRING]
+
+    def evaluate(
+        self,
+        key: AlertKey,
+        now: float,
+        fire: bool,
+        keep: bool,
+        describe: Callable[[], tuple[dict[str, str], dict[str, str]]],
+    ) -> Alert | None:
+        """Advance ``key``'s alert at event time ``now``.
+
+        ``fire``: the condition to start (or continue) alerting holds. ``keep``: the weaker
+        condition that holds a firing alert open. ``describe`` builds labels and annotations
+        (only called when needed). Returns the alert when it changed to firing or resolved.
+        """
+        alert = self.active.get(key)
+        if alert is None:
+            if not fire:
+                return None
+            labels, annotations = describe()
+            alert = Alert(key, labels, annotations, PENDING, pending_since=now, updated=now)
+            self.active[key] = alert
+            self.transitions["pending"] += 1
+        alert.updated = now
+        if alert.state == PENDING:
+            if not fire:
+                del self.active[key]
+                return None
+            alert.labels, alert.annotations = describe()
+            if now - alert.pending_since >= self.pending_for:
+                alert.state = FIRING
+                alert.starts_at = now
+                alert.last_true = now
+                self.transitions["firing"] += 1
+                return alert.copy()
+            return None
+        # FIRING
+        if fire or keep:
+            alert.last_true = now
+            _labels, annotations = describe()
+            # Keep the strongest evidence seen so the resolved event still tells the story.
+            if _as_int(annotations.get("bytes")) >= _as_int(alert.annotations.get("bytes")):
+                alert.annotations = annotations
+            return None
+        if now - alert.last_true >= self.resolve_after:
+            alert.state = RESOLVED
+            alert.ends_at = now
+            del self.active[key]
+            self.transitions["resolved"] += 1
+            return alert.copy()
+        return None
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [a.to_json() for a in self.active.values()]
+
+    def load_json(self, data: list[dict[str, Any]]) -> None:
+        self.active = {}
+        for item in data:
+            alert = Alert.from_json(item)
+            self.active[alert.key] = alert

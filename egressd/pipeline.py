@@ -1,0 +1,294 @@
+"""The event-time engine: classify → enrich → aggregate → detect, with no I/O.
+
+Sources hand it flow records; it returns alert transitions. Live daemon and replay drive
+the same engine, so replaying recorded flows gives the alerts living through them would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from egressd.aggregate import AggregateKey, Bucket, IntervalAggregator
+from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_named
+from egressd.classify import EgressClassifier
+from egressd.config import Config
+from egressd.detect.alerts import Alert, AlertBook
+from egressd.detect.detectors import (
+    LabelOptions,
+    UnexpectedDestinationDetector,
+    VolumeSpikeDetector,
+)
+from egressd.detect.policy import ExpectedDestinations
+from egressd.enrich import DestinationLabeler, DestinationLabels
+from egressd.enrich.special import is_special
+from egressd.model import FlowRecord
+
+STATE_VERSION = 1
+
+# What a destination is when it is not a labelled egress destination.
+_INTERNAL = "internal"  # inside networks.local: east-west
+_SPECIAL = "special"  # private, multicast, link-local, documentation...: never foreign
+_INVALID = "invalid"
+_Destination = DestinationLabels | str
+
+#: empty intervals evaluated one by one after a gap; a longer gap is skipped in one step
+_MAX_EMPTY_TICKS = 64
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters of the engine; read by the metrics sink."""
+
+    records: int = 0
+    egress_records: int = 0
+    egress_bytes: int = 0
+    ingress_records: int = 0
+    ingress_bytes: int = 0
+    internal_records: int = 0
+    internal_bytes: int = 0
+    transit_records: int = 0
+    special_records: int = 0
+    invalid_records: int = 0
+    intervals_closed: int = 0
+    #: egress bytes in closed intervals by (group, destination labels)
+    egress_by_destination: dict[AggregateKey, int] = field(default_factory=dict)
+
+
+class Engine:
+    """The whole detection core. Not thread-safe; one engine per process."""
+
+    def __init__(self, config: Config, labeler: DestinationLabeler) -> None:
+        self.config = config
+        self.stats = EngineStats()
+        detection = config.detection
+        self.labeler = labeler
+        self.classifier = EgressClassifier(config.networks, config.groups)
+        self.aggregator = IntervalAggregator(detection.interval, detection.allowed_lateness)
+        self.baselines = SeasonalBaselines(
+            detection.max_keys, SeasonKeyer(timezone_named(detection.timezone))
+        )
+        self.policy = ExpectedDestinations(
+            config.groups, detection.learning, detection.learn_min_bytes
+        )
+        self.book = AlertBook(detection.pending_for, detection.resolve_after)
+        options = LabelOptions(regions=labeler.has_regions, asn=labeler.has_asn)
+        self.unexpected = UnexpectedDestinationDetector(detection, self.policy, self.book, options)
+        self.spikes = VolumeSpikeDetector(detection, self.policy, self.book, options)
+        self._src_cache: dict[str, str] = {}
+        self._dst_cache: dict[str, _Destination] = {}
+        self._cache_size = config.geo.cache_size
+        self._intern: dict[str, DestinationLabels] = {}
+        #: end of the last evaluated interval
+        self.last_tick = -math.inf
+        self.restored = False
+
+    # -- configuration --------------------------------------------------------------------
+
+    def reconfigure(self, config: Config, labeler: DestinationLabeler) -> None:
+        """Apply a new policy and new geo data without forgetting baselines (SIGHUP)."""
+        detection = config.detection
+        self.config = config
+        self.labeler = labeler
+        self.classifier = EgressClassifier(config.networks, config.groups)
+        self.policy.reconfigure(config.groups, detection.learning, detection.learn_min_bytes)
+        self.book.pending_for = detection.pending_for
+        self.book.resolve_after = detection.resolve_after
+        self.baselines.max_keys = detection.max_keys
+        options = LabelOptions(regions=labeler.has_regions, asn=labeler.has_asn)
+        self.unexpected.reconfigure(detection, options)
+        self.spikes.reconfigure(detection, options)
+        self._src_cache.clear()
+        self._dst_cache.clear()
+        self._cache_size = config.geo.cache_size
+
+    # -- the hot path ---------------------------------------------------------------------
+
+    def _source_group(self, address: str) -> str:
+        group = self.classifier.source_group(address) or ""
+        if len(self._src_cache) >= self._cache_size:
+            self._src_cache.clear()
+        self._src_cache[address] = group
+        return group
+
+    def _destination(self, address: str) -> _Destination:
+        dest: _Destination
+        if self.classifier.is_local(address):
+            dest = _INTERNAL
+        elif is_special(address):
+            dest = _SPECIAL
+        else:
+            labels = self.labeler.label(address)
+            dest = self._intern.setdefault(labels.key, labels)
+            if dest != labels:  # same key, refreshed organisation or source
+                dest = self._intern[labels.key] = labels
+        if len(self._dst_cache) >= self._cache_size:
+            self._dst_cache.clear()
+        self._dst_cache[address] = dest
+        return dest
+
+    def process(self, records: Iterable[FlowRecord]) -> list[Alert]:
+        """Account ``records``; return the alerts that started or resolved meanwhile."""
+        changed: list[Alert] = []
+        stats = self.stats
+        src_cache = self._src_cache
+        dst_cache = self._dst_cache
+        aggregator = self.aggregator
+        add = aggregator.add
+        count = 0
+        for record in records:
+            count += 1
+            group = src_cache.get(record.src)
+            if group is None:
+                group = self._source_group(record.src)
+            dest = dst_cache.get(record.dst)
+            if dest is None:
+                dest = self._destination(record.dst)
+            if not group:
+                if dest is _INTERNAL:
+                    stats.ingress_records += 1
+                    stats.ingress_bytes += record.bytes
+                else:
+                    stats.transit_records += 1
+                aggregator.observe_time(record.time_end)
+            elif dest.__class__ is str:
+                if dest is _INTERNAL:
+                    stats.internal_records += 1
+                    stats.internal_bytes += record.bytes
+                else:
+                    stats.special_records += 1
+                aggregator.observe_time(record.time_end)
+            else:
+                stats.egress_records += 1
+                stats.egress_bytes += record.bytes
+                add(
+                    (group, dest),
+                    record.time_end,
+                    record.src,
+                    record.dst,
+                    record.bytes,
+                    record.packets,
+                )  # type: ignore[arg-type]
+            if aggregator.max_time >= aggregator.next_due:
+                changed.extend(self._close(aggregator.pop_due()))
+        stats.records += count
+        return changed
+
+    def advance(self, event_time: float) -> list[Alert]:
+        """Move event time on without records (live sources idle); close what is due."""
+        self.aggregator.observe_time(event_time)
+        changed = self._close(self.aggregator.pop_due()) if self.aggregator.due else []
+        # Evaluate empty intervals so firing alerts resolve while nothing arrives.
+        watermark = event_time - self.config.detection.allowed_lateness
+        interval = self.config.detection.interval
+        if self.last_tick > -math.inf and watermark - self.last_tick >= interval:
+            end = watermark - watermark % interval
+            if not self.aggregator.buckets or min(self.aggregator.buckets) >= end:
+                changed.extend(self._empty_ticks(end))
+                self.aggregator.closed_upto = max(self.aggregator.closed_upto, end)
+        return changed
+
+    def flush(self) -> list[Alert]:
+        """Close every open interval (the end of a replay)."""
+        return self._close(self.aggregator.pop_all())
+
+    # -- interval close -------------------------------------------------------------------
+
+    def _close(self, buckets: list[tuple[float, Bucket]]) -> list[Alert]:
+        changed: list[Alert] = []
+        for start, bucket in buckets:
+            changed.extend(self._empty_ticks(start))
+            changed.extend(self._tick(start, bucket))
+        return changed
+
+    def _empty_ticks(self, upto: float) -> list[Alert]:
+        """Evaluate the empty intervals between the last tick and ``upto`` (bounded)."""
+        changed: list[Alert] = []
+        if not self.book.active and not self.unexpected.windows:
+            if self.last_tick < upto:
+                self.last_tick = upto
+            return changed
+        interval = self.config.detection.interval
+        if self.last_tick == -math.inf:
+            return changed
+        gaps = int(round((upto - self.last_tick) / interval))
+        if gaps <= 0:
+            return changed
+        starts = [self.last_tick + i * interval for i in range(gaps)]
+        if len(starts) > _MAX_EMPTY_TICKS:
+            starts = starts[: _MAX_EMPTY_TICKS // 2] + [upto - interval]
+        for start in starts:
+            changed.extend(self._tick(start, {}))
+        return changed
+
+    def _tick(self, start: float, bucket: Bucket) -> list[Alert]:
+        detection = self.config.detection
+        end = start + detection.interval
+        self.stats.intervals_closed += 1
+        totals = self.stats.egress_by_destination
+        for key, accum in bucket.items():
+            totals[key] = totals.get(key, 0) + accum.bytes
+            self.policy.observe(key[0], key[1], accum.bytes, start)
+        self.unexpected.collect(start, bucket)
+        changed = self.unexpected.evaluate(end, self.baselines)
+        changed.extend(self.spikes.evaluate(start, bucket, self.baselines))
+        observe = self.baselines.observe
+        for (group, dest), accum in bucket.items():
+            observe((group, dest.key), start, accum.bytes)
+        if self.stats.intervals_closed % 288 == 0:
+            self.baselines.evict_idle(end, detection.key_idle_timeout)
+        if end > self.last_tick:
+            self.last_tick = end
+        return changed
+
+    # -- views ------------------------------------------------------------------------------
+
+    def active_alerts(self) -> list[Alert]:
+        return self.book.firing()
+
+    def event_time(self) -> float:
+        return self.aggregator.max_time
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything learned, as JSON-friendly data (see :mod:`egressd.baseline.statefile`)."""
+        return {
+            "version": STATE_VERSION,
+            "event_time": self.aggregator.max_time
+            if self.aggregator.max_time > -math.inf
+            else None,
+            "closed_upto": (
+                self.aggregator.closed_upto if self.aggregator.closed_upto > -math.inf else None
+            ),
+            "last_tick": self.last_tick if self.last_tick > -math.inf else None,
+            "interval": self.config.detection.interval,
+            "baselines": self.baselines.to_json(),
+            "learned": self.policy.to_json(),
+            "alerts": self.book.to_json(),
+            "windows": self.unexpected.to_json(),
+            "spikes": self.spikes.to_json(),
+            "open_buckets": self.aggregator.to_json(),
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Load a snapshot; raises ValueError/KeyError/TypeError when it is not usable."""
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"state version {data.get('version')!r} is not {STATE_VERSION}")
+        if float(data.get("interval", 0)) != self.config.detection.interval:
+            raise ValueError("state was written with another detection.interval")
+        self.baselines.load_json(data["baselines"])
+        self.policy.load_json(data["learned"])
+        self.book.load_json(data["alerts"])
+        self.unexpected.load_json(data["windows"], self._intern)
+        self.spikes.load_json(data["spikes"], self._intern)
+        self.aggregator.load_json(data.get("open_buckets", []), self._intern)
+        if data.get("event_time") is not None:
+            self.aggregator.max_time = float(data["event_time"])
+        if data.get("closed_upto") is not None:
+            self.aggregator.closed_upto = float(data["closed_upto"])
+        if data.get("last_tick") is not None:
+            self.last_tick = float(data["last_tick"])
+        self.restored = True
