@@ -1,0 +1,224 @@
+"""The NetFlow v5 / v9 / IPFIX decoder: one datagram in, flow records out, state kept inside.
+
+Holds the template cache, buffered template-less sets and per-exporter options (sampling);
+time comes in as ``now`` so replay and live use behave the same.
+"""
+
+from __future__ import annotations
+
+from struct import Struct
+
+from egressd.decode.netflow.pending import PendingSets
+from egressd.decode.netflow.stats import NetflowStats
+from egressd.decode.netflow.templated import (
+    DatagramContext,
+    ExporterOptions,
+    decode_data_set,
+    parse_templates,
+    read_options_set,
+)
+from egressd.decode.netflow.templates import Template, TemplateCache
+from egressd.decode.netflow.v5 import decode_v5
+from egressd.errors import DecodeError
+from egressd.model import FlowRecord
+
+_V9_HEADER = Struct("!HHIIII")  # version count sysUptime unixSecs sequence sourceId
+_IPFIX_HEADER = Struct("!HHIII")  # version length exportTime sequence observationDomainId
+_SET_HEADER = Struct("!HH")
+_MASK = 0xFFFFFFFF
+
+OptionsKey = tuple[str, int, int]
+
+
+class NetflowDecoder:
+    """Decodes NetFlow v5, v9 and IPFIX datagrams from any number of exporters.
+
+    ``decode`` raises :class:`DecodeError` only when nothing in the datagram is usable;
+    damaged sets after usable ones are counted in ``stats.set_errors`` and skipped. Data
+    sets whose template is unknown are buffered and decoded by the call that delivers it.
+    """
+
+    __slots__ = ("_addr_cache", "_options", "_pending", "_templates", "stats")
+
+    def __init__(
+        self,
+        *,
+        max_templates: int = 10_000,
+        template_timeout: float = 3600.0,
+        max_pending: int = 1_000,
+        pending_timeout: float = 60.0,
+    ) -> None:
+        self.stats = NetflowStats()
+        self._templates = TemplateCache(max_templates, template_timeout, self.stats)
+        self._pending = PendingSets(max_pending, pending_timeout, self.stats)
+        self._options: dict[OptionsKey, ExporterOptions] = {}
+        self._addr_cache: dict[bytes, str] = {}
+
+    def decode(self, datagram: bytes, exporter: str, now: float) -> list[FlowRecord]:
+        """Flow records of one export datagram from ``exporter`` received at ``now``."""
+        stats = self.stats
+        stats.datagrams += 1
+        try:
+            records = self._decode(bytes(datagram), exporter, now)
+        except DecodeError as exc:
+            stats.decode_errors[exc.reason] += 1
+            raise
+        finally:
+            stats.template_count = len(self._templates)
+            stats.pending_count = len(self._pending)
+        stats.records += len(records)
+        return records
+
+    def _decode(self, buf: bytes, exporter: str, now: float) -> list[FlowRecord]:
+        if len(buf) < 4:
+            raise DecodeError("truncated_header", f"{len(buf)} bytes")
+        version = (buf[0] << 8) | buf[1]
+        if version == 5:
+            return decode_v5(buf, exporter, self._addr_cache)
+        self._templates.sweep(now)
+        self._pending.sweep(now)
+        if version == 9:
+            if len(buf) < _V9_HEADER.size:
+                raise DecodeError("truncated_header", f"{len(buf)} bytes")
+            _, _, uptime, secs, _, domain = _V9_HEADER.unpack_from(buf)
+            ctx = DatagramContext(
+                exporter, 9, domain, float(secs), uptime, self._options_for(exporter, 9, domain),
+                self._addr_cache,
+            )  # fmt: skip
+            return self._walk_sets(buf, _V9_HEADER.size, len(buf), ctx, now)
+        if version == 10:
+            return self._ipfix_messages(buf, exporter, now)
+        raise DecodeError("bad_version", f"version {version}")
+
+    def _ipfix_messages(self, buf: bytes, exporter: str, now: float) -> list[FlowRecord]:
+        """Decode an IPFIX message and any whole messages concatenated after it."""
+        if len(buf) < _IPFIX_HEADER.size:
+            raise DecodeError("truncated_header", f"{len(buf)} bytes")
+        out: list[FlowRecord] = []
+        pos = 0
+        while len(buf) - pos >= _IPFIX_HEADER.size:
+            version, length, export_secs, _, domain = _IPFIX_HEADER.unpack_from(buf, pos)
+            if pos and (version != 10 or length < _IPFIX_HEADER.size or pos + length > len(buf)):
+                self.stats.set_errors["trailing_bytes"] += 1
+                break  # what follows the first message is not a whole message: ignore it
+            if length < _IPFIX_HEADER.size:
+                raise DecodeError("bad_length", f"message length {length}")
+            if length > len(buf):
+                raise DecodeError("truncated_message", f"message length {length} > {len(buf)}")
+            options = self._options_for(exporter, 10, domain)
+            uptime_ms = None
+            if options.system_init_ms is not None:
+                uptime_ms = (export_secs * 1000 - options.system_init_ms) & _MASK
+            ctx = DatagramContext(
+                exporter, 10, domain, float(export_secs), uptime_ms, options, self._addr_cache
+            )
+            out += self._walk_sets(buf, pos + _IPFIX_HEADER.size, pos + length, ctx, now)
+            pos += length
+        return out
+
+    def _options_for(self, exporter: str, version: int, domain: int) -> ExporterOptions:
+        key = (exporter, version, domain)
+        options = self._options.get(key)
+        if options is None:
+            # Bounded like the templates: an options record needs a template to arrive.
+            while len(self._options) >= self._templates.max_templates:
+                del self._options[next(iter(self._options))]
+            options = self._options[key] = ExporterOptions()
+        return options
+
+    def _walk_sets(
+        self, buf: bytes, pos: int, end: int, ctx: DatagramContext, now: float
+    ) -> list[FlowRecord]:
+        ipfix = ctx.version == 10
+        template_set, options_set = (2, 3) if ipfix else (0, 1)
+        out: list[FlowRecord] = []
+        usable = False
+        error = ""
+        while end - pos >= 4:
+            set_id, length = _SET_HEADER.unpack_from(buf, pos)
+            if length < 4 or pos + length > end:
+                if not any(buf[pos:end]):
+                    break  # zero padding after the last set
+                error = "bad_set_length" if length < 4 else "truncated_set"
+                break
+            start, pos = pos + 4, pos + length
+            usable = True
+            if set_id >= 256:
+                self._data_set(buf, start, pos, set_id, ctx, now, out)
+            elif set_id in (template_set, options_set):
+                self._template_set(buf, start, pos, ctx, now, out, set_id == options_set)
+            else:
+                self.stats.set_errors["reserved_set_id"] += 1
+        if error:
+            self.stats.set_errors[error] += 1
+            if not usable:
+                raise DecodeError(error, f"first set at offset {pos} of {end}")
+        return out
+
+    def _data_set(
+        self,
+        buf: bytes,
+        start: int,
+        end: int,
+        set_id: int,
+        ctx: DatagramContext,
+        now: float,
+        out: list[FlowRecord],
+    ) -> None:
+        key = (ctx.exporter, ctx.version, ctx.domain, set_id)
+        template = self._templates.get(key, now)
+        if template is None:
+            self._pending.add(key, buf[start:end], ctx, now)
+            return
+        self._decode_set(template, buf, start, end, ctx, out)
+
+    def _decode_set(
+        self,
+        template: Template,
+        buf: bytes,
+        start: int,
+        end: int,
+        ctx: DatagramContext,
+        out: list[FlowRecord],
+    ) -> None:
+        if template.layout.record_len == 0:
+            self.stats.set_errors["empty_template"] += 1
+        elif template.scope_count >= 0:
+            self.stats.options_records += read_options_set(buf, start, end, template.layout, ctx)
+        else:
+            decode_data_set(buf, start, end, template.layout, ctx, out)
+
+    def _template_set(
+        self,
+        buf: bytes,
+        start: int,
+        end: int,
+        ctx: DatagramContext,
+        now: float,
+        out: list[FlowRecord],
+        options: bool,
+    ) -> None:
+        ipfix = ctx.version == 10
+        cache = self._templates
+        try:
+            for template_id, specs, scope_count in parse_templates(
+                buf, start, end, ipfix=ipfix, options=options
+            ):
+                if specs is None:
+                    if template_id == (3 if options else 2):
+                        cache.withdraw_all(ctx.exporter, ctx.version, ctx.domain, options)
+                    else:
+                        cache.withdraw((ctx.exporter, ctx.version, ctx.domain, template_id))
+                    continue
+                if template_id < 256:
+                    self.stats.set_errors["bad_template_id"] += 1
+                    continue
+                key = (ctx.exporter, ctx.version, ctx.domain, template_id)
+                template = cache.put(key, specs, scope_count, now)
+                self.stats.templates += 1
+                for pending in self._pending.take(key):
+                    self.stats.pending_decoded += 1
+                    body = pending.body
+                    self._decode_set(template, body, 0, len(body), pending.ctx, out)
+        except ValueError as exc:
+            self.stats.set_errors[str(exc)] += 1

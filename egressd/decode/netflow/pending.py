@@ -1,0 +1,75 @@
+"""Data sets that arrived before their template, held until it comes or they grow too old.
+
+Bounded by a count cap (oldest dropped first) and an age limit; both losses are counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from egressd.decode.netflow.stats import NetflowStats
+from egressd.decode.netflow.templated import DatagramContext
+from egressd.decode.netflow.templates import TemplateKey
+
+
+@dataclass(slots=True)
+class PendingSet:
+    """One buffered data set body, with the header facts it must be decoded against."""
+
+    key: TemplateKey
+    body: bytes
+    ctx: DatagramContext
+    arrived: float
+
+
+class PendingSets:
+    """Buffered sets in arrival order, indexed by the template they wait for."""
+
+    __slots__ = ("_by_key", "_serial", "_sets", "max_sets", "stats", "timeout")
+
+    def __init__(self, max_sets: int, timeout: float, stats: NetflowStats) -> None:
+        self.max_sets = max(0, max_sets)
+        self.timeout = timeout
+        self.stats = stats
+        self._sets: dict[int, PendingSet] = {}  # serial -> set; insertion order = arrival
+        self._by_key: dict[TemplateKey, list[int]] = {}
+        self._serial = 0
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def add(self, key: TemplateKey, body: bytes, ctx: DatagramContext, now: float) -> None:
+        if self.max_sets == 0:
+            self.stats.pending_dropped += 1
+            return
+        while len(self._sets) >= self.max_sets:
+            self._drop_oldest()
+            self.stats.pending_dropped += 1
+        self._serial += 1
+        self._sets[self._serial] = PendingSet(key, body, ctx, now)
+        self._by_key.setdefault(key, []).append(self._serial)
+        self.stats.pending_sets += 1
+
+    def take(self, key: TemplateKey) -> list[PendingSet]:
+        """Remove and return, oldest first, every set waiting for ``key``."""
+        serials = self._by_key.pop(key, None)
+        if not serials:
+            return []
+        return [self._sets.pop(serial) for serial in serials]
+
+    def sweep(self, now: float) -> None:
+        """Drop sets older than the timeout (their template is not coming)."""
+        while self._sets:
+            serial = next(iter(self._sets))
+            if now - self._sets[serial].arrived <= self.timeout:
+                break
+            self._drop_oldest()
+            self.stats.pending_expired += 1
+
+    def _drop_oldest(self) -> None:
+        serial = next(iter(self._sets))
+        pending = self._sets.pop(serial)
+        serials = self._by_key[pending.key]
+        serials.remove(serial)  # the oldest of its key, so this is the list's head
+        if not serials:
+            del self._by_key[pending.key]

@@ -1,0 +1,374 @@
+"""NetFlow v9 (RFC 3954) and IPFIX (RFC 7011) set decoding: template, options and data sets.
+
+The two formats differ only in header, set ids, enterprise bits and variable-length fields;
+everything after the header is walked by the functions here, with per-datagram context.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add
+from struct import Struct
+from typing import Any
+
+from egressd.decode.netflow import fields as F
+from egressd.decode.netflow.templates import DEFAULTS, FieldSpec, Layout
+from egressd.model import FlowRecord
+
+_U16 = Struct("!H")
+_U16x2 = Struct("!HH")
+_U16x3 = Struct("!HHH")
+_U32 = Struct("!I")
+
+_ZERO4 = b"\x00\x00\x00\x00"
+_ZERO16 = b"\x00" * 16
+_MAPPED = b"\x00" * 10 + b"\xff\xff"
+_ADDR_CACHE_MAX = 65536
+_HALF = 0x80000000
+_MASK = 0xFFFFFFFF
+_MAX_SAMPLERS = 256  # per exporter domain; sampler ids beyond this are not remembered
+
+
+@dataclass(slots=True)
+class ExporterOptions:
+    """What options records told us about one exporter domain."""
+
+    default_rate: int = 0  # 0 = unknown
+    sampler_rates: dict[int, int] = field(default_factory=dict)
+    system_init_ms: int | None = None  # epoch of IPFIX flowStart/EndSysUpTime
+
+
+@dataclass(slots=True)
+class DatagramContext:
+    """Header facts every set of one datagram is decoded against."""
+
+    exporter: str
+    version: int
+    domain: int
+    export_time: float
+    uptime_ms: int | None  # exporter uptime at export time, for *SysUpTime fields
+    options: ExporterOptions
+    addr_cache: dict[bytes, str]
+
+
+def address_text(raw: bytes, cache: dict[bytes, str]) -> str:
+    """Address bytes as text; IPv4-mapped IPv6 comes out as plain IPv4."""
+    text = cache.get(raw)
+    if text is None:
+        if len(raw) == 4:
+            text = socket.inet_ntoa(raw)
+        elif raw[:12] == _MAPPED:
+            text = socket.inet_ntoa(raw[12:])
+        else:
+            text = socket.inet_ntop(socket.AF_INET6, raw)
+        if len(cache) >= _ADDR_CACHE_MAX:
+            cache.clear()  # bounded; a busy exporter refills the hot entries at once
+        cache[raw] = text
+    return text
+
+
+def _time(kind: int, value: int, ctx: DatagramContext) -> float:
+    """Seconds since the epoch of one flow time element (the rarer kinds)."""
+    if kind == F.TIME_MILLIS:
+        return value / 1000.0
+    if kind == F.TIME_SECONDS:
+        return float(value)
+    if kind == F.TIME_NTP:
+        return (value >> 32) - F.NTP_UNIX_OFFSET + (value & _MASK) / 4294967296.0
+    if kind == F.TIME_DELTA_US:
+        return ctx.export_time - value / 1_000_000.0
+    if kind == F.TIME_UPTIME_MS and ctx.uptime_ms is not None:
+        delta = ((value - ctx.uptime_ms + _HALF) & _MASK) - _HALF
+        return ctx.export_time + delta / 1000.0
+    return ctx.export_time
+
+
+def _parse_frame(frame: bytes) -> tuple[bytes, bytes, int, int, int] | None:
+    """Addresses, protocol and ports of a sampled Ethernet frame (IE 315), if it holds IP."""
+    pos = 12
+    n = len(frame)
+    if n < 14:
+        return None
+    ethertype = _U16.unpack_from(frame, pos)[0]
+    pos += 2
+    while ethertype in (0x8100, 0x88A8, 0x9100) and pos + 4 <= n:  # VLAN tags
+        ethertype = _U16.unpack_from(frame, pos + 2)[0]
+        pos += 4
+    if ethertype in (0x8847, 0x8848):  # MPLS: pop labels, then guess the payload by nibble
+        while pos + 4 <= n:
+            bottom = frame[pos + 2] & 1
+            pos += 4
+            if bottom:
+                break
+        if pos >= n:
+            return None
+        ethertype = {4: 0x0800, 6: 0x86DD}.get(frame[pos] >> 4, 0)
+    if ethertype == 0x0800 and pos + 20 <= n:
+        ihl = (frame[pos] & 0x0F) * 4
+        proto = frame[pos + 9]
+        src, dst = frame[pos + 12 : pos + 16], frame[pos + 16 : pos + 20]
+        fragment = _U16.unpack_from(frame, pos + 6)[0] & 0x1FFF
+        l4 = pos + ihl
+        if fragment:
+            return src, dst, proto, 0, 0
+    elif ethertype == 0x86DD and pos + 40 <= n:
+        proto = frame[pos + 6]
+        src, dst = frame[pos + 8 : pos + 24], frame[pos + 24 : pos + 40]
+        l4 = pos + 40
+    else:
+        return None
+    if proto in (6, 17, 132) and l4 + 4 <= n:
+        sport, dport = _U16x2.unpack_from(frame, l4)
+        return src, dst, proto, sport, dport
+    return src, dst, proto, 0, 0
+
+
+def _walk_rows(buf: bytes, pos: int, end: int, layout: Layout) -> Iterator[tuple[Any, ...]]:
+    """Canonical rows of a variable-length (or odd-width) set, one field at a time."""
+    walk = layout.walk
+    minimum = max(layout.record_len, 1)
+    while end - pos >= minimum:
+        row: list[Any] = list(DEFAULTS)
+        for length, slot in walk:
+            if length == F.VARIABLE_LENGTH:
+                if pos >= end:
+                    return
+                length = buf[pos]
+                pos += 1
+                if length == 255:
+                    if pos + 2 > end:
+                        return
+                    length = _U16.unpack_from(buf, pos)[0]
+                    pos += 2
+            if pos + length > end:
+                return  # padding or a truncated record: the set ends here
+            if slot >= 0 and length:
+                raw = buf[pos : pos + length]
+                if slot in F.INT_SLOTS:
+                    if length <= 8:
+                        row[slot] = int.from_bytes(raw)
+                elif slot == F.FRAME or length in (4, 16):
+                    row[slot] = raw
+            pos += length
+        yield tuple(row)
+
+
+def _fix_odd(rows: Iterable[tuple[Any, ...]], odd: tuple[int, ...]) -> Iterator[tuple[Any, ...]]:
+    """Turn reduced-size integers (3, 5, 6 or 7 bytes) read as bytes into ints."""
+    for row in rows:
+        values = list(row)
+        for slot in odd:
+            value = values[slot]
+            if isinstance(value, bytes):
+                values[slot] = int.from_bytes(value)
+        yield tuple(values)
+
+
+def decode_data_set(
+    buf: bytes, pos: int, end: int, layout: Layout, ctx: DatagramContext, out: list[FlowRecord]
+) -> int:
+    """Append the flow records of one data set to ``out``; return how many were appended."""
+    if not (layout.has_address or layout.has_frame) or layout.record_len == 0:
+        return 0
+    if layout.fixed:
+        assert layout.struct is not None
+        record_len = layout.record_len
+        count = (end - pos) // record_len
+        if count == 0:
+            return 0
+        it = layout.struct.iter_unpack(memoryview(buf)[pos : pos + count * record_len])
+        tail = layout.tail
+        rows: Iterable[tuple[Any, ...]] = map(
+            layout.getter, map(add, it, repeat(tail)) if tail else it
+        )
+        if layout.odd_slots:
+            rows = _fix_odd(rows, layout.odd_slots)
+    else:
+        rows = _walk_rows(buf, pos, end, layout)
+
+    options = ctx.options
+    default_rate = options.default_rate or 1
+    sampler_rates = options.sampler_rates
+    per_record_rate = layout.per_record_rate
+    export_time = ctx.export_time
+    uptime = ctx.uptime_ms
+    up_kind = F.TIME_UPTIME_MS if uptime is not None else -1
+    start_kind = layout.start_kind
+    end_kind = layout.end_kind
+    cache = ctx.addr_cache
+    exporter = ctx.exporter
+    zero4 = _ZERO4
+    before = len(out)
+    append = out.append
+    rate = default_rate
+    for (
+        s4,
+        s6,
+        d4,
+        d6,
+        nbytes,
+        npackets,
+        proto,
+        sport,
+        dport,
+        t0,
+        t1,
+        own,
+        sid,
+        frame,
+        fsize,
+    ) in rows:
+        src = s4 if s4 is not None and (s6 is None or s4 != zero4) else s6
+        dst = d4 if d4 is not None and (d6 is None or d4 != zero4) else d6
+        if src is None or dst is None:
+            if frame is None:
+                continue
+            parsed = _parse_frame(frame)
+            if parsed is None:
+                continue
+            src, dst, proto, sport, dport = parsed
+            if not nbytes:
+                nbytes = fsize or len(frame)
+            if not npackets:
+                npackets = 1
+        if per_record_rate:
+            rate = own or (sampler_rates.get(sid, 0) if sid is not None else 0) or default_rate
+        if t1 is None:
+            time_end = export_time
+        elif end_kind == up_kind:
+            time_end = export_time + ((((t1 - uptime + _HALF) & _MASK) - _HALF) / 1000.0)
+        else:
+            time_end = _time(end_kind, t1, ctx)
+        if t0 is None:
+            time_start = time_end
+        elif start_kind == up_kind:
+            time_start = export_time + ((((t0 - uptime + _HALF) & _MASK) - _HALF) / 1000.0)
+        else:
+            time_start = _time(start_kind, t0, ctx)
+        src_text = cache.get(src)
+        if src_text is None:
+            src_text = address_text(src, cache)
+        dst_text = cache.get(dst)
+        if dst_text is None:
+            dst_text = address_text(dst, cache)
+        append(
+            FlowRecord(
+                time_start,
+                time_end,
+                src_text,
+                dst_text,
+                nbytes * rate,
+                npackets * rate,
+                proto,
+                sport,
+                dport,
+                exporter,
+            )
+        )
+    return len(out) - before
+
+
+def read_options_set(buf: bytes, pos: int, end: int, layout: Layout, ctx: DatagramContext) -> int:
+    """Learn sampling rates and system init time from options data; return records read."""
+    walk = layout.option_walk
+    minimum = max(layout.record_len, 1)
+    options = ctx.options
+    count = 0
+    while end - pos >= minimum:
+        values: dict[int, int] = {}
+        for length, eid in walk:
+            if length == F.VARIABLE_LENGTH:
+                if pos >= end:
+                    return count
+                length = buf[pos]
+                pos += 1
+                if length == 255:
+                    if pos + 2 > end:
+                        return count
+                    length = _U16.unpack_from(buf, pos)[0]
+                    pos += 2
+            if pos + length > end:
+                return count
+            if eid >= 0 and 0 < length <= 8:
+                values[eid] = int.from_bytes(buf[pos : pos + length])
+            pos += length
+        count += 1
+        _apply_options(values, options)
+    return count
+
+
+def _apply_options(values: dict[int, int], options: ExporterOptions) -> None:
+    rate = values.get(F.OPT_SAMPLING_INTERVAL) or values.get(F.OPT_SAMPLER_RANDOM_INTERVAL) or 0
+    if not rate:
+        taken = values.get(F.OPT_PACKET_INTERVAL)
+        if taken:
+            rate = (taken + values.get(F.OPT_PACKET_SPACE, 0)) // taken
+        else:
+            size = values.get(F.OPT_SAMPLING_SIZE)
+            if size:
+                rate = values.get(F.OPT_SAMPLING_POPULATION, 0) // size
+    init = values.get(F.OPT_SYSTEM_INIT_MS)
+    if init:
+        options.system_init_ms = init
+    if not rate:
+        return
+    sampler = values.get(F.OPT_SAMPLER_ID, values.get(F.OPT_SELECTOR_ID))
+    if sampler is None:
+        options.default_rate = rate
+    elif sampler in options.sampler_rates or len(options.sampler_rates) < _MAX_SAMPLERS:
+        options.sampler_rates[sampler] = rate
+
+
+def parse_templates(
+    buf: bytes, pos: int, end: int, *, ipfix: bool, options: bool
+) -> Iterator[tuple[int, tuple[FieldSpec, ...] | None, int]]:
+    """Yield (template id, fields or None for a withdrawal, scope field count) per record.
+
+    Raises ValueError when a record overruns its set; records before it are still yielded.
+    """
+    while end - pos >= 4:
+        if options and not ipfix:
+            if end - pos < 6:
+                return
+            template_id, scope_len, option_len = _U16x3.unpack_from(buf, pos)
+            pos += 6
+            if scope_len % 4 or option_len % 4:
+                raise ValueError("bad_options_template")
+            scope_count = scope_len // 4
+            field_count = scope_count + option_len // 4
+        else:
+            template_id, field_count = _U16x2.unpack_from(buf, pos)
+            pos += 4
+            scope_count = -1
+            if field_count == 0:
+                if template_id == 0:
+                    return  # zero padding up to the end of the set
+                yield template_id, None, -1  # withdrawal
+                continue
+            if options:
+                if end - pos < 2:
+                    raise ValueError("truncated_template")
+                scope_count = _U16.unpack_from(buf, pos)[0]
+                pos += 2
+                if scope_count == 0 or scope_count > field_count:
+                    raise ValueError("bad_options_template")
+        if template_id == 0 and field_count == 0:
+            return  # zero padding up to the end of the set
+        specs: list[FieldSpec] = []
+        for _ in range(field_count):
+            if end - pos < 4:
+                raise ValueError("truncated_template")
+            eid, length = _U16x2.unpack_from(buf, pos)
+            pos += 4
+            pen = 0
+            if ipfix and eid & 0x8000:
+                if end - pos < 4:
+                    raise ValueError("truncated_template")
+                pen = _U32.unpack_from(buf, pos)[0]
+                pos += 4
+                eid &= 0x7FFF
+            specs.append((eid, length, pen))
+        yield template_id, tuple(specs), scope_count if options else -1

@@ -1,0 +1,282 @@
+"""Template cache for NetFlow v9 / IPFIX: templates compiled once into fast record layouts.
+
+Keyed by (exporter, version, source id / observation domain, template id), bounded by a
+count cap (oldest evicted) and an idle timeout; identical field lists share one layout.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from egressd.decode.netflow import fields as F
+from egressd.decode.netflow.stats import NetflowStats
+
+# (exporter address, version, source id / observation domain, template id)
+TemplateKey = tuple[str, int, int, int]
+# (element id, length, private enterprise number or 0)
+FieldSpec = tuple[int, int, int]
+
+_INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+# Value a slot takes when the template does not carry it.
+DEFAULTS: tuple[Any, ...] = (
+    None,  # SRC4
+    None,  # SRC6
+    None,  # DST4
+    None,  # DST6
+    0,  # BYTES
+    0,  # PACKETS
+    0,  # PROTO
+    0,  # SRC_PORT
+    0,  # DST_PORT
+    None,  # START
+    None,  # END
+    0,  # OWN_RATE
+    None,  # SAMPLER_ID
+    None,  # FRAME
+    0,  # FRAME_SIZE
+)
+assert len(DEFAULTS) == F.SLOT_COUNT
+
+
+@dataclass(slots=True, frozen=True)
+class Layout:
+    """How to pull FlowRecord slots out of records of one field list.
+
+    Fixed-length layouts unpack whole sets with one precompiled ``struct.Struct`` whose
+    output, extended by ``tail`` (defaults of absent slots), ``getter`` reorders into the
+    canonical slot order. Variable-length layouts walk ``walk`` field by field.
+    """
+
+    fixed: bool
+    record_len: int  # exact length when fixed, minimum length otherwise
+    struct: struct.Struct | None
+    getter: itemgetter[Any]
+    tail: tuple[Any, ...]
+    odd_slots: tuple[int, ...]  # int slots read as bytes (reduced-size encodings: 3, 5, 6, 7)
+    walk: tuple[tuple[int, int], ...]  # (length or VARIABLE_LENGTH, slot or -1 to skip)
+    start_kind: int
+    end_kind: int
+    per_record_rate: bool  # records carry their own sampling rate or sampler id
+    has_address: bool
+    has_frame: bool
+    option_walk: tuple[tuple[int, int], ...]  # (length, element id or -1) for options data
+
+
+@dataclass(slots=True)
+class Template:
+    """One template as received, with its compiled layout and when it was last refreshed."""
+
+    template_id: int
+    fields: tuple[FieldSpec, ...]
+    scope_count: int  # leading scope fields of an options template; -1 for data templates
+    layout: Layout
+    seen: float
+
+
+def _choose_slots(
+    fields: tuple[FieldSpec, ...], interpretable: list[bool]
+) -> tuple[dict[int, int], int, int]:
+    """Pick, per slot, the index of the best field carrying it; also the time kinds."""
+    best: dict[int, tuple[int, int]] = {}  # slot -> (priority, field index)
+    start_kind = end_kind = 0
+
+    def offer(slot: int, priority: int, index: int) -> None:
+        if slot not in best or priority < best[slot][0]:
+            best[slot] = (priority, index)
+
+    kinds: dict[int, int] = {}
+    for index, (eid, length, pen) in enumerate(fields):
+        if pen or not interpretable[index] or length == 0:
+            continue
+        addr = F.ADDRESS_FIELDS.get(eid)
+        if addr is not None:
+            if addr[1] == length:
+                offer(addr[0], 0, index)
+            continue
+        if eid == F.FRAME_SECTION:
+            offer(F.FRAME, 0, index)
+            continue
+        if length > 8:
+            continue
+        for slot, ids in F.INT_FIELDS.items():
+            if eid in ids:
+                offer(slot, ids.index(eid), index)
+        for slot, table in ((F.START, F.START_FIELDS), (F.END, F.END_FIELDS)):
+            for priority, (tid, kind) in enumerate(table):
+                if tid == eid:
+                    offer(slot, priority, index)
+                    kinds[index] = kind
+    chosen = {slot: index for slot, (_, index) in best.items()}
+    if F.START in chosen:
+        start_kind = kinds[chosen[F.START]]
+    if F.END in chosen:
+        end_kind = kinds[chosen[F.END]]
+    return chosen, start_kind, end_kind
+
+
+def compile_layout(fields: tuple[FieldSpec, ...], scope_count: int, version: int) -> Layout:
+    """Compile a field list once; the result serves every record of every set using it."""
+    # NetFlow v9 scope fields use their own small type space (1 = system, 2 = interface...),
+    # which collides with element ids, so they are never read as elements.
+    interpretable = [
+        not (version == 9 and scope_count > 0 and i < scope_count) for i in range(len(fields))
+    ]
+    slot_of_field: dict[int, int] = {}
+    start_kind = end_kind = 0
+    if scope_count < 0:  # options records describe the exporter, not flows: no slots
+        by_slot, start_kind, end_kind = _choose_slots(fields, interpretable)
+        slot_of_field = {index: slot for slot, index in by_slot.items()}
+
+    fixed = all(length != F.VARIABLE_LENGTH for _, length, _ in fields)
+    parts: list[str] = []
+    skip = 0
+    order: list[int] = []  # slot of each struct output, in struct order
+    odd: list[int] = []
+    walk: list[tuple[int, int]] = []
+    option_walk: list[tuple[int, int]] = []
+    record_len = 0
+    for index, (eid, length, pen) in enumerate(fields):
+        slot = slot_of_field.get(index, -1)
+        walk.append((length, slot))
+        wanted_option = pen == 0 and interpretable[index] and eid in F.OPTION_FIELDS
+        option_walk.append((length, eid if wanted_option else -1))
+        if length == F.VARIABLE_LENGTH:
+            record_len += 1  # at least the one-byte length prefix
+            continue
+        record_len += length
+        if slot < 0:
+            skip += length
+            continue
+        if skip:
+            parts.append(f"{skip}x")
+            skip = 0
+        if slot in F.INT_SLOTS:
+            code = _INT_CODES.get(length)
+            if code is None:
+                code = f"{length}s"
+                odd.append(slot)
+        else:
+            code = f"{length}s"
+        parts.append(code)
+        order.append(slot)
+    if skip:
+        parts.append(f"{skip}x")
+
+    present = set(slot_of_field.values())
+    tail = tuple(DEFAULTS[slot] for slot in range(F.SLOT_COUNT) if slot not in present)
+    if fixed:
+        position = {slot: i for i, slot in enumerate(order)}
+    else:
+        position = {slot: slot for slot in present}  # walked rows are already canonical
+    missing_at = len(order) if fixed else F.SLOT_COUNT
+    indexes: list[int] = []
+    for slot in range(F.SLOT_COUNT):
+        if slot in position:
+            indexes.append(position[slot])
+        else:
+            indexes.append(missing_at)
+            missing_at += 1
+    return Layout(
+        fixed=fixed,
+        record_len=record_len,
+        struct=struct.Struct("!" + "".join(parts)) if fixed else None,
+        getter=itemgetter(*indexes),
+        tail=tail,
+        odd_slots=tuple(odd),
+        walk=tuple(walk),
+        start_kind=start_kind,
+        end_kind=end_kind,
+        per_record_rate=F.OWN_RATE in present or F.SAMPLER_ID in present,
+        has_address=bool(present & {F.SRC4, F.SRC6}) and bool(present & {F.DST4, F.DST6}),
+        has_frame=F.FRAME in present,
+        option_walk=tuple(option_walk),
+    )
+
+
+class TemplateCache:
+    """Templates per exporter, bounded in count and age.
+
+    Insertion order doubles as refresh order (a refresh re-inserts), so the oldest entry is
+    always first: eviction and expiry sweeps pop from the front in O(removed).
+    """
+
+    __slots__ = ("_layouts", "_templates", "max_templates", "stats", "timeout")
+
+    _LAYOUT_CACHE_MAX = 4096
+
+    def __init__(self, max_templates: int, timeout: float, stats: NetflowStats) -> None:
+        self.max_templates = max(1, max_templates)
+        self.timeout = timeout
+        self.stats = stats
+        self._templates: dict[TemplateKey, Template] = {}
+        self._layouts: dict[tuple[tuple[FieldSpec, ...], int, int], Layout] = {}
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def get(self, key: TemplateKey, now: float) -> Template | None:
+        template = self._templates.get(key)
+        if template is not None and now - template.seen > self.timeout:
+            del self._templates[key]
+            self.stats.templates_expired += 1
+            return None
+        return template
+
+    def put(
+        self,
+        key: TemplateKey,
+        fields: tuple[FieldSpec, ...],
+        scope_count: int,
+        now: float,
+    ) -> Template:
+        """Store (or refresh) a template; compile its layout unless an identical one exists."""
+        old = self._templates.pop(key, None)
+        if old is not None and old.fields == fields and old.scope_count == scope_count:
+            old.seen = now
+            self._templates[key] = old
+            return old
+        layout_key = (fields, scope_count, key[1])
+        layout = self._layouts.get(layout_key)
+        if layout is None:
+            if len(self._layouts) >= self._LAYOUT_CACHE_MAX:
+                self._layouts.clear()  # rebuilt on demand; only a burst of odd templates gets here
+            layout = compile_layout(fields, scope_count, key[1])
+            self._layouts[layout_key] = layout
+        while len(self._templates) >= self.max_templates:
+            del self._templates[next(iter(self._templates))]
+            self.stats.templates_evicted += 1
+        template = Template(key[3], fields, scope_count, layout, now)
+        self._templates[key] = template
+        return template
+
+    def withdraw(self, key: TemplateKey) -> None:
+        if self._templates.pop(key, None) is not None:
+            self.stats.templates_withdrawn += 1
+
+    def withdraw_all(self, exporter: str, version: int, domain: int, options: bool) -> None:
+        """IPFIX "all (options) templates withdrawn" for one observation domain."""
+        doomed = [
+            k
+            for k, t in self._templates.items()
+            if k[0] == exporter
+            and k[1] == version
+            and k[2] == domain
+            and (t.scope_count >= 0) == options
+        ]
+        for key in doomed:
+            del self._templates[key]
+        self.stats.templates_withdrawn += len(doomed)
+
+    def sweep(self, now: float) -> None:
+        """Drop templates idle for longer than the timeout, oldest first."""
+        templates = self._templates
+        while templates:
+            key = next(iter(templates))
+            if now - templates[key].seen <= self.timeout:
+                break
+            del templates[key]
+            self.stats.templates_expired += 1
