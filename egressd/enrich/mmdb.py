@@ -7,6 +7,9 @@ lookup runs one reader call and a couple of dict reads.
 from __future__ import annotations
 
 import enum
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +112,21 @@ class MmdbDatabase:
         self.build_epoch: int = int(metadata.build_epoch)
 
     @classmethod
-    def open(cls, path: Path, role: str = "") -> MmdbDatabase:
-        """Open ``path``; ``role`` ("country" / "asn") checks the database can answer it."""
+    def open(cls, path: Path, role: str = "", *, snapshot: bool = True) -> MmdbDatabase:
+        """Open ``path``; ``role`` ("country" / "asn") checks the database can answer it.
+
+        With ``snapshot`` (the default) the file is copied to an unlinked temporary file and
+        the copy is memory-mapped. The fast C reader only maps files, and a file overwritten
+        in place under a live mapping (``cp new.mmdb GeoLite2-Country.mmdb``) changes answers
+        mid-flight or, when it shrinks, kills the process with SIGBUS. Updates by rename
+        (geoipupdate) would be safe either way; the copy makes in-place ones safe too.
+        """
         try:
-            reader = maxminddb.open_database(str(path))
+            reader = cls._open_reader(path, snapshot)
         except FileNotFoundError:
             raise ConfigError(f"{path}: mmdb file does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not an mmdb file") from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read mmdb file: {exc.strerror or exc}") from None
         except (maxminddb.InvalidDatabaseError, ValueError) as exc:
@@ -143,6 +155,21 @@ class MmdbDatabase:
         except BaseException:
             reader.close()
             raise
+
+    @staticmethod
+    def _open_reader(path: Path, snapshot: bool) -> Any:
+        if not snapshot:
+            return maxminddb.open_database(str(path))
+        with (
+            open(path, "rb") as source,
+            tempfile.NamedTemporaryFile(prefix="egressd-", suffix=".mmdb", delete=False) as copy,
+        ):
+            shutil.copyfileobj(source, copy, 1 << 20)
+        try:
+            return maxminddb.open_database(copy.name)
+        finally:
+            # The mapping keeps the unlinked copy alive until the reader is closed.
+            os.unlink(copy.name)
 
     @staticmethod
     def _probe_layout(reader: Any) -> MmdbLayout | None:

@@ -361,7 +361,7 @@ def load_csv(path: Path, prefix: str = "") -> RegionMap:
         try:
             network = ipaddress.ip_network(cidr)
         except ValueError as exc:
-            if not seen_data:
+            if not seen_data and not any(ch.isdigit() for ch in cidr):
                 seen_data = True  # a header line: "cidr,label", "network,region", ...
                 continue
             reason = "has host bits set" if "host bits" in str(exc) else "is not a network"

@@ -1,0 +1,137 @@
+"""``egressd lookup``: per-address answers with sources, table and JSON forms, exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import iptocc
+from enrich_mmdb_factory import maxmind_asn, maxmind_country, write_mmdb
+
+from egressd.config import Config, GeoConfig, RegionMapConfig, parse_config
+from egressd.lookup import lookup_main
+
+
+def _config(tmp_path: Path) -> Config:
+    country = write_mmdb(
+        tmp_path / "GeoLite2-Country.mmdb",
+        "GeoLite2-Country",
+        {"47.100.0.0/16": maxmind_country("CN")},
+    )
+    asn = write_mmdb(
+        tmp_path / "GeoLite2-ASN.mmdb",
+        "GeoLite2-ASN",
+        {
+            "47.100.0.0/16": maxmind_asn(37963, "Hangzhou Alibaba Advertising Co.,Ltd."),
+            "2600:1f00::/24": maxmind_asn(16509, "AMAZON-02"),
+        },
+    )
+    aws = tmp_path / "ip-ranges.json"
+    aws.write_text(
+        json.dumps({"ipv6_prefixes": [{"ipv6_prefix": "2600:1f00::/24", "region": "us-east-1"}]})
+    )
+    return Config(
+        geo=GeoConfig(
+            country_mmdb=country,
+            asn_mmdb=asn,
+            region_maps=(RegionMapConfig(format="aws", path=aws),),
+        )
+    )
+
+
+def _run(config: Config | None, addresses: list[str], as_json: bool = False) -> tuple[int, str]:
+    out = io.StringIO()
+    code = lookup_main(config, addresses, out, as_json=as_json)
+    return code, out.getvalue()
+
+
+def test_json_lines_ipv4_ipv6_mapped(tmp_path: Path) -> None:
+    code, text = _run(
+        _config(tmp_path),
+        ["47.100.23.45", "2600:1f00::9", "::ffff:47.100.1.1", "10.20.0.17"],
+        as_json=True,
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert rows[0] == {
+        "address": "47.100.23.45",
+        "normalized": "47.100.23.45",
+        "country": "CN",
+        "country_source": "mmdb:GeoLite2-Country",
+        "region": None,
+        "region_source": None,
+        "asn": 37963,
+        "as_org": "Hangzhou Alibaba Advertising Co.,Ltd.",
+        "asn_source": "mmdb:GeoLite2-ASN",
+        "special": None,
+        "egress_candidate": True,
+    }
+    assert rows[1]["region"] == "aws/us-east-1"
+    assert rows[1]["region_source"] == "aws:ip-ranges.json"
+    assert rows[1]["country"] == iptocc.country_code("2600:1f00::9")
+    assert rows[1]["country_source"] == "embedded"
+    assert rows[1]["asn"] == 16509
+    assert rows[2]["normalized"] == "47.100.1.1" and rows[2]["country"] == "CN"
+    assert rows[3]["special"] == "private" and rows[3]["egress_candidate"] is False
+    assert rows[3]["country"] == "ZZ" and rows[3]["country_source"] == "none"
+
+
+def test_table_and_invalid_address_exit_2(tmp_path: Path) -> None:
+    code, text = _run(
+        _config(tmp_path), ["47.100.23.45", "not-an-ip", "2600:1f00::9", "::ffff:47.100.1.1"]
+    )
+    assert code == 2
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "ADDRESS",
+        "COUNTRY",
+        "REGION",
+        "ASN",
+        "ORGANISATION",
+        "SPECIAL",
+        "SOURCES",
+    ]
+    assert lines[1].split()[:4] == ["47.100.23.45", "CN", "-", "AS37963"]
+    assert "country=mmdb:GeoLite2-Country" in lines[1] and "asn=mmdb:GeoLite2-ASN" in lines[1]
+    assert lines[2] == "error: 'not-an-ip' is not an IPv4 or IPv6 address"
+    assert lines[3].split()[:4] == [
+        "2600:1f00::9",
+        iptocc.country_code("2600:1f00::9"),
+        "aws/us-east-1",
+        "AS16509",
+    ]
+    assert "region=aws:ip-ranges.json" in lines[3]
+    assert lines[4].startswith("::ffff:47.100.1.1 (47.100.1.1)")
+    # columns line up: COUNTRY starts at the same offset on every row
+    offset = lines[0].index("COUNTRY")
+    assert lines[1][offset : offset + 2] == "CN"
+
+
+def test_without_config_uses_embedded_data() -> None:
+    code, text = _run(None, ["8.8.8.8", "2001:db8::1"], as_json=True)
+    assert code == 0
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert (first["country"], first["country_source"]) == (
+        iptocc.country_code("8.8.8.8"),
+        "embedded",
+    )
+    assert first["asn"] is None and first["region"] is None
+    assert second["special"] == "documentation"
+
+
+def test_invalid_json_line(tmp_path: Path) -> None:
+    code, text = _run(None, ["1.2.3", "1.1.1.1"], as_json=True)
+    assert code == 2
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert first == {"address": "1.2.3", "error": "not an IPv4 or IPv6 address"}
+    assert second["country"] == iptocc.country_code("1.1.1.1")
+
+
+def test_broken_geo_data_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mmdb"
+    bad.write_bytes(b"x" * 64)
+    config = parse_config(f'[geo]\ncountry_mmdb = "{bad}"\n', "egressd.toml")
+    code, text = _run(config, ["1.1.1.1"])
+    assert code == 2
+    assert text.startswith(f"error: geo.country_mmdb: {bad}: not a valid MaxMind DB")
