@@ -1,4 +1,4 @@
-"""Event-time aggregation: per-interval sums per (group × destination), closed by a watermark.
+"""Event-time aggregation: per-interval sums per (group x destination), closed by a watermark.
 
 The watermark is the latest flow end time seen minus the allowed lateness; a bucket closes
 when the watermark passes its end, and a record for a closed bucket is late: counted, never

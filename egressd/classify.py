@@ -38,10 +38,7 @@ def _prefixes(networks: Iterable[IPNetwork]) -> tuple[_Prefix, ...]:
 
 
 def _matches(prefixes: tuple[_Prefix, ...], version: int, value: int) -> bool:
-    for v, network, mask in prefixes:
-        if v == version and value & mask == network:
-            return True
-    return False
+    return any(v == version and value & mask == network for v, network, mask in prefixes)
 
 
 class EgressClassifier:

@@ -17,6 +17,9 @@ EXIT_ERROR = 1
 EXIT_INVALID = 2
 
 
+_CONFIG_HELP = "configuration file (TOML); default: the built-in configuration"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="egressd",
@@ -121,20 +124,20 @@ def _run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    return run_daemon(args.config, allow_root=args.allow_root)
+    return int(run_daemon(args.config, allow_root=args.allow_root))
 
 
 def _lookup(args: argparse.Namespace) -> int:
     from egressd.lookup import lookup_main
 
     config = _load(args.config)
-    return lookup_main(config, args.addresses, sys.stdout, as_json=args.json)
+    return int(lookup_main(config, args.addresses, sys.stdout, as_json=args.json))
 
 
 def _demo(args: argparse.Namespace) -> int:
     from egressd.demo import demo_main
 
-    return demo_main(args.target, args.group_source, args.destination, args.bytes)
+    return int(demo_main(args.target, args.group_source, args.destination, args.bytes))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -301,6 +301,7 @@ class _Table:
             return default
 
     def require(self, key: str, convert: Callable[[Any], T], default: T) -> T:
+        """Like :meth:`get`, but a missing key is a problem (``default`` keeps checking going)."""
         if key not in self._data:
             self.problem(key, "is required")
             return default
@@ -480,7 +481,8 @@ def _read_networks(t: _Table) -> NetworksConfig:
 
 def _read_group(t: _Table) -> GroupConfig:
     name = t.require("name", _nonempty_str, "")
-    sources = t.require("sources", _networks, ())
+    no_networks: tuple[IPNetwork, ...] = ()
+    sources = t.require("sources", _networks, no_networks)
     group = GroupConfig(
         name=name,
         sources=sources,
@@ -575,13 +577,14 @@ def _read_netflow(t: _Table) -> NetflowSourceConfig:
 
 
 def _read_kafka(t: _Table) -> KafkaSourceConfig:
-    servers = t.require("bootstrap_servers", _str_list, ())
+    no_strings: tuple[str, ...] = ()
+    servers = t.require("bootstrap_servers", _str_list, no_strings)
     for server in servers:
         try:
             split_host_port(server)
         except ValueError as exc:
             t.problem("bootstrap_servers", str(exc))
-    topics = t.require("topics", _str_list, ())
+    topics = t.require("topics", _str_list, no_strings)
     d = KafkaSourceConfig(bootstrap_servers=(), topics=())
     cfg = KafkaSourceConfig(
         bootstrap_servers=servers,

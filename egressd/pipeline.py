@@ -164,13 +164,13 @@ class Engine:
                 stats.egress_records += 1
                 stats.egress_bytes += record.bytes
                 add(
-                    (group, dest),
+                    (group, dest),  # type: ignore[arg-type]
                     record.time_end,
                     record.src,
                     record.dst,
                     record.bytes,
                     record.packets,
-                )  # type: ignore[arg-type]
+                )
             if aggregator.max_time >= aggregator.next_due:
                 changed.extend(self._close(aggregator.pop_due()))
         stats.records += count
@@ -213,12 +213,12 @@ class Engine:
         interval = self.config.detection.interval
         if self.last_tick == -math.inf:
             return changed
-        gaps = int(round((upto - self.last_tick) / interval))
+        gaps = round((upto - self.last_tick) / interval)
         if gaps <= 0:
             return changed
         starts = [self.last_tick + i * interval for i in range(gaps)]
         if len(starts) > _MAX_EMPTY_TICKS:
-            starts = starts[: _MAX_EMPTY_TICKS // 2] + [upto - interval]
+            starts = [*starts[: _MAX_EMPTY_TICKS // 2], upto - interval]
         for start in starts:
             changed.extend(self._tick(start, {}))
         return changed

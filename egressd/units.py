@@ -86,7 +86,7 @@ def format_duration(seconds: float) -> str:
     if seconds <= 0:
         return "0s"
     parts = []
-    remaining = int(round(seconds))
+    remaining = round(seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if remaining >= size:
             count, remaining = divmod(remaining, size)

@@ -1,4 +1,4 @@
-"""Seasonal rolling baselines per (source group × destination), in bounded memory.
+"""Seasonal rolling baselines per (source group x destination), in bounded memory.
 
 Each key keeps, in log2(bytes) space, a robust running level and spread for every hour of
 day on weekdays and on weekends, plus an overall level. Updates are clipped so a single
@@ -20,12 +20,12 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 _HEADER = struct.Struct("<ddffI")
 # per slot: level, spread (float16, log2 bytes: ~2% resolution), observations (capped at 255)
 _SLOT = struct.Struct("<eeB")
-SLOTS = 48  # 24 hours × (weekday, weekend)
+SLOTS = 48  # 24 hours x (weekday, weekend)
 RECORD_SIZE = _HEADER.size + SLOTS * _SLOT.size
 
 #: spread never counts as smaller than this (log2 units: a factor of about 1.4)
 MIN_SPREAD = 0.5
-#: clip updates to level ± CLIP × spread so one outlier moves a baseline only a little
+#: clip updates to level ± CLIP x spread so one outlier moves a baseline only a little
 CLIP = 3.0
 SLOT_ALPHA = 0.15
 OVERALL_ALPHA = 0.05
@@ -47,7 +47,7 @@ class Expectation:
 
     @property
     def bytes(self) -> float:
-        return max(2.0**self.level - 1.0, 0.0)
+        return max(float(2.0**self.level) - 1.0, 0.0)
 
 
 def to_level(byte_count: float) -> float:
@@ -55,7 +55,7 @@ def to_level(byte_count: float) -> float:
 
 
 class SeasonKeyer:
-    """Maps an event time to its seasonal slot (hour of day × weekday/weekend) in a timezone."""
+    """Maps an event time to its seasonal slot (hour of day x weekday/weekend) in a timezone."""
 
     __slots__ = ("_cache", "_tz")
 
@@ -68,7 +68,7 @@ class SeasonKeyer:
         slot = self._cache.get(hour_index)
         if slot is None:
             moment = datetime.fromtimestamp(hour_index * 3600, self._tz)
-            slot = moment.hour + (24 if moment.weekday() >= 5 else 0)
+            slot = int(moment.hour) + (24 if moment.weekday() >= 5 else 0)
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[hour_index] = slot
@@ -142,9 +142,11 @@ class SeasonalBaselines:
         # (the first weekend after a weekday-only history must not look like an anomaly).
         centre = _SLOT.unpack_from(record, _HEADER.size + slot * _SLOT.size)
         if centre[2] >= MIN_SLOT_OBSERVATIONS:
-            day_types, basis = (weekend,), "slot"
+            day_types: tuple[int, ...] = (weekend,)
+            basis = "slot"
         else:
-            day_types, basis = (weekend, 1 - weekend), "either-day-type"
+            day_types = (weekend, 1 - weekend)
+            basis = "either-day-type"
         best: tuple[float, float, int] | None = None
         for day_type in day_types:
             for dh in (-1, 0, 1):
@@ -163,7 +165,7 @@ class SeasonalBaselines:
         record = self.records.get(key)
         if record is None:
             return None
-        first, last, level, spread, n = _HEADER.unpack_from(record, 0)
+        first, last, level, _spread, n = _HEADER.unpack_from(record, 0)
         hourly = []
         for index in range(SLOTS):
             s_level, _s_spread, s_n = _SLOT.unpack_from(record, _HEADER.size + index * _SLOT.size)

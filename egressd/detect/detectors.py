@@ -158,9 +158,11 @@ class UnexpectedDestinationDetector:
             ),
             "description": (
                 f"Group {group} sent {format_bytes(total)} to {dest.describe()} between "
-                f"{rfc3339(first)} and {rfc3339(now)} (floor {format_bytes(config.unexpected_min_bytes)}"
-                f" per {span}). Expected countries: {expected_text}. Top sources: "
-                f"{_top_with_bytes(sources, n)}. Top destinations: {_top_with_bytes(destinations, n)}."
+                f"{rfc3339(first)} and {rfc3339(now)} "
+                f"(floor {format_bytes(config.unexpected_min_bytes)} per {span}). "
+                f"Expected countries: {expected_text}. "
+                f"Top sources: {_top_with_bytes(sources, n)}. "
+                f"Top destinations: {_top_with_bytes(destinations, n)}."
             ),
             "bytes": str(total),
             "baseline_bytes": str(baseline),

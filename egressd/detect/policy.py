@@ -37,13 +37,17 @@ class ExpectedDestinations:
 
     __slots__ = ("_groups", "learn_min_bytes", "learned", "learning")
 
-    def __init__(self, groups: tuple[GroupConfig, ...], learning: float, learn_min_bytes: int):
+    def __init__(
+        self, groups: tuple[GroupConfig, ...], learning: float, learn_min_bytes: int
+    ) -> None:
         self._groups = {g.name: g for g in groups}
         self.learning = learning
         self.learn_min_bytes = learn_min_bytes
         self.learned: dict[str, LearnedDestinations] = {}
 
-    def reconfigure(self, groups: tuple[GroupConfig, ...], learning: float, learn_min_bytes: int):
+    def reconfigure(
+        self, groups: tuple[GroupConfig, ...], learning: float, learn_min_bytes: int
+    ) -> None:
         self._groups = {g.name: g for g in groups}
         self.learning = learning
         self.learn_min_bytes = learn_min_bytes

@@ -27,7 +27,7 @@ class DestinationLabels:
 
     @property
     def key(self) -> str:
-        """Stable text form used in state files and API output: ``CN``, ``US|aws/us-east-1|16509``."""
+        """Stable text form for state files and the API: ``CN``, ``US|aws/us-east-1|16509``."""
         if not self.region and not self.asn:
             return self.country
         return f"{self.country}|{self.region}|{self.asn or ''}"
