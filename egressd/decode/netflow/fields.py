@@ -76,6 +76,8 @@ END_FIELDS: Final[tuple[tuple[int, int], ...]] = (
     (157, TIME_NTP),
     (159, TIME_DELTA_US),
     (21, TIME_UPTIME_MS),
+    (323, TIME_MILLIS),  # observationTimeMilliseconds: NSEL event time when no end is given
+    (322, TIME_SECONDS),  # observationTimeSeconds
 )
 
 # Options-record elements that describe the exporter rather than a flow.

@@ -88,12 +88,11 @@ def _time(kind: int, value: int, ctx: DatagramContext) -> float:
 
 def _parse_frame(frame: bytes) -> tuple[bytes, bytes, int, int, int] | None:
     """Addresses, protocol and ports of a sampled Ethernet frame (IE 315), if it holds IP."""
-    pos = 12
     n = len(frame)
     if n < 14:
         return None
-    ethertype = _U16.unpack_from(frame, pos)[0]
-    pos += 2
+    ethertype = _U16.unpack_from(frame, 12)[0]
+    pos = 14
     while ethertype in (0x8100, 0x88A8, 0x9100) and pos + 4 <= n:  # VLAN tags
         ethertype = _U16.unpack_from(frame, pos + 2)[0]
         pos += 4
@@ -106,22 +105,46 @@ def _parse_frame(frame: bytes) -> tuple[bytes, bytes, int, int, int] | None:
         if pos >= n:
             return None
         ethertype = {4: 0x0800, 6: 0x86DD}.get(frame[pos] >> 4, 0)
-    if ethertype == 0x0800 and pos + 20 <= n:
-        ihl = (frame[pos] & 0x0F) * 4
-        proto = frame[pos + 9]
-        src, dst = frame[pos + 12 : pos + 16], frame[pos + 16 : pos + 20]
-        fragment = _U16.unpack_from(frame, pos + 6)[0] & 0x1FFF
-        l4 = pos + ihl
-        if fragment:
-            return src, dst, proto, 0, 0
-    elif ethertype == 0x86DD and pos + 40 <= n:
-        proto = frame[pos + 6]
-        src, dst = frame[pos + 8 : pos + 24], frame[pos + 24 : pos + 40]
-        l4 = pos + 40
-    else:
-        return None
-    if proto in (6, 17, 132) and l4 + 4 <= n:
-        sport, dport = _U16x2.unpack_from(frame, l4)
+    if ethertype == 0x0800:
+        return _parse_ip(frame, pos, 4)
+    if ethertype == 0x86DD:
+        return _parse_ip(frame, pos, 6)
+    return None
+
+
+_IPV6_EXTENSIONS = frozenset({0, 43, 60})  # hop-by-hop, routing (SRv6 SRH), destination options
+
+
+def _parse_ip(frame: bytes, pos: int, version: int) -> tuple[bytes, bytes, int, int, int] | None:
+    """Innermost IP header of a sampled packet: tunnels (IP-in-IP, SRv6) hide the real flow."""
+    n = len(frame)
+    for _ in range(4):  # bounded decapsulation
+        if version == 4:
+            if pos + 20 > n:
+                return None
+            ihl = (frame[pos] & 0x0F) * 4
+            proto = frame[pos + 9]
+            src, dst = frame[pos + 12 : pos + 16], frame[pos + 16 : pos + 20]
+            if _U16.unpack_from(frame, pos + 6)[0] & 0x1FFF:
+                return src, dst, proto, 0, 0  # later fragment: no ports in it
+            pos += max(ihl, 20)
+        else:
+            if pos + 40 > n:
+                return None
+            proto = frame[pos + 6]
+            src, dst = frame[pos + 8 : pos + 24], frame[pos + 24 : pos + 40]
+            pos += 40
+            while proto in _IPV6_EXTENSIONS and pos + 8 <= n:
+                proto, ext_len = frame[pos], frame[pos + 1]
+                pos += (ext_len + 1) * 8
+        if proto == 4 and pos < n and frame[pos] >> 4 == 4:
+            version = 4
+        elif proto == 41 and pos < n and frame[pos] >> 4 == 6:
+            version = 6
+        else:
+            break
+    if proto in (6, 17, 132) and pos + 4 <= n:
+        sport, dport = _U16x2.unpack_from(frame, pos)
         return src, dst, proto, sport, dport
     return src, dst, proto, 0, 0
 
@@ -244,10 +267,13 @@ def decode_data_set(
             time_end = _time(end_kind, t1, ctx)
         if t0 is None:
             time_start = time_end
-        elif start_kind == up_kind:
-            time_start = export_time + ((((t0 - uptime + _HALF) & _MASK) - _HALF) / 1000.0)
         else:
-            time_start = _time(start_kind, t0, ctx)
+            if start_kind == up_kind:
+                time_start = export_time + ((((t0 - uptime + _HALF) & _MASK) - _HALF) / 1000.0)
+            else:
+                time_start = _time(start_kind, t0, ctx)
+            if t1 is None and time_start > time_end:
+                time_end = time_start  # export time has whole seconds only
         src_text = cache.get(src)
         if src_text is None:
             src_text = address_text(src, cache)
