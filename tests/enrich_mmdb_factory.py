@@ -14,7 +14,7 @@ from netaddr import IPSet
 BUILD_EPOCH = 1_700_000_000
 
 
-class _FixedEpochWriter(MMDBWriter):  # type: ignore[misc]
+class _FixedEpochWriter(MMDBWriter):
     """mmdb_writer stamps the current time; tests want a known build date."""
 
     def __init__(self, build_epoch: int, **kwargs: Any) -> None:

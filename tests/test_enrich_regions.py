@@ -348,3 +348,43 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_malformed_addresses_are_not_covered(oracle_map: RegionMap) -> None:
     for address in ["", "foo", "10.0.0", "10.0.0.0/8", "fd00::1%eth0", "10.1.2.130 "]:
         assert oracle_map.lookup_text(address) is None
+
+
+_nested_prefixes = st.dictionaries(
+    st.tuples(st.integers(0, 2**16 - 1), st.integers(16, 32)).map(
+        lambda t: str(
+            ipaddress.ip_network(
+                (0x0A000000 | t[0] << 8 if t[1] <= 24 else 0x0A000000 | t[0], t[1]), strict=False
+            )
+        )
+    ),
+    st.sampled_from(["r1", "r2", "r3"]),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_nested_prefixes, st.lists(st.integers(0, 2**24 - 1), min_size=1, max_size=20))
+def test_random_nested_prefixes_match_brute_force(
+    tmp_path_factory: pytest.TempPathFactory, prefixes: dict[str, str], offsets: list[int]
+) -> None:
+    path = tmp_path_factory.mktemp("nested") / "ip-ranges.json"
+    path.write_text(
+        json.dumps({"prefixes": [{"ip_prefix": c, "region": r} for c, r in prefixes.items()]})
+    )
+    m = load_aws(path)
+    entries = [(c, f"aws/{r}") for c, r in prefixes.items()]
+    # probe addresses near every prefix's edges and random ones in 10.0.0.0/8
+    probes = [str(ipaddress.IPv4Address(0x0A000000 | o)) for o in offsets]
+    for cidr in prefixes:
+        net = ipaddress.ip_network(cidr)
+        for edge in (
+            int(net.network_address) - 1,
+            int(net.network_address),
+            int(net.broadcast_address),
+            int(net.broadcast_address) + 1,
+        ):
+            probes.append(str(ipaddress.IPv4Address(edge)))
+    for address in probes:
+        assert m.lookup_text(address) == _oracle(entries, address), address
