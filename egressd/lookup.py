@@ -12,7 +12,6 @@ import orjson
 
 from egressd.config import Config, GeoConfig
 from egressd.enrich.labeler import CompositeLabeler, LookupResult, build_labeler
-from egressd.errors import ConfigError
 
 #: exit codes, as ``check-config``: 2 = something given was invalid
 EXIT_OK = 0
@@ -62,15 +61,11 @@ def _json(result: LookupResult) -> dict[str, object]:
 def lookup_main(
     config: Config | None, addresses: list[str], out: TextIO, as_json: bool = False
 ) -> int:
-    """Print what egressd knows about each address; 2 when any address (or the geo data) is
-    invalid, after printing the others."""
+    """Print what egressd knows about each address; 2 when any address is invalid, after
+    printing the others. Unusable geo data files raise :class:`ConfigError` (the CLI reports
+    it on stderr and exits 2)."""
     geo = config.geo if config is not None else GeoConfig()
-    try:
-        labeler: CompositeLabeler = build_labeler(geo)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            out.write(f"error: {problem}\n")
-        return EXIT_INVALID
+    labeler: CompositeLabeler = build_labeler(geo)
     status = EXIT_OK
     rows: list[tuple[str, ...]] = []
     try:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import iptocc
+import pytest
 from enrich_mmdb_factory import maxmind_asn, maxmind_country, write_mmdb
 
+from egressd.cli import main as cli_main
 from egressd.config import Config, GeoConfig, RegionMapConfig, parse_config
+from egressd.errors import ConfigError
 from egressd.lookup import lookup_main
 
 
@@ -128,10 +132,29 @@ def test_invalid_json_line(tmp_path: Path) -> None:
     assert second["country"] == iptocc.country_code("1.1.1.1")
 
 
-def test_broken_geo_data_is_reported(tmp_path: Path) -> None:
+def test_broken_geo_data_raises_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.mmdb"
     bad.write_bytes(b"x" * 64)
     config = parse_config(f'[geo]\ncountry_mmdb = "{bad}"\n', "egressd.toml")
-    code, text = _run(config, ["1.1.1.1"])
-    assert code == 2
-    assert text.startswith(f"error: geo.country_mmdb: {bad}: not a valid MaxMind DB")
+    with pytest.raises(ConfigError, match=re.escape(f"geo.country_mmdb: {bad}: not a valid")):
+        _run(config, ["1.1.1.1"])
+
+
+def test_cli_lookup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "egressd.toml"
+    config.write_text(f'[[geo.region_maps]]\nformat = "csv"\npath = "{tmp_path / "r.csv"}"\n')
+    (tmp_path / "r.csv").write_text("2001:db8::/32,lab/docs\n")
+    assert cli_main(["lookup", "--config", str(config), "--json", "2001:db8::5"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["region"], row["region_source"], row["special"]) == (
+        "lab/docs",
+        "csv:r.csv",
+        "documentation",
+    )
+    assert cli_main(["lookup", "8.8.8.8", "nope"]) == 2
+    out = capsys.readouterr().out
+    assert "error: 'nope' is not an IPv4 or IPv6 address" in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[geo]\ncountry_mmdb = "{config}"\n')  # a TOML file is no mmdb
+    assert cli_main(["lookup", "--config", str(bad), "8.8.8.8"]) == 2
+    assert "not a valid MaxMind DB" in capsys.readouterr().err
