@@ -619,6 +619,17 @@ def _read_kafka(t: _Table) -> KafkaSourceConfig:
         t.problem(
             "security_protocol", "must be SASL_PLAINTEXT or SASL_SSL when sasl_mechanism is set"
         )
+    if cfg.sasl_mechanism and not cfg.sasl_username:
+        t.problem("sasl_username", f"is required with sasl_mechanism {cfg.sasl_mechanism}")
+    if cfg.sasl_mechanism and cfg.sasl_password_file is None:
+        t.problem("sasl_password_file", f"is required with sasl_mechanism {cfg.sasl_mechanism}")
+    if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
+        t.problem("tls_key_file", "tls_cert_file and tls_key_file go together (client certificate)")
+    uses_tls = cfg.security_protocol in ("SSL", "SASL_SSL")
+    if not uses_tls and (cfg.tls_ca_file or cfg.tls_cert_file or cfg.tls_key_file):
+        t.problem("security_protocol", "must be SSL or SASL_SSL when tls_* files are set")
+    if cfg.heartbeat_interval >= cfg.session_timeout:
+        t.problem("heartbeat_interval", "must be shorter than session_timeout")
     for key in ("sasl_password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         path = getattr(cfg, key)
         if path is not None and not path.is_file():
