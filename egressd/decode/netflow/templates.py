@@ -42,7 +42,7 @@ DEFAULTS: tuple[Any, ...] = (
 assert len(DEFAULTS) == F.SLOT_COUNT
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Layout:
     """How to pull FlowRecord slots out of records of one field list.
 
@@ -64,6 +64,8 @@ class Layout:
     has_address: bool
     has_frame: bool
     option_walk: tuple[tuple[int, int], ...]  # (length, element id or -1) for options data
+    order: tuple[int, ...] = ()  # slot of each struct output, in struct order
+    fast: Any = None  # generated per-layout set decoder (templated.py), built on first use
 
 
 @dataclass(slots=True)
@@ -194,6 +196,7 @@ def compile_layout(fields: tuple[FieldSpec, ...], scope_count: int, version: int
         has_address=bool(present & {F.SRC4, F.SRC6}) and bool(present & {F.DST4, F.DST6}),
         has_frame=F.FRAME in present,
         option_walk=tuple(option_walk),
+        order=tuple(order),
     )
 
 
