@@ -129,8 +129,8 @@ class SeasonalBaselines:
         """The seasonal expectation for ``key`` at ``event_time``; None if never seen.
 
         Uses the busiest of the three neighbouring hour slots (so a job that starts a little
-        early or late is still "usual") of the same day type, of both day types when this
-        hour has no history on this day type yet, and else the overall level.
+        early or late is still "usual") of the same day type, of both day types when these
+        hours have no history on this day type yet, and else the overall level.
         """
         record = self.records.get(key)
         if record is None:
@@ -138,10 +138,18 @@ class SeasonalBaselines:
         first, _last, level, spread, n = _HEADER.unpack_from(record, 0)
         slot = self.season.slot(event_time)
         hour, weekend = slot % 24, slot // 24
-        # The same day type speaks when its own hour has history; otherwise both day types do
-        # (the first weekend after a weekday-only history must not look like an anomaly).
-        centre = _SLOT.unpack_from(record, _HEADER.size + slot * _SLOT.size)
-        if centre[2] >= MIN_SLOT_OBSERVATIONS:
+        # The same day type speaks alone only when all three hours it compares have history
+        # on it; otherwise both day types do. Checking the centre hour alone is not enough:
+        # ten minutes into the first weekend night the centre hour holds only the quiet
+        # minutes before a nightly job started, and the job's weekday history in the next
+        # hour would be ignored, so a routine backup would page.
+        if all(
+            _SLOT.unpack_from(
+                record, _HEADER.size + (weekend * 24 + (hour + dh) % 24) * _SLOT.size
+            )[2]
+            >= MIN_SLOT_OBSERVATIONS
+            for dh in (-1, 0, 1)
+        ):
             day_types: tuple[int, ...] = (weekend,)
             basis = "slot"
         else:

@@ -1,0 +1,723 @@
+"""Seeded multi-day flow telemetry for scenario tests and benchmarks: normal egress, traps, exfils.
+
+Each scenario says what it injected (with the event time a detector threshold is crossed) so
+tests can check that every exfiltration pages, in time, and that nothing else does.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+import iptocc
+import orjson
+
+DAY = 86400.0
+INTERVAL = 300.0
+#: Monday 2 March 2026, 00:00 UTC
+START = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+LEARNING = 3 * DAY
+UNEXPECTED_MIN_BYTES = 100_000_000
+SPIKE_RATIO = 4.0
+SPIKE_MIN_BYTES = 100_000_000
+GROWTH_PER_DAY = 1.03
+MB = 1_000_000
+GB = 1_000_000_000
+
+# Real public destinations, checked against the embedded country data when the module loads.
+DESTINATIONS: dict[str, tuple[str, ...]] = {
+    "US": (
+        "8.8.8.8",
+        "8.8.4.4",
+        "140.82.112.3",
+        "151.101.1.69",
+        "13.107.42.14",
+        "104.16.132.229",
+        "52.94.236.248",
+        "17.253.144.10",
+        "2001:4860:4860::8888",
+        "2606:4700:4700::1111",
+        "2620:fe::fe",
+    ),
+    "GB": ("212.58.244.22", "81.2.69.142", "193.62.193.80", "2a00:1098:0:80::1", "2001:630:1:1::1"),
+    "IE": ("87.198.1.1", "193.1.193.64", "89.101.160.5", "46.22.128.1", "2a00:1450:4009::1"),
+    "DE": ("88.198.55.33", "78.46.1.1", "85.13.128.1", "136.243.1.1", "178.63.1.1", "2a01:4f8::1"),
+    "FR": ("163.172.1.1", "212.27.48.10", "62.210.16.6", "91.121.1.1"),
+    "NL": ("145.100.190.243", "194.109.6.66", "82.94.1.1", "2001:67c:2e8::1"),
+    "JP": ("133.11.0.1", "210.130.1.1", "202.12.27.33", "157.7.1.1", "2001:200::1"),
+    "CN": ("47.100.23.45", "114.114.114.114", "220.181.38.148", "119.29.29.29", "223.5.5.5"),
+    "CN6": ("2001:da8::1", "240e:1::1", "2400:da00::6666"),
+    "RU": ("77.88.55.60", "87.250.250.242", "5.255.255.5", "95.163.1.1"),
+    "RU6": ("2a02:6b8::2:242", "2a02:6b8:a::a"),
+    "BR": ("200.147.67.142", "200.160.2.3", "177.1.1.1"),
+    "HK": ("218.188.1.1", "43.249.1.1", "119.247.1.1"),
+}
+
+
+def _check_destinations() -> None:
+    for code, addresses in DESTINATIONS.items():
+        found = iptocc.country_code(list(addresses))
+        wrong = [a for a, c in zip(addresses, found, strict=True) if c != code[:2]]
+        if wrong:
+            raise AssertionError(f"scenario destinations not in {code[:2]}: {wrong} ({found})")
+
+
+_check_destinations()
+
+CONFIG_TOML = """\
+[networks]
+local = ["10.0.0.0/8", "fd00::/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16", "fd00:20::/32"]
+expected_countries = ["GB", "US", "IE", "DE"]
+
+[[groups]]
+name = "office"
+sources = ["10.30.0.0/16"]
+expected_countries = ["GB", "US", "IE", "FR", "NL"]
+
+[[groups]]
+name = "servers"
+sources = ["10.40.0.0/16", "fd00:40::/32"]
+expected_countries = ["GB", "US", "DE"]
+
+# no expected_countries: learned during the learning period
+[[groups]]
+name = "lab"
+sources = ["10.60.0.0/16"]
+
+[detection]
+interval = "5m"
+learning = "3d"
+unexpected_min_bytes = "100MB"
+unexpected_window = "1h"
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Normal egress of one (group, country): per-interval bytes at the weekday peak."""
+
+    group: str
+    country: str
+    peak: float
+    #: fraction of the peak at night
+    night: float
+    #: weekend multiplier
+    weekend: float
+    #: share of flows over IPv6
+    ipv6: float = 0.0
+    #: first day (from the start) this destination is used at all
+    first_day: int = 0
+    noise: float = 0.25
+
+
+PROFILES: tuple[Profile, ...] = (
+    Profile("research", "US", 300 * MB, 0.15, 0.5, ipv6=0.2),
+    Profile("research", "GB", 150 * MB, 0.15, 0.5, ipv6=0.2),
+    Profile("research", "IE", 60 * MB, 0.15, 0.5, ipv6=0.1),
+    Profile("research", "DE", 40 * MB, 0.15, 0.5),
+    Profile("office", "US", 200 * MB, 0.05, 0.25),
+    Profile("office", "GB", 100 * MB, 0.05, 0.25),
+    Profile("office", "IE", 80 * MB, 0.05, 0.25),
+    Profile("office", "FR", 20 * MB, 0.05, 0.25),
+    # newly used allowed country: first contact after learning, moderate volume
+    Profile("office", "NL", 30 * MB, 0.05, 0.25, first_day=4),
+    Profile("servers", "US", 50 * MB, 0.6, 0.9, ipv6=0.3),
+    Profile("servers", "GB", 30 * MB, 0.6, 0.9),
+    Profile("servers", "DE", 10 * MB, 0.6, 0.9),
+    # learned group
+    Profile("lab", "US", 60 * MB, 0.2, 0.6),
+    Profile("lab", "GB", 40 * MB, 0.2, 0.6),
+    Profile("lab", "JP", 20 * MB, 0.2, 0.6),
+    # unmatched local sources: group "other", learned
+    Profile("other", "US", 10 * MB, 0.3, 0.7),
+    Profile("other", "GB", 5 * MB, 0.3, 0.7),
+)
+
+#: source prefixes per group, (IPv4 /16 second octet, IPv6 prefix or "")
+_GROUP_NETS = {
+    "research": (20, "fd00:20"),
+    "office": (30, ""),
+    "servers": (40, "fd00:40"),
+    "lab": (60, ""),
+    "other": (50, ""),
+}
+_GROUP_HOSTS = {"research": 400, "office": 800, "servers": 60, "lab": 100, "other": 50}
+
+EXPORTER = "10.255.0.1"
+#: the office exporter samples 1 in 10
+SAMPLED_EXPORTER = "10.255.0.2"
+#: the exporter of the lab edge samples 1 in 100
+LAB_EXPORTER = "10.255.0.3"
+
+
+def diurnal(hour: float) -> float:
+    """0..1 activity by hour of day: quiet night, smooth ramp to an early-afternoon peak."""
+    if 6.0 <= hour <= 20.0:
+        return math.sin(math.pi * (hour - 6.0) / 14.0) ** 2
+    return 0.0
+
+
+def growth(event_time: float, start: float = START) -> float:
+    return float(GROWTH_PER_DAY ** ((event_time - start) / DAY))
+
+
+def is_weekend(event_time: float) -> bool:
+    return datetime.fromtimestamp(event_time, UTC).weekday() >= 5
+
+
+def profile_bytes(profile: Profile, event_time: float, start: float = START) -> float:
+    """The mean bytes ``profile`` sends in the interval starting at ``event_time``."""
+    if event_time < start + profile.first_day * DAY:
+        return 0.0
+    moment = datetime.fromtimestamp(event_time, UTC)
+    hour = moment.hour + moment.minute / 60.0
+    level = profile.peak * (profile.night + (1.0 - profile.night) * diurnal(hour))
+    if moment.weekday() >= 5:
+        level *= profile.weekend
+    return level * growth(event_time, start)
+
+
+class Flow(NamedTuple):
+    """One exported flow; ``bytes``/``packets`` are what the exporter wrote (before sampling)."""
+
+    end: float
+    start: float
+    src: str
+    dst: str
+    bytes: int
+    packets: int
+    sampling_rate: int = 1
+    exporter: str = EXPORTER
+    proto: int = 6
+    src_port: int = 40000
+    dst_port: int = 443
+
+    @property
+    def real_bytes(self) -> int:
+        return self.bytes * self.sampling_rate
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedAlert:
+    """An injected exfiltration and the alert it must raise."""
+
+    name: str
+    alertname: str
+    group: str
+    dst_country: str
+    #: event time at which the detector's threshold is crossed
+    crossing: float
+    source: str
+    destination: str
+    #: the detector threshold the evidence must reach
+    floor: int
+    total_bytes: int
+    #: for spikes: the generated per-interval baseline
+    baseline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Trap:
+    """Benign traffic that looks alarming and must not page."""
+
+    name: str
+    start: float
+    end: float
+
+
+@dataclass(slots=True)
+class Scenario:
+    seed: int
+    start: float
+    days: int
+    flows: list[Flow]
+    expected: list[ExpectedAlert]
+    traps: list[Trap] = field(default_factory=list)
+    config_text: str = CONFIG_TOML
+
+    @property
+    def end(self) -> float:
+        return self.start + self.days * DAY
+
+    def write_config(self, path: Path) -> Path:
+        path.write_text(self.config_text, encoding="utf-8")
+        return path
+
+    def write(self, path: Path, fmt: str = "goflow2-json") -> Path:
+        """Write the flows, in flow end-time order, as JSON lines in ``fmt``."""
+        encode = {
+            "goflow2-json": goflow2_line,
+            "egressd-json": egressd_line,
+            "pmacct-json": pmacct_line,
+        }[fmt]
+        with open(path, "wb") as out:
+            out.writelines(encode(flow, i) for i, flow in enumerate(self.flows))
+        return path
+
+    def egress_bytes(self) -> int:
+        return sum(f.real_bytes for f in self.flows)
+
+
+def goflow2_line(flow: Flow, sequence: int = 0) -> bytes:
+    v6 = ":" in flow.src
+    return (
+        orjson.dumps(
+            {
+                "type": "IPFIX",
+                "time_received_ns": int(flow.end * 1e9) + 2_000_000_000,
+                "sequence_num": sequence,
+                "sampling_rate": flow.sampling_rate,
+                "sampler_address": flow.exporter,
+                "time_flow_start_ns": int(flow.start * 1e9),
+                "time_flow_end_ns": int(flow.end * 1e9),
+                "bytes": flow.bytes,
+                "packets": flow.packets,
+                "src_addr": flow.src,
+                "dst_addr": flow.dst,
+                "etype": "IPv6" if v6 else "IPv4",
+                "proto": "TCP" if flow.proto == 6 else "UDP",
+                "src_port": flow.src_port,
+                "dst_port": flow.dst_port,
+                "in_if": 1,
+                "out_if": 2,
+            }
+        )
+        + b"\n"
+    )
+
+
+def egressd_line(flow: Flow, sequence: int = 0) -> bytes:
+    return (
+        orjson.dumps(
+            {
+                "time_start": flow.start,
+                "time_end": flow.end,
+                "src": flow.src,
+                "dst": flow.dst,
+                "bytes": flow.bytes,
+                "packets": flow.packets,
+                "sampling_rate": flow.sampling_rate,
+                "proto": flow.proto,
+                "src_port": flow.src_port,
+                "dst_port": flow.dst_port,
+                "exporter": flow.exporter,
+            }
+        )
+        + b"\n"
+    )
+
+
+def _pmacct_time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def pmacct_line(flow: Flow, sequence: int = 0) -> bytes:
+    return (
+        orjson.dumps(
+            {
+                "event_type": "purge",
+                "peer_ip_src": flow.exporter,
+                "ip_src": flow.src,
+                "ip_dst": flow.dst,
+                "port_src": flow.src_port,
+                "port_dst": flow.dst_port,
+                "ip_proto": "tcp" if flow.proto == 6 else "udp",
+                "timestamp_start": _pmacct_time(flow.start),
+                "timestamp_end": _pmacct_time(flow.end),
+                "sampling_rate": flow.sampling_rate,
+                "packets": flow.packets,
+                "bytes": flow.bytes,
+            }
+        )
+        + b"\n"
+    )
+
+
+class _Hosts:
+    """Source host pools per group (IPv4 and, where the group has one, IPv6)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.v4: dict[str, list[str]] = {}
+        self.v6: dict[str, list[str]] = {}
+        for group, (octet, prefix6) in _GROUP_NETS.items():
+            count = _GROUP_HOSTS[group]
+            picks = rng.sample(range(1, 250 * 250), count)
+            self.v4[group] = [f"10.{octet}.{p // 250}.{p % 250 + 1}" for p in picks]
+            if prefix6:
+                self.v6[group] = [f"{prefix6}::{rng.randrange(1, 0xFFFF):x}" for _ in range(50)]
+
+    def pick(self, rng: random.Random, group: str, v6: bool) -> str:
+        pool = self.v6[group] if v6 else self.v4[group]
+        # Skewed (Pareto): a few hosts send most traffic.
+        return pool[min(int(rng.random() ** -0.8) - 1, len(pool) - 1)]
+
+
+def _split(rng: random.Random, total: float, parts: int) -> list[int]:
+    weights = [rng.expovariate(1.0) + 0.2 for _ in range(parts)]
+    scale = total / sum(weights)
+    return [max(int(w * scale), 64) for w in weights]
+
+
+def _transfer(
+    rng: random.Random,
+    src: str,
+    dst: str,
+    begin: float,
+    end: float,
+    total: float,
+    *,
+    step: float = 60.0,
+    sampling_rate: int = 1,
+    exporter: str = EXPORTER,
+    dst_port: int = 443,
+) -> list[Flow]:
+    """A long transfer as an exporter reports it: one flow per active timeout (``step``)."""
+    flows = []
+    count = max(1, math.ceil((end - begin) / step))
+    sizes = _split(rng, total, count)
+    sport = rng.randrange(32768, 61000)
+    for i, size in enumerate(sizes):
+        t_end = min(begin + (i + 1) * step - rng.uniform(0, 2), end)
+        t_start = max(begin + i * step, t_end - step)
+        raw = max(size // sampling_rate, 1)
+        flows.append(
+            Flow(
+                t_end,
+                t_start,
+                src,
+                dst,
+                raw,
+                max(raw // 1200, 1),
+                sampling_rate,
+                exporter,
+                6,
+                sport,
+                dst_port,
+            )
+        )
+    return flows
+
+
+def _crossing(flows: Iterable[Flow], threshold: float) -> float:
+    """Event time at which the summed (sampled-up) bytes of ``flows`` reach ``threshold``."""
+    total = 0
+    for flow in sorted(flows, key=lambda f: f.end):
+        total += flow.real_bytes
+        if total >= threshold:
+            return flow.end
+    raise AssertionError(f"injected transfer never reaches {threshold} bytes")
+
+
+def _background(
+    rng: random.Random, hosts: _Hosts, start: float, days: int, profiles: Sequence[Profile]
+) -> list[Flow]:
+    flows: list[Flow] = []
+    append = flows.append
+    random_ = rng.random
+    v4_dests = {c: [a for a in DESTINATIONS[c] if ":" not in a] for c in DESTINATIONS}
+    v6_dests = {c: [a for a in DESTINATIONS[c] if ":" in a] for c in DESTINATIONS}
+    intervals = int(days * DAY / INTERVAL)
+    for i in range(intervals):
+        t0 = start + i * INTERVAL
+        moment = datetime.fromtimestamp(t0, UTC)
+        activity = diurnal(moment.hour + moment.minute / 60.0)
+        weekend = moment.weekday() >= 5
+        scale = growth(t0, start)
+        for profile in profiles:
+            if t0 < start + profile.first_day * DAY:
+                continue
+            mean = profile.peak * (profile.night + (1.0 - profile.night) * activity) * scale
+            if weekend:
+                mean *= profile.weekend
+            total = mean * math.exp(rng.gauss(0.0, profile.noise) - profile.noise**2 / 2)
+            parts = 1 + int(4 * random_() * (0.3 + activity))
+            sampled = profile.group == "office"
+            rate = 10 if sampled else 1
+            exporter = SAMPLED_EXPORTER if sampled else EXPORTER
+            v4 = v4_dests[profile.country]
+            v6 = v6_dests[profile.country]
+            for size in _split(rng, total, parts):
+                ipv6 = bool(v6) and random_() < profile.ipv6
+                pool = v6 if ipv6 else v4
+                end = t0 + 0.5 + random_() * (INTERVAL - 1.0)
+                raw = max(size // rate, 40)
+                append(
+                    Flow(
+                        end,
+                        end - random_() * 60.0,
+                        hosts.pick(rng, profile.group, ipv6),
+                        pool[int(random_() * len(pool))],
+                        raw,
+                        max(raw // 1100, 1),
+                        rate,
+                        exporter,
+                        6,
+                        32768 + int(random_() * 28000),
+                        443,
+                    )
+                )
+    return flows
+
+
+def _at(start: float, day: int, hour: float) -> float:
+    return start + day * DAY + hour * 3600.0
+
+
+def generate(seed: int = 1, days: int = 9, start: float = START) -> Scenario:
+    """A scenario of ``days`` days (≥ 8) from ``start`` (a Monday, 00:00 UTC), seeded."""
+    if days < 8:
+        raise ValueError("scenarios need at least 8 days (3 learning, a weekend, a Monday)")
+    rng = random.Random(seed)
+    hosts = _Hosts(rng)
+    flows = _background(rng, hosts, start, days, PROFILES)
+    expected: list[ExpectedAlert] = []
+    traps: list[Trap] = []
+
+    def minute_jitter(lo: float, hi: float) -> float:
+        return rng.uniform(lo, hi) / 60.0
+
+    # -- exfiltrations --------------------------------------------------------------------
+    # Fast burst: research → CN, several GB in minutes (day 3, business hours).
+    src = hosts.v4["research"][rng.randrange(20)]
+    dst = rng.choice(DESTINATIONS["CN"])
+    begin = _at(start, 3, rng.uniform(10, 16))
+    size = rng.uniform(4, 8) * GB
+    burst = _transfer(rng, src, dst, begin, begin + rng.uniform(5, 9) * 60, size)
+    expected.append(
+        ExpectedAlert(
+            "burst",
+            "EgressUnexpectedDestination",
+            "research",
+            "CN",
+            _crossing(burst, UNEXPECTED_MIN_BYTES),
+            src,
+            dst,
+            UNEXPECTED_MIN_BYTES,
+            sum(f.real_bytes for f in burst),
+        )
+    )
+    flows += burst
+
+    # IPv6 exfiltration: fd00:20::/32 → RU over IPv6 (day 4, small hours).
+    src = rng.choice(hosts.v6["research"])
+    dst = rng.choice(DESTINATIONS["RU6"])
+    begin = _at(start, 4, rng.uniform(2, 5))
+    v6 = _transfer(rng, src, dst, begin, begin + rng.uniform(10, 20) * 60, rng.uniform(1, 3) * GB)
+    expected.append(
+        ExpectedAlert(
+            "ipv6",
+            "EgressUnexpectedDestination",
+            "research",
+            "RU",
+            _crossing(v6, UNEXPECTED_MIN_BYTES),
+            src,
+            dst,
+            UNEXPECTED_MIN_BYTES,
+            sum(f.real_bytes for f in v6),
+        )
+    )
+    flows += v6
+
+    # Slow drip: office → RU, ~12 MB per interval (far under the floor per interval),
+    # past the floor within the hour (day 5, Saturday evening).
+    src = hosts.v4["office"][rng.randrange(50, 100)]
+    dst = rng.choice(DESTINATIONS["RU"])
+    begin = _at(start, 5, rng.uniform(20, 22))
+    duration = rng.uniform(50, 55) * 60
+    drip = _transfer(rng, src, dst, begin, begin + duration, duration / 60 * 2.4 * MB)
+    per_interval: dict[float, int] = {}
+    for f in drip:
+        slot = f.end - f.end % INTERVAL
+        per_interval[slot] = per_interval.get(slot, 0) + f.real_bytes
+    assert max(per_interval.values()) < UNEXPECTED_MIN_BYTES / 2
+    expected.append(
+        ExpectedAlert(
+            "drip",
+            "EgressUnexpectedDestination",
+            "office",
+            "RU",
+            _crossing(drip, UNEXPECTED_MIN_BYTES),
+            src,
+            dst,
+            UNEXPECTED_MIN_BYTES,
+            sum(f.real_bytes for f in drip),
+        )
+    )
+    flows += drip
+
+    # Sampled exporter: lab (learned countries) → HK through an exporter sampling 1:100;
+    # raw bytes total ~1.6 MB, sampled up ~160 MB (day 6, Sunday).
+    src = hosts.v4["lab"][rng.randrange(10)]
+    dst = rng.choice(DESTINATIONS["HK"])
+    begin = _at(start, 6, rng.uniform(9, 15))
+    sampled = _transfer(
+        rng,
+        src,
+        dst,
+        begin,
+        begin + 10 * 60,
+        rng.uniform(150, 200) * MB,
+        step=15.0,
+        sampling_rate=100,
+        exporter=LAB_EXPORTER,
+    )
+    assert sum(f.bytes for f in sampled) < UNEXPECTED_MIN_BYTES / 10
+    expected.append(
+        ExpectedAlert(
+            "sampled",
+            "EgressUnexpectedDestination",
+            "lab",
+            "HK",
+            _crossing(sampled, UNEXPECTED_MIN_BYTES),
+            src,
+            dst,
+            UNEXPECTED_MIN_BYTES,
+            sum(f.real_bytes for f in sampled),
+        )
+    )
+    flows += sampled
+
+    # Volume spike to an allowed country: research → US at 20 times its baseline (Monday, day 7).
+    us = next(p for p in PROFILES if p.group == "research" and p.country == "US")
+    t0 = _at(start, 7, 0) + INTERVAL * rng.randrange(11 * 12, 15 * 12)
+    src = hosts.v4["research"][rng.randrange(20, 40)]
+    dst = rng.choice([a for a in DESTINATIONS["US"] if ":" not in a])
+    spike: list[Flow] = []
+    for k in range(3):
+        base = profile_bytes(us, t0 + k * INTERVAL, start)
+        spike += _transfer(
+            rng, src, dst, t0 + k * INTERVAL + 1, t0 + (k + 1) * INTERVAL - 1, 20 * base
+        )
+    baseline = profile_bytes(us, t0, start)
+    first = [f for f in spike if f.end < t0 + INTERVAL]
+    expected.append(
+        ExpectedAlert(
+            "spike",
+            "EgressVolumeSpike",
+            "research",
+            "US",
+            _crossing(first, max(SPIKE_RATIO * baseline, SPIKE_MIN_BYTES)),
+            src,
+            dst,
+            SPIKE_MIN_BYTES,
+            sum(f.real_bytes for f in spike),
+            baseline,
+        )
+    )
+    flows += spike
+
+    # -- benign traps -----------------------------------------------------------------------
+    # Nightly backup: servers → one DE address, 01:00 to 03:00 every night, tens of GB.
+    backup_src = hosts.v4["servers"][0]
+    backup_dst = DESTINATIONS["DE"][0]
+    for day in range(days):
+        begin = _at(start, day, 1 + minute_jitter(0, 5))
+        end = _at(start, day, 3 - minute_jitter(0, 5))
+        volume = 24 * GB * growth(begin, start) * math.exp(rng.gauss(0, 0.05))
+        flows += _transfer(rng, backup_src, backup_dst, begin, end, volume, dst_port=22)
+        traps.append(Trap("backup", begin, end))
+
+    # Ingress download from an unexpected country: CN → a research host.
+    begin = _at(start, 5, 10)
+    flows += _transfer(
+        rng, DESTINATIONS["CN"][1], hosts.v4["research"][5], begin, begin + 1800, 20 * GB
+    )
+    traps.append(Trap("ingress", begin, begin + 1800))
+
+    # East-west bulk copies: research → servers, terabytes (IPv4 and IPv6).
+    begin = _at(start, 4, 20)
+    flows += _transfer(
+        rng, hosts.v4["research"][7], hosts.v4["servers"][3], begin, begin + 7200, 2e12
+    )
+    flows += _transfer(
+        rng, hosts.v6["research"][3], hosts.v6["servers"][1], begin, begin + 3600, 5e11
+    )
+    traps.append(Trap("east-west", begin, begin + 7200))
+
+    # A few MB to an unexpected country.
+    for k in range(3):
+        begin = _at(start, 6, 9 + 3 * k + rng.random())
+        flows += _transfer(
+            rng, hosts.v4["office"][k], rng.choice(DESTINATIONS["BR"]), begin, begin + 30, 1 * MB
+        )
+    traps.append(Trap("few-mb", _at(start, 6, 9), _at(start, 6, 16)))
+
+    flows.sort(key=lambda f: f.end)
+    expected.sort(key=lambda e: e.crossing)
+    return Scenario(seed, start, days, flows, expected, traps)
+
+
+def benchmark_flows(
+    seed: int = 7,
+    *,
+    records: int = 120_000,
+    hosts: int = 2000,
+    destinations: int = 500,
+    days: int = 3,
+    start: float = START,
+) -> list[Flow]:
+    """Many small flows from ``hosts`` sources to ``destinations`` real addresses, in order."""
+    rng = random.Random(seed)
+    pool = _real_destinations(rng, destinations)
+    groups = list(_GROUP_NETS)
+    sources = []
+    for i in range(hosts):
+        octet = _GROUP_NETS[groups[i % len(groups)]][0]
+        sources.append(f"10.{octet}.{(i // 250) % 250}.{i % 250 + 1}")
+    span = days * DAY
+    step = span / records
+    flows = []
+    for i in range(records):
+        end = start + i * step + rng.random() * step
+        size = int(rng.lognormvariate(11, 2))
+        flows.append(
+            Flow(
+                end,
+                end - rng.uniform(0, 60),
+                sources[min(int(rng.paretovariate(0.8)), hosts) - 1],
+                pool[min(int(rng.paretovariate(0.6)), len(pool)) - 1],
+                size,
+                max(size // 1200, 1),
+                1,
+                EXPORTER,
+                6,
+                rng.randrange(32768, 61000),
+                443,
+            )
+        )
+    return flows
+
+
+def _real_destinations(rng: random.Random, count: int) -> list[str]:
+    """``count`` public unicast IPv4 addresses drawn from allocated space with a known country."""
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < count:
+        batch = []
+        for _ in range(count * 2):
+            first = rng.choice(_PUBLIC_FIRST_OCTETS)
+            batch.append(
+                f"{first}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            )
+        for address, country in zip(batch, iptocc.country_code(batch), strict=True):
+            if country and address not in seen and len(out) < count:
+                seen.add(address)
+                out.append(address)
+    return out
+
+
+# First octets of well-populated unicast space (no private, loopback, CGNAT, multicast).
+_PUBLIC_FIRST_OCTETS = (
+    2, 5, 8, 13, 17, 23, 31, 37, 41, 46, 47, 52, 62, 77, 78, 81, 85, 87, 88, 89, 91, 95, 101,
+    103, 104, 114, 119, 133, 140, 145, 151, 157, 163, 177, 178, 185, 193, 194, 195, 200, 202,
+    210, 212, 218, 220, 223,
+)  # fmt: skip
