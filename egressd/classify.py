@@ -9,20 +9,10 @@ import ipaddress
 from collections.abc import Iterable
 
 from egressd.config import OTHER_GROUP, GroupConfig, IPNetwork, NetworksConfig
+from egressd.enrich.address import parse_address
 
 # (version, network as int, mask as int)
 _Prefix = tuple[int, int, int]
-
-
-def parse_address(text: str) -> tuple[int, int] | None:
-    """(IP version, address as int) of ``text``; IPv4-mapped IPv6 becomes IPv4. None if invalid."""
-    try:
-        addr = ipaddress.ip_address(text.strip())
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return 4, int(addr.ipv4_mapped)
-    return addr.version, int(addr)
 
 
 def _prefixes(networks: Iterable[IPNetwork]) -> tuple[_Prefix, ...]:
