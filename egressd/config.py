@@ -174,6 +174,12 @@ class AlertmanagerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    #: append every alert transition as a JSON line here (contract 2 events); None = off
+    log_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     networks: NetworksConfig = field(default_factory=NetworksConfig)
     groups: tuple[GroupConfig, ...] = ()
@@ -183,6 +189,7 @@ class Config:
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     geo: GeoConfig = field(default_factory=GeoConfig)
     alertmanager: AlertmanagerConfig = field(default_factory=AlertmanagerConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     #: where the configuration came from ("" for built-in defaults)
     source_path: str = ""
 
@@ -554,8 +561,23 @@ def _read_http(t: _Table) -> HttpConfig:
     )
     if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
         t.problem("tls_cert_file", "tls_cert_file and tls_key_file go together")
+    for user, hashed in cfg.basic_auth_users:
+        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            t.problem("basic_auth_users", f"password of {user!r} is not a bcrypt hash ($2b$...)")
+        elif not _bcrypt_available():
+            t.problem(
+                "basic_auth_users",
+                "bcrypt password hashes need the Python package 'bcrypt' (pip install bcrypt)",
+            )
+            break
     t.done()
     return cfg
+
+
+def _bcrypt_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bcrypt") is not None
 
 
 def _read_netflow(t: _Table) -> NetflowSourceConfig:
@@ -715,6 +737,12 @@ def _read_alertmanager(t: _Table) -> AlertmanagerConfig:
     return cfg
 
 
+def _read_alerts(t: _Table) -> AlertsConfig:
+    cfg = AlertsConfig(log_path=t.get("log_path", None, _path))
+    t.done()
+    return cfg
+
+
 def _check_groups(reader: _Reader, groups: tuple[GroupConfig, ...]) -> None:
     seen: set[str] = set()
     for i, group in enumerate(groups):
@@ -750,6 +778,7 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         sources=_read_sources(top.sub("sources")),
         geo=_read_geo(top.sub("geo")),
         alertmanager=_read_alertmanager(top.sub("alertmanager")),
+        alerts=_read_alerts(top.sub("alerts")),
         source_path=filename,
     )
     top.done()
