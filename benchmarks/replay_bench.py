@@ -18,11 +18,11 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from scenarios import benchmark_flows, goflow2_line  # noqa: E402
+from scenarios import benchmark_flows, goflow2_line
 
-from egressd.baseline.seasonal import SeasonalBaselines  # noqa: E402
-from egressd.config import parse_config  # noqa: E402
-from egressd.replay import replay  # noqa: E402
+from egressd.baseline.seasonal import SeasonalBaselines
+from egressd.config import parse_config
+from egressd.replay import replay
 
 CONFIG = """\
 [networks]
