@@ -7,6 +7,7 @@ collects all problems before it gives up so ``egressd check-config`` can say all
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -295,7 +296,8 @@ class _Table:
         return self._reader.tables(self._data.pop(key, None), (*self._path, key))
 
     def problem(self, key: str | None, message: str) -> None:
-        self._reader.problem((*self._path, key) if key else self._path, message)
+        # An empty key ("" = 1) is still a key: it must be named, not the table holding it.
+        self._reader.problem((*self._path, key) if key is not None else self._path, message)
 
     def get(self, key: str, default: T, convert: Callable[[Any], T]) -> T:
         if key not in self._data:
@@ -319,13 +321,34 @@ class _Table:
             self.problem(key, "unknown key")
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key_name(key: str) -> str:
+    """A key as TOML would write it: bare when it can be, else a quoted basic string."""
+    if _BARE_KEY.fullmatch(key):
+        return key
+    out = ['"']
+    for ch in key:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
 def _path_name(path: tuple[str | int, ...]) -> str:
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else part
+            # Quoted like TOML so an empty or dotted key cannot pass for another path.
+            name = _key_name(part)
+            out += f".{name}" if out else name
     return out or "(top level)"
 
 
@@ -358,7 +381,13 @@ def _positive_int(value: Any) -> int:
 
 
 def _positive_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    # TOML has nan and inf; neither is a usable ratio or threshold.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"expected a positive number, got {value!r}")
     return float(value)
 
@@ -366,7 +395,11 @@ def _positive_float(value: Any) -> float:
 def _duration(value: Any) -> float:
     if not isinstance(value, str | int | float):
         raise ValueError(f"expected a duration such as '5m', got {value!r}")
-    return parse_duration(value)
+    seconds = parse_duration(value)
+    # nan, inf and digit strings beyond any float ("999...9d") would break interval arithmetic.
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration, got {value!r}")
+    return seconds
 
 
 def _positive_duration(value: Any) -> float:
@@ -379,7 +412,10 @@ def _positive_duration(value: Any) -> float:
 def _size(value: Any) -> int:
     if not isinstance(value, str | int):
         raise ValueError(f"expected a size such as '100MB', got {value!r}")
-    return parse_size(value)
+    try:
+        return parse_size(value)
+    except OverflowError:  # "999...9GB": more digits than a float holds
+        raise ValueError(f"size {value!r} is out of range") from None
 
 
 def _timezone(value: Any) -> str:
@@ -391,6 +427,14 @@ def _timezone(value: Any) -> str:
 
 def _path(value: Any) -> Path:
     return Path(_nonempty_str(value))
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, false (not an exception) for names the OS refuses (too long...)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _str_list(value: Any) -> tuple[str, ...]:
@@ -654,7 +698,7 @@ def _read_kafka(t: _Table) -> KafkaSourceConfig:
         t.problem("heartbeat_interval", "must be shorter than session_timeout")
     for key in ("sasl_password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         path = getattr(cfg, key)
-        if path is not None and not path.is_file():
+        if path is not None and not _is_file(path):
             t.problem(key, f"file {str(path)!r} does not exist")
     t.done()
     return cfg
@@ -690,7 +734,7 @@ def _read_region_map(t: _Table) -> RegionMapConfig:
     fmt = t.require("format", _choice(*REGION_MAP_FORMATS), "csv")
     path = t.require("path", _path, Path())
     cfg = RegionMapConfig(format=fmt, path=path, prefix=t.get("prefix", "", _str))
-    if str(path) != "." and not path.is_file():
+    if str(path) != "." and not _is_file(path):
         t.problem("path", f"file {str(path)!r} does not exist")
     t.done()
     return cfg
@@ -707,7 +751,7 @@ def _read_geo(t: _Table) -> GeoConfig:
     )
     for key in ("country_mmdb", "asn_mmdb"):
         path = getattr(cfg, key)
-        if path is not None and not path.is_file():
+        if path is not None and not _is_file(path):
             t.problem(key, f"file {str(path)!r} does not exist")
     t.done()
     return cfg
