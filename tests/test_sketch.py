@@ -1,0 +1,77 @@
+"""The Space-Saving heavy-hitter sketch behind alert evidence (top sources and destinations)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from egressd.sketch import TopK
+
+
+def test_exact_while_under_capacity() -> None:
+    sketch = TopK(8)
+    for item, weight in [("a", 5), ("b", 7), ("a", 3), ("c", 1)]:
+        sketch.add(item, weight)
+    assert sketch.top(2) == [("a", 8), ("b", 7)]
+    assert sketch.top(10) == [("a", 8), ("b", 7), ("c", 1)]
+
+
+def test_ties_break_by_name() -> None:
+    sketch = TopK(4)
+    sketch.add("b", 1)
+    sketch.add("a", 1)
+    assert sketch.top(2) == [("a", 1), ("b", 1)]
+
+
+def test_heavy_hitter_survives_many_small_items() -> None:
+    rng = random.Random(3)
+    sketch = TopK(16)
+    truth: Counter[str] = Counter()
+    for i in range(20_000):
+        item = "10.20.0.17" if i % 10 == 0 else f"10.30.{rng.randrange(256)}.{rng.randrange(256)}"
+        weight = 1_000_000 if item == "10.20.0.17" else rng.randrange(1, 2000)
+        sketch.add(item, weight)
+        truth[item] += weight
+    top_item, estimate = sketch.top(1)[0]
+    assert top_item == "10.20.0.17"
+    assert estimate >= truth["10.20.0.17"]
+    assert len(sketch.counts) == 16
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(1, 1000)), max_size=300),
+    st.integers(1, 12),
+)
+def test_space_saving_guarantees(stream: list[tuple[int, int]], capacity: int) -> None:
+    sketch = TopK(capacity)
+    truth: Counter[str] = Counter()
+    for item, weight in stream:
+        sketch.add(str(item), weight)
+        truth[str(item)] += weight
+    total = sum(truth.values())
+    assert len(sketch.counts) <= capacity
+    # Kept counts never under-estimate and over-estimate by at most total / capacity.
+    for item, count in sketch.counts.items():
+        assert truth[item] <= count <= truth[item] + total / capacity
+    # Anything heavier than total / capacity is kept.
+    for item, count in truth.items():
+        if count > total / capacity:
+            assert item in sketch.counts
+    assert sum(sketch.counts.values()) == total
+
+
+def test_merge_and_json_round_trip() -> None:
+    a, b = TopK(4), TopK(4)
+    a.add("x", 10)
+    a.add("y", 5)
+    b.add("x", 1)
+    b.add("z", 7)
+    a.merge(b)
+    assert a.top(3) == [("x", 11), ("z", 7), ("y", 5)]
+    again = TopK.from_json(a.to_json(), 2)
+    assert again.top(5) == [("x", 11), ("z", 7)]
+    assert again.capacity == 2
