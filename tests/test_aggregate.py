@@ -74,7 +74,9 @@ def test_pop_all_and_json_round_trip() -> None:
     again.load_json(agg.to_json(), intern)
     by_key = {(g, d.key): n for (g, d), n in again.open_totals().items()}
     assert by_key == {("research", "CN"): 100, ("research", "US"): 50}
-    assert again.buckets[T0][CN].sources.top(1) == [("10.20.0.1", 100)]
+    ((restored, accum),) = again.buckets[T0].items()
+    assert (restored[0], restored[1].key) == ("research", "CN")
+    assert accum.sources.top(1) == [("10.20.0.1", 100)]
     assert again.next_due == T0 + 360
     closed = again.pop_all()
     assert [s for s, _ in closed] == [T0, T0 + 300]
