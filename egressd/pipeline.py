@@ -279,6 +279,13 @@ class Engine:
             raise ValueError(f"state version {data.get('version')!r} is not {STATE_VERSION}")
         if float(data.get("interval", 0)) != self.config.detection.interval:
             raise ValueError("state was written with another detection.interval")
+        try:
+            self._restore_parts(data)
+        except AttributeError as exc:  # a list where a table belongs, and the like
+            raise ValueError(f"malformed state: {exc}") from exc
+        self.restored = True
+
+    def _restore_parts(self, data: dict[str, Any]) -> None:
         self.baselines.load_json(data["baselines"])
         self.policy.load_json(data["learned"])
         self.book.load_json(data["alerts"])
@@ -291,4 +298,3 @@ class Engine:
             self.aggregator.closed_upto = float(data["closed_upto"])
         if data.get("last_tick") is not None:
             self.last_tick = float(data["last_tick"])
-        self.restored = True

@@ -36,6 +36,7 @@ def save_state(path: Path, data: dict[str, Any], *, extra: dict[str, Any] | None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(blob)
@@ -52,6 +53,37 @@ def save_state(path: Path, data: dict[str, Any], *, extra: dict[str, Any] | None
             tmp.unlink()
         raise StateError(f"cannot save state to {path}: {exc.strerror or exc}") from exc
     return len(blob)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temporary files of savers killed mid-write (their process is gone).
+
+    Each one is as large as the state; left alone they pile up with every crash until
+    the state directory is full and saving fails.
+    """
+    prefix, suffix = f".{path.name}.", ".tmp"
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix) : -len(suffix)]
+        if not (name.startswith(prefix) and name.endswith(suffix) and pid.isdigit()):
+            continue
+        if int(pid) == os.getpid() or _process_exists(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(path.parent / name)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
