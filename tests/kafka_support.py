@@ -7,6 +7,7 @@ S3 bucket of a local moto server, which outlives the broker process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -241,3 +242,141 @@ def broker_or_skip(workdir: Path) -> TansuBroker:
         broker.stop()
         pytest.fail(f"Tansu broker did not start: {exc}")
     return broker
+
+
+# --------------------------------------------------------------------------- flows
+
+EXFIL_CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["GB", "US", "IE"]
+
+[detection]
+interval = "5m"
+unexpected_min_bytes = "100MB"
+unexpected_window = "1h"
+"""
+
+#: Monday 2 March 2026 10:00 UTC
+FLOW_T0 = 1_772_445_600
+
+
+def goflow2_record(
+    seq: int,
+    *,
+    src: str = "10.20.0.5",
+    dst: str = "8.8.8.8",
+    nbytes: int = 1500,
+    t: float | None = None,
+) -> bytes:
+    """A goflow2 ≥2 JSON record; ``seq`` is its source port, so tests tell records apart."""
+    import orjson
+
+    when = int((FLOW_T0 + seq * 0.01 if t is None else t) * 1e9)
+    return orjson.dumps(
+        {
+            "type": "IPFIX",
+            "time_received_ns": when,
+            "sequence_num": seq,
+            "sampling_rate": 0,
+            "sampler_address": "192.0.2.1",
+            "time_flow_start_ns": when - 10**9,
+            "time_flow_end_ns": when,
+            "bytes": nbytes,
+            "packets": max(1, nbytes // 1500),
+            "src_addr": src,
+            "dst_addr": dst,
+            "etype": "IPv4",
+            "proto": "TCP",
+            "src_port": seq % 65536,
+            "dst_port": 443,
+        }
+    )
+
+
+# --------------------------------------------------------------------------- crash harness
+# A stand-in for the daemon's checkpoint cycle (engine + state file + KafkaSource), run as a
+# subprocess so that a test can SIGKILL it mid-stream.
+
+
+async def _harness(args: Any) -> None:
+    import signal
+
+    from egressd.baseline.statefile import load_state, save_state
+    from egressd.config import load_config
+    from egressd.pipeline import Engine
+    from egressd.replay import build_labeler
+    from egressd.sources.kafka import KafkaSource
+
+    config = load_config(args.config)
+    engine = Engine(config, build_labeler(config))
+    state_path = Path(args.state)
+    data = load_state(state_path)
+    base_records = base_bytes = 0
+    position = None
+    if data is not None:
+        engine.restore(data["engine"])
+        position = data["kafka"]
+        base_records = data["records_total"]
+        base_bytes = data["bytes_total"]
+    source = KafkaSource(
+        kafka_config(args.bootstrap, [args.topic], args.group, max_batch=args.max_batch),
+        f"kafka:{args.topic}",
+    )
+    source.restore_position(position)
+    consumed = Path(args.consumed)
+
+    class EngineSink:
+        def submit(self, records: Sequence[Any]) -> None:
+            engine.process(records)
+            if args.slow:
+                time.sleep(args.slow)  # a slow engine, so that a kill lands mid-stream
+
+    async def checkpoint() -> None:
+        snapshot = engine.snapshot()
+        pos = source.checkpoint_position()
+        records = base_records + engine.stats.records
+        consumed.write_text(str(engine.stats.records))  # before the save: never behind it
+        save_state(
+            state_path,
+            {
+                "engine": snapshot,
+                "kafka": pos,
+                "records_total": records,
+                "bytes_total": base_bytes + engine.stats.egress_bytes,
+            },
+        )
+        await source.checkpoint_saved(pos)
+
+    source.request_checkpoint = checkpoint
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await source.start(EngineSink())
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.interval)
+        await checkpoint()
+    await source.stop()
+
+
+def main() -> None:
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(description="checkpointing Kafka consumer for crash tests")
+    for name in ("bootstrap", "topic", "group", "state", "config", "consumed"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--interval", type=float, default=0.3)
+    parser.add_argument("--slow", type=float, default=0.0)
+    parser.add_argument("--max-batch", type=int, default=200)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(_harness(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -478,6 +478,9 @@ class KafkaSource:
             for tp, messages in batches.items():
                 if messages:
                     self._submitted[tp] = messages[-1].offset + 1
+            # getmany returns without suspending while records are buffered: yield, or a
+            # backlog would starve checkpoints, the HTTP server and the watchdog.
+            await asyncio.sleep(0)
 
     def _decode_batches(
         self, batches: dict[TopicPartition, Sequence[Any]]
