@@ -1,0 +1,152 @@
+"""Seasonal baselines: hour-of-day and weekday/weekend seasonality, robustness to outliers,
+organic growth, weekend fallback, bounded keys with eviction, and the state round trip."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from egressd.baseline.seasonal import RECORD_SIZE, SeasonalBaselines
+
+T0 = 1_772_409_600.0  # Monday 2026-03-02T00:00:00Z
+DAY = 86400.0
+STEP = 300.0
+KEY = ("research", "US")
+
+
+def weekday_level(hour: float) -> float:
+    return 50e6 if 9 <= hour < 18 else 5e6
+
+
+def feed(
+    baselines: SeasonalBaselines,
+    days: int,
+    volume: Callable[[float], float] | None = None,
+    start: float = T0,
+) -> None:
+    """One observation of ``KEY`` per interval for ``days`` days from ``start``."""
+    volume = volume or (lambda t: weekday_level(((t - start) % DAY) / 3600))
+    t = start
+    while t < start + days * DAY:
+        baselines.observe(KEY, t, volume(t))
+        t += STEP
+
+
+def test_hour_of_day_seasonality() -> None:
+    b = SeasonalBaselines()
+    feed(b, 3)
+    noon = b.expect(KEY, T0 + 3 * DAY + 13 * 3600)
+    night = b.expect(KEY, T0 + 3 * DAY + 3 * 3600)
+    assert noon is not None and night is not None
+    assert noon.basis == night.basis == "slot"
+    assert math.isclose(noon.bytes, 50e6, rel_tol=0.05)
+    assert math.isclose(night.bytes, 5e6, rel_tol=0.05)
+    assert noon.observations == 3 * 288
+    assert noon.first_seen == T0
+    assert b.expect(("research", "CN"), T0) is None
+
+
+def test_one_outlier_barely_moves_the_baseline() -> None:
+    b = SeasonalBaselines()
+    feed(b, 3)
+    at = T0 + 3 * DAY + 13 * 3600
+    before = b.expect(KEY, at)
+    b.observe(KEY, at, 50e9)  # a thousand times the usual
+    after = b.expect(KEY, at + STEP)
+    assert before is not None and after is not None
+    assert after.bytes < before.bytes * 1.5
+
+
+def test_organic_growth_is_tracked() -> None:
+    b = SeasonalBaselines()
+    feed(b, 21, volume=lambda t: 40e6 * 1.03 ** ((t - T0) / DAY))
+    expectation = b.expect(KEY, T0 + 21 * DAY + 12 * 3600)
+    assert expectation is not None
+    current = 40e6 * 1.03**21
+    assert math.isclose(expectation.bytes, current, rel_tol=0.1)
+
+
+def test_first_weekend_falls_back_to_weekday_history() -> None:
+    b = SeasonalBaselines()
+    feed(b, 5)  # Monday to Friday
+    saturday_noon = T0 + 5 * DAY + 12 * 3600
+    expectation = b.expect(KEY, saturday_noon)
+    assert expectation is not None
+    assert expectation.basis == "either-day-type"
+    assert math.isclose(expectation.bytes, 50e6, rel_tol=0.05)
+    # A whole weekend day of quieter traffic later, the weekend speaks for itself.
+    feed(b, 1, volume=lambda t: 2e6, start=T0 + 5 * DAY)
+    sunday_noon = T0 + 6 * DAY + 12 * 3600
+    expectation = b.expect(KEY, sunday_noon)
+    assert expectation is not None
+    assert expectation.basis == "slot"
+    assert math.isclose(expectation.bytes, 2e6, rel_tol=0.05)
+
+
+def test_nightly_job_starting_late_on_first_weekend_is_still_usual() -> None:
+    # 01:00-03:00 backup on weekdays; on the first Saturday it starts at 01:05. Ten minutes
+    # in, the weekend's own 01:00 hour has only quiet observations; the weekday job's
+    # history must still count.
+    def backup(t: float) -> float:
+        hour = ((t - T0) % DAY) / 3600
+        return 2e9 if 1 <= hour < 3 else 5e6
+
+    b = SeasonalBaselines()
+    feed(b, 5, volume=backup)
+    saturday = T0 + 5 * DAY
+    b.observe(KEY, saturday + 3600, 5e6)  # 01:00, before the job
+    b.observe(KEY, saturday + 3600 + STEP, 1e9)  # 01:05, the job starts
+    expectation = b.expect(KEY, saturday + 3600 + 2 * STEP)
+    assert expectation is not None
+    assert expectation.bytes > 1e9
+
+
+def test_cap_evicts_least_recently_seen_and_counts() -> None:
+    b = SeasonalBaselines(max_keys=10)
+    for i in range(10):
+        b.observe(("g", f"C{i}"), T0 + i, 1000)
+    b.observe(("g", "C0"), T0 + 100, 1000)  # C0 recently seen again
+    b.observe(("g", "NEW"), T0 + 200, 1000)
+    assert len(b) <= 10
+    assert b.evicted_capacity >= 1
+    assert ("g", "NEW") in b and ("g", "C0") in b
+    assert ("g", "C1") not in b  # the least recently seen went first
+
+
+def test_idle_keys_are_evicted_and_counted() -> None:
+    b = SeasonalBaselines()
+    b.observe(("g", "OLD"), T0, 1000)
+    b.observe(("g", "NEW"), T0 + 30 * DAY, 1000)
+    assert b.evict_idle(T0 + 31 * DAY, idle_timeout=7 * DAY) == 1
+    assert list(b.keys()) == [("g", "NEW")]
+    assert b.evicted_idle == 1
+
+
+def test_json_round_trip_and_record_size() -> None:
+    b = SeasonalBaselines()
+    feed(b, 2)
+    b.observe(("office", "US|aws/us-east-1|16509"), T0, 123)
+    again = SeasonalBaselines()
+    again.load_json(b.to_json())
+    assert set(again.keys()) == set(b.keys())
+    for key, record in b.records.items():
+        assert again.records[key] == record
+        assert len(record) == RECORD_SIZE
+    at = T0 + 2 * DAY + 13 * 3600
+    assert again.expect(KEY, at) == b.expect(KEY, at)
+    assert RECORD_SIZE <= 512
+    summary = again.summary(KEY)
+    assert summary is not None
+    hourly = summary["weekday_hourly_bytes"]
+    assert isinstance(hourly, list)
+    assert math.isclose(hourly[13], 50e6, rel_tol=0.05)
+
+
+def test_malformed_state_is_rejected() -> None:
+    b = SeasonalBaselines()
+    for bad in ({"no-tab": "AAAA"}, {"g\tUS": "AAAA"}, {"g\tUS": "not base64!"}):
+        try:
+            b.load_json(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")
