@@ -99,7 +99,7 @@ class _DropDissectorGuess(logging.Filter):
     """Hides scapy's "Unable to guess type" warning: frames here never reach its dissectors."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Unable to guess type")
+        return "Unable to guess type" not in record.getMessage()
 
 
 @contextlib.contextmanager
@@ -166,6 +166,9 @@ def open_scapy_socket(interface: str, bpf: str) -> CaptureSocket:
         with contextlib.suppress(OSError):
             sock.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         sock.ins.settimeout(_POLL_TIMEOUT)
+        # Reading the counters resets them: forget drops of unfiltered traffic from the
+        # moment between creating the socket and attaching the filter.
+        sock.kernel_stats()
     except BaseException:
         sock.close()
         raise
@@ -204,7 +207,7 @@ class CaptureSource:
 
     A dedicated thread reads frames (so the event loop never waits on the socket), keeps one
     in ``config.sampling`` of them, parses their headers and hands batches to the loop with
-    ``call_soon_threadsafe``. At most :data:`QUEUE_LIMIT` packets wait for the loop; beyond
+    ``call_soon_threadsafe``. At most ``queue_limit`` packets wait for the loop; beyond
     that whole batches are dropped and counted as ``queue_full``, so a stalled loop never
     stalls the socket. The loop feeds the flow table, expires idle flows by wall time once a
     second, and flushes the table on stop. Kernel drops are read from PACKET_STATISTICS.
@@ -215,6 +218,7 @@ class CaptureSource:
         "_housekeeping",
         "_lock",
         "_loop",
+        "_queue_limit",
         "_queued",
         "_ready",
         "_reopen_at",
@@ -242,12 +246,14 @@ class CaptureSource:
         *,
         socket_factory: SocketFactory | None = None,
         clock: Callable[[], float] = time.time,
+        queue_limit: int = QUEUE_LIMIT,
     ) -> None:
         self.config = config
         self.name = name
         self.stats = SourceStats(name)
         self._socket_factory: SocketFactory = socket_factory or open_scapy_socket
         self._clock = clock
+        self._queue_limit = queue_limit
         self._table = self._new_table()
         self._socket: CaptureSocket | None = None
         self._thread: threading.Thread | None = None
@@ -442,7 +448,7 @@ class CaptureSource:
         """Queue a batch for the loop, or drop and count it when the loop is too far behind."""
         size = len(batch)
         with self._lock:
-            if self._queued + size > QUEUE_LIMIT:
+            if self._queued + size > self._queue_limit:
                 self.stats.drop("queue_full", size)
                 return
             self._queued += size
