@@ -1,0 +1,491 @@
+"""The daemon's composition root: builds every component from the configuration and runs them.
+
+Constructors are inert; components start in order (alert log, Alertmanager, HTTP, sources)
+and stop in reverse. Signals drive shutdown (TERM/INT) and reload (HUP); a dying task ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from egressd.baseline.statefile import load_state, move_aside, save_state
+from egressd.config import (
+    Config,
+    NetflowSourceConfig,
+    SourcesConfig,
+    load_config,
+    split_host_port,
+)
+from egressd.detect.alerts import FIRING, Alert
+from egressd.enrich import DestinationLabeler
+from egressd.errors import ConfigError, EgressdError, StateError
+from egressd.model import FlowRecord
+from egressd.pipeline import Engine
+from egressd.replay import build_labeler
+from egressd.sinks.alertlog import AlertLog
+from egressd.sinks.alertmanager import AlertmanagerSink
+from egressd.sinks.http import HttpServer
+from egressd.sinks.metrics import DaemonStats, EgressdCollector, build_registry
+from egressd.sources.base import Source
+from egressd.systemd import Notifier
+from egressd.units import format_bytes
+
+log = logging.getLogger("egressd")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+#: a live source that delivered nothing for this long lets wall time move event time on
+IDLE_AFTER = 10.0
+#: how often the idle watermark, the status line and readiness are looked at
+TICK = 2.0
+
+
+def default_config() -> Config:
+    """The built-in configuration of ``egressd run`` without ``--config``."""
+    return Config(sources=SourcesConfig(netflow=(NetflowSourceConfig(),)))
+
+
+def state_path_of(config: Config, environ: Mapping[str, str]) -> Path | None:
+    """Configured state path, else systemd's StateDirectory, else None (no persistence)."""
+    if config.state.path is not None:
+        return config.state.path
+    directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if directory:
+        return Path(directory) / "state.json"
+    return None
+
+
+def generator_url(config: Config) -> str:
+    """Where an alert's "source" link in Alertmanager points: this daemon's alert API."""
+    if config.http.external_url:
+        return config.http.external_url.rstrip("/") + "/api/v1/alerts"
+    host, port = split_host_port(config.http.listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if config.http.tls_cert_file is not None else "http"
+    return f"{scheme}://{host}:{port}/api/v1/alerts"
+
+
+def build_sources(config: Config) -> list[Source]:
+    """One source per configured input; names are unique and stable (used in metrics, state)."""
+    sources: list[Source] = []
+    names: set[str] = set()
+
+    def unique(name: str) -> str:
+        candidate, n = name, 1
+        while candidate in names:
+            n += 1
+            candidate = f"{name}#{n}"
+        names.add(candidate)
+        return candidate
+
+    if config.sources.netflow:
+        from egressd.sources.netflow import NetflowSource
+
+        for netflow in config.sources.netflow:
+            sources.append(NetflowSource(netflow, unique(f"netflow:{netflow.listen}")))
+    if config.sources.kafka:
+        from egressd.sources.kafka import KafkaSource
+
+        for kafka in config.sources.kafka:
+            sources.append(KafkaSource(kafka, unique(f"kafka:{','.join(kafka.topics)}")))
+    if config.sources.capture:
+        from egressd.sources.capture import CaptureSource
+
+        for capture in config.sources.capture:
+            sources.append(CaptureSource(capture, unique(f"capture:{capture.interface}")))
+    return sources
+
+
+class EngineFeed:
+    """The RecordSink sources deliver to: runs the engine, forwards alert transitions."""
+
+    __slots__ = ("_daemon", "last_event_time", "last_wall")
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self.last_wall = time.monotonic()
+        self.last_event_time = -math.inf
+
+    def submit(self, records: Sequence[FlowRecord]) -> None:
+        daemon = self._daemon
+        alerts = daemon.engine.process(records)
+        self.last_wall = time.monotonic()
+        self.last_event_time = daemon.engine.event_time()
+        if alerts:
+            daemon.publish(alerts)
+
+
+class Daemon:
+    """Everything ``egressd run`` is. Inert until :meth:`run`."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        sources: list[Source] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self.config = config
+        self.config_path = config_path
+        self.state_path = state_path_of(config, env)
+        self.stats = DaemonStats(started=time.time())
+        self.labeler: DestinationLabeler = build_labeler(config)
+        self.engine = Engine(config, self.labeler)
+        self.sources = build_sources(config) if sources is None else sources
+        self.alertmanager = (
+            AlertmanagerSink(config.alertmanager, generator_url(config))
+            if config.alertmanager.urls
+            else None
+        )
+        self.alert_log = AlertLog(config.alerts.log_path) if config.alerts.log_path else None
+        collector = EgressdCollector(
+            lambda: self.engine,
+            lambda: self.sources,
+            self.stats,
+            self.alertmanager.stats if self.alertmanager is not None else None,
+        )
+        self.registry = build_registry(collector)
+        self.http = HttpServer(config.http, self.registry, self)
+        self.notifier = Notifier(env)
+        self.feed = EngineFeed(self)
+        self._positions: dict[str, Any] = {}
+        self._state_loaded = False
+        self._save_lock: asyncio.Lock | None = None
+        self._stopping: asyncio.Event | None = None
+        self._reloads: set[asyncio.Task[bool]] = set()
+
+    # -- what the HTTP API shows (DaemonView) -------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._state_loaded:
+            return False, "state not loaded yet"
+        waiting = [s.name for s in self.sources if not s.ready]
+        if waiting:
+            return False, "sources not ready: " + ", ".join(waiting)
+        return True, ""
+
+    def firing_alerts(self) -> list[dict[str, Any]]:
+        return [alert.event() for alert in self.engine.active_alerts()]
+
+    def baselines(self, group: str | None) -> list[dict[str, Any]]:
+        out = []
+        store = self.engine.baselines
+        for key in sorted(store.keys()):
+            if group is not None and key[0] != group:
+                continue
+            summary = store.summary(key)
+            if summary is not None:
+                out.append(summary)
+        return out
+
+    # -- alerts -------------------------------------------------------------------------------
+
+    def publish(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            log.warning(
+                "alert %s: %s %s",
+                "firing" if alert.state == FIRING else "resolved",
+                alert.labels.get("alertname", "?"),
+                " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname"),
+            )
+        if self.alertmanager is not None:
+            self.alertmanager.publish(alerts)
+        if self.alert_log is not None:
+            self.alert_log.publish(alerts)
+            self.stats.alert_log_errors = self.alert_log.errors
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def restore_state(self) -> None:
+        """Load learned state (a corrupt file is moved aside and learning starts again)."""
+        path = self.state_path
+        if path is None:
+            log.warning(
+                "no state.path configured and no $STATE_DIRECTORY: what egressd learns "
+                "is lost when it stops"
+            )
+            self._state_loaded = True
+            return
+        try:
+            data = load_state(path)
+        except StateError as exc:
+            move_aside(path, str(exc))
+            data = None
+        if data is not None:
+            try:
+                self.engine.restore(data)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                move_aside(path, f"{type(exc).__name__}: {exc}")
+                self.engine = Engine(self.config, self.labeler)
+            else:
+                positions = data.get("sources")
+                self._positions = positions if isinstance(positions, dict) else {}
+                self.stats.state_restored = True
+                log.info(
+                    "restored state from %s: %d baselines, %d active alerts",
+                    path,
+                    len(self.engine.baselines),
+                    len(self.engine.book.active),
+                )
+        self.feed.last_event_time = self.engine.event_time()
+        self._state_loaded = True
+
+    async def save(self) -> bool:
+        """Save the engine's state (and source positions) atomically; True when saved."""
+        if self.state_path is None:
+            return False
+        assert self._save_lock is not None
+        async with self._save_lock:
+            positions = {s.name: s.checkpoint_position() for s in self.sources}
+            snapshot = self.engine.snapshot()
+            try:
+                # orjson keeps the GIL while it serialises, so the loop cannot change the
+                # snapshot underneath; only the write and fsync run beside the loop.
+                size = await asyncio.to_thread(
+                    save_state, self.state_path, snapshot, extra={"sources": positions}
+                )
+            except StateError as exc:
+                self.stats.state_save_errors += 1
+                log.error("%s", exc)
+                return False
+            self.stats.state_saves += 1
+            self.stats.state_last_save = time.time()
+            self.stats.state_last_save_bytes = size
+            for source in self.sources:
+                position = positions.get(source.name)
+                if position is not None:
+                    await source.checkpoint_saved(position)
+            return True
+
+    # -- reload ---------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the configuration and geo data; a bad one is rejected, the old one kept."""
+        self.notifier.reloading()
+        try:
+            path = self.config_path
+            new = await asyncio.to_thread(load_config, path) if path else self.config
+            if new.detection.interval != self.config.detection.interval:
+                raise ConfigError(
+                    "detection.interval cannot change while egressd runs (baselines are "
+                    "per interval); restart egressd to use a new interval"
+                )
+            labeler = await asyncio.to_thread(build_labeler, new)
+        except (EgressdError, OSError, ValueError) as exc:
+            self.stats.config_reload_errors += 1
+            log.error("configuration reload rejected, keeping the running one: %s", exc)
+            self.notifier.notify("READY=1", "STATUS=configuration reload rejected")
+            return False
+        for section in ("sources", "http", "state", "alertmanager", "alerts"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("[%s] changed: restart egressd to apply it", section)
+        self.engine.reconfigure(new, labeler)
+        self.config = dataclasses.replace(
+            new,
+            sources=self.config.sources,
+            http=self.config.http,
+            state=self.config.state,
+            alertmanager=self.config.alertmanager,
+            alerts=self.config.alerts,
+        )
+        self.labeler = labeler
+        self.stats.config_reloads += 1
+        self.stats.config_last_reload_success = time.time()
+        log.info("configuration reloaded from %s", path or "built-in defaults")
+        self.notifier.notify("READY=1", f"STATUS={self._status()}")
+        return True
+
+    def _schedule_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload(), name="egressd-reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    # -- background tasks -----------------------------------------------------------------------
+
+    async def _saver(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.state.save_interval)
+            await self.save()
+
+    async def _ticker(self) -> None:
+        """Idle watermark and status line: event time follows wall time while sources are quiet."""
+        while True:
+            await asyncio.sleep(TICK)
+            self.idle_tick(time.monotonic())
+            self.notifier.status(self._status())
+
+    def idle_tick(self, now: float) -> None:
+        feed = self.feed
+        if feed.last_event_time == -math.inf:
+            return
+        quiet = now - feed.last_wall
+        if quiet < IDLE_AFTER:
+            return
+        target = feed.last_event_time + quiet
+        if target <= self.engine.event_time():
+            return
+        self.stats.idle_advances += 1
+        alerts = self.engine.advance(target)
+        if alerts:
+            self.publish(alerts)
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the event loop itself: a stuck loop stops the pings and systemd acts.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _status(self) -> str:
+        stats = self.engine.stats
+        firing = len(self.engine.active_alerts())
+        return (
+            f"{stats.records} records, egress {format_bytes(stats.egress_bytes)}, "
+            f"{len(self.engine.baselines)} baselines, {firing} alert(s) firing"
+        )
+
+    # -- run ------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start everything, serve until a signal or a failure, stop in reverse, save state."""
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._save_lock = asyncio.Lock()
+        started: list[Any] = []
+        background: list[asyncio.Task[Any]] = []
+        exit_code = EXIT_OK
+        handled: list[signal.Signals] = []
+        try:
+            self.restore_state()
+            for signum, handler in (
+                (signal.SIGTERM, self._stopping.set),
+                (signal.SIGINT, self._stopping.set),
+                (signal.SIGHUP, self._schedule_reload),
+            ):
+                loop.add_signal_handler(signum, handler)
+                handled.append(signum)
+            if self.alert_log is not None:
+                await self.alert_log.start()
+                started.append(self.alert_log)
+            if self.alertmanager is not None:
+                self.alertmanager.replace_firing(self.engine.active_alerts())
+                await self.alertmanager.start()
+                started.append(self.alertmanager)
+            await self.http.start()
+            started.append(self.http)
+            for source in self.sources:
+                source.restore_position(self._positions.get(source.name))
+                if hasattr(source, "request_checkpoint"):
+                    source.request_checkpoint = self.save
+                await source.start(self.feed)
+                started.append(source)
+            self.feed.last_wall = time.monotonic()
+
+            def spawn(name: str, coro: Coroutine[Any, Any, Any]) -> None:
+                background.append(loop.create_task(coro, name=name))
+
+            spawn("egressd-stop", self._stopping.wait())
+            spawn("egressd-state-saver", self._saver())
+            spawn("egressd-ticker", self._ticker())
+            if self.notifier.watchdog_interval:
+                spawn("egressd-watchdog", self._watchdog(self.notifier.watchdog_interval))
+            for component in started:
+                wait: Callable[[], Coroutine[Any, Any, Any]] | None = getattr(
+                    component, "wait", None
+                )
+                if wait is not None:
+                    spawn(
+                        f"egressd-watch-{getattr(component, 'name', type(component).__name__)}",
+                        wait(),
+                    )
+            self.notifier.ready(self._status())
+            log.info(
+                "egressd running: %d source(s), HTTP on %s, state %s",
+                len(self.sources),
+                self.config.http.listen,
+                self.state_path or "not persisted",
+            )
+            done, _pending = await asyncio.wait(background, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is background[0]:
+                    log.info("stopping on signal")
+                    continue
+                exit_code = EXIT_ERROR
+                exc = task.exception() if not task.cancelled() else None
+                log.error("%s stopped unexpectedly: %r; egressd exits", task.get_name(), exc)
+        except (EgressdError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            exit_code = EXIT_ERROR
+        finally:
+            self.notifier.stopping()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            exit_code = await self._shutdown(started, exit_code)
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+            self.notifier.close()
+        return exit_code
+
+    async def _shutdown(self, started: list[Any], exit_code: int) -> int:
+        """Stop sources first (they drain into the engine), save state, then the sinks."""
+        sources = [c for c in started if c in self.sources]
+        sinks = [c for c in started if c not in self.sources]
+        for component in reversed(sources):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("stopping %s failed", component.name)
+                exit_code = EXIT_ERROR
+        # Open intervals are not closed here: they are part of the saved state and go on
+        # after the restart, so a restart neither invents nor loses an interval.
+        if self._state_loaded and self.state_path is not None and not await self.save():
+            exit_code = EXIT_ERROR
+        for component in reversed(sinks):
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(component).__name__)
+                exit_code = EXIT_ERROR
+        return exit_code
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run_daemon(config_path: Path | None, allow_root: bool = False) -> int:
+    """``egressd run``: the exit status (0 after a clean stop on SIGTERM/SIGINT)."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and not allow_root:
+        log.error(
+            "egressd refuses to run as root: it needs no privileges for NetFlow, Kafka or "
+            "HTTP (run it as a dedicated user, e.g. systemd DynamicUser=yes) or pass --allow-root"
+        )
+        return EXIT_ERROR
+    config = default_config() if config_path is None else load_config(config_path)
+    daemon = Daemon(config, config_path)
+    with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+        return runner.run(daemon.run())

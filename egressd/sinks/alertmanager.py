@@ -1,0 +1,267 @@
+"""Pushes alert transitions to Alertmanager's v2 API, resending firing alerts until resolved.
+
+One bounded outbox per Alertmanager, keyed by alert fingerprint: the latest state of an
+alert replaces an unsent older one, so a dead Alertmanager never stalls detection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from egressd.config import AlertmanagerConfig
+from egressd.detect.alerts import FIRING, Alert, rfc3339
+
+log = logging.getLogger("egressd.alertmanager")
+
+Fingerprint = tuple[tuple[str, str], ...]
+
+#: firing alerts carry endsAt this many resend intervals ahead, so Alertmanager resolves
+#: them on its own if egressd dies, but never between two resends
+_HORIZON_RESENDS = 4
+_MAX_BATCH = 500
+_BACKOFF_START = 0.5
+_BACKOFF_MAX = 30.0
+
+
+def fingerprint(labels: dict[str, str]) -> Fingerprint:
+    """Alertmanager identifies an alert by its label set; so do we."""
+    return tuple(sorted(labels.items()))
+
+
+@dataclass(slots=True)
+class AlertmanagerStats:
+    """Counters of the push sink, read by the metrics collector."""
+
+    pushes: int = 0  # successful POSTs
+    push_errors: int = 0  # failed POST attempts (each retry counts)
+    alerts_sent: int = 0  # alerts delivered (an alert resent counts again)
+    outbox_dropped: int = 0  # unsent alerts dropped because an outbox was full
+    outbox_size: int = 0  # alerts waiting, all targets together
+
+
+class _Target:
+    """One Alertmanager URL: its outbox and its backoff."""
+
+    __slots__ = ("backoff", "outbox", "url", "wake")
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/") + "/api/v2/alerts"
+        self.outbox: OrderedDict[Fingerprint, Alert] = OrderedDict()
+        self.wake = asyncio.Event()
+        self.backoff = 0.0
+
+
+class AlertmanagerSink:
+    """Delivers alerts to every configured Alertmanager. Inert until :meth:`start`."""
+
+    def __init__(
+        self,
+        config: AlertmanagerConfig,
+        generator_url: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.generator_url = generator_url
+        self.stats = AlertmanagerStats()
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+        self._targets = [_Target(url) for url in config.urls]
+        #: alerts currently firing, resent every resend_interval
+        self._firing: dict[Fingerprint, Alert] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_error_log = 0.0
+
+    # -- input, called synchronously from the pipeline --------------------------------------
+
+    def publish(self, alerts: Iterable[Alert]) -> None:
+        """Queue alert transitions (firing or resolved) for every Alertmanager."""
+        for alert in alerts:
+            key = fingerprint(alert.labels)
+            if alert.state == FIRING:
+                self._firing[key] = alert
+            else:
+                self._firing.pop(key, None)
+            for target in self._targets:
+                self._enqueue(target, key, alert)
+
+    def replace_firing(self, alerts: Iterable[Alert]) -> None:
+        """Declare the complete set of firing alerts (after a state restore)."""
+        self._firing = {fingerprint(a.labels): a for a in alerts if a.state == FIRING}
+        for target in self._targets:
+            for key, alert in self._firing.items():
+                self._enqueue(target, key, alert)
+
+    def _enqueue(self, target: _Target, key: Fingerprint, alert: Alert) -> None:
+        outbox = target.outbox
+        if key in outbox:
+            del outbox[key]  # the latest state wins and goes to the back of the line
+        elif len(outbox) >= self.config.outbox_size:
+            outbox.popitem(last=False)
+            self.stats.outbox_dropped += 1
+        outbox[key] = alert
+        target.wake.set()
+        self._count_outbox()
+
+    def _count_outbox(self) -> None:
+        self.stats.outbox_size = sum(len(t.outbox) for t in self._targets)
+
+    # -- wire format ------------------------------------------------------------------------
+
+    def body(self, alerts: Iterable[Alert], now: float) -> bytes:
+        """The v2 POST body: contract-2 events minus ``status``, with generatorURL."""
+        horizon = now + _HORIZON_RESENDS * self.config.resend_interval
+        out: list[dict[str, Any]] = []
+        for alert in alerts:
+            event = alert.event()
+            del event["status"]
+            if alert.state == FIRING:
+                event["endsAt"] = rfc3339(horizon)
+            event["generatorURL"] = self.generator_url
+            out.append(event)
+        return orjson.dumps(out)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self._targets:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                connector=aiohttp.TCPConnector(ssl=self._ssl_context()),
+            )
+        for target in self._targets:
+            self._tasks.append(asyncio.create_task(self._deliver(target), name=target.url))
+        self._tasks.append(asyncio.create_task(self._resend(), name="alertmanager-resend"))
+
+    async def stop(self, flush_timeout: float = 3.0) -> None:
+        """Try once more to deliver what waits (briefly), then stop."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._session is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(flush_timeout):
+                    for target in self._targets:
+                        if target.outbox:
+                            await self._send_batch(target)
+            if self._own_session:
+                await self._session.close()
+                self._session = None
+
+    async def wait(self) -> None:
+        """Returns or raises only if a delivery task died (a bug): the daemon then exits."""
+        if self._tasks:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise RuntimeError("alertmanager delivery stopped")
+        await asyncio.Event().wait()
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        if self.config.tls_ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.config.tls_ca_file))
+
+    def _headers(self) -> tuple[dict[str, str], aiohttp.BasicAuth | None]:
+        headers = {"Content-Type": "application/json"}
+        auth = None
+        # Read secrets at every push so a rotated token is picked up without a restart.
+        if self.config.bearer_token_file is not None:
+            token = self.config.bearer_token_file.read_text().strip()
+            headers["Authorization"] = f"Bearer {token}"
+        elif self.config.basic_auth_username:
+            password = ""
+            if self.config.basic_auth_password_file is not None:
+                password = self.config.basic_auth_password_file.read_text().strip()
+            auth = aiohttp.BasicAuth(self.config.basic_auth_username, password)
+        return headers, auth
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    async def _resend(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resend_interval)
+            for target in self._targets:
+                for key, alert in self._firing.items():
+                    self._enqueue(target, key, alert)
+
+    async def _deliver(self, target: _Target) -> None:
+        while True:
+            await target.wake.wait()
+            target.wake.clear()
+            while target.outbox:
+                if await self._send_batch(target):
+                    target.backoff = 0.0
+                    continue
+                target.backoff = min(
+                    max(target.backoff * 2, _BACKOFF_START),
+                    _BACKOFF_MAX,
+                    self.config.resend_interval,
+                )
+                await asyncio.sleep(target.backoff)
+
+    async def _send_batch(self, target: _Target) -> bool:
+        """POST up to one batch from the outbox; on failure the unsent alerts stay queued."""
+        assert self._session is not None
+        batch: list[tuple[Fingerprint, Alert]] = []
+        while target.outbox and len(batch) < _MAX_BATCH:
+            batch.append(target.outbox.popitem(last=False))
+        self._count_outbox()
+        try:
+            headers, auth = self._headers()
+            payload = self.body((alert for _key, alert in batch), self._clock())
+            async with self._session.post(
+                target.url,
+                data=payload,
+                headers=headers,
+                auth=auth,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            ) as response:
+                if response.status >= 300:
+                    text = (await response.text())[:200]
+                    raise OSError(f"HTTP {response.status}: {text}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.stats.push_errors += 1
+            self._log_error(target.url, exc)
+            self._requeue(target, batch)
+            return False
+        self.stats.pushes += 1
+        self.stats.alerts_sent += len(batch)
+        return True
+
+    def _requeue(self, target: _Target, batch: list[tuple[Fingerprint, Alert]]) -> None:
+        # Newer states queued meanwhile win; the rest go back in front, in their order.
+        outbox = target.outbox
+        for key, alert in reversed(batch):
+            if key in outbox:
+                continue
+            if len(outbox) >= self.config.outbox_size:
+                self.stats.outbox_dropped += 1
+                continue
+            outbox[key] = alert
+            outbox.move_to_end(key, last=False)
+        self._count_outbox()
+
+    def _log_error(self, url: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= 30.0:
+            self._last_error_log = now
+            log.warning("cannot push alerts to %s: %s (will retry)", url, exc or type(exc).__name__)

@@ -1,0 +1,337 @@
+"""egressd's own Prometheus metrics, read from plain counters at scrape time.
+
+A custom collector on a private registry: the hot path only bumps ints, and labels are
+bounded (group, country, region, ASN, source, reason) — never an address.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from egressd import __version__
+from egressd.detect.alerts import FIRING
+from egressd.detect.detectors import SPIKE, UNEXPECTED
+from egressd.enrich import DestinationLabels
+from egressd.pipeline import Engine
+from egressd.sinks.alertmanager import AlertmanagerStats
+from egressd.sources.base import Source
+
+PREFIX = "egressd_"
+ALERTNAMES = (UNEXPECTED, SPIKE)
+
+
+@dataclass(slots=True)
+class DaemonStats:
+    """What the daemon itself does besides detection: reloads, state saves, idle ticks."""
+
+    started: float = 0.0
+    config_reloads: int = 0
+    config_reload_errors: int = 0
+    config_last_reload_success: float = 0.0
+    state_saves: int = 0
+    state_save_errors: int = 0
+    state_last_save: float = 0.0
+    state_last_save_bytes: int = 0
+    state_restored: bool = False
+    idle_advances: int = 0
+    alert_log_errors: int = 0
+
+
+class EgressdCollector(Collector):
+    """Turns engine, source, sink and daemon counters into metric families on each scrape."""
+
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        sources: Callable[[], Sequence[Source]],
+        daemon: DaemonStats,
+        alertmanager: AlertmanagerStats | None = None,
+    ) -> None:
+        self._engine = engine
+        self._sources = sources
+        self._daemon = daemon
+        self._alertmanager = alertmanager
+
+    def collect(self) -> Iterable[Metric]:
+        engine = self._engine()
+        yield from self._build_info()
+        yield from self._egress(engine)
+        yield from self._engine_counters(engine)
+        yield from self._alerts(engine)
+        yield from self._sources_metrics(self._sources())
+        yield from self._daemon_metrics()
+        yield from self._alertmanager_metrics()
+
+    # -- families ---------------------------------------------------------------------------
+
+    def _build_info(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(PREFIX + "build_info", "egressd version", labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+
+    def _label_names(self, engine: Engine) -> list[str]:
+        names = ["group", "dst_country"]
+        if engine.labeler.has_regions:
+            names.append("dst_region")
+        if engine.labeler.has_asn:
+            names.append("dst_asn")
+        return names
+
+    @staticmethod
+    def _label_values(
+        group: str, dest: DestinationLabels, regions: bool, asn: bool
+    ) -> tuple[str, ...]:
+        values: tuple[str, ...] = (group, dest.country)
+        if regions:
+            values += (dest.region,)
+        if asn:
+            values += (str(dest.asn) if dest.asn else "",)
+        return values
+
+    def _egress(self, engine: Engine) -> Iterable[Metric]:
+        names = self._label_names(engine)
+        regions, asn = engine.labeler.has_regions, engine.labeler.has_asn
+        totals: dict[tuple[str, ...], int] = {}
+        # Closed intervals plus what open buckets hold, so the counter moves as bytes arrive.
+        for source in (engine.stats.egress_by_destination, engine.aggregator.open_totals()):
+            for (group, dest), size in source.items():
+                values = self._label_values(group, dest, regions, asn)
+                totals[values] = totals.get(values, 0) + size
+        egress = CounterMetricFamily(
+            PREFIX + "egress_bytes",
+            "Bytes sent from local groups to outside destinations (event time, accepted records)",
+            labels=names,
+        )
+        for values, size in sorted(totals.items()):
+            egress.add_metric(list(values), float(size))
+        yield egress
+
+        baseline = GaugeMetricFamily(
+            PREFIX + "egress_baseline_bytes",
+            "Seasonal expectation of bytes per interval at the current event time",
+            labels=names,
+        )
+        now = engine.event_time()
+        expected: dict[tuple[str, ...], float] = {}
+        if now > -math.inf:
+            intern: dict[str, DestinationLabels] = {}
+            for key in list(engine.baselines.keys()):
+                expectation = engine.baselines.expect(key, now)
+                if expectation is None:
+                    continue
+                labels = intern.get(key[1])
+                if labels is None:
+                    labels = intern[key[1]] = DestinationLabels.from_key(key[1])
+                values = self._label_values(key[0], labels, regions, asn)
+                expected[values] = expected.get(values, 0.0) + expectation.bytes
+        for values, expected_bytes in sorted(expected.items()):
+            baseline.add_metric(list(values), round(expected_bytes))
+        yield baseline
+
+        yield _gauge("baseline_keys", "Baselines kept (group x destination)", len(engine.baselines))
+        yield _counter(
+            "baseline_evictions",
+            "Baselines forgotten, by reason",
+            [
+                (["capacity"], engine.baselines.evicted_capacity),
+                (["idle"], engine.baselines.evicted_idle),
+            ],
+            ["reason"],
+        )
+        yield _gauge(
+            "event_time_seconds",
+            "Latest flow end time seen (the watermark before allowed lateness)",
+            now if now > -math.inf else 0.0,
+        )
+        yield _gauge(
+            "open_intervals",
+            "Intervals not yet closed by the watermark",
+            len(engine.aggregator.buckets),
+        )
+
+    def _engine_counters(self, engine: Engine) -> Iterable[Metric]:
+        stats = engine.stats
+        aggregator = engine.aggregator
+        yield _counter("engine_records", "Flow records processed by the engine", stats.records)
+        yield _counter("egress_records", "Egress flow records", stats.egress_records)
+        yield _counter(
+            "ingress_records", "Records from outside to local addresses", stats.ingress_records
+        )
+        yield _counter(
+            "ingress_bytes", "Bytes from outside to local addresses", stats.ingress_bytes
+        )
+        yield _counter(
+            "internal_records", "East-west records between local addresses", stats.internal_records
+        )
+        yield _counter(
+            "internal_bytes", "East-west bytes between local addresses", stats.internal_bytes
+        )
+        yield _counter(
+            "transit_records", "Records between two non-local addresses", stats.transit_records
+        )
+        yield _counter(
+            "special_records",
+            "Egress records to special-purpose destinations",
+            stats.special_records,
+        )
+        yield _counter("invalid_records", "Records with unusable addresses", stats.invalid_records)
+        yield _counter(
+            "late_records",
+            "Records for intervals already closed (not counted)",
+            aggregator.late_records,
+        )
+        yield _counter("late_bytes", "Bytes of late records", aggregator.late_bytes)
+        yield _counter("intervals_closed", "Intervals closed and evaluated", stats.intervals_closed)
+
+    def _alerts(self, engine: Engine) -> Iterable[Metric]:
+        firing = dict.fromkeys(ALERTNAMES, 0)
+        pending = dict.fromkeys(ALERTNAMES, 0)
+        for alert in engine.book.active.values():
+            counts = firing if alert.state == FIRING else pending
+            counts[alert.key[0]] = counts.get(alert.key[0], 0) + 1
+        yield _gauge_labelled("alerts_firing", "Alerts firing now", firing, "alertname")
+        yield _gauge_labelled("alerts_pending", "Alerts pending now", pending, "alertname")
+        yield _counter(
+            "alert_transitions",
+            "Alert state transitions",
+            [([state], n) for state, n in sorted(engine.book.transitions.items())],
+            ["state"],
+        )
+
+    def _sources_metrics(self, sources: Sequence[Source]) -> Iterable[Metric]:
+        units = CounterMetricFamily(
+            PREFIX + "received", "Units received (datagrams, messages)", labels=["source"]
+        )
+        records = CounterMetricFamily(PREFIX + "records", "Flow records decoded", labels=["source"])
+        errors = CounterMetricFamily(
+            PREFIX + "decode_errors", "Units that could not be decoded", labels=["source", "reason"]
+        )
+        dropped = CounterMetricFamily(
+            PREFIX + "dropped", "Units dropped before decoding", labels=["source", "reason"]
+        )
+        ready = GaugeMetricFamily(
+            PREFIX + "source_ready", "1 when the source is consuming", labels=["source"]
+        )
+        extras: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for source in sources:
+            name = source.name
+            stats = source.stats
+            units.add_metric([name], stats.units)
+            records.add_metric([name], stats.records)
+            for reason, n in sorted(stats.decode_errors.items()):
+                errors.add_metric([name, reason], n)
+            for reason, n in sorted(stats.dropped.items()):
+                dropped.add_metric([name, reason], n)
+            ready.add_metric([name], 1.0 if source.ready else 0.0)
+            extra = getattr(source, "extra_metrics", None)
+            if callable(extra):
+                for metric, labels, value in extra():
+                    extras.setdefault(metric, []).append((labels, value))
+        yield from (units, records, errors, dropped, ready)
+        yield from _extra_families(extras)
+
+    def _daemon_metrics(self) -> Iterable[Metric]:
+        d = self._daemon
+        yield _gauge("start_time_seconds", "When the daemon started (Unix time)", d.started)
+        yield _counter("config_reloads", "Configuration reloads applied", d.config_reloads)
+        yield _counter(
+            "config_reload_errors", "Configuration reloads rejected", d.config_reload_errors
+        )
+        yield _gauge(
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully",
+            d.config_last_reload_success,
+        )
+        yield _counter("state_saves", "State saves that succeeded", d.state_saves)
+        yield _counter("state_save_errors", "State saves that failed", d.state_save_errors)
+        yield _gauge(
+            "state_last_save_timestamp_seconds", "When state was last saved", d.state_last_save
+        )
+        yield _gauge(
+            "state_last_save_bytes", "Size of the last saved state", d.state_last_save_bytes
+        )
+        yield _gauge(
+            "state_restored",
+            "1 when learned state was restored at start",
+            1.0 if d.state_restored else 0.0,
+        )
+        yield _counter(
+            "idle_advances",
+            "Times event time was moved on by wall time (idle sources)",
+            d.idle_advances,
+        )
+        yield _counter("alert_log_errors", "Alert log writes that failed", d.alert_log_errors)
+
+    def _alertmanager_metrics(self) -> Iterable[Metric]:
+        am = self._alertmanager or AlertmanagerStats()
+        yield _counter("alertmanager_pushes", "Alert batches delivered to Alertmanager", am.pushes)
+        yield _counter(
+            "alertmanager_push_errors", "Failed pushes to Alertmanager (each retry)", am.push_errors
+        )
+        yield _counter(
+            "alertmanager_alerts_sent", "Alerts delivered to Alertmanager", am.alerts_sent
+        )
+        yield _counter(
+            "alertmanager_outbox_dropped",
+            "Unsent alerts dropped because the outbox was full",
+            am.outbox_dropped,
+        )
+        yield _gauge("alertmanager_outbox", "Alerts waiting to be delivered", am.outbox_size)
+
+
+def _counter(
+    name: str,
+    doc: str,
+    value: float | list[tuple[list[str], float]],
+    labels: list[str] | None = None,
+) -> CounterMetricFamily:
+    if labels is None:
+        assert not isinstance(value, list)
+        return CounterMetricFamily(PREFIX + name, doc, value=value)
+    family = CounterMetricFamily(PREFIX + name, doc, labels=labels)
+    assert isinstance(value, list)
+    for values, n in value:
+        family.add_metric(values, n)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, doc, value=value)
+
+
+def _gauge_labelled(name: str, doc: str, values: dict[str, int], label: str) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(PREFIX + name, doc, labels=[label])
+    for key, n in sorted(values.items()):
+        family.add_metric([key], n)
+    return family
+
+
+def _extra_families(
+    extras: dict[str, list[tuple[dict[str, str], float]]],
+) -> Iterable[Metric]:
+    """Families from sources' own ``extra_metrics()``: ``*_total`` are counters, others gauges."""
+    for name, samples in sorted(extras.items()):
+        if not name.startswith(PREFIX):
+            continue
+        names = sorted({key for labels, _ in samples for key in labels})
+        family: CounterMetricFamily | GaugeMetricFamily
+        if name.endswith("_total"):
+            family = CounterMetricFamily(name[: -len("_total")], name, labels=names)
+        else:
+            family = GaugeMetricFamily(name, name, labels=names)
+        for labels, value in samples:
+            family.add_metric([labels.get(key, "") for key in names], value)
+        yield family
+
+
+def build_registry(collector: EgressdCollector) -> CollectorRegistry:
+    """egressd's own registry; the process-global default registry is never used."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

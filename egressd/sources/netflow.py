@@ -1,0 +1,327 @@
+"""The NetFlow v5/v9 and IPFIX UDP collector: one socket per configured listen address.
+
+The socket callback only filters by exporter and queues; a decoder task drains the bounded
+queue, decodes and submits batches. A full queue drops datagrams and counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from egressd.config import IPNetwork, NetflowSourceConfig, split_host_port
+from egressd.decode.netflow import NetflowDecoder
+from egressd.errors import DecodeError, SourceError
+from egressd.model import FlowRecord
+from egressd.sources.base import RecordSink
+from egressd.stats import SourceStats
+
+log = logging.getLogger("egressd.netflow")
+
+#: submit once this many records are decoded, even if more datagrams wait
+_BATCH_RECORDS = 4096
+#: decode at most this many queued datagrams before yielding to the loop
+_BATCH_DATAGRAMS = 256
+_EXPORTER_CACHE = 4096
+_ERROR_LOG_EVERY = 30.0
+
+Datagram = tuple[bytes, str, float]
+
+
+def _exporter_text(host: str) -> str:
+    """Canonical exporter address: IPv4-mapped IPv6 (dual-stack sockets) becomes IPv4."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host.partition("%")[0]
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    __slots__ = ("_source",)
+
+    def __init__(self, source: NetflowSource) -> None:
+        self._source = source
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._source._received(data, str(addr[0]))
+
+    def error_received(self, exc: Exception) -> None:
+        self._source.stats.drop("socket_error")
+
+
+class NetflowSource:
+    """Receives export datagrams on ``config.listen``; inert until :meth:`start`."""
+
+    __slots__ = (
+        "_allowed",
+        "_clock",
+        "_exporters",
+        "_last_error_log",
+        "_queue",
+        "_ready",
+        "_sink",
+        "_task",
+        "_transport",
+        "bound",
+        "config",
+        "decoder",
+        "decoder_stats",
+        "name",
+        "receive_buffer",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        config: NetflowSourceConfig,
+        name: str | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.name = name or f"netflow:{config.listen}"
+        self.stats = SourceStats(self.name)
+        self.decoder = NetflowDecoder(
+            max_templates=config.max_templates,
+            template_timeout=config.template_timeout,
+            max_pending=config.max_pending_datagrams,
+            pending_timeout=config.pending_timeout,
+        )
+        self.decoder_stats = self.decoder.stats
+        self._clock = clock
+        self._allowed: tuple[IPNetwork, ...] | None = config.allowed_exporters
+        #: exporter address text -> allowed (bounded cache; parsing per datagram is costly)
+        self._exporters: dict[str, bool] = {}
+        self._queue: asyncio.Queue[Datagram] | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sink: RecordSink | None = None
+        self._ready = False
+        self._last_error_log = 0.0
+        #: the address actually bound (port 0 picks one) and the kernel's receive buffer
+        self.bound: tuple[str, int] | None = None
+        self.receive_buffer = 0
+
+    # -- Source protocol --------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self._task is not None and not self._task.done()
+
+    async def start(self, sink: RecordSink) -> None:
+        if self._task is not None:
+            raise RuntimeError(f"{self.name} already started")
+        self._sink = sink
+        self._queue = asyncio.Queue(self.config.queue_size)
+        loop = asyncio.get_running_loop()
+        sock = self._bind()
+        try:
+            transport, _protocol = await loop.create_datagram_endpoint(
+                lambda: _Protocol(self), sock=sock
+            )
+        except OSError as exc:
+            sock.close()
+            raise SourceError(f"{self.name}: {exc}", retriable=False) from exc
+        self._transport = transport
+        self._task = loop.create_task(self._decode_loop(), name=f"egressd-{self.name}")
+        self._ready = True
+        log.info(
+            "%s: listening on %s:%d (receive buffer %d bytes)",
+            self.name,
+            *(self.bound or ("?", 0)),
+            self.receive_buffer,
+        )
+
+    def _bind(self) -> socket.socket:
+        host, port = split_host_port(self.config.listen)
+        try:
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
+            )
+        except socket.gaierror as exc:
+            raise SourceError(
+                f"{self.name}: cannot resolve {host!r}: {exc}", retriable=False
+            ) from exc
+        family, kind, proto, _canon, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and ipaddress.ip_address(address[0]).is_unspecified:
+                # "[::]:2055" takes IPv4 exporters too (they arrive IPv4-mapped).
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            with contextlib.suppress(OSError):
+                # The kernel caps this at net.core.rmem_max; what we got is logged.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer)
+            self.receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            sock.bind(address)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise SourceError(
+                f"{self.name}: cannot listen on {self.config.listen}: {exc.strerror or exc}",
+                retriable=False,
+            ) from exc
+        bound = sock.getsockname()
+        self.bound = (str(bound[0]), int(bound[1]))
+        return sock
+
+    async def stop(self) -> None:
+        """Close the socket, decode and submit what is already queued, then stop."""
+        self._ready = False
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if self._queue is not None and not task.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._queue.join()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def wait(self) -> None:
+        """Returns or raises only when the decoder task died; the daemon then exits."""
+        if self._task is None:
+            return
+        task = self._task
+        await asyncio.wait([task])
+        if task is self._task:
+            task.result()
+            raise SourceError(f"{self.name}: decoder stopped", retriable=False)
+
+    def checkpoint_position(self) -> None:
+        return None  # UDP cannot be replayed
+
+    async def checkpoint_saved(self, position: Any) -> None:
+        return None
+
+    def restore_position(self, position: Any) -> None:
+        return None
+
+    def extra_metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """(name, labels, value) samples; names ending in ``_total`` are counters."""
+        source = {"source": self.name}
+        stats = self.decoder_stats
+        samples: list[tuple[str, dict[str, str], float]] = [
+            ("egressd_netflow_templates", source, float(stats.template_count)),
+            ("egressd_netflow_template_records_total", source, float(stats.templates)),
+            ("egressd_netflow_pending_sets", source, float(stats.pending_count)),
+            (
+                "egressd_netflow_queue_length",
+                source,
+                float(self._queue.qsize() if self._queue else 0),
+            ),
+            ("egressd_netflow_receive_buffer_bytes", source, float(self.receive_buffer)),
+        ]
+        for outcome, count in (
+            ("buffered", stats.pending_sets),
+            ("decoded", stats.pending_decoded),
+            ("dropped", stats.pending_dropped),
+            ("expired", stats.pending_expired),
+        ):
+            samples.append(
+                ("egressd_netflow_pending_total", {**source, "outcome": outcome}, float(count))
+            )
+        for event, count in (
+            ("expired", stats.templates_expired),
+            ("evicted", stats.templates_evicted),
+            ("withdrawn", stats.templates_withdrawn),
+        ):
+            samples.append(
+                (
+                    "egressd_netflow_templates_removed_total",
+                    {**source, "reason": event},
+                    float(count),
+                )
+            )
+        for reason, count in sorted(stats.set_errors.items()):
+            samples.append(
+                ("egressd_netflow_set_errors_total", {**source, "reason": reason}, float(count))
+            )
+        return samples
+
+    # -- receive path (socket callback) -------------------------------------------------------
+
+    def _received(self, data: bytes, host: str) -> None:
+        stats = self.stats
+        stats.units += 1
+        allowed = self._exporters.get(host)
+        if allowed is None:
+            allowed = self._check_exporter(host)
+        if not allowed:
+            stats.drop("exporter_not_allowed")
+            return
+        assert self._queue is not None
+        try:
+            self._queue.put_nowait((data, host, self._clock()))
+        except asyncio.QueueFull:
+            stats.drop("queue_full")
+
+    def _check_exporter(self, host: str) -> bool:
+        exporter = _exporter_text(host)
+        if self._allowed is None:
+            allowed = True
+        else:
+            try:
+                address = ipaddress.ip_address(exporter)
+            except ValueError:
+                allowed = False
+            else:
+                allowed = any(address in network for network in self._allowed)
+        if len(self._exporters) >= _EXPORTER_CACHE:
+            self._exporters.clear()
+        self._exporters[host] = allowed
+        return allowed
+
+    # -- decoder task ------------------------------------------------------------------------
+
+    async def _decode_loop(self) -> None:
+        queue = self._queue
+        sink = self._sink
+        assert queue is not None and sink is not None
+        decode = self.decoder.decode
+        stats = self.stats
+        while True:
+            first = await queue.get()
+            items = [first]
+            while len(items) < _BATCH_DATAGRAMS and not queue.empty():
+                items.append(queue.get_nowait())
+            batch: list[FlowRecord] = []
+            for data, host, received in items:
+                try:
+                    batch.extend(decode(data, _exporter_text(host), received))
+                except DecodeError as exc:
+                    stats.failed(exc.reason)
+                    self._log_error("cannot decode a datagram from %s: %s", host, exc)
+                except Exception as exc:  # never let one datagram take the collector down
+                    stats.failed("internal_error")
+                    self._log_error("decoder failed on a datagram from %s: %r", host, exc)
+                if len(batch) >= _BATCH_RECORDS:
+                    stats.records += len(batch)
+                    sink.submit(batch)
+                    batch = []
+            if batch:
+                stats.records += len(batch)
+                sink.submit(batch)
+            for _ in items:
+                queue.task_done()
+
+    def _log_error(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= _ERROR_LOG_EVERY:
+            self._last_error_log = now
+            log.warning(
+                "%s: " + message + " (further errors counted, logged every %ds)",
+                self.name,
+                *args,
+                int(_ERROR_LOG_EVERY),
+            )
