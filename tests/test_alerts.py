@@ -1,0 +1,125 @@
+"""The alert state machine: pending → firing → resolved with hysteresis, no flapping when a
+transfer pauses, pending_for, and the contract-2 event shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from egressd.detect.alerts import FIRING, PENDING, RESOLVED, ZERO_TIME, Alert, AlertBook
+
+KEY = ("EgressUnexpectedDestination", "research", "CN")
+T0 = 1_772_409_600.0
+STEP = 300.0
+
+
+def describe_with(total: int) -> Callable[[], tuple[dict[str, str], dict[str, str]]]:
+    def describe() -> tuple[dict[str, str], dict[str, str]]:
+        labels = {"alertname": KEY[0], "group": KEY[1], "dst_country": KEY[2], "severity": "page"}
+        return labels, {"bytes": str(total), "summary": f"{total} bytes"}
+
+    return describe
+
+
+def run(book: AlertBook, steps: list[tuple[bool, bool, int]]) -> list[tuple[int, Alert]]:
+    """Evaluate one condition per interval; return (step index, alert) for each transition."""
+    out = []
+    for i, (fire, keep, total) in enumerate(steps):
+        alert = book.evaluate(KEY, T0 + i * STEP, fire, keep, describe_with(total))
+        if alert is not None:
+            out.append((i, alert))
+    return out
+
+
+def test_fires_at_once_and_resolves_after_resolve_after() -> None:
+    book = AlertBook(pending_for=0.0, resolve_after=900.0)
+    steps = [(True, True, 200), (True, True, 300)] + [(False, False, 0)] * 4
+    transitions = run(book, steps)
+    assert [(i, a.state) for i, a in transitions] == [(0, FIRING), (4, RESOLVED)]
+    firing, resolved = transitions[0][1], transitions[1][1]
+    assert firing.starts_at == T0
+    # resolved 900 s after the condition last held (step 1)
+    assert resolved.ends_at == T0 + STEP + 900
+    # the resolved event carries the strongest evidence seen
+    assert resolved.annotations["bytes"] == "300"
+    assert KEY not in book.active
+    assert book.transitions == {"pending": 1, "firing": 1, "resolved": 1}
+
+
+def test_a_pause_of_one_interval_does_not_flap() -> None:
+    book = AlertBook(pending_for=0.0, resolve_after=900.0)
+    steps = [
+        (True, True, 500),
+        (False, False, 0),  # the transfer pauses for one interval
+        (True, True, 500),
+        (False, True, 60),  # below the fire threshold but above the keep threshold
+        (False, True, 60),
+        (False, False, 0),
+        (False, False, 0),
+        (False, False, 0),
+    ]
+    transitions = run(book, steps)
+    assert [a.state for _, a in transitions] == [FIRING, RESOLVED]
+    assert transitions[1][0] == 7  # 900 s after the keep condition last held (step 4)
+
+
+def test_pending_for_delays_firing_and_a_lapse_cancels_it() -> None:
+    book = AlertBook(pending_for=600.0, resolve_after=900.0)
+    transitions = run(book, [(True, True, 1), (False, False, 0)])
+    assert transitions == []
+    assert KEY not in book.active  # pending dropped when the condition lapsed
+    book = AlertBook(pending_for=600.0, resolve_after=900.0)
+    assert book.evaluate(KEY, T0, True, True, describe_with(1)) is None
+    assert book.active[KEY].state == PENDING
+    assert book.evaluate(KEY, T0 + 300, True, True, describe_with(2)) is None
+    alert = book.evaluate(KEY, T0 + 600, True, True, describe_with(3))
+    assert alert is not None and alert.state == FIRING
+    assert alert.starts_at == T0 + 600
+    assert alert.pending_since == T0
+
+
+def test_keep_alone_does_not_start_an_alert() -> None:
+    book = AlertBook(pending_for=0.0, resolve_after=900.0)
+    assert run(book, [(False, True, 60)] * 5) == []
+    assert not book.active
+
+
+def test_event_has_the_contract_shape() -> None:
+    book = AlertBook(pending_for=0.0, resolve_after=300.0)
+    fired = book.evaluate(KEY, T0, True, True, describe_with(6_012_000_000))
+    assert fired is not None
+    event = fired.event()
+    assert set(event) == {"status", "labels", "annotations", "startsAt", "endsAt"}
+    assert event["status"] == "firing"
+    assert event["labels"] == {
+        "alertname": "EgressUnexpectedDestination",
+        "group": "research",
+        "dst_country": "CN",
+        "severity": "page",
+    }
+    assert event["startsAt"] == "2026-03-02T00:00:00Z"
+    assert event["endsAt"] == ZERO_TIME
+    resolved = book.evaluate(KEY, T0 + 600, False, False, describe_with(0))
+    assert resolved is not None
+    event = resolved.event()
+    assert event["status"] == "resolved"
+    assert event["labels"] == fired.labels
+    ends = datetime.fromisoformat(event["endsAt"].replace("Z", "+00:00")).timestamp()
+    assert ends == T0 + 600
+    # the firing copy handed out earlier is a snapshot
+    assert fired.state == FIRING
+
+
+def test_json_round_trip_keeps_state() -> None:
+    book = AlertBook(pending_for=0.0, resolve_after=900.0)
+    book.evaluate(KEY, T0, True, True, describe_with(10))
+    again = AlertBook(pending_for=0.0, resolve_after=900.0)
+    again.load_json(book.to_json())
+    assert again.active[KEY].state == FIRING
+    assert again.active[KEY].starts_at == T0
+    # continuity: no second firing; resolves on schedule
+    assert again.evaluate(KEY, T0 + 300, True, True, describe_with(10)) is None
+    transitions = [
+        again.evaluate(KEY, T0 + 300 * i, False, False, describe_with(0)) for i in range(2, 6)
+    ]
+    assert [a.state for a in transitions if a is not None] == [RESOLVED]
