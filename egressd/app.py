@@ -251,7 +251,8 @@ class Daemon:
         """Save the engine's state (and source positions) atomically; True when saved."""
         if self.state_path is None:
             return False
-        assert self._save_lock is not None
+        if self._save_lock is None:
+            self._save_lock = asyncio.Lock()
         async with self._save_lock:
             positions = {s.name: s.checkpoint_position() for s in self.sources}
             snapshot = self.engine.snapshot()
@@ -366,7 +367,6 @@ class Daemon:
         """Start everything, serve until a signal or a failure, stop in reverse, save state."""
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self._save_lock = asyncio.Lock()
         started: list[Any] = []
         background: list[asyncio.Task[Any]] = []
         exit_code = EXIT_OK

@@ -7,6 +7,7 @@ alert replaces an unsent older one, so a dead Alertmanager never stalls detectio
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import ssl
@@ -180,9 +181,8 @@ class AlertmanagerSink:
             return True
         return ssl.create_default_context(cafile=str(self.config.tls_ca_file))
 
-    def _headers(self) -> tuple[dict[str, str], aiohttp.BasicAuth | None]:
+    def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        auth = None
         # Read secrets at every push so a rotated token is picked up without a restart.
         if self.config.bearer_token_file is not None:
             token = self.config.bearer_token_file.read_text().strip()
@@ -191,8 +191,9 @@ class AlertmanagerSink:
             password = ""
             if self.config.basic_auth_password_file is not None:
                 password = self.config.basic_auth_password_file.read_text().strip()
-            auth = aiohttp.BasicAuth(self.config.basic_auth_username, password)
-        return headers, auth
+            pair = f"{self.config.basic_auth_username}:{password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        return headers
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -226,13 +227,12 @@ class AlertmanagerSink:
             batch.append(target.outbox.popitem(last=False))
         self._count_outbox()
         try:
-            headers, auth = self._headers()
+            headers = self._headers()
             payload = self.body((alert for _key, alert in batch), self._clock())
             async with self._session.post(
                 target.url,
                 data=payload,
                 headers=headers,
-                auth=auth,
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             ) as response:
                 if response.status >= 300:

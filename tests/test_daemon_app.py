@@ -1,0 +1,282 @@
+"""The daemon's parts in process: state save/restore, reload, idle watermark, UDP collector."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from egressd.app import Daemon, EngineFeed, default_config, run_daemon, state_path_of
+from egressd.config import NetflowSourceConfig, parse_config
+from egressd.model import FlowRecord
+from egressd.sources.netflow import NetflowSource
+from tests.netflow_builders import data_set, ipfix_datagram, template_set
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["GB", "US"]
+
+[state]
+path = "{state}"
+"""
+
+T0 = 1_773_064_800.0
+
+
+def flow(src: str, dst: str, size: int, end: float) -> FlowRecord:
+    return FlowRecord(end - 10, end, src, dst, size, max(1, size // 1500))
+
+
+def exfiltration(daemon: Daemon) -> None:
+    daemon.feed.submit(
+        [
+            flow("10.20.0.17", "47.100.23.45", 300_000_000, T0 + 60),
+            flow("10.20.0.17", "81.2.69.160", 2_000_000, T0 + 100),
+            flow("10.20.0.17", "81.2.69.160", 1_000, T0 + 420),
+        ]
+    )
+
+
+def test_default_config_listens_on_loopback() -> None:
+    config = default_config()
+    assert [s.listen for s in config.sources.netflow] == ["127.0.0.1:2055"]
+    assert config.http.listen == "127.0.0.1:9108"
+    assert not config.alertmanager.urls
+
+
+def test_state_path_falls_back_to_systemd_state_directory(tmp_path: Path) -> None:
+    config = default_config()
+    assert state_path_of(config, {}) is None
+    env = {"STATE_DIRECTORY": f"{tmp_path}/a:{tmp_path}/b"}
+    assert state_path_of(config, env) == tmp_path / "a" / "state.json"
+
+
+async def test_state_survives_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    config = parse_config(CONFIG.format(state=state))
+    first = Daemon(config, environ={}, sources=[])
+    first.restore_state()
+    exfiltration(first)
+    assert len(first.engine.active_alerts()) == 1
+    assert await first.save()
+    assert oct(state.stat().st_mode & 0o777) == "0o600"
+    assert first.stats.state_saves == 1
+
+    second = Daemon(config, environ={}, sources=[])
+    second.restore_state()
+    assert second.stats.state_restored
+    assert second.firing_alerts() == first.firing_alerts()
+    assert second.baselines("research") == first.baselines("research")
+
+    # The open interval came back too: it still holds the 1000 bytes at T0+420.
+    def open_bytes(daemon: Daemon) -> dict[tuple[str, str], int]:
+        totals = daemon.engine.aggregator.open_totals()
+        return {(group, dest.key): size for (group, dest), size in totals.items()}
+
+    assert open_bytes(second) == open_bytes(first) == {("research", "GB"): 1000}
+
+
+async def test_corrupt_state_is_moved_aside(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_bytes(b"{not json")
+    daemon = Daemon(parse_config(CONFIG.format(state=state)), environ={}, sources=[])
+    daemon.restore_state()
+    assert daemon.readiness() == (True, "")
+    assert not state.exists()
+    assert len(list(tmp_path.glob("state.json.bad-*"))) == 1
+    # A state from another interval length is unusable too, and also set aside.
+    state.write_bytes(orjson.dumps({"version": 1, "interval": 60.0}))
+    daemon = Daemon(parse_config(CONFIG.format(state=state)), environ={}, sources=[])
+    daemon.restore_state()
+    assert not daemon.stats.state_restored
+
+
+async def test_reload_applies_good_config_and_rejects_bad(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    path = tmp_path / "egressd.toml"
+    path.write_text(CONFIG.format(state=state))
+    daemon = Daemon(parse_config(path.read_text(), str(path)), path, environ={}, sources=[])
+    daemon.restore_state()
+    exfiltration(daemon)
+    baselines = daemon.baselines(None)
+
+    path.write_text(CONFIG.format(state=state) + "\n[detection]\nunexpected_min_bytes = 'huge'\n")
+    assert not await daemon.reload()
+    assert daemon.stats.config_reload_errors == 1
+    assert daemon.engine.config.detection.unexpected_min_bytes == 100_000_000
+
+    path.write_text(CONFIG.format(state=state).replace('["GB", "US"]', '["GB", "US", "CN"]'))
+    assert await daemon.reload()
+    assert daemon.stats.config_reloads == 1
+    assert daemon.engine.config.groups[0].expected_countries == frozenset({"GB", "US", "CN"})
+    assert daemon.baselines(None) == baselines  # nothing learned was lost
+
+    path.write_text(CONFIG.format(state=state) + "\n[detection]\ninterval = '1m'\n")
+    assert not await daemon.reload()
+    assert daemon.stats.config_reload_errors == 2
+
+
+def test_idle_watermark_follows_wall_time(tmp_path: Path) -> None:
+    daemon = Daemon(parse_config(CONFIG.format(state=tmp_path / "s.json")), environ={}, sources=[])
+    daemon.restore_state()
+    exfiltration(daemon)
+    assert daemon.engine.event_time() == T0 + 420
+    now = time.monotonic()
+    daemon.feed.last_wall = now - 5
+    daemon.idle_tick(now)  # not idle long enough
+    assert daemon.engine.event_time() == T0 + 420
+    daemon.feed.last_wall = now - 100
+    daemon.idle_tick(now)
+    assert daemon.engine.event_time() == pytest.approx(T0 + 520)
+    assert daemon.stats.idle_advances == 1
+    assert daemon.engine.aggregator.buckets  # [T0+300, T0+600) waits for T0+660
+    daemon.feed.last_wall = now - 300
+    daemon.idle_tick(now)
+    assert daemon.engine.event_time() == pytest.approx(T0 + 720)
+    # The interval holding T0+420 is now closed by the moved watermark.
+    assert not daemon.engine.aggregator.buckets
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only meaningful when the tests run as root")
+def test_refuses_to_run_as_root() -> None:
+    assert run_daemon(None, allow_root=False) == 1
+
+
+# -- the UDP collector --------------------------------------------------------------------
+
+FIELDS = [(8, 4), (12, 4), (1, 8), (2, 8), (150, 4), (151, 4)]
+
+
+def ipfix(records: list[tuple[str, str, int, int, int]]) -> bytes:
+    rows = [
+        [socket.inet_aton(src), socket.inet_aton(dst), size, 1, start, end]
+        for src, dst, size, start, end in records
+    ]
+    sets = [template_set({300: FIELDS}, ipfix=True), data_set(300, FIELDS, rows)]
+    return ipfix_datagram(sets, export_secs=int(T0))
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.records: list[FlowRecord] = []
+
+    def submit(self, records: list[FlowRecord]) -> None:
+        self.records.extend(records)
+
+
+async def wait_for(predicate: object, timeout: float = 5.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_collector_decodes_counts_errors_and_filters_exporters() -> None:
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0"))
+    sink = Collect()
+    await source.start(sink)
+    assert source.ready and source.bound is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(
+            ipfix([("10.20.0.1", "47.100.23.45", 1234, int(T0), int(T0) + 5)]), source.bound
+        )
+        sock.sendto(b"\x00\x09garbage", source.bound)
+        sock.sendto(b"", source.bound)
+        sock.sendto(struct.pack("!H", 77) + b"\0" * 30, source.bound)
+        await wait_for(lambda: source.stats.units == 4 and source.stats.decode_errors.total() == 3)
+    await wait_for(lambda: sink.records)
+    await source.stop()
+    (record,) = sink.records
+    assert (record.src, record.dst, record.bytes, record.time_end) == (
+        "10.20.0.1",
+        "47.100.23.45",
+        1234,
+        T0 + 5,
+    )
+    assert record.exporter == "127.0.0.1"
+    assert source.stats.records == 1
+    assert not source.ready
+
+
+async def test_collector_drops_datagrams_from_unlisted_exporters() -> None:
+    config = parse_config(
+        '[[sources.netflow]]\nlisten = "127.0.0.1:0"\nallowed_exporters = ["192.0.2.0/24"]\n'
+    ).sources.netflow[0]
+    source = NetflowSource(config)
+    sink = Collect()
+    await source.start(sink)
+    assert source.bound is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(3):
+            sock.sendto(ipfix([("10.20.0.1", "47.100.23.45", 1, int(T0), int(T0))]), source.bound)
+        await wait_for(lambda: source.stats.dropped["exporter_not_allowed"] == 3)
+    await source.stop()
+    assert not sink.records
+
+
+async def test_collector_full_queue_drops_and_counts() -> None:
+    source = NetflowSource(NetflowSourceConfig(listen="[::1]:0", queue_size=2))
+    sink = Collect()
+    await source.start(sink)
+    assert source.bound is not None
+    datagram = ipfix([("10.20.0.1", "47.100.23.45", 1, int(T0), int(T0))])
+    # Feed the receive path directly, as the socket would, without letting the decoder run.
+    for _ in range(5):
+        source._received(datagram, "::1")
+    assert source.stats.dropped["queue_full"] == 3
+    await wait_for(lambda: len(sink.records) == 2)
+    await source.stop()
+
+
+async def test_daemon_runs_and_stops_cleanly(tmp_path: Path) -> None:
+    config = parse_config(
+        CONFIG.format(state=tmp_path / "state.json")
+        + '\n[http]\nlisten = "127.0.0.1:0"\n[[sources.netflow]]\nlisten = "127.0.0.1:0"\n'
+    )
+    daemon = Daemon(config, environ={})
+    task = asyncio.create_task(daemon.run())
+    await wait_for(lambda: daemon.readiness()[0])
+    source = daemon.sources[0]
+    assert isinstance(source, NetflowSource) and source.bound is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(
+            ipfix([("10.20.0.1", "47.100.23.45", 1234, int(T0), int(T0) + 5)]), source.bound
+        )
+    await wait_for(lambda: daemon.engine.stats.egress_bytes == 1234)
+    assert daemon._stopping is not None
+    daemon._stopping.set()
+    assert await task == 0
+    saved = orjson.loads((tmp_path / "state.json").read_bytes())
+    assert saved["open_buckets"]  # the open interval is saved, not flushed
+
+
+async def test_daemon_exits_non_zero_when_a_component_dies(tmp_path: Path) -> None:
+    config = parse_config(
+        CONFIG.format(state=tmp_path / "state.json")
+        + '\n[http]\nlisten = "127.0.0.1:0"\n[[sources.netflow]]\nlisten = "127.0.0.1:0"\n'
+    )
+    daemon = Daemon(config, environ={})
+
+    class BrokenFeed(EngineFeed):
+        def submit(self, records: object) -> None:
+            raise RuntimeError("engine bug")
+
+    daemon.feed = BrokenFeed(daemon)
+    task = asyncio.create_task(daemon.run())
+    await wait_for(lambda: daemon.readiness()[0])
+    source = daemon.sources[0]
+    assert isinstance(source, NetflowSource) and source.bound is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(ipfix([("10.20.0.1", "47.100.23.45", 1, int(T0), int(T0))]), source.bound)
+    assert await asyncio.wait_for(task, 10) == 1

@@ -1,0 +1,169 @@
+"""HTTP endpoints and metrics content, with a real engine behind them and aiohttp's test client."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from egressd.app import Daemon
+from egressd.config import ConfigError, parse_config
+from egressd.model import FlowRecord
+from egressd.stats import SourceStats
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["GB", "US"]
+
+[detection]
+interval = "5m"
+allowed_lateness = "1m"
+unexpected_min_bytes = "100MB"
+"""
+
+T0 = 1_773_064_800.0  # 2026-03-09T14:00:00Z, an interval boundary
+
+
+class FakeSource:
+    def __init__(self, name: str, ready: bool) -> None:
+        self.name = name
+        self.stats = SourceStats(name)
+        self.ready = ready
+
+
+def flow(src: str, dst: str, size: int, end: float) -> FlowRecord:
+    return FlowRecord(end - 10, end, src, dst, size, max(1, size // 1500))
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+@pytest.fixture
+async def daemon_client() -> AsyncIterator[tuple[Daemon, TestClient[Any, Any]]]:
+    daemon = Daemon(parse_config(CONFIG), environ={}, sources=[])
+    client = TestClient(TestServer(daemon.http.application()))
+    await client.start_server()
+    yield daemon, client
+    await client.close()
+
+
+async def test_readyz_waits_for_state_and_sources() -> None:
+    source = FakeSource("netflow:test", ready=False)
+    daemon = Daemon(parse_config(CONFIG), environ={}, sources=[source])  # type: ignore[list-item]
+    async with TestClient(TestServer(daemon.http.application())) as client:
+        response = await client.get("/readyz")
+        assert response.status == 503
+        assert "state" in (await response.json())["reason"]
+        daemon.restore_state()
+        response = await client.get("/readyz")
+        assert response.status == 503
+        assert "netflow:test" in (await response.json())["reason"]
+        source.ready = True
+        assert (await client.get("/readyz")).status == 200
+        assert (await client.get("/healthz")).status == 200
+
+
+async def test_egress_metrics_and_alert_api(
+    daemon_client: tuple[Daemon, TestClient[Any, Any]],
+) -> None:
+    daemon, client = daemon_client
+    # Interval [T0, T0+300): 150 MB and 60 MB to CN (unexpected), 5 MB to GB.
+    first = [
+        flow("10.20.0.17", "47.100.23.45", 150_000_000, T0 + 30),
+        flow("10.20.0.18", "47.100.23.45", 60_000_000, T0 + 200),
+        flow("10.20.0.17", "81.2.69.160", 5_000_000, T0 + 100),
+        flow("10.1.0.1", "10.20.0.17", 7_000, T0 + 100),  # east-west, never egress
+        flow("8.8.8.8", "10.20.0.17", 9_000, T0 + 100),  # ingress
+    ]
+    daemon.feed.submit(first)
+    # A record far enough in the next interval moves the watermark past T0+300+60.
+    daemon.feed.submit([flow("10.20.0.17", "81.2.69.160", 1_000, T0 + 370)])
+
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    got = samples(await response.text())
+    cn = (("dst_country", "CN"), ("group", "research"))
+    gb = (("dst_country", "GB"), ("group", "research"))
+    assert got[("egressd_egress_bytes_total", cn)] == 210_000_000
+    # Closed interval plus the open one: GB counts its 1000 bytes still in an open bucket.
+    assert got[("egressd_egress_bytes_total", gb)] == 5_001_000
+    assert got[("egressd_ingress_bytes_total", ())] == 9_000
+    assert got[("egressd_internal_bytes_total", ())] == 7_000
+    assert got[("egressd_alerts_firing", (("alertname", "EgressUnexpectedDestination"),))] == 1
+    assert got[("egressd_alerts_firing", (("alertname", "EgressVolumeSpike"),))] == 0
+    assert got[("egressd_event_time_seconds", ())] == T0 + 370
+    assert got[("egressd_baseline_keys", ())] == 2
+    assert got[("egressd_egress_baseline_bytes", cn)] > 0
+    assert ("egressd_build_info", (("version", __import__("egressd").__version__),)) in got
+    # Labels are bounded: no label value is ever an address.
+    for _name, labels in got:
+        for _key, value in labels:
+            with pytest.raises(ValueError):
+                ipaddress.ip_address(value)
+
+    alerts = await (await client.get("/api/v1/alerts")).json()
+    assert len(alerts) == 1
+    (alert,) = alerts
+    assert alert["status"] == "firing"
+    assert alert["labels"] == {
+        "alertname": "EgressUnexpectedDestination",
+        "group": "research",
+        "dst_country": "CN",
+        "severity": "page",
+    }
+    assert alert["annotations"]["bytes"] == "210000000"
+    assert alert["annotations"]["top_sources"].split(",")[0].strip() == "10.20.0.17"
+    assert alert["startsAt"] == "2026-03-09T14:05:00Z"
+
+    baselines = await (await client.get("/api/v1/baselines", params={"group": "research"})).json()
+    assert sorted(b["destination"] for b in baselines) == ["CN", "GB"]
+    assert all(b["group"] == "research" for b in baselines)
+    assert await (await client.get("/api/v1/baselines", params={"group": "nobody"})).json() == []
+
+
+async def test_source_counters_in_metrics(
+    daemon_client: tuple[Daemon, TestClient[Any, Any]],
+) -> None:
+    daemon, client = daemon_client
+    source = FakeSource("netflow:127.0.0.1:2055", ready=True)
+    source.stats.units = 12
+    source.stats.records = 30
+    source.stats.failed("truncated_header")
+    source.stats.drop("exporter_not_allowed", 4)
+    daemon.sources.append(source)  # type: ignore[arg-type]
+    got = samples(await (await client.get("/metrics")).text())
+    name = (("source", "netflow:127.0.0.1:2055"),)
+    assert got[("egressd_received_total", name)] == 12
+    assert got[("egressd_records_total", name)] == 30
+    assert got[("egressd_decode_errors_total", (("reason", "truncated_header"), *name))] == 1
+    assert got[("egressd_dropped_total", (("reason", "exporter_not_allowed"), *name))] == 4
+
+
+def test_basic_auth_needs_bcrypt_hashes() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config('[http.basic_auth_users]\nadmin = "plaintext"\n')
+    assert "not a bcrypt hash" in str(info.value)
+    try:
+        import bcrypt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError) as info:
+            parse_config(
+                '[http.basic_auth_users]\nadmin = "$2b$12$'
+                'KIXQJ3Zq1u6sW3z0m1n1OeZz6fVYw3qk6sJtq0nq6bC1y3c7D8e9a"\n'
+            )
+        assert "bcrypt" in str(info.value)
