@@ -7,7 +7,7 @@ country data answers by default, mmdb files and region maps refine it when confi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 #: ISO 3166 user-assigned code used when no data source knows the country
@@ -24,13 +24,27 @@ class DestinationLabels:
     as_org: str = ""
     #: which data source answered for the country ("embedded", "mmdb:<file>", ...)
     source: str = "embedded"
+    # Computed once: labels are dict keys on the per-record path, where the generated
+    # dataclass hash (a tuple built per call) cost more than the rest of the lookup.
+    _key: str = field(default="", init=False, repr=False, compare=False)
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = (
+            self.country
+            if not self.region and not self.asn
+            else f"{self.country}|{self.region}|{self.asn or ''}"
+        )
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_hash", hash((self.country, self.region, self.asn, self.as_org)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def key(self) -> str:
         """Stable text form for state files and the API: ``CN``, ``US|aws/us-east-1|16509``."""
-        if not self.region and not self.asn:
-            return self.country
-        return f"{self.country}|{self.region}|{self.asn or ''}"
+        return self._key
 
     @classmethod
     def from_key(cls, key: str) -> DestinationLabels:
