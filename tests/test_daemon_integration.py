@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import orjson
 import pytest
 
 from tests.integration_support import (
+    REPO,
     EgressdProcess,
     free_port,
     free_udp_port,
@@ -284,3 +286,40 @@ def test_malformed_datagrams_are_counted_and_harmless(setup: Setup) -> None:
     exfiltrate(s)
     wait_until(lambda: firing_countries(s) == ["CN"], 15, what="decoding after garbage")
     assert s.egressd.stop() == 0, s.egressd.log()
+
+
+# -- egressd demo against the built-in defaults ----------------------------------------------
+
+
+def test_demo_fires_on_default_configuration(tmp_path: Path) -> None:
+    # The built-in defaults, only on free ports: no groups, so "other" learns its countries.
+    udp, http = free_udp_port(), free_port()
+    config = tmp_path / "egressd.toml"
+    config.write_text(
+        f'[http]\nlisten = "127.0.0.1:{http}"\n[[sources.netflow]]\nlisten = "127.0.0.1:{udp}"\n'
+    )
+    egressd = EgressdProcess(config, f"127.0.0.1:{http}", tmp_path / "egressd.log")
+    egressd.start()
+    try:
+        started = time.monotonic()
+        demo = subprocess.run(
+            [sys.executable, "-m", "egressd.cli", "demo", "--target", f"127.0.0.1:{udp}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert demo.returncode == 0, demo.stderr
+
+        def fired() -> bool:
+            status, body = http_get(f"{egressd.base}/api/v1/alerts")
+            return status == 200 and any(
+                a["labels"]["alertname"] == "EgressUnexpectedDestination"
+                and a["labels"]["dst_country"] == "CN"
+                and a["annotations"]["top_destinations"].startswith("47.100.23.45")
+                for a in orjson.loads(body)
+            )
+
+        wait_until(fired, 60 - (time.monotonic() - started), what="demo alert")
+    finally:
+        assert egressd.stop() == 0, egressd.log()
