@@ -119,12 +119,14 @@ class AlertBook:
         fire: bool,
         keep: bool,
         describe: Callable[[], tuple[dict[str, str], dict[str, str]]],
+        strength: int | None = None,
     ) -> Alert | None:
         """Advance ``key``'s alert at event time ``now``.
 
         ``fire``: the condition to start (or continue) alerting holds. ``keep``: the weaker
         condition that holds a firing alert open. ``describe`` builds labels and annotations
-        (only called when needed). Returns the alert when it changed to firing or resolved.
+        (only called when needed). ``strength`` (the bytes behind this evaluation), when
+        given, spares rebuilding a firing alert's evidence unless it grew. Returns the alert when it changed to firing or resolved.
         """
         alert = self.active.get(key)
         if alert is None:
@@ -150,9 +152,12 @@ class AlertBook:
         # FIRING
         if fire or keep:
             alert.last_true = now
-            _labels, annotations = describe()
             # Keep the strongest evidence seen so the resolved event still tells the story.
-            if _as_int(annotations.get("bytes")) >= _as_int(alert.annotations.get("bytes")):
+            current = _as_int(alert.annotations.get("bytes"))
+            if strength is not None and strength < current:
+                return None
+            _labels, annotations = describe()
+            if _as_int(annotations.get("bytes")) >= current:
                 alert.annotations = annotations
             return None
         if now - alert.last_true >= self.resolve_after:
