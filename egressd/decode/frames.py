@@ -64,9 +64,8 @@ _U16 = struct.Struct("!H")
 _ETH_TYPE = struct.Struct("!12xH")
 _IPV4_HEAD = struct.Struct("!BxHxxHxB")  # version/IHL, total length, flags/fragment, protocol
 _IPV6_HEAD = struct.Struct("!BxxxHB")  # version, payload length, next header
-_PORTS = struct.Struct("!HH")
-_UDP_LENGTH = struct.Struct("!4xH")
-_TCP_OFF_FLAGS = struct.Struct("!12xBB")
+_TCP_HEAD = struct.Struct("!HH8xBB")  # ports, data offset, flags
+_UDP_HEAD = struct.Struct("!HHH")  # ports, length
 
 Frame = bytes | bytearray | memoryview
 
@@ -167,10 +166,13 @@ def parse_frame(linktype: int, frame: Frame) -> PacketHeader | None:
         offset = 4
     else:
         return None
+    if type(frame) is not bytes:
+        # Address bytes key a memo, and slices of a bytearray or memoryview are unhashable.
+        frame = bytes(frame)
     if ethertype == _ETH_IPV4:
-        return parse_ipv4(frame, offset)
+        return _parse_ipv4(frame, offset)
     if ethertype == _ETH_IPV6:
-        return parse_ipv6(frame, offset)
+        return _parse_ipv6(frame, offset)
     return None
 
 
@@ -198,7 +200,32 @@ def _pppoe_payload(frame: Frame, offset: int) -> tuple[int, int]:
     return 0, offset
 
 
-def parse_ipv4(frame: Frame, offset: int) -> PacketHeader:
+# Address bytes → text. Formatting costs more than the rest of a packet's parsing and a
+# capture repeats the same few thousand addresses, so the texts are memoised. The values
+# depend only on the keys, so sharing the memo between tables and threads is safe; it is
+# cleared when full to stay bounded.
+_TEXT: dict[bytes, str] = {}
+_TEXT_MAX = 1 << 16
+
+
+def _ipv4_text(raw: bytes) -> str:
+    if len(_TEXT) >= _TEXT_MAX:
+        _TEXT.clear()
+    text = _TEXT[raw] = inet_ntop(AF_INET, raw)
+    return text
+
+
+def _ipv6_text(raw: bytes) -> str:
+    if len(_TEXT) >= _TEXT_MAX:
+        _TEXT.clear()
+    if raw[:12] == _MAPPED_PREFIX:
+        text = _TEXT[raw] = inet_ntop(AF_INET, raw[12:])
+    else:
+        text = _TEXT[raw] = inet_ntop(AF_INET6, raw)
+    return text
+
+
+def _parse_ipv4(frame: bytes, offset: int) -> PacketHeader:
     """Header of the IPv4 packet starting at ``offset``."""
     end = len(frame)
     if end < offset + 20:
@@ -217,8 +244,10 @@ def parse_ipv4(frame: Frame, offset: int) -> PacketHeader:
         if total_length != 0:
             raise DecodeError("bad_ip_length", f"IPv4 total length {total_length} < {ihl}")
         total_length = end - offset
-    src = inet_ntop(AF_INET, frame[offset + 12 : offset + 16])
-    dst = inet_ntop(AF_INET, frame[offset + 16 : offset + 20])
+    raw = frame[offset + 12 : offset + 16]
+    src = _TEXT.get(raw) or _ipv4_text(raw)
+    raw = frame[offset + 16 : offset + 20]
+    dst = _TEXT.get(raw) or _ipv4_text(raw)
     transport = offset + ihl
     if frag & 0x1FFF:
         # Only the first fragment carries the transport header.
@@ -226,7 +255,7 @@ def parse_ipv4(frame: Frame, offset: int) -> PacketHeader:
     return _transport(frame, src, dst, proto, total_length, transport, total_length - ihl)
 
 
-def parse_ipv6(frame: Frame, offset: int) -> PacketHeader:
+def _parse_ipv6(frame: bytes, offset: int) -> PacketHeader:
     """Header of the IPv6 packet starting at ``offset``, past common extension headers."""
     end = len(frame)
     if end < offset + 40:
@@ -237,18 +266,10 @@ def parse_ipv6(frame: Frame, offset: int) -> PacketHeader:
     if payload_length == 0:
         # Jumbograms and TSO-offloaded sends say 0; count what was captured.
         payload_length = end - offset - 40
-    raw_src = frame[offset + 8 : offset + 24]
-    raw_dst = frame[offset + 24 : offset + 40]
-    src = (
-        inet_ntop(AF_INET, raw_src[12:])
-        if raw_src[:12] == _MAPPED_PREFIX
-        else inet_ntop(AF_INET6, raw_src)
-    )
-    dst = (
-        inet_ntop(AF_INET, raw_dst[12:])
-        if raw_dst[:12] == _MAPPED_PREFIX
-        else inet_ntop(AF_INET6, raw_dst)
-    )
+    raw = frame[offset + 8 : offset + 24]
+    src = _TEXT.get(raw) or _ipv6_text(raw)
+    raw = frame[offset + 24 : offset + 40]
+    dst = _TEXT.get(raw) or _ipv6_text(raw)
     length = payload_length + 40
     transport = offset + 40
     remaining = payload_length
@@ -285,15 +306,14 @@ def parse_ipv6(frame: Frame, offset: int) -> PacketHeader:
 
 
 def _transport(
-    frame: Frame, src: str, dst: str, proto: int, length: int, offset: int, remaining: int
+    frame: bytes, src: str, dst: str, proto: int, length: int, offset: int, remaining: int
 ) -> PacketHeader:
     """Ports, flags and payload position of the transport header at ``offset``."""
     end = len(frame)
     if proto == PROTO_TCP:
         if end < offset + 14:
             raise DecodeError("truncated_transport", "TCP header cut short")
-        sport, dport = _PORTS.unpack_from(frame, offset)
-        data_offset, flags = _TCP_OFF_FLAGS.unpack_from(frame, offset)
+        sport, dport, data_offset, flags = _TCP_HEAD.unpack_from(frame, offset)
         header = (data_offset >> 4) * 4
         if header < 20:
             raise DecodeError("bad_transport_header", f"TCP data offset {header}")
@@ -311,8 +331,7 @@ def _transport(
     if proto == PROTO_UDP:
         if end < offset + 8:
             raise DecodeError("truncated_transport", "UDP header cut short")
-        sport, dport = _PORTS.unpack_from(frame, offset)
-        (udp_length,) = _UDP_LENGTH.unpack_from(frame, offset)
+        sport, dport, udp_length = _UDP_HEAD.unpack_from(frame, offset)
         # A zero UDP length means "see IP length" (IPv6 jumbograms, offloaded sends).
         payload = udp_length - 8 if udp_length >= 8 else remaining - 8
         return PacketHeader(src, dst, proto, sport, dport, length, 0, offset + 8, payload)
