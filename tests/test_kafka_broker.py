@@ -295,6 +295,7 @@ async def test_protobuf_pmacct_and_egressd_json_topics(
         got = sorted((r.src_port, r.bytes, r.dst) for r in sink.records)
         assert got == expected, fmt
         assert not source.stats.decode_errors, fmt
+        assert source.stats.dropped["skipped"] == (1 if fmt == "pmacct-json" else 0), fmt
 
 
 # --------------------------------------------------------------------------- faults

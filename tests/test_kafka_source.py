@@ -637,3 +637,21 @@ def test_check_config_rejects_incomplete_security_settings(
     with pytest.raises(ConfigError) as caught:
         parse_config(text, "egressd.toml")
     assert message in str(caught.value)
+
+
+async def test_several_json_lines_in_one_message_all_or_nothing() -> None:
+    good = [goflow2_json(i) for i in range(3)]
+    log: list[bytes | None] = [
+        b"\n".join(good) + b"\n",  # three records in one message
+        good[0] + b"\n{broken\n",  # a bad line fails the whole message
+        goflow2_json(7),
+    ]
+    fake = FakeConsumer({TP0: log})
+    sink = Sink()
+    source = KafkaSource(config(), "k", consumer_factory=fake)
+    await source.start(sink)
+    await wait_for(lambda: source.checkpoint_position().get("flows:0") == 3)
+    await source.stop()
+    assert [r.src_port - 40000 for r in sink.records] == [0, 1, 2, 7]
+    assert dict(source.stats.decode_errors) == {"bad_json": 1}
+    assert source.stats.records == 4 and source.stats.units == 3

@@ -92,6 +92,21 @@ def decode_goflow2_protobuf_message(value: bytes) -> list[FlowRecord]:
     return [decode_goflow2_protobuf(value)]
 
 
+def line_decoder(fmt: str) -> Callable[[bytes], FlowRecord | None] | None:
+    """The one-record decoder of a JSON format (None for goflow2-protobuf)."""
+    if fmt == "goflow2-json":
+        return decode_goflow2_json
+    if fmt == "pmacct-json":
+        from egressd.decode.pmacct import decode_pmacct_json
+
+        return decode_pmacct_json
+    if fmt == "egressd-json":
+        from egressd.decode.egressd_json import decode_egressd_json
+
+        return decode_egressd_json
+    return None
+
+
 def message_decoder(fmt: str) -> MessageDecoder:
     """The message decoder of a ``[[sources.kafka]]`` format name."""
     if fmt == "goflow2-json":
@@ -167,6 +182,7 @@ class KafkaSource:
         "_consumer",
         "_consumer_factory",
         "_decode",
+        "_line",
         "_producer",
         "_producer_factory",
         "_ready",
@@ -205,6 +221,7 @@ class KafkaSource:
         self._consumer_factory: ConsumerFactory = consumer_factory or AIOKafkaConsumer
         self._producer_factory: ProducerFactory = producer_factory or AIOKafkaProducer
         self._decode = message_decoder(config.format)
+        self._line = line_decoder(config.format)
         self._consumer: Any = None
         self._producer: Any = None
         self._sink: RecordSink | None = None
@@ -485,31 +502,77 @@ class KafkaSource:
     def _decode_batches(
         self, batches: dict[TopicPartition, Sequence[Any]]
     ) -> tuple[list[FlowRecord], list[tuple[Any, str]]]:
-        decode = self._decode
         stats = self.stats
         records: list[FlowRecord] = []
-        extend = records.extend
         failed: list[tuple[Any, str]] = []
-        units = 0
-        size = 0
-        for messages in batches.values():
-            units += len(messages)
-            for message in messages:
-                value = message.value
-                if not value:
-                    stats.drop("empty_message")
-                    continue
-                size += len(value)
-                try:
-                    extend(decode(value))
-                except DecodeError as exc:
-                    stats.failed(exc.reason)
-                    failed.append((message, exc.reason))
+        line = self._line
+        units = size = skipped = 0
+        if line is None:
+            decode = self._decode
+            extend = records.extend
+            for messages in batches.values():
+                units += len(messages)
+                for message in messages:
+                    value = message.value
+                    if not value:
+                        stats.drop("empty_message")
+                        continue
+                    size += len(value)
+                    try:
+                        extend(decode(value))
+                    except DecodeError as exc:
+                        stats.failed(exc.reason)
+                        failed.append((message, exc.reason))
+        else:
+            # JSON formats, inlined: one record per message is the rule. Several lines in
+            # one message fail as one JSON document and take the slow path only then.
+            append = records.append
+            for messages in batches.values():
+                units += len(messages)
+                for message in messages:
+                    value = message.value
+                    if not value:
+                        stats.drop("empty_message")
+                        continue
+                    size += len(value)
+                    try:
+                        record = line(value)
+                    except DecodeError as exc:
+                        reason = exc.reason
+                        if b"\n" in value.rstrip():
+                            try:
+                                skipped += self._decode_lines(value, append)
+                                continue
+                            except DecodeError as line_exc:
+                                reason = line_exc.reason
+                        stats.failed(reason)
+                        failed.append((message, reason))
+                        continue
+                    if record is None:
+                        skipped += 1
+                    else:
+                        append(record)
+        if skipped:
+            stats.drop("skipped", skipped)
         stats.units += units
         stats.records += len(records)
         self.records_consumed += units
         self.bytes_consumed += size
         return records, failed
+
+    def _decode_lines(self, value: bytes, append: Callable[[FlowRecord], None]) -> int:
+        """Records of a message holding several JSON lines; returns how many were skipped.
+
+        All or nothing: a bad line fails the whole message before any record is kept, so
+        a dead-lettered message never has half of its records counted.
+        """
+        line = self._line
+        assert line is not None
+        decoded = [line(part) for part in value.split(b"\n") if part.strip()]
+        for record in decoded:
+            if record is not None:
+                append(record)
+        return sum(record is None for record in decoded)
 
     async def _dead_letter(self, failed: list[tuple[Any, str]]) -> None:
         """Copies undecodable messages to the dead-letter topic, with where they came from."""
