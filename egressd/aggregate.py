@@ -35,21 +35,34 @@ class IntervalAggregator:
     """Open buckets keyed by interval start; hands out the ones the watermark has passed."""
 
     __slots__ = (
+        "_folded",
         "buckets",
         "closed_upto",
+        "folded_records",
         "interval",
         "late_bytes",
         "late_records",
         "lateness",
+        "max_keys",
         "max_time",
         "next_due",
         "sketch_capacity",
     )
 
-    def __init__(self, interval: float, lateness: float, sketch_capacity: int = 32) -> None:
+    def __init__(
+        self,
+        interval: float,
+        lateness: float,
+        sketch_capacity: int = 32,
+        max_keys: int = 100_000,
+    ) -> None:
         self.interval = interval
         self.lateness = lateness
         self.sketch_capacity = sketch_capacity
+        #: distinct keys per bucket; past it, destinations fold into their country's key
+        self.max_keys = max_keys
+        self._folded: dict[str, DestinationLabels] = {}
+        self.folded_records = 0
         self.buckets: dict[float, Bucket] = {}
         #: every bucket that ends at or before this is closed
         self.closed_upto = -math.inf
@@ -79,7 +92,15 @@ class IntervalAggregator:
                 self.next_due = due
         accum = bucket.get(key)
         if accum is None:
-            accum = bucket[key] = Accum(self.sketch_capacity)
+            if len(bucket) >= self.max_keys:
+                # A flood of distinct labels (an internet-wide scan with ASN labels) would
+                # grow one bucket without bound; past the cap, a destination counts under
+                # its country, which detection still judges.
+                key = (key[0], self._country_only(key[1].country))
+                self.folded_records += 1
+                accum = bucket.get(key)
+            if accum is None:
+                accum = bucket[key] = Accum(self.sketch_capacity)
         accum.bytes += size
         accum.packets += packets
         accum.flows += 1
@@ -88,6 +109,12 @@ class IntervalAggregator:
         if event_time > self.max_time:
             self.max_time = event_time
         return True
+
+    def _country_only(self, country: str) -> DestinationLabels:
+        labels = self._folded.get(country)
+        if labels is None:
+            labels = self._folded[country] = DestinationLabels(country)
+        return labels
 
     def observe_time(self, event_time: float) -> None:
         """Move the watermark without a record (an idle live source, or an ignored record)."""

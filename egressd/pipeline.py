@@ -34,6 +34,9 @@ _SPECIAL = "special"  # private, multicast, link-local, documentation...: never 
 _INVALID = "invalid"
 _Destination = DestinationLabels | str
 
+#: (group, destination) pairs with their own egress total; later ones count under their country
+MAX_DESTINATION_TOTALS = 10_000
+
 #: empty intervals evaluated one by one after a gap; a longer gap is skipped in one step
 _MAX_EMPTY_TICKS = 64
 
@@ -66,7 +69,9 @@ class Engine:
         detection = config.detection
         self.labeler = labeler
         self.classifier = EgressClassifier(config.networks, config.groups)
-        self.aggregator = IntervalAggregator(detection.interval, detection.allowed_lateness)
+        self.aggregator = IntervalAggregator(
+            detection.interval, detection.allowed_lateness, max_keys=detection.max_keys
+        )
         self.baselines = SeasonalBaselines(
             detection.max_keys, SeasonKeyer(timezone_named(detection.timezone))
         )
@@ -97,12 +102,18 @@ class Engine:
         self.book.pending_for = detection.pending_for
         self.book.resolve_after = detection.resolve_after
         self.baselines.max_keys = detection.max_keys
+        self.aggregator.max_keys = detection.max_keys
         options = LabelOptions(regions=labeler.has_regions, asn=labeler.has_asn)
         self.unexpected.reconfigure(detection, options)
         self.spikes.reconfigure(detection, options)
         self._src_cache.clear()
         self._dst_cache.clear()
         self._cache_size = config.geo.cache_size
+
+    def labels_changed(self) -> None:
+        """The labeler's data was reloaded: forget cached labels, keep everything learned."""
+        self._dst_cache.clear()
+        self._intern.clear()
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -121,6 +132,8 @@ class Engine:
             dest = _SPECIAL
         else:
             labels = self.labeler.label(address)
+            if len(self._intern) >= self._cache_size:
+                self._intern.clear()  # interning only saves memory; labels compare by value
             dest = self._intern.setdefault(labels.key, labels)
             if dest != labels:  # same key, refreshed organisation or source
                 dest = self._intern[labels.key] = labels
@@ -229,8 +242,11 @@ class Engine:
         self.stats.intervals_closed += 1
         totals = self.stats.egress_by_destination
         for key, accum in bucket.items():
-            totals[key] = totals.get(key, 0) + accum.bytes
             self.policy.observe(key[0], key[1], accum.bytes, start)
+            if key not in totals and len(totals) >= MAX_DESTINATION_TOTALS:
+                # Bounded metric cardinality: past the cap a destination adds to its country.
+                key = (key[0], DestinationLabels(key[1].country))
+            totals[key] = totals.get(key, 0) + accum.bytes
         self.unexpected.collect(start, bucket)
         changed = self.unexpected.evaluate(end, self.baselines)
         changed.extend(self.spikes.evaluate(start, bucket, self.baselines))

@@ -6,6 +6,7 @@ each finding carries its evidence: bytes, baseline, top sources and top destinat
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass
 
@@ -63,7 +64,7 @@ class _WindowEntry:
 class UnexpectedDestinationDetector:
     """Bytes from a group to a destination outside its expected set, over a sliding window."""
 
-    __slots__ = ("_config", "_labels", "book", "policy", "windows")
+    __slots__ = ("_config", "_labels", "book", "evicted", "policy", "windows")
 
     def __init__(
         self,
@@ -77,6 +78,8 @@ class UnexpectedDestinationDetector:
         self.policy = policy
         self.book = book
         self.windows: dict[AggregateKey, deque[_WindowEntry]] = {}
+        #: windows dropped to stay within detection.max_keys
+        self.evicted = 0
 
     def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
         self._config = config
@@ -93,6 +96,27 @@ class UnexpectedDestinationDetector:
             if window is None:
                 window = self.windows[key] = deque()
             window.append(_WindowEntry(start, accum))
+        if len(self.windows) > self._config.max_keys:
+            self._evict_for_room()
+
+    def _evict_for_room(self) -> None:
+        """Drop the lightest tenth of the windows without an active alert.
+
+        Each window holds an interval's evidence sketches; a flood of distinct unexpected
+        destinations would otherwise keep a window-length of them for every one. The
+        lightest are the furthest from the floor, so they are the ones that cannot page.
+        """
+        active = self.book.active
+        candidates = [
+            (sum(entry.bytes for entry in window), key)
+            for key, window in self.windows.items()
+            if (UNEXPECTED, key[0], key[1].key) not in active
+        ]
+        excess = len(self.windows) - self._config.max_keys
+        count = min(len(candidates), max(excess, self._config.max_keys // 10, 1))
+        for _total, key in heapq.nsmallest(count, candidates, key=lambda item: item[0]):
+            del self.windows[key]
+        self.evicted += count
 
     def evaluate(self, now: float, baselines: SeasonalBaselines) -> list[Alert]:
         """Evaluate every window at event time ``now`` (the end of the closed interval)."""
