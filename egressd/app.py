@@ -29,6 +29,7 @@ from egressd.config import (
 )
 from egressd.detect.alerts import FIRING, Alert
 from egressd.enrich import DestinationLabeler
+from egressd.enrich.labeler import CompositeLabeler
 from egressd.errors import ConfigError, EgressdError, StateError
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
@@ -306,12 +307,33 @@ class Daemon:
             alertmanager=self.config.alertmanager,
             alerts=self.config.alerts,
         )
-        self.labeler = labeler
+        old, self.labeler = self.labeler, labeler
+        if isinstance(old, CompositeLabeler):
+            old.close()  # the new labeler opened its own copies of the files
         self.stats.config_reloads += 1
         self.stats.config_last_reload_success = time.time()
         log.info("configuration reloaded from %s", path or "built-in defaults")
         self.notifier.notify("READY=1", f"STATUS={self._status()}")
         return True
+
+    def reload_geo(self) -> bool:
+        """Pick up changed mmdb and region-map files; True when labels may have changed.
+
+        A broken file keeps the data loaded before it (counted and logged once per version).
+        Runs on the event loop, not in a thread: the labeler answers lookups from the loop and
+        closes a replaced database, so swapping it elsewhere could close it under a lookup.
+        """
+        labeler = self.labeler
+        if not isinstance(labeler, CompositeLabeler):
+            return False  # embedded data changes only with egressd itself
+        failures = labeler.reload_failures
+        changed = labeler.reload_if_changed()
+        self.stats.geo_reload_errors += labeler.reload_failures - failures
+        if changed:
+            # The engine caches labels per address in front of the labeler; baselines stay.
+            self.engine.labels_changed()
+            self.stats.geo_reloads += 1
+        return changed
 
     def _schedule_reload(self) -> None:
         task = asyncio.get_running_loop().create_task(self.reload(), name="egressd-reload")
@@ -324,6 +346,12 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config.state.save_interval)
             await self.save()
+
+    async def _geo_watcher(self) -> None:
+        # Reads the interval each time: a SIGHUP may change it, or swap the labeler.
+        while True:
+            await asyncio.sleep(self.config.geo.watch_interval)
+            self.reload_geo()
 
     async def _ticker(self) -> None:
         """Idle watermark and status line: event time follows wall time while sources are quiet."""
@@ -403,6 +431,7 @@ class Daemon:
             spawn("egressd-stop", self._stopping.wait())
             spawn("egressd-state-saver", self._saver())
             spawn("egressd-ticker", self._ticker())
+            spawn("egressd-geo-watcher", self._geo_watcher())
             if self.notifier.watchdog_interval:
                 spawn("egressd-watchdog", self._watchdog(self.notifier.watchdog_interval))
             for component in started:

@@ -41,6 +41,8 @@ class DaemonStats:
     state_restored: bool = False
     idle_advances: int = 0
     alert_log_errors: int = 0
+    geo_reloads: int = 0
+    geo_reload_errors: int = 0
 
 
 class EgressdCollector(Collector):
@@ -64,6 +66,7 @@ class EgressdCollector(Collector):
         yield from self._egress(engine)
         yield from self._engine_counters(engine)
         yield from self._alerts(engine)
+        yield from self._geo(engine)
         yield from self._sources_metrics(self._sources())
         yield from self._daemon_metrics()
         yield from self._alertmanager_metrics()
@@ -202,6 +205,27 @@ class EgressdCollector(Collector):
             "Alert state transitions",
             [([state], n) for state, n in sorted(engine.book.transitions.items())],
             ["state"],
+        )
+
+    def _geo(self, engine: Engine) -> Iterable[Metric]:
+        built = GaugeMetricFamily(
+            PREFIX + "geo_database_build_timestamp_seconds",
+            "When each configured geo database or region map was built (Unix time)",
+            labels=["database"],
+        )
+        build_info: Callable[[], dict[str, float]] | None = getattr(
+            engine.labeler, "build_info", None
+        )
+        if build_info is not None:
+            for database, when in sorted(build_info().items()):
+                built.add_metric([database], when)
+        yield built
+        d = self._daemon
+        yield _counter("geo_reloads", "Geo data reloads that changed labels", d.geo_reloads)
+        yield _counter(
+            "geo_reload_errors",
+            "Changed geo data files that could not be loaded (old data kept)",
+            d.geo_reload_errors,
         )
 
     def _sources_metrics(self, sources: Sequence[Source]) -> Iterable[Metric]:
