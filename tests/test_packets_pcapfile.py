@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import PcapNgWriter, PcapWriter, rdpcap
 
 from egressd.errors import SourceError
-from egressd.sources.pcapfile import read_frames
+from egressd.sources.pcapfile import read_frames, read_packet_capture
 from egressd.stats import SourceStats
 
 CAPTURES = Path(__file__).resolve().parents[1].parent / "shared" / "captures"
@@ -243,3 +246,34 @@ def test_gzip_truncated_counts(tmp_path: Path) -> None:
         stats = SourceStats("gz")
         frames = list(read_frames(stream, stats))
         assert frames == full[: len(frames)] and stats.decode_errors["truncated"] == 1
+
+
+def _tiny_captures() -> list[bytes]:
+    pcap = io.BytesIO()
+    writer = PcapWriter(pcap, linktype=1)
+    for p in sample_packets(3):
+        writer.write(p)
+    writer.flush()
+    pcapng = shb(">") + idb(">", 1, options=option(">", 9, b"\x06")) + epb(">", 0, 5, b"abc")
+    return [pcap.getvalue(), pcapng]
+
+
+TINY_CAPTURES = _tiny_captures()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(TINY_CAPTURES), st.integers(0, 400), st.binary(min_size=1, max_size=16))
+def test_mutated_captures_stop_cleanly(base: bytes, where: int, noise: bytes) -> None:
+    data = bytearray(base)
+    where %= len(data)
+    data[where : where + len(noise)] = noise
+    stats = SourceStats("fuzz")
+    try:
+        for ts, linktype, frame in read_frames(io.BytesIO(bytes(data)), stats):
+            assert isinstance(ts, float) and 0 <= linktype <= 0xFFFF
+            assert len(frame) <= len(data)
+    except SourceError:
+        pass  # the magic number itself was hit: not a capture any more
+    assert stats.decode_errors["truncated"] <= 1
+    with contextlib.suppress(SourceError):
+        list(read_packet_capture(io.BytesIO(bytes(data)), SourceStats("fuzz")))
