@@ -115,11 +115,6 @@ class Engine:
         self._dst_cache.clear()
         self._intern.clear()
 
-    def labels_changed(self) -> None:
-        """The labeler's data was reloaded: forget cached labels, keep everything learned."""
-        self._dst_cache.clear()
-        self._intern.clear()
-
     # -- the hot path ---------------------------------------------------------------------
 
     def _source_group(self, address: str) -> str:
