@@ -217,7 +217,7 @@ class KafkaSource:
         #: set by the daemon: saves state now and calls ``checkpoint_saved``. Awaited when
         #: partitions are revoked and on stop, so offsets are committed before another
         #: member takes over; without it, the periodic checkpoint covers them later.
-        self.request_checkpoint: Callable[[], Awaitable[None]] | None = None
+        self.request_checkpoint: Callable[[], Awaitable[object]] | None = None
         self._consumer_factory: ConsumerFactory = consumer_factory or AIOKafkaConsumer
         self._producer_factory: ProducerFactory = producer_factory or AIOKafkaProducer
         self._decode = message_decoder(config.format)
