@@ -10,6 +10,7 @@ import errno
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -19,14 +20,14 @@ from collections.abc import Sequence
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from egressd.config import CaptureSourceConfig
 from egressd.decode.frames import LINKTYPE_ETHERNET
 from egressd.errors import SourceError
 from egressd.model import FlowRecord
-from egressd.sources.capture import CaptureSource
+from egressd.sources.capture import CaptureSource, apply_ancillary
 from tests.integration_support import REPO, free_udp_port, missing
 
 
@@ -369,3 +370,33 @@ async def test_failed_socket_is_reopened_and_flows_continue() -> None:
     await source.stop()
     assert second.closed
     assert [(r.packets, r.bytes) for r in sink.records] == [(2, 2 * (20 + 8 + 10))]
+
+
+def test_ancillary_data_restores_stripped_vlan_tag_and_kernel_time() -> None:
+    inner = (
+        Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01")
+        / IP(src="10.1.2.3", dst="192.0.2.7")
+        / UDP(sport=5000, dport=53)
+        / Raw(b"v" * 20)
+    )
+    stripped = bytes(inner)  # what the kernel hands over after VLAN offload
+    # struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci, vlan_tpid
+    vlan_valid, tpid_valid = 0x10, 0x40
+    aux = struct.pack("=IIIHHHH", vlan_valid | tpid_valid, 0, 0, 0, 0, 0x2064, 0x88A8)
+    stamp = struct.pack("=qq", 1_700_000_123, 250_000_000)
+    frame, ts = apply_ancillary(stripped, [(263, 8, aux), (socket.SOL_SOCKET, 35, stamp)])
+    tagged = Ether(frame)
+    assert tagged.type == 0x88A8
+    assert tagged[Dot1AD].vlan == 0x064 and tagged[Dot1AD].prio == 1
+    assert tagged[IP].dst == "192.0.2.7" and tagged[UDP].dport == 53
+    assert ts == pytest.approx(1_700_000_123.25)
+    # No VLAN flag: untouched; no timestamp: now.
+    aux_plain = struct.pack("=IIIHHHH", 0, 0, 0, 0, 0, 0, 0)
+    before = time.time()
+    frame, ts = apply_ancillary(stripped, [(263, 8, aux_plain)])
+    assert frame == stripped
+    assert before <= ts <= time.time()
+    # A tag without a valid TPID is 802.1Q.
+    aux_q = struct.pack("=IIIHHHH", vlan_valid, 0, 0, 0, 0, 7, 0)
+    frame, _ = apply_ancillary(stripped, [(263, 8, aux_q)])
+    assert Ether(frame).type == 0x8100 and Ether(frame)[Dot1Q].vlan == 7
