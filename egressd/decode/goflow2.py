@@ -295,9 +295,13 @@ def decode_goflow2_protobuf(message: bytes) -> FlowRecord:
     size = len(message)
     try:
         while pos < size:
+            # Tags of fields 1-15 take one byte and of 16-2047 two: decode those inline.
             key = message[pos]
             if key < 0x80:
                 pos += 1
+            elif message[pos + 1] < 0x80:
+                key = (key & 0x7F) | message[pos + 1] << 7
+                pos += 2
             else:
                 key, pos = _read_varint(message, pos)
             field = key >> 3
@@ -308,6 +312,9 @@ def decode_goflow2_protobuf(message: bytes) -> FlowRecord:
                 value = message[pos]
                 if value < 0x80:
                     pos += 1
+                elif message[pos + 1] < 0x80:
+                    value = (value & 0x7F) | message[pos + 1] << 7
+                    pos += 2
                 else:
                     value, pos = _read_varint(message, pos)
                 if field == _F_BYTES:
@@ -329,7 +336,11 @@ def decode_goflow2_protobuf(message: bytes) -> FlowRecord:
                 elif field == _F_TIME_RECEIVED_NS:
                     received = value
             elif wire == _LENGTH_DELIMITED:
-                length, pos = _read_varint(message, pos)
+                length = message[pos]
+                if length < 0x80:
+                    pos += 1
+                else:
+                    length, pos = _read_varint(message, pos)
                 stop = pos + length
                 if stop > size:
                     raise DecodeError("bad_protobuf", "field runs past the message")
