@@ -104,8 +104,23 @@ class IntervalAggregator:
         accum.bytes += size
         accum.packets += packets
         accum.flows += 1
-        accum.sources.add(src, size)
-        accum.destinations.add(dst, size)
+        # TopK.add's common cases inlined: this runs for every egress record.
+        counts = accum.sources.counts
+        current = counts.get(src)
+        if current is not None:
+            counts[src] = current + size
+        elif len(counts) < self.sketch_capacity:
+            counts[src] = size
+        else:
+            accum.sources.add(src, size)
+        counts = accum.destinations.counts
+        current = counts.get(dst)
+        if current is not None:
+            counts[dst] = current + size
+        elif len(counts) < self.sketch_capacity:
+            counts[dst] = size
+        else:
+            accum.destinations.add(dst, size)
         if event_time > self.max_time:
             self.max_time = event_time
         return True

@@ -61,6 +61,25 @@ class _WindowEntry:
         self.destinations = accum.destinations
 
 
+class _Window:
+    """One (group, destination)'s recent intervals, with their running byte total."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[_WindowEntry] = deque()
+        self.total = 0
+
+    def append(self, entry: _WindowEntry) -> None:
+        self.entries.append(entry)
+        self.total += entry.bytes
+
+    def expire(self, horizon: float) -> None:
+        entries = self.entries
+        while entries and entries[0].start < horizon:
+            self.total -= entries.popleft().bytes
+
+
 class UnexpectedDestinationDetector:
     """Bytes from a group to a destination outside its expected set, over a sliding window."""
 
@@ -77,7 +96,7 @@ class UnexpectedDestinationDetector:
         self._labels = labels
         self.policy = policy
         self.book = book
-        self.windows: dict[AggregateKey, deque[_WindowEntry]] = {}
+        self.windows: dict[AggregateKey, _Window] = {}
         #: windows dropped to stay within detection.max_keys
         self.evicted = 0
 
@@ -94,7 +113,7 @@ class UnexpectedDestinationDetector:
                 continue
             window = self.windows.get(key)
             if window is None:
-                window = self.windows[key] = deque()
+                window = self.windows[key] = _Window()
             window.append(_WindowEntry(start, accum))
         if len(self.windows) > self._config.max_keys:
             self._evict_for_room()
@@ -108,7 +127,7 @@ class UnexpectedDestinationDetector:
         """
         active = self.book.active
         candidates = [
-            (sum(entry.bytes for entry in window), key)
+            (window.total, key)
             for key, window in self.windows.items()
             if (UNEXPECTED, key[0], key[1].key) not in active
         ]
@@ -124,19 +143,20 @@ class UnexpectedDestinationDetector:
         horizon = now - config.unexpected_window
         floor = config.unexpected_min_bytes
         changed = []
-        for key in list(self.windows):
-            window = self.windows[key]
-            while window and window[0].start < horizon:
-                window.popleft()
-            total = sum(entry.bytes for entry in window)
+        active = self.book.active
+        for key, window in list(self.windows.items()):
+            window.expire(horizon)
+            total = window.total
             group, dest = key
             alert_key: AlertKey = (UNEXPECTED, group, dest.key)
-            if not window and alert_key not in self.book.active:
-                del self.windows[key]
+            if total < floor and alert_key not in active:
+                # Cannot start an alert and has none to keep open: nothing to evaluate.
+                if not window.entries:
+                    del self.windows[key]
                 continue
 
             def describe(
-                window: deque[_WindowEntry] = window,
+                window: _Window = window,
                 total: int = total,
                 group: str = group,
                 dest: DestinationLabels = dest,
@@ -144,18 +164,23 @@ class UnexpectedDestinationDetector:
                 return self._describe(now, window, total, group, dest, baselines)
 
             alert = self.book.evaluate(
-                alert_key, now, fire=total >= floor, keep=total >= floor / 2, describe=describe
+                alert_key,
+                now,
+                fire=total >= floor,
+                keep=total >= floor / 2,
+                describe=describe,
+                strength=total,
             )
             if alert is not None:
                 changed.append(alert)
-            if not window and alert_key not in self.book.active:
+            if not window.entries and alert_key not in active:
                 del self.windows[key]
         return changed
 
     def _describe(
         self,
         now: float,
-        window: deque[_WindowEntry],
+        window: _Window,
         total: int,
         group: str,
         dest: DestinationLabels,
@@ -164,7 +189,7 @@ class UnexpectedDestinationDetector:
         config = self._config
         sources = TopK(64)
         destinations = TopK(64)
-        for entry in window:
+        for entry in window.entries:
             sources.merge(entry.sources)
             destinations.merge(entry.destinations)
         expectation = baselines.expect((group, dest.key), now - config.interval)
@@ -172,7 +197,7 @@ class UnexpectedDestinationDetector:
         expected = self.policy.expected_countries(group)
         expected_text = ", ".join(sorted(expected)) if expected else "none"
         span = format_duration(config.unexpected_window)
-        first = window[0].start if window else now
+        first = window.entries[0].start if window.entries else now
         labels = alert_labels(UNEXPECTED, group, dest, config.severity, self._labels)
         n = config.top_talkers
         annotations = {
@@ -209,7 +234,7 @@ class UnexpectedDestinationDetector:
                     "as_org": dest.as_org,
                     "entries": [
                         [e.start, e.bytes, e.sources.to_json(), e.destinations.to_json()]
-                        for e in window
+                        for e in window.entries
                     ],
                 }
             )
@@ -218,7 +243,7 @@ class UnexpectedDestinationDetector:
     def load_json(
         self, data: list[dict[str, object]], intern: dict[str, DestinationLabels]
     ) -> None:
-        windows: dict[AggregateKey, deque[_WindowEntry]] = {}
+        windows: dict[AggregateKey, _Window] = {}
         for item in data:
             dest_key = str(item["dest"])
             dest = intern.get(dest_key)
@@ -228,7 +253,7 @@ class UnexpectedDestinationDetector:
                     base.country, base.region, base.asn, str(item.get("as_org", "")), "state"
                 )
                 intern[dest_key] = dest
-            window: deque[_WindowEntry] = deque()
+            window = _Window()
             entries = item["entries"]
             if not isinstance(entries, list):
                 raise ValueError("malformed window")
@@ -302,7 +327,7 @@ class VolumeSpikeDetector:
             ) -> tuple[dict[str, str], dict[str, str]]:
                 return self._describe(start, accum, group, dest, expectation)
 
-            alert = self.book.evaluate(alert_key, now, fire, keep, describe)
+            alert = self.book.evaluate(alert_key, now, fire, keep, describe, accum.bytes)
             if alert_key in self.book.active:
                 self._last[alert_key] = key
             if alert is not None:
