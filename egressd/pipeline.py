@@ -250,9 +250,9 @@ class Engine:
         self.unexpected.collect(start, bucket)
         changed = self.unexpected.evaluate(end, self.baselines)
         changed.extend(self.spikes.evaluate(start, bucket, self.baselines))
-        observe = self.baselines.observe
-        for (group, dest), accum in bucket.items():
-            observe((group, dest.key), start, accum.bytes)
+        self.baselines.observe_interval(
+            start, [((group, dest.key), accum.bytes) for (group, dest), accum in bucket.items()]
+        )
         if self.stats.intervals_closed % 288 == 0:
             self.baselines.evict_idle(end, detection.key_idle_timeout)
         if end > self.last_tick:

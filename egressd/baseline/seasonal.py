@@ -12,7 +12,7 @@ import base64
 import heapq
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
@@ -107,23 +107,50 @@ class SeasonalBaselines:
 
     def observe(self, key: BaselineKey, event_time: float, byte_count: float) -> None:
         """Learn one interval's bytes for ``key`` at ``event_time`` (the interval start)."""
-        record = self.records.get(key)
-        if record is None:
-            if len(self.records) >= self.max_keys:
-                self._evict_for_room()
-            record = bytearray(RECORD_SIZE)
-            _HEADER.pack_into(record, 0, event_time, event_time, 0.0, MIN_SPREAD, 0)
-            self.records[key] = record
-        first, last, level, spread, n = _HEADER.unpack_from(record, 0)
-        x = to_level(byte_count)
-        level, spread = _update(level, spread, n, x, OVERALL_ALPHA)
-        _HEADER.pack_into(
-            record, 0, min(first, event_time), max(last, event_time), level, spread, n + 1
-        )
+        self.observe_interval(event_time, ((key, byte_count),))
+
+    def observe_interval(
+        self, event_time: float, items: Iterable[tuple[BaselineKey, float]]
+    ) -> None:
+        """Learn one closed interval (starting at ``event_time``): bytes for each key.
+
+        Batched because it runs for every key of every interval: the season slot is found
+        once, and the lookups the loop needs are bound to locals.
+        """
+        records = self.records
         offset = _HEADER.size + self.season.slot(event_time) * _SLOT.size
-        s_level, s_spread, s_n = _SLOT.unpack_from(record, offset)
-        s_level, s_spread = _update(s_level, s_spread, s_n, x, SLOT_ALPHA)
-        _SLOT.pack_into(record, offset, s_level, min(s_spread, 60000.0), min(s_n + 1, 255))
+        header_unpack, header_pack = _HEADER.unpack_from, _HEADER.pack_into
+        slot_unpack, slot_pack = _SLOT.unpack_from, _SLOT.pack_into
+        log2 = math.log2
+        for key, byte_count in items:
+            record = records.get(key)
+            if record is None:
+                if len(records) >= self.max_keys:
+                    self._evict_for_room()
+                record = bytearray(RECORD_SIZE)
+                header_pack(record, 0, event_time, event_time, 0.0, MIN_SPREAD, 0)
+                records[key] = record
+            first, last, level, spread, n = header_unpack(record, 0)
+            x = log2(1.0 + byte_count) if byte_count > 0 else 0.0
+            level, spread = _update(level, spread, n, x, OVERALL_ALPHA)
+            header_pack(
+                record,
+                0,
+                first if first < event_time else event_time,
+                last if last > event_time else event_time,
+                level,
+                spread,
+                n + 1,
+            )
+            s_level, s_spread, s_n = slot_unpack(record, offset)
+            s_level, s_spread = _update(s_level, s_spread, s_n, x, SLOT_ALPHA)
+            slot_pack(
+                record,
+                offset,
+                s_level,
+                s_spread if s_spread < 60000.0 else 60000.0,
+                s_n + 1 if s_n < 255 else 255,
+            )
 
     def expect(self, key: BaselineKey, event_time: float) -> Expectation | None:
         """The seasonal expectation for ``key`` at ``event_time``; None if never seen.
