@@ -7,6 +7,7 @@ import io
 import ipaddress
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,33 @@ def _replay(scenario: Scenario, path: Path, fmt: str) -> tuple[list[dict[str, An
     return [orjson.loads(line) for line in out.getvalue().splitlines()], summary
 
 
-@pytest.fixture(scope="module", params=SEEDS, ids=lambda s: f"seed{s}")
-def replayed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Replayed:
-    scenario = generate(seed=request.param, days=9)
-    directory = tmp_path_factory.mktemp(f"scenario{request.param}")
-    return Replayed(scenario, scenario.write(directory / "flows.goflow2.jsonl"))
+def _seed_id(seed: int) -> str:
+    return f"seed{seed}"
+
+
+@pytest.fixture(scope="module")
+def replays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, Replayed]]:
+    """Each seed is replayed once per module, whichever tests ask for it and in whatever order."""
+    built: dict[int, Replayed] = {}
+    yield built
+    built.clear()
+
+
+@pytest.fixture(params=SEEDS, ids=_seed_id)
+def replayed(
+    request: pytest.FixtureRequest,
+    replays: dict[int, Replayed],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Replayed:
+    # Keyed by seed rather than module-scoped and parametrised: tests narrowed to one seed by
+    # indirect parametrisation would otherwise be reordered among the other seeds' tests and
+    # replay that seed a second time.
+    seed: int = request.param
+    if seed not in replays:
+        scenario = generate(seed=seed, days=9)
+        directory = tmp_path_factory.mktemp(f"scenario{seed}")
+        replays[seed] = Replayed(scenario, scenario.write(directory / "flows.goflow2.jsonl"))
+    return replays[seed]
 
 
 def _key(event: dict[str, Any]) -> tuple[str, str, str]:
@@ -108,13 +131,13 @@ def test_every_exfiltration_pages_and_nothing_else(replayed: Replayed) -> None:
 
 
 @pytest.mark.slow
+# One seed is enough to compare formats.
+@pytest.mark.parametrize("replayed", [SEEDS[0]], indirect=True, ids=_seed_id)
 @pytest.mark.parametrize("fmt", ["egressd-json", "pmacct-json"])
 def test_other_line_formats_give_the_same_alerts(
     replayed: Replayed, tmp_path: Path, fmt: str
 ) -> None:
     scenario = replayed.scenario
-    if scenario.seed != SEEDS[0]:
-        pytest.skip("one seed is enough to compare formats")
     events, summary = _replay(scenario, scenario.write(tmp_path / f"flows.{fmt}", fmt), fmt)
     assert not summary.skipped
     # pmacct writes microsecond timestamps: the same buckets, so the same events.
@@ -122,10 +145,10 @@ def test_other_line_formats_give_the_same_alerts(
 
 
 @pytest.mark.slow
+# The real command line is exercised on one seed.
+@pytest.mark.parametrize("replayed", [SEEDS[-1]], indirect=True, ids=_seed_id)
 def test_cli_replay_writes_the_same_alert_events(replayed: Replayed, tmp_path: Path) -> None:
     scenario, path = replayed.scenario, replayed.path
-    if scenario.seed != SEEDS[-1]:
-        pytest.skip("the real command line is exercised on one seed")
     config = scenario.write_config(tmp_path / "egressd.toml")
     alerts = tmp_path / "alerts.jsonl"
     result = subprocess.run(
