@@ -222,21 +222,35 @@ class _Locator:
             header_parts.append(part)
         candidates = [".".join(header_parts[:n]) for n in range(len(header_parts), 0, -1)]
         for header in candidates:
-            pattern = re.compile(rf"^\s*\[\[?\s*{re.escape(header)}\s*\]\]?\s*(#.*)?$")
-            hits = [i for i, line in enumerate(self._lines) if pattern.match(line)]
-            if hits:
-                start = hits[min(index, len(hits) - 1)]
+            hit = self._header(header, index)
+            if hit is not None:
+                start = hit
                 break
         key_pattern = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
         header_pattern = re.compile(r"^\s*\[")
         for i in range(start, len(self._lines)):
-            if i > start and header_pattern.match(self._lines[i]) and header_parts:
+            # Top-level keys end at the first header; a table's keys end at the next one.
+            if (i > start or not header_parts) and header_pattern.match(self._lines[i]):
                 break
             if key_pattern.match(self._lines[i]):
                 return i + 1
+        # Not a "key =" line: the path may name a table itself, "[a.b]" or "[[a.b]]" (an
+        # unknown table such as [surprise] included), whose header is its line.
+        own_index = path[-1] if isinstance(path[-1], int) else 0
+        table = self._header(".".join(tables), own_index)
+        if table is not None:
+            return table + 1
         if header_parts:
             return start + 1
         return None
+
+    def _header(self, dotted: str, index: int) -> int | None:
+        """The line index of the ``index``-th "[dotted]" or "[[dotted]]" header, if any."""
+        pattern = re.compile(rf"^\s*\[\[?\s*{re.escape(dotted)}\s*\]\]?\s*(#.*)?$")
+        hits = [i for i, line in enumerate(self._lines) if pattern.match(line)]
+        if not hits:
+            return None
+        return hits[min(index, len(hits) - 1)]
 
 
 class _Reader:

@@ -171,21 +171,35 @@ def test_every_problem_names_key_file_and_line() -> None:
     for key, line in BAD_PROBLEMS:
         prefix = f"/etc/egressd/bad.toml:{line}: {key}: "
         assert any(p.startswith(prefix) for p in problems), (key, line, problems)
-    # The unknown [surprise] table is reported too (its line: see the test below).
+    # The unknown [surprise] table is reported too (at its header: see the test below).
     assert any(
         p.startswith("/etc/egressd/bad.toml") and ": surprise: unknown key" in p for p in problems
     ), problems
     assert len(problems) == len(BAD_PROBLEMS) + 1, problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the config locator finds 'key =' lines but not table headers such as [surprise]",
-)
 def test_unknown_table_names_its_line() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(BAD, "bad.toml")
     assert "bad.toml:25: surprise: unknown key" in info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("name = 1\n\n[[surprise]]\nx = 1\n", "t.toml:3: surprise: unknown key"),
+        ('[detection]\ninterval = "5m"\n\n[detection.extra]\nx = 1\n', "t.toml:4: detection.extra"),
+        (
+            '[[groups]]\nname = "a"\nsources = ["10.0.0.0/8"]\n'
+            '[[groups]]\nname = "b"\nsources = ["10.1.0.0/16"]\n[groups.extra]\ny = 1\n',
+            "t.toml:7: groups[1].extra",
+        ),
+    ],
+)
+def test_unknown_tables_are_located_at_their_headers(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.toml")
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
 
 
 @pytest.mark.parametrize(
