@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -32,6 +33,25 @@ _EXPORTER_CACHE = 4096
 _ERROR_LOG_EVERY = 30.0
 
 Datagram = tuple[bytes, str, float]
+
+
+def kernel_drops(udp_table: str, inode: int) -> int | None:
+    """Datagrams the kernel dropped because the socket's receive buffer was full.
+
+    They never reach the socket callback, so only the kernel knows: the last column of the
+    socket's line in /proc/net/udp (or udp6). None when the table or the socket is not there.
+    """
+    wanted = str(inode)
+    try:
+        with open(udp_table, encoding="ascii") as table:
+            next(table, None)
+            for line in table:
+                fields = line.split()
+                if len(fields) >= 13 and fields[9] == wanted:
+                    return int(fields[12])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _exporter_text(host: str) -> str:
@@ -61,6 +81,7 @@ class NetflowSource:
         "_allowed",
         "_clock",
         "_exporters",
+        "_inode",
         "_last_error_log",
         "_queue",
         "_ready",
@@ -71,6 +92,7 @@ class NetflowSource:
         "config",
         "decoder",
         "decoder_stats",
+        "kernel_drops",
         "name",
         "receive_buffer",
         "stats",
@@ -106,6 +128,10 @@ class NetflowSource:
         #: the address actually bound (port 0 picks one) and the kernel's receive buffer
         self.bound: tuple[str, int] | None = None
         self.receive_buffer = 0
+        #: (udp table, socket inode) for reading the kernel's drop counter
+        self._inode: tuple[str, int] | None = None
+        #: receive-buffer overflows the kernel counted for our socket (read on scrape)
+        self.kernel_drops = 0
 
     # -- Source protocol --------------------------------------------------------------------
 
@@ -169,6 +195,8 @@ class NetflowSource:
             ) from exc
         bound = sock.getsockname()
         self.bound = (str(bound[0]), int(bound[1]))
+        table = "/proc/net/udp6" if family == socket.AF_INET6 else "/proc/net/udp"
+        self._inode = (table, os.fstat(sock.fileno()).st_ino)
         return sock
 
     async def stop(self) -> None:
@@ -211,6 +239,11 @@ class NetflowSource:
         """(name, labels, value) samples; names ending in ``_total`` are counters."""
         source = {"source": self.name}
         stats = self.decoder_stats
+        if self._inode is not None and self._transport is not None:
+            # A closed socket leaves the table: keep the last value read.
+            drops = kernel_drops(*self._inode)
+            if drops is not None:
+                self.kernel_drops = drops
         samples: list[tuple[str, dict[str, str], float]] = [
             ("egressd_netflow_templates", source, float(stats.template_count)),
             ("egressd_netflow_template_records_total", source, float(stats.templates)),
@@ -221,6 +254,7 @@ class NetflowSource:
                 float(self._queue.qsize() if self._queue else 0),
             ),
             ("egressd_netflow_receive_buffer_bytes", source, float(self.receive_buffer)),
+            ("egressd_netflow_receive_buffer_drops_total", source, float(self.kernel_drops)),
         ]
         for outcome, count in (
             ("buffered", stats.pending_sets),
