@@ -1,0 +1,214 @@
+"""Load: a loopback UDP flood at ten times egressd's decode rate against a real ``egressd run``.
+
+The daemon must stay alive, ready and within a memory bound, count what it could not take,
+and still page on an exfiltration sent from another exporter in the middle of the flood.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from egressd.sources.netflow import kernel_drops
+from tests.flood_support import RECORDS, decode_rate, exfil_datagram, rss_bytes, start_flood
+from tests.integration_support import (
+    EgressdProcess,
+    free_port,
+    free_udp_port,
+    http_get,
+    metric_value,
+    wait_until,
+)
+
+FLOOD_SECONDS = 30.0
+#: flood at least this many times faster than the decoder alone can decode
+OVERLOAD = 10
+SENDERS = 2
+#: the daemon's resident memory may grow at most this much over its idle size during the
+#: flood: the 10,000-datagram queue (~15 MB of bytes objects), decode batches and the 4 MB
+#: socket buffer, with room for allocator slack, but nowhere near "grows with the flood"
+RSS_GROWTH_BOUND = 150 * 1024 * 1024
+#: bytes in each exfiltration datagram; the unexpected-destination floor is 100MB
+EXFIL_BYTES = 2_000_000_000
+#: the exfiltrating exporter is another loopback address (Linux routes all of 127/8 locally)
+EXFIL_EXPORTER = "127.0.0.2"
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["GB", "US"]
+
+[detection]
+interval = "10s"
+allowed_lateness = "2s"
+unexpected_min_bytes = "100MB"
+unexpected_window = "1m"
+resolve_after = "1h"
+
+[state]
+path = "{state}"
+save_interval = "1h"
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[[sources.netflow]]
+listen = "127.0.0.1:{udp}"
+"""
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[EgressdProcess, int]]:
+    udp, http = free_udp_port(), free_port()
+    config = tmp_path / "egressd.toml"
+    config.write_text(CONFIG.format(state=tmp_path / "state.json", http=http, udp=udp))
+    egressd = EgressdProcess(config, f"127.0.0.1:{http}", tmp_path / "egressd.log")
+    yield egressd, udp
+    if egressd.alive():
+        egressd.stop()
+
+
+def test_kernel_receive_buffer_drops_are_read_from_the_udp_table() -> None:
+    """The collector's kernel-drop reading against datagrams counted by the test itself."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    inode = os.fstat(receiver.fileno()).st_ino
+    assert kernel_drops("/proc/net/udp", inode) == 0
+    sent = 500
+    with receiver, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(sent):
+            sender.sendto(b"x" * 1000, receiver.getsockname())
+        received = 0
+        while True:
+            try:
+                receiver.recv(2048)
+            except BlockingIOError:
+                break
+            received += 1
+        assert 0 < received < sent
+        # Every datagram sent on loopback was either queued for us or dropped by the kernel.
+        assert kernel_drops("/proc/net/udp", inode) == sent - received
+    assert kernel_drops("/proc/net/udp", inode) is None  # the socket is gone
+    assert kernel_drops("/nonexistent/udp", inode) is None
+
+
+def test_flood_at_ten_times_the_decode_rate(daemon: tuple[EgressdProcess, int]) -> None:
+    egressd, udp = daemon
+    # Calibrate before the daemon competes for the CPU: the decoder alone on flood datagrams.
+    rate = decode_rate(1.0)
+    egressd.start()
+    assert egressd.process is not None
+    pid = egressd.process.pid
+    idle_rss, _ = rss_bytes(pid)
+
+    flood = start_flood(
+        ("127.0.0.1", udp),
+        FLOOD_SECONDS,
+        max_datagrams=int(FLOOD_SECONDS * rate * OVERLOAD * 5),
+        senders=SENDERS,
+    )
+    started = time.monotonic()
+    ready_statuses: list[int] = []
+    rss_samples: list[int] = []
+    exfil_sent = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            ready_statuses.append(http_get(f"{egressd.base}/readyz", 5.0)[0])
+            rss_samples.append(rss_bytes(pid)[0])
+            stop.wait(0.25)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        # The exfiltration, interleaved with the flood from its own exporter, many times over
+        # (a datagram may be dropped like any other; a real transfer keeps going too).
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as exporter:
+            exporter.bind((EXFIL_EXPORTER, 0))
+            time.sleep(2.0)  # let the flood get going first
+            deadline = started + FLOOD_SECONDS - 2.0
+            while time.monotonic() < deadline:
+                exporter.sendto(
+                    exfil_datagram(time.time(), EXFIL_BYTES, exfil_sent), ("127.0.0.1", udp)
+                )
+                exfil_sent += 1
+                time.sleep(0.05)
+        sent = flood.join(FLOOD_SECONDS + 30)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        watcher.join(10)
+
+    flood_rate = sent / elapsed
+    assert flood_rate >= OVERLOAD * rate, (
+        f"flood reached {flood_rate:.0f} datagrams/s, under {OVERLOAD}x the decode rate "
+        f"{rate:.0f}/s"
+    )
+    assert egressd.alive(), egressd.log()
+    assert ready_statuses and all(s == 200 for s in ready_statuses), ready_statuses
+    _, peak_rss = rss_bytes(pid)
+    assert peak_rss - idle_rss < RSS_GROWTH_BOUND, (idle_rss, peak_rss, max(rss_samples))
+
+    # It pages: the exfiltration got through the flood.
+    def paged() -> bool:
+        status, body = http_get(f"{egressd.base}/api/v1/alerts")
+        return status == 200 and any(
+            a["labels"]["alertname"] == "EgressUnexpectedDestination"
+            and a["labels"]["dst_country"] == "CN"
+            and a["labels"]["group"] == "research"
+            for a in orjson.loads(body)
+        )
+
+    wait_until(paged, 30, what="EgressUnexpectedDestination CN during the flood")
+
+    # Every datagram is accounted for: taken by the socket or dropped by the kernel, then
+    # decoded or dropped from the full queue.
+    source = f"netflow:127.0.0.1:{udp}"
+    total_sent = sent + exfil_sent
+
+    def counts() -> tuple[float, float, float, float, float]:
+        text = egressd.metrics()
+
+        def value(name: str, **labels: str) -> float:
+            return metric_value(text, name, source=source, **labels) or 0.0
+
+        return (
+            value("egressd_received_total"),
+            value("egressd_netflow_receive_buffer_drops_total"),
+            value("egressd_dropped_total", reason="queue_full"),
+            value("egressd_decode_errors_total"),
+            value("egressd_records_total"),
+        )
+
+    wait_until(
+        lambda: counts()[0] + counts()[1] == total_sent,
+        30,
+        what="received + kernel drops == datagrams sent",
+    )
+    received, kernel, queue_full, errors, records = counts()
+    assert kernel + queue_full > 0, "a flood at 10x the decode rate must drop somewhere"
+    assert errors == 0
+    accepted = received - queue_full
+    # Flood datagrams carry RECORDS flows each, exfiltration datagrams one.
+    assert RECORDS * accepted - (RECORDS - 1) * exfil_sent <= records <= RECORDS * accepted
+    print(
+        f"\nflood: {flood_rate:.0f} datagrams/s ({flood_rate / rate:.1f}x decode rate "
+        f"{rate:.0f}/s), received {received:.0f}, kernel drops {kernel:.0f}, queue drops "
+        f"{queue_full:.0f}, records {records:.0f}, RSS {idle_rss >> 20} -> peak "
+        f"{peak_rss >> 20} MiB, exfil datagrams {exfil_sent}"
+    )
+    assert egressd.stop() == 0, egressd.log()
