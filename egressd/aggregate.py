@@ -18,14 +18,37 @@ AggregateKey = tuple[str, DestinationLabels]  # (group, destination labels)
 class Accum:
     """What one (group, destination) sent in one interval, with its heaviest talkers."""
 
-    __slots__ = ("bytes", "destinations", "flows", "packets", "sources")
+    __slots__ = ("bytes", "capacity", "destinations", "flows", "packets", "sources")
 
     def __init__(self, sketch_capacity: int) -> None:
         self.bytes = 0
         self.packets = 0
         self.flows = 0
+        self.capacity = sketch_capacity
         self.sources = TopK(sketch_capacity)
         self.destinations = TopK(sketch_capacity)
+
+    def add(self, src: str, dst: str, size: int, packets: int) -> None:
+        """Count one flow. Runs for every egress record, so TopK.add's common cases are inline."""
+        self.bytes += size
+        self.packets += packets
+        self.flows += 1
+        counts = self.sources.counts
+        current = counts.get(src)
+        if current is not None:
+            counts[src] = current + size
+        elif len(counts) < self.capacity:
+            counts[src] = size
+        else:
+            self.sources.add(src, size)
+        counts = self.destinations.counts
+        current = counts.get(dst)
+        if current is not None:
+            counts[dst] = current + size
+        elif len(counts) < self.capacity:
+            counts[dst] = size
+        else:
+            self.destinations.add(dst, size)
 
 
 Bucket = dict[AggregateKey, Accum]
@@ -78,52 +101,53 @@ class IntervalAggregator:
     def add(
         self, key: AggregateKey, event_time: float, src: str, dst: str, size: int, packets: int
     ) -> bool:
-        """Account one record; False (and counted) when its bucket is already closed."""
+        """Account one record; False (and counted) when its bucket is already closed.
+
+        :meth:`egressd.pipeline.Engine.process` does the same per record with the lookups
+        bound to locals; both go through :meth:`bucket` and :meth:`accum`.
+        """
         if event_time < self.closed_upto:
-            self.late_records += 1
-            self.late_bytes += size
+            self.late(size)
             return False
         start = event_time - event_time % self.interval
+        bucket = self.buckets.get(start)
+        if bucket is None:
+            bucket = self.bucket(start)
+        accum = bucket.get(key)
+        if accum is None:
+            accum = self.accum(bucket, key)
+        accum.add(src, dst, size, packets)
+        if event_time > self.max_time:
+            self.max_time = event_time
+        return True
+
+    def late(self, size: int) -> None:
+        self.late_records += 1
+        self.late_bytes += size
+
+    def bucket(self, start: float) -> Bucket:
+        """The open bucket of the interval at ``start``, opened if need be."""
         bucket = self.buckets.get(start)
         if bucket is None:
             bucket = self.buckets[start] = {}
             due = start + self.interval + self.lateness
             if due < self.next_due:
                 self.next_due = due
+        return bucket
+
+    def accum(self, bucket: Bucket, key: AggregateKey) -> Accum:
+        """The accumulator of ``key`` in ``bucket``, created if need be (within the cap)."""
         accum = bucket.get(key)
+        if accum is None and len(bucket) >= self.max_keys:
+            # A flood of distinct labels (an internet-wide scan with ASN labels) would grow
+            # one bucket without bound; past the cap, a destination counts under its
+            # country, which detection still judges.
+            key = (key[0], self._country_only(key[1].country))
+            self.folded_records += 1
+            accum = bucket.get(key)
         if accum is None:
-            if len(bucket) >= self.max_keys:
-                # A flood of distinct labels (an internet-wide scan with ASN labels) would
-                # grow one bucket without bound; past the cap, a destination counts under
-                # its country, which detection still judges.
-                key = (key[0], self._country_only(key[1].country))
-                self.folded_records += 1
-                accum = bucket.get(key)
-            if accum is None:
-                accum = bucket[key] = Accum(self.sketch_capacity)
-        accum.bytes += size
-        accum.packets += packets
-        accum.flows += 1
-        # TopK.add's common cases inlined: this runs for every egress record.
-        counts = accum.sources.counts
-        current = counts.get(src)
-        if current is not None:
-            counts[src] = current + size
-        elif len(counts) < self.sketch_capacity:
-            counts[src] = size
-        else:
-            accum.sources.add(src, size)
-        counts = accum.destinations.counts
-        current = counts.get(dst)
-        if current is not None:
-            counts[dst] = current + size
-        elif len(counts) < self.sketch_capacity:
-            counts[dst] = size
-        else:
-            accum.destinations.add(dst, size)
-        if event_time > self.max_time:
-            self.max_time = event_time
-        return True
+            accum = bucket[key] = Accum(self.sketch_capacity)
+        return accum
 
     def _country_only(self, country: str) -> DestinationLabels:
         labels = self._folded.get(country)

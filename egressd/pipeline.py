@@ -149,44 +149,62 @@ class Engine:
         src_cache = self._src_cache
         dst_cache = self._dst_cache
         aggregator = self.aggregator
-        add = aggregator.add
-        count = 0
-        for record in records:
-            count += 1
-            group = src_cache.get(record.src)
-            if group is None:
-                group = self._source_group(record.src)
-            dest = dst_cache.get(record.dst)
-            if dest is None:
-                dest = self._destination(record.dst)
-            if not group:
-                if dest is _INTERNAL:
-                    stats.ingress_records += 1
-                    stats.ingress_bytes += record.bytes
-                else:
-                    stats.transit_records += 1
-                aggregator.observe_time(record.time_end)
-            elif dest.__class__ is str:
-                if dest is _INTERNAL:
+        interval = aggregator.interval
+        buckets = aggregator.buckets
+        max_time = aggregator.max_time
+        # The bucket of the last egress record: input is mostly in time order.
+        current_start: float | None = None
+        bucket: Bucket = {}
+        count = egress = egress_bytes = 0
+        try:
+            for record in records:
+                count += 1
+                src = record.src
+                group = src_cache.get(src)
+                if group is None:
+                    group = self._source_group(src)
+                dst = record.dst
+                dest = dst_cache.get(dst)
+                if dest is None:
+                    dest = self._destination(dst)
+                end = record.time_end
+                if group and dest.__class__ is not str:
+                    size = record.bytes
+                    egress += 1
+                    egress_bytes += size
+                    if end < aggregator.closed_upto:
+                        aggregator.late(size)
+                        continue
+                    start = end - end % interval
+                    if start != current_start:
+                        found = buckets.get(start)
+                        bucket = found if found is not None else aggregator.bucket(start)
+                        current_start = start
+                    key = (group, dest)
+                    accum = bucket.get(key)  # type: ignore[arg-type]
+                    if accum is None:
+                        accum = aggregator.accum(bucket, key)  # type: ignore[arg-type]
+                    accum.add(src, dst, size, record.packets)
+                elif not group:
+                    if dest is _INTERNAL:
+                        stats.ingress_records += 1
+                        stats.ingress_bytes += record.bytes
+                    else:
+                        stats.transit_records += 1
+                elif dest is _INTERNAL:
                     stats.internal_records += 1
                     stats.internal_bytes += record.bytes
                 else:
                     stats.special_records += 1
-                aggregator.observe_time(record.time_end)
-            else:
-                stats.egress_records += 1
-                stats.egress_bytes += record.bytes
-                add(
-                    (group, dest),  # type: ignore[arg-type]
-                    record.time_end,
-                    record.src,
-                    record.dst,
-                    record.bytes,
-                    record.packets,
-                )
-            if aggregator.max_time >= aggregator.next_due:
-                changed.extend(self._close(aggregator.pop_due()))
-        stats.records += count
+                if end > max_time:
+                    max_time = aggregator.max_time = end
+                    if end >= aggregator.next_due:
+                        changed.extend(self._close(aggregator.pop_due()))
+                        current_start = None
+        finally:
+            stats.records += count
+            stats.egress_records += egress
+            stats.egress_bytes += egress_bytes
         return changed
 
     def advance(self, event_time: float) -> list[Alert]:
