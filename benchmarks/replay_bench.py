@@ -174,18 +174,29 @@ def main() -> int:
         "--geo", action="store_true", help="also replay with country/ASN mmdbs and an AWS map"
     )
     parser.add_argument("--aws-prefixes", type=int, default=7000)
+    parser.add_argument(
+        "--hours",
+        type=float,
+        default=72.0,
+        help="event-time span of the flows (72: ~170 flows per 5-minute interval, sparse, "
+        "per-interval work dominates; 1: ~12,500 per interval, as at a busy gateway)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.goflow2.jsonl"
         started = time.perf_counter()
-        flows = benchmark_flows(records=args.records, hosts=2000, destinations=500, days=3)
+        flows = benchmark_flows(
+            records=args.records, hosts=2000, destinations=500, days=args.hours / 24
+        )
         with open(path, "wb") as out:
             out.writelines(goflow2_line(flow, i) for i, flow in enumerate(flows))
         destinations = {flow.dst for flow in flows}
         del flows
         print(
             f"generated {args.records:,} goflow2 JSON lines ({path.stat().st_size / 1e6:.1f} MB)"
+            f" over {args.hours:g}h of event time "
+            f"({args.records / (args.hours * 12):,.0f} flows per 5-minute interval)"
             f" in {time.perf_counter() - started:.1f}s"
         )
         #: name → config of the extra replays --geo compares

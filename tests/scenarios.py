@@ -662,7 +662,7 @@ def benchmark_flows(
     records: int = 120_000,
     hosts: int = 2000,
     destinations: int = 500,
-    days: int = 3,
+    days: float = 3,
     start: float = START,
 ) -> list[Flow]:
     """Many small flows from ``hosts`` sources to ``destinations`` real addresses, in order."""
