@@ -80,10 +80,10 @@ class _Window:
             self.total -= entries.popleft().bytes
 
 
-class UnexpectedDestinationDetector:
-    """Bytes from a group to a destination outside its expected set, over a sliding window."""
+class _Detector:
+    """What both detectors share: settings, the expected-destination policy, the alert book."""
 
-    __slots__ = ("_config", "_labels", "book", "evicted", "policy", "windows")
+    __slots__ = ("_config", "_labels", "book", "policy")
 
     def __init__(
         self,
@@ -96,13 +96,28 @@ class UnexpectedDestinationDetector:
         self._labels = labels
         self.policy = policy
         self.book = book
-        self.windows: dict[AggregateKey, _Window] = {}
-        #: windows dropped to stay within detection.max_keys
-        self.evicted = 0
 
     def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
         self._config = config
         self._labels = labels
+
+
+class UnexpectedDestinationDetector(_Detector):
+    """Bytes from a group to a destination outside its expected set, over a sliding window."""
+
+    __slots__ = ("evicted", "windows")
+
+    def __init__(
+        self,
+        config: DetectionConfig,
+        policy: ExpectedDestinations,
+        book: AlertBook,
+        labels: LabelOptions,
+    ) -> None:
+        super().__init__(config, policy, book, labels)
+        self.windows: dict[AggregateKey, _Window] = {}
+        #: windows dropped to stay within detection.max_keys
+        self.evicted = 0
 
     def collect(self, start: float, bucket: Bucket) -> None:
         """Remember this interval's bytes to every destination unexpected for its group."""
@@ -267,10 +282,10 @@ class UnexpectedDestinationDetector:
         self.windows = windows
 
 
-class VolumeSpikeDetector:
+class VolumeSpikeDetector(_Detector):
     """Bytes to an expected destination in one interval far above its seasonal baseline."""
 
-    __slots__ = ("_config", "_labels", "_last", "book", "policy")
+    __slots__ = ("_last",)
 
     def __init__(
         self,
@@ -279,16 +294,9 @@ class VolumeSpikeDetector:
         book: AlertBook,
         labels: LabelOptions,
     ) -> None:
-        self._config = config
-        self._labels = labels
-        self.policy = policy
-        self.book = book
+        super().__init__(config, policy, book, labels)
         # the destination labels of keys with an active spike alert, to evaluate them when idle
         self._last: dict[AlertKey, AggregateKey] = {}
-
-    def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
-        self._config = config
-        self._labels = labels
 
     def eligible(self, expectation: Expectation | None, start: float) -> bool:
         config = self._config
