@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import add
+from socket import inet_ntoa
 from struct import Struct
 from typing import Any
 
@@ -28,6 +29,7 @@ _ZERO16 = b"\x00" * 16
 _MAPPED = b"\x00" * 10 + b"\xff\xff"
 _ADDR_CACHE_MAX = 65536
 _HALF = 0x80000000
+_WRAP = 0x100000000  # 2^32 ms: one sysUpTime counter wrap
 _MASK = 0xFFFFFFFF
 _MAX_SAMPLERS = 256  # per exporter domain; sampler ids beyond this are not remembered
 
@@ -58,16 +60,34 @@ def address_text(raw: bytes, cache: dict[bytes, str]) -> str:
     """Address bytes as text; IPv4-mapped IPv6 comes out as plain IPv4."""
     text = cache.get(raw)
     if text is None:
-        if len(raw) == 4:
-            text = socket.inet_ntoa(raw)
-        elif raw[:12] == _MAPPED:
-            text = socket.inet_ntoa(raw[12:])
-        else:
-            text = socket.inet_ntop(socket.AF_INET6, raw)
-        if len(cache) >= _ADDR_CACHE_MAX:
-            cache.clear()  # bounded; a busy exporter refills the hot entries at once
-        cache[raw] = text
+        text = remember_address(raw, cache)
     return text
+
+
+def remember_address(raw: bytes, cache: dict[bytes, str]) -> str:
+    """Text of an address not in ``cache`` yet, stored there: the miss path of every decoder."""
+    if len(raw) == 4:
+        text = inet_ntoa(raw)
+    elif raw[:12] == _MAPPED:
+        text = inet_ntoa(raw[12:])
+    else:
+        text = socket.inet_ntop(socket.AF_INET6, raw)
+    if len(cache) >= _ADDR_CACHE_MAX:
+        cache.clear()  # bounded; a busy exporter refills the hot entries at once
+    cache[raw] = text
+    return text
+
+
+def uptime_bases(uptime_ms: int) -> tuple[int, int, int]:
+    """Per-datagram constants for reading sysUpTime ms values ``t`` against the header's uptime.
+
+    ``t - (below if t < cut else above)`` is the signed 32-bit difference ``t - uptime``
+    (a ``t`` more than 2^31 ms away lies across a counter wrap): one comparison per record
+    instead of the masked arithmetic, and the very same integer, so the same float time.
+    """
+    if uptime_ms < _HALF:
+        return uptime_ms, uptime_ms + _HALF, uptime_ms + _WRAP
+    return uptime_ms - _WRAP, uptime_ms - _HALF, uptime_ms
 
 
 def _time(kind: int, value: int, ctx: DatagramContext) -> float:
@@ -81,8 +101,8 @@ def _time(kind: int, value: int, ctx: DatagramContext) -> float:
     if kind == F.TIME_DELTA_US:
         return ctx.export_time - value / 1_000_000.0
     if kind == F.TIME_UPTIME_MS and ctx.uptime_ms is not None:
-        delta = ((value - ctx.uptime_ms + _HALF) & _MASK) - _HALF
-        return ctx.export_time + delta / 1000.0
+        below, cut, above = uptime_bases(ctx.uptime_ms)
+        return ctx.export_time + (value - (below if value < cut else above)) / 1000.0
     return ctx.export_time
 
 
@@ -200,10 +220,7 @@ _SLOT_NAMES = {
 
 def _time_expr(kind: int, var: str) -> str:
     if kind == F.TIME_UPTIME_MS:
-        return (
-            f"(export_time + ((((({var} - uptime + {_HALF}) & {_MASK}) - {_HALF}) / 1000.0))"
-            f" if uptime is not None else export_time)"
-        )
+        return f"export_time + ({var} - (below if {var} < cut else above)) / 1000.0"
     if kind == F.TIME_MILLIS:
         return f"{var} / 1000.0"
     if kind == F.TIME_SECONDS:
@@ -211,76 +228,114 @@ def _time_expr(kind: int, var: str) -> str:
     return f"_time({kind}, {var}, ctx)"
 
 
-def _address_code(target: str, v4: bool, v6: bool, v4_name: str, v6_name: str) -> list[str]:
+def _address_code(v4: bool, v6: bool, v4_name: str, v6_name: str) -> tuple[list[str], str]:
+    """Statements and expression giving one address's text; ``or`` skips the miss call."""
     if v4 and v6:
-        pick = f"{v4_name} if {v4_name} != ZERO4 else {v6_name}"
-    else:
-        pick = v4_name if v4 else v6_name
-    return [
-        f"raw = {pick}",
-        f"{target} = cache.get(raw)",
-        f"if {target} is None:",
-        f"    {target} = address_text(raw, cache)",
-    ]
+        pick = f"{v4_name}_{v6_name}"
+        return [f"{pick} = {v4_name} if {v4_name} != ZERO4 else {v6_name}"], (
+            f"get({pick}) or remember({pick}, cache)"
+        )
+    name = v4_name if v4 else v6_name
+    return [], f"get({name}) or remember({name}, cache)"
 
 
-def _generate_fixed_decoder(layout: Layout) -> Any:
-    """Source-generate a set decoder specialised to one fixed layout.
-
-    Per-record work is then only what this template needs: no slot shuffling, no branches
-    on absent fields, absent values folded into constants. Built once per distinct layout.
-    """
-    present = set(layout.order)
-    names = [_SLOT_NAMES[slot] for slot in layout.order]
-
-    def value(slot: int) -> str:
-        return _SLOT_NAMES[slot] if slot in present else repr(DEFAULTS[slot])
-
-    body = _address_code("src", F.SRC4 in present, F.SRC6 in present, "s4", "s6")
-    body += _address_code("dst", F.DST4 in present, F.DST6 in present, "d4", "d6")
+def _record_code(layout: Layout, present: set[int], rated: bool) -> list[str]:
+    """Loop body building one FlowRecord, everything inlined into its constructor call."""
+    body, src = _address_code(F.SRC4 in present, F.SRC6 in present, "s4", "s6")
+    more, dst = _address_code(F.DST4 in present, F.DST6 in present, "d4", "d6")
+    body += more
     if F.OWN_RATE in present and F.SAMPLER_ID in present:
         body.append("rate = own or sampler_rates.get(sid, 0) or default_rate")
     elif F.OWN_RATE in present:
         body.append("rate = own or default_rate")
     elif F.SAMPLER_ID in present:
         body.append("rate = sampler_rates.get(sid, 0) or default_rate")
-    if F.END in present:
+    if F.START in present and F.END in present:
+        start = _time_expr(layout.start_kind, "t0")
+        end = _time_expr(layout.end_kind, "t1")
+    elif F.END in present:
         body.append(f"time_end = {_time_expr(layout.end_kind, 't1')}")
-    else:
-        body.append("time_end = export_time")
-    if F.START in present:
+        start = end = "time_end"
+    elif F.START in present:
         body.append(f"time_start = {_time_expr(layout.start_kind, 't0')}")
-        if F.END not in present:
-            body += ["if time_start > time_end:", "    time_end = time_start"]
+        # Export time has whole seconds only: never end a flow before it starts.
+        body.append("time_end = time_start if time_start > export_time else export_time")
+        start, end = "time_start", "time_end"
     else:
-        body.append("time_start = time_end")
+        start = end = "export_time"
+
+    def count(slot: int) -> str:
+        if slot not in present:
+            return repr(DEFAULTS[slot])
+        return f"{_SLOT_NAMES[slot]} * rate" if rated else _SLOT_NAMES[slot]
+
+    def plain(slot: int) -> str:
+        return _SLOT_NAMES[slot] if slot in present else repr(DEFAULTS[slot])
+
     body.append(
-        f"append(FlowRecord(time_start, time_end, src, dst, {value(F.BYTES)} * rate,"
-        f" {value(F.PACKETS)} * rate, {value(F.PROTO)}, {value(F.SRC_PORT)},"
-        f" {value(F.DST_PORT)}, exporter))"
+        f"append(FlowRecord({start}, {end}, {src}, {dst}, {count(F.BYTES)},"
+        f" {count(F.PACKETS)}, {plain(F.PROTO)}, {plain(F.SRC_PORT)}, {plain(F.DST_PORT)},"
+        " exporter))"
     )
+    return body
+
+
+def fixed_decoder_source(layout: Layout) -> str:
+    """Source of a set decoder specialised to one fixed layout.
+
+    Per-record work is then only what this template needs: no slot shuffling, no branches
+    on absent fields, absent values folded into constants, sysUpTime arithmetic reduced to
+    one comparison, and no multiplication at all for unsampled exporters. Built once per
+    distinct layout. The function returns False, having done nothing, when the set needs
+    what it does not handle (sysUpTime times without a known uptime).
+    """
+    assert layout.struct is not None
+    present = set(layout.order)
+    names = [_SLOT_NAMES[slot] for slot in layout.order]
     target = ", ".join(names) + ("," if len(names) == 1 else "")
-    source = "\n".join(
-        [
-            "def decode(rows, ctx, out):",
-            "    export_time = ctx.export_time",
-            "    uptime = ctx.uptime_ms",
-            "    cache = ctx.addr_cache",
-            "    exporter = ctx.exporter",
-            "    default_rate = ctx.options.default_rate or 1",
-            "    sampler_rates = ctx.options.sampler_rates",
-            "    rate = default_rate",
-            "    append = out.append",
-            f"    for {target} in rows:",
-            *("        " + line for line in body),
-        ]
+    uses_uptime = (F.START in present and layout.start_kind == F.TIME_UPTIME_MS) or (
+        F.END in present and layout.end_kind == F.TIME_UPTIME_MS
     )
+    lines = [
+        "def decode(chunk, ctx, out):",
+        "    export_time = ctx.export_time",
+        "    cache = ctx.addr_cache",
+        "    get = cache.get",
+        "    exporter = ctx.exporter",
+        "    options = ctx.options",
+        "    default_rate = options.default_rate or 1",
+        "    sampler_rates = options.sampler_rates",
+        "    append = out.append",
+    ]
+    if uses_uptime:
+        lines += [
+            "    if ctx.uptime_ms is None:",
+            "        return False",
+            "    below, cut, above = uptime_bases(ctx.uptime_ms)",
+        ]
+    loop = f"    for {target} in unpack(chunk):"
+    if layout.per_record_rate:
+        lines += [loop, *("        " + line for line in _record_code(layout, present, True))]
+    else:
+        lines += ["    if default_rate == 1:", "    " + loop]
+        lines += ("            " + line for line in _record_code(layout, present, False))
+        lines += ["        return True", "    rate = default_rate", loop]
+        lines += ("        " + line for line in _record_code(layout, present, True))
+    lines.append("    return True")
+    return "\n".join(lines)
+
+
+def _generate_fixed_decoder(layout: Layout) -> Any:
+    assert layout.struct is not None
     namespace: dict[str, Any] = {
         "FlowRecord": FlowRecord,
-        "address_text": address_text,
+        "remember": remember_address,
+        "uptime_bases": uptime_bases,
+        "unpack": layout.struct.iter_unpack,
         "_time": _time,
         "ZERO4": _ZERO4,
     }
+    source = fixed_decoder_source(layout)
     exec(compile(source, f"<netflow layout {id(layout):x}>", "exec"), namespace)
     return namespace["decode"]
 
@@ -289,19 +344,25 @@ def decode_data_set(
     buf: bytes, pos: int, end: int, layout: Layout, ctx: DatagramContext, out: list[FlowRecord]
 ) -> int:
     """Append the flow records of one data set to ``out``; return how many were appended."""
-    if not (layout.has_address or layout.has_frame) or layout.record_len == 0:
-        return 0
     if layout.fixed and layout.has_address and not layout.has_frame and not layout.odd_slots:
-        assert layout.struct is not None
         count = (end - pos) // layout.record_len
         if count == 0:
             return 0
-        if layout.fast is None:
-            layout.fast = _generate_fixed_decoder(layout)
+        fast = layout.fast
+        if fast is None:
+            fast = layout.fast = _generate_fixed_decoder(layout)
         before = len(out)
-        chunk = memoryview(buf)[pos : pos + count * layout.record_len]
-        layout.fast(layout.struct.iter_unpack(chunk), ctx, out)
-        return len(out) - before
+        if fast(memoryview(buf)[pos : pos + count * layout.record_len], ctx, out):
+            return len(out) - before
+    return decode_data_set_generic(buf, pos, end, layout, ctx, out)
+
+
+def decode_data_set_generic(
+    buf: bytes, pos: int, end: int, layout: Layout, ctx: DatagramContext, out: list[FlowRecord]
+) -> int:
+    """``decode_data_set`` for any layout, without the generated per-layout code."""
+    if not (layout.has_address or layout.has_frame) or layout.record_len == 0:
+        return 0
     if layout.fixed:
         assert layout.struct is not None
         record_len = layout.record_len
@@ -324,7 +385,11 @@ def decode_data_set(
     per_record_rate = layout.per_record_rate
     export_time = ctx.export_time
     uptime = ctx.uptime_ms
-    up_kind = F.TIME_UPTIME_MS if uptime is not None else -1
+    up_kind = -1
+    below = cut = above = 0
+    if uptime is not None:
+        up_kind = F.TIME_UPTIME_MS
+        below, cut, above = uptime_bases(uptime)
     start_kind = layout.start_kind
     end_kind = layout.end_kind
     cache = ctx.addr_cache
@@ -368,24 +433,20 @@ def decode_data_set(
         if t1 is None:
             time_end = export_time
         elif end_kind == up_kind:
-            time_end = export_time + ((((t1 - uptime + _HALF) & _MASK) - _HALF) / 1000.0)
+            time_end = export_time + (t1 - (below if t1 < cut else above)) / 1000.0
         else:
             time_end = _time(end_kind, t1, ctx)
         if t0 is None:
             time_start = time_end
         else:
             if start_kind == up_kind:
-                time_start = export_time + ((((t0 - uptime + _HALF) & _MASK) - _HALF) / 1000.0)
+                time_start = export_time + (t0 - (below if t0 < cut else above)) / 1000.0
             else:
                 time_start = _time(start_kind, t0, ctx)
             if t1 is None and time_start > time_end:
                 time_end = time_start  # export time has whole seconds only
-        src_text = cache.get(src)
-        if src_text is None:
-            src_text = address_text(src, cache)
-        dst_text = cache.get(dst)
-        if dst_text is None:
-            dst_text = address_text(dst, cache)
+        src_text = cache.get(src) or remember_address(src, cache)
+        dst_text = cache.get(dst) or remember_address(dst, cache)
         append(
             FlowRecord(
                 time_start,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from struct import Struct
 
-from egressd.decode.netflow.templated import address_text
+from egressd.decode.netflow.templated import remember_address, uptime_bases
 from egressd.errors import DecodeError
 from egressd.model import FlowRecord
 
@@ -15,8 +15,6 @@ HEADER = Struct("!HHIIIIBBH")
 # srcaddr dstaddr (nexthop input output) dPkts dOctets First Last srcport dstport
 # (pad1 tcp_flags) prot (tos src_as dst_as src_mask dst_mask pad2)
 RECORD = Struct("!4s4s8xIIIIHHxxBx8x")
-_HALF = 0x80000000
-_MASK = 0xFFFFFFFF
 
 
 def decode_v5(buf: bytes, exporter: str, cache: dict[bytes, str]) -> list[FlowRecord]:
@@ -29,19 +27,19 @@ def decode_v5(buf: bytes, exporter: str, cache: dict[bytes, str]) -> list[FlowRe
     # Top two bits are the sampling mode; the interval is the lower 14 (0 = unsampled).
     rate = sampling & 0x3FFF or 1
     export_time = secs + nsecs / 1e9
+    below, cut, above = uptime_bases(uptime)
+    get = cache.get
     out: list[FlowRecord] = []
     append = out.append
     for src, dst, packets, octets, first, last, sport, dport, proto in RECORD.iter_unpack(
         memoryview(buf)[HEADER.size : end]
     ):
-        src_text = cache.get(src) or address_text(src, cache)
-        dst_text = cache.get(dst) or address_text(dst, cache)
         append(
             FlowRecord(
-                export_time + ((((first - uptime + _HALF) & _MASK) - _HALF) / 1000.0),
-                export_time + ((((last - uptime + _HALF) & _MASK) - _HALF) / 1000.0),
-                src_text,
-                dst_text,
+                export_time + (first - (below if first < cut else above)) / 1000.0,
+                export_time + (last - (below if last < cut else above)) / 1000.0,
+                get(src) or remember_address(src, cache),
+                get(dst) or remember_address(dst, cache),
                 octets * rate,
                 packets * rate,
                 proto,
