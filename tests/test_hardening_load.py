@@ -212,3 +212,67 @@ def test_flood_at_ten_times_the_decode_rate(daemon: tuple[EgressdProcess, int]) 
         f"{peak_rss >> 20} MiB, exfil datagrams {exfil_sent}"
     )
     assert egressd.stop() == 0, egressd.log()
+
+
+BOUNDS_CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["US"]
+[detection]
+interval = "5m"
+max_keys = 20
+[geo]
+cache_size = 100
+"""
+
+
+def test_every_engine_bound_shows_in_metrics(tmp_path: Path) -> None:
+    """A flood of distinct destinations presses the engine's caps; /metrics says so."""
+    import random
+
+    from prometheus_client import generate_latest
+
+    from egressd.config import load_config
+    from egressd.enrich.labeler import build_labeler
+    from egressd.model import FlowRecord
+    from egressd.pipeline import Engine
+    from egressd.sinks.metrics import DaemonStats, EgressdCollector, build_registry
+
+    path = tmp_path / "egressd.toml"
+    path.write_text(BOUNDS_CONFIG)
+    config = load_config(path)
+    engine = Engine(config, build_labeler(config.geo))
+    registry = build_registry(EgressdCollector(lambda: engine, lambda: [], DaemonStats()))
+    rng = random.Random(7)
+    start = 1_773_064_800.0
+    destinations = set()
+    for i in range(6_000):
+        # Public unicast addresses all over the map: many countries, all but US unexpected.
+        dst = f"{rng.choice([1, 5, 31, 41, 58, 77, 91, 103, 177, 186, 196, 200, 212])}."
+        dst += f"{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        destinations.add(dst)
+        end = start + i * 0.5
+        engine.process([FlowRecord(end - 1, end, "10.20.0.5", dst, 1_000, 1)])
+    text = generate_latest(registry).decode()
+
+    def value(name: str, **labels: str) -> float:
+        found = metric_value(text, name, **labels)
+        assert found is not None, f"{name} missing from /metrics"
+        return found
+
+    # The figures are the engine's own tables, read independently of the collector.
+    assert value("egressd_open_bucket_keys") == sum(
+        len(b) for b in engine.aggregator.buckets.values()
+    )
+    assert value("egressd_unexpected_windows") == len(engine.unexpected.windows) <= 20
+    assert value("egressd_egress_destination_series") == len(engine.stats.egress_by_destination)
+    # The caps were reached: records folded into their country, windows evicted, cache emptied.
+    assert value("egressd_bucket_folded_records_total") == engine.aggregator.folded_records > 0
+    assert value("egressd_unexpected_windows_evicted_total") == engine.unexpected.evicted > 0
+    misses = value("egressd_geo_cache_lookups_total", result="miss")
+    assert misses >= len(destinations)  # each distinct address missed at least once
+    assert value("egressd_geo_cache_clears_total") >= len(destinations) // 100 - 1
+    assert value("egressd_baseline_keys") == len(engine.baselines) <= 20

@@ -191,6 +191,33 @@ class EgressdCollector(Collector):
         )
         yield _counter("late_bytes", "Bytes of late records", aggregator.late_bytes)
         yield _counter("intervals_closed", "Intervals closed and evaluated", stats.intervals_closed)
+        # The bounds of the engine's own tables, so a flood of distinct labels shows.
+        yield _gauge(
+            "open_bucket_keys",
+            "(group x destination) keys in open intervals (each bucket is capped at max_keys)",
+            sum(len(bucket) for bucket in aggregator.buckets.values()),
+        )
+        yield _counter(
+            "bucket_folded_records",
+            "Records counted under their country because their interval held max_keys keys",
+            aggregator.folded_records,
+        )
+        yield _gauge(
+            "unexpected_windows",
+            "Sliding windows kept for unexpected destinations (capped at max_keys)",
+            len(engine.unexpected.windows),
+        )
+        yield _counter(
+            "unexpected_windows_evicted",
+            "Unexpected-destination windows dropped to stay within max_keys",
+            engine.unexpected.evicted,
+        )
+        yield _gauge(
+            "egress_destination_series",
+            "(group x destination) egress totals with their own series (later ones fold into "
+            "their country past the cap)",
+            len(stats.egress_by_destination),
+        )
 
     def _alerts(self, engine: Engine) -> Iterable[Metric]:
         firing = dict.fromkeys(ALERTNAMES, 0)
@@ -226,6 +253,21 @@ class EgressdCollector(Collector):
             "geo_reload_errors",
             "Changed geo data files that could not be loaded (old data kept)",
             d.geo_reload_errors,
+        )
+        labeler = engine.labeler
+        yield _counter(
+            "geo_cache_lookups",
+            "Destination label lookups, by whether the label cache had them",
+            [
+                (["hit"], getattr(labeler, "cache_hits", 0)),
+                (["miss"], getattr(labeler, "cache_misses", 0)),
+            ],
+            ["result"],
+        )
+        yield _counter(
+            "geo_cache_clears",
+            "Times the label cache reached geo.cache_size and was emptied",
+            getattr(labeler, "cache_clears", 0),
         )
 
     def _sources_metrics(self, sources: Sequence[Source]) -> Iterable[Metric]:
