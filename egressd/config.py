@@ -777,6 +777,13 @@ def _read_alertmanager(t: _Table) -> AlertmanagerConfig:
     for url in urls:
         if not url.startswith(("http://", "https://")):
             t.problem("urls", f"{url!r} is not an http:// or https:// URL")
+        elif "@" in url.partition("://")[2].partition("/")[0]:
+            # URLs get logged; the message must not repeat this one, which holds a secret.
+            t.problem(
+                "urls",
+                "credentials do not belong in a URL (they would be logged): use "
+                "basic_auth_username and basic_auth_password_file",
+            )
     cfg = AlertmanagerConfig(
         urls=urls,
         resend_interval=t.get("resend_interval", d.resend_interval, _positive_duration),

@@ -312,6 +312,24 @@ def test_secrets_come_from_files_and_are_never_shown(
         server.server_close()
 
 
+def test_credentials_in_an_alertmanager_url_are_refused_without_repeating_them(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "egressd.toml"
+    config.write_text('[alertmanager]\nurls = ["https://egressd:pw-5c81d2@am.example:9093"]\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "egressd.cli", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert result.returncode == 2
+    assert "basic_auth_password_file" in result.stdout + result.stderr
+    assert "pw-5c81d2" not in result.stdout + result.stderr
+
+
 # -- the state file is private ---------------------------------------------------------------
 
 
