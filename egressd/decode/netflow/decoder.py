@@ -11,6 +11,7 @@ from struct import Struct
 from egressd.decode.netflow.pending import PendingSets
 from egressd.decode.netflow.stats import NetflowStats
 from egressd.decode.netflow.templated import (
+    AddressCache,
     DatagramContext,
     ExporterOptions,
     decode_data_set,
@@ -52,7 +53,7 @@ class NetflowDecoder:
         self._templates = TemplateCache(max_templates, template_timeout, self.stats)
         self._pending = PendingSets(max_pending, pending_timeout, self.stats)
         self._options: dict[OptionsKey, ExporterOptions] = {}
-        self._addr_cache: dict[bytes, str] = {}
+        self._addr_cache: AddressCache = {}
 
     def decode(self, datagram: bytes, exporter: str, now: float) -> list[FlowRecord]:
         """Flow records of one export datagram from ``exporter`` received at ``now``."""

@@ -31,6 +31,9 @@ _ADDR_CACHE_MAX = 65536
 _HALF = 0x80000000
 _WRAP = 0x100000000  # 2^32 ms: one sysUpTime counter wrap
 _MASK = 0xFFFFFFFF
+# Address text per raw address: 4- or 16-byte strings, or IPv4 addresses read as ints by
+# the generated decoders (ints and bytes never compare equal, so one bounded dict holds both).
+AddressCache = dict[bytes | int, str]
 _MAX_SAMPLERS = 256  # per exporter domain; sampler ids beyond this are not remembered
 
 
@@ -53,10 +56,10 @@ class DatagramContext:
     export_time: float
     uptime_ms: int | None  # exporter uptime at export time, for *SysUpTime fields
     options: ExporterOptions
-    addr_cache: dict[bytes, str]
+    addr_cache: AddressCache
 
 
-def address_text(raw: bytes, cache: dict[bytes, str]) -> str:
+def address_text(raw: bytes, cache: AddressCache) -> str:
     """Address bytes as text; IPv4-mapped IPv6 comes out as plain IPv4."""
     text = cache.get(raw)
     if text is None:
@@ -64,7 +67,7 @@ def address_text(raw: bytes, cache: dict[bytes, str]) -> str:
     return text
 
 
-def remember_address(raw: bytes, cache: dict[bytes, str]) -> str:
+def remember_address(raw: bytes, cache: AddressCache) -> str:
     """Text of an address not in ``cache`` yet, stored there: the miss path of every decoder."""
     if len(raw) == 4:
         text = inet_ntoa(raw)
@@ -75,6 +78,26 @@ def remember_address(raw: bytes, cache: dict[bytes, str]) -> str:
     if len(cache) >= _ADDR_CACHE_MAX:
         cache.clear()  # bounded; a busy exporter refills the hot entries at once
     cache[raw] = text
+    return text
+
+
+_OCTETS = tuple(str(i) for i in range(256))
+_DOTTED = tuple(f"{i}." for i in range(256))
+
+
+def remember_v4(value: int, cache: AddressCache) -> str:
+    """Dotted text of an IPv4 address read as an int, stored in ``cache`` under that int.
+
+    Table lookups beat ``inet_ntoa`` on the bytes; every fresh address of a new exporter
+    comes through here once.
+    """
+    text = (
+        _DOTTED[value >> 24] + _DOTTED[value >> 16 & 255] + _DOTTED[value >> 8 & 255]
+        + _OCTETS[value & 255]
+    )  # fmt: skip
+    if len(cache) >= _ADDR_CACHE_MAX:
+        cache.clear()  # bounded; a busy exporter refills the hot entries at once
+    cache[value] = text
     return text
 
 
@@ -228,22 +251,20 @@ def _time_expr(kind: int, var: str) -> str:
     return f"_time({kind}, {var}, ctx)"
 
 
-def _address_code(v4: bool, v6: bool, v4_name: str, v6_name: str) -> tuple[list[str], str]:
-    """Statements and expression giving one address's text; ``or`` skips the miss call."""
+def _address_code(v4: bool, v6: bool, v4_name: str, v6_name: str) -> str:
+    """Expression giving one address's text; ``or`` skips the miss call on a cache hit."""
+    text4 = f"(get({v4_name}) or remember_v4({v4_name}, cache))"
+    text6 = f"(get({v6_name}) or remember({v6_name}, cache))"
     if v4 and v6:
-        pick = f"{v4_name}_{v6_name}"
-        return [f"{pick} = {v4_name} if {v4_name} != ZERO4 else {v6_name}"], (
-            f"get({pick}) or remember({pick}, cache)"
-        )
-    name = v4_name if v4 else v6_name
-    return [], f"get({name}) or remember({name}, cache)"
+        return f"{text4} if {v4_name} else {text6}"  # 0.0.0.0 means "see the IPv6 field"
+    return text4 if v4 else text6
 
 
 def _record_code(layout: Layout, present: set[int], rated: bool) -> list[str]:
     """Loop body building one FlowRecord, everything inlined into its constructor call."""
-    body, src = _address_code(F.SRC4 in present, F.SRC6 in present, "s4", "s6")
-    more, dst = _address_code(F.DST4 in present, F.DST6 in present, "d4", "d6")
-    body += more
+    body: list[str] = []
+    src = _address_code(F.SRC4 in present, F.SRC6 in present, "s4", "s6")
+    dst = _address_code(F.DST4 in present, F.DST6 in present, "d4", "d6")
     if F.OWN_RATE in present and F.SAMPLER_ID in present:
         body.append("rate = own or sampler_rates.get(sid, 0) or default_rate")
     elif F.OWN_RATE in present:
@@ -330,10 +351,10 @@ def _generate_fixed_decoder(layout: Layout) -> Any:
     namespace: dict[str, Any] = {
         "FlowRecord": FlowRecord,
         "remember": remember_address,
+        "remember_v4": remember_v4,
         "uptime_bases": uptime_bases,
-        "unpack": layout.struct.iter_unpack,
+        "unpack": Struct(layout.fast_format).iter_unpack,
         "_time": _time,
-        "ZERO4": _ZERO4,
     }
     source = fixed_decoder_source(layout)
     exec(compile(source, f"<netflow layout {id(layout):x}>", "exec"), namespace)

@@ -65,6 +65,8 @@ class Layout:
     has_frame: bool
     option_walk: tuple[tuple[int, int], ...]  # (length, element id or -1) for options data
     order: tuple[int, ...] = ()  # slot of each struct output, in struct order
+    # ``struct`` with IPv4 addresses read as 32-bit ints: cheaper to hash as cache keys.
+    fast_format: str = ""
     fast: Any = None  # generated per-layout set decoder (templated.py), built on first use
 
 
@@ -135,6 +137,7 @@ def compile_layout(fields: tuple[FieldSpec, ...], scope_count: int, version: int
 
     fixed = all(length != F.VARIABLE_LENGTH for _, length, _ in fields)
     parts: list[str] = []
+    fast_parts: list[str] = []
     skip = 0
     order: list[int] = []  # slot of each struct output, in struct order
     odd: list[int] = []
@@ -155,6 +158,7 @@ def compile_layout(fields: tuple[FieldSpec, ...], scope_count: int, version: int
             continue
         if skip:
             parts.append(f"{skip}x")
+            fast_parts.append(f"{skip}x")
             skip = 0
         if slot in F.INT_SLOTS:
             code = _INT_CODES.get(length)
@@ -164,9 +168,11 @@ def compile_layout(fields: tuple[FieldSpec, ...], scope_count: int, version: int
         else:
             code = f"{length}s"
         parts.append(code)
+        fast_parts.append("I" if slot in (F.SRC4, F.DST4) else code)
         order.append(slot)
     if skip:
         parts.append(f"{skip}x")
+        fast_parts.append(f"{skip}x")
 
     present = set(slot_of_field.values())
     tail = tuple(DEFAULTS[slot] for slot in range(F.SLOT_COUNT) if slot not in present)
@@ -197,6 +203,7 @@ def compile_layout(fields: tuple[FieldSpec, ...], scope_count: int, version: int
         has_frame=F.FRAME in present,
         option_walk=tuple(option_walk),
         order=tuple(order),
+        fast_format="!" + "".join(fast_parts),
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from struct import Struct
 
-from egressd.decode.netflow.templated import remember_address, uptime_bases
+from egressd.decode.netflow.templated import AddressCache, remember_address, uptime_bases
 from egressd.errors import DecodeError
 from egressd.model import FlowRecord
 
@@ -17,7 +17,7 @@ HEADER = Struct("!HHIIIIBBH")
 RECORD = Struct("!4s4s8xIIIIHHxxBx8x")
 
 
-def decode_v5(buf: bytes, exporter: str, cache: dict[bytes, str]) -> list[FlowRecord]:
+def decode_v5(buf: bytes, exporter: str, cache: AddressCache) -> list[FlowRecord]:
     if len(buf) < HEADER.size:
         raise DecodeError("truncated_header", f"{len(buf)} bytes")
     _, count, uptime, secs, nsecs, _, _, _, sampling = HEADER.unpack_from(buf)
