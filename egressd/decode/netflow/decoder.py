@@ -18,7 +18,7 @@ from egressd.decode.netflow.templated import (
     parse_templates,
     read_options_set,
 )
-from egressd.decode.netflow.templates import Template, TemplateCache
+from egressd.decode.netflow.templates import Template, TemplateCache, TemplateKey
 from egressd.decode.netflow.v5 import decode_v5
 from egressd.errors import DecodeError
 from egressd.model import FlowRecord
@@ -82,10 +82,12 @@ class NetflowDecoder:
             if len(buf) < _V9_HEADER.size:
                 raise DecodeError("truncated_header", f"{len(buf)} bytes")
             _, _, uptime, secs, _, domain = _V9_HEADER.unpack_from(buf)
+            options = self._options.get((exporter, 9, domain)) or self._options_for(
+                exporter, 9, domain
+            )
             ctx = DatagramContext(
-                exporter, 9, domain, float(secs), uptime, self._options_for(exporter, 9, domain),
-                self._addr_cache,
-            )  # fmt: skip
+                exporter, 9, domain, float(secs), uptime, options, self._addr_cache
+            )
             return self._walk_sets(buf, _V9_HEADER.size, len(buf), ctx, now)
         if version == 10:
             return self._ipfix_messages(buf, exporter, now)
@@ -135,6 +137,7 @@ class NetflowDecoder:
         out: list[FlowRecord] = []
         usable = False
         error = ""
+        templates = self._templates
         while end - pos >= 4:
             set_id, length = _SET_HEADER.unpack_from(buf, pos)
             if length < 4 or pos + length > end:
@@ -145,7 +148,12 @@ class NetflowDecoder:
             start, pos = pos + 4, pos + length
             usable = True
             if set_id >= 256:
-                self._data_set(buf, start, pos, set_id, ctx, now, out)
+                key = (ctx.exporter, ctx.version, ctx.domain, set_id)
+                template = templates.get(key, now)
+                if template is not None and template.scope_count < 0 and template.layout.record_len:
+                    decode_data_set(buf, start, pos, template.layout, ctx, out)  # the common case
+                else:
+                    self._data_set(buf, start, pos, key, template, ctx, now, out)
             elif set_id in (template_set, options_set):
                 self._template_set(buf, start, pos, ctx, now, out, set_id == options_set)
             else:
@@ -161,13 +169,12 @@ class NetflowDecoder:
         buf: bytes,
         start: int,
         end: int,
-        set_id: int,
+        key: TemplateKey,
+        template: Template | None,
         ctx: DatagramContext,
         now: float,
         out: list[FlowRecord],
     ) -> None:
-        key = (ctx.exporter, ctx.version, ctx.domain, set_id)
-        template = self._templates.get(key, now)
         if template is None:
             self._pending.add(key, buf[start:end], ctx, now)
             return
