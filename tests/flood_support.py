@@ -71,7 +71,9 @@ def send_flood(
     count = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
-        sendto = sock.sendto
+        # Connected: send() skips parsing the address on every call, a good share of its cost.
+        sock.connect(target)
+        send = sock.send
         while count < max_datagrams:
             now = time.monotonic()
             if now >= deadline:
@@ -83,9 +85,11 @@ def send_flood(
             while count < max_datagrams and time.monotonic() < until:
                 for data in pool:
                     try:
-                        sendto(data, target)
+                        send(data)
                     except BlockingIOError:
                         pass  # our own send buffer is full: the datagram is not sent
+                    except ConnectionRefusedError:
+                        pass  # an ICMP error from an earlier datagram: the next one goes
                     else:
                         count += 1
     with sent.get_lock():
