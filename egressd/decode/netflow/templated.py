@@ -6,6 +6,7 @@ everything after the header is walked by the functions here, with per-datagram c
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -260,6 +261,16 @@ def _address_code(v4: bool, v6: bool, v4_name: str, v6_name: str) -> str:
     return text4 if v4 else text6
 
 
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(FlowRecord))
+# Filling the slots of a bare instance is the constructor's whole work, as long as
+# FlowRecord stays a plain slotted dataclass: every field set by __init__, nothing after it.
+_FILL_SLOTS = (
+    set(_RECORD_FIELDS) == set(FlowRecord.__slots__)
+    and FlowRecord.__new__ is object.__new__
+    and not hasattr(FlowRecord, "__post_init__")
+)
+
+
 def _record_code(layout: Layout, present: set[int], rated: bool) -> list[str]:
     """Loop body building one FlowRecord, everything inlined into its constructor call."""
     body: list[str] = []
@@ -293,11 +304,18 @@ def _record_code(layout: Layout, present: set[int], rated: bool) -> list[str]:
     def plain(slot: int) -> str:
         return _SLOT_NAMES[slot] if slot in present else repr(DEFAULTS[slot])
 
-    body.append(
-        f"append(FlowRecord({start}, {end}, {src}, {dst}, {count(F.BYTES)},"
-        f" {count(F.PACKETS)}, {plain(F.PROTO)}, {plain(F.SRC_PORT)}, {plain(F.DST_PORT)},"
-        " exporter))"
-    )
+    values = {
+        "time_start": start, "time_end": end, "src": src, "dst": dst,
+        "bytes": count(F.BYTES), "packets": count(F.PACKETS), "proto": plain(F.PROTO),
+        "src_port": plain(F.SRC_PORT), "dst_port": plain(F.DST_PORT), "exporter": "exporter",
+    }  # fmt: skip
+    if _FILL_SLOTS:
+        # Same object the constructor builds, without the call into its __init__.
+        body.append("record = new(FlowRecord)")
+        body += (f"record.{name} = {values[name]}" for name in _RECORD_FIELDS)
+        body.append("append(record)")
+    else:
+        body.append(f"append(FlowRecord({', '.join(values[n] for n in _RECORD_FIELDS)}))")
     return body
 
 
@@ -350,6 +368,7 @@ def _generate_fixed_decoder(layout: Layout) -> Any:
     assert layout.struct is not None
     namespace: dict[str, Any] = {
         "FlowRecord": FlowRecord,
+        "new": object.__new__,
         "remember": remember_address,
         "remember_v4": remember_v4,
         "uptime_bases": uptime_bases,
