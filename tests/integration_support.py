@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,15 +69,31 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-def wait_until(predicate: object, timeout: float, interval: float = 0.1, what: str = "") -> None:
-    """Poll ``predicate()`` until it is true; fail the test after ``timeout`` seconds."""
-    assert callable(predicate)
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float,
+    interval: float = 0.1,
+    what: str = "",
+    describe: Callable[[], object] | None = None,
+) -> None:
+    """Poll ``predicate()`` until it is true; fail the test after ``timeout`` seconds.
+
+    The failure names what was awaited and, when ``describe`` is given, what it returns at
+    that moment (the last observed state), so a timeout explains itself.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+    message = f"timed out after {timeout}s waiting for {what or predicate}"
+    if describe is not None:
+        try:
+            observed = describe()
+        except Exception as exc:  # the state may be unreadable (a dead process, say)
+            observed = f"<{type(exc).__name__}: {exc}>"
+        message += f"; last observed: {observed}"
+    pytest.fail(message)
 
 
 def wait_for_http(url: str, timeout: float = 20.0, status: int = 200) -> None:

@@ -179,11 +179,44 @@ def test_softflowd_export_reaches_metrics_and_alertmanager(tmp_path: Path) -> No
                 str(control),
             ]
             with running_program(sf_args, tmp_path / "softflowd.log") as exporter:
-                wait_until(control.exists, 10, what="softflowd control socket")
-                # softflowd reads the pcap once asked for something, and exports the rest
-                # when it shuts down (either may already have happened: ignore the status).
-                subprocess.run([softflowctl, "-c", str(control), "statistics"], capture_output=True)
-                subprocess.run([softflowctl, "-c", str(control), "shutdown"], capture_output=True)
+                wait_until(
+                    lambda: control.exists() or exporter.poll() is not None,
+                    10,
+                    what="softflowd control socket",
+                )
+                # Reading a file, softflowd may wait for a control command before each read,
+                # or read to the end and exit (exporting every flow) on its own. A shutdown
+                # sent before it has read the file exports nothing, and a command can be
+                # refused while the control socket is bound but not yet listening: ask for
+                # statistics until they count every packet, then shut it down.
+                statistics = ""
+
+                def read_everything() -> bool:
+                    nonlocal statistics
+                    if exporter.poll() is not None:
+                        return True
+                    statistics = subprocess.run(
+                        [softflowctl, "-c", str(control), "statistics"],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ).stdout
+                    return f"Packets processed: {len(packets)}\n" in statistics
+
+                wait_until(
+                    read_everything,
+                    15,
+                    interval=0.2,
+                    what=f"softflowd to read all {len(packets)} packets",
+                    describe=lambda: statistics,
+                )
+                if exporter.poll() is None:
+                    # It may exit at the end of the file meanwhile: ignore the status.
+                    subprocess.run(
+                        [softflowctl, "-c", str(control), "shutdown"],
+                        capture_output=True,
+                        check=False,
+                    )
                 exporter.wait(15)
 
             def cn_bytes() -> float | None:
@@ -194,8 +227,26 @@ def test_softflowd_export_reaches_metrics_and_alertmanager(tmp_path: Path) -> No
                     dst_country="CN",
                 )
 
-            wait_until(lambda: cn_bytes() == expected_cn, 20, what="CN egress bytes in /metrics")
-            wait_until(lambda: firing_countries(s) == ["CN"], 20, what="alert in egressd API")
+            def accounting() -> str:
+                text = s.egressd.metrics()
+                counters = {
+                    name: metric_value(text, f"egressd_{name}_total")
+                    for name in ("engine_records", "egress_records", "late_records", "late_bytes")
+                }
+                return f"CN bytes {cn_bytes()} (expected {expected_cn}), {counters}"
+
+            wait_until(
+                lambda: cn_bytes() == expected_cn,
+                20,
+                what="CN egress bytes in /metrics",
+                describe=accounting,
+            )
+            wait_until(
+                lambda: firing_countries(s) == ["CN"],
+                20,
+                what="alert in egressd API",
+                describe=lambda: firing_countries(s),
+            )
 
             def in_alertmanager() -> bool:
                 status, body = http_get(f"http://127.0.0.1:{am_port}/api/v2/alerts")
