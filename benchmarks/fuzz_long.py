@@ -199,7 +199,7 @@ def build_targets() -> list[Target]:
     if not datagrams:
         from_builders = REPO / "tests"
         sys.path.insert(0, str(from_builders))
-        from netflow_builders import (  # type: ignore[import-not-found]
+        from netflow_builders import (
             data_set,
             template_set,
             v9_datagram,

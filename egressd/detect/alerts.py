@@ -126,7 +126,8 @@ class AlertBook:
         ``fire``: the condition to start (or continue) alerting holds. ``keep``: the weaker
         condition that holds a firing alert open. ``describe`` builds labels and annotations
         (only called when needed). ``strength`` (the bytes behind this evaluation), when
-        given, spares rebuilding a firing alert's evidence unless it grew. Returns the alert when it changed to firing or resolved.
+        given, spares rebuilding a firing alert's evidence unless it grew. Returns the alert
+        when it changed to firing or resolved.
         """
         alert = self.active.get(key)
         if alert is None:
