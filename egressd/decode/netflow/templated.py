@@ -83,19 +83,16 @@ def remember_address(raw: bytes, cache: AddressCache) -> str:
 
 
 _OCTETS = tuple(str(i) for i in range(256))
-_DOTTED = tuple(f"{i}." for i in range(256))
 
 
 def remember_v4(value: int, cache: AddressCache) -> str:
     """Dotted text of an IPv4 address read as an int, stored in ``cache`` under that int.
 
-    Table lookups beat ``inet_ntoa`` on the bytes; every fresh address of a new exporter
-    comes through here once.
+    Octet table lookups joined by one f-string beat ``inet_ntoa`` on the bytes; every fresh
+    address of a new exporter comes through here once.
     """
-    text = (
-        _DOTTED[value >> 24] + _DOTTED[value >> 16 & 255] + _DOTTED[value >> 8 & 255]
-        + _OCTETS[value & 255]
-    )  # fmt: skip
+    o = _OCTETS
+    text = f"{o[value >> 24]}.{o[value >> 16 & 255]}.{o[value >> 8 & 255]}.{o[value & 255]}"
     if len(cache) >= _ADDR_CACHE_MAX:
         cache.clear()  # bounded; a busy exporter refills the hot entries at once
     cache[value] = text
