@@ -19,6 +19,7 @@ from netflow_builders import data_set
 from test_netflow_captures import GROUPS, NOW, _need_captures, group_datagrams
 
 import egressd.decode.netflow.decoder as decoder_module
+import egressd.decode.netflow.templated as templated
 from egressd.decode.netflow import NetflowDecoder
 from egressd.decode.netflow.templated import (
     DatagramContext,
@@ -196,3 +197,13 @@ def test_uptime_bases_give_the_signed_32_bit_difference(t: int, uptime: int) -> 
     below, cut, above = uptime_bases(uptime)
     signed = (t - uptime + 2**31) % 2**32 - 2**31  # RFC 1982-style serial difference
     assert t - (below if t < cut else above) == signed
+
+
+def test_generated_decoders_fill_record_slots() -> None:
+    """FlowRecord is still a plain slotted dataclass, so the slot-filling shortcut is on.
+
+    If this fails, FlowRecord gained construction logic: the generated decoders now call the
+    constructor (correct but slower); the comparisons above keep both paths honest either way.
+    """
+    assert templated._FILL_SLOTS
+    assert set(templated._RECORD_FIELDS) == {f.name for f in dataclasses.fields(FlowRecord)}
