@@ -60,16 +60,8 @@ class DatagramContext:
     addr_cache: AddressCache
 
 
-def address_text(raw: bytes, cache: AddressCache) -> str:
-    """Address bytes as text; IPv4-mapped IPv6 comes out as plain IPv4."""
-    text = cache.get(raw)
-    if text is None:
-        text = remember_address(raw, cache)
-    return text
-
-
 def remember_address(raw: bytes, cache: AddressCache) -> str:
-    """Text of an address not in ``cache`` yet, stored there: the miss path of every decoder."""
+    """Text of address bytes not in ``cache`` yet, stored there; IPv4-mapped IPv6 as IPv4."""
     if len(raw) == 4:
         text = inet_ntoa(raw)
     elif raw[:12] == _MAPPED:
