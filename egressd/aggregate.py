@@ -1,8 +1,9 @@
 """Event-time aggregation: per-interval sums per (group x destination), closed by a watermark.
 
 The watermark is the latest flow end time seen minus the allowed lateness; a bucket closes
-when the watermark passes its end, and a record for a closed bucket is late: counted, never
-merged into the past.
+when the watermark passes its end, and a record for a closed bucket is late: counted, and
+accounted in the interval at the watermark, never merged into the past. An exporter whose
+clock runs behind is thus still seen, a few minutes later, instead of not at all.
 """
 
 from __future__ import annotations
@@ -101,15 +102,13 @@ class IntervalAggregator:
     def add(
         self, key: AggregateKey, event_time: float, src: str, dst: str, size: int, packets: int
     ) -> bool:
-        """Account one record; False (and counted) when its bucket is already closed.
+        """Account one record; False when it was late (see :meth:`late_start`).
 
         :meth:`egressd.pipeline.Engine.process` does the same per record with the lookups
         bound to locals; both go through :meth:`bucket` and :meth:`accum`.
         """
-        if event_time < self.closed_upto:
-            self.late(size)
-            return False
-        start = event_time - event_time % self.interval
+        on_time = event_time >= self.closed_upto
+        start = event_time - event_time % self.interval if on_time else self.late_start(size)
         bucket = self.buckets.get(start)
         if bucket is None:
             bucket = self.bucket(start)
@@ -119,11 +118,18 @@ class IntervalAggregator:
         accum.add(src, dst, size, packets)
         if event_time > self.max_time:
             self.max_time = event_time
-        return True
+        return on_time
 
-    def late(self, size: int) -> None:
+    def late_start(self, size: int) -> float:
+        """Count a late record; the start of the interval it is accounted in instead.
+
+        That is the interval holding the watermark: still open (it closes only when the
+        watermark passes its end), and where event time stands now.
+        """
         self.late_records += 1
         self.late_bytes += size
+        watermark = max(self.max_time - self.lateness, self.closed_upto)
+        return watermark - watermark % self.interval
 
     def bucket(self, start: float) -> Bucket:
         """The open bucket of the interval at ``start``, opened if need be."""

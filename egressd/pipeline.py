@@ -172,10 +172,10 @@ class Engine:
                     size = record.bytes
                     egress += 1
                     egress_bytes += size
-                    if end < aggregator.closed_upto:
-                        aggregator.late(size)
-                        continue
-                    start = end - end % interval
+                    if end >= aggregator.closed_upto:
+                        start = end - end % interval
+                    else:
+                        start = aggregator.late_start(size)
                     if start != current_start:
                         found = buckets.get(start)
                         bucket = found if found is not None else aggregator.bucket(start)

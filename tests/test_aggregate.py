@@ -52,7 +52,7 @@ def test_out_of_order_within_lateness_is_merged() -> None:
     assert agg.late_records == 0
 
 
-def test_late_records_are_counted_not_merged() -> None:
+def test_late_records_are_counted_not_merged_into_the_past() -> None:
     agg = _agg()
     agg.add(CN, T0 + 10, "a", "b", 100, 1)
     agg.observe_time(T0 + 1000)
@@ -62,7 +62,12 @@ def test_late_records_are_counted_not_merged() -> None:
     assert (agg.late_records, agg.late_bytes) == (1, 5000)
     assert bucket[CN].bytes == 100  # the closed past is not rewritten
     assert T0 not in agg.buckets  # and not reopened
+    # The late bytes count where event time stands: the interval holding the watermark
+    # (T0+940), which stays open until the watermark passes its end.
+    assert agg.buckets[T0 + 900][CN].bytes == 5000
+    assert not agg.due
     assert agg.add(CN, T0 + 900, "a", "b", 1, 1)  # a record for an open interval is fine
+    assert agg.buckets[T0 + 900][CN].bytes == 5001
 
 
 def test_pop_all_and_json_round_trip() -> None:

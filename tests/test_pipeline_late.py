@@ -1,0 +1,61 @@
+"""Flows that arrive after their interval closed still count, in the interval at the watermark.
+
+An exporter whose clock runs behind the others is common in real networks; dropping its late
+flows would hide whatever it carries, an exfiltration included.
+"""
+
+from __future__ import annotations
+
+from egressd.config import parse_config
+from egressd.detect.alerts import FIRING
+from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.model import FlowRecord
+from egressd.pipeline import Engine
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["GB", "US"]
+
+[detection]
+interval = "5m"
+allowed_lateness = "1m"
+unexpected_min_bytes = "100MB"
+unexpected_window = "1h"
+"""
+T0 = 1_773_000_000.0 - 1_773_000_000.0 % 300  # an interval boundary
+US = "3.5.140.2"
+CN = "47.100.23.45"
+
+
+def test_exfiltration_from_an_exporter_ten_minutes_behind_still_pages() -> None:
+    engine = Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
+    fired = []
+    # Two hours of flows: a punctual exporter sends ordinary traffic to the US every 10 s;
+    # from the first hour on, a second exporter whose clock is 10 minutes behind reports a
+    # transfer to China, 30 MB per 10 s (180 MB a minute).
+    for step in range(720):
+        now = T0 + step * 10
+        batch = [FlowRecord(now - 5, now, "10.20.0.5", US, 1_000_000, 800, exporter="a")]
+        if step >= 360:
+            skewed = now - 600
+            batch.append(
+                FlowRecord(skewed - 5, skewed, "10.20.0.17", CN, 30_000_000, 20_000, exporter="b")
+            )
+        fired.extend(a for a in engine.process(batch) if a.state == FIRING)
+
+    # Every one of the lagging exporter's flows was late (its intervals had closed) ...
+    assert engine.aggregator.late_records == 360
+    assert engine.aggregator.late_bytes == 360 * 30_000_000
+    # ... and still counted: the exfiltration pages within an interval of its start.
+    (alert,) = [a for a in fired if a.labels["dst_country"] == "CN"]
+    assert alert.labels["alertname"] == "EgressUnexpectedDestination"
+    assert alert.starts_at <= T0 + 3600 + 2 * 300
+    assert alert.annotations["top_sources"] == "10.20.0.17"
+    assert alert.annotations["top_destinations"] == CN
+    # Nothing else paged, and the punctual exporter's traffic was never late.
+    assert [a.labels["dst_country"] for a in fired] == ["CN"]
