@@ -124,6 +124,7 @@ class EngineFeed:
 
     def submit(self, records: Sequence[FlowRecord]) -> None:
         daemon = self._daemon
+        daemon.engine.future_limit = time.time() + daemon.config.detection.max_clock_ahead
         alerts = daemon.engine.process(records)
         self.last_wall = time.monotonic()
         self.last_event_time = daemon.engine.event_time()

@@ -67,6 +67,8 @@ class DetectionConfig:
     spike_min_observations: int = 12
     #: seasonality (hour of day, weekday/weekend) is computed in this timezone
     timezone: str = "UTC"
+    #: live only: flows stamped further than this ahead of wall time count at that time
+    max_clock_ahead: float = 300.0
     #: a firing alert resolves after its condition stayed false this long (hysteresis)
     resolve_after: float = 900.0
     #: an alert must hold this long before it fires (0 = fire on the first evaluation)
@@ -575,6 +577,7 @@ def _read_detection(t: _Table) -> DetectionConfig:
             "spike_min_observations", d.spike_min_observations, _positive_int
         ),
         timezone=t.get("timezone", d.timezone, _timezone),
+        max_clock_ahead=t.get("max_clock_ahead", d.max_clock_ahead, _duration),
         resolve_after=t.get("resolve_after", d.resolve_after, _duration),
         pending_for=t.get("pending_for", d.pending_for, _duration),
         max_keys=t.get("max_keys", d.max_keys, _positive_int),

@@ -54,6 +54,8 @@ class EngineStats:
     internal_bytes: int = 0
     transit_records: int = 0
     special_records: int = 0
+    #: records stamped later than ``Engine.future_limit`` (live only), counted at that limit
+    future_records: int = 0
     invalid_records: int = 0
     intervals_closed: int = 0
     #: egress bytes in closed intervals by (group, destination labels)
@@ -88,6 +90,10 @@ class Engine:
         self._intern: dict[str, DestinationLabels] = {}
         #: end of the last evaluated interval
         self.last_tick = -math.inf
+        #: live sources set this to wall time plus a tolerance before each batch: a record
+        #: stamped later (an exporter clock running ahead) counts at this time instead, so
+        #: it cannot close every other exporter's intervals early. Replay leaves it infinite.
+        self.future_limit = math.inf
         self.restored = False
 
     # -- configuration --------------------------------------------------------------------
@@ -155,7 +161,8 @@ class Engine:
         # The bucket of the last egress record: input is mostly in time order.
         current_start: float | None = None
         bucket: Bucket = {}
-        count = egress = egress_bytes = 0
+        count = egress = egress_bytes = future = 0
+        future_limit = self.future_limit
         try:
             for record in records:
                 count += 1
@@ -168,6 +175,9 @@ class Engine:
                 if dest is None:
                     dest = self._destination(dst)
                 end = record.time_end
+                if end > future_limit:
+                    end = future_limit
+                    future += 1
                 if group and dest.__class__ is not str:
                     size = record.bytes
                     egress += 1
@@ -205,6 +215,7 @@ class Engine:
             stats.records += count
             stats.egress_records += egress
             stats.egress_bytes += egress_bytes
+            stats.future_records += future
         return changed
 
     def advance(self, event_time: float) -> list[Alert]:

@@ -59,3 +59,24 @@ def test_exfiltration_from_an_exporter_ten_minutes_behind_still_pages() -> None:
     assert alert.annotations["top_destinations"] == CN
     # Nothing else paged, and the punctual exporter's traffic was never late.
     assert [a.labels["dst_country"] for a in fired] == ["CN"]
+
+
+def test_a_flow_stamped_in_the_future_counts_at_the_limit_and_delays_no_one() -> None:
+    engine = Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
+    wall = T0 + 100
+    engine.future_limit = wall + 300  # as the daemon sets it: wall time + max_clock_ahead
+    # An exporter with its clock two hours ahead, then punctual traffic from another.
+    engine.process([FlowRecord(wall + 7200, wall + 7200, "10.20.0.9", US, 5_000, 5)])
+    engine.process([FlowRecord(wall - 5, wall, "10.20.0.5", US, 1_000, 1)])
+    assert engine.stats.future_records == 1
+    assert engine.event_time() == wall + 300  # not two hours ahead
+    assert engine.aggregator.late_records == 0  # the punctual exporter is not late
+    totals = engine.aggregator.open_totals()
+    assert sum(totals.values()) == 6_000
+
+
+def test_replay_has_no_future_limit() -> None:
+    engine = Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
+    engine.process([FlowRecord(T0 + 7200, T0 + 7200, "10.20.0.9", US, 5_000, 5)])
+    assert engine.stats.future_records == 0
+    assert engine.event_time() == T0 + 7200

@@ -183,6 +183,12 @@ class EgressdCollector(Collector):
             "Egress records to special-purpose destinations",
             stats.special_records,
         )
+        yield _counter(
+            "future_records",
+            "Records stamped later than wall time plus detection.max_clock_ahead, "
+            "counted at that time",
+            stats.future_records,
+        )
         yield _counter("invalid_records", "Records with unusable addresses", stats.invalid_records)
         yield _counter(
             "late_records",
