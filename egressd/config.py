@@ -59,7 +59,7 @@ class DetectionConfig:
     unexpected_min_bytes: int = 100_000_000
     unexpected_window: float = 3600.0
     #: learned expected sets ignore destinations that received less than this during learning
-    learn_min_bytes: int = 1_000_000
+    learn_min_bytes: int = 20_000_000
     spike_ratio: float = 4.0
     spike_deviations: float = 4.0
     spike_min_bytes: int = 100_000_000

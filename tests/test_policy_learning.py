@@ -1,0 +1,58 @@
+"""Learned expected countries: what a group regularly sends to, not what it touched once."""
+
+from __future__ import annotations
+
+from egressd.config import parse_config
+from egressd.detect.alerts import FIRING
+from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.model import FlowRecord
+from egressd.pipeline import Engine
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "lab"
+sources = ["10.60.0.0/16"]      # no expected_countries: learned
+
+[detection]
+interval = "5m"
+learning = "1d"
+"""
+T0 = 1_773_000_000.0 - 1_773_000_000.0 % 86400
+US = "3.5.140.2"
+CN = "47.100.23.45"
+
+
+def _day(engine: Engine, day: int, extra: list[tuple[float, str, int]]) -> list[str]:
+    """One day of 40 MB per interval to the US, plus ``extra`` (offset, destination, bytes)."""
+    fired = []
+    flows = [(day * 86400 + i * 300 + 150, US, 40_000_000) for i in range(288)]
+    flows += [(day * 86400 + offset, dst, size) for offset, dst, size in extra]
+    for offset, dst, size in sorted(flows):
+        record = FlowRecord(T0 + offset - 1, T0 + offset, "10.60.0.7", dst, size, size // 1000)
+        fired += [
+            f"{a.labels['alertname']} {a.labels['dst_country']}"
+            for a in engine.process([record])
+            if a.state == FIRING
+        ]
+    return fired
+
+
+def test_a_few_megabytes_while_learning_do_not_make_a_country_expected() -> None:
+    engine = Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
+    # While learning: the usual US traffic, and 5 MB to China one afternoon.
+    assert _day(engine, 0, [(15 * 3600, CN, 5_000_000)]) == []
+    assert engine.policy.expected_countries("lab") == frozenset({"US"})
+    # After learning: 2 GB to China pages; the US traffic does not.
+    assert _day(engine, 1, [(14 * 3600 + 60 * m, CN, 400_000_000) for m in range(5)]) == [
+        "EgressUnexpectedDestination CN"
+    ]
+
+
+def test_a_country_used_while_learning_is_expected_afterwards() -> None:
+    engine = Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
+    assert _day(engine, 0, [(15 * 3600, CN, 300_000_000)]) == []
+    assert engine.policy.expected_countries("lab") == frozenset({"US", "CN"})
+    assert _day(engine, 1, [(14 * 3600, CN, 150_000_000)]) == []
