@@ -5,6 +5,7 @@ Alert events come out as JSON lines; a summary says what was read, skipped and w
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import time
 from collections import Counter
@@ -19,12 +20,17 @@ from egressd.config import Config
 from egressd.detect.alerts import FIRING, Alert
 from egressd.enrich import DestinationLabeler
 from egressd.errors import StateError
+from egressd.model import FlowRecord
 from egressd.pipeline import Engine
 from egressd.sources.files import read_file
 from egressd.stats import SourceStats
 from egressd.units import format_bytes
 
 _CHUNK = 8192
+
+
+def _end_time(record: FlowRecord) -> float:
+    return record.time_end
 
 
 @dataclass(slots=True)
@@ -122,15 +128,19 @@ def replay(
             else:
                 summary.resolved += 1
 
-    for path in inputs:
-        stats = SourceStats(name=path)
-        records = read_file(fmt, path, stats)
-        while True:
-            chunk = list(itertools.islice(records, _CHUNK))
-            if not chunk:
-                break
-            emit(engine.process(chunk))
-            meter.update(path, engine.stats.records)
+    all_stats = [SourceStats(name=path) for path in inputs]
+    readers = [read_file(fmt, path, stats) for path, stats in zip(inputs, all_stats, strict=True)]
+    # Several inputs are merged by flow end time: files from several collectors covering the
+    # same hours interleave as they happened (consecutive files merge to their concatenation).
+    records = readers[0] if len(readers) == 1 else heapq.merge(*readers, key=_end_time)
+    label = inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs"
+    while True:
+        chunk = list(itertools.islice(records, _CHUNK))
+        if not chunk:
+            break
+        emit(engine.process(chunk))
+        meter.update(label, engine.stats.records)
+    for stats in all_stats:
         summary.inputs += 1
         summary.units += stats.units
         summary.skipped.update(stats.decode_errors)
