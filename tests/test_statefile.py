@@ -124,3 +124,17 @@ def test_corrupt_state_is_moved_aside_and_learning_restarts(
         data = load_state(state)  # and a good state was saved at the end
         assert data is not None and data["version"] == 1
         state.unlink()
+
+
+def test_files_moved_aside_in_the_same_second_are_all_kept(tmp_path: Path) -> None:
+    from egressd.baseline.statefile import move_aside
+
+    path = tmp_path / "state.json"
+    moved = []
+    for content in (b"first", b"second", b"third"):
+        path.write_bytes(content)
+        target = move_aside(path, "test")
+        assert target is not None
+        moved.append(target)
+    assert len(set(moved)) == 3
+    assert sorted(p.read_bytes() for p in moved) == [b"first", b"second", b"third"]

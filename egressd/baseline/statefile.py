@@ -117,8 +117,16 @@ def load_state(path: Path) -> dict[str, Any] | None:
 
 
 def move_aside(path: Path, reason: str) -> Path | None:
-    """Rename an unusable state file to ``<name>.bad-<timestamp>`` and warn; returns new path."""
-    target = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
+    """Rename an unusable state file to ``<name>.bad-<timestamp>`` and warn; returns new path.
+
+    An earlier file moved aside in the same second is kept: the new one gets a suffix.
+    """
+    stem = f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}"
+    target = path.with_name(stem)
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = path.with_name(f"{stem}-{suffix}")
     try:
         os.replace(path, target)
     except OSError as exc:
