@@ -22,35 +22,14 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from scenarios import benchmark_flows, goflow2_line
+from scenarios import CONFIG_TOML, benchmark_flows, goflow2_line
 
 from egressd.baseline.seasonal import SeasonalBaselines
 from egressd.config import parse_config
 from egressd.replay import build_labeler, replay
 
-CONFIG = """\
-[networks]
-local = ["10.0.0.0/8", "fd00::/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16", "fd00:20::/32"]
-expected_countries = ["GB", "US", "IE", "DE"]
-
-[[groups]]
-name = "office"
-sources = ["10.30.0.0/16"]
-expected_countries = ["GB", "US", "IE", "FR", "NL"]
-
-[[groups]]
-name = "servers"
-sources = ["10.40.0.0/16"]
-expected_countries = ["GB", "US", "DE"]
-
-[[groups]]
-name = "lab"
-sources = ["10.60.0.0/16"]
-"""
+# The scenario tests' configuration: four groups, one of them learning its countries.
+CONFIG = CONFIG_TOML
 
 TARGET_RATIO = 2.5
 TARGET_KEY_MEMORY = 512 * 1024 * 1024
