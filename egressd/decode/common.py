@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
-from typing import Final
+from typing import Any, Final
+
+from orjson import JSONDecodeError, loads
 
 from egressd.errors import DecodeError
 
@@ -176,6 +178,27 @@ def as_count(value: object, name: str) -> int:
     elif type(value) is str and value.isdecimal() and value.isascii() and len(value) < 21:
         return int(value)
     raise DecodeError("bad_number", f"{name} is not a non-negative integer: {str(value)[:32]!r}")
+
+
+def load_object(line: bytes) -> dict[str, Any]:
+    """One JSON line that must hold an object."""
+    try:
+        obj = loads(line)
+    except JSONDecodeError as exc:
+        raise DecodeError("bad_json", str(exc)[:120]) from exc
+    if type(obj) is not dict:
+        raise DecodeError("not_object", f"JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def sampled_counts(
+    raw_bytes: object, raw_packets: object, rate: int, bytes_name: str, packets_name: str
+) -> tuple[int, int]:
+    """Bytes (required) and packets (absent: 0), each multiplied by the sampling ``rate``."""
+    if raw_bytes is None:
+        raise DecodeError("missing_field", f"{bytes_name} is absent")
+    packets = 0 if raw_packets is None else as_count(raw_packets, packets_name) * rate
+    return as_count(raw_bytes, bytes_name) * rate, packets
 
 
 def as_sampling_rate(value: object) -> int:

@@ -5,15 +5,16 @@ Sans-IO: decode_egressd_json reads one line (DecodeError when malformed); encode
 
 from __future__ import annotations
 
-from orjson import JSONDecodeError, dumps, loads
+from orjson import dumps
 
 from egressd.decode.common import (
-    as_count,
     as_port,
     as_protocol,
     as_sampling_rate,
     as_time,
+    load_object,
     required_address,
+    sampled_counts,
 )
 from egressd.errors import DecodeError
 from egressd.model import FlowRecord
@@ -27,24 +28,16 @@ def decode_egressd_json(line: bytes) -> FlowRecord:
     or name), ``src_port``/``dst_port`` (0), ``sampling_rate`` (1), ``exporter`` ("", any
     text: an exporter address, a topic or an interface name).
     """
-    try:
-        obj = loads(line)
-    except JSONDecodeError as exc:
-        raise DecodeError("bad_json", str(exc)[:120]) from exc
-    if type(obj) is not dict:
-        raise DecodeError("not_object", f"JSON {type(obj).__name__}, not an object")
-    get = obj.get
+    get = load_object(line).get
     end = as_time(get("time_end"))
     if end is None:
         raise DecodeError("missing_field", "time_end is absent")
     start = as_time(get("time_start"))
     src = required_address(get("src"), "src")
     dst = required_address(get("dst"), "dst")
-    raw_bytes = get("bytes")
-    if raw_bytes is None:
-        raise DecodeError("missing_field", "bytes is absent")
-    rate = as_sampling_rate(get("sampling_rate"))
-    raw_packets = get("packets")
+    nbytes, packets = sampled_counts(
+        get("bytes"), get("packets"), as_sampling_rate(get("sampling_rate")), "bytes", "packets"
+    )
     exporter = get("exporter", "")
     if type(exporter) is not str:
         raise DecodeError("bad_address", "exporter must be text")
@@ -53,8 +46,8 @@ def decode_egressd_json(line: bytes) -> FlowRecord:
         end,
         src,
         dst,
-        as_count(raw_bytes, "bytes") * rate,
-        0 if raw_packets is None else as_count(raw_packets, "packets") * rate,
+        nbytes,
+        packets,
         as_protocol(get("proto")),
         as_port(get("src_port"), "src_port"),
         as_port(get("dst_port"), "dst_port"),

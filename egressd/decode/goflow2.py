@@ -11,21 +11,20 @@ from operator import itemgetter
 from socket import AF_INET, AF_INET6, inet_pton
 from typing import Final
 
-from orjson import JSONDecodeError, loads
-
 from egressd.decode.common import (
     ADDRESS_CACHE,
     MAX_EPOCH,
     PROTOCOLS,
-    as_count,
     as_port,
     as_protocol,
     as_sampling_rate,
     as_time,
     check_epoch,
     format_packed_address,
+    load_object,
     optional_address,
     required_address,
+    sampled_counts,
 )
 from egressd.errors import DecodeError
 from egressd.model import FlowRecord
@@ -54,12 +53,7 @@ def decode_goflow2_json(line: bytes) -> FlowRecord:
     addresses seen before — is resolved with dict lookups alone; anything else takes the
     checked path, which also gives the precise DecodeError reason.
     """
-    try:
-        obj = loads(line)
-    except JSONDecodeError as exc:
-        raise DecodeError("bad_json", str(exc)[:120]) from exc
-    if type(obj) is not dict:
-        raise DecodeError("not_object", f"JSON {type(obj).__name__}, not an object")
+    obj = load_object(line)
     try:
         # One C call fetches every field; a missing one, an unseen address or an odd type
         # raises here and takes the checked path instead.
@@ -201,13 +195,13 @@ def _decode_json_checked(obj: dict[str, object]) -> FlowRecord:
     src = required_address(get(names.src), names.src)
     dst = required_address(get(names.dst), names.dst)
     exporter = optional_address(get(names.exporter))
-    raw_bytes = get(names.bytes)
-    if raw_bytes is None:
-        raise DecodeError("missing_field", f"{names.bytes} is absent")
-    rate = as_sampling_rate(get(names.rate))
-    nbytes = as_count(raw_bytes, names.bytes) * rate
-    raw_packets = get(names.packets)
-    packets = 0 if raw_packets is None else as_count(raw_packets, names.packets) * rate
+    nbytes, packets = sampled_counts(
+        get(names.bytes),
+        get(names.packets),
+        as_sampling_rate(get(names.rate)),
+        names.bytes,
+        names.packets,
+    )
     end = _first_time(obj, names.end_times)
     if end is None:
         raise DecodeError("missing_field", "no flow end or receive time")

@@ -5,16 +5,15 @@ Sans-IO: one line in, one FlowRecord out, None for purge markers; malformed line
 
 from __future__ import annotations
 
-from orjson import JSONDecodeError, loads
-
 from egressd.decode.common import (
-    as_count,
     as_port,
     as_protocol,
     as_sampling_rate,
     as_time,
+    load_object,
     optional_address,
     required_address,
+    sampled_counts,
 )
 from egressd.errors import DecodeError
 from egressd.model import FlowRecord
@@ -29,23 +28,15 @@ def decode_pmacct_json(line: bytes) -> FlowRecord | None:
     which is event time — and only as a last resort from ``stamp_updated``, which is the
     wall-clock time of the write and would misdate replayed or delayed data.
     """
-    try:
-        obj = loads(line)
-    except JSONDecodeError as exc:
-        raise DecodeError("bad_json", str(exc)[:120]) from exc
-    if type(obj) is not dict:
-        raise DecodeError("not_object", f"JSON {type(obj).__name__}, not an object")
-    get = obj.get
+    get = load_object(line).get
     event = get("event_type")
     if event is not None and event != "purge":
         return None
     src = required_address(get("ip_src"), "ip_src")
     dst = required_address(get("ip_dst"), "ip_dst")
-    raw_bytes = get("bytes")
-    if raw_bytes is None:
-        raise DecodeError("missing_field", "bytes is absent")
-    rate = as_sampling_rate(get("sampling_rate"))
-    raw_packets = get("packets")
+    nbytes, packets = sampled_counts(
+        get("bytes"), get("packets"), as_sampling_rate(get("sampling_rate")), "bytes", "packets"
+    )
     start = as_time(get("timestamp_start"))
     end = as_time(get("timestamp_end"))
     if end is None:
@@ -63,8 +54,8 @@ def decode_pmacct_json(line: bytes) -> FlowRecord | None:
         end,
         src,
         dst,
-        as_count(raw_bytes, "bytes") * rate,
-        0 if raw_packets is None else as_count(raw_packets, "packets") * rate,
+        nbytes,
+        packets,
         as_protocol(get("ip_proto")),
         as_port(get("port_src"), "port_src"),
         as_port(get("port_dst"), "port_dst"),
