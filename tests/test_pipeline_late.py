@@ -80,3 +80,24 @@ def test_replay_has_no_future_limit() -> None:
     engine.process([FlowRecord(T0 + 7200, T0 + 7200, "10.20.0.9", US, 5_000, 5)])
     assert engine.stats.future_records == 0
     assert engine.event_time() == T0 + 7200
+
+
+def test_a_transfer_straddling_a_restart_adds_up_in_one_window() -> None:
+    config = parse_config(CONFIG)
+    before = Engine(config, EmbeddedCountryLabeler())
+    # 60 MB to China in the half hour before a restart, 60 MB in the half hour after: each
+    # half is under the 100 MB floor, the hour is over it.
+    for minute in range(30):
+        end = T0 + minute * 60
+        before.process([FlowRecord(end - 1, end, "10.20.0.17", CN, 2_000_000, 10)])
+    after = Engine(config, EmbeddedCountryLabeler())
+    after.restore(before.snapshot())
+    fired = []
+    for minute in range(30, 60):
+        end = T0 + minute * 60
+        batch = [FlowRecord(end - 1, end, "10.20.0.17", CN, 2_000_000, 10)]
+        fired += [a for a in after.process(batch) if a.state == FIRING]
+
+    # Labels restored from the state file and labels looked up afresh name one destination.
+    assert len(after.unexpected.windows) == 1
+    assert [a.labels["dst_country"] for a in fired] == ["CN"]

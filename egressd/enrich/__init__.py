@@ -16,14 +16,20 @@ UNKNOWN_COUNTRY = "ZZ"
 
 @dataclass(frozen=True, slots=True)
 class DestinationLabels:
-    """Labels of one destination. Empty region / zero ASN mean "not known or not configured"."""
+    """Labels of one destination. Empty region / zero ASN mean "not known or not configured".
+
+    Two labels are equal when they name the same destination (country, region, ASN), which
+    is what baselines, windows and alerts are keyed by; the organisation's name and the data
+    source that answered describe it and take no part (labels restored from a state file
+    must meet the same destination labelled afresh).
+    """
 
     country: str = UNKNOWN_COUNTRY
     region: str = ""
     asn: int = 0
-    as_org: str = ""
+    as_org: str = field(default="", compare=False)
     #: which data source answered for the country ("embedded", "mmdb:<file>", ...)
-    source: str = "embedded"
+    source: str = field(default="embedded", compare=False)
     # Computed once: labels are dict keys on the per-record path, where the generated
     # dataclass hash (a tuple built per call) cost more than the rest of the lookup.
     _key: str = field(default="", init=False, repr=False, compare=False)
@@ -36,7 +42,7 @@ class DestinationLabels:
             else f"{self.country}|{self.region}|{self.asn or ''}"
         )
         object.__setattr__(self, "_key", key)
-        object.__setattr__(self, "_hash", hash((self.country, self.region, self.asn, self.as_org)))
+        object.__setattr__(self, "_hash", hash(key))
 
     def __hash__(self) -> int:
         return self._hash
