@@ -56,6 +56,10 @@ class EngineStats:
     special_records: int = 0
     #: records stamped later than ``Engine.future_limit`` (live only), counted at that limit
     future_records: int = 0
+    #: destinations looked up afresh because the per-address cache did not have them, and
+    #: times that cache reached geo.cache_size and was emptied (every record does one lookup)
+    destination_cache_misses: int = 0
+    destination_cache_clears: int = 0
     invalid_records: int = 0
     intervals_closed: int = 0
     #: egress bytes in closed intervals by (group, destination labels)
@@ -87,7 +91,6 @@ class Engine:
         self._src_cache: dict[str, str] = {}
         self._dst_cache: dict[str, _Destination] = {}
         self._cache_size = config.geo.cache_size
-        self._intern: dict[str, DestinationLabels] = {}
         #: end of the last evaluated interval
         self.last_tick = -math.inf
         #: live sources set this to wall time plus a tolerance before each batch: a record
@@ -119,7 +122,6 @@ class Engine:
     def labels_changed(self) -> None:
         """The labeler's data was reloaded: forget cached labels, keep everything learned."""
         self._dst_cache.clear()
-        self._intern.clear()
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -137,14 +139,11 @@ class Engine:
         elif is_special(address):
             dest = _SPECIAL
         else:
-            labels = self.labeler.label(address)
-            if len(self._intern) >= self._cache_size:
-                self._intern.clear()  # interning only saves memory; labels compare by value
-            dest = self._intern.setdefault(labels.key, labels)
-            if dest != labels:  # same key, refreshed organisation or source
-                dest = self._intern[labels.key] = labels
+            dest = self.labeler.label(address)  # labelers intern their answers
+        self.stats.destination_cache_misses += 1
         if len(self._dst_cache) >= self._cache_size:
             self._dst_cache.clear()
+            self.stats.destination_cache_clears += 1
         self._dst_cache[address] = dest
         return dest
 
@@ -334,9 +333,11 @@ class Engine:
         self.baselines.load_json(data["baselines"])
         self.policy.load_json(data["learned"])
         self.book.load_json(data["alerts"])
-        self.unexpected.load_json(data["windows"], self._intern)
-        self.spikes.load_json(data["spikes"], self._intern)
-        self.aggregator.load_json(data.get("open_buckets", []), self._intern)
+        # One labels object per destination key across everything restored.
+        intern: dict[str, DestinationLabels] = {}
+        self.unexpected.load_json(data["windows"], intern)
+        self.spikes.load_json(data["spikes"], intern)
+        self.aggregator.load_json(data.get("open_buckets", []), intern)
         if data.get("event_time") is not None:
             self.aggregator.max_time = float(data["event_time"])
         if data.get("closed_upto") is not None:

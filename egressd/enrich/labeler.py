@@ -1,7 +1,7 @@
 """The configured destination labeler: mmdb / embedded country, region maps and ASN composed.
 
-Built once from ``[geo]`` by :func:`build_labeler`; answers through a bounded cache and reloads
-changed data files in place, keeping the old data when a new file is broken.
+Built once from ``[geo]`` by :func:`build_labeler`; reloads changed data files in place,
+keeping the old data when a new file is broken.
 """
 
 from __future__ import annotations
@@ -74,12 +74,11 @@ class CompositeLabeler:
     region map covering the address, ASN from ``asn_mmdb``. Implements ``DestinationLabeler``.
 
     Single-threaded by design (the pipeline's event loop); :meth:`reload_if_changed` swaps data
-    between lookups and clears the cache.
+    between lookups.
     """
 
     __slots__ = (
         "_asn_db",
-        "_cache",
         "_cache_size",
         "_country_db",
         "_embedded",
@@ -88,9 +87,6 @@ class CompositeLabeler:
         "_region_configs",
         "_region_maps",
         "_watched",
-        "cache_clears",
-        "cache_hits",
-        "cache_misses",
         "has_asn",
         "has_regions",
         "reload_failures",
@@ -114,8 +110,8 @@ class CompositeLabeler:
         self._region_maps = [m for _, m in region_maps]
         self.has_regions = bool(self._region_maps)
         self.has_asn = asn_db is not None
+        #: bounds the interned labels; the engine caches labels per address in front of this
         self._cache_size = max(1, cache_size)
-        self._cache: dict[str, DestinationLabels] = {}
         self._interned: dict[tuple[str, str, int, str, str], DestinationLabels] = {}
         self._invalid = DestinationLabels(country=UNKNOWN_COUNTRY, source=NO_SOURCE)
         self._watched: list[_Watched] = []
@@ -126,9 +122,6 @@ class CompositeLabeler:
         for i, cfg in enumerate(self._region_configs):
             self._watched.append(_Watched(f"region:{i}", cfg.path, _signature(cfg.path)))
         # Counters for metrics (read by whoever exports them).
-        self.cache_hits = 0
-        self.cache_misses = 0
-        self.cache_clears = 0
         self.reloads = 0
         self.reload_failures = 0
         #: problems found by the last :meth:`reload_if_changed` (kept data noted in each)
@@ -137,22 +130,9 @@ class CompositeLabeler:
     # ------------------------------------------------------------------ hot path
 
     def label(self, address: str) -> DestinationLabels:
-        labels = self._cache.get(address)
-        if labels is not None:
-            self.cache_hits += 1
-            return labels
-        self.cache_misses += 1
-        labels = self._compute(address)
-        cache = self._cache
-        if len(cache) >= self._cache_size:
-            # Clearing beats LRU bookkeeping: a hit costs one dict probe, and the working set
-            # of destinations refills in one interval. See benchmarks/labeler_bench.py.
-            cache.clear()
-            self.cache_clears += 1
-            if len(self._interned) > self._cache_size:
-                self._interned.clear()
-        cache[address] = labels
-        return labels
+        """Labels of ``address``, looked up every time: callers on the per-flow path (the
+        engine) cache per address themselves, together with what is local or special."""
+        return self._compute(address)
 
     def label_many(self, addresses: Sequence[str]) -> list[DestinationLabels]:
         label = self.label
@@ -165,6 +145,8 @@ class CompositeLabeler:
         key = resolved[0]
         labels = self._interned.get(key)
         if labels is None:
+            if len(self._interned) >= self._cache_size:
+                self._interned.clear()
             country, region, asn, org, source = key
             labels = DestinationLabels(
                 country=country, region=region, asn=asn, as_org=org, source=source
@@ -284,7 +266,6 @@ class CompositeLabeler:
             changed = True
         if changed:
             self.reloads += 1
-            self._cache.clear()
             self._interned.clear()
         return changed
 

@@ -260,20 +260,19 @@ class EgressdCollector(Collector):
             "Changed geo data files that could not be loaded (old data kept)",
             d.geo_reload_errors,
         )
-        labeler = engine.labeler
+        stats = engine.stats
+        misses = stats.destination_cache_misses
         yield _counter(
             "geo_cache_lookups",
-            "Destination label lookups, by whether the label cache had them",
-            [
-                (["hit"], getattr(labeler, "cache_hits", 0)),
-                (["miss"], getattr(labeler, "cache_misses", 0)),
-            ],
+            "Destination lookups (one per record), by whether the per-address cache of "
+            "labels and locality had them",
+            [(["hit"], max(stats.records - misses, 0)), (["miss"], misses)],
             ["result"],
         )
         yield _counter(
             "geo_cache_clears",
-            "Times the label cache reached geo.cache_size and was emptied",
-            getattr(labeler, "cache_clears", 0),
+            "Times the per-address destination cache reached geo.cache_size and was emptied",
+            stats.destination_cache_clears,
         )
 
     def _sources_metrics(self, sources: Sequence[Source]) -> Iterable[Metric]:
