@@ -96,9 +96,6 @@ class IntervalAggregator:
         self.late_records = 0
         self.late_bytes = 0
 
-    def bucket_start(self, event_time: float) -> float:
-        return event_time - event_time % self.interval
-
     def add(
         self, key: AggregateKey, event_time: float, src: str, dst: str, size: int, packets: int
     ) -> bool:
