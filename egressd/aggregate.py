@@ -30,26 +30,12 @@ class Accum:
         self.destinations = TopK(sketch_capacity)
 
     def add(self, src: str, dst: str, size: int, packets: int) -> None:
-        """Count one flow. Runs for every egress record, so TopK.add's common cases are inline."""
+        """Count one flow."""
         self.bytes += size
         self.packets += packets
         self.flows += 1
-        counts = self.sources.counts
-        current = counts.get(src)
-        if current is not None:
-            counts[src] = current + size
-        elif len(counts) < self.capacity:
-            counts[src] = size
-        else:
-            self.sources.add(src, size)
-        counts = self.destinations.counts
-        current = counts.get(dst)
-        if current is not None:
-            counts[dst] = current + size
-        elif len(counts) < self.capacity:
-            counts[dst] = size
-        else:
-            self.destinations.add(dst, size)
+        self.sources.add(src, size)
+        self.destinations.add(dst, size)
 
 
 Bucket = dict[AggregateKey, Accum]

@@ -6,15 +6,27 @@ in which case they are over-estimates by at most the evicted minimum (the Space-
 
 from __future__ import annotations
 
+import heapq
+
 
 class TopK:
-    """Space-Saving summary of the heaviest keys by summed weight."""
+    """Space-Saving summary of the heaviest keys by summed weight, O(log capacity) per update.
 
-    __slots__ = ("capacity", "counts")
+    ``counts`` holds the estimates. Once it is full, ``_heap`` holds one ``(count, item)``
+    entry per kept item whose count may be stale (lower than the item's count now: counts only
+    grow and increments do not touch the heap). Evicting pops the smallest entry and, when it
+    is stale, pushes it back with its current count and looks again; every increment causes
+    at most one such repair, so an update costs O(log capacity) amortised instead of a scan
+    of every entry (which made every flow with a new address pay ~15-30 µs at capacity 32).
+    """
+
+    __slots__ = ("_heap", "capacity", "counts")
 
     def __init__(self, capacity: int = 32) -> None:
         self.capacity = capacity
         self.counts: dict[str, int] = {}
+        #: built when ``counts`` first overflows; None while the summary is exact
+        self._heap: list[tuple[int, str]] | None = None
 
     def add(self, item: str, weight: int) -> None:
         counts = self.counts
@@ -23,11 +35,27 @@ class TopK:
             counts[item] = current + weight
         elif len(counts) < self.capacity:
             counts[item] = weight
+            if self._heap is not None:
+                heapq.heappush(self._heap, (weight, item))
         else:
-            # Replace the lightest entry and inherit its count (keeps the error bound).
-            victim = min(counts, key=counts.__getitem__)
-            floor = counts.pop(victim)
-            counts[item] = floor + weight
+            self._replace_lightest(item, weight)
+
+    def _replace_lightest(self, item: str, weight: int) -> None:
+        """Evict the lightest item; ``item`` inherits its count (keeps the error bound)."""
+        counts = self.counts
+        heap = self._heap
+        if heap is None:
+            heap = self._heap = [(count, key) for key, count in counts.items()]
+            heapq.heapify(heap)
+        while True:
+            floor, victim = heap[0]
+            current = counts[victim]
+            if current == floor:
+                break
+            heapq.heapreplace(heap, (current, victim))
+        del counts[victim]
+        counts[item] = floor + weight
+        heapq.heapreplace(heap, (floor + weight, item))
 
     def merge(self, other: TopK) -> None:
         for item, weight in other.counts.items():

@@ -75,3 +75,42 @@ def test_merge_and_json_round_trip() -> None:
     again = TopK.from_json(a.to_json(), 2)
     assert again.top(5) == [("x", 11), ("z", 7)]
     assert again.capacity == 2
+
+
+def _reference_space_saving(stream: list[tuple[str, int]], capacity: int) -> dict[str, int]:
+    """Textbook Space-Saving: scan for the lightest entry (ties: the smallest item)."""
+    counts: dict[str, int] = {}
+    for item, weight in stream:
+        if item in counts:
+            counts[item] += weight
+        elif len(counts) < capacity:
+            counts[item] = weight
+        else:
+            victim = min(counts, key=lambda key: (counts[key], key))
+            counts[item] = counts.pop(victim) + weight
+    return counts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(1, 50)), max_size=400),
+    st.integers(1, 10),
+)
+def test_heap_eviction_matches_a_full_scan(stream: list[tuple[int, int]], capacity: int) -> None:
+    # Increments leave the eviction heap stale; evictions must still pick the true lightest.
+    named = [(f"10.0.0.{item}", weight) for item, weight in stream]
+    sketch = TopK(capacity)
+    for item, weight in named:
+        sketch.add(item, weight)
+    assert sketch.counts == _reference_space_saving(named, capacity)
+
+
+def test_merge_into_a_full_sketch_keeps_the_bound() -> None:
+    a, b = TopK(4), TopK(4)
+    for i in range(40):
+        a.add(f"a{i}", i + 1)
+        b.add(f"b{i}", 2 * i + 1)
+    a.merge(b)
+    assert len(a.counts) == 4
+    assert sum(a.counts.values()) == sum(range(1, 41)) + sum(2 * i + 1 for i in range(40))
+    assert a.top(1)[0][0] == "b39"
