@@ -262,7 +262,11 @@ class Daemon:
                 # orjson keeps the GIL while it serialises, so the loop cannot change the
                 # snapshot underneath; only the write and fsync run beside the loop.
                 size = await asyncio.to_thread(
-                    save_state, self.state_path, snapshot, extra={"sources": positions}
+                    save_state,
+                    self.state_path,
+                    snapshot,
+                    extra={"sources": positions},
+                    on_clamped=self._count_clamped,
                 )
             except StateError as exc:
                 self.stats.state_save_errors += 1
@@ -276,6 +280,9 @@ class Daemon:
                 if position is not None:
                     await source.checkpoint_saved(position)
             return True
+
+    def _count_clamped(self, values: int) -> None:
+        self.stats.state_values_clamped += values
 
     # -- reload ---------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +20,72 @@ from egressd.errors import StateError
 
 log = logging.getLogger("egressd.state")
 
+#: The integers orjson writes and reads back; one beyond them (a byte sum grown past
+#: 2^64) is saturated instead of making every save fail.
+INT_MAX = 2**64 - 1
+INT_MIN = -(2**63)
 
-def save_state(path: Path, data: dict[str, Any], *, extra: dict[str, Any] | None = None) -> int:
+
+def encode_state(payload: dict[str, Any]) -> tuple[bytes, int]:
+    """The JSON bytes of ``payload`` and how many values had to be saturated to write them.
+
+    Integers outside [-2^63, 2^64 - 1] become the nearest end (orjson refuses them, and
+    every save would fail from then on): no value can stop the state from being saved.
+    Only a type that has no JSON form (a bug, not a value) raises StateError.
+    """
+    try:
+        return orjson.dumps(payload), 0
+    except TypeError:
+        pass  # the slow path below: saturate what orjson refuses, then try again
+    clamped = [0]
+    safe = _saturate(payload, clamped)
+    try:
+        return orjson.dumps(safe), clamped[0]
+    except TypeError as exc:
+        raise StateError(f"cannot serialise state: {exc}") from exc
+
+
+def _saturate(value: Any, clamped: list[int]) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if INT_MIN <= value <= INT_MAX:
+            return value
+        clamped[0] += 1
+        return INT_MAX if value > 0 else INT_MIN
+    if isinstance(value, dict):
+        return {key: _saturate(item, clamped) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_saturate(item, clamped) for item in value]
+    return value  # orjson's own types (dataclasses, enums, ...) or a bug: it decides
+
+
+def save_state(
+    path: Path,
+    data: dict[str, Any],
+    *,
+    extra: dict[str, Any] | None = None,
+    on_clamped: Callable[[int], None] | None = None,
+) -> int:
     """Write ``data`` (plus ``extra`` top-level entries) to ``path`` atomically; returns bytes.
 
-    The file is created with mode 0600: it reveals who talks to whom.
+    The file is created with mode 0600: it reveals who talks to whom. Values beyond what
+    JSON readers take are saturated (see :func:`encode_state`), logged, and their number
+    passed to ``on_clamped``.
     """
     payload = dict(data)
     if extra:
         payload.update(extra)
     payload["saved_at"] = time.time()
-    try:
-        blob = orjson.dumps(payload)
-    except TypeError as exc:
-        raise StateError(f"cannot serialise state: {exc}") from exc
+    blob, clamped = encode_state(payload)
+    if clamped:
+        log.warning(
+            "state: %d integer(s) beyond the 64-bit range saved at its limit "
+            "(a counter grew past what any link carries)",
+            clamped,
+        )
+        if on_clamped is not None:
+            on_clamped(clamped)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ class DaemonStats:
     state_save_errors: int = 0
     state_last_save: float = 0.0
     state_last_save_bytes: int = 0
+    state_values_clamped: int = 0
     state_restored: bool = False
     idle_advances: int = 0
     alert_log_errors: int = 0
@@ -321,6 +322,11 @@ class EgressdCollector(Collector):
         )
         yield _counter("state_saves", "State saves that succeeded", d.state_saves)
         yield _counter("state_save_errors", "State saves that failed", d.state_save_errors)
+        yield _counter(
+            "state_values_clamped",
+            "Integers beyond the 64-bit range saved at its limit",
+            d.state_values_clamped,
+        )
         yield _gauge(
             "state_last_save_timestamp_seconds", "When state was last saved", d.state_last_save
         )
