@@ -64,7 +64,7 @@ def read_lines(stream: BinaryIO, stats: SourceStats, decode: LineDecoder) -> Ite
         stats.records += records
 
 
-def _reader(fmt: str) -> RecordReader:
+def _reader(fmt: str) -> RecordReader | None:
     if fmt in LINE_FORMATS:
         decode = _line_decoder(fmt)
         return lambda stream, stats: read_lines(stream, stats, decode)
@@ -76,11 +76,13 @@ def _reader(fmt: str) -> RecordReader:
         from egressd.sources.pcapfile import read_netflow_capture
 
         return read_netflow_capture
+    if fmt == "nfdump":
+        return None
     raise KeyError(fmt)
 
 
 LINE_FORMATS = ("goflow2-json", "pmacct-json", "egressd-json")
-FILE_FORMATS = (*LINE_FORMATS, "netflow-pcap", "pcap")
+FILE_FORMATS = (*LINE_FORMATS, "netflow-pcap", "pcap", "nfdump")
 
 
 def open_input(path: str) -> BinaryIO:
@@ -103,6 +105,11 @@ def read_file(fmt: str, path: str | Path, stats: SourceStats) -> Iterator[FlowRe
         raise EgressdError(
             f"unknown format {fmt!r}: use one of {', '.join(FILE_FORMATS)}"
         ) from None
+    if reader is None:  # nfdump reads the files itself
+        from egressd.sources.nfdump import read_nfdump
+
+        yield from read_nfdump(path, stats)
+        return
     stream = open_input(str(path))
     try:
         yield from reader(stream, stats)
