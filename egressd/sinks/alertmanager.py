@@ -1,7 +1,13 @@
 """Pushes alert transitions to Alertmanager's v2 API, resending firing alerts until resolved.
 
-One bounded outbox per Alertmanager, keyed by alert fingerprint: the latest state of an
-alert replaces an unsent older one, so a dead Alertmanager never stalls detection.
+One bounded outbox per Alertmanager, keyed by alert fingerprint, holds transitions: the
+latest state of an alert replaces an unsent older one, so a dead Alertmanager never stalls
+detection. Resends of firing alerts do not go through the outbox: each resend interval starts
+a round over every firing alert, sent in batches after the waiting transitions, and a round
+not finished when the next begins goes first in it. A firing alert pushed out of a full
+outbox joins the current round. So every firing alert reaches a working Alertmanager once
+per round, however many fire and however small the outbox is; the round holds fingerprints
+of firing alerts only, so it is bounded by them.
 """
 
 from __future__ import annotations
@@ -49,16 +55,19 @@ class AlertmanagerStats:
     alerts_sent: int = 0  # alerts delivered (an alert resent counts again)
     outbox_dropped: int = 0  # unsent alerts dropped because an outbox was full
     outbox_size: int = 0  # alerts waiting, all targets together
+    resend_pending: int = 0  # firing alerts of unfinished resend rounds, all targets together
 
 
 class _Target:
-    """One Alertmanager URL: its outbox and its backoff."""
+    """One Alertmanager URL: its outbox, its resend round and its backoff."""
 
-    __slots__ = ("backoff", "outbox", "url", "wake")
+    __slots__ = ("backoff", "outbox", "round", "url", "wake")
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/") + "/api/v2/alerts"
         self.outbox: OrderedDict[Fingerprint, Alert] = OrderedDict()
+        #: firing alerts still to resend in this round, in order (bounded by the firing set)
+        self.round: OrderedDict[Fingerprint, None] = OrderedDict()
         self.wake = asyncio.Event()
         self.backoff = 0.0
 
@@ -102,23 +111,33 @@ class AlertmanagerSink:
     def replace_firing(self, alerts: Iterable[Alert]) -> None:
         """Declare the complete set of firing alerts (after a state restore)."""
         self._firing = {fingerprint(a.labels): a for a in alerts if a.state == FIRING}
+        self._start_round()
+
+    def _start_round(self) -> None:
+        """Schedule every firing alert for each target; an unfinished round's rest goes first."""
         for target in self._targets:
-            for key, alert in self._firing.items():
-                self._enqueue(target, key, alert)
+            for key in self._firing:
+                target.round.setdefault(key)
+            if target.round:
+                target.wake.set()
+        self._count_outbox()
 
     def _enqueue(self, target: _Target, key: Fingerprint, alert: Alert) -> None:
         outbox = target.outbox
         if key in outbox:
             del outbox[key]  # the latest state wins and goes to the back of the line
         elif len(outbox) >= self.config.outbox_size:
-            outbox.popitem(last=False)
+            dropped, _alert = outbox.popitem(last=False)
             self.stats.outbox_dropped += 1
+            if dropped in self._firing:
+                target.round.setdefault(dropped)  # still firing: it goes out in the round
         outbox[key] = alert
         target.wake.set()
         self._count_outbox()
 
     def _count_outbox(self) -> None:
         self.stats.outbox_size = sum(len(t.outbox) for t in self._targets)
+        self.stats.resend_pending = sum(len(t.round) for t in self._targets)
 
     # -- wire format ------------------------------------------------------------------------
 
@@ -161,7 +180,7 @@ class AlertmanagerSink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(flush_timeout):
                     for target in self._targets:
-                        if target.outbox:
+                        if target.outbox or target.round:
                             await self._send_batch(target)
             if self._own_session:
                 await self._session.close()
@@ -200,15 +219,13 @@ class AlertmanagerSink:
     async def _resend(self) -> None:
         while True:
             await asyncio.sleep(self.config.resend_interval)
-            for target in self._targets:
-                for key, alert in self._firing.items():
-                    self._enqueue(target, key, alert)
+            self._start_round()
 
     async def _deliver(self, target: _Target) -> None:
         while True:
             await target.wake.wait()
             target.wake.clear()
-            while target.outbox:
+            while target.outbox or target.round:
                 if await self._send_batch(target):
                     target.backoff = 0.0
                     continue
@@ -220,12 +237,24 @@ class AlertmanagerSink:
                 await asyncio.sleep(target.backoff)
 
     async def _send_batch(self, target: _Target) -> bool:
-        """POST up to one batch from the outbox; on failure the unsent alerts stay queued."""
+        """POST one batch: transitions first, then the resend round; failures stay queued."""
         assert self._session is not None
         batch: list[tuple[Fingerprint, Alert]] = []
         while target.outbox and len(batch) < _MAX_BATCH:
             batch.append(target.outbox.popitem(last=False))
+        resent: list[Fingerprint] = []
+        queued = {key for key, _alert in batch}
+        while target.round and len(batch) < _MAX_BATCH:
+            key, _ = target.round.popitem(last=False)
+            alert = self._firing.get(key)
+            if alert is None or key in queued or key in target.outbox:
+                continue  # resolved meanwhile, or its latest state is already on its way
+            queued.add(key)
+            batch.append((key, alert))
+            resent.append(key)
         self._count_outbox()
+        if not batch:
+            return True
         try:
             headers = self._headers()
             payload = self.body((alert for _key, alert in batch), self._clock())
@@ -241,7 +270,10 @@ class AlertmanagerSink:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.stats.push_errors += 1
             self._log_error(target.url, exc)
-            self._requeue(target, batch)
+            for key in reversed(resent):
+                target.round[key] = None
+                target.round.move_to_end(key, last=False)
+            self._requeue(target, batch[: len(batch) - len(resent)])
             return False
         self.stats.pushes += 1
         self.stats.alerts_sent += len(batch)
@@ -255,6 +287,8 @@ class AlertmanagerSink:
                 continue
             if len(outbox) >= self.config.outbox_size:
                 self.stats.outbox_dropped += 1
+                if key in self._firing:
+                    target.round.setdefault(key)
                 continue
             outbox[key] = alert
             outbox.move_to_end(key, last=False)

@@ -360,6 +360,11 @@ class EgressdCollector(Collector):
             am.outbox_dropped,
         )
         yield _gauge("alertmanager_outbox", "Alerts waiting to be delivered", am.outbox_size)
+        yield _gauge(
+            "alertmanager_resend_pending",
+            "Firing alerts still to resend in the current round",
+            am.resend_pending,
+        )
 
 
 def _counter(
