@@ -15,6 +15,11 @@ from egressd.sketch import TopK
 
 AggregateKey = tuple[str, DestinationLabels]  # (group, destination labels)
 
+#: an interval's bytes (or packets) for one key saturate here when it closes: 2**53 (9 PB, exact
+#: as a float) is more than any real interval, and sums of thousands of them (windows,
+#: baselines, the state file's 64-bit integers) stay in range whatever a flood of records claims
+MAX_INTERVAL_COUNT = 2**53
+
 
 class Accum:
     """What one (group, destination) sent in one interval, with its heaviest talkers."""
@@ -39,6 +44,21 @@ class Accum:
 
 
 Bucket = dict[AggregateKey, Accum]
+
+
+def _saturated(bucket: Bucket) -> Bucket:
+    """``bucket`` with its sums capped at :data:`MAX_INTERVAL_COUNT` (once per closed key)."""
+    for accum in bucket.values():
+        if accum.bytes > MAX_INTERVAL_COUNT:
+            accum.bytes = MAX_INTERVAL_COUNT
+            # talkers' counts are parts of the sum, so only then can they exceed the cap
+            for sketch in (accum.sources, accum.destinations):
+                counts = sketch.counts
+                for item, weight in counts.items():
+                    counts[item] = min(weight, MAX_INTERVAL_COUNT)
+        if accum.packets > MAX_INTERVAL_COUNT:
+            accum.packets = MAX_INTERVAL_COUNT
+    return bucket
 
 
 class IntervalAggregator:
@@ -157,7 +177,7 @@ class IntervalAggregator:
         """Close and return, oldest first, every bucket the watermark has passed."""
         watermark = self.max_time - self.lateness
         ready = sorted(s for s in self.buckets if s + self.interval <= watermark)
-        out = [(start, self.buckets.pop(start)) for start in ready]
+        out = [(start, _saturated(self.buckets.pop(start))) for start in ready]
         if ready:
             self.closed_upto = max(self.closed_upto, ready[-1] + self.interval)
         # Buckets older than what is closed now cannot receive records any more either.
@@ -167,7 +187,7 @@ class IntervalAggregator:
     def pop_all(self) -> list[tuple[float, Bucket]]:
         """Close every open bucket (end of a replay)."""
         ready = sorted(self.buckets)
-        out = [(start, self.buckets.pop(start)) for start in ready]
+        out = [(start, _saturated(self.buckets.pop(start))) for start in ready]
         if ready:
             self.closed_upto = max(self.closed_upto, ready[-1] + self.interval)
         self._recompute_due()
@@ -182,6 +202,7 @@ class IntervalAggregator:
         """Open buckets (so records already taken from a source survive a restart)."""
         out: list[list[object]] = []
         for start, bucket in self.buckets.items():
+            _saturated(bucket)
             for (group, dest), accum in bucket.items():
                 out.append(
                     [

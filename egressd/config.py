@@ -69,6 +69,9 @@ class DetectionConfig:
     timezone: str = "UTC"
     #: live only: flows stamped further than this ahead of wall time count at that time
     max_clock_ahead: float = 300.0
+    #: bytes per second one flow record may claim (50GB/s = 400 Gbit/s); records claiming
+    #: more bytes, or more minimum-size packets, than this carries in their duration are invalid
+    max_link_rate: int = 50_000_000_000
     #: a firing alert resolves after its condition stayed false this long (hysteresis)
     resolve_after: float = 900.0
     #: an alert must hold this long before it fires (0 = fire on the first evaluation)
@@ -572,6 +575,7 @@ def _read_detection(t: _Table) -> DetectionConfig:
         ),
         timezone=t.get("timezone", d.timezone, _timezone),
         max_clock_ahead=t.get("max_clock_ahead", d.max_clock_ahead, _duration),
+        max_link_rate=t.get("max_link_rate", d.max_link_rate, _size),
         resolve_after=t.get("resolve_after", d.resolve_after, _duration),
         pending_for=t.get("pending_for", d.pending_for, _duration),
         max_keys=t.get("max_keys", d.max_keys, _positive_int),
@@ -583,6 +587,8 @@ def _read_detection(t: _Table) -> DetectionConfig:
         t.problem("unexpected_window", "must be at least one interval long")
     if cfg.spike_ratio <= 1:
         t.problem("spike_ratio", "must be greater than 1")
+    if cfg.max_link_rate <= 0:
+        t.problem("max_link_rate", "must be a positive size per second")
     t.done()
     return cfg
 

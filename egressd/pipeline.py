@@ -40,6 +40,13 @@ MAX_DESTINATION_TOTALS = 10_000
 #: empty intervals evaluated one by one after a gap; a longer gap is skipped in one step
 _MAX_EMPTY_TICKS = 64
 
+#: the smallest IP packet (an IPv4 header alone): a link carries at most its rate / this
+#: many packets per second
+MIN_PACKET_BYTES = 20
+#: a record claiming a longer flow is bounded as though it lasted this long, so a bogus start
+#: time cannot raise the bound (and the sums it feeds) without limit
+MAX_FLOW_SECONDS = 86400.0
+
 
 @dataclass(slots=True)
 class EngineStats:
@@ -60,6 +67,8 @@ class EngineStats:
     #: times that cache reached geo.cache_size and was emptied (every record does one lookup)
     destination_cache_misses: int = 0
     destination_cache_clears: int = 0
+    #: records skipped because they claim more bytes or packets than ``max_link_rate``
+    #: carries in their duration (a lying or broken exporter; see :meth:`Engine.plausible`)
     invalid_records: int = 0
     intervals_closed: int = 0
     #: egress bytes in closed intervals by (group, destination labels)
@@ -98,6 +107,7 @@ class Engine:
         #: it cannot close every other exporter's intervals early. Replay leaves it infinite.
         self.future_limit = math.inf
         self.restored = False
+        self._link_rate = detection.max_link_rate
 
     # -- configuration --------------------------------------------------------------------
 
@@ -118,6 +128,7 @@ class Engine:
         self._src_cache.clear()
         self._dst_cache.clear()
         self._cache_size = config.geo.cache_size
+        self._link_rate = detection.max_link_rate
 
     def labels_changed(self) -> None:
         """The labeler's data was reloaded: forget cached labels, keep everything learned."""
@@ -147,6 +158,23 @@ class Engine:
         self._dst_cache[address] = dest
         return dest
 
+    def plausible(self, record: FlowRecord) -> bool:
+        """Whether a link of ``max_link_rate`` could carry ``record`` in its duration.
+
+        The duration counts as at least one second (exporters round to it, and 0 is common)
+        and at most :data:`MAX_FLOW_SECONDS`. Packets are bounded by the same link full of
+        the smallest IP packets. Counts beyond that come from a lying or broken exporter (or
+        a sampling rate applied to a count it cannot apply to) and would make every sum
+        they touch meaningless.
+        """
+        duration = record.time_end - record.time_start
+        if not duration >= 1.0:  # also NaN
+            duration = 1.0
+        elif duration > MAX_FLOW_SECONDS:
+            duration = MAX_FLOW_SECONDS
+        limit = self._link_rate * duration
+        return record.bytes <= limit and record.packets * MIN_PACKET_BYTES <= limit
+
     def process(self, records: Iterable[FlowRecord]) -> list[Alert]:
         """Account ``records``; return the alerts that started or resolved meanwhile."""
         changed: list[Alert] = []
@@ -160,11 +188,19 @@ class Engine:
         # The bucket of the last egress record: input is mostly in time order.
         current_start: float | None = None
         bucket: Bucket = {}
-        count = egress = egress_bytes = future = 0
+        count = egress = egress_bytes = future = invalid = 0
         future_limit = self.future_limit
+        # What a link carries in one second: below it every record is plausible, so the
+        # common case costs one comparison per count.
+        burst = self._link_rate
+        burst_packets = burst // MIN_PACKET_BYTES
         try:
             for record in records:
                 count += 1
+                size = record.bytes
+                if (size > burst or record.packets > burst_packets) and not self.plausible(record):
+                    invalid += 1
+                    continue
                 src = record.src
                 group = src_cache.get(src)
                 if group is None:
@@ -178,7 +214,6 @@ class Engine:
                     end = future_limit
                     future += 1
                 if group and dest.__class__ is not str:
-                    size = record.bytes
                     egress += 1
                     egress_bytes += size
                     if end >= aggregator.closed_upto:
@@ -197,12 +232,12 @@ class Engine:
                 elif not group:
                     if dest is _INTERNAL:
                         stats.ingress_records += 1
-                        stats.ingress_bytes += record.bytes
+                        stats.ingress_bytes += size
                     else:
                         stats.transit_records += 1
                 elif dest is _INTERNAL:
                     stats.internal_records += 1
-                    stats.internal_bytes += record.bytes
+                    stats.internal_bytes += size
                 else:
                     stats.special_records += 1
                 if end > max_time:
@@ -215,6 +250,7 @@ class Engine:
             stats.egress_records += egress
             stats.egress_bytes += egress_bytes
             stats.future_records += future
+            stats.invalid_records += invalid
         return changed
 
     def advance(self, event_time: float) -> list[Alert]:

@@ -190,7 +190,12 @@ class EgressdCollector(Collector):
             "counted at that time",
             stats.future_records,
         )
-        yield _counter("invalid_records", "Records with unusable addresses", stats.invalid_records)
+        yield _counter(
+            "invalid_records",
+            "Records skipped: more bytes or packets than detection.max_link_rate carries in "
+            "their duration",
+            stats.invalid_records,
+        )
         yield _counter(
             "late_records",
             "Records for intervals already closed (not counted)",
