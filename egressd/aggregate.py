@@ -202,7 +202,6 @@ class IntervalAggregator:
         """Open buckets (so records already taken from a source survive a restart)."""
         out: list[list[object]] = []
         for start, bucket in self.buckets.items():
-            _saturated(bucket)
             for (group, dest), accum in bucket.items():
                 out.append(
                     [

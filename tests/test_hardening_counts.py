@@ -202,10 +202,10 @@ def test_a_flood_of_day_long_records_saturates_the_interval_and_still_pages(
     ]
     assert len(flood) * each > 2**64
     fired = eng.process(flood)
-    # open buckets saturate when saved ...
+    # open sums past 64 bits are saturated by the state writer ...
     save_state(tmp_path / "open.json", eng.snapshot())
     fired += eng.advance(T0 + 1200)
-    # ... closed ones when they close, and everything downstream stays in range
+    # ... closed ones by the engine, so everything downstream stays in range
     save_state(tmp_path / "closed.json", eng.snapshot())
     assert eng.stats.invalid_records == 0
     (alert,) = [a for a in fired if a.state == FIRING]
