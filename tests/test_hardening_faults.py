@@ -57,9 +57,7 @@ async def test_daemon_saves_a_byte_sum_beyond_64_bits_and_restores_it(tmp_path: 
     state = tmp_path / "state.json"
     # The engine now skips such records (tests/test_hardening_counts.py); a link rate no
     # bound can reach lets them into an open interval, so the writer itself is tested here.
-    config = parse_config(
-        CONFIG.format(state=state) + '[detection]\nmax_link_rate = "1000000TB"\n'
-    )
+    config = parse_config(CONFIG.format(state=state) + '[detection]\nmax_link_rate = "1000000TB"\n')
     daemon = Daemon(config, environ={}, sources=[])
     daemon.restore_state()
     huge = [
