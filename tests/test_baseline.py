@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from egressd.baseline.seasonal import RECORD_SIZE, SeasonalBaselines
 
 T0 = 1_772_409_600.0  # Monday 2026-03-02T00:00:00Z
@@ -150,3 +153,42 @@ def test_malformed_state_is_rejected() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 24 * 14 - 1), st.integers(0, 10**9)),
+        max_size=300,
+    ),
+    st.integers(0, 24 * 14 - 1),
+)
+def test_expected_bytes_at_once_equals_expect_one_by_one(
+    observations: list[tuple[int, int, int]], hour: int
+) -> None:
+    # Keys with history in some hours of either day type, others not: every branch of expect.
+    baselines = SeasonalBaselines()
+    monday = 1_772_409_600.0  # 2026-03-02T00:00:00Z
+    for key, at, size in sorted(observations, key=lambda o: o[1]):
+        baselines.observe(("g", f"K{key}"), monday + at * 3600, float(size))
+    keys = [("g", f"K{key}") for key in range(5)]  # K4 is never seen
+    now = monday + hour * 3600 + 600
+    at_once = baselines.expected_bytes(keys, now)
+    for key, value in zip(keys, at_once, strict=True):
+        expectation = baselines.expect(key, now)
+        if expectation is None:
+            assert math.isnan(value)
+        else:
+            assert math.isclose(value, expectation.bytes, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_changed_keys_are_tracked_once_asked_for() -> None:
+    baselines = SeasonalBaselines(max_keys=10)
+    baselines.observe(("g", "A"), 0.0, 10.0)
+    changed = baselines.track_changes()
+    assert changed == set()
+    baselines.observe_interval(300.0, [(("g", "B"), 5.0), (("g", "A"), 1.0)])
+    assert changed == {("g", "A"), ("g", "B")}
+    changed.clear()
+    assert baselines.evict_idle(10_000.0, 60.0) == 2
+    assert changed == {("g", "A"), ("g", "B")}

@@ -167,3 +167,44 @@ def test_basic_auth_needs_bcrypt_hashes() -> None:
                 'KIXQJ3Zq1u6sW3z0m1n1OeZz6fVYw3qk6sJtq0nq6bC1y3c7D8e9a"\n'
             )
         assert "bcrypt" in str(info.value)
+
+
+async def test_scrapes_evaluate_only_baselines_that_changed(
+    daemon_client: tuple[Daemon, TestClient[Any, Any]],
+) -> None:
+    daemon, client = daemon_client
+    cn = (("dst_country", "CN"), ("group", "research"))
+    gb = (("dst_country", "GB"), ("group", "research"))
+    evaluated = ("egressd_baseline_expectations_evaluated_total", ())
+    daemon.feed.submit(
+        [
+            flow("10.20.0.17", "47.100.23.45", 40_000, T0 + 30),
+            flow("10.20.0.17", "81.2.69.160", 5_000_000, T0 + 100),
+            flow("10.20.0.17", "81.2.69.160", 1_000, T0 + 370),  # closes [T0, T0+300)
+        ]
+    )
+    first = samples(await (await client.get("/metrics")).text())
+    assert first[evaluated] == 2
+    expected_gb = first[("egressd_egress_baseline_bytes", gb)]
+    assert expected_gb == pytest.approx(5_000_000, rel=0.02)
+    again = samples(await (await client.get("/metrics")).text())
+    assert again[evaluated] == 2  # nothing learned since: nothing evaluated
+    assert again[("egressd_egress_baseline_bytes", gb)] == expected_gb
+    # The next interval closes with GB alone: only GB is evaluated again.
+    daemon.feed.submit([flow("10.20.0.17", "81.2.69.160", 9_000, T0 + 680)])
+    third = samples(await (await client.get("/metrics")).text())
+    assert third[evaluated] == 3
+    assert (
+        third[("egressd_egress_baseline_bytes", cn)] == first[("egressd_egress_baseline_bytes", cn)]
+    )
+    assert third[("egressd_egress_baseline_bytes", gb)] != expected_gb
+    # An hour later every expectation may differ: every key is evaluated once.
+    daemon.feed.submit([flow("10.20.0.17", "81.2.69.160", 9_000, T0 + 3600 + 400)])
+    fourth = samples(await (await client.get("/metrics")).text())
+    keys = fourth[("egressd_baseline_keys", ())]
+    assert fourth[evaluated] == 3 + keys
+    for labels in (cn, gb):
+        values = daemon.engine.baselines.expected_bytes(
+            [("research", dict(labels)["dst_country"])], T0 + 3600 + 400
+        )
+        assert fourth[("egressd_egress_baseline_bytes", labels)] == round(values[0])

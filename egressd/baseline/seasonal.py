@@ -12,9 +12,12 @@ import base64
 import heapq
 import math
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any
+
+import numpy as np
 
 # header: first_seen, last_seen (event time s), overall level, overall spread, observations
 _HEADER = struct.Struct("<ddffI")
@@ -33,6 +36,19 @@ OVERALL_ALPHA = 0.05
 MIN_SLOT_OBSERVATIONS = 2
 
 BaselineKey = tuple[str, str]  # (group, destination key)
+
+# The same layout as a numpy record, to evaluate many baselines at once (metrics).
+_RECORD_DTYPE = np.dtype(
+    [
+        ("first", "<f8"),
+        ("last", "<f8"),
+        ("level", "<f4"),
+        ("spread", "<f4"),
+        ("n", "<u4"),
+        ("slots", [("level", "<f2"), ("spread", "<f2"), ("n", "u1")], (SLOTS,)),
+    ]
+)
+assert _RECORD_DTYPE.itemsize == RECORD_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +106,15 @@ def _update(level: float, spread: float, n: int, x: float, alpha: float) -> tupl
 class SeasonalBaselines:
     """All baselines, keyed by (group, destination key), with a cap and idle eviction."""
 
-    __slots__ = ("evicted_capacity", "evicted_idle", "max_keys", "records", "season")
+    __slots__ = (
+        "changed",
+        "epoch",
+        "evicted_capacity",
+        "evicted_idle",
+        "max_keys",
+        "records",
+        "season",
+    )
 
     def __init__(self, max_keys: int = 100_000, season: SeasonKeyer | None = None) -> None:
         self.max_keys = max_keys
@@ -98,6 +122,17 @@ class SeasonalBaselines:
         self.records: dict[BaselineKey, bytearray] = {}
         self.evicted_capacity = 0
         self.evicted_idle = 0
+        #: keys learned or forgotten since a reader (the metrics view) last emptied it;
+        #: None, and not kept, until a reader asks for it with :meth:`track_changes`
+        self.changed: set[BaselineKey] | None = None
+        #: bumped when every record is replaced at once (a restored state)
+        self.epoch = 0
+
+    def track_changes(self) -> set[BaselineKey]:
+        """Start (or keep) collecting the keys that change; the reader empties the set."""
+        if self.changed is None:
+            self.changed = set()
+        return self.changed
 
     def __len__(self) -> int:
         return len(self.records)
@@ -122,7 +157,10 @@ class SeasonalBaselines:
         header_unpack, header_pack = _HEADER.unpack_from, _HEADER.pack_into
         slot_unpack, slot_pack = _SLOT.unpack_from, _SLOT.pack_into
         log2 = math.log2
+        changed = self.changed
         for key, byte_count in items:
+            if changed is not None:
+                changed.add(key)
             record = records.get(key)
             if record is None:
                 if len(records) >= self.max_keys:
@@ -195,6 +233,41 @@ class SeasonalBaselines:
             return Expectation(best[0], max(best[1], MIN_SPREAD), n, first, basis)
         return Expectation(level, max(spread, MIN_SPREAD), n, first, "overall")
 
+    def expected_bytes(
+        self, keys: Sequence[BaselineKey], event_time: float
+    ) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """``expect(key, event_time).bytes`` for every key (NaN when unknown), all at once.
+
+        The same rules as :meth:`expect`, on the records viewed as one numpy array: the
+        metrics view evaluates up to max_keys baselines when the hour changes, which costs
+        ~5 µs a key one by one and well under 1 µs this way.
+        """
+        records = self.records
+        found = list(map(records.get, keys))
+        known: np.ndarray[Any, np.dtype[np.bool_]] | None = None
+        raw: list[bytes | bytearray]
+        if None in found:
+            known = np.fromiter((record is not None for record in found), bool, len(found))
+            empty = bytes(RECORD_SIZE)
+            raw = [empty if record is None else record for record in found]
+        else:
+            raw = found  # type: ignore[assignment]
+        table = np.frombuffer(b"".join(raw), dtype=_RECORD_DTYPE)
+        slot = self.season.slot(event_time)
+        hour, weekend = slot % 24, slot // 24
+        same = [weekend * 24 + (hour + dh) % 24 for dh in (-1, 0, 1)]
+        other = [(1 - weekend) * 24 + (hour + dh) % 24 for dh in (-1, 0, 1)]
+        slots = table["slots"][:, same + other]
+        usable = slots["n"] >= MIN_SLOT_OBSERVATIONS
+        same_only = np.all(usable[:, :3], axis=1, keepdims=True)
+        usable[:, 3:] &= ~same_only
+        best = np.where(usable, slots["level"].astype(np.float64), -np.inf).max(axis=1)
+        level = np.where(usable.any(axis=1), best, table["level"].astype(np.float64))
+        result = np.maximum(np.exp2(level) - 1.0, 0.0)
+        if known is not None:
+            result[~known] = np.nan
+        return result
+
     def summary(self, key: BaselineKey) -> dict[str, object] | None:
         """A JSON-friendly view of one baseline (for the HTTP API)."""
         record = self.records.get(key)
@@ -225,6 +298,8 @@ class SeasonalBaselines:
         stale = [k for k, r in self.records.items() if _HEADER.unpack_from(r, 0)[1] < horizon]
         for key in stale:
             del self.records[key]
+        if self.changed is not None:
+            self.changed.update(stale)
         self.evicted_idle += len(stale)
         return len(stale)
 
@@ -236,6 +311,8 @@ class SeasonalBaselines:
         )
         for key, _record in oldest:
             del self.records[key]
+        if self.changed is not None:
+            self.changed.update(key for key, _record in oldest)
         self.evicted_capacity += len(oldest)
 
     # -- persistence ------------------------------------------------------------------------
@@ -255,6 +332,7 @@ class SeasonalBaselines:
                 raise ValueError(f"malformed baseline entry {text!r}")
             records[(group, dest)] = bytearray(raw)
         self.records = records
+        self.epoch += 1
 
 
 def timezone_named(name: str) -> tzinfo:

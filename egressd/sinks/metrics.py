@@ -10,11 +10,13 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from egressd import __version__
+from egressd.baseline.seasonal import BaselineKey, SeasonalBaselines
 from egressd.detect.alerts import FIRING
 from egressd.detect.detectors import SPIKE, UNEXPECTED
 from egressd.enrich import DestinationLabels
@@ -46,6 +48,131 @@ class DaemonStats:
     geo_reload_errors: int = 0
 
 
+class BaselineGauge:
+    """Seasonal expectations summed by metric labels, re-evaluated only where they can differ.
+
+    An expectation changes when its baseline learns an interval (or is forgotten), and for
+    every key when the event time enters another hour slot. A scrape evaluates just those
+    keys, in one batch, so an unchanged scrape costs nothing per baseline.
+    """
+
+    __slots__ = (
+        "_baselines",
+        "_changed",
+        "_codes",
+        "_epoch",
+        "_label_index",
+        "_label_sets",
+        "_per_key",
+        "_shape",
+        "_totals",
+        "evaluated",
+    )
+
+    def __init__(self) -> None:
+        self._baselines: SeasonalBaselines | None = None
+        self._changed: set[BaselineKey] = set()
+        self._epoch = -1
+        #: (season slot, regions, asn) the values were computed for
+        self._shape: tuple[int, bool, bool] | None = None
+        #: key -> expected bytes, and key -> index of its label values in ``_label_sets``
+        self._per_key: dict[BaselineKey, float] = {}
+        self._codes: dict[BaselineKey, int] = {}
+        self._label_sets: list[tuple[str, ...]] = []
+        self._label_index: dict[tuple[str, ...], int] = {}
+        #: per label set: [expected bytes, keys contributing]
+        self._totals: list[list[float]] = []
+        #: expectations evaluated so far (a counter)
+        self.evaluated = 0
+
+    def expected(
+        self, baselines: SeasonalBaselines, now: float, regions: bool, asn: bool
+    ) -> dict[tuple[str, ...], float]:
+        shape = (baselines.season.slot(now), regions, asn)
+        if (
+            baselines is not self._baselines
+            or baselines.epoch != self._epoch
+            or shape != self._shape
+        ):
+            if (
+                self._shape is None
+                or self._shape[1:] != shape[1:]
+                or len(self._codes) > len(baselines)
+            ):
+                self._codes.clear()
+                self._label_sets.clear()
+                self._label_index.clear()
+            self._baselines, self._epoch, self._shape = baselines, baselines.epoch, shape
+            self._changed = baselines.track_changes()
+            self._changed.clear()
+            self._evaluate_all(baselines, now, regions, asn)
+        elif self._changed:
+            keys = list(self._changed)
+            self._changed.clear()
+            self._evaluate_some(baselines, keys, now, regions, asn)
+        return {
+            self._label_sets[code]: total[0]
+            for code, total in enumerate(self._totals)
+            if total[1] > 0
+        }
+
+    def _code(self, key: BaselineKey, regions: bool, asn: bool) -> int:
+        code = self._codes.get(key)
+        if code is None:
+            dest = DestinationLabels.from_key(key[1])
+            values = EgressdCollector.label_values(key[0], dest, regions, asn)
+            code = self._label_index.get(values)
+            if code is None:
+                code = self._label_index[values] = len(self._label_sets)
+                self._label_sets.append(values)
+            self._codes[key] = code
+        return code
+
+    def _evaluate_all(
+        self, baselines: SeasonalBaselines, now: float, regions: bool, asn: bool
+    ) -> None:
+        keys = list(baselines.keys())
+        self.evaluated += len(keys)
+        values = baselines.expected_bytes(keys, now)
+        codes_of, code = self._codes, self._code
+        codes = np.fromiter(
+            (codes_of[key] if key in codes_of else code(key, regions, asn) for key in keys),
+            dtype=np.int64,
+            count=len(keys),
+        )
+        width = len(self._label_sets)
+        sums = np.bincount(codes, weights=values, minlength=width)
+        counts = np.bincount(codes, minlength=width)
+        self._totals = [[float(a), float(b)] for a, b in zip(sums, counts, strict=True)]
+        self._per_key = dict(zip(keys, values.tolist(), strict=True))
+
+    def _evaluate_some(
+        self,
+        baselines: SeasonalBaselines,
+        keys: list[BaselineKey],
+        now: float,
+        regions: bool,
+        asn: bool,
+    ) -> None:
+        self.evaluated += len(keys)
+        per_key, totals = self._per_key, self._totals
+        for key, value in zip(keys, baselines.expected_bytes(keys, now).tolist(), strict=True):
+            code = self._code(key, regions, asn)
+            while code >= len(totals):
+                totals.append([0.0, 0.0])
+            total = totals[code]
+            old = per_key.pop(key, None)
+            if old is not None:
+                total[0] -= old
+                total[1] -= 1
+            if value == value:  # not NaN: the key is known
+                per_key[key] = value
+                total[0] += value
+                total[1] += 1
+            elif total[1] == 0:
+                total[0] = 0.0
+
+
 class EgressdCollector(Collector):
     """Turns engine, source, sink and daemon counters into metric families on each scrape."""
 
@@ -60,6 +187,7 @@ class EgressdCollector(Collector):
         self._sources = sources
         self._daemon = daemon
         self._alertmanager = alertmanager
+        self._baseline_view = BaselineGauge()
 
     def collect(self) -> Iterable[Metric]:
         engine = self._engine()
@@ -88,7 +216,7 @@ class EgressdCollector(Collector):
         return names
 
     @staticmethod
-    def _label_values(
+    def label_values(
         group: str, dest: DestinationLabels, regions: bool, asn: bool
     ) -> tuple[str, ...]:
         values: tuple[str, ...] = (group, dest.country)
@@ -105,7 +233,7 @@ class EgressdCollector(Collector):
         # Closed intervals plus what open buckets hold, so the counter moves as bytes arrive.
         for source in (engine.stats.egress_by_destination, engine.aggregator.open_totals()):
             for (group, dest), size in source.items():
-                values = self._label_values(group, dest, regions, asn)
+                values = self.label_values(group, dest, regions, asn)
                 totals[values] = totals.get(values, 0) + size
         egress = CounterMetricFamily(
             PREFIX + "egress_bytes",
@@ -122,21 +250,17 @@ class EgressdCollector(Collector):
             labels=names,
         )
         now = engine.event_time()
-        expected: dict[tuple[str, ...], float] = {}
         if now > -math.inf:
-            intern: dict[str, DestinationLabels] = {}
-            for key in list(engine.baselines.keys()):
-                expectation = engine.baselines.expect(key, now)
-                if expectation is None:
-                    continue
-                labels = intern.get(key[1])
-                if labels is None:
-                    labels = intern[key[1]] = DestinationLabels.from_key(key[1])
-                values = self._label_values(key[0], labels, regions, asn)
-                expected[values] = expected.get(values, 0.0) + expectation.bytes
-        for values, expected_bytes in sorted(expected.items()):
-            baseline.add_metric(list(values), round(expected_bytes))
+            expected = self._baseline_view.expected(engine.baselines, now, regions, asn)
+            for values, expected_bytes in sorted(expected.items()):
+                baseline.add_metric(list(values), round(expected_bytes))
         yield baseline
+        yield _counter(
+            "baseline_expectations_evaluated",
+            "Baseline expectations evaluated for egress_baseline_bytes (keys that changed "
+            "since the last scrape; every key when the hour of day moved)",
+            self._baseline_view.evaluated,
+        )
 
         yield _gauge("baseline_keys", "Baselines kept (group x destination)", len(engine.baselines))
         yield _counter(
