@@ -113,21 +113,41 @@ def build_sources(config: Config) -> list[Source]:
 
 
 class EngineFeed:
-    """The RecordSink sources deliver to: runs the engine, forwards alert transitions."""
+    """The RecordSink sources deliver to: runs the engine, forwards alert transitions.
 
-    __slots__ = ("_daemon", "last_event_time", "last_wall")
+    It also remembers when flows last moved event time on (``last_event_time`` at wall time
+    ``last_wall``): whenever event time stops moving for :data:`IDLE_AFTER`, because sources
+    went quiet or because the only exporter's clock stalled or stepped back, wall time takes
+    over (:meth:`Daemon.idle_tick`) and intervals keep closing.
+    """
 
-    def __init__(self, daemon: Daemon) -> None:
+    __slots__ = ("_daemon", "last_event_time", "last_wall", "monotonic", "wall")
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        *,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._daemon = daemon
-        self.last_wall = time.monotonic()
+        self.wall = wall
+        self.monotonic = monotonic
+        self.last_wall = monotonic()
         self.last_event_time = -math.inf
 
     def submit(self, records: Sequence[FlowRecord]) -> None:
         daemon = self._daemon
-        daemon.engine.future_limit = time.time() + daemon.config.detection.max_clock_ahead
-        alerts = daemon.engine.process(records)
-        self.last_wall = time.monotonic()
-        self.last_event_time = daemon.engine.event_time()
+        engine = daemon.engine
+        engine.future_limit = self.wall() + daemon.config.detection.max_clock_ahead
+        before = engine.event_time()
+        alerts = engine.process(records)
+        after = engine.event_time()
+        # Only flows that move event time on are progress: flows stamped behind it (a clock
+        # stepped back) arrive steadily yet would hold every interval open.
+        if after > before:
+            self.last_wall = self.monotonic()
+            self.last_event_time = after
         if alerts:
             daemon.publish(alerts)
 
@@ -362,13 +382,15 @@ class Daemon:
             self.reload_geo()
 
     async def _ticker(self) -> None:
-        """Idle watermark and status line: event time follows wall time while sources are quiet."""
+        """Idle watermark and status line: wall time moves event time while it stands still."""
         while True:
             await asyncio.sleep(TICK)
-            self.idle_tick(time.monotonic())
+            self.idle_tick(self.feed.monotonic())
             self.notifier.status(self._status())
 
     def idle_tick(self, now: float) -> None:
+        """Move event time on at wall-clock pace from where flows last moved it, once they
+        have not for IDLE_AFTER (``now`` is the feed's monotonic clock)."""
         feed = self.feed
         if feed.last_event_time == -math.inf:
             return
@@ -431,7 +453,7 @@ class Daemon:
                     source.request_checkpoint = self.save
                 await source.start(self.feed)
                 started.append(source)
-            self.feed.last_wall = time.monotonic()
+            self.feed.last_wall = self.feed.monotonic()
 
             def spawn(name: str, coro: Coroutine[Any, Any, Any]) -> None:
                 background.append(loop.create_task(coro, name=name))

@@ -469,7 +469,7 @@ class EgressdCollector(Collector):
         )
         yield _counter(
             "idle_advances",
-            "Times event time was moved on by wall time (idle sources)",
+            "Times wall time moved event time on (sources quiet, or exporter clocks behind)",
             d.idle_advances,
         )
         yield _counter("alert_log_errors", "Alert log writes that failed", d.alert_log_errors)

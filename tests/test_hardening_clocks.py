@@ -1,0 +1,100 @@
+"""Clocks that lie: an exporter stepping back, a state file from the future, a far-future record.
+
+Event time follows the flows; whenever it stops moving, wall time (in the daemon) or the
+stream itself (in replay) must keep intervals closing, or nothing pages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from egressd.app import IDLE_AFTER, TICK, Daemon, EngineFeed
+from egressd.config import parse_config
+from egressd.detect.alerts import FIRING
+from egressd.model import FlowRecord
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["GB", "US"]
+
+[detection]
+interval = "5m"
+allowed_lateness = "1m"
+
+[state]
+path = "{state}"
+"""
+
+T0 = 1_773_064_800.0  # an interval boundary
+US = "3.5.140.2"
+CN = "47.100.23.45"
+
+
+class FakeClock:
+    """Wall time T0 + t and a monotonic clock t, moved by the test."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def wall(self) -> float:
+        return T0 + self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+def live_daemon(tmp_path: Path, clock: FakeClock) -> Daemon:
+    daemon = Daemon(parse_config(CONFIG.format(state=tmp_path / "s.json")), environ={}, sources=[])
+    daemon.feed = EngineFeed(daemon, wall=clock.wall, monotonic=clock.monotonic)
+    daemon.restore_state()
+    return daemon
+
+
+def cn_firing(daemon: Daemon) -> bool:
+    return any(
+        a.state == FIRING and a.labels["dst_country"] == "CN" for a in daemon.engine.active_alerts()
+    )
+
+
+def test_the_only_exporter_stepping_its_clock_back_an_hour_still_pages(tmp_path: Path) -> None:
+    clock = FakeClock()
+    daemon = live_daemon(tmp_path, clock)
+    step_back_at, exfiltration_at = 600.0, 900.0
+    fired_at = None
+    while clock.t <= 2400 and fired_at is None:
+        if clock.t % 10 == 0:
+            # The exporter stamps flows with its own clock, an hour behind from step_back_at.
+            stamp = clock.wall() - (3600 if clock.t >= step_back_at else 0)
+            batch = [FlowRecord(stamp - 10, stamp, "10.20.0.5", US, 1_000_000, 800)]
+            if clock.t == exfiltration_at:
+                batch.append(FlowRecord(stamp - 10, stamp, "10.20.0.17", CN, 100_000_000, 70_000))
+            daemon.feed.submit(batch)
+        daemon.idle_tick(clock.monotonic())  # the ticker, every TICK seconds
+        if cn_firing(daemon):
+            fired_at = clock.t
+        clock.t += TICK
+    assert fired_at is not None, "the exfiltration never paged"
+    # Within an interval plus the lateness (and the idle delay) of wall time, as when quiet.
+    assert fired_at - exfiltration_at <= 300 + 60 + IDLE_AFTER + 2 * TICK
+    # Event time kept up with wall time through the step.
+    assert daemon.engine.event_time() >= clock.wall() - IDLE_AFTER - 2 * TICK
+    assert daemon.stats.idle_advances > 0
+
+
+def test_a_punctual_exporter_is_not_overtaken_by_wall_time(tmp_path: Path) -> None:
+    """While flows move event time on, wall time leaves it alone."""
+    clock = FakeClock()
+    daemon = live_daemon(tmp_path, clock)
+    while clock.t <= 900:
+        if clock.t % 10 == 0:
+            stamp = clock.wall() - 30  # export delay
+            daemon.feed.submit([FlowRecord(stamp - 10, stamp, "10.20.0.5", US, 1_000_000, 800)])
+        daemon.idle_tick(clock.monotonic())
+        clock.t += TICK
+    assert daemon.stats.idle_advances == 0
+    assert daemon.engine.aggregator.late_records == 0
