@@ -185,6 +185,8 @@ class Daemon:
         )
         self.registry = build_registry(collector)
         self.http = HttpServer(config.http, self.registry, self)
+        if self.http.auth is not None:
+            self.stats.http_auth = self.http.auth.outcomes
         self.notifier = Notifier(env)
         self.feed = EngineFeed(self)
         self._positions: dict[str, Any] = {}

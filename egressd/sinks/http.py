@@ -6,13 +6,18 @@ web configuration.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import importlib
 import logging
+import os
 import ssl
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import orjson
@@ -25,7 +30,14 @@ from egressd.errors import ConfigError
 log = logging.getLogger("egressd.http")
 
 _JSON = "application/json"
-_AUTH_CACHE_SIZE = 64
+#: verified (user, password) pairs remembered, and for how long
+AUTH_CACHE_SIZE = 256
+AUTH_CACHE_TTL = 300.0
+#: bcrypt checks running at once (threads beside the event loop) and waiting for one
+AUTH_WORKERS = 1
+AUTH_QUEUE = 16
+#: bcrypt takes at most this many password bytes; longer ones are refused, not truncated
+BCRYPT_MAX_PASSWORD = 72
 
 
 class DaemonView(Protocol):
@@ -45,13 +57,29 @@ class DaemonView(Protocol):
 
 
 class BasicAuth:
-    """Checks ``Authorization: Basic`` against bcrypt hashes; remembers recent successes.
+    """Checks ``Authorization: Basic`` against bcrypt hashes, off the event loop.
 
-    bcrypt is slow on purpose; Prometheus scrapes every few seconds, so a verified
-    (user, password) pair is cached by its SHA-256 instead of being re-hashed each time.
+    bcrypt is slow on purpose (tens to hundreds of ms per check), so it never runs on the
+    event loop: at most ``AUTH_WORKERS`` checks run at once in their own threads, at most
+    ``AUTH_QUEUE`` more wait, and any further attempt is refused at once (counted as
+    ``busy``). Wrong passwords therefore cost one core at most and cannot stall the
+    collector. A verified (user, password) pair is remembered for ``AUTH_CACHE_TTL`` under
+    an HMAC with a per-process random key, so Prometheus' scrapes are one hash each. An
+    unknown user is checked against a dummy hash of the same cost as the configured ones,
+    so answering takes as long as for a known user with a wrong password. A password over
+    72 bytes (bcrypt's limit) is refused without hashing.
     """
 
-    __slots__ = ("_bcrypt", "_cache", "_users")
+    __slots__ = (
+        "_bcrypt",
+        "_cache",
+        "_dummy",
+        "_key",
+        "_pending",
+        "_pool",
+        "_users",
+        "outcomes",
+    )
 
     def __init__(self, users: tuple[tuple[str, str], ...]) -> None:
         try:
@@ -62,28 +90,100 @@ class BasicAuth:
             ) from None
         self._bcrypt = bcrypt
         self._users = {user: hashed.encode() for user, hashed in users}
-        self._cache: dict[bytes, str] = {}
+        self._dummy = bcrypt.hashpw(os.urandom(16).hex().encode(), bcrypt.gensalt(_cost(users)))
+        self._key = os.urandom(32)
+        self._cache: OrderedDict[bytes, float] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending = 0
+        #: attempts by outcome: ok, cached, wrong, unknown_user, too_long, malformed, busy
+        self.outcomes: dict[str, int] = dict.fromkeys(AUTH_OUTCOMES, 0)
 
-    def check(self, header: str | None) -> bool:
-        if not header or not header.startswith("Basic "):
-            return False
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def check(self, header: str | None) -> bool:
+        """True when ``header`` carries a configured user and its password."""
+        return await self.verify(header) in ("ok", "cached")
+
+    async def verify(self, header: str | None) -> str:
+        """The outcome of one attempt: one of ``AUTH_OUTCOMES``; "ok"/"cached" let it in."""
+        credentials = _credentials(header)
+        if credentials is None:
+            return self._count("malformed")
+        user, password = credentials
+        if len(password) > BCRYPT_MAX_PASSWORD:
+            return self._count("too_long")
+        token = hmac.new(self._key, user + b"\0" + password, hashlib.sha256).digest()
+        now = time.monotonic()
+        expiry = self._cache.get(token)
+        if expiry is not None:
+            if expiry > now:
+                return self._count("cached")
+            del self._cache[token]
+        if self._pending >= AUTH_WORKERS + AUTH_QUEUE:
+            return self._count("busy")
         try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            hashed = self._users.get(user.decode())
+        except UnicodeDecodeError:
+            hashed = None
+        known = hashed is not None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(AUTH_WORKERS, thread_name_prefix="egressd-auth")
+        self._pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(
+                self._pool, self._verify, password, hashed if known else self._dummy
+            )
+        finally:
+            self._pending -= 1
+        if not known:
+            return self._count("unknown_user")
+        if not ok:
+            return self._count("wrong")
+        self._cache[token] = now + AUTH_CACHE_TTL
+        while len(self._cache) > AUTH_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return self._count("ok")
+
+    def _verify(self, password: bytes, hashed: bytes | None) -> bool:
+        try:
+            return bool(self._bcrypt.checkpw(password, hashed))
+        except ValueError:  # a malformed hash (check-config refuses those) or password
             return False
-        hashed = self._users.get(user)
-        if hashed is None:
-            return False
-        token = hashlib.sha256(f"{user}\0{password}".encode()).digest()
-        cached = self._cache.get(token)
-        if cached is not None:
-            return hmac.compare_digest(cached, user)
-        if not self._bcrypt.checkpw(password.encode(), hashed):
-            return False
-        if len(self._cache) >= _AUTH_CACHE_SIZE:
-            self._cache.clear()
-        self._cache[token] = user
-        return True
+
+    def _count(self, outcome: str) -> str:
+        self.outcomes[outcome] += 1
+        return outcome
+
+
+AUTH_OUTCOMES = ("ok", "cached", "wrong", "unknown_user", "too_long", "malformed", "busy")
+
+
+def _credentials(header: str | None) -> tuple[bytes, bytes] | None:
+    """(user, password) of a Basic ``Authorization`` header, or None when it is not one."""
+    if not header or not header.startswith("Basic ") or len(header) > 4096:
+        return None
+    try:
+        decoded = base64.b64decode(header[6:], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, colon, password = decoded.partition(b":")
+    if not colon:
+        return None
+    return user, password
+
+
+def _cost(users: tuple[tuple[str, str], ...]) -> int:
+    """The highest bcrypt cost among the configured hashes (``$2b$12$...`` is 12)."""
+    costs = []
+    for _user, hashed in users:
+        parts = hashed.split("$")
+        if len(parts) > 2 and parts[2].isdigit():
+            costs.append(int(parts[2]))
+    return min(max(max(costs), 4), 31) if costs else 12
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -116,7 +216,12 @@ class HttpServer:
     @web.middleware
     async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         assert self.auth is not None
-        if not self.auth.check(request.headers.get("Authorization")):
+        outcome = await self.auth.verify(request.headers.get("Authorization"))
+        if outcome == "busy":
+            return web.Response(
+                status=503, text="too many login attempts\n", headers={"Retry-After": "1"}
+            )
+        if outcome not in ("ok", "cached"):
             return web.Response(
                 status=401,
                 text="unauthorised\n",
@@ -155,6 +260,8 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.auth is not None:
+            self.auth.close()
 
     # -- handlers ---------------------------------------------------------------------------
 

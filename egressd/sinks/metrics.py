@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -46,6 +46,8 @@ class DaemonStats:
     alert_log_errors: int = 0
     geo_reloads: int = 0
     geo_reload_errors: int = 0
+    #: HTTP basic-auth attempts by outcome (the auth checker's own dict; empty without auth)
+    http_auth: dict[str, int] = field(default_factory=dict)
 
 
 class BaselineGauge:
@@ -473,6 +475,13 @@ class EgressdCollector(Collector):
             d.idle_advances,
         )
         yield _counter("alert_log_errors", "Alert log writes that failed", d.alert_log_errors)
+        if d.http_auth:
+            yield _counter(
+                "http_auth_attempts",
+                "HTTP basic-auth attempts by outcome (busy: refused, checks queue full)",
+                [([outcome], float(n)) for outcome, n in sorted(d.http_auth.items())],
+                ["outcome"],
+            )
 
     def _alertmanager_metrics(self) -> Iterable[Metric]:
         am = self._alertmanager or AlertmanagerStats()
