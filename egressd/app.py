@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,13 @@ EXIT_ERROR = 1
 IDLE_AFTER = 10.0
 #: how often the idle watermark, the status line and readiness are looked at
 TICK = 2.0
+
+
+def _utc_text(seconds: float) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return repr(seconds)
 
 
 def default_config() -> Config:
@@ -268,8 +276,24 @@ class Daemon:
                     len(self.engine.baselines),
                     len(self.engine.book.active),
                 )
+                self._clamp_restored_time(path)
         self.feed.last_event_time = self.engine.event_time()
         self._state_loaded = True
+
+    def _clamp_restored_time(self, path: Path) -> None:
+        """A state saved by a clock far ahead must not freeze detection until time catches up."""
+        limit = self.feed.wall() + self.config.detection.max_clock_ahead
+        ahead = self.engine.clamp_event_time(limit)
+        if ahead is None:
+            return
+        self.stats.state_time_clamped += 1
+        log.warning(
+            "state from %s reaches event time %s, more than detection.max_clock_ahead past "
+            "wall time: event time set back to %s",
+            path,
+            _utc_text(ahead),
+            _utc_text(self.engine.event_time()),
+        )
 
     async def save(self) -> bool:
         """Save the engine's state (and source positions) atomically; True when saved."""

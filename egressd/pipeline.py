@@ -365,6 +365,46 @@ class Engine:
             raise ValueError(f"malformed state: {exc}") from exc
         self.restored = True
 
+    def clamp_event_time(self, limit: float) -> float | None:
+        """Bring restored event time back to ``limit`` at most; the old time if it was later.
+
+        A state file written by a clock far ahead (or edited) would otherwise hold every
+        interval open until real time caught up: flows would all be late, accounted in an
+        interval that never closes. The watermark, the closed-up-to mark and the last
+        evaluated interval go back with it, and open intervals beyond ``limit`` merge into
+        the interval holding it, so what they counted still gets judged.
+        """
+        aggregator = self.aggregator
+        interval = aggregator.interval
+        ahead = max(aggregator.max_time, aggregator.closed_upto, self.last_tick)
+        target = limit - limit % interval
+        if not ahead > limit and all(start <= target for start in aggregator.buckets):
+            return None
+        aggregator.max_time = min(aggregator.max_time, limit)
+        watermark = limit - aggregator.lateness
+        closed = watermark - watermark % interval
+        aggregator.closed_upto = min(aggregator.closed_upto, closed)
+        self.last_tick = min(self.last_tick, closed)
+        future = sorted(start for start in aggregator.buckets if start > target)
+        if future:
+            into = aggregator.bucket(target)
+            for start in future:
+                for key, accum in aggregator.buckets.pop(start).items():
+                    merged = into.get(key)
+                    if merged is None:
+                        into[key] = accum
+                        continue
+                    merged.bytes += accum.bytes
+                    merged.packets += accum.packets
+                    merged.flows += accum.flows
+                    merged.sources.merge(accum.sources)
+                    merged.destinations.merge(accum.destinations)
+        aggregator.next_due = min(
+            (start + interval + aggregator.lateness for start in aggregator.buckets),
+            default=math.inf,
+        )
+        return ahead
+
     def _restore_parts(self, data: dict[str, Any]) -> None:
         self.baselines.load_json(data["baselines"])
         self.policy.load_json(data["learned"])

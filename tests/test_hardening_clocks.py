@@ -6,11 +6,14 @@ stream itself (in replay) must keep intervals closing, or nothing pages.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import pytest
 
 from egressd.app import IDLE_AFTER, TICK, Daemon, EngineFeed
 from egressd.config import parse_config
-from egressd.detect.alerts import FIRING
+from egressd.detect.alerts import FIRING, Alert
 from egressd.model import FlowRecord
 
 CONFIG = """
@@ -98,3 +101,61 @@ def test_a_punctual_exporter_is_not_overtaken_by_wall_time(tmp_path: Path) -> No
         clock.t += TICK
     assert daemon.stats.idle_advances == 0
     assert daemon.engine.aggregator.late_records == 0
+
+
+@pytest.mark.parametrize(
+    "ahead",
+    [86400.0, 32_503_680_000.0 - T0],  # a day ahead; the year 3000
+    ids=["one-day", "year-3000"],
+)
+async def test_a_state_file_from_the_future_is_set_back_on_load(
+    tmp_path: Path, ahead: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A daemon whose clock ran `ahead` saves its state with an open interval in it.
+    future = FakeClock()
+    future.t = ahead
+    first = live_daemon(tmp_path, future)
+    stamp = future.wall()
+    first.feed.submit([FlowRecord(stamp - 10, stamp, "10.20.0.5", US, 7_000, 5)])
+    assert first.engine.aggregator.open_totals()
+    assert await first.save()
+
+    clock = FakeClock()
+    with caplog.at_level(logging.WARNING, logger="egressd"):
+        daemon = live_daemon(tmp_path, clock)
+    assert daemon.stats.state_restored
+    assert daemon.stats.state_time_clamped == 1
+    assert "max_clock_ahead" in caplog.text
+    limit = clock.wall() + daemon.config.detection.max_clock_ahead
+    assert daemon.engine.event_time() <= limit
+    assert daemon.engine.aggregator.closed_upto <= limit
+    assert daemon.engine.last_tick <= limit
+    # What the open interval counted is kept, in an interval that can close.
+    assert sum(daemon.engine.aggregator.open_totals().values()) == 7_000
+    assert all(start <= limit for start in daemon.engine.aggregator.buckets)
+
+    # The demo's exfiltration (6 GB to CN) now pages at wall time, within an interval.
+    fired: list[Alert] = []
+    while clock.t <= 1200 and not fired:
+        if clock.t % 10 == 0 and clock.t <= 600:
+            stamp = clock.wall()
+            daemon.feed.submit(
+                [FlowRecord(stamp - 10, stamp, "10.20.0.17", CN, 100_000_000, 70_000)]
+            )
+        daemon.idle_tick(clock.monotonic())
+        fired = [a for a in daemon.engine.active_alerts() if a.labels["dst_country"] == "CN"]
+        clock.t += TICK
+    assert fired, "nothing paged after restoring a state from the future"
+    assert fired[0].starts_at <= clock.wall() + daemon.config.detection.max_clock_ahead
+
+
+async def test_a_state_from_the_recent_past_is_left_alone(tmp_path: Path) -> None:
+    past = FakeClock()
+    past.t = -3600
+    first = live_daemon(tmp_path, past)
+    stamp = past.wall()
+    first.feed.submit([FlowRecord(stamp - 10, stamp, "10.20.0.5", US, 7_000, 5)])
+    assert await first.save()
+    daemon = live_daemon(tmp_path, FakeClock())
+    assert daemon.stats.state_time_clamped == 0
+    assert daemon.engine.event_time() == stamp

@@ -43,6 +43,8 @@ class DaemonStats:
     state_values_clamped: int = 0
     state_restored: bool = False
     idle_advances: int = 0
+    #: restored states whose event time was ahead of wall time + max_clock_ahead (set back)
+    state_time_clamped: int = 0
     alert_log_errors: int = 0
     geo_reloads: int = 0
     geo_reload_errors: int = 0
@@ -468,6 +470,11 @@ class EgressdCollector(Collector):
             "state_restored",
             "1 when learned state was restored at start",
             1.0 if d.state_restored else 0.0,
+        )
+        yield _counter(
+            "state_time_clamped",
+            "Restored states whose event time lay past wall time + detection.max_clock_ahead",
+            d.state_time_clamped,
         )
         yield _counter(
             "idle_advances",
