@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import BinaryIO
+
+import orjson
 
 from egressd import __version__
 from egressd.config import Config, load_config
@@ -47,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
         "--state", type=Path, help="load learned state from and save it to this file"
     )
     replay.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
+    replay.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.html",
+        help="write a self-contained HTML report (charts, daily totals, alerts with evidence)",
+    )
+    shown = replay.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--summary",
+        action="store_true",
+        help="print egress per group, day and destination, and the alerts, as a table on "
+        "stdout instead of alert events",
+    )
+    shown.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report data as one JSON document on stdout instead of alert events",
+    )
     replay.add_argument("inputs", nargs="+", metavar="INPUT", help="input files ('-' for stdin)")
 
     check = sub.add_parser(
@@ -95,23 +118,52 @@ def _replay(args: argparse.Namespace) -> int:
     from egressd.replay import replay
 
     config = _load(args.config)
-    progress = sys.stderr if sys.stderr.isatty() and not args.quiet else None
-    if args.alerts_out is not None:
-        with open(args.alerts_out, "wb") as out:
-            summary = replay(
-                config, args.format, args.inputs, out, progress=progress, state_path=args.state
-            )
-    else:
+    terminal = sys.stderr.isatty() and not args.quiet
+    progress = sys.stderr if terminal else None
+    report = None
+    if args.report is not None or args.summary or args.json:
+        from egressd.report.collect import ReportCollector
+
+        report = ReportCollector(config.detection.interval)
+        if args.report is not None:
+            from egressd.report.html import require_report_libraries
+
+            require_report_libraries()  # before the replay, not after an hour of it
+    # With --summary or --json, stdout carries the report; alert events go to --alerts-out.
+    to_stdout = not (args.summary or args.json)
+    with contextlib.ExitStack() as stack:
+        if args.alerts_out is not None:
+            out: BinaryIO = stack.enter_context(open(args.alerts_out, "wb"))
+        elif to_stdout:
+            out = sys.stdout.buffer
+        else:
+            out = stack.enter_context(open(os.devnull, "wb"))
         summary = replay(
             config,
             args.format,
             args.inputs,
-            sys.stdout.buffer,
+            out,
             progress=progress,
             state_path=args.state,
+            report=report,
         )
+    lines = summary.lines()
+    if report is not None:
+        if args.report is not None:
+            from egressd.report.html import write_html
+
+            write_html(args.report, report.data, lines=lines, progress=progress)
+            lines.append(f"replay: report written to {args.report}")
+        if args.summary:
+            from egressd.report.text import render_text
+
+            sys.stdout.write(render_text(report.data))
+        elif args.json:
+            sys.stdout.buffer.write(orjson.dumps(report.data.to_json(), option=orjson.OPT_INDENT_2))
+            sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
     if not args.quiet:
-        for line in summary.lines():
+        for line in lines:
             print(line, file=sys.stderr)
     return EXIT_OK
 

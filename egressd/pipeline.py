@@ -7,7 +7,7 @@ the same engine, so replaying recorded flows gives the alerts living through the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,9 @@ class Engine:
         self.future_limit = math.inf
         self.restored = False
         self._link_rate = detection.max_link_rate
+        #: observer of every interval closed with data, called with (start, bucket) after
+        #: detection has seen it; replay reports collect from here. It must not change them.
+        self.on_interval: Callable[[float, Bucket], None] | None = None
 
     # -- configuration --------------------------------------------------------------------
 
@@ -278,6 +281,8 @@ class Engine:
         for start, bucket in buckets:
             changed.extend(self._empty_ticks(start))
             changed.extend(self._tick(start, bucket))
+            if self.on_interval is not None:
+                self.on_interval(start, bucket)
         return changed
 
     def _empty_ticks(self, upto: float) -> list[Alert]:

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import orjson
 
@@ -25,6 +25,9 @@ from egressd.pipeline import Engine
 from egressd.sources.files import read_file
 from egressd.stats import SourceStats
 from egressd.units import format_bytes
+
+if TYPE_CHECKING:
+    from egressd.report.collect import ReportCollector
 
 _CHUNK = 8192
 
@@ -72,15 +75,34 @@ def build_labeler(config: Config) -> DestinationLabeler:
 
 
 class _Progress:
-    __slots__ = ("_last", "_out", "_start")
+    """Records read so far and their rate on a terminal (``None``: say nothing).
+
+    tqdm draws it when installed (the ``report`` extra brings it); otherwise one line is
+    rewritten in place.
+    """
+
+    __slots__ = ("_bar", "_last", "_out", "_start")
 
     def __init__(self, out: TextIO | None) -> None:
         self._out = out
         self._start = time.monotonic()
         self._last = self._start
+        self._bar: Any = None
+        if out is not None:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(
+                file=out, desc="replay", unit=" records", unit_scale=True, mininterval=0.5
+            )
 
     def update(self, path: str, records: int) -> None:
         if self._out is None:
+            return
+        if self._bar is not None:
+            self._bar.set_description(f"replay {path}", refresh=False)
+            self._bar.update(records - self._bar.n)
             return
         now = time.monotonic()
         if now - self._last < 0.5:
@@ -91,7 +113,9 @@ class _Progress:
         self._out.flush()
 
     def done(self) -> None:
-        if self._out is not None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._out is not None:
             self._out.write("\r" + " " * 78 + "\r")
             self._out.flush()
 
@@ -105,8 +129,12 @@ def replay(
     progress: TextIO | None = None,
     state_path: Path | None = None,
     labeler: DestinationLabeler | None = None,
+    report: ReportCollector | None = None,
 ) -> ReplaySummary:
-    """Replay ``inputs`` in format ``fmt``; write alert events to ``out``; return a summary."""
+    """Replay ``inputs`` in format ``fmt``; write alert events to ``out``; return a summary.
+
+    ``report`` (when given) is shown every interval the engine closes and every alert event.
+    """
     engine = Engine(config, labeler or build_labeler(config))
     if state_path is not None:
         try:
@@ -116,13 +144,18 @@ def replay(
         except (StateError, ValueError, KeyError, TypeError) as exc:
             move_aside(state_path, str(exc))
             engine = Engine(config, engine.labeler)
+    if report is not None:
+        engine.on_interval = report.observe_interval
     summary = ReplaySummary()
     meter = _Progress(progress)
     started = time.monotonic()
 
     def emit(alerts: list[Alert]) -> None:
         for alert in alerts:
-            out.write(orjson.dumps(alert.event()) + b"\n")
+            event = alert.event()
+            out.write(orjson.dumps(event) + b"\n")
+            if report is not None:
+                report.alert(event)
             if alert.state == FIRING:
                 summary.firing += 1
             else:

@@ -1,0 +1,174 @@
+"""Report data gathered while a replay runs: no I/O, bounded by groups x destinations x days.
+
+The engine calls :meth:`ReportCollector.observe_interval` with every interval it closes
+(the same buckets detection saw); the replay hands it each alert event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from egressd.aggregate import Bucket
+from egressd.detect.alerts import parse_rfc3339
+from egressd.sketch import TopK
+
+#: top sources and destinations kept per (group, day, destination)
+TOP_CAPACITY = 16
+#: shown per row
+TOP_SHOWN = 3
+
+
+def day_of(event_time: float) -> str:
+    return datetime.fromtimestamp(event_time, UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(slots=True)
+class DayTotal:
+    """What one group sent to one destination (country, region, ASN) on one UTC day."""
+
+    group: str
+    day: str
+    country: str
+    region: str
+    asn: int
+    as_org: str
+    bytes: int = 0
+    packets: int = 0
+    flows: int = 0
+    sources: TopK = field(default_factory=lambda: TopK(TOP_CAPACITY))
+    destinations: TopK = field(default_factory=lambda: TopK(TOP_CAPACITY))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "day": self.day,
+            "country": self.country,
+            "region": self.region,
+            "asn": self.asn,
+            "as_org": self.as_org,
+            "bytes": self.bytes,
+            "packets": self.packets,
+            "flows": self.flows,
+            "top_sources": [[a, n] for a, n in self.sources.top(TOP_SHOWN)],
+            "top_destinations": [[a, n] for a, n in self.destinations.top(TOP_SHOWN)],
+        }
+
+
+@dataclass(slots=True)
+class AlertSpan:
+    """One alert from firing to resolved (``ends_at`` None while still firing at the end)."""
+
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float
+    ends_at: float | None = None
+
+    @property
+    def group(self) -> str:
+        return self.labels.get("group", "")
+
+    @property
+    def destination(self) -> str:
+        labels = self.labels
+        parts = [labels.get("dst_country", "")]
+        if labels.get("dst_region"):
+            parts.append(labels["dst_region"])
+        if labels.get("dst_asn"):
+            parts.append(f"AS{labels['dst_asn']}")
+        return " ".join(p for p in parts if p)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels,
+            "annotations": self.annotations,
+            "startsAt": datetime.fromtimestamp(self.starts_at, UTC).isoformat(),
+            "endsAt": (
+                datetime.fromtimestamp(self.ends_at, UTC).isoformat()
+                if self.ends_at is not None
+                else None
+            ),
+        }
+
+
+@dataclass(slots=True)
+class ReportData:
+    interval: float
+    #: group → country → interval start → egress bytes
+    series: dict[str, dict[str, dict[float, int]]] = field(default_factory=dict)
+    days: dict[tuple[str, str, str], DayTotal] = field(default_factory=dict)
+    alerts: list[AlertSpan] = field(default_factory=list)
+
+    def groups(self) -> list[str]:
+        return sorted(set(self.series) | {a.group for a in self.alerts})
+
+    def totals(self, group: str | None = None) -> list[DayTotal]:
+        """Day totals, by group, day, then bytes (largest first)."""
+        rows = [t for t in self.days.values() if group is None or t.group == group]
+        return sorted(rows, key=lambda t: (t.group, t.day, -t.bytes, t.country, t.region, t.asn))
+
+    def country_totals(self, group: str) -> dict[str, int]:
+        return {c: sum(points.values()) for c, points in self.series.get(group, {}).items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "interval_seconds": self.interval,
+            "groups": {
+                group: {
+                    "egress_by_country": {
+                        country: [
+                            [datetime.fromtimestamp(start, UTC).isoformat(), size]
+                            for start, size in sorted(points.items())
+                        ]
+                        for country, points in sorted(self.series.get(group, {}).items())
+                    },
+                    "days": [t.to_json() for t in self.totals(group)],
+                    "alerts": [a.to_json() for a in self.alerts if a.group == group],
+                }
+                for group in self.groups()
+            },
+        }
+
+
+class ReportCollector:
+    """Feeds :class:`ReportData` from closed intervals and alert events."""
+
+    __slots__ = ("_open", "data")
+
+    def __init__(self, interval: float) -> None:
+        self.data = ReportData(interval)
+        self._open: dict[tuple[tuple[str, str], ...], AlertSpan] = {}
+
+    def observe_interval(self, start: float, bucket: Bucket) -> None:
+        series = self.data.series
+        days = self.data.days
+        day = day_of(start)
+        for (group, dest), accum in bucket.items():
+            by_country = series.setdefault(group, {}).setdefault(dest.country, {})
+            by_country[start] = by_country.get(start, 0) + accum.bytes
+            key = (group, day, dest.key)
+            total = days.get(key)
+            if total is None:
+                total = days[key] = DayTotal(
+                    group, day, dest.country, dest.region, dest.asn, dest.as_org
+                )
+            total.bytes += accum.bytes
+            total.packets += accum.packets
+            total.flows += accum.flows
+            total.sources.merge(accum.sources)
+            total.destinations.merge(accum.destinations)
+
+    def alert(self, event: dict[str, Any]) -> None:
+        """One alert event (contract 2): a firing one opens a span, a resolved one ends it."""
+        labels = {str(k): str(v) for k, v in event["labels"].items()}
+        key = tuple(sorted(labels.items()))
+        opened = self._open.pop(key, None)
+        if event["status"] == "firing" or opened is None:
+            # (a resolved event without its firing one comes from a restored state file)
+            opened = AlertSpan(labels, dict(event["annotations"]), parse_rfc3339(event["startsAt"]))
+            self.data.alerts.append(opened)
+        if event["status"] == "firing":
+            self._open[key] = opened
+        else:
+            opened.ends_at = parse_rfc3339(event["endsAt"])

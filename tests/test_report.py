@@ -1,0 +1,327 @@
+"""``egressd replay --report/--summary/--json``: what each group sent where, and the alerts.
+
+The report's numbers are checked against an independent count of the scenario's flows; the
+HTML page is opened in a real headless Chromium (Debian's ``chromium``) with every host
+name unresolvable, so it must render from what it carries.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import pty
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import iptocc
+import orjson
+import pytest
+from scenarios import Scenario, generate
+
+from egressd.config import load_config
+from egressd.replay import replay
+from egressd.report.collect import ReportCollector
+from egressd.report.html import chart_figure, render_html
+from egressd.units import format_bytes
+from tests.integration_support import REPO, missing
+
+GROUPS = [
+    ("research", ["10.20.0.0/16", "fd00:20::/32"]),
+    ("office", ["10.30.0.0/16"]),
+    ("servers", ["10.40.0.0/16", "fd00:40::/32"]),
+    ("lab", ["10.60.0.0/16"]),
+]
+
+
+@pytest.fixture(scope="module")
+def scenario_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scenario, Path, Path]:
+    scenario = generate(seed=3, days=8)
+    directory = tmp_path_factory.mktemp("report")
+    flows = scenario.write(directory / "flows.goflow2.jsonl")
+    config = scenario.write_config(directory / "egressd.toml")
+    return scenario, flows, config
+
+
+def _group_of(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    for name, networks in GROUPS:
+        if any(ip in ipaddress.ip_network(n) for n in networks):
+            return name
+    return "other"
+
+
+def _independent_totals(scenario: Scenario) -> Counter[tuple[str, str, str]]:
+    """(group, UTC day, country) → bytes, from the flows themselves and iptocc."""
+    totals: Counter[tuple[str, str, str]] = Counter()
+    for flow in scenario.flows:
+        if not flow.src.startswith(("10.", "fd00:")) or flow.dst.startswith(("10.", "fd00:")):
+            continue
+        day = datetime.fromtimestamp(flow.end, UTC).strftime("%Y-%m-%d")
+        country = iptocc.country_code(flow.dst)
+        totals[_group_of(flow.src), day, country] += flow.real_bytes
+    return totals
+
+
+def _egressd(*args: str, stderr: int = subprocess.PIPE) -> subprocess.CompletedProcess[bytes]:
+    environment = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "egressd.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=environment,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_report_totals_match_the_flows_and_alerts_match_the_events(
+    scenario_files: tuple[Scenario, Path, Path], tmp_path: Path
+) -> None:
+    scenario, flows, config_path = scenario_files
+    config = load_config(config_path)
+    collector = ReportCollector(config.detection.interval)
+    events_path = tmp_path / "alerts.jsonl"
+    with open(events_path, "wb") as out:
+        summary = replay(config, "goflow2-json", [str(flows)], out, report=collector)
+    data = collector.data
+    assert summary.late_records == 0
+    got = Counter({(t.group, t.day, t.country): t.bytes for t in data.totals()})
+    assert +got == +_independent_totals(scenario)
+    assert sum(got.values()) == summary.egress_bytes
+    # The chart series hold the same bytes as the day table.
+    for group in data.groups():
+        assert sum(data.country_totals(group).values()) == sum(t.bytes for t in data.totals(group))
+    # Top talkers of a day are real sources of that group and destinations in that country.
+    for total in data.totals():
+        for address, _size in total.sources.top(3):
+            assert _group_of(address) == total.group
+        for address, _size in total.destinations.top(3):
+            assert iptocc.country_code(address) == total.country
+
+    events = [orjson.loads(line) for line in events_path.read_bytes().splitlines()]
+    firing = [e for e in events if e["status"] == "firing"]
+    assert len(firing) == len(data.alerts) >= len(scenario.expected)
+    for span, event in zip(data.alerts, firing, strict=True):
+        assert span.labels == event["labels"]
+        assert span.annotations == event["annotations"]
+    resolved = {tuple(sorted(e["labels"].items())): e["endsAt"] for e in events[len(firing) :]}
+    for span in data.alerts:
+        ends = resolved.get(tuple(sorted(span.labels.items())))
+        if ends is not None:
+            assert span.ends_at is not None
+            assert datetime.fromtimestamp(span.ends_at, UTC) == datetime.fromisoformat(ends)
+    # Every injected exfiltration shows in its group's chart as a marked alert.
+    for expected in scenario.expected:
+        figure = chart_figure(data, expected.group)
+        notes = [n["text"] for n in figure["layout"]["annotations"]]
+        assert f"{expected.alertname} {expected.dst_country}" in notes
+        assert expected.dst_country in {t["name"] for t in figure["data"]} or any(
+            t["name"].startswith("other") for t in figure["data"]
+        )
+
+
+def test_summary_and_json_on_stdout(scenario_files: tuple[Scenario, Path, Path]) -> None:
+    scenario, flows, config = scenario_files
+    args = ["replay", "--config", str(config), "--format", "goflow2-json", str(flows)]
+    text = _egressd(*args, "--summary")
+    assert text.returncode == 0, text.stderr.decode()
+    table = text.stdout.decode()
+    assert not table.lstrip().startswith("{")  # the table, not alert events
+    doc = _egressd(*args, "--json")
+    assert doc.returncode == 0, doc.stderr.decode()
+    data = orjson.loads(doc.stdout)
+    totals = _independent_totals(scenario)
+    sections = {
+        part.split(":", 1)[0]: part for part in re.split(r"^group ", table, flags=re.M) if part
+    }
+    for (group, day, country), size in totals.items():
+        (row,) = [
+            r for r in data["groups"][group]["days"] if r["day"] == day and r["country"] == country
+        ]
+        assert row["bytes"] == size
+        line = re.search(rf"^  {day}\s+{country}\s+(\S+ \S+)\s+\d+\s", sections[group], re.M)
+        assert line is not None and line.group(1) == format_bytes(size), (day, country)
+    for expected in scenario.expected:
+        alerts = data["groups"][expected.group]["alerts"]
+        assert any(
+            a["labels"]["alertname"] == expected.alertname
+            and a["labels"]["dst_country"] == expected.dst_country
+            and int(a["annotations"]["bytes"]) >= expected.floor
+            for a in alerts
+        )
+        assert f"{expected.alertname} {expected.dst_country}: " in sections[expected.group]
+    # Both together are refused: stdout carries one of them.
+    both = _egressd(*args, "--json", "--summary")
+    assert both.returncode == 2 and b"not allowed with" in both.stderr
+
+
+def test_report_without_the_extra_says_how_to_install_it(
+    scenario_files: tuple[Scenario, Path, Path], tmp_path: Path
+) -> None:
+    _scenario, flows, config = scenario_files
+    code = (
+        "import sys; sys.modules['plotly'] = None; from egressd.cli import main; "
+        f"sys.exit(main(['replay', '-c', {str(config)!r}, '-f', 'goflow2-json', "
+        f"'--report', {str(tmp_path / 'r.html')!r}, {str(flows)!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "pip install 'egressd[report]'" in done.stderr.decode()
+    assert not (tmp_path / "r.html").exists()
+    assert not done.stdout  # refused before replaying anything
+
+
+def test_labels_cannot_break_out_of_the_page() -> None:
+    collector = ReportCollector(300.0)
+    hostile = "</script><script>alert(1)</script>"
+    collector.alert(
+        {
+            "status": "firing",
+            "labels": {"alertname": "EgressUnexpectedDestination", "group": hostile},
+            "annotations": {"summary": hostile},
+            "startsAt": "2026-03-09T14:05:00Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+        }
+    )
+    page = render_html(collector.data)
+    assert hostile not in page
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page
+
+
+def test_progress_on_a_terminal_only(scenario_files: tuple[Scenario, Path, Path]) -> None:
+    _scenario, flows, config = scenario_files
+    args = ["replay", "-c", str(config), "-f", "goflow2-json", "--summary", str(flows)]
+    quiet = _egressd(*args)
+    assert quiet.returncode == 0
+    assert b"records/s]" not in quiet.stderr and b"\r" not in quiet.stderr
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    try:
+        done = _egressd(*args, stderr=terminal)
+    finally:
+        os.close(terminal)
+    seen = b""
+    try:
+        while chunk := os.read(controller, 65536):
+            seen += chunk
+    except OSError:  # the terminal's other end is closed: everything is read
+        pass
+    finally:
+        os.close(controller)
+    assert done.returncode == 0
+    assert re.search(rb"replay .*flows\.goflow2\.jsonl: .*records", seen), seen[-500:]
+    assert b"replay: alerts" in seen  # the summary follows the bar
+
+
+# -- the page in a real browser ---------------------------------------------------------------
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    missing("chromium is not installed (Debian: apt-get install chromium)")
+    raise AssertionError("unreachable")
+
+
+def _browse(browser: str, page: Path, profile: Path, *extra: str) -> tuple[str, str]:
+    """(DOM after scripts ran, browser log) of ``page`` in headless Chromium, offline."""
+    done = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            # Every host name fails to resolve: the page has only what it carries.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+            *extra,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    return done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+
+
+def _console(log: str) -> list[str]:
+    return [line for line in log.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(
+    scenario_files: tuple[Scenario, Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    browser = _chromium()
+    scenario, flows, config = scenario_files
+    work = tmp_path_factory.mktemp("chromium")
+    report = work / "report.html"
+    done = _egressd(
+        "replay", "-c", str(config), "-f", "goflow2-json", "--report", str(report), str(flows)
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert f"report written to {report}" in done.stderr.decode()
+    html = report.read_text(encoding="utf-8")
+    # Nothing to fetch: no script, style or image from elsewhere.
+    assert not re.search(r"""<(script|link|img)[^>]+(src|href)=["']?(https?:)?//""", html)
+
+    # The console check can fail: a page with an error is seen as such.
+    canary = work / "canary.html"
+    canary.write_text("<script>undefinedFunction()</script>", encoding="utf-8")
+    _dom, log = _browse(browser, canary, work / "profile-canary", "--dump-dom")
+    assert any("undefinedFunction" in line for line in _console(log)), log[-2000:]
+
+    dom, log = _browse(browser, report, work / "profile-dom", "--dump-dom")
+    assert _console(log) == [], _console(log)
+    groups = sorted({_group_of(f.src) for f in scenario.flows if f.src.startswith("10.")})
+    sections = re.findall(r'<section class="group"[^>]*data-group="([^"]+)"', dom)
+    assert sorted(sections) == groups
+    # plotly drew one chart per group: its SVG, a stacked trace per country, alert notes.
+    assert dom.count('class="chart js-plotly-plot"') == len(groups)
+    assert dom.count('class="main-svg"') >= len(groups)
+    assert len(re.findall(r'class="trace scatter', dom)) >= len(groups)
+    notes = re.findall(r'class="annotation-text"[^>]*data-unformatted="([^"]+)"', dom)
+    for expected in scenario.expected:
+        assert f"{expected.alertname} {expected.dst_country}" in notes
+    assert dom.count('class="alert"') >= len(scenario.expected)
+    assert '<table class="totals">' in dom
+
+    screenshot = work / "report.png"
+    _dom, log = _browse(
+        browser,
+        report,
+        work / "profile-shot",
+        f"--screenshot={screenshot}",
+        "--window-size=1280,1600",
+        "--hide-scrollbars",
+    )
+    assert _console(log) == []
+    data = screenshot.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 20_000  # a drawn page, not a blank one
+    print(f"report screenshot: {screenshot}")
