@@ -85,7 +85,22 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="send a synthetic exfiltration as NetFlow v9 to a running egressd"
     )
-    demo.add_argument("--target", default="127.0.0.1:2055", help="collector address (host:port)")
+    demo.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        help="the running egressd's configuration: its first [[sources.netflow]] listen "
+        "address is the target and its [http] listen address the API to watch",
+    )
+    demo.add_argument(
+        "--target", help="collector address (host:port); default 127.0.0.1:2055 or --config's"
+    )
+    demo.add_argument(
+        "--http", help="egressd's HTTP API (host:port); default 127.0.0.1:9108 or --config's"
+    )
+    demo.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the alert (default 30)"
+    )
     demo.add_argument("--group-source", default="10.20.0.17", help="source address of the transfer")
     demo.add_argument("--destination", default="47.100.23.45", help="destination address")
     demo.add_argument("--bytes", default="6GB", help="how much to report as sent")
@@ -189,7 +204,15 @@ def _lookup(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from egressd.demo import demo_main
 
-    return int(demo_main(args.target, args.group_source, args.destination, args.bytes))
+    config = _load(args.config)
+    target = args.target
+    if target is None:
+        netflow = config.sources.netflow
+        target = netflow[0].listen if args.config is not None and netflow else "127.0.0.1:2055"
+    http = args.http or config.http.listen
+    return int(
+        demo_main(target, args.group_source, args.destination, args.bytes, http, args.timeout)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

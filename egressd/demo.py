@@ -146,39 +146,76 @@ def _chunks(flows: list[DemoFlow]) -> Iterator[list[DemoFlow]]:
         yield flows[i : i + _RECORDS_PER_DATAGRAM]
 
 
+class NothingListening(OSError):
+    """The collector address answered that nothing receives datagrams there."""
+
+
 def send_demo(target: str, flows: list[DemoFlow], now: float) -> int:
-    """Send ``flows`` to the collector at ``target``; returns the number of datagrams."""
+    """Send ``flows`` to the collector at ``target``; returns the number of datagrams.
+
+    The socket is connected, so the ICMP "port unreachable" a host answers when nothing
+    listens comes back as an error instead of the datagrams vanishing silently.
+    """
     host, port = split_host_port(target)
     family, kind, proto, _canon, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
     sent = 0
     with socket.socket(family, kind, proto) as sock:
-        for sequence, chunk in enumerate(_chunks(flows)):
-            sock.sendto(encode_datagram(chunk, now, sequence), address)
-            sent += 1
-            time.sleep(0.002)  # a gentle pace: a loopback burst can outrun a small rcvbuf
+        sock.connect(address)
+        try:
+            for sequence, chunk in enumerate(_chunks(flows)):
+                sock.send(encode_datagram(chunk, now, sequence))
+                sent += 1
+                time.sleep(0.002)  # a gentle pace: a loopback burst can outrun a small rcvbuf
+            # An ICMP error to the last datagram arrives a moment later: ask once more.
+            time.sleep(0.05)
+            sock.send(encode_datagram([], now, sent))
+        except ConnectionRefusedError as exc:
+            raise NothingListening(f"nothing receives datagrams at {target}") from exc
     return sent
 
 
+class ApiUnreachable(OSError):
+    """egressd's HTTP API did not answer (or refused the request)."""
+
+
 def _poll_alerts(url: str, destination: str, timeout: float) -> dict[str, object] | None:
+    """The firing alert whose evidence names ``destination``; None when none came in time."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 alerts = orjson.loads(response.read())
-        except (OSError, urllib.error.URLError, orjson.JSONDecodeError):
-            return None
+        except urllib.error.HTTPError as exc:
+            raise ApiUnreachable(f"{url} answered HTTP {exc.code}") from None
+        except (OSError, urllib.error.URLError) as exc:
+            raise ApiUnreachable(f"cannot reach {url}: {exc}") from None
+        except orjson.JSONDecodeError:
+            raise ApiUnreachable(f"{url} did not answer with JSON") from None
         for alert in alerts:
             if destination in alert.get("annotations", {}).get("top_destinations", ""):
                 return dict(alert)
+        if time.monotonic() >= deadline:
+            return None
         time.sleep(1)
-    return None
 
 
-def demo_main(target: str, source: str, destination: str, size: str) -> int:
-    """Entry point of ``egressd demo``."""
+def _api_host(listen: str) -> str:
+    host, port = split_host_port(listen)
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def demo_main(
+    target: str, source: str, destination: str, size: str, http: str, timeout: float = 30.0
+) -> int:
+    """Entry point of ``egressd demo``: 0 when egressd fired, 1 when it did not, 2 bad usage."""
     try:
         byte_count = parse_size(size)
         split_host_port(target)
+        url = f"http://{_api_host(http)}/api/v1/alerts"
         for address in (source, destination):
             ipaddress.ip_address(address)
     except ValueError as exc:
@@ -188,6 +225,13 @@ def demo_main(target: str, source: str, destination: str, size: str) -> int:
     flows = demo_flows(source, destination, byte_count, now)
     try:
         datagrams = send_demo(target, flows, now)
+    except NothingListening as exc:
+        print(
+            f"egressd demo: {exc}: is egressd running with a [[sources.netflow]] listening "
+            "there? (--target HOST:PORT or --config FILE names it)",
+            file=sys.stderr,
+        )
+        return 1
     except (OSError, ValueError) as exc:
         print(f"egressd demo: cannot send to {target}: {exc}", file=sys.stderr)
         return 1
@@ -197,14 +241,28 @@ def demo_main(target: str, source: str, destination: str, size: str) -> int:
         f"egressd demo: sent {datagrams} NetFlow v9 datagrams ({len(flows)} flows) to {target}:\n"
         f"  4 days of usual egress from {source} to {usual}\n"
         f"  then {format_bytes(byte_count)} from {source} to {destination} "
-        f"in {len(exfil)} flows over the last {int(now - exfil[0].start)}s"
+        f"in {len(exfil)} flows over the last {int(now - exfil[0].start)}s",
+        flush=True,
     )
-    host, _port = split_host_port(target)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:9108/api/v1/alerts"
-    alert = _poll_alerts(url, destination, 30.0)
+    try:
+        alert = _poll_alerts(url, destination, timeout)
+    except ApiUnreachable as exc:
+        print(
+            f"egressd demo: {exc}: cannot see whether egressd fired "
+            "(--http HOST:PORT or --config FILE names its API)",
+            file=sys.stderr,
+        )
+        return 1
     if alert is None:
-        print(f"egressd demo: now see the alert: curl -s {url}")
-        return 0
+        print(
+            f"egressd demo: no alert naming {destination} within {timeout:g}s at {url}: "
+            "did egressd receive the datagrams (its log, egressd_records_total on /metrics), "
+            "and is the source inside networks.local and the destination unexpected for its "
+            "group?",
+            file=sys.stderr,
+        )
+        return 1
     print(f"egressd demo: egressd fired (from {url}):")
     print(orjson.dumps(alert, option=orjson.OPT_INDENT_2).decode())
+    print(f"egressd demo: see it again with: curl -s {url}")
     return 0

@@ -354,7 +354,16 @@ def test_demo_fires_on_default_configuration(tmp_path: Path) -> None:
     try:
         started = time.monotonic()
         demo = subprocess.run(
-            [sys.executable, "-m", "egressd.cli", "demo", "--target", f"127.0.0.1:{udp}"],
+            [
+                sys.executable,
+                "-m",
+                "egressd.cli",
+                "demo",
+                "--target",
+                f"127.0.0.1:{udp}",
+                "--http",
+                f"127.0.0.1:{http}",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
