@@ -25,6 +25,7 @@ from egressd.config import (
     Config,
     NetflowSourceConfig,
     SourcesConfig,
+    config_warnings,
     load_config,
     split_host_port,
 )
@@ -506,6 +507,8 @@ class Daemon:
                 self.config.http.listen,
                 self.state_path or "not persisted",
             )
+            for warning in config_warnings(self.config):
+                log.warning("%s", warning)
             done, _pending = await asyncio.wait(background, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is background[0]:

@@ -13,7 +13,7 @@ from typing import BinaryIO
 import orjson
 
 from egressd import __version__
-from egressd.config import Config, load_config
+from egressd.config import Config, config_warnings, load_config
 from egressd.errors import ConfigError, EgressdError
 from egressd.sources.files import FILE_FORMATS
 
@@ -120,6 +120,8 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_INVALID
     sources = config.sources
+    for warning in config_warnings(config):
+        print(f"egressd: {args.config}: warning: {warning}", file=sys.stderr)
     print(
         f"egressd: {args.config} is valid: {len(config.groups)} group(s), "
         f"{len(config.networks.local)} local network(s), {len(sources.netflow)} netflow, "

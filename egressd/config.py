@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from egressd.countries import country_problem
 from egressd.errors import ConfigError
 from egressd.units import parse_duration, parse_size
 
@@ -261,18 +262,24 @@ class _Locator:
 class _Reader:
     """Pops typed values out of nested TOML tables and collects every problem."""
 
-    __slots__ = ("_filename", "_locator", "problems")
+    __slots__ = ("_entries", "_filename", "_locator")
 
     def __init__(self, filename: str, text: str) -> None:
         self._filename = filename
         self._locator = _Locator(text)
-        self.problems: list[str] = []
+        #: (line or 0, order found, text): problems read in file order, whatever found them
+        self._entries: list[tuple[int, int, str]] = []
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem so far, by line in the file (those without a line first)."""
+        return [text for _line, _order, text in sorted(self._entries)]
 
     def problem(self, path: tuple[str | int, ...], message: str) -> None:
         name = _path_name(path)
         line = self._locator.line_of(path)
         where = f"{self._filename}:{line}" if line else self._filename
-        self.problems.append(f"{where}: {name}: {message}")
+        self._entries.append((line or 0, len(self._entries), f"{where}: {name}: {message}"))
 
     def table(self, raw: Any, path: tuple[str | int, ...]) -> _Table:
         if raw is None:
@@ -460,9 +467,17 @@ def _str_list(value: Any) -> tuple[str, ...]:
 
 def _network(text: str) -> IPNetwork:
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        network = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
         raise ValueError(f"{text!r} is not an IP network (CIDR such as '10.0.0.0/8')") from None
+    if network.network_address != ipaddress.ip_interface(text.strip()).ip:
+        # "192.168.1.5/16" is almost always a host address pasted with its netmask: say
+        # which network that is rather than widen or narrow it silently.
+        raise ValueError(
+            f"{text!r} has host bits set: the network is {network} "
+            f"(or {text.strip().split('/')[0]} alone for one address)"
+        )
+    return network
 
 
 def _networks(value: Any) -> tuple[IPNetwork, ...]:
@@ -474,6 +489,9 @@ def _countries(value: Any) -> frozenset[str]:
     bad = [c for c in codes if not _COUNTRY.fullmatch(c.upper())]
     if bad:
         raise ValueError(f"not ISO 3166-1 alpha-2 country codes: {', '.join(bad)}")
+    problems = [p for p in (country_problem(c.upper()) for c in codes) if p is not None]
+    if problems:
+        raise ValueError("; ".join(problems))
     return frozenset(c.upper() for c in codes)
 
 
@@ -853,6 +871,18 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but probably not meant (``check-config`` prints it, ``run`` logs it)."""
+    sources = config.sources
+    if not (sources.netflow or sources.kafka or sources.capture):
+        return [
+            "no [[sources.netflow]], [[sources.kafka]] or [[sources.capture]] is configured: "
+            "egressd receives no flows (the built-in configuration listens for NetFlow/IPFIX "
+            "on 127.0.0.1:2055; a configuration file replaces it, so name the sources you want)"
+        ]
+    return []
 
 
 def load_config(path: str | Path) -> Config:

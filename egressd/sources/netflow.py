@@ -156,12 +156,23 @@ class NetflowSource:
         self._transport = transport
         self._task = loop.create_task(self._decode_loop(), name=f"egressd-{self.name}")
         self._ready = True
+        configured = self.config.receive_buffer
         log.info(
-            "%s: listening on %s:%d (receive buffer %d bytes)",
+            "%s: listening on %s:%d (receive buffer: configured %d bytes, effective %d bytes "
+            "as the kernel reports it; Linux doubles the size asked for, for its bookkeeping)",
             self.name,
             *(self.bound or ("?", 0)),
+            configured,
             self.receive_buffer,
         )
+        if self.receive_buffer < configured:
+            log.warning(
+                "%s: receive buffer: effective %d bytes is below the configured %d bytes: "
+                "the kernel caps it at net.core.rmem_max (raise that sysctl to get it)",
+                self.name,
+                self.receive_buffer,
+                configured,
+            )
 
     def _bind(self) -> socket.socket:
         host, port = split_host_port(self.config.listen)
