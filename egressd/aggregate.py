@@ -42,8 +42,59 @@ class Accum:
         self.sources.add(src, size)
         self.destinations.add(dst, size)
 
+    def merge(self, other: Accum) -> None:
+        """Add ``other`` (the same key and interval, counted elsewhere) to this one."""
+        self.bytes += other.bytes
+        self.packets += other.packets
+        self.flows += other.flows
+        self.sources.merge(other.sources)
+        self.destinations.merge(other.destinations)
+
+    def to_row(self) -> list[object]:
+        """The sums as a compact JSON-friendly row (state files and interval partials)."""
+        return [
+            self.bytes,
+            self.packets,
+            self.flows,
+            self.sources.to_json(),
+            self.destinations.to_json(),
+        ]
+
+    @classmethod
+    def from_row(cls, row: list[object], sketch_capacity: int) -> Accum:
+        """The inverse of :meth:`to_row`; raises ValueError/TypeError on a malformed row."""
+        size, packets, flows, sources, destinations = row
+        accum = cls(sketch_capacity)
+        accum.bytes = _count(size)
+        accum.packets = _count(packets)
+        accum.flows = _count(flows)
+        accum.sources = TopK.from_json(_weights(sources), sketch_capacity)
+        accum.destinations = TopK.from_json(_weights(destinations), sketch_capacity)
+        return accum
+
+
+def _count(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"a count must be a non-negative integer, not {value!r}")
+    return value
+
+
+def _weights(value: object) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise TypeError(f"a top-talker sketch must be a table, not {type(value).__name__}")
+    return {str(item): _count(weight) for item, weight in value.items()}
+
 
 Bucket = dict[AggregateKey, Accum]
+
+
+def intern_labels(intern: dict[str, DestinationLabels], key: str, as_org: str) -> DestinationLabels:
+    """One labels object per destination key (restored state, received partials)."""
+    dest = intern.get(key)
+    if dest is None:
+        base = DestinationLabels.from_key(key)
+        dest = intern[key] = DestinationLabels(base.country, base.region, base.asn, as_org, "state")
+    return dest
 
 
 def _saturated(bucket: Bucket) -> Bucket:
@@ -203,36 +254,14 @@ class IntervalAggregator:
         out: list[list[object]] = []
         for start, bucket in self.buckets.items():
             for (group, dest), accum in bucket.items():
-                out.append(
-                    [
-                        start,
-                        group,
-                        dest.key,
-                        dest.as_org,
-                        accum.bytes,
-                        accum.packets,
-                        accum.flows,
-                        accum.sources.to_json(),
-                        accum.destinations.to_json(),
-                    ]
-                )
+                out.append([start, group, dest.key, dest.as_org, *accum.to_row()])
         return out
 
     def load_json(self, data: list[list[object]], intern: dict[str, DestinationLabels]) -> None:
         self.buckets = {}
-        for start, group, key, as_org, size, packets, flows, sources, dests in data:
-            dest = intern.get(str(key))
-            if dest is None:
-                base = DestinationLabels.from_key(str(key))
-                dest = intern[str(key)] = DestinationLabels(
-                    base.country, base.region, base.asn, str(as_org), "state"
-                )
-            accum = Accum(self.sketch_capacity)
-            accum.bytes = int(size)  # type: ignore[call-overload]
-            accum.packets = int(packets)  # type: ignore[call-overload]
-            accum.flows = int(flows)  # type: ignore[call-overload]
-            accum.sources = TopK.from_json(sources, self.sketch_capacity)  # type: ignore[arg-type]
-            accum.destinations = TopK.from_json(dests, self.sketch_capacity)  # type: ignore[arg-type]
+        for start, group, key, as_org, *row in data:
+            dest = intern_labels(intern, str(key), str(as_org))
+            accum = Accum.from_row(row, self.sketch_capacity)
             self.buckets.setdefault(float(start), {})[(str(group), dest)] = accum  # type: ignore[arg-type]
         self._recompute_due()
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from egressd.aggregate import AggregateKey, Bucket, IntervalAggregator
+from egressd.aggregate import Accum, AggregateKey, Bucket, IntervalAggregator
 from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_named
 from egressd.classify import EgressClassifier
 from egressd.config import Config
@@ -33,6 +33,9 @@ _INTERNAL = "internal"  # inside networks.local: east-west
 _SPECIAL = "special"  # private, multicast, link-local, documentation...: never foreign
 _INVALID = "invalid"
 _Destination = DestinationLabels | str
+
+#: one interval's sums for one key, counted elsewhere: (interval start, key, sums)
+Partial = tuple[float, AggregateKey, Accum]
 
 #: (group, destination) pairs with their own egress total; later ones count under their country
 MAX_DESTINATION_TOTALS = 10_000
@@ -256,6 +259,30 @@ class Engine:
             stats.invalid_records += invalid
         return changed
 
+    def apply_partials(
+        self, partials: Iterable[Partial], event_time: float | None = None
+    ) -> list[Alert]:
+        """Add interval partials counted elsewhere; then move event time to ``event_time``.
+
+        Partials merge by addition, so partials of the same records split any way between
+        producers give the sums one engine counting every record would. A partial of an
+        interval already closed is late: it counts in the interval at the watermark, as a
+        late record does. Event time moves only through ``event_time`` (the producer's
+        watermark), never through the intervals the partials name.
+        """
+        aggregator = self.aggregator
+        stats = self.stats
+        for start, key, accum in partials:
+            if start >= aggregator.closed_upto:
+                bucket = aggregator.bucket(start)
+            else:
+                bucket = aggregator.bucket(aggregator.late_start(accum.bytes))
+            merged = aggregator.accum(bucket, key)
+            merged.merge(accum)
+            stats.egress_records += accum.flows
+            stats.egress_bytes += accum.bytes
+        return self.advance(event_time) if event_time is not None else []
+
     def advance(self, event_time: float) -> list[Alert]:
         """Move event time on without records (live sources idle); close what is due."""
         self.aggregator.observe_time(event_time)
@@ -399,11 +426,7 @@ class Engine:
                     if merged is None:
                         into[key] = accum
                         continue
-                    merged.bytes += accum.bytes
-                    merged.packets += accum.packets
-                    merged.flows += accum.flows
-                    merged.sources.merge(accum.sources)
-                    merged.destinations.merge(accum.destinations)
+                    merged.merge(accum)
         aggregator.next_due = min(
             (start + interval + aggregator.lateness for start in aggregator.buckets),
             default=math.inf,
