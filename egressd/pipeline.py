@@ -64,7 +64,7 @@ class EngineStats:
     internal_bytes: int = 0
     transit_records: int = 0
     special_records: int = 0
-    #: records stamped later than ``Engine.future_limit`` (live only), counted at that limit
+    #: records stamped later than ``Engine.future_limit``, counted at that limit
     future_records: int = 0
     #: destinations looked up afresh because the per-address cache did not have them, and
     #: times that cache reached geo.cache_size and was emptied (every record does one lookup)
@@ -107,8 +107,12 @@ class Engine:
         self.last_tick = -math.inf
         #: live sources set this to wall time plus a tolerance before each batch: a record
         #: stamped later (an exporter clock running ahead) counts at this time instead, so
-        #: it cannot close every other exporter's intervals early. Replay leaves it infinite.
+        #: it cannot close every other exporter's intervals early. Replay sets it from the
+        #: stream itself (:func:`egressd.replay.stream_segments` and ``stream_ahead``).
         self.future_limit = math.inf
+        #: replay sets this to max_clock_ahead: ``future_limit`` then also follows event
+        #: time itself, so each record may reach at most this far past the ones before it
+        self.stream_ahead = -math.inf
         self.restored = False
         self._link_rate = detection.max_link_rate
         #: observer of every interval closed with data, called with (start, bucket) after
@@ -196,6 +200,7 @@ class Engine:
         bucket: Bucket = {}
         count = egress = egress_bytes = future = invalid = 0
         future_limit = self.future_limit
+        stream_ahead = self.stream_ahead
         # What a link carries in one second: below it every record is plausible, so the
         # common case costs one comparison per count.
         burst = self._link_rate
@@ -248,6 +253,8 @@ class Engine:
                     stats.special_records += 1
                 if end > max_time:
                     max_time = aggregator.max_time = end
+                    if end + stream_ahead > future_limit:
+                        future_limit = end + stream_ahead
                     if end >= aggregator.next_due:
                         changed.extend(self._close(aggregator.pop_due()))
                         current_start = None

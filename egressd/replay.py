@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
+import operator
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,10 +32,61 @@ if TYPE_CHECKING:
     from egressd.report.collect import ReportCollector
 
 _CHUNK = 8192
+#: event time jumps ahead only where this many of the next _WINDOW records agree
+_QUORUM = 16
+_WINDOW = 64
+
+
+_END_TIME = operator.attrgetter("time_end")
 
 
 def _end_time(record: FlowRecord) -> float:
     return record.time_end
+
+
+def stream_segments(
+    chunk: list[FlowRecord], event_time: float, ahead: float
+) -> list[tuple[int, float]]:
+    """Where event time may jump in ``chunk``: (index, limit) pairs, the first at index 0.
+
+    Within a segment the limit follows event time, ``ahead`` past it
+    (:attr:`Engine.stream_ahead`). A record further ahead than that starts a new segment
+    only if at least :data:`_QUORUM` of the :data:`_WINDOW` records from it also are (flows
+    resuming after a quiet spell); the new limit is ``ahead`` past the :data:`_QUORUM`-th
+    earliest of them. A lone record stamped far ahead (a broken clock, a forged year)
+    counts at the limit instead: it would otherwise move the watermark so far that no
+    interval closes until the input ends.
+    """
+    ends = list(map(_END_TIME, chunk))
+    # The common case in C-level loops: no record lies ``ahead`` past the one before it,
+    # so none can lie past the latest before it either.
+    if ends[0] <= event_time + ahead and not any(
+        map(operator.gt, ends[1:], [end + ahead for end in ends])
+    ):
+        return [(0, event_time + ahead)]
+    # This mirrors what Engine.process does with the limit, to know where it must be raised.
+    limit = event_time + ahead
+    segments = [(0, limit)]
+    top = event_time
+    for index, end in enumerate(ends):
+        if end > limit:
+            window = ends[index : index + _WINDOW]
+            beyond = [later for later in window if later > limit]
+            # The stream's first records have nothing before them to agree with.
+            quorum = _QUORUM if top > -math.inf else min(_QUORUM, len(window))
+            if len(beyond) >= quorum:
+                limit = heapq.nsmallest(quorum, beyond)[-1] + ahead
+                if index:
+                    segments.append((index, limit))
+                else:
+                    segments[0] = (0, limit)
+            if end > limit:
+                end = limit
+        if end > top:
+            top = end
+            if end + ahead > limit:
+                limit = end + ahead
+    return segments
 
 
 @dataclass(slots=True)
@@ -44,6 +97,10 @@ class ReplaySummary:
     egress_records: int = 0
     egress_bytes: int = 0
     late_records: int = 0
+    #: records stamped further ahead of the stream than max_clock_ahead (counted at that limit)
+    future_records: int = 0
+    #: records claiming more than detection.max_link_rate carries (skipped)
+    invalid_records: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     firing: int = 0
     resolved: int = 0
@@ -56,7 +113,8 @@ class ReplaySummary:
             f"replay: {self.inputs} input(s), {self.records} records from {self.units} units "
             f"in {self.seconds:.2f}s ({rate:,.0f} records/s)",
             f"replay: egress {self.egress_records} records, {format_bytes(self.egress_bytes)}; "
-            f"late records {self.late_records}",
+            f"late records {self.late_records}, ahead of the stream {self.future_records}, "
+            f"invalid {self.invalid_records}",
             f"replay: skipped {sum(self.skipped.values())}" + (f" ({skipped})" if skipped else ""),
             f"replay: alerts {self.firing} firing, {self.resolved} resolved",
         ]
@@ -167,11 +225,17 @@ def replay(
     # same hours interleave as they happened (consecutive files merge to their concatenation).
     records = readers[0] if len(readers) == 1 else heapq.merge(*readers, key=_end_time)
     label = inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs"
+    ahead = config.detection.max_clock_ahead
+    engine.stream_ahead = ahead
     while True:
         chunk = list(itertools.islice(records, _CHUNK))
         if not chunk:
             break
-        emit(engine.process(chunk))
+        segments = stream_segments(chunk, engine.event_time(), ahead)
+        ends = [index for index, _ in segments[1:]] + [len(chunk)]
+        for (first, limit), last in zip(segments, ends, strict=True):
+            engine.future_limit = limit
+            emit(engine.process(chunk[first:last] if len(segments) > 1 else chunk))
         meter.update(label, engine.stats.records)
     for stats in all_stats:
         summary.inputs += 1
@@ -185,6 +249,8 @@ def replay(
     summary.egress_records = engine.stats.egress_records
     summary.egress_bytes = engine.stats.egress_bytes
     summary.late_records = engine.aggregator.late_records
+    summary.future_records = engine.stats.future_records
+    summary.invalid_records = engine.stats.invalid_records
     summary.seconds = time.monotonic() - started
     if state_path is not None:
         save_state(state_path, engine.snapshot())
