@@ -24,12 +24,25 @@ MAX_INTERVAL_COUNT = 2**53
 class Accum:
     """What one (group, destination) sent in one interval, with its heaviest talkers."""
 
-    __slots__ = ("bytes", "capacity", "destinations", "flows", "packets", "sources")
+    __slots__ = (
+        "bytes",
+        "capacity",
+        "destinations",
+        "flows",
+        "ingress",
+        "packets",
+        "small",
+        "sources",
+    )
 
     def __init__(self, sketch_capacity: int) -> None:
         self.bytes = 0
         self.packets = 0
         self.flows = 0
+        #: of ``bytes``, those in flows of small packets (ACKs: a download's return path)
+        self.small = 0
+        #: bytes the other way: from this destination to the group's sources
+        self.ingress = 0
         self.capacity = sketch_capacity
         self.sources = TopK(sketch_capacity)
         self.destinations = TopK(sketch_capacity)
@@ -47,6 +60,8 @@ class Accum:
         self.bytes += other.bytes
         self.packets += other.packets
         self.flows += other.flows
+        self.small += other.small
+        self.ingress += other.ingress
         self.sources.merge(other.sources)
         self.destinations.merge(other.destinations)
 
@@ -58,13 +73,25 @@ class Accum:
             self.flows,
             self.sources.to_json(),
             self.destinations.to_json(),
+            self.small,
+            self.ingress,
         ]
 
     @classmethod
     def from_row(cls, row: list[object], sketch_capacity: int) -> Accum:
-        """The inverse of :meth:`to_row`; raises ValueError/TypeError on a malformed row."""
-        size, packets, flows, sources, destinations = row
+        """The inverse of :meth:`to_row`; raises ValueError/TypeError on a malformed row.
+
+        Rows written before small-packet egress and ingress were kept have five fields.
+        """
+        small: object = 0
+        ingress: object = 0
+        if len(row) == 7:
+            size, packets, flows, sources, destinations, small, ingress = row
+        else:
+            size, packets, flows, sources, destinations = row
         accum = cls(sketch_capacity)
+        accum.small = _count(small)
+        accum.ingress = _count(ingress)
         accum.bytes = _count(size)
         accum.packets = _count(packets)
         accum.flows = _count(flows)
@@ -109,6 +136,10 @@ def _saturated(bucket: Bucket) -> Bucket:
                     counts[item] = min(weight, MAX_INTERVAL_COUNT)
         if accum.packets > MAX_INTERVAL_COUNT:
             accum.packets = MAX_INTERVAL_COUNT
+        if accum.small > accum.bytes:
+            accum.small = accum.bytes
+        if accum.ingress > MAX_INTERVAL_COUNT:
+            accum.ingress = MAX_INTERVAL_COUNT
     return bucket
 
 
@@ -270,5 +301,6 @@ class IntervalAggregator:
         totals: dict[AggregateKey, int] = {}
         for bucket in self.buckets.values():
             for key, accum in bucket.items():
-                totals[key] = totals.get(key, 0) + accum.bytes
+                if accum.bytes:
+                    totals[key] = totals.get(key, 0) + accum.bytes
         return totals

@@ -11,7 +11,7 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,13 +57,40 @@ class DetectionConfig:
     interval: float = 300.0
     learning: float = 3 * 86400.0
     allowed_lateness: float = 60.0
+    #: the first of ``unexpected_windows`` (kept as keys of their own for older configs)
     unexpected_min_bytes: int = 100_000_000
     unexpected_window: float = 3600.0
+    #: (window seconds, floor bytes) per sliding window of the unexpected-destination rule
+    unexpected_windows: tuple[tuple[float, int], ...] = (
+        (3600.0, 100_000_000),
+        (86400.0, 1_000_000_000),
+    )
+    #: a group's unexpected egress summed over destinations pages at this many times a
+    #: window's floor (fan-out: many destinations each under the floor)
+    fanout_factor: float = 5.0
+    #: egress flows averaging fewer bytes per packet than this are "small" (ACKs, requests)
+    small_packet_bytes: int = 150
+    #: small-packet egress to a destination counts only beyond this fraction of the
+    #: ingress from that destination in the same window (the return path of a download)
+    ingress_return_fraction: float = 0.05
     #: learned expected sets ignore destinations that received less than this during learning
     learn_min_bytes: int = 20_000_000
+    #: ... or that were used in fewer intervals / on fewer days (sustained use, not one flow)
+    learn_min_intervals: int = 6
+    learn_min_days: int = 2
     spike_ratio: float = 4.0
     spike_deviations: float = 4.0
     spike_min_bytes: int = 100_000_000
+    #: a spike must also be this many times the key's own (slowly decaying) peak interval
+    spike_peak_ratio: float = 3.0
+    #: ... and exceed that peak by at least this much (a burst size seen before never pages)
+    spike_min_excess: int = 1_000_000_000
+    #: bytes within ``new_destination_window`` to prefixes (/24, /48) the group has not used
+    #: for ``new_destination_unseen``, inside otherwise expected destinations
+    new_destination_min_bytes: int = 1_000_000_000
+    new_destination_window: float = 3600.0
+    new_destination_unseen: float = 7 * 86400.0
+    new_destination_max_prefixes: int = 50_000
     #: a baseline needs this many observed intervals before it can call a spike
     spike_min_observations: int = 12
     #: seasonality (hour of day, weekday/weekend) is computed in this timezone
@@ -576,6 +603,65 @@ def _read_group(t: _Table) -> GroupConfig:
     return group
 
 
+def _read_unexpected_window(t: _Table, interval: float) -> tuple[float, int]:
+    window = t.require("window", _positive_duration, 3600.0)
+    floor = t.require("min_bytes", _size, 100_000_000)
+    if window < interval:
+        t.problem("window", "must be at least one interval long")
+    t.done()
+    return window, floor
+
+
+def _unexpected_windows(
+    t: _Table, cfg: DetectionConfig, windows: list[tuple[float, int]]
+) -> DetectionConfig:
+    """Settle the unexpected-destination windows from either form of configuration.
+
+    ``[[detection.unexpected]]`` tables list every window. The older single pair
+    ``unexpected_min_bytes`` / ``unexpected_window`` still works: it sets the first window,
+    and a 24-hour window stays behind it (with a floor ten times the first one, at least the
+    default 1 GB) unless the first window is already a day or longer.
+    """
+    d = DetectionConfig()
+    old_keys = (cfg.unexpected_min_bytes, cfg.unexpected_window) != (
+        d.unexpected_min_bytes,
+        d.unexpected_window,
+    )
+    if windows:
+        if old_keys:
+            t.problem(
+                "unexpected",
+                "give either [[detection.unexpected]] windows or unexpected_min_bytes/"
+                "unexpected_window, not both (the tables replace the two keys)",
+            )
+        ordered = tuple(sorted(windows))
+        return replace(
+            cfg,
+            unexpected_windows=ordered,
+            unexpected_window=ordered[0][0],
+            unexpected_min_bytes=ordered[0][1],
+        )
+    first = (cfg.unexpected_window, cfg.unexpected_min_bytes)
+    long_window, long_floor = d.unexpected_windows[-1]
+    if first[0] >= long_window:
+        return replace(cfg, unexpected_windows=(first,))
+    return replace(
+        cfg,
+        unexpected_windows=(first, (long_window, max(long_floor, 10 * first[1]))),
+    )
+
+
+def _fraction(value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= 1
+    ):
+        raise ValueError(f"expected a fraction between 0 and 1, got {value!r}")
+    return float(value)
+
+
 def _read_detection(t: _Table) -> DetectionConfig:
     d = DetectionConfig()
     cfg = DetectionConfig(
@@ -584,10 +670,31 @@ def _read_detection(t: _Table) -> DetectionConfig:
         allowed_lateness=t.get("allowed_lateness", d.allowed_lateness, _duration),
         unexpected_min_bytes=t.get("unexpected_min_bytes", d.unexpected_min_bytes, _size),
         unexpected_window=t.get("unexpected_window", d.unexpected_window, _positive_duration),
+        fanout_factor=t.get("fanout_factor", d.fanout_factor, _positive_float),
+        small_packet_bytes=t.get("small_packet_bytes", d.small_packet_bytes, _positive_int),
+        ingress_return_fraction=t.get(
+            "ingress_return_fraction", d.ingress_return_fraction, _fraction
+        ),
         learn_min_bytes=t.get("learn_min_bytes", d.learn_min_bytes, _size),
+        learn_min_intervals=t.get("learn_min_intervals", d.learn_min_intervals, _positive_int),
+        learn_min_days=t.get("learn_min_days", d.learn_min_days, _positive_int),
         spike_ratio=t.get("spike_ratio", d.spike_ratio, _positive_float),
         spike_deviations=t.get("spike_deviations", d.spike_deviations, _positive_float),
         spike_min_bytes=t.get("spike_min_bytes", d.spike_min_bytes, _size),
+        spike_peak_ratio=t.get("spike_peak_ratio", d.spike_peak_ratio, _positive_float),
+        spike_min_excess=t.get("spike_min_excess", d.spike_min_excess, _size),
+        new_destination_min_bytes=t.get(
+            "new_destination_min_bytes", d.new_destination_min_bytes, _size
+        ),
+        new_destination_window=t.get(
+            "new_destination_window", d.new_destination_window, _positive_duration
+        ),
+        new_destination_unseen=t.get(
+            "new_destination_unseen", d.new_destination_unseen, _positive_duration
+        ),
+        new_destination_max_prefixes=t.get(
+            "new_destination_max_prefixes", d.new_destination_max_prefixes, _positive_int
+        ),
         spike_min_observations=t.get(
             "spike_min_observations", d.spike_min_observations, _positive_int
         ),
@@ -601,8 +708,12 @@ def _read_detection(t: _Table) -> DetectionConfig:
         top_talkers=t.get("top_talkers", d.top_talkers, _positive_int),
         severity=t.get("severity", d.severity, _nonempty_str),
     )
-    if cfg.unexpected_window < cfg.interval:
+    windows = [_read_unexpected_window(w, cfg.interval) for w in t.subs("unexpected")]
+    cfg = _unexpected_windows(t, cfg, windows)
+    if not windows and cfg.unexpected_window < cfg.interval:
         t.problem("unexpected_window", "must be at least one interval long")
+    if cfg.new_destination_window < cfg.interval:
+        t.problem("new_destination_window", "must be at least one interval long")
     if cfg.spike_ratio <= 1:
         t.problem("spike_ratio", "must be greater than 1")
     if cfg.max_link_rate <= 0:

@@ -21,6 +21,7 @@ from egressd.detect.detectors import (
     UnexpectedDestinationDetector,
     VolumeSpikeDetector,
 )
+from egressd.detect.newdest import NewDestinationDetector
 from egressd.detect.policy import ExpectedDestinations
 from egressd.enrich import DestinationLabeler, DestinationLabels
 from egressd.enrich.special import is_special
@@ -94,12 +95,17 @@ class Engine:
             detection.max_keys, SeasonKeyer(timezone_named(detection.timezone))
         )
         self.policy = ExpectedDestinations(
-            config.groups, detection.learning, detection.learn_min_bytes
+            config.groups,
+            detection.learning,
+            detection.learn_min_bytes,
+            detection.learn_min_intervals,
+            detection.learn_min_days,
         )
         self.book = AlertBook(detection.pending_for, detection.resolve_after)
         options = LabelOptions(regions=labeler.has_regions, asn=labeler.has_asn)
         self.unexpected = UnexpectedDestinationDetector(detection, self.policy, self.book, options)
         self.spikes = VolumeSpikeDetector(detection, self.policy, self.book, options)
+        self.new_destinations = NewDestinationDetector(detection, self.policy, self.book, options)
         self._src_cache: dict[str, str] = {}
         self._dst_cache: dict[str, _Destination] = {}
         self._cache_size = config.geo.cache_size
@@ -127,7 +133,13 @@ class Engine:
         self.config = config
         self.labeler = labeler
         self.classifier = EgressClassifier(config.networks, config.groups)
-        self.policy.reconfigure(config.groups, detection.learning, detection.learn_min_bytes)
+        self.policy.reconfigure(
+            config.groups,
+            detection.learning,
+            detection.learn_min_bytes,
+            detection.learn_min_intervals,
+            detection.learn_min_days,
+        )
         self.book.pending_for = detection.pending_for
         self.book.resolve_after = detection.resolve_after
         self.baselines.max_keys = detection.max_keys
@@ -135,6 +147,7 @@ class Engine:
         options = LabelOptions(regions=labeler.has_regions, asn=labeler.has_asn)
         self.unexpected.reconfigure(detection, options)
         self.spikes.reconfigure(detection, options)
+        self.new_destinations.reconfigure(detection, options)
         self._src_cache.clear()
         self._dst_cache.clear()
         self._cache_size = config.geo.cache_size
@@ -205,6 +218,7 @@ class Engine:
         # common case costs one comparison per count.
         burst = self._link_rate
         burst_packets = burst // MIN_PACKET_BYTES
+        small_limit = self.config.detection.small_packet_bytes
         try:
             for record in records:
                 count += 1
@@ -239,11 +253,20 @@ class Engine:
                     accum = bucket.get(key)  # type: ignore[arg-type]
                     if accum is None:
                         accum = aggregator.accum(bucket, key)  # type: ignore[arg-type]
-                    accum.add(src, dst, size, record.packets)
+                    packets = record.packets
+                    accum.add(src, dst, size, packets)
+                    if size < packets * small_limit:
+                        accum.small += size
                 elif not group:
                     if dest is _INTERNAL:
                         stats.ingress_records += 1
                         stats.ingress_bytes += size
+                        # A download's bytes, set against the small-packet egress it causes.
+                        origin = dst_cache.get(src)
+                        if origin is None:
+                            origin = self._destination(src)
+                        if origin.__class__ is not str:
+                            self._ingress(dst, origin, end, size)  # type: ignore[arg-type]
                     else:
                         stats.transit_records += 1
                 elif dest is _INTERNAL:
@@ -289,6 +312,27 @@ class Engine:
             stats.egress_records += accum.flows
             stats.egress_bytes += accum.bytes
         return self.advance(event_time) if event_time is not None else []
+
+    def _ingress(self, dst: str, origin: DestinationLabels, end: float, size: int) -> None:
+        """Account ``size`` bytes from outside ``origin`` to local ``dst`` (not in the hot loop's
+        egress path: one bucket lookup per ingress record)."""
+        group = self._src_cache.get(dst)
+        if group is None:
+            group = self._source_group(dst)
+        aggregator = self.aggregator
+        interval = aggregator.interval
+        if end < aggregator.closed_upto:
+            watermark = max(aggregator.max_time - aggregator.lateness, aggregator.closed_upto)
+            end = watermark
+        start = end - end % interval
+        bucket = aggregator.buckets.get(start)
+        if bucket is None:
+            bucket = aggregator.bucket(start)
+        key = (group, origin)
+        accum = bucket.get(key)
+        if accum is None:
+            accum = aggregator.accum(bucket, key)
+        accum.ingress += size
 
     def advance(self, event_time: float) -> list[Alert]:
         """Move event time on without records (live sources idle); close what is due."""
@@ -344,7 +388,12 @@ class Engine:
         end = start + detection.interval
         self.stats.intervals_closed += 1
         totals = self.stats.egress_by_destination
+        # Keys that only received (a download's ingress) feed the unexpected windows alone.
+        egress: Bucket = {}
         for key, accum in bucket.items():
+            if not accum.bytes:
+                continue
+            egress[key] = accum
             self.policy.observe(key[0], key[1], accum.bytes, start)
             if key not in totals and len(totals) >= MAX_DESTINATION_TOTALS:
                 # Bounded metric cardinality: past the cap a destination adds to its country.
@@ -352,9 +401,10 @@ class Engine:
             totals[key] = totals.get(key, 0) + accum.bytes
         self.unexpected.collect(start, bucket)
         changed = self.unexpected.evaluate(end, self.baselines)
-        changed.extend(self.spikes.evaluate(start, bucket, self.baselines))
+        changed.extend(self.spikes.evaluate(start, egress, self.baselines))
+        changed.extend(self.new_destinations.evaluate(start, egress))
         self.baselines.observe_interval(
-            start, [((group, dest.key), accum.bytes) for (group, dest), accum in bucket.items()]
+            start, [((group, dest.key), accum.bytes) for (group, dest), accum in egress.items()]
         )
         if self.stats.intervals_closed % 288 == 0:
             self.baselines.evict_idle(end, detection.key_idle_timeout)
@@ -389,6 +439,7 @@ class Engine:
             "alerts": self.book.to_json(),
             "windows": self.unexpected.to_json(),
             "spikes": self.spikes.to_json(),
+            "new_destinations": self.new_destinations.to_json(),
             "open_buckets": self.aggregator.to_json(),
         }
 
@@ -448,7 +499,15 @@ class Engine:
         intern: dict[str, DestinationLabels] = {}
         self.unexpected.load_json(data["windows"], intern)
         self.spikes.load_json(data["spikes"], intern)
+        if "new_destinations" in data:
+            self.new_destinations.load_json(data["new_destinations"], intern)
         self.aggregator.load_json(data.get("open_buckets", []), intern)
+        # The restored open intervals' bytes were counted (egressd_egress_bytes_total) by the
+        # process that saved them; they close into the totals here again, so start each key
+        # below zero by that much: the counter starts at 0 and never counts a byte twice.
+        totals = self.stats.egress_by_destination
+        for key, size in self.aggregator.open_totals().items():
+            totals[key] = totals.get(key, 0) - size
         if data.get("event_time") is not None:
             self.aggregator.max_time = float(data["event_time"])
         if data.get("closed_upto") is not None:

@@ -53,6 +53,41 @@ def test_a_few_megabytes_while_learning_do_not_make_a_country_expected() -> None
 
 def test_a_country_used_while_learning_is_expected_afterwards() -> None:
     engine = Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
-    assert _day(engine, 0, [(15 * 3600, CN, 300_000_000)]) == []
+    # Used in several intervals across the afternoon: a habit, not a single flow.
+    habit = [(15 * 3600 + 1800 * k, CN, 50_000_000) for k in range(6)]
+    assert _day(engine, 0, habit) == []
     assert engine.policy.expected_countries("lab") == frozenset({"US", "CN"})
     assert _day(engine, 1, [(14 * 3600, CN, 150_000_000)]) == []
+
+
+def test_one_large_flow_while_learning_does_not_make_a_country_expected() -> None:
+    """Learning poison: one 300 MB flow to China during learning teaches nothing."""
+    engine = Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
+    assert _day(engine, 0, [(15 * 3600, CN, 300_000_000)]) == []
+    assert engine.policy.expected_countries("lab") == frozenset({"US"})
+    assert _day(engine, 1, [(14 * 3600 + 60 * m, CN, 2_000_000_000) for m in range(5)]) == [
+        "EgressUnexpectedDestination CN"
+    ]
+
+
+def test_sustained_use_needs_several_days_when_learning_lasts_several_days() -> None:
+    config = parse_config(CONFIG.replace('learning = "1d"', 'learning = "2d"'))
+    engine = Engine(config, EmbeddedCountryLabeler())
+    # Twelve intervals on the first day only: not yet a habit for a two-day learning period.
+    assert _day(engine, 0, [(10 * 3600 + 600 * k, CN, 30_000_000) for k in range(12)]) == []
+    assert _day(engine, 1, []) == []
+    assert engine.policy.expected_countries("lab") == frozenset({"US"})
+    again = Engine(config, EmbeddedCountryLabeler())
+    _day(again, 0, [(10 * 3600 + 600 * k, CN, 30_000_000) for k in range(6)])
+    _day(again, 1, [(10 * 3600, CN, 30_000_000)])
+    assert again.policy.expected_countries("lab") == frozenset({"US", "CN"})
+
+
+def test_a_learned_destination_that_jumps_by_orders_of_magnitude_pages() -> None:
+    """Learned with a few small intervals (too few for a seasonal level): 20 GB still pages."""
+    engine = Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
+    _day(engine, 0, [(15 * 3600 + 1800 * k, CN, 4_000_000) for k in range(6)])
+    assert "CN" in (engine.policy.expected_countries("lab") or ())
+    assert _day(engine, 1, [(16 * 3600 + 30 * k, CN, 2_000_000_000) for k in range(10)]) == [
+        "EgressVolumeSpike CN"
+    ]

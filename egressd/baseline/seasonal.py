@@ -24,7 +24,15 @@ _HEADER = struct.Struct("<ddffI")
 # per slot: level, spread (float16, log2 bytes: ~2% resolution), observations (capped at 255)
 _SLOT = struct.Struct("<eeB")
 SLOTS = 48  # 24 hours x (weekday, weekend)
-RECORD_SIZE = _HEADER.size + SLOTS * _SLOT.size
+# trailer: the key's peak interval bytes (decaying) and when it was last raised (float32
+# event time: two-minute resolution, plenty for a half-life of two weeks)
+_PEAK = struct.Struct("<ff")
+_PEAK_OFFSET = _HEADER.size + SLOTS * _SLOT.size
+#: records written before the peak existed (read with a zero peak)
+OLD_RECORD_SIZE = _PEAK_OFFSET
+RECORD_SIZE = _PEAK_OFFSET + _PEAK.size
+#: the peak halves every two weeks: a weekly job is remembered at 70% a week later
+PEAK_HALF_LIFE = 14 * 86400.0
 
 #: spread never counts as smaller than this (log2 units: a factor of about 1.4)
 MIN_SPREAD = 0.5
@@ -46,6 +54,8 @@ _RECORD_DTYPE = np.dtype(
         ("spread", "<f4"),
         ("n", "<u4"),
         ("slots", [("level", "<f2"), ("spread", "<f2"), ("n", "u1")], (SLOTS,)),
+        ("peak", "<f4"),
+        ("peak_time", "<f4"),
     ]
 )
 assert _RECORD_DTYPE.itemsize == RECORD_SIZE
@@ -156,6 +166,7 @@ class SeasonalBaselines:
         offset = _HEADER.size + self.season.slot(event_time) * _SLOT.size
         header_unpack, header_pack = _HEADER.unpack_from, _HEADER.pack_into
         slot_unpack, slot_pack = _SLOT.unpack_from, _SLOT.pack_into
+        peak_unpack, peak_pack = _PEAK.unpack_from, _PEAK.pack_into
         log2 = math.log2
         changed = self.changed
         for key, byte_count in items:
@@ -189,6 +200,11 @@ class SeasonalBaselines:
                 s_spread if s_spread < 60000.0 else 60000.0,
                 s_n + 1 if s_n < 255 else 255,
             )
+            peak, raised = peak_unpack(record, _PEAK_OFFSET)
+            if byte_count >= peak or byte_count >= peak * math.pow(
+                0.5, (event_time - raised) / PEAK_HALF_LIFE
+            ):
+                peak_pack(record, _PEAK_OFFSET, min(byte_count, 3.0e38), event_time)
 
     def expect(self, key: BaselineKey, event_time: float) -> Expectation | None:
         """The seasonal expectation for ``key`` at ``event_time``; None if never seen.
@@ -268,6 +284,16 @@ class SeasonalBaselines:
             result[~known] = np.nan
         return result
 
+    def peak(self, key: BaselineKey, event_time: float) -> float:
+        """The largest interval ``key`` has sent, halving every :data:`PEAK_HALF_LIFE`."""
+        record = self.records.get(key)
+        if record is None:
+            return 0.0
+        peak, raised = _PEAK.unpack_from(record, _PEAK_OFFSET)
+        if event_time <= raised:
+            return float(peak)
+        return float(peak) * math.pow(0.5, (event_time - raised) / PEAK_HALF_LIFE)
+
     def summary(self, key: BaselineKey) -> dict[str, object] | None:
         """A JSON-friendly view of one baseline (for the HTTP API)."""
         record = self.records.get(key)
@@ -328,6 +354,8 @@ class SeasonalBaselines:
         for text, blob in data.items():
             group, sep, dest = text.partition("\t")
             raw = base64.b64decode(blob, validate=True)
+            if len(raw) == OLD_RECORD_SIZE:
+                raw += bytes(_PEAK.size)  # no peak yet: it starts with the next interval
             if not sep or len(raw) != RECORD_SIZE:
                 raise ValueError(f"malformed baseline entry {text!r}")
             records[(group, dest)] = bytearray(raw)

@@ -7,6 +7,7 @@ without ``expected_countries`` learns its countries during the learning period.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from egressd.config import GroupConfig
@@ -15,42 +16,90 @@ from egressd.enrich import DestinationLabels
 
 @dataclass(slots=True)
 class LearnedDestinations:
-    """Countries one group sent to during its learning period (bytes per country)."""
+    """Countries one group sent to during its learning period.
+
+    Per country: bytes, the intervals it was used in, the days it was used on (and the last
+    such day): one flow is not a habit, so a country is learned only with sustained use.
+    """
 
     started: float
     countries: dict[str, int] = field(default_factory=dict)
+    #: country -> [intervals used, days used, last day used (days since started)]
+    use: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
-        return {"started": self.started, "countries": dict(self.countries)}
+        return {
+            "started": self.started,
+            "countries": dict(self.countries),
+            "use": {c: list(u) for c, u in self.use.items()},
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> LearnedDestinations:
         countries = data.get("countries", {})
         started = data.get("started")
+        use = data.get("use")
         if not isinstance(countries, dict) or not isinstance(started, int | float):
             raise ValueError("malformed learned destinations")
-        return cls(float(started), {str(k): int(v) for k, v in countries.items()})
+        learned = cls(float(started), {str(k): int(v) for k, v in countries.items()})
+        if isinstance(use, dict):
+            learned.use = {str(k): [int(x) for x in v][:3] for k, v in use.items()}
+        else:
+            # A state written before use was counted: keep what it learned as learned.
+            learned.use = {c: [1 << 30, 1 << 30, -1] for c in learned.countries}
+        return learned
 
 
 class ExpectedDestinations:
     """Answers "is this destination expected for this group?" at a given event time."""
 
-    __slots__ = ("_groups", "learn_min_bytes", "learned", "learning")
+    __slots__ = (
+        "_groups",
+        "learn_min_bytes",
+        "learn_min_days",
+        "learn_min_intervals",
+        "learned",
+        "learning",
+    )
 
     def __init__(
-        self, groups: tuple[GroupConfig, ...], learning: float, learn_min_bytes: int
+        self,
+        groups: tuple[GroupConfig, ...],
+        learning: float,
+        learn_min_bytes: int,
+        learn_min_intervals: int = 1,
+        learn_min_days: int = 1,
     ) -> None:
         self._groups = {g.name: g for g in groups}
+        self.learned: dict[str, LearnedDestinations] = {}
         self.learning = learning
         self.learn_min_bytes = learn_min_bytes
-        self.learned: dict[str, LearnedDestinations] = {}
+        self.learn_min_intervals = learn_min_intervals
+        self.learn_min_days = learn_min_days
+        self.reconfigure(groups, learning, learn_min_bytes, learn_min_intervals, learn_min_days)
 
     def reconfigure(
-        self, groups: tuple[GroupConfig, ...], learning: float, learn_min_bytes: int
+        self,
+        groups: tuple[GroupConfig, ...],
+        learning: float,
+        learn_min_bytes: int,
+        learn_min_intervals: int = 1,
+        learn_min_days: int = 1,
     ) -> None:
         self._groups = {g.name: g for g in groups}
         self.learning = learning
         self.learn_min_bytes = learn_min_bytes
+        # A learning period shorter than the demand cannot meet it: ask for what fits.
+        self.learn_min_days = max(1, min(learn_min_days, math.ceil(learning / 86400.0)))
+        self.learn_min_intervals = learn_min_intervals
+
+    def _learned(self, learned: LearnedDestinations, country: str) -> bool:
+        if learned.countries.get(country, 0) < self.learn_min_bytes:
+            return False
+        use = learned.use.get(country)
+        return (
+            use is not None and use[0] >= self.learn_min_intervals and use[1] >= self.learn_min_days
+        )
 
     def observe(self, group: str, labels: DestinationLabels, byte_count: int, when: float) -> None:
         """Feed one interval's bytes; only groups that learn their countries keep anything."""
@@ -60,10 +109,18 @@ class ExpectedDestinations:
         learned = self.learned.get(group)
         if learned is None:
             learned = self.learned[group] = LearnedDestinations(started=when)
-        if when - learned.started < self.learning:
-            learned.countries[labels.country] = (
-                learned.countries.get(labels.country, 0) + byte_count
-            )
+        if when - learned.started < self.learning and byte_count > 0:
+            country = labels.country
+            learned.countries[country] = learned.countries.get(country, 0) + byte_count
+            day = int((when - learned.started) // 86400.0)
+            use = learned.use.get(country)
+            if use is None:
+                learned.use[country] = [1, 1, day]
+            else:
+                use[0] += 1
+                if day != use[2]:
+                    use[1] += 1
+                    use[2] = day
 
     def is_learning(self, group: str, when: float) -> bool:
         policy = self._groups.get(group)
@@ -79,7 +136,7 @@ class ExpectedDestinations:
         learned = self.learned.get(group)
         if learned is None:
             return None
-        return frozenset(c for c, b in learned.countries.items() if b >= self.learn_min_bytes)
+        return frozenset(c for c in learned.countries if self._learned(learned, c))
 
     def is_expected(self, group: str, labels: DestinationLabels, when: float) -> bool:
         """True when ``labels`` is an expected destination for ``group`` at ``when``.
@@ -101,8 +158,7 @@ class ExpectedDestinations:
                 return labels.country in policy.expected_countries
         if self.is_learning(group, when):
             return True
-        learned = self.learned[group]
-        return learned.countries.get(labels.country, 0) >= self.learn_min_bytes
+        return self._learned(self.learned[group], labels.country)
 
     def to_json(self) -> dict[str, object]:
         return {g: learned.to_json() for g, learned in self.learned.items()}

@@ -19,13 +19,14 @@ from egressd import __version__
 from egressd.baseline.seasonal import BaselineKey, SeasonalBaselines
 from egressd.detect.alerts import FIRING
 from egressd.detect.detectors import SPIKE, UNEXPECTED
+from egressd.detect.newdest import NEW_DESTINATION
 from egressd.enrich import DestinationLabels
 from egressd.pipeline import Engine
 from egressd.sinks.alertmanager import AlertmanagerStats
 from egressd.sources.base import Source
 
 PREFIX = "egressd_"
-ALERTNAMES = (UNEXPECTED, SPIKE)
+ALERTNAMES = (UNEXPECTED, SPIKE, NEW_DESTINATION)
 
 
 @dataclass(slots=True)
@@ -351,6 +352,18 @@ class EgressdCollector(Collector):
             "unexpected_windows_evicted",
             "Unexpected-destination windows dropped to stay within max_keys",
             engine.unexpected.evicted,
+        )
+        yield _gauge_labelled(
+            "new_destination_prefixes",
+            "Destination prefixes (/24, /48) each group remembers for EgressNewDestinationVolume "
+            "(capped at new_destination_max_prefixes per group)",
+            engine.new_destinations.prefixes(),
+            "group",
+        )
+        yield _counter(
+            "new_destination_prefixes_evicted",
+            "Destination prefixes forgotten to stay within new_destination_max_prefixes",
+            engine.new_destinations.evicted,
         )
         yield _gauge(
             "egress_destination_series",

@@ -1,0 +1,319 @@
+"""EgressNewDestinationVolume: bulk egress to address prefixes a group has not used lately.
+
+An allowed country (or region, or ASN) is a large place. A group's uploads to it normally go
+to the same few networks (its cloud, its backup target, its partners); gigabytes within an
+hour to a /24 (IPv4) or /48 (IPv6) the group has not sent to for ``new_destination_unseen``
+(a fresh VPS in an allowed country) are worth a page even when the volume hides inside the
+destination's usual spread, such as a busy nightly-backup hour.
+
+Prefixes come from each interval's top-destination sketch (the addresses that carried at
+least :data:`SEEN_MIN_BYTES` in the interval), so the cost is per interval, not per record.
+Each group remembers at most ``new_destination_max_prefixes`` prefixes (least recently used
+go first, counted in :attr:`NewDestinationDetector.evicted`). Keys whose traffic moves
+between networks all the time (CDN-fronted services) learn their own churn: new-prefix
+volume must also be :data:`CHURN_RATIO` times the most the key has sent to new prefixes in
+an hour before (halving every :data:`CHURN_HALF_LIFE`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections import deque
+
+from egressd.aggregate import AggregateKey, Bucket
+from egressd.config import DetectionConfig
+from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
+from egressd.detect.detectors import LabelOptions, alert_labels
+from egressd.detect.policy import ExpectedDestinations
+from egressd.enrich import DestinationLabels
+from egressd.sketch import TopK
+from egressd.units import format_bytes, format_duration
+
+NEW_DESTINATION = "EgressNewDestinationVolume"
+#: an address counts as used in an interval when it carried at least this much
+SEEN_MIN_BYTES = 1_000_000
+CHURN_RATIO = 3.0
+CHURN_HALF_LIFE = 14 * 86400.0
+_PREFIX_CACHE = 65_536
+
+
+def prefix_of(address: str) -> str:
+    """The /24 (IPv4) or /48 (IPv6) network of ``address``, as text."""
+    if ":" not in address:
+        head, _sep, _tail = address.rpartition(".")
+        return f"{head}.0/24"
+    try:
+        return str(ipaddress.IPv6Network(f"{address}/48", strict=False))
+    except ValueError:
+        return address
+
+
+class _Seen:
+    """When a prefix was first used in its current run of use, and last used."""
+
+    __slots__ = ("first", "last")
+
+    def __init__(self, when: float) -> None:
+        self.first = when
+        self.last = when
+
+
+class _GroupPrefixes:
+    __slots__ = ("prefixes", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        #: least recently used first
+        self.prefixes: dict[str, _Seen] = {}
+
+
+class _Entry:
+    __slots__ = ("bytes", "destinations", "sources", "start")
+
+    def __init__(self, start: float, size: int, destinations: TopK, sources: TopK) -> None:
+        self.start = start
+        self.bytes = size
+        self.destinations = destinations
+        self.sources = sources
+
+
+class _Window:
+    __slots__ = ("entries", "history")
+
+    def __init__(self) -> None:
+        self.entries: deque[_Entry] = deque()
+        #: (event time, window total, paging then) of recent evaluations: once a window
+        #: length old, a total that did not page tells what the key's churn is
+        self.history: deque[tuple[float, int, bool]] = deque()
+
+
+class NewDestinationDetector:
+    """Per (group x expected destination): bytes within a window to newly used prefixes."""
+
+    __slots__ = (
+        "_config",
+        "_labels",
+        "_prefix_cache",
+        "book",
+        "churn",
+        "evicted",
+        "groups",
+        "policy",
+        "windows",
+    )
+
+    def __init__(
+        self,
+        config: DetectionConfig,
+        policy: ExpectedDestinations,
+        book: AlertBook,
+        labels: LabelOptions,
+    ) -> None:
+        self._config = config
+        self._labels = labels
+        self.policy = policy
+        self.book = book
+        self.groups: dict[str, _GroupPrefixes] = {}
+        self.windows: dict[AggregateKey, _Window] = {}
+        #: per key: (most bytes sent to new prefixes within a window, when)
+        self.churn: dict[AggregateKey, tuple[float, float]] = {}
+        #: prefixes forgotten to stay within new_destination_max_prefixes
+        self.evicted = 0
+        self._prefix_cache: dict[str, str] = {}
+
+    def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
+        self._config = config
+        self._labels = labels
+
+    def prefixes(self) -> dict[str, int]:
+        """Prefixes remembered per group (for metrics)."""
+        return {group: len(g.prefixes) for group, g in self.groups.items()}
+
+    def _prefix(self, address: str) -> str:
+        prefix = self._prefix_cache.get(address)
+        if prefix is None:
+            if len(self._prefix_cache) >= _PREFIX_CACHE:
+                self._prefix_cache.clear()
+            prefix = self._prefix_cache[address] = prefix_of(address)
+        return prefix
+
+    def evaluate(self, start: float, bucket: Bucket) -> list[Alert]:
+        """Account the closed interval at ``start`` (egress keys only) and evaluate."""
+        config = self._config
+        now = start + config.interval
+        unseen = config.new_destination_unseen
+        fresh_for = config.new_destination_window
+        limit = config.new_destination_max_prefixes
+        learning = config.learning
+        for key, accum in bucket.items():
+            group = key[0]
+            tracked = self.groups.get(group)
+            if tracked is None:
+                tracked = self.groups[group] = _GroupPrefixes(start)
+            prefixes = tracked.prefixes
+            counting = start - tracked.since >= min(learning / 2, 86400.0)
+            new_bytes = 0
+            new_destinations: TopK | None = None
+            for address, weight in accum.destinations.counts.items():
+                if weight < SEEN_MIN_BYTES:
+                    continue
+                prefix = self._prefix(address)
+                seen = prefixes.pop(prefix, None)
+                if seen is None or start - seen.last > unseen:
+                    seen = _Seen(start)
+                else:
+                    seen.last = start
+                prefixes[prefix] = seen
+                if counting and start - seen.first < fresh_for:
+                    new_bytes += weight
+                    if new_destinations is None:
+                        new_destinations = TopK(16)
+                    new_destinations.add(address, weight)
+            while len(prefixes) > limit:
+                del prefixes[next(iter(prefixes))]
+                self.evicted += 1
+            if new_destinations is not None:
+                window = self.windows.get(key)
+                if window is None:
+                    window = self.windows[key] = _Window()
+                window.entries.append(_Entry(start, new_bytes, new_destinations, accum.sources))
+        return self._evaluate(now)
+
+    def _evaluate(self, now: float) -> list[Alert]:
+        config = self._config
+        floor = config.new_destination_min_bytes
+        horizon = now - config.new_destination_window
+        changed: list[Alert] = []
+        for key, window in list(self.windows.items()):
+            entries = window.entries
+            while entries and entries[0].start < horizon:
+                entries.popleft()
+            group, dest = key
+            alert_key: AlertKey = (NEW_DESTINATION, group, dest.key)
+            total = sum(entry.bytes for entry in entries)
+            churn = self._churn(key, now)
+            tracked = self.groups[group]
+            armed = now - tracked.since >= config.learning and self.policy.is_expected(
+                group, dest, now - config.interval
+            )
+            fire = armed and total >= floor and total >= CHURN_RATIO * churn
+            keep = total >= floor / 2
+
+            def describe(
+                window: deque[_Entry] = entries,
+                total: int = total,
+                group: str = group,
+                dest: DestinationLabels = dest,
+                churn: float = churn,
+            ) -> tuple[dict[str, str], dict[str, str]]:
+                return self._describe(now, window, total, group, dest, churn)
+
+            alert = self.book.evaluate(alert_key, now, fire, keep, describe, strength=total)
+            if alert is not None:
+                changed.append(alert)
+            history = window.history
+            history.append((now, total, alert_key in self.book.active))
+            # Totals a window length old, that did not page, are the key's ordinary churn:
+            # the lag keeps a transfer in progress from raising the bar it must clear.
+            while history and (history[0][0] <= horizon or not entries):
+                _when, old_total, paging = history.popleft()
+                if not paging and old_total > self._churn(key, now):
+                    self.churn[key] = (float(old_total), now)
+            if not entries and alert_key not in self.book.active:
+                del self.windows[key]
+        if len(self.churn) > config.max_keys:
+            for key in sorted(self.churn, key=lambda k: self.churn[k][1])[: config.max_keys // 10]:
+                del self.churn[key]
+        return changed
+
+    def _churn(self, key: AggregateKey, now: float) -> float:
+        found = self.churn.get(key)
+        if found is None:
+            return 0.0
+        size, when = found
+        return size * math.pow(0.5, max(now - when, 0.0) / CHURN_HALF_LIFE)
+
+    def _describe(
+        self,
+        now: float,
+        window: deque[_Entry],
+        total: int,
+        group: str,
+        dest: DestinationLabels,
+        churn: float,
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        config = self._config
+        sources = TopK(64)
+        destinations = TopK(64)
+        for entry in window:
+            sources.merge(entry.sources)
+            destinations.merge(entry.destinations)
+        first = window[0].start if window else now
+        span = format_duration(config.new_destination_window)
+        unseen = format_duration(config.new_destination_unseen)
+        prefixes = sorted({self._prefix(a) for a, _ in destinations.top(config.top_talkers)})
+        n = config.top_talkers
+        labels = alert_labels(NEW_DESTINATION, group, dest, config.severity, self._labels)
+        annotations = {
+            "summary": (
+                f"{group} sent {format_bytes(total)} within {span} to networks in "
+                f"{dest.describe()} it had not used for {unseen}"
+            ),
+            "description": (
+                f"Group {group} sent {format_bytes(total)} between {rfc3339(first)} and "
+                f"{rfc3339(now)} to {', '.join(prefixes)} in {dest.describe()}, networks it "
+                f"had not sent to for {unseen} (floor "
+                f"{format_bytes(config.new_destination_min_bytes)} per {span}; usual "
+                f"new-network volume {format_bytes(round(churn))}). Top sources of the "
+                f"destination: {_with_bytes(sources, n)}. New destinations: "
+                f"{_with_bytes(destinations, n)}."
+            ),
+            "bytes": str(total),
+            "baseline_bytes": str(round(churn)),
+            "window": span,
+            "new_prefixes": ",".join(prefixes),
+            "top_sources": ",".join(item for item, _ in sources.top(n)),
+            "top_destinations": ",".join(item for item, _ in destinations.top(n)),
+        }
+        if dest.as_org:
+            annotations["dst_as_org"] = dest.as_org
+        return labels, annotations
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "groups": {
+                group: {
+                    "since": tracked.since,
+                    "prefixes": [[p, s.first, s.last] for p, s in tracked.prefixes.items()],
+                }
+                for group, tracked in self.groups.items()
+            },
+            "churn": [[g, d.key, size, when] for (g, d), (size, when) in self.churn.items()],
+        }
+
+    def load_json(self, data: object, intern: dict[str, DestinationLabels]) -> None:
+        """Restore what :meth:`to_json` wrote (windows start empty: at most an hour lost)."""
+        if not isinstance(data, dict):
+            raise ValueError("malformed new-destination state")
+        groups: dict[str, _GroupPrefixes] = {}
+        for group, item in dict(data.get("groups", {})).items():
+            tracked = _GroupPrefixes(float(item["since"]))
+            for prefix, first, last in item["prefixes"]:
+                seen = _Seen(float(first))
+                seen.last = float(last)
+                tracked.prefixes[str(prefix)] = seen
+            groups[str(group)] = tracked
+        churn: dict[AggregateKey, tuple[float, float]] = {}
+        for group, dest_key, size, when in list(data.get("churn", [])):
+            dest = intern.get(str(dest_key)) or DestinationLabels.from_key(str(dest_key))
+            churn[(str(group), dest)] = (float(size), float(when))
+        self.groups = groups
+        self.churn = churn
+        self.windows = {}
+
+
+def _with_bytes(sketch: TopK, n: int) -> str:
+    return ", ".join(f"{item} ({format_bytes(weight)})" for item, weight in sketch.top(n))
