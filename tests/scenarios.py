@@ -721,3 +721,329 @@ _PUBLIC_FIRST_OCTETS = (
     103, 104, 114, 119, 133, 140, 145, 151, 157, 163, 177, 178, 185, 193, 194, 195, 200, 202,
     210, 212, 218, 220, 223,
 )  # fmt: skip
+
+
+# -- a realistic month -----------------------------------------------------------------------
+
+MONTH_DAYS = 28
+MONTH_LEARNING = 7 * DAY
+#: per-interval noise of real links: log-normal with this sigma
+MONTH_NOISE = 0.4
+#: chance per (profile, interval) of a 5-8x burst (about twice a day per destination)
+MONTH_BURST_CHANCE = 1 / 150
+#: from this day the diurnal pattern (and the nightly jobs) run an hour earlier in UTC
+MONTH_DST_DAY = 21
+#: the office exporter samples 1:10, then 1:20 from this day
+MONTH_RATE_DAY = 14
+#: the servers' exporter: a second collector whose clock runs this far behind
+LAGGING_EXPORTER = "10.255.0.4"
+LAG = 180.0
+#: office -> US doubles for good from this day
+MONTH_STEP_DAY = 18
+#: a new research host starts on this day
+MONTH_NEW_HOST_DAY = 15
+#: the defaults the month is judged with (the config sets only interval and learning)
+WINDOW_24H_FLOOR = 1_000_000_000
+FANOUT_FLOOR = 5 * UNEXPECTED_MIN_BYTES
+NEW_DESTINATION_FLOOR = 1_000_000_000
+#: networks in allowed countries that the background never uses
+FRESH_DE = ("88.99.1.1", "94.130.1.1", "159.69.1.1")
+MIRROR_JP = ("133.242.1.1", "153.127.1.1")
+
+MONTH_CONFIG_TOML = CONFIG_TOML.replace(
+    '[detection]\ninterval = "5m"\nlearning = "3d"\n'
+    'unexpected_min_bytes = "100MB"\nunexpected_window = "1h"\n',
+    '[detection]\ninterval = "5m"\nlearning = "7d"\n',
+)
+assert MONTH_CONFIG_TOML != CONFIG_TOML
+
+
+def _month_shift(event_time: float, start: float) -> float:
+    """Hours to add to UTC to get the local hour the diurnal pattern follows."""
+    return 1.0 if event_time >= start + MONTH_DST_DAY * DAY else 0.0
+
+
+def _month_background(
+    rng: random.Random, hosts: _Hosts, start: float, days: int, new_host: str
+) -> list[Flow]:
+    """Heavy-tailed background: log-normal noise, recurring bursts, DST, a step, a new host."""
+    flows: list[Flow] = []
+    append = flows.append
+    random_ = rng.random
+    gauss = rng.gauss
+    v4_dests = {c: [a for a in DESTINATIONS[c] if ":" not in a] for c in DESTINATIONS}
+    v6_dests = {c: [a for a in DESTINATIONS[c] if ":" in a] for c in DESTINATIONS}
+    intervals = int(days * DAY / INTERVAL)
+    sigma = MONTH_NOISE
+    for i in range(intervals):
+        t0 = start + i * INTERVAL
+        moment = datetime.fromtimestamp(t0, UTC)
+        hour = (moment.hour + moment.minute / 60.0 + _month_shift(t0, start)) % 24
+        activity = diurnal(hour)
+        weekend = moment.weekday() >= 5
+        day = int((t0 - start) // DAY)
+        for profile in PROFILES:
+            if t0 < start + profile.first_day * DAY:
+                continue
+            mean = profile.peak * (profile.night + (1.0 - profile.night) * activity)
+            if weekend:
+                mean *= profile.weekend
+            if profile.group == "office" and profile.country == "US" and day >= MONTH_STEP_DAY:
+                mean *= 2.0
+            total = mean * math.exp(gauss(0.0, sigma) - sigma**2 / 2)
+            if random_() < MONTH_BURST_CHANCE:
+                total *= rng.uniform(5.0, 8.0)
+            parts = 1 + int(3 * random_() * (0.3 + activity))
+            sampled = profile.group == "office"
+            rate = (20 if day >= MONTH_RATE_DAY else 10) if sampled else 1
+            if sampled:
+                exporter = SAMPLED_EXPORTER
+            elif profile.group == "servers":
+                exporter = LAGGING_EXPORTER
+            else:
+                exporter = EXPORTER
+            v4 = v4_dests[profile.country]
+            v6 = v6_dests[profile.country]
+            for size in _split(rng, total, parts):
+                ipv6 = bool(v6) and random_() < profile.ipv6
+                pool = v6 if ipv6 else v4
+                end = t0 + 0.5 + random_() * (INTERVAL - 1.0)
+                raw = max(size // rate, 40)
+                src = hosts.pick(rng, profile.group, ipv6)
+                new = day >= MONTH_NEW_HOST_DAY and profile.group == "research" and not ipv6
+                if new and random_() < 0.2:
+                    src = new_host
+                append(
+                    Flow(
+                        end,
+                        end - random_() * 60.0,
+                        src,
+                        pool[int(random_() * len(pool))],
+                        raw,
+                        max(raw // 1100, 1),
+                        rate,
+                        exporter,
+                        6,
+                        32768 + int(random_() * 28000),
+                        443,
+                    )
+                )
+    return flows
+
+
+def _fanout_destinations(rng: random.Random, count: int, avoid: set[str]) -> list[str]:
+    """One public address in each of ``count`` countries outside ``avoid``."""
+    chosen: dict[str, str] = {}
+    while len(chosen) < count:
+        batch = [
+            f"{rng.choice(_PUBLIC_FIRST_OCTETS)}.{rng.randrange(256)}.{rng.randrange(256)}."
+            f"{rng.randrange(1, 255)}"
+            for _ in range(400)
+        ]
+        for address, country in zip(batch, iptocc.country_code(batch), strict=True):
+            if country and country not in avoid and country not in chosen:
+                chosen[country] = address
+                if len(chosen) == count:
+                    break
+    return [chosen[c] for c in sorted(chosen)]
+
+
+def _expect(
+    name: str,
+    alertname: str,
+    group: str,
+    country: str,
+    flows: list[Flow],
+    floor: float,
+    source: str,
+    destination: str,
+    baseline: float | None = None,
+    crossing_floor: float | None = None,
+) -> ExpectedAlert:
+    return ExpectedAlert(
+        name,
+        alertname,
+        group,
+        country,
+        _crossing(flows, crossing_floor if crossing_floor is not None else floor),
+        source,
+        destination,
+        int(floor),
+        sum(f.real_bytes for f in flows),
+        baseline,
+    )
+
+
+def _interval_max(flows: Iterable[Flow], group_hosts: set[str], dests: set[str]) -> float:
+    sums: dict[float, int] = {}
+    for f in flows:
+        if f.src in group_hosts and f.dst in dests:
+            slot = f.end - f.end % INTERVAL
+            sums[slot] = sums.get(slot, 0) + f.real_bytes
+    return float(max(sums.values()))
+
+
+def generate_month(seed: int = 1, start: float = START) -> Scenario:
+    """28 days of realistic traffic (see tests/test_scenarios.py) with patient exfiltrations."""
+    days = MONTH_DAYS
+    rng = random.Random(seed * 7919 + 28)
+    hosts = _Hosts(rng)
+    new_host = "10.20.251.9"
+    flows = _month_background(rng, hosts, start, days, new_host)
+    expected: list[ExpectedAlert] = []
+    traps: list[Trap] = []
+    unexpected = "EgressUnexpectedDestination"
+
+    # -- exfiltrations (after the seven learning days) ----------------------------------
+    # Fast burst: research -> CN, several GB in minutes.
+    src = hosts.v4["research"][rng.randrange(20)]
+    dst = rng.choice(DESTINATIONS["CN"])
+    begin = _at(start, 8, rng.uniform(10, 16))
+    burst = _transfer(rng, src, dst, begin, begin + rng.uniform(5, 9) * 60, rng.uniform(4, 8) * GB)
+    expected.append(
+        _expect("burst", unexpected, "research", "CN", burst, UNEXPECTED_MIN_BYTES, src, dst)
+    )
+    flows += burst
+
+    # IPv6: research -> RU over IPv6, small hours.
+    src = rng.choice(hosts.v6["research"])
+    dst = rng.choice(DESTINATIONS["RU6"])
+    begin = _at(start, 9, rng.uniform(2, 5))
+    v6 = _transfer(rng, src, dst, begin, begin + rng.uniform(10, 20) * 60, rng.uniform(1, 3) * GB)
+    expected.append(
+        _expect("ipv6", unexpected, "research", "RU", v6, UNEXPECTED_MIN_BYTES, src, dst)
+    )
+    flows += v6
+
+    # Sampled: lab -> HK through an exporter sampling 1:100.
+    src = hosts.v4["lab"][rng.randrange(10)]
+    dst = rng.choice(DESTINATIONS["HK"])
+    begin = _at(start, 10, rng.uniform(9, 15))
+    sampled = _transfer(
+        rng, src, dst, begin, begin + 600, rng.uniform(150, 200) * MB,
+        step=15.0, sampling_rate=100, exporter=LAB_EXPORTER,
+    )  # fmt: skip
+    expected.append(
+        _expect("sampled", unexpected, "lab", "HK", sampled, UNEXPECTED_MIN_BYTES, src, dst)
+    )
+    flows += sampled
+
+    # Slow drip: office -> RU at 60 MB/h for two days: never 100 MB in an hour, 1 GB in a day.
+    src = hosts.v4["office"][rng.randrange(50, 100)]
+    dst = rng.choice(DESTINATIONS["RU"])
+    begin = _at(start, 11, rng.uniform(0, 24))
+    drip = _transfer(rng, src, dst, begin, begin + 2 * DAY, 2 * 24 * 60 * MB, step=300.0)
+    expected.append(
+        _expect("slow-drip", unexpected, "office", "RU", drip, WINDOW_24H_FLOOR, src, dst)
+    )
+    flows += drip
+
+    # Learning poison: one 20.1 MB flow lab -> BR while learning, 10 GB after.
+    src = hosts.v4["lab"][rng.randrange(10, 20)]
+    dst = rng.choice(DESTINATIONS["BR"])
+    poison_at = _at(start, 2, rng.uniform(10, 16))
+    flows.append(Flow(poison_at, poison_at - 30, src, dst, 20_100_000, 16_000))
+    begin = _at(start, 12, rng.uniform(9, 17))
+    poison = _transfer(rng, src, dst, begin, begin + 1800, 10 * GB)
+    expected.append(
+        _expect("learning-poison", unexpected, "lab", "BR", poison, UNEXPECTED_MIN_BYTES, src, dst)
+    )
+    flows += poison
+
+    # Far beyond history: research -> US, four times the largest interval it ever had.
+    us_hosts = set(hosts.v4["research"]) | set(hosts.v6["research"]) | {new_host}
+    history = _interval_max(flows, us_hosts, set(DESTINATIONS["US"]))
+    t0 = _at(start, 16, 0) + INTERVAL * rng.randrange(11 * 12, 15 * 12)
+    src = hosts.v4["research"][rng.randrange(20, 40)]
+    dst = rng.choice([a for a in DESTINATIONS["US"] if ":" not in a])
+    spike = _transfer(rng, src, dst, t0 + 1, t0 + INTERVAL - 1, 4 * history, step=20.0)
+    us = next(p for p in PROFILES if p.group == "research" and p.country == "US")
+    baseline = profile_bytes(us, t0, start) / growth(t0, start)
+    expected.append(
+        _expect(
+            "far-spike", "EgressVolumeSpike", "research", "US", spike, SPIKE_MIN_BYTES, src,
+            dst, baseline, crossing_floor=2 * history,
+        )
+    )  # fmt: skip
+    flows += spike
+
+    # Exfiltration hidden in the nightly backup hour: servers -> a fresh DE network, 8 GB.
+    src = hosts.v4["servers"][rng.randrange(5, 30)]
+    dst = rng.choice(FRESH_DE)
+    begin = _at(start, 17, 1 + rng.uniform(0.1, 0.5))
+    hidden = _transfer(rng, src, dst, begin, begin + 3600, 8 * GB)
+    expected.append(
+        _expect(
+            "backup-hour", "EgressNewDestinationVolume", "servers", "DE", hidden,
+            NEW_DESTINATION_FLOOR, src, dst,
+        )
+    )  # fmt: skip
+    flows += hidden
+
+    # Fan-out: office -> 60 countries at 95 MB per 65 minutes each, for three hours.
+    avoid = {"US", "GB", "IE", "FR", "NL", "DE", "CN", "RU", "HK", "BR", "JP"}
+    targets = _fanout_destinations(rng, 60, avoid)
+    src = hosts.v4["office"][rng.randrange(100, 200)]
+    begin = _at(start, 23, rng.uniform(9, 15))
+    fan: list[Flow] = []
+    for target in targets:
+        offset = rng.uniform(0, 300)
+        # Evenly paced: 95 MB in every 65 minutes, so no single country reaches its floor.
+        for k in range(36):
+            at = begin + offset + k * 300 + rng.uniform(-20, 20)
+            size = int(95 * MB * 300 / 3900)
+            fan.append(Flow(at, at - 290, src, target, size, size // 1200))
+    fan.sort(key=lambda f: f.end)
+    expected.append(
+        _expect("fan-out", unexpected, "office", "multiple", fan, FANOUT_FLOOR, src, "")
+    )
+    flows += fan
+
+    # -- benign traps --------------------------------------------------------------------
+    # Nightly backups of varying size: servers -> one DE address, 01:00-03:00 local.
+    backup_src = hosts.v4["servers"][0]
+    backup_dst = DESTINATIONS["DE"][0]
+    for day in range(days):
+        local = -_month_shift(_at(start, day, 12), start)
+        begin = _at(start, day, 1 + local + rng.uniform(0, 5) / 60)
+        end = _at(start, day, 3 + local - rng.uniform(0, 5) / 60)
+        volume = rng.uniform(1, 30) * GB
+        flows += _transfer(rng, backup_src, backup_dst, begin, end, volume, dst_port=22,
+                           exporter=LAGGING_EXPORTER)  # fmt: skip
+        traps.append(Trap("nightly-backup", begin, end))
+    # Weekly full backup, Sundays only: servers -> one US address, 04:00-08:00, ~120 GB.
+    full_dst = DESTINATIONS["US"][2]
+    for day in range(6, days, 7):
+        local = -_month_shift(_at(start, day, 12), start)
+        begin = _at(start, day, 4 + local)
+        volume = 120 * GB * math.exp(rng.gauss(0, 0.05))
+        flows += _transfer(rng, backup_src, full_dst, begin, begin + 4 * 3600, volume,
+                           dst_port=22, exporter=LAGGING_EXPORTER)  # fmt: skip
+        traps.append(Trap("weekly-backup", begin, begin + 4 * 3600))
+    # A download: a research build host pulls 20 GB in 2 h from a JP mirror (research never
+    # sends to JP); the pure ACKs back (~60 B/packet, ~2% of the ingress) are egress to JP.
+    for day in (9, 19, 26):
+        host = hosts.v4["research"][rng.randrange(40, 60)]
+        mirror = rng.choice(MIRROR_JP)
+        begin = _at(start, day, rng.uniform(9, 16))
+        flows += _transfer(rng, mirror, host, begin, begin + 7200, 20 * GB, dst_port=40000)
+        for ack in _transfer(rng, host, mirror, begin, begin + 7200, 0.02 * 20 * GB):
+            flows.append(ack._replace(packets=max(ack.bytes // 60, 1), src_port=40000,
+                                      dst_port=443))  # fmt: skip
+        traps.append(Trap("download", begin, begin + 7200))
+    # A few MB to an unexpected country now and then.
+    for day in range(8, days, 5):
+        begin = _at(start, day, 9 + 6 * rng.random())
+        flows += _transfer(rng, hosts.v4["office"][day], rng.choice(DESTINATIONS["BR"]),
+                           begin, begin + 30, 2 * MB)  # fmt: skip
+        traps.append(Trap("few-mb", begin, begin + 30))
+
+    # The lagging collector stamps its flows LAG seconds early; they arrive in true order.
+    arrival = {LAGGING_EXPORTER: LAG}
+    flows = [
+        f._replace(end=f.end - LAG, start=f.start - LAG) if f.exporter == LAGGING_EXPORTER else f
+        for f in flows
+    ]
+    flows.sort(key=lambda f: f.end + arrival.get(f.exporter, 0.0))
+    expected.sort(key=lambda e: e.crossing)
+    return Scenario(seed, start, days, flows, expected, traps, MONTH_CONFIG_TOML)

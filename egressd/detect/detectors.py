@@ -7,6 +7,7 @@ each finding carries its evidence: bytes, baseline, top sources and top destinat
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -244,6 +245,10 @@ class UnexpectedDestinationDetector(_Detector):
                     fire_index = index
             alert_key: AlertKey = (UNEXPECTED, group, dest.key)
             is_active = alert_key in active
+            if not is_active and group in self._fanout_last:
+                # The group's fan-out page already covers this destination: one page, not
+                # one per country, while it lasts.
+                fire_index = -1
             if fire_index < 0 and not is_active:
                 if not window.entries:
                     del self.windows[key]
@@ -473,10 +478,69 @@ class UnexpectedDestinationDetector(_Detector):
         # Spans shorter than the longest drop what they no longer cover at the next evaluate.
 
 
+#: the quantile of large intervals' ratio to their seasonal level that marks a usual burst
+BURST_QUANTILE = 0.99
+#: a spike must be this many times that usual burst ratio above its seasonal level
+BURST_MARGIN = 2.0
+#: below this many samples the network's burst ratio is unknown (no constraint)
+BURST_MIN_SAMPLES = 500
+_RATIO_STEPS = 8  # histogram bins per doubling
+_RATIO_LOW = -8  # log2 of the smallest ratio kept apart
+_RATIO_BINS = 32 * _RATIO_STEPS
+
+
+class BurstRatios:
+    """A histogram of log2(bytes / seasonal expectation) of large intervals, all keys.
+
+    It says how bursty this network is: with heavy-tailed volumes, bursts several times a
+    key's level are routine, and a key that has not shown one yet is no exception. Counts
+    halve when they grow large, so the histogram follows the network over weeks.
+    """
+
+    __slots__ = ("bins", "samples")
+
+    def __init__(self) -> None:
+        self.bins = [0] * _RATIO_BINS
+        self.samples = 0
+
+    def add(self, size: float, expected: float) -> None:
+        if size <= 0 or expected <= 0:
+            return
+        index = int((math.log2(size / expected) - _RATIO_LOW) * _RATIO_STEPS)
+        self.bins[min(max(index, 0), _RATIO_BINS - 1)] += 1
+        self.samples += 1
+        if self.samples >= 200_000:
+            self.bins = [n // 2 for n in self.bins]
+            self.samples = sum(self.bins)
+
+    def quantile(self, q: float) -> float:
+        """The ratio below which ``q`` of the samples fall (0 while there are too few)."""
+        if self.samples < BURST_MIN_SAMPLES:
+            return 0.0
+        target = q * self.samples
+        running = 0
+        for index, count in enumerate(self.bins):
+            running += count
+            if running >= target:
+                return float(2.0 ** ((index + 1) / _RATIO_STEPS + _RATIO_LOW))
+        return float(2.0 ** (_RATIO_BINS / _RATIO_STEPS + _RATIO_LOW))
+
+    def to_json(self) -> list[int]:
+        return list(self.bins)
+
+    @classmethod
+    def from_json(cls, data: object) -> BurstRatios:
+        ratios = cls()
+        if isinstance(data, list) and len(data) == _RATIO_BINS:
+            ratios.bins = [max(int(n), 0) for n in data]
+            ratios.samples = sum(ratios.bins)
+        return ratios
+
+
 class VolumeSpikeDetector(_Detector):
     """Bytes to an expected destination in one interval far above its seasonal baseline."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_last", "ratios")
 
     def __init__(
         self,
@@ -488,6 +552,8 @@ class VolumeSpikeDetector(_Detector):
         super().__init__(config, policy, book, labels)
         # the destination labels of keys with an active spike alert, to evaluate them when idle
         self._last: dict[AlertKey, AggregateKey] = {}
+        #: how far above their seasonal level this network's large intervals go
+        self.ratios = BurstRatios()
 
     def eligible(self, expectation: Expectation | None, start: float) -> bool:
         """A key at least a learning period old can call a spike (a young key cannot)."""
@@ -499,6 +565,8 @@ class VolumeSpikeDetector(_Detector):
         now = start + config.interval
         changed = []
         seen: set[AlertKey] = set()
+        # Bursts this network's large transfers show (before this interval adds its own).
+        burst = self.ratios.quantile(BURST_QUANTILE)
         for key, accum in bucket.items():
             group, dest = key
             alert_key: AlertKey = (SPIKE, group, dest.key)
@@ -508,11 +576,14 @@ class VolumeSpikeDetector(_Detector):
             if not self.policy.is_expected(group, dest, start):
                 continue
             expectation = baselines.expect((group, dest.key), start)
+            if expectation is None:
+                continue
+            if expectation.observations >= config.spike_min_observations:
+                self.ratios.add(accum.bytes, expectation.bytes)
             if not self.eligible(expectation, start):
                 continue
-            assert expectation is not None
             peak = baselines.peak((group, dest.key), start)
-            fire, keep = self._conditions(accum.bytes, expectation, peak)
+            fire, keep = self._conditions(accum.bytes, expectation, peak, burst)
             seen.add(alert_key)
 
             def describe(
@@ -542,13 +613,18 @@ class VolumeSpikeDetector(_Detector):
                 del self._last[alert_key]
         return changed
 
-    def _conditions(self, size: int, expectation: Expectation, peak: float) -> tuple[bool, bool]:
+    def _conditions(
+        self, size: int, expectation: Expectation, peak: float, burst: float
+    ) -> tuple[bool, bool]:
         """Fire: far above the seasonal level AND far beyond the key's own peak.
 
         Heavy-tailed traffic bursts: a burst the size of one the key has already shown
         (its decaying peak) never pages, however far above the seasonal level it is; a
         transfer several times beyond the peak and at least ``spike_min_excess`` more
-        does. A key with too little history for a seasonal level (fewer than
+        does. Nor does a burst no larger, relative to its seasonal level, than
+        :data:`BURST_MARGIN` times what this network's large intervals reach
+        (``burst``: their :data:`BURST_QUANTILE` quantile), though this key has not shown
+        one yet. A key with too little history for a seasonal level (fewer than
         ``spike_min_observations`` intervals) is judged by its peak alone.
         """
         config = self._config
@@ -560,6 +636,7 @@ class VolumeSpikeDetector(_Detector):
             deviation = to_level(size) - expectation.level
             seasonal = (
                 size >= config.spike_ratio * expected
+                and size >= BURST_MARGIN * burst * expected
                 and deviation >= config.spike_deviations * expectation.spread
             )
         else:
@@ -609,11 +686,16 @@ class VolumeSpikeDetector(_Detector):
             annotations["dst_as_org"] = dest.as_org
         return labels, annotations
 
-    def to_json(self) -> list[list[str]]:
-        return [[k[0], k[1], k[2]] for k in self._last]
+    def to_json(self) -> dict[str, object]:
+        return {"last": [[k[0], k[1], k[2]] for k in self._last], "ratios": self.ratios.to_json()}
 
-    def load_json(self, data: list[list[str]], intern: dict[str, DestinationLabels]) -> None:
+    def load_json(self, data: object, intern: dict[str, DestinationLabels]) -> None:
         self._last = {}
+        if isinstance(data, dict):
+            self.ratios = BurstRatios.from_json(data.get("ratios"))
+            data = data.get("last", [])
+        if not isinstance(data, list):
+            raise ValueError("malformed spike state")
         for alertname, group, dest_key in data:
             dest = intern.get(dest_key) or DestinationLabels.from_key(dest_key)
             self._last[(alertname, group, dest_key)] = (group, dest)
