@@ -10,17 +10,29 @@ from typing import TextIO
 
 import orjson
 
-from egressd.config import Config, GeoConfig
+from egressd.classify import EgressClassifier
+from egressd.config import Config
 from egressd.enrich.labeler import CompositeLabeler, LookupResult, build_labeler
 
 #: exit codes, as ``check-config``: 2 = something given was invalid
 EXIT_OK = 0
 EXIT_INVALID = 2
 
-_COLUMNS = ("ADDRESS", "COUNTRY", "REGION", "ASN", "ORGANISATION", "SPECIAL", "SOURCES")
+_COLUMNS = (
+    "ADDRESS",
+    "GROUP",
+    "COUNTRY",
+    "REGION",
+    "ASN",
+    "ORGANISATION",
+    "SPECIAL",
+    "SOURCES",
+)
 
 
-def _row(result: LookupResult) -> tuple[str, ...]:
+def _row(result: LookupResult, group: str | None) -> tuple[str, ...]:
+    """One table row; an address inside networks.local shows its group and "local": egressd
+    never labels it with a country (it is a source, or east-west traffic)."""
     labels = result.labels
     sources = [f"country={result.country_source}"]
     if result.region_source:
@@ -32,7 +44,8 @@ def _row(result: LookupResult) -> tuple[str, ...]:
         shown = f"{result.address.strip()} ({shown})"
     return (
         shown,
-        labels.country,
+        group or "-",
+        "local" if group is not None else labels.country,
         labels.region or "-",
         f"AS{labels.asn}" if labels.asn else "-",
         labels.as_org or "-",
@@ -41,7 +54,7 @@ def _row(result: LookupResult) -> tuple[str, ...]:
     )
 
 
-def _json(result: LookupResult) -> dict[str, object]:
+def _json(result: LookupResult, group: str | None) -> dict[str, object]:
     labels = result.labels
     return {
         "address": result.address,
@@ -54,7 +67,9 @@ def _json(result: LookupResult) -> dict[str, object]:
         "as_org": labels.as_org or None,
         "asn_source": result.asn_source or None,
         "special": result.special,
-        "egress_candidate": result.special is None,
+        "local": group is not None,
+        "group": group,
+        "egress_candidate": result.special is None and group is None,
     }
 
 
@@ -64,8 +79,9 @@ def lookup_main(
     """Print what egressd knows about each address; 2 when any address is invalid, after
     printing the others. Unusable geo data files raise :class:`ConfigError` (the CLI reports
     it on stderr and exits 2)."""
-    geo = config.geo if config is not None else GeoConfig()
-    labeler: CompositeLabeler = build_labeler(geo)
+    config = config if config is not None else Config()
+    labeler: CompositeLabeler = build_labeler(config.geo)
+    classifier = EgressClassifier(config.networks, config.groups)
     status = EXIT_OK
     rows: list[tuple[str, ...]] = []
     try:
@@ -79,10 +95,11 @@ def lookup_main(
                 else:
                     rows.append((address, f"error: {address!r} is not an IPv4 or IPv6 address"))
                 continue
+            group = classifier.source_group(result.normalized)
             if as_json:
-                out.write(orjson.dumps(_json(result)).decode() + "\n")
+                out.write(orjson.dumps(_json(result, group)).decode() + "\n")
             else:
-                rows.append(_row(result))
+                rows.append(_row(result, group))
     finally:
         labeler.close()
     if not as_json:

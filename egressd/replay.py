@@ -109,7 +109,7 @@ class ReplaySummary:
     def lines(self) -> list[str]:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
         skipped = ", ".join(f"{reason}={n}" for reason, n in sorted(self.skipped.items()))
-        return [
+        lines = [
             f"replay: {self.inputs} input(s), {self.records} records from {self.units} units "
             f"in {self.seconds:.2f}s ({rate:,.0f} records/s)",
             f"replay: egress {self.egress_records} records, {format_bytes(self.egress_bytes)}; "
@@ -118,6 +118,13 @@ class ReplaySummary:
             f"replay: skipped {sum(self.skipped.values())}" + (f" ({skipped})" if skipped else ""),
             f"replay: alerts {self.firing} firing, {self.resolved} resolved",
         ]
+        if self.skipped.get("multi_line_json"):
+            lines.append(
+                "replay: multi_line_json: the input holds pretty-printed (multi-line) JSON, and "
+                "each record must be one JSON object on one line (JSON Lines); convert it with "
+                "`jq -c . FILE` (`jq -c '.[]' FILE` for an array of records)"
+            )
+        return lines
 
 
 def build_labeler(config: Config) -> DestinationLabeler:

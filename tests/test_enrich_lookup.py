@@ -69,6 +69,8 @@ def test_json_lines_ipv4_ipv6_mapped(tmp_path: Path) -> None:
         "as_org": "Hangzhou Alibaba Advertising Co.,Ltd.",
         "asn_source": "mmdb:GeoLite2-ASN",
         "special": None,
+        "local": False,
+        "group": None,
         "egress_candidate": True,
     }
     assert rows[1]["region"] == "aws/us-east-1"
@@ -89,6 +91,7 @@ def test_table_and_invalid_address_exit_2(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert lines[0].split() == [
         "ADDRESS",
+        "GROUP",
         "COUNTRY",
         "REGION",
         "ASN",
@@ -96,11 +99,12 @@ def test_table_and_invalid_address_exit_2(tmp_path: Path) -> None:
         "SPECIAL",
         "SOURCES",
     ]
-    assert lines[1].split()[:4] == ["47.100.23.45", "CN", "-", "AS37963"]
+    assert lines[1].split()[:5] == ["47.100.23.45", "-", "CN", "-", "AS37963"]
     assert "country=mmdb:GeoLite2-Country" in lines[1] and "asn=mmdb:GeoLite2-ASN" in lines[1]
     assert lines[2] == "error: 'not-an-ip' is not an IPv4 or IPv6 address"
-    assert lines[3].split()[:4] == [
+    assert lines[3].split()[:5] == [
         "2600:1f00::9",
+        "-",
         iptocc.country_code("2600:1f00::9"),
         "aws/us-east-1",
         "AS16509",
@@ -158,3 +162,23 @@ def test_cli_lookup(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad.write_text(f'[geo]\ncountry_mmdb = "{config}"\n')  # a TOML file is no mmdb
     assert cli_main(["lookup", "--config", str(bad), "8.8.8.8"]) == 2
     assert "not a valid MaxMind DB" in capsys.readouterr().err
+
+
+def test_local_address_shows_its_group_and_local(tmp_path: Path) -> None:
+    config = parse_config(
+        '[networks]\nlocal = ["10.0.0.0/8", "81.2.69.0/24"]\n'
+        '[[groups]]\nname = "research"\nsources = ["10.20.0.0/16"]\n'
+    )
+    code, text = _run(config, ["10.20.0.17", "10.99.0.1", "81.2.69.160", "81.2.70.1"])
+    assert code == 0
+    rows = [line.split()[:3] for line in text.splitlines()[1:]]
+    assert rows == [
+        ["10.20.0.17", "research", "local"],
+        ["10.99.0.1", "other", "local"],
+        ["81.2.69.160", "other", "local"],  # a public range declared local is not a destination
+        ["81.2.70.1", "-", iptocc.country_code("81.2.70.1")],
+    ]
+    code, text = _run(config, ["10.20.0.17", "81.2.70.1"], as_json=True)
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert (first["local"], first["group"], first["egress_candidate"]) == (True, "research", False)
+    assert (second["local"], second["group"], second["egress_candidate"]) == (False, None, True)

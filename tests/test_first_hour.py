@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from egressd.config import config_warnings, parse_config
@@ -160,3 +161,58 @@ def test_run_warns_without_sources_and_names_receive_buffers(tmp_path: Path) -> 
         assert "no [[sources" not in egressd.log()
     finally:
         assert egressd.stop() == 0
+
+
+def test_pretty_printed_json_input_says_one_object_per_line(tmp_path: Path) -> None:
+    record = {"time_end": 1773064800, "src": "10.20.0.5", "dst": "47.100.23.45", "bytes": 100}
+    flows = tmp_path / "flows.json"
+    # One pretty-printed record, one proper JSON line, one truncated JSON line.
+    flows.write_bytes(
+        orjson.dumps(record, option=orjson.OPT_INDENT_2)
+        + b"\n"
+        + orjson.dumps(record)
+        + b'\n{"time_end": 17730\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "egressd.cli", "replay", "-f", "egressd-json", str(flows)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 records from 8 units" in done.stderr
+    assert "skipped 7 (bad_json=1, multi_line_json=6)" in done.stderr
+    assert "each record must be one JSON object on one line" in done.stderr
+    assert "jq -c" in done.stderr
+
+
+def test_missing_shared_captures_are_summed_up_in_one_line(tmp_path: Path) -> None:
+    # A fresh clone: the project's conftest in a tree with no ../shared beside it.
+    tests = tmp_path / "clone" / "tests"
+    tests.mkdir(parents=True)
+    (tests / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
+    (tests / "test_uses_captures.py").write_text(
+        "import pytest\n"
+        "from conftest import CAPTURES\n"
+        "@pytest.mark.parametrize('n', range(3))\n"
+        "def test_capture(n):\n"
+        "    if not CAPTURES.is_dir():\n"
+        "        pytest.skip(f'shared captures not found at {CAPTURES}')\n"
+        "def test_other_skip():\n"
+        "    pytest.skip('softflowd is not installed')\n"
+        "def test_runs():\n"
+        "    assert True\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path / "clone",
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = f"3 tests skipped: shared captures not found at {tmp_path / 'shared' / 'captures'}"
+    lines = [line for line in done.stdout.splitlines() if "tests skipped:" in line]
+    assert len(lines) == 1 and lines[0].startswith(expected), done.stdout
+    assert "1 passed, 4 skipped" in done.stdout

@@ -38,6 +38,21 @@ def _line_decoder(fmt: str) -> LineDecoder:
     raise KeyError(fmt)
 
 
+_PRETTY_PUNCTUATION = frozenset((b"{", b"}", b"},", b"[", b"]", b"[{", b"}]", b"},{"))
+
+
+def looks_like_multi_line_json(line: bytes) -> bool:
+    """A line of pretty-printed JSON (``{`` alone, or ``"key": value,``) rather than a record.
+
+    A broken record of JSON Lines starts with ``{``; a line that is only punctuation or starts
+    with a quoted key is a piece of one object spread over many lines.
+    """
+    text = line.strip()
+    if text in _PRETTY_PUNCTUATION:
+        return True
+    return text.startswith(b'"') and b'":' in text.replace(b'" :', b'":')
+
+
 def read_lines(stream: BinaryIO, stats: SourceStats, decode: LineDecoder) -> Iterator[FlowRecord]:
     """Records of a JSON-lines stream; blank lines are ignored, bad ones counted and skipped."""
     # Counting happens in locals, written back as the generator advances or ends: this loop
@@ -51,6 +66,9 @@ def read_lines(stream: BinaryIO, stats: SourceStats, decode: LineDecoder) -> Ite
             except DecodeError as exc:
                 if not line.strip():
                     units -= 1  # blank lines are not input
+                    continue
+                if exc.reason == "bad_json" and looks_like_multi_line_json(line):
+                    stats.failed("multi_line_json")
                     continue
                 stats.failed(exc.reason)
                 continue
