@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -148,9 +147,7 @@ def test_run_warns_without_sources_and_names_receive_buffers(tmp_path: Path) -> 
     egressd = EgressdProcess(config, f"127.0.0.1:{http}", tmp_path / "egressd.log")
     egressd.start()
     try:
-        deadline = time.monotonic() + 10
-        while "receive buffer" not in egressd.log() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: "receive buffer" in egressd.log(), 20, what="listening log line")
         line = next(x for x in egressd.log().splitlines() if "receive buffer" in x)
         found = re.search(r"configured (\d+) bytes, effective (\d+) bytes", line)
         assert found is not None, line

@@ -83,6 +83,15 @@ def _packets(start: float) -> list[object]:
     return packets
 
 
+def _udp_port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 class _Relay:
     """UDP relay: forwards each datagram to nfcapd and keeps a copy for a pcap."""
 
@@ -141,7 +150,12 @@ def _make_archive(tmp_path: Path, packets: list[object]) -> tuple[Path, Path]:
     try:
         nfcapd_args = [nfcapd, "-w", str(archive), "-b", "127.0.0.1", "-p", str(collector)]
         with running_program(nfcapd_args, tmp_path / "nfcapd.log") as capd:
-            time.sleep(0.5)  # nfcapd binds its socket
+            # Datagrams relayed before nfcapd has bound its socket would be lost.
+            wait_until(
+                lambda: _udp_port_taken(collector) or capd.poll() is not None,
+                20,
+                what="nfcapd to bind its port",
+            )
             assert capd.poll() is None, (tmp_path / "nfcapd.log").read_text()
             args = [softflowd, "-d", "-r", str(source), "-n", f"127.0.0.1:{relay.port}", "-v", "9"]
             with running_program(args, tmp_path / "softflowd.log") as exporter:
