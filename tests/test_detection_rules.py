@@ -1,0 +1,301 @@
+"""Each detection rule on its own: unexpected windows, download return traffic, fan-out, spikes
+beyond a key's peak, new destination networks, and exact egress counters across a restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from egressd.config import parse_config
+from egressd.detect.alerts import FIRING, Alert
+from egressd.detect.newdest import prefix_of
+from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.errors import ConfigError
+from egressd.model import FlowRecord
+from egressd.pipeline import Engine
+
+T0 = 1_773_014_400.0  # a Monday, 00:00 UTC
+HOUR = 3600.0
+DAY = 86400.0
+MB = 1_000_000
+GB = 1_000_000_000
+US = "8.8.8.8"
+US_OTHER_NET = "140.82.112.3"
+DE = "88.198.55.33"
+DE_FRESH = "88.99.1.1"
+CN = "47.100.23.45"
+JP_MIRROR = "133.242.1.1"
+HOST = "10.20.0.7"
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["US", "DE"]
+
+[detection]
+interval = "5m"
+learning = "1d"
+"""
+
+
+def _engine(extra: str = "") -> Engine:
+    return Engine(parse_config(CONFIG + extra), EmbeddedCountryLabeler())
+
+
+def _flow(t: float, dst: str, size: int, packets: int | None = None, src: str = HOST) -> FlowRecord:
+    return FlowRecord(T0 + t - 1, T0 + t, src, dst, size, packets or max(size // 1200, 1))
+
+
+def _firing(alerts: list[Alert]) -> list[str]:
+    return [
+        f"{a.labels['alertname']} {a.labels['dst_country']}" for a in alerts if a.state == FIRING
+    ]
+
+
+def _run(engine: Engine, flows: list[FlowRecord]) -> list[Alert]:
+    out: list[Alert] = []
+    for flow in sorted(flows, key=lambda f: f.time_end):
+        out += engine.process([flow])
+    return out
+
+
+def _usual(days: float, start: float = 0.0, size: int = 30 * MB) -> list[FlowRecord]:
+    """Every interval: ``size`` to the US and a third of it to DE."""
+    out = []
+    for i in range(int(days * DAY / 300)):
+        t = start + i * 300 + 100
+        out += [_flow(t, US, size), _flow(t + 10, DE, size // 3)]
+    return out
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def test_unexpected_windows_default_to_an_hour_and_a_day() -> None:
+    detection = parse_config("").detection
+    assert detection.unexpected_windows == ((3600.0, 100 * MB), (86400.0, GB))
+    assert (detection.unexpected_window, detection.unexpected_min_bytes) == (3600.0, 100 * MB)
+
+
+def test_the_older_two_keys_set_the_first_window_and_keep_a_day_behind_it() -> None:
+    detection = parse_config(
+        '[detection]\nunexpected_min_bytes = "300MB"\nunexpected_window = "2h"\n'
+    ).detection
+    assert detection.unexpected_windows == ((7200.0, 300 * MB), (86400.0, 3 * GB))
+    whole_day = parse_config('[detection]\nunexpected_window = "1d"\n').detection
+    assert whole_day.unexpected_windows == ((86400.0, 100 * MB),)
+
+
+def test_unexpected_windows_as_tables() -> None:
+    detection = parse_config(
+        '[[detection.unexpected]]\nwindow = "6h"\nmin_bytes = "500MB"\n'
+        '[[detection.unexpected]]\nwindow = "10m"\nmin_bytes = "50MB"\n'
+    ).detection
+    assert detection.unexpected_windows == ((600.0, 50 * MB), (21600.0, 500 * MB))
+    assert (detection.unexpected_window, detection.unexpected_min_bytes) == (600.0, 50 * MB)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (
+            '[detection]\nunexpected_min_bytes = "1MB"\n'
+            '[[detection.unexpected]]\nwindow = "1h"\nmin_bytes = "1MB"\n',
+            "detection.unexpected",
+        ),
+        ('[[detection.unexpected]]\nwindow = "1m"\nmin_bytes = "1MB"\n', "window"),
+        ('[[detection.unexpected]]\nwindow = "1h"\n', "min_bytes"),
+        ('[[detection.unexpected]]\nwindow = "1h"\nmin_bytes = "1MB"\nfloor = 3\n', "floor"),
+        ("[detection]\ningress_return_fraction = 1.5\n", "ingress_return_fraction"),
+    ],
+)
+def test_bad_unexpected_settings_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        parse_config(text)
+
+
+# -- unexpected destinations ---------------------------------------------------------------
+
+
+def test_a_slow_drip_pages_through_the_day_window_and_says_so() -> None:
+    engine = _engine()
+    # 60 MB an hour to China: never 100 MB in an hour, 1 GB after ~17 hours.
+    drip = [_flow(DAY + 2 * HOUR + k * 300, CN, 5 * MB) for k in range(12 * 30)]
+    alerts = _run(engine, _usual(2.5) + drip)
+    fired = [a for a in alerts if a.state == FIRING]
+    assert _firing(fired) == ["EgressUnexpectedDestination CN"]
+    alert = fired[0]
+    assert alert.annotations["window"] == "1d"
+    assert int(alert.annotations["bytes"]) >= GB
+    crossing = T0 + DAY + 2 * HOUR + 199 * 300  # the 200th 5 MB interval
+    assert crossing <= alert.starts_at <= crossing + 300
+    assert HOST in alert.annotations["top_sources"]
+
+
+def test_a_burst_pages_through_the_hour_window() -> None:
+    engine = _engine()
+    burst = [_flow(DAY + 3 * HOUR + k * 20, CN, 30 * MB) for k in range(10)]
+    fired = [a for a in _run(engine, _usual(1.5) + burst) if a.state == FIRING]
+    assert _firing(fired) == ["EgressUnexpectedDestination CN"]
+    assert fired[0].annotations["window"] == "1h"
+
+
+def _download(start: float, total: int, ack_share: float, size_per_packet: int = 60) -> list:
+    """A download of ``total`` bytes in 2 h from a JP mirror, and its ACKs back (egress)."""
+    flows = []
+    steps = 24
+    for k in range(steps):
+        t = start + k * 300 + 50
+        flows.append(FlowRecord(T0 + t - 60, T0 + t, JP_MIRROR, HOST, total // steps, 10_000))
+        ack = int(total * ack_share / steps)
+        flows.append(_flow(t + 5, JP_MIRROR, ack, ack // size_per_packet))
+    return flows
+
+
+def test_the_acks_of_a_download_do_not_page() -> None:
+    engine = _engine()
+    # 20 GB in 2 h: ~400 MB of 60-byte ACKs to a country the group never sends to.
+    alerts = _run(engine, _usual(1.5) + _download(DAY + 2 * HOUR, 20 * GB, 0.02))
+    assert _firing(alerts) == []
+    windows = [w for (g, d), w in engine.unexpected.windows.items() if d.country == "JP"]
+    assert windows and windows[0].spans[-1].ingress == 20 * GB // 24 * 24
+
+
+def test_acks_beyond_their_share_of_the_ingress_page_and_show_the_ingress() -> None:
+    engine = _engine()
+    # 2 GB down, 400 MB of small packets up: 20% of the ingress, far beyond an ACK stream.
+    fired = [
+        a
+        for a in _run(engine, _usual(1.5) + _download(DAY + 2 * HOUR, 2 * GB, 0.2))
+        if a.state == FIRING
+    ]
+    assert _firing(fired) == ["EgressUnexpectedDestination JP"]
+    assert int(fired[0].annotations["ingress_bytes"]) > 0
+    assert int(fired[0].annotations["small_packet_bytes"]) > 0
+    assert "set against" in fired[0].annotations["description"]
+
+
+def test_an_upload_cannot_hide_behind_a_download() -> None:
+    engine = _engine()
+    flows = _download(DAY + 2 * HOUR, 20 * GB, 0.02)
+    # Bulk egress (1,200-byte packets) to the same mirror during the download.
+    flows += [_flow(DAY + 2 * HOUR + 600 + k * 30, JP_MIRROR, 20 * MB) for k in range(10)]
+    assert _firing(_run(engine, _usual(1.5) + flows)) == ["EgressUnexpectedDestination JP"]
+
+
+def test_fan_out_under_every_floor_pages_once_for_the_group() -> None:
+    engine = _engine()
+    # 20 unexpected countries (no expected set covers them), ~90 MB an hour each.
+    targets = [
+        "77.88.55.60",  # RU
+        CN,
+        "200.147.67.142",  # BR
+        "218.188.1.1",  # HK
+        JP_MIRROR,
+        "212.58.244.22",  # GB
+        "163.172.1.1",  # FR
+        "145.100.190.243",  # NL
+        "87.198.1.1",  # IE
+    ]
+    flows = []
+    for k in range(36):  # three hours
+        for i, target in enumerate(targets):
+            flows.append(_flow(DAY + 2 * HOUR + k * 300 + i, target, int(7.4 * MB)))
+    fired = [a for a in _run(engine, _usual(1.5) + flows) if a.state == FIRING]
+    assert _firing(fired) == ["EgressUnexpectedDestination multiple"]
+    alert = fired[0]
+    assert int(alert.annotations["destinations"]) == len(targets)
+    assert int(alert.annotations["bytes"]) >= 500 * MB
+    assert alert.labels["group"] == "research"
+
+
+# -- spikes ----------------------------------------------------------------------------------
+
+
+def test_a_burst_the_size_of_one_seen_before_does_not_spike_but_far_beyond_does() -> None:
+    engine = _engine()
+    flows = _usual(3)
+    # Day 0 (learning): a 2 GB burst to the US at 14:00.
+    flows.append(_flow(14 * HOUR + 200, US, 2 * GB))
+    # Day 2: a burst of the same size is routine for this key ...
+    flows.append(_flow(2 * DAY + 11 * HOUR + 200, US, int(2.2 * GB)))
+    assert _firing(_run(engine, flows)) == []
+    # ... 20 GB (ten times anything it has done) is not.
+    later = [*_usual(0.5, start=3 * DAY), _flow(3 * DAY + 5 * HOUR + 200, US, 20 * GB)]
+    fired = [a for a in _run(engine, later) if a.state == FIRING]
+    assert _firing(fired) == ["EgressVolumeSpike US"]
+    assert 1.8 * GB <= int(fired[0].annotations["peak_bytes"]) <= 2.3 * GB
+
+
+def test_the_peak_halves_in_two_weeks() -> None:
+    engine = _engine()
+    _run(engine, [_flow(100, US, GB), _flow(1000, US, 1)])
+    key = ("research", next(iter(engine.baselines.keys()))[1])
+    assert engine.baselines.peak(key, T0) == pytest.approx(GB, rel=0.01)
+    assert engine.baselines.peak(key, T0 + 14 * DAY) == pytest.approx(GB / 2, rel=0.01)
+
+
+# -- new destination networks ---------------------------------------------------------------
+
+
+def test_prefixes() -> None:
+    assert prefix_of("88.99.1.1") == "88.99.1.0/24"
+    assert prefix_of("2a01:4f8::1") == "2a01:4f8::/48"
+    assert prefix_of("2001:db8:1:2:3::9") == "2001:db8:1::/48"
+
+
+def test_gigabytes_to_a_network_not_used_for_a_week_page_inside_an_allowed_country() -> None:
+    engine = _engine()
+    flows = _usual(2)
+    # The nightly backup to DE at 1-3 GB per interval: a fresh DE network takes 4 GB meanwhile.
+    fresh = [_flow(DAY + 1 * HOUR + k * 300 + 150, DE_FRESH, 350 * MB) for k in range(12)]
+    fired = [a for a in _run(engine, flows + fresh) if a.state == FIRING]
+    assert _firing(fired) == ["EgressNewDestinationVolume DE"]
+    alert = fired[0]
+    assert alert.annotations["new_prefixes"] == "88.99.1.0/24"
+    assert DE_FRESH in alert.annotations["top_destinations"]
+    # The crossing of 1 GB is the third 350 MB interval.
+    assert alert.starts_at == T0 + DAY + HOUR + 3 * 300
+
+
+def test_a_network_the_group_uses_does_not_count_as_new() -> None:
+    engine = _engine()
+    flows = _usual(2)
+    flows += [_flow(DAY + HOUR + k * 300 + 150, US, 350 * MB) for k in range(12)]
+    assert "EgressNewDestinationVolume US" not in _firing(_run(engine, flows))
+
+
+def test_the_networks_a_group_remembers_are_bounded() -> None:
+    engine = _engine("new_destination_max_prefixes = 5\n")
+    flows = [_flow(k * 300 + 100, f"8.8.{k}.8", 2 * MB) for k in range(12)]
+    _run(engine, flows)
+    _run(engine, [_flow(DAY, US, 1)])
+    assert engine.new_destinations.prefixes() == {"research": 5}
+    assert engine.new_destinations.evicted >= 6
+
+
+# -- counters across a restart ---------------------------------------------------------------
+
+
+def _exported_egress(engine: Engine) -> int:
+    totals = dict(engine.stats.egress_by_destination)
+    for key, size in engine.aggregator.open_totals().items():
+        totals[key] = totals.get(key, 0) + size
+    return sum(totals.values())
+
+
+def test_egress_counters_do_not_count_the_restored_open_interval_again() -> None:
+    before = _engine()
+    _run(before, [_flow(100, US, 10 * MB), _flow(400, US, 7 * MB)])
+    assert _exported_egress(before) == 17 * MB
+    after = _engine()
+    after.restore(before.snapshot())
+    # A restarted process starts its counter at zero: the 7 MB open interval was counted.
+    assert _exported_egress(after) == 0
+    _run(after, [_flow(450, US, 1 * MB)])
+    assert _exported_egress(after) == 1 * MB
+    _run(after, [_flow(1000, US, 2 * MB)])  # the restored interval closes
+    assert _exported_egress(after) == 3 * MB
