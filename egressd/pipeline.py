@@ -13,6 +13,7 @@ from typing import Any
 
 from egressd.aggregate import Accum, AggregateKey, Bucket, IntervalAggregator
 from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_named
+from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
 from egressd.config import Config
 from egressd.detect.alerts import Alert, AlertBook
@@ -24,7 +25,8 @@ from egressd.detect.detectors import (
 from egressd.detect.newdest import NewDestinationDetector
 from egressd.detect.policy import ExpectedDestinations
 from egressd.enrich import DestinationLabeler, DestinationLabels
-from egressd.enrich.special import is_special
+from egressd.enrich.address import parse_address
+from egressd.enrich.special import special_kind_of
 from egressd.model import FlowRecord
 
 STATE_VERSION = 1
@@ -67,10 +69,6 @@ class EngineStats:
     special_records: int = 0
     #: records stamped later than ``Engine.future_limit``, counted at that limit
     future_records: int = 0
-    #: destinations looked up afresh because the per-address cache did not have them, and
-    #: times that cache reached geo.cache_size and was emptied (every record does one lookup)
-    destination_cache_misses: int = 0
-    destination_cache_clears: int = 0
     #: records skipped because they claim more bytes or packets than ``max_link_rate``
     #: carries in their duration (a lying or broken exporter; see :meth:`Engine.plausible`)
     invalid_records: int = 0
@@ -106,9 +104,12 @@ class Engine:
         self.unexpected = UnexpectedDestinationDetector(detection, self.policy, self.book, options)
         self.spikes = VolumeSpikeDetector(detection, self.policy, self.book, options)
         self.new_destinations = NewDestinationDetector(detection, self.policy, self.book, options)
-        self._src_cache: dict[str, str] = {}
-        self._dst_cache: dict[str, _Destination] = {}
-        self._cache_size = config.geo.cache_size
+        #: per address: the group of a local source ("" when not local), and what a
+        #: destination is (labels, or internal / special); one lookup each per record
+        self.source_cache: BoundedCache[str, str] = BoundedCache(config.geo.cache_size)
+        self.destination_cache: BoundedCache[str, _Destination] = BoundedCache(
+            config.geo.cache_size
+        )
         #: end of the last evaluated interval
         self.last_tick = -math.inf
         #: live sources set this to wall time plus a tolerance before each batch: a record
@@ -148,38 +149,35 @@ class Engine:
         self.unexpected.reconfigure(detection, options)
         self.spikes.reconfigure(detection, options)
         self.new_destinations.reconfigure(detection, options)
-        self._src_cache.clear()
-        self._dst_cache.clear()
-        self._cache_size = config.geo.cache_size
+        self.source_cache.clear()
+        self.destination_cache.clear()
+        self.source_cache.resize(config.geo.cache_size)
+        self.destination_cache.resize(config.geo.cache_size)
         self._link_rate = detection.max_link_rate
 
     def labels_changed(self) -> None:
         """The labeler's data was reloaded: forget cached labels, keep everything learned."""
-        self._dst_cache.clear()
+        self.destination_cache.clear()
 
     # -- the hot path ---------------------------------------------------------------------
 
     def _source_group(self, address: str) -> str:
-        group = self.classifier.source_group(address) or ""
-        if len(self._src_cache) >= self._cache_size:
-            self._src_cache.clear()
-        self._src_cache[address] = group
-        return group
+        """A source address the cache did not have: its group, "" when it is not local."""
+        parsed = parse_address(address)
+        group = self.classifier.group_of(*parsed) if parsed is not None else None
+        return self.source_cache.store(address, group or "")
 
     def _destination(self, address: str) -> _Destination:
+        """A destination address the cache did not have: what it is, from one parse."""
         dest: _Destination
-        if self.classifier.is_local(address):
+        parsed = parse_address(address)
+        if parsed is not None and self.classifier.group_of(*parsed) is not None:
             dest = _INTERNAL
-        elif is_special(address):
+        elif parsed is not None and special_kind_of(*parsed) is not None:
             dest = _SPECIAL
         else:
             dest = self.labeler.label(address)  # labelers intern their answers
-        self.stats.destination_cache_misses += 1
-        if len(self._dst_cache) >= self._cache_size:
-            self._dst_cache.clear()
-            self.stats.destination_cache_clears += 1
-        self._dst_cache[address] = dest
-        return dest
+        return self.destination_cache.store(address, dest)
 
     def plausible(self, record: FlowRecord) -> bool:
         """Whether a link of ``max_link_rate`` could carry ``record`` in its duration.
@@ -202,8 +200,8 @@ class Engine:
         """Account ``records``; return the alerts that started or resolved meanwhile."""
         changed: list[Alert] = []
         stats = self.stats
-        src_cache = self._src_cache
-        dst_cache = self._dst_cache
+        source_group = self.source_cache.get
+        destination = self.destination_cache.get
         aggregator = self.aggregator
         interval = aggregator.interval
         buckets = aggregator.buckets
@@ -211,7 +209,7 @@ class Engine:
         # The bucket of the last egress record: input is mostly in time order.
         current_start: float | None = None
         bucket: Bucket = {}
-        count = egress = egress_bytes = future = invalid = 0
+        count = egress = egress_bytes = future = invalid = extra_lookups = 0
         future_limit = self.future_limit
         stream_ahead = self.stream_ahead
         # What a link carries in one second: below it every record is plausible, so the
@@ -227,11 +225,11 @@ class Engine:
                     invalid += 1
                     continue
                 src = record.src
-                group = src_cache.get(src)
+                group = source_group(src)
                 if group is None:
                     group = self._source_group(src)
                 dst = record.dst
-                dest = dst_cache.get(dst)
+                dest = destination(dst)
                 if dest is None:
                     dest = self._destination(dst)
                 end = record.time_end
@@ -262,7 +260,8 @@ class Engine:
                         stats.ingress_records += 1
                         stats.ingress_bytes += size
                         # A download's bytes, set against the small-packet egress it causes.
-                        origin = dst_cache.get(src)
+                        extra_lookups += 1
+                        origin = destination(src)
                         if origin is None:
                             origin = self._destination(src)
                         if origin.__class__ is not str:
@@ -287,6 +286,8 @@ class Engine:
             stats.egress_bytes += egress_bytes
             stats.future_records += future
             stats.invalid_records += invalid
+            self.source_cache.lookups += count - invalid
+            self.destination_cache.lookups += count - invalid + extra_lookups
         return changed
 
     def apply_partials(
@@ -316,7 +317,8 @@ class Engine:
     def _ingress(self, dst: str, origin: DestinationLabels, end: float, size: int) -> None:
         """Account ``size`` bytes from outside ``origin`` to local ``dst`` (not in the hot loop's
         egress path: one bucket lookup per ingress record)."""
-        group = self._src_cache.get(dst)
+        self.source_cache.lookups += 1
+        group = self.source_cache.get(dst)
         if group is None:
             group = self._source_group(dst)
         aggregator = self.aggregator

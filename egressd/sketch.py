@@ -6,7 +6,7 @@ in which case they are over-estimates by at most the evicted minimum (the Space-
 
 from __future__ import annotations
 
-import heapq
+from heapq import heapify, heappush, heapreplace
 
 
 class TopK:
@@ -33,29 +33,27 @@ class TopK:
         current = counts.get(item)
         if current is not None:
             counts[item] = current + weight
-        elif len(counts) < self.capacity:
-            counts[item] = weight
-            if self._heap is not None:
-                heapq.heappush(self._heap, (weight, item))
-        else:
-            self._replace_lightest(item, weight)
-
-    def _replace_lightest(self, item: str, weight: int) -> None:
-        """Evict the lightest item; ``item`` inherits its count (keeps the error bound)."""
-        counts = self.counts
+            return
         heap = self._heap
+        if len(counts) < self.capacity:
+            counts[item] = weight
+            if heap is not None:
+                heappush(heap, (weight, item))
+            return
+        # Full: evict the lightest item; ``item`` inherits its count (keeps the error bound).
         if heap is None:
             heap = self._heap = [(count, key) for key, count in counts.items()]
-            heapq.heapify(heap)
-        while True:
+            heapify(heap)
+        floor, victim = heap[0]
+        current = counts[victim]
+        while current != floor:  # a stale entry: put it back with its count, look again
+            heapreplace(heap, (current, victim))
             floor, victim = heap[0]
             current = counts[victim]
-            if current == floor:
-                break
-            heapq.heapreplace(heap, (current, victim))
         del counts[victim]
-        counts[item] = floor + weight
-        heapq.heapreplace(heap, (floor + weight, item))
+        floor += weight
+        counts[item] = floor
+        heapreplace(heap, (floor, item))
 
     def merge(self, other: TopK) -> None:
         for item, weight in other.counts.items():

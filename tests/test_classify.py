@@ -93,3 +93,39 @@ def test_agrees_with_ipaddress(address: ipaddress.IPv4Address | ipaddress.IPv6Ad
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return  # mapped addresses are classified as IPv4 (covered above)
     assert CLASSIFIER.source_group(text) == expected
+
+
+_V4_NETS = st.builds(
+    lambda value, length: ipaddress.ip_network((value, length), strict=False),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 32),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(_V4_NETS, max_size=4),
+    st.lists(st.lists(_V4_NETS, max_size=3), max_size=4),
+    st.lists(st.integers(0, 2**32 - 1), max_size=20),
+)
+def test_range_table_answers_like_first_match(
+    local: list[ipaddress.IPv4Network],
+    groups: list[list[ipaddress.IPv4Network]],
+    probes: list[int],
+) -> None:
+    # Overlapping, nested and adjacent prefixes; probes on every prefix edge and beside it.
+    configs = tuple(GroupConfig(f"g{i}", tuple(nets)) for i, nets in enumerate(groups))
+    classifier = EgressClassifier(NetworksConfig(local=tuple(local)), configs)
+    edges = [int(n.network_address) for n in local] + [int(n.broadcast_address) for n in local]
+    for nets in groups:
+        edges += [int(n.network_address) for n in nets] + [int(n.broadcast_address) for n in nets]
+    for value in {*probes, *edges, *(e + 1 for e in edges), *(e - 1 for e in edges)}:
+        if not 0 <= value < 2**32:
+            continue
+        address = ipaddress.IPv4Address(value)
+        expected = None
+        if any(address in net for net in local):
+            expected = next(
+                (c.name for c in configs if any(address in n for n in c.sources)), "other"
+            )
+        assert classifier.group_of(4, value) == expected

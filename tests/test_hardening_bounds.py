@@ -112,8 +112,8 @@ ENGINE_FLOOD = _COMMON + textwrap.dedent(
     for n, lo in enumerate(range(2_000, total, step)):
         engine.process(chunk(lo, min(total, lo + step)))
         peak["baselines"] = max(peak["baselines"], len(engine.baselines))
-        peak["src_cache"] = max(peak["src_cache"], len(engine._src_cache))
-        peak["dst_cache"] = max(peak["dst_cache"], len(engine._dst_cache))
+        peak["src_cache"] = max(peak["src_cache"], len(engine.source_cache))
+        peak["dst_cache"] = max(peak["dst_cache"], len(engine.destination_cache))
         # labels interned by the labeler (the engine caches them per address, bounded above)
         interned = getattr(engine.labeler, "_interned", getattr(engine.labeler, "_by_country", {}))
         peak["intern"] = max(peak["intern"], len(interned))

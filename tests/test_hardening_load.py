@@ -272,7 +272,9 @@ def test_every_engine_bound_shows_in_metrics(tmp_path: Path) -> None:
     # The caps were reached: records folded into their country, windows evicted, cache emptied.
     assert value("egressd_bucket_folded_records_total") == engine.aggregator.folded_records > 0
     assert value("egressd_unexpected_windows_evicted_total") == engine.unexpected.evicted > 0
-    misses = value("egressd_geo_cache_lookups_total", result="miss")
+    misses = value("egressd_cache_lookups_total", cache="destination", result="miss")
     assert misses >= len(destinations)  # each distinct address missed at least once
-    assert value("egressd_geo_cache_clears_total") >= len(destinations) // 100 - 1
+    hits = value("egressd_cache_lookups_total", cache="destination", result="hit")
+    assert hits + misses == 6_000
+    assert value("egressd_cache_evictions_total", cache="destination") >= len(destinations) - 100
     assert value("egressd_baseline_keys") == len(engine.baselines) <= 20

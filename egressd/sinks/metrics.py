@@ -407,19 +407,23 @@ class EgressdCollector(Collector):
             "Changed geo data files that could not be loaded (old data kept)",
             d.geo_reload_errors,
         )
-        stats = engine.stats
-        misses = stats.destination_cache_misses
+        caches = (("source", engine.source_cache), ("destination", engine.destination_cache))
         yield _counter(
-            "geo_cache_lookups",
-            "Destination lookups (one per record), by whether the per-address cache of "
-            "labels and locality had them",
-            [(["hit"], max(stats.records - misses, 0)), (["miss"], misses)],
-            ["result"],
+            "cache_lookups",
+            "Per-address cache lookups (one per record each: the source's group, what the "
+            "destination is), by whether the cache had the answer",
+            [
+                ([name, result], n)
+                for name, cache in caches
+                for result, n in (("hit", cache.hits), ("miss", cache.misses))
+            ],
+            ["cache", "result"],
         )
         yield _counter(
-            "geo_cache_clears",
-            "Times the per-address destination cache reached geo.cache_size and was emptied",
-            stats.destination_cache_clears,
+            "cache_evictions",
+            "Entries evicted from a per-address cache to stay within geo.cache_size",
+            [([name], cache.evictions) for name, cache in caches],
+            ["cache"],
         )
 
     def _sources_metrics(self, sources: Sequence[Source]) -> Iterable[Metric]:

@@ -1,0 +1,65 @@
+"""One bounded cache for the hot paths (addresses to text, groups, labels), with counters.
+
+A plain dict underneath, so a hot loop binds ``cache.get`` and pays nothing extra on a hit.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """At most ``capacity`` entries; when full, the older half (by insertion) is evicted.
+
+    Hot loops call the bound ``get`` (the dict's own method) and :meth:`store` on a miss, so
+    ``misses`` counts stores; callers that know how many lookups they made add them to
+    ``lookups`` in bulk (per batch, not per record), which gives ``hits``. Evicting half at
+    once costs O(1) amortised per store and, unlike emptying the whole cache, keeps the
+    entries most recently added (a busy exporter's hot addresses) across the eviction.
+    """
+
+    __slots__ = ("capacity", "data", "evictions", "get", "lookups", "misses")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.data: dict[K, V] = {}
+        self.get = self.data.get
+        self.lookups = 0
+        self.misses = 0
+        #: entries evicted to stay within capacity (not those dropped by :meth:`clear`)
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
+
+    def store(self, key: K, value: V) -> V:
+        """Remember ``value`` for ``key`` (after a miss); returns ``value``."""
+        data = self.data
+        if len(data) >= self.capacity and key not in data:
+            drop = max(1, len(data) // 2)
+            for old in list(islice(data, drop)):
+                del data[old]
+            self.evictions += drop
+        data[key] = value
+        self.misses += 1
+        return value
+
+    @property
+    def hits(self) -> int:
+        return max(self.lookups - self.misses, 0)
+
+    def clear(self) -> None:
+        """Forget everything (what was cached became wrong: new configuration or geo data)."""
+        self.data.clear()
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        if len(self.data) > self.capacity:
+            self.data.clear()
