@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from struct import Struct
 
+from egressd.decode.netflow import fields as F
 from egressd.decode.netflow.pending import PendingSets
 from egressd.decode.netflow.stats import NetflowStats
 from egressd.decode.netflow.templated import (
@@ -18,7 +19,7 @@ from egressd.decode.netflow.templated import (
     parse_templates,
     read_options_set,
 )
-from egressd.decode.netflow.templates import Template, TemplateCache, TemplateKey
+from egressd.decode.netflow.templates import FieldSpec, Template, TemplateCache, TemplateKey
 from egressd.decode.netflow.v5 import decode_v5
 from egressd.errors import DecodeError
 from egressd.model import FlowRecord
@@ -27,8 +28,25 @@ _V9_HEADER = Struct("!HHIIII")  # version count sysUptime unixSecs sequence sour
 _IPFIX_HEADER = Struct("!HHIII")  # version length exportTime sequence observationDomainId
 _SET_HEADER = Struct("!HH")
 _MASK = 0xFFFFFFFF
+#: the most a record can take: a 65,535-byte message less the smallest header and a set header
+MAX_RECORD_LEN = 65535 - 16 - 4
 
 OptionsKey = tuple[str, int, int]
+
+
+def template_problem(specs: tuple[FieldSpec, ...], scope_count: int) -> str:
+    """Why a template can never give a record (a set error reason), or ``""``."""
+    size = sum(1 if length == F.VARIABLE_LENGTH else length for _, length, _ in specs)
+    if size == 0:
+        return "empty_template"
+    if size > MAX_RECORD_LEN:
+        return "oversized_template"
+    if scope_count < 0:
+        for eid, length, pen in specs:
+            address = F.ADDRESS_FIELDS.get(eid)
+            if address is not None and not pen and length != address[1]:
+                return "bad_address_template"
+    return ""
 
 
 class NetflowDecoder:
@@ -150,10 +168,17 @@ class NetflowDecoder:
             if set_id >= 256:
                 key = (ctx.exporter, ctx.version, ctx.domain, set_id)
                 template = templates.get(key, now)
-                if template is not None and template.scope_count < 0 and template.layout.record_len:
-                    decode_data_set(buf, start, pos, template.layout, ctx, out)  # the common case
-                else:
-                    self._data_set(buf, start, pos, key, template, ctx, now, out)
+                try:
+                    if (
+                        template is not None
+                        and template.scope_count < 0
+                        and template.layout.record_len
+                    ):
+                        decode_data_set(buf, start, pos, template.layout, ctx, out)  # common
+                    else:
+                        self._data_set(buf, start, pos, key, template, ctx, now, out)
+                except DecodeError as exc:  # records before the damage are kept
+                    self.stats.set_errors[exc.reason] += 1
             elif set_id in (template_set, options_set):
                 self._template_set(buf, start, pos, ctx, now, out, set_id == options_set)
             else:
@@ -208,10 +233,13 @@ class NetflowDecoder:
     ) -> None:
         ipfix = ctx.version == 10
         cache = self._templates
+        errors = self.stats.set_errors
+        empty = True
         try:
             for template_id, specs, scope_count in parse_templates(
                 buf, start, end, ipfix=ipfix, options=options
             ):
+                empty = False
                 if specs is None:
                     if template_id == (3 if options else 2):
                         cache.withdraw_all(ctx.exporter, ctx.version, ctx.domain, options)
@@ -219,7 +247,11 @@ class NetflowDecoder:
                         cache.withdraw((ctx.exporter, ctx.version, ctx.domain, template_id))
                     continue
                 if template_id < 256:
-                    self.stats.set_errors["bad_template_id"] += 1
+                    errors["bad_template_id"] += 1
+                    continue
+                problem = template_problem(specs, scope_count)
+                if problem:
+                    errors[problem] += 1
                     continue
                 key = (ctx.exporter, ctx.version, ctx.domain, template_id)
                 template = cache.put(key, specs, scope_count, now)
@@ -227,6 +259,11 @@ class NetflowDecoder:
                 for pending in self._pending.take(key):
                     self.stats.pending_decoded += 1
                     body = pending.body
-                    self._decode_set(template, body, 0, len(body), pending.ctx, out)
+                    try:
+                        self._decode_set(template, body, 0, len(body), pending.ctx, out)
+                    except DecodeError as exc:
+                        errors[exc.reason] += 1
         except ValueError as exc:
-            self.stats.set_errors[str(exc)] += 1
+            errors[str(exc)] += 1
+        if empty:
+            errors["empty_template_set"] += 1

@@ -23,9 +23,14 @@ class PendingSet:
 
 
 class PendingSets:
-    """Buffered sets in arrival order, indexed by the template they wait for."""
+    """Buffered sets in arrival order, indexed by the template they wait for.
 
-    __slots__ = ("_by_key", "_serial", "_sets", "max_sets", "stats", "timeout")
+    When full, an exporter holding at least its fair share of the buffer (total / exporters)
+    drops its own oldest set, and any other the largest holder's: one exporter sending data
+    for templates it never announces cannot push out another's sets.
+    """
+
+    __slots__ = ("_by_exporter", "_by_key", "_serial", "_sets", "max_sets", "stats", "timeout")
 
     def __init__(self, max_sets: int, timeout: float, stats: NetflowStats) -> None:
         self.max_sets = max(0, max_sets)
@@ -33,6 +38,7 @@ class PendingSets:
         self.stats = stats
         self._sets: dict[int, PendingSet] = {}  # serial -> set; insertion order = arrival
         self._by_key: dict[TemplateKey, list[int]] = {}
+        self._by_exporter: dict[str, dict[int, None]] = {}  # serials, oldest first
         self._serial = 0
 
     def __len__(self) -> int:
@@ -43,11 +49,12 @@ class PendingSets:
             self.stats.pending_dropped += 1
             return
         while len(self._sets) >= self.max_sets:
-            self._drop_oldest()
+            self._drop_for(key[0])
             self.stats.pending_dropped += 1
         self._serial += 1
         self._sets[self._serial] = PendingSet(key, body, ctx, now)
         self._by_key.setdefault(key, []).append(self._serial)
+        self._by_exporter.setdefault(key[0], {})[self._serial] = None
         self.stats.pending_sets += 1
 
     def take(self, key: TemplateKey) -> list[PendingSet]:
@@ -55,6 +62,11 @@ class PendingSets:
         serials = self._by_key.pop(key, None)
         if not serials:
             return []
+        own = self._by_exporter[key[0]]
+        for serial in serials:
+            del own[serial]
+        if not own:
+            del self._by_exporter[key[0]]
         return [self._sets.pop(serial) for serial in serials]
 
     def sweep(self, now: float) -> None:
@@ -63,13 +75,24 @@ class PendingSets:
             serial = next(iter(self._sets))
             if now - self._sets[serial].arrived <= self.timeout:
                 break
-            self._drop_oldest()
+            self._drop(serial)
             self.stats.pending_expired += 1
 
-    def _drop_oldest(self) -> None:
-        serial = next(iter(self._sets))
+    def _drop_for(self, exporter: str) -> None:
+        holders = self._by_exporter
+        own = holders.get(exporter)
+        if own is None or len(own) * len(holders) < len(self._sets):
+            own = max(holders.values(), key=len)
+        self._drop(next(iter(own)))
+
+    def _drop(self, serial: int) -> None:
         pending = self._sets.pop(serial)
-        serials = self._by_key[pending.key]
+        key = pending.key
+        serials = self._by_key[key]
         serials.remove(serial)  # the oldest of its key, so this is the list's head
         if not serials:
-            del self._by_key[pending.key]
+            del self._by_key[key]
+        own = self._by_exporter[key[0]]
+        del own[serial]
+        if not own:
+            del self._by_exporter[key[0]]

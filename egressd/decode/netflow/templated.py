@@ -18,6 +18,7 @@ from typing import Any
 
 from egressd.decode.netflow import fields as F
 from egressd.decode.netflow.templates import DEFAULTS, FieldSpec, Layout
+from egressd.errors import DecodeError
 from egressd.model import FlowRecord
 
 _U16 = Struct("!H")
@@ -182,8 +183,16 @@ def _parse_ip(frame: bytes, pos: int, version: int) -> tuple[bytes, bytes, int, 
     return src, dst, proto, 0, 0
 
 
+def _lying_length() -> DecodeError:
+    return DecodeError("bad_variable_length", "a variable-length field overruns its set")
+
+
 def _walk_rows(buf: bytes, pos: int, end: int, layout: Layout) -> Iterator[tuple[Any, ...]]:
-    """Canonical rows of a variable-length (or odd-width) set, one field at a time."""
+    """Canonical rows of a variable-length (or odd-width) set, one field at a time.
+
+    A record needs at least ``record_len`` bytes, so only a variable-length field can make
+    one overrun its set: that field's length is a lie, and DecodeError ends the set.
+    """
     walk = layout.walk
     minimum = max(layout.record_len, 1)
     while end - pos >= minimum:
@@ -191,16 +200,16 @@ def _walk_rows(buf: bytes, pos: int, end: int, layout: Layout) -> Iterator[tuple
         for length, slot in walk:
             if length == F.VARIABLE_LENGTH:
                 if pos >= end:
-                    return
+                    raise _lying_length()
                 length = buf[pos]
                 pos += 1
                 if length == 255:
                     if pos + 2 > end:
-                        return
+                        raise _lying_length()
                     length = _U16.unpack_from(buf, pos)[0]
                     pos += 2
             if pos + length > end:
-                return  # padding or a truncated record: the set ends here
+                raise _lying_length()
             if slot >= 0 and length:
                 raw = buf[pos : pos + length]
                 if slot in F.INT_SLOTS:
@@ -494,7 +503,10 @@ def decode_data_set_generic(
 
 
 def read_options_set(buf: bytes, pos: int, end: int, layout: Layout, ctx: DatagramContext) -> int:
-    """Learn sampling rates and system init time from options data; return records read."""
+    """Learn sampling rates and system init time from options data; return records read.
+
+    Raises DecodeError as :func:`_walk_rows` does when a variable-length field overruns.
+    """
     walk = layout.option_walk
     minimum = max(layout.record_len, 1)
     options = ctx.options
@@ -504,16 +516,16 @@ def read_options_set(buf: bytes, pos: int, end: int, layout: Layout, ctx: Datagr
         for length, eid in walk:
             if length == F.VARIABLE_LENGTH:
                 if pos >= end:
-                    return count
+                    raise _lying_length()
                 length = buf[pos]
                 pos += 1
                 if length == 255:
                     if pos + 2 > end:
-                        return count
+                        raise _lying_length()
                     length = _U16.unpack_from(buf, pos)[0]
                     pos += 2
             if pos + length > end:
-                return count
+                raise _lying_length()
             if eid >= 0 and 0 < length <= 8:
                 values[eid] = int.from_bytes(buf[pos : pos + length])
             pos += length
@@ -568,7 +580,8 @@ def parse_templates(
             if field_count == 0:
                 if template_id == 0:
                     return  # zero padding up to the end of the set
-                yield template_id, None, -1  # withdrawal
+                # IPFIX withdraws a template so; NetFlow v9 has no withdrawal
+                yield template_id, None if ipfix else (), -1
                 continue
             if options:
                 if end - pos < 2:

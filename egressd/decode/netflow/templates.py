@@ -211,10 +211,13 @@ class TemplateCache:
     """Templates per exporter, bounded in count and age.
 
     Insertion order doubles as refresh order (a refresh re-inserts), so the oldest entry is
-    always first: eviction and expiry sweeps pop from the front in O(removed).
+    always first: expiry sweeps pop from the front in O(removed). When full, an exporter
+    holding at least its fair share (total / exporters) makes room from its own templates,
+    and any other from the largest holder's: one exporter flooding templates evicts its own,
+    never another's.
     """
 
-    __slots__ = ("_layouts", "_templates", "max_templates", "stats", "timeout")
+    __slots__ = ("_by_exporter", "_layouts", "_templates", "max_templates", "stats", "timeout")
 
     _LAYOUT_CACHE_MAX = 4096
 
@@ -223,15 +226,26 @@ class TemplateCache:
         self.timeout = timeout
         self.stats = stats
         self._templates: dict[TemplateKey, Template] = {}
+        #: each exporter's keys, oldest first
+        self._by_exporter: dict[str, dict[TemplateKey, None]] = {}
         self._layouts: dict[tuple[tuple[FieldSpec, ...], int, int], Layout] = {}
 
     def __len__(self) -> int:
         return len(self._templates)
 
+    def _forget(self, key: TemplateKey) -> None:
+        """Remove ``key`` (already gone from ``_templates``) from its exporter's keys."""
+        own = self._by_exporter.get(key[0])
+        if own is not None:
+            own.pop(key, None)
+            if not own:
+                del self._by_exporter[key[0]]
+
     def get(self, key: TemplateKey, now: float) -> Template | None:
         template = self._templates.get(key)
         if template is not None and now - template.seen > self.timeout:
             del self._templates[key]
+            self._forget(key)
             self.stats.templates_expired += 1
             return None
         return template
@@ -245,10 +259,13 @@ class TemplateCache:
     ) -> Template:
         """Store (or refresh) a template; compile its layout unless an identical one exists."""
         old = self._templates.pop(key, None)
-        if old is not None and old.fields == fields and old.scope_count == scope_count:
-            old.seen = now
-            self._templates[key] = old
-            return old
+        if old is not None:
+            self._forget(key)
+            if old.fields == fields and old.scope_count == scope_count:
+                old.seen = now
+                self._templates[key] = old
+                self._by_exporter.setdefault(key[0], {})[key] = None
+                return old
         layout_key = (fields, scope_count, key[1])
         layout = self._layouts.get(layout_key)
         if layout is None:
@@ -257,28 +274,40 @@ class TemplateCache:
             layout = compile_layout(fields, scope_count, key[1])
             self._layouts[layout_key] = layout
         while len(self._templates) >= self.max_templates:
-            del self._templates[next(iter(self._templates))]
-            self.stats.templates_evicted += 1
+            self._evict_for(key[0])
         template = Template(key[3], fields, scope_count, layout, now)
         self._templates[key] = template
+        self._by_exporter.setdefault(key[0], {})[key] = None
         return template
+
+    def _evict_for(self, exporter: str) -> None:
+        """Make room for one of ``exporter``'s templates (see the class docstring)."""
+        holders = self._by_exporter
+        own = holders.get(exporter)
+        if own is None or len(own) * len(holders) < len(self._templates):
+            own = max(holders.values(), key=len)
+        victim = next(iter(own))
+        del self._templates[victim]
+        self._forget(victim)
+        self.stats.templates_evicted += 1
 
     def withdraw(self, key: TemplateKey) -> None:
         if self._templates.pop(key, None) is not None:
+            self._forget(key)
             self.stats.templates_withdrawn += 1
 
     def withdraw_all(self, exporter: str, version: int, domain: int, options: bool) -> None:
         """IPFIX "all (options) templates withdrawn" for one observation domain."""
         doomed = [
             k
-            for k, t in self._templates.items()
-            if k[0] == exporter
-            and k[1] == version
+            for k in self._by_exporter.get(exporter, ())
+            if k[1] == version
             and k[2] == domain
-            and (t.scope_count >= 0) == options
+            and (self._templates[k].scope_count >= 0) == options
         ]
         for key in doomed:
             del self._templates[key]
+            self._forget(key)
         self.stats.templates_withdrawn += len(doomed)
 
     def sweep(self, now: float) -> None:
@@ -289,4 +318,5 @@ class TemplateCache:
             if now - templates[key].seen <= self.timeout:
                 break
             del templates[key]
+            self._forget(key)
             self.stats.templates_expired += 1
