@@ -574,6 +574,10 @@ def run_daemon(config_path: Path | None, allow_root: bool = False) -> int:
         )
         return EXIT_ERROR
     config = default_config() if config_path is None else load_config(config_path)
+    if config.cluster.role != "all-in-one":
+        from egressd.cluster.node import run_role
+
+        return run_role(config)
     daemon = Daemon(config, config_path)
     with asyncio.Runner(loop_factory=_new_event_loop) as runner:
         return runner.run(daemon.run())

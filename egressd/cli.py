@@ -128,6 +128,14 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{len(sources.kafka)} kafka, {len(sources.capture)} capture source(s), "
         f"{len(config.alertmanager.urls)} alertmanager(s)"
     )
+    cluster = config.cluster
+    if cluster.role == "ingest":
+        print(f"egressd: role ingest: flows in, partials out to {cluster.partials_topic}")
+    elif cluster.role == "detect":
+        print(
+            f"egressd: role detect: partials from {cluster.partials_topic} in group "
+            f"{cluster.detect_group_id}, state in {cluster.state_directory}"
+        )
     return EXIT_OK
 
 

@@ -213,6 +213,31 @@ class AlertsConfig:
     log_path: Path | None = None
 
 
+CLUSTER_ROLES = ("all-in-one", "ingest", "detect")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """How this process takes part in a Kafka deployment (see docs/scaling.md)."""
+
+    #: all-in-one: every record to alerts in one process; ingest: raw flows to partials;
+    #: detect: partials to alerts
+    role: str = "all-in-one"
+    partials_topic: str = "egressd-partials"
+    #: the consumer group of the detect role (the ingest role uses the source's group_id)
+    detect_group_id: str = "egressd-detect"
+    #: ingest: a batch of a source partition ends at every multiple of this many offsets
+    batch_offsets: int = 5_000
+    #: ingest: a batch not yet at its boundary goes out after this long without new records
+    idle_flush: float = 2.0
+    #: ingest: how often every partials partition hears how far event time has come
+    heartbeat_interval: float = 1.0
+    #: detect: where each partials partition's state is saved (every state.save_interval)
+    state_directory: Path | None = None
+    #: detect: append every closed (group, destination, interval) sum as a JSON line here
+    interval_log: Path | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     networks: NetworksConfig = field(default_factory=NetworksConfig)
@@ -224,6 +249,7 @@ class Config:
     geo: GeoConfig = field(default_factory=GeoConfig)
     alertmanager: AlertmanagerConfig = field(default_factory=AlertmanagerConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     #: where the configuration came from ("" for built-in defaults)
     source_path: str = ""
 
@@ -940,6 +966,42 @@ def _read_alerts(t: _Table) -> AlertsConfig:
     return cfg
 
 
+def _read_cluster(t: _Table) -> ClusterConfig:
+    d = ClusterConfig()
+    cfg = ClusterConfig(
+        role=t.get("role", d.role, _choice(*CLUSTER_ROLES)),
+        partials_topic=t.get("partials_topic", d.partials_topic, _nonempty_str),
+        detect_group_id=t.get("detect_group_id", d.detect_group_id, _nonempty_str),
+        batch_offsets=t.get("batch_offsets", d.batch_offsets, _positive_int),
+        idle_flush=t.get("idle_flush", d.idle_flush, _positive_duration),
+        heartbeat_interval=t.get("heartbeat_interval", d.heartbeat_interval, _positive_duration),
+        state_directory=t.get("state_directory", d.state_directory, _path),
+        interval_log=t.get("interval_log", d.interval_log, _path),
+    )
+    if cfg.role == "detect" and cfg.state_directory is None:
+        t.problem("state_directory", 'is required with role = "detect"')
+    t.done()
+    return cfg
+
+
+def _check_cluster(reader: _Reader, config: Config) -> None:
+    """The ingest and detect roles read Kafka only, through one ``[[sources.kafka]]``."""
+    role = config.cluster.role
+    if role == "all-in-one":
+        return
+    sources = config.sources
+    if len(sources.kafka) != 1 or sources.netflow or sources.capture:
+        reader.problem(
+            ("cluster", "role"),
+            f"role = {role!r} needs exactly one [[sources.kafka]] and no other source "
+            "(ingest reads its topics; detect uses its connection settings)",
+        )
+    elif role == "ingest" and config.cluster.partials_topic in sources.kafka[0].topics:
+        reader.problem(
+            ("cluster", "partials_topic"), "must not be one of the topics the ingest role reads"
+        )
+
+
 def _check_groups(reader: _Reader, groups: tuple[GroupConfig, ...]) -> None:
     seen: set[str] = set()
     for i, group in enumerate(groups):
@@ -976,8 +1038,10 @@ def parse_config(text: str, filename: str = "<config>") -> Config:
         geo=_read_geo(top.sub("geo")),
         alertmanager=_read_alertmanager(top.sub("alertmanager")),
         alerts=_read_alerts(top.sub("alerts")),
+        cluster=_read_cluster(top.sub("cluster")),
         source_path=filename,
     )
+    _check_cluster(reader, config)
     top.done()
     if reader.problems:
         raise ConfigError(reader.problems)

@@ -343,6 +343,20 @@ class KafkaSource:
 
     # -- connection -----------------------------------------------------------------------------
 
+    def client_options(self) -> dict[str, Any]:
+        """Connection and security options of this source, for other clients of its cluster."""
+        return self._client_options()
+
+    def consumer_options(self) -> dict[str, Any]:
+        """The consumer options of this source (group, offsets, timeouts) with its security."""
+        return self._consumer_options()
+
+    def decode(
+        self, batches: dict[TopicPartition, Sequence[Any]]
+    ) -> tuple[list[FlowRecord], list[tuple[Any, str]]]:
+        """Records of fetched messages, counted in :attr:`stats`; and the undecodable ones."""
+        return self._decode_batches(batches)
+
     def _client_options(self) -> dict[str, Any]:
         """Connection and security options shared by the consumer and the producer."""
         cfg = self.config

@@ -1,0 +1,452 @@
+"""The detect role: one engine per partials partition, with state that moves with it.
+
+Every group's partials land in one partition of the partials topic, so the engine of that
+partition sees all of the group's traffic: windows, baselines and learned countries are
+those of one process that saw every flow. Batches are applied in log order; a batch whose
+last offset is at or below the last one applied from its source partition is a replay (an
+ingest member died between producing and committing) and is dropped. Event time moves only
+through the partials' headers and heartbeats: to the slowest source partition's, so no
+partial arrives after the interval it belongs to was closed.
+
+Each partition's state (the state file format, plus the offsets it covers) is saved every
+``state.save_interval`` in ``cluster.state_directory``, and on revoke; only then are the
+partials offsets committed. On assignment the snapshot is loaded and the consumer seeks to
+the offset it covers, so the partials since are replayed into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from egressd.aggregate import Bucket
+from egressd.baseline.statefile import load_state, move_aside, save_state
+from egressd.cluster.wire import (
+    HEARTBEAT,
+    KIND,
+    PARTIALS,
+    Heartbeat,
+    batch_info,
+    read_headers,
+    watermark,
+)
+from egressd.config import Config
+from egressd.detect.alerts import Alert
+from egressd.enrich import DestinationLabeler, DestinationLabels
+from egressd.errors import DecodeError, SourceError, StateError
+from egressd.partials import decode_partials
+from egressd.pipeline import Engine
+from egressd.sources.kafka import KafkaSource, map_kafka_error
+
+log = logging.getLogger("egressd.cluster.detect")
+
+_POLL_MS: Final = 200
+_COMMIT_TIMEOUT: Final = 10.0
+_BACKOFF_FIRST: Final = 0.5
+_BACKOFF_MAX: Final = 30.0
+
+
+@dataclass(slots=True)
+class DetectStats:
+    batches_applied: int = 0
+    partial_rows: int = 0
+    #: batches dropped because a batch up to the same offsets was applied already
+    replays_dropped: int = 0
+    #: batches that overlap an applied one only in part (applied; see docs/scaling.md)
+    partial_overlaps: int = 0
+    heartbeats: int = 0
+    bad_messages: int = 0
+    snapshots: int = 0
+    snapshot_errors: int = 0
+    snapshots_loaded: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    resets: int = 0
+
+
+@dataclass(slots=True)
+class _Partition:
+    """One assigned partials partition: its engine and how far it has read."""
+
+    tp: TopicPartition
+    engine: Engine
+    #: last offset applied, per source partition
+    applied: dict[str, int] = field(default_factory=dict)
+    #: event time reached, per source partition
+    times: dict[str, float] = field(default_factory=dict)
+    #: partitions of each source topic
+    sources: dict[str, int] = field(default_factory=dict)
+    #: next partials offset to read (what the engine holds ends before it)
+    position: int = 0
+    intern: dict[str, DestinationLabels] = field(default_factory=dict)
+    #: whether a snapshot was loaded (the consumer then seeks to ``position``)
+    loaded: bool = False
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, detect: Detect) -> None:
+        self._detect = detect
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._detect._on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._detect._on_assigned(list(assigned))
+
+
+class Detect:
+    """Consumes the partials topic in ``cluster.detect_group_id``; publishes alerts."""
+
+    def __init__(
+        self,
+        config: Config,
+        labeler: DestinationLabeler,
+        publish: Callable[[list[Alert]], None],
+        *,
+        consumer_factory: Callable[..., Any] = AIOKafkaConsumer,
+    ) -> None:
+        (kafka,) = config.sources.kafka
+        assert config.cluster.state_directory is not None
+        self.config = config
+        self.cluster = config.cluster
+        self.labeler = labeler
+        self.publish = publish
+        self.name = f"detect:{config.cluster.partials_topic}"
+        # The source gives the connection, security and group timeout settings.
+        self._source = KafkaSource(kafka, self.name)
+        self.directory = Path(config.cluster.state_directory)
+        self.stats = DetectStats()
+        self._consumer_factory = consumer_factory
+        self._consumer: Any = None
+        self.partitions: dict[TopicPartition, _Partition] = {}
+        #: called with every partition's alerts whenever the set of owned partitions changes
+        self.on_ownership: Callable[[list[Alert]], None] | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._saver: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._ready = False
+        self._interval_log: Any = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.cluster.interval_log is not None:
+            self._interval_log = open(self.cluster.interval_log, "ab")  # noqa: SIM115
+        self._stopping = False
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="egressd-detect")
+        self._saver = loop.create_task(self._save_periodically(), name="egressd-detect-saver")
+
+    async def wait(self) -> None:
+        assert self._task is not None and self._saver is not None
+        await asyncio.wait([self._task, self._saver], return_when=asyncio.FIRST_COMPLETED)
+        raise RuntimeError("detect stopped")
+
+    async def stop(self) -> None:
+        """Stop reading, save every partition and commit, then leave the group."""
+        self._stopping = True
+        for task in (self._task, self._saver):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._saver = None
+        async with self._lock:
+            await self._save(list(self.partitions.values()))
+        await self._close()
+        if self._interval_log is not None:
+            self._interval_log.close()
+            self._interval_log = None
+
+    async def _connect(self) -> None:
+        options = self._source.consumer_options()
+        options.update(group_id=self.cluster.detect_group_id, max_poll_records=10_000)
+        consumer = self._consumer_factory(**options)
+        try:
+            await consumer.start()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            if isinstance(exc, Exception):
+                raise map_kafka_error(exc, f"{self.name}: connecting") from exc
+            raise
+        self._consumer = consumer
+        consumer.subscribe([self.cluster.partials_topic], listener=_Rebalance(self))
+
+    async def _close(self) -> None:
+        self._ready = False
+        consumer, self._consumer = self._consumer, None
+        self.partitions.clear()
+        if consumer is not None:
+            try:
+                await consumer.stop()
+            except Exception as exc:
+                log.debug("%s: closing the consumer: %s", self.name, exc)
+
+    async def _run(self) -> None:
+        backoff = _BACKOFF_FIRST
+        while not self._stopping:
+            try:
+                if self._consumer is None:
+                    await self._connect()
+                    log.info(
+                        "%s: detecting on %s as group %s",
+                        self.name,
+                        self.cluster.partials_topic,
+                        self.cluster.detect_group_id,
+                    )
+                self._ready = True
+                backoff = _BACKOFF_FIRST
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = exc if isinstance(exc, SourceError) else map_kafka_error(exc, self.name)
+                delay = backoff * (0.75 + random.random() / 2)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                log.warning("%s: %s; starting again in %.1fs", self.name, error, delay)
+                # Engines are dropped unsaved: their last snapshots and the partials since
+                # rebuild them on the next assignment.
+                self.stats.resets += 1
+                await self._close()
+                await asyncio.sleep(delay)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        consumer = self._consumer
+        while not self._stopping:
+            fetched = await consumer.getmany(timeout_ms=_POLL_MS)
+            async with self._lock:
+                for tp, messages in fetched.items():
+                    part = self.partitions.get(tp)
+                    if part is None:
+                        continue
+                    for message in messages:
+                        if message.offset < part.position:
+                            continue  # before what the snapshot covers
+                        alerts = self._apply(part, message)
+                        part.position = message.offset + 1
+                        if alerts:
+                            self.publish(alerts)
+            await asyncio.sleep(0)
+
+    def _apply(self, part: _Partition, message: Any) -> list[Alert]:
+        headers = read_headers(message.headers)
+        kind = headers.get(KIND)
+        stats = self.stats
+        try:
+            if kind == HEARTBEAT:
+                beat = Heartbeat.decode(message.value or b"")
+                stats.heartbeats += 1
+                for key, t in beat.times.items():
+                    if t > part.times.get(key, -math.inf):
+                        part.times[key] = t
+                part.sources.update(beat.partitions)
+            elif kind == PARTIALS:
+                info = batch_info(headers)
+                applied = part.applied.get(info.source, -1)
+                if info.last <= applied:
+                    stats.replays_dropped += 1
+                    log.info(
+                        "%s: dropped a replayed batch %s %d-%d (applied up to %d)",
+                        self.name,
+                        info.source,
+                        info.first,
+                        info.last,
+                        applied,
+                    )
+                else:
+                    if info.first <= applied:
+                        stats.partial_overlaps += 1
+                        log.warning(
+                            "%s: batch %s %d-%d overlaps one applied up to %d",
+                            self.name,
+                            info.source,
+                            info.first,
+                            info.last,
+                            applied,
+                        )
+                    partials = decode_partials(
+                        message.value or b"", self.config.detection.interval, intern=part.intern
+                    )
+                    part.engine.apply_partials(partials)
+                    part.applied[info.source] = info.last
+                    stats.batches_applied += 1
+                    stats.partial_rows += len(partials)
+                if info.event_time > part.times.get(info.source, -math.inf):
+                    part.times[info.source] = info.event_time
+            else:
+                raise DecodeError("bad_headers", "message of an unknown kind")
+        except DecodeError as exc:
+            stats.bad_messages += 1
+            log.warning("%s: skipped message %s: %s", self.name, message.offset, exc)
+            return []
+        mark = watermark(part.times, part.sources)
+        if mark > part.engine.event_time():
+            return part.engine.advance(mark)
+        return []
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _path(self, tp: TopicPartition) -> Path:
+        return self.directory / f"{tp.topic}-{tp.partition}.json"
+
+    def _new_engine(self) -> Engine:
+        engine = Engine(self.config, self.labeler)
+        if self._interval_log is not None:
+            engine.on_interval = self._log_interval
+        return engine
+
+    def _log_interval(self, start: float, bucket: Bucket) -> None:
+        out = self._interval_log
+        for (group, dest), accum in bucket.items():
+            out.write(orjson.dumps([start, group, dest.key, *accum.to_row()]) + b"\n")
+        out.flush()
+
+    def _load(self, tp: TopicPartition) -> _Partition:
+        part = _Partition(tp, self._new_engine())
+        path = self._path(tp)
+        try:
+            data = load_state(path)
+        except StateError as exc:
+            move_aside(path, str(exc))
+            data = None
+        if data is None:
+            return part
+        try:
+            cluster = data.pop("cluster")
+            part.engine.restore(data)
+            part.applied = {str(k): int(v) for k, v in dict(cluster["applied"]).items()}
+            part.times = {str(k): float(v) for k, v in dict(cluster["times"]).items()}
+            part.sources = {str(k): int(v) for k, v in dict(cluster["sources"]).items()}
+            part.position = int(cluster["position"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            move_aside(path, f"{type(exc).__name__}: {exc}")
+            return _Partition(tp, self._new_engine())
+        self.stats.snapshots_loaded += 1
+        part.loaded = True
+        return part
+
+    async def _save(self, parts: list[_Partition]) -> None:
+        """Snapshot ``parts``, then commit the offsets the snapshots cover."""
+        offsets: dict[TopicPartition, int] = {}
+        for part in parts:
+            extra = {
+                "cluster": {
+                    "applied": part.applied,
+                    "times": part.times,
+                    "sources": part.sources,
+                    "position": part.position,
+                }
+            }
+            try:
+                await asyncio.to_thread(
+                    save_state, self._path(part.tp), part.engine.snapshot(), extra=extra
+                )
+            except StateError as exc:
+                self.stats.snapshot_errors += 1
+                log.error("%s", exc)
+                continue
+            self.stats.snapshots += 1
+            offsets[part.tp] = part.position
+        consumer = self._consumer
+        if consumer is None or not offsets:
+            return
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), _COMMIT_TIMEOUT)
+        except Exception as exc:  # the snapshot holds the position; the next commit retries
+            self.stats.commit_failures += 1
+            log.warning("%s: committing partials offsets failed: %r", self.name, exc)
+        else:
+            self.stats.commits += 1
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.state.save_interval)
+            async with self._lock:
+                await self._save(list(self.partitions.values()))
+
+    # -- rebalancing -----------------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._lock:
+            parts = [self.partitions[tp] for tp in revoked if tp in self.partitions]
+            await self._save(parts)
+            for part in parts:
+                del self.partitions[part.tp]
+        if revoked:
+            log.info("%s: partitions revoked: %s", self.name, _describe(revoked))
+            self._ownership_changed()
+
+    async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        if consumer is None or self._stopping:
+            return  # leaving the group: the next owner loads these partitions
+        async with self._lock:
+            for tp in assigned:
+                if tp in self.partitions:
+                    continue
+                part = await asyncio.to_thread(self._load, tp)
+                self.partitions[tp] = part
+                if part.loaded:
+                    # The snapshot holds everything before its position: replay from there.
+                    consumer.seek(tp, part.position)
+                else:
+                    committed = await consumer.committed(tp)
+                    part.position = committed or 0
+                    if committed is None:
+                        consumer.seek_to_beginning(tp)
+        log.info("%s: partitions assigned: %s", self.name, _describe(assigned) or "none")
+        self._ownership_changed()
+
+    def _ownership_changed(self) -> None:
+        if self.on_ownership is not None:
+            self.on_ownership(self.firing())
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def firing(self) -> list[Alert]:
+        return [a for part in self.partitions.values() for a in part.engine.active_alerts()]
+
+    def engines(self) -> list[Engine]:
+        return [part.engine for part in self.partitions.values()]
+
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        labels = {"role": "detect"}
+        stats = self.stats
+        return [
+            ("egressd_cluster_batches_applied_total", labels, float(stats.batches_applied)),
+            ("egressd_cluster_partial_rows_applied_total", labels, float(stats.partial_rows)),
+            ("egressd_cluster_replays_dropped_total", labels, float(stats.replays_dropped)),
+            ("egressd_cluster_partial_overlaps_total", labels, float(stats.partial_overlaps)),
+            ("egressd_cluster_heartbeats_received_total", labels, float(stats.heartbeats)),
+            ("egressd_cluster_bad_messages_total", labels, float(stats.bad_messages)),
+            ("egressd_cluster_snapshots_total", labels, float(stats.snapshots)),
+            ("egressd_cluster_snapshot_errors_total", labels, float(stats.snapshot_errors)),
+            ("egressd_cluster_snapshots_loaded_total", labels, float(stats.snapshots_loaded)),
+            ("egressd_cluster_commits_total", labels, float(stats.commits)),
+            ("egressd_cluster_commit_failures_total", labels, float(stats.commit_failures)),
+            ("egressd_cluster_resets_total", labels, float(stats.resets)),
+            ("egressd_cluster_owned_partitions", labels, float(len(self.partitions))),
+        ]
+
+
+def _describe(tps: Iterable[TopicPartition]) -> str:
+    return ",".join(sorted(f"{tp.topic}:{tp.partition}" for tp in tps))

@@ -1,0 +1,431 @@
+"""The ingest role: raw flows from Kafka to interval partials keyed by group.
+
+Per source partition, records are summed into partials and cut into batches at offsets that
+depend only on offsets: a batch ends before every multiple of ``batch_offsets``, so reading
+the same offsets again (after a crash, or on another member after a rebalance) cuts the same
+batches, and the detecting side recognises a batch it has applied by its last offset. A
+batch that has not reached its boundary goes out after ``idle_flush`` without new records.
+
+A batch's partials go to ``partition = stable_hash(group) % P`` of the partials topic, one
+message per partition, with headers naming the source partition, its first and last offset
+and its event time. Input offsets are committed only once the broker acknowledged every
+message of the batches before them. Heartbeats tell every partials partition how far event
+time has come in each source partition this member owns, so a partition that receives no
+partials still closes its intervals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from egressd.cluster.wire import Heartbeat, heartbeat_headers, partials_headers, source_key
+from egressd.config import Config
+from egressd.enrich import DestinationLabeler
+from egressd.errors import SourceError
+from egressd.partials import PartialCounter, encode_partials, partition_of
+from egressd.pipeline import Partial
+from egressd.sources.kafka import KafkaSource, map_kafka_error
+
+log = logging.getLogger("egressd.cluster.ingest")
+
+_POLL_MS: Final = 200
+_ACK_TIMEOUT: Final = 30.0
+_COMMIT_TIMEOUT: Final = 10.0
+_BACKOFF_FIRST: Final = 0.5
+_BACKOFF_MAX: Final = 30.0
+#: a caught-up source partition that delivered nothing for this long lets wall time move its
+#: event time on (as the all-in-one daemon does for an idle source)
+IDLE_AFTER: Final = 10.0
+#: test hook: ``exit-before-commit:N`` kills this process (SIGKILL) once the N-th shipment
+#: was acknowledged and before its offsets are committed
+FAULT_ENV: Final = "EGRESSD_FAULT"
+
+
+@dataclass(slots=True)
+class IngestStats:
+    batches: int = 0  # batches cut
+    idle_flushes: int = 0  # of which cut short by idle_flush
+    messages_produced: int = 0
+    partial_rows: int = 0
+    bytes_produced: int = 0
+    heartbeats: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    resets: int = 0  # connections started again after an error
+    partials_partitions: int = 0
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One owned source partition: the batch being counted and what was acknowledged."""
+
+    key: str
+    first: int | None = None  # first offset of the batch being counted
+    last: int = -1  # last offset counted
+    boundary: int = 0  # the batch ends before this offset
+    acked_time: float = -math.inf  # event time of everything acknowledged
+    last_activity: float = 0.0  # monotonic time of the last record counted
+
+
+@dataclass(slots=True)
+class _Cut:
+    tp: TopicPartition
+    key: str
+    first: int
+    last: int
+    event_time: float
+    partials: list[Partial] = field(default_factory=list)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ingest: Ingest) -> None:
+        self._ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._ingest._on_revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._ingest._on_assigned(list(assigned))
+
+
+class Ingest:
+    """Consumes the raw flow topics of the one ``[[sources.kafka]]`` and produces partials."""
+
+    def __init__(
+        self,
+        config: Config,
+        labeler: DestinationLabeler,
+        *,
+        consumer_factory: Callable[..., Any] = AIOKafkaConsumer,
+        producer_factory: Callable[..., Any] = AIOKafkaProducer,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        (kafka,) = config.sources.kafka
+        self.config = config
+        self.cluster = config.cluster
+        self.name = f"ingest:{','.join(kafka.topics)}"
+        self.source = KafkaSource(kafka, f"kafka:{','.join(kafka.topics)}")
+        self.counter = PartialCounter(config, labeler)
+        self.stats = IngestStats()
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._partitions = 0
+        self._lanes: dict[TopicPartition, _Lane] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._ready = False
+        self._last_heartbeat = 0.0
+        self.wall: Callable[[], float] = time.time
+        self.monotonic: Callable[[], float] = time.monotonic
+        env = os.environ if environ is None else environ
+        self._exit_after = _fault_count(env.get(FAULT_ENV, ""), "exit-before-commit")
+        self._shipments = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="egressd-ingest")
+
+    async def wait(self) -> None:
+        assert self._task is not None
+        await self._task
+        raise RuntimeError("ingest stopped")
+
+    async def stop(self) -> None:
+        """Stop fetching; what is counted and not shipped is read again by the next owner."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close()
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        source = self.source
+        consumer = self._consumer_factory(**source.consumer_options())
+        producer = self._producer_factory(
+            **source.client_options(),
+            # Tansu (and brokers like it) have neither idempotent producers nor transactions;
+            # a replayed batch is recognised downstream by its offsets instead.
+            enable_idempotence=False,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1024 * 1024,
+        )
+        try:
+            await producer.start()
+            await consumer.start()
+            partitions = await producer.partitions_for(self.cluster.partials_topic)
+        except BaseException as exc:
+            for client in (consumer, producer):
+                with contextlib.suppress(Exception):
+                    await client.stop()
+            if isinstance(exc, Exception):
+                raise map_kafka_error(exc, f"{self.name}: connecting") from exc
+            raise
+        self._consumer, self._producer = consumer, producer
+        self._partitions = self.stats.partials_partitions = len(partitions)
+        consumer.subscribe(list(source.config.topics), listener=_Rebalance(self))
+
+    async def _close(self) -> None:
+        self._ready = False
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        for tp in list(self._lanes):
+            self.counter.drop(self._lanes.pop(tp).key)
+        for client in (consumer, producer):
+            if client is not None:
+                try:
+                    await client.stop()
+                except Exception as exc:  # closing is best effort
+                    log.debug("%s: closing a Kafka client: %s", self.name, exc)
+
+    async def _run(self) -> None:
+        backoff = _BACKOFF_FIRST
+        while not self._stopping:
+            try:
+                if self._consumer is None:
+                    await self._connect()
+                    log.info(
+                        "%s: producing partials to %s (%d partitions)",
+                        self.name,
+                        self.cluster.partials_topic,
+                        self._partitions,
+                    )
+                self._ready = True
+                backoff = _BACKOFF_FIRST
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = exc if isinstance(exc, SourceError) else map_kafka_error(exc, self.name)
+                delay = backoff * (0.75 + random.random() / 2)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                log.warning("%s: %s; starting again in %.1fs", self.name, error, delay)
+                # Counted but unacknowledged batches are dropped with the clients: their
+                # offsets were not committed, so they are read (and cut) again.
+                self.stats.resets += 1
+                await self._close()
+                await asyncio.sleep(delay)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        consumer = self._consumer
+        while not self._stopping:
+            fetched = await consumer.getmany(
+                timeout_ms=_POLL_MS, max_records=self.source.config.max_batch
+            )
+            async with self._lock:
+                cuts = self._count(fetched)
+                cuts.extend(self._idle_cuts())
+                if cuts:
+                    await self._ship(cuts)
+                if self.monotonic() - self._last_heartbeat >= self.cluster.heartbeat_interval:
+                    await self._heartbeat()
+            await asyncio.sleep(0)
+
+    def _lane(self, tp: TopicPartition) -> _Lane:
+        lane = self._lanes.get(tp)
+        if lane is None:
+            lane = self._lanes[tp] = _Lane(source_key(tp.topic, tp.partition))
+            lane.last_activity = self.monotonic()
+        return lane
+
+    def _count(self, fetched: dict[TopicPartition, list[Any]]) -> list[_Cut]:
+        """Count fetched messages; the batches that reached their boundary."""
+        cuts: list[_Cut] = []
+        step = self.cluster.batch_offsets
+        future_limit = self.wall() + self.config.detection.max_clock_ahead
+        now = self.monotonic()
+        for tp, messages in fetched.items():
+            if tp not in self._lanes:
+                continue  # revoked while the fetch was on its way
+            lane = self._lanes[tp]
+            i = 0
+            while i < len(messages):
+                if lane.first is None:
+                    lane.first = messages[i].offset
+                    lane.boundary = (lane.first // step + 1) * step
+                j = i
+                while j < len(messages) and messages[j].offset < lane.boundary:
+                    j += 1
+                if j > i:
+                    chunk = messages[i:j]
+                    records, _failed = self.source.decode({tp: chunk})
+                    self.counter.count(lane.key, records, future_limit)
+                    lane.last = chunk[-1].offset
+                    lane.last_activity = now
+                if j < len(messages) or lane.last == lane.boundary - 1:
+                    cuts.append(self._cut(tp, lane))
+                i = j
+        return cuts
+
+    def _idle_cuts(self) -> list[_Cut]:
+        now = self.monotonic()
+        cuts = []
+        for tp, lane in self._lanes.items():
+            if lane.first is not None and now - lane.last_activity >= self.cluster.idle_flush:
+                cuts.append(self._cut(tp, lane))
+                self.stats.idle_flushes += 1
+        return cuts
+
+    def _cut(self, tp: TopicPartition, lane: _Lane) -> _Cut:
+        assert lane.first is not None
+        cut = _Cut(
+            tp,
+            lane.key,
+            lane.first,
+            lane.last,
+            self.counter.event_time(lane.key),
+            self.counter.take(lane.key),
+        )
+        lane.first = None
+        self.stats.batches += 1
+        return cut
+
+    async def _ship(self, cuts: list[_Cut]) -> None:
+        """Produce ``cuts``, wait for every acknowledgement, then commit their offsets."""
+        producer = self._producer
+        topic = self.cluster.partials_topic
+        interval = self.config.detection.interval
+        futures = []
+        for cut in cuts:
+            by_partition: dict[int, list[Partial]] = {}
+            for partial in cut.partials:
+                by_partition.setdefault(partition_of(partial[1][0], self._partitions), []).append(
+                    partial
+                )
+            headers = partials_headers(cut.key, cut.first, cut.last, cut.event_time)
+            for partition, partials in sorted(by_partition.items()):
+                value = encode_partials(partials, interval)
+                futures.append(
+                    await producer.send(topic, value, partition=partition, headers=headers)
+                )
+                self.stats.partial_rows += len(partials)
+                self.stats.bytes_produced += len(value)
+        await asyncio.wait_for(asyncio.gather(*futures), _ACK_TIMEOUT)
+        self.stats.messages_produced += len(futures)
+        offsets: dict[TopicPartition, int] = {}
+        for cut in cuts:
+            lane = self._lanes.get(cut.tp)
+            if lane is not None and cut.event_time > lane.acked_time:
+                lane.acked_time = cut.event_time
+            offsets[cut.tp] = max(offsets.get(cut.tp, 0), cut.last + 1)
+        self._shipments += 1
+        if self._exit_after and self._shipments >= self._exit_after:
+            log.warning("%s: %s: exiting before the commit", self.name, FAULT_ENV)
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            await asyncio.wait_for(self._consumer.commit(offsets), _COMMIT_TIMEOUT)
+        except Exception as exc:
+            # The batches are out; whoever reads these offsets again cuts the same batches,
+            # which the detecting side recognises and drops.
+            self.stats.commit_failures += 1
+            log.warning("%s: committing offsets failed: %r", self.name, exc)
+        else:
+            self.stats.commits += 1
+
+    async def _heartbeat(self) -> None:
+        consumer = self._consumer
+        producer = self._producer
+        now = self.monotonic()
+        acked = [lane.acked_time for lane in self._lanes.values() if lane.acked_time > -math.inf]
+        beat = Heartbeat()
+        for tp, lane in self._lanes.items():
+            t = lane.acked_time
+            quiet = now - lane.last_activity
+            highwater = consumer.highwater(tp)
+            caught_up = highwater is not None and lane.last + 1 >= highwater
+            if lane.first is None and caught_up and quiet >= IDLE_AFTER:
+                # Nothing waits in this partition: wall time moves its event time on, from
+                # its own or (never having had a record) this member's furthest partition.
+                base = t if t > -math.inf else max(acked, default=-math.inf)
+                if base > -math.inf:
+                    t = base + quiet
+            if t > -math.inf:
+                beat.times[lane.key] = t
+        for topic in self.source.config.topics:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                beat.partitions[topic] = len(partitions)
+        self._last_heartbeat = now
+        if not beat.times:
+            return
+        value = beat.encode()
+        futures = [
+            await producer.send(
+                self.cluster.partials_topic, value, partition=p, headers=heartbeat_headers()
+            )
+            for p in range(self._partitions)
+        ]
+        await asyncio.wait_for(asyncio.gather(*futures), _ACK_TIMEOUT)
+        self.stats.heartbeats += 1
+
+    # -- rebalancing -------------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        # A shipment under way finishes (and commits) first; what is counted and not shipped
+        # is forgotten: its offsets are not committed, so the next owner reads and cuts it.
+        async with self._lock:
+            for tp in revoked:
+                lane = self._lanes.pop(tp, None)
+                if lane is not None:
+                    self.counter.drop(lane.key)
+        if revoked:
+            log.info("%s: source partitions revoked: %s", self.name, _describe(revoked))
+
+    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            self._lane(tp)
+        log.info("%s: source partitions assigned: %s", self.name, _describe(assigned) or "none")
+
+    # -- views --------------------------------------------------------------------------------
+
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        labels = {"role": "ingest"}
+        stats = self.stats
+        samples = [
+            ("egressd_cluster_batches_total", labels, float(stats.batches)),
+            ("egressd_cluster_idle_flushes_total", labels, float(stats.idle_flushes)),
+            ("egressd_cluster_messages_produced_total", labels, float(stats.messages_produced)),
+            ("egressd_cluster_partial_rows_total", labels, float(stats.partial_rows)),
+            ("egressd_cluster_bytes_produced_total", labels, float(stats.bytes_produced)),
+            ("egressd_cluster_heartbeats_total", labels, float(stats.heartbeats)),
+            ("egressd_cluster_commits_total", labels, float(stats.commits)),
+            ("egressd_cluster_commit_failures_total", labels, float(stats.commit_failures)),
+            ("egressd_cluster_resets_total", labels, float(stats.resets)),
+            ("egressd_cluster_owned_partitions", labels, float(len(self._lanes))),
+        ]
+        samples.extend(self.source.extra_metrics())
+        return samples
+
+
+def _fault_count(spec: str, name: str) -> int:
+    kind, _, count = spec.partition(":")
+    return int(count) if kind == name and count.isdigit() else 0
+
+
+def _describe(tps: Iterable[TopicPartition]) -> str:
+    return ",".join(sorted(source_key(tp.topic, tp.partition) for tp in tps))

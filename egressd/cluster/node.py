@@ -1,0 +1,178 @@
+"""``egressd run`` in the ingest or detect role: the component, HTTP, alert sinks, signals.
+
+Components start in order (alert log, Alertmanager, HTTP, the role) and stop in reverse;
+SIGTERM/SIGINT stop the process, a dying component ends it with status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+
+from egressd.app import EXIT_ERROR, EXIT_OK, generator_url
+from egressd.cluster.detect import Detect
+from egressd.cluster.ingest import Ingest
+from egressd.config import Config
+from egressd.detect.alerts import FIRING, Alert
+from egressd.errors import EgressdError
+from egressd.replay import build_labeler
+from egressd.sinks.alertlog import AlertLog
+from egressd.sinks.alertmanager import AlertmanagerSink
+from egressd.sinks.http import HttpServer
+from egressd.sinks.metrics import PREFIX, _extra_families
+
+log = logging.getLogger("egressd.cluster")
+
+
+class _RoleCollector:
+    """The role's own counters as Prometheus families."""
+
+    def __init__(self, node: RoleNode) -> None:
+        self._node = node
+
+    def collect(self) -> Iterable[Metric]:
+        extras: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for name, labels, value in self._node.component.metrics():
+            extras.setdefault(name, []).append((labels, value))
+        am = self._node.alertmanager
+        if am is not None:
+            none: dict[str, str] = {}
+            stats = am.stats
+            extras[PREFIX + "alertmanager_pushes_total"] = [(none, float(stats.pushes))]
+            extras[PREFIX + "alertmanager_push_errors_total"] = [(none, float(stats.push_errors))]
+            extras[PREFIX + "alertmanager_alerts_sent_total"] = [(none, float(stats.alerts_sent))]
+        yield from _extra_families(extras)
+
+
+class RoleNode:
+    """One ingest or detect process. Inert until :meth:`run`; also the HTTP API's view."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.labeler = build_labeler(config)
+        self.alertmanager = (
+            AlertmanagerSink(config.alertmanager, generator_url(config))
+            if config.alertmanager.urls and config.cluster.role == "detect"
+            else None
+        )
+        self.alert_log = (
+            AlertLog(config.alerts.log_path)
+            if config.alerts.log_path and config.cluster.role == "detect"
+            else None
+        )
+        self.component: Ingest | Detect
+        if config.cluster.role == "ingest":
+            self.component = Ingest(config, self.labeler)
+        else:
+            detect = Detect(config, self.labeler, self.publish)
+            detect.on_ownership = self._owned_alerts
+            self.component = detect
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_RoleCollector(self))
+        self.http = HttpServer(config.http, self.registry, self)
+
+    # -- DaemonView -------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.component.ready:
+            return False, f"{self.component.name} not connected"
+        return True, ""
+
+    def firing_alerts(self) -> list[dict[str, Any]]:
+        if isinstance(self.component, Detect):
+            return [alert.event() for alert in self.component.firing()]
+        return []
+
+    def baselines(self, group: str | None) -> list[dict[str, Any]]:
+        out = []
+        if isinstance(self.component, Detect):
+            for engine in self.component.engines():
+                for key in sorted(engine.baselines.keys()):
+                    if group is not None and key[0] != group:
+                        continue
+                    summary = engine.baselines.summary(key)
+                    if summary is not None:
+                        out.append(summary)
+        return out
+
+    # -- alerts -------------------------------------------------------------------------------
+
+    def publish(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            log.warning(
+                "alert %s: %s %s",
+                "firing" if alert.state == FIRING else "resolved",
+                alert.labels.get("alertname", "?"),
+                " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname"),
+            )
+        if self.alertmanager is not None:
+            self.alertmanager.publish(alerts)
+        if self.alert_log is not None:
+            self.alert_log.publish(alerts)
+
+    def _owned_alerts(self, firing: list[Alert]) -> None:
+        # Firing alerts of the partitions this process owns now are the ones it resends;
+        # those of partitions that moved away are their new owner's to resend or resolve.
+        if self.alertmanager is not None:
+            self.alertmanager.replace_firing(firing)
+
+    # -- run ------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        started: list[Any] = []
+        exit_code = EXIT_OK
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        try:
+            for component in (self.alert_log, self.alertmanager, self.http, self.component):
+                if component is not None:
+                    await component.start()
+                    started.append(component)
+            log.info(
+                "egressd running in the %s role, HTTP on %s",
+                self.config.cluster.role,
+                self.config.http.listen,
+            )
+            waits = [loop.create_task(stopping.wait())]
+            waits += [
+                loop.create_task(c.wait()) for c in started if callable(getattr(c, "wait", None))
+            ]
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
+                task.cancel()
+            if waits[0] not in done:
+                exit_code = EXIT_ERROR
+                for task in done:
+                    log.error("stopped unexpectedly: %r; egressd exits", task.exception())
+            else:
+                log.info("stopping on signal")
+        except (EgressdError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            exit_code = EXIT_ERROR
+        finally:
+            for component in reversed(started):
+                try:
+                    await component.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(component).__name__)
+                    exit_code = EXIT_ERROR
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        return exit_code
+
+
+def run_role(config: Config) -> int:
+    """``egressd run`` with ``[cluster] role`` ingest or detect."""
+    from egressd.app import _new_event_loop
+
+    node = RoleNode(config)
+    with asyncio.Runner(loop_factory=_new_event_loop) as runner:
+        return runner.run(node.run())

@@ -1,0 +1,126 @@
+"""What a partials-topic message says besides its partials: Kafka headers and heartbeats.
+
+A partials message carries the rows of one ingest batch that belong to the partition's
+groups; its headers say which source partition and offsets the batch covers and how far
+that partition's event time had come at its end. A heartbeat carries, per source partition
+its sender owns, how far event time has come in what it has produced (and had acknowledged);
+with ``partitions`` (how many partitions each source topic has) the detecting side knows
+when it has heard from every source partition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+
+from egressd.errors import DecodeError
+
+KIND: Final = "egressd-kind"
+SOURCE: Final = "egressd-source"  # "topic:partition" of the raw flows
+FIRST: Final = "egressd-first-offset"
+LAST: Final = "egressd-last-offset"
+TIME: Final = "egressd-event-time"
+
+PARTIALS: Final = b"partials"
+HEARTBEAT: Final = b"heartbeat"
+
+Headers = list[tuple[str, bytes]]
+
+
+def source_key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def partials_headers(source: str, first: int, last: int, event_time: float) -> Headers:
+    return [
+        (KIND, PARTIALS),
+        (SOURCE, source.encode()),
+        (FIRST, str(first).encode()),
+        (LAST, str(last).encode()),
+        (TIME, repr(event_time).encode()),
+    ]
+
+
+@dataclass(slots=True)
+class BatchInfo:
+    """The headers of a partials message."""
+
+    source: str
+    first: int
+    last: int
+    event_time: float
+
+
+def read_headers(headers: object) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    if isinstance(headers, list | tuple):
+        for item in headers:
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes):
+                out[str(item[0])] = item[1]
+    return out
+
+
+def batch_info(headers: dict[str, bytes]) -> BatchInfo:
+    """The batch a partials message covers; raises DecodeError (``bad_headers``)."""
+    try:
+        info = BatchInfo(
+            headers[SOURCE].decode(),
+            int(headers[FIRST]),
+            int(headers[LAST]),
+            float(headers[TIME]),
+        )
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError("bad_headers", f"partials message headers: {exc!r}") from exc
+    if info.first < 0 or info.last < info.first or math.isnan(info.event_time):
+        raise DecodeError("bad_headers", "partials message with an impossible offset range")
+    return info
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    """How far event time has come per source partition, and how many partitions there are."""
+
+    times: dict[str, float] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"v": 1, "times": self.times, "partitions": self.partitions})
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Heartbeat:
+        try:
+            data = orjson.loads(blob)
+            if not isinstance(data, dict) or data.get("v") != 1:
+                raise ValueError("unknown heartbeat version")
+            times = {str(k): float(v) for k, v in dict(data["times"]).items()}
+            partitions = {str(k): int(v) for k, v in dict(data["partitions"]).items()}
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DecodeError("bad_heartbeat", f"heartbeat: {exc}") from exc
+        if any(math.isnan(t) for t in times.values()) or any(n <= 0 for n in partitions.values()):
+            raise DecodeError("bad_heartbeat", "heartbeat with impossible values")
+        return cls(times, partitions)
+
+
+def heartbeat_headers() -> Headers:
+    return [(KIND, HEARTBEAT)]
+
+
+def watermark(times: dict[str, float], partitions: dict[str, int]) -> float:
+    """The event time every source partition has passed: the slowest one's.
+
+    -inf until every partition of every known source topic has been heard from: a partition
+    not heard from may still hold flows of any time.
+    """
+    if not partitions:
+        return -math.inf
+    slowest = math.inf
+    for topic, count in partitions.items():
+        for partition in range(count):
+            t = times.get(source_key(topic, partition))
+            if t is None:
+                return -math.inf
+            slowest = min(slowest, t)
+    return slowest

@@ -1,0 +1,368 @@
+"""The ingest and detect roles on a real broker (Tansu): N processes, one process's answer.
+
+Flows are split at random over the raw topic's partitions, read by two ``egressd run``
+processes in the ingest role and judged by two in the detect role. Every closed
+(group x destination x interval) sum must equal the one a single engine computes from the
+same flows, and the same alerts must fire once per label set, also when an ingest process
+dies between producing and committing and a detect process is SIGKILLed mid-stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from integration_support import EgressdProcess, free_port
+from kafka_support import (
+    FLOW_T0,
+    TansuBroker,
+    broker_or_skip,
+    create_topic,
+    goflow2_record,
+    unique,
+)
+
+from egressd.aggregate import Bucket
+from egressd.config import parse_config
+from egressd.decode.goflow2 import decode_goflow2_json
+from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.pipeline import Engine
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RAW_PARTITIONS = 4
+PARTIALS_PARTITIONS = 3
+#: every partials partition holds one group: office 0, ops 1, research 2 (CRC-32 % 3)
+
+BASE = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["GB", "US"]
+
+[[groups]]
+name = "office"
+sources = ["10.30.0.0/16"]
+expected_countries = ["GB", "US", "IE"]
+
+[[groups]]
+name = "ops"
+sources = ["10.40.0.0/16"]
+expected_countries = ["GB", "US", "DE"]
+
+[detection]
+interval = "1m"
+allowed_lateness = "30s"
+unexpected_min_bytes = "100MB"
+unexpected_window = "10m"
+resolve_after = "2h"
+"""
+
+NODE = """
+[state]
+save_interval = "{save}"
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[alerts]
+log_path = "{alerts}"
+
+[[sources.kafka]]
+bootstrap_servers = ["{bootstrap}"]
+topics = ["{raw}"]
+group_id = "{ingest_group}"
+format = "goflow2-json"
+session_timeout = "2s"
+heartbeat_interval = "300ms"
+rebalance_timeout = "3s"
+max_batch = 500
+
+[cluster]
+role = "{role}"
+partials_topic = "{partials}"
+detect_group_id = "{detect_group}"
+batch_offsets = {batch}
+idle_flush = "1s"
+heartbeat_interval = "300ms"
+state_directory = "{states}"
+interval_log = "{intervals}"
+"""
+
+DESTINATIONS = ["3.5.140.2", "8.8.8.8", "81.2.69.160", "5.9.0.1", "10.1.2.3", "2.16.0.1"]
+SOURCES = ["10.20.0.5", "10.20.0.6", "10.30.1.1", "10.30.1.2", "10.40.0.9", "172.16.0.1"]
+CN = "47.100.23.45"
+MINUTES = 40
+
+Key = tuple[float, str, str]
+Sums = dict[Key, list[Any]]
+
+
+def flow_values(seed: int) -> list[bytes]:
+    """Time-ordered goflow2 records: 40 minutes of mixed traffic, one exfiltration to CN,
+    and a record an hour later that closes every interval before it."""
+    rng = random.Random(seed)
+    values = []
+    seq = 0
+    for i in range(MINUTES * 60):
+        for _ in range(2):
+            seq += 1
+            values.append(
+                goflow2_record(
+                    seq,
+                    src=rng.choice(SOURCES),
+                    dst=rng.choice(DESTINATIONS),
+                    nbytes=int(rng.lognormvariate(10, 1.5)) + 40,
+                    t=FLOW_T0 + i + rng.random() * 0.5,
+                )
+            )
+        if 600 <= i < 900 and i % 20 == 0:  # 15 x 12 MB to CN from research: 180 MB
+            seq += 1
+            values.append(
+                goflow2_record(
+                    seq, src="10.20.0.17", dst=CN, nbytes=12_000_000, t=FLOW_T0 + i + 0.7
+                )
+            )
+    return values
+
+
+def closing_values() -> list[bytes]:
+    """One east-west record per raw partition an hour on: every partition's event time moves."""
+    return [
+        goflow2_record(900_000 + p, src="10.20.0.5", dst="10.1.2.3", nbytes=100, t=FLOW_T0 + 7200)
+        for p in range(RAW_PARTITIONS)
+    ]
+
+
+def single_process(values: list[bytes]) -> tuple[Sums, set[tuple[tuple[str, str], ...]]]:
+    """Per-interval sums and firing label sets of one engine replaying ``values`` in order."""
+    engine = Engine(parse_config(BASE), EmbeddedCountryLabeler())
+    sums: Sums = {}
+
+    def record(start: float, bucket: Bucket) -> None:
+        for (group, dest), accum in bucket.items():
+            sums[(start, group, dest.key)] = accum.to_row()
+
+    engine.on_interval = record
+    fired = set()
+    records = [r for r in (decode_goflow2_json(v) for v in values) if r is not None]
+    for alert in engine.process(records):
+        if alert.state == "firing":
+            fired.add(tuple(sorted(alert.labels.items())))
+    return sums, fired
+
+
+async def produce_split(bootstrap: str, topic: str, values: list[bytes], seed: int) -> None:
+    """``values`` in order, each to a partition picked at random (and the closers one each)."""
+    rng = random.Random(seed)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, partition=rng.randrange(RAW_PARTITIONS))
+            for value in values
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_closers(bootstrap: str, topic: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for p, value in enumerate(closing_values()):
+            await (await producer.send(topic, value, partition=p))
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
+    running = broker_or_skip(tmp_path_factory.mktemp("tansu"))
+    yield running
+    running.stop()
+
+
+class Cluster:
+    """Topics, configurations and the processes of one test."""
+
+    def __init__(self, broker: TansuBroker, tmp_path: Path, batch: int = 300) -> None:
+        self.broker = broker
+        self.tmp = tmp_path
+        self.raw = unique("flows")
+        self.partials = unique("partials")
+        self.names = {
+            "ingest_group": unique("ingest"),
+            "detect_group": unique("detect"),
+        }
+        self.batch = batch
+        self.states = tmp_path / "partitions"
+        self.processes: dict[str, EgressdProcess] = {}
+        asyncio.run(create_topic(broker.bootstrap, self.raw, RAW_PARTITIONS))
+        asyncio.run(create_topic(broker.bootstrap, self.partials, PARTIALS_PARTITIONS))
+
+    def start(self, name: str, role: str, env: dict[str, str] | None = None) -> EgressdProcess:
+        http = free_port()
+        config = self.tmp / f"{name}.toml"
+        config.write_text(
+            BASE
+            + NODE.format(
+                save="2s",
+                http=http,
+                alerts=self.tmp / f"{name}.alerts.jsonl",
+                bootstrap=self.broker.bootstrap,
+                raw=self.raw,
+                partials=self.partials,
+                role=role,
+                batch=self.batch,
+                states=self.states,
+                intervals=self.tmp / f"{name}.intervals.jsonl",
+                **self.names,
+            )
+        )
+        process = EgressdProcess(config, f"127.0.0.1:{http}", self.tmp / f"{name}.log")
+        process.start(env=env)
+        self.processes[name] = process
+        return process
+
+    def intervals(self) -> tuple[Sums, list[str]]:
+        """Every closed interval any detect process logged; differing repeats are errors."""
+        sums: Sums = {}
+        conflicts = []
+        for path in sorted(self.tmp.glob("*.intervals.jsonl")):
+            for line in path.read_bytes().splitlines():
+                start, group, dest, *row = orjson.loads(line)
+                key = (float(start), group, dest)
+                if key in sums and sums[key] != row:
+                    conflicts.append(f"{key}: {sums[key]} then {row} in {path.name}")
+                sums[key] = row
+        return sums, conflicts
+
+    def firing(self) -> list[tuple[tuple[str, str], ...]]:
+        out = []
+        for path in sorted(self.tmp.glob("*.alerts.jsonl")):
+            for line in path.read_bytes().splitlines():
+                event = orjson.loads(line)
+                if event["status"] == "firing":
+                    out.append(tuple(sorted(event["labels"].items())))
+        return out
+
+    def logs(self) -> str:
+        return "".join(
+            f"\n--- {name}\n{p.log()[-3000:]}" for name, p in sorted(self.processes.items())
+        )
+
+    def wait_for(self, expected: Sums, timeout: float) -> Sums:
+        deadline = time.monotonic() + timeout
+        while True:
+            sums, _ = self.intervals()
+            if all(key in sums for key in expected):
+                return sums
+            if time.monotonic() > deadline:
+                missing = [key for key in expected if key not in sums]
+                pytest.fail(
+                    f"{len(missing)} of {len(expected)} intervals never closed, e.g. "
+                    f"{missing[:3]}{self.logs()}"
+                )
+            time.sleep(0.5)
+
+    def stop_all(self) -> dict[str, int]:
+        return {name: p.stop() for name, p in self.processes.items()}
+
+
+def check(cluster: Cluster, expected: Sums, fired: set[tuple[tuple[str, str], ...]]) -> Sums:
+    sums = cluster.wait_for(expected, timeout=120)
+    _, conflicts = cluster.intervals()
+    assert conflicts == []
+    assert {key: sums[key] for key in expected} == expected
+    # Intervals the single process closed are all the cluster closed (none invented).
+    assert set(sums) == set(expected)
+    return sums
+
+
+def test_two_ingest_and_two_detect_processes_give_one_process_sums(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    values = flow_values(seed=7)
+    expected, fired = single_process(values + closing_values())
+    assert len(expected) > 400
+    assert [dict(labels)["dst_country"] for labels in fired] == ["CN"]
+    cluster = Cluster(broker, tmp_path)
+    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values, seed=7))
+    try:
+        for name, role in (("detect-a", "detect"), ("detect-b", "detect")):
+            cluster.start(name, role)
+        for name in ("ingest-a", "ingest-b"):
+            cluster.start(name, "ingest")
+        asyncio.run(produce_closers(broker.bootstrap, cluster.raw))
+        check(cluster, expected, fired)
+        deadline = time.monotonic() + 30
+        while sorted(cluster.firing()) != sorted(fired) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        # The exfiltration fired, once, and nothing else did.
+        assert sorted(cluster.firing()) == sorted(fired), cluster.logs()
+    finally:
+        codes = cluster.stop_all()
+    assert codes == dict.fromkeys(codes, 0), cluster.logs()
+    # Every process took part: each was assigned partitions of its topic at some point.
+    for name, process in cluster.processes.items():
+        assert re.search(r"partitions assigned: \S*:\d", process.log_path.read_text()), name
+    # Both detect processes saved the partitions they owned when they stopped.
+    assert sorted(p.name for p in cluster.states.glob("*.json")) == [
+        f"{cluster.partials}-{p}.json" for p in range(PARTIALS_PARTITIONS)
+    ]
+
+
+def test_killed_ingest_and_detect_processes_neither_lose_nor_double_count(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    values = flow_values(seed=11)
+    expected, fired = single_process(values + closing_values())
+    cluster = Cluster(broker, tmp_path, batch=200)
+    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values, seed=11))
+    try:
+        cluster.start("detect-a", "detect")
+        detect_b = cluster.start("detect-b", "detect")
+        # ingest-a dies (SIGKILL) after its third shipment was acknowledged, before the
+        # commit: whoever reads those offsets again produces the same batches again.
+        ingest_a = cluster.start(
+            "ingest-a", "ingest", env={"EGRESSD_FAULT": "exit-before-commit:3"}
+        )
+        assert ingest_a.process is not None
+        assert ingest_a.process.wait(60) == -signal.SIGKILL
+        cluster.start("ingest-b", "ingest")
+        # detect-b dies mid-stream; its partitions go to detect-a, which replays from the
+        # snapshots detect-b saved.
+        time.sleep(3)
+        detect_b.signal(signal.SIGKILL)
+        assert detect_b.process is not None
+        detect_b.process.wait(10)
+        cluster.start("ingest-a2", "ingest")
+        cluster.start("detect-b2", "detect")
+        asyncio.run(produce_closers(broker.bootstrap, cluster.raw))
+        check(cluster, expected, fired)
+        deadline = time.monotonic() + 30
+        while set(cluster.firing()) != fired and time.monotonic() < deadline:
+            time.sleep(0.3)
+        # At least once: the alert fired; a replay after the SIGKILL may announce it again.
+        assert set(cluster.firing()) == fired, cluster.logs()
+    finally:
+        cluster.stop_all()
+    replays = sum(
+        p.log_path.read_text(errors="replace").count("dropped a replayed batch")
+        for p in cluster.processes.values()
+    )
+    assert replays >= 1, cluster.logs()

@@ -1,0 +1,67 @@
+"""``[cluster]``: the roles a process can take, and what each of them needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from egressd.cli import main
+from egressd.config import parse_config
+from egressd.errors import ConfigError
+
+KAFKA = """
+[[sources.kafka]]
+bootstrap_servers = ["127.0.0.1:9092"]
+topics = ["flows"]
+"""
+
+
+def test_all_in_one_is_the_default() -> None:
+    config = parse_config("")
+    assert config.cluster.role == "all-in-one"
+    assert config.cluster.batch_offsets == 5000
+
+
+def test_detect_needs_a_state_directory() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(KAFKA + '[cluster]\nrole = "detect"\n', "x.toml")
+    assert "cluster.state_directory" in str(error.value)
+    assert "required" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        "",
+        KAFKA + KAFKA,
+        KAFKA + '[[sources.netflow]]\nlisten = "127.0.0.1:2055"\n',
+    ],
+)
+def test_roles_read_exactly_one_kafka_source(sources: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(sources + '[cluster]\nrole = "ingest"\n', "x.toml")
+    assert "exactly one [[sources.kafka]]" in str(error.value)
+
+
+def test_ingest_must_not_read_its_own_partials() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(KAFKA + '[cluster]\nrole = "ingest"\npartials_topic = "flows"\n')
+    assert "cluster.partials_topic" in str(error.value)
+
+
+def test_an_unknown_role_names_the_choices() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config('[cluster]\nrole = "both"\n')
+    assert "cluster.role" in str(error.value)
+    assert "ingest" in str(error.value)
+
+
+def test_check_config_says_which_role(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "egressd.toml"
+    path.write_text(
+        KAFKA + f'[cluster]\nrole = "detect"\nstate_directory = "{tmp_path / "parts"}"\n'
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "role detect: partials from egressd-partials in group egressd-detect" in out
