@@ -26,11 +26,15 @@ import orjson
 import pytest
 from scenarios import Scenario, generate
 
-from egressd.config import load_config
+from egressd.aggregate import Accum
+from egressd.config import Config, GeoConfig, load_config
+from egressd.enrich import DestinationLabels
 from egressd.replay import replay
-from egressd.report.collect import ReportCollector
+from egressd.report.collect import MAX_DAY_DESTINATIONS, MAX_POINTS, ReportCollector
 from egressd.report.html import chart_figure, render_html
+from egressd.report.text import render_text
 from egressd.units import format_bytes
+from tests.enrich_mmdb_factory import maxmind_asn, write_mmdb
 from tests.integration_support import REPO, missing
 
 GROUPS = [
@@ -325,3 +329,83 @@ def test_report_renders_in_headless_chromium(
     data = screenshot.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 20_000  # a drawn page, not a blank one
     print(f"report screenshot: {screenshot}")
+
+
+# -- bounds and finer labels ------------------------------------------------------------------
+
+
+def _bucket(entries: list[tuple[str, DestinationLabels, int]]) -> dict[object, Accum]:
+    bucket: dict[object, Accum] = {}
+    for group, dest, size in entries:
+        accum = bucket.setdefault((group, dest), Accum(8))
+        accum.add("10.20.0.5", "47.100.23.45", size, 1)
+    return bucket
+
+
+@pytest.mark.parametrize(("days", "step"), [(5, 300.0), (30, 3600.0), (100, 86400.0)])
+def test_long_inputs_are_summed_into_coarser_steps(days: int, step: float) -> None:
+    collector = ReportCollector(300.0)
+    start = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+    cn, us = DestinationLabels("CN"), DestinationLabels("US")
+    for i in range(days * 288):
+        bucket = _bucket([("research", cn, 1000), ("research", us, 7)])
+        collector.observe_interval(start + i * 300, bucket)  # type: ignore[arg-type]
+    data = collector.data
+    assert data.step == step
+    assert data.country_totals("research") == {"CN": days * 288 * 1000, "US": days * 288 * 7}
+    assert len(data.series["research"]["CN"]) <= MAX_POINTS
+    assert all(moment % step == 0 for moment in data.series["research"]["CN"])
+    figure = chart_figure(data, "research")
+    assert sum(figure["data"][0]["y"]) == days * 288 * 1000
+    assert len(data.totals("research")) == 2 * days  # one row per country and day
+
+
+def test_day_rows_are_bounded_and_keep_every_byte() -> None:
+    collector = ReportCollector(300.0)
+    start = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+    entries = [
+        ("research", DestinationLabels("CN", asn=64512 + i, as_org=f"AS {i}"), 10)
+        for i in range(MAX_DAY_DESTINATIONS + 50)
+    ]
+    collector.observe_interval(start, _bucket(entries))  # type: ignore[arg-type]
+    rows = collector.data.totals("research")
+    assert len(rows) == MAX_DAY_DESTINATIONS + 1
+    assert sum(r.bytes for r in rows) == 10 * len(entries)
+    (folded,) = [r for r in rows if r.asn == 0]
+    assert folded.bytes == 10 * 50 and folded.country == "CN"
+
+
+def test_asn_rows_in_the_table_json_and_page(tmp_path: Path) -> None:
+    asn = write_mmdb(
+        tmp_path / "GeoLite2-ASN.mmdb",
+        "GeoLite2-ASN",
+        {
+            "47.100.0.0/16": maxmind_asn(37963, "Hangzhou Alibaba"),
+            "8.8.8.0/24": maxmind_asn(15169, "GOOGLE"),
+        },
+    )
+    config = Config(geo=GeoConfig(asn_mmdb=asn))
+    start = datetime(2026, 3, 9, 14, tzinfo=UTC).timestamp()
+    flows = tmp_path / "flows.jsonl"
+    flows.write_bytes(
+        b"".join(
+            orjson.dumps({"time_end": start + i * 60, "src": "10.1.0.5", "dst": dst, "bytes": size})
+            + b"\n"
+            for i in range(30)
+            for dst, size in (("47.100.23.45", 1_000_000), ("8.8.8.8", 2_000))
+        )
+    )
+    collector = ReportCollector(config.detection.interval)
+    with open(os.devnull, "wb") as out:
+        replay(config, "egressd-json", [str(flows)], out, report=collector)
+    rows = {
+        (r["country"], r["asn"], r["as_org"]): r["bytes"]
+        for r in collector.data.to_json()["groups"]["other"]["days"]
+    }
+    assert rows == {
+        (iptocc.country_code("47.100.23.45"), 37963, "Hangzhou Alibaba"): 30_000_000,
+        (iptocc.country_code("8.8.8.8"), 15169, "GOOGLE"): 60_000,
+    }
+    assert "AS37963 Hangzhou Alibaba" in render_text(collector.data)
+    page = render_html(collector.data)
+    assert "<th>ASN</th>" in page and "AS37963 Hangzhou Alibaba" in page

@@ -1,11 +1,15 @@
-"""Report data gathered while a replay runs: no I/O, bounded by groups x destinations x days.
+"""Report data gathered while a replay runs: no I/O, and bounded however long the input.
 
-The engine calls :meth:`ReportCollector.observe_interval` with every interval it closes
-(the same buckets detection saw); the replay hands it each alert event.
+Chart series keep at most :data:`MAX_POINTS` steps per (group, country): past that they are
+summed into hours, then days. Day totals keep at most :data:`MAX_DAY_DESTINATIONS`
+destinations per group and day; later ones add to their country's row. The engine calls
+:meth:`ReportCollector.observe_interval` with every interval it closes (the buckets detection
+saw); the replay hands it each alert event.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +19,11 @@ from egressd.detect.alerts import parse_rfc3339
 from egressd.sketch import TopK
 
 #: top sources and destinations kept per (group, day, destination)
-TOP_CAPACITY = 16
+TOP_CAPACITY = 8
+#: chart steps per (group, country) before the series is summed into coarser steps
+MAX_POINTS = 2000
+#: distinct destinations (country, region, ASN) per group and day with a row of their own
+MAX_DAY_DESTINATIONS = 2000
 #: shown per row
 TOP_SHOWN = 3
 
@@ -95,7 +103,9 @@ class AlertSpan:
 @dataclass(slots=True)
 class ReportData:
     interval: float
-    #: group → country → interval start → egress bytes
+    #: seconds summed into one chart point: the interval, or an hour or a day on long inputs
+    step: float = 0.0
+    #: group → country → step start → egress bytes
     series: dict[str, dict[str, dict[float, int]]] = field(default_factory=dict)
     days: dict[tuple[str, str, str], DayTotal] = field(default_factory=dict)
     alerts: list[AlertSpan] = field(default_factory=list)
@@ -114,6 +124,7 @@ class ReportData:
     def to_json(self) -> dict[str, Any]:
         return {
             "interval_seconds": self.interval,
+            "series_step_seconds": self.step or self.interval,
             "groups": {
                 group: {
                     "egress_by_country": {
@@ -134,25 +145,57 @@ class ReportData:
 class ReportCollector:
     """Feeds :class:`ReportData` from closed intervals and alert events."""
 
-    __slots__ = ("_open", "data")
+    __slots__ = ("_first", "_open", "_per_day", "data")
 
     def __init__(self, interval: float) -> None:
-        self.data = ReportData(interval)
+        self.data = ReportData(interval, step=interval)
         self._open: dict[tuple[tuple[str, str], ...], AlertSpan] = {}
+        self._first = math.inf
+        #: destinations with a row of their own, per (group, day)
+        self._per_day: dict[tuple[str, str], int] = {}
+
+    def _coarsen(self, start: float) -> None:
+        """Sum the series into hours (then days) once they would exceed MAX_POINTS steps."""
+        data = self.data
+        self._first = min(self._first, start)
+        while (start - self._first) / data.step >= MAX_POINTS and data.step < 86400.0:
+            step = 3600.0 if data.step < 3600.0 else 86400.0
+            for by_country in data.series.values():
+                for country, points in by_country.items():
+                    merged: dict[float, int] = {}
+                    for moment, size in points.items():
+                        key = moment - moment % step
+                        merged[key] = merged.get(key, 0) + size
+                    by_country[country] = merged
+            data.step = step
 
     def observe_interval(self, start: float, bucket: Bucket) -> None:
         series = self.data.series
         days = self.data.days
         day = day_of(start)
+        self._coarsen(start)
+        step = self.data.step
+        point = start - start % step
         for (group, dest), accum in bucket.items():
             by_country = series.setdefault(group, {}).setdefault(dest.country, {})
-            by_country[start] = by_country.get(start, 0) + accum.bytes
+            by_country[point] = by_country.get(point, 0) + accum.bytes
             key = (group, day, dest.key)
             total = days.get(key)
             if total is None:
-                total = days[key] = DayTotal(
-                    group, day, dest.country, dest.region, dest.asn, dest.as_org
-                )
+                if self._per_day.get((group, day), 0) >= MAX_DAY_DESTINATIONS:
+                    key = (group, day, dest.country)  # folded into the country's row
+                    total = days.get(key)
+                if total is None:
+                    self._per_day[group, day] = self._per_day.get((group, day), 0) + 1
+                    folded = key[2] == dest.country
+                    total = days[key] = DayTotal(
+                        group,
+                        day,
+                        dest.country,
+                        "" if folded else dest.region,
+                        0 if folded else dest.asn,
+                        "" if folded else dest.as_org,
+                    )
             total.bytes += accum.bytes
             total.packets += accum.packets
             total.flows += accum.flows

@@ -16,13 +16,11 @@ from typing import Any, TextIO
 import orjson
 
 from egressd.errors import EgressdError
-from egressd.report.collect import TOP_SHOWN, AlertSpan, ReportData
+from egressd.report.collect import MAX_POINTS, TOP_SHOWN, AlertSpan, ReportData
 from egressd.units import format_bytes
 
 #: countries drawn on their own per group chart; the rest are summed as "other"
 MAX_SERIES = 10
-#: points per chart before intervals are summed into hours, then days
-MAX_POINTS = 2000
 
 _MISSING = (
     "egressd replay --report needs the report extra (jinja2 and plotly): "
@@ -35,8 +33,8 @@ def _iso(event_time: float) -> str:
 
 
 def _step(data: ReportData, first: float, last: float) -> float:
-    for step in (data.interval, 3600.0, 86400.0):
-        if step >= data.interval and (last - first) / step < MAX_POINTS:
+    for step in (data.step or data.interval, 3600.0, 86400.0):
+        if step >= (data.step or data.interval) and (last - first) / step < MAX_POINTS:
             return step
     return 7 * 86400.0
 
