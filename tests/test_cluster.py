@@ -366,3 +366,39 @@ def test_killed_ingest_and_detect_processes_neither_lose_nor_double_count(
         for p in cluster.processes.values()
     )
     assert replays >= 1, cluster.logs()
+
+
+def test_members_that_leave_or_freeze_change_nothing_in_the_sums(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    values = flow_values(seed=23)
+    expected, fired = single_process(values + closing_values())
+    cluster = Cluster(broker, tmp_path, batch=250)
+    half = len(values) // 2
+    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[:half], seed=23))
+    try:
+        for name in ("detect-a", "detect-b", "detect-c"):
+            cluster.start(name, "detect")
+        for name in ("ingest-a", "ingest-b"):
+            cluster.start(name, "ingest")
+        time.sleep(3)
+        # detect-b freezes for twice the session timeout: the group moves its partitions to
+        # the others, which take them over from its snapshots; then it wakes up.
+        frozen = cluster.processes["detect-b"]
+        frozen.signal(signal.SIGSTOP)
+        time.sleep(5)
+        frozen.signal(signal.SIGCONT)
+        # detect-c leaves cleanly: it saves its partitions and commits before it goes.
+        assert cluster.processes["detect-c"].stop() == 0
+        asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[half:], seed=24))
+        asyncio.run(produce_closers(broker.bootstrap, cluster.raw))
+        check(cluster, expected, fired)
+        deadline = time.monotonic() + 30
+        while set(cluster.firing()) != fired and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert set(cluster.firing()) == fired, cluster.logs()
+    finally:
+        codes = cluster.stop_all()
+    assert codes == dict.fromkeys(codes, 0), cluster.logs()
+    left = cluster.processes["detect-c"].log_path.read_text()
+    assert "partitions revoked" in left

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from egressd.aggregate import Bucket
 from egressd.baseline.statefile import load_state, move_aside, save_state
@@ -176,7 +177,13 @@ class Detect:
 
     async def _connect(self) -> None:
         options = self._source.consumer_options()
-        options.update(group_id=self.cluster.detect_group_id, max_poll_records=10_000)
+        options.update(
+            group_id=self.cluster.detect_group_id,
+            max_poll_records=10_000,
+            # Sticky: a rebalance moves only the partitions it must (each move costs loading
+            # a snapshot and replaying the partials since).
+            partition_assignment_strategy=(StickyPartitionAssignor,),
+        )
         consumer = self._consumer_factory(**options)
         try:
             await consumer.start()
@@ -412,7 +419,7 @@ class Detect:
                     committed = await consumer.committed(tp)
                     part.position = committed or 0
                     if committed is None:
-                        consumer.seek_to_beginning(tp)
+                        await consumer.seek_to_beginning(tp)
         log.info("%s: partitions assigned: %s", self.name, _describe(assigned) or "none")
         self._ownership_changed()
 

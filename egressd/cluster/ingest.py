@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from egressd.cluster.wire import Heartbeat, heartbeat_headers, partials_headers, source_key
 from egressd.config import Config
@@ -163,7 +164,11 @@ class Ingest:
 
     async def _connect(self) -> None:
         source = self.source
-        consumer = self._consumer_factory(**source.consumer_options())
+        options = source.consumer_options()
+        # Sticky: a rebalance moves only the partitions it must (a moved partition is read
+        # again from its last commit).
+        options["partition_assignment_strategy"] = (StickyPartitionAssignor,)
+        consumer = self._consumer_factory(**options)
         producer = self._producer_factory(
             **source.client_options(),
             # Tansu (and brokers like it) have neither idempotent producers nor transactions;
