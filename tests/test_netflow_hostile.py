@@ -10,7 +10,13 @@ from __future__ import annotations
 import struct
 
 from egressd.decode.netflow import NetflowDecoder
-from tests.netflow_builders import data_set, ipfix_datagram, template_set, v9_datagram
+from tests.netflow_builders import (
+    data_set,
+    ipfix_datagram,
+    options_template_set,
+    template_set,
+    v9_datagram,
+)
 
 NOW = 1_773_064_800.0
 FIELDS = [(8, 4), (12, 4), (1, 8), (2, 8), (152, 8), (153, 8)]  # v4 src/dst, bytes, packets, ms
@@ -137,3 +143,146 @@ def test_a_template_with_a_bad_address_length_is_counted() -> None:
     )
     assert set_errors(decoder) == {"bad_address_template": 1}
     assert len(decoder._templates) == 0
+
+
+# --------------------------------------------------------------------------- restarts
+
+V9_A = [(8, 4), (12, 4), (1, 8), (2, 8), (22, 4), (21, 4)]
+V9_B = [(12, 4), (8, 4), (1, 8), (2, 8), (22, 4), (21, 4)]  # same id, other order
+SRC, DST = bytes([10, 20, 0, 17]), bytes([47, 100, 23, 45])
+SECS = int(NOW)
+
+
+def v9(sets: list[bytes], uptime: int, seq: int, secs: int = SECS) -> bytes:
+    return v9_datagram(sets, uptime_ms=uptime, unix_secs=secs, seq=seq)
+
+
+def test_a_restarted_v9_exporter_is_not_decoded_with_its_old_templates() -> None:
+    decoder = NetflowDecoder()
+    up = 900_000_000  # ten days
+    first = v9(
+        [
+            template_set({256: V9_A}, ipfix=False),
+            data_set(256, V9_A, [[SRC, DST, 1000, 1, up - 5000, up - 1000]]),
+        ],
+        uptime=up,
+        seq=5000,
+    )
+    (record,) = decoder.decode(first, LEGIT, NOW)
+    assert (record.src, record.dst) == ("10.20.0.17", "47.100.23.45")
+    # It reboots: sysUptime and the sequence start again, and template 256 now lists the
+    # destination first. Its first data arrives before the new template.
+    data = v9(
+        [data_set(256, V9_B, [[DST, SRC, 2000, 2, 20_000, 29_000]])],
+        uptime=30_000,
+        seq=0,
+        secs=SECS + 100,
+    )
+    assert decoder.decode(data, LEGIT, NOW + 100) == []  # held, not misread
+    assert decoder.stats.exporter_restarts == 1
+    assert decoder.stats.templates_restart == 1
+    announce = v9([template_set({256: V9_B}, ipfix=False)], uptime=31_000, seq=1, secs=SECS + 101)
+    (record,) = decoder.decode(announce, LEGIT, NOW + 101)
+    assert (record.src, record.dst, record.bytes) == ("10.20.0.17", "47.100.23.45", 2000)
+    assert abs(record.time_end - (NOW + 100 - 1)) < 2
+
+
+def test_uptime_wraps_reordering_and_clock_steps_are_not_restarts() -> None:
+    decoder = NetflowDecoder()
+    row = [[SRC, DST, 1000, 1, 0, 0]]
+    near_wrap = 2**32 - 10_000
+    datagrams = [
+        v9([template_set({256: V9_A}, ipfix=False)], uptime=near_wrap, seq=10),
+        v9([data_set(256, V9_A, row)], uptime=near_wrap - 500, seq=9),  # reordered
+        v9([data_set(256, V9_A, row)], uptime=5_000, seq=11, secs=SECS + 15),  # wrapped
+        # uptime far back but the sequence goes on (a capture spliced, a clock stepped)
+        v9([data_set(256, V9_A, row)], uptime=1_000, seq=12, secs=SECS + 200),
+    ]
+    for number, datagram in enumerate(datagrams):
+        decoder.decode(datagram, LEGIT, NOW + number)
+    assert decoder.stats.exporter_restarts == 0
+    assert decoder.stats.records == 3
+
+
+IPFIX_UP = [(8, 4), (12, 4), (1, 8), (2, 8), (22, 4), (21, 4)]  # flowStart/EndSysUpTime
+INIT_TEMPLATE = options_template_set(300, [(149, 4)], [(160, 8)], ipfix=True)
+
+
+def init_data(init_ms: int) -> bytes:
+    return data_set(300, [(149, 4), (160, 8)], [[0, init_ms]])
+
+
+def ipfix(sets: list[bytes], seq: int, secs: int = SECS) -> bytes:
+    return ipfix_datagram(sets, export_secs=secs, seq=seq)
+
+
+def test_a_restarted_ipfix_exporter_loses_its_stale_boot_time() -> None:
+    decoder = NetflowDecoder()
+    boot = (SECS - 5 * 86400) * 1000  # up five days
+    up = SECS * 1000 - boot
+    first = ipfix(
+        [
+            template_set({256: IPFIX_UP}, ipfix=True),
+            INIT_TEMPLATE,
+            init_data(boot),
+            data_set(256, IPFIX_UP, [[SRC, DST, 1000, 1, up - 5000, up - 1000]]),
+        ],
+        seq=1_000_000,
+    )
+    (record,) = decoder.decode(first, LEGIT, NOW)
+    assert abs(record.time_end - (SECS - 1)) < 1
+    # Rebooted 20 s ago: the sequence starts again; uptimes count from the new boot.
+    again = ipfix(
+        [
+            template_set({256: IPFIX_UP}, ipfix=True),
+            data_set(256, IPFIX_UP, [[SRC, DST, 2000, 2, 15_000, 19_000]]),
+        ],
+        seq=0,
+        secs=SECS + 20,
+    )
+    (record,) = decoder.decode(again, LEGIT, NOW + 20)
+    assert decoder.stats.exporter_restarts == 1
+    # Not five days back (the old boot time): at export time until the new one is announced.
+    assert abs(record.time_end - (SECS + 20)) < 60
+    announce = ipfix(
+        [
+            INIT_TEMPLATE,  # options templates are announced again too
+            init_data(SECS * 1000),
+            data_set(256, IPFIX_UP, [[SRC, DST, 3000, 3, 15_000, 19_000]]),
+        ],
+        seq=1,
+        secs=SECS + 20,
+    )
+    (record,) = decoder.decode(announce, LEGIT, NOW + 21)
+    assert record.time_end == SECS + 19
+    assert decoder.stats.exporter_restarts == 1  # the first announcement after it is no news
+
+
+def test_a_new_system_init_time_is_a_restart_and_unannounced_templates_are_suspect() -> None:
+    decoder = NetflowDecoder()
+    boot = (SECS - 86400) * 1000
+    up = SECS * 1000 - boot
+    decoder.decode(
+        ipfix(
+            [
+                template_set({256: IPFIX_UP, 257: IPFIX_UP}, ipfix=True),
+                INIT_TEMPLATE,
+                init_data(boot),
+            ],
+            seq=100,
+        ),
+        LEGIT,
+        NOW,
+    )
+    # A later message re-announces 256, then a boot time a day later than before.
+    decoder.decode(
+        ipfix([template_set({256: IPFIX_UP}, ipfix=True), init_data(boot + 86400_000)], seq=101),
+        LEGIT,
+        NOW + 1,
+    )
+    assert decoder.stats.exporter_restarts == 1
+    assert decoder.stats.templates_restart == 2  # 257 and the options template 300
+    rows = [[SRC, DST, 1000, 1, up - 5000, up - 1000]]
+    data = ipfix([data_set(256, IPFIX_UP, rows), data_set(257, IPFIX_UP, rows)], seq=102)
+    assert len(decoder.decode(data, LEGIT, NOW + 2)) == 1  # 257 waits for its announcement
+    assert decoder.stats.pending_count == 1

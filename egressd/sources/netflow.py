@@ -258,6 +258,7 @@ class NetflowSource:
         samples: list[tuple[str, dict[str, str], float]] = [
             ("egressd_netflow_templates", source, float(stats.template_count)),
             ("egressd_netflow_template_records_total", source, float(stats.templates)),
+            ("egressd_netflow_exporter_restarts_total", source, float(stats.exporter_restarts)),
             ("egressd_netflow_pending_sets", source, float(stats.pending_count)),
             (
                 "egressd_netflow_queue_length",
@@ -280,6 +281,7 @@ class NetflowSource:
             ("expired", stats.templates_expired),
             ("evicted", stats.templates_evicted),
             ("withdrawn", stats.templates_withdrawn),
+            ("restart", stats.templates_restart),
         ):
             samples.append(
                 (

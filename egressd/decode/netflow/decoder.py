@@ -12,6 +12,7 @@ from egressd.decode.netflow import fields as F
 from egressd.decode.netflow.pending import PendingSets
 from egressd.decode.netflow.stats import NetflowStats
 from egressd.decode.netflow.templated import (
+    RESTART_SLACK_MS,
     AddressCache,
     DatagramContext,
     ExporterOptions,
@@ -28,6 +29,12 @@ _V9_HEADER = Struct("!HHIIII")  # version count sysUptime unixSecs sequence sour
 _IPFIX_HEADER = Struct("!HHIII")  # version length exportTime sequence observationDomainId
 _SET_HEADER = Struct("!HH")
 _MASK = 0xFFFFFFFF
+#: an IPFIX sequence number (data records sent) below this, after one further above it,
+#: means the exporter started counting again: it restarted
+_SEQUENCE_RESTART = 10_000
+_SEQUENCE_WRAP_GUARD = 2**32 - 2**24
+#: a v9 sysUptime this close to 2**32 ms going back to near 0 is the counter wrapping
+_WRAP_GUARD = 2**32 - 2 * RESTART_SLACK_MS
 #: the most a record can take: a 65,535-byte message less the smallest header and a set header
 MAX_RECORD_LEN = 65535 - 16 - 4
 
@@ -57,7 +64,7 @@ class NetflowDecoder:
     sets whose template is unknown are buffered and decoded by the call that delivers it.
     """
 
-    __slots__ = ("_addr_cache", "_options", "_pending", "_templates", "stats")
+    __slots__ = ("_addr_cache", "_now", "_options", "_pending", "_templates", "stats")
 
     def __init__(
         self,
@@ -72,11 +79,13 @@ class NetflowDecoder:
         self._pending = PendingSets(max_pending, pending_timeout, self.stats)
         self._options: dict[OptionsKey, ExporterOptions] = {}
         self._addr_cache: AddressCache = {}
+        self._now = 0.0  # receive time of the datagram being decoded
 
     def decode(self, datagram: bytes, exporter: str, now: float) -> list[FlowRecord]:
         """Flow records of one export datagram from ``exporter`` received at ``now``."""
         stats = self.stats
         stats.datagrams += 1
+        self._now = now
         try:
             records = self._decode(bytes(datagram), exporter, now)
         except DecodeError as exc:
@@ -99,10 +108,26 @@ class NetflowDecoder:
         if version == 9:
             if len(buf) < _V9_HEADER.size:
                 raise DecodeError("truncated_header", f"{len(buf)} bytes")
-            _, _, uptime, secs, _, domain = _V9_HEADER.unpack_from(buf)
+            _, _, uptime, secs, sequence, domain = _V9_HEADER.unpack_from(buf)
             options = self._options.get((exporter, 9, domain)) or self._options_for(
                 exporter, 9, domain
             )
+            last = options.last_uptime
+            if uptime >= last:
+                options.last_uptime = uptime
+                options.last_secs = secs
+                options.last_sequence = sequence
+            elif last - uptime > RESTART_SLACK_MS and secs + 60 >= options.last_secs:
+                # sysUptime went back by more than reordering explains, in a datagram no
+                # older than the last, and the packet sequence started again: a restart
+                # (not the 32-bit uptime counter wrapping, nor a clock merely adjusted)
+                if sequence < options.last_sequence and (
+                    last < _WRAP_GUARD or uptime > RESTART_SLACK_MS
+                ):
+                    self._restarted(exporter, 9, domain, options, now)
+                options.last_uptime = uptime
+                options.last_secs = secs
+                options.last_sequence = sequence
             ctx = DatagramContext(
                 exporter, 9, domain, float(secs), uptime, options, self._addr_cache
             )
@@ -118,7 +143,7 @@ class NetflowDecoder:
         out: list[FlowRecord] = []
         pos = 0
         while len(buf) - pos >= _IPFIX_HEADER.size:
-            version, length, export_secs, _, domain = _IPFIX_HEADER.unpack_from(buf, pos)
+            version, length, export_secs, sequence, domain = _IPFIX_HEADER.unpack_from(buf, pos)
             if pos and (version != 10 or length < _IPFIX_HEADER.size or pos + length > len(buf)):
                 self.stats.set_errors["trailing_bytes"] += 1
                 break  # what follows the first message is not a whole message: ignore it
@@ -127,6 +152,17 @@ class NetflowDecoder:
             if length > len(buf):
                 raise DecodeError("truncated_message", f"message length {length} > {len(buf)}")
             options = self._options_for(exporter, 10, domain)
+            last = options.last_sequence
+            if (
+                sequence < _SEQUENCE_RESTART < last - _SEQUENCE_RESTART
+                and last < _SEQUENCE_WRAP_GUARD
+                and export_secs + 60 >= options.last_secs
+            ):
+                # The sequence (data records sent) started again from near zero.
+                self._restarted(exporter, 10, domain, options, now)
+                options.system_init_ms = None  # stale until announced again
+            options.last_sequence = sequence
+            options.last_secs = max(options.last_secs, export_secs)
             uptime_ms = None
             if options.system_init_ms is not None:
                 uptime_ms = (export_secs * 1000 - options.system_init_ms) & _MASK
@@ -136,6 +172,14 @@ class NetflowDecoder:
             out += self._walk_sets(buf, pos + _IPFIX_HEADER.size, pos + length, ctx, now)
             pos += length
         return out
+
+    def _restarted(
+        self, exporter: str, version: int, domain: int, options: ExporterOptions, now: float
+    ) -> None:
+        """Templates not announced since the restart are suspect: drop them (their data
+        waits for the announcement, as any data before its template does)."""
+        self.stats.exporter_restarts += 1
+        self._templates.drop_stale(exporter, version, domain, now)
 
     def _options_for(self, exporter: str, version: int, domain: int) -> ExporterOptions:
         key = (exporter, version, domain)
@@ -218,6 +262,13 @@ class NetflowDecoder:
             self.stats.set_errors["empty_template"] += 1
         elif template.scope_count >= 0:
             self.stats.options_records += read_options_set(buf, start, end, template.layout, ctx)
+            options = ctx.options
+            if options.init_moved:  # a new system init time: the exporter restarted
+                options.init_moved = False
+                self._restarted(ctx.exporter, ctx.version, ctx.domain, options, self._now)
+            if ctx.version == 10 and options.system_init_ms is not None:
+                # the sets after this one in the message use the time base just announced
+                ctx.uptime_ms = (int(ctx.export_time) * 1000 - options.system_init_ms) & _MASK
         else:
             decode_data_set(buf, start, end, template.layout, ctx, out)
 

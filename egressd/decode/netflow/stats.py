@@ -19,6 +19,8 @@ class NetflowStats:
     templates_expired: int = 0  # dropped because not refreshed within template_timeout
     templates_evicted: int = 0  # dropped to stay within max_templates
     templates_withdrawn: int = 0  # withdrawn by the exporter (IPFIX field count 0)
+    templates_restart: int = 0  # dropped as suspect because their exporter restarted
+    exporter_restarts: int = 0  # restarts noticed (sysUptime back, sequence reset, new init time)
     options_records: int = 0  # options data records read (sampling, system init time)
     pending_sets: int = 0  # data sets buffered because their template was not known yet
     pending_decoded: int = 0  # buffered sets decoded once their template arrived

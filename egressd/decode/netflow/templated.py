@@ -36,6 +36,9 @@ _MASK = 0xFFFFFFFF
 # Address text per raw address: 4- or 16-byte strings, or IPv4 addresses read as ints by
 # the generated decoders (ints and bytes never compare equal, so one bounded dict holds both).
 AddressCache = dict[bytes | int, str]
+#: how far a boot time or sysUptime may move back (clock adjustment, reordering) before it
+#: means the exporter restarted
+RESTART_SLACK_MS = 60_000
 _MAX_SAMPLERS = 256  # per exporter domain; sampler ids beyond this are not remembered
 
 
@@ -46,6 +49,13 @@ class ExporterOptions:
     default_rate: int = 0  # 0 = unknown
     sampler_rates: dict[int, int] = field(default_factory=dict)
     system_init_ms: int | None = None  # epoch of IPFIX flowStart/EndSysUpTime
+    #: an options record announced a system init time far from the one before (a restart)
+    init_moved: bool = False
+    # The latest header facts, to notice a restart (see NetflowDecoder): v9 sysUptime and
+    # export seconds, IPFIX sequence number and export seconds.
+    last_uptime: int = -1
+    last_sequence: int = -1
+    last_secs: int = 0
 
 
 @dataclass(slots=True)
@@ -546,6 +556,9 @@ def _apply_options(values: dict[int, int], options: ExporterOptions) -> None:
                 rate = values.get(F.OPT_SAMPLING_POPULATION, 0) // size
     init = values.get(F.OPT_SYSTEM_INIT_MS)
     if init:
+        old = options.system_init_ms
+        if old is not None and abs(init - old) > RESTART_SLACK_MS:
+            options.init_moved = True
         options.system_init_ms = init
     if not rate:
         return

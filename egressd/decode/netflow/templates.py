@@ -310,6 +310,19 @@ class TemplateCache:
             self._forget(key)
         self.stats.templates_withdrawn += len(doomed)
 
+    def drop_stale(self, exporter: str, version: int, domain: int, now: float) -> None:
+        """An exporter domain restarted: its templates not announced since ``now`` are
+        suspect (template ids may mean other layouts now) until announced again."""
+        doomed = [
+            k
+            for k in self._by_exporter.get(exporter, ())
+            if k[1] == version and k[2] == domain and self._templates[k].seen < now
+        ]
+        for key in doomed:
+            del self._templates[key]
+            self._forget(key)
+        self.stats.templates_restart += len(doomed)
+
     def sweep(self, now: float) -> None:
         """Drop templates idle for longer than the timeout, oldest first."""
         templates = self._templates
