@@ -570,7 +570,7 @@ def run_daemon(config_path: Path | None, allow_root: bool = False) -> int:
     if hasattr(os, "geteuid") and os.geteuid() == 0 and not allow_root:
         log.error(
             "egressd refuses to run as root: it needs no privileges for NetFlow, Kafka or "
-            "HTTP (run it as a dedicated user, e.g. systemd DynamicUser=yes) or pass --allow-root"
+            "HTTP (run it as a dedicated user, as the systemd units do) or pass --allow-root"
         )
         return EXIT_ERROR
     config = default_config() if config_path is None else load_config(config_path)

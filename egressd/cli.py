@@ -104,6 +104,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--group-source", default="10.20.0.17", help="source address of the transfer")
     demo.add_argument("--destination", default="47.100.23.45", help="destination address")
     demo.add_argument("--bytes", default="6GB", help="how much to report as sent")
+
+    install = sub.add_parser(
+        "install-units",
+        help="install the systemd units, the egressd user and an example configuration",
+    )
+    install.add_argument(
+        "--uninstall",
+        action="store_true",
+        help="stop, disable and remove them (config and state stay)",
+    )
+    install.add_argument(
+        "--root", type=Path, default=Path("/"), help="install into this directory (an image)"
+    )
+
+    reload = sub.add_parser(
+        "reload", help="check the configuration, then make a running egressd reload it (SIGHUP)"
+    )
+    reload.add_argument("--config", "-c", type=Path, help="check this file first")
+    reload.add_argument("--pid", type=int, required=True, help="the daemon's process id")
     return parser
 
 
@@ -225,6 +244,18 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _install_units(args: argparse.Namespace) -> int:
+    from egressd.install import install_units_main
+
+    return int(install_units_main(args.root, args.uninstall))
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from egressd.control import reload_main
+
+    return int(reload_main(args.config, args.pid))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {
@@ -233,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": _check_config,
         "lookup": _lookup,
         "demo": _demo,
+        "install-units": _install_units,
+        "reload": _reload,
     }
     if args.command is None:
         _parser().print_help(sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger("egressd.systemd")
@@ -72,7 +73,8 @@ class Notifier:
         return self.notify("STOPPING=1")
 
     def reloading(self) -> bool:
-        return self.notify("RELOADING=1")
+        # MONOTONIC_USEC lets systemd >= 253 (Type=notify-reload) tie it to its own SIGHUP.
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def close(self) -> None:
         if self._socket is not None:

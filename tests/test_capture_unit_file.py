@@ -12,7 +12,7 @@ from pathlib import Path
 from tests.integration_support import REPO, require_program
 
 UNIT = REPO / "deploy" / "egressd-capture.service"
-INSTALLED_BINARY = "/usr/bin/egressd"
+INSTALLED_BINARY = "/opt/egressd/bin/egressd"
 MAX_EXPOSURE = 4.0
 
 
@@ -86,7 +86,8 @@ def test_capture_unit_grants_cap_net_raw_alone() -> None:
         "AF_NETLINK",
     }
     assert service["Type"] == ["notify"]
-    assert service["DynamicUser"] == ["yes"]
+    assert service["User"] == ["egressd"]
+    assert "DynamicUser" not in service
     assert service["StateDirectory"] == ["egressd"]
     assert service["WatchdogSec"] == ["30s"]
     assert service["ExecStart"] == [f"{INSTALLED_BINARY} run --config /etc/egressd/egressd.toml"]

@@ -37,7 +37,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # verify insists the ExecStart binary exists; point it at this checkout's egressd.
     unit = (DEPLOY / "egressd.service").read_text()
     local = tmp_path / "egressd.service"
-    local.write_text(unit.replace("/usr/bin/egressd", f"{sys.executable} -m egressd.cli"))
+    local.write_text(unit.replace("/opt/egressd/bin/egressd", f"{sys.executable} -m egressd.cli"))
     result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "StateDirectory=egressd" in unit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,4 +70,17 @@ def test_without_socket_is_inert() -> None:
 def test_unreachable_socket_does_not_raise(tmp_path: Path) -> None:
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody")})
     assert not notifier.ready()
+    notifier.close()
+
+
+def test_reloading_carries_the_monotonic_time(receiver: tuple[socket.socket, str]) -> None:
+    sock, path = receiver
+    notifier = Notifier({"NOTIFY_SOCKET": path})
+    before = time.monotonic_ns() // 1000
+    assert notifier.reloading()
+    fields = sock.recv(4096).decode().split("\n")
+    after = time.monotonic_ns() // 1000
+    assert fields[0] == "RELOADING=1"
+    name, _, value = fields[1].partition("=")
+    assert name == "MONOTONIC_USEC" and before <= int(value) <= after
     notifier.close()
