@@ -194,6 +194,7 @@ class Daemon:
         )
         self.registry = build_registry(collector)
         self.http = HttpServer(config.http, self.registry, self)
+        self.stats.http_connections = self.http.connections
         if self.http.auth is not None:
             self.stats.http_auth = self.http.auth.outcomes
         self.notifier = Notifier(env)

@@ -125,6 +125,12 @@ class HttpConfig:
     tls_key_file: Path | None = None
     #: user -> bcrypt/sha256 hash, as in Prometheus' web-config
     basic_auth_users: tuple[tuple[str, str], ...] = ()
+    #: open connections at most (lowered further to stay below the open-file limit)
+    max_connections: int = 512
+    #: a request head must arrive within this long of its first byte (or of the connect)
+    header_timeout: float = 10.0
+    #: an idle kept-alive connection is closed after this long
+    idle_timeout: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -774,6 +780,9 @@ def _read_http(t: _Table) -> HttpConfig:
         tls_cert_file=t.get("tls_cert_file", d.tls_cert_file, _path),
         tls_key_file=t.get("tls_key_file", d.tls_key_file, _path),
         basic_auth_users=t.get("basic_auth_users", d.basic_auth_users, _read_basic_auth_users),
+        max_connections=t.get("max_connections", d.max_connections, _positive_int),
+        header_timeout=t.get("header_timeout", d.header_timeout, _positive_duration),
+        idle_timeout=t.get("idle_timeout", d.idle_timeout, _positive_duration),
     )
     if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
         t.problem("tls_cert_file", "tls_cert_file and tls_key_file go together")

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import resource
+import selectors
+import socket
 import statistics
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +28,14 @@ from egressd.baseline.statefile import INT_MAX, encode_state, load_state, save_s
 from egressd.config import parse_config
 from egressd.model import FlowRecord
 from egressd.sinks import http as http_sink
+from egressd.sinks.guard import BACKLOG, FD_RESERVE, connection_limit
+from tests.integration_support import (
+    EgressdProcess,
+    free_port,
+    free_udp_port,
+    http_get,
+    metric_value,
+)
 
 CONFIG = """
 [networks]
@@ -249,3 +261,238 @@ async def test_password_over_72_bytes_is_a_clean_401(
     response = await client.get("/metrics", headers=basic("long", LONG_OK))
     body = await response.text()
     assert 'egressd_http_auth_attempts_total{outcome="too_long"} 3.0' in body
+
+
+# --------------------------------------------------------------------------- connection floods
+
+FLOOD_CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[sources.netflow]]
+listen = "127.0.0.1:{udp}"
+
+[http]
+listen = "127.0.0.1:{http}"
+header_timeout = "2s"
+idle_timeout = "2s"
+
+[state]
+path = "{state}"
+save_interval = "1s"
+"""
+
+#: the daemon's open-file limit in the flood test: far below the 2,000 connections
+FLOOD_NOFILE = 512
+FLOOD_CONNECTIONS = 2000
+
+
+class ConnectionFlood:
+    """Holds ``count`` connections open to a port: half idle, half slowloris.
+
+    Slowloris connections send a request line and then one header line every half
+    second, never ending the head. The first ``count`` open as fast as the machine
+    allows; after that a connection the server closes is opened again, up to ``reopen``
+    a second (a faster connect storm fills the kernel's accept queue, which no cap
+    inside the process can help: that takes a firewall rate limit).
+    """
+
+    def __init__(self, port: int, count: int, reopen: int = 500) -> None:
+        self.port = port
+        self.count = count
+        self.reopen = reopen
+        self.stop = threading.Event()
+        self.opened = 0
+        self.closed_by_server = 0
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, name="connection-flood", daemon=True)
+
+    def __enter__(self) -> ConnectionFlood:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        conns: dict[socket.socket, bool] = {}  # socket -> slowloris
+        started: set[socket.socket] = set()  # slowloris connections that sent a request line
+        last_trickle = 0.0
+
+        def drop(sock: socket.socket) -> None:
+            selector.unregister(sock)
+            sock.close()
+            del conns[sock]
+            started.discard(sock)
+
+        try:
+            budget = float(self.count)  # the first fill is not limited
+            last = time.monotonic()
+            while not self.stop.is_set():
+                now = time.monotonic()
+                budget = min(budget + (now - last) * self.reopen, float(self.count))
+                last = now
+                while len(conns) < self.count and budget >= 1:
+                    budget -= 1
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    sock.connect_ex(("127.0.0.1", self.port))
+                    slow = self.opened % 2 == 1
+                    conns[sock] = slow
+                    selector.register(sock, selectors.EVENT_READ)
+                    self.opened += 1
+                self.peak = max(self.peak, len(conns))
+                for key, _events in selector.select(0.05):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        data = sock.recv(4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self.closed_by_server += 1
+                        drop(sock)
+                now = time.monotonic()
+                if now - last_trickle >= 0.5:
+                    last_trickle = now
+                    for sock, slow in list(conns.items()):
+                        if not slow:
+                            continue
+                        line = b"X-Slow: 1\r\n" if sock in started else b"GET / HTTP/1.1\r\n"
+                        try:
+                            sock.send(line)
+                        except OSError:  # not connected yet, or closed: the reader sees it
+                            continue
+                        started.add(sock)
+        finally:
+            for sock in list(conns):
+                drop(sock)
+            selector.close()
+
+
+def start_with_nofile(egressd: EgressdProcess, nofile: int) -> None:
+    """Start ``egressd`` with a soft open-file limit of ``nofile`` (it inherits ours)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+    try:
+        egressd.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_units_raise_the_open_file_limit_above_the_connection_cap() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    for unit in ("egressd.service", "egressd-capture.service"):
+        lines = (repo / "deploy" / unit).read_text().splitlines()
+        limits = [int(line.split("=", 1)[1]) for line in lines if line.startswith("LimitNOFILE=")]
+        assert limits, f"{unit} has no LimitNOFILE"
+        assert connection_limit(512, limits[0]) == 512, unit
+
+
+async def test_slow_request_heads_are_cut_and_idle_connections_closed(tmp_path: Path) -> None:
+    text = CONFIG.format(state=tmp_path / "s.json") + (
+        '\n[http]\nlisten = "127.0.0.1:0"\nheader_timeout = "300ms"\nidle_timeout = "300ms"\n'
+    )
+    daemon = Daemon(parse_config(text), environ={}, sources=[])
+    daemon.restore_state()
+    await daemon.http.start()
+    assert daemon.http.bound is not None
+    host, port = daemon.http.bound
+    try:
+        # slowloris: a request line and a header every 100 ms, never a blank line
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        with pytest.raises((ConnectionError, AssertionError)):
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                writer.write(b"X-Slow: 1\r\n")
+                await writer.drain()
+                assert not reader.at_eof()
+        assert time.monotonic() - started < 3.0
+        assert daemon.http.connections.header_timeouts == 1
+        writer.close()
+        # a request that completes is served; the kept-alive connection is then closed idle
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        async with asyncio.timeout(3.0):
+            while await reader.read(4096):
+                pass  # the response, then EOF when the idle timeout closes it
+        writer.close()
+        assert daemon.http.connections.header_timeouts == 1
+    finally:
+        await daemon.http.stop()
+
+
+def test_connection_limit_stays_below_the_open_file_limit() -> None:
+    assert connection_limit(512, 65536) == 512
+    assert connection_limit(512, 1024) == 512
+    assert connection_limit(5000, 1024) == 1024 - FD_RESERVE - BACKLOG
+    assert connection_limit(512, FLOOD_NOFILE) == FLOOD_NOFILE - FD_RESERVE - BACKLOG
+    assert 1 <= connection_limit(512, 64) < 64
+
+
+def test_connection_flood_leaves_http_and_state_saves_working(tmp_path: Path) -> None:
+    """2,000 idle and slowloris connections against an open-file limit of 512.
+
+    Before, they used up every file descriptor: /readyz and /metrics reset, state saves
+    failed with "Too many open files".
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < FLOOD_CONNECTIONS + 200:
+        pytest.skip(f"the open-file hard limit ({hard}) is too low for the flood")
+    http = free_port()
+    config = tmp_path / "egressd.toml"
+    config.write_text(
+        FLOOD_CONFIG.format(udp=free_udp_port(), http=http, state=tmp_path / "state.json")
+    )
+    egressd = EgressdProcess(config, f"127.0.0.1:{http}", tmp_path / "egressd.log")
+    start_with_nofile(egressd, FLOOD_NOFILE)
+    wanted = FLOOD_CONNECTIONS + 200
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(wanted, hard)), hard))
+    try:
+
+        def saves() -> tuple[float, float]:
+            text = egressd.metrics()
+            return (
+                metric_value(text, "egressd_state_saves_total") or 0.0,
+                metric_value(text, "egressd_state_save_errors_total") or 0.0,
+            )
+
+        saved_before, _errors = saves()
+        probes: list[tuple[str, int]] = []
+        with ConnectionFlood(http, FLOOD_CONNECTIONS) as flood:
+            time.sleep(2.0)  # the flood is at full strength
+            deadline = time.monotonic() + 8.0
+            while time.monotonic() < deadline:
+                for path in ("/readyz", "/metrics"):
+                    probes.append((path, http_get(f"{egressd.base}{path}", timeout=3.0)[0]))
+                time.sleep(0.2)
+            during = egressd.metrics()
+            saved_during, errors_during = saves()
+        failed = [p for p in probes if p[1] != 200]
+        assert not failed, (failed, len(probes), egressd.log())
+        assert flood.peak >= FLOOD_CONNECTIONS
+        assert saved_during - saved_before >= 4, (saved_before, saved_during)
+        assert errors_during == 0, egressd.log()
+        # The guard did the work: connections were evicted and slow heads timed out, and
+        # never more were open than the limit it derived from the open-file limit.
+        limit = metric_value(during, "egressd_http_connection_limit")
+        assert limit == connection_limit(512, FLOOD_NOFILE)
+        assert (metric_value(during, "egressd_http_connections") or 0) <= limit
+        closed = {
+            reason: metric_value(during, "egressd_http_connections_closed_total", reason=reason)
+            for reason in ("evicted", "header_timeout")
+        }
+        assert (closed["evicted"] or 0) > FLOOD_CONNECTIONS - limit, closed
+        assert "Too many open files" not in egressd.log()
+        assert egressd.stop() == 0, egressd.log()  # the final save works too
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if egressd.alive():
+            egressd.stop()

@@ -14,6 +14,7 @@ import hmac
 import importlib
 import logging
 import os
+import resource
 import ssl
 import time
 from collections import OrderedDict
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from egressd.config import HttpConfig, split_host_port
 from egressd.errors import ConfigError
+from egressd.sinks.guard import ConnectionStats, GuardedSite, connection_limit
 
 log = logging.getLogger("egressd.http")
 
@@ -199,6 +201,7 @@ class HttpServer:
         self.view = view
         self.auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
         self._runner: web.AppRunner | None = None
+        self.connections = ConnectionStats()
         #: the address actually bound (port 0 in the config picks a free one)
         self.bound: tuple[str, int] | None = None
 
@@ -240,21 +243,40 @@ class HttpServer:
 
     async def start(self) -> None:
         host, port = split_host_port(self.config.listen)
-        runner = web.AppRunner(self.application(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.application(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.config.idle_timeout,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=self._ssl_context(), reuse_address=True)
+        limit = connection_limit(self.config.max_connections)
+        if limit < self.config.max_connections:
+            log.warning(
+                "HTTP takes %d connections at most, not http.max_connections = %d: the "
+                "open-file limit is %d and the rest is kept for state saves, pushes and "
+                "sources (raise LimitNOFILE)",
+                limit,
+                self.config.max_connections,
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            )
+        site = GuardedSite(
+            runner,
+            host,
+            port,
+            ssl_context=self._ssl_context(),
+            limit=limit,
+            header_timeout=self.config.header_timeout,
+            stats=self.connections,
+        )
         try:
             await site.start()
         except OSError:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            bound = sockets[0].getsockname()
-            self.bound = (str(bound[0]), int(bound[1]))
-        log.info("HTTP listening on %s", self.config.listen)
+        self.bound = site.bound
+        log.info("HTTP listening on %s (%d connections at most)", self.config.listen, limit)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -23,6 +23,7 @@ from egressd.detect.newdest import NEW_DESTINATION
 from egressd.enrich import DestinationLabels
 from egressd.pipeline import Engine
 from egressd.sinks.alertmanager import AlertmanagerStats
+from egressd.sinks.guard import ConnectionStats
 from egressd.sources.base import Source
 
 PREFIX = "egressd_"
@@ -51,6 +52,8 @@ class DaemonStats:
     geo_reload_errors: int = 0
     #: HTTP basic-auth attempts by outcome (the auth checker's own dict; empty without auth)
     http_auth: dict[str, int] = field(default_factory=dict)
+    #: the HTTP listener's connection guard (the server's own object)
+    http_connections: ConnectionStats = field(default_factory=ConnectionStats)
 
 
 class BaselineGauge:
@@ -499,6 +502,19 @@ class EgressdCollector(Collector):
             d.idle_advances,
         )
         yield _counter("alert_log_errors", "Alert log writes that failed", d.alert_log_errors)
+        conns = d.http_connections
+        yield _gauge("http_connections", "Open HTTP connections", conns.open)
+        yield _gauge(
+            "http_connection_limit",
+            "Open HTTP connections allowed (below the open-file limit)",
+            conns.limit,
+        )
+        yield _counter(
+            "http_connections_closed",
+            "HTTP connections closed by egressd: request head too slow, or evicted at the cap",
+            [(["header_timeout"], conns.header_timeouts), (["evicted"], conns.evicted)],
+            ["reason"],
+        )
         if d.http_auth:
             yield _counter(
                 "http_auth_attempts",
