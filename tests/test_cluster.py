@@ -21,7 +21,14 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from integration_support import EgressdProcess, free_port
+from integration_support import (
+    EgressdProcess,
+    free_port,
+    http_get,
+    require_program,
+    running_program,
+    wait_for_http,
+)
 from kafka_support import (
     FLOW_T0,
     TansuBroker,
@@ -199,8 +206,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBroker]:
 class Cluster:
     """Topics, configurations and the processes of one test."""
 
-    def __init__(self, broker: TansuBroker, tmp_path: Path, batch: int = 300) -> None:
+    def __init__(
+        self, broker: TansuBroker, tmp_path: Path, batch: int = 300, extra: str = ""
+    ) -> None:
         self.broker = broker
+        self.extra = extra
         self.tmp = tmp_path
         self.raw = unique("flows")
         self.partials = unique("partials")
@@ -232,6 +242,7 @@ class Cluster:
                 intervals=self.tmp / f"{name}.intervals.jsonl",
                 **self.names,
             )
+            + self.extra
         )
         process = EgressdProcess(config, f"127.0.0.1:{http}", self.tmp / f"{name}.log")
         process.start(env=env)
@@ -329,10 +340,46 @@ def test_two_ingest_and_two_detect_processes_give_one_process_sums(
 def test_killed_ingest_and_detect_processes_neither_lose_nor_double_count(
     broker: TansuBroker, tmp_path: Path
 ) -> None:
+    alertmanager = require_program("prometheus-alertmanager", "alertmanager")
     values = flow_values(seed=11)
     expected, fired = single_process(values + closing_values())
-    cluster = Cluster(broker, tmp_path, batch=200)
-    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values, seed=11))
+    am_port = free_port()
+    am_config = tmp_path / "alertmanager.yml"
+    am_config.write_text("route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n")
+    am_args = [
+        alertmanager,
+        f"--config.file={am_config}",
+        f"--storage.path={tmp_path / 'am-data'}",
+        f"--web.listen-address=127.0.0.1:{am_port}",
+        "--cluster.listen-address=",
+    ]
+    extra = f'\n[alertmanager]\nurls = ["http://127.0.0.1:{am_port}"]\nresend_interval = "2s"\n'
+    cluster = Cluster(broker, tmp_path, batch=200, extra=extra)
+    half = len(values) // 2
+    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[:half], seed=11))
+    with running_program(am_args, tmp_path / "alertmanager.log"):
+        wait_for_http(f"http://127.0.0.1:{am_port}/-/ready", timeout=30)
+        crash_and_check(cluster, expected, fired, am_port, values[half:])
+
+
+def in_alertmanager(port: int) -> set[tuple[tuple[str, str], ...]]:
+    status, body = http_get(f"http://127.0.0.1:{port}/api/v2/alerts")
+    if status != 200:
+        return set()
+    return {
+        tuple(sorted((k, v) for k, v in a["labels"].items() if k != "instance"))
+        for a in orjson.loads(body)
+    }
+
+
+def crash_and_check(
+    cluster: Cluster,
+    expected: Sums,
+    fired: set[tuple[tuple[str, str], ...]],
+    am_port: int,
+    rest: list[bytes],
+) -> None:
+    broker = cluster.broker
     try:
         cluster.start("detect-a", "detect")
         detect_b = cluster.start("detect-b", "detect")
@@ -350,6 +397,8 @@ def test_killed_ingest_and_detect_processes_neither_lose_nor_double_count(
         detect_b.signal(signal.SIGKILL)
         assert detect_b.process is not None
         detect_b.process.wait(10)
+        # The second half of the flows arrives while detect-b is down.
+        asyncio.run(produce_split(broker.bootstrap, cluster.raw, rest, seed=12))
         cluster.start("ingest-a2", "ingest")
         cluster.start("detect-b2", "detect")
         asyncio.run(produce_closers(broker.bootstrap, cluster.raw))
@@ -359,6 +408,9 @@ def test_killed_ingest_and_detect_processes_neither_lose_nor_double_count(
             time.sleep(0.3)
         # At least once: the alert fired; a replay after the SIGKILL may announce it again.
         assert set(cluster.firing()) == fired, cluster.logs()
+        while in_alertmanager(am_port) != fired and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert in_alertmanager(am_port) == fired, cluster.logs()
     finally:
         cluster.stop_all()
     replays = sum(
@@ -366,6 +418,13 @@ def test_killed_ingest_and_detect_processes_neither_lose_nor_double_count(
         for p in cluster.processes.values()
     )
     assert replays >= 1, cluster.logs()
+    # detect-b's partitions were taken over from its snapshots, not started afresh.
+    loaded = sum(
+        p.log_path.read_text(errors="replace").count("loaded the snapshot of")
+        for name, p in cluster.processes.items()
+        if name != "detect-b"
+    )
+    assert loaded >= 1, cluster.logs()
 
 
 def test_members_that_leave_or_freeze_change_nothing_in_the_sums(

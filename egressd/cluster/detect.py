@@ -349,6 +349,13 @@ class Detect:
             return _Partition(tp, self._new_engine())
         self.stats.snapshots_loaded += 1
         part.loaded = True
+        log.info(
+            "%s: loaded the snapshot of %s:%d, replaying from offset %d",
+            self.name,
+            tp.topic,
+            tp.partition,
+            part.position,
+        )
         return part
 
     async def _save(self, parts: list[_Partition]) -> None:
