@@ -31,6 +31,7 @@ from integration_support import (
 )
 from kafka_support import (
     FLOW_T0,
+    MotoS3,
     TansuBroker,
     broker_or_skip,
     create_topic,
@@ -461,3 +462,39 @@ def test_members_that_leave_or_freeze_change_nothing_in_the_sums(
     assert codes == dict.fromkeys(codes, 0), cluster.logs()
     left = cluster.processes["detect-c"].log_path.read_text()
     assert "partitions revoked" in left
+
+
+def test_a_broker_killed_and_restarted_on_s3_storage_loses_nothing(tmp_path: Path) -> None:
+    s3 = MotoS3(tmp_path)
+    s3.start("tansu")
+    broker = TansuBroker(tmp_path, storage="s3://tansu/", s3=s3)
+    try:
+        broker.start()
+        values = flow_values(seed=31)
+        expected, fired = single_process(values + closing_values())
+        cluster = Cluster(broker, tmp_path, batch=250)
+        half = len(values) // 2
+        asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[:half], seed=31))
+        try:
+            cluster.start("detect-a", "detect")
+            cluster.start("ingest-a", "ingest")
+            deadline = time.monotonic() + 60
+            while not cluster.intervals()[0] and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert cluster.intervals()[0], cluster.logs()
+            broker.kill()
+            time.sleep(2)
+            broker.start()  # the same storage: logs and committed offsets are still there
+            asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[half:], seed=32))
+            asyncio.run(produce_closers(broker.bootstrap, cluster.raw))
+            check(cluster, expected, fired)
+            deadline = time.monotonic() + 30
+            while set(cluster.firing()) != fired and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert set(cluster.firing()) == fired, cluster.logs()
+        finally:
+            codes = cluster.stop_all()
+        assert codes == dict.fromkeys(codes, 0), cluster.logs()
+    finally:
+        broker.stop()
+        s3.stop()
