@@ -45,7 +45,7 @@ class BoundedCache(Generic[K, V]):
         if len(data) >= self.capacity and key not in data:
             drop = max(1, len(data) // 2)
             for old in list(islice(data, drop)):
-                del data[old]
+                data.pop(old, None)  # another thread sharing the cache may have evicted it
             self.evictions += drop
         data[key] = value
         self.misses += 1

@@ -20,6 +20,7 @@ from test_netflow_captures import GROUPS, NOW, _need_captures, group_datagrams
 
 import egressd.decode.netflow.decoder as decoder_module
 import egressd.decode.netflow.templated as templated
+from egressd.cache import BoundedCache
 from egressd.decode.netflow import NetflowDecoder
 from egressd.decode.netflow.templated import (
     DatagramContext,
@@ -57,11 +58,11 @@ class BothPaths:
     ) -> int:
         generic: list[FlowRecord] = []
         decode_data_set_generic(
-            buf, pos, end, layout, dataclasses.replace(ctx, addr_cache={}), generic
+            buf, pos, end, layout, dataclasses.replace(ctx, addr_cache=BoundedCache(1024)), generic
         )
         fast: list[FlowRecord] = []
         count = decode_data_set(
-            buf, pos, end, layout, dataclasses.replace(ctx, addr_cache={}), fast
+            buf, pos, end, layout, dataclasses.replace(ctx, addr_cache=BoundedCache(1024)), fast
         )
         assert fast == generic
         assert count == len(fast)
@@ -96,9 +97,9 @@ def test_every_capture_set_decodes_the_same_both_ways(both_paths: BothPaths) -> 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_ipv4_text_from_int_matches_ipaddress(value: int) -> None:
-    cache: dict[bytes | int, str] = {}
+    cache: BoundedCache[bytes | int, str] = BoundedCache(8)
     assert remember_v4(value, cache) == str(ipaddress.IPv4Address(value))
-    assert cache == {value: str(ipaddress.IPv4Address(value))}
+    assert cache.data == {value: str(ipaddress.IPv4Address(value))}
 
 
 # ---------------------------------------------------------------- random sets
@@ -177,7 +178,9 @@ def test_random_sets_decode_the_same_both_ways(
     options = ExporterOptions(default_rate=default_rate, sampler_rates=samplers)
 
     def run(decode: Any) -> list[FlowRecord]:
-        ctx = DatagramContext("192.0.2.9", version, 0, float(export_secs), uptime, options, {})
+        ctx = DatagramContext(
+            "192.0.2.9", version, 0, float(export_secs), uptime, options, BoundedCache(1024)
+        )
         out: list[FlowRecord] = []
         assert decode(body, 0, len(body), layout, ctx, out) == len(out)
         return out

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from egressd.cache import BoundedCache
+
 # header: first_seen, last_seen (event time s), overall level, overall spread, observations
 _HEADER = struct.Struct("<ddffI")
 # per slot: level, spread (float16, log2 bytes: ~2% resolution), observations (capped at 255)
@@ -87,7 +89,7 @@ class SeasonKeyer:
 
     def __init__(self, tz: tzinfo = UTC) -> None:
         self._tz = tz
-        self._cache: dict[int, int] = {}
+        self._cache: BoundedCache[int, int] = BoundedCache(100_000)
 
     def slot(self, event_time: float) -> int:
         hour_index = int(event_time // 3600)
@@ -95,9 +97,7 @@ class SeasonKeyer:
         if slot is None:
             moment = datetime.fromtimestamp(hour_index * 3600, self._tz)
             slot = int(moment.hour) + (24 if moment.weekday() >= 5 else 0)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[hour_index] = slot
+            self._cache.store(hour_index, slot)
         return slot
 
 

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from orjson import JSONDecodeError, loads
 
+from egressd.cache import BoundedCache
 from egressd.errors import DecodeError
 
 #: reasons a JSON line or protobuf message can fail with; metrics label them, so keep it fixed
@@ -105,10 +106,10 @@ PROTOCOLS: Final[dict[object, int]] = _protocol_table()
 PORTS: Final[dict[object, int]] = {port: port for port in range(65536)}
 
 #: address text as sources write it → the text a FlowRecord carries
-ADDRESS_CACHE: dict[str, str] = {}
+ADDRESS_CACHE: BoundedCache[str, str] = BoundedCache(CACHE_LIMIT)
 
 #: time text as sources write it → seconds since the epoch
-TIME_CACHE: dict[str, float] = {}
+TIME_CACHE: BoundedCache[str, float] = BoundedCache(CACHE_LIMIT)
 
 
 def normalize_address(value: object) -> str:
@@ -134,10 +135,7 @@ def normalize_address(value: object) -> str:
             text = inet_ntop(AF_INET, inet_pton(AF_INET, value))
     except (OSError, ValueError) as exc:
         raise DecodeError("bad_address", f"not an IP address: {value[:64]!r}") from exc
-    if len(ADDRESS_CACHE) >= CACHE_LIMIT:
-        ADDRESS_CACHE.clear()
-    ADDRESS_CACHE[value] = text
-    return text
+    return ADDRESS_CACHE.store(value, text)
 
 
 def format_packed_address(packed: bytes) -> str:
@@ -278,10 +276,7 @@ def parse_time_text(text: str) -> float:
         except (OverflowError, ValueError) as exc:
             raise DecodeError("bad_time", f"not a time: {text!r}") from exc
     check_epoch(seconds)
-    if len(TIME_CACHE) >= CACHE_LIMIT:
-        TIME_CACHE.clear()
-    TIME_CACHE[text] = seconds
-    return seconds
+    return TIME_CACHE.store(text, seconds)
 
 
 def as_time(value: object, divisor: float = 1.0) -> float | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 from socket import AF_INET, AF_INET6, inet_ntop
 
+from egressd.cache import BoundedCache
 from egressd.errors import DecodeError
 
 # Link-layer types (pcap LINKTYPE_* values) this parser understands.
@@ -203,26 +204,18 @@ def _pppoe_payload(frame: Frame, offset: int) -> tuple[int, int]:
 # Address bytes → text. Formatting costs more than the rest of a packet's parsing and a
 # capture repeats the same few thousand addresses, so the texts are memoised. The values
 # depend only on the keys, so sharing the memo between tables and threads is safe; it is
-# cleared when full to stay bounded.
-_TEXT: dict[bytes, str] = {}
-_TEXT_MAX = 1 << 16
+# bounded (its older half is evicted when full).
+_TEXT: BoundedCache[bytes, str] = BoundedCache(1 << 16)
 
 
 def _ipv4_text(raw: bytes) -> str:
-    if len(_TEXT) >= _TEXT_MAX:
-        _TEXT.clear()
-    text = _TEXT[raw] = inet_ntop(AF_INET, raw)
-    return text
+    return _TEXT.store(raw, inet_ntop(AF_INET, raw))
 
 
 def _ipv6_text(raw: bytes) -> str:
-    if len(_TEXT) >= _TEXT_MAX:
-        _TEXT.clear()
     if raw[:12] == _MAPPED_PREFIX:
-        text = _TEXT[raw] = inet_ntop(AF_INET, raw[12:])
-    else:
-        text = _TEXT[raw] = inet_ntop(AF_INET6, raw)
-    return text
+        return _TEXT.store(raw, inet_ntop(AF_INET, raw[12:]))
+    return _TEXT.store(raw, inet_ntop(AF_INET6, raw))
 
 
 def _parse_ipv4(frame: bytes, offset: int) -> PacketHeader:

@@ -45,6 +45,9 @@ _FAST_FIELDS: Final = itemgetter(
     "dst_port",
 )
 
+#: the address cache's own dict: a miss raises KeyError and takes the checked path
+_ADDRESS_TEXT = ADDRESS_CACHE.data
+
 
 def decode_goflow2_json(line: bytes) -> FlowRecord:
     """One goflow2 JSON record (either generation of field names) as a FlowRecord.
@@ -63,9 +66,9 @@ def decode_goflow2_json(line: bytes) -> FlowRecord:
         rate = rate or 1
         end = end or obj["time_received_ns"]
         start = start or end
-        src = ADDRESS_CACHE[src]
-        dst = ADDRESS_CACHE[dst]
-        exporter = ADDRESS_CACHE[exporter] if exporter else ""
+        src = _ADDRESS_TEXT[src]
+        dst = _ADDRESS_TEXT[dst]
+        exporter = _ADDRESS_TEXT[exporter] if exporter else ""
         proto = PROTOCOLS[proto]
         # OR of ints is negative iff one is, and raises TypeError for str, float or None:
         # six type and sign checks in one C operation.

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from egressd.cache import BoundedCache
 from egressd.config import GeoConfig, RegionMapConfig
 from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabels
 from egressd.enrich.address import format_address, parse_address
@@ -112,7 +113,9 @@ class CompositeLabeler:
         self.has_asn = asn_db is not None
         #: bounds the interned labels; the engine caches labels per address in front of this
         self._cache_size = max(1, cache_size)
-        self._interned: dict[tuple[str, str, int, str, str], DestinationLabels] = {}
+        self._interned: BoundedCache[tuple[str, str, int, str, str], DestinationLabels] = (
+            BoundedCache(self._cache_size)
+        )
         self._invalid = DestinationLabels(country=UNKNOWN_COUNTRY, source=NO_SOURCE)
         self._watched: list[_Watched] = []
         if country_db is not None:
@@ -145,13 +148,13 @@ class CompositeLabeler:
         key = resolved[0]
         labels = self._interned.get(key)
         if labels is None:
-            if len(self._interned) >= self._cache_size:
-                self._interned.clear()
             country, region, asn, org, source = key
-            labels = DestinationLabels(
-                country=country, region=region, asn=asn, as_org=org, source=source
+            labels = self._interned.store(
+                key,
+                DestinationLabels(
+                    country=country, region=region, asn=asn, as_org=org, source=source
+                ),
             )
-            self._interned[key] = labels
         return labels
 
     def _resolve(

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from egressd.cache import BoundedCache
 from egressd.config import IPNetwork, NetflowSourceConfig, split_host_port
 from egressd.decode.netflow import NetflowDecoder
 from egressd.errors import DecodeError, SourceError
@@ -118,7 +119,7 @@ class NetflowSource:
         self._clock = clock
         self._allowed: tuple[IPNetwork, ...] | None = config.allowed_exporters
         #: exporter address text -> allowed (bounded cache; parsing per datagram is costly)
-        self._exporters: dict[str, bool] = {}
+        self._exporters: BoundedCache[str, bool] = BoundedCache(_EXPORTER_CACHE)
         self._queue: asyncio.Queue[Datagram] | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -324,10 +325,7 @@ class NetflowSource:
                 allowed = False
             else:
                 allowed = any(address in network for network in self._allowed)
-        if len(self._exporters) >= _EXPORTER_CACHE:
-            self._exporters.clear()
-        self._exporters[host] = allowed
-        return allowed
+        return self._exporters.store(host, allowed)
 
     # -- decoder task ------------------------------------------------------------------------
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from struct import Struct
 
+from egressd.cache import BoundedCache
 from egressd.decode.netflow import fields as F
 from egressd.decode.netflow.pending import PendingSets
 from egressd.decode.netflow.stats import NetflowStats
 from egressd.decode.netflow.templated import (
+    ADDR_CACHE_SIZE,
     RESTART_SLACK_MS,
     AddressCache,
     DatagramContext,
@@ -78,7 +80,7 @@ class NetflowDecoder:
         self._templates = TemplateCache(max_templates, template_timeout, self.stats)
         self._pending = PendingSets(max_pending, pending_timeout, self.stats)
         self._options: dict[OptionsKey, ExporterOptions] = {}
-        self._addr_cache: AddressCache = {}
+        self._addr_cache: AddressCache = BoundedCache(ADDR_CACHE_SIZE)
         self._now = 0.0  # receive time of the datagram being decoded
 
     def decode(self, datagram: bytes, exporter: str, now: float) -> list[FlowRecord]:

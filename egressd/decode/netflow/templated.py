@@ -16,6 +16,7 @@ from socket import inet_ntoa
 from struct import Struct
 from typing import Any
 
+from egressd.cache import BoundedCache
 from egressd.decode.netflow import fields as F
 from egressd.decode.netflow.templates import DEFAULTS, FieldSpec, Layout
 from egressd.errors import DecodeError
@@ -29,13 +30,14 @@ _U32 = Struct("!I")
 _ZERO4 = b"\x00\x00\x00\x00"
 _ZERO16 = b"\x00" * 16
 _MAPPED = b"\x00" * 10 + b"\xff\xff"
-_ADDR_CACHE_MAX = 65536
+#: addresses whose text a decoder remembers (per decoder, across its exporters)
+ADDR_CACHE_SIZE = 65536
 _HALF = 0x80000000
 _WRAP = 0x100000000  # 2^32 ms: one sysUpTime counter wrap
 _MASK = 0xFFFFFFFF
 # Address text per raw address: 4- or 16-byte strings, or IPv4 addresses read as ints by
-# the generated decoders (ints and bytes never compare equal, so one bounded dict holds both).
-AddressCache = dict[bytes | int, str]
+# the generated decoders (ints and bytes never compare equal, so one bounded cache holds both).
+AddressCache = BoundedCache[bytes | int, str]
 #: how far a boot time or sysUptime may move back (clock adjustment, reordering) before it
 #: means the exporter restarted
 RESTART_SLACK_MS = 60_000
@@ -79,10 +81,7 @@ def remember_address(raw: bytes, cache: AddressCache) -> str:
         text = inet_ntoa(raw[12:])
     else:
         text = socket.inet_ntop(socket.AF_INET6, raw)
-    if len(cache) >= _ADDR_CACHE_MAX:
-        cache.clear()  # bounded; a busy exporter refills the hot entries at once
-    cache[raw] = text
-    return text
+    return cache.store(raw, text)
 
 
 _OCTETS = tuple(str(i) for i in range(256))
@@ -96,10 +95,7 @@ def remember_v4(value: int, cache: AddressCache) -> str:
     """
     o = _OCTETS
     text = f"{o[value >> 24]}.{o[value >> 16 & 255]}.{o[value >> 8 & 255]}.{o[value & 255]}"
-    if len(cache) >= _ADDR_CACHE_MAX:
-        cache.clear()  # bounded; a busy exporter refills the hot entries at once
-    cache[value] = text
-    return text
+    return cache.store(value, text)
 
 
 def uptime_bases(uptime_ms: int) -> tuple[int, int, int]:

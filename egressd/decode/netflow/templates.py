@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from egressd.cache import BoundedCache
 from egressd.decode.netflow import fields as F
 from egressd.decode.netflow.stats import NetflowStats
 
@@ -228,7 +229,9 @@ class TemplateCache:
         self._templates: dict[TemplateKey, Template] = {}
         #: each exporter's keys, oldest first
         self._by_exporter: dict[str, dict[TemplateKey, None]] = {}
-        self._layouts: dict[tuple[tuple[FieldSpec, ...], int, int], Layout] = {}
+        self._layouts: BoundedCache[tuple[tuple[FieldSpec, ...], int, int], Layout] = BoundedCache(
+            self._LAYOUT_CACHE_MAX
+        )
 
     def __len__(self) -> int:
         return len(self._templates)
@@ -269,10 +272,8 @@ class TemplateCache:
         layout_key = (fields, scope_count, key[1])
         layout = self._layouts.get(layout_key)
         if layout is None:
-            if len(self._layouts) >= self._LAYOUT_CACHE_MAX:
-                self._layouts.clear()  # rebuilt on demand; only a burst of odd templates gets here
-            layout = compile_layout(fields, scope_count, key[1])
-            self._layouts[layout_key] = layout
+            # Rebuilt on demand past the bound; only a burst of odd templates gets there.
+            layout = self._layouts.store(layout_key, compile_layout(fields, scope_count, key[1]))
         while len(self._templates) >= self.max_templates:
             self._evict_for(key[0])
         template = Template(key[3], fields, scope_count, layout, now)
