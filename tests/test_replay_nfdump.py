@@ -20,7 +20,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from egressd.decode.nfdump_json import NfdumpJsonSplitter, decode_nfdump_object
+from egressd.decode.nfdump_json import (
+    NfdumpJsonSplitter,
+    decode_nfdump_object,
+    load_record,
+    nfdump_time,
+)
 from egressd.errors import DecodeError
 from egressd.units import format_bytes
 from tests.integration_support import (
@@ -278,8 +283,13 @@ def test_splitter_reads_nfdumps_pretty_array() -> None:
 \t"dst4_addr" : "47.100.23.45"
 }]
 """
-    splitter = NfdumpJsonSplitter()
-    objects = [o for o in map(splitter.feed, text.splitlines(keepends=True)) if o is not None]
+    # Whole, and cut into pieces of every size from one byte: the same records.
+    whole = NfdumpJsonSplitter().feed(text)
+    for size in range(1, 40):
+        splitter = NfdumpJsonSplitter()
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        assert [r for piece in pieces for r in splitter.feed(piece)] == whole
+    objects = [load_record(r) for r in whole]
     assert len(objects) == 3
     first = decode_nfdump_object(objects[0])
     assert first is not None
@@ -302,3 +312,27 @@ def test_splitter_reads_nfdumps_pretty_array() -> None:
         decode_nfdump_object(objects[2])
     assert bad.value.reason == "bad_number"
     assert decode_nfdump_object({"type": "EVENT"}) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-03-09T14:04:59.750",
+        "1970-01-01T00:00:00.001",
+        "2026-12-31T23:59:59.999",
+        "2028-02-29T12:00:00.000",
+        "2026-03-09T14:04:59",  # other layouts go the general way
+        "2026-03-09 14:04:59.750",
+    ],
+)
+def test_nfdump_time_reads_like_the_general_parser(text: str) -> None:
+    from egressd.decode.common import parse_time_text
+
+    assert nfdump_time(text) == pytest.approx(parse_time_text(text), abs=1e-6)
+
+
+@pytest.mark.parametrize("text", ["2026-13-09T14:04:59.750", "2026-03-09T25:04:59.750", "x" * 23])
+def test_nfdump_time_refuses_what_is_not_a_time(text: str) -> None:
+    with pytest.raises(DecodeError) as bad:
+        nfdump_time(text)
+    assert bad.value.reason == "bad_time"

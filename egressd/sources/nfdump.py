@@ -14,12 +14,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from egressd.decode.nfdump_json import NfdumpJsonSplitter, decode_nfdump_object
+from egressd.decode.nfdump_json import NfdumpJsonSplitter, decode_nfdump_object, load_record
 from egressd.errors import DecodeError, SourceError
 from egressd.model import FlowRecord
 from egressd.stats import SourceStats
 
 _log = logging.getLogger(__name__)
+
+#: bytes of nfdump's output split at a time
+_CHUNK = 1 << 20
 
 #: the program that reads nfcapd files; ``EGRESSD_NFDUMP`` names another one
 NFDUMP = "nfdump"
@@ -58,21 +61,19 @@ def read_nfdump(path: str | Path, stats: SourceStats) -> Iterator[FlowRecord]:
     splitter = NfdumpJsonSplitter()
     units = records = 0
     try:
-        for line in process.stdout:
-            try:
-                obj = splitter.feed(line)
-                if obj is None:
-                    continue
+        while chunk := process.stdout.read(_CHUNK):
+            for text in splitter.feed(chunk):
                 units += 1
-                record = decode_nfdump_object(obj)
-            except DecodeError as exc:
-                stats.failed(exc.reason)
-                continue
-            if record is None:
-                stats.drop("skipped")
-                continue
-            records += 1
-            yield record
+                try:
+                    record = decode_nfdump_object(load_record(text))
+                except DecodeError as exc:
+                    stats.failed(exc.reason)
+                    continue
+                if record is None:
+                    stats.drop("skipped")
+                    continue
+                records += 1
+                yield record
         returncode = process.wait()
         errors.seek(0)
         error = errors.read(2000).decode(errors="replace").strip()
