@@ -32,7 +32,7 @@ from egressd.config import (
 from egressd.detect.alerts import FIRING, Alert
 from egressd.enrich import DestinationLabeler
 from egressd.enrich.labeler import CompositeLabeler
-from egressd.errors import ConfigError, EgressdError, StateError
+from egressd.errors import ConfigError, EgressdError, StateError, StateTooLarge
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
 from egressd.replay import build_labeler
@@ -258,8 +258,10 @@ class Daemon:
             self._state_loaded = True
             return
         try:
-            data = load_state(path)
+            data = load_state(path, self.config.state.max_size)
         except StateError as exc:
+            if isinstance(exc, StateTooLarge):
+                self.stats.state_too_large += 1
             move_aside(path, str(exc))
             data = None
         if data is not None:

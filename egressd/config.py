@@ -114,6 +114,8 @@ class DetectionConfig:
 class StateConfig:
     path: Path | None = None
     save_interval: float = 300.0
+    #: a state file larger than this is not read (parsing takes several times its size)
+    max_size: int = 256_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +499,13 @@ def _size(value: Any) -> int:
         raise ValueError(f"size {value!r} is out of range") from None
 
 
+def _positive_size(value: Any) -> int:
+    size = _size(value)
+    if size <= 0:
+        raise ValueError(f"expected a size above zero, got {value!r}")
+    return size
+
+
 def _timezone(value: Any) -> str:
     from egressd.baseline.seasonal import timezone_named
 
@@ -759,6 +768,7 @@ def _read_state(t: _Table) -> StateConfig:
     cfg = StateConfig(
         path=t.get("path", d.path, _path),
         save_interval=t.get("save_interval", d.save_interval, _positive_duration),
+        max_size=t.get("max_size", d.max_size, _positive_size),
     )
     t.done()
     return cfg

@@ -54,6 +54,10 @@ class StateError(EgressdError):
     """The state file could not be read, understood or written."""
 
 
+class StateTooLarge(StateError):
+    """The state file is larger than ``state.max_size``: it was not read."""
+
+
 class SourceError(EgressdError):
     """An input failed. ``retriable`` is true when trying again later may succeed."""
 

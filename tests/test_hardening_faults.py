@@ -22,10 +22,12 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
 
 from egressd.app import Daemon
 from egressd.baseline.statefile import INT_MAX, encode_state, load_state, save_state
 from egressd.config import parse_config
+from egressd.errors import StateTooLarge
 from egressd.model import FlowRecord
 from egressd.sinks import http as http_sink
 from egressd.sinks.guard import BACKLOG, FD_RESERVE, connection_limit
@@ -99,6 +101,32 @@ async def test_daemon_saves_a_byte_sum_beyond_64_bits_and_restores_it(tmp_path: 
     # Learning goes on from the restored state, and the next save works too.
     second.feed.submit([FlowRecord(T0 + 70, T0 + 80, "10.20.0.17", "81.2.69.160", 2**63, 1)])
     assert await second.save()
+
+
+def test_state_file_over_max_size_is_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 1 GB sparse state file peaked RSS at 2 GiB: it is now refused before reading."""
+    state = tmp_path / "state.json"
+    with state.open("wb") as file:
+        file.truncate(1 << 30)
+    daemon = Daemon(parse_config(CONFIG.format(state=state)), environ={}, sources=[])
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with caplog.at_level("WARNING"):
+        daemon.restore_state()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before  # KiB
+    assert grown < 64 * 1024, f"peak RSS grew {grown} KiB"
+    assert daemon.stats.state_too_large == 1
+    assert daemon.readiness() == (True, "")  # learning starts again at once
+    assert not state.exists() and len(list(tmp_path.glob("state.json.bad-*"))) == 1
+    assert "over state.max_size (256,000,000)" in caplog.text
+    text = generate_latest(daemon.registry).decode()
+    assert "egressd_state_files_too_large_total 1.0" in text
+    # The limit is the operator's: a file under it is read as usual.
+    assert save_state(state, {"version": 1, "pad": "x" * 2000}) > 1000
+    with pytest.raises(StateTooLarge):
+        load_state(state, max_size=1000)
+    assert load_state(state, max_size=5000) is not None
 
 
 # --------------------------------------------------------------------------- basic auth

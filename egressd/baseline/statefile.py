@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from egressd.errors import StateError
+from egressd.errors import StateError, StateTooLarge
 
 log = logging.getLogger("egressd.state")
 
@@ -152,14 +152,28 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def load_state(path: Path) -> dict[str, Any] | None:
-    """The saved state, or None when there is none. Raises StateError when it is unreadable."""
+#: the default of state.max_size
+MAX_STATE_SIZE = 256_000_000
+
+
+def load_state(path: Path, max_size: int = MAX_STATE_SIZE) -> dict[str, Any] | None:
+    """The saved state, or None when there is none. Raises StateError when it is unreadable.
+
+    A file over ``max_size`` bytes is not read at all (StateTooLarge): parsing JSON takes
+    several times its size in memory, so a huge (or sparse) file could exhaust it.
+    """
     try:
-        blob = path.read_bytes()
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > max_size:
+                raise StateTooLarge(_too_large(path, size, max_size))
+            blob = file.read(max_size + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
+    if len(blob) > max_size:  # it grew between the stat and the read
+        raise StateTooLarge(_too_large(path, len(blob), max_size))
     try:
         data = orjson.loads(blob)
     except orjson.JSONDecodeError as exc:
@@ -167,6 +181,13 @@ def load_state(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise StateError(f"state file {path} does not hold a JSON object")
     return data
+
+
+def _too_large(path: Path, size: int, max_size: int) -> str:
+    return (
+        f"state file {path} holds {size:,} bytes, over state.max_size ({max_size:,}); "
+        "not read (raise state.max_size to use it)"
+    )
 
 
 def move_aside(path: Path, reason: str) -> Path | None:

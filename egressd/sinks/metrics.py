@@ -43,6 +43,7 @@ class DaemonStats:
     state_last_save: float = 0.0
     state_last_save_bytes: int = 0
     state_values_clamped: int = 0
+    state_too_large: int = 0
     state_restored: bool = False
     idle_advances: int = 0
     #: restored states whose event time was ahead of wall time + max_clock_ahead (set back)
@@ -475,6 +476,11 @@ class EgressdCollector(Collector):
         )
         yield _counter("state_saves", "State saves that succeeded", d.state_saves)
         yield _counter("state_save_errors", "State saves that failed", d.state_save_errors)
+        yield _counter(
+            "state_files_too_large",
+            "State files not read because they are over state.max_size (moved aside)",
+            d.state_too_large,
+        )
         yield _counter(
             "state_values_clamped",
             "Integers beyond the 64-bit range saved at its limit",
