@@ -315,6 +315,13 @@ def test_report_renders_in_headless_chromium(
         assert f"{expected.alertname} {expected.dst_country}" in notes
     assert dom.count('class="alert"') >= len(scenario.expected)
     assert '<table class="totals">' in dom
+    overview = re.findall(r'<a href="#group-\d+">([^<]+)</a>', dom)
+    assert sorted(overview) == groups
+    # The day row of each alert's destination is highlighted in its group's table.
+    alerted = re.findall(r'<tr class="alerted"><td>(\d{4}-\d\d-\d\d)</td><td>(\w\w)</td>', dom)
+    for expected in scenario.expected:
+        day = datetime.fromtimestamp(expected.crossing, UTC).strftime("%Y-%m-%d")
+        assert (day, expected.dst_country) in alerted, (day, expected.dst_country)
 
     screenshot = work / "report.png"
     _dom, log = _browse(

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import orjson
 
 from egressd.errors import EgressdError
-from egressd.report.collect import MAX_POINTS, TOP_SHOWN, AlertSpan, ReportData
+from egressd.report.collect import MAX_POINTS, TOP_SHOWN, AlertSpan, ReportData, day_of
 from egressd.units import format_bytes
 
 #: countries drawn on their own per group chart; the rest are summed as "other"
@@ -223,15 +223,19 @@ def render_html(
         if progress is not None:
             progress(group)
         rows = data.totals(group)
+        alerts = [a for a in data.alerts if a.group == group]
         groups.append(
             {
                 "name": group,
+                # (day, country) rows an alert started on, highlighted in the table
+                "alerted": {(day_of(a.starts_at), a.labels.get("dst_country", "")) for a in alerts},
+                "countries": len(data.series.get(group, {})),
                 "figure": _script_json(chart_figure(data, group)),
                 "rows": rows,
                 "total": sum(t.bytes for t in rows),
                 "regions": any(t.region for t in rows),
                 "asns": any(t.asn for t in rows),
-                "alerts": [a for a in data.alerts if a.group == group],
+                "alerts": alerts,
             }
         )
     template = environment.get_template("report.html.j2")
