@@ -240,8 +240,12 @@ class ClusterConfig:
     idle_flush: float = 2.0
     #: ingest: how often every partials partition hears how far event time has come
     heartbeat_interval: float = 1.0
-    #: detect: where each partials partition's state is saved (every state.save_interval)
+    #: detect: where each partials partition's state is saved (every state.save_interval):
+    #: a directory, or S3-compatible object storage (``s3://bucket/prefix``)
     state_directory: Path | None = None
+    state_url: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
     #: detect: append every closed (group, destination, interval) sum as a JSON line here
     interval_log: Path | None = None
 
@@ -995,10 +999,17 @@ def _read_cluster(t: _Table) -> ClusterConfig:
         idle_flush=t.get("idle_flush", d.idle_flush, _positive_duration),
         heartbeat_interval=t.get("heartbeat_interval", d.heartbeat_interval, _positive_duration),
         state_directory=t.get("state_directory", d.state_directory, _path),
+        state_url=t.get("state_url", d.state_url, _str),
+        s3_endpoint=t.get("s3_endpoint", d.s3_endpoint, _str),
+        s3_region=t.get("s3_region", d.s3_region, _nonempty_str),
         interval_log=t.get("interval_log", d.interval_log, _path),
     )
-    if cfg.role == "detect" and cfg.state_directory is None:
-        t.problem("state_directory", 'is required with role = "detect"')
+    if cfg.state_url and not re.fullmatch(r"s3://[^/]+(/.*)?", cfg.state_url):
+        t.problem("state_url", f"{cfg.state_url!r} is not an s3://bucket/prefix URL")
+    if cfg.state_url and cfg.state_directory is not None:
+        t.problem("state_url", "state_directory and state_url exclude each other")
+    if cfg.role == "detect" and cfg.state_directory is None and not cfg.state_url:
+        t.problem("state_directory", 'or state_url is required with role = "detect"')
     t.done()
     return cfg
 

@@ -105,7 +105,7 @@ detect_group_id = "{detect_group}"
 batch_offsets = {batch}
 idle_flush = "1s"
 heartbeat_interval = "300ms"
-state_directory = "{states}"
+{state}
 interval_log = "{intervals}"
 """
 
@@ -208,10 +208,16 @@ class Cluster:
     """Topics, configurations and the processes of one test."""
 
     def __init__(
-        self, broker: TansuBroker, tmp_path: Path, batch: int = 300, extra: str = ""
+        self,
+        broker: TansuBroker,
+        tmp_path: Path,
+        batch: int = 300,
+        extra: str = "",
+        s3: MotoS3 | None = None,
     ) -> None:
         self.broker = broker
         self.extra = extra
+        self.s3 = s3
         self.tmp = tmp_path
         self.raw = unique("flows")
         self.partials = unique("partials")
@@ -239,14 +245,20 @@ class Cluster:
                 partials=self.partials,
                 role=role,
                 batch=self.batch,
-                states=self.states,
+                state=(
+                    f'state_url = "s3://snapshots/egressd"\ns3_endpoint = "{self.s3.endpoint}"\n'
+                    's3_region = "eu-west-2"'
+                    if self.s3 is not None
+                    else f'state_directory = "{self.states}"'
+                ),
                 intervals=self.tmp / f"{name}.intervals.jsonl",
                 **self.names,
             )
             + self.extra
         )
         process = EgressdProcess(config, f"127.0.0.1:{http}", self.tmp / f"{name}.log")
-        process.start(env=env)
+        keys = {"AWS_ACCESS_KEY_ID": "egressd", "AWS_SECRET_ACCESS_KEY": "egressd"}
+        process.start(env={**keys, **(env or {})})
         self.processes[name] = process
         return process
 
@@ -429,11 +441,15 @@ def crash_and_check(
 
 
 def test_members_that_leave_or_freeze_change_nothing_in_the_sums(
-    broker: TansuBroker, tmp_path: Path
+    broker: TansuBroker, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     values = flow_values(seed=23)
     expected, fired = single_process(values + closing_values())
-    cluster = Cluster(broker, tmp_path, batch=250)
+    # The partitions' snapshots live in S3-compatible storage (moto's server).
+    s3 = MotoS3(tmp_path)
+    s3.start("snapshots")
+    request.addfinalizer(s3.stop)
+    cluster = Cluster(broker, tmp_path, batch=250, s3=s3)
     half = len(values) // 2
     asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[:half], seed=23))
     try:
@@ -462,6 +478,8 @@ def test_members_that_leave_or_freeze_change_nothing_in_the_sums(
     assert codes == dict.fromkeys(codes, 0), cluster.logs()
     left = cluster.processes["detect-c"].log_path.read_text()
     assert "partitions revoked" in left
+    logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
+    assert "from s3://snapshots/egressd/" in logs  # taken over from object storage
 
 
 def test_a_broker_killed_and_restarted_on_s3_storage_loses_nothing(tmp_path: Path) -> None:

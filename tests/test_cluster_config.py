@@ -65,3 +65,26 @@ def test_check_config_says_which_role(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["check-config", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "role detect: partials from egressd-partials in group egressd-detect" in out
+
+
+def test_detect_may_keep_its_state_in_object_storage() -> None:
+    config = parse_config(
+        KAFKA + '[cluster]\nrole = "detect"\nstate_url = "s3://bucket/egressd"\n'
+        's3_endpoint = "http://127.0.0.1:9000"\n'
+    )
+    assert config.cluster.state_url == "s3://bucket/egressd"
+    assert config.cluster.s3_region == "us-east-1"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('state_url = "https://bucket/x"', "is not an s3://bucket/prefix URL"),
+        ('state_url = "s3://b"\nstate_directory = "/tmp/x"', "exclude each other"),
+    ],
+)
+def test_bad_object_storage_settings(extra: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(KAFKA + f'[cluster]\nrole = "detect"\n{extra}\n')
+    assert "cluster.state_url" in str(error.value)
+    assert message in str(error.value)

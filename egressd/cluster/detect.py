@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -31,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from egressd.aggregate import Bucket
-from egressd.baseline.statefile import load_state, move_aside, save_state
+from egressd.cluster.snapshots import CorruptSnapshot, DirectoryStore, S3Store, SnapshotStore
 from egressd.cluster.wire import (
     HEARTBEAT,
     KIND,
@@ -115,9 +117,9 @@ class Detect:
         publish: Callable[[list[Alert]], None],
         *,
         consumer_factory: Callable[..., Any] = AIOKafkaConsumer,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         (kafka,) = config.sources.kafka
-        assert config.cluster.state_directory is not None
         self.config = config
         self.cluster = config.cluster
         self.labeler = labeler
@@ -125,7 +127,17 @@ class Detect:
         self.name = f"detect:{config.cluster.partials_topic}"
         # The source gives the connection, security and group timeout settings.
         self._source = KafkaSource(kafka, self.name)
-        self.directory = Path(config.cluster.state_directory)
+        self.store: SnapshotStore = (
+            DirectoryStore(Path(config.cluster.state_directory))
+            if config.cluster.state_directory is not None
+            else S3Store(
+                config.cluster.state_url,
+                config.cluster.s3_endpoint
+                or f"https://s3.{config.cluster.s3_region}.amazonaws.com",
+                config.cluster.s3_region,
+                os.environ if environ is None else environ,
+            )
+        )
         self.stats = DetectStats()
         self._consumer_factory = consumer_factory
         self._consumer: Any = None
@@ -138,6 +150,8 @@ class Detect:
         self._stopping = False
         self._ready = False
         self._interval_log: Any = None
+        #: why the group must be left and joined again (a snapshot could not be read)
+        self._rejoin = ""
 
     @property
     def ready(self) -> bool:
@@ -146,7 +160,6 @@ class Detect:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         if self.cluster.interval_log is not None:
             self._interval_log = open(self.cluster.interval_log, "ab")  # noqa: SIM115
         self._stopping = False
@@ -171,6 +184,7 @@ class Detect:
         async with self._lock:
             await self._save(list(self.partitions.values()))
         await self._close()
+        await self.store.close()
         if self._interval_log is not None:
             self._interval_log.close()
             self._interval_log = None
@@ -239,6 +253,9 @@ class Detect:
     async def _consume(self) -> None:
         consumer = self._consumer
         while not self._stopping:
+            if self._rejoin:
+                reason, self._rejoin = self._rejoin, ""
+                raise SourceError(f"{self.name}: {reason}")
             fetched = await consumer.getmany(timeout_ms=_POLL_MS)
             async with self._lock:
                 for tp, messages in fetched.items():
@@ -312,8 +329,9 @@ class Detect:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _path(self, tp: TopicPartition) -> Path:
-        return self.directory / f"{tp.topic}-{tp.partition}.json"
+    @staticmethod
+    def _name(tp: TopicPartition) -> str:
+        return f"{tp.topic}-{tp.partition}"
 
     def _new_engine(self) -> Engine:
         engine = Engine(self.config, self.labeler)
@@ -327,13 +345,13 @@ class Detect:
             out.write(orjson.dumps([start, group, dest.key, *accum.to_row()]) + b"\n")
         out.flush()
 
-    def _load(self, tp: TopicPartition) -> _Partition:
+    async def _load(self, tp: TopicPartition) -> _Partition:
         part = _Partition(tp, self._new_engine())
-        path = self._path(tp)
+        name = self._name(tp)
         try:
-            data = load_state(path)
-        except StateError as exc:
-            move_aside(path, str(exc))
+            data = await self.store.load(name)
+        except CorruptSnapshot as exc:
+            await self.store.discard(name, str(exc))
             data = None
         if data is None:
             return part
@@ -345,15 +363,16 @@ class Detect:
             part.sources = {str(k): int(v) for k, v in dict(cluster["sources"]).items()}
             part.position = int(cluster["position"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            move_aside(path, f"{type(exc).__name__}: {exc}")
+            await self.store.discard(name, f"{type(exc).__name__}: {exc}")
             return _Partition(tp, self._new_engine())
         self.stats.snapshots_loaded += 1
         part.loaded = True
         log.info(
-            "%s: loaded the snapshot of %s:%d, replaying from offset %d",
+            "%s: loaded the snapshot of %s:%d from %s, replaying from offset %d",
             self.name,
             tp.topic,
             tp.partition,
+            self.store.where(name),
             part.position,
         )
         return part
@@ -370,10 +389,11 @@ class Detect:
                     "position": part.position,
                 }
             }
+            data = part.engine.snapshot()
+            data.update(extra)
+            data["saved_at"] = time.time()
             try:
-                await asyncio.to_thread(
-                    save_state, self._path(part.tp), part.engine.snapshot(), extra=extra
-                )
+                await self.store.save(self._name(part.tp), data)
             except StateError as exc:
                 self.stats.snapshot_errors += 1
                 log.error("%s", exc)
@@ -417,7 +437,14 @@ class Detect:
             for tp in assigned:
                 if tp in self.partitions:
                     continue
-                part = await asyncio.to_thread(self._load, tp)
+                try:
+                    part = await self._load(tp)
+                except StateError as exc:
+                    # Unreadable now (storage down) is not corrupt: starting the partition
+                    # afresh would forget what it learned. Leave the group and join again.
+                    log.error("%s: %s", self.name, exc)
+                    self._rejoin = f"snapshot of {tp.topic}:{tp.partition} unreadable"
+                    continue
                 self.partitions[tp] = part
                 if part.loaded:
                     # The snapshot holds everything before its position: replay from there.
