@@ -70,7 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the report data as one JSON document on stdout instead of alert events",
     )
-    replay.add_argument("inputs", nargs="+", metavar="INPUT", help="input files ('-' for stdin)")
+    replay.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="input files ('-' for stdin); for nfdump, nfcapd files or directories of them",
+    )
 
     check = sub.add_parser(
         "check-config", help="validate a configuration file (exit 0 valid, 2 not)"
@@ -173,6 +178,8 @@ def _replay(args: argparse.Namespace) -> int:
             from egressd.report.html import require_report_libraries
 
             require_report_libraries()  # before the replay, not after an hour of it
+            if not args.report.resolve().parent.is_dir():
+                raise EgressdError(f"{args.report}: its directory does not exist")
     # With --summary or --json, stdout carries the report; alert events go to --alerts-out.
     to_stdout = not (args.summary or args.json)
     with contextlib.ExitStack() as stack:

@@ -187,6 +187,13 @@ def test_report_without_the_extra_says_how_to_install_it(
     assert "pip install 'egressd[report]'" in done.stderr.decode()
     assert not (tmp_path / "r.html").exists()
     assert not done.stdout  # refused before replaying anything
+    nowhere = _egressd(
+        "replay", "-c", str(config), "-f", "goflow2-json", "--report",
+        str(tmp_path / "absent" / "r.html"), str(flows),
+    )  # fmt: skip
+    assert nowhere.returncode == 1
+    assert b"its directory does not exist" in nowhere.stderr
+    assert b"replay:" not in nowhere.stderr  # before the replay, not after it
 
 
 def test_labels_cannot_break_out_of_the_page() -> None:
