@@ -471,3 +471,35 @@ def test_poweroff_saves_and_the_next_boot_restores(gateway: Gateway) -> None:
     gateway.wait_active("egressd.service")
     assert set(gateway.baselines()) == learned
     gateway.stop_and_compare("egressd.service", saved)
+
+
+def test_upgrade_from_dynamic_user_units_keeps_state(gateway: Gateway) -> None:
+    """Earlier units ran egressd as a DynamicUser= (state under /var/lib/private/egressd);
+    installing these units over them must hand the state to the user egressd."""
+    shipped = (REPO / "deploy" / "egressd.service").read_text()
+    earlier = shipped.replace("User=egressd\nGroup=egressd\n", "DynamicUser=yes\n")
+    assert earlier != shipped
+    gateway.write_config(LAB_GROUP)
+    gateway.run("systemctl", "stop", "egressd.service")
+    gateway.machine.write("/etc/systemd/system/egressd.service", earlier)
+    gateway.run("systemctl", "daemon-reload")
+    gateway.run("systemctl", "start", "egressd.service")
+    gateway.wait_active("egressd.service")
+    assert (gateway.root / "var/lib/egressd").is_symlink()  # systemd's DynamicUser layout
+    learned = set(gateway.baselines())
+    gateway.run("systemctl", "stop", "egressd.service")
+    saved = gateway.state()
+
+    started = time.time()
+    out = gateway.run("/opt/egressd/bin/egressd", "install-units").stdout
+    assert "updated /etc/systemd/system/egressd.service" in out, out
+    gateway.run("systemctl", "start", "egressd.service")
+    gateway.wait_active("egressd.service")
+    journal = gateway.machine.journal("egressd.service", since=f"@{int(started)}")
+    assert "restored state from /var/lib/egressd/state.json" in journal, journal
+    state_dir = gateway.root / "var/lib/egressd"
+    assert not state_dir.is_symlink() and state_dir.is_dir()
+    owner = gateway.run("stat", "-c", "%U", "/var/lib/egressd/state.json").stdout.strip()
+    assert owner == "egressd"
+    assert set(gateway.baselines()) == learned
+    gateway.stop_and_compare("egressd.service", saved)
