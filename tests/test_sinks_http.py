@@ -208,3 +208,22 @@ async def test_scrapes_evaluate_only_baselines_that_changed(
             [("research", dict(labels)["dst_country"])], T0 + 3600 + 400
         )
         assert fourth[("egressd_egress_baseline_bytes", labels)] == round(values[0])
+
+
+@pytest.mark.parametrize(
+    ("regions", "asn"), [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_baseline_gauge_labels_match_the_destination_labels(regions: bool, asn: bool) -> None:
+    from egressd.baseline.seasonal import SeasonalBaselines
+    from egressd.enrich import DestinationLabels
+    from egressd.sinks.metrics import BaselineGauge, EgressdCollector
+
+    baselines = SeasonalBaselines()
+    keys = [("research", "CN"), ("research", "US|aws/us-east-1|16509"), ("ops", "DE||3320")]
+    keys.append(("ops", "GB|gcp/europe-west2|0"))
+    baselines.observe_interval(T0, [(key, 1000.0) for key in keys])
+    expected = {
+        EgressdCollector.label_values(group, DestinationLabels.from_key(key), regions, asn)
+        for group, key in keys
+    }
+    assert set(BaselineGauge().expected(baselines, T0 + 60, regions, asn)) == expected

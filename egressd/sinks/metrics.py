@@ -128,8 +128,15 @@ class BaselineGauge:
     def _code(self, key: BaselineKey, regions: bool, asn: bool) -> int:
         code = self._codes.get(key)
         if code is None:
-            dest = DestinationLabels.from_key(key[1])
-            values = EgressdCollector.label_values(key[0], dest, regions, asn)
+            # The labels' key text, split as DestinationLabels.from_key does, without
+            # building a labels object per key (the first scrape meets every baseline).
+            country, _, rest = key[1].partition("|")
+            region, _, number = rest.partition("|")
+            values: tuple[str, ...] = (key[0], country)
+            if regions:
+                values += (region,)
+            if asn:
+                values += (str(int(number)) if number and int(number) else "",)
             code = self._label_index.get(values)
             if code is None:
                 code = self._label_index[values] = len(self._label_sets)
