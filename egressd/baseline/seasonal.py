@@ -201,8 +201,12 @@ class SeasonalBaselines:
                 s_n + 1 if s_n < 255 else 255,
             )
             peak, raised = peak_unpack(record, _PEAK_OFFSET)
-            if byte_count >= peak or byte_count >= peak * math.pow(
-                0.5, (event_time - raised) / PEAK_HALF_LIFE
+            age = event_time - raised
+            # Within one half-life the decayed peak is above half the peak: most intervals
+            # are far below it and need no power.
+            if byte_count >= peak or (
+                (byte_count > 0.5 * peak or age > PEAK_HALF_LIFE)
+                and byte_count >= peak * math.pow(0.5, age / PEAK_HALF_LIFE)
             ):
                 peak_pack(record, _PEAK_OFFSET, min(byte_count, 3.0e38), event_time)
 

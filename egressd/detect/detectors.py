@@ -1,128 +1,40 @@
-"""The two detectors: unexpected destinations and volume spikes over seasonal baselines.
+"""Volume spikes over seasonal baselines (EgressVolumeSpike).
 
-Both run once per closed interval (event time) and drive the shared :class:`AlertBook`;
-each finding carries its evidence: bytes, baseline, top sources and top destinations.
+Runs once per closed interval (event time) and drives the shared :class:`AlertBook`; each
+finding carries its evidence: bytes, baseline, peak, top sources and top destinations. The
+unexpected-destination rule lives in :mod:`egressd.detect.unexpected` and the new-network rule
+in :mod:`egressd.detect.newdest`; both are re-exported here with the labels helpers.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections import deque
-from dataclasses import dataclass
 
 from egressd.aggregate import Accum, AggregateKey, Bucket
 from egressd.baseline.seasonal import Expectation, SeasonalBaselines, to_level
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
+from egressd.detect.labels import LabelOptions, alert_labels, top, top_with_bytes
 from egressd.detect.policy import ExpectedDestinations
+from egressd.detect.unexpected import (
+    FANOUT_COUNTRY,
+    UNEXPECTED,
+    UnexpectedDestinationDetector,
+)
 from egressd.enrich import DestinationLabels
-from egressd.sketch import TopK
 from egressd.units import format_bytes, format_duration
 
-UNEXPECTED = "EgressUnexpectedDestination"
 SPIKE = "EgressVolumeSpike"
 
-
-@dataclass(frozen=True, slots=True)
-class LabelOptions:
-    """Which destination labels alerts carry (only those configured, to bound cardinality)."""
-
-    regions: bool = False
-    asn: bool = False
-
-
-def alert_labels(
-    alertname: str, group: str, dest: DestinationLabels, severity: str, options: LabelOptions
-) -> dict[str, str]:
-    labels = {"alertname": alertname, "group": group, "dst_country": dest.country}
-    if options.regions and dest.region:
-        labels["dst_region"] = dest.region
-    if options.asn and dest.asn:
-        labels["dst_asn"] = f"AS{dest.asn}"
-    labels["severity"] = severity
-    return labels
-
-
-def _top(sketch: TopK, n: int) -> str:
-    return ",".join(item for item, _ in sketch.top(n))
-
-
-def _top_with_bytes(sketch: TopK, n: int) -> str:
-    return ", ".join(f"{item} ({format_bytes(weight)})" for item, weight in sketch.top(n))
-
-
-class _WindowEntry:
-    """One interval of one (group, destination): egress, its small-packet part, ingress."""
-
-    __slots__ = ("bytes", "destinations", "ingress", "small", "sources", "start")
-
-    def __init__(self, start: float, accum: Accum) -> None:
-        self.start = start
-        self.bytes = accum.bytes
-        self.small = accum.small
-        self.ingress = accum.ingress
-        self.sources = accum.sources
-        self.destinations = accum.destinations
-
-
-class _Span:
-    """The entries of one window length, with running sums."""
-
-    __slots__ = ("bytes", "entries", "ingress", "small")
-
-    def __init__(self) -> None:
-        self.entries: deque[_WindowEntry] = deque()
-        self.bytes = 0
-        self.small = 0
-        self.ingress = 0
-
-    def append(self, entry: _WindowEntry) -> None:
-        self.entries.append(entry)
-        self.bytes += entry.bytes
-        self.small += entry.small
-        self.ingress += entry.ingress
-
-    def expire(self, horizon: float) -> None:
-        entries = self.entries
-        while entries and entries[0].start < horizon:
-            entry = entries.popleft()
-            self.bytes -= entry.bytes
-            self.small -= entry.small
-            self.ingress -= entry.ingress
-
-    def effective(self, return_fraction: float) -> int:
-        """Egress that counts: bulk always; small packets beyond a share of the ingress."""
-        allowance = int(return_fraction * self.ingress)
-        return self.bytes - self.small + max(self.small - allowance, 0)
-
-
-class _Window:
-    """One (group, destination)'s recent intervals: one span per configured window length."""
-
-    __slots__ = ("destinations", "sources", "spans")
-
-    def __init__(self, count: int) -> None:
-        self.spans = [_Span() for _ in range(count)]
-        #: evidence over the window's whole life (the long windows keep no sketches per entry)
-        self.sources = TopK(64)
-        self.destinations = TopK(64)
-
-    @property
-    def entries(self) -> deque[_WindowEntry]:
-        """Entries of the longest window (every entry any window still holds)."""
-        return self.spans[-1].entries
-
-    @property
-    def total(self) -> int:
-        return self.spans[0].bytes
-
-    def append(self, entry: _WindowEntry) -> None:
-        for span in self.spans:
-            span.append(entry)
-        if entry.bytes:
-            self.sources.merge(entry.sources)
-            self.destinations.merge(entry.destinations)
+__all__ = [
+    "FANOUT_COUNTRY",
+    "SPIKE",
+    "UNEXPECTED",
+    "LabelOptions",
+    "UnexpectedDestinationDetector",
+    "VolumeSpikeDetector",
+    "alert_labels",
+]
 
 
 class _Detector:
@@ -145,337 +57,6 @@ class _Detector:
     def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
         self._config = config
         self._labels = labels
-
-
-#: the destination key of a group's summed unexpected egress (fan-out)
-FANOUT_COUNTRY = "multiple"
-
-
-class UnexpectedDestinationDetector(_Detector):
-    """Bytes from a group to a destination outside its expected set, over sliding windows.
-
-    Each configured window (``detection.unexpected_windows``) has its own floor; a
-    destination pages when any window reaches its floor. Small-packet egress counts only
-    beyond ``ingress_return_fraction`` of the ingress from the same destination in that
-    window. A group's unexpected egress summed over the destinations that do not page on
-    their own pages too, at ``fanout_factor`` times a window's floor (fan-out).
-    """
-
-    __slots__ = ("_fanout_last", "evicted", "windows")
-
-    def __init__(
-        self,
-        config: DetectionConfig,
-        policy: ExpectedDestinations,
-        book: AlertBook,
-        labels: LabelOptions,
-    ) -> None:
-        super().__init__(config, policy, book, labels)
-        self.windows: dict[AggregateKey, _Window] = {}
-        #: windows dropped to stay within detection.max_keys
-        self.evicted = 0
-        #: groups with an active fan-out alert
-        self._fanout_last: set[str] = set()
-
-    def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
-        if config.unexpected_windows != self._config.unexpected_windows:
-            self.windows = {}  # other window lengths: start afresh
-        super().reconfigure(config, labels)
-
-    def collect(self, start: float, bucket: Bucket) -> None:
-        """Remember this interval's bytes to every destination unexpected for its group."""
-        policy = self.policy
-        windows = self.windows
-        count = len(self._config.unexpected_windows)
-        for key, accum in bucket.items():
-            window = windows.get(key)
-            if window is None:
-                if not accum.bytes:
-                    continue  # ingress alone: nothing to set it against
-                group, dest = key
-                if policy.is_expected(group, dest, start):
-                    continue
-                window = windows[key] = _Window(count)
-            elif not accum.bytes and not accum.ingress:
-                continue
-            window.append(_WindowEntry(start, accum))
-        if len(windows) > self._config.max_keys:
-            self._evict_for_room()
-
-    def _evict_for_room(self) -> None:
-        """Drop the lightest tenth of the windows without an active alert.
-
-        Each window holds an interval's evidence sketches; a flood of distinct unexpected
-        destinations would otherwise keep a window-length of them for every one. The
-        lightest are the furthest from the floor, so they are the ones that cannot page.
-        """
-        active = self.book.active
-        candidates = [
-            (window.spans[-1].bytes, key)
-            for key, window in self.windows.items()
-            if (UNEXPECTED, key[0], key[1].key) not in active
-        ]
-        excess = len(self.windows) - self._config.max_keys
-        count = min(len(candidates), max(excess, self._config.max_keys // 10, 1))
-        for _total, key in heapq.nsmallest(count, candidates, key=lambda item: item[0]):
-            del self.windows[key]
-        self.evicted += count
-
-    def evaluate(self, now: float, baselines: SeasonalBaselines) -> list[Alert]:
-        """Evaluate every window at event time ``now`` (the end of the closed interval)."""
-        config = self._config
-        spans = config.unexpected_windows
-        fraction = config.ingress_return_fraction
-        changed = []
-        active = self.book.active
-        # per group: per window length, the summed effective bytes of destinations that do
-        # not page on their own, and how many such destinations there are
-        fanout: dict[str, list[int]] = {}
-        fanout_count: dict[str, int] = {}
-        for key, window in list(self.windows.items()):
-            group, dest = key
-            totals = []
-            fire_index = -1
-            for index, (length, floor) in enumerate(spans):
-                span = window.spans[index]
-                span.expire(now - length)
-                total = span.effective(fraction)
-                totals.append(total)
-                if fire_index < 0 and total >= floor:
-                    fire_index = index
-            alert_key: AlertKey = (UNEXPECTED, group, dest.key)
-            is_active = alert_key in active
-            if not is_active and group in self._fanout_last:
-                # The group's fan-out page already covers this destination: one page, not
-                # one per country, while it lasts.
-                fire_index = -1
-            if fire_index < 0 and not is_active:
-                if not window.entries:
-                    del self.windows[key]
-                    continue
-                sums = fanout.get(group)
-                if sums is None:
-                    sums = fanout[group] = [0] * len(spans)
-                for index, total in enumerate(totals):
-                    sums[index] += total
-                if totals[-1] > 0:
-                    fanout_count[group] = fanout_count.get(group, 0) + 1
-                continue
-            keep = fire_index >= 0 or totals[0] >= spans[0][1] / 2
-            shown = fire_index if fire_index >= 0 else 0
-
-            def describe(
-                window: _Window = window,
-                total: int = totals[shown],
-                index: int = shown,
-                group: str = group,
-                dest: DestinationLabels = dest,
-            ) -> tuple[dict[str, str], dict[str, str]]:
-                return self._describe(now, window, total, index, group, dest, baselines)
-
-            alert = self.book.evaluate(
-                alert_key,
-                now,
-                fire=fire_index >= 0,
-                keep=keep,
-                describe=describe,
-                strength=totals[shown],
-            )
-            if alert is not None:
-                changed.append(alert)
-            if not window.entries and alert_key not in active:
-                del self.windows[key]
-        changed.extend(self._evaluate_fanout(now, fanout, fanout_count))
-        return changed
-
-    def _evaluate_fanout(
-        self, now: float, fanout: dict[str, list[int]], counts: dict[str, int]
-    ) -> list[Alert]:
-        config = self._config
-        spans = config.unexpected_windows
-        factor = config.fanout_factor
-        changed = []
-        for group in set(fanout) | self._fanout_last:
-            sums = fanout.get(group, [0] * len(spans))
-            fire_index = next(
-                (i for i, (_l, floor) in enumerate(spans) if sums[i] >= factor * floor), -1
-            )
-            keep = fire_index >= 0 or sums[0] >= factor * spans[0][1] / 2
-            shown = fire_index if fire_index >= 0 else 0
-            alert_key: AlertKey = (UNEXPECTED, group, FANOUT_COUNTRY)
-
-            def describe(
-                group: str = group,
-                total: int = sums[shown],
-                index: int = shown,
-                count: int = counts.get(group, 0),
-            ) -> tuple[dict[str, str], dict[str, str]]:
-                return self._describe_fanout(now, group, total, index, count)
-
-            alert = self.book.evaluate(
-                alert_key, now, fire_index >= 0, keep, describe, strength=sums[shown]
-            )
-            if alert is not None:
-                changed.append(alert)
-            if alert_key in self.book.active:
-                self._fanout_last.add(group)
-            else:
-                self._fanout_last.discard(group)
-        return changed
-
-    def _describe_fanout(
-        self, now: float, group: str, total: int, index: int, count: int
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        config = self._config
-        length, floor = config.unexpected_windows[index]
-        span = format_duration(length)
-        n = config.top_talkers
-        sources = TopK(64)
-        destinations = TopK(64)
-        countries: dict[str, int] = {}
-        for (g, dest), window in self.windows.items():
-            if g != group or not window.entries:
-                continue
-            sources.merge(window.sources)
-            destinations.merge(window.destinations)
-            countries[dest.country] = countries.get(dest.country, 0) + window.spans[index].bytes
-        top_countries = sorted(countries.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-        expected = self.policy.expected_countries(group)
-        expected_text = ", ".join(sorted(expected)) if expected else "none"
-        labels = {
-            "alertname": UNEXPECTED,
-            "group": group,
-            "dst_country": FANOUT_COUNTRY,
-            "severity": config.severity,
-        }
-        annotations = {
-            "summary": (
-                f"{group} sent {format_bytes(total)} within {span} to {count} destinations it "
-                "is not expected to send to, each under its own floor"
-            ),
-            "description": (
-                f"Group {group} sent {format_bytes(total)} to {count} unexpected destinations "
-                f"within {span} up to {rfc3339(now)} (floor for the sum "
-                f"{format_bytes(int(config.fanout_factor * floor))} per {span}). "
-                f"Countries: {', '.join(c for c, _ in top_countries)}. "
-                f"Expected countries: {expected_text}. "
-                f"Top sources: {_top_with_bytes(sources, n)}. "
-                f"Top destinations: {_top_with_bytes(destinations, n)}."
-            ),
-            "bytes": str(total),
-            "baseline_bytes": "0",
-            "window": span,
-            "destinations": str(count),
-            "dst_countries": ",".join(c for c, _ in top_countries),
-            "expected_countries": expected_text,
-            "top_sources": _top(sources, n),
-            "top_destinations": _top(destinations, n),
-        }
-        return labels, annotations
-
-    def _describe(
-        self,
-        now: float,
-        window: _Window,
-        total: int,
-        index: int,
-        group: str,
-        dest: DestinationLabels,
-        baselines: SeasonalBaselines,
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        config = self._config
-        length, floor = config.unexpected_windows[index]
-        span_data = window.spans[index]
-        expectation = baselines.expect((group, dest.key), now - config.interval)
-        baseline = round(expectation.bytes) if expectation is not None else 0
-        expected = self.policy.expected_countries(group)
-        expected_text = ", ".join(sorted(expected)) if expected else "none"
-        span = format_duration(length)
-        first = span_data.entries[0].start if span_data.entries else now
-        labels = alert_labels(UNEXPECTED, group, dest, config.severity, self._labels)
-        n = config.top_talkers
-        sources, destinations = window.sources, window.destinations
-        set_against = ""
-        if span_data.small:
-            set_against = (
-                f" Of it, small-packet egress {format_bytes(span_data.small)} was set against "
-                f"{format_bytes(span_data.ingress)} of ingress from {dest.describe()}."
-            )
-        annotations = {
-            "summary": (
-                f"{group} sent {format_bytes(total)} to {dest.describe()} within {span}, "
-                "a destination it is not expected to send to"
-            ),
-            "description": (
-                f"Group {group} sent {format_bytes(total)} to {dest.describe()} between "
-                f"{rfc3339(first)} and {rfc3339(now)} "
-                f"(floor {format_bytes(floor)} per {span}).{set_against} "
-                f"Expected countries: {expected_text}. "
-                f"Top sources: {_top_with_bytes(sources, n)}. "
-                f"Top destinations: {_top_with_bytes(destinations, n)}."
-            ),
-            "bytes": str(total),
-            "baseline_bytes": str(baseline),
-            "window": span,
-            "ingress_bytes": str(span_data.ingress),
-            "small_packet_bytes": str(span_data.small),
-            "expected_countries": expected_text,
-            "top_sources": _top(sources, n),
-            "top_destinations": _top(destinations, n),
-        }
-        if dest.as_org:
-            annotations["dst_as_org"] = dest.as_org
-        return labels, annotations
-
-    def to_json(self) -> list[dict[str, object]]:
-        out: list[dict[str, object]] = []
-        for (group, dest), window in self.windows.items():
-            out.append(
-                {
-                    "group": group,
-                    "dest": dest.key,
-                    "as_org": dest.as_org,
-                    "entries": [[e.start, e.bytes, e.small, e.ingress] for e in window.entries],
-                    "sources": window.sources.to_json(),
-                    "destinations": window.destinations.to_json(),
-                }
-            )
-        return out
-
-    def load_json(
-        self, data: list[dict[str, object]], intern: dict[str, DestinationLabels]
-    ) -> None:
-        windows: dict[AggregateKey, _Window] = {}
-        count = len(self._config.unexpected_windows)
-        for item in data:
-            dest_key = str(item["dest"])
-            dest = intern.get(dest_key)
-            if dest is None:
-                base = DestinationLabels.from_key(dest_key)
-                dest = DestinationLabels(
-                    base.country, base.region, base.asn, str(item.get("as_org", "")), "state"
-                )
-                intern[dest_key] = dest
-            window = _Window(count)
-            entries = item["entries"]
-            if not isinstance(entries, list):
-                raise ValueError("malformed window")
-            for row in entries:
-                accum = Accum(32)
-                accum.bytes = int(row[1])
-                if len(row) == 4 and isinstance(row[2], int):
-                    accum.small, accum.ingress = int(row[2]), int(row[3])
-                else:  # an older state: [start, bytes, sources, destinations]
-                    window.sources.merge(TopK.from_json(row[2]))
-                    window.destinations.merge(TopK.from_json(row[3]))
-                window.append(_WindowEntry(float(row[0]), accum))
-            sources, destinations = item.get("sources"), item.get("destinations")
-            if isinstance(sources, dict) and isinstance(destinations, dict):
-                window.sources = TopK.from_json(sources, 64)
-                window.destinations = TopK.from_json(destinations, 64)
-            windows[(str(item["group"]), dest)] = window
-        self.windows = windows
-        # Spans shorter than the longest drop what they no longer cover at the next evaluate.
 
 
 #: the quantile of large intervals' ratio to their seasonal level that marks a usual burst
@@ -671,16 +252,16 @@ class VolumeSpikeDetector(_Detector):
                 f"{span} from {rfc3339(start)}; its seasonal baseline ({expectation.basis}, "
                 f"{expectation.observations} intervals of history) is {format_bytes(baseline)}; "
                 f"its largest interval lately was {format_bytes(round(peak))}. "
-                f"Top sources: {_top_with_bytes(accum.sources, n)}. Top destinations: "
-                f"{_top_with_bytes(accum.destinations, n)}."
+                f"Top sources: {top_with_bytes(accum.sources, n)}. Top destinations: "
+                f"{top_with_bytes(accum.destinations, n)}."
             ),
             "bytes": str(accum.bytes),
             "baseline_bytes": str(baseline),
             "ratio": f"{ratio:.2f}" if ratio != float("inf") else "inf",
             "peak_bytes": str(round(peak)),
             "window": span,
-            "top_sources": _top(accum.sources, n),
-            "top_destinations": _top(accum.destinations, n),
+            "top_sources": top(accum.sources, n),
+            "top_destinations": top(accum.destinations, n),
         }
         if dest.as_org:
             annotations["dst_as_org"] = dest.as_org

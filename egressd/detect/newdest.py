@@ -24,7 +24,7 @@ from collections import deque
 from egressd.aggregate import AggregateKey, Bucket
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
-from egressd.detect.detectors import LabelOptions, alert_labels
+from egressd.detect.labels import LabelOptions, alert_labels
 from egressd.detect.policy import ExpectedDestinations
 from egressd.enrich import DestinationLabels
 from egressd.sketch import TopK
@@ -147,6 +147,8 @@ class NewDestinationDetector:
         limit = config.new_destination_max_prefixes
         learning = config.learning
         for key, accum in bucket.items():
+            if accum.bytes < SEEN_MIN_BYTES:
+                continue  # no address in it can have carried enough to count as used
             group = key[0]
             tracked = self.groups.get(group)
             if tracked is None:

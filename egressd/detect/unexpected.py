@@ -1,0 +1,622 @@
+"""EgressUnexpectedDestination: bytes to destinations outside a group's expected set.
+
+Each configured window (``detection.unexpected_windows``; by default 1 h / 100 MB and
+1 d / 1 GB) has its own floor, and a destination pages when any window reaches its floor.
+Small-packet egress (ACKs) counts only beyond ``ingress_return_fraction`` of the ingress from
+the same destination in that window, so a download's return path does not page while an
+upload beside it does. A group's unexpected egress summed over its destinations pages too, at
+``fanout_factor`` times a window's floor (fan-out: many destinations, each under its floor).
+
+Cost: a window is looked at when it takes an entry or has an alert to keep or resolve; the
+rest is swept once an hour. Evidence sketches are kept for the first window's span; older
+entries merge their heaviest talkers into the window's evidence once, and only for windows
+heavy enough to matter.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+
+from egressd.aggregate import Accum, AggregateKey, Bucket
+from egressd.baseline.seasonal import SeasonalBaselines
+from egressd.config import DetectionConfig
+from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
+from egressd.detect.labels import LabelOptions, alert_labels, top, top_with_bytes
+from egressd.detect.policy import ExpectedDestinations
+from egressd.enrich import DestinationLabels
+from egressd.sketch import TopK
+from egressd.units import format_bytes, format_duration
+
+UNEXPECTED = "EgressUnexpectedDestination"
+#: the destination key of a group's summed unexpected egress (fan-out)
+FANOUT_COUNTRY = "multiple"
+#: talkers per interval merged into a window's long-term evidence
+_EVIDENCE_ITEMS = 4
+#: windows not looked at for this many intervals are swept (expired, dropped when empty)
+_SWEEP_EVERY = 12
+
+
+class _Entry:
+    """One interval of one (group, destination): egress, its small-packet part, ingress,
+    and (while in the first window) the interval's talkers."""
+
+    __slots__ = ("bytes", "destinations", "ingress", "small", "sources", "start")
+
+    def __init__(
+        self,
+        start: float,
+        size: int,
+        small: int,
+        ingress: int,
+        sources: TopK | None,
+        destinations: TopK | None,
+    ) -> None:
+        self.start = start
+        self.bytes = size
+        self.small = small
+        self.ingress = ingress
+        self.sources = sources
+        self.destinations = destinations
+
+
+class _Span:
+    """The entries of one window length, with running sums."""
+
+    __slots__ = ("bytes", "entries", "ingress", "small")
+
+    def __init__(self) -> None:
+        self.entries: deque[_Entry] = deque()
+        self.bytes = 0
+        self.small = 0
+        self.ingress = 0
+
+    def add(self, entry: _Entry) -> None:
+        self.entries.append(entry)
+        self.bytes += entry.bytes
+        self.small += entry.small
+        self.ingress += entry.ingress
+
+    def effective(self, return_fraction: float) -> int:
+        """Egress that counts: bulk always; small packets beyond a share of the ingress."""
+        small = self.small
+        if not small:
+            return self.bytes
+        return self.bytes - small + max(small - int(return_fraction * self.ingress), 0)
+
+
+class _Window:
+    """One (group, destination)'s recent intervals: one span per configured window length."""
+
+    __slots__ = ("alerting", "destinations", "sources", "spans", "touched")
+
+    def __init__(self, count: int) -> None:
+        self.spans = [_Span() for _ in range(count)]
+        #: evidence of entries older than the first span (heaviest talkers only)
+        self.sources = TopK(64)
+        self.destinations = TopK(64)
+        self.alerting = False
+        #: the last interval end at which the window was looked at
+        self.touched = 0.0
+
+    @property
+    def entries(self) -> deque[_Entry]:
+        """Entries of the longest window (every entry any window still holds)."""
+        return self.spans[-1].entries
+
+    @property
+    def total(self) -> int:
+        return self.spans[0].bytes
+
+    def evidence(self) -> tuple[TopK, TopK]:
+        """Top sources and destinations over everything the window holds."""
+        sources = TopK(64)
+        destinations = TopK(64)
+        sources.merge(self.sources)
+        destinations.merge(self.destinations)
+        for entry in self.spans[0].entries:
+            if entry.sources is not None and entry.destinations is not None:
+                sources.merge(entry.sources)
+                destinations.merge(entry.destinations)
+        return sources, destinations
+
+
+def _heaviest(sketch: TopK) -> list[tuple[str, int]]:
+    counts = sketch.counts
+    if len(counts) <= _EVIDENCE_ITEMS:
+        return list(counts.items())
+    return heapq.nlargest(_EVIDENCE_ITEMS, counts.items(), key=lambda item: item[1])
+
+
+class UnexpectedDestinationDetector:
+    """Sliding windows per (group, unexpected destination), plus per-group sums."""
+
+    __slots__ = (
+        "_alerting",
+        "_config",
+        "_fanout_last",
+        "_groups",
+        "_labels",
+        "_ticks",
+        "_touched",
+        "book",
+        "evicted",
+        "policy",
+        "windows",
+    )
+
+    def __init__(
+        self,
+        config: DetectionConfig,
+        policy: ExpectedDestinations,
+        book: AlertBook,
+        labels: LabelOptions,
+    ) -> None:
+        self._config = config
+        self._labels = labels
+        self.policy = policy
+        self.book = book
+        self.windows: dict[AggregateKey, _Window] = {}
+        #: windows dropped to stay within detection.max_keys
+        self.evicted = 0
+        #: per group: one span per window length over all its unexpected destinations
+        self._groups: dict[str, list[_Span]] = {}
+        #: groups with an active fan-out alert
+        self._fanout_last: set[str] = set()
+        #: per group: windows with an alert of their own
+        self._alerting: dict[str, set[AggregateKey]] = {}
+        #: windows that took an entry this interval, in bucket order
+        self._touched: list[AggregateKey] = []
+        self._ticks = 0
+
+    def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
+        if config.unexpected_windows != self._config.unexpected_windows:
+            self.windows = {}  # other window lengths: start afresh
+            self._groups = {}
+            self._alerting = {}
+            self._touched = []
+        self._config = config
+        self._labels = labels
+
+    # -- accounting ------------------------------------------------------------------------
+
+    def collect(self, start: float, bucket: Bucket) -> None:
+        """Remember this interval's bytes to every destination unexpected for its group."""
+        policy = self.policy
+        windows = self.windows
+        count = len(self._config.unexpected_windows)
+        now = start + self._config.interval
+        groups: dict[str, _Entry] = {}
+        for key, accum in bucket.items():
+            window = windows.get(key)
+            if window is None:
+                if not accum.bytes:
+                    continue  # ingress alone: nothing to set it against
+                group, dest = key
+                if policy.is_expected(group, dest, start):
+                    continue
+                window = windows[key] = _Window(count)
+            elif not accum.bytes and not accum.ingress:
+                continue
+            self._add(window, start, accum)
+            if window.touched != now:
+                window.touched = now
+                self._touched.append(key)
+            total = groups.get(key[0])
+            if total is None:
+                groups[key[0]] = _Entry(start, accum.bytes, accum.small, accum.ingress, None, None)
+            else:
+                total.bytes += accum.bytes
+                total.small += accum.small
+                total.ingress += accum.ingress
+        for group, entry in groups.items():
+            spans = self._groups.get(group)
+            if spans is None:
+                spans = self._groups[group] = [_Span() for _ in range(count)]
+            for span in spans:
+                span.add(entry)
+        if len(windows) > self._config.max_keys:
+            self._evict_for_room()
+
+    @staticmethod
+    def _add(window: _Window, start: float, accum: Accum) -> None:
+        entry = _Entry(
+            start,
+            accum.bytes,
+            accum.small,
+            accum.ingress,
+            accum.sources if accum.bytes else None,
+            accum.destinations if accum.bytes else None,
+        )
+        for span in window.spans:
+            span.add(entry)
+
+    @staticmethod
+    def _expire(window: _Window, horizons: list[float], heavy: int) -> None:
+        """Drop what left each span (``horizons``: the oldest start each span keeps).
+
+        Entries leaving the first span give up their sketches; for windows of at least
+        ``heavy`` bytes (or with an alert) their heaviest talkers join the window's evidence.
+        """
+        spans = window.spans
+        entries = spans[0].entries
+        if entries and entries[0].start < horizons[0]:
+            keep = spans[-1].bytes >= heavy or window.alerting
+            horizon = horizons[0]
+            span = spans[0]
+            while entries and entries[0].start < horizon:
+                entry = entries.popleft()
+                span.bytes -= entry.bytes
+                span.small -= entry.small
+                span.ingress -= entry.ingress
+                sources, destinations = entry.sources, entry.destinations
+                if sources is not None and destinations is not None:
+                    if keep:
+                        for item, weight in _heaviest(sources):
+                            window.sources.add(item, weight)
+                        for item, weight in _heaviest(destinations):
+                            window.destinations.add(item, weight)
+                    entry.sources = entry.destinations = None
+        for index in range(1, len(spans)):
+            span = spans[index]
+            entries = span.entries
+            horizon = horizons[index]
+            while entries and entries[0].start < horizon:
+                entry = entries.popleft()
+                span.bytes -= entry.bytes
+                span.small -= entry.small
+                span.ingress -= entry.ingress
+
+    def _evict_for_room(self) -> None:
+        """Drop the lightest tenth of the windows without an active alert.
+
+        The lightest are the furthest from the floor, so they are the ones that cannot page.
+        """
+        candidates = [
+            (window.spans[-1].bytes, key)
+            for key, window in self.windows.items()
+            if not window.alerting
+        ]
+        excess = len(self.windows) - self._config.max_keys
+        count = min(len(candidates), max(excess, self._config.max_keys // 10, 1))
+        for _total, key in heapq.nsmallest(count, candidates, key=lambda item: item[0]):
+            del self.windows[key]
+        self.evicted += count
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self, now: float, baselines: SeasonalBaselines) -> list[Alert]:
+        """Evaluate at event time ``now`` (the end of the closed interval).
+
+        Only windows whose totals can have grown (they took an entry) or that have an alert
+        to keep or resolve are evaluated; totals of the others only shrink.
+        """
+        config = self._config
+        spans = config.unexpected_windows
+        fraction = config.ingress_return_fraction
+        changed: list[Alert] = []
+        active = self.book.active
+        fanout_last = self._fanout_last
+        self._ticks += 1
+        windows = self.windows
+        horizons = [now - length for length, _floor in spans]
+        floors = [floor for _length, floor in spans]
+        # Windows at a tenth of the longest window's floor might still page: keep evidence.
+        heavy = spans[-1][1] // 10
+        expire = self._expire
+        if self._ticks % _SWEEP_EVERY == 0:
+            for key, window in list(windows.items()):
+                if window.touched != now and not window.alerting:
+                    expire(window, horizons, heavy)
+                    if not window.entries:
+                        del windows[key]
+        keys = self._touched
+        self._touched = []
+        untouched = [
+            key
+            for alerting in self._alerting.values()
+            for key in alerting
+            if (held := windows.get(key)) is not None and held.touched != now
+        ]
+        untouched.sort(key=lambda key: (key[0], key[1].key))
+        for key in keys + untouched:
+            found = windows.get(key)
+            if found is None:
+                continue
+            window = found
+            expire(window, horizons, heavy)
+            if not window.alerting:
+                # Fast path: raw bytes bound what counts; under every floor nothing fires.
+                for span, floor in zip(window.spans, floors, strict=True):
+                    if span.bytes >= floor:
+                        break
+                else:
+                    if not window.spans[-1].entries:
+                        del windows[key]
+                    continue
+            group, dest = key
+            fire_index = -1
+            totals = []
+            for index, span in enumerate(window.spans):
+                total = span.effective(fraction)
+                totals.append(total)
+                if fire_index < 0 and total >= spans[index][1]:
+                    fire_index = index
+            alert_key: AlertKey = (UNEXPECTED, group, dest.key)
+            if fire_index >= 0 and group in fanout_last and alert_key not in active:
+                # The group's fan-out page already covers this destination: one page, not
+                # one per country, while it lasts.
+                fire_index = -1
+            if fire_index < 0 and not window.alerting:
+                if not window.entries:
+                    del windows[key]
+                continue
+            keep = fire_index >= 0 or totals[0] >= spans[0][1] / 2
+            shown = fire_index if fire_index >= 0 else 0
+
+            def describe(
+                window: _Window = window,
+                total: int = totals[shown],
+                index: int = shown,
+                group: str = group,
+                dest: DestinationLabels = dest,
+            ) -> tuple[dict[str, str], dict[str, str]]:
+                return self._describe(now, window, total, index, group, dest, baselines)
+
+            # Evidence of a firing alert is rebuilt when its total grew by a tenth of the
+            # floor, not at every interval of a day-long window.
+            step = max(spans[shown][1] // 10, 1)
+            alert = self.book.evaluate(
+                alert_key, now, fire_index >= 0, keep, describe, totals[shown] // step * step
+            )
+            if alert is not None:
+                changed.append(alert)
+            window.alerting = alert_key in active
+            if window.alerting:
+                self._alerting.setdefault(group, set()).add(key)
+            else:
+                self._alerting.get(group, set()).discard(key)
+                if not window.entries:
+                    del windows[key]
+        changed.extend(self._evaluate_fanout(now))
+        return changed
+
+    def _evaluate_fanout(self, now: float) -> list[Alert]:
+        config = self._config
+        spans = config.unexpected_windows
+        factor = config.fanout_factor
+        fraction = config.ingress_return_fraction
+        changed = []
+        for group in list(self._groups):
+            group_spans = self._groups[group]
+            sums = []
+            for index, span in enumerate(group_spans):
+                horizon = now - spans[index][0]
+                entries = span.entries
+                while entries and entries[0].start < horizon:
+                    entry = entries.popleft()
+                    span.bytes -= entry.bytes
+                    span.small -= entry.small
+                    span.ingress -= entry.ingress
+                sums.append(span.effective(fraction))
+            if group not in self._fanout_last:
+                if not group_spans[-1].entries:
+                    del self._groups[group]
+                    continue
+                if all(
+                    total < factor * floor for total, (_l, floor) in zip(sums, spans, strict=True)
+                ):
+                    continue  # cannot fire, and no alert to keep
+            # Destinations paging on their own are not part of the fan-out.
+            for key in self._alerting.get(group, ()):
+                window = self.windows.get(key)
+                if window is not None:
+                    for index, span in enumerate(window.spans):
+                        sums[index] -= span.effective(fraction)
+            fire_index = next(
+                (i for i, (_l, floor) in enumerate(spans) if sums[i] >= factor * floor), -1
+            )
+            keep = fire_index >= 0 or sums[0] >= factor * spans[0][1] / 2
+            shown = fire_index if fire_index >= 0 else 0
+            alert_key: AlertKey = (UNEXPECTED, group, FANOUT_COUNTRY)
+
+            def describe(
+                group: str = group, total: int = sums[shown], index: int = shown
+            ) -> tuple[dict[str, str], dict[str, str]]:
+                return self._describe_fanout(now, group, total, index)
+
+            step = max(int(factor * spans[shown][1]) // 10, 1)
+            alert = self.book.evaluate(
+                alert_key, now, fire_index >= 0, keep, describe, sums[shown] // step * step
+            )
+            if alert is not None:
+                changed.append(alert)
+            if alert_key in self.book.active:
+                self._fanout_last.add(group)
+            else:
+                self._fanout_last.discard(group)
+        return changed
+
+    # -- evidence ----------------------------------------------------------------------------
+
+    def _describe_fanout(
+        self, now: float, group: str, total: int, index: int
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        config = self._config
+        length, floor = config.unexpected_windows[index]
+        span = format_duration(length)
+        n = config.top_talkers
+        sources = TopK(64)
+        destinations = TopK(64)
+        countries: dict[str, int] = {}
+        count = 0
+        horizon = now - length
+        for (g, dest), window in self.windows.items():
+            if g != group:
+                continue
+            entries = window.spans[index].entries
+            size = sum(e.bytes for e in entries if e.start >= horizon)
+            if not size:
+                continue
+            count += 1
+            window_sources, window_destinations = window.evidence()
+            sources.merge(window_sources)
+            destinations.merge(window_destinations)
+            countries[dest.country] = countries.get(dest.country, 0) + size
+        top_countries = sorted(countries.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        expected = self.policy.expected_countries(group)
+        expected_text = ", ".join(sorted(expected)) if expected else "none"
+        labels = {
+            "alertname": UNEXPECTED,
+            "group": group,
+            "dst_country": FANOUT_COUNTRY,
+            "severity": config.severity,
+        }
+        annotations = {
+            "summary": (
+                f"{group} sent {format_bytes(total)} within {span} to {count} destinations it "
+                "is not expected to send to, each under its own floor"
+            ),
+            "description": (
+                f"Group {group} sent {format_bytes(total)} to {count} unexpected destinations "
+                f"within {span} up to {rfc3339(now)} (floor for the sum "
+                f"{format_bytes(int(config.fanout_factor * floor))} per {span}). "
+                f"Countries: {', '.join(c for c, _ in top_countries)}. "
+                f"Expected countries: {expected_text}. "
+                f"Top sources: {top_with_bytes(sources, n)}. "
+                f"Top destinations: {top_with_bytes(destinations, n)}."
+            ),
+            "bytes": str(total),
+            "baseline_bytes": "0",
+            "window": span,
+            "destinations": str(count),
+            "dst_countries": ",".join(c for c, _ in top_countries),
+            "expected_countries": expected_text,
+            "top_sources": top(sources, n),
+            "top_destinations": top(destinations, n),
+        }
+        return labels, annotations
+
+    def _describe(
+        self,
+        now: float,
+        window: _Window,
+        total: int,
+        index: int,
+        group: str,
+        dest: DestinationLabels,
+        baselines: SeasonalBaselines,
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        config = self._config
+        length, floor = config.unexpected_windows[index]
+        span_data = window.spans[index]
+        expectation = baselines.expect((group, dest.key), now - config.interval)
+        baseline = round(expectation.bytes) if expectation is not None else 0
+        expected = self.policy.expected_countries(group)
+        expected_text = ", ".join(sorted(expected)) if expected else "none"
+        span = format_duration(length)
+        first = span_data.entries[0].start if span_data.entries else now
+        labels = alert_labels(UNEXPECTED, group, dest, config.severity, self._labels)
+        n = config.top_talkers
+        sources, destinations = window.evidence()
+        set_against = ""
+        if span_data.small:
+            set_against = (
+                f" Of it, small-packet egress {format_bytes(span_data.small)} was set against "
+                f"{format_bytes(span_data.ingress)} of ingress from {dest.describe()}."
+            )
+        annotations = {
+            "summary": (
+                f"{group} sent {format_bytes(total)} to {dest.describe()} within {span}, "
+                "a destination it is not expected to send to"
+            ),
+            "description": (
+                f"Group {group} sent {format_bytes(total)} to {dest.describe()} between "
+                f"{rfc3339(first)} and {rfc3339(now)} "
+                f"(floor {format_bytes(floor)} per {span}).{set_against} "
+                f"Expected countries: {expected_text}. "
+                f"Top sources: {top_with_bytes(sources, n)}. "
+                f"Top destinations: {top_with_bytes(destinations, n)}."
+            ),
+            "bytes": str(total),
+            "baseline_bytes": str(baseline),
+            "window": span,
+            "ingress_bytes": str(span_data.ingress),
+            "small_packet_bytes": str(span_data.small),
+            "expected_countries": expected_text,
+            "top_sources": top(sources, n),
+            "top_destinations": top(destinations, n),
+        }
+        if dest.as_org:
+            annotations["dst_as_org"] = dest.as_org
+        return labels, annotations
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def to_json(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for (group, dest), window in self.windows.items():
+            sources, destinations = window.evidence()
+            out.append(
+                {
+                    "group": group,
+                    "dest": dest.key,
+                    "as_org": dest.as_org,
+                    "entries": [[e.start, e.bytes, e.small, e.ingress] for e in window.entries],
+                    "sources": sources.to_json(),
+                    "destinations": destinations.to_json(),
+                }
+            )
+        return out
+
+    def load_json(
+        self, data: list[dict[str, object]], intern: dict[str, DestinationLabels]
+    ) -> None:
+        windows: dict[AggregateKey, _Window] = {}
+        count = len(self._config.unexpected_windows)
+        groups: dict[str, list[_Span]] = {}
+        for item in data:
+            dest_key = str(item["dest"])
+            dest = intern.get(dest_key)
+            if dest is None:
+                base = DestinationLabels.from_key(dest_key)
+                dest = DestinationLabels(
+                    base.country, base.region, base.asn, str(item.get("as_org", "")), "state"
+                )
+                intern[dest_key] = dest
+            window = _Window(count)
+            entries = item["entries"]
+            if not isinstance(entries, list):
+                raise ValueError("malformed window")
+            group = str(item["group"])
+            group_spans = groups.setdefault(group, [_Span() for _ in range(count)])
+            for row in entries:
+                if len(row) == 4 and isinstance(row[2], int):
+                    small, ingress = int(row[2]), int(row[3])
+                else:  # an older state: [start, bytes, sources, destinations]
+                    small = ingress = 0
+                    window.sources.merge(TopK.from_json(row[2]))
+                    window.destinations.merge(TopK.from_json(row[3]))
+                entry = _Entry(float(row[0]), int(row[1]), small, ingress, None, None)
+                for span in window.spans:
+                    span.add(entry)
+                for span in group_spans:
+                    span.add(_Entry(entry.start, entry.bytes, small, ingress, None, None))
+            sources, destinations = item.get("sources"), item.get("destinations")
+            if isinstance(sources, dict) and isinstance(destinations, dict):
+                window.sources = TopK.from_json(sources, 64)
+                window.destinations = TopK.from_json(destinations, 64)
+            window.alerting = (UNEXPECTED, group, dest_key) in self.book.active
+            windows[(group, dest)] = window
+        # The group spans' entries must be in time order to expire from the left.
+        for spans in groups.values():
+            for span in spans:
+                span.entries = deque(sorted(span.entries, key=lambda e: e.start))
+        self.windows = windows
+        self._groups = groups
+        self._touched = list(windows)
+        self._alerting = {}
+        for key, window in windows.items():
+            if window.alerting:
+                self._alerting.setdefault(key[0], set()).add(key)
+        self._fanout_last = {g for (_a, g, d) in self.book.active if d == FANOUT_COUNTRY}
