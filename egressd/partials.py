@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -37,22 +38,42 @@ def partials_of(buckets: Iterable[tuple[float, Bucket]]) -> list[Partial]:
     return [(start, key, accum) for start, bucket in buckets for key, accum in bucket.items()]
 
 
-def encode_partials(partials: Iterable[Partial], interval: float) -> bytes:
-    """One batch of partials as bytes."""
-    rows = [
+def _rows(partials: Iterable[Partial]) -> list[list[object]]:
+    return [
         [start, group, dest.key, dest.as_org, *accum.to_row()]
         for start, (group, dest), accum in partials
     ]
-    return orjson.dumps({"v": PARTIALS_VERSION, "interval": interval, "rows": rows})
 
 
-def decode_partials(
+def encode_partials(partials: Iterable[Partial], interval: float) -> bytes:
+    """One batch of partials as bytes."""
+    return orjson.dumps({"v": PARTIALS_VERSION, "interval": interval, "rows": _rows(partials)})
+
+
+#: a batch whose partials are kept apart per source offset range: (first, last, partials)
+Segment = tuple[int, int, list[Partial]]
+
+
+def encode_segments(segments: Iterable[Segment], interval: float) -> bytes:
+    """One batch whose partials stay apart per offset range, so a reader that applied a
+    batch ending inside this one can skip exactly what it already has."""
+    return orjson.dumps(
+        {
+            "v": PARTIALS_VERSION,
+            "interval": interval,
+            "segments": [[first, last, _rows(partials)] for first, last, partials in segments],
+        }
+    )
+
+
+def decode_batch(
     blob: bytes,
     interval: float,
     sketch_capacity: int = 32,
     intern: dict[str, DestinationLabels] | None = None,
-) -> list[Partial]:
-    """The partials of a batch; raises DecodeError (reason ``bad_partials``) when unusable."""
+) -> list[tuple[int | None, int | None, list[Partial]]]:
+    """The segments of a batch: (first, last, partials), offsets None for a batch of rows
+    that covers its whole range. Raises DecodeError (reason ``bad_partials``)."""
     try:
         data = orjson.loads(blob)
     except orjson.JSONDecodeError as exc:
@@ -64,10 +85,46 @@ def decode_partials(
             "bad_partials",
             f"partials counted with interval {data.get('interval')!r}, not {interval}",
         )
-    rows = data.get("rows")
-    if not isinstance(rows, list):
-        raise DecodeError("bad_partials", "partials batch without rows")
     labels = {} if intern is None else intern
+    rows = data.get("rows")
+    if isinstance(rows, list):
+        return [(None, None, _decode_rows(rows, interval, sketch_capacity, labels))]
+    segments = data.get("segments")
+    if not isinstance(segments, list):
+        raise DecodeError("bad_partials", "partials batch without rows")
+    out: list[tuple[int | None, int | None, list[Partial]]] = []
+    try:
+        for first, last, seg_rows in segments:
+            if type(first) is not int or type(last) is not int or not 0 <= first <= last:
+                raise ValueError(f"segment offsets {first!r}-{last!r}")
+            if not isinstance(seg_rows, list):
+                raise TypeError("segment rows must be a list")
+            out.append((first, last, _decode_rows(seg_rows, interval, sketch_capacity, labels)))
+    except (ValueError, TypeError) as exc:
+        raise DecodeError("bad_partials", f"malformed segment: {exc}") from exc
+    return out
+
+
+def decode_partials(
+    blob: bytes,
+    interval: float,
+    sketch_capacity: int = 32,
+    intern: dict[str, DestinationLabels] | None = None,
+) -> list[Partial]:
+    """Every partial of a batch; raises DecodeError (reason ``bad_partials``) when unusable."""
+    return [
+        partial
+        for _first, _last, partials in decode_batch(blob, interval, sketch_capacity, intern)
+        for partial in partials
+    ]
+
+
+def _decode_rows(
+    rows: list[Any],
+    interval: float,
+    sketch_capacity: int,
+    labels: dict[str, DestinationLabels],
+) -> list[Partial]:
     out: list[Partial] = []
     try:
         for start, group, key, as_org, *row in rows:

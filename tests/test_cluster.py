@@ -516,3 +516,31 @@ def test_a_broker_killed_and_restarted_on_s3_storage_loses_nothing(tmp_path: Pat
     finally:
         broker.stop()
         s3.stop()
+
+
+def test_an_ingest_killed_after_an_idle_flush_before_its_commit_counts_nothing_twice(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    values = flow_values(seed=41)
+    expected, fired = single_process(values + closing_values())
+    # Batches of 5,000 offsets: the first half of the flows ends mid-batch in every raw
+    # partition, so what was read goes out by idle_flush, short of its boundary.
+    cluster = Cluster(broker, tmp_path, batch=5000)
+    half = len(values) // 2
+    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[:half], seed=41))
+    try:
+        cluster.start("detect-a", "detect")
+        ingest = cluster.start(
+            "ingest-a", "ingest", env={"EGRESSD_FAULT": "exit-before-commit-idle:1"}
+        )
+        assert ingest.process is not None
+        assert ingest.process.wait(60) == -signal.SIGKILL
+        asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[half:], seed=42))
+        asyncio.run(produce_closers(broker.bootstrap, cluster.raw))
+        cluster.start("ingest-a2", "ingest")
+        check(cluster, expected, fired)
+    finally:
+        cluster.stop_all()
+    logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
+    assert "dropped a replayed" in logs
+    assert "overlaps one applied" not in logs

@@ -20,8 +20,10 @@ from egressd.errors import DecodeError
 from egressd.model import FlowRecord
 from egressd.partials import (
     PartialCounter,
+    decode_batch,
     decode_partials,
     encode_partials,
+    encode_segments,
     partition_of,
     stable_hash,
 )
@@ -198,3 +200,33 @@ def test_the_partition_of_a_group_does_not_depend_on_the_process() -> None:
     # which Python salts per process
     assert stable_hash("research") == 0x57EB50C2
     assert [partition_of(g, 4) for g in ("research", "office", "")] == [2, 2, 0]
+
+
+def test_segments_keep_partials_apart_per_offset_range() -> None:
+    config = parse_config(CONFIG)
+    counter = PartialCounter(config, EmbeddedCountryLabeler())
+    segments = []
+    for offset, size in ((10, 100), (11, 200), (13, 400)):
+        counter.count("a", [FlowRecord(T0, T0 + 1, "10.20.0.5", "8.8.8.8", size, 1)], math.inf)
+        segments.append((offset, offset, counter.take("a")))
+    decoded = decode_batch(encode_segments(segments, 300.0), 300.0)
+    assert [(first, last, [p[2].bytes for p in partials]) for first, last, partials in decoded] == [
+        (10, 10, [100]),
+        (11, 11, [200]),
+        (13, 13, [400]),
+    ]
+    # a batch of rows is one segment without offsets: it covers the batch's whole range
+    ((first, last, partials),) = decode_batch(encode_partials(segments[0][2], 300.0), 300.0)
+    assert (first, last, len(partials)) == (None, None, 1)
+    assert len(decode_partials(encode_segments(segments, 300.0), 300.0)) == 3
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [b'"x"', b"[[5, 4, []]]", b"[[-1, 0, []]]", b'[["1", 2, []]]', b"[[1, 2, {}]]", b"[[1, 2]]"],
+)
+def test_malformed_segments_are_a_decode_error(segments: bytes) -> None:
+    blob = b'{"v": 1, "interval": 300.0, "segments": ' + segments + b"}"
+    with pytest.raises(DecodeError) as error:
+        decode_batch(blob, 300.0)
+    assert error.value.reason == "bad_partials"

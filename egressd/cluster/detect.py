@@ -47,7 +47,7 @@ from egressd.config import Config
 from egressd.detect.alerts import Alert
 from egressd.enrich import DestinationLabeler, DestinationLabels
 from egressd.errors import DecodeError, SourceError, StateError
-from egressd.partials import decode_partials
+from egressd.partials import decode_batch
 from egressd.pipeline import Engine
 from egressd.sources.kafka import KafkaSource, map_kafka_error
 
@@ -297,7 +297,10 @@ class Detect:
                         applied,
                     )
                 else:
-                    if info.first <= applied:
+                    segments = decode_batch(
+                        message.value or b"", self.config.detection.interval, intern=part.intern
+                    )
+                    if info.first <= applied and segments and segments[0][0] is None:
                         stats.partial_overlaps += 1
                         log.warning(
                             "%s: batch %s %d-%d overlaps one applied up to %d",
@@ -307,13 +310,27 @@ class Detect:
                             info.last,
                             applied,
                         )
-                    partials = decode_partials(
-                        message.value or b"", self.config.detection.interval, intern=part.intern
-                    )
-                    part.engine.apply_partials(partials)
+                    dropped = 0
+                    for _first, last, partials in segments:
+                        if last is not None and last <= applied:
+                            dropped += 1  # a part of the batch applied before
+                            continue
+                        part.engine.apply_partials(partials)
+                        stats.partial_rows += len(partials)
+                    if dropped:
+                        stats.replays_dropped += dropped
+                        log.info(
+                            "%s: dropped a replayed part of batch %s %d-%d (%d offsets up "
+                            "to %d applied before)",
+                            self.name,
+                            info.source,
+                            info.first,
+                            info.last,
+                            dropped,
+                            applied,
+                        )
                     part.applied[info.source] = info.last
                     stats.batches_applied += 1
-                    stats.partial_rows += len(partials)
                 if info.event_time > part.times.get(info.source, -math.inf):
                     part.times[info.source] = info.event_time
             else:

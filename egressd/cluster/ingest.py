@@ -35,7 +35,13 @@ from egressd.cluster.wire import Heartbeat, heartbeat_headers, partials_headers,
 from egressd.config import Config
 from egressd.enrich import DestinationLabeler
 from egressd.errors import SourceError
-from egressd.partials import PartialCounter, encode_partials, partition_of
+from egressd.partials import (
+    PartialCounter,
+    Segment,
+    encode_partials,
+    encode_segments,
+    partition_of,
+)
 from egressd.pipeline import Partial
 from egressd.sources.kafka import KafkaSource, map_kafka_error
 
@@ -50,7 +56,8 @@ _BACKOFF_MAX: Final = 30.0
 #: event time on (as the all-in-one daemon does for an idle source)
 IDLE_AFTER: Final = 10.0
 #: test hook: ``exit-before-commit:N`` kills this process (SIGKILL) once the N-th shipment
-#: was acknowledged and before its offsets are committed
+#: was acknowledged and before its offsets are committed; ``exit-before-commit-idle:N`` does
+#: so at the N-th shipment holding a batch cut short by idle_flush
 FAULT_ENV: Final = "EGRESSD_FAULT"
 
 
@@ -78,6 +85,11 @@ class _Lane:
     boundary: int = 0  # the batch ends before this offset
     acked_time: float = -math.inf  # event time of everything acknowledged
     last_activity: float = 0.0  # monotonic time of the last record counted
+    #: the first batch after an assignment keeps its partials apart per offset: the previous
+    #: owner may have produced (without committing) a batch cut short by idle_flush, which
+    #: this one would otherwise overlap in part
+    exact: bool = True
+    segments: list[Segment] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -88,6 +100,8 @@ class _Cut:
     last: int
     event_time: float
     partials: list[Partial] = field(default_factory=list)
+    idle: bool = False  # cut short by idle_flush
+    segments: list[Segment] | None = None  # partials per offset, instead of ``partials``
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -134,8 +148,11 @@ class Ingest:
         self.wall: Callable[[], float] = time.time
         self.monotonic: Callable[[], float] = time.monotonic
         env = os.environ if environ is None else environ
-        self._exit_after = _fault_count(env.get(FAULT_ENV, ""), "exit-before-commit")
+        fault = env.get(FAULT_ENV, "")
+        self._exit_after = _fault_count(fault, "exit-before-commit")
+        self._exit_after_idle = _fault_count(fault, "exit-before-commit-idle")
         self._shipments = 0
+        self._idle_shipments = 0
 
     @property
     def ready(self) -> bool:
@@ -278,8 +295,11 @@ class Ingest:
                     j += 1
                 if j > i:
                     chunk = messages[i:j]
-                    records, _failed = self.source.decode({tp: chunk})
-                    self.counter.count(lane.key, records, future_limit)
+                    if lane.exact:
+                        self._count_apart(tp, lane, chunk, future_limit)
+                    else:
+                        records, _failed = self.source.decode({tp: chunk})
+                        self.counter.count(lane.key, records, future_limit)
                     lane.last = chunk[-1].offset
                     lane.last_activity = now
                 if j < len(messages) or lane.last == lane.boundary - 1:
@@ -287,12 +307,24 @@ class Ingest:
                 i = j
         return cuts
 
+    def _count_apart(
+        self, tp: TopicPartition, lane: _Lane, messages: list[Any], future_limit: float
+    ) -> None:
+        for message in messages:
+            records, _failed = self.source.decode({tp: [message]})
+            self.counter.count(lane.key, records, future_limit)
+            partials = self.counter.take(lane.key)
+            if partials:
+                lane.segments.append((message.offset, message.offset, partials))
+
     def _idle_cuts(self) -> list[_Cut]:
         now = self.monotonic()
         cuts = []
         for tp, lane in self._lanes.items():
             if lane.first is not None and now - lane.last_activity >= self.cluster.idle_flush:
-                cuts.append(self._cut(tp, lane))
+                cut = self._cut(tp, lane)
+                cut.idle = True
+                cuts.append(cut)
                 self.stats.idle_flushes += 1
         return cuts
 
@@ -306,6 +338,9 @@ class Ingest:
             self.counter.event_time(lane.key),
             self.counter.take(lane.key),
         )
+        if lane.exact:
+            cut.segments, lane.segments = lane.segments, []
+            lane.exact = False
         lane.first = None
         self.stats.batches += 1
         return cut
@@ -317,18 +352,12 @@ class Ingest:
         interval = self.config.detection.interval
         futures = []
         for cut in cuts:
-            by_partition: dict[int, list[Partial]] = {}
-            for partial in cut.partials:
-                by_partition.setdefault(partition_of(partial[1][0], self._partitions), []).append(
-                    partial
-                )
             headers = partials_headers(cut.key, cut.first, cut.last, cut.event_time)
-            for partition, partials in sorted(by_partition.items()):
-                value = encode_partials(partials, interval)
+            for partition, value, rows in self._encode(cut, interval):
                 futures.append(
                     await producer.send(topic, value, partition=partition, headers=headers)
                 )
-                self.stats.partial_rows += len(partials)
+                self.stats.partial_rows += rows
                 self.stats.bytes_produced += len(value)
         await asyncio.wait_for(asyncio.gather(*futures), _ACK_TIMEOUT)
         self.stats.messages_produced += len(futures)
@@ -339,7 +368,10 @@ class Ingest:
                 lane.acked_time = cut.event_time
             offsets[cut.tp] = max(offsets.get(cut.tp, 0), cut.last + 1)
         self._shipments += 1
-        if self._exit_after and self._shipments >= self._exit_after:
+        self._idle_shipments += any(cut.idle for cut in cuts)
+        if (self._exit_after and self._shipments >= self._exit_after) or (
+            self._exit_after_idle and self._idle_shipments >= self._exit_after_idle
+        ):
             log.warning("%s: %s: exiting before the commit", self.name, FAULT_ENV)
             os.kill(os.getpid(), signal.SIGKILL)
         try:
@@ -351,6 +383,29 @@ class Ingest:
             log.warning("%s: committing offsets failed: %r", self.name, exc)
         else:
             self.stats.commits += 1
+
+    def _encode(self, cut: _Cut, interval: float) -> list[tuple[int, bytes, int]]:
+        """(partials partition, message value, rows) of ``cut``, one per partition it feeds."""
+        partitions = self._partitions
+        out = []
+        if cut.segments is None:
+            by_partition: dict[int, list[Partial]] = {}
+            for partial in cut.partials:
+                by_partition.setdefault(partition_of(partial[1][0], partitions), []).append(partial)
+            for partition, partials in sorted(by_partition.items()):
+                out.append((partition, encode_partials(partials, interval), len(partials)))
+            return out
+        by_segment: dict[int, list[Segment]] = {}
+        for first, last, partials in cut.segments:
+            split: dict[int, list[Partial]] = {}
+            for partial in partials:
+                split.setdefault(partition_of(partial[1][0], partitions), []).append(partial)
+            for partition, mine in split.items():
+                by_segment.setdefault(partition, []).append((first, last, mine))
+        for partition, segments in sorted(by_segment.items()):
+            rows = sum(len(partials) for _first, _last, partials in segments)
+            out.append((partition, encode_segments(segments, interval), rows))
+        return out
 
     async def _heartbeat(self) -> None:
         consumer = self._consumer
