@@ -457,6 +457,54 @@ async def test_slow_request_heads_are_cut_and_idle_connections_closed(tmp_path: 
         await daemon.http.stop()
 
 
+MALFORMED = [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\0" * 50,  # a TLS hello
+    b"GET / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+]
+
+
+async def test_malformed_requests_log_one_line_not_a_traceback_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each malformed request was an ERROR with a traceback: anyone could fill the journal."""
+    text = CONFIG.format(state=tmp_path / "s.json") + '\n[http]\nlisten = "127.0.0.1:0"\n'
+    daemon = Daemon(parse_config(text), environ={}, sources=[])
+    daemon.restore_state()
+    await daemon.http.start()
+    assert daemon.http.bound is not None
+    host, port = daemon.http.bound
+    try:
+        with caplog.at_level("DEBUG"):
+            for _ in range(10):
+                for payload in MALFORMED:
+                    reader, writer = await asyncio.open_connection(host, port)
+                    writer.write(payload)
+                    assert (await reader.read(100)).startswith(b"HTTP/1.0 400")
+                    writer.close()
+        assert daemon.http.connections.malformed == 10 * len(MALFORMED)
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        lines = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelname == "WARNING"
+        assert "\n" not in lines[0].getMessage()
+        # A failing handler is a bug, not a hostile client: it still gets its traceback.
+        caplog.clear()
+
+        def broken(group: str | None) -> list[dict[str, Any]]:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(daemon, "baselines", broken)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /api/v1/baselines HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 500")
+        writer.close()
+        assert [r.levelname for r in caplog.records if r.exc_info] == ["ERROR"]
+    finally:
+        await daemon.http.stop()
+
+
 def test_connection_limit_stays_below_the_open_file_limit() -> None:
     assert connection_limit(512, 65536) == 512
     assert connection_limit(512, 1024) == 512

@@ -45,6 +45,7 @@ class ConnectionStats:
     limit: int = 0
     header_timeouts: int = 0  # request head not complete in time
     evicted: int = 0  # closed to admit a new connection at the cap
+    malformed: int = 0  # requests refused with 400 because they were not valid HTTP
 
 
 def connection_limit(max_connections: int, nofile: int | None = None) -> int:

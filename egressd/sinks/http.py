@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import importlib
 import logging
+import math
 import os
 import resource
 import ssl
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from egressd.config import HttpConfig, split_host_port
@@ -40,6 +42,8 @@ AUTH_WORKERS = 1
 AUTH_QUEUE = 16
 #: bcrypt takes at most this many password bytes; longer ones are refused, not truncated
 BCRYPT_MAX_PASSWORD = 72
+#: at most one log line per this many seconds about malformed requests
+MALFORMED_LOG_EVERY = 60.0
 
 
 class DaemonView(Protocol):
@@ -188,6 +192,56 @@ def _cost(users: tuple[tuple[str, str], ...]) -> int:
     return min(max(max(costs), 4), 31) if costs else 12
 
 
+class RequestErrorLog:
+    """The logger aiohttp's request handler writes to, with malformed requests tamed.
+
+    aiohttp logs each request it cannot parse as an ERROR with a traceback, so anyone who
+    can connect could fill the journal. A malformed request (answered 400) is counted and
+    logged as one WARNING line at most every ``MALFORMED_LOG_EVERY`` seconds, saying how
+    many came since; every other error (a bug in a handler) is logged as before.
+    """
+
+    __slots__ = ("_clock", "_last", "_stats", "_suppressed")
+
+    def __init__(self, stats: ConnectionStats, clock: Any = time.monotonic) -> None:
+        self._stats = stats
+        self._clock = clock
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def debug(self, msg: str, *args: Any, exc_info: Any = None, **kw: Any) -> None:
+        if not self._malformed(args, exc_info):
+            log.debug(msg, *args, exc_info=exc_info, **kw)
+
+    def exception(self, msg: str, *args: Any, exc_info: Any = True, **kw: Any) -> None:
+        if not self._malformed(args, exc_info):
+            log.error(msg, *args, exc_info=exc_info, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(log, name)
+
+    def _malformed(self, args: tuple[Any, ...], exc: Any) -> bool:
+        if not isinstance(exc, HttpProcessingError):
+            return False
+        self._stats.malformed += 1
+        now = self._clock()
+        if now - self._last < MALFORMED_LOG_EVERY:
+            self._suppressed += 1
+            return True
+        remote = args[0] if args else "?"
+        reason = str(exc.message or "").strip().splitlines()
+        more = f"; {self._suppressed} more since the last such line" if self._suppressed else ""
+        log.warning(
+            "malformed HTTP request from %s answered 400: %s%s",
+            remote,
+            ascii(reason[0].rstrip(":")[:80]) if reason else "unparsable",
+            more,
+        )
+        self._last = now
+        self._suppressed = 0
+        return True
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=_JSON)
 
@@ -248,6 +302,7 @@ class HttpServer:
             access_log=None,
             handle_signals=False,
             keepalive_timeout=self.config.idle_timeout,
+            logger=RequestErrorLog(self.connections),
         )
         await runner.setup()
         limit = connection_limit(self.config.max_connections)

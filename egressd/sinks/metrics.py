@@ -523,6 +523,11 @@ class EgressdCollector(Collector):
             conns.limit,
         )
         yield _counter(
+            "http_malformed_requests",
+            "HTTP requests answered 400 because they were not valid HTTP",
+            conns.malformed,
+        )
+        yield _counter(
             "http_connections_closed",
             "HTTP connections closed by egressd: request head too slow, or evicted at the cap",
             [(["header_timeout"], conns.header_timeouts), (["evicted"], conns.evicted)],
