@@ -130,10 +130,8 @@ def _saturated(bucket: Bucket) -> Bucket:
         if accum.bytes > MAX_INTERVAL_COUNT:
             accum.bytes = MAX_INTERVAL_COUNT
             # talkers' counts are parts of the sum, so only then can they exceed the cap
-            for sketch in (accum.sources, accum.destinations):
-                counts = sketch.counts
-                for item, weight in counts.items():
-                    counts[item] = min(weight, MAX_INTERVAL_COUNT)
+            accum.sources.cap(MAX_INTERVAL_COUNT)
+            accum.destinations.cap(MAX_INTERVAL_COUNT)
         if accum.packets > MAX_INTERVAL_COUNT:
             accum.packets = MAX_INTERVAL_COUNT
         if accum.small > accum.bytes:

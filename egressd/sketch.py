@@ -55,6 +55,15 @@ class TopK:
         counts[item] = floor
         heapreplace(heap, (floor, item))
 
+    def cap(self, limit: int) -> None:
+        """Lower every count above ``limit`` to it (saturated sums)."""
+        counts = self.counts
+        for item, weight in counts.items():
+            if weight > limit:
+                counts[item] = limit
+        # Counts went down: the eviction heap's entries may now be too high, so rebuild it.
+        self._heap = None
+
     def merge(self, other: TopK) -> None:
         for item, weight in other.counts.items():
             self.add(item, weight)

@@ -114,3 +114,16 @@ def test_merge_into_a_full_sketch_keeps_the_bound() -> None:
     assert len(a.counts) == 4
     assert sum(a.counts.values()) == sum(range(1, 41)) + sum(2 * i + 1 for i in range(40))
     assert a.top(1)[0][0] == "b39"
+
+
+def test_capped_counts_still_evict_the_lightest() -> None:
+    sketch = TopK(3)
+    for item, weight in [("x", 1000), ("y", 2000), ("z", 149), ("w", 1)]:
+        sketch.add(item, weight)  # full: w replaced z and the eviction heap exists
+    assert sketch.counts == {"x": 1000, "y": 2000, "w": 150}
+    sketch.cap(200)
+    assert sketch.counts == {"x": 200, "y": 200, "w": 150}
+    sketch.add("w", 60)  # w: 210, its heap entry says 150
+    # The lightest is now x (ties: by name), not w, which the heap had as its minimum.
+    sketch.add("v", 1)
+    assert sketch.counts == {"y": 200, "w": 210, "v": 201}
