@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
+import socket
+import ssl
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -521,6 +525,76 @@ def _path(value: Any) -> Path:
     return Path(_nonempty_str(value))
 
 
+def _external_url(value: Any) -> str:
+    """``http.external_url``: empty, or an absolute http(s) URL without credentials or query."""
+    url = _str(value)
+    if not url:
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} must be an absolute http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise ValueError("credentials do not belong in external_url (it is sent with every alert)")
+    if parts.query or parts.fragment or any(c.isspace() for c in url):
+        raise ValueError(f"{url!r} must have no query, fragment or spaces")
+    return url
+
+
+#: what Kafka accepts as a topic name
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def _topic_problem(name: str) -> str | None:
+    if not _TOPIC.fullmatch(name) or name in (".", ".."):
+        return (
+            f"{name!r} is not a Kafka topic name (1-249 letters, digits, '.', '_', '-'; "
+            "not '.' or '..')"
+        )
+    return None
+
+
+def _interface_problem(name: str) -> str | None:
+    """What is wrong with a network interface name on Linux (IFNAMSIZ 16, no '/' or space)."""
+    if len(name.encode()) > 15 or name in (".", "..") or any(c == "/" or c.isspace() for c in name):
+        return f"{name!r} is not a network interface name (at most 15 bytes, no '/' or spaces)"
+    return None
+
+
+def _bpf_problem(bpf: str) -> str | None:
+    """libpcap's complaint about ``bpf``, compiled for Ethernet without privileges; None if fine.
+
+    Needs scapy and libpcap (the capture source's own dependencies); without them there is
+    nothing to check against and the capture source reports the problem at start.
+    """
+    if not bpf:
+        return None
+    try:
+        from scapy.arch.common import compile_filter
+        from scapy.data import DLT_EN10MB
+        from scapy.error import Scapy_Exception
+    except Exception:  # scapy absent or unusable here: nothing to check against
+        return None
+    try:
+        compile_filter(bpf, linktype=DLT_EN10MB)
+    except Scapy_Exception as exc:
+        return f"{bpf!r} does not compile: {str(exc).strip()[:200]}"
+    except Exception:  # libpcap missing (ImportError, OSError): the source will say so
+        return None
+    return None
+
+
+def _readable_file_problem(path: Path) -> str | None:
+    if not _is_file(path):
+        return f"file {str(path)!r} does not exist"
+    if not os.access(path, os.R_OK):
+        return f"file {str(path)!r} is not readable"
+    return None
+
+
 def _is_file(path: Path) -> bool:
     """``path.is_file()``, false (not an exception) for names the OS refuses (too long...)."""
     try:
@@ -790,7 +864,7 @@ def _read_http(t: _Table) -> HttpConfig:
     d = HttpConfig()
     cfg = HttpConfig(
         listen=t.get("listen", d.listen, _listen),
-        external_url=t.get("external_url", d.external_url, _str),
+        external_url=t.get("external_url", d.external_url, _external_url),
         tls_cert_file=t.get("tls_cert_file", d.tls_cert_file, _path),
         tls_key_file=t.get("tls_key_file", d.tls_key_file, _path),
         basic_auth_users=t.get("basic_auth_users", d.basic_auth_users, _read_basic_auth_users),
@@ -891,6 +965,21 @@ def _read_kafka(t: _Table) -> KafkaSourceConfig:
         t.problem("security_protocol", "must be SSL or SASL_SSL when tls_* files are set")
     if cfg.heartbeat_interval >= cfg.session_timeout:
         t.problem("heartbeat_interval", "must be shorter than session_timeout")
+    if cfg.heartbeat_interval >= cfg.rebalance_timeout:
+        t.problem("heartbeat_interval", "must be shorter than rebalance_timeout")
+    for topic in topics:
+        problem = _topic_problem(topic)
+        if problem:
+            t.problem("topics", problem)
+    if cfg.dead_letter_topic:
+        problem = _topic_problem(cfg.dead_letter_topic)
+        if problem:
+            t.problem("dead_letter_topic", problem)
+        elif cfg.dead_letter_topic in topics:
+            t.problem(
+                "dead_letter_topic",
+                "must not be a topic egressd consumes (each bad message would come back)",
+            )
     for key in ("sasl_password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         path = getattr(cfg, key)
         if path is not None and not _is_file(path):
@@ -911,6 +1000,12 @@ def _read_capture(t: _Table) -> CaptureSourceConfig:
         active_timeout=t.get("active_timeout", d.active_timeout, _positive_duration),
         max_flows=t.get("max_flows", d.max_flows, _positive_int),
     )
+    problem = _interface_problem(cfg.interface) if cfg.interface else None
+    if problem:
+        t.problem("interface", problem)
+    problem = _bpf_problem(cfg.bpf)
+    if problem:
+        t.problem("bpf", problem)
     t.done()
     return cfg
 
@@ -979,6 +1074,18 @@ def _read_alertmanager(t: _Table) -> AlertmanagerConfig:
     )
     if cfg.bearer_token_file and cfg.basic_auth_username:
         t.problem("bearer_token_file", "use either bearer_token_file or basic auth, not both")
+    if cfg.basic_auth_password_file and not cfg.basic_auth_username:
+        t.problem("basic_auth_password_file", "is set but basic_auth_username is not")
+    for key in ("bearer_token_file", "basic_auth_password_file", "tls_ca_file"):
+        path = getattr(cfg, key)
+        problem = _readable_file_problem(path) if path is not None else None
+        if problem:
+            t.problem(key, problem)
+        elif key == "tls_ca_file" and path is not None:
+            try:
+                ssl.create_default_context(cafile=str(path))
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                t.problem(key, f"file {str(path)!r} holds no usable CA certificate: {exc}")
     t.done()
     return cfg
 
@@ -1087,7 +1194,38 @@ def config_warnings(config: Config) -> list[str]:
             "egressd receives no flows (the built-in configuration listens for NetFlow/IPFIX "
             "on 127.0.0.1:2055; a configuration file replaces it, so name the sources you want)"
         ]
-    return []
+    warnings = []
+    for capture in sources.capture:
+        if capture.interface != "any" and not _interface_exists(capture.interface):
+            warnings.append(
+                f"sources.capture.interface: {capture.interface!r} does not exist on this "
+                "machine: egressd run fails to capture here until it does"
+            )
+    for kafka in sources.kafka:
+        if not 6.0 <= kafka.session_timeout <= 1800.0:
+            warnings.append(
+                f"sources.kafka.session_timeout: {kafka.session_timeout:g}s is outside what "
+                "Kafka brokers accept by default (group.min/max.session.timeout.ms: 6s-30m)"
+            )
+        if kafka.heartbeat_interval > kafka.session_timeout / 3:
+            warnings.append(
+                "sources.kafka.heartbeat_interval: more than a third of session_timeout; one "
+                "lost heartbeat may then cost the group membership"
+            )
+        if kafka.rebalance_timeout < kafka.session_timeout:
+            warnings.append(
+                "sources.kafka.rebalance_timeout: shorter than session_timeout; a member may "
+                "be dropped during a rebalance before it is considered dead"
+            )
+    return warnings
+
+
+def _interface_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def load_config(path: str | Path) -> Config:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import resource
 import selectors
 import socket
@@ -26,8 +27,8 @@ from prometheus_client import generate_latest
 
 from egressd.app import Daemon
 from egressd.baseline.statefile import INT_MAX, encode_state, load_state, save_state
-from egressd.config import parse_config
-from egressd.errors import StateTooLarge
+from egressd.config import config_warnings, parse_config
+from egressd.errors import ConfigError, StateTooLarge
 from egressd.model import FlowRecord
 from egressd.sinks import http as http_sink
 from egressd.sinks.guard import BACKLOG, FD_RESERVE, connection_limit
@@ -585,3 +586,96 @@ def test_connection_flood_leaves_http_and_state_saves_working(tmp_path: Path) ->
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         if egressd.alive():
             egressd.stop()
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+def problems_of(text: str) -> list[str]:
+    try:
+        parse_config(text, "egressd.toml")
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def test_check_config_checks_alertmanager_secret_and_ca_files(tmp_path: Path) -> None:
+    """Missing secret and CA files were accepted, and every push then failed."""
+    missing = tmp_path / "missing"
+    base = '[alertmanager]\nurls = ["http://127.0.0.1:9093"]\n'
+    for key in ("bearer_token_file", "tls_ca_file"):
+        found = problems_of(base + f'{key} = "{missing}"\n')
+        assert found == [f"egressd.toml:3: alertmanager.{key}: file '{missing}' does not exist"]
+    found = problems_of(
+        base + f'basic_auth_username = "egressd"\nbasic_auth_password_file = "{missing}"\n'
+    )
+    assert [p.split(": ", 2)[1] for p in found] == ["alertmanager.basic_auth_password_file"]
+    unreadable = tmp_path / "token"
+    unreadable.write_text("t")
+    unreadable.chmod(0)
+    if os.geteuid() != 0:  # root reads anything
+        assert "is not readable" in problems_of(base + f'bearer_token_file = "{unreadable}"\n')[0]
+    not_a_ca = tmp_path / "ca.pem"
+    not_a_ca.write_text("not a certificate\n")
+    assert "no usable CA certificate" in problems_of(base + f'tls_ca_file = "{not_a_ca}"\n')[0]
+    found = problems_of(base + f'basic_auth_password_file = "{unreadable}"\n')
+    assert "basic_auth_username is not" in found[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("", True),
+        ("https://egressd.example:9108/prefix", True),
+        ("http://[2001:db8::1]:9108", True),
+        ("egressd.example", False),
+        ("ftp://egressd.example", False),
+        ("https://user:secret@egressd.example", False),
+        ("https://egressd.example:99999", False),
+        ("https://egressd.example/?a=b", False),
+        ("https://", False),
+    ],
+)
+def test_check_config_checks_external_url(url: str, ok: bool) -> None:
+    found = problems_of(f'[http]\nexternal_url = "{url}"\n')
+    assert (found == []) == ok, found
+    if not ok:
+        assert found[0].startswith("egressd.toml:2: http.external_url: ")
+        assert "secret" not in found[0]
+
+
+KAFKA = """
+[[sources.kafka]]
+bootstrap_servers = ["127.0.0.1:9092"]
+topics = ["flows"]
+"""
+
+
+def test_check_config_checks_kafka_timeouts_and_topic_names() -> None:
+    assert problems_of(KAFKA) == []
+    found = problems_of(KAFKA + 'heartbeat_interval = "5s"\nrebalance_timeout = "4s"\n')
+    assert any("heartbeat_interval: must be shorter than rebalance_timeout" in p for p in found)
+    for bad in ("flows dead", "a/b", "..", "x" * 250):
+        found = problems_of(KAFKA + f'dead_letter_topic = "{bad}"\n')
+        assert len(found) == 1 and "dead_letter_topic" in found[0] and "topic name" in found[0]
+    found = problems_of(KAFKA + 'dead_letter_topic = "flows"\n')
+    assert len(found) == 1 and "must not be a topic egressd consumes" in found[0]
+    assert problems_of(KAFKA + 'dead_letter_topic = "flows.dead-letter_1"\n') == []
+    config = parse_config(KAFKA + 'session_timeout = "3s"\nheartbeat_interval = "2s"\n')
+    warnings = " ".join(config_warnings(config))
+    assert "6s-30m" in warnings and "a third of session_timeout" in warnings
+
+
+def test_check_config_checks_capture_interface_and_bpf() -> None:
+    pytest.importorskip("scapy", reason="BPF is checked with scapy and libpcap")
+    capture = '[[sources.capture]]\ninterface = "{iface}"\nbpf = "{bpf}"\n'
+    assert problems_of(capture.format(iface="lo", bpf="tcp port 443 or udp")) == []
+    found = problems_of(capture.format(iface="lo", bpf="tcp port"))
+    assert len(found) == 1 and found[0].startswith("egressd.toml:3: sources.capture[0].bpf: ")
+    assert "does not compile" in found[0]
+    for bad in ("eth0/1", "a very long interface", "x" * 16):
+        found = problems_of(capture.format(iface=bad, bpf="ip"))
+        assert len(found) == 1 and "sources.capture[0].interface" in found[0]
+    config = parse_config(capture.format(iface="nosuch9", bpf="ip"))
+    assert any("'nosuch9' does not exist" in w for w in config_warnings(config))
+    assert config_warnings(parse_config(capture.format(iface="lo", bpf="ip"))) == []
