@@ -25,6 +25,7 @@ from integration_support import (
     EgressdProcess,
     free_port,
     http_get,
+    metric_value,
     require_program,
     running_program,
     wait_for_http,
@@ -338,6 +339,21 @@ def test_two_ingest_and_two_detect_processes_give_one_process_sums(
             time.sleep(0.3)
         # The exfiltration fired, once, and nothing else did.
         assert sorted(cluster.firing()) == sorted(fired), cluster.logs()
+        # What moved is counted. A partition that moves to the other ingest process while
+        # its batch was being counted is read again from its last commit (the batch was not
+        # produced), and a batch produced again after a refused commit is dropped as a replay:
+        # every flow read at least once, and no more rows applied than produced.
+        ingests = [cluster.processes[n].metrics() for n in ("ingest-a", "ingest-b")]
+        detects = [cluster.processes[n].metrics() for n in ("detect-a", "detect-b")]
+        read = sum(metric_value(t, "egressd_kafka_messages_total") or 0 for t in ingests)
+        assert read >= len(values) + RAW_PARTITIONS
+        rows = sum(metric_value(t, "egressd_cluster_partial_rows_total") or 0 for t in ingests)
+        applied = sum(
+            metric_value(t, "egressd_cluster_partial_rows_applied_total") or 0 for t in detects
+        )
+        assert rows >= applied > 0
+        for text in detects:
+            assert (metric_value(text, "egressd_cluster_heartbeats_received_total") or 0) > 0
     finally:
         codes = cluster.stop_all()
     assert codes == dict.fromkeys(codes, 0), cluster.logs()

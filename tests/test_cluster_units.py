@@ -1,0 +1,148 @@
+"""The ingest role's batch cuts and the detect role's replay handling, without a broker.
+
+Cuts depend on offsets alone, so reading the same offsets again in other fetch sizes (a
+restart, another member) cuts the same batches with the same partials; the detect side
+drops what it applied before, batch by batch or offset by offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import TopicPartition
+from kafka_support import FLOW_T0, goflow2_record
+
+from egressd.cluster.detect import Detect, _Partition
+from egressd.cluster.ingest import Ingest, _Cut
+from egressd.cluster.wire import Heartbeat, heartbeat_headers, partials_headers
+from egressd.config import parse_config
+from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.partials import encode_segments
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["GB", "US"]
+
+[detection]
+interval = "1m"
+allowed_lateness = "10s"
+
+[[sources.kafka]]
+bootstrap_servers = ["127.0.0.1:9"]
+topics = ["flows"]
+
+[cluster]
+role = "{role}"
+batch_offsets = 5
+state_directory = "{states}"
+"""
+TP = TopicPartition("flows", 0)
+
+
+@dataclass
+class Message:
+    offset: int
+    value: bytes
+    headers: Any = ()
+
+
+def messages(offsets: list[int]) -> list[Message]:
+    return [
+        Message(o, goflow2_record(o, nbytes=1000 + o, t=FLOW_T0 + o, dst="8.8.8.8"))
+        for o in offsets
+    ]
+
+
+def ingest(tmp_path: Path) -> Ingest:
+    config = parse_config(CONFIG.format(role="ingest", states=tmp_path))
+    node = Ingest(config, EmbeddedCountryLabeler(), environ={})
+    node._on_assigned([TP])
+    return node
+
+
+def summary(cuts: list[_Cut]) -> list[tuple[int, int, int, bool]]:
+    """(first, last, bytes, kept apart per offset) of each cut."""
+    out = []
+    for cut in cuts:
+        if cut.segments is not None:
+            size = sum(p[2].bytes for _f, _l, partials in cut.segments for p in partials)
+        else:
+            size = sum(p[2].bytes for p in cut.partials)
+        out.append((cut.first, cut.last, size, cut.segments is not None))
+    return out
+
+
+def test_batches_end_at_offset_boundaries_whatever_the_fetch_sizes(tmp_path: Path) -> None:
+    one = ingest(tmp_path)
+    cuts = []
+    for piece in ([0, 1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11]):
+        cuts += one._count({TP: messages(piece)})
+    # The first batch after an assignment keeps its partials apart per offset.
+    assert summary(cuts) == [(0, 4, 5010, True), (5, 9, 5035, False)]
+    assert one._lanes[TP].first == 10  # 10 and 11 wait for their boundary (or idle_flush)
+
+    # Another member reading again from the commit at 5, in other pieces, cuts the same.
+    two = ingest(tmp_path)
+    again = []
+    for piece in ([5], [6, 7], [8, 9, 10, 11, 12, 13, 14, 15]):
+        again += two._count({TP: messages(piece)})
+    assert summary(again) == [(5, 9, 5035, True), (10, 14, 5060, False)]
+
+
+def test_a_gap_in_offsets_ends_the_batch_at_the_next_record(tmp_path: Path) -> None:
+    node = ingest(tmp_path)
+    cuts = node._count({TP: messages([0, 1, 7, 8, 9, 12])})
+    assert [(c.first, c.last) for c in cuts] == [(0, 1), (7, 9)]
+    assert node._lanes[TP].first == 12
+
+
+def detect(tmp_path: Path) -> tuple[Detect, _Partition]:
+    config = parse_config(CONFIG.format(role="detect", states=tmp_path))
+    node = Detect(config, EmbeddedCountryLabeler(), lambda alerts: None)
+    part = _Partition(TopicPartition("partials", 0), node._new_engine())
+    return node, part
+
+
+def test_detect_drops_replays_whole_or_offset_by_offset(tmp_path: Path) -> None:
+    node, part = detect(tmp_path)
+    # A batch 0-2 (cut short), then the batch 0-4 of a member that read the same offsets
+    # again: kept apart per offset, only 3 and 4 are applied.
+    short = ingest(tmp_path)
+    short._count({TP: messages([0, 1, 2])})
+    (first_cut,) = [short._cut(TP, short._lanes[TP])]
+    again = ingest(tmp_path)
+    (second_cut,) = again._count({TP: messages([0, 1, 2, 3, 4, 5])})
+    for cut in (first_cut, second_cut, second_cut):
+        assert cut.segments is not None
+        node._apply(
+            part,
+            Message(
+                0,
+                encode_segments(cut.segments, 60.0),
+                partials_headers(cut.key, cut.first, cut.last, FLOW_T0 + cut.last),
+            ),
+        )
+    total = sum(a.bytes for b in part.engine.aggregator.buckets.values() for a in b.values())
+    assert total == sum(1000 + o for o in range(5))
+    assert node.stats.replays_dropped == 3 + 1  # offsets 0-2 of the second, then all of it
+    assert node.stats.partial_overlaps == 0
+    assert part.applied == {"flows:0": 4}
+
+
+def test_detect_event_time_is_the_slowest_source_partition(tmp_path: Path) -> None:
+    node, part = detect(tmp_path)
+    beat = Heartbeat({"flows:0": FLOW_T0 + 600, "flows:1": FLOW_T0 + 120}, {"flows": 2})
+    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
+    assert part.engine.event_time() == FLOW_T0 + 120
+    beat = Heartbeat({"flows:1": FLOW_T0 + 900}, {"flows": 2})
+    node._apply(part, Message(1, beat.encode(), heartbeat_headers()))
+    assert part.engine.event_time() == FLOW_T0 + 600
+    node._apply(part, Message(2, b"{}", [("egressd-kind", b"nonsense")]))
+    assert node.stats.bad_messages == 1
