@@ -16,6 +16,8 @@ import socket
 import statistics
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from prometheus_client import generate_latest
 from egressd.app import Daemon
 from egressd.baseline.statefile import INT_MAX, encode_state, load_state, save_state
 from egressd.config import config_warnings, parse_config
+from egressd.demo import DemoFlow, encode_datagram
 from egressd.errors import ConfigError, StateTooLarge
 from egressd.model import FlowRecord
 from egressd.sinks import http as http_sink
@@ -230,6 +233,117 @@ async def test_wrong_passwords_do_not_stall_the_event_loop(
     outcomes = daemon.http.auth.outcomes if daemon.http.auth else {}
     assert outcomes["wrong"] + outcomes["busy"] >= 8
     assert outcomes["cached"] >= 10
+
+
+AUTH_COLLECTOR_CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[sources.netflow]]
+listen = "127.0.0.1:{udp}"
+receive_buffer = "64KB"  # a tenth of a second of the test's datagrams: a stalled loop drops
+
+[http]
+listen = "127.0.0.1:{http}"
+
+[http.basic_auth_users]
+prometheus = "{hashed}"
+"""
+
+
+def send_paced(port: int, rate: int, seconds: float) -> int:
+    """Send NetFlow v9 datagrams of 10 flows at ``rate`` a second; returns the records sent."""
+    now = time.time()
+    flows = [
+        DemoFlow(f"10.20.0.{i + 1}", "81.2.69.160", now - 5, now, 1_000 + i, 2) for i in range(10)
+    ]
+    pool = [encode_datagram(flows, now, seq) for seq in range(64)]
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", port))
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            due = int(elapsed * rate)
+            while sent < due:
+                sock.send(pool[sent % len(pool)])
+                sent += 1
+            time.sleep(0.005)
+    return sent * len(flows)
+
+
+def test_wrong_passwords_do_not_starve_the_collector(
+    tmp_path: Path, hashes: dict[str, str]
+) -> None:
+    """The attack run: 8 clients with wrong passwords cut decoded records to 23%.
+
+    The share of the records sent that egressd decodes is measured alone and then under
+    the attack, in the same run; the attack may not cut it by more than a tenth.
+    """
+    http, udp = free_port(), free_udp_port()
+    config = tmp_path / "egressd.toml"
+    config.write_text(AUTH_COLLECTOR_CONFIG.format(udp=udp, http=http, hashed=hashes["prometheus"]))
+    egressd = EgressdProcess(config, f"127.0.0.1:{http}", tmp_path / "egressd.log")
+    auth = "Basic " + base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+
+    def records() -> float:
+        request = urllib.request.Request(f"{egressd.base}/metrics", headers={"Authorization": auth})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+        return metric_value(text, "egressd_records_total", source=f"netflow:127.0.0.1:{udp}") or 0.0
+
+    def decoded_share(rate: int, seconds: float) -> float:
+        before = records()
+        sent = send_paced(udp, rate, seconds)
+        got, last = records(), -1.0
+        while got != last:  # until the decoder has caught up
+            time.sleep(0.5)
+            got, last = records(), got
+        return (got - before) / sent
+
+    stop = threading.Event()
+    guesses = [0]
+
+    def guess() -> None:
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"prometheus:guess").decode()}
+        while not stop.is_set():
+            status = http_get_with(f"{egressd.base}/metrics", wrong)
+            assert status in (401, 503, 0)
+            guesses[0] += 1
+
+    egressd.start(wait_ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while http_get(f"{egressd.base}/healthz", 1.0)[0] != 401:
+            assert time.monotonic() < deadline, egressd.log()
+            time.sleep(0.1)
+        alone = decoded_share(1000, 3.0)
+        attackers = [threading.Thread(target=guess) for _ in range(8)]
+        for thread in attackers:
+            thread.start()
+        try:
+            time.sleep(0.5)
+            attacked = decoded_share(1000, 3.0)
+        finally:
+            stop.set()
+            for thread in attackers:
+                thread.join(15)
+        assert guesses[0] >= 8
+        assert alone > 0.5, alone
+        assert attacked >= 0.9 * alone, (alone, attacked)
+        assert egressd.stop() == 0, egressd.log()
+    finally:
+        if egressd.alive():
+            egressd.stop()
+
+
+def http_get_with(url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10):
+            return 200
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
 
 
 async def test_unknown_user_costs_one_bcrypt_check_like_a_known_one(
