@@ -49,6 +49,7 @@ from egressd.enrich import DestinationLabeler, DestinationLabels
 from egressd.errors import DecodeError, SourceError, StateError
 from egressd.partials import decode_batch
 from egressd.pipeline import Engine
+from egressd.sinks.metrics import PREFIX, EgressdCollector
 from egressd.sources.kafka import KafkaSource, map_kafka_error
 
 log = logging.getLogger("egressd.cluster.detect")
@@ -486,10 +487,55 @@ class Detect:
     def engines(self) -> list[Engine]:
         return [part.engine for part in self.partitions.values()]
 
+    def engine_metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        """What the engines of the owned partitions counted (as the all-in-one daemon shows
+        for its one engine): egress per (group, destination), alerts, intervals, event time.
+        A partition's counters move with it: they restart on its new owner."""
+        regions, asn = self.labeler.has_regions, self.labeler.has_asn
+        egress: dict[tuple[str, ...], int] = {}
+        firing: dict[str, int] = {}
+        samples: list[tuple[str, dict[str, str], float]] = []
+        late = closed = keys = 0
+        for part in self.partitions.values():
+            engine = part.engine
+            for table in (engine.stats.egress_by_destination, engine.aggregator.open_totals()):
+                for (group, dest), size in table.items():
+                    values = EgressdCollector.label_values(group, dest, regions, asn)
+                    egress[values] = egress.get(values, 0) + size
+            for alert in engine.active_alerts():
+                name = alert.labels.get("alertname", "")
+                firing[name] = firing.get(name, 0) + 1
+            late += engine.aggregator.late_records
+            closed += engine.stats.intervals_closed
+            keys += len(engine.baselines)
+            now = engine.event_time()
+            samples.append(
+                (
+                    PREFIX + "event_time_seconds",
+                    {"partition": str(part.tp.partition)},
+                    now if now > -math.inf else 0.0,
+                )
+            )
+        names = ["group", "dst_country"] + (["dst_region"] if regions else [])
+        names += ["dst_asn"] if asn else []
+        for values, size in sorted(egress.items()):
+            samples.append(
+                (PREFIX + "egress_bytes_total", dict(zip(names, values, strict=True)), float(size))
+            )
+        for name, count in sorted(firing.items()):
+            samples.append((PREFIX + "alerts_firing", {"alertname": name}, float(count)))
+        samples += [
+            (PREFIX + "late_records_total", {}, float(late)),
+            (PREFIX + "intervals_closed_total", {}, float(closed)),
+            (PREFIX + "baseline_keys", {}, float(keys)),
+        ]
+        return samples
+
     def metrics(self) -> list[tuple[str, dict[str, str], float]]:
         labels = {"role": "detect"}
         stats = self.stats
         return [
+            *self.engine_metrics(),
             ("egressd_cluster_batches_applied_total", labels, float(stats.batches_applied)),
             ("egressd_cluster_partial_rows_applied_total", labels, float(stats.partial_rows)),
             ("egressd_cluster_replays_dropped_total", labels, float(stats.replays_dropped)),
