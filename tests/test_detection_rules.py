@@ -25,6 +25,17 @@ DE_FRESH = "88.99.1.1"
 CN = "47.100.23.45"
 JP_MIRROR = "133.242.1.1"
 HOST = "10.20.0.7"
+#: one address in each of 40 countries other than the US and DE
+_COUNTRY_ADDRESSES = (
+    "31.57.57.48", "194.208.118.232", "103.49.18.35", "87.65.3.125", "46.10.150.110",
+    "200.58.174.33", "177.199.7.172", "200.68.30.163", "101.34.210.230", "212.10.211.14",
+    "85.79.21.251", "81.66.189.235", "194.169.142.130", "193.92.39.62", "87.39.221.29",
+    "81.199.22.135", "157.39.107.165", "193.227.68.225", "157.111.132.248", "119.161.10.97",
+    "178.53.108.163", "95.58.252.131", "78.61.17.136", "200.23.193.184", "103.122.164.124",
+    "193.67.158.129", "95.160.184.246", "193.136.145.32", "78.101.62.137", "89.45.18.197",
+    "5.137.242.153", "195.242.33.156", "8.220.27.96", "85.155.173.3", "78.98.240.139",
+    "95.14.143.254", "140.128.49.136", "46.118.77.223", "103.232.63.28", "163.197.179.137",
+)  # fmt: skip
 
 CONFIG = """
 [networks]
@@ -210,6 +221,21 @@ def test_fan_out_under_every_floor_pages_once_for_the_group() -> None:
     assert int(alert.annotations["destinations"]) == len(targets)
     assert int(alert.annotations["bytes"]) >= 500 * MB
     assert alert.labels["group"] == "research"
+
+
+def test_a_scan_of_tiny_intervals_opens_no_windows_and_windows_stay_capped() -> None:
+    engine = _engine("max_keys = 20\n")
+    # A few KB to each of 40 unexpected countries: no window of their own.
+    tiny = [_flow(DAY + 100 + k, target, 3_000) for k, target in enumerate(_COUNTRY_ADDRESSES)]
+    _run(engine, _usual(1.1) + tiny)
+    assert engine.unexpected.windows == {}
+    # Windows that do open (1 MB to each of them) stay within max_keys.
+    heavy = [
+        _flow(DAY + 2 * HOUR + k, target, 1_000_000) for k, target in enumerate(_COUNTRY_ADDRESSES)
+    ]
+    _run(engine, [*heavy, _flow(DAY + 3 * HOUR, US, 1)])
+    assert len(engine.unexpected.windows) <= 20
+    assert engine.unexpected.evicted > 0
 
 
 # -- spikes ----------------------------------------------------------------------------------

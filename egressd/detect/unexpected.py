@@ -7,10 +7,12 @@ the same destination in that window, so a download's return path does not page w
 upload beside it does. A group's unexpected egress summed over its destinations pages too, at
 ``fanout_factor`` times a window's floor (fan-out: many destinations, each under its floor).
 
-Cost: a window is looked at when it takes an entry or has an alert to keep or resolve; the
-rest is swept once an hour. Evidence sketches are kept for the first window's span; older
-entries merge their heaviest talkers into the window's evidence once, and only for windows
-heavy enough to matter.
+Cost: a destination gets a window of its own from its first interval carrying at least a
+tenth of the smallest per-interval share of a floor (347 KB with the defaults; smaller
+intervals count for the fan-out sums only). A window is looked at when it takes an entry or
+has an alert to keep or resolve; the rest is swept every 36 intervals. Evidence sketches are kept
+for the first window's span; older entries merge their heaviest talkers into the window's
+evidence once, and only for windows halfway to a floor.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
-from egressd.aggregate import Accum, AggregateKey, Bucket
+from egressd.aggregate import AggregateKey, Bucket
 from egressd.baseline.seasonal import SeasonalBaselines
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
@@ -31,33 +33,16 @@ from egressd.units import format_bytes, format_duration
 UNEXPECTED = "EgressUnexpectedDestination"
 #: the destination key of a group's summed unexpected egress (fan-out)
 FANOUT_COUNTRY = "multiple"
-#: talkers per interval merged into a window's long-term evidence
+#: talkers per interval merged into a window's long-term evidence, and how many it keeps
 _EVIDENCE_ITEMS = 4
+_EVIDENCE_CAPACITY = 16
 #: windows not looked at for this many intervals are swept (expired, dropped when empty)
-_SWEEP_EVERY = 12
+_SWEEP_EVERY = 36
 
 
-class _Entry:
-    """One interval of one (group, destination): egress, its small-packet part, ingress,
-    and (while in the first window) the interval's talkers."""
-
-    __slots__ = ("bytes", "destinations", "ingress", "small", "sources", "start")
-
-    def __init__(
-        self,
-        start: float,
-        size: int,
-        small: int,
-        ingress: int,
-        sources: TopK | None,
-        destinations: TopK | None,
-    ) -> None:
-        self.start = start
-        self.bytes = size
-        self.small = small
-        self.ingress = ingress
-        self.sources = sources
-        self.destinations = destinations
+#: one interval of one key: (start, bytes, small-packet bytes, ingress bytes). Plain tuples of
+#: numbers: the garbage collector stops tracking them, so a day of them costs it nothing.
+_Entry = tuple[float, int, int, int]
 
 
 class _Span:
@@ -73,9 +58,17 @@ class _Span:
 
     def add(self, entry: _Entry) -> None:
         self.entries.append(entry)
-        self.bytes += entry.bytes
-        self.small += entry.small
-        self.ingress += entry.ingress
+        self.bytes += entry[1]
+        self.small += entry[2]
+        self.ingress += entry[3]
+
+    def expire(self, horizon: float) -> None:
+        entries = self.entries
+        while entries and entries[0][0] < horizon:
+            _start, size, small, ingress = entries.popleft()
+            self.bytes -= size
+            self.small -= small
+            self.ingress -= ingress
 
     def effective(self, return_fraction: float) -> int:
         """Egress that counts: bulk always; small packets beyond a share of the ingress."""
@@ -88,13 +81,15 @@ class _Span:
 class _Window:
     """One (group, destination)'s recent intervals: one span per configured window length."""
 
-    __slots__ = ("alerting", "destinations", "sources", "spans", "touched")
+    __slots__ = ("alerting", "destinations", "recent", "sources", "spans", "touched")
 
     def __init__(self, count: int) -> None:
         self.spans = [_Span() for _ in range(count)]
+        #: (start, sources, destinations) of the intervals in the first span
+        self.recent: deque[tuple[float, TopK, TopK]] = deque()
         #: evidence of entries older than the first span (heaviest talkers only)
-        self.sources = TopK(64)
-        self.destinations = TopK(64)
+        self.sources = TopK(_EVIDENCE_CAPACITY)
+        self.destinations = TopK(_EVIDENCE_CAPACITY)
         self.alerting = False
         #: the last interval end at which the window was looked at
         self.touched = 0.0
@@ -114,10 +109,9 @@ class _Window:
         destinations = TopK(64)
         sources.merge(self.sources)
         destinations.merge(self.destinations)
-        for entry in self.spans[0].entries:
-            if entry.sources is not None and entry.destinations is not None:
-                sources.merge(entry.sources)
-                destinations.merge(entry.destinations)
+        for _start, recent_sources, recent_destinations in self.recent:
+            sources.merge(recent_sources)
+            destinations.merge(recent_destinations)
         return sources, destinations
 
 
@@ -186,7 +180,8 @@ class UnexpectedDestinationDetector:
         windows = self.windows
         count = len(self._config.unexpected_windows)
         now = start + self._config.interval
-        groups: dict[str, _Entry] = {}
+        dust = self._dust()
+        groups: dict[str, list[int]] = {}
         for key, accum in bucket.items():
             window = windows.get(key)
             if window is None:
@@ -195,77 +190,74 @@ class UnexpectedDestinationDetector:
                 group, dest = key
                 if policy.is_expected(group, dest, start):
                     continue
-                window = windows[key] = _Window(count)
+                if accum.bytes >= dust:
+                    window = windows[key] = _Window(count)
             elif not accum.bytes and not accum.ingress:
                 continue
-            self._add(window, start, accum)
-            if window.touched != now:
-                window.touched = now
-                self._touched.append(key)
+            if window is not None:
+                size, small, ingress = accum.bytes, accum.small, accum.ingress
+                entry = (start, size, small, ingress)
+                if size:
+                    window.recent.append((start, accum.sources, accum.destinations))
+                for span in window.spans:
+                    span.entries.append(entry)
+                    span.bytes += size
+                    span.small += small
+                    span.ingress += ingress
+                if window.touched != now:
+                    window.touched = now
+                    self._touched.append(key)
             total = groups.get(key[0])
             if total is None:
-                groups[key[0]] = _Entry(start, accum.bytes, accum.small, accum.ingress, None, None)
+                groups[key[0]] = [accum.bytes, accum.small, accum.ingress]
             else:
-                total.bytes += accum.bytes
-                total.small += accum.small
-                total.ingress += accum.ingress
-        for group, entry in groups.items():
+                total[0] += accum.bytes
+                total[1] += accum.small
+                total[2] += accum.ingress
+        for group, (size, small, ingress) in groups.items():
             spans = self._groups.get(group)
             if spans is None:
                 spans = self._groups[group] = [_Span() for _ in range(count)]
+            entry = (start, size, small, ingress)
             for span in spans:
                 span.add(entry)
         if len(windows) > self._config.max_keys:
             self._evict_for_room()
 
-    @staticmethod
-    def _add(window: _Window, start: float, accum: Accum) -> None:
-        entry = _Entry(
-            start,
-            accum.bytes,
-            accum.small,
-            accum.ingress,
-            accum.sources if accum.bytes else None,
-            accum.destinations if accum.bytes else None,
+    def _dust(self) -> int:
+        """Below this, an interval does not open a window of its own (it still counts for
+        the group's fan-out sums): a tenth of the smallest per-interval share of a floor.
+
+        A window reaches a floor only with intervals averaging that share, so the bytes of
+        the dust intervals before a window opens are at most a tenth of any floor.
+        """
+        config = self._config
+        return int(
+            min(floor * config.interval / length for length, floor in config.unexpected_windows)
+            / 10
         )
-        for span in window.spans:
-            span.add(entry)
 
     @staticmethod
     def _expire(window: _Window, horizons: list[float], heavy: int) -> None:
         """Drop what left each span (``horizons``: the oldest start each span keeps).
 
-        Entries leaving the first span give up their sketches; for windows of at least
+        Intervals leaving the first span give up their sketches; for windows of at least
         ``heavy`` bytes (or with an alert) their heaviest talkers join the window's evidence.
         """
         spans = window.spans
-        entries = spans[0].entries
-        if entries and entries[0].start < horizons[0]:
+        for span, horizon in zip(spans, horizons, strict=True):
+            span.expire(horizon)
+        recent = window.recent
+        horizon = horizons[0]
+        if recent and recent[0][0] < horizon:
             keep = spans[-1].bytes >= heavy or window.alerting
-            horizon = horizons[0]
-            span = spans[0]
-            while entries and entries[0].start < horizon:
-                entry = entries.popleft()
-                span.bytes -= entry.bytes
-                span.small -= entry.small
-                span.ingress -= entry.ingress
-                sources, destinations = entry.sources, entry.destinations
-                if sources is not None and destinations is not None:
-                    if keep:
-                        for item, weight in _heaviest(sources):
-                            window.sources.add(item, weight)
-                        for item, weight in _heaviest(destinations):
-                            window.destinations.add(item, weight)
-                    entry.sources = entry.destinations = None
-        for index in range(1, len(spans)):
-            span = spans[index]
-            entries = span.entries
-            horizon = horizons[index]
-            while entries and entries[0].start < horizon:
-                entry = entries.popleft()
-                span.bytes -= entry.bytes
-                span.small -= entry.small
-                span.ingress -= entry.ingress
+            while recent and recent[0][0] < horizon:
+                _start, sources, destinations = recent.popleft()
+                if keep:
+                    for item, weight in _heaviest(sources):
+                        window.sources.add(item, weight)
+                    for item, weight in _heaviest(destinations):
+                        window.destinations.add(item, weight)
 
     def _evict_for_room(self) -> None:
         """Drop the lightest tenth of the windows without an active alert.
@@ -301,12 +293,12 @@ class UnexpectedDestinationDetector:
         windows = self.windows
         horizons = [now - length for length, _floor in spans]
         floors = [floor for _length, floor in spans]
-        # Windows at a tenth of the longest window's floor might still page: keep evidence.
-        heavy = spans[-1][1] // 10
+        # Windows halfway to the longest window's floor might still page: keep evidence.
+        heavy = spans[-1][1] // 2
         expire = self._expire
         if self._ticks % _SWEEP_EVERY == 0:
             for key, window in list(windows.items()):
-                if window.touched != now and not window.alerting:
+                if not window.alerting:
                     expire(window, horizons, heavy)
                     if not window.entries:
                         del windows[key]
@@ -324,16 +316,15 @@ class UnexpectedDestinationDetector:
             if found is None:
                 continue
             window = found
-            expire(window, horizons, heavy)
             if not window.alerting:
-                # Fast path: raw bytes bound what counts; under every floor nothing fires.
+                # Fast path: the sums before expiring bound the sums after; under every
+                # floor nothing can fire (expiring waits for the hourly sweep).
                 for span, floor in zip(window.spans, floors, strict=True):
                     if span.bytes >= floor:
                         break
                 else:
-                    if not window.spans[-1].entries:
-                        del windows[key]
                     continue
+            expire(window, horizons, heavy)
             group, dest = key
             fire_index = -1
             totals = []
@@ -391,13 +382,7 @@ class UnexpectedDestinationDetector:
             group_spans = self._groups[group]
             sums = []
             for index, span in enumerate(group_spans):
-                horizon = now - spans[index][0]
-                entries = span.entries
-                while entries and entries[0].start < horizon:
-                    entry = entries.popleft()
-                    span.bytes -= entry.bytes
-                    span.small -= entry.small
-                    span.ingress -= entry.ingress
+                span.expire(now - spans[index][0])
                 sums.append(span.effective(fraction))
             if group not in self._fanout_last:
                 if not group_spans[-1].entries:
@@ -455,7 +440,7 @@ class UnexpectedDestinationDetector:
             if g != group:
                 continue
             entries = window.spans[index].entries
-            size = sum(e.bytes for e in entries if e.start >= horizon)
+            size = sum(e[1] for e in entries if e[0] >= horizon)
             if not size:
                 continue
             count += 1
@@ -515,7 +500,7 @@ class UnexpectedDestinationDetector:
         expected = self.policy.expected_countries(group)
         expected_text = ", ".join(sorted(expected)) if expected else "none"
         span = format_duration(length)
-        first = span_data.entries[0].start if span_data.entries else now
+        first = span_data.entries[0][0] if span_data.entries else now
         labels = alert_labels(UNEXPECTED, group, dest, config.severity, self._labels)
         n = config.top_talkers
         sources, destinations = window.evidence()
@@ -562,7 +547,7 @@ class UnexpectedDestinationDetector:
                     "group": group,
                     "dest": dest.key,
                     "as_org": dest.as_org,
-                    "entries": [[e.start, e.bytes, e.small, e.ingress] for e in window.entries],
+                    "entries": [list(e) for e in window.entries],
                     "sources": sources.to_json(),
                     "destinations": destinations.to_json(),
                 }
@@ -597,21 +582,21 @@ class UnexpectedDestinationDetector:
                     small = ingress = 0
                     window.sources.merge(TopK.from_json(row[2]))
                     window.destinations.merge(TopK.from_json(row[3]))
-                entry = _Entry(float(row[0]), int(row[1]), small, ingress, None, None)
+                entry = (float(row[0]), int(row[1]), small, ingress)
                 for span in window.spans:
                     span.add(entry)
                 for span in group_spans:
-                    span.add(_Entry(entry.start, entry.bytes, small, ingress, None, None))
+                    span.add(entry)
             sources, destinations = item.get("sources"), item.get("destinations")
             if isinstance(sources, dict) and isinstance(destinations, dict):
-                window.sources = TopK.from_json(sources, 64)
-                window.destinations = TopK.from_json(destinations, 64)
+                window.sources = TopK.from_json(sources, _EVIDENCE_CAPACITY)
+                window.destinations = TopK.from_json(destinations, _EVIDENCE_CAPACITY)
             window.alerting = (UNEXPECTED, group, dest_key) in self.book.active
             windows[(group, dest)] = window
         # The group spans' entries must be in time order to expire from the left.
         for spans in groups.values():
             for span in spans:
-                span.entries = deque(sorted(span.entries, key=lambda e: e.start))
+                span.entries = deque(sorted(span.entries, key=lambda e: e[0]))
         self.windows = windows
         self._groups = groups
         self._touched = list(windows)
