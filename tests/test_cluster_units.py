@@ -7,6 +7,8 @@ drops what it applied before, batch by batch or offset by offset.
 
 from __future__ import annotations
 
+import asyncio
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,3 +148,54 @@ def test_detect_event_time_is_the_slowest_source_partition(tmp_path: Path) -> No
     assert part.engine.event_time() == FLOW_T0 + 600
     node._apply(part, Message(2, b"{}", [("egressd-kind", b"nonsense")]))
     assert node.stats.bad_messages == 1
+
+
+class FakeConsumer:
+    def __init__(self, highwater: dict[TopicPartition, int]) -> None:
+        self._highwater = highwater
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self._highwater.get(tp)
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self._highwater if tp.topic == topic}
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, int]] = []
+
+    async def send(self, topic: str, value: bytes, partition: int, headers: Any) -> Any:
+        self.sent.append((topic, value, partition))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_heartbeats_tell_every_partials_partition_how_far_each_source_came(
+    tmp_path: Path,
+) -> None:
+    node = ingest(tmp_path)
+    other = TopicPartition("flows", 1)
+    node._on_assigned([other])
+    clock = [1000.0]
+    node.monotonic = lambda: clock[0]
+    node._consumer = FakeConsumer({TP: 10, other: 4})
+    producer = node._producer = FakeProducer()
+    node._partitions = 3
+    busy, quiet = node._lanes[TP], node._lanes[other]
+    busy.acked_time, busy.last, busy.last_activity = FLOW_T0 + 500, 9, 999.0
+    quiet.acked_time, quiet.last, quiet.last_activity = -math.inf, 3, 980.0
+    await node._heartbeat()
+    # Every partials partition hears it; the busy source reports what was acknowledged;
+    # the quiet one (caught up, nothing for 20 s, no record ever) moves on from the
+    # furthest of this member's sources at wall-clock pace.
+    assert sorted(p for _t, _v, p in producer.sent) == [0, 1, 2]
+    beat = Heartbeat.decode(producer.sent[0][1])
+    assert beat.partitions == {"flows": 2}
+    assert beat.times == {"flows:0": FLOW_T0 + 500, "flows:1": FLOW_T0 + 500 + 20}
+    # A partition with records not yet read is not quiet, whatever the clock says.
+    node._consumer = FakeConsumer({TP: 10, other: 9})
+    producer.sent.clear()
+    await node._heartbeat()
+    assert Heartbeat.decode(producer.sent[0][1]).times == {"flows:0": FLOW_T0 + 500}

@@ -113,6 +113,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self._ingest._on_assigned(list(assigned))
+        await self._ingest._learn_positions(list(assigned))
 
 
 class Ingest:
@@ -460,6 +461,25 @@ class Ingest:
         for tp in assigned:
             self._lane(tp)
         log.info("%s: source partitions assigned: %s", self.name, _describe(assigned) or "none")
+
+    async def _learn_positions(self, assigned: list[TopicPartition]) -> None:
+        """Where each new lane starts: a partition read to its end before (committed offset
+        at its highwater) is then known to be caught up, and its event time can move on
+        while it stays quiet."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in assigned:
+            lane = self._lanes.get(tp)
+            if lane is None or lane.first is not None or lane.last >= 0:
+                continue
+            try:
+                committed = await consumer.committed(tp)
+            except Exception as exc:  # only idle event time depends on it
+                log.debug("%s: committed offset of %s unknown: %r", self.name, tp, exc)
+                continue
+            if committed:
+                lane.last = committed - 1
 
     # -- views --------------------------------------------------------------------------------
 
