@@ -93,7 +93,8 @@ class DetectionConfig:
     #: for ``new_destination_unseen``, inside otherwise expected destinations
     new_destination_min_bytes: int = 1_000_000_000
     new_destination_window: float = 3600.0
-    new_destination_unseen: float = 7 * 86400.0
+    #: 8 days: a weekly job whose start drifts by some hours (or a DST change) stays known
+    new_destination_unseen: float = 8 * 86400.0
     new_destination_max_prefixes: int = 50_000
     #: a baseline needs this many observed intervals before it can call a spike
     spike_min_observations: int = 12
