@@ -1,4 +1,4 @@
-"""Load: a loopback UDP flood at ten times egressd's decode rate against a real ``egressd run``.
+"""Load: a loopback UDP flood of ten times what a real ``egressd run`` processes.
 
 The daemon must stay alive, ready and within a memory bound, count what it could not take,
 and still page on an exfiltration sent from another exporter in the middle of the flood.
@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from egressd.sources.netflow import kernel_drops
-from tests.flood_support import RECORDS, decode_rate, exfil_datagram, rss_bytes, start_flood
+from tests.flood_support import RECORDS, exfil_datagram, rss_bytes, start_flood
 from tests.integration_support import (
     EgressdProcess,
     free_port,
@@ -28,7 +28,9 @@ from tests.integration_support import (
 )
 
 FLOOD_SECONDS = 30.0
-#: flood at least this many times faster than the decoder alone can decode
+#: the flood sends at least this many times the datagrams the daemon decodes and runs through
+#: its engine (measured by the daemon's own counters, over the same seconds, so a loaded or a
+#: fast machine slows or speeds both sides alike); the senders reach 250-300 times
 OVERLOAD = 10
 SENDERS = 2
 #: the daemon's resident memory may grow at most this much over its idle size during the
@@ -105,21 +107,24 @@ def test_kernel_receive_buffer_drops_are_read_from_the_udp_table() -> None:
     assert kernel_drops("/nonexistent/udp", inode) is None
 
 
-def test_flood_at_ten_times_the_decode_rate(daemon: tuple[EgressdProcess, int]) -> None:
+def test_flood_at_ten_times_what_the_daemon_processes(
+    daemon: tuple[EgressdProcess, int],
+) -> None:
+    """The overload is measured end to end, from the daemon's counters, not against a rate.
+
+    Each datagram the socket hands over and the queue keeps (``received - queue_full``) is
+    decoded and run through the engine by the same task: that is what the daemon processed.
+    Every other datagram sent was dropped by the kernel or the queue, and counted. Both the
+    senders and the daemon are CPU-bound processes sharing the machine, so the ratio holds on
+    an idle or a loaded machine, and on one where the daemon has become faster.
+    """
     egressd, udp = daemon
-    # Calibrate before the daemon competes for the CPU: the decoder alone on flood datagrams.
-    rate = decode_rate(1.0)
     egressd.start()
     assert egressd.process is not None
     pid = egressd.process.pid
     idle_rss, _ = rss_bytes(pid)
 
-    flood = start_flood(
-        ("127.0.0.1", udp),
-        FLOOD_SECONDS,
-        max_datagrams=int(FLOOD_SECONDS * rate * OVERLOAD * 5),
-        senders=SENDERS,
-    )
+    flood = start_flood(("127.0.0.1", udp), FLOOD_SECONDS, senders=SENDERS)
     started = time.monotonic()
     ready_statuses: list[int] = []
     rss_samples: list[int] = []
@@ -153,11 +158,6 @@ def test_flood_at_ten_times_the_decode_rate(daemon: tuple[EgressdProcess, int]) 
         stop.set()
         watcher.join(10)
 
-    flood_rate = sent / elapsed
-    assert flood_rate >= OVERLOAD * rate, (
-        f"flood reached {flood_rate:.0f} datagrams/s, under {OVERLOAD}x the decode rate "
-        f"{rate:.0f}/s"
-    )
     assert egressd.alive(), egressd.log()
     assert ready_statuses and all(s == 200 for s in ready_statuses), ready_statuses
     _, peak_rss = rss_bytes(pid)
@@ -180,7 +180,7 @@ def test_flood_at_ten_times_the_decode_rate(daemon: tuple[EgressdProcess, int]) 
     source = f"netflow:127.0.0.1:{udp}"
     total_sent = sent + exfil_sent
 
-    def counts() -> tuple[float, float, float, float, float]:
+    def counts() -> tuple[float, float, float, float, float, float]:
         text = egressd.metrics()
 
         def value(name: str, **labels: str) -> float:
@@ -192,22 +192,39 @@ def test_flood_at_ten_times_the_decode_rate(daemon: tuple[EgressdProcess, int]) 
             value("egressd_dropped_total", reason="queue_full"),
             value("egressd_decode_errors_total"),
             value("egressd_records_total"),
+            value("egressd_netflow_queue_length"),
         )
 
+    def settled() -> bool:
+        received, kernel, *_, queued = counts()
+        return received + kernel == total_sent and queued == 0
+
     wait_until(
-        lambda: counts()[0] + counts()[1] == total_sent,
-        30,
-        what="received + kernel drops == datagrams sent",
+        settled,
+        60,
+        what="received + kernel drops == datagrams sent, and the queue drained",
+        describe=lambda: (total_sent, counts()),
     )
-    received, kernel, queue_full, errors, records = counts()
-    assert kernel + queue_full > 0, "a flood at 10x the decode rate must drop somewhere"
+    received, kernel, queue_full, errors, records, _ = counts()
     assert errors == 0
-    accepted = received - queue_full
-    # Flood datagrams carry RECORDS flows each, exfiltration datagrams one.
-    assert RECORDS * accepted - (RECORDS - 1) * exfil_sent <= records <= RECORDS * accepted
+    # What the daemon processed: every datagram the queue took was decoded and run through
+    # the engine (the queue has drained). Flood datagrams carry RECORDS flows each,
+    # exfiltration datagrams one.
+    processed = received - queue_full
+    assert RECORDS * processed - (RECORDS - 1) * exfil_sent <= records <= RECORDS * processed
+    assert processed > exfil_sent, "the daemon decoded flood datagrams too"
+    # The flood was far beyond the daemon: it processed at most 1/OVERLOAD of what was sent,
+    # and the rest is counted as dropped. (Datagrams drained after the flood count as
+    # processed, which only makes this harder to meet.)
+    overload = total_sent / processed
+    assert overload >= OVERLOAD, (
+        f"the flood sent {total_sent} datagrams, only {overload:.1f}x the {processed:.0f} the "
+        f"daemon processed (kernel drops {kernel:.0f}, queue drops {queue_full:.0f}); "
+        f"wanted at least {OVERLOAD}x"
+    )
     print(
-        f"\nflood: {flood_rate:.0f} datagrams/s ({flood_rate / rate:.1f}x decode rate "
-        f"{rate:.0f}/s), received {received:.0f}, kernel drops {kernel:.0f}, queue drops "
+        f"\nflood: {sent / elapsed:.0f} datagrams/s sent, {processed / elapsed:.0f}/s "
+        f"processed ({overload:.0f}x), kernel drops {kernel:.0f}, queue drops "
         f"{queue_full:.0f}, records {records:.0f}, RSS {idle_rss >> 20} -> peak "
         f"{peak_rss >> 20} MiB, exfil datagrams {exfil_sent}"
     )
