@@ -73,6 +73,8 @@ class DetectStats:
     snapshots: int = 0
     snapshot_errors: int = 0
     snapshots_loaded: int = 0
+    #: partitions given back by a rebalance and kept in memory instead of loaded again
+    partitions_kept: int = 0
     commits: int = 0
     commit_failures: int = 0
     resets: int = 0
@@ -153,6 +155,8 @@ class Detect:
         self._interval_log: Any = None
         #: why the group must be left and joined again (a snapshot could not be read)
         self._rejoin = ""
+        #: partitions revoked by the last rebalance, saved, in case they come back
+        self._parked: dict[TopicPartition, _Partition] = {}
 
     @property
     def ready(self) -> bool:
@@ -215,6 +219,7 @@ class Detect:
         self._ready = False
         consumer, self._consumer = self._consumer, None
         self.partitions.clear()
+        self._parked.clear()
         if consumer is not None:
             try:
                 await consumer.stop()
@@ -443,6 +448,9 @@ class Detect:
             await self._save(parts)
             for part in parts:
                 del self.partitions[part.tp]
+            # Kept in case the next assignment gives them back (the sticky assignor tries
+            # to, and aiokafka revokes everything before each assignment).
+            self._parked = {part.tp: part for part in parts}
         if revoked:
             log.info("%s: partitions revoked: %s", self.name, _describe(revoked))
             self._ownership_changed()
@@ -452,8 +460,14 @@ class Detect:
         if consumer is None or self._stopping:
             return  # leaving the group: the next owner loads these partitions
         async with self._lock:
+            parked, self._parked = self._parked, {}
             for tp in assigned:
                 if tp in self.partitions:
+                    continue
+                if tp in parked and await self._untouched(tp, parked[tp]):
+                    self.partitions[tp] = parked[tp]
+                    consumer.seek(tp, parked[tp].position)
+                    self.stats.partitions_kept += 1
                     continue
                 try:
                     part = await self._load(tp)
@@ -474,6 +488,16 @@ class Detect:
                         await consumer.seek_to_beginning(tp)
         log.info("%s: partitions assigned: %s", self.name, _describe(assigned) or "none")
         self._ownership_changed()
+
+    async def _untouched(self, tp: TopicPartition, part: _Partition) -> bool:
+        """Whether nobody moved ``tp`` on since ``part`` was saved and committed: then the
+        engine in memory is what its snapshot would give, without loading it."""
+        try:
+            committed = await self._consumer.committed(tp)
+        except Exception as exc:
+            log.debug("%s: committed offset of %s unknown: %r", self.name, tp, exc)
+            return False
+        return committed is not None and committed == part.position
 
     def _ownership_changed(self) -> None:
         if self.on_ownership is not None:
@@ -545,6 +569,7 @@ class Detect:
             ("egressd_cluster_snapshots_total", labels, float(stats.snapshots)),
             ("egressd_cluster_snapshot_errors_total", labels, float(stats.snapshot_errors)),
             ("egressd_cluster_snapshots_loaded_total", labels, float(stats.snapshots_loaded)),
+            ("egressd_cluster_partitions_kept_total", labels, float(stats.partitions_kept)),
             ("egressd_cluster_commits_total", labels, float(stats.commits)),
             ("egressd_cluster_commit_failures_total", labels, float(stats.commit_failures)),
             ("egressd_cluster_resets_total", labels, float(stats.resets)),
