@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from integration_support import (
     EgressdProcess,
     free_port,
@@ -94,6 +94,7 @@ bootstrap_servers = ["{bootstrap}"]
 topics = ["{raw}"]
 group_id = "{ingest_group}"
 format = "goflow2-json"
+dead_letter_topic = "{dead_letters}"
 session_timeout = "2s"
 heartbeat_interval = "300ms"
 rebalance_timeout = "3s"
@@ -188,6 +189,23 @@ async def produce_split(bootstrap: str, topic: str, values: list[bytes], seed: i
         await producer.stop()
 
 
+async def read_topic(bootstrap: str, topic: str, wanted: set[bytes]) -> set[bytes]:
+    """The distinct messages of ``topic`` once they include ``wanted`` (or after 20 s)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    out: set[bytes] = set()
+    try:
+        deadline = time.monotonic() + 20
+        while not wanted <= out and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                out.update(m.value for m in messages)
+    finally:
+        await consumer.stop()
+    return out
+
+
 async def produce_closers(bootstrap: str, topic: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
     await producer.start()
@@ -225,6 +243,7 @@ class Cluster:
         self.names = {
             "ingest_group": unique("ingest"),
             "detect_group": unique("detect"),
+            "dead_letters": unique("dead-letters"),
         }
         self.batch = batch
         self.states = tmp_path / "partitions"
@@ -326,7 +345,10 @@ def test_two_ingest_and_two_detect_processes_give_one_process_sums(
     assert len(expected) > 400
     assert [dict(labels)["dst_country"] for labels in fired] == ["CN"]
     cluster = Cluster(broker, tmp_path)
-    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values, seed=7))
+    asyncio.run(create_topic(broker.bootstrap, cluster.names["dead_letters"], 1))
+    # Two messages no decoder takes: counted, copied to the dead-letter topic, skipped.
+    poison = [b"not json", b'{"bytes": "many"}']
+    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values + poison, seed=7))
     try:
         for name, role in (("detect-a", "detect"), ("detect-b", "detect")):
             cluster.start(name, role)
@@ -346,7 +368,7 @@ def test_two_ingest_and_two_detect_processes_give_one_process_sums(
         ingests = [cluster.processes[n].metrics() for n in ("ingest-a", "ingest-b")]
         detects = [cluster.processes[n].metrics() for n in ("detect-a", "detect-b")]
         read = sum(metric_value(t, "egressd_kafka_messages_total") or 0 for t in ingests)
-        assert read >= len(values) + RAW_PARTITIONS
+        assert read >= len(values) + len(poison) + RAW_PARTITIONS
         rows = sum(metric_value(t, "egressd_cluster_partial_rows_total") or 0 for t in ingests)
         applied = sum(
             metric_value(t, "egressd_cluster_partial_rows_applied_total") or 0 for t in detects
@@ -365,6 +387,8 @@ def test_two_ingest_and_two_detect_processes_give_one_process_sums(
         )
         for text in detects:
             assert (metric_value(text, "egressd_cluster_heartbeats_received_total") or 0) > 0
+        dead = asyncio.run(read_topic(broker.bootstrap, cluster.names["dead_letters"], set(poison)))
+        assert dead == set(poison)
     finally:
         codes = cluster.stop_all()
     assert codes == dict.fromkeys(codes, 0), cluster.logs()

@@ -141,6 +141,8 @@ class Ingest:
         self._producer: Any = None
         self._partitions = 0
         self._lanes: dict[TopicPartition, _Lane] = {}
+        #: undecodable messages of this round, for the dead-letter topic
+        self._failed: list[tuple[Any, str]] = []
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -263,6 +265,9 @@ class Ingest:
             async with self._lock:
                 cuts = self._count(fetched)
                 cuts.extend(self._idle_cuts())
+                failed, self._failed = self._failed, []
+                # Before the batches holding their offsets are committed.
+                await self.source.dead_letter(failed, self._producer)
                 if cuts:
                     await self._ship(cuts)
                 if self.monotonic() - self._last_heartbeat >= self.cluster.heartbeat_interval:
@@ -299,7 +304,8 @@ class Ingest:
                     if lane.exact:
                         self._count_apart(tp, lane, chunk, future_limit)
                     else:
-                        records, _failed = self.source.decode({tp: chunk})
+                        records, failed = self.source.decode({tp: chunk})
+                        self._failed.extend(failed)
                         self.counter.count(lane.key, records, future_limit)
                     lane.last = chunk[-1].offset
                     lane.last_activity = now
@@ -312,7 +318,8 @@ class Ingest:
         self, tp: TopicPartition, lane: _Lane, messages: list[Any], future_limit: float
     ) -> None:
         for message in messages:
-            records, _failed = self.source.decode({tp: [message]})
+            records, failed = self.source.decode({tp: [message]})
+            self._failed.extend(failed)
             self.counter.count(lane.key, records, future_limit)
             partials = self.counter.take(lane.key)
             if partials:

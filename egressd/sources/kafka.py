@@ -357,6 +357,11 @@ class KafkaSource:
         """Records of fetched messages, counted in :attr:`stats`; and the undecodable ones."""
         return self._decode_batches(batches)
 
+    async def dead_letter(self, failed: list[tuple[Any, str]], producer: Any) -> None:
+        """Copy undecodable messages to ``dead_letter_topic`` (if set) through ``producer``."""
+        if failed and self.config.dead_letter_topic:
+            await self._dead_letter(failed, producer)
+
     def _client_options(self) -> dict[str, Any]:
         """Connection and security options shared by the consumer and the producer."""
         cfg = self.config
@@ -588,9 +593,10 @@ class KafkaSource:
                 append(record)
         return sum(record is None for record in decoded)
 
-    async def _dead_letter(self, failed: list[tuple[Any, str]]) -> None:
-        """Copies undecodable messages to the dead-letter topic, with where they came from."""
-        producer = self._producer
+    async def _dead_letter(self, failed: list[tuple[Any, str]], producer: Any = None) -> None:
+        """Copies undecodable messages to the dead-letter topic, with where they came from
+        (through ``producer`` when given: the ingest role shares its own)."""
+        producer = producer or self._producer
         topic = self.config.dead_letter_topic
         try:
             futures = [
