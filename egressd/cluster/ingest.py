@@ -67,6 +67,10 @@ class IngestStats:
     idle_flushes: int = 0  # of which cut short by idle_flush
     messages_produced: int = 0
     partial_rows: int = 0
+    #: of those, rows of first batches after an assignment (kept apart per offset), and the
+    #: offsets those batches covered
+    exact_rows: int = 0
+    exact_offsets: int = 0
     bytes_produced: int = 0
     heartbeats: int = 0
     commits: int = 0
@@ -366,6 +370,10 @@ class Ingest:
                     await producer.send(topic, value, partition=partition, headers=headers)
                 )
                 self.stats.partial_rows += rows
+                if cut.segments is not None:
+                    self.stats.exact_rows += rows
+            if cut.segments is not None:
+                self.stats.exact_offsets += cut.last - cut.first + 1
                 self.stats.bytes_produced += len(value)
         await asyncio.wait_for(asyncio.gather(*futures), _ACK_TIMEOUT)
         self.stats.messages_produced += len(futures)
@@ -498,6 +506,8 @@ class Ingest:
             ("egressd_cluster_idle_flushes_total", labels, float(stats.idle_flushes)),
             ("egressd_cluster_messages_produced_total", labels, float(stats.messages_produced)),
             ("egressd_cluster_partial_rows_total", labels, float(stats.partial_rows)),
+            ("egressd_cluster_exact_rows_total", labels, float(stats.exact_rows)),
+            ("egressd_cluster_exact_offsets_total", labels, float(stats.exact_offsets)),
             ("egressd_cluster_bytes_produced_total", labels, float(stats.bytes_produced)),
             ("egressd_cluster_heartbeats_total", labels, float(stats.heartbeats)),
             ("egressd_cluster_commits_total", labels, float(stats.commits)),
