@@ -180,6 +180,7 @@ async def test_heartbeats_tell_every_partials_partition_how_far_each_source_came
     node._on_assigned([other])
     clock = [1000.0]
     node.monotonic = lambda: clock[0]
+    node.wall = lambda: FLOW_T0 + 86400.0
     node._consumer = FakeConsumer({TP: 10, other: 4})
     producer = node._producer = FakeProducer()
     node._partitions = 3
@@ -188,14 +189,23 @@ async def test_heartbeats_tell_every_partials_partition_how_far_each_source_came
     quiet.acked_time, quiet.last, quiet.last_activity = -math.inf, 3, 980.0
     await node._heartbeat()
     # Every partials partition hears it; the busy source reports what was acknowledged;
-    # the quiet one (caught up, nothing for 20 s, no record ever) moves on from the
-    # furthest of this member's sources at wall-clock pace.
+    # the quiet one (caught up, nothing for 20 s, no record ever) is at wall time (less the
+    # quiet time it takes to count as idle).
     assert sorted(p for _t, _v, p in producer.sent) == [0, 1, 2]
     beat = Heartbeat.decode(producer.sent[0][1])
     assert beat.partitions == {"flows": 2}
-    assert beat.times == {"flows:0": FLOW_T0 + 500, "flows:1": FLOW_T0 + 500 + 20}
-    # A partition with records not yet read is not quiet, whatever the clock says.
+    assert beat.times == {"flows:0": FLOW_T0 + 500, "flows:1": FLOW_T0 + 86400 - 10}
+    # A quiet partition that had records moves on from them at wall-clock pace.
+    quiet.acked_time = FLOW_T0 + 300
+    producer.sent.clear()
+    await node._heartbeat()
+    assert Heartbeat.decode(producer.sent[0][1]).times["flows:1"] == FLOW_T0 + 300 + 20
+    # A partition with records not yet read is not quiet, whatever the clock says: it stays
+    # at what was acknowledged.
     node._consumer = FakeConsumer({TP: 10, other: 9})
     producer.sent.clear()
     await node._heartbeat()
-    assert Heartbeat.decode(producer.sent[0][1]).times == {"flows:0": FLOW_T0 + 500}
+    assert Heartbeat.decode(producer.sent[0][1]).times == {
+        "flows:0": FLOW_T0 + 500,
+        "flows:1": FLOW_T0 + 300,
+    }

@@ -427,7 +427,6 @@ class Ingest:
         consumer = self._consumer
         producer = self._producer
         now = self.monotonic()
-        acked = [lane.acked_time for lane in self._lanes.values() if lane.acked_time > -math.inf]
         beat = Heartbeat()
         for tp, lane in self._lanes.items():
             t = lane.acked_time
@@ -435,11 +434,12 @@ class Ingest:
             highwater = consumer.highwater(tp)
             caught_up = highwater is not None and lane.last + 1 >= highwater
             if lane.first is None and caught_up and quiet >= IDLE_AFTER:
-                # Nothing waits in this partition: wall time moves its event time on, from
-                # its own or (never having had a record) this member's furthest partition.
-                base = t if t > -math.inf else max(acked, default=-math.inf)
-                if base > -math.inf:
-                    t = base + quiet
+                # Nothing waits in this partition: wall time moves its event time on from
+                # where its records left it. One that never had a record here (goflow2 keys
+                # by exporter: partitions without an exporter stay empty) is at wall time:
+                # whatever comes to it later is live, and the slowest partition still sets
+                # the pace of a backlog elsewhere.
+                t = t + quiet if t > -math.inf else self.wall() - IDLE_AFTER
             if t > -math.inf:
                 beat.times[lane.key] = t
         for topic in self.source.config.topics:
