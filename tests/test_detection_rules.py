@@ -296,7 +296,7 @@ def test_a_network_the_group_uses_does_not_count_as_new() -> None:
 
 def test_the_networks_a_group_remembers_are_bounded() -> None:
     engine = _engine("new_destination_max_prefixes = 5\n")
-    flows = [_flow(k * 300 + 100, f"8.8.{k}.8", 2 * MB) for k in range(12)]
+    flows = [_flow(k * 300 + 100, f"8.8.{k}.8", 10 * MB) for k in range(12)]
     _run(engine, flows)
     _run(engine, [_flow(DAY, US, 1)])
     assert engine.new_destinations.prefixes() == {"research": 5}

@@ -26,10 +26,12 @@ _HEADER = struct.Struct("<ddffI")
 # per slot: level, spread (float16, log2 bytes: ~2% resolution), observations (capped at 255)
 _SLOT = struct.Struct("<eeB")
 SLOTS = 48  # 24 hours x (weekday, weekend)
-# trailer: the key's peak interval bytes (decaying) and when it was last raised (float32
-# event time: two-minute resolution, plenty for a half-life of two weeks)
+# trailer: the key's peak interval level (log2(1 + bytes), decaying) and when it was last
+# raised (float32 event time: two-minute resolution, plenty for a half-life of two weeks)
 _PEAK = struct.Struct("<ff")
 _PEAK_OFFSET = _HEADER.size + SLOTS * _SLOT.size
+# the header and the peak read at once (the slots between skipped)
+_HEADER_PEAK = struct.Struct(f"{_HEADER.format}{SLOTS * _SLOT.size}x{_PEAK.format[1:]}")
 #: records written before the peak existed (read with a zero peak)
 OLD_RECORD_SIZE = _PEAK_OFFSET
 RECORD_SIZE = _PEAK_OFFSET + _PEAK.size
@@ -164,9 +166,9 @@ class SeasonalBaselines:
         """
         records = self.records
         offset = _HEADER.size + self.season.slot(event_time) * _SLOT.size
-        header_unpack, header_pack = _HEADER.unpack_from, _HEADER.pack_into
+        header_pack = _HEADER.pack_into
         slot_unpack, slot_pack = _SLOT.unpack_from, _SLOT.pack_into
-        peak_unpack, peak_pack = _PEAK.unpack_from, _PEAK.pack_into
+        header_peak_unpack, peak_pack = _HEADER_PEAK.unpack_from, _PEAK.pack_into
         log2 = math.log2
         changed = self.changed
         for key, byte_count in items:
@@ -179,7 +181,7 @@ class SeasonalBaselines:
                 record = bytearray(RECORD_SIZE)
                 header_pack(record, 0, event_time, event_time, 0.0, MIN_SPREAD, 0)
                 records[key] = record
-            first, last, level, spread, n = header_unpack(record, 0)
+            first, last, level, spread, n, peak, raised = header_peak_unpack(record, 0)
             x = log2(1.0 + byte_count) if byte_count > 0 else 0.0
             level, spread = _update(level, spread, n, x, OVERALL_ALPHA)
             header_pack(
@@ -200,15 +202,9 @@ class SeasonalBaselines:
                 s_spread if s_spread < 60000.0 else 60000.0,
                 s_n + 1 if s_n < 255 else 255,
             )
-            peak, raised = peak_unpack(record, _PEAK_OFFSET)
-            age = event_time - raised
-            # Within one half-life the decayed peak is above half the peak: most intervals
-            # are far below it and need no power.
-            if byte_count >= peak or (
-                (byte_count > 0.5 * peak or age > PEAK_HALF_LIFE)
-                and byte_count >= peak * math.pow(0.5, age / PEAK_HALF_LIFE)
-            ):
-                peak_pack(record, _PEAK_OFFSET, min(byte_count, 3.0e38), event_time)
+            # The peak is kept as a level (log2 bytes), so halving is a subtraction.
+            if x >= peak - (event_time - raised) / PEAK_HALF_LIFE:
+                peak_pack(record, _PEAK_OFFSET, x, event_time)
 
     def expect(self, key: BaselineKey, event_time: float) -> Expectation | None:
         """The seasonal expectation for ``key`` at ``event_time``; None if never seen.
@@ -294,9 +290,10 @@ class SeasonalBaselines:
         if record is None:
             return 0.0
         peak, raised = _PEAK.unpack_from(record, _PEAK_OFFSET)
-        if event_time <= raised:
-            return float(peak)
-        return float(peak) * math.pow(0.5, (event_time - raised) / PEAK_HALF_LIFE)
+        if peak <= 0:
+            return 0.0
+        level = peak - max(event_time - raised, 0.0) / PEAK_HALF_LIFE
+        return max(float(2.0**level) - 1.0, 0.0)
 
     def summary(self, key: BaselineKey) -> dict[str, object] | None:
         """A JSON-friendly view of one baseline (for the HTTP API)."""

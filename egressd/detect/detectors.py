@@ -78,11 +78,13 @@ class BurstRatios:
     halve when they grow large, so the histogram follows the network over weeks.
     """
 
-    __slots__ = ("bins", "samples")
+    __slots__ = ("_cached", "bins", "samples")
 
     def __init__(self) -> None:
         self.bins = [0] * _RATIO_BINS
         self.samples = 0
+        #: (samples, q, answer) of the last quantile asked
+        self._cached: tuple[int, float, float] = (-1, 0.0, 0.0)
 
     def add(self, size: float, expected: float) -> None:
         if size <= 0 or expected <= 0:
@@ -98,6 +100,15 @@ class BurstRatios:
         """The ratio below which ``q`` of the samples fall (0 while there are too few)."""
         if self.samples < BURST_MIN_SAMPLES:
             return 0.0
+        samples, asked, answer = self._cached
+        # A quantile moves little while the samples grow by under 1%: reuse it until then.
+        if asked == q and samples <= self.samples < samples + max(samples // 100, 1):
+            return answer
+        answer = self._quantile(q)
+        self._cached = (self.samples, q, answer)
+        return answer
+
+    def _quantile(self, q: float) -> float:
         target = q * self.samples
         running = 0
         for index, count in enumerate(self.bins):

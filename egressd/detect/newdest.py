@@ -7,16 +7,18 @@ hour to a /24 (IPv4) or /48 (IPv6) the group has not sent to for ``new_destinati
 destination's usual spread, such as a busy nightly-backup hour.
 
 Prefixes come from each interval's top-destination sketch (the addresses that carried at
-least :data:`SEEN_MIN_BYTES` in the interval), so the cost is per interval, not per record.
+least a tenth of the floor's per-interval share in the interval: 8.3 MB by default), so the
+cost is per interval, not per record.
 Each group remembers at most ``new_destination_max_prefixes`` prefixes (least recently used
-go first, counted in :attr:`NewDestinationDetector.evicted`). Keys whose traffic moves
-between networks all the time (CDN-fronted services) learn their own churn: new-prefix
+go first, a tenth at a time, counted in :attr:`NewDestinationDetector.evicted`). Keys whose
+traffic moves between networks all the time (CDN-fronted services) learn their own churn: new-prefix
 volume must also be :data:`CHURN_RATIO` times the most the key has sent to new prefixes in
 an hour before (halving every :data:`CHURN_HALF_LIFE`).
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
 from collections import deque
@@ -31,9 +33,13 @@ from egressd.sketch import TopK
 from egressd.units import format_bytes, format_duration
 
 NEW_DESTINATION = "EgressNewDestinationVolume"
-#: an address counts as used in an interval when it carried at least this much
+SPIKE = "EgressVolumeSpike"  # as egressd.detect.detectors names it
+#: an address counts as used in an interval when it carried at least this much (and a tenth
+#: of the floor's per-interval share: 8.3 MB with the defaults)
 SEEN_MIN_BYTES = 1_000_000
 CHURN_RATIO = 3.0
+#: a prefix's last use is written again only this much later (the unseen horizon is days)
+REFRESH = 3600.0
 CHURN_HALF_LIFE = 14 * 86400.0
 _PREFIX_CACHE = 65_536
 
@@ -49,23 +55,17 @@ def prefix_of(address: str) -> str:
         return address
 
 
-class _Seen:
-    """When a prefix was first used in its current run of use, and last used."""
-
-    __slots__ = ("first", "last")
-
-    def __init__(self, when: float) -> None:
-        self.first = when
-        self.last = when
-
-
 class _GroupPrefixes:
-    __slots__ = ("prefixes", "since")
+    __slots__ = ("known", "prefixes", "since")
 
     def __init__(self, since: float) -> None:
         self.since = since
-        #: least recently used first
-        self.prefixes: dict[str, _Seen] = {}
+        #: address -> until when its prefix is known to be neither new nor stale (a lookup
+        #: per busy address and interval instead of the prefix bookkeeping)
+        self.known: dict[str, float] = {}
+        #: prefix -> (first use in its current run of use, last use); refreshed at most
+        #: once per :data:`REFRESH` so a busy prefix costs one lookup per interval
+        self.prefixes: dict[str, tuple[float, float]] = {}
 
 
 class _Entry:
@@ -79,10 +79,12 @@ class _Entry:
 
 
 class _Window:
-    __slots__ = ("entries", "history")
+    __slots__ = ("covered", "entries", "history")
 
     def __init__(self) -> None:
         self.entries: deque[_Entry] = deque()
+        #: a spike alert on the destination told this transfer already
+        self.covered = False
         #: (event time, window total, paging then) of recent evaluations: once a window
         #: length old, a total that did not page tells what the key's churn is
         self.history: deque[tuple[float, int, bool]] = deque()
@@ -145,36 +147,59 @@ class NewDestinationDetector:
         unseen = config.new_destination_unseen
         fresh_for = config.new_destination_window
         limit = config.new_destination_max_prefixes
-        learning = config.learning
+        warm_up = min(config.learning / 2, 86400.0)
+        # An address counts as used when it carried a tenth of the floor's per-interval share
+        # (less could not bring a network to the floor within the window anyway).
+        use_min = max(
+            SEEN_MIN_BYTES,
+            config.new_destination_min_bytes * config.interval / fresh_for / 10,
+        )
+        policy = self.policy
+        cache = self._prefix_cache
         for key, accum in bucket.items():
-            if accum.bytes < SEEN_MIN_BYTES:
+            if accum.bytes < use_min:
                 continue  # no address in it can have carried enough to count as used
-            group = key[0]
+            group, dest = key
+            if not policy.is_expected(group, dest, start):
+                continue  # the unexpected-destination rule judges it
             tracked = self.groups.get(group)
             if tracked is None:
                 tracked = self.groups[group] = _GroupPrefixes(start)
             prefixes = tracked.prefixes
-            counting = start - tracked.since >= min(learning / 2, 86400.0)
+            known = tracked.known
+            counting = start - tracked.since >= warm_up
             new_bytes = 0
             new_destinations: TopK | None = None
             for address, weight in accum.destinations.counts.items():
-                if weight < SEEN_MIN_BYTES:
+                if weight < use_min or known.get(address, 0.0) > start:
                     continue
-                prefix = self._prefix(address)
-                seen = prefixes.pop(prefix, None)
-                if seen is None or start - seen.last > unseen:
-                    seen = _Seen(start)
-                else:
-                    seen.last = start
-                prefixes[prefix] = seen
-                if counting and start - seen.first < fresh_for:
+                prefix = cache.get(address)
+                if prefix is None:
+                    prefix = self._prefix(address)
+                seen = prefixes.get(prefix)
+                if seen is None or start - seen[1] > unseen:
+                    seen = prefixes[prefix] = (start, start)
+                elif start - seen[1] >= REFRESH:
+                    prefixes[prefix] = (seen[0], start)
+                if counting and start - seen[0] < fresh_for:
                     new_bytes += weight
                     if new_destinations is None:
                         new_destinations = TopK(16)
                     new_destinations.add(address, weight)
-            while len(prefixes) > limit:
-                del prefixes[next(iter(prefixes))]
-                self.evicted += 1
+                elif counting:
+                    # Known for good: skip it until its last use needs writing again.
+                    if len(known) >= 4 * limit:
+                        known.clear()
+                    known[address] = prefixes[prefix][1] + REFRESH
+            if len(prefixes) > limit:
+                # Forget the least recently used tenth at once (amortised).
+                count = len(prefixes) - limit + limit // 10
+                for prefix, _seen in heapq.nsmallest(
+                    count, prefixes.items(), key=lambda item: item[1][1]
+                ):
+                    del prefixes[prefix]
+                tracked.known.clear()
+                self.evicted += count
             if new_destinations is not None:
                 window = self.windows.get(key)
                 if window is None:
@@ -199,7 +224,10 @@ class NewDestinationDetector:
             armed = now - tracked.since >= config.learning and self.policy.is_expected(
                 group, dest, now - config.interval
             )
-            fire = armed and total >= floor and total >= CHURN_RATIO * churn
+            # One page per transfer: a spike alert on the same destination already tells it.
+            if (SPIKE, group, dest.key) in self.book.active:
+                window.covered = True
+            fire = armed and not window.covered and total >= floor and total >= CHURN_RATIO * churn
             keep = total >= floor / 2
 
             def describe(
@@ -289,7 +317,7 @@ class NewDestinationDetector:
             "groups": {
                 group: {
                     "since": tracked.since,
-                    "prefixes": [[p, s.first, s.last] for p, s in tracked.prefixes.items()],
+                    "prefixes": [[p, first, last] for p, (first, last) in tracked.prefixes.items()],
                 }
                 for group, tracked in self.groups.items()
             },
@@ -304,9 +332,7 @@ class NewDestinationDetector:
         for group, item in dict(data.get("groups", {})).items():
             tracked = _GroupPrefixes(float(item["since"]))
             for prefix, first, last in item["prefixes"]:
-                seen = _Seen(float(first))
-                seen.last = float(last)
-                tracked.prefixes[str(prefix)] = seen
+                tracked.prefixes[str(prefix)] = (float(first), float(last))
             groups[str(group)] = tracked
         churn: dict[AggregateKey, tuple[float, float]] = {}
         for group, dest_key, size, when in list(data.get("churn", [])):

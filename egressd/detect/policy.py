@@ -54,6 +54,7 @@ class ExpectedDestinations:
     """Answers "is this destination expected for this group?" at a given event time."""
 
     __slots__ = (
+        "_frozen",
         "_groups",
         "learn_min_bytes",
         "learn_min_days",
@@ -72,6 +73,8 @@ class ExpectedDestinations:
     ) -> None:
         self._groups = {g.name: g for g in groups}
         self.learned: dict[str, LearnedDestinations] = {}
+        #: learned sets of groups whose learning is over (they no longer change)
+        self._frozen: dict[str, frozenset[str]] = {}
         self.learning = learning
         self.learn_min_bytes = learn_min_bytes
         self.learn_min_intervals = learn_min_intervals
@@ -87,6 +90,7 @@ class ExpectedDestinations:
         learn_min_days: int = 1,
     ) -> None:
         self._groups = {g.name: g for g in groups}
+        self._frozen = {}
         self.learning = learning
         self.learn_min_bytes = learn_min_bytes
         # A learning period shorter than the demand cannot meet it: ask for what fits.
@@ -158,7 +162,13 @@ class ExpectedDestinations:
                 return labels.country in policy.expected_countries
         if self.is_learning(group, when):
             return True
-        return self._learned(self.learned[group], labels.country)
+        frozen = self._frozen.get(group)
+        if frozen is None:
+            learned = self.learned[group]
+            frozen = self._frozen[group] = frozenset(
+                c for c in learned.countries if self._learned(learned, c)
+            )
+        return labels.country in frozen
 
     def to_json(self) -> dict[str, object]:
         return {g: learned.to_json() for g, learned in self.learned.items()}
@@ -169,4 +179,5 @@ class ExpectedDestinations:
             if not isinstance(item, dict):
                 raise ValueError(f"malformed learned destinations for {group!r}")
             learned[group] = LearnedDestinations.from_json(item)
+        self._frozen = {}
         self.learned = learned

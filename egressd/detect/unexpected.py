@@ -180,7 +180,7 @@ class UnexpectedDestinationDetector:
         windows = self.windows
         count = len(self._config.unexpected_windows)
         now = start + self._config.interval
-        dust = self._dust()
+        dust = self._dust
         groups: dict[str, list[int]] = {}
         for key, accum in bucket.items():
             window = windows.get(key)
@@ -224,6 +224,7 @@ class UnexpectedDestinationDetector:
         if len(windows) > self._config.max_keys:
             self._evict_for_room()
 
+    @property
     def _dust(self) -> int:
         """Below this, an interval does not open a window of its own (it still counts for
         the group's fan-out sums): a tenth of the smallest per-interval share of a floor.
@@ -283,20 +284,24 @@ class UnexpectedDestinationDetector:
         Only windows whose totals can have grown (they took an entry) or that have an alert
         to keep or resolve are evaluated; totals of the others only shrink.
         """
+        self._ticks += 1
+        sweep = self._ticks % _SWEEP_EVERY == 0
+        if not (self._touched or sweep or self._fanout_last or any(self._alerting.values())):
+            # Nothing took an entry and nothing has an alert: only the groups' sums can move.
+            return self._evaluate_fanout(now) if self._groups else []
         config = self._config
         spans = config.unexpected_windows
         fraction = config.ingress_return_fraction
         changed: list[Alert] = []
         active = self.book.active
         fanout_last = self._fanout_last
-        self._ticks += 1
         windows = self.windows
         horizons = [now - length for length, _floor in spans]
         floors = [floor for _length, floor in spans]
         # Windows halfway to the longest window's floor might still page: keep evidence.
         heavy = spans[-1][1] // 2
         expire = self._expire
-        if self._ticks % _SWEEP_EVERY == 0:
+        if sweep:
             for key, window in list(windows.items()):
                 if not window.alerting:
                     expire(window, horizons, heavy)
@@ -378,13 +383,22 @@ class UnexpectedDestinationDetector:
         factor = config.fanout_factor
         fraction = config.ingress_return_fraction
         changed = []
+        sweep = self._ticks % _SWEEP_EVERY == 0
         for group in list(self._groups):
             group_spans = self._groups[group]
+            active = group in self._fanout_last
+            if not active and not sweep:
+                # The sums before expiring bound those after: under every floor, nothing to do.
+                for span, (_length, floor) in zip(group_spans, spans, strict=True):
+                    if span.bytes >= factor * floor:
+                        break
+                else:
+                    continue
             sums = []
             for index, span in enumerate(group_spans):
                 span.expire(now - spans[index][0])
                 sums.append(span.effective(fraction))
-            if group not in self._fanout_last:
+            if not active:
                 if not group_spans[-1].entries:
                     del self._groups[group]
                     continue
