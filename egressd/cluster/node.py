@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -26,6 +26,7 @@ from egressd.sinks.alertlog import AlertLog
 from egressd.sinks.alertmanager import AlertmanagerSink
 from egressd.sinks.http import HttpServer
 from egressd.sinks.metrics import PREFIX, _extra_families
+from egressd.systemd import Notifier
 
 log = logging.getLogger("egressd.cluster")
 
@@ -53,8 +54,9 @@ class _RoleCollector:
 class RoleNode:
     """One ingest or detect process. Inert until :meth:`run`; also the HTTP API's view."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, environ: Mapping[str, str] | None = None) -> None:
         self.config = config
+        self.notifier = Notifier(environ)
         self.labeler = build_labeler(config)
         self.alertmanager = (
             AlertmanagerSink(config.alertmanager, generator_url(config))
@@ -131,6 +133,8 @@ class RoleNode:
         exit_code = EXIT_OK
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_refused)
+        watchdog: asyncio.Task[None] | None = None
         try:
             for component in (self.alert_log, self.alertmanager, self.http, self.component):
                 if component is not None:
@@ -141,6 +145,9 @@ class RoleNode:
                 self.config.cluster.role,
                 self.config.http.listen,
             )
+            self.notifier.ready(f"{self.config.cluster.role} role running")
+            if self.notifier.watchdog_interval:
+                watchdog = loop.create_task(self._watchdog(self.notifier.watchdog_interval))
             waits = [loop.create_task(stopping.wait())]
             waits += [
                 loop.create_task(c.wait()) for c in started if callable(getattr(c, "wait", None))
@@ -158,15 +165,34 @@ class RoleNode:
             log.error("cannot start: %s", exc)
             exit_code = EXIT_ERROR
         finally:
+            self.notifier.stopping()
+            if watchdog is not None:
+                watchdog.cancel()
             for component in reversed(started):
                 try:
                     await component.stop()
                 except Exception:
                     log.exception("stopping %s failed", type(component).__name__)
                     exit_code = EXIT_ERROR
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            self.notifier.close()
         return exit_code
+
+    def _reload_refused(self) -> None:
+        # Partitions, engines and snapshots are built from the configuration at start: a
+        # changed one is applied by a restart, which moves the partitions cleanly.
+        log.warning(
+            "configuration reload is not supported in the %s role: restart egressd to apply "
+            "a changed configuration",
+            self.config.cluster.role,
+        )
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the event loop itself: a stuck loop stops the pings and systemd acts.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
 
 
 def run_role(config: Config) -> int:

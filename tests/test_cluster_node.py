@@ -1,0 +1,64 @@
+"""A process in the ingest or detect role under systemd: READY, watchdog, SIGHUP, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from pathlib import Path
+
+from integration_support import free_port
+
+from egressd.cluster.node import RoleNode
+from egressd.config import parse_config
+
+CONFIG = """
+[http]
+listen = "127.0.0.1:{http}"
+
+[[sources.kafka]]
+bootstrap_servers = ["127.0.0.1:{kafka}"]
+topics = ["flows"]
+
+[cluster]
+role = "{role}"
+state_directory = "{states}"
+"""
+
+
+async def datagrams_until(sock: socket.socket, wanted: str, timeout: float = 20.0) -> str:
+    loop = asyncio.get_running_loop()
+    seen = ""
+    async with asyncio.timeout(timeout):
+        while wanted not in seen:
+            seen += (await loop.sock_recv(sock, 4096)).decode() + "\n"
+    return seen
+
+
+async def test_a_role_process_notifies_systemd_and_survives_sighup(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    # No broker listens: the process is up (and says so) while it keeps trying to connect.
+    config = parse_config(
+        CONFIG.format(http=free_port(), kafka=free_port(), role="detect", states=tmp_path)
+    )
+    node = RoleNode(config, {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    run = asyncio.get_running_loop().create_task(node.run())
+    try:
+        assert "READY=1" in await datagrams_until(sock, "READY=1")
+        await datagrams_until(sock, "WATCHDOG=1")
+        # A reload is refused with a warning; the process goes on.
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        assert not run.done()
+        await datagrams_until(sock, "WATCHDOG=1")
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(run, 30) == 0
+        assert "STOPPING=1" in await datagrams_until(sock, "STOPPING=1")
+    finally:
+        if not run.done():
+            run.cancel()
+        sock.close()
