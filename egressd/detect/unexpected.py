@@ -160,7 +160,7 @@ class UnexpectedDestinationDetector:
         #: per group: windows with an alert of their own
         self._alerting: dict[str, set[AggregateKey]] = {}
         #: windows that took an entry this interval, in bucket order
-        self._touched: list[AggregateKey] = []
+        self._touched: list[tuple[AggregateKey, _Window]] = []
         self._ticks = 0
 
     def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
@@ -206,7 +206,7 @@ class UnexpectedDestinationDetector:
                     span.ingress += ingress
                 if window.touched != now:
                     window.touched = now
-                    self._touched.append(key)
+                    self._touched.append((key, window))
             total = groups.get(key[0])
             if total is None:
                 groups[key[0]] = [accum.bytes, accum.small, accum.ingress]
@@ -273,7 +273,7 @@ class UnexpectedDestinationDetector:
         excess = len(self.windows) - self._config.max_keys
         count = min(len(candidates), max(excess, self._config.max_keys // 10, 1))
         for _total, key in heapq.nsmallest(count, candidates, key=lambda item: item[0]):
-            del self.windows[key]
+            self.windows.pop(key).touched = -1.0  # an evicted window is not evaluated
         self.evicted += count
 
     # -- evaluation --------------------------------------------------------------------------
@@ -307,20 +307,18 @@ class UnexpectedDestinationDetector:
                     expire(window, horizons, heavy)
                     if not window.entries:
                         del windows[key]
-        keys = self._touched
+        touched = self._touched
         self._touched = []
         untouched = [
-            key
+            (key, held)
             for alerting in self._alerting.values()
             for key in alerting
             if (held := windows.get(key)) is not None and held.touched != now
         ]
-        untouched.sort(key=lambda key: (key[0], key[1].key))
-        for key in keys + untouched:
-            found = windows.get(key)
-            if found is None:
-                continue
-            window = found
+        untouched.sort(key=lambda item: (item[0][0], item[0][1].key))
+        for key, window in touched + untouched:
+            if window.touched < 0:
+                continue  # evicted since it took its entry
             if not window.alerting:
                 # Fast path: the sums before expiring bound the sums after; under every
                 # floor nothing can fire (expiring waits for the hourly sweep).
@@ -613,7 +611,7 @@ class UnexpectedDestinationDetector:
                 span.entries = deque(sorted(span.entries, key=lambda e: e[0]))
         self.windows = windows
         self._groups = groups
-        self._touched = list(windows)
+        self._touched = list(windows.items())
         self._alerting = {}
         for key, window in windows.items():
             if window.alerting:
