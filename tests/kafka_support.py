@@ -272,8 +272,10 @@ def goflow2_record(
     dst: str = "8.8.8.8",
     nbytes: int = 1500,
     t: float | None = None,
+    packets: int | None = None,
 ) -> bytes:
-    """A goflow2 ≥2 JSON record; ``seq`` is its source port, so tests tell records apart."""
+    """A goflow2 ≥2 JSON record; ``seq`` is its source port, so tests tell records apart.
+    ``packets`` defaults to one per 1,500 bytes."""
     import orjson
 
     when = int((FLOW_T0 + seq * 0.01 if t is None else t) * 1e9)
@@ -287,7 +289,7 @@ def goflow2_record(
             "time_flow_start_ns": when - 10**9,
             "time_flow_end_ns": when,
             "bytes": nbytes,
-            "packets": max(1, nbytes // 1500),
+            "packets": max(1, nbytes // 1500) if packets is None else packets,
             "src_addr": src,
             "dst_addr": dst,
             "etype": "IPv4",

@@ -114,6 +114,7 @@ interval_log = "{intervals}"
 DESTINATIONS = ["3.5.140.2", "8.8.8.8", "81.2.69.160", "5.9.0.1", "10.1.2.3", "2.16.0.1"]
 SOURCES = ["10.20.0.5", "10.20.0.6", "10.30.1.1", "10.30.1.2", "10.40.0.9", "172.16.0.1"]
 CN = "47.100.23.45"
+MIRROR = "47.100.23.50"  # in CN too
 MINUTES = 40
 
 Key = tuple[float, str, str]
@@ -143,6 +144,27 @@ def flow_values(seed: int) -> list[bytes]:
             values.append(
                 goflow2_record(
                     seq, src="10.20.0.17", dst=CN, nbytes=12_000_000, t=FLOW_T0 + i + 0.7
+                )
+            )
+        # Traps, which must page nowhere: research sends 300 MB to GB, which it may; an
+        # office host downloads 20 GB from a mirror in CN, whose ACKs (60 B a packet,
+        # 400 MB) go back to CN: a download's return traffic, not an upload.
+        if 600 <= i < 900 and i % 20 == 10:
+            seq += 1
+            values.append(
+                goflow2_record(
+                    seq, src="10.20.0.9", dst="81.2.69.160", nbytes=20_000_000, t=FLOW_T0 + i
+                )
+            )
+        if 300 <= i < 1500 and i % 30 == 15:
+            seq += 2
+            t = FLOW_T0 + i + 0.2
+            values.append(
+                goflow2_record(seq - 1, src=MIRROR, dst="10.30.1.1", nbytes=500_000_000, t=t)
+            )
+            values.append(
+                goflow2_record(
+                    seq, src="10.30.1.1", dst=MIRROR, nbytes=10_000_000, t=t, packets=166_667
                 )
             )
     return values
@@ -343,7 +365,14 @@ def test_two_ingest_and_two_detect_processes_give_one_process_sums(
     values = flow_values(seed=7)
     expected, fired = single_process(values + closing_values())
     assert len(expected) > 400
-    assert [dict(labels)["dst_country"] for labels in fired] == ["CN"]
+    # Only the exfiltration pages, not the traps (an upload to an expected country, a
+    # download's return traffic): whose ingress and small-packet sums travel in the partials.
+    assert [(dict(labels)["group"], dict(labels)["dst_country"]) for labels in fired] == [
+        ("research", "CN")
+    ]
+    office_cn = [row for (_s, g, d), row in expected.items() if (g, d) == ("office", "CN")]
+    assert sum(row[6] for row in office_cn) == 20_000_000_000  # ingress from the mirror
+    assert sum(row[5] for row in office_cn) == 400_000_000  # its ACKs, in small packets
     cluster = Cluster(broker, tmp_path)
     asyncio.run(create_topic(broker.bootstrap, cluster.names["dead_letters"], 1))
     # Two messages no decoder takes: counted, copied to the dead-letter topic, skipped.
