@@ -34,7 +34,7 @@ from egressd.enrich import DestinationLabeler
 from egressd.enrich.labeler import CompositeLabeler
 from egressd.errors import ConfigError, EgressdError, StateError, StateTooLarge
 from egressd.model import FlowRecord
-from egressd.pipeline import Engine
+from egressd.pipeline import Engine, EngineStats, Partial
 from egressd.replay import build_labeler
 from egressd.sinks.alertlog import AlertLog
 from egressd.sinks.alertmanager import AlertmanagerSink
@@ -105,9 +105,14 @@ def build_sources(config: Config) -> list[Source]:
 
     if config.sources.netflow:
         from egressd.sources.netflow import NetflowSource
+        from egressd.sources.netflow_workers import NetflowWorkers
 
         for netflow in config.sources.netflow:
-            sources.append(NetflowSource(netflow, unique(f"netflow:{netflow.listen}")))
+            name = unique(f"netflow:{netflow.listen}")
+            if netflow.workers > 1:
+                sources.append(NetflowWorkers(netflow, name, config))
+            else:
+                sources.append(NetflowSource(netflow, name))
     if config.sources.kafka:
         from egressd.sources.kafka import KafkaSource
 
@@ -159,6 +164,37 @@ class EngineFeed:
             self.last_event_time = after
         if alerts:
             daemon.publish(alerts)
+
+    def apply_partials(
+        self, partials: Sequence[Partial], event_time: float | None, counts: Mapping[str, int]
+    ) -> None:
+        """What NetFlow workers counted: ``partials`` up to their ``event_time``, and their
+        per-record engine counters (``counts``: increments by :class:`EngineStats` field)."""
+        daemon = self._daemon
+        engine = daemon.engine
+        stats = engine.stats
+        for name, delta in counts.items():
+            if name in _WORKER_COUNTERS and delta > 0:
+                setattr(stats, name, getattr(stats, name) + delta)
+        if event_time is not None:
+            # A worker's clock cannot push event time past what a record could claim.
+            event_time = min(event_time, self.wall() + daemon.config.detection.max_clock_ahead)
+        before = engine.event_time()
+        alerts = engine.apply_partials(partials, event_time)
+        after = engine.event_time()
+        if after > before:
+            self.last_wall = self.monotonic()
+            self.last_event_time = after
+        if alerts:
+            daemon.publish(alerts)
+
+
+#: per-record engine counters a worker keeps (egress ones come with the partials)
+_WORKER_COUNTERS = frozenset(
+    f.name
+    for f in dataclasses.fields(EngineStats)
+    if f.type == "int" and f.name not in ("egress_records", "egress_bytes", "intervals_closed")
+)
 
 
 class Daemon:
@@ -365,6 +401,11 @@ class Daemon:
             alertmanager=self.config.alertmanager,
             alerts=self.config.alerts,
         )
+        for source in self.sources:
+            # NetFlow workers classify and label: they count with the new policy too.
+            reconfigure = getattr(source, "reconfigure", None)
+            if callable(reconfigure):
+                reconfigure(self.config)
         old, self.labeler = self.labeler, labeler
         if isinstance(old, CompositeLabeler):
             old.close()  # the new labeler opened its own copies of the files

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -150,6 +151,8 @@ class NetflowSourceConfig:
     max_templates: int = 10_000
     max_pending_datagrams: int = 1_000
     pending_timeout: float = 60.0
+    #: processes that decode and count (1: the daemon's own event loop, no worker)
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +471,22 @@ def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"expected a positive integer, got {value!r}")
     return value
+
+
+#: the most NetFlow worker processes one source may have
+MAX_WORKERS = 64
+
+
+def _workers(value: Any) -> int:
+    """A worker count, or "auto": one per CPU (at most :data:`MAX_WORKERS`)."""
+    if value == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    count = _positive_int(value)
+    if count > MAX_WORKERS:
+        raise ValueError(f"expected at most {MAX_WORKERS} workers, got {count}")
+    if count > 1 and not sys.platform.startswith("linux"):
+        raise ValueError("workers > 1 needs Linux (SO_REUSEPORT steering by exporter address)")
+    return count
 
 
 def _positive_float(value: Any) -> float:
@@ -907,6 +926,7 @@ def _read_netflow(t: _Table) -> NetflowSourceConfig:
             "max_pending_datagrams", d.max_pending_datagrams, _positive_int
         ),
         pending_timeout=t.get("pending_timeout", d.pending_timeout, _positive_duration),
+        workers=t.get("workers", d.workers, _workers),
     )
     t.done()
     return cfg

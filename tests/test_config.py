@@ -4,6 +4,7 @@ with its key path, file and line, and ``egressd check-config`` exit codes."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -223,12 +224,24 @@ def test_unknown_tables_are_located_at_their_headers(text: str, problem: str) ->
         ('[alertmanager]\nresend_interval = "soon"\n', "alertmanager.resend_interval"),
         ("[state]\nunknown = 1\n", "state.unknown"),
         ('networks = "10.0.0.0/8"\n', "networks"),
+        ("[[sources.netflow]]\nworkers = 0\n", "sources.netflow[0].workers"),
+        ("[[sources.netflow]]\nworkers = 65\n", "sources.netflow[0].workers"),
+        ('[[sources.netflow]]\nworkers = "many"\n', "sources.netflow[0].workers"),
     ],
 )
 def test_bad_values_are_rejected_with_their_key(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "c.toml")
     assert any(f": {key}: " in p for p in info.value.problems), info.value.problems
+
+
+def test_netflow_workers_default_to_one_and_auto_means_one_per_cpu() -> None:
+    (default,) = parse_config("[[sources.netflow]]\n").sources.netflow
+    assert default.workers == 1
+    (three,) = parse_config("[[sources.netflow]]\nworkers = 3\n").sources.netflow
+    assert three.workers == 3
+    (auto,) = parse_config('[[sources.netflow]]\nworkers = "auto"\n').sources.netflow
+    assert auto.workers == min(os.cpu_count() or 1, 64)
 
 
 def test_invalid_toml_is_a_config_error() -> None:

@@ -1,0 +1,274 @@
+"""One NetFlow/IPFIX worker process: decode, classify, label and sum into interval partials.
+
+Started by :class:`egressd.sources.netflow_workers.NetflowWorkers` as
+``python -m egressd.sources.netflow_worker UDP_FD CONTROL_FD worker=INDEX``: the UDP socket
+is one member of the parent's SO_REUSEPORT group (the parent keeps it open, so the exporters
+it steers here stay here across a restart); the control socket is a stream to the parent.
+
+Frames on the control stream are ``!IB`` (payload length, kind) then the payload. The parent
+sends the configuration (a pickle of ``(Config, NetflowSourceConfig)``; a parent is trusted by
+its own child) first and again on every reload, and a stop request at shutdown. The worker
+sends, every :data:`FLUSH_EVERY` seconds, what it counted: a header (orjson: event time and
+cumulative counters) and an interval partials batch (:func:`egressd.partials.encode_partials`).
+The worker exits when the parent asks, or when the control stream ends (the parent died).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import fields
+from typing import Any
+
+import orjson
+
+from egressd.config import Config, NetflowSourceConfig
+from egressd.enrich.labeler import CompositeLabeler
+from egressd.errors import DecodeError
+from egressd.model import FlowRecord
+from egressd.partials import PartialCounter, encode_partials
+from egressd.pipeline import EngineStats
+from egressd.replay import build_labeler
+from egressd.sources.netflow import NetflowSource
+
+FRAME = struct.Struct("!IB")
+HEADER = struct.Struct("!I")
+#: parent -> worker: the configuration (pickle of (Config, NetflowSourceConfig))
+KIND_CONFIG = 1
+#: parent -> worker: send what is counted, then exit
+KIND_STOP = 2
+#: worker -> parent: header + partials batch
+KIND_PARTIALS = 3
+#: seconds between partials batches (event time reaches the parent at most this late)
+FLUSH_EVERY = 0.25
+#: datagrams read from the socket before their records are counted
+_DRAIN = 256
+#: engine counters a worker adds to the parent's (egress ones travel inside the partials)
+ENGINE_COUNTERS = tuple(
+    f.name
+    for f in fields(EngineStats)
+    if f.type == "int" and f.name not in ("egress_records", "egress_bytes", "intervals_closed")
+)
+
+
+def write_frame(sock: socket.socket, kind: int, payload: bytes) -> None:
+    sock.sendall(FRAME.pack(len(payload), kind) + payload)
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes | None:
+    chunks: list[bytes] = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes] | None:
+    """The next frame, or None when the stream ended."""
+    head = _read_exact(sock, FRAME.size)
+    if head is None:
+        return None
+    size, kind = FRAME.unpack(head)
+    payload = _read_exact(sock, size) if size else b""
+    return None if payload is None else (kind, payload)
+
+
+def partials_frame(header: dict[str, Any], blob: bytes) -> bytes:
+    encoded = orjson.dumps(header)
+    return HEADER.pack(len(encoded)) + encoded + blob
+
+
+def split_partials_frame(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header, partials batch) of a KIND_PARTIALS payload; ValueError when malformed."""
+    if len(payload) < HEADER.size:
+        raise ValueError("short partials frame")
+    (size,) = HEADER.unpack_from(payload)
+    header = orjson.loads(payload[HEADER.size : HEADER.size + size])
+    if not isinstance(header, dict):
+        raise ValueError("partials frame header is not an object")
+    return header, payload[HEADER.size + size :]
+
+
+class Worker:
+    """The worker's state: its decoder, its counter and what it has seen."""
+
+    __slots__ = (
+        "config",
+        "counter",
+        "decoder",
+        "dropped",
+        "errors",
+        "filter",
+        "labeler",
+        "next_geo",
+        "pending",
+        "records",
+        "units",
+    )
+
+    def __init__(self, config: Config, netflow: NetflowSourceConfig) -> None:
+        # The exporter filter and its cache are the single-process source's own code.
+        self.filter = NetflowSource(netflow, "worker")
+        self.decoder = self.filter.decoder
+        self.config = config
+        self.labeler = build_labeler(config)
+        self.counter = PartialCounter(config, self.labeler)
+        self.pending: list[FlowRecord] = []
+        self.units = 0
+        self.records = 0
+        self.errors: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+        self.next_geo = time.monotonic() + config.geo.watch_interval
+
+    def reconfigure(self, config: Config) -> None:
+        labeler = build_labeler(config)
+        self.counter.engine.reconfigure(config, labeler)
+        old, self.labeler = self.labeler, labeler
+        if isinstance(old, CompositeLabeler):
+            old.close()
+        self.config = config
+
+    def geo_tick(self, now: float) -> None:
+        if now < self.next_geo:
+            return
+        self.next_geo = now + self.config.geo.watch_interval
+        labeler = self.labeler
+        if isinstance(labeler, CompositeLabeler) and labeler.reload_if_changed():
+            self.counter.engine.labels_changed()
+
+    def receive(self, sock: socket.socket) -> None:
+        """Read what the socket holds (up to :data:`_DRAIN` datagrams), decode, count."""
+        decode = self.decoder.decode
+        check = self.filter._check_exporter
+        exporters = self.filter._exporters
+        records = self.pending
+        wall = time.time
+        for _ in range(_DRAIN):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            self.units += 1
+            host = str(addr[0])
+            allowed = exporters.get(host)
+            if allowed is None:
+                allowed = check(host)
+            if not allowed:
+                self.dropped["exporter_not_allowed"] = (
+                    self.dropped.get("exporter_not_allowed", 0) + 1
+                )
+                continue
+            try:
+                records.extend(decode(data, _exporter_text(host), wall()))
+            except DecodeError as exc:
+                self.errors[exc.reason] = self.errors.get(exc.reason, 0) + 1
+            except Exception:  # never let one datagram take the worker down
+                self.errors["internal_error"] = self.errors.get("internal_error", 0) + 1
+        self.count()
+
+    def count(self) -> None:
+        if self.pending:
+            future_limit = time.time() + self.config.detection.max_clock_ahead
+            self.records += len(self.pending)
+            self.counter.count("w", self.pending, future_limit)
+            self.pending = []
+
+    def frame(self) -> bytes:
+        """Everything counted since the last frame, with the cumulative counters."""
+        self.count()
+        counter = self.counter
+        event_time = counter.event_time("w")
+        stats = self.decoder.stats
+        engine = counter.engine.stats
+        header = {
+            "event_time": event_time if event_time > -math.inf else None,
+            "units": self.units,
+            "records": self.records,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "engine": {name: getattr(engine, name) for name in ENGINE_COUNTERS},
+            "templates": stats.template_count,
+            "template_records": stats.templates,
+            "exporter_restarts": stats.exporter_restarts,
+            "pending_sets": stats.pending_count,
+        }
+        blob = encode_partials(counter.take("w"), self.config.detection.interval)
+        return partials_frame(header, blob)
+
+
+def _exporter_text(host: str) -> str:
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host.partition("%")[0]
+
+
+def serve(udp: socket.socket, control: socket.socket) -> int:
+    """The worker's loop; returns its exit status."""
+    first = read_frame(control)
+    if first is None or first[0] != KIND_CONFIG:
+        return 1
+    config, netflow = pickle.loads(first[1])
+    worker = Worker(config, netflow)
+    udp.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(udp, selectors.EVENT_READ, "udp")
+    selector.register(control, selectors.EVENT_READ, "control")
+    write_frame(control, KIND_PARTIALS, worker.frame())  # "up": the parent counts it ready
+    next_flush = time.monotonic() + FLUSH_EVERY
+    while True:
+        now = time.monotonic()
+        for key, _events in selector.select(max(0.0, next_flush - now)):
+            if key.data == "udp":
+                worker.receive(udp)
+                continue
+            frame = read_frame(control)
+            if frame is None:
+                return 0  # the parent is gone: nobody to send to
+            kind, payload = frame
+            if kind == KIND_CONFIG:
+                write_frame(control, KIND_PARTIALS, worker.frame())  # counted the old way
+                new_config, _netflow = pickle.loads(payload)
+                worker.reconfigure(new_config)
+            elif kind == KIND_STOP:
+                while True:  # what the kernel already holds belongs to this run
+                    before = worker.units
+                    worker.receive(udp)
+                    if worker.units == before:
+                        break
+                write_frame(control, KIND_PARTIALS, worker.frame())
+                return 0
+        now = time.monotonic()
+        if now >= next_flush:
+            write_frame(control, KIND_PARTIALS, worker.frame())
+            next_flush = now + FLUSH_EVERY
+            worker.geo_tick(now)
+
+
+def main(argv: list[str]) -> int:
+    # The parent decides when a worker stops (it asks over the control stream); a signal
+    # to the whole process group (Ctrl-C, systemd's stop) must not lose counted partials.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    udp_fd, control_fd = int(argv[1]), int(argv[2])
+    udp = socket.socket(fileno=udp_fd)
+    control = socket.socket(fileno=control_fd)
+    try:
+        return serve(udp, control)
+    except (BrokenPipeError, ConnectionResetError):
+        return 0
+    finally:
+        control.close()
+        udp.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

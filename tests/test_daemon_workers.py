@@ -1,0 +1,205 @@
+"""``[[sources.netflow]] workers = 2`` in a real ``egressd run``: exporters on several loopback
+addresses, each steered to one worker process; a killed worker starts again on its socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration_support import metric_value, wait_until
+from tests.netflow_builders import data_set, ipfix_datagram, template_set
+from tests.test_daemon_integration import FIELDS, Setup, firing_countries
+
+pytestmark = pytest.mark.integration
+
+EXPORTERS = [f"127.0.0.{n}" for n in range(2, 8)]
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Setup]:
+    s = Setup(tmp_path)
+    s.text += "workers = 2\n"
+    s.config.write_text(s.text)
+    yield s
+    if s.egressd.alive():
+        s.egressd.stop()
+
+
+def send_from(s: Setup, exporter: str, datagram: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((exporter, 0))
+        sock.sendto(datagram, ("127.0.0.1", s.udp))
+
+
+def template(template_id: int = 300) -> bytes:
+    return ipfix_datagram(
+        [template_set({template_id: FIELDS}, ipfix=True)], export_secs=int(time.time())
+    )
+
+
+def data(records: list[tuple[str, str, int, float]], template_id: int = 300) -> bytes:
+    rows = [
+        [socket.inet_aton(src), socket.inet_aton(dst), size, 1, int(end) - 10, int(end)]
+        for src, dst, size, end in records
+    ]
+    return ipfix_datagram([data_set(template_id, FIELDS, rows)], export_secs=int(time.time()))
+
+
+def source_of(s: Setup) -> str:
+    return f"netflow:127.0.0.1:{s.udp}"
+
+
+def worker_received(s: Setup) -> dict[str, float]:
+    text = s.egressd.metrics()
+    return {
+        w: metric_value(
+            text, "egressd_netflow_worker_received_total", source=source_of(s), worker=w
+        )
+        or 0.0
+        for w in ("0", "1")
+    }
+
+
+def egress(s: Setup, country: str) -> float:
+    return (
+        metric_value(s.egressd.metrics(), "egressd_egress_bytes_total", dst_country=country) or 0.0
+    )
+
+
+def worker_of(s: Setup, exporter: str) -> str:
+    """Which worker an exporter's datagrams reach (seen in the per-worker counters)."""
+    before = worker_received(s)
+    send_from(s, exporter, template())
+    wait_until(lambda: worker_received(s) != before, 10, what=f"{exporter} received")
+    after = worker_received(s)
+    moved = [w for w in after if after[w] != before[w]]
+    assert len(moved) == 1, (before, after)
+    return moved[0]
+
+
+def worker_pids(s: Setup) -> dict[str, int]:
+    assert s.egressd.process is not None
+    parent = s.egressd.process.pid
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    out: dict[str, int] = {}
+    for pid in children:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for arg in argv:
+            if arg.startswith(b"worker="):
+                out[arg[7:].decode()] = int(pid)
+    return out
+
+
+def test_workers_count_every_exporter_once_and_page(workers: Setup) -> None:
+    s = workers
+    s.egressd.start()
+    assert metric_value(s.egressd.metrics(), "egressd_netflow_workers") == 2
+    placement = {exporter: worker_of(s, exporter) for exporter in EXPORTERS}
+    # Exporter affinity: the addresses spread over both workers, and templates sent once
+    # per exporter (above) decode every later data set, so each exporter stays on its worker.
+    assert set(placement.values()) == {"0", "1"}, placement
+    now = time.time()
+    sent = 0
+    for round_ in range(5):
+        for n, exporter in enumerate(EXPORTERS):
+            size = 1000 * (n + 1) + round_
+            send_from(s, exporter, data([("10.20.0.5", "81.2.69.160", size, now - 5)]))
+            sent += size
+    wait_until(lambda: egress(s, "GB") == sent, 15, what=f"{sent} bytes to GB")
+    received = worker_received(s)
+    assert sum(received.values()) == len(EXPORTERS) * 6
+    text = s.egressd.metrics()
+    assert metric_value(text, "egressd_received_total", source=source_of(s)) == len(EXPORTERS) * 6
+    assert metric_value(text, "egressd_records_total", source=source_of(s)) == len(EXPORTERS) * 5
+    assert metric_value(text, "egressd_engine_records_total") == len(EXPORTERS) * 5
+    assert metric_value(text, "egressd_netflow_templates", source=source_of(s)) == len(EXPORTERS)
+    # An exfiltration two minutes ago, then a flow closing its interval: pages as one process.
+    exporter = EXPORTERS[0]
+    send_from(s, exporter, data([("10.20.0.17", "47.100.23.45", 5_000_000, now - 120)]))
+    send_from(s, EXPORTERS[1], data([("10.20.0.17", "81.2.69.160", 10_000, time.time())]))
+    wait_until(lambda: firing_countries(s) == ["CN"], 15, what="CN alert through workers")
+    assert s.egressd.stop() == 0, s.egressd.log()
+
+
+def test_killed_worker_starts_again_on_its_socket(workers: Setup) -> None:
+    s = workers
+    s.egressd.start()
+    placement = {exporter: worker_of(s, exporter) for exporter in EXPORTERS}
+    victim = "0"
+    on_victim = next(e for e, w in placement.items() if w == victim)
+    elsewhere = next(e for e, w in placement.items() if w != victim)
+    pids = worker_pids(s)
+    assert set(pids) == {"0", "1"}, pids
+    os.kill(pids[victim], signal.SIGKILL)
+
+    def restarted() -> bool:
+        text = s.egressd.metrics()
+        return (
+            metric_value(
+                text, "egressd_netflow_worker_restarts_total", source=source_of(s), worker=victim
+            )
+            == 1
+            and metric_value(text, "egressd_netflow_worker_up", worker=victim) == 1
+        )
+
+    wait_until(restarted, 15, what="worker 0 restarted")
+    new_pids = worker_pids(s)
+    assert new_pids[victim] != pids[victim] and new_pids["1"] == pids["1"]
+    now = time.time()
+    # The other worker kept its templates: no re-send needed there.
+    send_from(s, elsewhere, data([("10.20.0.5", "81.2.69.160", 7_000, now - 5)]))
+    wait_until(lambda: egress(s, "GB") == 7_000, 10, what="surviving worker decodes")
+    # The restarted worker learns templates again: data waits until the exporter re-sends
+    # them, and the same exporter still reaches the same (restarted) worker.
+    before = worker_received(s)
+    send_from(s, on_victim, data([("10.20.0.5", "81.2.69.160", 3_000, now - 5)]))
+    wait_until(lambda: worker_received(s)[victim] > before[victim], 10, what="victim received")
+    assert worker_received(s)["1"] == before["1"]
+    time.sleep(0.5)
+    assert egress(s, "GB") == 7_000
+    send_from(s, on_victim, template())
+    wait_until(lambda: egress(s, "GB") == 10_000, 10, what="pending data decoded after template")
+    assert s.egressd.alive()
+    assert s.egressd.stop() == 0, s.egressd.log()
+
+
+def test_reload_reaches_the_workers_and_keeps_their_templates(workers: Setup) -> None:
+    s = workers
+    s.egressd.start()
+    placement = {exporter: worker_of(s, exporter) for exporter in EXPORTERS}
+    assert set(placement.values()) == {"0", "1"}, placement
+    pids = worker_pids(s)
+
+    def group_bytes(group: str) -> float:
+        return metric_value(s.egressd.metrics(), "egressd_egress_bytes_total", group=group) or 0.0
+
+    now = time.time()
+    for exporter in EXPORTERS:
+        send_from(s, exporter, data([("10.30.0.5", "81.2.69.160", 1_000, now - 5)]))
+    wait_until(lambda: group_bytes("other") == 6_000, 10, what="10.30/16 counted as other")
+    # Workers classify: a reloaded group must reach them, without a restart.
+    s.config.write_text(
+        s.text.replace('sources = ["10.20.0.0/16"]', 'sources = ["10.20.0.0/16", "10.30.0.0/16"]')
+    )
+    s.egressd.signal(signal.SIGHUP)
+    wait_until(
+        lambda: metric_value(s.egressd.metrics(), "egressd_config_reloads_total") == 1,
+        10,
+        what="reload applied",
+    )
+    time.sleep(0.5)
+    for exporter in EXPORTERS:  # no template re-sent: each worker kept its exporters'
+        send_from(s, exporter, data([("10.30.0.5", "81.2.69.160", 2_000, now - 5)]))
+    wait_until(lambda: group_bytes("research") == 12_000, 10, what="10.30/16 now research")
+    assert group_bytes("other") == 6_000
+    assert worker_pids(s) == pids
+    assert s.egressd.stop() == 0, s.egressd.log()
