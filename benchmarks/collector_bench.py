@@ -13,6 +13,11 @@ realistic one (1,000 sources, Zipf-distributed destinations). For each collector
 and the ratios against nfacctd and nfcapd measured in the same run, with the targets. The
 machine is shared: the spread of the repeated CPU rounds and the load average are printed.
 Run: ``python benchmarks/collector_bench.py [--seconds 2.5] [--quick]`` (a few minutes).
+
+``--workers N`` compares instead egressd with ``workers = 1`` and ``workers = N`` (the
+NetFlow worker processes) on the realistic corpus sent from :data:`EXPORTERS` loopback
+addresses (the workers split exporters, so one exporter would reach one worker) and prints
+the ratio of their highest sustained rates, measured in the same run.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ QUEUE_LIMIT = 0.01
 TARGET_RATE_VS_NFACCTD = 0.3
 TARGET_CPU_VS_NFACCTD = 4.0
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+#: exporter addresses the --workers comparison sends from (loopback only)
+EXPORTERS = tuple(f"127.0.0.{n}" for n in range(2, 10))
 
 # Public /8s: destinations that are foreign to every local network and not special-purpose.
 PUBLIC_FIRST_OCTETS = (3, 4, 8, 13, 17, 20, 23, 31, 34, 35, 41, 45, 46, 47, 52, 54, 62, 77, 78,
@@ -78,6 +85,7 @@ listen = "127.0.0.1:{http}"
 [[sources.netflow]]
 listen = "127.0.0.1:{udp}"
 receive_buffer = "4MiB"
+workers = {workers}
 """
 
 NFACCTD_CONFIG = """
@@ -172,15 +180,22 @@ def stamped(pool: list[bytes], unix_secs: int) -> list[bytes]:
 
 
 def udp_socket_state(port: int) -> tuple[int, int]:
-    """(receive queue bytes, drops) of the IPv4 UDP socket bound to ``port`` on loopback."""
+    """(receive queue bytes, drops) of the IPv4 UDP sockets bound to ``port`` on loopback
+    (summed: egressd's workers share the port in a SO_REUSEPORT group)."""
     wanted = f"0100007F:{port:04X}"
+    found = False
+    queued = drops = 0
     with open("/proc/net/udp") as table:
         next(table)
         for line in table:
             fields = line.split()
             if fields[1] == wanted:
-                return int(fields[4].split(":")[1], 16), int(fields[12])
-    raise RuntimeError(f"no UDP socket on 127.0.0.1:{port}")
+                found = True
+                queued += int(fields[4].split(":")[1], 16)
+                drops += int(fields[12])
+    if not found:
+        raise RuntimeError(f"no UDP socket on 127.0.0.1:{port}")
+    return queued, drops
 
 
 def truesize_per_datagram(size: int) -> float:
@@ -238,6 +253,8 @@ class Collector:
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    #: source addresses to send from (one exporter each)
+    exporters: tuple[str, ...] = ("127.0.0.1",)
     #: flows processed so far, when the collector can tell (egressd's /metrics)
     processed: Callable[[], float] | None = None
     #: datagrams the collector itself dropped after reading them (egressd's queue)
@@ -258,10 +275,12 @@ def _metrics(base: str) -> dict[str, float]:
     return values
 
 
-def start_egressd(directory: Path) -> Collector:
+def start_egressd(
+    directory: Path, workers: int = 1, exporters: tuple[str, ...] = ("127.0.0.1",)
+) -> Collector:
     udp, http = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
-    config = directory / "egressd.toml"
-    config.write_text(EGRESSD_CONFIG.format(udp=udp, http=http))
+    config = directory / f"egressd-{workers}.toml"
+    config.write_text(EGRESSD_CONFIG.format(udp=udp, http=http, workers=workers))
     command = [sys.executable, "-m", "egressd.cli", "run", "--config", str(config)]
     if os.geteuid() == 0:
         command.append("--allow-root")
@@ -280,9 +299,10 @@ def start_egressd(directory: Path) -> Collector:
             raise RuntimeError("egressd did not start")
         time.sleep(0.1)
     return Collector(
-        "egressd",
+        "egressd" if workers == 1 and len(exporters) == 1 else f"workers={workers}",
         udp,
         process,
+        exporters=exporters,
         processed=lambda: _metrics(base).get("egressd_engine_records_total", 0.0),
         own_drops=lambda: _metrics(base).get("egressd_dropped_total", 0.0),
     )
@@ -339,13 +359,25 @@ class Trial:
         return self.loss < LOSS_LIMIT and self.queued < QUEUE_LIMIT
 
 
-def send(port: int, pool: list[bytes], rate: float, seconds: float) -> int:
-    """Send datagrams of ``pool`` in order at ``rate`` flows/s; returns data datagrams sent."""
+def send(
+    port: int,
+    pool: list[bytes],
+    rate: float,
+    seconds: float,
+    exporters: tuple[str, ...] = ("127.0.0.1",),
+) -> int:
+    """Send datagrams of ``pool`` in order at ``rate`` flows/s, taking turns between the
+    ``exporters`` source addresses; returns data datagrams sent."""
     per_second = rate / RECORDS_PER_DATAGRAM
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect(("127.0.0.1", port))
-        sock.send(template_datagram())
-        transmit = sock.send
+    with contextlib.ExitStack() as stack:
+        senders = []
+        for exporter in exporters:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            sock.bind((exporter, 0))
+            sock.connect(("127.0.0.1", port))
+            sock.send(template_datagram())
+            senders.append(sock.send)
+        turns = len(senders)
         size = len(pool)
         sent = 0
         clock = time.perf_counter
@@ -358,7 +390,7 @@ def send(port: int, pool: list[bytes], rate: float, seconds: float) -> int:
             while sent < due:
                 # ENOBUFS: the loopback queue is full; the datagram is lost (counted as sent)
                 with contextlib.suppress(OSError):
-                    transmit(pool[sent % size])
+                    senders[sent % turns](pool[sent % size])
                 sent += 1
             if sent >= elapsed * per_second:
                 time.sleep(0.0005)
@@ -388,7 +420,7 @@ def trial(
     processed_before = collector.processed() if collector.processed else 0.0
     cpu_before = cpu_seconds(collector.process.pid)
     started = time.perf_counter()
-    datagrams = send(collector.port, pool, rate, seconds)
+    datagrams = send(collector.port, pool, rate, seconds, collector.exporters)
     elapsed = time.perf_counter() - started
     queued_bytes, drops_after = udp_socket_state(collector.port)
     processed_now = collector.processed() if collector.processed else None
@@ -484,15 +516,56 @@ def loadavg() -> str:
         return " ".join(stream.read().split()[:3])
 
 
+def compare_workers(workers: int, seconds: float, trials: int) -> int:
+    """egressd with one process against ``workers`` worker processes, same datagrams."""
+    pool = realistic(2_000)
+    truesize = truesize_per_datagram(len(pool[0]))
+    print(f"load average at start: {loadavg()} ({os.cpu_count()} cores, shared)")
+    print(
+        f"realistic corpus, {len(EXPORTERS)} exporters, {RECORDS_PER_DATAGRAM} flows per "
+        f"datagram; trials of {seconds}s\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        collectors = [
+            start_egressd(directory, 1, EXPORTERS),
+            start_egressd(directory, workers, EXPORTERS),
+        ]
+        try:
+            searches = max_rates(collectors, pool, seconds, truesize, trials)
+        finally:
+            for collector in collectors:
+                collector.process.send_signal(signal.SIGTERM)
+            for collector in collectors:
+                try:
+                    collector.process.wait(20)
+                except subprocess.TimeoutExpired:
+                    collector.process.kill()
+                    collector.process.wait()
+    for name, search in searches.items():
+        limited = " (sender-limited)" if search.sender_limited else ""
+        print(f"  {name:10s} max rate {search.low:>12,.0f} flows/s{limited}")
+    one, many = (search.low for search in searches.values())
+    ratio = many / one if one else float("nan")
+    print(f"  workers={workers} / workers=1: max rate {ratio:.2f}x")
+    print(f"load average at end: {loadavg()}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=2.5, help="sending time per trial")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved CPU rounds")
     parser.add_argument("--trials", type=int, default=7, help="max-rate trials per collector")
     parser.add_argument("--quick", action="store_true", help="one corpus-pass, fewer trials")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="compare egressd workers = 1 with this many"
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.trials = 1.5, 2, 5
+    if args.workers > 1:
+        return compare_workers(args.workers, args.seconds, args.trials)
     missing = [program for program in ("nfcapd", "nfacctd") if shutil.which(program) is None]
     if missing:
         print(f"missing programs: {', '.join(missing)} (Debian: nfdump, pmacct)", file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration_support import metric_value, wait_until
+from tests.integration_support import free_udp_port, metric_value, wait_until
 from tests.netflow_builders import data_set, ipfix_datagram, template_set
 from tests.test_daemon_integration import FIELDS, Setup, firing_countries
 
@@ -203,3 +203,26 @@ def test_reload_reaches_the_workers_and_keeps_their_templates(workers: Setup) ->
     assert group_bytes("other") == 6_000
     assert worker_pids(s) == pids
     assert s.egressd.stop() == 0, s.egressd.log()
+
+
+def test_workers_on_an_ipv6_listener(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    port = free_udp_port("::1")
+    s.text = s.text.replace(f'listen = "127.0.0.1:{s.udp}"', f'listen = "[::1]:{port}"')
+    s.text += "workers = 2\n"
+    s.config.write_text(s.text)
+    s.egressd.start()
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.sendto(template(), ("::1", port))
+            sock.sendto(data([("10.20.0.5", "81.2.69.160", 4_321, time.time() - 5)]), ("::1", port))
+        wait_until(lambda: egress(s, "GB") == 4_321, 10, what="IPv6 exporter counted")
+        text = s.egressd.metrics()
+        received = [
+            metric_value(text, "egressd_netflow_worker_received_total", worker=w) for w in "01"
+        ]
+        assert sorted(received) == [0.0, 2.0], received  # one exporter, one worker
+        assert s.egressd.stop() == 0, s.egressd.log()
+    finally:
+        if s.egressd.alive():
+            s.egressd.stop()

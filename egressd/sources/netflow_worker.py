@@ -47,6 +47,8 @@ KIND_STOP = 2
 KIND_PARTIALS = 3
 #: seconds between partials batches (event time reaches the parent at most this late)
 FLUSH_EVERY = 0.25
+#: seconds a stopping worker goes on reading what its socket holds
+STOP_DRAIN = 2.0
 #: datagrams read from the socket before their records are counted
 _DRAIN = 256
 #: engine counters a worker adds to the parent's (egress ones travel inside the partials)
@@ -239,7 +241,10 @@ def serve(udp: socket.socket, control: socket.socket) -> int:
                 new_config, _netflow = pickle.loads(payload)
                 worker.reconfigure(new_config)
             elif kind == KIND_STOP:
-                while True:  # what the kernel already holds belongs to this run
+                # What the kernel already holds belongs to this run (within a bound: a
+                # flood would otherwise keep the worker reading for ever).
+                deadline = time.monotonic() + STOP_DRAIN
+                while time.monotonic() < deadline:
                     before = worker.units
                     worker.receive(udp)
                     if worker.units == before:

@@ -57,6 +57,8 @@ _RESTART_DELAYS = (0.2, 10.0)
 #: a worker that ran this long before dying starts again without delay
 _HEALTHY_RUN = 30.0
 _INTERN_LIMIT = 100_000
+#: decoder counters a worker reports as running totals, kept over its restarts here
+_DECODER_TOTALS = ("template_records", "exporter_restarts")
 
 
 class PartialsSink(Protocol):
@@ -132,6 +134,7 @@ class _Worker:
         self.last: dict[str, Any] = {}
         #: counters over every process of this worker
         self.totals: dict[str, int] = {"units": 0, "records": 0, "errors": 0}
+        self.totals.update(dict.fromkeys(_DECODER_TOTALS, 0))
         self.dropped: dict[str, int] = {}
 
 
@@ -335,6 +338,8 @@ class NetflowWorkers:
             child.close()
         worker.started = time.monotonic()
         worker.dead.clear()
+        for key in _DECODER_TOTALS:  # the new process counts from 0
+            worker.totals[key] += int(worker.last.get(key, 0))
         worker.last = {}
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=1 << 20)
         worker.reader, worker.writer = reader, writer
@@ -428,8 +433,9 @@ class NetflowWorkers:
             buffer_drops += worker.kernel_drops
             last = worker.last
             templates += int(last.get("templates", 0)) if worker.up else 0
+            template_records += worker.totals["template_records"]
             template_records += int(last.get("template_records", 0))
-            restarts += int(last.get("exporter_restarts", 0))
+            restarts += worker.totals["exporter_restarts"] + int(last.get("exporter_restarts", 0))
             pending += int(last.get("pending_sets", 0)) if worker.up else 0
             samples += [
                 ("egressd_netflow_worker_up", label, 1.0 if worker.up else 0.0),
