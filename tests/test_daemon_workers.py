@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration_support import free_udp_port, metric_value, wait_until
+from tests.integration_support import metric_value, wait_until
 from tests.netflow_builders import data_set, ipfix_datagram, template_set
 from tests.test_daemon_integration import FIELDS, Setup, firing_countries
 
@@ -207,7 +207,9 @@ def test_reload_reaches_the_workers_and_keeps_their_templates(workers: Setup) ->
 
 def test_workers_on_an_ipv6_listener(tmp_path: Path) -> None:
     s = Setup(tmp_path)
-    port = free_udp_port("::1")
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+        probe.bind(("::1", 0))
+        port = int(probe.getsockname()[1])
     s.text = s.text.replace(f'listen = "127.0.0.1:{s.udp}"', f'listen = "[::1]:{port}"')
     s.text += "workers = 2\n"
     s.config.write_text(s.text)
