@@ -213,6 +213,16 @@ def truesize_per_datagram(size: int) -> float:
     return queued / 50
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` alone (not its children)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` and of its child processes (nfacctd runs plugins as children)."""
     total = 0
@@ -253,6 +263,9 @@ class Collector:
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    #: seconds to wait after sending before counting what is still queued (workers report
+    #: what they counted every 0.25 s: that delay is reporting, not a backlog)
+    settle: float = 0.0
     #: source addresses to send from (one exporter each)
     exporters: tuple[str, ...] = ("127.0.0.1",)
     #: flows processed so far, when the collector can tell (egressd's /metrics)
@@ -422,6 +435,8 @@ def trial(
     started = time.perf_counter()
     datagrams = send(collector.port, pool, rate, seconds, collector.exporters)
     elapsed = time.perf_counter() - started
+    if collector.settle:
+        time.sleep(collector.settle)
     queued_bytes, drops_after = udp_socket_state(collector.port)
     processed_now = collector.processed() if collector.processed else None
     lost = drops_after - drops_before
@@ -531,8 +546,18 @@ def compare_workers(workers: int, seconds: float, trials: int) -> int:
             start_egressd(directory, 1, EXPORTERS),
             start_egressd(directory, workers, EXPORTERS),
         ]
+        for collector in collectors:  # the same grace for both: the workers' report interval
+            collector.settle = 0.3
+        cpu: dict[str, list[tuple[float, float]]] = {c.name: [] for c in collectors}
         try:
             searches = max_rates(collectors, pool, seconds, truesize, trials)
+            for _round in range(3):
+                for collector in collectors:
+                    own_before = process_cpu_seconds(collector.process.pid)
+                    result = trial(collector, pool, CPU_RATE, 3.0, truesize)
+                    own = process_cpu_seconds(collector.process.pid) - own_before
+                    flows = max(result.achieved * 3.0 * (1 - result.loss), 1.0)
+                    cpu[collector.name].append((result.cpu / flows * 1e6, own / flows * 1e6))
         finally:
             for collector in collectors:
                 collector.process.send_signal(signal.SIGTERM)
@@ -544,7 +569,13 @@ def compare_workers(workers: int, seconds: float, trials: int) -> int:
                     collector.process.wait()
     for name, search in searches.items():
         limited = " (sender-limited)" if search.sender_limited else ""
-        print(f"  {name:10s} max rate {search.low:>12,.0f} flows/s{limited}")
+        total = statistics.median(total for total, _own in cpu[name])
+        own = statistics.median(own for _total, own in cpu[name])
+        print(
+            f"  {name:10s} max rate {search.low:>12,.0f} flows/s{limited}; CPU at "
+            f"{CPU_RATE // 1000}k flows/s: {total:.2f} us/flow, of which the daemon process "
+            f"{own:.2f} us/flow"
+        )
     one, many = (search.low for search in searches.values())
     ratio = many / one if one else float("nan")
     print(f"  workers={workers} / workers=1: max rate {ratio:.2f}x")
