@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration_support import metric_value, wait_until
+from tests.integration_support import http_get, metric_value, wait_until
 from tests.netflow_builders import data_set, ipfix_datagram, template_set
 from tests.test_daemon_integration import FIELDS, Setup, firing_countries
 
@@ -228,3 +228,53 @@ def test_workers_on_an_ipv6_listener(tmp_path: Path) -> None:
     finally:
         if s.egressd.alive():
             s.egressd.stop()
+
+
+def test_drops_are_counted_per_worker(workers: Setup) -> None:
+    s = workers
+    s.text = s.text.replace("workers = 2\n", 'workers = 2\nreceive_buffer = "64KiB"\n')
+    s.text += 'allowed_exporters = ["127.0.0.2/31", "127.0.0.4/31", "127.0.0.6/32"]\n'
+    s.config.write_text(s.text)
+    s.egressd.start()
+    placement = {exporter: worker_of(s, exporter) for exporter in EXPORTERS[:-1]}
+    victim = "0"
+    on_victim = next(e for e, w in placement.items() if w == victim)
+    source = source_of(s)
+
+    def dropped(worker: str, reason: str) -> float:
+        return (
+            metric_value(
+                s.egressd.metrics(),
+                "egressd_netflow_worker_dropped_total",
+                source=source,
+                worker=worker,
+                reason=reason,
+            )
+            or 0.0
+        )
+
+    # An exporter outside the allowlist: counted by the worker that got its datagram.
+    refused = EXPORTERS[-1]
+    before = worker_received(s)
+    send_from(s, refused, template())
+    wait_until(lambda: worker_received(s) != before, 10, what="refused datagram received")
+    after = worker_received(s)
+    (refusing,) = [w for w in after if after[w] != before[w]]
+    assert dropped(refusing, "exporter_not_allowed") == 1
+    assert metric_value(s.egressd.metrics(), "egressd_dropped_total", source=source) == 1
+    # A stopped worker: its socket's buffer overflows, counted for that worker alone.
+    pid = worker_pids(s)[victim]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        payload = data([("10.20.0.5", "81.2.69.160", 1, time.time())] * 40)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((on_victim, 0))
+            for _ in range(2000):
+                sock.sendto(payload, ("127.0.0.1", s.udp))
+        wait_until(lambda: dropped(victim, "receive_buffer") > 0, 10, what="buffer drops")
+        assert dropped("1", "receive_buffer") == 0
+        assert s.egressd.alive()
+        assert http_get(f"{s.egressd.base}/readyz")[0] == 200
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert s.egressd.stop() == 0, s.egressd.log()
