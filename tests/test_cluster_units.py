@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from kafka_support import FLOW_T0, goflow2_record
 
@@ -209,3 +210,30 @@ async def test_heartbeats_tell_every_partials_partition_how_far_each_source_came
         "flows:0": FLOW_T0 + 500,
         "flows:1": FLOW_T0 + 300,
     }
+
+
+class FailingProducer(FakeProducer):
+    """Fails the first message it is given."""
+
+    async def send(self, topic: str, value: bytes, partition: int, headers: Any) -> Any:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.sent:
+            done.set_exception(TimeoutError("no acknowledgement"))
+        else:
+            done.set_result(None)
+        self.sent.append((topic, value, partition))
+        return done
+
+
+async def test_a_later_batch_is_never_sent_where_an_earlier_one_failed(tmp_path: Path) -> None:
+    node = ingest(tmp_path)
+    node._partitions = 1
+    producer = node._producer = FailingProducer()
+    cuts = node._count({TP: messages(list(range(12)))})
+    assert [(c.first, c.last) for c in cuts] == [(0, 4), (5, 9)]
+    with pytest.raises(TimeoutError):
+        await node._ship(cuts)
+    # The batch 5-9 waited for 0-4, which failed: it was never produced, and nothing was
+    # committed; both are read and produced again, in order.
+    assert len(producer.sent) == 1
+    assert node.stats.commits == 0

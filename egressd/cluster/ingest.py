@@ -358,25 +358,39 @@ class Ingest:
         return cut
 
     async def _ship(self, cuts: list[_Cut]) -> None:
-        """Produce ``cuts``, wait for every acknowledgement, then commit their offsets."""
+        """Produce ``cuts``, wait for every acknowledgement, then commit their offsets.
+
+        Batches of one source partition go out one wave after another, each acknowledged
+        before the next is sent: a later batch must never be written where an earlier one
+        failed, or the earlier one, produced again, would look like a replay and be dropped.
+        """
         producer = self._producer
         topic = self.cluster.partials_topic
         interval = self.config.detection.interval
-        futures = []
+        waves: list[list[_Cut]] = []
+        depth: dict[TopicPartition, int] = {}
         for cut in cuts:
-            headers = partials_headers(cut.key, cut.first, cut.last, cut.event_time)
-            for partition, value, rows in self._encode(cut, interval):
-                futures.append(
-                    await producer.send(topic, value, partition=partition, headers=headers)
-                )
-                self.stats.partial_rows += rows
+            n = depth.get(cut.tp, 0)
+            depth[cut.tp] = n + 1
+            if n == len(waves):
+                waves.append([])
+            waves[n].append(cut)
+        for wave in waves:
+            futures = []
+            for cut in wave:
+                headers = partials_headers(cut.key, cut.first, cut.last, cut.event_time)
+                for partition, value, rows in self._encode(cut, interval):
+                    futures.append(
+                        await producer.send(topic, value, partition=partition, headers=headers)
+                    )
+                    self.stats.partial_rows += rows
+                    self.stats.bytes_produced += len(value)
+                    if cut.segments is not None:
+                        self.stats.exact_rows += rows
                 if cut.segments is not None:
-                    self.stats.exact_rows += rows
-            if cut.segments is not None:
-                self.stats.exact_offsets += cut.last - cut.first + 1
-                self.stats.bytes_produced += len(value)
-        await asyncio.wait_for(asyncio.gather(*futures), _ACK_TIMEOUT)
-        self.stats.messages_produced += len(futures)
+                    self.stats.exact_offsets += cut.last - cut.first + 1
+            await asyncio.wait_for(asyncio.gather(*futures), _ACK_TIMEOUT)
+            self.stats.messages_produced += len(futures)
         offsets: dict[TopicPartition, int] = {}
         for cut in cuts:
             lane = self._lanes.get(cut.tp)
