@@ -492,9 +492,9 @@ class Ingest:
         log.info("%s: source partitions assigned: %s", self.name, _describe(assigned) or "none")
 
     async def _learn_positions(self, assigned: list[TopicPartition]) -> None:
-        """Where each new lane starts: a partition read to its end before (committed offset
-        at its highwater) is then known to be caught up, and its event time can move on
-        while it stays quiet."""
+        """Each new lane starts at its partition's committed offset; a partition read to its
+        end before (committed offset at its highwater) is then known to be caught up, and its
+        event time can move on while it stays quiet."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -504,10 +504,13 @@ class Ingest:
                 continue
             try:
                 committed = await consumer.committed(tp)
-            except Exception as exc:  # only idle event time depends on it
+            except Exception as exc:  # aiokafka starts from the committed offset anyway
                 log.debug("%s: committed offset of %s unknown: %r", self.name, tp, exc)
                 continue
-            if committed:
+            if committed is not None:
+                # Read from the last commit, whatever this member had fetched before: what
+                # it counted and did not produce was dropped on revoke.
+                consumer.seek(tp, committed)
                 lane.last = committed - 1
 
     # -- views --------------------------------------------------------------------------------
