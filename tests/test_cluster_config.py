@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,11 @@ def test_bad_object_storage_settings(extra: str, message: str) -> None:
         parse_config(KAFKA + f'[cluster]\nrole = "detect"\n{extra}\n')
     assert "cluster.state_url" in str(error.value)
     assert message in str(error.value)
+
+
+def test_the_example_in_docs_scaling_is_a_valid_configuration() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "scaling.md").read_text()
+    (block,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    config = parse_config(block, "docs/scaling.md")
+    assert config.cluster.role == "ingest"
+    assert config.sources.kafka[0].topics == ("flows",)
