@@ -139,6 +139,15 @@ def test_killed_worker_starts_again_on_its_socket(workers: Setup) -> None:
     elsewhere = next(e for e, w in placement.items() if w != victim)
     pids = worker_pids(s)
     assert set(pids) == {"0", "1"}, pids
+
+    def decoder(name: str, **labels: str) -> float | None:
+        return metric_value(s.egressd.metrics(), name, source=source_of(s), **labels)
+
+    wait_until(
+        lambda: decoder("egressd_netflow_template_records_total") == len(EXPORTERS),
+        10,
+        what="templates counted",
+    )
     os.kill(pids[victim], signal.SIGKILL)
 
     def restarted() -> bool:
@@ -168,6 +177,11 @@ def test_killed_worker_starts_again_on_its_socket(workers: Setup) -> None:
     assert egress(s, "GB") == 7_000
     send_from(s, on_victim, template())
     wait_until(lambda: egress(s, "GB") == 10_000, 10, what="pending data decoded after template")
+    # Decoder counters add up over the worker's processes; gauges hold what lives now.
+    assert decoder("egressd_netflow_template_records_total") == len(EXPORTERS) + 1
+    assert decoder("egressd_netflow_pending_total", outcome="decoded") == 1
+    on_survivor = sum(1 for w in placement.values() if w != victim)
+    assert decoder("egressd_netflow_templates") == on_survivor + 1
     assert s.egressd.alive()
     assert s.egressd.stop() == 0, s.egressd.log()
 

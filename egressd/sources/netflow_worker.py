@@ -51,6 +51,14 @@ FLUSH_EVERY = 0.25
 STOP_DRAIN = 2.0
 #: datagrams read from the socket before their records are counted
 _DRAIN = 256
+#: metrics of the single-process source that belong to the daemon's sockets, not a worker
+SOCKET_METRICS = frozenset(
+    {
+        "egressd_netflow_queue_length",
+        "egressd_netflow_receive_buffer_bytes",
+        "egressd_netflow_receive_buffer_drops_total",
+    }
+)
 #: engine counters a worker adds to the parent's (egress ones travel inside the partials)
 ENGINE_COUNTERS = tuple(
     f.name
@@ -189,7 +197,6 @@ class Worker:
         self.count()
         counter = self.counter
         event_time = counter.event_time("w")
-        stats = self.decoder.stats
         engine = counter.engine.stats
         header = {
             "event_time": event_time if event_time > -math.inf else None,
@@ -198,10 +205,12 @@ class Worker:
             "errors": self.errors,
             "dropped": self.dropped,
             "engine": {name: getattr(engine, name) for name in ENGINE_COUNTERS},
-            "templates": stats.template_count,
-            "template_records": stats.templates,
-            "exporter_restarts": stats.exporter_restarts,
-            "pending_sets": stats.pending_count,
+            # The single-process source's decoder metrics, but for those of its socket.
+            "samples": [
+                [name, labels, value]
+                for name, labels, value in self.filter.extra_metrics()
+                if name not in SOCKET_METRICS
+            ],
         }
         blob = encode_partials(counter.take("w"), self.config.detection.interval)
         return partials_frame(header, blob)

@@ -57,8 +57,8 @@ _RESTART_DELAYS = (0.2, 10.0)
 #: a worker that ran this long before dying starts again without delay
 _HEALTHY_RUN = 30.0
 _INTERN_LIMIT = 100_000
-#: decoder counters a worker reports as running totals, kept over its restarts here
-_DECODER_TOTALS = ("template_records", "exporter_restarts")
+#: a decoder metric sample: (name, label items but ``source``)
+_SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class PartialsSink(Protocol):
@@ -100,6 +100,7 @@ def attach_steering(sock: socket.socket, sockets: int) -> None:
 
 class _Worker:
     __slots__ = (
+        "base",
         "dead",
         "dropped",
         "index",
@@ -134,7 +135,8 @@ class _Worker:
         self.last: dict[str, Any] = {}
         #: counters over every process of this worker
         self.totals: dict[str, int] = {"units": 0, "records": 0, "errors": 0}
-        self.totals.update(dict.fromkeys(_DECODER_TOTALS, 0))
+        #: decoder counters (``*_total`` samples) of the processes before the running one
+        self.base: dict[_SampleKey, float] = {}
         self.dropped: dict[str, int] = {}
 
 
@@ -338,8 +340,9 @@ class NetflowWorkers:
             child.close()
         worker.started = time.monotonic()
         worker.dead.clear()
-        for key in _DECODER_TOTALS:  # the new process counts from 0
-            worker.totals[key] += int(worker.last.get(key, 0))
+        for key, value in _samples(worker.last).items():  # the new process counts from 0
+            if key[0].endswith("_total"):
+                worker.base[key] = worker.base.get(key, 0.0) + value
         worker.last = {}
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=1 << 20)
         worker.reader, worker.writer = reader, writer
@@ -423,7 +426,8 @@ class NetflowWorkers:
             ("egressd_netflow_workers", source, float(len(self._workers))),
             ("egressd_netflow_receive_buffer_bytes", source, float(self.receive_buffer)),
         ]
-        templates = template_records = restarts = pending = buffer_drops = 0
+        buffer_drops = 0
+        decoder: dict[_SampleKey, float] = {}
         for worker in self._workers:
             label = {**source, "worker": str(worker.index)}
             if worker.sock.fileno() != -1:
@@ -431,12 +435,11 @@ class NetflowWorkers:
                 if drops is not None:
                     worker.kernel_drops = drops
             buffer_drops += worker.kernel_drops
-            last = worker.last
-            templates += int(last.get("templates", 0)) if worker.up else 0
-            template_records += worker.totals["template_records"]
-            template_records += int(last.get("template_records", 0))
-            restarts += worker.totals["exporter_restarts"] + int(last.get("exporter_restarts", 0))
-            pending += int(last.get("pending_sets", 0)) if worker.up else 0
+            for key, value in worker.base.items():
+                decoder[key] = decoder.get(key, 0.0) + value
+            for key, value in _samples(worker.last).items():
+                if worker.up or key[0].endswith("_total"):  # a dead worker holds nothing
+                    decoder[key] = decoder.get(key, 0.0) + value
             samples += [
                 ("egressd_netflow_worker_up", label, 1.0 if worker.up else 0.0),
                 ("egressd_netflow_worker_restarts_total", label, float(worker.restarts)),
@@ -457,11 +460,23 @@ class NetflowWorkers:
                 samples.append(
                     ("egressd_netflow_worker_dropped_total", {**label, "reason": reason}, count)
                 )
-        samples += [
-            ("egressd_netflow_templates", source, float(templates)),
-            ("egressd_netflow_template_records_total", source, float(template_records)),
-            ("egressd_netflow_exporter_restarts_total", source, float(restarts)),
-            ("egressd_netflow_pending_sets", source, float(pending)),
-            ("egressd_netflow_receive_buffer_drops_total", source, float(buffer_drops)),
-        ]
+        samples.append(("egressd_netflow_receive_buffer_drops_total", source, float(buffer_drops)))
+        for (name, labels), value in sorted(decoder.items()):
+            samples.append((name, {**source, **dict(labels)}, value))
         return samples
+
+
+def _samples(header: Mapping[str, Any]) -> dict[_SampleKey, float]:
+    """A worker's decoder metric samples by (name, labels but ``source``)."""
+    out: dict[_SampleKey, float] = {}
+    for sample in header.get("samples", ()):
+        try:
+            name, labels, value = sample
+            key = (
+                str(name),
+                tuple(sorted((str(k), str(v)) for k, v in dict(labels).items() if k != "source")),
+            )
+            out[key] = out.get(key, 0.0) + float(value)
+        except (TypeError, ValueError):
+            continue
+    return out
