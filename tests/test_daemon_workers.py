@@ -292,3 +292,33 @@ def test_drops_are_counted_per_worker(workers: Setup) -> None:
     finally:
         os.kill(pid, signal.SIGCONT)
     assert s.egressd.stop() == 0, s.egressd.log()
+
+
+def test_workers_pick_up_replaced_geo_files(tmp_path: Path) -> None:
+    from tests.test_geo_reload import replace_atomically, write_country
+
+    country = tmp_path / "country.mmdb"
+    write_country(country, "GB", 1_700_000_000)
+    s = Setup(tmp_path)
+    s.text = s.text.replace(
+        "[state]", f'[geo]\ncountry_mmdb = "{country}"\nwatch_interval = "1s"\n\n[state]'
+    )
+    s.text += "workers = 2\n"
+    s.config.write_text(s.text)
+    s.egressd.start()
+    try:
+        for exporter in EXPORTERS:
+            send_from(s, exporter, template())
+            send_from(s, exporter, data([("10.20.0.5", "18.130.0.10", 1_000, time.time() - 5)]))
+        wait_until(lambda: egress(s, "GB") == 6_000, 10, what="labelled GB by the mmdb")
+        # Each worker watches the files as the daemon does: relabelled without a reload.
+        replace_atomically(country, lambda p: write_country(p, "CN", 1_710_000_000))
+        time.sleep(3)
+        for exporter in EXPORTERS:
+            send_from(s, exporter, data([("10.20.0.5", "18.130.0.10", 2_000, time.time() - 5)]))
+        wait_until(lambda: egress(s, "CN") == 12_000, 10, what="labelled CN after replace")
+        assert egress(s, "GB") == 6_000
+        assert s.egressd.stop() == 0, s.egressd.log()
+    finally:
+        if s.egressd.alive():
+            s.egressd.stop()
