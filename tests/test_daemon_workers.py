@@ -322,3 +322,24 @@ def test_workers_pick_up_replaced_geo_files(tmp_path: Path) -> None:
     finally:
         if s.egressd.alive():
             s.egressd.stop()
+
+
+def test_a_silent_worker_is_killed_and_started_again(workers: Setup) -> None:
+    s = workers
+    s.egressd.start()
+    pids = worker_pids(s)
+    os.kill(pids["0"], signal.SIGSTOP)  # alive to the kernel, but reports nothing
+
+    def restarted() -> bool:
+        text = s.egressd.metrics()
+        return (
+            metric_value(text, "egressd_netflow_worker_restarts_total", worker="0") == 1
+            and metric_value(text, "egressd_netflow_worker_up", worker="0") == 1
+        )
+
+    wait_until(restarted, 40, what="silent worker restarted")
+    now = worker_pids(s)
+    assert now["0"] != pids["0"] and now["1"] == pids["1"]
+    assert not Path(f"/proc/{pids['0']}").exists()  # killed and reaped
+    assert "sent nothing for 20s: killed" in s.egressd.log()
+    assert s.egressd.stop() == 0, s.egressd.log()

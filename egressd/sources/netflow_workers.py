@@ -54,6 +54,8 @@ SO_ATTACH_REUSEPORT_CBPF = 51
 _NET = 0xFFF00000
 #: restart delays after a worker died: doubling from the first to the last
 _RESTART_DELAYS = (0.2, 10.0)
+#: a worker that sent nothing for this long (it reports every 0.25 s) is killed and restarted
+SILENT_LIMIT = 20.0
 #: a worker that ran this long before dying starts again without delay
 _HEALTHY_RUN = 30.0
 _INTERN_LIMIT = 100_000
@@ -352,10 +354,22 @@ class NetflowWorkers:
         try:
             while True:
                 try:
-                    head = await reader.readexactly(FRAME.size)
-                    size, kind = FRAME.unpack(head)
-                    body = await reader.readexactly(size)
+                    async with asyncio.timeout(SILENT_LIMIT):
+                        head = await reader.readexactly(FRAME.size)
+                        size, kind = FRAME.unpack(head)
+                        body = await reader.readexactly(size)
                 except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                except TimeoutError:
+                    # Stuck (or stopped): its exporters would be lost without a sign of it.
+                    log.warning(
+                        "%s: worker %d sent nothing for %ds: killed",
+                        self.name,
+                        worker.index,
+                        int(SILENT_LIMIT),
+                    )
+                    with contextlib.suppress(OSError):
+                        worker.process.kill()
                     break
                 if kind == KIND_PARTIALS:
                     self._apply(worker, body)
