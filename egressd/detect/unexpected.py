@@ -9,8 +9,9 @@ upload beside it does. A group's unexpected egress summed over its destinations 
 
 Cost: a destination gets a window of its own from its first interval carrying at least a
 tenth of the smallest per-interval share of a floor (347 KB with the defaults; smaller
-intervals count for the fan-out sums only). A window is looked at when it takes an entry or
-has an alert to keep or resolve; the rest is swept every 36 intervals. Evidence sketches are kept
+intervals count for the fan-out sums only). A window is looked at when it takes an entry
+that leaves one of its spans at or over that span's floor, or has an alert to keep or resolve;
+the rest is swept every 36 intervals. Evidence sketches are kept
 for the first window's span; older entries merge their heaviest talkers into the window's
 evidence once, and only for windows halfway to a floor.
 """
@@ -181,6 +182,11 @@ class UnexpectedDestinationDetector:
         count = len(self._config.unexpected_windows)
         now = start + self._config.interval
         dust = self._dust
+        floors = [floor for _length, floor in self._config.unexpected_windows]
+        # The longest span holds every entry the others do, so its sum bounds theirs: under
+        # the lowest floor, no span can page.
+        lowest = min(floors)
+        touched = self._touched
         groups: dict[str, list[int]] = {}
         for key, accum in bucket.items():
             window = windows.get(key)
@@ -206,7 +212,16 @@ class UnexpectedDestinationDetector:
                     span.ingress += ingress
                 if window.touched != now:
                     window.touched = now
-                    self._touched.append((key, window))
+                    # Evaluation looks only at windows that might page (sums before expiring
+                    # bound those after) or that have an alert to keep or resolve.
+                    if window.alerting or (
+                        window.spans[-1].bytes >= lowest
+                        and any(
+                            span.bytes >= floor
+                            for span, floor in zip(window.spans, floors, strict=True)
+                        )
+                    ):
+                        touched.append((key, window))
             total = groups.get(key[0])
             if total is None:
                 groups[key[0]] = [accum.bytes, accum.small, accum.ingress]
@@ -247,7 +262,19 @@ class UnexpectedDestinationDetector:
         """
         spans = window.spans
         for span, horizon in zip(spans, horizons, strict=True):
-            span.expire(horizon)
+            # Span.expire inlined: most spans have nothing to drop, and this runs for every
+            # window the hourly sweep looks at.
+            entries = span.entries
+            if entries and entries[0][0] < horizon:
+                size = small = ingress = 0
+                while entries and entries[0][0] < horizon:
+                    entry = entries.popleft()
+                    size += entry[1]
+                    small += entry[2]
+                    ingress += entry[3]
+                span.bytes -= size
+                span.small -= small
+                span.ingress -= ingress
         recent = window.recent
         horizon = horizons[0]
         if recent and recent[0][0] < horizon:
