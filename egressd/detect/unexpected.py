@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from operator import itemgetter
+from typing import Any
 
 from egressd.aggregate import AggregateKey, Bucket
 from egressd.baseline.seasonal import SeasonalBaselines
@@ -42,8 +44,12 @@ _SWEEP_EVERY = 36
 
 
 #: one interval of one key: (start, bytes, small-packet bytes, ingress bytes). Plain tuples of
-#: numbers: the garbage collector stops tracking them, so a day of them costs it nothing.
-_Entry = tuple[float, int, int, int]
+#: numbers: the garbage collector stops tracking them, so a day of them costs it nothing. A
+#: window's first span holds its intervals' evidence sketches too: (start, bytes, small,
+#: ingress, sources, destinations), the sketches None when the interval sent nothing (or came
+#: from a state file, whose evidence is merged already), so expiring the first span and
+#: giving up the sketches is one pass.
+_Entry = tuple[Any, ...]
 
 
 class _Span:
@@ -66,10 +72,10 @@ class _Span:
     def expire(self, horizon: float) -> None:
         entries = self.entries
         while entries and entries[0][0] < horizon:
-            _start, size, small, ingress = entries.popleft()
-            self.bytes -= size
-            self.small -= small
-            self.ingress -= ingress
+            entry = entries.popleft()
+            self.bytes -= entry[1]
+            self.small -= entry[2]
+            self.ingress -= entry[3]
 
     def effective(self, return_fraction: float) -> int:
         """Egress that counts: bulk always; small packets beyond a share of the ingress."""
@@ -82,12 +88,13 @@ class _Span:
 class _Window:
     """One (group, destination)'s recent intervals: one span per configured window length."""
 
-    __slots__ = ("alerting", "destinations", "recent", "sources", "spans", "touched")
+    __slots__ = ("alerting", "destinations", "longer", "sources", "spans", "touched")
 
     def __init__(self, count: int) -> None:
+        #: the first span's entries carry the intervals' sketches (see _Entry)
         self.spans = [_Span() for _ in range(count)]
-        #: (start, sources, destinations) of the intervals in the first span
-        self.recent: deque[tuple[float, TopK, TopK]] = deque()
+        #: the spans after the first
+        self.longer = tuple(self.spans[1:])
         #: evidence of entries older than the first span (heaviest talkers only)
         self.sources = TopK(_EVIDENCE_CAPACITY)
         self.destinations = TopK(_EVIDENCE_CAPACITY)
@@ -110,9 +117,10 @@ class _Window:
         destinations = TopK(64)
         sources.merge(self.sources)
         destinations.merge(self.destinations)
-        for _start, recent_sources, recent_destinations in self.recent:
-            sources.merge(recent_sources)
-            destinations.merge(recent_destinations)
+        for entry in self.spans[0].entries:
+            if entry[4] is not None:
+                sources.merge(entry[4])
+                destinations.merge(entry[5])
         return sources, destinations
 
 
@@ -120,7 +128,10 @@ def _heaviest(sketch: TopK) -> list[tuple[str, int]]:
     counts = sketch.counts
     if len(counts) <= _EVIDENCE_ITEMS:
         return list(counts.items())
-    return heapq.nlargest(_EVIDENCE_ITEMS, counts.items(), key=lambda item: item[1])
+    return heapq.nlargest(_EVIDENCE_ITEMS, counts.items(), key=_WEIGHT)
+
+
+_WEIGHT = itemgetter(1)
 
 
 class UnexpectedDestinationDetector:
@@ -202,10 +213,18 @@ class UnexpectedDestinationDetector:
                 continue
             if window is not None:
                 size, small, ingress = accum.bytes, accum.small, accum.ingress
+                held = window.spans
+                span = held[0]
+                span.entries.append(
+                    (start, size, small, ingress, accum.sources, accum.destinations)
+                    if size
+                    else (start, size, small, ingress, None, None)
+                )
+                span.bytes += size
+                span.small += small
+                span.ingress += ingress
                 entry = (start, size, small, ingress)
-                if size:
-                    window.recent.append((start, accum.sources, accum.destinations))
-                for span in window.spans:
+                for span in window.longer:
                     span.entries.append(entry)
                     span.bytes += size
                     span.small += small
@@ -214,14 +233,13 @@ class UnexpectedDestinationDetector:
                     window.touched = now
                     # Evaluation looks only at windows that might page (sums before expiring
                     # bound those after) or that have an alert to keep or resolve.
-                    if window.alerting or (
-                        window.spans[-1].bytes >= lowest
-                        and any(
-                            span.bytes >= floor
-                            for span, floor in zip(window.spans, floors, strict=True)
-                        )
-                    ):
+                    if window.alerting:
                         touched.append((key, window))
+                    elif held[-1].bytes >= lowest:
+                        for span, floor in zip(held, floors, strict=True):
+                            if span.bytes >= floor:
+                                touched.append((key, window))
+                                break
             total = groups.get(key[0])
             if total is None:
                 groups[key[0]] = [accum.bytes, accum.small, accum.ingress]
@@ -261,10 +279,26 @@ class UnexpectedDestinationDetector:
         ``heavy`` bytes (or with an alert) their heaviest talkers join the window's evidence.
         """
         spans = window.spans
-        for span, horizon in zip(spans, horizons, strict=True):
-            # Span.expire inlined: most spans have nothing to drop, and this runs for every
-            # window the hourly sweep looks at.
+        # Span.expire inlined: this runs for every window the sweep looks at.
+        span = spans[0]
+        entries = span.entries
+        horizon = horizons[0]
+        left: list[_Entry] = []  # what leaves the first span, sketches and all
+        if entries and entries[0][0] < horizon:
+            size = small = ingress = 0
+            while entries and entries[0][0] < horizon:
+                entry = entries.popleft()
+                left.append(entry)
+                size += entry[1]
+                small += entry[2]
+                ingress += entry[3]
+            span.bytes -= size
+            span.small -= small
+            span.ingress -= ingress
+        for index in range(1, len(spans)):
+            span = spans[index]
             entries = span.entries
+            horizon = horizons[index]
             if entries and entries[0][0] < horizon:
                 size = small = ingress = 0
                 while entries and entries[0][0] < horizon:
@@ -275,16 +309,12 @@ class UnexpectedDestinationDetector:
                 span.bytes -= size
                 span.small -= small
                 span.ingress -= ingress
-        recent = window.recent
-        horizon = horizons[0]
-        if recent and recent[0][0] < horizon:
-            keep = spans[-1].bytes >= heavy or window.alerting
-            while recent and recent[0][0] < horizon:
-                _start, sources, destinations = recent.popleft()
-                if keep:
-                    for item, weight in _heaviest(sources):
+        if left and (spans[-1].bytes >= heavy or window.alerting):
+            for entry in left:
+                if entry[4] is not None:
+                    for item, weight in _heaviest(entry[4]):
                         window.sources.add(item, weight)
-                    for item, weight in _heaviest(destinations):
+                    for item, weight in _heaviest(entry[5]):
                         window.destinations.add(item, weight)
 
     def _evict_for_room(self) -> None:
@@ -586,7 +616,7 @@ class UnexpectedDestinationDetector:
                     "group": group,
                     "dest": dest.key,
                     "as_org": dest.as_org,
-                    "entries": [list(e) for e in window.entries],
+                    "entries": [list(e[:4]) for e in window.entries],
                     "sources": sources.to_json(),
                     "destinations": destinations.to_json(),
                 }
@@ -622,8 +652,10 @@ class UnexpectedDestinationDetector:
                     window.sources.merge(TopK.from_json(row[2]))
                     window.destinations.merge(TopK.from_json(row[3]))
                 entry = (float(row[0]), int(row[1]), small, ingress)
-                for span in window.spans:
-                    span.add(entry)
+                # Restored evidence is merged already: the first span's entries carry none.
+                window.spans[0].add((*entry, None, None))
+                for index in range(1, count):
+                    window.spans[index].add(entry)
                 for span in group_spans:
                     span.add(entry)
             sources, destinations = item.get("sources"), item.get("destinations")
