@@ -392,15 +392,22 @@ class Engine:
         totals = self.stats.egress_by_destination
         # Keys that only received (a download's ingress) feed the unexpected windows alone.
         egress: Bucket = {}
+        observe = self.policy.observe
         for key, accum in bucket.items():
-            if not accum.bytes:
+            size = accum.bytes
+            if not size:
                 continue
             egress[key] = accum
-            self.policy.observe(key[0], key[1], accum.bytes, start)
-            if key not in totals and len(totals) >= MAX_DESTINATION_TOTALS:
+            observe(key[0], key[1], size, start)
+            total = totals.get(key)
+            if total is not None:
+                totals[key] = total + size
+            elif len(totals) < MAX_DESTINATION_TOTALS:
+                totals[key] = size
+            else:
                 # Bounded metric cardinality: past the cap a destination adds to its country.
                 key = (key[0], DestinationLabels(key[1].country))
-            totals[key] = totals.get(key, 0) + accum.bytes
+                totals[key] = totals.get(key, 0) + size
         self.unexpected.collect(start, bucket)
         changed = self.unexpected.evaluate(end, self.baselines)
         changed.extend(self.spikes.evaluate(start, egress, self.baselines))

