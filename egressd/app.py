@@ -10,13 +10,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ from egressd.enrich import DestinationLabeler
 from egressd.enrich.labeler import CompositeLabeler
 from egressd.errors import ConfigError, EgressdError, StateError, StateTooLarge
 from egressd.model import FlowRecord
-from egressd.pipeline import Engine, EngineStats, Partial
+from egressd.pipeline import Engine, EngineStats, Partial, Progress
 from egressd.replay import build_labeler
 from egressd.sinks.alertlog import AlertLog
 from egressd.sinks.alertmanager import AlertmanagerSink
@@ -42,24 +40,15 @@ from egressd.sinks.http import HttpServer
 from egressd.sinks.metrics import DaemonStats, EgressdCollector, build_registry
 from egressd.sources.base import Source
 from egressd.systemd import Notifier
-from egressd.units import format_bytes
+from egressd.units import format_bytes, format_utc
 
 log = logging.getLogger("egressd")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 
-#: a live source that delivered nothing for this long lets wall time move event time on
-IDLE_AFTER = 10.0
 #: how often the idle watermark, the status line and readiness are looked at
 TICK = 2.0
-
-
-def _utc_text(seconds: float) -> str:
-    try:
-        return datetime.fromtimestamp(seconds, UTC).isoformat()
-    except (OverflowError, ValueError, OSError):
-        return repr(seconds)
 
 
 def default_config() -> Config:
@@ -129,13 +118,13 @@ def build_sources(config: Config) -> list[Source]:
 class EngineFeed:
     """The RecordSink sources deliver to: runs the engine, forwards alert transitions.
 
-    It also remembers when flows last moved event time on (``last_event_time`` at wall time
-    ``last_wall``): whenever event time stops moving for :data:`IDLE_AFTER`, because sources
-    went quiet or because the only exporter's clock stalled or stepped back, wall time takes
-    over (:meth:`Daemon.idle_tick`) and intervals keep closing.
+    It also remembers when flows last moved event time on (its :class:`Progress`): whenever
+    event time stops moving for ``IDLE_AFTER``, because sources went quiet or because the
+    only exporter's clock stalled or stepped back, wall time takes over
+    (:meth:`Daemon.idle_tick`) and intervals keep closing.
     """
 
-    __slots__ = ("_daemon", "last_event_time", "last_wall", "monotonic", "wall")
+    __slots__ = ("_daemon", "monotonic", "progress", "wall")
 
     def __init__(
         self,
@@ -147,8 +136,25 @@ class EngineFeed:
         self._daemon = daemon
         self.wall = wall
         self.monotonic = monotonic
-        self.last_wall = monotonic()
-        self.last_event_time = -math.inf
+        self.progress = Progress(monotonic())
+
+    @property
+    def last_event_time(self) -> float:
+        """The event time flows last moved to."""
+        return self.progress.event_time
+
+    @last_event_time.setter
+    def last_event_time(self, value: float) -> None:
+        self.progress.event_time = value
+
+    @property
+    def last_wall(self) -> float:
+        """When (on the monotonic clock) flows last moved event time on."""
+        return self.progress.since
+
+    @last_wall.setter
+    def last_wall(self, value: float) -> None:
+        self.progress.since = value
 
     def submit(self, records: Sequence[FlowRecord]) -> None:
         daemon = self._daemon
@@ -160,8 +166,7 @@ class EngineFeed:
         # Only flows that move event time on are progress: flows stamped behind it (a clock
         # stepped back) arrive steadily yet would hold every interval open.
         if after > before:
-            self.last_wall = self.monotonic()
-            self.last_event_time = after
+            self.progress.note(after, self.monotonic())
         if alerts:
             daemon.publish(alerts)
 
@@ -183,8 +188,7 @@ class EngineFeed:
         alerts = engine.apply_partials(partials, event_time)
         after = engine.event_time()
         if after > before:
-            self.last_wall = self.monotonic()
-            self.last_event_time = after
+            self.progress.note(after, self.monotonic())
         if alerts:
             daemon.publish(alerts)
 
@@ -331,8 +335,8 @@ class Daemon:
             "state from %s reaches event time %s, more than detection.max_clock_ahead past "
             "wall time: event time set back to %s",
             path,
-            _utc_text(ahead),
-            _utc_text(self.engine.event_time()),
+            format_utc(ahead),
+            format_utc(self.engine.event_time()),
         )
 
     async def save(self) -> bool:
@@ -462,14 +466,8 @@ class Daemon:
     def idle_tick(self, now: float) -> None:
         """Move event time on at wall-clock pace from where flows last moved it, once they
         have not for IDLE_AFTER (``now`` is the feed's monotonic clock)."""
-        feed = self.feed
-        if feed.last_event_time == -math.inf:
-            return
-        quiet = now - feed.last_wall
-        if quiet < IDLE_AFTER:
-            return
-        target = feed.last_event_time + quiet
-        if target <= self.engine.event_time():
+        target = self.feed.progress.idle_target(now)
+        if target is None or target <= self.engine.event_time():
             return
         self.stats.idle_advances += 1
         alerts = self.engine.advance(target)

@@ -54,6 +54,48 @@ MIN_PACKET_BYTES = 20
 MAX_FLOW_SECONDS = 86400.0
 
 
+#: event time that flows have not moved on for this long (sources quiet, or the only
+#: exporter's clock stalled or stepped back) is moved on by wall time
+IDLE_AFTER = 10.0
+
+
+class Progress:
+    """When flows last moved event time on, to let wall time take over once they stop.
+
+    Both the all-in-one daemon (one for its engine) and the cluster's ingest role (one per
+    source partition) keep one. Only a move *forward* is progress: flows stamped behind
+    (a clock stepped back) may arrive steadily yet would otherwise hold every interval open.
+    ``now`` is the caller's monotonic clock; nothing here reads a clock.
+    """
+
+    __slots__ = ("event_time", "since")
+
+    def __init__(self, now: float, event_time: float = -math.inf) -> None:
+        #: the event time flows last moved to (-inf before any)
+        self.event_time = event_time
+        #: when they did (or when watching began)
+        self.since = now
+
+    def note(self, event_time: float, now: float) -> None:
+        """Flows reached ``event_time`` at ``now``: progress if it is later than before."""
+        if event_time > self.event_time:
+            self.event_time = event_time
+            self.since = now
+
+    def quiet(self, now: float) -> float:
+        """How long event time has stood still."""
+        return now - self.since
+
+    def idle_target(self, now: float) -> float | None:
+        """Where wall time carries event time once it stood still for :data:`IDLE_AFTER`:
+        on from where flows left it, at wall-clock pace; None before that (or before any
+        flow)."""
+        quiet = now - self.since
+        if self.event_time == -math.inf or quiet < IDLE_AFTER:
+            return None
+        return self.event_time + quiet
+
+
 @dataclass(slots=True)
 class EngineStats:
     """Counters of the engine; read by the metrics sink."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 _DURATION_UNITS = {
     "ms": 0.001,
@@ -102,3 +103,11 @@ def format_bytes(count: float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
         value /= 1000
     return f"{value:.2f} PB"
+
+
+def format_utc(seconds: float) -> str:
+    """``seconds`` since the epoch as an ISO 8601 UTC time (the number, when out of range)."""
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return repr(seconds)

@@ -19,10 +19,20 @@ from kafka_support import FLOW_T0, goflow2_record
 
 from egressd.cluster.detect import Detect, _Partition
 from egressd.cluster.ingest import Ingest, _Cut
-from egressd.cluster.wire import Heartbeat, heartbeat_headers, partials_headers
+from egressd.cluster.wire import (
+    HEARTBEAT,
+    KIND,
+    PARTIALS,
+    Heartbeat,
+    heartbeat_headers,
+    partials_headers,
+    read_headers,
+)
 from egressd.config import parse_config
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.partials import encode_segments
+from egressd.pipeline import Progress
+from egressd.sinks.metrics import PREFIX
 
 CONFIG = """
 [networks]
@@ -151,6 +161,37 @@ def test_detect_event_time_is_the_slowest_source_partition(tmp_path: Path) -> No
     assert node.stats.bad_messages == 1
 
 
+async def test_a_snapshot_from_the_future_is_set_back_to_wall_time(tmp_path: Path) -> None:
+    # A snapshot saved by a clock a day ahead: its engine and its source partitions' times
+    # go back to wall time + max_clock_ahead on load, as the all-in-one state file does.
+    node, part = detect(tmp_path)
+    ahead = Heartbeat({"flows:0": FLOW_T0 + 86400}, {"flows": 1})
+    node._apply(part, Message(0, ahead.encode(), heartbeat_headers()))
+    part.position = 1
+    assert part.engine.event_time() == FLOW_T0 + 86400
+    await node._save([part])
+    node.wall = lambda: FLOW_T0 + 600.0
+    loaded = await node._load(part.tp)
+    limit = FLOW_T0 + 600 + 300  # max_clock_ahead defaults to 5 minutes
+    assert loaded.loaded and loaded.position == 1
+    assert loaded.engine.event_time() <= limit
+    assert loaded.times == {"flows:0": limit}
+    assert node.stats.snapshots_clamped == 1
+    node.partitions[loaded.tp] = loaded
+    assert (f"{PREFIX}state_time_clamped_total", {}, 1.0) in node.metrics()
+    # Detection goes on at real time: the next heartbeat moves event time again.
+    beat = Heartbeat({"flows:0": FLOW_T0 + 1200}, {"flows": 1})
+    node._apply(loaded, Message(1, beat.encode(), heartbeat_headers()))
+    assert loaded.engine.event_time() == FLOW_T0 + 1200
+    # A snapshot within the limit loads as it was.
+    again = await node._load(part.tp)
+    assert node.stats.snapshots_clamped == 2  # the saved one is still a day ahead
+    node.wall = lambda: FLOW_T0 + 86400.0
+    await node._load(part.tp)
+    assert node.stats.snapshots_clamped == 2
+    assert again.times == {"flows:0": limit}
+
+
 class FakeConsumer:
     def __init__(self, highwater: dict[TopicPartition, int]) -> None:
         self._highwater = highwater
@@ -186,8 +227,8 @@ async def test_heartbeats_tell_every_partials_partition_how_far_each_source_came
     producer = node._producer = FakeProducer()
     node._partitions = 3
     busy, quiet = node._lanes[TP], node._lanes[other]
-    busy.acked_time, busy.last, busy.last_activity = FLOW_T0 + 500, 9, 999.0
-    quiet.acked_time, quiet.last, quiet.last_activity = -math.inf, 3, 980.0
+    busy.acked_time, busy.last, busy.progress = FLOW_T0 + 500, 9, Progress(999.0, FLOW_T0 + 500)
+    quiet.acked_time, quiet.last, quiet.progress = -math.inf, 3, Progress(980.0)
     await node._heartbeat()
     # Every partials partition hears it; the busy source reports what was acknowledged;
     # the quiet one (caught up, nothing for 20 s, no record ever) is at wall time (less the
@@ -198,6 +239,7 @@ async def test_heartbeats_tell_every_partials_partition_how_far_each_source_came
     assert beat.times == {"flows:0": FLOW_T0 + 500, "flows:1": FLOW_T0 + 86400 - 10}
     # A quiet partition that had records moves on from them at wall-clock pace.
     quiet.acked_time = FLOW_T0 + 300
+    quiet.progress.note(FLOW_T0 + 300, 980.0)
     producer.sent.clear()
     await node._heartbeat()
     assert Heartbeat.decode(producer.sent[0][1]).times["flows:1"] == FLOW_T0 + 300 + 20
@@ -210,6 +252,58 @@ async def test_heartbeats_tell_every_partials_partition_how_far_each_source_came
         "flows:0": FLOW_T0 + 500,
         "flows:1": FLOW_T0 + 300,
     }
+
+
+class LiveConsumer(FakeConsumer):
+    """Caught up: its highwater follows what was fetched; commits succeed."""
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self._highwater.update(offsets)
+
+
+class HeaderProducer(FakeProducer):
+    """Keeps each message's headers too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: list[str | None] = []
+
+    async def send(self, topic: str, value: bytes, partition: int, headers: Any) -> Any:
+        self.kinds.append(read_headers(headers).get(KIND))
+        return await super().send(topic, value, partition, headers)
+
+
+async def test_a_clock_stepped_back_does_not_stall_the_heartbeat(tmp_path: Path) -> None:
+    # The only exporter's clock steps back an hour and its records keep coming, one a
+    # second: they never move the partition's event time on, so, as in the all-in-one
+    # daemon, wall time does once they have not for IDLE_AFTER.
+    node = ingest(tmp_path)
+    clock = [1000.0]
+    node.monotonic = lambda: clock[0]
+    node.wall = lambda: FLOW_T0 + 600.0
+    node._lanes[TP].progress = Progress(clock[0])
+    node._consumer = LiveConsumer({TP: 0})
+    producer = node._producer = HeaderProducer()
+    node._partitions = 1
+    times: list[float] = []
+    for offset in range(40):
+        stamp = FLOW_T0 + offset if offset < 5 else FLOW_T0 - 3600 + offset
+        node._consumer._highwater[TP] = offset + 1
+        await node._round({TP: [Message(offset, goflow2_record(offset, t=stamp))]})
+        for (_t, value, _p), kind in zip(producer.sent, producer.kinds, strict=True):
+            if kind == HEARTBEAT:
+                times.append(Heartbeat.decode(value).times["flows:0"])
+            else:  # no batch goes out after a heartbeat that passed it
+                assert kind == PARTIALS and producer.kinds[-1] == HEARTBEAT
+        producer.sent.clear()
+        producer.kinds.clear()
+        clock[0] += 1.0
+    # Records up to offset 4 moved event time to FLOW_T0 + 4; from offset 5 on, it stood
+    # still while records came, and 35 s later the heartbeat is at wall-clock pace.
+    assert times[-1] >= FLOW_T0 + 4 + 35 - 1
+    assert times == sorted(times)
+    # Nothing counted was left behind the heartbeat: every stalled batch went out first.
+    assert node._lanes[TP].first is None
 
 
 class FailingProducer(FakeProducer):

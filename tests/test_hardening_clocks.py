@@ -14,12 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from egressd.app import IDLE_AFTER, TICK, Daemon, EngineFeed
+from egressd.app import TICK, Daemon, EngineFeed
 from egressd.config import parse_config
 from egressd.decode.egressd_json import encode_egressd_json
 from egressd.detect.alerts import FIRING, Alert
 from egressd.model import FlowRecord
-from egressd.pipeline import Engine
+from egressd.pipeline import IDLE_AFTER, Engine
 from egressd.replay import replay
 
 CONFIG = """

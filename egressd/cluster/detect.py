@@ -51,6 +51,7 @@ from egressd.partials import decode_batch
 from egressd.pipeline import Engine
 from egressd.sinks.metrics import PREFIX, EgressdCollector
 from egressd.sources.kafka import KafkaSource, map_kafka_error
+from egressd.units import format_utc
 
 log = logging.getLogger("egressd.cluster.detect")
 
@@ -73,6 +74,8 @@ class DetectStats:
     snapshots: int = 0
     snapshot_errors: int = 0
     snapshots_loaded: int = 0
+    #: loaded snapshots whose event time lay past wall time + detection.max_clock_ahead
+    snapshots_clamped: int = 0
     #: partitions given back by a rebalance and kept in memory instead of loaded again
     partitions_kept: int = 0
     commits: int = 0
@@ -144,6 +147,7 @@ class Detect:
         self.stats = DetectStats()
         self._consumer_factory = consumer_factory
         self._consumer: Any = None
+        self.wall: Callable[[], float] = time.time
         self.partitions: dict[TopicPartition, _Partition] = {}
         #: called with every partition's alerts whenever the set of owned partitions changes
         self.on_ownership: Callable[[list[Alert]], None] | None = None
@@ -390,6 +394,7 @@ class Detect:
             return _Partition(tp, self._new_engine())
         self.stats.snapshots_loaded += 1
         part.loaded = True
+        self._clamp(part, name)
         log.info(
             "%s: loaded the snapshot of %s:%d from %s, replaying from offset %d",
             self.name,
@@ -399,6 +404,26 @@ class Detect:
             part.position,
         )
         return part
+
+    def _clamp(self, part: _Partition, name: str) -> None:
+        """A snapshot saved by a clock far ahead (or edited) must not freeze detection until
+        time catches up: its event time, and the source partitions' times that would carry
+        it there again at the next watermark, go back to wall time + max_clock_ahead."""
+        limit = self.wall() + self.config.detection.max_clock_ahead
+        ahead = part.engine.clamp_event_time(limit)
+        later = {key: t for key, t in part.times.items() if t > limit}
+        if ahead is None and not later:
+            return
+        part.times.update(dict.fromkeys(later, limit))
+        self.stats.snapshots_clamped += 1
+        log.warning(
+            "%s: the snapshot %s reaches event time %s, more than detection.max_clock_ahead "
+            "past wall time: event time set back to %s",
+            self.name,
+            self.store.where(name),
+            format_utc(max([-math.inf if ahead is None else ahead, *later.values()])),
+            format_utc(limit),
+        )
 
     async def _save(self, parts: list[_Partition]) -> None:
         """Snapshot ``parts``, then commit the offsets the snapshots cover."""
@@ -552,6 +577,7 @@ class Detect:
             (PREFIX + "late_records_total", {}, float(late)),
             (PREFIX + "intervals_closed_total", {}, float(closed)),
             (PREFIX + "baseline_keys", {}, float(keys)),
+            (PREFIX + "state_time_clamped_total", {}, float(self.stats.snapshots_clamped)),
         ]
         return samples
 

@@ -11,7 +11,8 @@ message per partition, with headers naming the source partition, its first and l
 and its event time. Input offsets are committed only once the broker acknowledged every
 message of the batches before them. Heartbeats tell every partials partition how far event
 time has come in each source partition this member owns, so a partition that receives no
-partials still closes its intervals.
+partials still closes its intervals; where records stop moving a source partition's event
+time on (none come, or its clock stepped back), wall time does, as in the all-in-one daemon.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from egressd.partials import (
     encode_segments,
     partition_of,
 )
-from egressd.pipeline import Partial
+from egressd.pipeline import IDLE_AFTER, Partial, Progress
 from egressd.sources.kafka import KafkaSource, map_kafka_error
 
 log = logging.getLogger("egressd.cluster.ingest")
@@ -52,9 +53,6 @@ _ACK_TIMEOUT: Final = 30.0
 _COMMIT_TIMEOUT: Final = 10.0
 _BACKOFF_FIRST: Final = 0.5
 _BACKOFF_MAX: Final = 30.0
-#: a caught-up source partition that delivered nothing for this long lets wall time move its
-#: event time on (as the all-in-one daemon does for an idle source)
-IDLE_AFTER: Final = 10.0
 #: test hook: ``exit-before-commit:N`` kills this process (SIGKILL) once the N-th shipment
 #: was acknowledged and before its offsets are committed; ``exit-before-commit-idle:N`` does
 #: so at the N-th shipment holding a batch cut short by idle_flush
@@ -64,7 +62,7 @@ FAULT_ENV: Final = "EGRESSD_FAULT"
 @dataclass(slots=True)
 class IngestStats:
     batches: int = 0  # batches cut
-    idle_flushes: int = 0  # of which cut short by idle_flush
+    idle_flushes: int = 0  # of which cut short (idle_flush, or event time stalled)
     messages_produced: int = 0
     partial_rows: int = 0
     #: of those, rows of first batches after an assignment (kept apart per offset), and the
@@ -89,6 +87,9 @@ class _Lane:
     boundary: int = 0  # the batch ends before this offset
     acked_time: float = -math.inf  # event time of everything acknowledged
     last_activity: float = 0.0  # monotonic time of the last record counted
+    #: when records last moved this partition's event time on (the all-in-one daemon's rule:
+    #: once they stop, for IDLE_AFTER, wall time moves it on)
+    progress: Progress = field(default_factory=lambda: Progress(0.0))
     #: the first batch after an assignment keeps its partials apart per offset: the previous
     #: owner may have produced (without committing) a batch cut short by idle_flush, which
     #: this one would otherwise overlap in part
@@ -104,7 +105,7 @@ class _Cut:
     last: int
     event_time: float
     partials: list[Partial] = field(default_factory=list)
-    idle: bool = False  # cut short by idle_flush
+    idle: bool = False  # cut short (idle_flush, or event time stalled)
     segments: list[Segment] | None = None  # partials per offset, instead of ``partials``
 
 
@@ -267,22 +268,28 @@ class Ingest:
                 timeout_ms=_POLL_MS, max_records=self.source.config.max_batch
             )
             async with self._lock:
-                cuts = self._count(fetched)
-                cuts.extend(self._idle_cuts())
-                failed, self._failed = self._failed, []
-                # Before the batches holding their offsets are committed.
-                await self.source.dead_letter(failed, self._producer)
-                if cuts:
-                    await self._ship(cuts)
-                if self.monotonic() - self._last_heartbeat >= self.cluster.heartbeat_interval:
-                    await self._heartbeat()
+                await self._round(fetched)
             await asyncio.sleep(0)
+
+    async def _round(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """Count one fetch, ship the batches it ends, and beat when a heartbeat is due."""
+        beat = self.monotonic() - self._last_heartbeat >= self.cluster.heartbeat_interval
+        cuts = self._count(fetched)
+        cuts.extend(self._idle_cuts(beat))
+        failed, self._failed = self._failed, []
+        # Before the batches holding their offsets are committed.
+        await self.source.dead_letter(failed, self._producer)
+        if cuts:
+            await self._ship(cuts)
+        if beat:
+            await self._heartbeat()
 
     def _lane(self, tp: TopicPartition) -> _Lane:
         lane = self._lanes.get(tp)
         if lane is None:
             lane = self._lanes[tp] = _Lane(source_key(tp.topic, tp.partition))
             lane.last_activity = self.monotonic()
+            lane.progress = Progress(lane.last_activity)
         return lane
 
     def _count(self, fetched: dict[TopicPartition, list[Any]]) -> list[_Cut]:
@@ -313,6 +320,7 @@ class Ingest:
                         self.counter.count(lane.key, records, future_limit)
                     lane.last = chunk[-1].offset
                     lane.last_activity = now
+                    lane.progress.note(self.counter.event_time(lane.key), now)
                 if j < len(messages) or lane.last == lane.boundary - 1:
                     cuts.append(self._cut(tp, lane))
                 i = j
@@ -329,11 +337,19 @@ class Ingest:
             if partials:
                 lane.segments.append((message.offset, message.offset, partials))
 
-    def _idle_cuts(self) -> list[_Cut]:
+    def _idle_cuts(self, beat: bool = False) -> list[_Cut]:
+        """Batches cut short: by ``idle_flush``, or, when a heartbeat follows (``beat``), in
+        a partition whose event time stands still while records keep coming (its clock
+        stepped back): the heartbeat then moves that time on, and must not pass records
+        counted and not yet shipped."""
         now = self.monotonic()
         cuts = []
         for tp, lane in self._lanes.items():
-            if lane.first is not None and now - lane.last_activity >= self.cluster.idle_flush:
+            if lane.first is None:
+                continue
+            if now - lane.last_activity >= self.cluster.idle_flush or (
+                beat and lane.progress.idle_target(now) is not None
+            ):
                 cut = self._cut(tp, lane)
                 cut.idle = True
                 cuts.append(cut)
@@ -444,16 +460,20 @@ class Ingest:
         beat = Heartbeat()
         for tp, lane in self._lanes.items():
             t = lane.acked_time
-            quiet = now - lane.last_activity
             highwater = consumer.highwater(tp)
             caught_up = highwater is not None and lane.last + 1 >= highwater
-            if lane.first is None and caught_up and quiet >= IDLE_AFTER:
-                # Nothing waits in this partition: wall time moves its event time on from
-                # where its records left it. One that never had a record here (goflow2 keys
-                # by exporter: partitions without an exporter stay empty) is at wall time:
-                # whatever comes to it later is live, and the slowest partition still sets
-                # the pace of a backlog elsewhere.
-                t = t + quiet if t > -math.inf else self.wall() - IDLE_AFTER
+            if lane.first is None and caught_up:
+                # Nothing waits in this partition, and its records have not moved its event
+                # time on for IDLE_AFTER (none came, or its clock stalled or stepped back):
+                # wall time moves it on from where they left it. One that never had a record
+                # (goflow2 keys by exporter: partitions without an exporter stay empty) is
+                # at wall time: whatever comes to it later is live, and the slowest
+                # partition still sets the pace of a backlog elsewhere.
+                target = lane.progress.idle_target(now)
+                if target is not None:
+                    t = max(t, target)
+                elif t == -math.inf and lane.progress.quiet(now) >= IDLE_AFTER:
+                    t = self.wall() - IDLE_AFTER
             if t > -math.inf:
                 beat.times[lane.key] = t
         for topic in self.source.config.topics:
