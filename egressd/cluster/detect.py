@@ -21,7 +21,6 @@ import contextlib
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +28,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from egressd.aggregate import Bucket
+from egressd.cluster.role import KafkaRole
 from egressd.cluster.snapshots import CorruptSnapshot, DirectoryStore, S3Store, SnapshotStore
 from egressd.cluster.wire import (
     HEARTBEAT,
@@ -50,15 +50,13 @@ from egressd.errors import DecodeError, SourceError, StateError
 from egressd.partials import decode_batch
 from egressd.pipeline import Engine
 from egressd.sinks.metrics import PREFIX, EgressdCollector
-from egressd.sources.kafka import KafkaSource, map_kafka_error
+from egressd.sources.kafka import KafkaSource, RebalanceListener, start_clients, stop_clients
 from egressd.units import format_utc
 
 log = logging.getLogger("egressd.cluster.detect")
 
 _POLL_MS: Final = 200
 _COMMIT_TIMEOUT: Final = 10.0
-_BACKOFF_FIRST: Final = 0.5
-_BACKOFF_MAX: Final = 30.0
 
 
 @dataclass(slots=True)
@@ -102,19 +100,11 @@ class _Partition:
     loaded: bool = False
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, detect: Detect) -> None:
-        self._detect = detect
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._detect._on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self._detect._on_assigned(list(assigned))
-
-
-class Detect:
+class Detect(KafkaRole):
     """Consumes the partials topic in ``cluster.detect_group_id``; publishes alerts."""
+
+    log = log
+    stats: DetectStats
 
     def __init__(
         self,
@@ -162,10 +152,6 @@ class Detect:
         #: partitions revoked by the last rebalance, saved, in case they come back
         self._parked: dict[TopicPartition, _Partition] = {}
 
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -208,55 +194,24 @@ class Detect:
             partition_assignment_strategy=(StickyPartitionAssignor,),
         )
         consumer = self._consumer_factory(**options)
-        try:
-            await consumer.start()
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            if isinstance(exc, Exception):
-                raise map_kafka_error(exc, f"{self.name}: connecting") from exc
-            raise
+        await start_clients(f"{self.name}: connecting", consumer)
         self._consumer = consumer
-        consumer.subscribe([self.cluster.partials_topic], listener=_Rebalance(self))
+        consumer.subscribe(
+            [self.cluster.partials_topic],
+            listener=RebalanceListener(self._on_revoked, self._on_assigned),
+        )
+
+    def _connected(self) -> str:
+        return f"detecting on {self.cluster.partials_topic} as group {self.cluster.detect_group_id}"
 
     async def _close(self) -> None:
+        """Drop the consumer, and the engines unsaved: after an error, their last snapshots
+        and the partials since rebuild them on the next assignment."""
         self._ready = False
         consumer, self._consumer = self._consumer, None
         self.partitions.clear()
         self._parked.clear()
-        if consumer is not None:
-            try:
-                await consumer.stop()
-            except Exception as exc:
-                log.debug("%s: closing the consumer: %s", self.name, exc)
-
-    async def _run(self) -> None:
-        backoff = _BACKOFF_FIRST
-        while not self._stopping:
-            try:
-                if self._consumer is None:
-                    await self._connect()
-                    log.info(
-                        "%s: detecting on %s as group %s",
-                        self.name,
-                        self.cluster.partials_topic,
-                        self.cluster.detect_group_id,
-                    )
-                self._ready = True
-                backoff = _BACKOFF_FIRST
-                await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                error = exc if isinstance(exc, SourceError) else map_kafka_error(exc, self.name)
-                delay = backoff * (0.75 + random.random() / 2)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                log.warning("%s: %s; starting again in %.1fs", self.name, error, delay)
-                # Engines are dropped unsaved: their last snapshots and the partials since
-                # rebuild them on the next assignment.
-                self.stats.resets += 1
-                await self._close()
-                await asyncio.sleep(delay)
+        await stop_clients(self.name, consumer)
 
     # -- the loop ----------------------------------------------------------------------------
 

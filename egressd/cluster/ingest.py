@@ -22,20 +22,19 @@ import contextlib
 import logging
 import math
 import os
-import random
 import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
+from egressd.cluster.role import KafkaRole
 from egressd.cluster.wire import Heartbeat, heartbeat_headers, partials_headers, source_key
 from egressd.config import Config
 from egressd.enrich import DestinationLabeler
-from egressd.errors import SourceError
 from egressd.partials import (
     PartialCounter,
     Segment,
@@ -44,15 +43,19 @@ from egressd.partials import (
     partition_of,
 )
 from egressd.pipeline import IDLE_AFTER, Partial, Progress
-from egressd.sources.kafka import KafkaSource, map_kafka_error
+from egressd.sources.kafka import (
+    KafkaSource,
+    RebalanceListener,
+    map_kafka_error,
+    start_clients,
+    stop_clients,
+)
 
 log = logging.getLogger("egressd.cluster.ingest")
 
 _POLL_MS: Final = 200
 _ACK_TIMEOUT: Final = 30.0
 _COMMIT_TIMEOUT: Final = 10.0
-_BACKOFF_FIRST: Final = 0.5
-_BACKOFF_MAX: Final = 30.0
 #: test hook: ``exit-before-commit:N`` kills this process (SIGKILL) once the N-th shipment
 #: was acknowledged and before its offsets are committed; ``exit-before-commit-idle:N`` does
 #: so at the N-th shipment holding a batch cut short by idle_flush
@@ -109,20 +112,11 @@ class _Cut:
     segments: list[Segment] | None = None  # partials per offset, instead of ``partials``
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, ingest: Ingest) -> None:
-        self._ingest = ingest
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._ingest._on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._ingest._on_assigned(list(assigned))
-        await self._ingest._learn_positions(list(assigned))
-
-
-class Ingest:
+class Ingest(KafkaRole):
     """Consumes the raw flow topics of the one ``[[sources.kafka]]`` and produces partials."""
+
+    log = log
+    stats: IngestStats
 
     def __init__(
         self,
@@ -162,10 +156,6 @@ class Ingest:
         self._shipments = 0
         self._idle_shipments = 0
 
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
     async def start(self) -> None:
         self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="egressd-ingest")
@@ -203,61 +193,31 @@ class Ingest:
             linger_ms=5,
             max_batch_size=1024 * 1024,
         )
+        await start_clients(f"{self.name}: connecting", producer, consumer)
         try:
-            await producer.start()
-            await consumer.start()
             partitions = await producer.partitions_for(self.cluster.partials_topic)
-        except BaseException as exc:
-            for client in (consumer, producer):
-                with contextlib.suppress(Exception):
-                    await client.stop()
-            if isinstance(exc, Exception):
-                raise map_kafka_error(exc, f"{self.name}: connecting") from exc
-            raise
+        except Exception as exc:
+            await stop_clients(self.name, consumer, producer)
+            raise map_kafka_error(exc, f"{self.name}: connecting") from exc
         self._consumer, self._producer = consumer, producer
         self._partitions = self.stats.partials_partitions = len(partitions)
-        consumer.subscribe(list(source.config.topics), listener=_Rebalance(self))
+        consumer.subscribe(
+            list(source.config.topics), listener=RebalanceListener(self._on_revoked, self._assign)
+        )
+
+    def _connected(self) -> str:
+        topic = self.cluster.partials_topic
+        return f"producing partials to {topic} ({self._partitions} partitions)"
 
     async def _close(self) -> None:
+        """Drop the clients; counted but unacknowledged batches go with them: their offsets
+        were not committed, so they are read (and cut) again."""
         self._ready = False
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         for tp in list(self._lanes):
             self.counter.drop(self._lanes.pop(tp).key)
-        for client in (consumer, producer):
-            if client is not None:
-                try:
-                    await client.stop()
-                except Exception as exc:  # closing is best effort
-                    log.debug("%s: closing a Kafka client: %s", self.name, exc)
-
-    async def _run(self) -> None:
-        backoff = _BACKOFF_FIRST
-        while not self._stopping:
-            try:
-                if self._consumer is None:
-                    await self._connect()
-                    log.info(
-                        "%s: producing partials to %s (%d partitions)",
-                        self.name,
-                        self.cluster.partials_topic,
-                        self._partitions,
-                    )
-                self._ready = True
-                backoff = _BACKOFF_FIRST
-                await self._consume()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                error = exc if isinstance(exc, SourceError) else map_kafka_error(exc, self.name)
-                delay = backoff * (0.75 + random.random() / 2)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                log.warning("%s: %s; starting again in %.1fs", self.name, error, delay)
-                # Counted but unacknowledged batches are dropped with the clients: their
-                # offsets were not committed, so they are read (and cut) again.
-                self.stats.resets += 1
-                await self._close()
-                await asyncio.sleep(delay)
+        await stop_clients(self.name, consumer, producer)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -505,6 +465,10 @@ class Ingest:
                     self.counter.drop(lane.key)
         if revoked:
             log.info("%s: source partitions revoked: %s", self.name, _describe(revoked))
+
+    async def _assign(self, assigned: list[TopicPartition]) -> None:
+        self._on_assigned(assigned)
+        await self._learn_positions(assigned)
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:

@@ -151,20 +151,69 @@ def map_kafka_error(exc: BaseException, what: str) -> SourceError:
     return SourceError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
 
 
-# --------------------------------------------------------------------------- the source
+# ------------------------------------------------- shared with the cluster's Kafka roles
+
+Rebalanced = Callable[[list[TopicPartition]], Awaitable[None]]
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Hands aiokafka's rebalance callbacks to the source."""
+class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands aiokafka's rebalance callbacks to a consumer's owner, as lists."""
 
-    def __init__(self, source: KafkaSource) -> None:
-        self._source = source
+    def __init__(self, revoked: Rebalanced, assigned: Rebalanced) -> None:
+        self._revoked = revoked
+        self._assigned = assigned
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._source._on_revoked(list(revoked))
+        await self._revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self._source._on_assigned(list(assigned))
+        await self._assigned(list(assigned))
+
+
+class Backoff:
+    """Delays between attempts to reach the brokers: doubling from 0.5 s up to 30 s, each
+    jittered by ±25 % so that members cut off together do not come back together."""
+
+    __slots__ = ("current",)
+
+    def __init__(self) -> None:
+        self.current = _BACKOFF_FIRST
+
+    def reset(self) -> None:
+        """The brokers answered: the next failure waits the shortest delay again."""
+        self.current = _BACKOFF_FIRST
+
+    def next_delay(self) -> float:
+        delay = self.current * (0.75 + random.random() / 2)
+        self.current = min(self.current * 2, _BACKOFF_MAX)
+        return delay
+
+
+async def start_clients(what: str, *clients: Any) -> None:
+    """Start ``clients`` in order; if one fails, stop them all and raise a SourceError."""
+    try:
+        for client in clients:
+            await client.start()
+    except BaseException as exc:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.stop()
+        if isinstance(exc, Exception):
+            raise map_kafka_error(exc, what) from exc
+        raise
+
+
+async def stop_clients(name: str, *clients: Any) -> None:
+    """Stop ``clients`` (None for one never made), best effort."""
+    for client in clients:
+        if client is not None:
+            try:
+                await client.stop()
+            except Exception as exc:  # closing is best effort
+                log.debug("%s: closing a Kafka client: %s", name, exc)
+
+
+# --------------------------------------------------------------------------- the source
 
 
 class KafkaSource:
@@ -228,7 +277,7 @@ class KafkaSource:
         self._task: asyncio.Task[None] | None = None
         self._ready = False
         self._stopping = False
-        self._backoff = _BACKOFF_FIRST
+        self._backoff = Backoff()
         #: next offset after everything submitted (or restored from the state file)
         self._submitted: dict[TopicPartition, int] = {}
         self._assigned: frozenset[TopicPartition] = frozenset()
@@ -425,28 +474,17 @@ class KafkaSource:
     async def _connect(self) -> None:
         options = self._consumer_options()
         consumer = self._consumer_factory(**options)
-        try:
-            await consumer.start()
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            if isinstance(exc, Exception):
-                raise map_kafka_error(exc, f"{self.name}: connecting") from exc
-            raise
+        await start_clients(f"{self.name}: connecting", consumer)
         self._consumer = consumer
-        consumer.subscribe(list(self.config.topics), listener=_Rebalance(self))
+        consumer.subscribe(
+            list(self.config.topics),
+            listener=RebalanceListener(self._on_revoked, self._on_assigned),
+        )
         if self.config.dead_letter_topic and self._producer is None:
             producer = self._producer_factory(
                 **self._client_options(), enable_idempotence=False, acks="all"
             )
-            try:
-                await producer.start()
-            except Exception as exc:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                raise map_kafka_error(
-                    exc, f"{self.name}: connecting the dead-letter producer"
-                ) from exc
+            await start_clients(f"{self.name}: connecting the dead-letter producer", producer)
             self._producer = producer
 
     async def _close(self) -> None:
@@ -454,12 +492,7 @@ class KafkaSource:
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         self._assigned = frozenset()
-        for client in (consumer, producer):
-            if client is not None:
-                try:
-                    await client.stop()
-                except Exception as exc:  # closing is best effort
-                    log.debug("%s: closing a Kafka client: %s", self.name, exc)
+        await stop_clients(self.name, consumer, producer)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -481,8 +514,7 @@ class KafkaSource:
                 error = exc if isinstance(exc, SourceError) else map_kafka_error(exc, self.name)
                 self._ready = False
                 self.last_error = str(error)
-                delay = self._backoff * (0.75 + random.random() / 2)  # jitter
-                self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+                delay = self._backoff.next_delay()
                 log.log(
                     logging.WARNING if error.retriable else logging.ERROR,
                     "%s: %s; retrying in %.1fs",
@@ -502,7 +534,7 @@ class KafkaSource:
         max_batch = self.config.max_batch
         while not self._stopping:
             batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max_batch)
-            self._backoff = _BACKOFF_FIRST
+            self._backoff.reset()
             if not batches:
                 continue
             records, failed = self._decode_batches(batches)
