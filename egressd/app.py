@@ -115,6 +115,17 @@ def build_sources(config: Config) -> list[Source]:
     return sources
 
 
+def log_alerts(alerts: list[Alert]) -> None:
+    """One warning line per alert transition, labels in order."""
+    for alert in alerts:
+        log.warning(
+            "alert %s: %s %s",
+            "firing" if alert.state == FIRING else "resolved",
+            alert.labels.get("alertname", "?"),
+            " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname"),
+        )
+
+
 class EngineFeed:
     """The RecordSink sources deliver to: runs the engine, forwards alert transitions.
 
@@ -259,26 +270,12 @@ class Daemon:
         return [alert.event() for alert in self.engine.active_alerts()]
 
     def baselines(self, group: str | None) -> list[dict[str, Any]]:
-        out = []
-        store = self.engine.baselines
-        for key in sorted(store.keys()):
-            if group is not None and key[0] != group:
-                continue
-            summary = store.summary(key)
-            if summary is not None:
-                out.append(summary)
-        return out
+        return self.engine.baselines.summaries(group)
 
     # -- alerts -------------------------------------------------------------------------------
 
     def publish(self, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            log.warning(
-                "alert %s: %s %s",
-                "firing" if alert.state == FIRING else "resolved",
-                alert.labels.get("alertname", "?"),
-                " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname"),
-            )
+        log_alerts(alerts)
         if self.alertmanager is not None:
             self.alertmanager.publish(alerts)
         if self.alert_log is not None:
@@ -474,12 +471,6 @@ class Daemon:
         if alerts:
             self.publish(alerts)
 
-    async def _watchdog(self, interval: float) -> None:
-        # Pinged from the event loop itself: a stuck loop stops the pings and systemd acts.
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
-
     def _status(self) -> str:
         stats = self.engine.stats
         firing = len(self.engine.active_alerts())
@@ -532,7 +523,7 @@ class Daemon:
             spawn("egressd-ticker", self._ticker())
             spawn("egressd-geo-watcher", self._geo_watcher())
             if self.notifier.watchdog_interval:
-                spawn("egressd-watchdog", self._watchdog(self.notifier.watchdog_interval))
+                spawn("egressd-watchdog", self.notifier.keep_alive(self.notifier.watchdog_interval))
             for component in started:
                 wait: Callable[[], Coroutine[Any, Any, Any]] | None = getattr(
                     component, "wait", None

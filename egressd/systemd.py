@@ -5,6 +5,7 @@ Stdlib only; every call is a no-op when the daemon does not run under systemd (n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -65,6 +66,13 @@ class Notifier:
 
     def status(self, status: str) -> bool:
         return self.notify(f"STATUS={status}")
+
+    async def keep_alive(self, interval: float) -> None:
+        """Ping the watchdog every ``interval`` from the event loop itself: a stuck loop
+        stops the pings and systemd acts."""
+        while True:
+            self.watchdog()
+            await asyncio.sleep(interval)
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")

@@ -319,6 +319,16 @@ class SeasonalBaselines:
     def keys(self) -> Iterator[BaselineKey]:
         return iter(self.records)
 
+    def summaries(self, group: str | None = None) -> list[dict[str, object]]:
+        """:meth:`summary` of every baseline (of ``group`` alone, if given), in key order."""
+        out = []
+        for key in sorted(self.records):
+            if group is None or key[0] == group:
+                summary = self.summary(key)
+                if summary is not None:
+                    out.append(summary)
+        return out
+
     def evict_idle(self, now: float, idle_timeout: float) -> int:
         """Forget keys not seen for ``idle_timeout``; returns how many."""
         horizon = now - idle_timeout

@@ -15,11 +15,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
-from egressd.app import EXIT_ERROR, EXIT_OK, generator_url
+from egressd.app import EXIT_ERROR, EXIT_OK, generator_url, log_alerts
 from egressd.cluster.detect import Detect
 from egressd.cluster.ingest import Ingest
 from egressd.config import Config
-from egressd.detect.alerts import FIRING, Alert
+from egressd.detect.alerts import Alert
 from egressd.errors import EgressdError
 from egressd.replay import build_labeler
 from egressd.sinks.alertlog import AlertLog
@@ -92,27 +92,16 @@ class RoleNode:
         return []
 
     def baselines(self, group: str | None) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         if isinstance(self.component, Detect):
             for engine in self.component.engines():
-                for key in sorted(engine.baselines.keys()):
-                    if group is not None and key[0] != group:
-                        continue
-                    summary = engine.baselines.summary(key)
-                    if summary is not None:
-                        out.append(summary)
+                out.extend(engine.baselines.summaries(group))
         return out
 
     # -- alerts -------------------------------------------------------------------------------
 
     def publish(self, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            log.warning(
-                "alert %s: %s %s",
-                "firing" if alert.state == FIRING else "resolved",
-                alert.labels.get("alertname", "?"),
-                " ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()) if k != "alertname"),
-            )
+        log_alerts(alerts)
         if self.alertmanager is not None:
             self.alertmanager.publish(alerts)
         if self.alert_log is not None:
@@ -147,7 +136,9 @@ class RoleNode:
             )
             self.notifier.ready(f"{self.config.cluster.role} role running")
             if self.notifier.watchdog_interval:
-                watchdog = loop.create_task(self._watchdog(self.notifier.watchdog_interval))
+                watchdog = loop.create_task(
+                    self.notifier.keep_alive(self.notifier.watchdog_interval)
+                )
             waits = [loop.create_task(stopping.wait())]
             waits += [
                 loop.create_task(c.wait()) for c in started if callable(getattr(c, "wait", None))
@@ -187,12 +178,6 @@ class RoleNode:
             "a changed configuration",
             self.config.cluster.role,
         )
-
-    async def _watchdog(self, interval: float) -> None:
-        # Pinged from the event loop itself: a stuck loop stops the pings and systemd acts.
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
 
 
 def run_role(config: Config) -> int:
