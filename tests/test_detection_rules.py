@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from egressd.config import parse_config
-from egressd.detect.alerts import FIRING, Alert
+from egressd.detect.alerts import FIRING, RESOLVED, Alert
 from egressd.detect.newdest import prefix_of
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.errors import ConfigError
@@ -152,6 +152,33 @@ def test_a_burst_pages_through_the_hour_window() -> None:
     fired = [a for a in _run(engine, _usual(1.5) + burst) if a.state == FIRING]
     assert _firing(fired) == ["EgressUnexpectedDestination CN"]
     assert fired[0].annotations["window"] == "1h"
+
+
+def test_a_drip_that_paged_on_the_hour_stays_one_alert_while_it_goes_on() -> None:
+    engine = _engine()
+    # An hour of 110 MB pages on the hour window; the transfer then goes on at 40 MB an hour
+    # (under half the hour's floor, but the day window's pace) until the day's sum passes 1 GB:
+    # the same alert all along, not a resolve and a second page from the day window.
+    first_hour = [_flow(DAY + 2 * HOUR + k * 300, CN, 9 * MB + MB // 6) for k in range(12)]
+    drip = [_flow(DAY + 3 * HOUR + k * 300, CN, 10 * MB // 3) for k in range(12 * 26)]
+    alerts = _run(engine, _usual(3) + first_hour + drip)
+    assert [(a.state, a.labels["dst_country"]) for a in alerts] == [
+        (FIRING, "CN"),
+        (RESOLVED, "CN"),
+    ]
+    assert alerts[0].annotations["window"] == "1h"
+    drip_end = T0 + DAY + 3 * HOUR + 12 * 26 * 300
+    assert alerts[1].ends_at is not None and alerts[1].ends_at >= drip_end
+
+
+def test_a_transfer_that_stopped_resolves_while_the_day_window_still_holds_it() -> None:
+    engine = _engine()
+    burst = [_flow(DAY + 3 * HOUR + k * 20, CN, 30 * MB) for k in range(10)]
+    alerts = _run(engine, _usual(2.5) + burst)
+    assert [a.state for a in alerts] == [FIRING, RESOLVED]
+    # resolved within a few hours of the burst, not once the day window lets go of it
+    assert alerts[1].ends_at is not None
+    assert alerts[1].ends_at - (T0 + DAY + 3 * HOUR) < 3 * HOUR
 
 
 def _download(start: float, total: int, ack_share: float, size_per_packet: int = 60) -> list:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -50,6 +51,19 @@ _SWEEP_EVERY = 36
 #: from a state file, whose evidence is merged already), so expiring the first span and
 #: giving up the sketches is one pass.
 _Entry = tuple[Any, ...]
+
+
+def still_sending(totals: Sequence[int], spans: Sequence[tuple[float, int]], factor: float) -> bool:
+    """Whether an alert's transfer goes on: it keeps the alert open (no resolve, no new page).
+
+    It goes on while the shortest window's bytes, at their pace, would bring some window to
+    half its floor (times ``factor``). A slow transfer that paged on the hour and goes on at the
+    daily window's pace stays one alert, instead of resolving and paging again when the day's
+    sum crosses its floor; a transfer that stopped resolves as soon as the shortest window
+    empties, whatever the longer ones still hold.
+    """
+    shortest, recent = spans[0][0], totals[0]
+    return any(recent * (length / shortest) >= factor * floor / 2 for length, floor in spans)
 
 
 class _Span:
@@ -404,7 +418,7 @@ class UnexpectedDestinationDetector:
                 if not window.entries:
                     del windows[key]
                 continue
-            keep = fire_index >= 0 or totals[0] >= spans[0][1] / 2
+            keep = fire_index >= 0 or still_sending(totals, spans, 1.0)
             shown = fire_index if fire_index >= 0 else 0
 
             def describe(
@@ -475,7 +489,7 @@ class UnexpectedDestinationDetector:
             fire_index = next(
                 (i for i, (_l, floor) in enumerate(spans) if sums[i] >= factor * floor), -1
             )
-            keep = fire_index >= 0 or sums[0] >= factor * spans[0][1] / 2
+            keep = fire_index >= 0 or still_sending(sums, spans, factor)
             shown = fire_index if fire_index >= 0 else 0
             alert_key: AlertKey = (UNEXPECTED, group, FANOUT_COUNTRY)
 
