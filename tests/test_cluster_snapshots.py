@@ -14,6 +14,7 @@ from egressd.cluster.snapshots import (
     CorruptSnapshot,
     DirectoryStore,
     S3Store,
+    SnapshotTooLarge,
     parse_s3_url,
     sigv4_headers,
 )
@@ -76,6 +77,22 @@ async def test_a_directory_store_round_trips_and_tells_corrupt_from_missing(
     assert await store.load("p-1") is None
 
 
+async def test_a_directory_store_does_not_read_a_snapshot_over_max_size(
+    tmp_path: Path,
+) -> None:
+    # A sparse 1 GB file costs no disk; reading it whole would cost 1 GB of memory (and
+    # parsing it more). It is refused from its size, before it is read.
+    store = DirectoryStore(tmp_path, max_size=1_000_000)
+    with (tmp_path / "p-0.json").open("wb") as file:
+        file.truncate(1_000_000_000)
+    with pytest.raises(SnapshotTooLarge) as error:
+        await store.load("p-0")
+    assert "state.max_size" in str(error.value)
+    assert isinstance(error.value, CorruptSnapshot)  # the partition starts afresh
+    await store.save("p-1", {"version": 1})
+    assert await store.load("p-1") == {"version": 1, "saved_at": mock.ANY}
+
+
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
     server = MotoS3(tmp_path_factory.mktemp("moto"))
@@ -111,3 +128,21 @@ async def test_an_unreachable_or_missing_bucket_is_a_state_error(moto: MotoS3) -
     finally:
         await missing.close()
         await gone.close()
+
+
+async def test_an_s3_object_over_max_size_is_not_read(moto: MotoS3) -> None:
+    writer = S3Store("s3://snapshots/egressd/limit", moto.endpoint, "eu-west-2", KEYS)
+    reader = S3Store(
+        "s3://snapshots/egressd/limit", moto.endpoint, "eu-west-2", KEYS, max_size=1000
+    )
+    try:
+        size = await writer.save("partials-0", {"version": 1, "pad": "x" * 5000})
+        assert size > 1000
+        with pytest.raises(SnapshotTooLarge) as error:
+            await reader.load("partials-0")
+        assert f"{size:,} bytes" in str(error.value)
+        await writer.save("partials-0", {"version": 1})
+        assert await reader.load("partials-0") == {"version": 1}
+    finally:
+        await writer.close()
+        await reader.close()

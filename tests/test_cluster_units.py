@@ -192,6 +192,31 @@ async def test_a_snapshot_from_the_future_is_set_back_to_wall_time(tmp_path: Pat
     assert again.times == {"flows:0": limit}
 
 
+async def test_a_snapshot_over_state_max_size_is_not_read(tmp_path: Path) -> None:
+    # The detect role applies state.max_size as the all-in-one daemon does: a snapshot
+    # over it is set aside unread and the partition starts afresh (counted).
+    node, part = detect(tmp_path)
+    beat = Heartbeat({"flows:0": FLOW_T0 + 600}, {"flows": 1})
+    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
+    part.position = 1
+    await node._save([part])
+    path = tmp_path / f"{node._name(part.tp)}.json"
+    size = path.stat().st_size
+    assert (await node._load(part.tp)).loaded  # within the default limit: loaded
+    config = parse_config(
+        CONFIG.format(role="detect", states=tmp_path) + f"\n[state]\nmax_size = {size - 1}\n"
+    )
+    small = Detect(config, EmbeddedCountryLabeler(), lambda alerts: None)
+    fresh = await small._load(part.tp)
+    assert not fresh.loaded and fresh.position == 0 and fresh.times == {}
+    assert small.stats.snapshots_too_large == 1 and small.stats.snapshots_loaded == 0
+    assert not path.exists()  # moved aside, as a state file over the limit is
+    assert [p.name for p in tmp_path.glob(f"{path.name}.bad-*")]
+    assert ("egressd_cluster_snapshots_too_large_total", {"role": "detect"}, 1.0) in (
+        small.metrics()
+    )
+
+
 class FakeConsumer:
     def __init__(self, highwater: dict[TopicPartition, int]) -> None:
         self._highwater = highwater

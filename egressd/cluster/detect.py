@@ -33,7 +33,13 @@ from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitio
 
 from egressd.aggregate import Bucket
 from egressd.cluster.role import KafkaRole
-from egressd.cluster.snapshots import CorruptSnapshot, DirectoryStore, S3Store, SnapshotStore
+from egressd.cluster.snapshots import (
+    CorruptSnapshot,
+    DirectoryStore,
+    S3Store,
+    SnapshotStore,
+    SnapshotTooLarge,
+)
 from egressd.cluster.wire import (
     HEARTBEAT,
     KIND,
@@ -72,6 +78,8 @@ class DetectStats:
     snapshots: int = 0
     snapshot_errors: int = 0
     snapshots_loaded: int = 0
+    #: snapshots not read because they are over state.max_size (the partition starts afresh)
+    snapshots_too_large: int = 0
     #: loaded snapshots whose event time lay past wall time + detection.max_clock_ahead
     snapshots_clamped: int = 0
     #: partitions given back by a rebalance and kept in memory instead of loaded again
@@ -124,7 +132,7 @@ class Detect(KafkaRole):
         # The source gives the connection, security and group timeout settings.
         self._source = KafkaSource(kafka, self.name)
         self.store: SnapshotStore = (
-            DirectoryStore(Path(config.cluster.state_directory))
+            DirectoryStore(Path(config.cluster.state_directory), config.state.max_size)
             if config.cluster.state_directory is not None
             else S3Store(
                 config.cluster.state_url,
@@ -132,6 +140,7 @@ class Detect(KafkaRole):
                 or f"https://s3.{config.cluster.s3_region}.amazonaws.com",
                 config.cluster.s3_region,
                 os.environ if environ is None else environ,
+                config.state.max_size,
             )
         )
         self.stats = DetectStats()
@@ -333,6 +342,8 @@ class Detect(KafkaRole):
         try:
             data = await self.store.load(name)
         except CorruptSnapshot as exc:
+            if isinstance(exc, SnapshotTooLarge):
+                self.stats.snapshots_too_large += 1
             await self.store.discard(name, str(exc))
             data = None
         if data is None:
@@ -550,6 +561,11 @@ class Detect(KafkaRole):
             ("egressd_cluster_snapshots_total", labels, float(stats.snapshots)),
             ("egressd_cluster_snapshot_errors_total", labels, float(stats.snapshot_errors)),
             ("egressd_cluster_snapshots_loaded_total", labels, float(stats.snapshots_loaded)),
+            (
+                "egressd_cluster_snapshots_too_large_total",
+                labels,
+                float(stats.snapshots_too_large),
+            ),
             ("egressd_cluster_partitions_kept_total", labels, float(stats.partitions_kept)),
             ("egressd_cluster_commits_total", labels, float(stats.commits)),
             ("egressd_cluster_commit_failures_total", labels, float(stats.commit_failures)),

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +28,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import orjson
 
-from egressd.baseline.statefile import encode_state, move_aside, save_state
-from egressd.errors import StateError
+from egressd.baseline.statefile import MAX_STATE_SIZE, encode_state, move_aside, save_state
+from egressd.errors import StateError, StateTooLarge
 
 log = logging.getLogger("egressd.cluster.snapshots")
 
@@ -37,6 +38,21 @@ _TIMEOUT = 30.0
 
 class CorruptSnapshot(StateError):
     """The snapshot was read and cannot be used (as opposed to: could not be read now)."""
+
+
+class SnapshotTooLarge(CorruptSnapshot, StateTooLarge):
+    """The snapshot is larger than ``state.max_size``: it was not read (nor parsed).
+
+    Parsing JSON takes several times its size in memory, so a huge object (or sparse file)
+    could exhaust it; like a corrupt snapshot, the partition starts afresh.
+    """
+
+
+def _too_large(where: str, size: int, max_size: int) -> str:
+    return (
+        f"snapshot {where} holds {size:,} bytes, over state.max_size ({max_size:,}); "
+        "not read (raise state.max_size to use it)"
+    )
 
 
 def _parse(blob: bytes, where: str) -> dict[str, Any]:
@@ -75,8 +91,9 @@ class SnapshotStore(Protocol):
 class DirectoryStore:
     """Snapshots as state files in one directory (one node, or a shared filesystem)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_size: int = MAX_STATE_SIZE) -> None:
         self.directory = directory
+        self.max_size = max_size
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
@@ -87,12 +104,23 @@ class DirectoryStore:
     async def load(self, name: str) -> dict[str, Any] | None:
         path = self._path(name)
         try:
-            blob = await asyncio.to_thread(path.read_bytes)
+            blob = await asyncio.to_thread(self._read, path)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc.strerror or exc}") from exc
         return _parse(blob, str(path))
+
+    def _read(self, path: Path) -> bytes:
+        """The file's bytes; SnapshotTooLarge, before reading, when it is over max_size."""
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > self.max_size:
+                raise SnapshotTooLarge(_too_large(str(path), size, self.max_size))
+            blob = file.read(self.max_size + 1)
+        if len(blob) > self.max_size:  # it grew between the stat and the read
+            raise SnapshotTooLarge(_too_large(str(path), len(blob), self.max_size))
+        return blob
 
     async def save(self, name: str, data: dict[str, Any]) -> int:
         return await asyncio.to_thread(save_state, self._path(name), data)
@@ -177,8 +205,16 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class S3Store:
     """Snapshots as objects ``<prefix><name>.json`` in an S3-compatible bucket."""
 
-    def __init__(self, url: str, endpoint: str, region: str, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        endpoint: str,
+        region: str,
+        environ: Mapping[str, str],
+        max_size: int = MAX_STATE_SIZE,
+    ) -> None:
         self.bucket, self.prefix = parse_s3_url(url)
+        self.max_size = max_size
         self.endpoint = endpoint.rstrip("/")
         self.region = region
         self.access_key = environ.get("AWS_ACCESS_KEY_ID", "")
@@ -213,16 +249,32 @@ class S3Store:
         url = self._url(name)
         try:
             async with self._client().get(url, headers=self._headers("GET", url, b"")) as reply:
-                body = await reply.read()
                 if reply.status == 404:
                     return None
                 if reply.status != 200:
+                    body = await reply.content.read(200)
                     raise StateError(
-                        f"cannot read {self.where(name)}: HTTP {reply.status} {body[:200]!r}"
+                        f"cannot read {self.where(name)}: HTTP {reply.status} {body!r}"
                     )
+                body = await self._read(reply, name)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StateError(f"cannot read {self.where(name)}: {exc!r}") from exc
         return _parse(body, self.where(name))
+
+    async def _read(self, reply: aiohttp.ClientResponse, name: str) -> bytes:
+        """The object's bytes; SnapshotTooLarge, before reading, when its Content-Length is
+        over max_size, or as soon as more than max_size bytes arrive (no length given)."""
+        size = reply.content_length
+        if size is not None and size > self.max_size:
+            raise SnapshotTooLarge(_too_large(self.where(name), size, self.max_size))
+        chunks: list[bytes] = []
+        received = 0
+        while chunk := await reply.content.read(1 << 20):
+            received += len(chunk)
+            if received > self.max_size:
+                raise SnapshotTooLarge(_too_large(self.where(name), received, self.max_size))
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def save(self, name: str, data: dict[str, Any]) -> int:
         blob, clamped = encode_state(data)
