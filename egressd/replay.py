@@ -22,6 +22,7 @@ from egressd.config import Config
 from egressd.detect.alerts import FIRING, Alert
 from egressd.enrich import DestinationLabeler
 from egressd.errors import StateError
+from egressd.gctune import engine_gc
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
 from egressd.sources.files import read_file
@@ -226,30 +227,34 @@ def replay(
             else:
                 summary.resolved += 1
 
-    all_stats = [SourceStats(name=path) for path in inputs]
-    readers = [read_file(fmt, path, stats) for path, stats in zip(inputs, all_stats, strict=True)]
-    # Several inputs are merged by flow end time: files from several collectors covering the
-    # same hours interleave as they happened (consecutive files merge to their concatenation).
-    records = readers[0] if len(readers) == 1 else heapq.merge(*readers, key=_end_time)
-    label = inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs"
-    ahead = config.detection.max_clock_ahead
-    engine.stream_ahead = ahead
-    while True:
-        chunk = list(itertools.islice(records, _CHUNK))
-        if not chunk:
-            break
-        segments = stream_segments(chunk, engine.event_time(), ahead)
-        ends = [index for index, _ in segments[1:]] + [len(chunk)]
-        for (first, limit), last in zip(segments, ends, strict=True):
-            engine.future_limit = limit
-            emit(engine.process(chunk[first:last] if len(segments) > 1 else chunk))
-        meter.update(label, engine.stats.records)
-    for stats in all_stats:
-        summary.inputs += 1
-        summary.units += stats.units
-        summary.skipped.update(stats.decode_errors)
-        summary.skipped.update(stats.dropped)
-    emit(engine.flush())
+    # The engine is built (and its state loaded): see egressd.gctune.
+    with engine_gc():
+        all_stats = [SourceStats(name=path) for path in inputs]
+        readers = [
+            read_file(fmt, path, stats) for path, stats in zip(inputs, all_stats, strict=True)
+        ]
+        # Several inputs are merged by flow end time: files from several collectors covering the
+        # same hours interleave as they happened (consecutive files merge to their concatenation).
+        records = readers[0] if len(readers) == 1 else heapq.merge(*readers, key=_end_time)
+        label = inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs"
+        ahead = config.detection.max_clock_ahead
+        engine.stream_ahead = ahead
+        while True:
+            chunk = list(itertools.islice(records, _CHUNK))
+            if not chunk:
+                break
+            segments = stream_segments(chunk, engine.event_time(), ahead)
+            ends = [index for index, _ in segments[1:]] + [len(chunk)]
+            for (first, limit), last in zip(segments, ends, strict=True):
+                engine.future_limit = limit
+                emit(engine.process(chunk[first:last] if len(segments) > 1 else chunk))
+            meter.update(label, engine.stats.records)
+        for stats in all_stats:
+            summary.inputs += 1
+            summary.units += stats.units
+            summary.skipped.update(stats.decode_errors)
+            summary.skipped.update(stats.dropped)
+        emit(engine.flush())
     meter.done()
     out.flush()
     summary.records = engine.stats.records
