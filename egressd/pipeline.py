@@ -433,13 +433,16 @@ class Engine:
         self.stats.intervals_closed += 1
         totals = self.stats.egress_by_destination
         # Keys that only received (a download's ingress) feed the unexpected windows alone.
-        egress: Bucket = {}
+        # Most intervals have none: the bucket itself is the egress then, copied without them
+        # (in the same order) only when there are some.
+        egress: Bucket = bucket
         observe = self.policy.observe
         for key, accum in bucket.items():
             size = accum.bytes
             if not size:
+                if egress is bucket:
+                    egress = {k: a for k, a in bucket.items() if a.bytes}
                 continue
-            egress[key] = accum
             observe(key[0], key[1], size, start)
             total = totals.get(key)
             if total is not None:

@@ -159,6 +159,7 @@ class UnexpectedDestinationDetector:
         "_fanout_last",
         "_groups",
         "_labels",
+        "_limits",
         "_ticks",
         "_touched",
         "book",
@@ -190,6 +191,8 @@ class UnexpectedDestinationDetector:
         #: windows that took an entry this interval, in bucket order
         self._touched: list[tuple[AggregateKey, _Window]] = []
         self._ticks = 0
+        #: what collect needs of the configuration: (dust, floors, lowest floor)
+        self._limits = self._compute_limits()
 
     def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
         if config.unexpected_windows != self._config.unexpected_windows:
@@ -199,6 +202,11 @@ class UnexpectedDestinationDetector:
             self._touched = []
         self._config = config
         self._labels = labels
+        self._limits = self._compute_limits()
+
+    def _compute_limits(self) -> tuple[int, list[int], int]:
+        floors = [floor for _length, floor in self._config.unexpected_windows]
+        return self._dust, floors, min(floors)
 
     # -- accounting ------------------------------------------------------------------------
 
@@ -208,11 +216,9 @@ class UnexpectedDestinationDetector:
         windows = self.windows
         count = len(self._config.unexpected_windows)
         now = start + self._config.interval
-        dust = self._dust
-        floors = [floor for _length, floor in self._config.unexpected_windows]
         # The longest span holds every entry the others do, so its sum bounds theirs: under
         # the lowest floor, no span can page.
-        lowest = min(floors)
+        dust, floors, lowest = self._limits
         touched = self._touched
         groups: dict[str, list[int]] = {}
         for key, accum in bucket.items():
