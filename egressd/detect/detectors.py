@@ -14,6 +14,7 @@ from egressd.aggregate import Accum, AggregateKey, Bucket
 from egressd.baseline.seasonal import Expectation, SeasonalBaselines, to_level
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
+from egressd.detect.base import Detector
 from egressd.detect.labels import LabelOptions, alert_labels, top, top_with_bytes
 from egressd.detect.policy import ExpectedDestinations
 from egressd.detect.unexpected import (
@@ -35,28 +36,6 @@ __all__ = [
     "VolumeSpikeDetector",
     "alert_labels",
 ]
-
-
-class _Detector:
-    """What both detectors share: settings, the expected-destination policy, the alert book."""
-
-    __slots__ = ("_config", "_labels", "book", "policy")
-
-    def __init__(
-        self,
-        config: DetectionConfig,
-        policy: ExpectedDestinations,
-        book: AlertBook,
-        labels: LabelOptions,
-    ) -> None:
-        self._config = config
-        self._labels = labels
-        self.policy = policy
-        self.book = book
-
-    def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
-        self._config = config
-        self._labels = labels
 
 
 #: the quantile of large intervals' ratio to their seasonal level that marks a usual burst
@@ -129,7 +108,7 @@ class BurstRatios:
         return ratios
 
 
-class VolumeSpikeDetector(_Detector):
+class VolumeSpikeDetector(Detector):
     """Bytes to an expected destination in one interval far above its seasonal baseline."""
 
     __slots__ = ("_last", "ratios")

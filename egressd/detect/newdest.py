@@ -24,8 +24,10 @@ import math
 from collections import deque
 
 from egressd.aggregate import AggregateKey, Bucket
+from egressd.cache import BoundedCache
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
+from egressd.detect.base import Detector
 from egressd.detect.labels import LabelOptions, alert_labels
 from egressd.detect.policy import ExpectedDestinations
 from egressd.enrich import DestinationLabels
@@ -90,18 +92,14 @@ class _Window:
         self.history: deque[tuple[float, int, bool]] = deque()
 
 
-class NewDestinationDetector:
+class NewDestinationDetector(Detector):
     """Per (group x expected destination): bytes within a window to newly used prefixes."""
 
     __slots__ = (
-        "_config",
-        "_labels",
         "_prefix_cache",
-        "book",
         "churn",
         "evicted",
         "groups",
-        "policy",
         "windows",
     )
 
@@ -112,21 +110,14 @@ class NewDestinationDetector:
         book: AlertBook,
         labels: LabelOptions,
     ) -> None:
-        self._config = config
-        self._labels = labels
-        self.policy = policy
-        self.book = book
+        super().__init__(config, policy, book, labels)
         self.groups: dict[str, _GroupPrefixes] = {}
         self.windows: dict[AggregateKey, _Window] = {}
         #: per key: (most bytes sent to new prefixes within a window, when)
         self.churn: dict[AggregateKey, tuple[float, float]] = {}
         #: prefixes forgotten to stay within new_destination_max_prefixes
         self.evicted = 0
-        self._prefix_cache: dict[str, str] = {}
-
-    def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
-        self._config = config
-        self._labels = labels
+        self._prefix_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
 
     def prefixes(self) -> dict[str, int]:
         """Prefixes remembered per group (for metrics)."""
@@ -135,9 +126,7 @@ class NewDestinationDetector:
     def _prefix(self, address: str) -> str:
         prefix = self._prefix_cache.get(address)
         if prefix is None:
-            if len(self._prefix_cache) >= _PREFIX_CACHE:
-                self._prefix_cache.clear()
-            prefix = self._prefix_cache[address] = prefix_of(address)
+            prefix = self._prefix_cache.store(address, prefix_of(address))
         return prefix
 
     def evaluate(self, start: float, bucket: Bucket) -> list[Alert]:

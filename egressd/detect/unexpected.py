@@ -28,6 +28,7 @@ from egressd.aggregate import AggregateKey, Bucket
 from egressd.baseline.seasonal import SeasonalBaselines
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
+from egressd.detect.base import Detector
 from egressd.detect.labels import LabelOptions, alert_labels, top, top_with_bytes
 from egressd.detect.policy import ExpectedDestinations
 from egressd.enrich import DestinationLabels
@@ -150,21 +151,17 @@ def _heaviest(sketch: TopK) -> list[tuple[str, int]]:
 _WEIGHT = itemgetter(1)
 
 
-class UnexpectedDestinationDetector:
+class UnexpectedDestinationDetector(Detector):
     """Sliding windows per (group, unexpected destination), plus per-group sums."""
 
     __slots__ = (
         "_alerting",
-        "_config",
         "_fanout_last",
         "_groups",
-        "_labels",
         "_limits",
         "_ticks",
         "_touched",
-        "book",
         "evicted",
-        "policy",
         "windows",
     )
 
@@ -175,10 +172,7 @@ class UnexpectedDestinationDetector:
         book: AlertBook,
         labels: LabelOptions,
     ) -> None:
-        self._config = config
-        self._labels = labels
-        self.policy = policy
-        self.book = book
+        super().__init__(config, policy, book, labels)
         self.windows: dict[AggregateKey, _Window] = {}
         #: windows dropped to stay within detection.max_keys
         self.evicted = 0
