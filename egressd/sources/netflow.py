@@ -62,6 +62,19 @@ def _exporter_text(host: str) -> str:
     return host.partition("%")[0]
 
 
+def resolve_listen(name: str, listen: str) -> tuple[int, int, int, Any]:
+    """Family, socket type, protocol and address to bind the UDP listener ``listen`` to."""
+    host, port = split_host_port(listen)
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
+        )
+    except socket.gaierror as exc:
+        raise SourceError(f"{name}: cannot resolve {host!r}: {exc}", retriable=False) from exc
+    family, kind, proto, _canon, address = infos[0]
+    return family, kind, proto, address
+
+
 class _Protocol(asyncio.DatagramProtocol):
     __slots__ = ("_source",)
 
@@ -176,16 +189,7 @@ class NetflowSource:
             )
 
     def _bind(self) -> socket.socket:
-        host, port = split_host_port(self.config.listen)
-        try:
-            infos = socket.getaddrinfo(
-                host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
-            )
-        except socket.gaierror as exc:
-            raise SourceError(
-                f"{self.name}: cannot resolve {host!r}: {exc}", retriable=False
-            ) from exc
-        family, kind, proto, _canon, address = infos[0]
+        family, kind, proto, address = resolve_listen(self.name, self.config.listen)
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -30,13 +30,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from egressd.config import Config, NetflowSourceConfig, split_host_port
+from egressd.config import Config, NetflowSourceConfig
 from egressd.enrich import DestinationLabels
 from egressd.errors import DecodeError, SourceError
 from egressd.model import FlowRecord
 from egressd.partials import decode_partials
 from egressd.pipeline import Partial
-from egressd.sources.netflow import kernel_drops
+from egressd.sources.netflow import kernel_drops, resolve_listen
 from egressd.sources.netflow_worker import (
     FRAME,
     KIND_CONFIG,
@@ -208,16 +208,7 @@ class NetflowWorkers:
 
     def _bind_group(self) -> list[tuple[socket.socket, tuple[str, int]]]:
         count = self.config.workers
-        host, port = split_host_port(self.config.listen)
-        try:
-            infos = socket.getaddrinfo(
-                host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
-            )
-        except socket.gaierror as exc:
-            raise SourceError(
-                f"{self.name}: cannot resolve {host!r}: {exc}", retriable=False
-            ) from exc
-        family, kind, proto, _canon, address = infos[0]
+        family, kind, proto, address = resolve_listen(self.name, self.config.listen)
         table = "/proc/net/udp6" if family == socket.AF_INET6 else "/proc/net/udp"
         out: list[tuple[socket.socket, tuple[str, int]]] = []
         try:
