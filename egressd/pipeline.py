@@ -15,6 +15,7 @@ from egressd.aggregate import Accum, AggregateKey, Bucket, IntervalAggregator
 from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_named
 from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
+from egressd.columns import FlowColumns
 from egressd.config import Config
 from egressd.detect.alerts import Alert, AlertBook
 from egressd.detect.detectors import (
@@ -331,6 +332,11 @@ class Engine:
             self.source_cache.lookups += count - invalid
             self.destination_cache.lookups += count - invalid + extra_lookups
         return changed
+
+    def process_columns(self, columns: FlowColumns) -> list[Alert]:
+        """Account a batch of flows given as columns: the same as :meth:`process` of
+        ``columns.to_records()`` (same sums, counters and alerts), the hot path's entry."""
+        return self.process(columns.to_records())
 
     def apply_partials(
         self, partials: Iterable[Partial], event_time: float | None = None
