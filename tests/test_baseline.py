@@ -132,8 +132,9 @@ def test_json_round_trip_and_record_size() -> None:
     again = SeasonalBaselines()
     again.load_json(b.to_json())
     assert set(again.keys()) == set(b.keys())
-    for key, record in b.records.items():
-        assert again.records[key] == record
+    for key in b:
+        record = b.record(key)
+        assert record is not None and again.record(key) == record
         assert len(record) == RECORD_SIZE
     at = T0 + 2 * DAY + 13 * 3600
     assert again.expect(KEY, at) == b.expect(KEY, at)

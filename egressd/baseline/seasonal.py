@@ -2,15 +2,16 @@
 
 Each key keeps, in log2(bytes) space, a robust running level and spread for every hour of
 day on weekdays and on weekends, plus an overall level. Updates are clipped so a single
-outlier cannot drag a baseline, and the level follows organic growth. A key costs one
-small ``bytearray`` (about 330 bytes), so a million keys fit in a few hundred megabytes.
+outlier cannot drag a baseline, and the level follows organic growth. A key costs a
+276-byte record in one shared array plus its dictionary entry and key (about 490 bytes in
+all), so a million keys fit in under 512 MB.
 """
 
 from __future__ import annotations
 
 import base64
-import heapq
 import math
+import mmap
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ _RECORD_DTYPE = np.dtype(
     ]
 )
 assert _RECORD_DTYPE.itemsize == RECORD_SIZE
+_EMPTY_RECORD = bytes(RECORD_SIZE)
+assert RECORD_SIZE % 3 == 0
+_RECORD_BASE64 = RECORD_SIZE // 3 * 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,23 +119,60 @@ def _update(level: float, spread: float, n: int, x: float, alpha: float) -> tupl
     return level, spread
 
 
+def _zeroed(size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """``size`` zero bytes in a private anonymous mapping of their own.
+
+    Its pages cost memory only once written, and it is returned to the system whole when
+    the storage grows (a heap block of this size could stay with the process).
+    """
+    if size == 0:
+        return np.zeros(0, np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8)
+
+
 class SeasonalBaselines:
-    """All baselines, keyed by (group, destination key), with a cap and idle eviction."""
+    """All baselines, keyed by (group, destination key), with a cap and idle eviction.
+
+    The records live side by side in one byte array, a slot per key (reused once its key is
+    forgotten), rather than one ``bytearray`` each; the index maps group, then destination
+    text, to a slot, so no (group, destination) tuple is kept per key either. The metrics
+    view evaluates many baselines on the array at once. It grows by doubling up to
+    ``max_keys``, and its pages cost memory only once a slot in them is used.
+    """
 
     __slots__ = (
+        "_buf",
+        "_capacity",
+        "_count",
+        "_free",
+        "_index",
+        "_learned",
+        "_raw",
+        "_seq",
+        "_table",
+        "_used",
         "changed",
         "epoch",
         "evicted_capacity",
         "evicted_idle",
         "max_keys",
-        "records",
         "season",
     )
 
     def __init__(self, max_keys: int = 100_000, season: SeasonKeyer | None = None) -> None:
         self.max_keys = max_keys
         self.season = season or SeasonKeyer()
-        self.records: dict[BaselineKey, bytearray] = {}
+        #: group -> destination key -> slot
+        self._index: dict[str, dict[str, int]] = {}
+        self._count = 0
+        #: slots ever used (the highest slot + 1)
+        self._used = 0
+        #: slots whose key was forgotten, reused first
+        self._free: list[int] = []
+        #: keys learned so far: a key's number orders keys the way they were first learned
+        #: (the state file keeps that order; eviction breaks ties by it)
+        self._learned = 0
+        self._set_storage(np.zeros(0, np.uint8), np.zeros(0, np.int64))
         self.evicted_capacity = 0
         self.evicted_idle = 0
         #: keys learned or forgotten since a reader (the metrics view) last emptied it;
@@ -140,6 +181,104 @@ class SeasonalBaselines:
         #: bumped when every record is replaced at once (a restored state)
         self.epoch = 0
 
+    # -- storage ----------------------------------------------------------------------------
+
+    def _set_storage(
+        self, raw: np.ndarray[Any, np.dtype[np.uint8]], seq: np.ndarray[Any, np.dtype[np.int64]]
+    ) -> None:
+        self._raw = raw
+        #: the records as bytes (struct reads and writes them in place) and as numpy records
+        self._buf = raw.data
+        self._table: np.ndarray[Any, np.dtype[np.void]] = raw.view(_RECORD_DTYPE)
+        #: slot -> the number its key was learned as (from 1; 0 while the slot is free)
+        self._seq = seq
+        self._capacity = len(seq)
+
+    def _grow(self, need: int) -> None:
+        capacity = max(need, min(max(self.max_keys, need), max(1024, 2 * self._capacity)))
+        raw = _zeroed(capacity * RECORD_SIZE)
+        seq = np.zeros(capacity, np.int64)
+        used = self._used
+        raw[: used * RECORD_SIZE] = self._raw[: used * RECORD_SIZE]
+        seq[:used] = self._seq[:used]
+        self._set_storage(raw, seq)
+
+    def _allocate(self, group: str, dest: str) -> int:
+        """A zeroed slot for a new key."""
+        if self._free:
+            slot = self._free.pop()
+            offset = slot * RECORD_SIZE
+            self._buf[offset : offset + RECORD_SIZE] = _EMPTY_RECORD
+        else:
+            slot = self._used
+            if slot >= self._capacity:
+                self._grow(slot + 1)
+            self._used = slot + 1
+        inner = self._index.get(group)
+        if inner is None:
+            inner = self._index[group] = {}
+        inner[dest] = slot
+        self._count += 1
+        self._learned += 1
+        self._seq[slot] = self._learned
+        return slot
+
+    def _release(self, keys: Iterable[BaselineKey]) -> None:
+        index, seq, free = self._index, self._seq, self._free
+        for group, dest in keys:
+            inner = index[group]
+            slot = inner.pop(dest)
+            if not inner:
+                del index[group]
+            seq[slot] = 0
+            free.append(slot)
+            self._count -= 1
+
+    def _slot(self, key: BaselineKey) -> int | None:
+        inner = self._index.get(key[0])
+        return None if inner is None else inner.get(key[1])
+
+    def _items(self, ordered: bool = False) -> tuple[list[BaselineKey], np.ndarray[Any, Any]]:
+        """Every key and its slot; in the order the keys were learned if ``ordered``."""
+        keys = [(group, dest) for group, inner in self._index.items() for dest in inner]
+        slots = np.fromiter(
+            (slot for inner in self._index.values() for slot in inner.values()),
+            np.intp,
+            self._count,
+        )
+        if ordered:
+            order = np.argsort(self._seq[slots], kind="stable")
+            slots = slots[order]
+            keys = [keys[i] for i in order.tolist()]
+        return keys, slots
+
+    def record(self, key: BaselineKey) -> bytes | None:
+        """The stored record of ``key`` (the state file's bytes), or None."""
+        slot = self._slot(key)
+        if slot is None:
+            return None
+        offset = slot * RECORD_SIZE
+        return bytes(self._buf[offset : offset + RECORD_SIZE])
+
+    # -- what the metrics view reads ---------------------------------------------------------
+
+    def slots_of(self, keys: Iterable[BaselineKey]) -> list[int | None]:
+        """The slot of each key (None when unknown)."""
+        return list(map(self._slot, keys))
+
+    def slot_items(self) -> tuple[list[BaselineKey], np.ndarray[Any, np.dtype[np.intp]]]:
+        """Every key and its slot (in no particular order)."""
+        return self._items()
+
+    def live_slots(self) -> np.ndarray[Any, np.dtype[np.intp]]:
+        """Every slot that holds a key, in slot order."""
+        return np.flatnonzero(self._seq[: self._used])
+
+    @property
+    def slot_count(self) -> int:
+        """Slots ever used: every slot number is below it."""
+        return self._used
+
     def track_changes(self) -> set[BaselineKey]:
         """Start (or keep) collecting the keys that change; the reader empties the set."""
         if self.changed is None:
@@ -147,10 +286,10 @@ class SeasonalBaselines:
         return self.changed
 
     def __len__(self) -> int:
-        return len(self.records)
+        return self._count
 
     def __contains__(self, key: BaselineKey) -> bool:
-        return key in self.records
+        return self._slot(key) is not None
 
     def observe(self, key: BaselineKey, event_time: float, byte_count: float) -> None:
         """Learn one interval's bytes for ``key`` at ``event_time`` (the interval start)."""
@@ -164,39 +303,53 @@ class SeasonalBaselines:
         Batched because it runs for every key of every interval: the season slot is found
         once, and the lookups the loop needs are bound to locals.
         """
-        records = self.records
-        offset = _HEADER.size + self.season.slot(event_time) * _SLOT.size
+        index = self._index
+        buf = self._buf
+        slot_offset = _HEADER.size + self.season.slot(event_time) * _SLOT.size
         header_pack = _HEADER.pack_into
         slot_unpack, slot_pack = _SLOT.unpack_from, _SLOT.pack_into
         header_peak_unpack, peak_pack = _HEADER_PEAK.unpack_from, _PEAK.pack_into
         log2 = math.log2
         changed = self.changed
+        size, peak_offset = RECORD_SIZE, _PEAK_OFFSET
+        # Keys come grouped by group, mostly: the group's index is looked up once per run.
+        group: str | None = None
+        inner: dict[str, int] | None = None
         for key, byte_count in items:
             if changed is not None:
                 changed.add(key)
-            record = records.get(key)
-            if record is None:
-                if len(records) >= self.max_keys:
+            key_group, dest = key
+            if key_group is not group:
+                group = key_group
+                inner = index.get(group)
+            slot = None if inner is None else inner.get(dest)
+            if slot is None:
+                if self._count >= self.max_keys:
                     self._evict_for_room()
-                record = bytearray(RECORD_SIZE)
-                header_pack(record, 0, event_time, event_time, 0.0, MIN_SPREAD, 0)
-                records[key] = record
-            first, last, level, spread, n, peak, raised = header_peak_unpack(record, 0)
+                slot = self._allocate(key_group, dest)
+                inner = index[key_group]  # eviction may have dropped (this re-created) it
+                buf = self._buf  # the storage may have grown
+                base = slot * size
+                header_pack(buf, base, event_time, event_time, 0.0, MIN_SPREAD, 0)
+            else:
+                base = slot * size
+            first, last, level, spread, n, peak, raised = header_peak_unpack(buf, base)
             x = log2(1.0 + byte_count) if byte_count > 0 else 0.0
             level, spread = _update(level, spread, n, x, OVERALL_ALPHA)
             header_pack(
-                record,
-                0,
+                buf,
+                base,
                 first if first < event_time else event_time,
                 last if last > event_time else event_time,
                 level,
                 spread,
                 n + 1,
             )
-            s_level, s_spread, s_n = slot_unpack(record, offset)
+            offset = base + slot_offset
+            s_level, s_spread, s_n = slot_unpack(buf, offset)
             s_level, s_spread = _update(s_level, s_spread, s_n, x, SLOT_ALPHA)
             slot_pack(
-                record,
+                buf,
                 offset,
                 s_level,
                 s_spread if s_spread < 60000.0 else 60000.0,
@@ -204,7 +357,7 @@ class SeasonalBaselines:
             )
             # The peak is kept as a level (log2 bytes), so halving is a subtraction.
             if x >= peak - (event_time - raised) / PEAK_HALF_LIFE:
-                peak_pack(record, _PEAK_OFFSET, x, event_time)
+                peak_pack(buf, base + peak_offset, x, event_time)
 
     def expect(self, key: BaselineKey, event_time: float) -> Expectation | None:
         """The seasonal expectation for ``key`` at ``event_time``; None if never seen.
@@ -213,21 +366,22 @@ class SeasonalBaselines:
         early or late is still "usual") of the same day type, of both day types when these
         hours have no history on this day type yet, and else the overall level.
         """
-        record = self.records.get(key)
-        if record is None:
+        slot_index = self._slot(key)
+        if slot_index is None:
             return None
-        first, _last, level, spread, n = _HEADER.unpack_from(record, 0)
+        buf = self._buf
+        base = slot_index * RECORD_SIZE
+        first, _last, level, spread, n = _HEADER.unpack_from(buf, base)
         slot = self.season.slot(event_time)
         hour, weekend = slot % 24, slot // 24
+        slots_at = base + _HEADER.size
         # The same day type speaks alone only when all three hours it compares have history
         # on it; otherwise both day types do. Checking the centre hour alone is not enough:
         # ten minutes into the first weekend night the centre hour holds only the quiet
         # minutes before a nightly job started, and the job's weekday history in the next
         # hour would be ignored, so a routine backup would page.
         if all(
-            _SLOT.unpack_from(
-                record, _HEADER.size + (weekend * 24 + (hour + dh) % 24) * _SLOT.size
-            )[2]
+            _SLOT.unpack_from(buf, slots_at + (weekend * 24 + (hour + dh) % 24) * _SLOT.size)[2]
             >= MIN_SLOT_OBSERVATIONS
             for dh in (-1, 0, 1)
         ):
@@ -240,9 +394,7 @@ class SeasonalBaselines:
         for day_type in day_types:
             for dh in (-1, 0, 1):
                 index = day_type * 24 + (hour + dh) % 24
-                s_level, s_spread, s_n = _SLOT.unpack_from(
-                    record, _HEADER.size + index * _SLOT.size
-                )
+                s_level, s_spread, s_n = _SLOT.unpack_from(buf, slots_at + index * _SLOT.size)
                 if s_n >= MIN_SLOT_OBSERVATIONS and (best is None or s_level > best[0]):
                     best = (s_level, s_spread, s_n)
         if best is not None:
@@ -252,44 +404,50 @@ class SeasonalBaselines:
     def expected_bytes(
         self, keys: Sequence[BaselineKey], event_time: float
     ) -> np.ndarray[Any, np.dtype[np.float64]]:
-        """``expect(key, event_time).bytes`` for every key (NaN when unknown), all at once.
+        """``expect(key, event_time).bytes`` for every key (NaN when unknown), all at once."""
+        found = self.slots_of(keys)
+        if None not in found:
+            return self.expected_bytes_at(np.array(found, dtype=np.intp), event_time)
+        slots = np.array([-1 if slot is None else slot for slot in found], dtype=np.intp)
+        known = slots >= 0
+        result = np.full(len(slots), np.nan)
+        result[known] = self.expected_bytes_at(slots[known], event_time)
+        return result
 
-        The same rules as :meth:`expect`, on the records viewed as one numpy array: the
-        metrics view evaluates up to max_keys baselines when the hour changes, which costs
-        ~5 µs a key one by one and well under 1 µs this way.
+    def expected_bytes_at(
+        self, slots: np.ndarray[Any, np.dtype[np.intp]], event_time: float
+    ) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """:meth:`expected_bytes` of the keys in ``slots`` (every one held by a key).
+
+        The same rules as :meth:`expect`, on the records as numpy arrays: the metrics view
+        evaluates up to max_keys baselines when the hour changes, which costs ~5 µs a key one
+        by one and well under 1 µs this way.
         """
-        records = self.records
-        found = list(map(records.get, keys))
-        known: np.ndarray[Any, np.dtype[np.bool_]] | None = None
-        raw: list[bytes | bytearray]
-        if None in found:
-            known = np.fromiter((record is not None for record in found), bool, len(found))
-            empty = bytes(RECORD_SIZE)
-            raw = [empty if record is None else record for record in found]
-        else:
-            raw = found  # type: ignore[assignment]
-        table = np.frombuffer(b"".join(raw), dtype=_RECORD_DTYPE)
         slot = self.season.slot(event_time)
         hour, weekend = slot % 24, slot // 24
-        same = [weekend * 24 + (hour + dh) % 24 for dh in (-1, 0, 1)]
-        other = [(1 - weekend) * 24 + (hour + dh) % 24 for dh in (-1, 0, 1)]
-        slots = table["slots"][:, same + other]
-        usable = slots["n"] >= MIN_SLOT_OBSERVATIONS
+        columns = np.array(
+            [weekend * 24 + (hour + dh) % 24 for dh in (-1, 0, 1)]
+            + [(1 - weekend) * 24 + (hour + dh) % 24 for dh in (-1, 0, 1)],
+            dtype=np.intp,
+        )
+        table = self._table
+        cells = table["slots"][slots[:, None], columns[None, :]]
+        usable = cells["n"] >= MIN_SLOT_OBSERVATIONS
         same_only = np.all(usable[:, :3], axis=1, keepdims=True)
         usable[:, 3:] &= ~same_only
-        best = np.where(usable, slots["level"].astype(np.float64), -np.inf).max(axis=1)
-        level = np.where(usable.any(axis=1), best, table["level"].astype(np.float64))
-        result = np.maximum(np.exp2(level) - 1.0, 0.0)
-        if known is not None:
-            result[~known] = np.nan
+        best = np.where(usable, cells["level"].astype(np.float64), -np.inf).max(
+            axis=1, initial=-np.inf
+        )
+        level = np.where(usable.any(axis=1), best, table["level"][slots].astype(np.float64))
+        result: np.ndarray[Any, np.dtype[np.float64]] = np.maximum(np.exp2(level) - 1.0, 0.0)
         return result
 
     def peak(self, key: BaselineKey, event_time: float) -> float:
         """The largest interval ``key`` has sent, halving every :data:`PEAK_HALF_LIFE`."""
-        record = self.records.get(key)
-        if record is None:
+        slot = self._slot(key)
+        if slot is None:
             return 0.0
-        peak, raised = _PEAK.unpack_from(record, _PEAK_OFFSET)
+        peak, raised = _PEAK.unpack_from(self._buf, slot * RECORD_SIZE + _PEAK_OFFSET)
         if peak <= 0:
             return 0.0
         level = peak - max(event_time - raised, 0.0) / PEAK_HALF_LIFE
@@ -297,13 +455,17 @@ class SeasonalBaselines:
 
     def summary(self, key: BaselineKey) -> dict[str, object] | None:
         """A JSON-friendly view of one baseline (for the HTTP API)."""
-        record = self.records.get(key)
-        if record is None:
+        slot = self._slot(key)
+        if slot is None:
             return None
-        first, last, level, _spread, n = _HEADER.unpack_from(record, 0)
+        buf = self._buf
+        base = slot * RECORD_SIZE
+        first, last, level, _spread, n = _HEADER.unpack_from(buf, base)
         hourly = []
         for index in range(SLOTS):
-            s_level, _s_spread, s_n = _SLOT.unpack_from(record, _HEADER.size + index * _SLOT.size)
+            s_level, _s_spread, s_n = _SLOT.unpack_from(
+                buf, base + _HEADER.size + index * _SLOT.size
+            )
             hourly.append(round(max(2.0**s_level - 1.0, 0.0)) if s_n else None)
         return {
             "group": key[0],
@@ -317,51 +479,63 @@ class SeasonalBaselines:
         }
 
     def keys(self) -> Iterator[BaselineKey]:
-        return iter(self.records)
+        """Every key, in the order they were first learned."""
+        return iter(self._items(ordered=True)[0])
+
+    def __iter__(self) -> Iterator[BaselineKey]:
+        return self.keys()
 
     def summaries(self, group: str | None = None) -> list[dict[str, object]]:
         """:meth:`summary` of every baseline (of ``group`` alone, if given), in key order."""
+        if group is None:
+            keys = sorted(self._items()[0])
+        else:
+            keys = [(group, dest) for dest in sorted(self._index.get(group, ()))]
         out = []
-        for key in sorted(self.records):
-            if group is None or key[0] == group:
-                summary = self.summary(key)
-                if summary is not None:
-                    out.append(summary)
+        for key in keys:
+            summary = self.summary(key)
+            if summary is not None:
+                out.append(summary)
         return out
 
     def evict_idle(self, now: float, idle_timeout: float) -> int:
         """Forget keys not seen for ``idle_timeout``; returns how many."""
         horizon = now - idle_timeout
-        stale = [k for k, r in self.records.items() if _HEADER.unpack_from(r, 0)[1] < horizon]
-        for key in stale:
-            del self.records[key]
+        keys, slots = self._items()
+        stale = [keys[i] for i in np.flatnonzero(self._table["last"][slots] < horizon).tolist()]
+        self._release(stale)
         if self.changed is not None:
             self.changed.update(stale)
         self.evicted_idle += len(stale)
         return len(stale)
 
     def _evict_for_room(self) -> None:
-        # Evict the least recently seen tenth at once so eviction cost is amortised.
+        # Evict the least recently seen tenth at once so eviction cost is amortised; among
+        # keys last seen at the same time, the first learned go first.
         count = max(1, self.max_keys // 10)
-        oldest = heapq.nsmallest(
-            count, self.records.items(), key=lambda kv: _HEADER.unpack_from(kv[1], 0)[1]
-        )
-        for key, _record in oldest:
-            del self.records[key]
+        keys, slots = self._items()
+        order = np.lexsort((self._seq[slots], self._table["last"][slots]))[:count]
+        oldest = [keys[i] for i in order.tolist()]
+        self._release(oldest)
         if self.changed is not None:
-            self.changed.update(key for key, _record in oldest)
+            self.changed.update(oldest)
         self.evicted_capacity += len(oldest)
 
     # -- persistence ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, str]:
+        keys, slots = self._items(ordered=True)
+        # A record is a whole number of base64 quanta: the records encoded at once, cut up.
+        text = base64.b64encode(self._raw.reshape(-1, RECORD_SIZE)[slots].tobytes()).decode()
+        width = _RECORD_BASE64
         return {
-            f"{group}\t{dest}": base64.b64encode(bytes(record)).decode("ascii")
-            for (group, dest), record in self.records.items()
+            f"{group}\t{dest}": text[i * width : i * width + width]
+            for i, (group, dest) in enumerate(keys)
         }
 
     def load_json(self, data: dict[str, str]) -> None:
-        records: dict[BaselineKey, bytearray] = {}
+        index: dict[str, dict[str, int]] = {}
+        raws: list[bytes] = []
         for text, blob in data.items():
             group, sep, dest = text.partition("\t")
             raw = base64.b64decode(blob, validate=True)
@@ -369,8 +543,21 @@ class SeasonalBaselines:
                 raw += bytes(_PEAK.size)  # no peak yet: it starts with the next interval
             if not sep or len(raw) != RECORD_SIZE:
                 raise ValueError(f"malformed baseline entry {text!r}")
-            records[(group, dest)] = bytearray(raw)
-        self.records = records
+            inner = index.get(group)
+            if inner is None:
+                inner = index[group] = {}
+            inner[dest] = len(raws)
+            raws.append(raw)
+        count = len(raws)
+        capacity = max(count, min(self.max_keys, 1024))
+        storage = _zeroed(capacity * RECORD_SIZE)
+        storage[: count * RECORD_SIZE] = np.frombuffer(b"".join(raws), np.uint8)
+        seq = np.zeros(capacity, np.int64)
+        seq[:count] = np.arange(1, count + 1)
+        self._index = index
+        self._count = self._used = self._learned = count
+        self._free = []
+        self._set_storage(storage, seq)
         self.epoch += 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -62,7 +63,8 @@ class BaselineGauge:
 
     An expectation changes when its baseline learns an interval (or is forgotten), and for
     every key when the event time enters another hour slot. A scrape evaluates just those
-    keys, in one batch, so an unchanged scrape costs nothing per baseline.
+    keys, in one batch, so an unchanged scrape costs nothing per baseline. What it keeps per
+    key sits in arrays by the baselines' slot: the expectation and the key's label set.
     """
 
     __slots__ = (
@@ -72,9 +74,9 @@ class BaselineGauge:
         "_epoch",
         "_label_index",
         "_label_sets",
-        "_per_key",
         "_shape",
-        "_totals",
+        "_sums",
+        "_values",
         "evaluated",
     )
 
@@ -84,13 +86,13 @@ class BaselineGauge:
         self._epoch = -1
         #: (season slot, regions, asn) the values were computed for
         self._shape: tuple[int, bool, bool] | None = None
-        #: key -> expected bytes, and key -> index of its label values in ``_label_sets``
-        self._per_key: dict[BaselineKey, float] = {}
-        self._codes: dict[BaselineKey, int] = {}
+        #: slot -> expected bytes, and slot -> index of its label values in ``_label_sets``
+        self._values: np.ndarray[Any, np.dtype[np.float64]] = np.zeros(0)
+        self._codes: np.ndarray[Any, np.dtype[np.int64]] = np.zeros(0, np.int64)
         self._label_sets: list[tuple[str, ...]] = []
         self._label_index: dict[tuple[str, ...], int] = {}
-        #: per label set: [expected bytes, keys contributing]
-        self._totals: list[list[float]] = []
+        #: label values -> expected bytes, as of the last evaluation
+        self._sums: dict[tuple[str, ...], float] = {}
         #: expectations evaluated so far (a counter)
         self.evaluated = 0
 
@@ -103,64 +105,79 @@ class BaselineGauge:
             or baselines.epoch != self._epoch
             or shape != self._shape
         ):
-            if (
-                self._shape is None
+            relabel = (
+                baselines is not self._baselines
+                or baselines.epoch != self._epoch
+                or self._shape is None
                 or self._shape[1:] != shape[1:]
-                or len(self._codes) > len(baselines)
-            ):
-                self._codes.clear()
-                self._label_sets.clear()
-                self._label_index.clear()
+                or len(self._label_sets) > len(baselines)
+            )
+            # Keys learned or forgotten since the last scrape may hold other slots now.
+            moved = () if relabel else list(self._changed)
             self._baselines, self._epoch, self._shape = baselines, baselines.epoch, shape
             self._changed = baselines.track_changes()
             self._changed.clear()
-            self._evaluate_all(baselines, now, regions, asn)
+            self._evaluate_all(baselines, now, regions, asn, relabel, moved)
         elif self._changed:
             keys = list(self._changed)
             self._changed.clear()
             self._evaluate_some(baselines, keys, now, regions, asn)
-        return {
-            self._label_sets[code]: total[0]
-            for code, total in enumerate(self._totals)
-            if total[1] > 0
-        }
+        return self._sums
 
-    def _code(self, key: BaselineKey, regions: bool, asn: bool) -> int:
-        code = self._codes.get(key)
-        if code is None:
-            # The labels' key text, split as DestinationLabels.from_key does, without
-            # building a labels object per key (the first scrape meets every baseline).
-            country, _, rest = key[1].partition("|")
-            region, _, number = rest.partition("|")
-            values: tuple[str, ...] = (key[0], country)
-            if regions:
-                values += (region,)
-            if asn:
-                values += (str(int(number)) if number and int(number) else "",)
-            code = self._label_index.get(values)
-            if code is None:
-                code = self._label_index[values] = len(self._label_sets)
-                self._label_sets.append(values)
-            self._codes[key] = code
+    def _label_codes(self, keys: Sequence[BaselineKey], regions: bool, asn: bool) -> list[int]:
+        """The index in ``_label_sets`` of each key's label values (added when new)."""
+        # The labels' key text, split as DestinationLabels.from_key does, without building
+        # a labels object per key (the first scrape meets every baseline).
+        values: list[tuple[str, ...]]
+        if not regions and not asn:
+            values = [(group, dest.partition("|")[0]) for group, dest in keys]
+        else:
+            values = [_label_values(key, regions, asn) for key in keys]
+        index = self._label_index
+        return [index[v] if v in index else self._add_label_set(v) for v in values]
+
+    def _add_label_set(self, values: tuple[str, ...]) -> int:
+        code = self._label_index[values] = len(self._label_sets)
+        self._label_sets.append(values)
         return code
 
-    def _evaluate_all(
-        self, baselines: SeasonalBaselines, now: float, regions: bool, asn: bool
+    def _reserve(self, slots: int) -> None:
+        if len(self._codes) < slots:
+            size = max(slots, 2 * len(self._codes))
+            codes = np.full(size, -1, np.int64)
+            codes[: len(self._codes)] = self._codes
+            values = np.zeros(size)
+            values[: len(self._values)] = self._values
+            self._codes, self._values = codes, values
+
+    def _set_codes(
+        self, keys: Sequence[BaselineKey], slots: Sequence[int], regions: bool, asn: bool
     ) -> None:
-        keys = list(baselines.keys())
-        self.evaluated += len(keys)
-        values = baselines.expected_bytes(keys, now)
-        codes_of, code = self._codes, self._code
-        codes = np.fromiter(
-            (codes_of[key] if key in codes_of else code(key, regions, asn) for key in keys),
-            dtype=np.int64,
-            count=len(keys),
-        )
-        width = len(self._label_sets)
-        sums = np.bincount(codes, weights=values, minlength=width)
-        counts = np.bincount(codes, minlength=width)
-        self._totals = [[float(a), float(b)] for a, b in zip(sums, counts, strict=True)]
-        self._per_key = dict(zip(keys, values.tolist(), strict=True))
+        if keys:
+            self._codes[np.array(slots, dtype=np.intp)] = self._label_codes(keys, regions, asn)
+
+    def _evaluate_all(
+        self,
+        baselines: SeasonalBaselines,
+        now: float,
+        regions: bool,
+        asn: bool,
+        relabel: bool,
+        moved: Sequence[BaselineKey],
+    ) -> None:
+        self.evaluated += len(baselines)
+        self._reserve(baselines.slot_count)
+        if relabel:
+            self._label_sets.clear()
+            self._label_index.clear()
+            keys, every = baselines.slot_items()
+            self._set_codes(keys, every.tolist(), regions, asn)
+        else:
+            present, slots = _present(baselines, moved)
+            self._set_codes(present, slots, regions, asn)
+        live = baselines.live_slots()
+        self._values[live] = baselines.expected_bytes_at(live, now)
+        self._sum(live)
 
     def _evaluate_some(
         self,
@@ -171,22 +188,46 @@ class BaselineGauge:
         asn: bool,
     ) -> None:
         self.evaluated += len(keys)
-        per_key, totals = self._per_key, self._totals
-        for key, value in zip(keys, baselines.expected_bytes(keys, now).tolist(), strict=True):
-            code = self._code(key, regions, asn)
-            while code >= len(totals):
-                totals.append([0.0, 0.0])
-            total = totals[code]
-            old = per_key.pop(key, None)
-            if old is not None:
-                total[0] -= old
-                total[1] -= 1
-            if value == value:  # not NaN: the key is known
-                per_key[key] = value
-                total[0] += value
-                total[1] += 1
-            elif total[1] == 0:
-                total[0] = 0.0
+        self._reserve(baselines.slot_count)
+        present, found = _present(baselines, keys)
+        if present:
+            slots = np.array(found, dtype=np.intp)
+            self._codes[slots] = self._label_codes(present, regions, asn)
+            self._values[slots] = baselines.expected_bytes_at(slots, now)
+        self._sum(baselines.live_slots())
+
+    def _sum(self, live: np.ndarray[Any, np.dtype[np.intp]]) -> None:
+        codes = self._codes[live]
+        width = len(self._label_sets)
+        sums = np.bincount(codes, weights=self._values[live], minlength=width)
+        counts = np.bincount(codes, minlength=width)
+        label_sets = self._label_sets
+        self._sums = {
+            label_sets[code]: float(sums[code]) for code in np.flatnonzero(counts).tolist()
+        }
+
+
+def _present(
+    baselines: SeasonalBaselines, keys: Sequence[BaselineKey]
+) -> tuple[list[BaselineKey], list[int]]:
+    """The keys still kept, and their slots."""
+    present, slots = [], []
+    for key, slot in zip(keys, baselines.slots_of(keys), strict=True):
+        if slot is not None:
+            present.append(key)
+            slots.append(slot)
+    return present, slots
+
+
+def _label_values(key: BaselineKey, regions: bool, asn: bool) -> tuple[str, ...]:
+    country, _, rest = key[1].partition("|")
+    region, _, number = rest.partition("|")
+    values: tuple[str, ...] = (key[0], country)
+    if regions:
+        values += (region,)
+    if asn:
+        values += (str(int(number)) if number and int(number) else "",)
+    return values
 
 
 class EgressdCollector(Collector):
