@@ -69,6 +69,8 @@ class Layout:
     # ``struct`` with IPv4 addresses read as 32-bit ints: cheaper to hash as cache keys.
     fast_format: str = ""
     fast: Any = None  # generated per-layout set decoder (templated.py), built on first use
+    #: numpy reading of whole sets (columnar.py), built on first use; False: records only
+    columns: Any = None
 
 
 @dataclass(slots=True)
