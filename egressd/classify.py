@@ -76,6 +76,11 @@ class EgressClassifier:
         by_group = tuple((g.name, _prefixes(g.sources)) for g in groups)
         self._tables = {version: _range_table(version, local, by_group) for version in (4, 6)}
 
+    def table(self, version: int) -> tuple[list[int], list[str | None]]:
+        """The range table of ``version``: sorted starts and each range's answer (the group
+        of its sources, None = not local); for lookups over many addresses at once."""
+        return self._tables[version]
+
     def group_of(self, version: int, value: int) -> str | None:
         """The group of a parsed local source (else ``other``); None if not local."""
         starts, answers = self._tables[version]

@@ -2,10 +2,18 @@
 
 Memory is fixed by ``capacity``; counts of the top items are exact unless they were evicted,
 in which case they are over-estimates by at most the evicted minimum (the Space-Saving bound).
+
+The engine's batch path adds a batch's weights already summed per item
+(:meth:`TopK.add_summed`): while the sketch and the batch's distinct items fit ``capacity``
+that equals adding flow by flow exactly; past it, the batch's heaviest ``capacity`` items go
+in as Space-Saving updates and the rest of its weight as one more update (named after the
+heaviest of the rest), so the counts still sum to the total weight and never under-estimate
+an item they name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from heapq import heapify, heappush, heapreplace
 
 
@@ -54,6 +62,34 @@ class TopK:
         floor += weight
         counts[item] = floor
         heapreplace(heap, (floor, item))
+
+    def add_summed(
+        self,
+        items: Sequence[str],
+        weights: Sequence[int],
+        rest: str | None = None,
+        rest_weight: int = 0,
+    ) -> None:
+        """Add one batch, its weights summed per item.
+
+        ``items`` are distinct, in the order they first came in the batch, with their summed
+        ``weights``. A batch with more distinct items than are worth keeping passes its
+        heaviest ``capacity`` as ``items`` and the rest as ``rest`` (the heaviest of them)
+        carrying ``rest_weight``, all the others' weight: one update for them all, instead of
+        one eviction per light item (scans bring a new address per flow).
+
+        Guarantees: when ``rest`` is None and the kept items plus the new ones fit
+        ``capacity``, the sketch equals adding the batch's flows one by one, in order. Always:
+        the counts sum to the total weight added and no count is below its item's true
+        weight (``items`` go in as ordinary Space-Saving updates, keeping its error bound);
+        only the one count charged with the rest may exceed its item's true weight by more
+        than the minimum (by at most the minimum plus ``rest_weight``).
+        """
+        add = self.add
+        for item, weight in zip(items, weights, strict=True):
+            add(item, weight)
+        if rest is not None:
+            add(rest, rest_weight)
 
     def cap(self, limit: int) -> None:
         """Lower every count above ``limit`` to it (saturated sums)."""

@@ -127,3 +127,72 @@ def test_capped_counts_still_evict_the_lightest() -> None:
     # The lightest is now x (ties: by name), not w, which the heap had as its minimum.
     sketch.add("v", 1)
     assert sketch.counts == {"y": 200, "w": 210, "v": 201}
+
+
+def _summed(stream: list[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    """A batch summed per item, items in the order they first came."""
+    sums: dict[str, int] = {}
+    for item, weight in stream:
+        sums[item] = sums.get(item, 0) + weight
+    return list(sums), list(sums.values())
+
+
+@settings(max_examples=200)
+@given(
+    kept=st.lists(st.tuples(st.integers(0, 20), st.integers(0, 1000)), max_size=12),
+    batch=st.lists(st.tuples(st.integers(0, 20), st.integers(0, 1000)), max_size=40),
+)
+def test_a_summed_batch_that_fits_equals_adding_flow_by_flow(
+    kept: list[tuple[int, int]], batch: list[tuple[int, int]]
+) -> None:
+    capacity = 24
+    one_by_one, summed = TopK(capacity), TopK(capacity)
+    for item, weight in kept:
+        one_by_one.add(f"k{item}", weight)
+        summed.add(f"k{item}", weight)
+    stream = [(f"b{item}", weight) for item, weight in batch]
+    items, weights = _summed(stream)
+    fits = len(one_by_one.counts) + len(items) <= capacity
+    for item, weight in stream:
+        one_by_one.add(item, weight)
+    summed.add_summed(items, weights)
+    if fits:
+        assert summed.counts == one_by_one.counts
+        assert list(summed.counts) == list(one_by_one.counts)
+    assert sum(summed.counts.values()) == sum(one_by_one.counts.values())
+
+
+@settings(max_examples=200)
+@given(
+    batch=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 10_000)), min_size=1),
+    capacity=st.integers(2, 16),
+)
+def test_a_summed_batch_with_a_rest_keeps_the_totals_and_never_under_counts(
+    batch: list[tuple[int, int]], capacity: int
+) -> None:
+    truth = Counter[str]()
+    for item, weight in batch:
+        truth[f"a{item}"] += weight
+    items, weights = _summed([(f"a{item}", weight) for item, weight in batch])
+    by_weight = sorted(range(len(items)), key=lambda i: -weights[i])
+    heaviest = sorted(by_weight[:capacity])
+    rest = by_weight[capacity:]
+    sketch = TopK(capacity)
+    sketch.add_summed(
+        [items[i] for i in heaviest],
+        [weights[i] for i in heaviest],
+        items[rest[0]] if rest else None,
+        sum(weights[i] for i in rest),
+    )
+    assert sum(sketch.counts.values()) == sum(truth.values())
+    assert len(sketch.counts) <= capacity
+    for item, count in sketch.counts.items():
+        assert count >= truth[item]
+    # The heaviest item of the batch (or one as heavy) is always named.
+    assert any(truth[item] == weights[by_weight[0]] for item in sketch.counts)
+    # Items other than the one charged with the rest are over-counted by at most the minimum.
+    charged = items[rest[0]] if rest else None
+    floor = min(sketch.counts.values())
+    for item, count in sketch.counts.items():
+        if item != charged:
+            assert count - truth[item] <= floor

@@ -71,6 +71,13 @@ def _intervals(version: int) -> tuple[list[int], list[int], list[str]]:
 _TABLES = {4: _intervals(4), 6: _intervals(6)}
 
 
+def special_table(version: int) -> tuple[list[int], list[int]]:
+    """Sorted starts and (inclusive) ends of the special ranges of ``version``, disjoint; for
+    lookups over many addresses at once."""
+    starts, ends, _ = _TABLES[version]
+    return starts, ends
+
+
 def special_kind_of(version: int, value: int) -> str | None:
     """Kind of special range holding the parsed address, or None for a global address."""
     starts, ends, kinds = _TABLES[version]

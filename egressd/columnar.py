@@ -1,0 +1,334 @@
+"""Whole-column lookups for the engine's batch path: groups, special ranges, distinct addresses.
+
+IPv4 rows are answered by one ``searchsorted`` over numpy copies of the classifier's and the
+special ranges' tables; the few IPv6 rows go through the same tables one distinct address at
+a time. Every answer is per row, in the batch's order. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from egressd.classify import EgressClassifier
+from egressd.columns import U64, FlowColumns, address_text, is_v4, v4_values
+from egressd.enrich import DestinationLabels
+from egressd.enrich.special import special_table
+from egressd.sketch import TopK
+
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+
+#: sums of this many uint64 values each below this bound cannot overflow 64 bits
+_U64_LIMIT = 2**64
+
+
+class ColumnClassifier:
+    """The classifier's answers for address columns: a group code per row (-1 = not local),
+    and whether a row's address is in a special range. ``groups[code]`` names the group."""
+
+    __slots__ = ("_classifier", "_special4", "_v4_codes", "_v4_starts", "groups")
+
+    def __init__(self, classifier: EgressClassifier) -> None:
+        self._classifier = classifier
+        starts, answers = classifier.table(4)
+        self.groups: list[str] = []
+        codes: list[int] = []
+        for answer in answers:
+            if answer is None:
+                codes.append(-1)
+                continue
+            if answer not in self.groups:
+                self.groups.append(answer)
+            codes.append(self.groups.index(answer))
+        self._v4_starts = np.array(starts, dtype=np.uint64)
+        self._v4_codes = np.array(codes, dtype=np.int64)
+        special_starts, special_ends = special_table(4)
+        self._special4 = (
+            np.array(special_starts, dtype=np.uint64),
+            np.array(special_ends, dtype=np.uint64),
+        )
+
+    def _code(self, name: str | None) -> int:
+        if name is None:
+            return -1
+        if name not in self.groups:  # a group only IPv6 prefixes name
+            self.groups.append(name)
+        return self.groups.index(name)
+
+    def group_codes(self, hi: U64, lo: U64, v4: Mask) -> I64:
+        """The group code of each row's address (-1 where it is not local)."""
+        codes = np.empty(len(hi), dtype=np.int64)
+        values = v4_values(lo[v4])
+        codes[v4] = self._v4_codes[np.searchsorted(self._v4_starts, values, side="right") - 1]
+        if not v4.all():
+            rows = np.flatnonzero(~v4)
+            memo: dict[int, int] = {}
+            group_of = self._classifier.group_of
+            for row, h, low in zip(
+                rows.tolist(), hi[rows].tolist(), lo[rows].tolist(), strict=True
+            ):
+                value = (h << 64) | low
+                code = memo.get(value)
+                if code is None:
+                    code = memo[value] = self._code(group_of(6, value))
+                codes[row] = code
+        return codes
+
+    def special(self, hi: U64, lo: U64, v4: Mask) -> Mask:
+        """Which rows' addresses are in a special-purpose range (private, documentation...)."""
+        out = np.zeros(len(hi), dtype=np.bool_)
+        starts, ends = self._special4
+        values = v4_values(lo[v4])
+        index = np.searchsorted(starts, values, side="right") - 1
+        inside = index >= 0
+        inside[inside] = values[inside] <= ends[index[inside]]
+        out[v4] = inside
+        if not v4.all():
+            six_starts, six_ends = special_table(6)
+            rows = np.flatnonzero(~v4)
+            for row, h, low in zip(
+                rows.tolist(), hi[rows].tolist(), lo[rows].tolist(), strict=True
+            ):
+                value = (h << 64) | low
+                i = bisect_right(six_starts, value) - 1
+                out[row] = i >= 0 and value <= six_ends[i]
+        return out
+
+
+def distinct_addresses(hi: U64, lo: U64) -> tuple[I64, I64]:
+    """(first row of each distinct address in order of first appearance, and each row's index
+    into that list)."""
+    if len(hi) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    if not hi.any():
+        _, first, inverse = np.unique(lo, return_index=True, return_inverse=True)
+    else:
+        pairs = np.stack([hi, lo], axis=1)
+        _, first, inverse = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    # Renumber by first appearance, so callers meet addresses in the order records do.
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
+    return first[order].astype(np.int64), rank[inverse]
+
+
+def exact_total(values: U64) -> int:
+    """The sum of a uint64 column as a Python integer, exact whatever the values."""
+    if len(values) == 0:
+        return 0
+    if int(values.max()) < _U64_LIMIT // len(values):
+        return int(values.sum())
+    return sum(values.tolist())
+
+
+def summable(values: U64) -> bool:
+    """Whether any sum of the column's values fits in uint64 (numpy sums are exact then)."""
+    return len(values) == 0 or int(values.max()) < _U64_LIMIT // len(values)
+
+
+#: labels of distinct addresses, given as (high, low) halves: the engine's cached labeler
+LabelsOf = Callable[[list[int], list[int]], list[DestinationLabels]]
+
+
+class ClassifiedBatch:
+    """One batch of plausible flows, classified: per row its kind, the group and destination
+    code of its bucket key, and the numbers summed into it. Rows keep the batch's order.
+
+    A row *touches* a bucket when it is egress (local source, outside destination: keyed by
+    the source's group and the destination's labels) or ingress from a labelled outside
+    source (keyed by the local destination's group and the source's labels).
+    """
+
+    __slots__ = (
+        "_texts",
+        "columns",
+        "dest",
+        "dst_first",
+        "dst_ids",
+        "egress",
+        "egress_bytes",
+        "egress_count",
+        "ends",
+        "group",
+        "groups",
+        "ingress_bytes",
+        "ingress_count",
+        "internal_bytes",
+        "internal_count",
+        "labels",
+        "packets",
+        "sizes",
+        "small",
+        "special_count",
+        "src_first",
+        "src_ids",
+        "touch",
+        "transit_count",
+    )
+
+    def __init__(
+        self,
+        columns: FlowColumns,
+        classifier: ColumnClassifier,
+        labels_of: LabelsOf,
+        small_limit: int,
+    ) -> None:
+        self.columns = columns
+        src_hi, src_lo, dst_hi, dst_lo = (
+            columns.src_hi,
+            columns.src_lo,
+            columns.dst_hi,
+            columns.dst_lo,
+        )
+        src_v4 = is_v4(src_hi, src_lo)
+        dst_v4 = is_v4(dst_hi, dst_lo)
+        src_group = classifier.group_codes(src_hi, src_lo, src_v4)
+        dst_group = classifier.group_codes(dst_hi, dst_lo, dst_v4)
+        src_local = src_group >= 0
+        dst_local = dst_group >= 0
+        outside = ~dst_local
+        outside[outside] = ~classifier.special(dst_hi[outside], dst_lo[outside], dst_v4[outside])
+        egress = src_local & outside
+        ingress = ~src_local & dst_local
+        labelled = ingress.copy()
+        labelled[ingress] = ~classifier.special(src_hi[ingress], src_lo[ingress], src_v4[ingress])
+        touch = egress | labelled
+        self.egress = egress
+        self.touch = touch
+        self.groups = list(classifier.groups)
+        self.group = np.where(egress, src_group, dst_group)
+        sizes = columns.bytes
+        internal = src_local & dst_local
+        self.egress_count = int(np.count_nonzero(egress))
+        self.egress_bytes = exact_total(sizes[egress])
+        self.ingress_count = int(np.count_nonzero(ingress))
+        self.ingress_bytes = exact_total(sizes[ingress])
+        self.internal_count = int(np.count_nonzero(internal))
+        self.internal_bytes = exact_total(sizes[internal])
+        self.transit_count = int(np.count_nonzero(~src_local & ~dst_local))
+        self.special_count = len(columns) - self.egress_count - self.internal_count
+        self.special_count -= self.ingress_count + self.transit_count
+        # One label lookup per distinct labelled address: the destination of egress, the
+        # source of ingress.
+        rows = np.flatnonzero(touch)
+        self.dest = np.full(len(columns), -1, dtype=np.int64)
+        self.labels: list[DestinationLabels] = []
+        if len(rows):
+            pick = egress[rows]
+            hi = np.where(pick, dst_hi[rows], src_hi[rows])
+            lo = np.where(pick, dst_lo[rows], src_lo[rows])
+            first, inverse = distinct_addresses(hi, lo)
+            found = labels_of(hi[first].tolist(), lo[first].tolist())
+            codes: dict[DestinationLabels, int] = {}
+            code_of = [codes.setdefault(labels, len(codes)) for labels in found]
+            self.labels = list(codes)
+            self.dest[rows] = np.array(code_of, dtype=np.int64)[inverse]
+        self.ends = columns.time_end
+        if summable(sizes) and summable(columns.packets):
+            self.sizes: npt.NDArray[Any] = sizes
+            self.packets: npt.NDArray[Any] = columns.packets
+        else:  # sums past 2**64: Python integers (a flood of huge claims; exact, slower)
+            self.sizes = np.array(sizes.tolist(), dtype=object)
+            self.packets = np.array(columns.packets.tolist(), dtype=object)
+        # size < packets * small_limit, exactly: a product past 64 bits exceeds any size.
+        packets = columns.packets
+        ceiling = (2**64 - 1) // small_limit
+        fits = packets <= np.uint64(ceiling)
+        product = np.where(fits, packets, 0) * np.uint64(small_limit)
+        self.small = ~fits | (sizes < product)
+        self.src_first, self.src_ids = distinct_addresses(src_hi, src_lo)
+        self.dst_first, self.dst_ids = distinct_addresses(dst_hi, dst_lo)
+        self._texts: dict[tuple[bool, int], str] = {}
+
+    def text(self, source: bool, address: int) -> str:
+        """Text of distinct source (or destination) address number ``address``."""
+        text = self._texts.get((source, address))
+        if text is None:
+            columns = self.columns
+            row = int((self.src_first if source else self.dst_first)[address])
+            if source:
+                text = address_text(int(columns.src_hi[row]), int(columns.src_lo[row]))
+            else:
+                text = address_text(int(columns.dst_hi[row]), int(columns.dst_lo[row]))
+            self._texts[(source, address)] = text
+        return text
+
+
+class BlockTalkers:
+    """Per key of one block, its heaviest sources and destinations, summed per address, ready
+    for :meth:`egressd.sketch.TopK.add_summed` (text is made only for what goes in)."""
+
+    __slots__ = ("_batch", "_capacity", "_destinations", "_sources")
+
+    def __init__(self, batch: ClassifiedBatch, rows: I64, keys: I64, capacity: int) -> None:
+        self._batch = batch
+        self._capacity = capacity
+        weights = batch.sizes[rows]
+        self._sources = _per_key(batch.src_ids[rows], keys, weights)
+        self._destinations = _per_key(batch.dst_ids[rows], keys, weights)
+
+    def add_to(self, key: int, sources: TopK, destinations: TopK) -> None:
+        """Add key number ``key``'s talkers of this block to its sketches."""
+        self._add(self._sources, key, sources, True)
+        self._add(self._destinations, key, destinations, False)
+
+    def _add(self, table: _PerKey, key: int, sketch: TopK, source: bool) -> None:
+        ids, weights, spans = table
+        a, b = spans[key]
+        text = self._batch.text
+        capacity = self._capacity
+        if b - a <= capacity:
+            sketch.add_summed(
+                [text(source, i) for i in ids[a:b].tolist()], [int(w) for w in weights[a:b]]
+            )
+            return
+        mine = weights[a:b]
+        by_weight = np.argsort(mine, kind="stable")[::-1]
+        kept = np.sort(by_weight[:capacity])
+        heaviest_rest = int(by_weight[capacity])
+        kept_weights = [int(w) for w in mine[kept]]
+        rest_weight = sum(int(w) for w in mine.tolist()) - sum(kept_weights)
+        sketch.add_summed(
+            [text(source, i) for i in ids[a:b][kept].tolist()],
+            kept_weights,
+            text(source, int(ids[a + heaviest_rest])),
+            rest_weight,
+        )
+
+
+#: distinct addresses of each key in order of first appearance, their summed weights, and
+#: each key's [start, end) in those
+_PerKey = tuple[I64, npt.NDArray[Any], list[tuple[int, int]]]
+
+
+def _per_key(ids: I64, keys: I64, weights: npt.NDArray[Any]) -> _PerKey:
+    if not len(ids):
+        return ids, weights, []
+    width = int(ids.max()) + 1
+    pairs = keys * width + ids
+    order = np.argsort(pairs, kind="stable")
+    ordered = pairs[order]
+    heads = np.concatenate(([0], np.flatnonzero(np.diff(ordered)) + 1))
+    sums = np.add.reduceat(weights[order], heads) if len(order) else weights[:0]
+    firsts = order[heads]
+    pair_keys = ordered[heads] // width
+    # by key, then by first appearance
+    arrange = np.lexsort((firsts, pair_keys))
+    pair_keys = pair_keys[arrange]
+    spans: list[tuple[int, int]] = []
+    bounds = np.concatenate(([0], np.flatnonzero(np.diff(pair_keys)) + 1, [len(pair_keys)]))
+    key_of = pair_keys[bounds[:-1]].tolist()
+    limits = bounds.tolist()
+    table: dict[int, tuple[int, int]] = {
+        k: (limits[i], limits[i + 1]) for i, k in enumerate(key_of)
+    }
+    count = int(keys.max()) + 1 if len(keys) else 0
+    spans = [table.get(k, (0, 0)) for k in range(count)]
+    return (ordered[heads] % width)[arrange], sums[arrange], spans

@@ -1,0 +1,253 @@
+"""The batch path (`Engine.process_columns`) accounts exactly what the record path does.
+
+Two engines see the same flows, one as records and one as columns, split into the same
+batches: their open and closed intervals, counters and alerts must be identical, whatever
+mix of families, groups, late, future, implausible, small-packet and ingress flows comes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scenarios import generate
+
+from egressd.aggregate import Accum, Bucket
+from egressd.columns import FlowColumns
+from egressd.config import parse_config
+from egressd.detect.alerts import Alert
+from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.model import FlowRecord
+from egressd.pipeline import Engine
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8", "fd00:10::/32"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16", "fd00:10:20::/48"]
+expected_countries = ["US"]
+
+[[groups]]
+name = "office"
+sources = ["10.30.0.0/16"]
+expected_countries = ["GB", "US"]
+
+[detection]
+interval = "1m"
+allowed_lateness = "30s"
+unexpected_min_bytes = "20KB"
+unexpected_window = "5m"
+max_link_rate = "10MB"
+max_keys = 6
+"""
+T0 = 1_773_000_000.0 - 1_773_000_000.0 % 60
+
+#: addresses by what they are; a drawn suffix makes more of them (distinct talkers)
+LOCAL_V4 = ("10.20.0.{}", "10.30.1.{}", "10.99.0.{}")
+LOCAL_V6 = ("fd00:10:20::{:x}", "fd00:10:99::{:x}")
+OUTSIDE_V4 = ("3.5.140.{}", "47.100.23.{}", "81.2.69.{}", "5.45.{}.1", "200.160.2.{}")
+OUTSIDE_V6 = ("2a00:1450:4001:80b::{:x}", "2001:250:{:x}::1")
+MAPPED = ("::ffff:47.100.23.{}", "::ffff:3.5.140.{}")
+SPECIAL = ("192.0.2.{}", "fe80::{:x}", "192.168.1.{}", "not-an-address{}")
+
+addresses = st.builds(
+    lambda pattern, n: pattern.format(n),
+    st.sampled_from(LOCAL_V4 + LOCAL_V6 + OUTSIDE_V4 + OUTSIDE_V6 + MAPPED + SPECIAL),
+    st.integers(1, 40),
+)
+local_sources = st.builds(
+    lambda pattern, n: pattern.format(n), st.sampled_from(LOCAL_V4 + LOCAL_V6), st.integers(1, 6)
+)
+outside = st.builds(
+    lambda pattern, n: pattern.format(n),
+    st.sampled_from(OUTSIDE_V4 + OUTSIDE_V6 + MAPPED),
+    st.integers(1, 6),
+)
+
+
+@st.composite
+def flows(draw: st.DrawFn) -> list[FlowRecord]:
+    count = draw(st.integers(1, 120))
+    now = T0
+    records = []
+    for _ in range(count):
+        step = draw(st.sampled_from((0.0, 0.5, 3.0, 7.0, 20.0, 45.0)))
+        now += step
+        kind = draw(st.sampled_from(("egress",) * 6 + ("ingress", "any", "late", "future")))
+        if kind == "egress":
+            src, dst = draw(local_sources), draw(outside)
+        elif kind == "ingress":
+            src, dst = draw(outside), draw(local_sources)
+        else:
+            src, dst = draw(addresses), draw(addresses)
+        end = now
+        if kind == "late":
+            end = now - draw(st.sampled_from((40.0, 100.0, 600.0)))
+        elif kind == "future":
+            end = now + draw(st.sampled_from((200.0, 7200.0)))
+        duration = draw(st.sampled_from((0.0, 0.5, 1.0, 30.0)))
+        size = draw(
+            st.one_of(
+                st.integers(0, 3_000),
+                st.integers(3_000, 60_000),
+                st.sampled_from((10_000_001, 2**40, 2**63 + 5)),
+            )
+        )
+        packets = draw(st.one_of(st.integers(0, 400), st.sampled_from((600_000, 2**50))))
+        records.append(FlowRecord(end - duration, end, src, dst, size, packets))
+    return records
+
+
+def _accum(accum: Accum, sketches: bool) -> tuple[Any, ...]:
+    sums = (accum.bytes, accum.packets, accum.flows, accum.small, accum.ingress)
+    if not sketches:
+        return sums
+    return (*sums, accum.sources.counts, accum.destinations.counts)
+
+
+def _bucket(bucket: Bucket, exact_talkers: Bucket | None = None) -> list[tuple[Any, ...]]:
+    """A bucket's keys in order and their sums; sketch counts where the reference's sketches
+    never filled up (then no eviction happened, and the batch path must match exactly)."""
+    out = []
+    for key, accum in bucket.items():
+        reference = (exact_talkers or bucket)[key]
+        exact = max(len(reference.sources.counts), len(reference.destinations.counts))
+        out.append((key, _accum(accum, exact < reference.capacity)))
+        # every sketch accounts for every byte, whatever was evicted
+        assert sum(accum.sources.counts.values()) == accum.bytes
+        assert sum(accum.destinations.counts.values()) == accum.bytes
+    return out
+
+
+def _alerts(alerts: list[Alert]) -> list[tuple[Any, ...]]:
+    return [(a.state, a.labels, a.annotations, a.starts_at, a.ends_at) for a in alerts]
+
+
+class Pair:
+    """A record engine and a column engine fed the same batches."""
+
+    def __init__(self, config_text: str = CONFIG) -> None:
+        config = parse_config(config_text)
+        self.records = Engine(config, EmbeddedCountryLabeler())
+        self.columns = Engine(config, EmbeddedCountryLabeler())
+        self.closed: dict[str, list[tuple[float, Bucket]]] = {"records": [], "columns": []}
+        self.records.on_interval = lambda s, b: self.closed["records"].append((s, b))
+        self.columns.on_interval = lambda s, b: self.closed["columns"].append((s, b))
+        self.alerts: dict[str, list[Alert]] = {"records": [], "columns": []}
+
+    def limits(self, future_limit: float, stream_ahead: float) -> None:
+        for engine in (self.records, self.columns):
+            engine.future_limit = future_limit
+            engine.stream_ahead = stream_ahead
+
+    def feed(self, batch: list[FlowRecord]) -> None:
+        # The record engine sees exactly what the columns carry (addresses normalised).
+        columns = FlowColumns.from_records(batch)
+        self.alerts["records"] += [a.copy() for a in self.records.process(columns.to_records())]
+        self.alerts["columns"] += [a.copy() for a in self.columns.process_columns(columns)]
+
+    def flush(self) -> None:
+        self.alerts["records"] += [a.copy() for a in self.records.flush()]
+        self.alerts["columns"] += [a.copy() for a in self.columns.flush()]
+
+    def check(self) -> None:
+        a, b = self.records, self.columns
+        assert b.stats == a.stats
+        for field in (
+            "closed_upto",
+            "max_time",
+            "next_due",
+            "late_records",
+            "late_bytes",
+            "folded_records",
+        ):
+            assert getattr(b.aggregator, field) == getattr(a.aggregator, field), field
+        assert list(b.aggregator.buckets) == list(a.aggregator.buckets)
+        for start, bucket in a.aggregator.buckets.items():
+            assert _bucket(b.aggregator.buckets[start], bucket) == _bucket(bucket), start
+        closed_a, closed_b = self.closed["records"], self.closed["columns"]
+        assert [s for s, _ in closed_b] == [s for s, _ in closed_a]
+        for (start, bucket_a), (_, bucket_b) in zip(closed_a, closed_b, strict=True):
+            assert _bucket(bucket_b, bucket_a) == _bucket(bucket_a), start
+        assert _alerts(self.alerts["columns"]) == _alerts(self.alerts["records"])
+        assert b.last_tick == a.last_tick
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    records=flows(),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+    future=st.sampled_from((math.inf, T0 + 400.0, T0 + 3000.0)),
+    ahead=st.sampled_from((-math.inf, 0.0, 90.0)),
+)
+def test_columns_account_exactly_what_records_do(
+    records: list[FlowRecord], cuts: list[int], future: float, ahead: float
+) -> None:
+    pair = Pair()
+    pair.limits(future, ahead)
+    bounds = sorted({0, len(records), *(c for c in cuts if c < len(records))})
+    for lo, hi in itertools.pairwise(bounds):
+        pair.feed(records[lo:hi])
+        pair.check()
+    pair.flush()
+    pair.check()
+
+
+def test_many_talkers_keep_every_byte_and_the_heaviest() -> None:
+    """Past the sketch's capacity the batch path is no longer flow-by-flow Space-Saving, but
+    the counts still add up to the bytes and a heavy talker is still named."""
+    pair = Pair()
+    batch = [
+        FlowRecord(T0 + 1, T0 + 2, f"10.20.{i // 250}.{i % 250 + 1}", "47.100.23.45", 100, 1)
+        for i in range(500)
+    ]
+    batch.insert(250, FlowRecord(T0 + 1, T0 + 2, "10.20.9.9", "3.5.140.2", 1_000_000, 700))
+    batch.insert(260, FlowRecord(T0 + 1, T0 + 2, "10.20.9.9", "47.100.23.45", 1_000_000, 700))
+    pair.feed(batch)
+    pair.check()  # sums identical, sketches account for every byte
+    (bucket,) = pair.columns.aggregator.buckets.values()
+    for (_group, dest), accum in bucket.items():
+        top, weight = accum.sources.top(1)[0]
+        assert top == "10.20.9.9"
+        assert weight >= 1_000_000
+        if dest.country == "CN":
+            assert len(accum.sources.counts) == accum.capacity
+
+
+@pytest.mark.slow
+def test_a_nine_day_scenario_gives_the_same_alerts_in_columns() -> None:
+    scenario = generate(seed=1, days=9)
+    pair = Pair(scenario.config_text)
+    batch: list[FlowRecord] = []
+    for flow in scenario.flows:
+        batch.append(
+            FlowRecord(
+                flow.start,
+                flow.end,
+                flow.src,
+                flow.dst,
+                flow.real_bytes,
+                flow.packets * flow.sampling_rate,
+                flow.proto,
+                flow.src_port,
+                flow.dst_port,
+            )
+        )
+        if len(batch) == 1000:
+            pair.feed(batch)
+            batch = []
+    pair.feed(batch)
+    pair.flush()
+    fired = [a for a in pair.alerts["columns"] if a.state == "firing"]
+    assert len(fired) >= len(scenario.expected)
+    pair.check()
