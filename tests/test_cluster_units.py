@@ -24,12 +24,14 @@ from egressd.cluster.wire import (
     KIND,
     PARTIALS,
     Heartbeat,
+    batch_info,
     heartbeat_headers,
     partials_headers,
     read_headers,
 )
 from egressd.config import parse_config
 from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.errors import SourceError
 from egressd.partials import encode_segments
 from egressd.pipeline import Progress
 from egressd.sinks.metrics import PREFIX
@@ -80,6 +82,16 @@ def ingest(tmp_path: Path) -> Ingest:
     return node
 
 
+def count(node: Ingest, fetched: dict[TopicPartition, list[Any]]) -> list[_Cut]:
+    """What ``_round`` counts of a fetch: a batch per partition, then what was held past its
+    boundary (there, once the batch is committed)."""
+    cuts = node._count(fetched)
+    while node._held:
+        held, node._held = node._held, {}
+        cuts += node._count(held)
+    return cuts
+
+
 def summary(cuts: list[_Cut]) -> list[tuple[int, int, int, bool]]:
     """(first, last, bytes, kept apart per offset) of each cut."""
     out = []
@@ -96,7 +108,7 @@ def test_batches_end_at_offset_boundaries_whatever_the_fetch_sizes(tmp_path: Pat
     one = ingest(tmp_path)
     cuts = []
     for piece in ([0, 1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11]):
-        cuts += one._count({TP: messages(piece)})
+        cuts += count(one, {TP: messages(piece)})
     # The first batch after an assignment keeps its partials apart per offset.
     assert summary(cuts) == [(0, 4, 5010, True), (5, 9, 5035, False)]
     assert one._lanes[TP].first == 10  # 10 and 11 wait for their boundary (or idle_flush)
@@ -105,13 +117,13 @@ def test_batches_end_at_offset_boundaries_whatever_the_fetch_sizes(tmp_path: Pat
     two = ingest(tmp_path)
     again = []
     for piece in ([5], [6, 7], [8, 9, 10, 11, 12, 13, 14, 15]):
-        again += two._count({TP: messages(piece)})
+        again += count(two, {TP: messages(piece)})
     assert summary(again) == [(5, 9, 5035, True), (10, 14, 5060, False)]
 
 
 def test_a_gap_in_offsets_ends_the_batch_at_the_next_record(tmp_path: Path) -> None:
     node = ingest(tmp_path)
-    cuts = node._count({TP: messages([0, 1, 7, 8, 9, 12])})
+    cuts = count(node, {TP: messages([0, 1, 7, 8, 9, 12])})
     assert [(c.first, c.last) for c in cuts] == [(0, 1), (7, 9)]
     assert node._lanes[TP].first == 12
 
@@ -131,7 +143,7 @@ def test_detect_drops_replays_whole_or_offset_by_offset(tmp_path: Path) -> None:
     short._count({TP: messages([0, 1, 2])})
     (first_cut,) = [short._cut(TP, short._lanes[TP])]
     again = ingest(tmp_path)
-    (second_cut,) = again._count({TP: messages([0, 1, 2, 3, 4, 5])})
+    (second_cut,) = count(again, {TP: messages([0, 1, 2, 3, 4])})
     for cut in (first_cut, second_cut, second_cut):
         assert cut.segments is not None
         node._apply(
@@ -348,7 +360,7 @@ async def test_a_later_batch_is_never_sent_where_an_earlier_one_failed(tmp_path:
     node = ingest(tmp_path)
     node._partitions = 1
     producer = node._producer = FailingProducer()
-    cuts = node._count({TP: messages(list(range(12)))})
+    cuts = count(node, {TP: messages(list(range(12)))})
     assert [(c.first, c.last) for c in cuts] == [(0, 4), (5, 9)]
     with pytest.raises(TimeoutError):
         await node._ship(cuts)
@@ -356,3 +368,169 @@ async def test_a_later_batch_is_never_sent_where_an_earlier_one_failed(tmp_path:
     # committed; both are read and produced again, in order.
     assert len(producer.sent) == 1
     assert node.stats.commits == 0
+
+
+class RecordingProducer(FakeProducer):
+    """Keeps every message as the detect side would read it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[Message] = []
+
+    async def send(self, topic: str, value: bytes, partition: int, headers: Any) -> Any:
+        self.messages.append(Message(len(self.messages), value, headers))
+        return await super().send(topic, value, partition, headers)
+
+
+class CommittingConsumer(LiveConsumer):
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__({TP: 0})
+        self.fail = fail
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.fail:
+            raise RuntimeError("the coordinator is gone")
+        self.commits.append(dict(offsets))
+        await super().commit(offsets)
+
+
+def member(tmp_path: Path, generation: int, *, fail: bool = False) -> Ingest:
+    """An ingest member assigned TP in ``generation``, with a clock that only moves on demand."""
+    config = parse_config(CONFIG.format(role="ingest", states=tmp_path))
+    node = Ingest(config, EmbeddedCountryLabeler(), environ={})
+    node._consumer = CommittingConsumer(fail)
+    node._consumer._coordinator = type("Coordinator", (), {"generation": generation})()
+    clock = [1000.0]
+    node.monotonic = lambda: clock[0]
+    node._on_assigned([TP])
+    node._producer = RecordingProducer()
+    node._partitions = 1
+    node._last_heartbeat = math.inf  # no heartbeat unless a test asks
+    return node
+
+
+def partials_of(node: Ingest) -> list[Message]:
+    producer = node._producer
+    assert isinstance(producer, RecordingProducer)
+    return [m for m in producer.messages if read_headers(m.headers).get(KIND) == PARTIALS]
+
+
+def applied_bytes(part: _Partition) -> int:
+    return sum(a.bytes for b in part.engine.aggregator.buckets.values() for a in b.values())
+
+
+def test_batches_are_kept_apart_per_offset_up_to_the_first_boundary(tmp_path: Path) -> None:
+    # Assigned at offset 2: offsets 2 and 3 go out cut short (idle_flush); the batch that
+    # continues to the boundary at 5 is kept apart per offset too, the next one is not.
+    node = ingest(tmp_path)
+    cuts = count(node, {TP: messages([2, 3])})
+    assert cuts == []
+    cuts = [node._cut(TP, node._lanes[TP])]
+    cuts += count(node, {TP: messages([4, 5, 6, 7, 8, 9, 10])})
+    assert [(c.first, c.last, c.segments is not None) for c in cuts] == [
+        (2, 3, True),
+        (4, 4, True),
+        (5, 9, False),
+    ]
+    # One batch per partition at a time: what lies past a boundary waits for the commit.
+    node = ingest(tmp_path)
+    assert [(c.first, c.last) for c in node._count({TP: messages(list(range(12)))})] == [(0, 4)]
+    assert [m.offset for m in node._held[TP]] == list(range(5, 12))
+
+
+async def test_a_failed_commit_stops_production_until_the_partitions_are_read_again(
+    tmp_path: Path,
+) -> None:
+    # Offsets 0-11 in one fetch: the batch 0-4 goes out, its commit fails. The batch 5-9
+    # (held past the boundary) is not produced on top of it: the role starts again and
+    # reads from the last commit, so no more than one uncommitted batch is ever out.
+    node = member(tmp_path, 1, fail=True)
+    with pytest.raises(SourceError, match="committing offsets failed"):
+        await node._round({TP: messages(list(range(12)))})
+    assert [(batch_info(read_headers(m.headers)).first) for m in partials_of(node)] == [0]
+    assert node.stats.commit_failures == 1
+    # The same with the test hook that fails commits (as a broker in trouble would).
+    hooked = Ingest(
+        parse_config(CONFIG.format(role="ingest", states=tmp_path)),
+        EmbeddedCountryLabeler(),
+        environ={"EGRESSD_FAULT": "fail-commit:1,exit-before-commit:9"},
+    )
+    assert (hooked._fail_commits, hooked._exit_after) == (1, 9)
+
+
+async def test_a_member_that_stalled_past_its_session_timeout_produces_nothing(
+    tmp_path: Path,
+) -> None:
+    node = member(tmp_path, 1)
+    await node._round({TP: messages([0, 1, 2])})
+    node._stalled = True  # the ticker saw the event loop stand still (SIGSTOP) that long
+    with pytest.raises(SourceError, match="stalled past the group's session timeout"):
+        await node._round({TP: messages([3, 4])})
+    assert partials_of(node) == [] and node.stats.stalls == 1
+    node._on_assigned([TP])  # assigned again: the group heard from it
+    assert not node._stalled
+
+
+@pytest.mark.parametrize("position", range(5))
+async def test_a_stale_member_waking_with_a_batch_counts_nothing_twice(
+    tmp_path: Path, position: int
+) -> None:
+    # Member A (generation 1) shipped and committed 0-4, counted 5-7 and froze past the
+    # check, before producing. The group gave the partition to B (generation 2), which read
+    # from the commit at 5: 5-6 cut short, 7-9 to the boundary (both kept apart per
+    # offset), then 10-14. A wakes and produces 5-7 on top; its message can land anywhere
+    # among B's (``position``). Every offset is counted once, wherever it lands.
+    a = member(tmp_path, 1)
+    await a._round({TP: messages([0, 1, 2, 3, 4])})
+    await a._round({TP: messages([5, 6, 7])})
+    stale = [a._cut(TP, a._lanes[TP])]
+    assert stale[0].segments is None  # past the first boundary: partials summed
+    await a._ship(stale)
+    b = member(tmp_path, 2)
+    await b._round({TP: messages([5, 6])})
+    await b._ship([b._cut(TP, b._lanes[TP])])
+    b._last_heartbeat = -math.inf
+    await b._round({TP: messages([7, 8, 9, 10, 11, 12, 13, 14])})
+    assert isinstance(b._producer, RecordingProducer)
+    b_messages = [m for m in b._producer.messages if read_headers(m.headers).get(KIND)]
+    assert [read_headers(m.headers)[KIND] for m in b_messages] == [PARTIALS] * 3 + [HEARTBEAT]
+    a_first, a_stale = partials_of(a)
+    order = [a_first, *b_messages]
+    order.insert(1 + position, a_stale)
+    node, part = detect(tmp_path)
+    for message in order:
+        node._apply(part, message)
+    assert applied_bytes(part) == sum(1000 + o for o in range(15))
+    assert node.stats.partial_overlaps == 0
+    # Landing after anything of generation 2, A's batch was fenced; before, B's batches
+    # kept apart per offset skipped what it had applied.
+    assert node.stats.fenced == (1 if position >= 1 else 0)
+    assert part.generations == {"flows:0": 2}
+
+
+def test_heartbeat_times_of_an_older_generation_are_ignored(tmp_path: Path) -> None:
+    node, part = detect(tmp_path)
+    beat = Heartbeat({"flows:0": FLOW_T0 + 100}, {"flows": 1}, {"flows:0": 2})
+    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
+    stale = Heartbeat({"flows:0": FLOW_T0 + 900}, {"flows": 1}, {"flows:0": 1})
+    node._apply(part, Message(1, stale.encode(), heartbeat_headers()))
+    assert part.times == {"flows:0": FLOW_T0 + 100} and node.stats.fenced == 1
+    # Senders that do not say their generation are not fenced (an older ingest version).
+    node._apply(
+        part,
+        Message(
+            2, Heartbeat({"flows:0": FLOW_T0 + 200}, {"flows": 1}).encode(), heartbeat_headers()
+        ),
+    )
+    assert part.times == {"flows:0": FLOW_T0 + 200}
+
+
+async def test_snapshots_keep_the_generations_heard(tmp_path: Path) -> None:
+    node, part = detect(tmp_path)
+    beat = Heartbeat({"flows:0": FLOW_T0 + 100}, {"flows": 1}, {"flows:0": 7})
+    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
+    part.position = 1
+    await node._save([part])
+    loaded = await node._load(part.tp)
+    assert loaded.loaded and loaded.generations == {"flows:0": 7}

@@ -73,6 +73,10 @@ class DetectStats:
     replays_dropped: int = 0
     #: batches that overlap an applied one only in part (applied; see docs/scaling.md)
     partial_overlaps: int = 0
+    #: batches (and heartbeat times) of a source partition from an ingest member of an
+    #: older group generation than one already heard from: a member that lost the partition
+    #: while stalled; its new owner produces the same offsets
+    fenced: int = 0
     heartbeats: int = 0
     bad_messages: int = 0
     snapshots: int = 0
@@ -101,6 +105,8 @@ class _Partition:
     times: dict[str, float] = field(default_factory=dict)
     #: partitions of each source topic
     sources: dict[str, int] = field(default_factory=dict)
+    #: the newest ingest group generation heard from, per source partition
+    generations: dict[str, int] = field(default_factory=dict)
     #: next partials offset to read (what the engine holds ends before it)
     position: int = 0
     intern: dict[str, DestinationLabels] = field(default_factory=dict)
@@ -253,13 +259,25 @@ class Detect(KafkaRole):
             if kind == HEARTBEAT:
                 beat = Heartbeat.decode(message.value or b"")
                 stats.heartbeats += 1
+                stale = {key for key, g in beat.generations.items() if self._fenced(part, key, g)}
                 for key, t in beat.times.items():
-                    if t > part.times.get(key, -math.inf):
+                    if key not in stale and t > part.times.get(key, -math.inf):
                         part.times[key] = t
                 part.sources.update(beat.partitions)
             elif kind == PARTIALS:
                 info = batch_info(headers)
                 applied = part.applied.get(info.source, -1)
+                if self._fenced(part, info.source, info.generation):
+                    log.info(
+                        "%s: dropped a batch %s %d-%d of generation %d (generation %d owns it)",
+                        self.name,
+                        info.source,
+                        info.first,
+                        info.last,
+                        info.generation,
+                        part.generations[info.source],
+                    )
+                    return []
                 if info.last <= applied:
                     stats.replays_dropped += 1
                     log.info(
@@ -318,6 +336,28 @@ class Detect(KafkaRole):
             return part.engine.advance(mark)
         return []
 
+    def _fenced(self, part: _Partition, source: str, generation: int | None) -> bool:
+        """Whether a message from an ingest member of ``generation`` about ``source`` comes
+        from a member that has lost it (a newer generation was heard from), and is dropped.
+
+        The group's generation grows with every rebalance. A member that produced under
+        generation g acknowledged all it produced before committing, so everything it
+        produced in order reaches this partition before anything of the owner the group
+        assigned the partition to afterwards (which read the commit). What comes after, from
+        g, was produced after the group had moved on: by a member that stalled (past the
+        session timeout) between its checks and its sends. Its offsets are the new owner's
+        to produce, from the last commit."""
+        if generation is None:
+            return False
+        newest = part.generations.get(source)
+        if newest is None or generation > newest:
+            part.generations[source] = generation
+            return False
+        if generation == newest:
+            return False
+        self.stats.fenced += 1
+        return True
+
     # -- state ---------------------------------------------------------------------------------
 
     @staticmethod
@@ -354,6 +394,9 @@ class Detect(KafkaRole):
             part.applied = {str(k): int(v) for k, v in dict(cluster["applied"]).items()}
             part.times = {str(k): float(v) for k, v in dict(cluster["times"]).items()}
             part.sources = {str(k): int(v) for k, v in dict(cluster["sources"]).items()}
+            part.generations = {
+                str(k): int(v) for k, v in dict(cluster.get("generations", {})).items()
+            }
             part.position = int(cluster["position"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             await self.store.discard(name, f"{type(exc).__name__}: {exc}")
@@ -400,6 +443,7 @@ class Detect(KafkaRole):
                     "applied": part.applied,
                     "times": part.times,
                     "sources": part.sources,
+                    "generations": part.generations,
                     "position": part.position,
                 }
             }
@@ -556,6 +600,7 @@ class Detect(KafkaRole):
             ("egressd_cluster_partial_rows_applied_total", labels, float(stats.partial_rows)),
             ("egressd_cluster_replays_dropped_total", labels, float(stats.replays_dropped)),
             ("egressd_cluster_partial_overlaps_total", labels, float(stats.partial_overlaps)),
+            ("egressd_cluster_fenced_total", labels, float(stats.fenced)),
             ("egressd_cluster_heartbeats_received_total", labels, float(stats.heartbeats)),
             ("egressd_cluster_bad_messages_total", labels, float(stats.bad_messages)),
             ("egressd_cluster_snapshots_total", labels, float(stats.snapshots)),

@@ -35,6 +35,7 @@ from egressd.cluster.role import KafkaRole
 from egressd.cluster.wire import Heartbeat, heartbeat_headers, partials_headers, source_key
 from egressd.config import Config
 from egressd.enrich import DestinationLabeler
+from egressd.errors import SourceError
 from egressd.partials import (
     PartialCounter,
     Segment,
@@ -56,10 +57,16 @@ log = logging.getLogger("egressd.cluster.ingest")
 _POLL_MS: Final = 200
 _ACK_TIMEOUT: Final = 30.0
 _COMMIT_TIMEOUT: Final = 10.0
-#: test hook: ``exit-before-commit:N`` kills this process (SIGKILL) once the N-th shipment
-#: was acknowledged and before its offsets are committed; ``exit-before-commit-idle:N`` does
-#: so at the N-th shipment holding a batch cut short by idle_flush
+#: test hooks, comma-separated: ``exit-before-commit:N`` kills this process (SIGKILL) once
+#: the N-th shipment was acknowledged and before its offsets are committed;
+#: ``exit-before-commit-idle:N`` does so at the N-th shipment holding a batch cut short by
+#: idle_flush; ``fail-commit:N`` makes the first N offset commits fail (as a broker in
+#: trouble would); ``stop-before-produce:N`` stops this process (SIGSTOP) just before it
+#: produces its N-th shipment, past the stall check (a freeze no check can see coming);
+#: ``hold-after-shipment:N`` pauses fetching for 3 s after the N-th shipment
 FAULT_ENV: Final = "EGRESSD_FAULT"
+_HOLD: Final = 3.0
+_TICK: Final = 0.1
 
 
 @dataclass(slots=True)
@@ -76,6 +83,8 @@ class IngestStats:
     heartbeats: int = 0
     commits: int = 0
     commit_failures: int = 0
+    #: rounds refused because the process had stalled past the group's session timeout
+    stalls: int = 0
     resets: int = 0  # connections started again after an error
     partials_partitions: int = 0
 
@@ -93,9 +102,13 @@ class _Lane:
     #: when records last moved this partition's event time on (the all-in-one daemon's rule:
     #: once they stop, for IDLE_AFTER, wall time moves it on)
     progress: Progress = field(default_factory=lambda: Progress(0.0))
-    #: the first batch after an assignment keeps its partials apart per offset: the previous
-    #: owner may have produced (without committing) a batch cut short by idle_flush, which
-    #: this one would otherwise overlap in part
+    #: the ingest group generation this partition was assigned in (None: unknown)
+    generation: int | None = None
+    #: batches that start before this offset keep their partials apart per offset: the
+    #: first boundary after the first offset read since the assignment. The previous owner
+    #: may have produced, and not committed, one batch from that offset (never more: see
+    #: ``_round``), which this member may cut elsewhere (idle_flush) than it did.
+    exact_until: int | None = None
     exact: bool = True
     segments: list[Segment] = field(default_factory=list)
 
@@ -153,12 +166,28 @@ class Ingest(KafkaRole):
         fault = env.get(FAULT_ENV, "")
         self._exit_after = _fault_count(fault, "exit-before-commit")
         self._exit_after_idle = _fault_count(fault, "exit-before-commit-idle")
+        self._fail_commits = _fault_count(fault, "fail-commit")
+        self._stop_before = _fault_count(fault, "stop-before-produce")
+        self._hold_after = _fault_count(fault, "hold-after-shipment")
         self._shipments = 0
         self._idle_shipments = 0
+        self._commit_attempts = 0
+        #: fetched messages past a batch boundary, counted once the batch before is committed
+        self._held: dict[TopicPartition, list[Any]] = {}
+        #: when the event loop last ran the ticker, and whether it once did not for longer
+        #: than the group's session timeout since the last assignment: a process stalled
+        #: that long (SIGSTOP, swapping) sent no group heartbeats, may have lost its
+        #: partitions, and must not produce what it counted before
+        self._tick = 0.0
+        self._stalled = False
+        self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._stopping = False
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="egressd-ingest")
+        loop = asyncio.get_running_loop()
+        self._tick = self.monotonic()
+        self._ticker = loop.create_task(self._run_ticker(), name="egressd-ingest-ticker")
+        self._task = loop.create_task(self._run(), name="egressd-ingest")
 
     async def wait(self) -> None:
         assert self._task is not None
@@ -168,11 +197,12 @@ class Ingest(KafkaRole):
     async def stop(self) -> None:
         """Stop fetching; what is counted and not shipped is read again by the next owner."""
         self._stopping = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._ticker = None
         await self._close()
 
     # -- connection ------------------------------------------------------------------------
@@ -217,6 +247,7 @@ class Ingest(KafkaRole):
         producer, self._producer = self._producer, None
         for tp in list(self._lanes):
             self.counter.drop(self._lanes.pop(tp).key)
+        self._held.clear()
         await stop_clients(self.name, consumer, producer)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -228,19 +259,52 @@ class Ingest(KafkaRole):
                 timeout_ms=_POLL_MS, max_records=self.source.config.max_batch
             )
             async with self._lock:
+                self._check_alive()
                 await self._round(fetched)
+            if self._hold_after and self._shipments >= self._hold_after:
+                self._hold_after = 0
+                log.warning("%s: %s: holding for %.0fs", self.name, FAULT_ENV, _HOLD)
+                await asyncio.sleep(_HOLD)
             await asyncio.sleep(0)
+
+    async def _run_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK)
+            now = self.monotonic()
+            if now - self._tick > self.source.config.session_timeout:
+                self._stalled = True
+            self._tick = now
+
+    def _check_alive(self) -> None:
+        """Refuse to go on after a stall longer than the group's session timeout: the group
+        may have given this member's partitions to another, which reads them again from
+        their last commit; what this one counted meanwhile must not be produced on top."""
+        stalled = self.monotonic() - self._tick
+        limit = self.source.config.session_timeout
+        if self._lanes and (self._stalled or stalled > limit):
+            self.stats.stalls += 1
+            raise SourceError(
+                f"{self.name}: the process stalled past the group's session timeout "
+                f"({limit:g}s): its partitions may have moved; dropping what it counted "
+                "and joining again"
+            )
 
     async def _round(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         """Count one fetch, ship the batches it ends, and beat when a heartbeat is due."""
         beat = self.monotonic() - self._last_heartbeat >= self.cluster.heartbeat_interval
         cuts = self._count(fetched)
         cuts.extend(self._idle_cuts(beat))
-        failed, self._failed = self._failed, []
-        # Before the batches holding their offsets are committed.
-        await self.source.dead_letter(failed, self._producer)
-        if cuts:
-            await self._ship(cuts)
+        while True:
+            failed, self._failed = self._failed, []
+            # Before the batches holding their offsets are committed.
+            await self.source.dead_letter(failed, self._producer)
+            if cuts:
+                await self._ship(cuts)
+            if not self._held:
+                break
+            # What the fetch held past a boundary, now that the batch before is committed.
+            held, self._held = self._held, {}
+            cuts = self._count(held)
         if beat:
             await self._heartbeat()
 
@@ -253,37 +317,43 @@ class Ingest(KafkaRole):
         return lane
 
     def _count(self, fetched: dict[TopicPartition, list[Any]]) -> list[_Cut]:
-        """Count fetched messages; the batches that reached their boundary."""
+        """Count fetched messages; the batches that reached their boundary.
+
+        At most one batch per partition is cut: messages past its boundary are held
+        (``_held``) until it is shipped and committed, so a member never has more than one
+        batch of a partition out and uncommitted, which the partition's next owner keeps
+        apart per offset (see ``_Lane.exact_until``)."""
         cuts: list[_Cut] = []
         step = self.cluster.batch_offsets
         future_limit = self.wall() + self.config.detection.max_clock_ahead
         now = self.monotonic()
         for tp, messages in fetched.items():
-            if tp not in self._lanes:
+            if tp not in self._lanes or not messages:
                 continue  # revoked while the fetch was on its way
             lane = self._lanes[tp]
-            i = 0
-            while i < len(messages):
-                if lane.first is None:
-                    lane.first = messages[i].offset
-                    lane.boundary = (lane.first // step + 1) * step
-                j = i
-                while j < len(messages) and messages[j].offset < lane.boundary:
-                    j += 1
-                if j > i:
-                    chunk = messages[i:j]
-                    if lane.exact:
-                        self._count_apart(tp, lane, chunk, future_limit)
-                    else:
-                        records, failed = self.source.decode({tp: chunk})
-                        self._failed.extend(failed)
-                        self.counter.count(lane.key, records, future_limit)
-                    lane.last = chunk[-1].offset
-                    lane.last_activity = now
-                    lane.progress.note(self.counter.event_time(lane.key), now)
-                if j < len(messages) or lane.last == lane.boundary - 1:
-                    cuts.append(self._cut(tp, lane))
-                i = j
+            if lane.exact_until is None:
+                lane.exact_until = (messages[0].offset // step + 1) * step
+            if lane.first is None:
+                lane.first = messages[0].offset
+                lane.boundary = (lane.first // step + 1) * step
+            j = 0
+            while j < len(messages) and messages[j].offset < lane.boundary:
+                j += 1
+            if j > 0:
+                chunk = messages[:j]
+                if lane.exact:
+                    self._count_apart(tp, lane, chunk, future_limit)
+                else:
+                    records, failed = self.source.decode({tp: chunk})
+                    self._failed.extend(failed)
+                    self.counter.count(lane.key, records, future_limit)
+                lane.last = chunk[-1].offset
+                lane.last_activity = now
+                lane.progress.note(self.counter.event_time(lane.key), now)
+            if j < len(messages) or lane.last == lane.boundary - 1:
+                cuts.append(self._cut(tp, lane))
+                if j < len(messages):
+                    self._held[tp] = messages[j:]
         return cuts
 
     def _count_apart(
@@ -328,7 +398,7 @@ class Ingest(KafkaRole):
         )
         if lane.exact:
             cut.segments, lane.segments = lane.segments, []
-            lane.exact = False
+            lane.exact = lane.exact_until is not None and lane.last + 1 < lane.exact_until
         lane.first = None
         self.stats.batches += 1
         return cut
@@ -343,6 +413,11 @@ class Ingest(KafkaRole):
         producer = self._producer
         topic = self.cluster.partials_topic
         interval = self.config.detection.interval
+        self._check_alive()
+        if self._stop_before and self._shipments + 1 >= self._stop_before:
+            self._stop_before = 0
+            log.warning("%s: %s: stopping before producing", self.name, FAULT_ENV)
+            os.kill(os.getpid(), signal.SIGSTOP)
         waves: list[list[_Cut]] = []
         depth: dict[TopicPartition, int] = {}
         for cut in cuts:
@@ -354,7 +429,14 @@ class Ingest(KafkaRole):
         for wave in waves:
             futures = []
             for cut in wave:
-                headers = partials_headers(cut.key, cut.first, cut.last, cut.event_time)
+                lane = self._lanes.get(cut.tp)
+                headers = partials_headers(
+                    cut.key,
+                    cut.first,
+                    cut.last,
+                    cut.event_time,
+                    None if lane is None else lane.generation,
+                )
                 for partition, value, rows in self._encode(cut, interval):
                     futures.append(
                         await producer.send(topic, value, partition=partition, headers=headers)
@@ -381,14 +463,21 @@ class Ingest(KafkaRole):
             log.warning("%s: %s: exiting before the commit", self.name, FAULT_ENV)
             os.kill(os.getpid(), signal.SIGKILL)
         try:
+            self._commit_attempts += 1
+            if self._commit_attempts <= self._fail_commits:
+                raise RuntimeError(f"{FAULT_ENV}: commit {self._commit_attempts} fails")
             await asyncio.wait_for(self._consumer.commit(offsets), _COMMIT_TIMEOUT)
         except Exception as exc:
-            # The batches are out; whoever reads these offsets again cuts the same batches,
-            # which the detecting side recognises and drops.
+            # The batches are out, uncommitted. Nothing more is produced on top of them:
+            # the clients start again and whoever is assigned these partitions (this member
+            # or another) reads them again from their last commit, keeping apart per offset
+            # what this shipment may have covered, which the detecting side then skips.
             self.stats.commit_failures += 1
-            log.warning("%s: committing offsets failed: %r", self.name, exc)
-        else:
-            self.stats.commits += 1
+            raise SourceError(
+                f"{self.name}: committing offsets failed ({exc!r}); reading again from the "
+                "last commit"
+            ) from exc
+        self.stats.commits += 1
 
     def _encode(self, cut: _Cut, interval: float) -> list[tuple[int, bytes, int]]:
         """(partials partition, message value, rows) of ``cut``, one per partition it feeds."""
@@ -419,6 +508,8 @@ class Ingest(KafkaRole):
         now = self.monotonic()
         beat = Heartbeat()
         for tp, lane in self._lanes.items():
+            if lane.generation is not None:
+                beat.generations[lane.key] = lane.generation
             t = lane.acked_time
             highwater = consumer.highwater(tp)
             caught_up = highwater is not None and lane.last + 1 >= highwater
@@ -460,6 +551,7 @@ class Ingest(KafkaRole):
         # is forgotten: its offsets are not committed, so the next owner reads and cuts it.
         async with self._lock:
             for tp in revoked:
+                self._held.pop(tp, None)
                 lane = self._lanes.pop(tp, None)
                 if lane is not None:
                     self.counter.drop(lane.key)
@@ -471,8 +563,12 @@ class Ingest(KafkaRole):
         await self._learn_positions(assigned)
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        generation = getattr(getattr(self._consumer, "_coordinator", None), "generation", None)
+        # The group just heard from this member: whatever stalled before is behind it.
+        self._stalled = False
+        self._tick = self.monotonic()
         for tp in assigned:
-            self._lane(tp)
+            self._lane(tp).generation = generation if isinstance(generation, int) else None
         log.info("%s: source partitions assigned: %s", self.name, _describe(assigned) or "none")
 
     async def _learn_positions(self, assigned: list[TopicPartition]) -> None:
@@ -513,6 +609,7 @@ class Ingest(KafkaRole):
             ("egressd_cluster_heartbeats_total", labels, float(stats.heartbeats)),
             ("egressd_cluster_commits_total", labels, float(stats.commits)),
             ("egressd_cluster_commit_failures_total", labels, float(stats.commit_failures)),
+            ("egressd_cluster_stalls_total", labels, float(stats.stalls)),
             ("egressd_cluster_resets_total", labels, float(stats.resets)),
             ("egressd_cluster_owned_partitions", labels, float(len(self._lanes))),
         ]
@@ -521,8 +618,11 @@ class Ingest(KafkaRole):
 
 
 def _fault_count(spec: str, name: str) -> int:
-    kind, _, count = spec.partition(":")
-    return int(count) if kind == name and count.isdigit() else 0
+    for item in spec.split(","):
+        kind, _, count = item.strip().partition(":")
+        if kind == name and count.isdigit():
+            return int(count)
+    return 0
 
 
 def _describe(tps: Iterable[TopicPartition]) -> str:

@@ -23,6 +23,8 @@ SOURCE: Final = "egressd-source"  # "topic:partition" of the raw flows
 FIRST: Final = "egressd-first-offset"
 LAST: Final = "egressd-last-offset"
 TIME: Final = "egressd-event-time"
+#: the ingest consumer group's generation when the sender was assigned the source partition
+GENERATION: Final = "egressd-generation"
 
 PARTIALS: Final = b"partials"
 HEARTBEAT: Final = b"heartbeat"
@@ -34,14 +36,19 @@ def source_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def partials_headers(source: str, first: int, last: int, event_time: float) -> Headers:
-    return [
+def partials_headers(
+    source: str, first: int, last: int, event_time: float, generation: int | None = None
+) -> Headers:
+    headers = [
         (KIND, PARTIALS),
         (SOURCE, source.encode()),
         (FIRST, str(first).encode()),
         (LAST, str(last).encode()),
         (TIME, repr(event_time).encode()),
     ]
+    if generation is not None:
+        headers.append((GENERATION, str(generation).encode()))
+    return headers
 
 
 @dataclass(slots=True)
@@ -52,6 +59,8 @@ class BatchInfo:
     first: int
     last: int
     event_time: float
+    #: the sender's ingest group generation (None from senders that do not say: not fenced)
+    generation: int | None = None
 
 
 def read_headers(headers: object) -> dict[str, bytes]:
@@ -71,6 +80,7 @@ def batch_info(headers: dict[str, bytes]) -> BatchInfo:
             int(headers[FIRST]),
             int(headers[LAST]),
             float(headers[TIME]),
+            int(headers[GENERATION]) if GENERATION in headers else None,
         )
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise DecodeError("bad_headers", f"partials message headers: {exc!r}") from exc
@@ -81,13 +91,18 @@ def batch_info(headers: dict[str, bytes]) -> BatchInfo:
 
 @dataclass(slots=True)
 class Heartbeat:
-    """How far event time has come per source partition, and how many partitions there are."""
+    """How far event time has come per source partition, and how many partitions there are;
+    ``generations``: the sender's ingest group generation per source partition it owns."""
 
     times: dict[str, float] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)
+    generations: dict[str, int] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return orjson.dumps({"v": 1, "times": self.times, "partitions": self.partitions})
+        data: dict[str, object] = {"v": 1, "times": self.times, "partitions": self.partitions}
+        if self.generations:
+            data["generations"] = self.generations
+        return orjson.dumps(data)
 
     @classmethod
     def decode(cls, blob: bytes) -> Heartbeat:
@@ -97,11 +112,12 @@ class Heartbeat:
                 raise ValueError("unknown heartbeat version")
             times = {str(k): float(v) for k, v in dict(data["times"]).items()}
             partitions = {str(k): int(v) for k, v in dict(data["partitions"]).items()}
+            generations = {str(k): int(v) for k, v in dict(data.get("generations", {})).items()}
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError("bad_heartbeat", f"heartbeat: {exc}") from exc
         if any(math.isnan(t) for t in times.values()) or any(n <= 0 for n in partitions.values()):
             raise DecodeError("bad_heartbeat", "heartbeat with impossible values")
-        return cls(times, partitions)
+        return cls(times, partitions, generations)
 
 
 def heartbeat_headers() -> Headers:
