@@ -734,3 +734,98 @@ def test_an_ingest_killed_after_an_idle_flush_before_its_commit_counts_nothing_t
     logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
     assert "dropped a replayed" in logs
     assert "overlaps one applied" not in logs
+
+
+def test_an_ingest_whose_commit_failed_and_that_then_died_counts_nothing_twice(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    # Batches end at multiples of 200 offsets; the first 1,200 flows give each raw partition
+    # about 300: a batch to the boundary at 200, then one cut short by idle_flush. ingest-a's
+    # first commit fails (the test hook stands for a broker in trouble), and it dies
+    # (SIGKILL) once a batch cut short is out, before committing it. Left to go on after
+    # the failed commit, it would have had two batches out and uncommitted, the second cut
+    # where the next owner does not cut: that overlap was counted twice.
+    values = flow_values(seed=43)
+    expected, fired = single_process(values + closing_values())
+    cluster = Cluster(broker, tmp_path, batch=200)
+    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[:1200], seed=43))
+    try:
+        cluster.start("detect-a", "detect")
+        ingest = cluster.start(
+            "ingest-a", "ingest", env={"EGRESSD_FAULT": "fail-commit:1,exit-before-commit-idle:1"}
+        )
+        assert ingest.process is not None
+        assert ingest.process.wait(60) == -signal.SIGKILL
+        asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[1200:], seed=44))
+        asyncio.run(produce_closers(broker.bootstrap, cluster.raw))
+        cluster.start("ingest-a2", "ingest")
+        check(cluster, expected, fired)
+    finally:
+        cluster.stop_all()
+    log = cluster.processes["ingest-a"].log_path.read_text(errors="replace")
+    assert "committing offsets failed" in log and "reading again from the last commit" in log
+    logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
+    assert "dropped a replayed" in logs
+    assert "overlaps one applied" not in logs
+
+
+async def produce_spread(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """``values`` in order, round-robin over the raw partitions (so each gets its share)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, partition=i % RAW_PARTITIONS)
+            for i, value in enumerate(values)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def wait_for_log(process: EgressdProcess, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in process.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {text!r} in\n{process.log()[-3000:]}"
+        time.sleep(0.1)
+
+
+def test_an_ingest_frozen_before_it_produces_is_fenced_when_it_wakes(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    # ingest-a reads 100 flows per raw partition (a batch to the boundary at 100, shipped
+    # and committed), then 80 more, a batch cut short by idle_flush, and freezes (SIGSTOP,
+    # a test hook) just before producing it, past every check a process can make. The
+    # group gives its partitions to ingest-b, which reads from the commit at 100, cuts its
+    # batches short every 30 offsets (as idle_flush would on slow fetches), ships the first
+    # ones and pauses. Then ingest-a wakes and produces its batch, 100-179, on top of
+    # ingest-b's 100-129: its generation is older than ingest-b's, so detect drops it.
+    values = flow_values(seed=47)
+    expected, fired = single_process(values + closing_values())
+    cluster = Cluster(broker, tmp_path, batch=100)
+    asyncio.run(produce_spread(broker.bootstrap, cluster.raw, values[:400]))
+    try:
+        detect = cluster.start("detect-a", "detect")
+        ingest_a = cluster.start(
+            "ingest-a", "ingest", env={"EGRESSD_FAULT": "stop-before-produce-idle:1"}
+        )
+        wait_committed(cluster, 400, timeout=60)
+        asyncio.run(produce_spread(broker.bootstrap, cluster.raw, values[400:720]))
+        wait_for_log(ingest_a, "stopping before producing", timeout=30)
+        ingest_b = cluster.start(
+            "ingest-b", "ingest", env={"EGRESSD_FAULT": "cut-short:30,hold-after-shipment:1"}
+        )
+        wait_for_log(ingest_b, "holding", timeout=60)
+        ingest_a.signal(signal.SIGCONT)
+        # Its commit is refused by the group (a member it no longer knows): it starts again.
+        wait_for_log(ingest_a, "committing offsets failed", timeout=30)
+        asyncio.run(produce_spread(broker.bootstrap, cluster.raw, values[720:]))
+        asyncio.run(produce_closers(broker.bootstrap, cluster.raw))
+        check(cluster, expected, fired)
+        fenced = metric_value(detect.metrics(), "egressd_cluster_fenced_total", role="detect")
+        assert (fenced or 0) >= 1, cluster.logs()
+    finally:
+        cluster.stop_all()
+    logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
+    assert re.search(r"dropped a batch \S+ 100-179 of generation \d+", logs), cluster.logs()
+    assert "overlaps one applied" not in logs

@@ -503,27 +503,60 @@ async def test_a_stale_member_waking_with_a_batch_counts_nothing_twice(
         node._apply(part, message)
     assert applied_bytes(part) == sum(1000 + o for o in range(15))
     assert node.stats.partial_overlaps == 0
-    # Landing after anything of generation 2, A's batch was fenced; before, B's batches
-    # kept apart per offset skipped what it had applied.
-    assert node.stats.fenced == (1 if position >= 1 else 0)
+    # Landing on B's 5-6 and past it, A's batch was fenced: summed, it cannot be trimmed.
+    # Before, B's batches (kept apart per offset) skipped what it had applied; after B's
+    # 7-9, it was a replay.
+    assert node.stats.fenced == (1 if position == 1 else 0)
+    assert node.stats.replays_dropped >= (1 if position >= 2 else 0)
     assert part.generations == {"flows:0": 2}
 
 
-def test_heartbeat_times_of_an_older_generation_are_ignored(tmp_path: Path) -> None:
+async def test_heartbeats_name_the_generation_that_owns_each_source_partition(
+    tmp_path: Path,
+) -> None:
+    # B (generation 2) took the partition and beat before producing; A (generation 1)
+    # then produces a summed batch over offsets applied before: fenced, as it would be
+    # after a batch of B. Heartbeat times themselves are not fenced: a stalled member's
+    # say how far what it had acknowledged reached, which stays true.
+    a = member(tmp_path, 1)
+    await a._round({TP: messages([0, 1, 2, 3, 4])})
+    await a._round({TP: messages([5, 6])})
+    await a._ship([a._cut(TP, a._lanes[TP])])
+    a_first, a_second = partials_of(a)
     node, part = detect(tmp_path)
-    beat = Heartbeat({"flows:0": FLOW_T0 + 100}, {"flows": 1}, {"flows:0": 2})
-    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
-    stale = Heartbeat({"flows:0": FLOW_T0 + 900}, {"flows": 1}, {"flows:0": 1})
-    node._apply(part, Message(1, stale.encode(), heartbeat_headers()))
-    assert part.times == {"flows:0": FLOW_T0 + 100} and node.stats.fenced == 1
-    # Senders that do not say their generation are not fenced (an older ingest version).
-    node._apply(
-        part,
-        Message(
-            2, Heartbeat({"flows:0": FLOW_T0 + 200}, {"flows": 1}).encode(), heartbeat_headers()
-        ),
+    node._apply(part, a_first)
+    # A batch 3-6 of A (as if cut elsewhere) after B's heartbeat.
+    beat = Heartbeat({"flows:0": FLOW_T0 + 4}, {"flows": 1}, {"flows:0": 2})
+    node._apply(part, Message(1, beat.encode(), heartbeat_headers()))
+    info = batch_info(read_headers(a_second.headers))
+    overlapping = Message(
+        2,
+        a_second.value,
+        partials_headers(info.source, 3, info.last, info.event_time, info.generation),
     )
-    assert part.times == {"flows:0": FLOW_T0 + 200}
+    node._apply(part, overlapping)
+    assert node.stats.fenced == 1 and applied_bytes(part) == sum(1000 + o for o in range(5))
+    old = Heartbeat({"flows:0": FLOW_T0 + 9}, {"flows": 1}, {"flows:0": 1})
+    node._apply(part, Message(3, old.encode(), heartbeat_headers()))
+    assert part.times == {"flows:0": FLOW_T0 + 9} and part.generations == {"flows:0": 2}
+
+
+async def test_generations_that_start_again_lose_nothing(tmp_path: Path) -> None:
+    # B (generation 7) produced 0-4 and committed, then 5-7 (cut short) and died before
+    # committing. The group's metadata was lost meanwhile: D joins it in generation 0 and
+    # reads from the commit at 5. Its batches are not taken for a stale member's: the one
+    # kept apart per offset skips 5-7, the summed one lies past everything applied.
+    b = member(tmp_path, 7)
+    await b._round({TP: messages([0, 1, 2, 3, 4])})
+    await b._round({TP: messages([5, 6, 7])})
+    await b._ship([b._cut(TP, b._lanes[TP])])
+    d = member(tmp_path, 0)
+    await d._round({TP: messages([5, 6, 7, 8, 9, 10, 11, 12, 13, 14])})
+    node, part = detect(tmp_path)
+    for message in partials_of(b) + partials_of(d):
+        node._apply(part, message)
+    assert applied_bytes(part) == sum(1000 + o for o in range(15))
+    assert node.stats.fenced == 0 and part.generations == {"flows:0": 0}
 
 
 async def test_snapshots_keep_the_generations_heard(tmp_path: Path) -> None:

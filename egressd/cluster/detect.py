@@ -259,25 +259,18 @@ class Detect(KafkaRole):
             if kind == HEARTBEAT:
                 beat = Heartbeat.decode(message.value or b"")
                 stats.heartbeats += 1
-                stale = {key for key, g in beat.generations.items() if self._fenced(part, key, g)}
                 for key, t in beat.times.items():
-                    if key not in stale and t > part.times.get(key, -math.inf):
+                    if t > part.times.get(key, -math.inf):
                         part.times[key] = t
+                # A member names the generation it owns each partition in before it
+                # produces anything there (see _stale).
+                for key, generation in beat.generations.items():
+                    if generation > part.generations.get(key, -1):
+                        part.generations[key] = generation
                 part.sources.update(beat.partitions)
             elif kind == PARTIALS:
                 info = batch_info(headers)
                 applied = part.applied.get(info.source, -1)
-                if self._fenced(part, info.source, info.generation):
-                    log.info(
-                        "%s: dropped a batch %s %d-%d of generation %d (generation %d owns it)",
-                        self.name,
-                        info.source,
-                        info.first,
-                        info.last,
-                        info.generation,
-                        part.generations[info.source],
-                    )
-                    return []
                 if info.last <= applied:
                     stats.replays_dropped += 1
                     log.info(
@@ -292,7 +285,28 @@ class Detect(KafkaRole):
                     segments = decode_batch(
                         message.value or b"", self.config.detection.interval, intern=part.intern
                     )
-                    if info.first <= applied and segments and segments[0][0] is None:
+                    summed = bool(segments) and segments[0][0] is None
+                    if (
+                        summed
+                        and info.first <= applied
+                        and self._stale(part, info.source, info.generation)
+                    ):
+                        stats.fenced += 1
+                        log.info(
+                            "%s: dropped a batch %s %d-%d of generation %d (generation %d "
+                            "owns it; applied up to %d)",
+                            self.name,
+                            info.source,
+                            info.first,
+                            info.last,
+                            info.generation,
+                            part.generations[info.source],
+                            applied,
+                        )
+                        return []
+                    if info.generation is not None:
+                        part.generations[info.source] = info.generation
+                    if summed and info.first <= applied:
                         stats.partial_overlaps += 1
                         log.warning(
                             "%s: batch %s %d-%d overlaps one applied up to %d",
@@ -336,27 +350,24 @@ class Detect(KafkaRole):
             return part.engine.advance(mark)
         return []
 
-    def _fenced(self, part: _Partition, source: str, generation: int | None) -> bool:
-        """Whether a message from an ingest member of ``generation`` about ``source`` comes
-        from a member that has lost it (a newer generation was heard from), and is dropped.
+    @staticmethod
+    def _stale(part: _Partition, source: str, generation: int | None) -> bool:
+        """Whether a batch of summed partials that overlaps applied offsets of ``source``
+        comes from a member that lost the partition: one of an older ingest group generation
+        than the newest heard from there.
 
-        The group's generation grows with every rebalance. A member that produced under
-        generation g acknowledged all it produced before committing, so everything it
-        produced in order reaches this partition before anything of the owner the group
-        assigned the partition to afterwards (which read the commit). What comes after, from
-        g, was produced after the group had moved on: by a member that stalled (past the
-        session timeout) between its checks and its sends. Its offsets are the new owner's
-        to produce, from the last commit."""
-        if generation is None:
-            return False
+        The generation grows with every rebalance. A member acknowledges what it produced
+        before committing it, so all it produced in order reaches this partition before
+        anything of the member the partition goes to next (which starts from that commit).
+        A batch of an older generation after a newer one was produced after the group moved
+        on, by a member that stalled past its session timeout between its last check and
+        its send; its offsets are the new owner's to produce, from the last commit, and it
+        may reach past what the new owner produced so far, so it cannot be trimmed: it is
+        dropped whole. Batches kept apart per offset need no fence (what was applied is
+        skipped offset by offset), nor do batches past everything applied: so a group whose
+        generations started again (its metadata deleted) loses nothing."""
         newest = part.generations.get(source)
-        if newest is None or generation > newest:
-            part.generations[source] = generation
-            return False
-        if generation == newest:
-            return False
-        self.stats.fenced += 1
-        return True
+        return generation is not None and newest is not None and generation < newest
 
     # -- state ---------------------------------------------------------------------------------
 

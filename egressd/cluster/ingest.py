@@ -61,11 +61,13 @@ _COMMIT_TIMEOUT: Final = 10.0
 #: the N-th shipment was acknowledged and before its offsets are committed;
 #: ``exit-before-commit-idle:N`` does so at the N-th shipment holding a batch cut short by
 #: idle_flush; ``fail-commit:N`` makes the first N offset commits fail (as a broker in
-#: trouble would); ``stop-before-produce:N`` stops this process (SIGSTOP) just before it
-#: produces its N-th shipment, past the stall check (a freeze no check can see coming);
-#: ``hold-after-shipment:N`` pauses fetching for 3 s after the N-th shipment
+#: trouble would); ``stop-before-produce-idle:N`` stops this process (SIGSTOP) just before
+#: it produces its N-th shipment holding a batch cut short, past the stall check (a freeze
+#: no check can see coming); ``cut-short:K`` cuts batches kept apart per offset every K
+#: offsets, as idle_flush would during slow fetches; ``hold-after-shipment:N`` pauses for
+#: 2 s once the N-th shipment is committed, before anything else is shipped
 FAULT_ENV: Final = "EGRESSD_FAULT"
-_HOLD: Final = 3.0
+_HOLD: Final = 2.0
 _TICK: Final = 0.1
 
 
@@ -167,7 +169,8 @@ class Ingest(KafkaRole):
         self._exit_after = _fault_count(fault, "exit-before-commit")
         self._exit_after_idle = _fault_count(fault, "exit-before-commit-idle")
         self._fail_commits = _fault_count(fault, "fail-commit")
-        self._stop_before = _fault_count(fault, "stop-before-produce")
+        self._stop_before = _fault_count(fault, "stop-before-produce-idle")
+        self._cut_short = _fault_count(fault, "cut-short")
         self._hold_after = _fault_count(fault, "hold-after-shipment")
         self._shipments = 0
         self._idle_shipments = 0
@@ -261,10 +264,6 @@ class Ingest(KafkaRole):
             async with self._lock:
                 self._check_alive()
                 await self._round(fetched)
-            if self._hold_after and self._shipments >= self._hold_after:
-                self._hold_after = 0
-                log.warning("%s: %s: holding for %.0fs", self.name, FAULT_ENV, _HOLD)
-                await asyncio.sleep(_HOLD)
             await asyncio.sleep(0)
 
     async def _run_ticker(self) -> None:
@@ -336,8 +335,11 @@ class Ingest(KafkaRole):
             if lane.first is None:
                 lane.first = messages[0].offset
                 lane.boundary = (lane.first // step + 1) * step
+            end = lane.boundary
+            if self._cut_short and lane.exact:
+                end = min(end, lane.first + self._cut_short)
             j = 0
-            while j < len(messages) and messages[j].offset < lane.boundary:
+            while j < len(messages) and messages[j].offset < end:
                 j += 1
             if j > 0:
                 chunk = messages[:j]
@@ -350,8 +352,10 @@ class Ingest(KafkaRole):
                 lane.last = chunk[-1].offset
                 lane.last_activity = now
                 lane.progress.note(self.counter.event_time(lane.key), now)
-            if j < len(messages) or lane.last == lane.boundary - 1:
-                cuts.append(self._cut(tp, lane))
+            if j < len(messages) or lane.last == end - 1:
+                cut = self._cut(tp, lane)
+                cut.idle = end < lane.boundary  # cut short by the test hook
+                cuts.append(cut)
                 if j < len(messages):
                     self._held[tp] = messages[j:]
         return cuts
@@ -414,7 +418,11 @@ class Ingest(KafkaRole):
         topic = self.cluster.partials_topic
         interval = self.config.detection.interval
         self._check_alive()
-        if self._stop_before and self._shipments + 1 >= self._stop_before:
+        if (
+            self._stop_before
+            and any(cut.idle for cut in cuts)
+            and self._idle_shipments + 1 >= self._stop_before
+        ):
             self._stop_before = 0
             log.warning("%s: %s: stopping before producing", self.name, FAULT_ENV)
             os.kill(os.getpid(), signal.SIGSTOP)
@@ -478,6 +486,10 @@ class Ingest(KafkaRole):
                 "last commit"
             ) from exc
         self.stats.commits += 1
+        if self._hold_after and self._shipments >= self._hold_after:
+            self._hold_after = 0
+            log.warning("%s: %s: holding for %.0fs", self.name, FAULT_ENV, _HOLD)
+            await asyncio.sleep(_HOLD)
 
     def _encode(self, cut: _Cut, interval: float) -> list[tuple[int, bytes, int]]:
         """(partials partition, message value, rows) of ``cut``, one per partition it feeds."""
