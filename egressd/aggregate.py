@@ -12,6 +12,7 @@ import math
 
 from egressd.enrich import DestinationLabels
 from egressd.sketch import TopK
+from egressd.talkers import TalkerBacklog
 
 AggregateKey = tuple[str, DestinationLabels]  # (group, destination labels)
 
@@ -157,6 +158,7 @@ class IntervalAggregator:
         "max_time",
         "next_due",
         "sketch_capacity",
+        "talkers",
     )
 
     def __init__(
@@ -181,6 +183,26 @@ class IntervalAggregator:
         self.next_due = math.inf
         self.late_records = 0
         self.late_bytes = 0
+        #: per open interval, batch-path flows whose talkers are not in the sketches yet
+        #: (see :mod:`egressd.talkers`); settled before anything reads them
+        self.talkers: dict[float, TalkerBacklog] = {}
+
+    def backlog(self, start: float) -> TalkerBacklog:
+        """The talker backlog of the open interval at ``start``."""
+        backlog = self.talkers.get(start)
+        if backlog is None:
+            backlog = self.talkers[start] = TalkerBacklog()
+        return backlog
+
+    def settle(self, start: float | None = None) -> None:
+        """Put the backlog's talkers (of interval ``start``, else all) into the sketches."""
+        if start is None:
+            for backlog in self.talkers.values():
+                backlog.settle()
+            self.talkers.clear()
+            return
+        if start in self.talkers:
+            self.talkers.pop(start).settle()
 
     def add(
         self, key: AggregateKey, event_time: float, src: str, dst: str, size: int, packets: int
@@ -257,6 +279,8 @@ class IntervalAggregator:
         """Close and return, oldest first, every bucket the watermark has passed."""
         watermark = self.max_time - self.lateness
         ready = sorted(s for s in self.buckets if s + self.interval <= watermark)
+        for start in ready:
+            self.settle(start)
         out = [(start, _saturated(self.buckets.pop(start))) for start in ready]
         if ready:
             self.closed_upto = max(self.closed_upto, ready[-1] + self.interval)
@@ -267,6 +291,7 @@ class IntervalAggregator:
     def pop_all(self) -> list[tuple[float, Bucket]]:
         """Close every open bucket (end of a replay)."""
         ready = sorted(self.buckets)
+        self.settle()
         out = [(start, _saturated(self.buckets.pop(start))) for start in ready]
         if ready:
             self.closed_upto = max(self.closed_upto, ready[-1] + self.interval)
@@ -281,6 +306,7 @@ class IntervalAggregator:
     def to_json(self) -> list[list[object]]:
         """Open buckets (so records already taken from a source survive a restart)."""
         out: list[list[object]] = []
+        self.settle()
         for start, bucket in self.buckets.items():
             for (group, dest), accum in bucket.items():
                 out.append([start, group, dest.key, dest.as_org, *accum.to_row()])
@@ -288,6 +314,7 @@ class IntervalAggregator:
 
     def load_json(self, data: list[list[object]], intern: dict[str, DestinationLabels]) -> None:
         self.buckets = {}
+        self.talkers = {}
         for start, group, key, as_org, *row in data:
             dest = intern_labels(intern, str(key), str(as_org))
             accum = Accum.from_row(row, self.sketch_capacity)

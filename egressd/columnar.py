@@ -15,10 +15,9 @@ import numpy as np
 import numpy.typing as npt
 
 from egressd.classify import EgressClassifier
-from egressd.columns import U64, FlowColumns, address_text, is_v4, v4_values
+from egressd.columns import U64, FlowColumns, is_v4, v4_values
 from egressd.enrich import DestinationLabels
 from egressd.enrich.special import special_table
-from egressd.sketch import TopK
 
 I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
@@ -147,11 +146,8 @@ class ClassifiedBatch:
     """
 
     __slots__ = (
-        "_texts",
         "columns",
         "dest",
-        "dst_first",
-        "dst_ids",
         "egress",
         "egress_bytes",
         "egress_count",
@@ -167,8 +163,6 @@ class ClassifiedBatch:
         "sizes",
         "small",
         "special_count",
-        "src_first",
-        "src_ids",
         "touch",
         "transit_count",
     )
@@ -243,92 +237,3 @@ class ClassifiedBatch:
         fits = packets <= np.uint64(ceiling)
         product = np.where(fits, packets, 0) * np.uint64(small_limit)
         self.small = ~fits | (sizes < product)
-        self.src_first, self.src_ids = distinct_addresses(src_hi, src_lo)
-        self.dst_first, self.dst_ids = distinct_addresses(dst_hi, dst_lo)
-        self._texts: dict[tuple[bool, int], str] = {}
-
-    def text(self, source: bool, address: int) -> str:
-        """Text of distinct source (or destination) address number ``address``."""
-        text = self._texts.get((source, address))
-        if text is None:
-            columns = self.columns
-            row = int((self.src_first if source else self.dst_first)[address])
-            if source:
-                text = address_text(int(columns.src_hi[row]), int(columns.src_lo[row]))
-            else:
-                text = address_text(int(columns.dst_hi[row]), int(columns.dst_lo[row]))
-            self._texts[(source, address)] = text
-        return text
-
-
-class BlockTalkers:
-    """Per key of one block, its heaviest sources and destinations, summed per address, ready
-    for :meth:`egressd.sketch.TopK.add_summed` (text is made only for what goes in)."""
-
-    __slots__ = ("_batch", "_capacity", "_destinations", "_sources")
-
-    def __init__(self, batch: ClassifiedBatch, rows: I64, keys: I64, capacity: int) -> None:
-        self._batch = batch
-        self._capacity = capacity
-        weights = batch.sizes[rows]
-        self._sources = _per_key(batch.src_ids[rows], keys, weights)
-        self._destinations = _per_key(batch.dst_ids[rows], keys, weights)
-
-    def add_to(self, key: int, sources: TopK, destinations: TopK) -> None:
-        """Add key number ``key``'s talkers of this block to its sketches."""
-        self._add(self._sources, key, sources, True)
-        self._add(self._destinations, key, destinations, False)
-
-    def _add(self, table: _PerKey, key: int, sketch: TopK, source: bool) -> None:
-        ids, weights, spans = table
-        a, b = spans[key]
-        text = self._batch.text
-        capacity = self._capacity
-        if b - a <= capacity:
-            sketch.add_summed(
-                [text(source, i) for i in ids[a:b].tolist()], [int(w) for w in weights[a:b]]
-            )
-            return
-        mine = weights[a:b]
-        by_weight = np.argsort(mine, kind="stable")[::-1]
-        kept = np.sort(by_weight[:capacity])
-        heaviest_rest = int(by_weight[capacity])
-        kept_weights = [int(w) for w in mine[kept]]
-        rest_weight = sum(int(w) for w in mine.tolist()) - sum(kept_weights)
-        sketch.add_summed(
-            [text(source, i) for i in ids[a:b][kept].tolist()],
-            kept_weights,
-            text(source, int(ids[a + heaviest_rest])),
-            rest_weight,
-        )
-
-
-#: distinct addresses of each key in order of first appearance, their summed weights, and
-#: each key's [start, end) in those
-_PerKey = tuple[I64, npt.NDArray[Any], list[tuple[int, int]]]
-
-
-def _per_key(ids: I64, keys: I64, weights: npt.NDArray[Any]) -> _PerKey:
-    if not len(ids):
-        return ids, weights, []
-    width = int(ids.max()) + 1
-    pairs = keys * width + ids
-    order = np.argsort(pairs, kind="stable")
-    ordered = pairs[order]
-    heads = np.concatenate(([0], np.flatnonzero(np.diff(ordered)) + 1))
-    sums = np.add.reduceat(weights[order], heads) if len(order) else weights[:0]
-    firsts = order[heads]
-    pair_keys = ordered[heads] // width
-    # by key, then by first appearance
-    arrange = np.lexsort((firsts, pair_keys))
-    pair_keys = pair_keys[arrange]
-    spans: list[tuple[int, int]] = []
-    bounds = np.concatenate(([0], np.flatnonzero(np.diff(pair_keys)) + 1, [len(pair_keys)]))
-    key_of = pair_keys[bounds[:-1]].tolist()
-    limits = bounds.tolist()
-    table: dict[int, tuple[int, int]] = {
-        k: (limits[i], limits[i + 1]) for i, k in enumerate(key_of)
-    }
-    count = int(keys.max()) + 1 if len(keys) else 0
-    spans = [table.get(k, (0, 0)) for k in range(count)]
-    return (ordered[heads] % width)[arrange], sums[arrange], spans

@@ -18,7 +18,7 @@ from egressd.aggregate import Accum, AggregateKey, Bucket, IntervalAggregator
 from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_named
 from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
-from egressd.columnar import BlockTalkers, ClassifiedBatch, ColumnClassifier, exact_total
+from egressd.columnar import ClassifiedBatch, ColumnClassifier, exact_total
 from egressd.columns import FlowColumns, address_text
 from egressd.config import Config
 from egressd.detect.alerts import Alert, AlertBook
@@ -33,6 +33,7 @@ from egressd.enrich import DestinationLabeler, DestinationLabels
 from egressd.enrich.address import parse_address
 from egressd.enrich.special import special_kind_of
 from egressd.model import FlowRecord
+from egressd.talkers import SETTLE_ROWS
 
 STATE_VERSION = 1
 
@@ -534,12 +535,12 @@ class Engine:
             np.where(batch.small[ordered], egress_sizes, zero), heads
         ).tolist()
         flow_sums = np.add.reduceat(is_egress.astype(np.int64), heads).tolist()
-        talkers = BlockTalkers(batch, where[egress], key_number[egress], aggregator.sketch_capacity)
         buckets = aggregator.buckets
         max_keys = aggregator.max_keys
         names = batch.groups
         labels = batch.labels
         row_counts = rows.tolist()
+        accums: list[Accum] = [None] * len(heads)  # type: ignore[list-item]
         for j in np.argsort(firsts, kind="stable").tolist():
             first = int(firsts[j])
             start = float(starts[first])
@@ -553,16 +554,38 @@ class Engine:
                 accum = aggregator.accum(bucket, key)
                 if full and key not in bucket:  # each of its records was folded
                     aggregator.folded_records += row_counts[j] - 1
+            accums[j] = accum
             flows = flow_sums[j]
             if flows:
                 accum.bytes += int(byte_sums[j])
                 accum.packets += int(packet_sums[j])
                 accum.flows += flows
                 accum.small += int(small_sums[j])
-                talkers.add_to(j, accum.sources, accum.destinations)
             ingress = int(ingress_sums[j])
             if ingress:
                 accum.ingress += ingress
+        # Talkers wait in the interval's backlog until something reads the sketches.
+        talking = where[egress]
+        if not len(talking):
+            return
+        columns = batch.columns
+        talking_keys = key_number[egress]
+        talking_starts = starts[egress]
+        for start in np.unique(talking_starts).tolist():
+            mine = talking_starts == start
+            rows_here = talking[mine]
+            backlog = aggregator.backlog(start)
+            backlog.add(
+                accums,
+                talking_keys[mine],
+                columns.src_hi[rows_here],
+                columns.src_lo[rows_here],
+                columns.dst_hi[rows_here],
+                columns.dst_lo[rows_here],
+                batch.sizes[rows_here],
+            )
+            if backlog.rows >= SETTLE_ROWS:
+                aggregator.settle(start)
 
     def apply_partials(
         self, partials: Iterable[Partial], event_time: float | None = None
@@ -751,6 +774,7 @@ class Engine:
         the interval holding it, so what they counted still gets judged.
         """
         aggregator = self.aggregator
+        aggregator.settle()  # open intervals may merge below: their sketches must be whole
         interval = aggregator.interval
         ahead = max(aggregator.max_time, aggregator.closed_upto, self.last_tick)
         target = limit - limit % interval

@@ -1,0 +1,143 @@
+"""Top-talker updates of the batch path, kept as columns until someone reads the sketches.
+
+Adding every flow's source and destination to its key's Space-Saving sketch costs a text form
+of each address and a dict or heap operation per flow: most of the engine's time when every
+flow brings new addresses. The batch path appends its flows' addresses and bytes here instead
+(one append per interval per block) and :meth:`TalkerBacklog.settle` sums them per (key,
+address) in numpy and hands each sketch its heaviest addresses (:meth:`TopK.add_summed`),
+making text only for those. The aggregator settles an interval before anything reads its
+sketches (closing it, a state snapshot) and whenever its backlog reaches
+:data:`SETTLE_ROWS` rows, which bounds the memory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from egressd.columns import U64, address_text
+
+if TYPE_CHECKING:
+    from egressd.aggregate import Accum
+
+I64 = npt.NDArray[np.int64]
+
+#: an interval's backlog is settled when it holds this many flows (~3 MB)
+SETTLE_ROWS = 65_536
+
+
+class TalkerBacklog:
+    """Flows of one open interval whose talkers are not in their sketches yet."""
+
+    __slots__ = ("_accums", "_chunks", "_codes", "rows")
+
+    def __init__(self) -> None:
+        #: the accumulators flows were counted in, by code
+        self._accums: list[Accum] = []
+        self._codes: dict[int, int] = {}
+        self._chunks: list[tuple[I64, U64, U64, U64, U64, npt.NDArray[Any]]] = []
+        self.rows = 0
+
+    def add(
+        self,
+        accums: list[Accum],
+        keys: I64,
+        src_hi: U64,
+        src_lo: U64,
+        dst_hi: U64,
+        dst_lo: U64,
+        sizes: npt.NDArray[Any],
+    ) -> None:
+        """Flows (in order) counted in ``accums[keys[i]]``, with their addresses and bytes."""
+        codes = self._codes
+        mapping = []
+        for accum in accums:
+            code = codes.get(id(accum))
+            if code is None:
+                code = codes[id(accum)] = len(self._accums)
+                self._accums.append(accum)
+            mapping.append(code)
+        rows = np.array(mapping, dtype=np.int64)[keys]
+        self._chunks.append((rows, src_hi, src_lo, dst_hi, dst_lo, sizes))
+        self.rows += len(keys)
+
+    def settle(self) -> None:
+        """Add every flow kept here to its sketches; the backlog is empty afterwards."""
+        if not self._chunks:
+            return
+        chunks = self._chunks
+        if len(chunks) == 1:
+            keys, src_hi, src_lo, dst_hi, dst_lo, sizes = chunks[0]
+        else:
+            keys, src_hi, src_lo, dst_hi, dst_lo, sizes = (
+                np.concatenate([chunk[i] for chunk in chunks]) for i in range(6)
+            )
+        accums = self._accums
+        self._chunks = []
+        self._accums = []
+        self._codes = {}
+        self.rows = 0
+        if not accums:
+            return
+        capacity = accums[0].capacity
+        for source, hi, lo in ((True, src_hi, src_lo), (False, dst_hi, dst_lo)):
+            for code, (items, weights, rest, rest_weight) in _heaviest(
+                keys, hi, lo, sizes, capacity
+            ):
+                accum = accums[code]
+                sketch = accum.sources if source else accum.destinations
+                sketch.add_summed(items, weights, rest, rest_weight)
+
+
+def _heaviest(
+    keys: I64, hi: U64, lo: U64, sizes: npt.NDArray[Any], capacity: int
+) -> list[tuple[int, tuple[list[str], list[int], str | None, int]]]:
+    """Per key: its addresses summed, in order of first appearance, the heaviest
+    ``capacity`` of them apart and the rest as (heaviest of the rest, their total)."""
+    # One number per distinct (key, address): rows sorted by it, stable, keep flow order.
+    order = np.lexsort((lo, hi, keys)) if hi.any() else np.lexsort((lo, keys))
+    k, h, low = keys[order], hi[order], lo[order]
+    change = np.empty(len(order), dtype=np.bool_)
+    change[0] = True
+    change[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1]) | (low[1:] != low[:-1])
+    heads = np.flatnonzero(change)
+    sums = np.add.reduceat(sizes[order], heads)
+    # stable sort: the first row of each run is where the pair first appeared
+    firsts = order[heads]
+    pair_keys = k[heads]
+    arrange = np.lexsort((firsts, pair_keys))
+    pair_keys = pair_keys[arrange]
+    pair_hi = h[heads][arrange].tolist()
+    pair_lo = low[heads][arrange].tolist()
+    sums = sums[arrange]
+    bounds = np.flatnonzero(np.diff(pair_keys)) + 1
+    starts = [0, *bounds.tolist()]
+    ends = [*bounds.tolist(), len(pair_keys)]
+    key_list = pair_keys[starts].tolist() if len(pair_keys) else []
+    weights = sums.tolist()
+    out: list[tuple[int, tuple[list[str], list[int], str | None, int]]] = []
+    for key, a, b in zip(key_list, starts, ends, strict=True):
+        if b - a <= capacity:
+            texts = [address_text(pair_hi[i], pair_lo[i]) for i in range(a, b)]
+            out.append((key, (texts, [int(w) for w in weights[a:b]], None, 0)))
+            continue
+        mine = sums[a:b]
+        by_weight = np.argsort(mine, kind="stable")[::-1]
+        kept = np.sort(by_weight[:capacity]).tolist()
+        heaviest_rest = a + int(by_weight[capacity])
+        kept_weights = [int(weights[a + i]) for i in kept]
+        rest_weight = sum(int(w) for w in weights[a:b]) - sum(kept_weights)
+        out.append(
+            (
+                key,
+                (
+                    [address_text(pair_hi[a + i], pair_lo[a + i]) for i in kept],
+                    kept_weights,
+                    address_text(pair_hi[heaviest_rest], pair_lo[heaviest_rest]),
+                    rest_weight,
+                ),
+            )
+        )
+    return out
