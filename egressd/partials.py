@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from egressd.aggregate import Accum, Bucket, IntervalAggregator, intern_labels
+from egressd.columns import FlowColumns
 from egressd.config import Config
 from egressd.enrich import DestinationLabeler, DestinationLabels
 from egressd.errors import DecodeError
@@ -178,6 +179,13 @@ class PartialCounter:
         engine.aggregator = self._lane(lane)
         engine.future_limit = future_limit
         engine.process(records)
+
+    def count_columns(self, lane: str, columns: FlowColumns, future_limit: float) -> None:
+        """:meth:`count` of flows given as columns."""
+        engine = self.engine
+        engine.aggregator = self._lane(lane)
+        engine.future_limit = future_limit
+        engine.process_columns(columns)
 
     def event_time(self, lane: str) -> float:
         """The latest flow end time counted in ``lane`` (-inf before any)."""

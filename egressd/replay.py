@@ -11,6 +11,7 @@ import math
 import operator
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 import orjson
 
 from egressd.baseline.statefile import load_state, move_aside, save_state
+from egressd.columns import FlowColumns
 from egressd.config import Config
 from egressd.detect.alerts import FIRING, Alert
 from egressd.enrich import DestinationLabeler
@@ -25,7 +27,7 @@ from egressd.errors import StateError
 from egressd.gctune import engine_gc
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
-from egressd.sources.files import read_file
+from egressd.sources.files import COLUMN_FORMATS, read_columns_file, read_file
 from egressd.stats import SourceStats
 from egressd.units import format_bytes
 
@@ -58,7 +60,11 @@ def stream_segments(
     counts at the limit instead: it would otherwise move the watermark so far that no
     interval closes until the input ends.
     """
-    ends = list(map(_END_TIME, chunk))
+    return segments_of_ends(list(map(_END_TIME, chunk)), event_time, ahead)
+
+
+def segments_of_ends(ends: list[float], event_time: float, ahead: float) -> list[tuple[int, float]]:
+    """:func:`stream_segments` of a chunk given by its flows' end times."""
     # The common case in C-level loops: no record lies ``ahead`` past the one before it,
     # so none can lie past the latest before it either.
     if ends[0] <= event_time + ahead and not any(
@@ -88,6 +94,26 @@ def stream_segments(
             if end + ahead > limit:
                 limit = end + ahead
     return segments
+
+
+def _chunks(batches: Iterator[FlowColumns]) -> Iterator[FlowColumns]:
+    """``batches`` cut into :data:`_CHUNK` flows each (the last may be shorter), as the
+    record path cuts its input: stream segments depend on where chunks end."""
+    carry: list[FlowColumns] = []
+    held = 0
+    for batch in batches:
+        carry.append(batch)
+        held += len(batch)
+        if held < _CHUNK:
+            continue
+        joined = FlowColumns.concat(carry)
+        cut = held - held % _CHUNK
+        for start in range(0, cut, _CHUNK):
+            yield joined.take(slice(start, start + _CHUNK))
+        carry = [joined.take(slice(cut, held))] if cut < held else []
+        held -= cut
+    if held:
+        yield FlowColumns.concat(carry)
 
 
 @dataclass(slots=True)
@@ -239,6 +265,16 @@ def replay(
         label = inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs"
         ahead = config.detection.max_clock_ahead
         engine.stream_ahead = ahead
+        if fmt in COLUMN_FORMATS and len(inputs) == 1:  # straight into columns
+            records = iter(())
+            for columns in _chunks(read_columns_file(fmt, inputs[0], all_stats[0])):
+                segments = segments_of_ends(columns.time_end.tolist(), engine.event_time(), ahead)
+                ends = [index for index, _ in segments[1:]] + [len(columns)]
+                for (first, limit), last in zip(segments, ends, strict=True):
+                    engine.future_limit = limit
+                    part = columns.take(slice(first, last)) if len(segments) > 1 else columns
+                    emit(engine.process_columns(part))
+                meter.update(label, engine.stats.records)
         while True:
             chunk = list(itertools.islice(records, _CHUNK))
             if not chunk:

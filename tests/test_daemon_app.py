@@ -272,6 +272,9 @@ async def test_daemon_exits_non_zero_when_a_component_dies(tmp_path: Path) -> No
         def submit(self, records: object) -> None:
             raise RuntimeError("engine bug")
 
+        def submit_columns(self, columns: object) -> None:  # the NetFlow source's way in
+            raise RuntimeError("engine bug")
+
     daemon.feed = BrokenFeed(daemon)
     task = asyncio.create_task(daemon.run())
     await wait_for(lambda: daemon.readiness()[0])

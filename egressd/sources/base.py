@@ -6,9 +6,10 @@ replayable positions (Kafka offsets) take part in checkpoints so delivery is at-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from egressd.columns import FlowColumns
 from egressd.model import FlowRecord
 from egressd.stats import SourceStats
 
@@ -17,6 +18,30 @@ class RecordSink(Protocol):
     """Where sources deliver records. ``submit`` processes them before it returns."""
 
     def submit(self, records: Sequence[FlowRecord]) -> None: ...
+
+
+class ColumnSink(RecordSink, Protocol):
+    """A sink that also takes batches as columns (the daemon's engine feed does)."""
+
+    def submit_columns(self, columns: FlowColumns) -> None: ...
+
+
+def columns_submitter(sink: RecordSink) -> Callable[[list[FlowColumns]], None]:
+    """How to hand ``sink`` batches of columns: concatenated into one ``submit_columns``
+    call, or, for a sink without it, as records (each keeping its batch's exporter)."""
+    submit_columns: Callable[[FlowColumns], None] | None = getattr(sink, "submit_columns", None)
+    if submit_columns is not None:
+        take = submit_columns
+
+        def as_columns(batches: list[FlowColumns]) -> None:
+            take(FlowColumns.concat(batches))
+
+        return as_columns
+
+    def as_records(batches: list[FlowColumns]) -> None:
+        sink.submit([record for batch in batches for record in batch.to_records()])
+
+    return as_records
 
 
 class Source(Protocol):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from egressd.columns import FlowColumns
 from egressd.errors import DecodeError, EgressdError
 from egressd.model import FlowRecord
 from egressd.stats import SourceStats
@@ -101,6 +102,22 @@ def _reader(fmt: str) -> RecordReader | None:
 
 LINE_FORMATS = ("goflow2-json", "pmacct-json", "egressd-json")
 FILE_FORMATS = (*LINE_FORMATS, "netflow-pcap", "pcap", "nfdump")
+#: formats read straight into columns (:func:`read_columns_file`), same flows as records
+COLUMN_FORMATS = ("netflow-pcap",)
+
+
+def read_columns_file(fmt: str, path: str | Path, stats: SourceStats) -> Iterator[FlowColumns]:
+    """Flows of one recorded input as column batches; only for :data:`COLUMN_FORMATS`."""
+    if fmt != "netflow-pcap":
+        raise EgressdError(f"format {fmt!r} has no column reader")
+    from egressd.sources.pcapfile import read_netflow_columns
+
+    stream = open_input(str(path))
+    try:
+        yield from read_netflow_columns(stream, stats)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
 
 
 def open_input(path: str) -> BinaryIO:

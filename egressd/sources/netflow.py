@@ -1,7 +1,9 @@
 """The NetFlow v5/v9 and IPFIX UDP collector: one socket per configured listen address.
 
-The socket callback only filters by exporter and queues; a decoder task drains the bounded
-queue, decodes and submits batches. A full queue drops datagrams and counts them.
+When the socket is readable, a burst of datagrams (until it would block, at most
+:data:`_BURST`) is read, filtered by exporter and queued; a decoder task drains the bounded
+queue, decodes each datagram into columns and submits one batch per drain (at most
+:data:`_BATCH_RECORDS` flows). A full queue drops datagrams and counts them.
 """
 
 from __future__ import annotations
@@ -17,19 +19,23 @@ from collections.abc import Callable
 from typing import Any
 
 from egressd.cache import BoundedCache
+from egressd.columns import FlowColumns
 from egressd.config import IPNetwork, NetflowSourceConfig, split_host_port
 from egressd.decode.netflow import NetflowDecoder
 from egressd.errors import DecodeError, SourceError
-from egressd.model import FlowRecord
-from egressd.sources.base import RecordSink
+from egressd.sources.base import RecordSink, columns_submitter
 from egressd.stats import SourceStats
 
 log = logging.getLogger("egressd.netflow")
 
-#: submit once this many records are decoded, even if more datagrams wait
-_BATCH_RECORDS = 4096
+#: submit once this many flows are decoded, even if more datagrams wait
+_BATCH_RECORDS = 16384
 #: decode at most this many queued datagrams before yielding to the loop
 _BATCH_DATAGRAMS = 256
+#: read at most this many datagrams per readiness of the socket before yielding to the loop
+_BURST = 256
+#: the largest UDP payload
+_MAX_DATAGRAM = 65535
 _EXPORTER_CACHE = 4096
 _ERROR_LOG_EVERY = 30.0
 
@@ -75,19 +81,6 @@ def resolve_listen(name: str, listen: str) -> tuple[int, int, int, Any]:
     return family, kind, proto, address
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    __slots__ = ("_source",)
-
-    def __init__(self, source: NetflowSource) -> None:
-        self._source = source
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._source._received(data, str(addr[0]))
-
-    def error_received(self, exc: Exception) -> None:
-        self._source.stats.drop("socket_error")
-
-
 class NetflowSource:
     """Receives export datagrams on ``config.listen``; inert until :meth:`start`."""
 
@@ -100,8 +93,8 @@ class NetflowSource:
         "_queue",
         "_ready",
         "_sink",
+        "_sock",
         "_task",
-        "_transport",
         "bound",
         "config",
         "decoder",
@@ -134,7 +127,7 @@ class NetflowSource:
         #: exporter address text -> allowed (bounded cache; parsing per datagram is costly)
         self._exporters: BoundedCache[str, bool] = BoundedCache(_EXPORTER_CACHE)
         self._queue: asyncio.Queue[Datagram] | None = None
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._sink: RecordSink | None = None
         self._ready = False
@@ -161,13 +154,11 @@ class NetflowSource:
         loop = asyncio.get_running_loop()
         sock = self._bind()
         try:
-            transport, _protocol = await loop.create_datagram_endpoint(
-                lambda: _Protocol(self), sock=sock
-            )
-        except OSError as exc:
+            loop.add_reader(sock.fileno(), self._readable)
+        except (OSError, ValueError) as exc:
             sock.close()
             raise SourceError(f"{self.name}: {exc}", retriable=False) from exc
-        self._transport = transport
+        self._sock = sock
         self._task = loop.create_task(self._decode_loop(), name=f"egressd-{self.name}")
         self._ready = True
         configured = self.config.receive_buffer
@@ -218,9 +209,11 @@ class NetflowSource:
     async def stop(self) -> None:
         """Close the socket, decode and submit what is already queued, then stop."""
         self._ready = False
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
         task, self._task = self._task, None
         if task is None:
             return
@@ -255,7 +248,7 @@ class NetflowSource:
         """(name, labels, value) samples; names ending in ``_total`` are counters."""
         source = {"source": self.name}
         stats = self.decoder_stats
-        if self._inode is not None and self._transport is not None:
+        if self._inode is not None and self._sock is not None:
             # A closed socket leaves the table: keep the last value read.
             drops = kernel_drops(*self._inode)
             if drops is not None:
@@ -303,6 +296,23 @@ class NetflowSource:
 
     # -- receive path (socket callback) -------------------------------------------------------
 
+    def _readable(self) -> None:
+        """Read what the socket holds, up to :data:`_BURST` datagrams (the loop's callback)."""
+        sock = self._sock
+        if sock is None:
+            return
+        recvfrom = sock.recvfrom
+        received = self._received
+        for _ in range(_BURST):
+            try:
+                data, addr = recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.stats.drop("socket_error")
+                return
+            received(data, str(addr[0]))
+
     def _received(self, data: bytes, host: str) -> None:
         stats = self.stats
         stats.units += 1
@@ -337,30 +347,38 @@ class NetflowSource:
         queue = self._queue
         sink = self._sink
         assert queue is not None and sink is not None
-        decode = self.decoder.decode
+        decode = self.decoder.decode_columns
+        submit = columns_submitter(sink)
         stats = self.stats
         while True:
             first = await queue.get()
             items = [first]
             while len(items) < _BATCH_DATAGRAMS and not queue.empty():
                 items.append(queue.get_nowait())
-            batch: list[FlowRecord] = []
+            batch: list[FlowColumns] = []
+            flows = 0
             for data, host, received in items:
                 try:
-                    batch.extend(decode(data, _exporter_text(host), received))
+                    columns = decode(data, _exporter_text(host), received)
                 except DecodeError as exc:
                     stats.failed(exc.reason)
                     self._log_error("cannot decode a datagram from %s: %s", host, exc)
+                    continue
                 except Exception as exc:  # never let one datagram take the collector down
                     stats.failed("internal_error")
                     self._log_error("decoder failed on a datagram from %s: %r", host, exc)
-                if len(batch) >= _BATCH_RECORDS:
-                    stats.records += len(batch)
-                    sink.submit(batch)
-                    batch = []
+                    continue
+                if len(columns):
+                    batch.append(columns)
+                    flows += len(columns)
+                    if flows >= _BATCH_RECORDS:
+                        stats.records += flows
+                        submit(batch)
+                        batch = []
+                        flows = 0
             if batch:
-                stats.records += len(batch)
-                sink.submit(batch)
+                stats.records += flows
+                submit(batch)
             for _ in items:
                 queue.task_done()
 

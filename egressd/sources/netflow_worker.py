@@ -28,10 +28,10 @@ from typing import Any
 
 import orjson
 
+from egressd.columns import FlowColumns
 from egressd.config import Config, NetflowSourceConfig
 from egressd.enrich.labeler import CompositeLabeler
 from egressd.errors import DecodeError
-from egressd.model import FlowRecord
 from egressd.partials import PartialCounter, encode_partials
 from egressd.pipeline import EngineStats
 from egressd.replay import build_labeler
@@ -49,7 +49,7 @@ KIND_PARTIALS = 3
 FLUSH_EVERY = 0.25
 #: seconds a stopping worker goes on reading what its socket holds
 STOP_DRAIN = 2.0
-#: datagrams read from the socket before their records are counted
+#: datagrams read from the socket before their flows are counted (as one batch)
 _DRAIN = 256
 #: metrics of the single-process source that belong to the daemon's sockets, not a worker
 SOCKET_METRICS = frozenset(
@@ -121,6 +121,7 @@ class Worker:
         "labeler",
         "next_geo",
         "pending",
+        "pending_flows",
         "records",
         "units",
     )
@@ -132,7 +133,8 @@ class Worker:
         self.config = config
         self.labeler = build_labeler(config)
         self.counter = PartialCounter(config, self.labeler)
-        self.pending: list[FlowRecord] = []
+        self.pending: list[FlowColumns] = []
+        self.pending_flows = 0
         self.units = 0
         self.records = 0
         self.errors: dict[str, int] = {}
@@ -157,10 +159,10 @@ class Worker:
 
     def receive(self, sock: socket.socket) -> None:
         """Read what the socket holds (up to :data:`_DRAIN` datagrams), decode, count."""
-        decode = self.decoder.decode
+        decode = self.decoder.decode_columns
         check = self.filter._check_exporter
         exporters = self.filter._exporters
-        records = self.pending
+        batches = self.pending
         wall = time.time
         for _ in range(_DRAIN):
             try:
@@ -178,19 +180,26 @@ class Worker:
                 )
                 continue
             try:
-                records.extend(decode(data, _exporter_text(host), wall()))
+                columns = decode(data, _exporter_text(host), wall())
             except DecodeError as exc:
                 self.errors[exc.reason] = self.errors.get(exc.reason, 0) + 1
+                continue
             except Exception:  # never let one datagram take the worker down
                 self.errors["internal_error"] = self.errors.get("internal_error", 0) + 1
+                continue
+            if len(columns):
+                batches.append(columns)
+                self.pending_flows += len(columns)
         self.count()
 
     def count(self) -> None:
         if self.pending:
             future_limit = time.time() + self.config.detection.max_clock_ahead
-            self.records += len(self.pending)
-            self.counter.count("w", self.pending, future_limit)
+            self.records += self.pending_flows
+            batch = FlowColumns.concat(self.pending)
             self.pending = []
+            self.pending_flows = 0
+            self.counter.count_columns("w", batch, future_limit)
 
     def frame(self) -> bytes:
         """Everything counted since the last frame, with the cumulative counters."""

@@ -10,6 +10,7 @@ import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from egressd.columns import FlowColumns
 from egressd.config import CaptureSourceConfig
 from egressd.decode.flowtable import FlowTable
 from egressd.decode.frames import PROTO_UDP, SUPPORTED_LINKTYPES, parse_frame
@@ -302,15 +303,9 @@ def read_packet_capture(
         stats.units += packets
 
 
-def read_netflow_capture(stream: BinaryIO, stats: SourceStats) -> Iterator[FlowRecord]:
-    """Flow records of the NetFlow v5/v9 and IPFIX export datagrams in a pcap/pcapng stream.
-
-    Every UDP payload goes to the decoder as one datagram from its source address (the
-    decoder keeps template state per exporter); other packets are dropped and counted.
-    """
-    from egressd.decode.netflow import NetflowDecoder
-
-    decoder = NetflowDecoder()
+def _export_datagrams(stream: BinaryIO, stats: SourceStats) -> Iterator[tuple[bytes, str, float]]:
+    """(UDP payload, source address, capture time) of every UDP datagram in a capture;
+    other packets are dropped and counted."""
     for ts, linktype, frame in read_frames(stream, stats):
         stats.units += 1
         try:
@@ -329,10 +324,52 @@ def read_netflow_capture(stream: BinaryIO, stats: SourceStats) -> Iterator[FlowR
         if end > len(frame) or end < start:
             stats.drop("truncated_datagram")
             continue
+        yield frame[start:end], header.src, ts
+
+
+def read_netflow_capture(stream: BinaryIO, stats: SourceStats) -> Iterator[FlowRecord]:
+    """Flow records of the NetFlow v5/v9 and IPFIX export datagrams in a pcap/pcapng stream.
+
+    Every UDP payload goes to the decoder as one datagram from its source address (the
+    decoder keeps template state per exporter); other packets are dropped and counted.
+    """
+    from egressd.decode.netflow import NetflowDecoder
+
+    decoder = NetflowDecoder()
+    for payload, src, ts in _export_datagrams(stream, stats):
         try:
-            records = decoder.decode(frame[start:end], header.src, ts)
+            records = decoder.decode(payload, src, ts)
         except DecodeError as exc:
             stats.failed(exc.reason)
             continue
         stats.records += len(records)
         yield from records
+
+
+def read_netflow_columns(
+    stream: BinaryIO, stats: SourceStats, batch: int = 8192
+) -> Iterator[FlowColumns]:
+    """:func:`read_netflow_capture`'s flows as column batches of at least ``batch`` flows
+    (the last one may be smaller), in the same order."""
+    from egressd.decode.netflow import NetflowDecoder
+
+    decode = NetflowDecoder().decode_columns
+    parts: list[FlowColumns] = []
+    flows = 0
+    for payload, src, ts in _export_datagrams(stream, stats):
+        try:
+            columns = decode(payload, src, ts)
+        except DecodeError as exc:
+            stats.failed(exc.reason)
+            continue
+        if not len(columns):
+            continue
+        stats.records += len(columns)
+        parts.append(columns)
+        flows += len(columns)
+        if flows >= batch:
+            yield FlowColumns.concat(parts)
+            parts = []
+            flows = 0
+    if parts:
+        yield FlowColumns.concat(parts)
