@@ -51,6 +51,16 @@ class BoundedCache(Generic[K, V]):
         self.misses += 1
         return value
 
+    def store_many(self, keys: list[K], values: list[V]) -> None:
+        """:meth:`store` of each pair (a batch's misses), in one step while there is room."""
+        data = self.data
+        if len(data) + len(keys) > self.capacity:
+            for key, value in zip(keys, values, strict=True):
+                self.store(key, value)
+            return
+        data.update(zip(keys, values, strict=True))
+        self.misses += len(keys)
+
     @property
     def hits(self) -> int:
         return max(self.lookups - self.misses, 0)

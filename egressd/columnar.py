@@ -133,7 +133,7 @@ def summable(values: U64) -> bool:
 
 
 #: labels of distinct addresses, given as (high, low) halves: the engine's cached labeler
-LabelsOf = Callable[[list[int], list[int]], list[DestinationLabels]]
+LabelsOf = Callable[[U64, U64], list[DestinationLabels]]
 
 
 class ClassifiedBatch:
@@ -219,11 +219,21 @@ class ClassifiedBatch:
             hi = np.where(pick, dst_hi[rows], src_hi[rows])
             lo = np.where(pick, dst_lo[rows], src_lo[rows])
             first, inverse = distinct_addresses(hi, lo)
-            found = labels_of(hi[first].tolist(), lo[first].tolist())
+            found = labels_of(hi[first], lo[first])
+            # Labels are interned: number the distinct objects, then merge equal ones (a
+            # destination named by two data sources), keeping the first as records would.
+            objects = np.array(list(map(id, found)), dtype=np.int64)
+            _, index, by_object = np.unique(objects, return_index=True, return_inverse=True)
             codes: dict[DestinationLabels, int] = {}
-            code_of = [codes.setdefault(labels, len(codes)) for labels in found]
+            object_code = np.array(
+                [codes.setdefault(found[i], len(codes)) for i in np.sort(index).tolist()],
+                dtype=np.int64,
+            )
+            # np.unique numbers objects by id; renumber them by first appearance
+            rank = np.empty(len(index), dtype=np.int64)
+            rank[np.argsort(index, kind="stable")] = np.arange(len(index), dtype=np.int64)
             self.labels = list(codes)
-            self.dest[rows] = np.array(code_of, dtype=np.int64)[inverse]
+            self.dest[rows] = object_code[rank[by_object.reshape(-1)]][inverse]
         self.ends = columns.time_end
         if summable(sizes) and summable(columns.packets):
             self.sizes: npt.NDArray[Any] = sizes

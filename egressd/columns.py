@@ -233,3 +233,29 @@ def is_v4(hi: U64, lo: U64) -> npt.NDArray[np.bool_]:
 def v4_values(lo: U64) -> U64:
     """The IPv4 value of each row of the low half (meaningful where :func:`is_v4` holds)."""
     return lo & _LOW32
+
+
+#: decimal text of each octet, for formatting many IPv4 addresses at once
+_OCTETS = [str(i) for i in range(256)]
+
+
+def address_texts(hi: U64, lo: U64) -> list[str]:
+    """Text forms of a whole address column (the same as :func:`address_text` row by row,
+    about twice as fast for IPv4 rows)."""
+    if not len(hi):
+        return []
+    v4 = is_v4(hi, lo)
+    if not v4.all():
+        return [address_text(h, low) for h, low in zip(hi.tolist(), lo.tolist(), strict=True)]
+    octets = _OCTETS
+    values = v4_values(lo)
+    return [
+        f"{octets[a]}.{octets[b]}.{octets[c]}.{octets[d]}"
+        for a, b, c, d in zip(
+            (values >> np.uint64(24)).tolist(),
+            ((values >> np.uint64(16)) & np.uint64(255)).tolist(),
+            ((values >> np.uint64(8)) & np.uint64(255)).tolist(),
+            (values & np.uint64(255)).tolist(),
+            strict=True,
+        )
+    ]

@@ -19,7 +19,7 @@ from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_n
 from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
 from egressd.columnar import ClassifiedBatch, ColumnClassifier, exact_total
-from egressd.columns import FlowColumns, address_text
+from egressd.columns import U64, FlowColumns, address_texts
 from egressd.config import Config
 from egressd.detect.alerts import Alert, AlertBook
 from egressd.detect.detectors import (
@@ -393,23 +393,35 @@ class Engine:
         stats.special_records += batch.special_count
         return self._process_blocks(batch)
 
-    def _labels_of(self, highs: list[int], lows: list[int]) -> list[DestinationLabels]:
+    def _labels_of(self, highs: U64, lows: U64) -> list[DestinationLabels]:
         """Labels of distinct outside addresses (as column halves), through the destination
         cache keyed by the 128-bit value; the misses go to the labeler in one call."""
         cache = self.destination_cache
-        get = cache.get
-        cache.lookups += len(highs)
-        found: list[_Destination | None] = []
-        missing: list[int] = []
-        for i, (high, low) in enumerate(zip(highs, lows, strict=True)):
-            dest = get((high << 64) | low)
-            if dest is None:
-                missing.append(i)
-            found.append(dest)
+        if highs.any():
+            keys = [(h << 64) | low for h, low in zip(highs.tolist(), lows.tolist(), strict=True)]
+        else:
+            keys = lows.tolist()
+        cache.lookups += len(keys)
+        found: list[_Destination | None] = list(map(cache.get, keys))
+        missing = [i for i, dest in enumerate(found) if dest is None]
         if missing:
-            texts = [address_text(highs[i], lows[i]) for i in missing]
-            for i, labels in zip(missing, self.labeler.label_many(texts), strict=True):
-                found[i] = cache.store((highs[i] << 64) | lows[i], labels)
+            hi_column = highs[missing]
+            lo_column = lows[missing]
+            texts = address_texts(hi_column, lo_column)
+            label_parsed = getattr(self.labeler, "label_parsed", None)
+            if label_parsed is not None:  # the composite labeler: no parsing the texts again
+                parsed = [
+                    (4, value & 0xFFFF_FFFF)
+                    if h == 0 and value >> 32 == 0xFFFF
+                    else (6, (h << 64) | value)
+                    for h, value in zip(hi_column.tolist(), lo_column.tolist(), strict=True)
+                ]
+                labelled = label_parsed(parsed, texts)
+            else:
+                labelled = self.labeler.label_many(texts)
+            cache.store_many([keys[i] for i in missing], labelled)
+            for i, labels in zip(missing, labelled, strict=True):
+                found[i] = labels
         return found  # type: ignore[return-value]
 
     def _plausible_rows(self, columns: FlowColumns) -> npt.NDArray[np.intp] | None:

@@ -121,14 +121,14 @@ def _heaviest(
     for key, a, b in zip(key_list, starts, ends, strict=True):
         if b - a <= capacity:
             texts = [address_text(pair_hi[i], pair_lo[i]) for i in range(a, b)]
-            out.append((key, (texts, [int(w) for w in weights[a:b]], None, 0)))
+            out.append((key, (texts, weights[a:b], None, 0)))
             continue
         mine = sums[a:b]
         by_weight = np.argsort(mine, kind="stable")[::-1]
         kept = np.sort(by_weight[:capacity]).tolist()
         heaviest_rest = a + int(by_weight[capacity])
-        kept_weights = [int(weights[a + i]) for i in kept]
-        rest_weight = sum(int(w) for w in weights[a:b]) - sum(kept_weights)
+        kept_weights = [weights[a + i] for i in kept]
+        rest_weight = sum(weights[a:b]) - sum(kept_weights)
         out.append(
             (
                 key,

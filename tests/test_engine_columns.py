@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from enrich_mmdb_factory import maxmind_asn, write_mmdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scenarios import generate
 
 from egressd.aggregate import Accum, Bucket
 from egressd.columns import FlowColumns
-from egressd.config import parse_config
+from egressd.config import GeoConfig, RegionMapConfig, parse_config
 from egressd.detect.alerts import Alert
+from egressd.enrich import DestinationLabeler
 from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.enrich.labeler import build_labeler
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
 
@@ -134,10 +140,14 @@ def _alerts(alerts: list[Alert]) -> list[tuple[Any, ...]]:
 class Pair:
     """A record engine and a column engine fed the same batches."""
 
-    def __init__(self, config_text: str = CONFIG) -> None:
+    def __init__(
+        self,
+        config_text: str = CONFIG,
+        labeler: Callable[[], DestinationLabeler] = EmbeddedCountryLabeler,
+    ) -> None:
         config = parse_config(config_text)
-        self.records = Engine(config, EmbeddedCountryLabeler())
-        self.columns = Engine(config, EmbeddedCountryLabeler())
+        self.records = Engine(config, labeler())
+        self.columns = Engine(config, labeler())
         self.closed: dict[str, list[tuple[float, Bucket]]] = {"records": [], "columns": []}
         self.records.on_interval = lambda s, b: self.closed["records"].append((s, b))
         self.columns.on_interval = lambda s, b: self.closed["columns"].append((s, b))
@@ -293,3 +303,40 @@ def test_a_long_backlog_settles_on_the_way_and_stays_exact(
             pair.columns.aggregator.talkers[T0].rows < 10
         )
     pair.check()
+
+
+def test_regions_and_asn_label_the_batch_as_they_label_records(tmp_path: Path) -> None:
+    """With region maps and an ASN database (the composite labeler's batch lookups), keys
+    carry region and ASN; both paths give the same buckets and alerts."""
+    asn = write_mmdb(
+        tmp_path / "GeoLite2-ASN.mmdb",
+        "GeoLite2-ASN",
+        {
+            "47.100.0.0/16": maxmind_asn(37963, "ALIBABA"),
+            "2a00:1450::/32": maxmind_asn(15169, "GOOGLE"),
+        },
+    )
+    regions = tmp_path / "own.csv"
+    regions.write_text("3.5.140.0/24,cloud/eu-2\n2a00:1450:4001::/48,cloud/eu-1\n")
+    geo = GeoConfig(asn_mmdb=asn, region_maps=(RegionMapConfig(format="csv", path=regions),))
+    pair = Pair(labeler=lambda: build_labeler(geo))
+    rng = random.Random(5)
+    patterns = OUTSIDE_V4 + OUTSIDE_V6 + MAPPED
+    for step in range(30):
+        batch = []
+        for i in range(50):
+            end = T0 + step * 20 + i / 10
+            dst = rng.choice(patterns).format(rng.randrange(1, 50))
+            src = rng.choice(LOCAL_V4 + LOCAL_V6).format(rng.randrange(1, 5))
+            size = rng.randrange(100, 40_000)
+            if i % 9 == 0:
+                src, dst = dst, src  # ingress, labelled by its source
+            batch.append(FlowRecord(end - 1, end, src, dst, size, rng.randrange(1, 90)))
+        pair.feed(batch)
+        pair.check(settle=step % 3 == 0)
+    pair.flush()
+    pair.check()
+    keys = {key for _, bucket in pair.closed["columns"] for key in bucket}
+    assert any(dest.asn == 37963 for _, dest in keys)
+    assert any(dest.region == "cloud/eu-2" for _, dest in keys)
+    assert any(dest.region == "cloud/eu-1" and dest.asn == 15169 for _, dest in keys)

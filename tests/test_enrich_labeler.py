@@ -12,6 +12,7 @@ from enrich_mmdb_factory import BUILD_EPOCH, ipinfo_lite, maxmind_asn, maxmind_c
 
 from egressd.config import GeoConfig, RegionMapConfig
 from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabeler
+from egressd.enrich.address import parse_address
 from egressd.enrich.labeler import CompositeLabeler, build_labeler
 from egressd.errors import ConfigError
 
@@ -259,3 +260,17 @@ def test_reload_rejects_role_change(files: dict[str, Path]) -> None:
     assert labeler.reload_if_changed() is False
     assert "no country data" in labeler.reload_problems[0]
     assert labeler.label("8.8.8.8").country == "GB"
+
+
+@pytest.mark.parametrize("full", [True, False], ids=["mmdb-regions", "embedded"])
+def test_label_parsed_gives_the_same_labels_as_label(files: dict[str, Path], full: bool) -> None:
+    labeler = _full(files) if full else build_labeler(GeoConfig())
+    addresses = ["8.8.8.8", "1.1.1.1", "52.1.2.3", "2600:1f00::10", "2001:4860::1", "9.9.9.9"]
+    parsed = [parse_address(a) for a in addresses]
+    assert all(p is not None for p in parsed)
+    batch = labeler.label_parsed([p for p in parsed if p is not None], addresses)
+    one_by_one = [labeler.label(a) for a in addresses]
+    assert batch == one_by_one
+    for a, b in zip(batch, one_by_one, strict=True):
+        assert a is b  # interned: the very objects the record path keys buckets by
+        assert (a.as_org, a.source) == (b.as_org, b.source)
