@@ -64,6 +64,10 @@ _RECORD_DTYPE = np.dtype(
     ]
 )
 assert _RECORD_DTYPE.itemsize == RECORD_SIZE
+_LEVEL_OFFSET: int = _RECORD_DTYPE.fields["level"][1]  # type: ignore[index]
+#: one hour slot of a record, as the numpy view reads it
+_CELL_DTYPE = np.dtype([("level", "<f2"), ("spread", "<f2"), ("n", "u1")])
+assert _CELL_DTYPE.itemsize == _SLOT.size
 _EMPTY_RECORD = bytes(RECORD_SIZE)
 assert RECORD_SIZE % 3 == 0
 _RECORD_BASE64 = RECORD_SIZE // 3 * 4
@@ -130,6 +134,14 @@ def _zeroed(size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
     return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8)
 
 
+#: what the index keeps per slot besides the record: the number its key was learned as
+#: (from 1; 0 while the slot is free), and its metric labels: group, country and region
+#: (numbers of their texts) and ASN, so the metrics view sums many keys by label at once
+_EXTRA = struct.Struct("<qIIII")
+_EXTRA_DTYPE = np.dtype([("seq", "<i8"), ("labels", "<u4", (4,))])
+assert _EXTRA_DTYPE.itemsize == _EXTRA.size
+
+
 class SeasonalBaselines:
     """All baselines, keyed by (group, destination key), with a cap and idle eviction.
 
@@ -144,12 +156,17 @@ class SeasonalBaselines:
         "_buf",
         "_capacity",
         "_count",
+        "_extra",
+        "_extra_buf",
         "_free",
         "_index",
+        "_labels",
         "_learned",
         "_raw",
         "_seq",
         "_table",
+        "_text_ids",
+        "_texts",
         "_used",
         "changed",
         "epoch",
@@ -172,7 +189,10 @@ class SeasonalBaselines:
         #: keys learned so far: a key's number orders keys the way they were first learned
         #: (the state file keeps that order; eviction breaks ties by it)
         self._learned = 0
-        self._set_storage(np.zeros(0, np.uint8), np.zeros(0, np.int64))
+        #: texts of the metric labels of keys (groups, countries, regions), numbered
+        self._texts: list[str] = []
+        self._text_ids: dict[str, int] = {}
+        self._set_storage(_zeroed(0), _zeroed(0))
         self.evicted_capacity = 0
         self.evicted_idle = 0
         #: keys learned or forgotten since a reader (the metrics view) last emptied it;
@@ -184,24 +204,27 @@ class SeasonalBaselines:
     # -- storage ----------------------------------------------------------------------------
 
     def _set_storage(
-        self, raw: np.ndarray[Any, np.dtype[np.uint8]], seq: np.ndarray[Any, np.dtype[np.int64]]
+        self, raw: np.ndarray[Any, np.dtype[np.uint8]], extra: np.ndarray[Any, np.dtype[np.uint8]]
     ) -> None:
         self._raw = raw
         #: the records as bytes (struct reads and writes them in place) and as numpy records
         self._buf = raw.data
         self._table: np.ndarray[Any, np.dtype[np.void]] = raw.view(_RECORD_DTYPE)
-        #: slot -> the number its key was learned as (from 1; 0 while the slot is free)
-        self._seq = seq
-        self._capacity = len(seq)
+        #: per slot: _EXTRA as bytes, and as numpy columns
+        self._extra = extra
+        self._extra_buf = extra.data
+        self._seq: np.ndarray[Any, np.dtype[np.int64]] = extra.view(_EXTRA_DTYPE)["seq"]
+        self._labels: np.ndarray[Any, np.dtype[np.uint32]] = extra.view(_EXTRA_DTYPE)["labels"]
+        self._capacity = len(raw) // RECORD_SIZE
 
     def _grow(self, need: int) -> None:
         capacity = max(need, min(max(self.max_keys, need), max(1024, 2 * self._capacity)))
         raw = _zeroed(capacity * RECORD_SIZE)
-        seq = np.zeros(capacity, np.int64)
+        extra = _zeroed(capacity * _EXTRA.size)
         used = self._used
         raw[: used * RECORD_SIZE] = self._raw[: used * RECORD_SIZE]
-        seq[:used] = self._seq[:used]
-        self._set_storage(raw, seq)
+        extra[: used * _EXTRA.size] = self._extra[: used * _EXTRA.size]
+        self._set_storage(raw, extra)
 
     def _allocate(self, group: str, dest: str) -> int:
         """A zeroed slot for a new key."""
@@ -220,8 +243,36 @@ class SeasonalBaselines:
         inner[dest] = slot
         self._count += 1
         self._learned += 1
-        self._seq[slot] = self._learned
+        _EXTRA.pack_into(
+            self._extra_buf, slot * _EXTRA.size, self._learned, *self._label_numbers(group, dest)
+        )
         return slot
+
+    def _text_id(self, text: str) -> int:
+        number = self._text_ids.get(text)
+        if number is None:
+            number = self._text_ids[text] = len(self._texts)
+            self._texts.append(text)
+        return number
+
+    def _label_numbers(self, group: str, dest: str) -> tuple[int, int, int, int]:
+        # The destination key's text is "country|region|asn" (DestinationLabels.key).
+        country, _, rest = dest.partition("|")
+        region, _, number = rest.partition("|")
+        try:
+            asn = int(number) if number else 0
+        except ValueError:
+            asn = 0
+        if not 0 <= asn < 2**32:
+            asn = 0
+        ids = self._text_ids
+        g, c, r = ids.get(group), ids.get(country), ids.get(region)
+        return (
+            self._text_id(group) if g is None else g,
+            self._text_id(country) if c is None else c,
+            self._text_id(region) if r is None else r,
+            asn,
+        )
 
     def _release(self, keys: Iterable[BaselineKey]) -> None:
         index, seq, free = self._index, self._seq, self._free
@@ -266,13 +317,16 @@ class SeasonalBaselines:
         """The slot of each key (None when unknown)."""
         return list(map(self._slot, keys))
 
-    def slot_items(self) -> tuple[list[BaselineKey], np.ndarray[Any, np.dtype[np.intp]]]:
-        """Every key and its slot (in no particular order)."""
-        return self._items()
-
     def live_slots(self) -> np.ndarray[Any, np.dtype[np.intp]]:
         """Every slot that holds a key, in slot order."""
         return np.flatnonzero(self._seq[: self._used])
+
+    def label_numbers(
+        self, slots: np.ndarray[Any, np.dtype[np.intp]]
+    ) -> tuple[np.ndarray[Any, np.dtype[np.uint32]], Sequence[str]]:
+        """The metric labels of the keys in ``slots``: one row of (group, country, region,
+        ASN) each, the first three numbering the texts returned beside them."""
+        return self._labels[slots], self._texts
 
     @property
     def slot_count(self) -> int:
@@ -425,20 +479,31 @@ class SeasonalBaselines:
         """
         slot = self.season.slot(event_time)
         hour, weekend = slot % 24, slot // 24
-        columns = np.array(
-            [weekend * 24 + (hour + dh) % 24 for dh in (-1, 0, 1)]
-            + [(1 - weekend) * 24 + (hour + dh) % 24 for dh in (-1, 0, 1)],
-            dtype=np.intp,
-        )
-        table = self._table
-        cells = table["slots"][slots[:, None], columns[None, :]]
+        count = len(slots)
+        # The six hour slots compared (three of the same day type, three of the other), each
+        # gathered as bytes from the records' rows (not the rows whole), then read as cells.
+        rows = self._raw.reshape(-1, RECORD_SIZE)
+        cells = np.empty((count, 6), _CELL_DTYPE)
+        gathered = cells.view(np.uint8).reshape(count, 6 * _SLOT.size)
+        width = 3 * _SLOT.size
+        for side, day_type in enumerate((weekend, 1 - weekend)):
+            if 1 <= hour <= 22:  # three adjacent slots: one gather
+                start = _HEADER.size + (day_type * 24 + hour - 1) * _SLOT.size
+                gathered[:, side * width : side * width + width] = rows[:, start : start + width][
+                    slots
+                ]
+                continue
+            for k, dh in enumerate((-1, 0, 1)):
+                start = _HEADER.size + (day_type * 24 + (hour + dh) % 24) * _SLOT.size
+                at = side * width + k * _SLOT.size
+                gathered[:, at : at + _SLOT.size] = rows[:, start : start + _SLOT.size][slots]
         usable = cells["n"] >= MIN_SLOT_OBSERVATIONS
-        same_only = np.all(usable[:, :3], axis=1, keepdims=True)
-        usable[:, 3:] &= ~same_only
-        best = np.where(usable, cells["level"].astype(np.float64), -np.inf).max(
-            axis=1, initial=-np.inf
-        )
-        level = np.where(usable.any(axis=1), best, table["level"][slots].astype(np.float64))
+        same_only = usable[:, 0] & usable[:, 1] & usable[:, 2]
+        usable[:, 3:] &= ~same_only[:, None]
+        best = np.where(usable, cells["level"], np.float16(-np.inf)).max(axis=1, initial=-np.inf)
+        level_at = _LEVEL_OFFSET
+        overall = rows[:, level_at : level_at + 4][slots].view("<f4")[:, 0]
+        level = np.where(usable.any(axis=1), best.astype(np.float64), overall.astype(np.float64))
         result: np.ndarray[Any, np.dtype[np.float64]] = np.maximum(np.exp2(level) - 1.0, 0.0)
         return result
 
@@ -552,12 +617,16 @@ class SeasonalBaselines:
         capacity = max(count, min(self.max_keys, 1024))
         storage = _zeroed(capacity * RECORD_SIZE)
         storage[: count * RECORD_SIZE] = np.frombuffer(b"".join(raws), np.uint8)
-        seq = np.zeros(capacity, np.int64)
-        seq[:count] = np.arange(1, count + 1)
         self._index = index
         self._count = self._used = self._learned = count
         self._free = []
-        self._set_storage(storage, seq)
+        self._texts, self._text_ids = [], {}
+        extra = _zeroed(capacity * _EXTRA.size)
+        extra_buf, pack, numbers = extra.data, _EXTRA.pack_into, self._label_numbers
+        for group, inner in index.items():
+            for dest, slot in inner.items():
+                pack(extra_buf, slot * _EXTRA.size, slot + 1, *numbers(group, dest))
+        self._set_storage(storage, extra)
         self.epoch += 1
 
 

@@ -117,29 +117,46 @@ class BaselineGauge:
             self._baselines, self._epoch, self._shape = baselines, baselines.epoch, shape
             self._changed = baselines.track_changes()
             self._changed.clear()
-            self._evaluate_all(baselines, now, regions, asn, relabel, moved)
+            self._evaluate_all(baselines, now, relabel, moved)
         elif self._changed:
             keys = list(self._changed)
             self._changed.clear()
-            self._evaluate_some(baselines, keys, now, regions, asn)
+            self._evaluate_some(baselines, keys, now)
         return self._sums
 
-    def _label_codes(self, keys: Sequence[BaselineKey], regions: bool, asn: bool) -> list[int]:
-        """The index in ``_label_sets`` of each key's label values (added when new)."""
-        # The labels' key text, split as DestinationLabels.from_key does, without building
-        # a labels object per key (the first scrape meets every baseline).
-        values: list[tuple[str, ...]]
-        if not regions and not asn:
-            values = [(group, dest.partition("|")[0]) for group, dest in keys]
-        else:
-            values = [_label_values(key, regions, asn) for key in keys]
+    def _label_codes(
+        self, baselines: SeasonalBaselines, slots: np.ndarray[Any, np.dtype[np.intp]]
+    ) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """The index in ``_label_sets`` of the label values of each key in ``slots``."""
+        assert self._shape is not None
+        _, regions, asn = self._shape
+        numbers, texts = baselines.label_numbers(slots)
+        if not len(slots):
+            return np.zeros(0, np.int64)
+        # The label columns this shape shows, combined pairwise into dense numbers, so the
+        # distinct label sets are found by numpy and only those are built as tuples.
+        columns = [0, 1] + ([2] if regions else []) + ([3] if asn else [])
+        combined = numbers[:, 0].astype(np.int64)
+        for column in columns[1:-1]:
+            combined = (combined << 32) | numbers[:, column]
+            combined = np.unique(combined, return_inverse=True)[1].astype(np.int64)
+        combined = (combined << 32) | numbers[:, columns[-1]]
+        _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+        codes = []
         index = self._label_index
-        return [index[v] if v in index else self._add_label_set(v) for v in values]
-
-    def _add_label_set(self, values: tuple[str, ...]) -> int:
-        code = self._label_index[values] = len(self._label_sets)
-        self._label_sets.append(values)
-        return code
+        for group, country, region, number in numbers[first].tolist():
+            values: tuple[str, ...] = (texts[group], texts[country])
+            if regions:
+                values += (texts[region],)
+            if asn:
+                values += (str(number) if number else "",)
+            code = index.get(values)
+            if code is None:
+                code = index[values] = len(self._label_sets)
+                self._label_sets.append(values)
+            codes.append(code)
+        result: np.ndarray[Any, np.dtype[np.int64]] = np.array(codes, np.int64)[inverse]
+        return result
 
     def _reserve(self, slots: int) -> None:
         if len(self._codes) < slots:
@@ -150,49 +167,34 @@ class BaselineGauge:
             values[: len(self._values)] = self._values
             self._codes, self._values = codes, values
 
-    def _set_codes(
-        self, keys: Sequence[BaselineKey], slots: Sequence[int], regions: bool, asn: bool
-    ) -> None:
-        if keys:
-            self._codes[np.array(slots, dtype=np.intp)] = self._label_codes(keys, regions, asn)
-
     def _evaluate_all(
         self,
         baselines: SeasonalBaselines,
         now: float,
-        regions: bool,
-        asn: bool,
         relabel: bool,
         moved: Sequence[BaselineKey],
     ) -> None:
         self.evaluated += len(baselines)
         self._reserve(baselines.slot_count)
+        live = baselines.live_slots()
         if relabel:
             self._label_sets.clear()
             self._label_index.clear()
-            keys, every = baselines.slot_items()
-            self._set_codes(keys, every.tolist(), regions, asn)
+            self._codes[live] = self._label_codes(baselines, live)
         else:
-            present, slots = _present(baselines, moved)
-            self._set_codes(present, slots, regions, asn)
-        live = baselines.live_slots()
+            slots = _present(baselines, moved)
+            self._codes[slots] = self._label_codes(baselines, slots)
         self._values[live] = baselines.expected_bytes_at(live, now)
         self._sum(live)
 
     def _evaluate_some(
-        self,
-        baselines: SeasonalBaselines,
-        keys: list[BaselineKey],
-        now: float,
-        regions: bool,
-        asn: bool,
+        self, baselines: SeasonalBaselines, keys: list[BaselineKey], now: float
     ) -> None:
         self.evaluated += len(keys)
         self._reserve(baselines.slot_count)
-        present, found = _present(baselines, keys)
-        if present:
-            slots = np.array(found, dtype=np.intp)
-            self._codes[slots] = self._label_codes(present, regions, asn)
+        slots = _present(baselines, keys)
+        if len(slots):
+            self._codes[slots] = self._label_codes(baselines, slots)
             self._values[slots] = baselines.expected_bytes_at(slots, now)
         self._sum(baselines.live_slots())
 
@@ -209,25 +211,9 @@ class BaselineGauge:
 
 def _present(
     baselines: SeasonalBaselines, keys: Sequence[BaselineKey]
-) -> tuple[list[BaselineKey], list[int]]:
-    """The keys still kept, and their slots."""
-    present, slots = [], []
-    for key, slot in zip(keys, baselines.slots_of(keys), strict=True):
-        if slot is not None:
-            present.append(key)
-            slots.append(slot)
-    return present, slots
-
-
-def _label_values(key: BaselineKey, regions: bool, asn: bool) -> tuple[str, ...]:
-    country, _, rest = key[1].partition("|")
-    region, _, number = rest.partition("|")
-    values: tuple[str, ...] = (key[0], country)
-    if regions:
-        values += (region,)
-    if asn:
-        values += (str(int(number)) if number and int(number) else "",)
-    return values
+) -> np.ndarray[Any, np.dtype[np.intp]]:
+    """The slots of the keys still kept."""
+    return np.array([slot for slot in baselines.slots_of(keys) if slot is not None], np.intp)
 
 
 class EgressdCollector(Collector):
