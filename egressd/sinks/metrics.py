@@ -273,11 +273,26 @@ class EgressdCollector(Collector):
         names = self._label_names(engine)
         regions, asn = engine.labeler.has_regions, engine.labeler.has_asn
         totals: dict[tuple[str, ...], int] = {}
-        # Closed intervals plus what open buckets hold, so the counter moves as bytes arrive.
-        for source in (engine.stats.egress_by_destination, engine.aggregator.open_totals()):
-            for (group, dest), size in source.items():
-                values = self.label_values(group, dest, regions, asn)
-                totals[values] = totals.get(values, 0) + size
+        get, label_values = totals.get, self.label_values
+        by_country = not regions and not asn
+        values: tuple[str, ...]
+        # Closed intervals plus what open buckets hold, so the counter moves as bytes arrive
+        # (the open buckets read in place: summing them per key first costs a scrape more).
+        for (group, dest), size in engine.stats.egress_by_destination.items():
+            values = (
+                (group, dest.country) if by_country else label_values(group, dest, regions, asn)
+            )
+            totals[values] = get(values, 0) + size
+        for bucket in engine.aggregator.buckets.values():
+            for (group, dest), accum in bucket.items():
+                size = accum.bytes
+                if size:
+                    values = (
+                        (group, dest.country)
+                        if by_country
+                        else label_values(group, dest, regions, asn)
+                    )
+                    totals[values] = get(values, 0) + size
         egress = CounterMetricFamily(
             PREFIX + "egress_bytes",
             "Bytes sent from local groups to outside destinations (event time, accepted records)",
