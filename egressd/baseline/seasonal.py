@@ -315,7 +315,10 @@ class SeasonalBaselines:
 
     def slots_of(self, keys: Iterable[BaselineKey]) -> list[int | None]:
         """The slot of each key (None when unknown)."""
-        return list(map(self._slot, keys))
+        index = self._index
+        return [
+            None if (inner := index.get(group)) is None else inner.get(dest) for group, dest in keys
+        ]
 
     def live_slots(self) -> np.ndarray[Any, np.dtype[np.intp]]:
         """Every slot that holds a key, in slot order."""
@@ -483,27 +486,28 @@ class SeasonalBaselines:
         # The six hour slots compared (three of the same day type, three of the other), each
         # gathered as bytes from the records' rows (not the rows whole), then read as cells.
         rows = self._raw.reshape(-1, RECORD_SIZE)
-        cells = np.empty((count, 6), _CELL_DTYPE)
-        gathered = cells.view(np.uint8).reshape(count, 6 * _SLOT.size)
-        width = 3 * _SLOT.size
-        for side, day_type in enumerate((weekend, 1 - weekend)):
-            if 1 <= hour <= 22:  # three adjacent slots: one gather
-                start = _HEADER.size + (day_type * 24 + hour - 1) * _SLOT.size
-                gathered[:, side * width : side * width + width] = rows[:, start : start + width][
-                    slots
-                ]
-                continue
-            for k, dh in enumerate((-1, 0, 1)):
-                start = _HEADER.size + (day_type * 24 + (hour + dh) % 24) * _SLOT.size
-                at = side * width + k * _SLOT.size
-                gathered[:, at : at + _SLOT.size] = rows[:, start : start + _SLOT.size][slots]
-        usable = cells["n"] >= MIN_SLOT_OBSERVATIONS
-        same_only = usable[:, 0] & usable[:, 1] & usable[:, 2]
-        usable[:, 3:] &= ~same_only[:, None]
-        best = np.where(usable, cells["level"], np.float16(-np.inf)).max(axis=1, initial=-np.inf)
-        level_at = _LEVEL_OFFSET
-        overall = rows[:, level_at : level_at + 4][slots].view("<f4")[:, 0]
-        level = np.where(usable.any(axis=1), best.astype(np.float64), overall.astype(np.float64))
+        sides = []
+        for day_type in (weekend, 1 - weekend):
+            starts = [
+                _HEADER.size + (day_type * 24 + (hour + dh) % 24) * _SLOT.size for dh in (-1, 0, 1)
+            ]
+            if starts[2] - starts[0] == 2 * _SLOT.size:  # adjacent (not midnight): one gather
+                block = rows[:, starts[0] : starts[0] + 3 * _SLOT.size][slots]
+            else:
+                block = np.concatenate([rows[:, a : a + _SLOT.size][slots] for a in starts], axis=1)
+            sides.append(block.view(_CELL_DTYPE))
+        cells = [side[:, k] for side in sides for k in range(3)]
+        levels = [cell["level"] for cell in cells]
+        usable = [cell["n"] >= MIN_SLOT_OBSERVATIONS for cell in cells]
+        other_day_type = ~(usable[0] & usable[1] & usable[2])
+        best = np.full(count, -np.inf)
+        found = np.zeros(count, np.bool_)
+        for k in range(6):
+            take = usable[k] if k < 3 else usable[k] & other_day_type
+            best = np.where(take, np.maximum(best, levels[k]), best)
+            found |= take
+        overall = rows[:, _LEVEL_OFFSET : _LEVEL_OFFSET + 4][slots].view("<f4")[:, 0]
+        level = np.where(found, best, overall.astype(np.float64))
         result: np.ndarray[Any, np.dtype[np.float64]] = np.maximum(np.exp2(level) - 1.0, 0.0)
         return result
 
