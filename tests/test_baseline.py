@@ -183,13 +183,20 @@ def test_expected_bytes_at_once_equals_expect_one_by_one(
             assert math.isclose(value, expectation.bytes, rel_tol=1e-9, abs_tol=1e-9)
 
 
-def test_changed_keys_are_tracked_once_asked_for() -> None:
+def test_changed_slots_are_tracked_once_asked_for() -> None:
     baselines = SeasonalBaselines(max_keys=10)
     baselines.observe(("g", "A"), 0.0, 10.0)
+    baselines.observe(("g", "C"), 0.0, 10.0)
     changed = baselines.track_changes()
     assert changed == set()
     baselines.observe_interval(300.0, [(("g", "B"), 5.0), (("g", "A"), 1.0)])
-    assert changed == {("g", "A"), ("g", "B")}
+    a, b, c = baselines.slots_of([("g", "A"), ("g", "B"), ("g", "C")])
+    assert a is not None and b is not None and c is not None
+    assert changed == {a, b}  # C learned nothing
     changed.clear()
-    assert baselines.evict_idle(10_000.0, 60.0) == 2
-    assert changed == {("g", "A"), ("g", "B")}
+    assert baselines.evict_idle(10_000.0, 60.0) == 3
+    assert changed == {a, b, c}
+    changed.clear()
+    baselines.observe(("g", "D"), 20_000.0, 1.0)  # a forgotten key's slot, reused
+    (d,) = baselines.slots_of([("g", "D")])
+    assert d in (a, b, c) and changed == {d}

@@ -195,9 +195,10 @@ class SeasonalBaselines:
         self._set_storage(_zeroed(0), _zeroed(0))
         self.evicted_capacity = 0
         self.evicted_idle = 0
-        #: keys learned or forgotten since a reader (the metrics view) last emptied it;
-        #: None, and not kept, until a reader asks for it with :meth:`track_changes`
-        self.changed: set[BaselineKey] | None = None
+        #: slots whose key learned an interval, was forgotten or was first learned since a
+        #: reader (the metrics view) last emptied it; None, and not kept, until a reader
+        #: asks for it with :meth:`track_changes`
+        self.changed: set[int] | None = None
         #: bumped when every record is replaced at once (a restored state)
         self.epoch = 0
 
@@ -283,6 +284,8 @@ class SeasonalBaselines:
                 del index[group]
             seq[slot] = 0
             free.append(slot)
+            if self.changed is not None:
+                self.changed.add(slot)
             self._count -= 1
 
     def _slot(self, key: BaselineKey) -> int | None:
@@ -320,6 +323,11 @@ class SeasonalBaselines:
             None if (inner := index.get(group)) is None else inner.get(dest) for group, dest in keys
         ]
 
+    def held(self, slots: np.ndarray[Any, np.dtype[np.intp]]) -> np.ndarray[Any, np.dtype[np.intp]]:
+        """Those of ``slots`` a key holds."""
+        held: np.ndarray[Any, np.dtype[np.intp]] = slots[self._seq[slots] > 0]
+        return held
+
     def live_slots(self) -> np.ndarray[Any, np.dtype[np.intp]]:
         """Every slot that holds a key, in slot order."""
         return np.flatnonzero(self._seq[: self._used])
@@ -336,8 +344,8 @@ class SeasonalBaselines:
         """Slots ever used: every slot number is below it."""
         return self._used
 
-    def track_changes(self) -> set[BaselineKey]:
-        """Start (or keep) collecting the keys that change; the reader empties the set."""
+    def track_changes(self) -> set[int]:
+        """Start (or keep) collecting the slots that change; the reader empties the set."""
         if self.changed is None:
             self.changed = set()
         return self.changed
@@ -372,10 +380,7 @@ class SeasonalBaselines:
         # Keys come grouped by group, mostly: the group's index is looked up once per run.
         group: str | None = None
         inner: dict[str, int] | None = None
-        for key, byte_count in items:
-            if changed is not None:
-                changed.add(key)
-            key_group, dest = key
+        for (key_group, dest), byte_count in items:
             if key_group is not group:
                 group = key_group
                 inner = index.get(group)
@@ -390,6 +395,8 @@ class SeasonalBaselines:
                 header_pack(buf, base, event_time, event_time, 0.0, MIN_SPREAD, 0)
             else:
                 base = slot * size
+            if changed is not None:
+                changed.add(slot)
             first, last, level, spread, n, peak, raised = header_peak_unpack(buf, base)
             x = log2(1.0 + byte_count) if byte_count > 0 else 0.0
             level, spread = _update(level, spread, n, x, OVERALL_ALPHA)
@@ -573,8 +580,6 @@ class SeasonalBaselines:
         keys, slots = self._items()
         stale = [keys[i] for i in np.flatnonzero(self._table["last"][slots] < horizon).tolist()]
         self._release(stale)
-        if self.changed is not None:
-            self.changed.update(stale)
         self.evicted_idle += len(stale)
         return len(stale)
 
@@ -586,8 +591,6 @@ class SeasonalBaselines:
         order = np.lexsort((self._seq[slots], self._table["last"][slots]))[:count]
         oldest = [keys[i] for i in order.tolist()]
         self._release(oldest)
-        if self.changed is not None:
-            self.changed.update(oldest)
         self.evicted_capacity += len(oldest)
 
     # -- persistence ------------------------------------------------------------------------

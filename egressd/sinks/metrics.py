@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from egressd import __version__
-from egressd.baseline.seasonal import BaselineKey, SeasonalBaselines
+from egressd.baseline.seasonal import SeasonalBaselines
 from egressd.detect.alerts import FIRING
 from egressd.detect.detectors import SPIKE, UNEXPECTED
 from egressd.detect.newdest import NEW_DESTINATION
@@ -82,7 +82,7 @@ class BaselineGauge:
 
     def __init__(self) -> None:
         self._baselines: SeasonalBaselines | None = None
-        self._changed: set[BaselineKey] = set()
+        self._changed: set[int] = set()
         self._epoch = -1
         #: (season slot, regions, asn) the values were computed for
         self._shape: tuple[int, bool, bool] | None = None
@@ -113,15 +113,15 @@ class BaselineGauge:
                 or len(self._label_sets) > len(baselines)
             )
             # Keys learned or forgotten since the last scrape may hold other slots now.
-            moved = () if relabel else list(self._changed)
+            moved = _slots([] if relabel else self._changed)
             self._baselines, self._epoch, self._shape = baselines, baselines.epoch, shape
             self._changed = baselines.track_changes()
             self._changed.clear()
             self._evaluate_all(baselines, now, relabel, moved)
         elif self._changed:
-            keys = list(self._changed)
+            slots = _slots(self._changed)
             self._changed.clear()
-            self._evaluate_some(baselines, keys, now)
+            self._evaluate_some(baselines, slots, now)
         return self._sums
 
     def _label_codes(
@@ -172,7 +172,7 @@ class BaselineGauge:
         baselines: SeasonalBaselines,
         now: float,
         relabel: bool,
-        moved: Sequence[BaselineKey],
+        moved: np.ndarray[Any, np.dtype[np.intp]],
     ) -> None:
         self.evaluated += len(baselines)
         self._reserve(baselines.slot_count)
@@ -182,17 +182,17 @@ class BaselineGauge:
             self._label_index.clear()
             self._codes[live] = self._label_codes(baselines, live)
         else:
-            slots = _present(baselines, moved)
+            slots = baselines.held(moved)
             self._codes[slots] = self._label_codes(baselines, slots)
         self._values[live] = baselines.expected_bytes_at(live, now)
         self._sum(live)
 
     def _evaluate_some(
-        self, baselines: SeasonalBaselines, keys: list[BaselineKey], now: float
+        self, baselines: SeasonalBaselines, changed: np.ndarray[Any, np.dtype[np.intp]], now: float
     ) -> None:
-        self.evaluated += len(keys)
+        self.evaluated += len(changed)
         self._reserve(baselines.slot_count)
-        slots = _present(baselines, keys)
+        slots = baselines.held(changed)
         if len(slots):
             self._codes[slots] = self._label_codes(baselines, slots)
             self._values[slots] = baselines.expected_bytes_at(slots, now)
@@ -209,11 +209,8 @@ class BaselineGauge:
         }
 
 
-def _present(
-    baselines: SeasonalBaselines, keys: Sequence[BaselineKey]
-) -> np.ndarray[Any, np.dtype[np.intp]]:
-    """The slots of the keys still kept."""
-    return np.array([slot for slot in baselines.slots_of(keys) if slot is not None], np.intp)
+def _slots(slots: Iterable[int]) -> np.ndarray[Any, np.dtype[np.intp]]:
+    return np.fromiter(slots, np.intp)
 
 
 class EgressdCollector(Collector):
