@@ -108,6 +108,10 @@ PORTS: Final[dict[object, int]] = {port: port for port in range(65536)}
 #: address text as sources write it → the text a FlowRecord carries
 ADDRESS_CACHE: BoundedCache[str, str] = BoundedCache(CACHE_LIMIT)
 
+#: address text as sources write it → its 128-bit column value as 16 bytes, big-endian (IPv4
+#: as ``::ffff:a.b.c.d``): the columnar decoders join these and read them as two uint64 halves
+PACKED_CACHE: BoundedCache[str, bytes] = BoundedCache(CACHE_LIMIT)
+
 #: time text as sources write it → seconds since the epoch
 TIME_CACHE: BoundedCache[str, float] = BoundedCache(CACHE_LIMIT)
 
@@ -136,6 +140,27 @@ def normalize_address(value: object) -> str:
     except (OSError, ValueError) as exc:
         raise DecodeError("bad_address", f"not an IP address: {value[:64]!r}") from exc
     return ADDRESS_CACHE.store(value, text)
+
+
+def packed_address(value: object) -> bytes:
+    """The column value of an address as 16 bytes (IPv4 mapped into IPv6), memoised.
+
+    Accepts exactly what :func:`normalize_address` accepts, with the same errors, and
+    ``address_text`` of the result is its canonical text.
+    """
+    if type(value) is not str:
+        raise DecodeError("bad_address", f"address must be a string, not {type(value).__name__}")
+    cached = PACKED_CACHE.get(value)
+    if cached is not None:
+        return cached
+    try:
+        if ":" in value:
+            packed = inet_pton(AF_INET6, value)
+        else:
+            packed = _MAPPED_PREFIX + inet_pton(AF_INET, value)
+    except (OSError, ValueError) as exc:
+        raise DecodeError("bad_address", f"not an IP address: {value[:64]!r}") from exc
+    return PACKED_CACHE.store(value, packed)
 
 
 def format_packed_address(packed: bytes) -> str:

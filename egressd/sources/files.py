@@ -83,6 +83,25 @@ def read_lines(stream: BinaryIO, stats: SourceStats, decode: LineDecoder) -> Ite
         stats.records += records
 
 
+#: bytes of lines decoded into one batch of columns (about a thousand goflow2 lines)
+COLUMN_BLOCK = 1 << 18
+
+
+def read_line_columns(stream: BinaryIO, stats: SourceStats, fmt: str) -> Iterator[FlowColumns]:
+    """Flows of a JSON-lines stream as columns, a block of lines at a time.
+
+    Counts and skips exactly what :func:`read_lines` with the format's record decoder does,
+    and the flows are the same, in the same order (see :mod:`egressd.decode.columnar`).
+    """
+    from egressd.decode.columnar import JsonColumnDecoder
+
+    decoder = JsonColumnDecoder(fmt)
+    while lines := stream.readlines(COLUMN_BLOCK):
+        columns = decoder.decode(lines, stats)
+        if len(columns):
+            yield columns
+
+
 def _reader(fmt: str) -> RecordReader | None:
     if fmt in LINE_FORMATS:
         decode = _line_decoder(fmt)
@@ -103,17 +122,20 @@ def _reader(fmt: str) -> RecordReader | None:
 LINE_FORMATS = ("goflow2-json", "pmacct-json", "egressd-json")
 FILE_FORMATS = (*LINE_FORMATS, "netflow-pcap", "pcap", "nfdump")
 #: formats read straight into columns (:func:`read_columns_file`), same flows as records
-COLUMN_FORMATS = ("netflow-pcap",)
+COLUMN_FORMATS = ("netflow-pcap", *LINE_FORMATS)
 
 
 def read_columns_file(fmt: str, path: str | Path, stats: SourceStats) -> Iterator[FlowColumns]:
     """Flows of one recorded input as column batches; only for :data:`COLUMN_FORMATS`."""
-    if fmt != "netflow-pcap":
+    if fmt not in COLUMN_FORMATS:
         raise EgressdError(f"format {fmt!r} has no column reader")
-    from egressd.sources.pcapfile import read_netflow_columns
-
     stream = open_input(str(path))
     try:
+        if fmt in LINE_FORMATS:
+            yield from read_line_columns(stream, stats, fmt)
+            return
+        from egressd.sources.pcapfile import read_netflow_columns
+
         yield from read_netflow_columns(stream, stats)
     finally:
         if stream is not sys.stdin.buffer:

@@ -1,0 +1,681 @@
+"""JSON flow lines decoded a block at a time into :class:`~egressd.columns.FlowColumns`.
+
+The record decoders (goflow2, pmacct, egressd JSON) build one dict and one FlowRecord per
+line; here a block of lines becomes columns. msgspec parses each line into a struct of just
+the fields the format reads (typed where the record decoder's common case is one type; no
+dict), each field becomes one numpy column, and every rule of the record decoder is checked
+on whole columns. A line that any rule does not clear at column level (a field of another
+type, an address never seen, a missing field, bad JSON) is handed to the record decoder,
+which gives its record, its skip or its error reason exactly as the record path does; so a
+block decodes to what the record path gives, in the same order, with the same counters.
+
+msgspec rejects what ``orjson.loads`` rejects, with one exception: a number literal beyond
+the range of a double (``1e400``, or an integer of 309 or more digits) in a field egressd
+does not read. orjson fails such a line as ``bad_json``; here it is a flow like any other.
+Lines that are not valid UTF-8 are found per block and left to the record decoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from itertools import repeat
+from typing import Annotated, Any, Final
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from egressd.columns import F64, U64, FlowColumns, address_value
+from egressd.decode.common import (
+    MAX_EPOCH,
+    PACKED_CACHE,
+    PORTS,
+    PROTOCOLS,
+    TIME_CACHE,
+    as_time,
+    normalize_address,
+    packed_address,
+)
+from egressd.errors import DecodeError
+from egressd.model import FlowRecord
+from egressd.stats import SourceStats
+
+Bools = npt.NDArray[np.bool_]
+#: one line → a record, None (skip on purpose) or DecodeError: the record path's decoder
+LineDecoder = Callable[[bytes], FlowRecord | None]
+
+_U64_MAX: Final = 2**64 - 1
+_I64_MIN: Final = -(2**63)
+_ZERO16: Final = bytes(16)
+_UNSET: Final = msgspec.UNSET
+_PARSE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError)
+_astuple = msgspec.structs.astuple
+
+
+#: what :meth:`JsonColumnDecoder._mend` says of a blank line
+_BLANK: Final = "blank"
+
+
+class _NotAscii(Exception):
+    """A block holds bytes beyond ASCII: its lines are checked for UTF-8 one by one."""
+
+
+#: absent or null means 0 for these (pmacct, egressd JSON); any other miss: -1
+_PORTS_OR_ABSENT: Final[dict[object, int]] = {**PORTS, None: 0, _UNSET: 0}
+_PROTOCOLS_OR_ABSENT: Final[dict[object, int]] = {**PROTOCOLS, None: 0, _UNSET: 0}
+
+
+#: a JSON integer in [0, 2**64) for msgspec (larger ones parse, and fail the uint64 column)
+_COUNT = Annotated[int, msgspec.Meta(ge=0)] | msgspec.UnsetType
+_PORT = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)] | msgspec.UnsetType
+_TEXT = str | msgspec.UnsetType
+_NUMBER = int | float | msgspec.UnsetType
+_ANY = object
+
+
+class _Layout:
+    """The fields a format reads, as a msgspec struct (other keys are skipped)."""
+
+    __slots__ = ("decode", "width")
+
+    def __init__(self, fields: Sequence[tuple[str, Any]]) -> None:
+        names = [f"f{i}" for i in range(len(fields))]
+        struct = msgspec.defstruct(
+            "Line",
+            [(name, kind, _UNSET) for name, (_, kind) in zip(names, fields, strict=True)],
+            rename={name: key for name, (key, _) in zip(names, fields, strict=True)},
+            gc=False,
+        )
+        self.decode: Callable[[bytes], Any] = msgspec.json.Decoder(struct).decode
+        self.width = len(fields)
+
+
+# --- column conversions: values plus a mask of the rows whose values the fast rules clear --
+
+
+def _plain(col: Sequence[object]) -> npt.NDArray[Any] | None:
+    """``col`` as a one-dimensional numeric array when numpy infers one, else None."""
+    try:
+        array = np.array(col)
+    except (ValueError, OverflowError):
+        return None
+    if array.dtype.kind in "iub" and array.shape == (len(col),):
+        return array
+    return None
+
+
+def _count(value: object) -> int | None:
+    """``value`` if it is a JSON integer (true/false: 1/0) in [0, 2**64), else None."""
+    if (type(value) is int or type(value) is bool) and 0 <= value <= _U64_MAX:
+        return int(value)
+    return None
+
+
+def _typed_ints(col: Sequence[object]) -> U64 | None:
+    """A column of a ``_COUNT`` or ``_PORT`` field when every row has a value below 2**64."""
+    try:
+        return np.fromiter(col, dtype=np.uint64, count=len(col))
+    except (TypeError, ValueError, OverflowError):  # unset, or 2**64 and beyond
+        return None
+
+
+def _ints(col: Sequence[object]) -> tuple[U64, Bools]:
+    """JSON integers (true/false count as 1/0) in [0, 2**64); anything else is not cleared."""
+    typed = _typed_ints(col)
+    if typed is not None:
+        return typed, np.ones(len(col), dtype=np.bool_)
+    array = _plain(col)
+    if array is not None:
+        if array.dtype.kind == "i":
+            return array.astype(np.uint64), array >= 0
+        return array.astype(np.uint64), np.ones(len(col), dtype=np.bool_)
+    counts = [_count(v) for v in col]
+    ok = np.fromiter((c is not None for c in counts), dtype=np.bool_, count=len(col))
+    values = np.fromiter((c or 0 for c in counts), dtype=np.uint64, count=len(col))
+    return values, ok
+
+
+def _counts(col: Sequence[object], absent: int | None) -> tuple[U64, Bools]:
+    """A count as ``as_count`` reads it; ``absent`` is what a missing or null value means
+    (None: it is required)."""
+    typed = _typed_ints(col)
+    if typed is not None:
+        return typed, np.ones(len(col), dtype=np.bool_)
+    array = _plain(col)
+    if array is not None:
+        if array.dtype.kind == "i":
+            return array.astype(np.uint64), array >= 0
+        return array.astype(np.uint64), np.ones(len(col), dtype=np.bool_)
+    values = np.zeros(len(col), dtype=np.uint64)
+    ok = np.zeros(len(col), dtype=np.bool_)
+    for i, v in enumerate(col):
+        if v is None or v is _UNSET:
+            if absent is not None:
+                values[i] = absent
+                ok[i] = True
+        elif (count := _count(v)) is not None:
+            values[i] = count
+            ok[i] = True
+    return values, ok
+
+
+def _rates(col: Sequence[object]) -> tuple[U64, Bools]:
+    """A sampling rate as ``as_sampling_rate`` reads it: any false value means 1."""
+    typed = _typed_ints(col)
+    if typed is not None:
+        typed[typed == 0] = 1
+        return typed, np.ones(len(col), dtype=np.bool_)
+    array = _plain(col)
+    if array is not None:
+        values = array.astype(np.uint64)
+        values[values == 0] = 1
+        return values, (array >= 0) if array.dtype.kind == "i" else np.ones(len(col), np.bool_)
+    values = np.ones(len(col), dtype=np.uint64)
+    ok = np.zeros(len(col), dtype=np.bool_)
+    for i, v in enumerate(col):
+        if v is _UNSET or not v:
+            ok[i] = True
+        elif (count := _count(v)) is not None:
+            values[i] = count
+            ok[i] = True
+    return values, ok
+
+
+def _times(col: Sequence[object]) -> tuple[F64, Bools, Bools]:
+    """Event times as ``as_time`` reads them: (seconds, present, cleared).
+
+    Numbers are seconds; text goes through the shared time cache. Absent, null and zero are
+    "not present" (the caller falls back), as in the record decoders.
+    """
+    n = len(col)
+    try:
+        array = np.array(col)
+    except (ValueError, OverflowError):
+        array = None
+    if array is not None and array.dtype.kind in "fiub" and array.shape == (n,):
+        seconds = array.astype(np.float64)
+        present = seconds != 0
+        ok = ~present | ((seconds > 0) & (seconds < MAX_EPOCH))
+        return seconds, present, ok
+    seconds = np.zeros(n, dtype=np.float64)
+    present = np.zeros(n, dtype=np.bool_)
+    ok = np.ones(n, dtype=np.bool_)
+    cached = TIME_CACHE.get
+    for i, v in enumerate(col):
+        if type(v) is str:
+            value = cached(v)
+            if value is None:
+                try:
+                    value = as_time(v)
+                except DecodeError:
+                    ok[i] = False
+                    continue
+                if value is None:
+                    continue
+            elif not value:
+                continue
+        elif v is None or v is _UNSET:
+            continue
+        elif type(v) is float or (type(v) in (int, bool) and _I64_MIN <= v <= _U64_MAX):  # type: ignore[operator]
+            try:
+                value = as_time(v)
+            except DecodeError:
+                ok[i] = False
+                continue
+            if value is None:
+                continue
+        else:
+            ok[i] = False
+            continue
+        seconds[i] = value
+        present[i] = True
+    TIME_CACHE.lookups += n
+    return seconds, present, ok
+
+
+def _table(col: Sequence[object], table: dict[object, int]) -> npt.NDArray[np.int64]:
+    """``table[value]`` per row, -1 where the value is not in it."""
+    try:
+        return np.fromiter(map(table.get, col, repeat(-1)), dtype=np.int64, count=len(col))
+    except TypeError:  # an unhashable value (a list or an object)
+        values = np.full(len(col), -1, dtype=np.int64)
+        for i, v in enumerate(col):
+            with contextlib.suppress(TypeError):
+                values[i] = table.get(v, -1)
+        return values
+
+
+def _addresses(col: Sequence[object]) -> tuple[U64, U64, Bools]:
+    """Required addresses as column halves; rows not cleared: absent, empty or malformed."""
+    n = len(col)
+    get = PACKED_CACHE.get
+    PACKED_CACHE.lookups += n
+    ok = np.ones(n, dtype=np.bool_)
+    try:
+        joined = b"".join(map(get, col))  # type: ignore[arg-type]
+    except TypeError:  # a miss (None) or an unhashable value
+        parts = []
+        for i, v in enumerate(col):
+            packed = get(v) if type(v) is str else None
+            if packed is None:
+                try:
+                    packed = packed_address(v)
+                except DecodeError:
+                    ok[i] = False
+                    packed = _ZERO16
+            parts.append(packed)
+        joined = b"".join(parts)
+    words = np.frombuffer(joined, dtype=">u8").astype(np.uint64).reshape(n, 2)
+    return np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(words[:, 1]), ok
+
+
+def _exporters(col: Sequence[object], rows: Bools) -> tuple[Bools, set[str]]:
+    """Optional exporter addresses (false values mean none): (cleared, texts of ``rows``)."""
+    n = len(col)
+    try:
+        distinct = set(col)
+    except TypeError:
+        distinct = None
+    if distinct is not None and len(distinct) <= 16:
+        verdict: dict[object, str | None] = {}
+        for v in distinct:
+            if v is _UNSET or not v:
+                verdict[v] = ""
+                continue
+            try:
+                verdict[v] = normalize_address(v)
+            except DecodeError:
+                verdict[v] = None
+        if all(text is not None for text in verdict.values()):
+            if rows.all():
+                used = set(verdict.values())
+            else:
+                used = {verdict[v] for v, row in zip(col, rows.tolist(), strict=True) if row}
+            return np.ones(n, dtype=np.bool_), used  # type: ignore[return-value]
+    ok = np.zeros(n, dtype=np.bool_)
+    texts: set[str] = set()
+    for i, v in enumerate(col):
+        try:
+            text = "" if v is _UNSET or not v else normalize_address(v)
+        except DecodeError:
+            continue
+        ok[i] = True
+        if rows[i]:
+            texts.add(text)
+    return ok, texts
+
+
+def _saturating_product(values: U64, rate: U64) -> U64:
+    product = values * rate
+    overflow = (rate > 1) & (values > np.uint64(_U64_MAX) // rate)
+    if overflow.any():
+        product[overflow] = _U64_MAX
+    return product
+
+
+class _Fields:
+    """One block's flows as columns, before the rows the fast rules did not clear are mended."""
+
+    __slots__ = (
+        "bytes",
+        "dst_hi",
+        "dst_lo",
+        "dst_port",
+        "exporters",
+        "ok",
+        "packets",
+        "proto",
+        "src_hi",
+        "src_lo",
+        "src_port",
+        "time_end",
+        "time_start",
+    )
+
+    def __init__(
+        self,
+        ok: Bools,
+        time_start: F64,
+        time_end: F64,
+        src: tuple[U64, U64],
+        dst: tuple[U64, U64],
+        nbytes: U64,
+        packets: U64,
+        proto: npt.NDArray[np.int64],
+        src_port: npt.NDArray[np.int64] | U64,
+        dst_port: npt.NDArray[np.int64] | U64,
+        exporters: set[str],
+    ) -> None:
+        self.ok = ok
+        self.time_start = time_start
+        self.time_end = time_end
+        self.src_hi, self.src_lo = src
+        self.dst_hi, self.dst_lo = dst
+        self.bytes = nbytes
+        self.packets = packets
+        self.proto = proto
+        self.src_port = src_port
+        self.dst_port = dst_port
+        self.exporters = exporters
+
+
+# --- formats ------------------------------------------------------------------------------
+
+_GOFLOW2_KEYS: Final = (
+    ("bytes", _COUNT),
+    ("packets", _COUNT),
+    ("sampling_rate", _COUNT),
+    ("time_flow_start_ns", _COUNT),
+    ("time_flow_end_ns", _COUNT),
+    ("src_addr", _TEXT),
+    ("dst_addr", _TEXT),
+    ("sampler_address", _ANY),
+    ("proto", _ANY),
+    ("src_port", _PORT),
+    ("dst_port", _PORT),
+)
+
+
+def _goflow2(cols: Sequence[Sequence[object]]) -> _Fields:
+    """goflow2 ≥2 lines the record decoder's fast path takes (integer nanosecond times,
+    every field present, a known protocol): the same rules, on columns."""
+    nbytes, ok = _ints(cols[0])
+    packets, ok_packets = _ints(cols[1])
+    rate, ok_rate = _ints(cols[2])
+    start, ok_start = _ints(cols[3])
+    end, ok_end = _ints(cols[4])
+    src_port, ok_src_port = _ints(cols[9])
+    dst_port, ok_dst_port = _ints(cols[10])
+    ok &= ok_packets & ok_rate & ok_start & ok_end & ok_src_port & ok_dst_port
+    start = np.where(start == 0, end, start)
+    # The record decoder's bound on nanoseconds (year 10000) lies beyond 2**64: a uint64 meets it.
+    ok &= end != 0
+    ok &= (src_port <= 0xFFFF) & (dst_port <= 0xFFFF)
+    proto = _table(cols[8], PROTOCOLS)
+    ok &= proto >= 0
+    src = _addresses(cols[5])
+    dst = _addresses(cols[6])
+    ok &= src[2] & dst[2]
+    ok_exporter, exporters = _exporters(cols[7], ok)
+    ok &= ok_exporter
+    rate[rate == 0] = 1
+    return _Fields(
+        ok,
+        start.astype(np.float64) / 1e9,
+        end.astype(np.float64) / 1e9,
+        src[:2],
+        dst[:2],
+        _saturating_product(nbytes, rate),
+        _saturating_product(packets, rate),
+        proto,
+        src_port,
+        dst_port,
+        exporters,
+    )
+
+
+def _flow_fields(
+    cols: Sequence[Sequence[object]], ok: Bools, start_end: tuple[F64, F64]
+) -> _Fields:
+    """The fields pmacct and egressd JSON share in position 2 onwards: src, dst, bytes,
+    packets, sampling rate, protocol, ports (absent: 0)."""
+    src = _addresses(cols[2])
+    dst = _addresses(cols[3])
+    nbytes, ok_bytes = _counts(cols[4], None)
+    packets, ok_packets = _counts(cols[5], 0)
+    rate, ok_rate = _rates(cols[6])
+    proto = _table(cols[7], _PROTOCOLS_OR_ABSENT)
+    src_port = _table(cols[8], _PORTS_OR_ABSENT)
+    dst_port = _table(cols[9], _PORTS_OR_ABSENT)
+    ok &= src[2] & dst[2] & ok_bytes & ok_packets & ok_rate
+    ok &= (proto >= 0) & (src_port >= 0) & (dst_port >= 0)
+    return _Fields(
+        ok,
+        start_end[0],
+        start_end[1],
+        src[:2],
+        dst[:2],
+        _saturating_product(nbytes, rate),
+        _saturating_product(packets, rate),
+        proto,
+        src_port,
+        dst_port,
+        set(),
+    )
+
+
+def _start_end(start_col: Sequence[object], end_col: Sequence[object]) -> tuple[F64, F64, Bools]:
+    end, end_present, ok = _times(end_col)
+    start, start_present, ok_start = _times(start_col)
+    ok &= end_present & ok_start
+    return np.where(start_present, start, end), end, ok
+
+
+_EGRESSD_KEYS: Final = (
+    ("time_start", _NUMBER),
+    ("time_end", _NUMBER),
+    ("src", _TEXT),
+    ("dst", _TEXT),
+    ("bytes", _COUNT),
+    ("packets", _COUNT),
+    ("sampling_rate", _COUNT),
+    ("proto", _ANY),
+    ("src_port", _PORT),
+    ("dst_port", _PORT),
+    ("exporter", _ANY),
+)
+
+
+def _egressd(cols: Sequence[Sequence[object]]) -> _Fields:
+    start, end, ok = _start_end(cols[0], cols[1])
+    fields = _flow_fields(cols, ok, (start, end))
+    exporters = cols[10]
+    try:
+        distinct = set(exporters)
+    except TypeError:
+        distinct = {None}
+    if all(type(v) is str or v is _UNSET for v in distinct):
+        fields.exporters = {v if type(v) is str else "" for v in distinct}
+    else:
+        fields.ok &= np.fromiter(
+            (type(v) is str or v is _UNSET for v in exporters), dtype=np.bool_, count=len(exporters)
+        )
+        fields.exporters = {
+            v if type(v) is str else "" for v in exporters if v is _UNSET or type(v) is str
+        }
+    return fields
+
+
+_PMACCT_KEYS: Final = (
+    ("timestamp_start", _ANY),
+    ("timestamp_end", _ANY),
+    ("ip_src", _TEXT),
+    ("ip_dst", _TEXT),
+    ("bytes", _COUNT),
+    ("packets", _COUNT),
+    ("sampling_rate", _COUNT),
+    ("ip_proto", _ANY),
+    ("port_src", _PORT),
+    ("port_dst", _PORT),
+    ("peer_ip_src", _ANY),
+    ("event_type", _ANY),
+)
+
+
+def _pmacct(cols: Sequence[Sequence[object]]) -> _Fields:
+    start, end, ok = _start_end(cols[0], cols[1])
+    # Lines of other events are skips: the record decoder counts them.
+    events = cols[11]
+    try:
+        distinct = set(events)
+    except TypeError:
+        distinct = {None, 0}
+    if not distinct <= {"purge", None, _UNSET}:
+        ok &= np.fromiter(
+            (v is None or v is _UNSET or v == "purge" for v in events), np.bool_, len(events)
+        )
+    fields = _flow_fields(cols, ok, (start, end))
+    ok_exporter, fields.exporters = _exporters(cols[10], fields.ok)
+    fields.ok &= ok_exporter
+    return fields
+
+
+class _Format:
+    __slots__ = ("build", "decoder", "layout")
+
+    def __init__(
+        self,
+        keys: Sequence[tuple[str, Any]],
+        build: Callable[[Sequence[Sequence[object]]], _Fields],
+        decoder: LineDecoder,
+    ) -> None:
+        self.layout = _Layout(keys)
+        self.build = build
+        self.decoder = decoder
+
+
+def _format(fmt: str) -> _Format:
+    if fmt == "goflow2-json":
+        from egressd.decode.goflow2 import decode_goflow2_json
+
+        return _Format(_GOFLOW2_KEYS, _goflow2, decode_goflow2_json)
+    if fmt == "pmacct-json":
+        from egressd.decode.pmacct import decode_pmacct_json
+
+        return _Format(_PMACCT_KEYS, _pmacct, decode_pmacct_json)
+    if fmt == "egressd-json":
+        from egressd.decode.egressd_json import decode_egressd_json
+
+        return _Format(_EGRESSD_KEYS, _egressd, decode_egressd_json)
+    raise KeyError(fmt)
+
+
+COLUMN_FORMATS: Final = ("goflow2-json", "pmacct-json", "egressd-json")
+
+
+def _looks_like_multi_line_json(line: bytes) -> bool:
+    from egressd.sources.files import looks_like_multi_line_json
+
+    return looks_like_multi_line_json(line)
+
+
+class JsonColumnDecoder:
+    """Lines of one JSON flow format (see :data:`COLUMN_FORMATS`) to FlowColumns.
+
+    :meth:`decode` counts in a :class:`~egressd.stats.SourceStats` exactly what the record
+    path (``read_lines`` with the format's record decoder) counts for the same lines: units
+    (blank lines are not input), records, decode errors by reason (``multi_line_json`` for a
+    piece of pretty-printed JSON) and skipped lines.
+    """
+
+    __slots__ = ("_format", "multi_line")
+
+    def __init__(self, fmt: str, *, multi_line: bool = True) -> None:
+        self._format = _format(fmt)
+        #: count bad JSON that looks like a piece of a multi-line object as ``multi_line_json``
+        self.multi_line = multi_line
+
+    def decode(self, lines: Sequence[bytes], stats: SourceStats) -> FlowColumns:
+        """The flows of ``lines`` (each one JSON object, with or without its newline)."""
+        n = len(lines)
+        if not n:
+            return FlowColumns.empty()
+        layout = self._format.layout
+        parse = layout.decode
+        width = layout.width
+        parsed: Bools | None = None
+        try:
+            if not b"".join(lines).isascii():
+                raise _NotAscii
+            rows: list[Any] = list(map(parse, lines))
+            cols = list(zip(*map(_astuple, rows), strict=True))
+        except (*_PARSE_ERRORS, _NotAscii):
+            # Some lines do not parse here (or are not UTF-8, which msgspec does not check
+            # in the keys it skips): their fields are unset, the record decoder has them.
+            rows = []
+            for line in lines:
+                try:
+                    if not line.isascii():
+                        line.decode()
+                    rows.append(parse(line))
+                except (*_PARSE_ERRORS, UnicodeDecodeError):
+                    rows.append(None)
+            parsed = np.fromiter((row is not None for row in rows), np.bool_, n)
+            empty = (_UNSET,) * width
+            cols = list(
+                zip(*(empty if row is None else _astuple(row) for row in rows), strict=True)
+            )
+        fields = self._format.build(cols)
+        if parsed is not None:
+            fields.ok &= parsed
+        slow = np.flatnonzero(~fields.ok)
+        keep: npt.NDArray[np.bool_] | None = None
+        exporters = fields.exporters
+        units = n
+        records = n - len(slow)
+        if len(slow):
+            keep = fields.ok.copy()
+            for index in slow.tolist():
+                outcome = self._mend(lines[index], stats)
+                if outcome is _BLANK:
+                    units -= 1
+                    continue
+                if not isinstance(outcome, FlowRecord):
+                    continue
+                keep[index] = True
+                records += 1
+                exporters.add(outcome.exporter)
+                _put(fields, index, outcome)
+        stats.units += units
+        stats.records += records
+        columns = FlowColumns(
+            fields.time_start,
+            fields.time_end,
+            fields.src_hi,
+            fields.src_lo,
+            fields.dst_hi,
+            fields.dst_lo,
+            fields.bytes,
+            fields.packets,
+            fields.proto.astype(np.uint8),
+            fields.src_port.astype(np.uint16),
+            fields.dst_port.astype(np.uint16),
+            exporter=exporters.pop() if len(exporters) == 1 else "",
+        )
+        return columns if keep is None else columns.take(keep)
+
+    def _mend(self, line: bytes, stats: SourceStats) -> FlowRecord | str | None:
+        """The record path for one line: its record, None (an error or skip, counted) or
+        :data:`_BLANK` (a blank line, which is not input)."""
+        try:
+            record = self._format.decoder(line)
+        except DecodeError as exc:
+            if not line.strip():
+                return _BLANK
+            if exc.reason == "bad_json" and self.multi_line and _looks_like_multi_line_json(line):
+                stats.failed("multi_line_json")
+            else:
+                stats.failed(exc.reason)
+            return None
+        if record is None:
+            stats.drop("skipped")
+            return None
+        return record
+
+
+def _put(fields: _Fields, index: int, record: FlowRecord) -> None:
+    """Row ``index`` of ``fields`` from a record the record decoder made."""
+    fields.time_start[index] = record.time_start
+    fields.time_end[index] = record.time_end
+    src = address_value(record.src)
+    dst = address_value(record.dst)
+    fields.src_hi[index] = src >> 64
+    fields.src_lo[index] = src & _U64_MAX
+    fields.dst_hi[index] = dst >> 64
+    fields.dst_lo[index] = dst & _U64_MAX
+    fields.bytes[index] = min(record.bytes, _U64_MAX)
+    fields.packets[index] = min(record.packets, _U64_MAX)
+    fields.proto[index] = record.proto & 0xFF
+    fields.src_port[index] = record.src_port & 0xFFFF
+    fields.dst_port[index] = record.dst_port & 0xFFFF

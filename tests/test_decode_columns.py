@@ -1,0 +1,447 @@
+"""JSON lines decoded into columns give what the record decoders give, line for line.
+
+Every check compares the columnar decoder with the record path it stands in for
+(``read_lines`` with the format's record decoder) on the same bytes: the flows (exporter
+aside: columns carry one per batch), their order, and every counter. Counts are compared
+after saturating at 2**64 - 1, as the FlowColumns contract says.
+"""
+
+from __future__ import annotations
+
+import io
+import string
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import egressd.replay as replay_module
+from egressd.config import parse_config
+from egressd.decode.columnar import COLUMN_FORMATS, JsonColumnDecoder
+from egressd.model import FlowRecord
+from egressd.replay import replay
+from egressd.sources import files
+from egressd.sources.files import LINE_FORMATS, read_line_columns, read_lines
+from egressd.stats import SourceStats
+
+REPO = Path(__file__).resolve().parents[1]
+GOFLOW2 = REPO.parent / "shared" / "captures" / "goflow2"
+PMACCT = REPO / "tests" / "fixtures" / "pmacct"
+_MAX = 2**64 - 1
+
+
+def _comparable(records: list[FlowRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            r.time_start,
+            r.time_end,
+            r.src,
+            r.dst,
+            min(r.bytes, _MAX),
+            min(r.packets, _MAX),
+            r.proto,
+            r.src_port,
+            r.dst_port,
+        )
+        for r in records
+    ]
+
+
+def _counters(stats: SourceStats) -> tuple[Any, ...]:
+    return stats.units, stats.records, dict(stats.decode_errors), dict(stats.dropped)
+
+
+def assert_same(fmt: str, data: bytes, block: int = files.COLUMN_BLOCK) -> list[FlowRecord]:
+    """Decode ``data`` both ways and assert the flows and counters agree; return the flows."""
+    expected_stats = SourceStats("records")
+    expected = list(read_lines(io.BytesIO(data), expected_stats, files._line_decoder(fmt)))
+    stats = SourceStats("columns")
+    decoder = JsonColumnDecoder(fmt)
+    stream = io.BytesIO(data)
+    got: list[FlowRecord] = []
+    while lines := stream.readlines(block):
+        columns = decoder.decode(lines, stats)
+        columns.check()
+        got.extend(columns.to_records())
+    assert _comparable(got) == _comparable(expected)
+    assert _counters(stats) == _counters(expected_stats)
+    return got
+
+
+def test_every_line_format_decodes_to_columns() -> None:
+    assert set(COLUMN_FORMATS) == set(LINE_FORMATS)
+
+
+# --- values of every kind in the fields each format reads -----------------------------------
+
+_ADDRESSES = st.sampled_from(
+    [
+        "10.20.0.17",
+        "10.20.0.17",
+        "47.100.23.45",
+        "47.100.23.45",
+        "2001:db8::1",
+        "::ffff:192.0.2.1",
+        "::1.2.3.4",
+        "fe80::1%eth0",
+        "1.2.3",
+        "01.2.3.4",
+        "",
+        "999.1.1.1",
+        "10.0.0.1 ",
+        "2a00:1450:4001:80b::200e",
+    ]
+)
+_ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(alphabet=string.digits + ".:-TZ ", max_size=12),
+    st.sampled_from(["TCP", "udp", "ICMPv6", "unknown", "tcp6", "17", "300", "", "purge", "x"]),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.dictionaries(st.sampled_from(["a", "b"]), st.integers(0, 3), max_size=1),
+    _ADDRESSES,
+)
+_COUNT = st.one_of(st.integers(0, 10**12), st.integers(0, 2**64 - 1), _ODD)
+_NS = st.integers(1_500_000_000 * 10**9, 1_900_000_000 * 10**9)
+_SECONDS = st.floats(1.5e9, 1.9e9)
+_TEXT_TIME = st.sampled_from(
+    [
+        "2026-03-02 10:00:00.000000",
+        "2026-03-02T10:00:01Z",
+        "2026-03-02 10:00:02+01:00",
+        "1772445600.5",
+        "0000-00-00 00:00:00",
+        "not a time",
+        "0",
+        "",
+    ]
+)
+
+
+_GOFLOW2 = {
+    "type": st.just("IPFIX"),
+    "time_received_ns": _NS,
+    "sampling_rate": st.integers(0, 4096),
+    "sampler_address": _ADDRESSES,
+    "time_flow_start_ns": st.one_of(_NS, st.just(0)),
+    "time_flow_end_ns": _NS,
+    "bytes": st.integers(0, 10**12),
+    "packets": st.integers(0, 10**9),
+    "src_addr": _ADDRESSES,
+    "dst_addr": _ADDRESSES,
+    "proto": st.sampled_from(["TCP", "UDP", "ICMP"]),
+    "src_port": st.integers(0, 65535),
+    "dst_port": st.integers(0, 65535),
+    "etype": st.just("IPv4"),
+}
+_GOFLOW2_V1 = {
+    "TimeFlowStart": st.integers(1_500_000_000, 1_900_000_000),
+    "TimeFlowEnd": st.integers(1_500_000_000, 1_900_000_000),
+    "Bytes": st.integers(0, 10**12),
+    "Packets": st.integers(0, 10**9),
+    "SrcAddr": _ADDRESSES,
+    "DstAddr": _ADDRESSES,
+    "SamplerAddress": _ADDRESSES,
+    "Proto": st.integers(0, 255),
+    "SrcPort": st.integers(0, 65535),
+    "DstPort": st.integers(0, 65535),
+}
+_EGRESSD = {
+    "time_start": st.one_of(_SECONDS, st.just(0)),
+    "time_end": _SECONDS,
+    "src": _ADDRESSES,
+    "dst": _ADDRESSES,
+    "bytes": st.integers(0, 10**12),
+    "packets": st.integers(0, 10**9),
+    "sampling_rate": st.integers(0, 4096),
+    "proto": st.one_of(st.integers(0, 255), st.sampled_from(["tcp", "UDP"])),
+    "src_port": st.integers(0, 65535),
+    "dst_port": st.integers(0, 65535),
+    "exporter": st.text(max_size=8),
+}
+_PMACCT = {
+    "event_type": st.just("purge"),
+    "timestamp_start": _TEXT_TIME,
+    "timestamp_end": _TEXT_TIME,
+    "stamp_inserted": _TEXT_TIME,
+    "ip_src": _ADDRESSES,
+    "ip_dst": _ADDRESSES,
+    "bytes": st.integers(0, 10**12),
+    "packets": st.integers(0, 10**9),
+    "sampling_rate": st.integers(0, 4096),
+    "ip_proto": st.sampled_from(["tcp", "udp", "icmp"]),
+    "port_src": st.integers(0, 65535),
+    "port_dst": st.integers(0, 65535),
+    "peer_ip_src": _ADDRESSES,
+}
+#: values a field takes now and then instead of its usual kind
+_EDGE = st.one_of(
+    _ODD,
+    st.sampled_from([0, 1, 65535, 65536, 2**63, 2**64 - 1, -1, 0.0, 1.0, 1e300, "0", "80"]),
+    _NS,
+    _SECONDS,
+    _TEXT_TIME,
+)
+
+
+def _object(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """Mostly well-formed objects; some fields absent or of another kind, as tools and hands
+    write them."""
+
+    def mend(obj: dict[str, Any], changes: list[tuple[str, bool, Any]]) -> dict[str, Any]:
+        for key, drop, value in changes:
+            if drop:
+                obj.pop(key, None)
+            else:
+                obj[key] = value
+        return obj
+
+    return st.builds(
+        mend,
+        st.fixed_dictionaries(fields),
+        st.lists(st.tuples(st.sampled_from(sorted(fields)), st.booleans(), _EDGE), max_size=2),
+    )
+
+
+_OBJECTS = {
+    "goflow2-json": st.one_of(_object(_GOFLOW2), _object(_GOFLOW2), _object(_GOFLOW2_V1)),
+    "egressd-json": _object(_EGRESSD),
+    "pmacct-json": _object(_PMACCT),
+}
+
+#: lines that are not records: blank, pieces of pretty-printed JSON, bad JSON, not objects,
+#: two values on one line, bad UTF-8, escapes, deep nesting
+_BROKEN = st.sampled_from(
+    [
+        b"\n",
+        b"  \r\n",
+        b"\x0c\n",
+        b"{\n",
+        b'  "bytes": 5,\n',
+        b"},\n",
+        b"[1, 2]\n",
+        b"null\n",
+        b'"text"\n',
+        b"{bad json\n",
+        b'{"a": 1} {"b": 2}\n',
+        b'{"a": 1},{"b": 2}\n',
+        b"\xff\xfe\n",
+        b'{"x": "\xff"}\n',
+        b'{"x": "\xed\xa0\x80"}\n',
+        b'{"x": "\\ud800"}\n',
+        b'{"x": "\\u00e9", "y": "\xc3\xa9"}\n',
+        b'{"x": ' + b"[" * 700 + b"]" * 700 + b"}\n",
+        b'{"x": ' + b"[" * 1000 + b"]" * 1000 + b"}\n",
+        b"\xef\xbb\xbf{}\n",
+    ]
+)
+
+
+def _lines(fmt: str) -> st.SearchStrategy[bytes]:
+    def encode(obj: dict[str, Any], extra: dict[str, Any], spaced: bool, crlf: bool) -> bytes:
+        obj = {**obj, **extra}
+        text = orjson.dumps(obj)
+        if spaced:
+            text = text.replace(b'":', b'" : ').replace(b",", b" , ")
+        return text + (b"\r\n" if crlf else b"\n")
+
+    record = st.builds(
+        encode,
+        _OBJECTS[fmt],
+        st.dictionaries(
+            st.sampled_from(["extra", "in_if", "as_path", "\u00e9t\u00e9"]), _ODD, max_size=2
+        ),
+        st.booleans(),
+        st.booleans(),
+    )
+    return st.lists(st.one_of(record, record, record, _BROKEN), min_size=1, max_size=40).map(
+        b"".join
+    )
+
+
+_BASE = {
+    "goflow2-json": {
+        "type": "IPFIX",
+        "time_received_ns": 1_772_409_602_381_384_448,
+        "sampling_rate": 1,
+        "sampler_address": "10.255.0.1",
+        "time_flow_start_ns": 1_772_409_597_081_102_848,
+        "time_flow_end_ns": 1_772_409_600_381_384_448,
+        "bytes": 440340,
+        "packets": 366,
+        "src_addr": "10.60.0.4",
+        "dst_addr": "202.31.203.13",
+        "proto": "TCP",
+        "src_port": 48588,
+        "dst_port": 443,
+    },
+    "egressd-json": {
+        "time_start": 1772409597.5,
+        "time_end": 1772409600.25,
+        "src": "10.60.0.4",
+        "dst": "2001:db8::1",
+        "bytes": 440340,
+        "packets": 366,
+        "sampling_rate": 10,
+        "proto": 6,
+        "src_port": 48588,
+        "dst_port": 443,
+        "exporter": "eth0",
+    },
+    "pmacct-json": {
+        "event_type": "purge",
+        "peer_ip_src": "10.255.0.1",
+        "ip_src": "10.60.0.4",
+        "ip_dst": "202.31.203.13",
+        "port_src": 48588,
+        "port_dst": 443,
+        "ip_proto": "tcp",
+        "timestamp_start": "2026-03-02 00:00:01.500000",
+        "timestamp_end": "2026-03-02 00:00:03.250000",
+        "stamp_inserted": "2026-03-02 00:00:00",
+        "sampling_rate": 1,
+        "packets": 366,
+        "bytes": 440340,
+    },
+}
+_EDGES: list[Any] = [
+    None, True, False, 0, 1, -1, 17, 65535, 65536, 2**53 + 1, 2**63, 2**64 - 1, -(2**63),
+    0.0, -0.0, 1.0, 1.5, -1.5, 1e300, 1772409600, 1772409600.5, 1772409600 * 10**9,
+    253402300799.5, 253402300800, "", "0", "80", "6", "300", "TCP", "tcp", "Tcp", "x", "purge",
+    "purge_init", "10.0.0.1", "::ffff:1.2.3.4", "::", "1.2.3", "fe80::1%eth0", [], {}, [1],
+    {"a": 1}, "2026-03-02 10:00:00.000000", "2026-03-02T10:00:01Z", "0000-00-00 00:00:00",
+    "1772445600.5", "1e3", " 1", "nan", "inf",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", COLUMN_FORMATS)
+def test_every_field_at_every_edge(fmt: str) -> None:
+    """A good line with one field absent or set to each edge value, one line per case."""
+    base = _BASE[fmt]
+    lines = [orjson.dumps(base) + b"\n"]
+    for key in base:
+        lines.append(orjson.dumps({k: v for k, v in base.items() if k != key}) + b"\n")
+        lines.extend(orjson.dumps({**base, key: value}) + b"\n" for value in _EDGES)
+    # In one batch (columns of mixed kinds) and a line per batch (columns of one kind each).
+    flows = assert_same(fmt, b"".join(lines))
+    assert _comparable(assert_same(fmt, b"".join(lines), block=1)) == _comparable(flows)
+    assert len(flows) > len(lines) // 3
+
+
+@pytest.mark.parametrize("fmt", COLUMN_FORMATS)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_columns_equal_records_for_any_mix_of_lines(fmt: str, data: st.DataObject) -> None:
+    blob = data.draw(_lines(fmt))
+    # A small block also exercises batches that start and end anywhere.
+    assert_same(fmt, blob, block=data.draw(st.sampled_from([1, 300, files.COLUMN_BLOCK])))
+
+
+@pytest.mark.parametrize("fmt", COLUMN_FORMATS)
+@settings(max_examples=100, deadline=None)
+@given(blob=st.binary(max_size=400))
+def test_columns_equal_records_for_arbitrary_bytes(fmt: str, blob: bytes) -> None:
+    assert_same(fmt, blob)
+
+
+def test_clean_goflow2_lines_take_the_columnar_rules() -> None:
+    """Lines the fast rules clear give exact values (not only equal to the record path)."""
+    line = orjson.dumps(
+        {
+            "time_flow_start_ns": 1_772_409_597_081_102_848,
+            "time_flow_end_ns": 1_772_409_600_381_384_448,
+            "sampling_rate": 3,
+            "sampler_address": "192.0.2.10",
+            "bytes": 2**63,
+            "packets": 366,
+            "src_addr": "10.60.0.4",
+            "dst_addr": "2001:db8::7",
+            "proto": "TCP",
+            "src_port": 48588,
+            "dst_port": 443,
+        }
+    )
+    stats = SourceStats("x")
+    columns = JsonColumnDecoder("goflow2-json").decode([line + b"\n"] * 3, stats)
+    (record, *_) = columns.to_records()
+    assert _counters(stats) == (3, 3, {}, {})
+    assert columns.exporter == "192.0.2.10"
+    assert record == FlowRecord(
+        1_772_409_597_081_102_848 / 1e9,
+        1_772_409_600_381_384_448 / 1e9,
+        "10.60.0.4",
+        "2001:db8::7",
+        _MAX,  # 2**63 * 3 saturates
+        1098,
+        6,
+        48588,
+        443,
+        "192.0.2.10",
+    )
+    assert int(columns.src_hi[0]) == 0 and int(columns.src_lo[0]) == 0xFFFF_0A3C_0004
+
+
+# --- real outputs of the tools ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PMACCT.glob("*.json")))
+def test_pmacct_fixtures(name: str) -> None:
+    assert assert_same("pmacct-json", (PMACCT / name).read_bytes())
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["issue104-ipfix-v1-camelcase.json", "issue292-sflow5-v2.jsonl", "readme-example-v2.json"],
+)
+def test_goflow2_captures(name: str) -> None:
+    path = GOFLOW2 / name
+    if not path.exists():
+        pytest.skip(f"shared captures not found at {GOFLOW2}")
+    assert_same("goflow2-json", path.read_bytes())
+
+
+@pytest.mark.parametrize("fmt", COLUMN_FORMATS)
+def test_scenario_lines(tmp_path: Path, fmt: str) -> None:
+    from scenarios import generate
+
+    path = generate(1, days=8).write(tmp_path / "flows.jsonl", fmt)
+    flows = assert_same(fmt, path.read_bytes())
+    assert len(flows) > 10_000
+    # The file reader gives the same flows, in batches no larger than a block of lines.
+    with open(path, "rb") as stream:
+        batches = list(read_line_columns(stream, SourceStats("file"), fmt))
+    assert len(batches) > 1
+    assert _comparable([r for b in batches for r in b.to_records()]) == _comparable(flows)
+
+
+# --- replay: the columnar path gives byte for byte the alerts and summary of the record path --
+
+
+def _replay(config_text: str, fmt: str, path: Path) -> tuple[bytes, list[str]]:
+    out = io.BytesIO()
+    summary = replay(parse_config(config_text), fmt, [str(path)], out)
+    summary.seconds = 0.0
+    return out.getvalue(), summary.lines()
+
+
+@pytest.mark.parametrize("fmt", COLUMN_FORMATS)
+def test_replay_alerts_match_the_record_path(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scenarios import generate
+
+    scenario = generate(2)
+    path = scenario.write(tmp_path / "flows.jsonl", fmt)
+    # A few broken lines among the flows, counted the same either way.
+    with open(path, "ab") as out:
+        out.write(b"{broken\n\n[1]\n" + path.read_bytes()[:2000].split(b"\n")[0] + b"\n")
+    columns = _replay(scenario.config_text, fmt, path)
+    monkeypatch.setattr(replay_module, "COLUMN_FORMATS", ())
+    records = _replay(scenario.config_text, fmt, path)
+    assert columns == records
+    assert columns[0].count(b"\n") >= 2  # the scenario pages: alerts were compared
