@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -388,3 +389,19 @@ def test_random_nested_prefixes_match_brute_force(
             probes.append(str(ipaddress.IPv4Address(edge)))
     for address in probes:
         assert m.lookup_text(address) == _oracle(entries, address), address
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=50))
+def test_lookup_v4_matches_lookup_one_by_one(oracle_map: RegionMap, values: list[int]) -> None:
+    assert oracle_map.lookup_v4(np.array(values, dtype=np.uint64)) == [
+        oracle_map.lookup(4, v) for v in values
+    ]
+
+
+def test_lookup_v4_keeps_the_tiers_order(tmp_path: Path) -> None:
+    m = load_azure(_write(tmp_path, "ServiceTags_Public.json", AZURE))
+    addresses = ["20.42.1.1", "20.42.64.9", "20.38.107.1", "20.1.0.1", "40.0.0.1"]
+    values = [int(ipaddress.IPv4Address(a)) for a in addresses]
+    assert m.lookup_v4(np.array(values, dtype=np.uint64)) == [m.lookup_text(a) for a in addresses]
+    assert m.lookup_v4(np.array(values, dtype=np.uint64))[1] == "azure/eastus"

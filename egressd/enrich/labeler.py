@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from egressd.cache import BoundedCache
 from egressd.config import GeoConfig, RegionMapConfig
 from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabels
@@ -164,29 +166,63 @@ class CompositeLabeler:
             for i, country in zip(unanswered, found, strict=True):
                 if country is not None:
                     countries[i], sources[i] = country, EMBEDDED_SOURCE
-        interned = self._interned
-        out: list[DestinationLabels] = []
-        for i, (version, value) in enumerate(parsed):
-            region = ""
+        regions = [""] * len(texts)
+        if self._region_maps:
+            v4 = [i for i, (version, _) in enumerate(parsed) if version == 4]
+            values = np.array([parsed[i][1] for i in v4], dtype=np.uint64)
+            open_v4 = v4
             for region_map in self._region_maps:
-                hit = region_map.lookup(version, value)
-                if hit is not None:
-                    region = hit
+                if not open_v4:
                     break
-            asn, org = 0, ""
-            if self._asn_db is not None:
-                asn, org = self._asn_db.asn(texts[i])
-            key = (countries[i] or UNKNOWN_COUNTRY, region, asn, org, sources[i])
+                hits = region_map.lookup_v4(values)
+                still = []
+                kept = []
+                for i, value, hit in zip(open_v4, values.tolist(), hits, strict=True):
+                    if hit is None:
+                        still.append(i)
+                        kept.append(value)
+                    else:
+                        regions[i] = hit
+                open_v4 = still
+                values = np.array(kept, dtype=np.uint64)
+            for i, (version, value) in enumerate(parsed):
+                if version != 4:
+                    for region_map in self._region_maps:
+                        hit = region_map.lookup(version, value)
+                        if hit is not None:
+                            regions[i] = hit
+                            break
+        asns = [0] * len(texts)
+        orgs = [""] * len(texts)
+        if self._asn_db is not None:
+            asn_of = self._asn_db.asn
+            for i, text in enumerate(texts):
+                asns[i], orgs[i] = asn_of(text)
+        keys = list(
+            zip(
+                [country or UNKNOWN_COUNTRY for country in countries],
+                regions,
+                asns,
+                orgs,
+                sources,
+                strict=True,
+            )
+        )
+        # Few distinct keys in a batch: intern each once, then map every address to it.
+        interned = self._interned
+        table: dict[tuple[str, str, int, str, str], DestinationLabels] = {}
+        for key in dict.fromkeys(keys):
             labels = interned.get(key)
             if labels is None:
+                country, region, asn, org, source = key
                 labels = interned.store(
                     key,
                     DestinationLabels(
-                        country=key[0], region=region, asn=asn, as_org=org, source=key[4]
+                        country=country, region=region, asn=asn, as_org=org, source=source
                     ),
                 )
-            out.append(labels)
-        return out
+            table[key] = labels
+        return list(map(table.__getitem__, keys))
 
     def _compute(self, address: str) -> DestinationLabels:
         resolved = self._resolve(address)

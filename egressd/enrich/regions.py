@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from egressd.config import RegionMapConfig
@@ -91,6 +93,7 @@ class RegionMap:
 
     __slots__ = (
         "_tiers",
+        "_v4_arrays",
         "built_at",
         "conflicts",
         "format",
@@ -122,6 +125,28 @@ class RegionMap:
         #: prefixes listed more than once with different labels (the first/regional one kept)
         self.conflicts = conflicts
         self._tiers = tiers
+        self._v4_arrays: list[tuple[npt.NDArray[np.uint64], npt.NDArray[np.object_]]] | None = None
+
+    def lookup_v4(self, values: npt.NDArray[np.uint64]) -> list[str | None]:
+        """:meth:`lookup` of many IPv4 values at once (one ``searchsorted`` per tier)."""
+        if self._v4_arrays is None:
+            self._v4_arrays = [
+                (np.array(tier[0].starts, dtype=np.uint64), np.array(tier[0].labels, dtype=object))
+                for tier in self._tiers
+            ]
+        out = np.full(len(values), None, dtype=object)
+        open_rows = np.arange(len(values))
+        for starts, labels in self._v4_arrays:
+            if not len(open_rows) or not len(starts):
+                continue
+            index = np.searchsorted(starts, values[open_rows], side="right") - 1
+            found = labels[np.maximum(index, 0)]
+            found[index < 0] = None
+            hit = np.array([label is not None for label in found.tolist()], dtype=np.bool_)
+            out[open_rows[hit]] = found[hit]
+            open_rows = open_rows[~hit]
+        labels_found: list[str | None] = out.tolist()
+        return labels_found
 
     def lookup(self, version: int, value: int) -> str | None:
         """Label of a parsed address (see :func:`egressd.enrich.address.parse_address`)."""
