@@ -227,3 +227,30 @@ def test_baseline_gauge_labels_match_the_destination_labels(regions: bool, asn: 
         for group, key in keys
     }
     assert set(BaselineGauge().expected(baselines, T0 + 60, regions, asn)) == expected
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_baseline_gauge_evaluated_ahead_equals_a_fresh_evaluation(regions: bool) -> None:
+    import random
+
+    from egressd.baseline.seasonal import SeasonalBaselines
+    from egressd.sinks.metrics import PREPARE_AHEAD, BaselineGauge
+
+    rng = random.Random(5)
+    # More keys than max_keys: evictions hand slots to other keys between scrapes.
+    baselines = SeasonalBaselines(max_keys=200)
+    keys = [("g", f"C{i % 7}|r{i % 3}|{i}") for i in range(300)]
+    gauge = BaselineGauge()
+    prepared_moves = 0
+    for step in range(6 * 120):  # six hours of scrapes every 30 s, an interval every 5 min
+        now = T0 + step * 30.0
+        if step % 10 == 0:
+            learned = rng.sample(keys, 60)
+            baselines.observe_interval(now - 300, [(key, rng.randrange(10**8)) for key in learned])
+        before = gauge.evaluated
+        moved = gauge._shape is not None and baselines.season.slot(now) != gauge._shape[0]
+        got = gauge.expected(baselines, now, regions, False)
+        assert got == BaselineGauge().expected(baselines, now, regions, False)
+        if moved and gauge.evaluated - before < len(baselines):
+            prepared_moves += 1  # evaluated ahead: only keys changed since were evaluated now
+    assert prepared_moves == 6 - 1 and PREPARE_AHEAD < 3600

@@ -28,6 +28,10 @@ from egressd.sinks.guard import ConnectionStats
 from egressd.sources.base import Source
 
 PREFIX = "egressd_"
+#: scrapes this close (event time, seconds) to the next hour slot start evaluating it
+PREPARE_AHEAD = 900.0
+#: keys a scrape evaluates ahead for the next hour slot
+PREPARE_CHUNK = 16_384
 ALERTNAMES = (UNEXPECTED, SPIKE, NEW_DESTINATION)
 
 
@@ -63,8 +67,11 @@ class BaselineGauge:
 
     An expectation changes when its baseline learns an interval (or is forgotten), and for
     every key when the event time enters another hour slot. A scrape evaluates just those
-    keys, in one batch, so an unchanged scrape costs nothing per baseline. What it keeps per
-    key sits in arrays by the baselines' slot: the expectation and the key's label set.
+    keys, in one batch, so an unchanged scrape costs nothing per baseline. Scrapes in the
+    last :data:`PREPARE_AHEAD` seconds before the hour slot moves also evaluate the next
+    slot's expectations, :data:`PREPARE_CHUNK` keys at a time, so the scrape after the move
+    evaluates only the keys that changed since. What it keeps per key sits in arrays by the
+    baselines' slot: the expectation, the next slot's, and the key's label set.
     """
 
     __slots__ = (
@@ -74,6 +81,9 @@ class BaselineGauge:
         "_epoch",
         "_label_index",
         "_label_sets",
+        "_next_season",
+        "_next_values",
+        "_prepared",
         "_shape",
         "_sums",
         "_values",
@@ -93,6 +103,11 @@ class BaselineGauge:
         self._label_index: dict[tuple[str, ...], int] = {}
         #: label values -> expected bytes, as of the last evaluation
         self._sums: dict[tuple[str, ...], float] = {}
+        #: the season slot the event time enters next (-1: none yet), slot -> expected bytes
+        #: there, and slot -> whether that is evaluated (and its key unchanged since)
+        self._next_season = -1
+        self._next_values: np.ndarray[Any, np.dtype[np.float64]] = np.zeros(0)
+        self._prepared: np.ndarray[Any, np.dtype[np.bool_]] = np.zeros(0, np.bool_)
         #: expectations evaluated so far (a counter)
         self.evaluated = 0
 
@@ -114,15 +129,35 @@ class BaselineGauge:
             )
             # Keys learned or forgotten since the last scrape may hold other slots now.
             moved = _slots([] if relabel else self._changed)
+            prepared = not relabel and self._next_season == shape[0]
             self._baselines, self._epoch, self._shape = baselines, baselines.epoch, shape
             self._changed = baselines.track_changes()
             self._changed.clear()
-            self._evaluate_all(baselines, now, relabel, moved)
+            self._evaluate_all(baselines, now, relabel, moved, prepared)
         elif self._changed:
             slots = _slots(self._changed)
             self._changed.clear()
             self._evaluate_some(baselines, slots, now)
+        self._prepare(baselines, now)
         return self._sums
+
+    def _prepare(self, baselines: SeasonalBaselines, now: float) -> None:
+        """Evaluate some keys for the hour slot the event time enters next, if it is close."""
+        assert self._shape is not None
+        ahead = now + PREPARE_AHEAD
+        season = baselines.season.slot(ahead)
+        if season == self._shape[0]:
+            return
+        if season != self._next_season:
+            self._next_season = season
+            self._prepared[:] = False
+        live = baselines.live_slots()
+        todo = live[~self._prepared[live]][:PREPARE_CHUNK]
+        if len(todo):
+            # Only the season slot of the time matters: any time in it gives the same values.
+            self._next_values[todo] = baselines.expected_bytes_at(todo, ahead)
+            self._prepared[todo] = True
+            self.evaluated += len(todo)
 
     def _label_codes(
         self, baselines: SeasonalBaselines, slots: np.ndarray[Any, np.dtype[np.intp]]
@@ -160,12 +195,15 @@ class BaselineGauge:
 
     def _reserve(self, slots: int) -> None:
         if len(self._codes) < slots:
-            size = max(slots, 2 * len(self._codes))
+            size, old = max(slots, 2 * len(self._codes)), len(self._codes)
             codes = np.full(size, -1, np.int64)
-            codes[: len(self._codes)] = self._codes
-            values = np.zeros(size)
-            values[: len(self._values)] = self._values
-            self._codes, self._values = codes, values
+            codes[:old] = self._codes
+            values, next_values = np.zeros(size), np.zeros(size)
+            values[:old], next_values[:old] = self._values, self._next_values
+            prepared = np.zeros(size, np.bool_)
+            prepared[:old] = self._prepared
+            self._codes, self._values, self._next_values = codes, values, next_values
+            self._prepared = prepared
 
     def _evaluate_all(
         self,
@@ -173,8 +211,8 @@ class BaselineGauge:
         now: float,
         relabel: bool,
         moved: np.ndarray[Any, np.dtype[np.intp]],
+        prepared: bool,
     ) -> None:
-        self.evaluated += len(baselines)
         self._reserve(baselines.slot_count)
         live = baselines.live_slots()
         if relabel:
@@ -184,7 +222,17 @@ class BaselineGauge:
         else:
             slots = baselines.held(moved)
             self._codes[slots] = self._label_codes(baselines, slots)
-        self._values[live] = baselines.expected_bytes_at(live, now)
+        todo = live
+        if prepared:
+            # The keys evaluated ahead for this hour slot and unchanged since keep that value.
+            self._prepared[moved] = False
+            ready = self._prepared[live]
+            self._values[live[ready]] = self._next_values[live[ready]]
+            todo = live[~ready]
+        self.evaluated += len(todo)
+        self._values[todo] = baselines.expected_bytes_at(todo, now)
+        self._prepared[:] = False
+        self._next_season = -1
         self._sum(live)
 
     def _evaluate_some(
@@ -192,6 +240,7 @@ class BaselineGauge:
     ) -> None:
         self.evaluated += len(changed)
         self._reserve(baselines.slot_count)
+        self._prepared[changed] = False
         slots = baselines.held(changed)
         if len(slots):
             self._codes[slots] = self._label_codes(baselines, slots)
