@@ -18,7 +18,7 @@ import pytest
 from enrich_mmdb_factory import maxmind_asn, write_mmdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scenarios import generate
+from scenarios import generate, generate_month
 
 from egressd.aggregate import Accum, Bucket
 from egressd.columns import FlowColumns
@@ -244,8 +244,9 @@ def test_many_talkers_keep_every_byte_and_the_heaviest() -> None:
 
 
 @pytest.mark.slow
-def test_a_nine_day_scenario_gives_the_same_alerts_in_columns() -> None:
-    scenario = generate(seed=1, days=9)
+@pytest.mark.parametrize("month", [False, True], ids=["nine-days", "month"])
+def test_a_scenario_gives_the_same_alerts_in_columns(month: bool) -> None:
+    scenario = generate_month(seed=1) if month else generate(seed=1, days=9)
     pair = Pair(scenario.config_text)
     batch: list[FlowRecord] = []
     for flow in scenario.flows:
