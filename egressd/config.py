@@ -256,6 +256,12 @@ class ClusterConfig:
     s3_region: str = "us-east-1"
     #: detect: append every closed (group, destination, interval) sum as a JSON line here
     interval_log: Path | None = None
+    #: ingest: produce each shipment's partials and commit its input offsets in one Kafka
+    #: transaction (brokers that have them); detect: read only committed transactions
+    transactions: bool = False
+    #: ingest, with transactions: this process's transactional id (unique per process,
+    #: the same across its restarts)
+    transactional_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +463,12 @@ def _path_name(path: tuple[str | int, ...]) -> str:
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
     return value
 
 
@@ -1131,7 +1143,17 @@ def _read_cluster(t: _Table) -> ClusterConfig:
         s3_endpoint=t.get("s3_endpoint", d.s3_endpoint, _str),
         s3_region=t.get("s3_region", d.s3_region, _nonempty_str),
         interval_log=t.get("interval_log", d.interval_log, _path),
+        transactions=t.get("transactions", d.transactions, _bool),
+        transactional_id=t.get("transactional_id", d.transactional_id, _str),
     )
+    if cfg.transactions and cfg.role == "all-in-one":
+        t.problem("transactions", 'applies to role = "ingest" or "detect" only')
+    if cfg.transactions and cfg.role == "ingest" and not cfg.transactional_id:
+        t.problem(
+            "transactional_id",
+            "is required with transactions = true in the ingest role: one per ingest "
+            "process, the same across its restarts",
+        )
     if cfg.state_url and not re.fullmatch(r"s3://[^/]+(/.*)?", cfg.state_url):
         t.problem("state_url", f"{cfg.state_url!r} is not an s3://bucket/prefix URL")
     if cfg.state_url and cfg.state_directory is not None:

@@ -264,7 +264,9 @@ class Cluster:
         batch: int = 300,
         extra: str = "",
         s3: MotoS3 | None = None,
+        base: str = BASE,
     ) -> None:
+        self.base = base
         self.broker = broker
         self.extra = extra
         self.s3 = s3
@@ -282,11 +284,13 @@ class Cluster:
         asyncio.run(create_topic(broker.bootstrap, self.raw, RAW_PARTITIONS))
         asyncio.run(create_topic(broker.bootstrap, self.partials, PARTIALS_PARTITIONS))
 
-    def start(self, name: str, role: str, env: dict[str, str] | None = None) -> EgressdProcess:
+    def start(
+        self, name: str, role: str, env: dict[str, str] | None = None, wait_ready: bool = True
+    ) -> EgressdProcess:
         http = free_port()
         config = self.tmp / f"{name}.toml"
         config.write_text(
-            BASE
+            self.base
             + NODE.format(
                 save="2s",
                 http=http,
@@ -309,7 +313,7 @@ class Cluster:
         )
         process = EgressdProcess(config, f"127.0.0.1:{http}", self.tmp / f"{name}.log")
         keys = {"AWS_ACCESS_KEY_ID": "egressd", "AWS_SECRET_ACCESS_KEY": "egressd"}
-        process.start(env={**keys, **(env or {})})
+        process.start(env={**keys, **(env or {})}, wait_ready=wait_ready)
         self.processes[name] = process
         return process
 
@@ -829,3 +833,28 @@ def test_an_ingest_frozen_before_it_produces_is_fenced_when_it_wakes(
     logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
     assert re.search(r"dropped a batch \S+ 100-179 of generation \d+", logs), cluster.logs()
     assert "overlaps one applied" not in logs
+
+
+def test_transactions_on_a_broker_without_them_stop_ingest_at_start_up(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    # Tansu answers InitProducerId for a transactional id with an error (UNKNOWN_SERVER_ERROR):
+    # the ingest role says which key asked for what the broker lacks and exits as for an
+    # invalid configuration (status 2, which the shipped units do not restart), at once,
+    # without retrying.
+    extra = '\ntransactions = true\ntransactional_id = "ingest-a"\n'
+    cluster = Cluster(broker, tmp_path, extra=extra)
+    try:
+        started = time.monotonic()
+        ingest = cluster.start("ingest-a", "ingest", wait_ready=False)
+        assert ingest.process is not None
+        assert ingest.process.wait(60) == 2, ingest.log()
+        took = time.monotonic() - started
+        log = ingest.log()
+        assert "invalid configuration: cluster.transactions: the broker at" in log
+        assert "InitProducerId for transactional_id 'ingest-a'" in log
+        assert "does not support transactions" in log
+        assert log.count("refused a transactional producer") == 1  # not retried
+        assert took < 30, took
+    finally:
+        cluster.stop_all()

@@ -93,7 +93,26 @@ def test_bad_object_storage_settings(extra: str, message: str) -> None:
 
 def test_the_example_in_docs_scaling_is_a_valid_configuration() -> None:
     text = (Path(__file__).resolve().parents[1] / "docs" / "scaling.md").read_text()
-    (block,) = re.findall(r"```toml\n(.*?)```", text, re.S)
+    block, transactions = re.findall(r"```toml\n(.*?)```", text, re.S)
     config = parse_config(block, "docs/scaling.md")
     assert config.cluster.role == "ingest"
     assert config.sources.kafka[0].topics == ("flows",)
+    assert not config.cluster.transactions
+    # The transactions section's keys, in the same [cluster] table.
+    keys = transactions.replace("[cluster]\n", "")
+    config = parse_config(block.replace("[cluster]\n", "[cluster]\n" + keys), "docs/scaling.md")
+    assert config.cluster.transactions and config.cluster.transactional_id == "ingest-1"
+
+
+@pytest.mark.parametrize(
+    ("role", "extra", "message"),
+    [
+        ("ingest", "transactions = true", "cluster.transactional_id: is required"),
+        ("all-in-one", "transactions = true", "cluster.transactions: applies to"),
+        ("ingest", 'transactions = "yes"', "cluster.transactions: expected true or false"),
+    ],
+)
+def test_bad_transaction_settings(role: str, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(KAFKA + f'[cluster]\nrole = "{role}"\n{extra}\n')
+    assert message in str(error.value)

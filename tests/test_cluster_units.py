@@ -567,3 +567,186 @@ async def test_snapshots_keep_the_generations_heard(tmp_path: Path) -> None:
     await node._save([part])
     loaded = await node._load(part.tp)
     assert loaded.loaded and loaded.generations == {"flows:0": 7}
+
+
+class TransactionalProducer(RecordingProducer):
+    """A transactional producer's calls, in order; ``fail_send`` fails the N-th send."""
+
+    def __init__(self, fail_send: int = 0) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.fail_send = fail_send
+        self.offsets: list[tuple[dict[TopicPartition, int], str]] = []
+        self.in_transaction = False
+
+    async def begin_transaction(self) -> None:
+        assert not self.in_transaction
+        self.in_transaction = True
+        self.calls.append("begin")
+
+    async def send(self, topic: str, value: bytes, partition: int, headers: Any) -> Any:
+        assert self.in_transaction, "a transactional producer sends inside transactions only"
+        self.calls.append(f"send:{read_headers(headers)[KIND].decode()}")
+        if len(self.messages) + 1 == self.fail_send:
+            self.messages.append(Message(len(self.messages), value, headers))
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(TimeoutError("no acknowledgement"))
+            return failed
+        return await super().send(topic, value, partition, headers)
+
+    async def send_offsets_to_transaction(
+        self, offsets: dict[TopicPartition, int], group_id: str
+    ) -> None:
+        assert self.in_transaction
+        self.calls.append("offsets")
+        self.offsets.append((dict(offsets), group_id))
+
+    async def commit_transaction(self) -> None:
+        assert self.in_transaction
+        self.in_transaction = False
+        self.calls.append("commit")
+
+    async def abort_transaction(self) -> None:
+        assert self.in_transaction
+        self.in_transaction = False
+        self.calls.append("abort")
+
+
+TRANSACTIONS = '\ntransactions = true\ntransactional_id = "ingest-1"\n'
+
+
+def transactional(tmp_path: Path, producer: TransactionalProducer) -> Ingest:
+    config = parse_config(CONFIG.format(role="ingest", states=tmp_path) + TRANSACTIONS)
+    node = Ingest(config, EmbeddedCountryLabeler(), environ={})
+    node._consumer = CommittingConsumer()
+    node._on_assigned([TP])
+    node._producer = producer
+    node._partitions = 1
+    node._last_heartbeat = math.inf
+    return node
+
+
+async def test_with_transactions_partials_and_input_offsets_commit_together(
+    tmp_path: Path,
+) -> None:
+    producer = TransactionalProducer()
+    node = transactional(tmp_path, producer)
+    await node._round({TP: messages(list(range(7)))})
+    # Batch 0-4, then the held 5-6 wait for their boundary: one transaction holds the
+    # partials and the input offset (5, for the ingest consumer group); the consumer
+    # commits nothing itself.
+    assert producer.calls == ["begin", "send:partials", "offsets", "commit"]
+    assert producer.offsets == [({TP: 5}, "egressd")]
+    consumer = node._consumer
+    assert isinstance(consumer, CommittingConsumer) and consumer.commits == []
+    assert node.stats.commits == 1
+    # Heartbeats go out in transactions of their own.
+    producer.calls.clear()
+    node._last_heartbeat = -math.inf
+    node._lanes[TP].progress = Progress(node.monotonic())
+    await node._round({})
+    assert producer.calls == ["begin", "send:heartbeat", "commit"]
+
+
+async def test_a_failed_transaction_is_aborted_and_nothing_committed(tmp_path: Path) -> None:
+    producer = TransactionalProducer(fail_send=1)
+    node = transactional(tmp_path, producer)
+    with pytest.raises(TimeoutError):
+        await node._round({TP: messages(list(range(5)))})
+    assert producer.calls == ["begin", "send:partials", "abort"]
+    assert producer.offsets == [] and node.stats.commits == 0
+
+
+class Client:
+    """A client that starts as told: ``error`` is raised by start()."""
+
+    def __init__(self, error: Exception | None = None, **options: Any) -> None:
+        self.options = options
+        self.error = error
+        self.stopped = False
+
+    async def start(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.topics = topics
+
+
+async def test_a_broker_without_transactions_stops_the_ingest_role_with_the_key(
+    tmp_path: Path,
+) -> None:
+    from aiokafka.errors import KafkaConnectionError, UnknownError
+
+    from egressd.errors import ConfigError
+
+    config = parse_config(CONFIG.format(role="ingest", states=tmp_path) + TRANSACTIONS)
+    made: list[Client] = []
+
+    def producers(error: Exception | None) -> Any:
+        def make(**options: Any) -> Client:
+            made.append(Client(error, **options))
+            return made[-1]
+
+        return make
+
+    ok = Ingest(
+        config,
+        EmbeddedCountryLabeler(),
+        consumer_factory=Client,
+        producer_factory=producers(None),
+        environ={},
+    )
+    await ok._connect()
+    assert made[-1].options["transactional_id"] == "ingest-1"
+    assert made[-1].options["enable_idempotence"] is True
+    # A broker that answers InitProducerId with an error (Tansu: UnknownError) cannot
+    # give transactions: a configuration problem naming the key, not retried.
+    refused = Ingest(
+        config,
+        EmbeddedCountryLabeler(),
+        consumer_factory=Client,
+        producer_factory=producers(UnknownError()),
+        environ={},
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"cluster\.transactions: .*UnknownError.*"
+        r"does not support transactions",
+    ):
+        await refused._connect()
+    assert made[-1].stopped
+    # One that cannot be reached yet is retried like any connection failure.
+    unreachable = Ingest(
+        config,
+        EmbeddedCountryLabeler(),
+        consumer_factory=Client,
+        producer_factory=producers(KafkaConnectionError()),
+        environ={},
+    )
+    with pytest.raises(SourceError):
+        await unreachable._connect()
+
+
+async def test_detect_reads_committed_transactions_only_with_transactions(
+    tmp_path: Path,
+) -> None:
+    made: list[Client] = []
+
+    def consumers(**options: Any) -> Client:
+        made.append(Client(None, **options))
+        return made[-1]
+
+    for extra, isolation in (("", None), ("\ntransactions = true\n", "read_committed")):
+        config = parse_config(CONFIG.format(role="detect", states=tmp_path) + extra)
+        node = Detect(
+            config, EmbeddedCountryLabeler(), lambda alerts: None, consumer_factory=consumers
+        )
+        await node._connect()
+        assert made[-1].options.get("isolation_level") == isolation

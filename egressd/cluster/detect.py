@@ -208,6 +208,9 @@ class Detect(KafkaRole):
             # a snapshot and replaying the partials since).
             partition_assignment_strategy=(StickyPartitionAssignor,),
         )
+        if self.cluster.transactions:
+            # Batches of a transaction the ingest side aborted are never applied.
+            options["isolation_level"] = "read_committed"
         consumer = self._consumer_factory(**options)
         await start_clients(f"{self.name}: connecting", consumer)
         self._consumer = consumer

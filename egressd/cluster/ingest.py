@@ -30,12 +30,13 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+from aiokafka.errors import KafkaError
 
 from egressd.cluster.role import KafkaRole
 from egressd.cluster.wire import Heartbeat, heartbeat_headers, partials_headers, source_key
 from egressd.config import Config
 from egressd.enrich import DestinationLabeler
-from egressd.errors import SourceError
+from egressd.errors import ConfigError, SourceError
 from egressd.partials import (
     PartialCounter,
     Segment,
@@ -155,6 +156,7 @@ class Ingest(KafkaRole):
         self._producer: Any = None
         self._partitions = 0
         self._lanes: dict[TopicPartition, _Lane] = {}
+        self._transactional = self.cluster.transactions
         #: undecodable messages of this round, for the dead-letter topic
         self._failed: list[tuple[Any, str]] = []
         self._lock = asyncio.Lock()
@@ -201,7 +203,7 @@ class Ingest(KafkaRole):
         """Stop fetching; what is counted and not shipped is read again by the next owner."""
         self._stopping = True
         for task in (self._task, self._ticker):
-            if task is not None:
+            if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -216,17 +218,30 @@ class Ingest(KafkaRole):
         # Sticky: a rebalance moves only the partitions it must (a moved partition is read
         # again from its last commit).
         options["partition_assignment_strategy"] = (StickyPartitionAssignor,)
-        consumer = self._consumer_factory(**options)
-        producer = self._producer_factory(
-            **source.client_options(),
-            # Tansu (and brokers like it) have neither idempotent producers nor transactions;
-            # a replayed batch is recognised downstream by its offsets instead.
-            enable_idempotence=False,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
+        producer_options: dict[str, Any] = dict(
+            source.client_options(), acks="all", linger_ms=5, max_batch_size=1024 * 1024
         )
-        await start_clients(f"{self.name}: connecting", producer, consumer)
+        if self._transactional:
+            producer_options.update(
+                transactional_id=self.cluster.transactional_id, enable_idempotence=True
+            )
+        else:
+            # Tansu (and brokers like it) have neither idempotent producers nor
+            # transactions; a replayed batch is recognised downstream by its offsets.
+            producer_options["enable_idempotence"] = False
+        producer = self._producer_factory(**producer_options)
+        what = f"{self.name}: connecting"
+        if self._transactional:
+            await self._start_transactional(producer)
+        consumer = self._consumer_factory(**options)
+        if self._transactional:
+            try:
+                await start_clients(what, consumer)
+            except BaseException:
+                await stop_clients(self.name, producer)
+                raise
+        else:
+            await start_clients(what, producer, consumer)
         try:
             partitions = await producer.partitions_for(self.cluster.partials_topic)
         except Exception as exc:
@@ -237,6 +252,26 @@ class Ingest(KafkaRole):
         consumer.subscribe(
             list(source.config.topics), listener=RebalanceListener(self._on_revoked, self._assign)
         )
+
+    async def _start_transactional(self, producer: Any) -> None:
+        """Start a transactional producer (InitProducerId with its transactional id). A
+        broker that answers with an error rather than not at all has no transactions to
+        give: a configuration problem, which stops the process instead of retrying."""
+        try:
+            await producer.start()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            if isinstance(exc, KafkaError) and not exc.retriable:
+                servers = ",".join(self.source.config.bootstrap_servers)
+                raise ConfigError(
+                    "cluster.transactions: the broker at "
+                    f"{servers} refused a transactional producer (InitProducerId for "
+                    f"transactional_id {self.cluster.transactional_id!r} answered "
+                    f"{type(exc).__name__}: {exc}): it does not support transactions; set "
+                    "cluster.transactions = false for brokers without them"
+                ) from exc
+            raise map_kafka_error(exc, f"{self.name}: connecting") from exc
 
     def _connected(self) -> str:
         topic = self.cluster.partials_topic
@@ -295,10 +330,8 @@ class Ingest(KafkaRole):
         cuts.extend(self._idle_cuts(beat))
         while True:
             failed, self._failed = self._failed, []
-            # Before the batches holding their offsets are committed.
-            await self.source.dead_letter(failed, self._producer)
-            if cuts:
-                await self._ship(cuts)
+            if cuts or failed:
+                await self._ship(cuts, failed)
             if not self._held:
                 break
             # What the fetch held past a boundary, now that the batch before is committed.
@@ -407,16 +440,17 @@ class Ingest(KafkaRole):
         self.stats.batches += 1
         return cut
 
-    async def _ship(self, cuts: list[_Cut]) -> None:
-        """Produce ``cuts``, wait for every acknowledgement, then commit their offsets.
+    async def _ship(self, cuts: list[_Cut], failed: list[tuple[Any, str]] | None = None) -> None:
+        """Produce ``cuts``, wait for every acknowledgement, then commit their offsets;
+        undecodable messages (``failed``) go to the dead-letter topic first.
 
-        Batches of one source partition go out one wave after another, each acknowledged
-        before the next is sent: a later batch must never be written where an earlier one
-        failed, or the earlier one, produced again, would look like a replay and be dropped.
+        With ``cluster.transactions``, all of it is one Kafka transaction, the input offsets
+        included (``send_offsets_to_transaction``): a failure aborts it, and readers of
+        committed transactions never see the batches. Without, a failed commit leaves them
+        out, uncommitted; either way the clients start again and nothing more is produced
+        on top of them (see ``_Lane.exact_until``).
         """
         producer = self._producer
-        topic = self.cluster.partials_topic
-        interval = self.config.detection.interval
         self._check_alive()
         if (
             self._stop_before
@@ -426,6 +460,34 @@ class Ingest(KafkaRole):
             self._stop_before = 0
             log.warning("%s: %s: stopping before producing", self.name, FAULT_ENV)
             os.kill(os.getpid(), signal.SIGSTOP)
+        if not self._transactional:
+            # Before the batches holding their offsets are committed.
+            await self.source.dead_letter(failed or [], producer)
+            if cuts:
+                await self._produce(cuts)
+                await self._commit(cuts)
+            return
+        await producer.begin_transaction()
+        try:
+            await self.source.dead_letter(failed or [], producer)
+            if cuts:
+                await self._produce(cuts)
+                await self._commit(cuts)
+            else:
+                await producer.commit_transaction()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            raise
+
+    async def _produce(self, cuts: list[_Cut]) -> None:
+        """Batches of one source partition go out one wave after another, each acknowledged
+        before the next is sent: a later batch must never be written where an earlier one
+        failed, or the earlier one, produced again, would look like a replay and be dropped.
+        """
+        producer = self._producer
+        topic = self.cluster.partials_topic
+        interval = self.config.detection.interval
         waves: list[list[_Cut]] = []
         depth: dict[TopicPartition, int] = {}
         for cut in cuts:
@@ -457,11 +519,12 @@ class Ingest(KafkaRole):
                     self.stats.exact_offsets += cut.last - cut.first + 1
             await asyncio.wait_for(asyncio.gather(*futures), _ACK_TIMEOUT)
             self.stats.messages_produced += len(futures)
+
+    async def _commit(self, cuts: list[_Cut]) -> None:
+        """Commit the input offsets ``cuts`` end at (with transactions: in the transaction
+        their partials were produced in, which this commits)."""
         offsets: dict[TopicPartition, int] = {}
         for cut in cuts:
-            lane = self._lanes.get(cut.tp)
-            if lane is not None and cut.event_time > lane.acked_time:
-                lane.acked_time = cut.event_time
             offsets[cut.tp] = max(offsets.get(cut.tp, 0), cut.last + 1)
         self._shipments += 1
         self._idle_shipments += any(cut.idle for cut in cuts)
@@ -474,18 +537,30 @@ class Ingest(KafkaRole):
             self._commit_attempts += 1
             if self._commit_attempts <= self._fail_commits:
                 raise RuntimeError(f"{FAULT_ENV}: commit {self._commit_attempts} fails")
-            await asyncio.wait_for(self._consumer.commit(offsets), _COMMIT_TIMEOUT)
+            if self._transactional:
+                group = self.source.config.group_id
+                await asyncio.wait_for(
+                    self._producer.send_offsets_to_transaction(offsets, group), _COMMIT_TIMEOUT
+                )
+                await asyncio.wait_for(self._producer.commit_transaction(), _COMMIT_TIMEOUT)
+            else:
+                await asyncio.wait_for(self._consumer.commit(offsets), _COMMIT_TIMEOUT)
         except Exception as exc:
-            # The batches are out, uncommitted. Nothing more is produced on top of them:
-            # the clients start again and whoever is assigned these partitions (this member
-            # or another) reads them again from their last commit, keeping apart per offset
-            # what this shipment may have covered, which the detecting side then skips.
+            # Without transactions the batches are out, uncommitted. Nothing more is
+            # produced on top of them: the clients start again and whoever is assigned
+            # these partitions (this member or another) reads them again from their last
+            # commit, keeping apart per offset what this shipment may have covered, which
+            # the detecting side then skips.
             self.stats.commit_failures += 1
             raise SourceError(
                 f"{self.name}: committing offsets failed ({exc!r}); reading again from the "
                 "last commit"
             ) from exc
         self.stats.commits += 1
+        for cut in cuts:
+            lane = self._lanes.get(cut.tp)
+            if lane is not None and cut.event_time > lane.acked_time:
+                lane.acked_time = cut.event_time
         if self._hold_after and self._shipments >= self._hold_after:
             self._hold_after = 0
             log.warning("%s: %s: holding for %.0fs", self.name, FAULT_ENV, _HOLD)
@@ -547,13 +622,23 @@ class Ingest(KafkaRole):
         if not beat.times:
             return
         value = beat.encode()
-        futures = [
-            await producer.send(
-                self.cluster.partials_topic, value, partition=p, headers=heartbeat_headers()
-            )
-            for p in range(self._partitions)
-        ]
-        await asyncio.wait_for(asyncio.gather(*futures), _ACK_TIMEOUT)
+        if self._transactional:
+            await producer.begin_transaction()
+        try:
+            futures = [
+                await producer.send(
+                    self.cluster.partials_topic, value, partition=p, headers=heartbeat_headers()
+                )
+                for p in range(self._partitions)
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), _ACK_TIMEOUT)
+            if self._transactional:
+                await asyncio.wait_for(producer.commit_transaction(), _COMMIT_TIMEOUT)
+        except BaseException:
+            if self._transactional:
+                with contextlib.suppress(Exception):
+                    await producer.abort_transaction()
+            raise
         self.stats.heartbeats += 1
 
     # -- rebalancing -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from egressd.cluster.detect import Detect
 from egressd.cluster.ingest import Ingest
 from egressd.config import Config
 from egressd.detect.alerts import Alert
-from egressd.errors import EgressdError
+from egressd.errors import ConfigError, EgressdError
 from egressd.replay import build_labeler
 from egressd.sinks.alertlog import AlertLog
 from egressd.sinks.alertmanager import AlertmanagerSink
@@ -29,6 +29,9 @@ from egressd.sinks.metrics import PREFIX, _extra_families
 from egressd.systemd import Notifier
 
 log = logging.getLogger("egressd.cluster")
+
+#: as egressd.cli's: an invalid configuration
+EXIT_INVALID = 2
 
 
 class _RoleCollector:
@@ -149,7 +152,14 @@ class RoleNode:
             if waits[0] not in done:
                 exit_code = EXIT_ERROR
                 for task in done:
-                    log.error("stopped unexpectedly: %r; egressd exits", task.exception())
+                    error = task.exception()
+                    if isinstance(error, ConfigError):
+                        # Found only once the brokers answered (cluster.transactions):
+                        # exit as for any invalid configuration, which a restart cannot mend.
+                        log.error("invalid configuration: %s; egressd exits", error)
+                        exit_code = EXIT_INVALID
+                    else:
+                        log.error("stopped unexpectedly: %r; egressd exits", error)
             else:
                 log.info("stopping on signal")
         except (EgressdError, OSError) as exc:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from egressd.errors import SourceError
+from egressd.errors import ConfigError, SourceError
 from egressd.sources.kafka import Backoff, map_kafka_error
 
 
@@ -52,8 +52,8 @@ class KafkaRole:
                 self._ready = True
                 backoff.reset()
                 await self._consume()
-            except asyncio.CancelledError:
-                raise
+            except (asyncio.CancelledError, ConfigError):
+                raise  # a configuration the brokers cannot serve: starting again cannot help
             except Exception as exc:
                 error = exc if isinstance(exc, SourceError) else map_kafka_error(exc, self.name)
                 delay = backoff.next_delay()
