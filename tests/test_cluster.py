@@ -858,3 +858,83 @@ def test_transactions_on_a_broker_without_them_stop_ingest_at_start_up(
         assert took < 30, took
     finally:
         cluster.stop_all()
+
+
+#: BASE with 10-second intervals and 5 seconds' lateness: a live page within 19 s
+LIVE = BASE.replace(
+    'interval = "1m"\nallowed_lateness = "30s"', 'interval = "10s"\nallowed_lateness = "5s"'
+)
+#: interval + allowed_lateness of LIVE, session_timeout and state.save_interval of NODE
+LIVE_BOUND = 10 + 5 + 2 + 2
+
+
+def test_a_live_exfiltration_pages_within_the_bound_through_two_and_two_processes(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    # Flows stamped with the wall time at which they are produced, to every raw partition
+    # (80 a second, so 10-offset batches fill every half second), through two ingest and
+    # two detect processes: 180 MB to CN from research must page within interval +
+    # allowed_lateness + session timeout + save_interval of being produced, and not before
+    # its interval could close (its end + allowed_lateness).
+    assert LIVE != BASE
+    cluster = Cluster(broker, tmp_path, batch=10, base=LIVE)
+    rng = random.Random(5)
+    outcome: dict[str, float] = {}
+
+    async def traffic() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap, enable_idempotence=False, linger_ms=5
+        )
+        await producer.start()
+        seq = 0
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 60 and not cluster.firing():
+                now = time.time()
+                if "produced" not in outcome and time.monotonic() - started > 8:
+                    # The exfiltration: 15 x 12 MB, spread over the raw partitions.
+                    futures = []
+                    for i in range(15):
+                        seq += 1
+                        value = goflow2_record(
+                            seq, src="10.20.0.17", dst=CN, nbytes=12_000_000, t=now
+                        )
+                        futures.append(
+                            await producer.send(cluster.raw, value, partition=i % RAW_PARTITIONS)
+                        )
+                    await asyncio.gather(*futures)
+                    outcome["produced"] = time.monotonic()
+                    outcome["stamp"] = now
+                for partition in range(RAW_PARTITIONS):
+                    seq += 1
+                    value = goflow2_record(
+                        seq,
+                        src=rng.choice(SOURCES),
+                        dst=rng.choice(DESTINATIONS),
+                        nbytes=rng.randrange(100, 5000),
+                        t=now,
+                    )
+                    await producer.send(cluster.raw, value, partition=partition)
+                await asyncio.sleep(0.05)
+        finally:
+            await producer.stop()
+
+    try:
+        for name in ("detect-a", "detect-b"):
+            cluster.start(name, "detect")
+        for name in ("ingest-a", "ingest-b"):
+            cluster.start(name, "ingest")
+        with FirstSeen(cluster) as seen:
+            asyncio.run(traffic())
+            time.sleep(0.5)
+        assert "produced" in outcome, cluster.logs()
+        fired = [labels for labels in seen.log if dict(labels)["dst_country"] == "CN"]
+        assert [dict(labels)["group"] for labels in fired] == ["research"], cluster.logs()
+        delay = seen.log[fired[0]] - outcome["produced"]
+        interval_end = (outcome["stamp"] // 10 + 1) * 10
+        earliest = interval_end + 5 - outcome["stamp"]
+        assert earliest - 1.0 <= delay <= LIVE_BOUND, (delay, earliest, cluster.logs())
+        print(f"live page {delay:.1f}s after the flows (interval closed at +{earliest:.1f}s)")
+    finally:
+        codes = cluster.stop_all()
+    assert codes == dict.fromkeys(codes, 0), cluster.logs()
