@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import egressd.replay as replay_module
+from egressd.columns import FlowColumns
 from egressd.config import parse_config
 from egressd.decode.columnar import COLUMN_FORMATS, JsonColumnDecoder
 from egressd.model import FlowRecord
@@ -445,3 +446,24 @@ def test_replay_alerts_match_the_record_path(
     records = _replay(scenario.config_text, fmt, path)
     assert columns == records
     assert columns[0].count(b"\n") >= 2  # the scenario pages: alerts were compared
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ends=st.lists(
+        st.one_of(st.floats(1.7e9, 1.8e9), st.sampled_from([1.7e9, 1.7e9 + 600.0, 2.5e9])),
+        min_size=1,
+        max_size=200,
+    ),
+    event_time=st.one_of(st.just(-float("inf")), st.floats(1.6e9, 1.9e9)),
+    ahead=st.sampled_from([0.0, 300.0, 3600.0]),
+)
+def test_column_segments_are_the_record_segments(
+    ends: list[float], event_time: float, ahead: float
+) -> None:
+    columns = FlowColumns.from_records(
+        [FlowRecord(end, end, "10.0.0.1", "1.1.1.1", 1, 1) for end in ends]
+    )
+    assert replay_module.column_segments(columns, event_time, ahead) == (
+        replay_module.segments_of_ends(ends, event_time, ahead)
+    )
