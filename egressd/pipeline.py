@@ -538,42 +538,47 @@ class Engine:
         sizes = batch.sizes[ordered]
         zero = sizes * 0
         egress_sizes = np.where(is_egress, sizes, zero)
-        byte_sums = np.add.reduceat(egress_sizes, heads).tolist()
-        ingress_sums = np.add.reduceat(np.where(is_egress, zero, sizes), heads).tolist()
-        packet_sums = np.add.reduceat(
-            np.where(is_egress, batch.packets[ordered], zero), heads
-        ).tolist()
-        small_sums = np.add.reduceat(
-            np.where(batch.small[ordered], egress_sizes, zero), heads
-        ).tolist()
-        flow_sums = np.add.reduceat(is_egress.astype(np.int64), heads).tolist()
+        by_first = np.argsort(firsts, kind="stable")  # keys in the order records meet them
+        byte_sums = np.add.reduceat(egress_sizes, heads)[by_first].tolist()
+        ingress_sums = np.add.reduceat(np.where(is_egress, zero, sizes), heads)[by_first]
+        packet_sums = np.add.reduceat(np.where(is_egress, batch.packets[ordered], zero), heads)
+        small_sums = np.add.reduceat(np.where(batch.small[ordered], egress_sizes, zero), heads)
+        flow_sums = np.add.reduceat(is_egress.astype(np.int64), heads)[by_first].tolist()
+        first_rows = firsts[by_first]
         buckets = aggregator.buckets
         max_keys = aggregator.max_keys
         names = batch.groups
         labels = batch.labels
-        row_counts = rows.tolist()
         accums: list[Accum] = [None] * len(heads)  # type: ignore[list-item]
-        for j in np.argsort(firsts, kind="stable").tolist():
-            first = int(firsts[j])
-            start = float(starts[first])
+        for j, start, group, dest, size, packets, flows, small, ingress, count in zip(
+            by_first.tolist(),
+            starts[first_rows].tolist(),
+            groups[first_rows].tolist(),
+            dests[first_rows].tolist(),
+            byte_sums,
+            packet_sums[by_first].tolist(),
+            flow_sums,
+            small_sums[by_first].tolist(),
+            ingress_sums.tolist(),
+            rows[by_first].tolist(),
+            strict=True,
+        ):
             bucket = buckets.get(start)
             if bucket is None:
                 bucket = aggregator.bucket(start)
-            key = (names[int(groups[first])], labels[int(dests[first])])
+            key = (names[group], labels[dest])
             accum = bucket.get(key)
             if accum is None:
                 full = len(bucket) >= max_keys
                 accum = aggregator.accum(bucket, key)
                 if full and key not in bucket:  # each of its records was folded
-                    aggregator.folded_records += row_counts[j] - 1
+                    aggregator.folded_records += count - 1
             accums[j] = accum
-            flows = flow_sums[j]
             if flows:
-                accum.bytes += int(byte_sums[j])
-                accum.packets += int(packet_sums[j])
+                accum.bytes += size
+                accum.packets += packets
                 accum.flows += flows
-                accum.small += int(small_sums[j])
-            ingress = int(ingress_sums[j])
+                accum.small += small
             if ingress:
                 accum.ingress += ingress
         # Talkers wait in the interval's backlog until something reads the sketches.
