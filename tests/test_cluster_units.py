@@ -750,3 +750,57 @@ async def test_detect_reads_committed_transactions_only_with_transactions(
         )
         await node._connect()
         assert made[-1].options.get("isolation_level") == isolation
+
+
+class DetectConsumer:
+    """The group's committed offsets, and where the detect role told the consumer to read."""
+
+    def __init__(self) -> None:
+        self.committed_offsets: dict[TopicPartition, int] = {}
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.committed_offsets.get(tp)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed_offsets.update(offsets)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp, 0))
+
+
+async def test_a_rebalance_saves_nothing_and_keeps_what_comes_back_untouched(
+    tmp_path: Path,
+) -> None:
+    node, _ = detect(tmp_path)
+    consumer = node._consumer = DetectConsumer()
+    tp = TopicPartition("partials", 0)
+    await node._on_assigned([tp])
+    part = node.partitions[tp]
+    for offset in range(3):
+        beat = Heartbeat({"flows:0": FLOW_T0 + offset}, {"flows": 1})
+        node._apply(part, Message(offset, beat.encode(), heartbeat_headers()))
+        part.position = offset + 1
+    await node._save([part])  # the periodic save: snapshot at 3, committed 3
+    assert node.stats.snapshots == 1 and consumer.committed_offsets == {tp: 3}
+    part.position = 5  # two more applied since
+    # aiokafka revokes everything before each assignment: nothing is saved then, and a
+    # partition given back with its committed offset unchanged is the same engine, read on
+    # from where it was.
+    await node._on_revoked([tp])
+    assert node.partitions == {} and node.stats.snapshots == 1
+    await node._on_assigned([tp])
+    assert node.partitions[tp] is part and node.stats.partitions_kept == 1
+    assert consumer.seeks[-1] == (tp, 5)
+    # Another process had it meanwhile and committed (after its own snapshot): loaded from
+    # the snapshot store, not kept.
+    await node._on_revoked([tp])
+    consumer.committed_offsets[tp] = 4
+    await node._on_assigned([tp])
+    loaded = node.partitions[tp]
+    assert loaded is not part and loaded.loaded and node.stats.snapshots_loaded == 1
+    assert consumer.seeks[-1] == (tp, 3) and loaded.committed == 4
+    assert node.stats.partitions_kept == 1

@@ -112,6 +112,9 @@ class _Partition:
     intern: dict[str, DestinationLabels] = field(default_factory=dict)
     #: whether a snapshot was loaded (the consumer then seeks to ``position``)
     loaded: bool = False
+    #: the group's committed offset of this partition as this process last knew it (read
+    #: on assignment, then what it committed)
+    committed: int | None = None
 
 
 class Detect(KafkaRole):
@@ -482,6 +485,9 @@ class Detect(KafkaRole):
             log.warning("%s: committing partials offsets failed: %r", self.name, exc)
         else:
             self.stats.commits += 1
+            for part in parts:
+                if part.tp in offsets:
+                    part.committed = offsets[part.tp]
 
     async def _save_periodically(self) -> None:
         while True:
@@ -492,13 +498,17 @@ class Detect(KafkaRole):
     # -- rebalancing -----------------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Set the partitions aside, unsaved: aiokafka revokes every partition before each
+        assignment, and the sticky assignor gives most of them back, so saving them all at
+        every rebalance would be wasted (and could outlast the rebalance timeout). One that
+        goes to another process is loaded there from its last periodic snapshot, with the
+        partials since replayed: the same engine, a little later. A process that leaves the
+        group saves first (``stop``)."""
         async with self._lock:
             parts = [self.partitions[tp] for tp in revoked if tp in self.partitions]
-            await self._save(parts)
             for part in parts:
                 del self.partitions[part.tp]
-            # Kept in case the next assignment gives them back (the sticky assignor tries
-            # to, and aiokafka revokes everything before each assignment).
+            # Kept in case the next assignment gives them back.
             self._parked = {part.tp: part for part in parts}
         if revoked:
             log.info("%s: partitions revoked: %s", self.name, _describe(revoked))
@@ -513,7 +523,17 @@ class Detect(KafkaRole):
             for tp in assigned:
                 if tp in self.partitions:
                     continue
-                if tp in parked and await self._untouched(tp, parked[tp]):
+                try:
+                    committed = await consumer.committed(tp)
+                except Exception as exc:
+                    log.warning("%s: committed offset of %s unknown: %r", self.name, tp, exc)
+                    self._rejoin = f"committed offset of {tp.topic}:{tp.partition} unknown"
+                    continue
+                if tp in parked and committed == parked[tp].committed:
+                    # Nobody committed it since this process did: whoever may have had it
+                    # meanwhile saved nothing the group took, and the engine in memory is
+                    # one the partials log gives at its position (as loading the snapshot
+                    # and replaying would, later).
                     self.partitions[tp] = parked[tp]
                     consumer.seek(tp, parked[tp].position)
                     self.stats.partitions_kept += 1
@@ -527,26 +547,16 @@ class Detect(KafkaRole):
                     self._rejoin = f"snapshot of {tp.topic}:{tp.partition} unreadable"
                     continue
                 self.partitions[tp] = part
+                part.committed = committed
                 if part.loaded:
                     # The snapshot holds everything before its position: replay from there.
                     consumer.seek(tp, part.position)
                 else:
-                    committed = await consumer.committed(tp)
                     part.position = committed or 0
                     if committed is None:
                         await consumer.seek_to_beginning(tp)
         log.info("%s: partitions assigned: %s", self.name, _describe(assigned) or "none")
         self._ownership_changed()
-
-    async def _untouched(self, tp: TopicPartition, part: _Partition) -> bool:
-        """Whether nobody moved ``tp`` on since ``part`` was saved and committed: then the
-        engine in memory is what its snapshot would give, without loading it."""
-        try:
-            committed = await self._consumer.committed(tp)
-        except Exception as exc:
-            log.debug("%s: committed offset of %s unknown: %r", self.name, tp, exc)
-            return False
-        return committed is not None and committed == part.position
 
     def _ownership_changed(self) -> None:
         if self.on_ownership is not None:
