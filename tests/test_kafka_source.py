@@ -22,6 +22,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 
 import egressd.sources.kafka as kafka_module
+from egressd.columns import FlowColumns
 from egressd.config import KafkaSourceConfig, parse_config
 from egressd.decode.goflow2 import encode_goflow2_protobuf
 from egressd.errors import ConfigError, DecodeError
@@ -655,3 +656,87 @@ async def test_several_json_lines_in_one_message_all_or_nothing() -> None:
     assert [r.src_port - 40000 for r in sink.records] == [0, 1, 2, 7]
     assert dict(source.stats.decode_errors) == {"bad_json": 1}
     assert source.stats.records == 4 and source.stats.units == 3
+
+
+class ColumnSink(Sink):
+    """A sink that takes columns too, as the daemon's engine feed does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.column_batches = 0
+
+    def submit_columns(self, columns: FlowColumns) -> None:
+        self.column_batches += 1
+        self.batches.append(columns.to_records())
+
+
+def _flows(records: list[FlowRecord]) -> list[tuple[Any, ...]]:
+    # Columns carry one exporter per batch: compare the rest.
+    return [
+        (
+            r.time_start,
+            r.time_end,
+            r.src,
+            r.dst,
+            r.bytes,
+            r.packets,
+            r.proto,
+            r.src_port,
+            r.dst_port,
+        )
+        for r in records
+    ]
+
+
+async def _consume(
+    log: dict[TopicPartition, list[bytes | None]], sink: Sink
+) -> tuple[KafkaSource, list[bytes | None]]:
+    """Consume ``log`` into ``sink``; the source and the values dead-lettered."""
+    producer = FakeProducer()
+    source = KafkaSource(
+        config(dead_letter_topic="dead", max_batch=7),
+        "k",
+        consumer_factory=FakeConsumer(log),
+        producer_factory=producer,
+    )
+    await source.start(sink)
+    await wait_for(
+        lambda: all(
+            source.checkpoint_position().get(f"flows:{tp.partition}") == len(values)
+            for tp, values in log.items()
+        )
+    )
+    await source.stop()
+    return source, [value for _, value, _ in producer.sent]
+
+
+@pytest.mark.parametrize("with_odd_messages", [False, True])
+async def test_json_fetches_decode_to_columns_as_to_records(with_odd_messages: bool) -> None:
+    """A sink that takes columns gets the flows, counters and dead letters of the record
+    path; a fetch with an empty or multi-line message goes the record path whole."""
+    good = [goflow2_json(i) for i in range(40)]
+    poison = [b"{not json", b"[1,2]", b'{"src_addr": "10.0.0.1"}', b"  ", goflow2_json(1)[:-1]]
+    odd = [None, b"", b"\n".join(good[:3])] if with_odd_messages else []
+    log: dict[TopicPartition, list[bytes | None]] = {
+        TP0: [*good[:20], *poison, *odd, *good[20:30]],
+        TP1: [*good[30:], poison[0], *good[:5]],
+    }
+    record_sink = Sink()
+    records, record_letters = await _consume(log, record_sink)
+    column_sink = ColumnSink()
+    columns, column_letters = await _consume(log, column_sink)
+    assert _flows(column_sink.records) == _flows(record_sink.records)
+    assert len(record_sink.records) == 45 + 3 * with_odd_messages
+    assert column_sink.column_batches > 0
+    assert (columns.stats.units, columns.stats.records) == (
+        records.stats.units,
+        records.stats.records,
+    )
+    assert columns.stats.decode_errors == records.stats.decode_errors
+    assert columns.stats.dropped == records.stats.dropped
+    assert column_letters == record_letters
+    assert (columns.records_consumed, columns.bytes_consumed) == (
+        records.records_consumed,
+        records.bytes_consumed,
+    )
+    assert sum(records.stats.decode_errors.values()) == 6

@@ -569,15 +569,23 @@ class JsonColumnDecoder:
     piece of pretty-printed JSON) and skipped lines.
     """
 
-    __slots__ = ("_format", "multi_line")
+    __slots__ = ("_format",)
 
-    def __init__(self, fmt: str, *, multi_line: bool = True) -> None:
+    def __init__(self, fmt: str) -> None:
         self._format = _format(fmt)
-        #: count bad JSON that looks like a piece of a multi-line object as ``multi_line_json``
-        self.multi_line = multi_line
 
-    def decode(self, lines: Sequence[bytes], stats: SourceStats) -> FlowColumns:
-        """The flows of ``lines`` (each one JSON object, with or without its newline)."""
+    def decode(
+        self,
+        lines: Sequence[bytes],
+        stats: SourceStats,
+        failures: list[tuple[int, str]] | None = None,
+    ) -> FlowColumns:
+        """The flows of ``lines`` (each one JSON object, with or without its newline).
+
+        With ``failures`` the lines are Kafka messages, counted as the Kafka source's record
+        path counts them: every one is input (a blank one fails as ``bad_json``), errors keep
+        their own reason, and each failed line's (index, reason) is appended to ``failures``.
+        """
         n = len(lines)
         if not n:
             return FlowColumns.empty()
@@ -617,7 +625,7 @@ class JsonColumnDecoder:
         if len(slow):
             keep = fields.ok.copy()
             for index in slow.tolist():
-                outcome = self._mend(lines[index], stats)
+                outcome = self._mend(lines[index], stats, failures, index)
                 if outcome is _BLANK:
                     units -= 1
                     continue
@@ -645,15 +653,24 @@ class JsonColumnDecoder:
         )
         return columns if keep is None else columns.take(keep)
 
-    def _mend(self, line: bytes, stats: SourceStats) -> FlowRecord | str | None:
+    def _mend(
+        self,
+        line: bytes,
+        stats: SourceStats,
+        failures: list[tuple[int, str]] | None,
+        index: int,
+    ) -> FlowRecord | str | None:
         """The record path for one line: its record, None (an error or skip, counted) or
         :data:`_BLANK` (a blank line, which is not input)."""
         try:
             record = self._format.decoder(line)
         except DecodeError as exc:
-            if not line.strip():
+            if failures is not None:
+                stats.failed(exc.reason)
+                failures.append((index, exc.reason))
+            elif not line.strip():
                 return _BLANK
-            if exc.reason == "bad_json" and self.multi_line and _looks_like_multi_line_json(line):
+            elif exc.reason == "bad_json" and _looks_like_multi_line_json(line):
                 stats.failed("multi_line_json")
             else:
                 stats.failed(exc.reason)

@@ -23,7 +23,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from egressd.columns import FlowColumns
 from egressd.config import KafkaSourceConfig
+from egressd.decode.columnar import COLUMN_FORMATS, JsonColumnDecoder
 from egressd.decode.goflow2 import (
     decode_goflow2_json,
     decode_goflow2_protobuf,
@@ -228,6 +230,7 @@ class KafkaSource:
     __slots__ = (
         "_assigned",
         "_backoff",
+        "_columns",
         "_consumer",
         "_consumer_factory",
         "_decode",
@@ -237,6 +240,7 @@ class KafkaSource:
         "_ready",
         "_sink",
         "_stopping",
+        "_submit_columns",
         "_submitted",
         "_task",
         "bytes_consumed",
@@ -271,6 +275,11 @@ class KafkaSource:
         self._producer_factory: ProducerFactory = producer_factory or AIOKafkaProducer
         self._decode = message_decoder(config.format)
         self._line = line_decoder(config.format)
+        #: JSON formats decode a fetch into columns for a sink that takes them
+        self._columns: JsonColumnDecoder | None = None
+        if config.format in COLUMN_FORMATS:
+            self._columns = JsonColumnDecoder(config.format)
+        self._submit_columns: Callable[[FlowColumns], None] | None = None
         self._consumer: Any = None
         self._producer: Any = None
         self._sink: RecordSink | None = None
@@ -300,6 +309,8 @@ class KafkaSource:
         if self._task is not None:
             raise RuntimeError(f"{self.name} already started")
         self._sink = sink
+        if self._columns is not None:
+            self._submit_columns = getattr(sink, "submit_columns", None)
         self._stopping = False
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"egressd-{self.name}"
@@ -537,11 +548,19 @@ class KafkaSource:
             self._backoff.reset()
             if not batches:
                 continue
-            records, failed = self._decode_batches(batches)
+            submit_columns = self._submit_columns
+            decoded = self._decode_columns(batches) if submit_columns else None
+            if decoded is None:
+                records, failed = self._decode_batches(batches)
+            else:
+                columns, failed = decoded
             if failed and self._producer is not None:
                 await self._dead_letter(failed)
-            if records:
-                sink.submit(records)
+            if decoded is None:
+                if records:
+                    sink.submit(records)
+            elif len(columns) and submit_columns is not None:
+                submit_columns(columns)
             # Only now, with the engine holding them, do these offsets count as submitted.
             for tp, messages in batches.items():
                 if messages:
@@ -610,6 +629,26 @@ class KafkaSource:
         self.records_consumed += units
         self.bytes_consumed += size
         return records, failed
+
+    def _decode_columns(
+        self, batches: dict[TopicPartition, Sequence[Any]]
+    ) -> tuple[FlowColumns, list[tuple[Any, str]]] | None:
+        """A fetch of a JSON format as one batch of columns, counted and failed as
+        :meth:`_decode_batches` counts and fails it (same flows, same order); None when a
+        message needs that path (empty, or several lines in one message)."""
+        assert self._columns is not None
+        messages = [message for batch in batches.values() for message in batch]
+        values = [message.value for message in messages]
+        if not all(values):
+            return None
+        joined = b"".join(values)
+        if b"\n" in joined:
+            return None
+        failures: list[tuple[int, str]] = []
+        columns = self._columns.decode(values, self.stats, failures)
+        self.records_consumed += len(values)
+        self.bytes_consumed += len(joined)
+        return columns, [(messages[index], reason) for index, reason in failures]
 
     def _decode_lines(self, value: bytes, append: Callable[[FlowRecord], None]) -> int:
         """Records of a message holding several JSON lines; returns how many were skipped.
