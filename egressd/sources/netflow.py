@@ -2,8 +2,9 @@
 
 When the socket is readable, a burst of datagrams (until it would block, at most
 :data:`_BURST`) is read, filtered by exporter and queued; a decoder task drains the bounded
-queue, decodes each datagram into columns and submits one batch per drain (at most
-:data:`_BATCH_RECORDS` flows). A full queue drops datagrams and counts them.
+queue, decodes each datagram into columns and submits them to the engine as one batch once
+:data:`_SUBMIT_FLOWS` flows are decoded or :data:`_SUBMIT_DELAY` seconds passed. A full
+queue drops datagrams and counts them.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from egressd.stats import SourceStats
 
 log = logging.getLogger("egressd.netflow")
 
-#: submit once this many flows are decoded, even if more datagrams wait
-_BATCH_RECORDS = 16384
+#: submit once this many flows are decoded ...
+_SUBMIT_FLOWS = 4096
+#: ... or this many seconds after the first of them came off the queue: the engine's cost
+#: per batch is paid per few thousand flows, not per datagram, even at low rates
+_SUBMIT_DELAY = 0.2
 #: decode at most this many queued datagrams before yielding to the loop
 _BATCH_DATAGRAMS = 256
 #: read at most this many datagrams per readiness of the socket before yielding to the loop
@@ -350,13 +354,39 @@ class NetflowSource:
         decode = self.decoder.decode_columns
         submit = columns_submitter(sink)
         stats = self.stats
+        batch: list[FlowColumns] = []
+        flows = 0
+        held = 0  # queue items decoded into ``batch`` (done once it is submitted)
+        due = 0.0  # when ``batch`` goes to the sink even if it stays small
+
+        def flush() -> None:
+            nonlocal batch, flows, held
+            if batch:
+                stats.records += flows
+                submitted, batch, flows = batch, [], 0
+                submit(submitted)
+            for _ in range(held):
+                queue.task_done()
+            held = 0
+
         while True:
-            first = await queue.get()
+            if held:
+                wait = due - time.monotonic()
+                if wait <= 0:
+                    flush()
+                    continue
+                try:
+                    first = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    flush()
+                    continue
+            else:
+                first = await queue.get()
+                due = time.monotonic() + _SUBMIT_DELAY
             items = [first]
             while len(items) < _BATCH_DATAGRAMS and not queue.empty():
                 items.append(queue.get_nowait())
-            batch: list[FlowColumns] = []
-            flows = 0
+            held += len(items)
             for data, host, received in items:
                 try:
                     columns = decode(data, _exporter_text(host), received)
@@ -371,16 +401,8 @@ class NetflowSource:
                 if len(columns):
                     batch.append(columns)
                     flows += len(columns)
-                    if flows >= _BATCH_RECORDS:
-                        stats.records += flows
-                        submit(batch)
-                        batch = []
-                        flows = 0
-            if batch:
-                stats.records += flows
-                submit(batch)
-            for _ in items:
-                queue.task_done()
+            if flows >= _SUBMIT_FLOWS:
+                flush()
 
     def _log_error(self, message: str, *args: object) -> None:
         now = time.monotonic()

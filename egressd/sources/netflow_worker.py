@@ -49,8 +49,10 @@ KIND_PARTIALS = 3
 FLUSH_EVERY = 0.25
 #: seconds a stopping worker goes on reading what its socket holds
 STOP_DRAIN = 2.0
-#: datagrams read from the socket before their flows are counted (as one batch)
+#: datagrams read from the socket at most per readiness
 _DRAIN = 256
+#: flows decoded before they are counted (as one batch; a partials frame counts the rest)
+_COUNT_FLOWS = 4096
 #: metrics of the single-process source that belong to the daemon's sockets, not a worker
 SOCKET_METRICS = frozenset(
     {
@@ -190,7 +192,8 @@ class Worker:
             if len(columns):
                 batches.append(columns)
                 self.pending_flows += len(columns)
-        self.count()
+        if self.pending_flows >= _COUNT_FLOWS:
+            self.count()
 
     def count(self) -> None:
         if self.pending:
