@@ -597,34 +597,46 @@ class SeasonalBaselines:
     # -- persistence ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, str]:
-        keys, slots = self._items(ordered=True)
+        index = self._index
+        names = [f"{group}\t{dest}" for group, inner in index.items() for dest in inner]
+        slots = np.fromiter(
+            (slot for inner in index.values() for slot in inner.values()), np.intp, self._count
+        )
+        order = np.argsort(self._seq[slots], kind="stable")  # the order keys were learned
         # A record is a whole number of base64 quanta: the records encoded at once, cut up.
-        text = base64.b64encode(self._raw.reshape(-1, RECORD_SIZE)[slots].tobytes()).decode()
+        rows = self._raw.reshape(-1, RECORD_SIZE)[slots[order]]
+        text = base64.b64encode(rows.tobytes()).decode()
         width = _RECORD_BASE64
         return {
-            f"{group}\t{dest}": text[i * width : i * width + width]
-            for i, (group, dest) in enumerate(keys)
+            names[i]: text[at : at + width]
+            for i, at in zip(order.tolist(), range(0, len(text), width), strict=True)
         }
 
     def load_json(self, data: dict[str, str]) -> None:
         index: dict[str, dict[str, int]] = {}
-        raws: list[bytes] = []
-        for text, blob in data.items():
+        count = 0
+        for text in data:
             group, sep, dest = text.partition("\t")
-            raw = base64.b64decode(blob, validate=True)
-            if len(raw) == OLD_RECORD_SIZE:
-                raw += bytes(_PEAK.size)  # no peak yet: it starts with the next interval
-            if not sep or len(raw) != RECORD_SIZE:
+            if not sep:
                 raise ValueError(f"malformed baseline entry {text!r}")
             inner = index.get(group)
             if inner is None:
                 inner = index[group] = {}
-            inner[dest] = len(raws)
-            raws.append(raw)
-        count = len(raws)
+            inner[dest] = count
+            count += 1
+        blobs = list(data.values())
+        raw = b""
+        if all(len(blob) == _RECORD_BASE64 for blob in blobs):
+            # Records of today's size (no padding): decoded all at once.
+            try:
+                raw = base64.b64decode("".join(blobs), validate=True)
+            except ValueError:
+                raw = b""
+        if len(raw) != count * RECORD_SIZE:
+            raw = b"".join(_decode_record(text, blob) for text, blob in data.items())
         capacity = max(count, min(self.max_keys, 1024))
         storage = _zeroed(capacity * RECORD_SIZE)
-        storage[: count * RECORD_SIZE] = np.frombuffer(b"".join(raws), np.uint8)
+        storage[: count * RECORD_SIZE] = np.frombuffer(raw, np.uint8)
         self._index = index
         self._count = self._used = self._learned = count
         self._free = []
@@ -636,6 +648,16 @@ class SeasonalBaselines:
                 pack(extra_buf, slot * _EXTRA.size, slot + 1, *numbers(group, dest))
         self._set_storage(storage, extra)
         self.epoch += 1
+
+
+def _decode_record(text: str, blob: str) -> bytes:
+    """One stored record, checked; records written before the peak existed get a zero one."""
+    raw = base64.b64decode(blob, validate=True)
+    if len(raw) == OLD_RECORD_SIZE:
+        raw += bytes(_PEAK.size)  # no peak yet: it starts with the next interval
+    if len(raw) != RECORD_SIZE:
+        raise ValueError(f"malformed baseline entry {text!r}")
+    return raw
 
 
 def timezone_named(name: str) -> tzinfo:
