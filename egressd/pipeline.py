@@ -410,12 +410,16 @@ class Engine:
             texts = address_texts(hi_column, lo_column)
             label_parsed = getattr(self.labeler, "label_parsed", None)
             if label_parsed is not None:  # the composite labeler: no parsing the texts again
-                parsed = [
-                    (4, value & 0xFFFF_FFFF)
-                    if h == 0 and value >> 32 == 0xFFFF
-                    else (6, (h << 64) | value)
-                    for h, value in zip(hi_column.tolist(), lo_column.tolist(), strict=True)
-                ]
+                parsed = (
+                    [
+                        (4, value & 0xFFFF_FFFF)
+                        if h == 0 and value >> 32 == 0xFFFF
+                        else (6, (h << 64) | value)
+                        for h, value in zip(hi_column.tolist(), lo_column.tolist(), strict=True)
+                    ]
+                    if self.labeler.has_regions
+                    else []
+                )
                 labelled = label_parsed(parsed, texts)
             else:
                 labelled = self.labeler.label_many(texts)

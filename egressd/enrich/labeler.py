@@ -148,7 +148,10 @@ class CompositeLabeler:
     ) -> list[DestinationLabels]:
         """Labels of addresses already parsed, given as (version, value) with their canonical
         text (IPv4 dotted quad): the same as :meth:`label` of each text, with the embedded
-        country data asked once for all of them (the engine's batch path)."""
+        country data asked once for all of them (the engine's batch path). Only region maps
+        need ``parsed``: without them it may be empty."""
+        if self._country_db is None and self._asn_db is None and not self._region_maps:
+            return self._label_embedded(texts)
         countries: list[str | None] = [None] * len(texts)
         sources = [NO_SOURCE] * len(texts)
         unanswered = list(range(len(texts)))
@@ -223,6 +226,20 @@ class CompositeLabeler:
                 )
             table[key] = labels
         return list(map(table.__getitem__, keys))
+
+    def _label_embedded(self, texts: Sequence[str]) -> list[DestinationLabels]:
+        """:meth:`label_parsed` with the embedded country data alone: one label per country."""
+        found = self._embedded.countries(texts)
+        interned = self._interned
+        table: dict[str | None, DestinationLabels] = {}
+        for country in set(found):
+            source = EMBEDDED_SOURCE if country is not None else NO_SOURCE
+            key = (country or UNKNOWN_COUNTRY, "", 0, "", source)
+            labels = interned.get(key)
+            if labels is None:
+                labels = interned.store(key, DestinationLabels(country=key[0], source=source))
+            table[country] = labels
+        return list(map(table.__getitem__, found))
 
     def _compute(self, address: str) -> DestinationLabels:
         resolved = self._resolve(address)
