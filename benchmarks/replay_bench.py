@@ -31,7 +31,7 @@ from egressd.replay import build_labeler, replay
 # The scenario tests' configuration: four groups, one of them learning its countries.
 CONFIG = CONFIG_TOML
 
-TARGET_RATIO = 2.5
+TARGET_RATIO = 2.0
 TARGET_KEY_MEMORY = 512 * 1024 * 1024
 
 
@@ -44,6 +44,14 @@ def parse_only(path: Path) -> int:
             loads(line)
             count += 1
     return count
+
+
+def decode_only(path: Path) -> int:
+    """What replay's decoding costs: the lines to column batches, no engine."""
+    from egressd.sources.files import read_columns_file
+    from egressd.stats import SourceStats
+
+    return sum(map(len, read_columns_file("goflow2-json", path, SourceStats("bench"))))
 
 
 def replay_once(path: Path, config_text: str = CONFIG) -> int:
@@ -200,7 +208,7 @@ def main() -> int:
                 f"(opening them: {load * 1000:.0f} ms, included in each geo replay)"
             )
             del labeler
-        best_parse = best_replay = float("inf")
+        best_parse = best_replay = best_decode = float("inf")
         # CPU seconds beside wall seconds: on a shared machine they say more about --geo.
         cpu: dict[str, float] = {}
         best_geo: dict[str, float] = dict.fromkeys(geo_configs, float("inf"))
@@ -209,6 +217,10 @@ def main() -> int:
             assert parse_only(path) == args.records
             best_parse = min(best_parse, time.perf_counter() - t)
             cpu["parse"] = min(cpu.get("parse", math.inf), time.process_time() - c)
+            c, t = time.process_time(), time.perf_counter()
+            assert decode_only(path) == args.records
+            best_decode = min(best_decode, time.perf_counter() - t)
+            cpu["decode"] = min(cpu.get("decode", math.inf), time.process_time() - c)
             c, t = time.process_time(), time.perf_counter()
             assert replay_once(path) == args.records
             best_replay = min(best_replay, time.perf_counter() - t)
@@ -225,9 +237,14 @@ def main() -> int:
     print(f"replay():                         {replay_rate:12,.0f} lines/s  (best of {args.runs})")
     verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
     print(f"replay / parse-only time ratio:   {ratio:12.2f}x  ({verdict} target {TARGET_RATIO}x)")
+    # CPU time says more on a shared machine, where wall time includes others' turns.
+    cpu_ratio = cpu["replay"] / cpu["parse"]
+    print(f"  same in CPU time:               {cpu_ratio:12.2f}x")
+    print(
+        f"  of which decoding to columns:   {best_decode / best_parse:12.2f}x "
+        f"(CPU {cpu['decode'] / cpu['parse']:.2f}x; the engine is the rest)"
+    )
     if geo_configs:
-        cpu_ratio = cpu["replay"] / cpu["parse"]
-        print(f"  same in CPU time:               {cpu_ratio:12.2f}x")
         for name, best in best_geo.items():
             geo_ratio = best / best_parse
             geo_cpu = cpu[name] / cpu["parse"]
