@@ -362,7 +362,8 @@ class EgressdCollector(Collector):
         yield _counter(
             "baseline_expectations_evaluated",
             "Baseline expectations evaluated for egress_baseline_bytes (keys that changed "
-            "since the last scrape; every key when the hour of day moved)",
+            "since the last scrape; every key for the next hour of day, during the quarter "
+            "hour before it or when it begins)",
             self._baseline_view.evaluated,
         )
 
