@@ -22,6 +22,8 @@ import egressd.replay as replay_module
 from egressd.columns import FlowColumns
 from egressd.config import parse_config
 from egressd.decode.columnar import COLUMN_FORMATS, JsonColumnDecoder
+from egressd.decode.nfdump_json import decode_nfdump_object, load_record
+from egressd.errors import DecodeError
 from egressd.model import FlowRecord
 from egressd.replay import replay
 from egressd.sources import files
@@ -467,3 +469,112 @@ def test_column_segments_are_the_record_segments(
     assert replay_module.column_segments(columns, event_time, ahead) == (
         replay_module.segments_of_ends(ends, event_time, ahead)
     )
+
+
+# --- nfdump's records (``nfdump -o json``): one pretty-printed object per text ---------------
+
+_NFDUMP_TIME = st.one_of(
+    st.builds(
+        lambda day, seconds, ms: (
+            f"2026-03-{day:02d}T{seconds // 3600:02d}:"
+            f"{seconds // 60 % 60:02d}:{seconds % 60:02d}.{ms:03d}"
+        ),
+        st.integers(1, 28),
+        st.integers(0, 86399),
+        st.integers(0, 999),
+    ),
+    st.sampled_from(["1970-01-01T00:00:00.000", "2026-03-09T24:00:00.000", "2026-03-09 14:04"]),
+)
+_NFDUMP = {
+    "type": st.just("FLOW"),
+    "first": _NFDUMP_TIME,
+    "last": _NFDUMP_TIME,
+    "received": _NFDUMP_TIME,
+    "in_packets": st.integers(0, 10**9),
+    "in_bytes": st.integers(0, 10**12),
+    "proto": st.integers(0, 255),
+    "src_port": st.integers(0, 65535),
+    "dst_port": st.integers(0, 65535),
+    "src4_addr": _ADDRESSES,
+    "dst4_addr": _ADDRESSES,
+    "ip4_router": _ADDRESSES,
+}
+
+
+def _nfdump_text(obj: dict[str, Any]) -> bytes:
+    """As nfdump prints a record: one field per line, tab-indented."""
+    fields = ",\n".join(f'\t"{key}" : {orjson.dumps(value).decode()}' for key, value in obj.items())
+    return ("{\n" + fields + "\n}").encode()
+
+
+def _nfdump_records(texts: list[bytes], stats: SourceStats) -> list[FlowRecord]:
+    """What read_nfdump makes of ``texts`` (its loop, without the nfdump process)."""
+    records = []
+    for text in texts:
+        stats.units += 1
+        try:
+            record = decode_nfdump_object(load_record(text))
+        except DecodeError as exc:
+            stats.failed(exc.reason)
+            continue
+        if record is None:
+            stats.drop("skipped")
+            continue
+        stats.records += 1
+        records.append(record)
+    return records
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    texts=st.lists(
+        st.one_of(
+            st.builds(_nfdump_text, _object(_NFDUMP)),
+            st.builds(_nfdump_text, _object(_NFDUMP)),
+            st.builds(
+                lambda obj: _nfdump_text({k.replace("4", "6"): v for k, v in obj.items()}),
+                _object(_NFDUMP),
+            ),
+            _BROKEN.map(lambda line: line.strip()),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_nfdump_records_to_columns(texts: list[bytes]) -> None:
+    expected_stats = SourceStats("records")
+    expected = _nfdump_records(texts, expected_stats)
+    stats = SourceStats("columns")
+    failures: list[tuple[int, str]] = []
+    got = JsonColumnDecoder("nfdump").decode(texts, stats, failures).to_records()
+    assert _comparable(got) == _comparable(expected)
+    assert _counters(stats) == _counters(expected_stats)
+    assert len(failures) == sum(expected_stats.decode_errors.values())
+
+
+def test_nfdump_fields_at_every_edge() -> None:
+    base = {
+        "type": "FLOW",
+        "first": "2026-03-09T14:00:00.250",
+        "last": "2026-03-09T14:04:59.750",
+        "in_packets": 3,
+        "in_bytes": 4500,
+        "proto": 6,
+        "src_port": 40000,
+        "dst_port": 443,
+        "src4_addr": "10.20.0.5",
+        "dst4_addr": "47.100.23.45",
+        "ip4_router": "192.0.2.1",
+        "src6_addr": "fd00:20::5",
+    }
+    texts = [_nfdump_text(base)]
+    for key in base:
+        texts.append(_nfdump_text({k: v for k, v in base.items() if k != key}))
+        texts.extend(_nfdump_text({**base, key: value}) for value in _EDGES)
+    for batch in (texts, *([text] for text in texts)):
+        expected_stats = SourceStats("records")
+        expected = _nfdump_records(batch, expected_stats)
+        stats = SourceStats("columns")
+        got = JsonColumnDecoder("nfdump").decode(batch, stats, []).to_records()
+        assert _comparable(got) == _comparable(expected)
+        assert _counters(stats) == _counters(expected_stats)

@@ -26,8 +26,10 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from egressd.cache import BoundedCache
 from egressd.columns import F64, U64, FlowColumns, address_value
 from egressd.decode.common import (
+    CACHE_LIMIT,
     MAX_EPOCH,
     PACKED_CACHE,
     PORTS,
@@ -521,6 +523,106 @@ def _pmacct(cols: Sequence[Sequence[object]]) -> _Fields:
     return fields
 
 
+_NFDUMP_KEYS: Final = (
+    ("first", _ANY),
+    ("last", _ANY),
+    ("src4_addr", _ANY),
+    ("dst4_addr", _ANY),
+    ("in_bytes", _COUNT),
+    ("in_packets", _COUNT),
+    ("proto", _ANY),
+    ("src_port", _PORT),
+    ("dst_port", _PORT),
+    ("received", _ANY),
+    ("src6_addr", _ANY),
+    ("dst6_addr", _ANY),
+    ("ip4_router", _ANY),
+    ("ip6_router", _ANY),
+    ("type", _ANY),
+)
+
+#: nfdump's time text → seconds, as :func:`egressd.decode.nfdump_json.nfdump_time` reads it
+NFDUMP_TIME_CACHE: BoundedCache[str, float] = BoundedCache(CACHE_LIMIT)
+
+
+def _nfdump_times(col: Sequence[object]) -> tuple[F64, Bools, Bools]:
+    """(seconds, result not None, cleared) of ``nfdump_time`` per row."""
+    from egressd.decode.nfdump_json import nfdump_time
+
+    n = len(col)
+    seconds = np.zeros(n, dtype=np.float64)
+    known = np.zeros(n, dtype=np.bool_)
+    ok = np.ones(n, dtype=np.bool_)
+    cached = NFDUMP_TIME_CACHE.get
+    NFDUMP_TIME_CACHE.lookups += n
+    for i, v in enumerate(col):
+        value = cached(v) if type(v) is str else None
+        if value is None:
+            try:
+                value = nfdump_time(None if v is _UNSET else v)
+            except DecodeError:
+                ok[i] = False
+                continue
+            if value is None:
+                continue
+            if type(v) is str:
+                NFDUMP_TIME_CACHE.store(v, value)
+        seconds[i] = value
+        known[i] = True
+    return seconds, known, ok
+
+
+def _either(first: Sequence[object], second: Sequence[object]) -> list[object]:
+    """``a or b`` per row (UNSET, like every false value, gives way)."""
+    return [a or b for a, b in zip(first, second, strict=True)]
+
+
+def _nfdump(cols: Sequence[Sequence[object]]) -> _Fields:
+    """nfdump's records: counts are stored already scaled by the sampling rate nfcapd knew."""
+    end, end_known, ok = _nfdump_times(cols[1])
+    # end is ``last or received``: a record without a true ``last`` is left to the decoder
+    ok &= end_known & (end != 0)
+    start, start_known, ok_start = _nfdump_times(cols[0])
+    ok &= ok_start
+    types = cols[14]
+    try:
+        distinct = set(types)
+    except TypeError:
+        distinct = {None}
+    if not distinct <= {"FLOW", _UNSET}:
+        ok &= np.fromiter((v is _UNSET or v == "FLOW" for v in types), np.bool_, len(types))
+    src = _addresses(_either(cols[2], cols[10]))
+    dst = _addresses(_either(cols[3], cols[11]))
+    nbytes, ok_bytes = _counts(cols[4], None)
+    packets, ok_packets = _counts(cols[5], 0)
+    proto = _table(cols[6], _PROTOCOLS_OR_ABSENT)
+    src_port = _table(cols[7], _PORTS_OR_ABSENT)
+    dst_port = _table(cols[8], _PORTS_OR_ABSENT)
+    ok &= src[2] & dst[2] & ok_bytes & ok_packets
+    ok &= (proto >= 0) & (src_port >= 0) & (dst_port >= 0)
+    ok_exporter, exporters = _exporters(_either(cols[12], cols[13]), ok)
+    ok &= ok_exporter
+    return _Fields(
+        ok,
+        np.where(start_known, start, end),
+        end,
+        src[:2],
+        dst[:2],
+        nbytes,
+        packets,
+        proto,
+        src_port,
+        dst_port,
+        exporters,
+    )
+
+
+def _nfdump_record(text: bytes) -> FlowRecord | None:
+    from egressd.decode.nfdump_json import decode_nfdump_object, load_record
+
+    return decode_nfdump_object(load_record(text))
+
+
 class _Format:
     __slots__ = ("build", "decoder", "layout")
 
@@ -548,9 +650,12 @@ def _format(fmt: str) -> _Format:
         from egressd.decode.egressd_json import decode_egressd_json
 
         return _Format(_EGRESSD_KEYS, _egressd, decode_egressd_json)
+    if fmt == "nfdump":
+        return _Format(_NFDUMP_KEYS, _nfdump, _nfdump_record)
     raise KeyError(fmt)
 
 
+#: JSON-lines formats; "nfdump" (records of ``nfdump -o json``, one text each) decodes too
 COLUMN_FORMATS: Final = ("goflow2-json", "pmacct-json", "egressd-json")
 
 

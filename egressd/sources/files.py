@@ -122,13 +122,18 @@ def _reader(fmt: str) -> RecordReader | None:
 LINE_FORMATS = ("goflow2-json", "pmacct-json", "egressd-json")
 FILE_FORMATS = (*LINE_FORMATS, "netflow-pcap", "pcap", "nfdump")
 #: formats read straight into columns (:func:`read_columns_file`), same flows as records
-COLUMN_FORMATS = ("netflow-pcap", *LINE_FORMATS)
+COLUMN_FORMATS = ("netflow-pcap", *LINE_FORMATS, "nfdump")
 
 
 def read_columns_file(fmt: str, path: str | Path, stats: SourceStats) -> Iterator[FlowColumns]:
     """Flows of one recorded input as column batches; only for :data:`COLUMN_FORMATS`."""
     if fmt not in COLUMN_FORMATS:
         raise EgressdError(f"format {fmt!r} has no column reader")
+    if fmt == "nfdump":  # nfdump reads the files itself
+        from egressd.sources.nfdump import read_nfdump_columns
+
+        yield from read_nfdump_columns(path, stats)
+        return
     stream = open_input(str(path))
     try:
         if fmt in LINE_FORMATS:

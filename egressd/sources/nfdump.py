@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from egressd.columns import FlowColumns
 from egressd.decode.nfdump_json import NfdumpJsonSplitter, decode_nfdump_object, load_record
 from egressd.errors import DecodeError, SourceError
 from egressd.model import FlowRecord
@@ -44,6 +45,41 @@ def nfdump_command(path: str | Path) -> list[str]:
 
 def read_nfdump(path: str | Path, stats: SourceStats) -> Iterator[FlowRecord]:
     """Flow records of an nfcapd file or directory, in the order nfdump prints them."""
+    units = records = 0
+    try:
+        for texts in _record_texts(path, stats):
+            for text in texts:
+                units += 1
+                try:
+                    record = decode_nfdump_object(load_record(text))
+                except DecodeError as exc:
+                    stats.failed(exc.reason)
+                    continue
+                if record is None:
+                    stats.drop("skipped")
+                    continue
+                records += 1
+                yield record
+    finally:
+        stats.units += units
+        stats.records += records
+
+
+def read_nfdump_columns(path: str | Path, stats: SourceStats) -> Iterator[FlowColumns]:
+    """:func:`read_nfdump` as column batches (the same flows in the same order, the same
+    counters), one per piece of nfdump's output."""
+    from egressd.decode.columnar import JsonColumnDecoder
+
+    decoder = JsonColumnDecoder("nfdump")
+    for texts in _record_texts(path, stats):
+        # Every record text is input and keeps its error reason, as failures say.
+        columns = decoder.decode(texts, stats, [])
+        if len(columns):
+            yield columns
+
+
+def _record_texts(path: str | Path, stats: SourceStats) -> Iterator[list[bytes]]:
+    """The texts of nfdump's records, a list per piece of its output read."""
     if str(path) == "-":
         raise SourceError(
             "--format nfdump reads nfcapd files or directories, not stdin", retriable=False
@@ -59,21 +95,11 @@ def read_nfdump(path: str | Path, stats: SourceStats) -> Iterator[FlowRecord]:
     )
     assert process.stdout is not None
     splitter = NfdumpJsonSplitter()
-    units = records = 0
     try:
         while chunk := process.stdout.read(_CHUNK):
-            for text in splitter.feed(chunk):
-                units += 1
-                try:
-                    record = decode_nfdump_object(load_record(text))
-                except DecodeError as exc:
-                    stats.failed(exc.reason)
-                    continue
-                if record is None:
-                    stats.drop("skipped")
-                    continue
-                records += 1
-                yield record
+            texts = splitter.feed(chunk)
+            if texts:
+                yield texts
         returncode = process.wait()
         errors.seek(0)
         error = errors.read(2000).decode(errors="replace").strip()
@@ -88,8 +114,6 @@ def read_nfdump(path: str | Path, stats: SourceStats) -> Iterator[FlowRecord]:
                 retriable=False,
             )
     finally:
-        stats.units += units
-        stats.records += records
         if process.poll() is None:
             process.kill()
         process.wait()
