@@ -456,8 +456,17 @@ class Engine:
         lateness = aggregator.lateness
         future_limit = self.future_limit
         stream_ahead = self.stream_ahead
-        may_clamp = future_limit < math.inf or stream_ahead > -math.inf
         ends = batch.ends
+        # A fixed limit (live sources: wall time ahead) clamps every row at once; one that
+        # follows event time (replay's stream_ahead) moves with the rows before each one.
+        fixed_clamp: npt.NDArray[np.bool_] | None = None
+        if stream_ahead == -math.inf and future_limit < math.inf:
+            fixed_clamp = ends > future_limit
+            if fixed_clamp.any():
+                ends = np.where(fixed_clamp, future_limit, ends)
+            else:
+                fixed_clamp = None
+        may_clamp = stream_ahead > -math.inf and future_limit < math.inf
         touch = batch.touch
         m = len(ends)
         pos = 0
@@ -495,6 +504,8 @@ class Engine:
             size = int(closing[0]) + 1 if len(closing) else len(end)
             if may_clamp and size == len(end) and end[-1] < ends[pos + size - 1]:
                 self.stats.future_records += 1  # the block ends with the clamped record
+            if fixed_clamp is not None:
+                self.stats.future_records += int(np.count_nonzero(fixed_clamp[pos : pos + size]))
             self._account_block(batch, pos, size, starts[:size], late[:size])
             top = float(running[size - 1])
             if top > max_time:
