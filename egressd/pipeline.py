@@ -356,11 +356,13 @@ class Engine:
         still taken in order: the batch is cut into blocks that end where :meth:`process`
         would close an interval or clamp a record to ``future_limit``, so late records, the
         watermark and closes fall exactly where they would record by record. Two things
-        differ, neither in any sum or alert: top-talker sketches get a block's weights
-        summed per address (:meth:`egressd.sketch.TopK.add_summed`: equal while the
-        addresses fit the sketch), and the caches count one lookup per distinct address of
-        a batch (the batch path classifies by range tables, without the source cache, and
-        keeps labels in the destination cache by the address's integer value).
+        differ, in no sum: top-talker sketches get an interval's flows summed per address
+        when something reads them (:mod:`egressd.talkers`; equal to adding flow by flow
+        while the addresses fit the sketch, past that the heaviest by weight are kept, so
+        an alert may name other top talkers than flow-by-flow Space-Saving would), and the
+        caches count one lookup per distinct address of a batch (the batch path classifies
+        by range tables, without the source cache, and keeps labels in the destination
+        cache by the address's integer value).
         """
         n = len(columns)
         if n == 0:
