@@ -30,10 +30,11 @@ from egressd.stats import SourceStats
 log = logging.getLogger("egressd.netflow")
 
 #: submit once this many flows are decoded ...
-_SUBMIT_FLOWS = 4096
+_SUBMIT_FLOWS = 1024
 #: ... or this many seconds after the first of them came off the queue: the engine's cost
-#: per batch is paid per few thousand flows, not per datagram, even at low rates
-_SUBMIT_DELAY = 0.2
+#: per batch (a fixed part per call) is paid per thousand flows, not per datagram, even at
+#: low rates, and flows wait at most this long
+_SUBMIT_DELAY = 0.1
 #: decode at most this many queued datagrams before yielding to the loop
 _BATCH_DATAGRAMS = 256
 #: read at most this many datagrams per readiness of the socket before yielding to the loop

@@ -52,7 +52,7 @@ STOP_DRAIN = 2.0
 #: datagrams read from the socket at most per readiness
 _DRAIN = 256
 #: flows decoded before they are counted (as one batch; a partials frame counts the rest)
-_COUNT_FLOWS = 4096
+_COUNT_FLOWS = 1024
 #: metrics of the single-process source that belong to the daemon's sockets, not a worker
 SOCKET_METRICS = frozenset(
     {
