@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from kafka_support import EXFIL_CONFIG, FLOW_T0, TansuBroker, create_topic, produce
 
+from egressd.columns import FlowColumns
 from egressd.config import KafkaSourceConfig, parse_config
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
@@ -108,10 +109,17 @@ async def egressd_loop(bootstrap: str, topic: str, total: int) -> tuple[float, E
     started = [0.0]
 
     class EngineSink:
+        """As the daemon's sink: records, or a JSON fetch as one batch of columns."""
+
         def submit(self, records: Sequence[FlowRecord]) -> None:
             if not started[0]:
                 started[0] = time.perf_counter()
             engine.process(records)
+
+        def submit_columns(self, columns: FlowColumns) -> None:
+            if not started[0]:
+                started[0] = time.perf_counter()
+            engine.process_columns(columns)
 
     cfg = KafkaSourceConfig(
         bootstrap_servers=(bootstrap,),
