@@ -20,6 +20,9 @@ import orjson
 import pytest
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_decode_columns import _comparable, _lines
 
 import egressd.sources.kafka as kafka_module
 from egressd.columns import FlowColumns
@@ -740,3 +743,36 @@ async def test_json_fetches_decode_to_columns_as_to_records(with_odd_messages: b
         records.bytes_consumed,
     )
     assert sum(records.stats.decode_errors.values()) == 6
+
+
+@dataclass
+class _Fetched:
+    value: bytes
+    offset: int
+    key: bytes | None = None
+
+
+@pytest.mark.parametrize("fmt", ["goflow2-json", "pmacct-json", "egressd-json"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_fetch_decodes_to_columns_as_to_records(fmt: str, data: st.DataObject) -> None:
+    """The two decodings of one fetch of single-line messages, from the same source code."""
+    lines = data.draw(_lines(fmt)).split(b"\n")
+    values = [line for line in lines if line] or [b"{}"]
+    fetch = {TP0: [_Fetched(value, offset) for offset, value in enumerate(values)]}
+    records_source = KafkaSource(config(format=fmt), "records")
+    records, record_failed = records_source._decode_batches(fetch)
+    columns_source = KafkaSource(config(format=fmt), "columns")
+    decoded = columns_source._decode_columns(fetch)
+    assert decoded is not None
+    columns, column_failed = decoded
+    assert _comparable(columns.to_records()) == _comparable(records)  # counts saturated
+    assert [(m.offset, reason) for m, reason in column_failed] == [
+        (m.offset, reason) for m, reason in record_failed
+    ]
+    for field in ("units", "records", "decode_errors", "dropped"):
+        assert getattr(columns_source.stats, field) == getattr(records_source.stats, field)
+    assert (columns_source.records_consumed, columns_source.bytes_consumed) == (
+        records_source.records_consumed,
+        records_source.bytes_consumed,
+    )
