@@ -10,12 +10,13 @@ import itertools
 import math
 import operator
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
+import numpy as np
 import orjson
 
 from egressd.baseline.statefile import load_state, move_aside, save_state
@@ -105,6 +106,40 @@ def column_segments(
     if ends[0] <= event_time + ahead and not (ends[1:] > ends[:-1] + ahead).any():
         return [(0, event_time + ahead)]
     return segments_of_ends(ends.tolist(), event_time, ahead)
+
+
+def merge_columns(streams: list[Iterator[FlowColumns]]) -> Iterator[FlowColumns]:
+    """The flows of ``streams`` as ``heapq.merge`` by end time orders them (ties: the
+    earlier stream first; streams out of order interleave as heapq.merge interleaves
+    them), in batches of up to :data:`_CHUNK` flows.
+
+    Only end times go through the heap; each batch is gathered from the streams' columns.
+    """
+    pending: list[deque[FlowColumns]] = [deque() for _ in streams]
+
+    def ends(index: int, stream: Iterator[FlowColumns]) -> Iterator[tuple[float, int]]:
+        for batch in stream:
+            pending[index].append(batch)
+            yield from zip(batch.time_end.tolist(), itertools.repeat(index))
+
+    order = map(operator.itemgetter(1), heapq.merge(*map(ends, itertools.count(), streams)))
+    while taken := list(itertools.islice(order, _CHUNK)):
+        sources = np.array(taken, dtype=np.intp)
+        counts = np.bincount(sources, minlength=len(streams)).tolist()
+        parts = []
+        for queue, count in zip(pending, counts, strict=True):
+            if not count:
+                continue
+            held = FlowColumns.concat(list(queue))
+            parts.append(held.take(slice(0, count)))
+            queue.clear()
+            if count < len(held):
+                queue.append(held.take(slice(count, None)))
+        # Rows sit grouped by stream in ``parts``; put each where the merge placed it.
+        grouped = np.argsort(sources, kind="stable")
+        placed = np.empty_like(grouped)
+        placed[grouped] = np.arange(len(grouped))
+        yield FlowColumns.concat(parts).take(placed)
 
 
 def _chunks(batches: Iterator[FlowColumns]) -> Iterator[FlowColumns]:
@@ -276,9 +311,14 @@ def replay(
         label = inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs"
         ahead = config.detection.max_clock_ahead
         engine.stream_ahead = ahead
-        if fmt in COLUMN_FORMATS and len(inputs) == 1:  # straight into columns
+        if fmt in COLUMN_FORMATS:  # straight into columns
             records = iter(())
-            for columns in _chunks(read_columns_file(fmt, inputs[0], all_stats[0])):
+            streams = [
+                read_columns_file(fmt, path, stats)
+                for path, stats in zip(inputs, all_stats, strict=True)
+            ]
+            batches = streams[0] if len(streams) == 1 else merge_columns(streams)
+            for columns in _chunks(batches):
                 segments = column_segments(columns, engine.event_time(), ahead)
                 ends = [index for index, _ in segments[1:]] + [len(columns)]
                 for (first, limit), last in zip(segments, ends, strict=True):

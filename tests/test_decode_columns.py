@@ -578,3 +578,45 @@ def test_nfdump_fields_at_every_edge() -> None:
         got = JsonColumnDecoder("nfdump").decode(batch, stats, []).to_records()
         assert _comparable(got) == _comparable(expected)
         assert _counters(stats) == _counters(expected_stats)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    streams=st.lists(
+        st.lists(
+            st.lists(st.sampled_from([1.0, 2.0, 2.0, 3.0, 5.0, 8.0]), min_size=1, max_size=6),
+            max_size=4,
+        ),
+        min_size=2,
+        max_size=4,
+    ),
+    chunk=st.sampled_from([1, 3, 8192]),
+)
+def test_merged_columns_follow_heapq_merge(streams: list[list[list[float]]], chunk: int) -> None:
+    """Batches of several streams (in order or not, with ties) merge as heapq.merge merges
+    their records by end time."""
+    import heapq
+
+    records = [
+        [
+            [FlowRecord(end, end, "10.0.0.1", f"10.1.{s}.{b}", k, 1) for k, end in enumerate(ends)]
+            for b, ends in enumerate(batches)
+        ]
+        for s, batches in enumerate(streams)
+    ]
+    expected = list(
+        heapq.merge(
+            *([r for batch in batches for r in batch] for batches in records),
+            key=lambda r: r.time_end,
+        )
+    )
+    columns = [iter([FlowColumns.from_records(batch) for batch in batches]) for batches in records]
+    saved = replay_module._CHUNK
+    replay_module._CHUNK = chunk
+    try:
+        merged = list(replay_module.merge_columns(columns))
+    finally:
+        replay_module._CHUNK = saved
+    assert all(len(batch) <= chunk for batch in merged)
+    got = [r for batch in merged for r in batch.to_records()]
+    assert _comparable(got) == _comparable(expected)
