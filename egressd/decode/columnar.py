@@ -699,7 +699,7 @@ class JsonColumnDecoder:
         width = layout.width
         parsed: Bools | None = None
         try:
-            if not b"".join(lines).isascii():
+            if not all(map(bytes.isascii, lines)):
                 raise _NotAscii
             rows: list[Any] = list(map(parse, lines))
             cols = list(zip(*map(_astuple, rows), strict=True))
