@@ -1,0 +1,113 @@
+"""The live NetFlow collector reads its socket in bursts and hands the engine column batches.
+
+Datagrams sent over loopback must all arrive as flows, in far fewer ``submit_columns`` calls
+than datagrams, each call a well-formed batch; a sink without ``submit_columns`` gets the
+same flows as records with their exporter; stopping submits what is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from egressd.columns import FlowColumns
+from egressd.config import NetflowSourceConfig
+from egressd.model import FlowRecord
+from egressd.sources.netflow import NetflowSource
+from tests.netflow_builders import data_set, template_set, v9_datagram
+
+FIELDS = [(8, 4), (12, 4), (1, 4), (2, 4), (22, 4), (21, 4)]
+SECS = 1_773_064_800
+DATAGRAMS = 60
+FLOWS = 20  # per datagram
+
+
+def datagram(index: int) -> bytes:
+    rows = [
+        [bytes([10, 0, index % 250, i]), bytes([93, 184, index % 250, i]), 100 + i, 1, 5, 9]
+        for i in range(FLOWS)
+    ]
+    sets = [data_set(256, FIELDS, rows)]  # type: ignore[arg-type]
+    if index == 0:
+        sets.insert(0, template_set({256: FIELDS}, ipfix=False))  # type: ignore[dict-item]
+    return v9_datagram(sets, uptime_ms=10, unix_secs=SECS, seq=index)
+
+
+class ColumnsSink:
+    def __init__(self) -> None:
+        self.batches: list[FlowColumns] = []
+
+    def submit(self, records: list[FlowRecord]) -> None:
+        raise AssertionError("the collector hands a column sink columns")
+
+    def submit_columns(self, columns: FlowColumns) -> None:
+        columns.check()
+        self.batches.append(columns)
+
+
+class RecordsSink:
+    def __init__(self) -> None:
+        self.records: list[FlowRecord] = []
+
+    def submit(self, records: list[FlowRecord]) -> None:
+        self.records.extend(records)
+
+
+async def _send_all(source: NetflowSource) -> None:
+    assert source.bound is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for index in range(DATAGRAMS):
+            sock.sendto(datagram(index), source.bound)
+
+
+async def _until(predicate: object, timeout: float = 5.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_bursts_become_few_column_batches_with_every_flow() -> None:
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0"))
+    sink = ColumnsSink()
+    await source.start(sink)
+    try:
+        await _send_all(source)
+        await _until(lambda: source.stats.records == DATAGRAMS * FLOWS)
+    finally:
+        await source.stop()
+    assert source.stats.units == DATAGRAMS
+    assert sum(len(b) for b in sink.batches) == DATAGRAMS * FLOWS
+    assert len(sink.batches) < DATAGRAMS // 4  # batched, not one call per datagram
+    flows = FlowColumns.concat(sink.batches)
+    assert flows.exporter == "127.0.0.1"
+    # every flow once, in the order sent
+    expected = [(index % 250, i) for index in range(DATAGRAMS) for i in range(FLOWS)]
+    third, fourth = ((flows.src_lo >> 8) & 0xFF).tolist(), (flows.src_lo & 0xFF).tolist()
+    got = list(zip(third, fourth, strict=True))
+    assert got == expected
+    assert set(flows.bytes.tolist()) == {100 + i for i in range(FLOWS)}
+
+
+async def test_a_record_sink_gets_records_with_their_exporter() -> None:
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0"))
+    sink = RecordsSink()
+    await source.start(sink)
+    try:
+        await _send_all(source)
+        await _until(lambda: len(sink.records) == DATAGRAMS * FLOWS)
+    finally:
+        await source.stop()
+    assert {r.exporter for r in sink.records} == {"127.0.0.1"}
+    assert sink.records[0].src == "10.0.0.0" and sink.records[-1].dst == f"93.184.59.{FLOWS - 1}"
+
+
+async def test_stop_submits_what_is_held() -> None:
+    """Flows held for a bigger batch are submitted by stop(), not lost."""
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0"))
+    sink = ColumnsSink()
+    await source.start(sink)
+    await _send_all(source)
+    await _until(lambda: source.stats.units == DATAGRAMS)
+    await source.stop()
+    assert sum(len(b) for b in sink.batches) == DATAGRAMS * FLOWS
