@@ -65,15 +65,19 @@ def _outcome(decode: Any, data: bytes) -> tuple[str, Any]:
 
 
 def assert_same(datagrams: list[bytes]) -> tuple[int, int]:
-    """Feed ``datagrams`` to both paths; return (flows, datagrams rejected)."""
+    """Feed ``datagrams`` to both paths, and all at once to ``decode_columns_batch``;
+    return (flows, datagrams rejected)."""
     records_path, columns_path = NetflowDecoder(), NetflowDecoder()
     flows = rejected = 0
+    every: list[Flow] = []
+    rejected_at: list[tuple[int, str]] = []
     for index, data in enumerate(datagrams):
         reason, records = _outcome(records_path.decode, data)
         reason_c, columns = _outcome(columns_path.decode_columns, data)
         assert reason_c == reason, f"datagram {index}"
         if reason != "ok":
             rejected += 1
+            rejected_at.append((index, reason))
         else:
             assert isinstance(columns, FlowColumns)
             columns.check()
@@ -83,9 +87,17 @@ def assert_same(datagrams: list[bytes]) -> tuple[int, int]:
             # the text the record path gives is the text the columns give back
             assert [g[2:4] for g in got] == [(r.src, r.dst) for r in records]
             flows += len(got)
+            every += got
         assert dataclasses.asdict(columns_path.stats) == dataclasses.asdict(records_path.stats), (
             f"datagram {index}"
         )
+    batch_path = NetflowDecoder()
+    batch, failed = batch_path.decode_columns_batch([(d, EXPORTER, NOW) for d in datagrams])
+    batch.check()
+    assert [(i, exc.reason) for i, exc in failed if isinstance(exc, DecodeError)] == rejected_at
+    assert len(failed) == len(rejected_at)
+    assert _flows(batch.to_records()) == every
+    assert dataclasses.asdict(batch_path.stats) == dataclasses.asdict(records_path.stats)
     return flows, rejected
 
 

@@ -28,7 +28,8 @@ class ColumnSink(RecordSink, Protocol):
 
 def columns_submitter(sink: RecordSink) -> Callable[[list[FlowColumns]], None]:
     """How to hand ``sink`` batches of columns: concatenated into one ``submit_columns``
-    call, or, for a sink without it, as records (each keeping its batch's exporter)."""
+    call, or, for a sink without it, as records (with their batch's exporter: "" when
+    it mixes several)."""
     submit_columns: Callable[[FlowColumns], None] | None = getattr(sink, "submit_columns", None)
     if submit_columns is not None:
         take = submit_columns

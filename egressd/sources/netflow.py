@@ -2,9 +2,9 @@
 
 When the socket is readable, a burst of datagrams (until it would block, at most
 :data:`_BURST`) is read, filtered by exporter and queued; a decoder task drains the bounded
-queue, decodes each datagram into columns and submits them to the engine as one batch once
-:data:`_SUBMIT_FLOWS` flows are decoded or :data:`_SUBMIT_DELAY` seconds passed. A full
-queue drops datagrams and counts them.
+queue, decodes what it drained into columns (the sets of one template read together) and
+submits them to the engine as one batch once :data:`_SUBMIT_FLOWS` flows are decoded or
+:data:`_SUBMIT_DELAY` seconds passed. A full queue drops datagrams and counts them.
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ class NetflowSource:
         queue = self._queue
         sink = self._sink
         assert queue is not None and sink is not None
-        decode = self.decoder.decode_columns
+        decode = self.decoder.decode_columns_batch
         submit = columns_submitter(sink)
         stats = self.stats
         batch: list[FlowColumns] = []
@@ -388,20 +388,21 @@ class NetflowSource:
             while len(items) < _BATCH_DATAGRAMS and not queue.empty():
                 items.append(queue.get_nowait())
             held += len(items)
-            for data, host, received in items:
-                try:
-                    columns = decode(data, _exporter_text(host), received)
-                except DecodeError as exc:
+            # one decoding for the lot: sets of one template are read together
+            columns, failed = decode(
+                [(data, _exporter_text(host), received) for data, host, received in items]
+            )
+            for index, exc in failed:
+                host = items[index][1]
+                if isinstance(exc, DecodeError):
                     stats.failed(exc.reason)
                     self._log_error("cannot decode a datagram from %s: %s", host, exc)
-                    continue
-                except Exception as exc:  # never let one datagram take the collector down
+                else:  # a decoder bug loses its datagram, never the collector
                     stats.failed("internal_error")
                     self._log_error("decoder failed on a datagram from %s: %r", host, exc)
-                    continue
-                if len(columns):
-                    batch.append(columns)
-                    flows += len(columns)
+            if len(columns):
+                batch.append(columns)
+                flows += len(columns)
             if flows >= _SUBMIT_FLOWS:
                 flush()
 

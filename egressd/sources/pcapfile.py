@@ -8,6 +8,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
+from itertools import islice
 from typing import BinaryIO
 
 from egressd.columns import FlowColumns
@@ -347,29 +348,23 @@ def read_netflow_capture(stream: BinaryIO, stats: SourceStats) -> Iterator[FlowR
 
 
 def read_netflow_columns(
-    stream: BinaryIO, stats: SourceStats, batch: int = 8192
+    stream: BinaryIO, stats: SourceStats, batch: int = 256
 ) -> Iterator[FlowColumns]:
-    """:func:`read_netflow_capture`'s flows as column batches of at least ``batch`` flows
-    (the last one may be smaller), in the same order."""
+    """:func:`read_netflow_capture`'s flows as column batches, in the same order: those of
+    ``batch`` datagrams at a time, decoded together (``decode_columns_batch``)."""
     from egressd.decode.netflow import NetflowDecoder
 
-    decode = NetflowDecoder().decode_columns
-    parts: list[FlowColumns] = []
-    flows = 0
-    for payload, src, ts in _export_datagrams(stream, stats):
-        try:
-            columns = decode(payload, src, ts)
-        except DecodeError as exc:
+    decode = NetflowDecoder().decode_columns_batch
+    datagrams = _export_datagrams(stream, stats)
+    while True:
+        chunk = list(islice(datagrams, batch))
+        if not chunk:
+            return
+        columns, failed = decode(chunk)
+        for _index, exc in failed:
+            if not isinstance(exc, DecodeError):
+                raise exc
             stats.failed(exc.reason)
-            continue
-        if not len(columns):
-            continue
-        stats.records += len(columns)
-        parts.append(columns)
-        flows += len(columns)
-        if flows >= batch:
-            yield FlowColumns.concat(parts)
-            parts = []
-            flows = 0
-    if parts:
-        yield FlowColumns.concat(parts)
+        if len(columns):
+            stats.records += len(columns)
+            yield columns

@@ -18,7 +18,7 @@ import numpy as np
 
 from egressd.columns import U64, V4_MARK, FlowColumns
 from egressd.decode.netflow import fields as F
-from egressd.decode.netflow.templated import DatagramContext
+from egressd.decode.netflow.templated import DatagramContext, ExporterOptions
 from egressd.decode.netflow.templates import Layout
 from egressd.decode.netflow.v5 import HEADER as V5_HEADER
 from egressd.errors import DecodeError
@@ -187,16 +187,26 @@ def _narrow(rows: Any, plan: ColumnPlan, slot: int, dtype: Any) -> Any:
     return rows[name].astype(dtype)
 
 
-def _times(kind: int, values: Any, ctx: DatagramContext) -> Any:
-    """Seconds since the epoch of one time column (``templated._time``, element-wise)."""
-    export_time = ctx.export_time
+def _export(shape: Any, export_time: Any) -> Any:
+    """``export_time`` (a float, or one per record) as a float64 array of ``shape``."""
+    if isinstance(export_time, float):
+        return np.full(shape, export_time)
+    return np.broadcast_to(export_time, shape).copy()
+
+
+def _times(kind: int, values: Any, export_time: Any, uptime: Any) -> Any:
+    """Seconds since the epoch of one time column (``templated._time``, element-wise).
+
+    ``export_time`` and ``uptime`` (uint32 sysUptime at export, or None) are scalars, or
+    arrays with one value per record when sets of several datagrams are read together.
+    """
     if kind == F.TIME_UPTIME_MS:
-        if ctx.uptime_ms is None:
-            return np.full(values.shape, export_time)
+        if uptime is None:
+            return _export(values.shape, export_time)
         # the signed 32-bit distance from the header's uptime (a counter wrap either way),
         # then the record path's ``export_time + ms / 1000.0``, operation for operation
         ms = values.astype(np.uint32)
-        ms -= np.uint32(ctx.uptime_ms)
+        ms -= uptime
         seconds = ms.view(np.int32).astype(F64)
         seconds /= 1000.0
         seconds += export_time
@@ -211,7 +221,7 @@ def _times(kind: int, values: Any, ctx: DatagramContext) -> Any:
         return seconds + (values & _LOW32).astype(F64) / 4294967296.0
     if kind == F.TIME_DELTA_US:
         return export_time - values.astype(F64) / 1_000_000.0
-    return np.full(values.shape, export_time)
+    return _export(values.shape, export_time)
 
 
 def _address(rows: Any, plan: ColumnPlan, v4: int, v6: int, n: int) -> tuple[U64, U64]:
@@ -249,9 +259,8 @@ def _scaled(values: U64, rate: U64 | int) -> U64:
     return product
 
 
-def _rates(rows: Any, plan: ColumnPlan, ctx: DatagramContext, n: int) -> U64 | int:
+def _rates(rows: Any, plan: ColumnPlan, options: ExporterOptions, n: int) -> U64 | int:
     """Each record's sampling rate: its own, else its sampler's, else the exporter's."""
-    options = ctx.options
     default = min(options.default_rate or 1, _MAX)
     fields = plan.fields
     if F.OWN_RATE not in fields and F.SAMPLER_ID not in fields:
@@ -281,23 +290,122 @@ def set_columns(
     if n == 0:
         return FlowColumns.empty(ctx.exporter)
     rows = np.frombuffer(buf, plan.dtype, n, pos)
+    uptime = None if ctx.uptime_ms is None else np.uint32(ctx.uptime_ms)
+    rate = _rates(rows, plan, ctx.options, n)
+    return _columns(buf, pos, n, plan, rows, ctx.export_time, uptime, rate, ctx.exporter)
+
+
+class HeldSet:
+    """A data set whose reading waits, to be read with the sets of the same template that
+    follow it (:func:`held_columns`): one set of array operations for many datagrams.
+
+    It keeps what the set's reading depends on as it was when the set came (export time,
+    sysUptime, the exporter's sampling rate), so the reading is the one it would get then.
+    """
+
+    __slots__ = ("chunk", "export_time", "exporter", "n", "plan", "rate", "uptime_ms")
+
+    def __init__(
+        self,
+        plan: ColumnPlan,
+        chunk: bytes,
+        n: int,
+        export_time: float,
+        uptime_ms: int | None,
+        rate: int,
+        exporter: str,
+    ) -> None:
+        self.plan = plan
+        self.chunk = chunk
+        self.n = n
+        self.export_time = export_time
+        self.uptime_ms = uptime_ms
+        self.rate = rate
+        self.exporter = exporter
+
+    def joins(self, other: HeldSet) -> bool:
+        """Whether ``other`` can be read in one pass with this set."""
+        return other.plan is self.plan and (other.uptime_ms is None) == (self.uptime_ms is None)
+
+
+def hold_set(
+    buf: bytes, pos: int, end: int, layout: Layout, ctx: DatagramContext
+) -> HeldSet | None:
+    """A :class:`HeldSet` of a data set, or None if it must be read now (a per-record
+    sampling rate, which depends on options as they are) or by the record path."""
+    plan = plan_of(layout)
+    if plan is None or F.OWN_RATE in plan.fields or F.SAMPLER_ID in plan.fields:
+        return None
+    n = (end - pos) // layout.record_len
+    if n == 0:
+        return None
+    rate = min(ctx.options.default_rate or 1, _MAX)
+    chunk = buf[pos : pos + n * layout.record_len]
+    return HeldSet(plan, chunk, n, ctx.export_time, ctx.uptime_ms, rate, ctx.exporter)
+
+
+def held_columns(group: list[HeldSet]) -> FlowColumns:
+    """The flows of ``group`` (sets that each :meth:`HeldSet.joins` the first), in order."""
+    first = group[0]
+    plan = first.plan
+    if len(group) == 1:
+        rows = np.frombuffer(first.chunk, plan.dtype, first.n)
+        one = None if first.uptime_ms is None else np.uint32(first.uptime_ms)
+        return _columns(
+            first.chunk, 0, first.n, plan, rows, first.export_time, one, first.rate,
+            first.exporter,
+        )  # fmt: skip
+    buf = b"".join([held.chunk for held in group])
+    counts = [held.n for held in group]
+    n = sum(counts)
+    rows = np.frombuffer(buf, plan.dtype, n)
+    times = [held.export_time for held in group]
+    export_time: Any = times[0]
+    if times.count(export_time) != len(times):
+        export_time = np.repeat(np.array(times, dtype=F64), counts)
+    uptime: Any = None
+    if first.uptime_ms is not None:
+        ups = [held.uptime_ms for held in group]
+        uptime = np.repeat(np.array(ups, dtype=np.uint32), counts)
+    rates = [held.rate for held in group]
+    rate: U64 | int = rates[0]
+    if rates.count(rates[0]) != len(rates):
+        rate = np.repeat(np.array(rates, dtype=np.uint64), counts)
+    exporters = {held.exporter for held in group}
+    exporter = exporters.pop() if len(exporters) == 1 else ""
+    return _columns(buf, 0, n, plan, rows, export_time, uptime, rate, exporter)
+
+
+def _columns(
+    buf: bytes,
+    pos: int,
+    n: int,
+    plan: ColumnPlan,
+    rows: Any,
+    export_time: Any,
+    uptime: Any,
+    rate: U64 | int,
+    exporter: str,
+) -> FlowColumns:
+    """The columns of ``n`` records of ``plan`` at ``pos`` (``rows`` reads them)."""
     fields = plan.fields
     record_len = plan.record_len
     if plan.times is not None:
-        both = _times(plan.end_kind, _pair(buf, pos, n, record_len, plan.times), ctx)
+        pair = _pair(buf, pos, n, record_len, plan.times)
+        both = _times(plan.end_kind, pair, export_time, uptime)
         time_start, time_end = both[0], both[1]
     elif F.END in fields:
-        time_end = _times(plan.end_kind, _raw(rows, plan, F.END), ctx)
+        time_end = _times(plan.end_kind, _raw(rows, plan, F.END), export_time, uptime)
         if F.START in fields:
-            time_start = _times(plan.start_kind, _raw(rows, plan, F.START), ctx)
+            time_start = _times(plan.start_kind, _raw(rows, plan, F.START), export_time, uptime)
         else:
             time_start = time_end.copy()
     elif F.START in fields:
-        time_start = _times(plan.start_kind, _raw(rows, plan, F.START), ctx)
+        time_start = _times(plan.start_kind, _raw(rows, plan, F.START), export_time, uptime)
         # export time has whole seconds only: never end a flow before it starts
-        time_end = np.maximum(time_start, ctx.export_time)
+        time_end = np.maximum(time_start, export_time)
     else:
-        time_start, time_end = np.full(n, ctx.export_time), np.full(n, ctx.export_time)
+        time_start, time_end = _export(n, export_time), _export(n, export_time)
     if plan.addresses is not None:
         lows = _pair(buf, pos, n, record_len, plan.addresses).astype(np.uint64)
         lows |= V4_MARK
@@ -306,7 +414,6 @@ def set_columns(
     else:
         src_hi, src_lo = _address(rows, plan, F.SRC4, F.SRC6, n)
         dst_hi, dst_lo = _address(rows, plan, F.DST4, F.DST6, n)
-    rate = _rates(rows, plan, ctx, n)
     if plan.counts is not None:
         counts = _scaled(_pair(buf, pos, n, record_len, plan.counts).astype(np.uint64), rate)
         size, packets = counts[0], counts[1]
@@ -325,7 +432,7 @@ def set_columns(
         _narrow(rows, plan, F.PROTO, np.uint8),
         _narrow(rows, plan, F.SRC_PORT, np.uint16),
         _narrow(rows, plan, F.DST_PORT, np.uint16),
-        exporter=ctx.exporter,
+        exporter=exporter,
     )
 
 
