@@ -804,3 +804,26 @@ async def test_a_rebalance_saves_nothing_and_keeps_what_comes_back_untouched(
     assert loaded is not part and loaded.loaded and node.stats.snapshots_loaded == 1
     assert consumer.seeks[-1] == (tp, 3) and loaded.committed == 4
     assert node.stats.partitions_kept == 1
+
+
+async def test_a_fetch_that_does_not_start_at_the_snapshot_position_is_sought_again(
+    tmp_path: Path,
+) -> None:
+    # The consumer fetched from the committed offset (23) while an older snapshot (saved
+    # by a member that froze, at offset 6) was being loaded: applying that fetch would skip
+    # 6-22. It is dropped and the seek made again; a fetch from 6 is applied.
+    node, _ = detect(tmp_path)
+    consumer = DetectConsumer()
+    tp = TopicPartition("partials", 0)
+    part = _Partition(tp, node._new_engine(), position=6, expect=6)
+    beat = Heartbeat({"flows:0": FLOW_T0}, {"flows": 1}).encode()
+    late = [Message(o, beat, heartbeat_headers()) for o in range(23, 26)]
+    assert not node._read_from_position(consumer, part, late)
+    assert consumer.seeks == [(tp, 6)] and node.stats.reseeks == 1
+    assert node._read_from_position(consumer, part, [Message(6, beat, heartbeat_headers())])
+    assert part.expect is None
+    # A position the log no longer holds (retention) is given up after three tries.
+    part.expect, part.reseeks = 6, 0  # as a new assignment sets them
+    for _ in range(3):
+        assert not node._read_from_position(consumer, part, late)
+    assert node._read_from_position(consumer, part, late) and part.expect is None

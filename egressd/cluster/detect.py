@@ -88,6 +88,8 @@ class DetectStats:
     snapshots_clamped: int = 0
     #: partitions given back by a rebalance and kept in memory instead of loaded again
     partitions_kept: int = 0
+    #: fetches dropped because they did not start where the consumer was told to seek
+    reseeks: int = 0
     commits: int = 0
     commit_failures: int = 0
     resets: int = 0
@@ -115,6 +117,9 @@ class _Partition:
     #: the group's committed offset of this partition as this process last knew it (read
     #: on assignment, then what it committed)
     committed: int | None = None
+    #: the offset the consumer was told to read from next, until a fetch shows it did
+    expect: int | None = None
+    reseeks: int = 0
 
 
 class Detect(KafkaRole):
@@ -246,7 +251,7 @@ class Detect(KafkaRole):
             async with self._lock:
                 for tp, messages in fetched.items():
                     part = self.partitions.get(tp)
-                    if part is None:
+                    if part is None or not self._read_from_position(consumer, part, messages):
                         continue
                     for message in messages:
                         if message.offset < part.position:
@@ -256,6 +261,42 @@ class Detect(KafkaRole):
                         if alerts:
                             self.publish(alerts)
             await asyncio.sleep(0)
+
+    def _read_from_position(self, consumer: Any, part: _Partition, messages: list[Any]) -> bool:
+        """Whether ``messages`` may be applied: the first fetch after a seek must start at
+        the sought offset. The consumer starts fetching from the committed offset while the
+        snapshot is being loaded, and a seek to an older snapshot's position (one saved by a
+        member that froze, after the group had moved on) can come after records from the
+        committed offset were fetched: applying those would skip the ones between. Such a
+        fetch is dropped and the seek made again (three times at most: a position the log no
+        longer holds, after retention, is then given up, with a warning)."""
+        if part.expect is None or not messages:
+            return True
+        first = messages[0].offset
+        if first > part.expect and part.reseeks < 3:
+            part.reseeks += 1
+            self.stats.reseeks += 1
+            log.info(
+                "%s: %s:%d fetched from offset %d, not %d: seeking again",
+                self.name,
+                part.tp.topic,
+                part.tp.partition,
+                first,
+                part.expect,
+            )
+            consumer.seek(part.tp, part.expect)
+            return False
+        if first > part.expect:
+            log.warning(
+                "%s: %s:%d offsets %d-%d are gone from the log (retention?): not replayed",
+                self.name,
+                part.tp.topic,
+                part.tp.partition,
+                part.expect,
+                first - 1,
+            )
+        part.expect = None
+        return True
 
     def _apply(self, part: _Partition, message: Any) -> list[Alert]:
         headers = read_headers(message.headers)
@@ -536,6 +577,7 @@ class Detect(KafkaRole):
                     # and replaying would, later).
                     self.partitions[tp] = parked[tp]
                     consumer.seek(tp, parked[tp].position)
+                    parked[tp].expect, parked[tp].reseeks = parked[tp].position, 0
                     self.stats.partitions_kept += 1
                     continue
                 try:
@@ -551,6 +593,7 @@ class Detect(KafkaRole):
                 if part.loaded:
                     # The snapshot holds everything before its position: replay from there.
                     consumer.seek(tp, part.position)
+                    part.expect = part.position
                 else:
                     part.position = committed or 0
                     if committed is None:
@@ -636,6 +679,7 @@ class Detect(KafkaRole):
                 float(stats.snapshots_too_large),
             ),
             ("egressd_cluster_partitions_kept_total", labels, float(stats.partitions_kept)),
+            ("egressd_cluster_reseeks_total", labels, float(stats.reseeks)),
             ("egressd_cluster_commits_total", labels, float(stats.commits)),
             ("egressd_cluster_commit_failures_total", labels, float(stats.commit_failures)),
             ("egressd_cluster_resets_total", labels, float(stats.resets)),
