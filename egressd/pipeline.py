@@ -19,7 +19,7 @@ from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_n
 from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
 from egressd.columnar import ClassifiedBatch, ColumnClassifier, exact_total
-from egressd.columns import U64, FlowColumns, address_texts
+from egressd.columns import U64, FlowColumns, address_text, address_texts
 from egressd.config import Config
 from egressd.detect.alerts import Alert, AlertBook
 from egressd.detect.detectors import (
@@ -34,6 +34,12 @@ from egressd.enrich.address import parse_address
 from egressd.enrich.special import special_kind_of
 from egressd.model import FlowRecord
 from egressd.talkers import SETTLE_ROWS
+
+#: a block touching at most this many rows is accounted row by row (:meth:`Engine._account_rows`)
+ROW_LOOP_ROWS = 256
+#: addresses whose text the row loop keeps (cleared when past it)
+TALKER_TEXTS = 65_536
+_LOW64 = 2**64 - 1
 
 STATE_VERSION = 1
 
@@ -176,6 +182,10 @@ class Engine:
         #: observer of every interval closed with data, called with (start, bucket) after
         #: detection has seen it; replay reports collect from here. It must not change them.
         self.on_interval: Callable[[float, Bucket], None] | None = None
+        #: text of talker addresses by 128-bit value, for the batch path's row loop
+        self._talker_texts: dict[int, str] = {}
+        #: blocks touching at most this many rows take the row loop (tests vary it)
+        self.row_loop_rows = ROW_LOOP_ROWS
 
     # -- configuration --------------------------------------------------------------------
 
@@ -362,7 +372,10 @@ class Engine:
         an alert may name other top talkers than flow-by-flow Space-Saving would), and the
         caches count one lookup per distinct address of a batch (the batch path classifies
         by range tables, without the source cache, and keeps labels in the destination
-        cache by the address's integer value).
+        cache by the address's integer value). A block touching few rows (sparse input:
+        one interval's few hundred flows) is added row by row instead, its talkers straight
+        into the sketches (:meth:`_account_rows`): numpy's fixed cost per call outweighs
+        its speed per row there.
         """
         n = len(columns)
         if n == 0:
@@ -532,6 +545,9 @@ class Engine:
         where = pos + np.flatnonzero(batch.touch[pos : pos + size])
         if not len(where):
             return
+        if len(where) <= self.row_loop_rows:
+            self._account_rows(batch, where, starts[where - pos], late[where - pos])
+            return
         starts = starts[where - pos]
         egress = batch.egress[where]
         late_egress = late[where - pos] & egress
@@ -620,6 +636,88 @@ class Engine:
             )
             if backlog.rows >= SETTLE_ROWS:
                 aggregator.settle(start)
+
+    def _account_rows(
+        self,
+        batch: ClassifiedBatch,
+        where: npt.NDArray[np.intp],
+        starts: npt.NDArray[np.float64],
+        late: npt.NDArray[np.bool_],
+    ) -> None:
+        """:meth:`_account_block` of a few touched rows (``where``), one row at a time as
+        :meth:`process` takes records: numpy's grouping costs more than that below
+        :data:`ROW_LOOP_ROWS` rows. Talkers go straight into the sketches, in flow order,
+        after the interval's backlog (settled first, so the sketches see flows in order)."""
+        aggregator = self.aggregator
+        talkers = aggregator.talkers
+        buckets = aggregator.buckets
+        names = batch.groups
+        labels = batch.labels
+        columns = batch.columns
+        texts = self._talker_texts
+        if len(texts) > TALKER_TEXTS:
+            texts.clear()
+        # (start, group code, destination code) -> accumulator, for this block
+        found: dict[tuple[float, int, int], Accum] = {}
+        src_hi = columns.src_hi[where]
+        dst_hi = columns.dst_hi[where]
+        v6 = bool(src_hi.any() or dst_hi.any())
+        src_values = columns.src_lo[where].tolist()
+        dst_values = columns.dst_lo[where].tolist()
+        if v6:
+            src_values = [(h << 64) | v for h, v in zip(src_hi.tolist(), src_values, strict=True)]
+            dst_values = [(h << 64) | v for h, v in zip(dst_hi.tolist(), dst_values, strict=True)]
+        late_records = late_bytes = 0
+        for start, group, dest, egress, size, packets, small, is_late, src, dst in zip(
+            starts.tolist(),
+            batch.group[where].tolist(),
+            batch.dest[where].tolist(),
+            batch.egress[where].tolist(),
+            batch.sizes[where].tolist(),
+            batch.packets[where].tolist(),
+            batch.small[where].tolist(),
+            late.tolist(),
+            src_values,
+            dst_values,
+            strict=True,
+        ):
+            code = (start, group, dest)
+            accum = found.get(code)
+            if accum is None:
+                bucket = buckets.get(start)
+                if bucket is None:
+                    bucket = aggregator.bucket(start)
+                key = (names[group], labels[dest])
+                accum = bucket.get(key)
+                if accum is None:
+                    accum = aggregator.accum(bucket, key)
+                    if key in bucket:  # a folded key is looked up (and counted) per row
+                        found[code] = accum
+                else:
+                    found[code] = accum
+                if egress and start in talkers:
+                    aggregator.settle(start)
+            if not egress:
+                accum.ingress += size
+                continue
+            if is_late:
+                late_records += 1
+                late_bytes += size
+            accum.bytes += size
+            accum.packets += packets
+            accum.flows += 1
+            if small:
+                accum.small += size
+            text = texts.get(src)
+            if text is None:
+                text = texts[src] = address_text(src >> 64, src & _LOW64)
+            accum.sources.add(text, size)
+            text = texts.get(dst)
+            if text is None:
+                text = texts[dst] = address_text(dst >> 64, dst & _LOW64)
+            accum.destinations.add(text, size)
+        aggregator.late_records += late_records
+        aggregator.late_bytes += late_bytes
 
     def apply_partials(
         self, partials: Iterable[Partial], event_time: float | None = None

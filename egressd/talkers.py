@@ -24,8 +24,14 @@ if TYPE_CHECKING:
 
 I64 = npt.NDArray[np.int64]
 
+_LOW64 = 2**64 - 1
+
 #: an interval's backlog is settled when it holds this many flows (~3 MB)
 SETTLE_ROWS = 65_536
+#: a backlog of at most this many flows is summed in plain dicts: numpy's sorting and
+#: grouping cost more than a dict update per flow below it (a sparse replay's intervals
+#: hold a few hundred flows; replay_bench measured the crossover)
+SMALL_ROWS = 2_048
 
 
 class TalkerBacklog:
@@ -68,6 +74,14 @@ class TalkerBacklog:
         if not self._chunks:
             return
         chunks = self._chunks
+        if self.rows <= SMALL_ROWS:
+            accums = self._accums
+            self._chunks = []
+            self._accums = []
+            self._codes = {}
+            self.rows = 0
+            _settle_small(chunks, accums)
+            return
         if len(chunks) == 1:
             keys, src_hi, src_lo, dst_hi, dst_lo, sizes = chunks[0]
         else:
@@ -141,3 +155,59 @@ def _heaviest(
             )
         )
     return out
+
+
+def _values(hi: U64, lo: U64) -> list[int]:
+    """Each row's 128-bit address value, as Python integers."""
+    if hi.any():
+        return [(h << 64) | low for h, low in zip(hi.tolist(), lo.tolist(), strict=True)]
+    values: list[int] = lo.tolist()
+    return values
+
+
+def _settle_small(
+    chunks: list[tuple[I64, U64, U64, U64, U64, npt.NDArray[Any]]], accums: list[Accum]
+) -> None:
+    """:meth:`TalkerBacklog.settle` of a small backlog, summed per (key, address) in dicts;
+    hands every sketch the same items, weights and rest as :func:`_heaviest` does."""
+    if not accums:
+        return
+    capacity = accums[0].capacity
+    texts: dict[int, str] = {}
+    for source in (True, False):
+        per: dict[int, dict[int, int]] = {}
+        for keys, src_hi, src_lo, dst_hi, dst_lo, sizes in chunks:
+            values = _values(src_hi, src_lo) if source else _values(dst_hi, dst_lo)
+            for code, value, weight in zip(keys.tolist(), values, sizes.tolist(), strict=True):
+                mine = per.get(code)
+                if mine is None:
+                    per[code] = {value: weight}
+                else:
+                    mine[value] = mine.get(value, 0) + weight
+        for code, mine in per.items():
+            accum = accums[code]
+            sketch = accum.sources if source else accum.destinations
+            names = list(mine)
+            weights = list(mine.values())
+            if len(names) > capacity:
+                # as _heaviest: a stable ascending sort by weight, reversed
+                by_weight = sorted(range(len(weights)), key=weights.__getitem__)[::-1]
+                kept = sorted(by_weight[:capacity])
+                rest = names[by_weight[capacity]]
+                kept_weights = [weights[i] for i in kept]
+                rest_weight = sum(weights) - sum(kept_weights)
+                names = [names[i] for i in kept]
+                weights = kept_weights
+            else:
+                rest = None
+            add = sketch.add
+            for value, weight in zip(names, weights, strict=True):
+                text = texts.get(value)
+                if text is None:
+                    text = texts[value] = address_text(value >> 64, value & _LOW64)
+                add(text, weight)
+            if rest is not None:
+                text = texts.get(rest)
+                if text is None:
+                    text = texts[rest] = address_text(rest >> 64, rest & _LOW64)
+                add(text, rest_weight)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scenarios import generate, generate_month
 
+from egressd import talkers
 from egressd.aggregate import Accum, Bucket
 from egressd.columns import FlowColumns
 from egressd.config import GeoConfig, RegionMapConfig, parse_config
@@ -28,7 +29,7 @@ from egressd.enrich import DestinationLabeler
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.enrich.labeler import build_labeler
 from egressd.model import FlowRecord
-from egressd.pipeline import Engine
+from egressd.pipeline import ROW_LOOP_ROWS, Engine
 
 CONFIG = """
 [networks]
@@ -208,12 +209,32 @@ class Pair:
     future=st.sampled_from((math.inf, T0 + 400.0, T0 + 3000.0)),
     ahead=st.sampled_from((-math.inf, 0.0, 90.0)),
     settle=st.booleans(),
+    row_loop=st.sampled_from((0, 3, ROW_LOOP_ROWS)),
+    numpy_settle=st.booleans(),
 )
 def test_columns_account_exactly_what_records_do(
-    records: list[FlowRecord], cuts: list[int], future: float, ahead: float, settle: bool
+    records: list[FlowRecord],
+    cuts: list[int],
+    future: float,
+    ahead: float,
+    settle: bool,
+    row_loop: int,
+    numpy_settle: bool,
 ) -> None:
+    """Whichever way blocks are accounted: numpy grouping and the talker backlog (0), the
+    row loop (all of them here), or both in one interval (3)."""
     pair = Pair()
+    pair.columns.row_loop_rows = row_loop
     pair.limits(future, ahead)
+    small_rows = talkers.SMALL_ROWS
+    talkers.SMALL_ROWS = -1 if numpy_settle else small_rows  # every backlog through numpy
+    try:
+        _feed_in_cuts(pair, records, cuts, settle)
+    finally:
+        talkers.SMALL_ROWS = small_rows
+
+
+def _feed_in_cuts(pair: Pair, records: list[FlowRecord], cuts: list[int], settle: bool) -> None:
     bounds = sorted({0, len(records), *(c for c in cuts if c < len(records))})
     for lo, hi in itertools.pairwise(bounds):
         pair.feed(records[lo:hi])
@@ -222,9 +243,14 @@ def test_columns_account_exactly_what_records_do(
     pair.check()
 
 
-def test_many_talkers_keep_every_byte_and_the_heaviest() -> None:
+@pytest.mark.parametrize("numpy_settle", [False, True], ids=["dicts", "numpy"])
+def test_many_talkers_keep_every_byte_and_the_heaviest(
+    numpy_settle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Past the sketch's capacity the batch path is no longer flow-by-flow Space-Saving, but
     the counts still add up to the bytes and a heavy talker is still named."""
+    if numpy_settle:
+        monkeypatch.setattr("egressd.talkers.SMALL_ROWS", -1)
     pair = Pair()
     batch = [
         FlowRecord(T0 + 1, T0 + 2, f"10.20.{i // 250}.{i % 250 + 1}", "47.100.23.45", 100, 1)
@@ -241,6 +267,43 @@ def test_many_talkers_keep_every_byte_and_the_heaviest() -> None:
         assert weight >= 1_000_000
         if dest.country == "CN":
             assert len(accum.sources.counts) == accum.capacity
+
+
+def test_a_small_backlog_settles_in_dicts_as_numpy_settles_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dict sums of a small backlog hand the sketches what numpy's grouping hands them,
+    past the sketch's capacity too (the heaviest kept, ties and the rest alike)."""
+    rng = random.Random(5)
+    batch = [
+        FlowRecord(
+            T0 + i / 100,
+            T0 + 1 + i / 100,
+            f"10.20.{rng.randrange(3)}.{rng.randrange(1, 60)}",
+            rng.choice(("47.100.23.45", "3.5.140.2", "2001:db8::1", "2a00:1450::5"))
+            if i % 50
+            else f"2a00:1450::{i:x}",
+            rng.choice((100, 100, 200, 5_000, 2**62)),
+            1,
+        )
+        for i in range(1_500)
+    ]
+    sketches = []
+    for small_rows in (-1, talkers.SMALL_ROWS):
+        monkeypatch.setattr("egressd.talkers.SMALL_ROWS", small_rows)
+        engine = Pair().columns
+        engine.row_loop_rows = 0
+        engine.process_columns(FlowColumns.from_records(batch))
+        engine.aggregator.settle()
+        sketches.append(
+            [
+                (key, list(a.sources.counts.items()), list(a.destinations.counts.items()))
+                for bucket in engine.aggregator.buckets.values()
+                for key, a in bucket.items()
+            ]
+        )
+    assert sketches[0] == sketches[1]
+    assert any(len(sources) == 32 for _key, sources, _dests in sketches[0])  # some overflowed
 
 
 @pytest.mark.slow
@@ -275,6 +338,7 @@ def test_a_scenario_gives_the_same_alerts_in_columns(month: bool) -> None:
 
 def test_a_snapshot_holds_the_talkers_still_in_the_backlog() -> None:
     pair = Pair()
+    pair.columns.row_loop_rows = 0  # the backlog's path, not the row loop's
     batch = [
         FlowRecord(
             T0 + i, T0 + i + 1, f"10.20.0.{i % 7 + 1}", f"47.100.23.{i % 5 + 1}", 1000 + i, 2
@@ -292,6 +356,7 @@ def test_a_long_backlog_settles_on_the_way_and_stays_exact(
 ) -> None:
     monkeypatch.setattr("egressd.pipeline.SETTLE_ROWS", 10)
     pair = Pair()
+    pair.columns.row_loop_rows = 0  # the backlog's path, not the row loop's
     for step in range(6):
         pair.feed(
             [
