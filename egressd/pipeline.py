@@ -40,6 +40,8 @@ ROW_LOOP_ROWS = 256
 #: addresses whose text the row loop keeps (cleared when past it)
 TALKER_TEXTS = 65_536
 _LOW64 = 2**64 - 1
+#: rows a block looks ahead over at least (see :meth:`Engine._process_blocks`)
+_FIRST_WINDOW = 512
 
 STATE_VERSION = 1
 
@@ -186,6 +188,8 @@ class Engine:
         self._talker_texts: dict[int, str] = {}
         #: blocks touching at most this many rows take the row loop (tests vary it)
         self.row_loop_rows = ROW_LOOP_ROWS
+        #: rows the next block looks ahead over
+        self._window = _FIRST_WINDOW
 
     # -- configuration --------------------------------------------------------------------
 
@@ -485,9 +489,13 @@ class Engine:
         touch = batch.touch
         m = len(ends)
         pos = 0
+        # Each block looks ahead over a window of rows, not the rest of the batch: a sparse
+        # batch holds many intervals, and scanning the rest for each would be quadratic.
+        # The window is twice the last block's size (kept from batch to batch).
+        window = self._window
         while pos < m:
             max_time = aggregator.max_time
-            end = ends[pos:]
+            end = ends[pos : pos + window]
             running = np.maximum.accumulate(end)
             np.maximum(running, max_time, out=running)
             before = np.empty_like(running)
@@ -530,6 +538,8 @@ class Engine:
             if len(closing):
                 changed.extend(self._close(aggregator.pop_due()))
             pos += size
+            window = max(_FIRST_WINDOW, 2 * size)
+        self._window = window
         return changed
 
     def _account_block(
