@@ -491,7 +491,9 @@ class Engine:
         pos = 0
         # Each block looks ahead over a window of rows, not the rest of the batch: a sparse
         # batch holds many intervals, and scanning the rest for each would be quadratic.
-        # The window is twice the last block's size (kept from batch to batch).
+        # The window is twice the last block's size, or half the last window when that is
+        # more (a block cut short by a close does not shrink it at once), kept from batch to
+        # batch.
         window = self._window
         while pos < m:
             max_time = aggregator.max_time
@@ -538,7 +540,7 @@ class Engine:
             if len(closing):
                 changed.extend(self._close(aggregator.pop_due()))
             pos += size
-            window = max(_FIRST_WINDOW, 2 * size)
+            window = max(_FIRST_WINDOW, 2 * size, window // 2)
         self._window = window
         return changed
 
