@@ -497,7 +497,8 @@ class Engine:
         window = self._window
         while pos < m:
             max_time = aggregator.max_time
-            end = ends[pos : pos + window]
+            # (the rest of the batch when it is at most twice that: no short tail block)
+            end = ends[pos:] if m - pos <= 2 * window else ends[pos : pos + window]
             running = np.maximum.accumulate(end)
             np.maximum(running, max_time, out=running)
             before = np.empty_like(running)
@@ -557,7 +558,7 @@ class Engine:
         where = pos + np.flatnonzero(batch.touch[pos : pos + size])
         if not len(where):
             return
-        if len(where) <= self.row_loop_rows:
+        if len(where) <= self.row_loop_rows and not aggregator.talkers:
             self._account_rows(batch, where, starts[where - pos], late[where - pos])
             return
         starts = starts[where - pos]
@@ -658,10 +659,9 @@ class Engine:
     ) -> None:
         """:meth:`_account_block` of a few touched rows (``where``), one row at a time as
         :meth:`process` takes records: numpy's grouping costs more than that below
-        :data:`ROW_LOOP_ROWS` rows. Talkers go straight into the sketches, in flow order,
-        after the interval's backlog (settled first, so the sketches see flows in order)."""
+        :data:`ROW_LOOP_ROWS` rows. Talkers go straight into the sketches, in flow order:
+        it runs only while no interval has a backlog (which would see its flows later)."""
         aggregator = self.aggregator
-        talkers = aggregator.talkers
         buckets = aggregator.buckets
         names = batch.groups
         labels = batch.labels
@@ -707,8 +707,6 @@ class Engine:
                         found[code] = accum
                 else:
                     found[code] = accum
-                if egress and start in talkers:
-                    aggregator.settle(start)
             if not egress:
                 accum.ingress += size
                 continue
