@@ -111,3 +111,37 @@ async def test_stop_submits_what_is_held() -> None:
     await _until(lambda: source.stats.units == DATAGRAMS)
     await source.stop()
     assert sum(len(b) for b in sink.batches) == DATAGRAMS * FLOWS
+
+
+def _queue_length(source: NetflowSource) -> float:
+    return next(
+        value for name, _, value in source.extra_metrics() if name == "egressd_netflow_queue_length"
+    )
+
+
+async def test_datagrams_held_for_a_batch_count_as_queued_until_the_engine_has_them(
+    monkeypatch: object,
+) -> None:
+    """The queue-length gauge is what the engine has not seen yet: a few datagrams waiting
+    for more to fill a batch are still queued, so "queue empty" means "every flow counted"."""
+    import egressd.sources.netflow as netflow
+
+    assert hasattr(monkeypatch, "setattr")
+    monkeypatch.setattr(netflow, "_SUBMIT_DELAY", 3.0)
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0"))
+    sink = ColumnsSink()
+    await source.start(sink)
+    try:
+        assert source.bound is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for index in range(3):  # 60 flows: far from a full batch
+                sock.sendto(datagram(index), source.bound)
+        await _until(lambda: source.stats.units == 3)
+        await asyncio.sleep(0.2)
+        assert not sink.batches, "a small burst waits for more within the delay"
+        assert _queue_length(source) == 3
+        await _until(lambda: bool(sink.batches), timeout=6.0)
+        assert _queue_length(source) == 0
+        assert source.stats.records == 3 * FLOWS
+    finally:
+        await source.stop()

@@ -93,6 +93,7 @@ class NetflowSource:
         "_allowed",
         "_clock",
         "_exporters",
+        "_held",
         "_inode",
         "_last_error_log",
         "_queue",
@@ -132,6 +133,9 @@ class NetflowSource:
         #: exporter address text -> allowed (bounded cache; parsing per datagram is costly)
         self._exporters: BoundedCache[str, bool] = BoundedCache(_EXPORTER_CACHE)
         self._queue: asyncio.Queue[Datagram] | None = None
+        #: datagrams taken off the queue and decoded but not yet handed to the engine (they
+        #: wait for more up to _SUBMIT_DELAY): still queued as far as anyone outside can tell
+        self._held = 0
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._sink: RecordSink | None = None
@@ -266,7 +270,7 @@ class NetflowSource:
             (
                 "egressd_netflow_queue_length",
                 source,
-                float(self._queue.qsize() if self._queue else 0),
+                float((self._queue.qsize() if self._queue else 0) + self._held),
             ),
             ("egressd_netflow_receive_buffer_bytes", source, float(self.receive_buffer)),
             ("egressd_netflow_receive_buffer_drops_total", source, float(self.kernel_drops)),
@@ -368,7 +372,7 @@ class NetflowSource:
                 submit(submitted)
             for _ in range(held):
                 queue.task_done()
-            held = 0
+            held = self._held = 0
 
         while True:
             if held:
@@ -388,6 +392,7 @@ class NetflowSource:
             while len(items) < _BATCH_DATAGRAMS and not queue.empty():
                 items.append(queue.get_nowait())
             held += len(items)
+            self._held = held
             # one decoding for the lot: sets of one template are read together
             columns, failed = decode(
                 [(data, _exporter_text(host), received) for data, host, received in items]
