@@ -196,3 +196,31 @@ def test_a_summed_batch_with_a_rest_keeps_the_totals_and_never_under_counts(
     for item, count in sketch.counts.items():
         if item != charged:
             assert count - truth[item] <= floor
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 40), st.integers(1, 1000)), max_size=30),
+        max_size=8,
+    ),
+    st.integers(1, 24),
+)
+def test_merge_equals_adding_each_item_in_order(
+    batches: list[list[tuple[int, int]]], capacity: int
+) -> None:
+    """merge (with its fast path while both fit) is exactly add of each item, heap and all:
+    the same counts in the same order, and the same evictions afterwards."""
+    merged, added = TopK(capacity), TopK(capacity)
+    for batch in batches:
+        other = TopK(16)
+        for item, weight in batch:
+            other.add(f"h{item}", weight)
+        merged.merge(other)
+        for item, weight in other.counts.items():
+            added.add(item, weight)
+        assert list(merged.counts.items()) == list(added.counts.items())
+    for index in range(capacity + 2):  # later evictions agree too
+        merged.add(f"new{index}", 1)
+        added.add(f"new{index}", 1)
+    assert list(merged.counts.items()) == list(added.counts.items())

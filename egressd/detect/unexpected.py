@@ -13,14 +13,17 @@ intervals count for the fan-out sums only). A window is looked at when it takes 
 that leaves one of its spans at or over that span's floor, or has an alert to keep or resolve;
 the rest is swept every 36 intervals. Evidence sketches are kept
 for the first window's span; older entries merge their heaviest talkers into the window's
-evidence once, and only for windows halfway to a floor.
+evidence once, and only for windows halfway to a floor. A window's merged evidence, once read
+(a description), is kept and takes only the entries that came since at the next read, until
+an entry leaves the first span: a fan-out page reads hundreds of windows each interval.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import islice
 from operator import itemgetter
 from typing import Any
 
@@ -103,7 +106,16 @@ class _Span:
 class _Window:
     """One (group, destination)'s recent intervals: one span per configured window length."""
 
-    __slots__ = ("alerting", "destinations", "longer", "sources", "spans", "touched")
+    __slots__ = (
+        "_evidence",
+        "_merged",
+        "alerting",
+        "destinations",
+        "longer",
+        "sources",
+        "spans",
+        "touched",
+    )
 
     def __init__(self, count: int) -> None:
         #: the first span's entries carry the intervals' sketches (see _Entry)
@@ -116,6 +128,10 @@ class _Window:
         self.alerting = False
         #: the last interval end at which the window was looked at
         self.touched = 0.0
+        #: evidence() as last built, and how many first-span entries it holds; None once
+        #: entries left the first span (or the long-term evidence changed)
+        self._evidence: tuple[TopK, TopK] | None = None
+        self._merged = 0
 
     @property
     def entries(self) -> deque[_Entry]:
@@ -127,16 +143,38 @@ class _Window:
         return self.spans[0].bytes
 
     def evidence(self) -> tuple[TopK, TopK]:
-        """Top sources and destinations over everything the window holds."""
-        sources = TopK(64)
-        destinations = TopK(64)
-        sources.merge(self.sources)
-        destinations.merge(self.destinations)
-        for entry in self.spans[0].entries:
+        """Top sources and destinations over everything the window holds (read only).
+
+        The same sketches as merging the long-term evidence and then every first-span entry's
+        into empty ones, in order: entries only join at the end between expiries, so the
+        sketches built last time take just the entries that came since (one merge per entry
+        instead of the whole span's at each look, for a fan-out page's hundreds of windows).
+        """
+        entries = self.spans[0].entries
+        cached = self._evidence
+        if cached is None:
+            sources = TopK(64)
+            destinations = TopK(64)
+            sources.merge(self.sources)
+            destinations.merge(self.destinations)
+            self._evidence = cached = (sources, destinations)
+            new: Iterable[_Entry] = entries
+        else:
+            sources, destinations = cached
+            merged = self._merged
+            if merged == len(entries):
+                return cached
+            new = islice(entries, merged, None)
+        for entry in new:
             if entry[4] is not None:
                 sources.merge(entry[4])
                 destinations.merge(entry[5])
-        return sources, destinations
+        self._merged = len(entries)
+        return cached
+
+    def forget_evidence(self) -> None:
+        """Entries left the first span or the long-term evidence changed: build anew."""
+        self._evidence = None
 
 
 def _heaviest(sketch: TopK) -> list[tuple[str, int]]:
@@ -311,6 +349,7 @@ class UnexpectedDestinationDetector(Detector):
             span.bytes -= size
             span.small -= small
             span.ingress -= ingress
+            window.forget_evidence()
         for index in range(1, len(spans)):
             span = spans[index]
             entries = span.entries
