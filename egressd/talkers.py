@@ -110,21 +110,41 @@ def _heaviest(
 ) -> list[tuple[int, tuple[list[str], list[int], str | None, int]]]:
     """Per key: its addresses summed, in order of first appearance, the heaviest
     ``capacity`` of them apart and the rest as (heaviest of the rest, their total)."""
-    # One number per distinct (key, address): rows sorted by it, stable, keep flow order.
-    order = np.lexsort((lo, hi, keys)) if hi.any() else np.lexsort((lo, keys))
-    k, h, low = keys[order], hi[order], lo[order]
-    change = np.empty(len(order), dtype=np.bool_)
-    change[0] = True
-    change[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1]) | (low[1:] != low[:-1])
-    heads = np.flatnonzero(change)
+    rows = len(keys)
+    packed = _packed(keys, hi, lo)
+    if packed is not None:
+        # (key, address) as one number (IPv4 needs 48 bits): one sort, not three, and not
+        # a stable one: where each pair first appeared is its rows' smallest index.
+        order = np.argsort(packed)
+        ordered = packed[order]
+        change = np.empty(rows, dtype=np.bool_)
+        change[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+        heads = np.flatnonzero(change)
+        pair_keys = ordered[heads] >> _ADDRESS_BITS
+        pair_lo = (ordered[heads] & _ADDRESS_MASK).astype(np.uint64)
+        pair_hi = None
+        firsts = np.minimum.reduceat(order, heads)
+    else:
+        # One number per distinct (key, address): rows sorted by it, stable, keep flow order.
+        order = np.lexsort((lo, hi, keys)) if hi.any() else np.lexsort((lo, keys))
+        k, h, low = keys[order], hi[order], lo[order]
+        change = np.empty(rows, dtype=np.bool_)
+        change[0] = True
+        change[1:] = (k[1:] != k[:-1]) | (h[1:] != h[:-1]) | (low[1:] != low[:-1])
+        heads = np.flatnonzero(change)
+        pair_keys = k[heads]
+        pair_lo = low[heads]
+        pair_hi = h[heads]
+        # stable sort: the first row of each run is where the pair first appeared
+        firsts = order[heads]
     sums = np.add.reduceat(sizes[order], heads)
-    # stable sort: the first row of each run is where the pair first appeared
-    firsts = order[heads]
-    pair_keys = k[heads]
-    arrange = np.lexsort((firsts, pair_keys))
+    if rows < 2**31 and (not len(pair_keys) or int(pair_keys[-1]) < 2**31):
+        arrange = np.argsort((pair_keys.astype(np.int64) << 32) | firsts)
+    else:
+        arrange = np.lexsort((firsts, pair_keys))
     pair_keys = pair_keys[arrange]
-    pair_hi = h[heads][arrange].tolist()
-    pair_lo = low[heads][arrange].tolist()
+    texts = _texts(None if pair_hi is None else pair_hi[arrange], pair_lo[arrange])
     sums = sums[arrange]
     bounds = np.flatnonzero(np.diff(pair_keys)) + 1
     starts = [0, *bounds.tolist()]
@@ -134,27 +154,53 @@ def _heaviest(
     out: list[tuple[int, tuple[list[str], list[int], str | None, int]]] = []
     for key, a, b in zip(key_list, starts, ends, strict=True):
         if b - a <= capacity:
-            texts = [address_text(pair_hi[i], pair_lo[i]) for i in range(a, b)]
-            out.append((key, (texts, weights[a:b], None, 0)))
+            out.append((key, (texts[a:b], weights[a:b], None, 0)))
             continue
         mine = sums[a:b]
         by_weight = np.argsort(mine, kind="stable")[::-1]
         kept = np.sort(by_weight[:capacity]).tolist()
-        heaviest_rest = a + int(by_weight[capacity])
         kept_weights = [weights[a + i] for i in kept]
         rest_weight = sum(weights[a:b]) - sum(kept_weights)
         out.append(
             (
                 key,
                 (
-                    [address_text(pair_hi[a + i], pair_lo[a + i]) for i in kept],
+                    [texts[a + i] for i in kept],
                     kept_weights,
-                    address_text(pair_hi[heaviest_rest], pair_lo[heaviest_rest]),
+                    texts[a + int(by_weight[capacity])],
                     rest_weight,
                 ),
             )
         )
     return out
+
+
+#: a packed (key, address) keeps the address in its low bits (IPv4 as ::ffff:a.b.c.d: 48)
+_ADDRESS_BITS = 48
+_ADDRESS_MASK = (1 << _ADDRESS_BITS) - 1
+
+
+def _packed(keys: I64, hi: U64, lo: U64) -> I64 | None:
+    """Each row's (key, address) as one int64 ordered as (key, address), when it fits: no
+    address past 48 bits (IPv4, as at most gateways) and fewer than 2**15 keys."""
+    if not len(keys) or hi.any() or int(lo.max()) > _ADDRESS_MASK or int(keys.max()) >= 2**15:
+        return None
+    if int(keys.min()) < 0:
+        return None
+    packed: I64 = (keys << _ADDRESS_BITS) | lo.astype(np.int64)
+    return packed
+
+
+def _texts(hi: U64 | None, lo: U64) -> list[str]:
+    """Text of each address, made once per distinct address (they repeat across keys)."""
+    if hi is None or not hi.any():
+        distinct, inverse = np.unique(lo, return_inverse=True)
+        made = [address_text(0, value) for value in distinct.tolist()]
+    else:
+        values = (hi.astype(object) << 64) | lo.astype(object)
+        distinct, inverse = np.unique(values, return_inverse=True)
+        made = [address_text(value >> 64, value & _LOW64) for value in distinct.tolist()]
+    return [made[index] for index in inverse.tolist()]
 
 
 def _values(hi: U64, lo: U64) -> list[int]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from enrich_mmdb_factory import maxmind_asn, write_mmdb
 from hypothesis import HealthCheck, given, settings
@@ -304,6 +305,29 @@ def test_a_small_backlog_settles_in_dicts_as_numpy_settles_it(
         )
     assert sketches[0] == sketches[1]
     assert any(len(sources) == 32 for _key, sources, _dests in sketches[0])  # some overflowed
+
+
+def test_ipv4_talkers_grouped_as_one_number_settle_as_the_general_grouping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """IPv4 backlogs group (key, address) packed in one int64 with an unstable sort; the
+    sketches get what the three-column stable grouping gives them: the same items in the
+    same order, sums, heaviest kept and rest, with ties."""
+    rng = random.Random(9)
+    rows = 20_000
+    keys = np.array([rng.randrange(40) for _ in range(rows)], dtype=np.int64)
+    lo = np.array(
+        [0xFFFF_0000_0000 | (0x0A14_0000 + rng.randrange(3_000)) for _ in range(rows)],
+        dtype=np.uint64,
+    )
+    hi = np.zeros(rows, dtype=np.uint64)
+    sizes = np.array([rng.choice((100, 100, 200, 5_000, 2**40)) for _ in range(rows)], np.uint64)
+    packed = talkers._heaviest(keys, hi, lo, sizes, 32)
+    monkeypatch.setattr("egressd.talkers._packed", lambda *_args: None)
+    general = talkers._heaviest(keys, hi, lo, sizes, 32)
+    assert packed == general
+    assert any(rest is not None for _key, (_items, _weights, rest, _w) in packed)
+    assert packed[0][1][0][0].startswith("10.20.")
 
 
 @pytest.mark.slow
