@@ -85,11 +85,18 @@ class TopK:
         only the one count charged with the rest may exceed its item's true weight by more
         than the minimum (by at most the minimum plus ``rest_weight``).
         """
-        add = self.add
-        for item, weight in zip(items, weights, strict=True):
-            add(item, weight)
+        counts = self.counts
+        if self._heap is None and len(counts) + len(items) <= self.capacity:
+            # Nothing can be evicted: plain sums (what add does then), no call per item.
+            get = counts.get
+            for item, weight in zip(items, weights, strict=True):
+                counts[item] = get(item, 0) + weight
+        else:
+            add = self.add
+            for item, weight in zip(items, weights, strict=True):
+                add(item, weight)
         if rest is not None:
-            add(rest, rest_weight)
+            self.add(rest, rest_weight)
 
     def cap(self, limit: int) -> None:
         """Lower every count above ``limit`` to it (saturated sums)."""
