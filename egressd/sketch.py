@@ -120,13 +120,32 @@ class TopK:
             for item, weight in theirs.items():
                 counts[item] = get(item, 0) + weight
             return
-        add = self.add
+        capacity = self.capacity
         for item, weight in theirs.items():
+            # add(item, weight), inlined
             current = counts.get(item)
             if current is not None:
                 counts[item] = current + weight
-            else:
-                add(item, weight)
+                continue
+            heap = self._heap
+            if len(counts) < capacity:
+                counts[item] = weight
+                if heap is not None:
+                    heappush(heap, (weight, item))
+                continue
+            if heap is None:
+                heap = self._heap = [(count, key) for key, count in counts.items()]
+                heapify(heap)
+            floor, victim = heap[0]
+            current = counts[victim]
+            while current != floor:
+                heapreplace(heap, (current, victim))
+                floor, victim = heap[0]
+                current = counts[victim]
+            del counts[victim]
+            floor += weight
+            counts[item] = floor
+            heapreplace(heap, (floor, item))
 
     def top(self, n: int) -> list[tuple[str, int]]:
         return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
