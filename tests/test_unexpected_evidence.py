@@ -49,3 +49,16 @@ def test_evidence_kept_between_looks_equals_building_it_afresh() -> None:
                 window
             )
     assert window.sources.counts  # the long-term evidence took part
+
+
+def test_a_snapshot_reads_evidence_without_keeping_it() -> None:
+    rng = random.Random(4)
+    window = _Window(1)
+    for step in range(5):
+        window.spans[0].add((step * 300.0, 1000, 0, 0, _sketch(rng, "s"), _sketch(rng, "d")))
+    sources, destinations = window.evidence(keep=False)
+    assert (list(sources.counts.items()), list(destinations.counts.items())) == _fresh(window)
+    again, _ = window.evidence(keep=False)
+    assert again is not sources  # built anew: nothing kept for the next reader
+    kept, _ = window.evidence()
+    assert window.evidence()[0] is kept

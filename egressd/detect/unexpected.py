@@ -142,13 +142,14 @@ class _Window:
     def total(self) -> int:
         return self.spans[0].bytes
 
-    def evidence(self) -> tuple[TopK, TopK]:
+    def evidence(self, keep: bool = True) -> tuple[TopK, TopK]:
         """Top sources and destinations over everything the window holds (read only).
 
         The same sketches as merging the long-term evidence and then every first-span entry's
         into empty ones, in order: entries only join at the end between expiries, so the
         sketches built last time take just the entries that came since (one merge per entry
         instead of the whole span's at each look, for a fan-out page's hundreds of windows).
+        ``keep=False`` (a state snapshot reads every window once) builds without keeping.
         """
         entries = self.spans[0].entries
         cached = self._evidence
@@ -157,7 +158,9 @@ class _Window:
             destinations = TopK(64)
             sources.merge(self.sources)
             destinations.merge(self.destinations)
-            self._evidence = cached = (sources, destinations)
+            cached = (sources, destinations)
+            if keep:
+                self._evidence = cached
             new: Iterable[_Entry] = entries
         else:
             sources, destinations = cached
@@ -668,7 +671,7 @@ class UnexpectedDestinationDetector(Detector):
     def to_json(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
         for (group, dest), window in self.windows.items():
-            sources, destinations = window.evidence()
+            sources, destinations = window.evidence(keep=False)
             out.append(
                 {
                     "group": group,
