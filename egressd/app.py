@@ -249,7 +249,7 @@ class Daemon:
             else None
         )
         self.alert_log = AlertLog(config.alerts.log_path) if config.alerts.log_path else None
-        collector = EgressdCollector(
+        self.collector = collector = EgressdCollector(
             lambda: self.engine,
             lambda: self.sources,
             self.stats,
@@ -503,6 +503,7 @@ class Daemon:
         handled: list[signal.Signals] = []
         try:
             self.restore_state()
+            self.collector.warm()
             for signum, handler in (
                 (signal.SIGTERM, self._stopping.set),
                 (signal.SIGINT, self._stopping.set),

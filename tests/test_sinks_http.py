@@ -254,3 +254,25 @@ def test_baseline_gauge_evaluated_ahead_equals_a_fresh_evaluation(regions: bool)
         if moved and gauge.evaluated - before < len(baselines):
             prepared_moves += 1  # evaluated ahead: only keys changed since were evaluated now
     assert prepared_moves == 6 - 1 and PREPARE_AHEAD < 3600
+
+
+async def test_baselines_evaluated_at_start_leave_the_first_scrape_nothing_to_evaluate(
+    daemon_client: tuple[Daemon, TestClient[Any, Any]],
+) -> None:
+    """The daemon evaluates every restored baseline before it serves (``warm``): the first
+    scrape then reads them instead of paying for all of them at once."""
+    daemon, client = daemon_client
+    gb = (("dst_country", "GB"), ("group", "research"))
+    evaluated = ("egressd_baseline_expectations_evaluated_total", ())
+    assert daemon.collector.warm() == 0  # no event time yet: nothing to evaluate
+    daemon.feed.submit(
+        [
+            flow("10.20.0.17", "47.100.23.45", 40_000, T0 + 30),
+            flow("10.20.0.17", "81.2.69.160", 5_000_000, T0 + 100),
+            flow("10.20.0.17", "81.2.69.160", 1_000, T0 + 370),  # closes [T0, T0+300)
+        ]
+    )
+    assert daemon.collector.warm() == 2
+    first = samples(await (await client.get("/metrics")).text())
+    assert first[evaluated] == 2  # all done before the scrape
+    assert first[("egressd_egress_baseline_bytes", gb)] == pytest.approx(5_000_000, rel=0.02)
