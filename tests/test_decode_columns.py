@@ -9,6 +9,7 @@ after saturating at 2**64 - 1, as the FlowColumns contract says.
 from __future__ import annotations
 
 import io
+import json
 import string
 from pathlib import Path
 from typing import Any
@@ -387,6 +388,22 @@ def test_clean_goflow2_lines_take_the_columnar_rules() -> None:
         "192.0.2.10",
     )
     assert int(columns.src_hi[0]) == 0 and int(columns.src_lo[0]) == 0xFFFF_0A3C_0004
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["bytes", "packets", "sampling_rate", "time_flow_start_ns", "time_flow_end_ns", "dst_port"],
+)
+@pytest.mark.parametrize("value", [None, 2**64, True, -1, "5", 1.5, 0])
+def test_goflow2_count_column_failing_late_in_a_block(key: str, value: object) -> None:
+    """A count column is read straight from the parsed rows until one row has no integer in
+    [0, 2**64) there; the block then gives what the record path gives, row by row."""
+    base = _BASE["goflow2-json"]
+    good = [orjson.dumps({**base, "bytes": 1000 + i}) + b"\n" for i in range(40)]
+    odd = {k: v for k, v in base.items() if k != key} if value is None else {**base, key: value}
+    lines = [*good, json.dumps(odd).encode() + b"\n", *good[:2]]
+    flows = assert_same("goflow2-json", b"".join(lines))
+    assert _comparable(flows[:40]) == _comparable(assert_same("goflow2-json", b"".join(good)))
 
 
 # --- real outputs of the tools ----------------------------------------------------------------
