@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from itertools import repeat
-from operator import attrgetter
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -53,6 +52,7 @@ _I64_MIN: Final = -(2**63)
 _ZERO16: Final = bytes(16)
 _UNSET: Final = msgspec.UNSET
 _PARSE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError)
+_astuple = msgspec.structs.astuple
 
 
 #: what :meth:`JsonColumnDecoder._mend` says of a blank line
@@ -79,7 +79,7 @@ _ANY = object
 class _Layout:
     """The fields a format reads, as a msgspec struct (other keys are skipped)."""
 
-    __slots__ = ("decode", "empty", "getters")
+    __slots__ = ("decode", "width")
 
     def __init__(self, fields: Sequence[tuple[str, Any]]) -> None:
         names = [f"f{i}" for i in range(len(fields))]
@@ -90,11 +90,7 @@ class _Layout:
             gc=False,
         )
         self.decode: Callable[[bytes], Any] = msgspec.json.Decoder(struct).decode
-        #: a line with none of the fields (what stands for a line that does not parse here)
-        self.empty: Any = struct()
-        #: one field of every row: a column is ``list(map(getter, rows))``, a C loop per field
-        #: (transposing with ``zip(*map(astuple, rows))`` cost about twice as much)
-        self.getters = tuple(attrgetter(name) for name in names)
+        self.width = len(fields)
 
 
 # --- column conversions: values plus a mask of the rows whose values the fast rules clear --
@@ -126,41 +122,11 @@ def _typed_ints(col: Sequence[object]) -> U64 | None:
         return None
 
 
-class _Columns:
-    """A block's parsed lines read a field at a time: column ``i`` is made on first use."""
-
-    __slots__ = ("_cols", "_getters", "_rows")
-
-    def __init__(self, rows: list[Any], getters: Sequence[Callable[[Any], object]]) -> None:
-        self._rows = rows
-        self._getters = getters
-        self._cols: list[list[object] | None] = [None] * len(getters)
-
-    def __getitem__(self, i: int) -> list[object]:
-        col = self._cols[i]
-        if col is None:
-            col = self._cols[i] = list(map(self._getters[i], self._rows))
-        return col
-
-    def counts(self, i: int) -> U64 | None:
-        """Column ``i`` as :func:`_typed_ints` gives it, read from the rows without a list
-        when it was not made yet."""
-        if self._cols[i] is None:
-            try:
-                rows = self._rows
-                return np.fromiter(map(self._getters[i], rows), dtype=np.uint64, count=len(rows))
-            except (TypeError, ValueError, OverflowError):
-                pass
-        return _typed_ints(self[i])
-
-
-def _ints(cols: _Columns, i: int) -> tuple[U64, Bools]:
-    """Column ``i``: JSON integers (true/false count as 1/0) in [0, 2**64); anything else is
-    not cleared."""
-    typed = cols.counts(i)
+def _ints(col: Sequence[object]) -> tuple[U64, Bools]:
+    """JSON integers (true/false count as 1/0) in [0, 2**64); anything else is not cleared."""
+    typed = _typed_ints(col)
     if typed is not None:
-        return typed, np.ones(len(typed), dtype=np.bool_)
-    col = cols[i]
+        return typed, np.ones(len(col), dtype=np.bool_)
     array = _plain(col)
     if array is not None:
         if array.dtype.kind == "i":
@@ -413,16 +379,16 @@ _GOFLOW2_KEYS: Final = (
 )
 
 
-def _goflow2(cols: _Columns) -> _Fields:
+def _goflow2(cols: Sequence[Sequence[object]]) -> _Fields:
     """goflow2 ≥2 lines the record decoder's fast path takes (integer nanosecond times,
     every field present, a known protocol): the same rules, on columns."""
-    nbytes, ok = _ints(cols, 0)
-    packets, ok_packets = _ints(cols, 1)
-    rate, ok_rate = _ints(cols, 2)
-    start, ok_start = _ints(cols, 3)
-    end, ok_end = _ints(cols, 4)
-    src_port, ok_src_port = _ints(cols, 9)
-    dst_port, ok_dst_port = _ints(cols, 10)
+    nbytes, ok = _ints(cols[0])
+    packets, ok_packets = _ints(cols[1])
+    rate, ok_rate = _ints(cols[2])
+    start, ok_start = _ints(cols[3])
+    end, ok_end = _ints(cols[4])
+    src_port, ok_src_port = _ints(cols[9])
+    dst_port, ok_dst_port = _ints(cols[10])
     ok &= ok_packets & ok_rate & ok_start & ok_end & ok_src_port & ok_dst_port
     start = np.where(start == 0, end, start)
     # The record decoder's bound on nanoseconds (year 10000) lies beyond 2**64: a uint64 meets it.
@@ -451,7 +417,9 @@ def _goflow2(cols: _Columns) -> _Fields:
     )
 
 
-def _flow_fields(cols: _Columns, ok: Bools, start_end: tuple[F64, F64]) -> _Fields:
+def _flow_fields(
+    cols: Sequence[Sequence[object]], ok: Bools, start_end: tuple[F64, F64]
+) -> _Fields:
     """The fields pmacct and egressd JSON share in position 2 onwards: src, dst, bytes,
     packets, sampling rate, protocol, ports (absent: 0)."""
     src = _addresses(cols[2])
@@ -501,7 +469,7 @@ _EGRESSD_KEYS: Final = (
 )
 
 
-def _egressd(cols: _Columns) -> _Fields:
+def _egressd(cols: Sequence[Sequence[object]]) -> _Fields:
     start, end, ok = _start_end(cols[0], cols[1])
     fields = _flow_fields(cols, ok, (start, end))
     exporters = cols[10]
@@ -537,7 +505,7 @@ _PMACCT_KEYS: Final = (
 )
 
 
-def _pmacct(cols: _Columns) -> _Fields:
+def _pmacct(cols: Sequence[Sequence[object]]) -> _Fields:
     start, end, ok = _start_end(cols[0], cols[1])
     # Lines of other events are skips: the record decoder counts them.
     events = cols[11]
@@ -609,7 +577,7 @@ def _either(first: Sequence[object], second: Sequence[object]) -> list[object]:
     return [a or b for a, b in zip(first, second, strict=True)]
 
 
-def _nfdump(cols: _Columns) -> _Fields:
+def _nfdump(cols: Sequence[Sequence[object]]) -> _Fields:
     """nfdump's records: counts are stored already scaled by the sampling rate nfcapd knew."""
     end, end_known, ok = _nfdump_times(cols[1])
     # end is ``last or received``: a record without a true ``last`` is left to the decoder
@@ -661,7 +629,7 @@ class _Format:
     def __init__(
         self,
         keys: Sequence[tuple[str, Any]],
-        build: Callable[[_Columns], _Fields],
+        build: Callable[[Sequence[Sequence[object]]], _Fields],
         decoder: LineDecoder,
     ) -> None:
         self.layout = _Layout(keys)
@@ -728,11 +696,13 @@ class JsonColumnDecoder:
             return FlowColumns.empty()
         layout = self._format.layout
         parse = layout.decode
+        width = layout.width
         parsed: Bools | None = None
         try:
             if not all(map(bytes.isascii, lines)):
                 raise _NotAscii
             rows: list[Any] = list(map(parse, lines))
+            cols = list(zip(*map(_astuple, rows), strict=True))
         except (*_PARSE_ERRORS, _NotAscii):
             # Some lines do not parse here (or are not UTF-8, which msgspec does not check
             # in the keys it skips): their fields are unset, the record decoder has them.
@@ -743,9 +713,13 @@ class JsonColumnDecoder:
                         line.decode()
                     rows.append(parse(line))
                 except (*_PARSE_ERRORS, UnicodeDecodeError):
-                    rows.append(layout.empty)
-            parsed = np.fromiter((row is not layout.empty for row in rows), np.bool_, n)
-        fields = self._format.build(_Columns(rows, layout.getters))
+                    rows.append(None)
+            parsed = np.fromiter((row is not None for row in rows), np.bool_, n)
+            empty = (_UNSET,) * width
+            cols = list(
+                zip(*(empty if row is None else _astuple(row) for row in rows), strict=True)
+            )
+        fields = self._format.build(cols)
         if parsed is not None:
             fields.ok &= parsed
         slow = np.flatnonzero(~fields.ok)
