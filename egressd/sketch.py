@@ -13,7 +13,7 @@ an item they name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from heapq import heapify, heappush, heapreplace
 
 
@@ -85,18 +85,23 @@ class TopK:
         only the one count charged with the rest may exceed its item's true weight by more
         than the minimum (by at most the minimum plus ``rest_weight``).
         """
-        counts = self.counts
-        if self._heap is None and len(counts) + len(items) <= self.capacity:
-            # Nothing can be evicted: plain sums (what add does then), no call per item.
-            get = counts.get
-            for item, weight in zip(items, weights, strict=True):
-                counts[item] = get(item, 0) + weight
-        else:
-            add = self.add
-            for item, weight in zip(items, weights, strict=True):
-                add(item, weight)
+        self._add_all(zip(items, weights, strict=True), len(items))
         if rest is not None:
             self.add(rest, rest_weight)
+
+    def _add_all(self, pairs: Iterable[tuple[str, int]], count: int) -> None:
+        """``add`` of each of ``count`` (item, weight) pairs in order; while nothing can be
+        evicted that is plain sums, with no call per item (alert evidence merges hundreds of
+        sketches when an interval closes; the batch path adds one per key and interval)."""
+        counts = self.counts
+        if self._heap is None and len(counts) + count <= self.capacity:
+            get = counts.get
+            for item, weight in pairs:
+                counts[item] = get(item, 0) + weight
+            return
+        add = self.add
+        for item, weight in pairs:
+            add(item, weight)
 
     def cap(self, limit: int) -> None:
         """Lower every count above ``limit`` to it (saturated sums)."""
@@ -108,44 +113,8 @@ class TopK:
         self._heap = None
 
     def merge(self, other: TopK) -> None:
-        """Add ``other``'s counts one by one, in its order (exactly ``add`` of each).
-
-        Alert evidence merges hundreds of sketches when an interval closes, so the common
-        cases skip the method call per item: while both fit ``capacity`` it is plain sums.
-        """
-        counts = self.counts
-        theirs = other.counts
-        if self._heap is None and len(counts) + len(theirs) <= self.capacity:
-            get = counts.get
-            for item, weight in theirs.items():
-                counts[item] = get(item, 0) + weight
-            return
-        capacity = self.capacity
-        for item, weight in theirs.items():
-            # add(item, weight), inlined
-            current = counts.get(item)
-            if current is not None:
-                counts[item] = current + weight
-                continue
-            heap = self._heap
-            if len(counts) < capacity:
-                counts[item] = weight
-                if heap is not None:
-                    heappush(heap, (weight, item))
-                continue
-            if heap is None:
-                heap = self._heap = [(count, key) for key, count in counts.items()]
-                heapify(heap)
-            floor, victim = heap[0]
-            current = counts[victim]
-            while current != floor:
-                heapreplace(heap, (current, victim))
-                floor, victim = heap[0]
-                current = counts[victim]
-            del counts[victim]
-            floor += weight
-            counts[item] = floor
-            heapreplace(heap, (floor, item))
+        """Add ``other``'s counts one by one, in its order (exactly ``add`` of each)."""
+        self._add_all(other.counts.items(), len(other.counts))
 
     def top(self, n: int) -> list[tuple[str, int]]:
         return sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
