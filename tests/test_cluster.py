@@ -339,6 +339,10 @@ class Cluster:
                     out.append(tuple(sorted(event["labels"].items())))
         return out
 
+    def all_logs(self) -> str:
+        """Every process's whole log, one after the other."""
+        return "".join(p.log_path.read_text(errors="replace") for p in self.processes.values())
+
     def logs(self) -> str:
         return "".join(
             f"\n--- {name}\n{p.log()[-3000:]}" for name, p in sorted(self.processes.items())
@@ -655,7 +659,7 @@ def test_members_that_leave_or_freeze_change_nothing_in_the_sums(
     assert codes == dict.fromkeys(codes, 0), cluster.logs()
     left = cluster.processes["detect-c"].log_path.read_text()
     assert "partitions revoked" in left
-    logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
+    logs = cluster.all_logs()
     assert "from s3://snapshots/egressd/" in logs  # taken over from object storage
 
 
@@ -740,7 +744,7 @@ def test_an_ingest_killed_after_an_idle_flush_before_its_commit_counts_nothing_t
         check(cluster, expected, fired)
     finally:
         cluster.stop_all()
-    logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
+    logs = cluster.all_logs()
     assert "dropped a replayed" in logs
     assert "overlaps one applied" not in logs
 
@@ -773,7 +777,7 @@ def test_an_ingest_whose_commit_failed_and_that_then_died_counts_nothing_twice(
         cluster.stop_all()
     log = cluster.processes["ingest-a"].log_path.read_text(errors="replace")
     assert "committing offsets failed" in log and "reading again from the last commit" in log
-    logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
+    logs = cluster.all_logs()
     assert "dropped a replayed" in logs
     assert "overlaps one applied" not in logs
 
@@ -835,7 +839,7 @@ def test_an_ingest_frozen_before_it_produces_is_fenced_when_it_wakes(
         assert (fenced or 0) >= 1, cluster.logs()
     finally:
         cluster.stop_all()
-    logs = "".join(p.log_path.read_text(errors="replace") for p in cluster.processes.values())
+    logs = cluster.all_logs()
     assert re.search(r"dropped a batch \S+ 100-179 of generation \d+", logs), cluster.logs()
     assert "overlaps one applied" not in logs
 
