@@ -654,7 +654,8 @@ class EgressdCollector(Collector):
         )
         yield _counter(
             "alertmanager_outbox_dropped",
-            "Unsent alerts dropped because the outbox was full",
+            "Unsent alert transitions dropped because the outbox was full (a firing alert"
+            " among them still goes out in the resend round)",
             am.outbox_dropped,
         )
         yield _gauge("alertmanager_outbox", "Alerts waiting to be delivered", am.outbox_size)
