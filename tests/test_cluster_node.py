@@ -12,6 +12,7 @@ from integration_support import free_port
 
 from egressd.cluster.node import RoleNode
 from egressd.config import parse_config
+from egressd.detect.alerts import FIRING, Alert
 
 CONFIG = """
 [http]
@@ -62,3 +63,28 @@ async def test_a_role_process_notifies_systemd_and_survives_sighup(tmp_path: Pat
         if not run.done():
             run.cancel()
         sock.close()
+
+
+async def test_a_detect_process_counts_alert_log_writes_that_fail(tmp_path: Path) -> None:
+    # /dev/full opens for appending and fails every write with ENOSPC: a full disk.
+    config = parse_config(
+        CONFIG.format(http=free_port(), kafka=free_port(), role="detect", states=tmp_path)
+        + '\n[alerts]\nlog_path = "/dev/full"\n'
+    )
+    node = RoleNode(config, {})
+    assert node.alert_log is not None
+    await node.alert_log.start()
+    try:
+        alert = Alert(
+            key=("EgressUnexpectedDestination", "research", "CN"),
+            labels={"alertname": "EgressUnexpectedDestination", "group": "research"},
+            annotations={"summary": "s"},
+            state=FIRING,
+            pending_since=0.0,
+        )
+        node.publish([alert])
+        node.publish([alert])
+    finally:
+        await node.alert_log.stop()
+    assert node.registry.get_sample_value("egressd_alert_log_errors_total") == 2.0
+    assert node.registry.get_sample_value("egressd_alertmanager_outbox_dropped_total") is None

@@ -51,6 +51,12 @@ class _RoleCollector:
             extras[PREFIX + "alertmanager_pushes_total"] = [(none, float(stats.pushes))]
             extras[PREFIX + "alertmanager_push_errors_total"] = [(none, float(stats.push_errors))]
             extras[PREFIX + "alertmanager_alerts_sent_total"] = [(none, float(stats.alerts_sent))]
+            extras[PREFIX + "alertmanager_outbox_dropped_total"] = [
+                (none, float(stats.outbox_dropped))
+            ]
+        alert_log = self._node.alert_log
+        if alert_log is not None:
+            extras[PREFIX + "alert_log_errors_total"] = [({}, float(alert_log.errors))]
         yield from _extra_families(extras)
 
 
