@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from egressd.columns import U64, address_text
+from egressd.columns import U64, address_text, address_texts
 
 if TYPE_CHECKING:
     from egressd.aggregate import Accum
@@ -144,33 +144,44 @@ def _heaviest(
     else:
         arrange = np.lexsort((firsts, pair_keys))
     pair_keys = pair_keys[arrange]
-    texts = _texts(None if pair_hi is None else pair_hi[arrange], pair_lo[arrange])
     sums = sums[arrange]
     bounds = np.flatnonzero(np.diff(pair_keys)) + 1
     starts = [0, *bounds.tolist()]
     ends = [*bounds.tolist(), len(pair_keys)]
     key_list = pair_keys[starts].tolist() if len(pair_keys) else []
     weights = sums.tolist()
-    out: list[tuple[int, tuple[list[str], list[int], str | None, int]]] = []
+    # Which pairs the sketches receive: all of a key's when they fit, else its heaviest
+    # ``capacity`` (in order of first appearance) and the heaviest of the rest. Only those
+    # get a text form: a key with many addresses would otherwise pay one per address.
+    picks: list[tuple[int, int, int, list[int] | None, int]] = []
+    chosen: list[npt.NDArray[np.intp]] = []
+    taken = 0
     for key, a, b in zip(key_list, starts, ends, strict=True):
         if b - a <= capacity:
-            out.append((key, (texts[a:b], weights[a:b], None, 0)))
+            chosen.append(np.arange(a, b))
+            picks.append((key, a, b, None, taken))
+            taken += b - a
             continue
-        mine = sums[a:b]
-        by_weight = np.argsort(mine, kind="stable")[::-1]
-        kept = np.sort(by_weight[:capacity]).tolist()
-        kept_weights = [weights[a + i] for i in kept]
+        by_weight = np.argsort(sums[a:b], kind="stable")[::-1]
+        kept = np.sort(by_weight[:capacity])
+        chosen.append(kept + a)
+        chosen.append(np.array([a + by_weight[capacity]]))
+        picks.append((key, a, b, kept.tolist(), taken))
+        taken += capacity + 1
+    rows_chosen = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.intp)
+    texts = _texts(
+        None if pair_hi is None else pair_hi[arrange][rows_chosen],
+        pair_lo[arrange][rows_chosen],
+    )
+    out: list[tuple[int, tuple[list[str], list[int], str | None, int]]] = []
+    for key, a, b, kept_list, at in picks:
+        if kept_list is None:
+            out.append((key, (texts[at : at + b - a], weights[a:b], None, 0)))
+            continue
+        kept_weights = [weights[a + i] for i in kept_list]
         rest_weight = sum(weights[a:b]) - sum(kept_weights)
         out.append(
-            (
-                key,
-                (
-                    [texts[a + i] for i in kept],
-                    kept_weights,
-                    texts[a + int(by_weight[capacity])],
-                    rest_weight,
-                ),
-            )
+            (key, (texts[at : at + capacity], kept_weights, texts[at + capacity], rest_weight))
         )
     return out
 
@@ -193,9 +204,11 @@ def _packed(keys: I64, hi: U64, lo: U64) -> I64 | None:
 
 def _texts(hi: U64 | None, lo: U64) -> list[str]:
     """Text of each address, made once per distinct address (they repeat across keys)."""
+    if not len(lo):
+        return []
     if hi is None or not hi.any():
         distinct, inverse = np.unique(lo, return_inverse=True)
-        made = [address_text(0, value) for value in distinct.tolist()]
+        made = address_texts(np.zeros(len(distinct), dtype=np.uint64), distinct)
     else:
         values = (hi.astype(object) << 64) | lo.astype(object)
         distinct, inverse = np.unique(values, return_inverse=True)
