@@ -4,12 +4,23 @@ organic growth, weekend fallback, bounded keys with eviction, and the state roun
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egressd.baseline.seasonal import RECORD_SIZE, SeasonalBaselines
+from egressd.baseline.seasonal import (
+    CLIP,
+    MIN_SPREAD,
+    OVERALL_ALPHA,
+    PEAK_HALF_LIFE,
+    RECORD_SIZE,
+    SLOT_ALPHA,
+    SLOTS,
+    SeasonalBaselines,
+    SeasonKeyer,
+)
 
 T0 = 1_772_409_600.0  # Monday 2026-03-02T00:00:00Z
 DAY = 86400.0
@@ -200,3 +211,76 @@ def test_changed_slots_are_tracked_once_asked_for() -> None:
     baselines.observe(("g", "D"), 20_000.0, 1.0)  # a forgotten key's slot, reused
     (d,) = baselines.slots_of([("g", "D")])
     assert d in (a, b, c) and changed == {d}
+
+
+def _reference_update(
+    level: float, spread: float, n: int, x: float, alpha: float
+) -> tuple[float, float]:
+    """The update rule, plainly: clip to level ± CLIP x spread, move by max(1/(n+1), alpha)."""
+    if n == 0:
+        return x, MIN_SPREAD
+    bound = CLIP * max(spread, MIN_SPREAD)
+    clipped = min(max(x, level - bound), level + bound)
+    rate = max(1.0 / (n + 1), alpha)
+    error = clipped - level
+    return level + rate * error, spread + rate * (abs(error) - spread)
+
+
+def _reference_observe(record: bytearray, slot: int, event_time: float, byte_count: float) -> None:
+    """One observation written into a record the way the module documents its layout."""
+    header, cell, peak_at = struct.Struct("<ddffI"), struct.Struct("<eeB"), struct.Struct("<ff")
+    first, last, level, spread, n = header.unpack_from(record, 0)
+    x = math.log2(1.0 + byte_count) if byte_count > 0 else 0.0
+    level, spread = _reference_update(level, spread, n, x, OVERALL_ALPHA)
+    header.pack_into(record, 0, min(first, event_time), max(last, event_time), level, spread, n + 1)
+    offset = header.size + slot * cell.size
+    s_level, s_spread, s_n = cell.unpack_from(record, offset)
+    s_level, s_spread = _reference_update(s_level, s_spread, s_n, x, SLOT_ALPHA)
+    cell.pack_into(record, offset, s_level, min(s_spread, 60000.0), min(s_n + 1, 255))
+    peak_offset = header.size + SLOTS * cell.size
+    peak, raised = peak_at.unpack_from(record, peak_offset)
+    if x >= peak - (event_time - raised) / PEAK_HALF_LIFE:
+        peak_at.pack_into(record, peak_offset, x, event_time)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.integers(0, 7),
+                st.one_of(
+                    st.integers(-10, 10**12),
+                    st.floats(-1.0, 1e15, allow_nan=False),
+                    st.sampled_from([0, 1, 2**63, 10**18]),
+                ),
+            ),
+            max_size=12,
+            unique_by=lambda item: item[0],
+        ),
+        max_size=60,
+    ),
+    st.lists(st.sampled_from([0.0, 300.0, 300.0, 3600.0, -300.0, 9 * 3600.0]), min_size=60),
+)
+def test_interval_updates_are_the_plain_update_rule_bit_for_bit(
+    intervals: list[list[tuple[int, float]]], steps: list[float]
+) -> None:
+    # observe_interval writes the updates out inline for speed: every stored bit must be what
+    # the rule applied key by key gives (state files and alerts depend on it).
+    baselines = SeasonalBaselines()
+    season = SeasonKeyer()
+    expected: dict[tuple[str, str], bytearray] = {}
+    at = T0
+    for items, step in zip(intervals, steps, strict=False):
+        at += step
+        batch = [((f"g{k % 3}", f"K{k}"), size) for k, size in items]
+        baselines.observe_interval(at, batch)
+        for key, size in batch:
+            record = expected.get(key)
+            if record is None:
+                record = expected[key] = bytearray(RECORD_SIZE)
+                struct.pack_into("<ddffI", record, 0, at, at, 0.0, MIN_SPREAD, 0)
+            _reference_observe(record, season.slot(at), at, size)
+    assert {key: baselines.record(key) for key in expected} == {
+        key: bytes(record) for key, record in expected.items()
+    }

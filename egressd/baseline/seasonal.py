@@ -32,8 +32,14 @@ SLOTS = 48  # 24 hours x (weekday, weekend)
 # raised (float32 event time: two-minute resolution, plenty for a half-life of two weeks)
 _PEAK = struct.Struct("<ff")
 _PEAK_OFFSET = _HEADER.size + SLOTS * _SLOT.size
-# the header and the peak read at once (the slots between skipped)
-_HEADER_PEAK = struct.Struct(f"{_HEADER.format}{SLOTS * _SLOT.size}x{_PEAK.format[1:]}")
+#: a whole record read at once, header, the hour slot ``i`` and peak (the other slots skipped)
+_RECORD_AT_SLOT = tuple(
+    struct.Struct(
+        f"{_HEADER.format}{i * _SLOT.size}x{_SLOT.format[1:]}"
+        f"{(SLOTS - 1 - i) * _SLOT.size}x{_PEAK.format[1:]}"
+    )
+    for i in range(SLOTS)
+)
 #: records written before the peak existed (read with a zero peak)
 OLD_RECORD_SIZE = _PEAK_OFFSET
 RECORD_SIZE = _PEAK_OFFSET + _PEAK.size
@@ -110,18 +116,6 @@ class SeasonKeyer:
             slot = int(moment.hour) + (24 if moment.weekday() >= 5 else 0)
             self._cache.store(hour_index, slot)
         return slot
-
-
-def _update(level: float, spread: float, n: int, x: float, alpha: float) -> tuple[float, float]:
-    if n == 0:
-        return x, MIN_SPREAD
-    bound = CLIP * max(spread, MIN_SPREAD)
-    clipped = min(max(x, level - bound), level + bound)
-    rate = max(1.0 / (n + 1), alpha)
-    error = clipped - level
-    level += rate * error
-    spread += rate * (abs(error) - spread)
-    return level, spread
 
 
 def _zeroed(size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
@@ -367,17 +361,22 @@ class SeasonalBaselines:
         """Learn one closed interval (starting at ``event_time``): bytes for each key.
 
         Batched because it runs for every key of every interval: the season slot is found
-        once, and the lookups the loop needs are bound to locals.
+        once, a record's header, hour slot and peak are read in one unpack, and the two
+        running updates are written out inline.
         """
         index = self._index
         buf = self._buf
-        slot_offset = _HEADER.size + self.season.slot(event_time) * _SLOT.size
+        season = self.season.slot(event_time)
+        slot_offset = _HEADER.size + season * _SLOT.size
+        record_unpack = _RECORD_AT_SLOT[season].unpack_from
         header_pack = _HEADER.pack_into
-        slot_unpack, slot_pack = _SLOT.unpack_from, _SLOT.pack_into
-        header_peak_unpack, peak_pack = _HEADER_PEAK.unpack_from, _PEAK.pack_into
+        slot_pack = _SLOT.pack_into
+        peak_pack = _PEAK.pack_into
         log2 = math.log2
         changed = self.changed
         size, peak_offset = RECORD_SIZE, _PEAK_OFFSET
+        min_spread, clip = MIN_SPREAD, CLIP
+        overall_alpha, slot_alpha = OVERALL_ALPHA, SLOT_ALPHA
         # Keys come grouped by group, mostly: the group's index is looked up once per run.
         group: str | None = None
         inner: dict[str, int] | None = None
@@ -393,14 +392,33 @@ class SeasonalBaselines:
                 inner = index[key_group]  # eviction may have dropped (this re-created) it
                 buf = self._buf  # the storage may have grown
                 base = slot * size
-                header_pack(buf, base, event_time, event_time, 0.0, MIN_SPREAD, 0)
+                header_pack(buf, base, event_time, event_time, 0.0, min_spread, 0)
             else:
                 base = slot * size
             if changed is not None:
                 changed.add(slot)
-            first, last, level, spread, n, peak, raised = header_peak_unpack(buf, base)
+            (first, last, level, spread, n, s_level, s_spread, s_n, peak, raised) = record_unpack(
+                buf, base
+            )
             x = log2(1.0 + byte_count) if byte_count > 0 else 0.0
-            level, spread = _update(level, spread, n, x, OVERALL_ALPHA)
+            # The overall level and spread: the first observation sets them; then x, clipped
+            # to level ± CLIP x spread, moves them by a rate of 1/(n+1), at least the alpha.
+            # (min and max are spelt out, picking as the builtins do.)
+            if n == 0:
+                level, spread = x, min_spread
+            else:
+                bound = clip * (min_spread if min_spread > spread else spread)
+                low = level - bound
+                clipped = low if low > x else x
+                high = level + bound
+                if high < clipped:
+                    clipped = high
+                rate = 1.0 / (n + 1)
+                if overall_alpha > rate:
+                    rate = overall_alpha
+                error = clipped - level
+                level += rate * error
+                spread += rate * (abs(error) - spread)
             header_pack(
                 buf,
                 base,
@@ -410,12 +428,25 @@ class SeasonalBaselines:
                 spread,
                 n + 1,
             )
-            offset = base + slot_offset
-            s_level, s_spread, s_n = slot_unpack(buf, offset)
-            s_level, s_spread = _update(s_level, s_spread, s_n, x, SLOT_ALPHA)
+            # The same for the hour slot, with its own alpha.
+            if s_n == 0:
+                s_level, s_spread = x, min_spread
+            else:
+                bound = clip * (min_spread if min_spread > s_spread else s_spread)
+                low = s_level - bound
+                clipped = low if low > x else x
+                high = s_level + bound
+                if high < clipped:
+                    clipped = high
+                rate = 1.0 / (s_n + 1)
+                if slot_alpha > rate:
+                    rate = slot_alpha
+                error = clipped - s_level
+                s_level += rate * error
+                s_spread += rate * (abs(error) - s_spread)
             slot_pack(
                 buf,
-                offset,
+                base + slot_offset,
                 s_level,
                 s_spread if s_spread < 60000.0 else 60000.0,
                 s_n + 1 if s_n < 255 else 255,
