@@ -1,7 +1,10 @@
 """Detection quality on generated scenarios: recall, false pages and time to detect per seed.
 
-Run: ``python benchmarks/detection_bench.py [--scenario month|nine-day|both] [--seeds 1 2 3]``.
-Each scenario is replayed with its own configuration (the month's sets only ``interval`` and
+Run: ``python benchmarks/detection_bench.py [--scenario month|nine-day|both|saas|campus|small-office|
+networks|all] [--seeds 1 2 3]``. ``both`` (the default) is the month and the nine days;
+``networks`` the three differently shaped months of tests/network_scenarios.py (a cloud-heavy
+company, a university, a small office behind 1:1000 sampling); ``all`` is all five.
+Each scenario is replayed with its own configuration (the months set only ``interval`` and
 ``learning`` under ``[detection]``: the defaults do the work). A page is an alert that fires;
 it is true when it matches an injected exfiltration (alertname, group, destination country)
 and starts within one interval after the exfiltration crossed its threshold; every other page
@@ -22,6 +25,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from network_scenarios import GENERATORS
 from scenarios import INTERVAL, Scenario, generate, generate_month
 
 from egressd.config import parse_config
@@ -64,17 +68,30 @@ def score(scenario: Scenario, directory: Path) -> dict[str, object]:
     }
 
 
+def _generate(kind: str, seed: int) -> Scenario:
+    if kind == "month":
+        return generate_month(seed)
+    if kind == "nine-day":
+        return generate(seed, days=9)
+    return GENERATORS[kind](seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=("month", "nine-day", "both"), default="both")
+    choices = ("month", "nine-day", *GENERATORS, "both", "networks", "all")
+    parser.add_argument("--scenario", choices=choices, default="both")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
-    kinds = ("month", "nine-day") if args.scenario == "both" else (args.scenario,)
+    kinds = {
+        "both": ("month", "nine-day"),
+        "networks": tuple(GENERATORS),
+        "all": ("month", "nine-day", *GENERATORS),
+    }.get(args.scenario, (args.scenario,))
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
             print(f"== {kind} ==")
             for seed in args.seeds:
-                scenario = generate_month(seed) if kind == "month" else generate(seed, days=9)
+                scenario = _generate(kind, seed)
                 result = score(scenario, Path(tmp))
                 detected = result["detected"]
                 assert isinstance(detected, dict)

@@ -1,0 +1,611 @@
+"""Generated months of differently shaped networks, for judging the default detectors on
+traffic the month scenario (tests/scenarios.py) was not written for.
+
+- ``saas``: a cloud-heavy company. Nearly all egress goes to one cloud whose addresses rotate
+  over hundreds of networks (all in the US by registration); CI uploads artefacts of a few GB
+  at any hour; a weekly database snapshot; a SaaS vendor adopted mid-month that ramps up.
+- ``campus``: a university. Groups learn their countries; strong diurnal and weekly pattern;
+  term starts (traffic doubles over a week); the student network's peer-to-peer traffic spreads
+  over sixty countries; a conference week; nightly physics syncs to CERN; daylight saving
+  moves everything an hour in UTC.
+- ``small-office``: fifteen people behind one exporter sampling 1:1000. Few flows per interval,
+  most night intervals empty; a NAS backs up nightly to one cloud network; the office closes for
+  a ten-day holiday, then comes back.
+
+Each injects exfiltrations with their ground truth (``ExpectedAlert``: the alert, the event
+time its threshold is crossed), scored like the month by benchmarks/detection_bench.py.
+Everything is derived from the seed; a month is a few hundred thousand flows.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import iptocc
+from scenarios import (
+    DAY,
+    GB,
+    INTERVAL,
+    MB,
+    UNEXPECTED_MIN_BYTES,
+    ExpectedAlert,
+    Flow,
+    Scenario,
+    Trap,
+    _at,
+    _expect,
+    _fanout_destinations,
+    _split,
+    _transfer,
+    diurnal,
+)
+
+UNEXPECTED = "EgressUnexpectedDestination"
+NEW_DESTINATION = "EgressNewDestinationVolume"
+SPIKE = "EgressVolumeSpike"
+WINDOW_24H_FLOOR = 1_000_000_000
+NEW_DESTINATION_FLOOR = 1_000_000_000
+#: windows of the unexpected rule with the defaults
+WINDOWS = ((3600.0, UNEXPECTED_MIN_BYTES), (DAY, WINDOW_24H_FLOOR))
+DAYS = 28
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A group's ordinary egress to a pool of destinations."""
+
+    group: str
+    pool: str
+    #: mean bytes per interval at the weekday peak
+    peak: float
+    #: fraction of the peak at night
+    night: float
+    #: weekend multiplier
+    weekend: float
+    sigma: float = 0.4
+    #: chance per interval of a 3-8x burst
+    burst: float = 1 / 150
+    ipv6: float = 0.0
+    #: day the stream begins, and the days it takes to ramp from 2% to its full level
+    first_day: float = 0.0
+    ramp_days: float = 0.0
+    #: hours the group's day runs later than the office day (a student network peaks at night)
+    late: float = 0.0
+    #: flows per interval at the peak
+    flows: float = 3.0
+
+
+@dataclass(slots=True)
+class Network:
+    """Hosts, destination pools and the calendar of one generated network."""
+
+    rng: random.Random
+    start: float
+    days: int
+    #: group -> IPv4 hosts, IPv6 hosts
+    hosts: dict[str, tuple[list[str], list[str]]]
+    #: pool -> (IPv4 addresses, IPv6 addresses, cumulative weights or None for uniform)
+    pools: dict[str, tuple[list[str], list[str]]]
+    #: hours to add to UTC for the local clock the diurnal pattern follows, at an event time
+    local_offset: Callable[[float], float]
+    #: a group's traffic multiplier on a day (term start, holiday)
+    season: Callable[[str, int], float]
+    #: group -> (exporter, sampling rate)
+    exporters: dict[str, tuple[str, int]]
+    group_of: dict[str, str] = field(default_factory=dict)
+
+    def pick_host(self, group: str, v6: bool) -> str:
+        v4, v6_hosts = self.hosts[group]
+        pool = v6_hosts if v6 and v6_hosts else v4
+        return pool[min(int(self.rng.random() ** -0.8) - 1, len(pool) - 1)]
+
+    def local_hour(self, event_time: float) -> float:
+        moment = datetime.fromtimestamp(event_time, UTC)
+        return (moment.hour + moment.minute / 60.0 + self.local_offset(event_time)) % 24
+
+    def is_weekend(self, event_time: float) -> bool:
+        shifted = event_time + self.local_offset(event_time) * 3600.0
+        return datetime.fromtimestamp(shifted, UTC).weekday() >= 5
+
+    def local(self, day: int, hour: float) -> float:
+        """Event time of a local ``hour`` on ``day`` (days from the start)."""
+        guess = _at(self.start, day, hour)
+        return guess - self.local_offset(guess) * 3600.0
+
+    def flow(
+        self, end: float, src: str, dst: str, size: float, *, dst_port: int = 443
+    ) -> Flow | None:
+        """One flow of ``size`` real bytes as the group's exporter reports it (None: unsampled)."""
+        exporter, rate = self.exporters[_group_of(self, src)]
+        rng = self.rng
+        raw = int(size // rate)
+        packets = max(raw // 1200, 1)
+        if raw < 1200 and rate > 1:
+            # Packet sampling: a flow this small is caught (as one full packet) or missed.
+            if rng.random() >= size / (1200 * rate):
+                return None
+            raw, packets = 1200, 1
+        raw = max(raw, 40)
+        return Flow(
+            end, end - rng.random() * 60.0, src, dst, raw, packets, rate, exporter, 6,
+            32768 + rng.randrange(28000), dst_port,
+        )  # fmt: skip
+
+    def transfer(
+        self, src: str, dst: str, begin: float, end: float, total: float, *, step: float = 60.0
+    ) -> list[Flow]:
+        exporter, rate = self.exporters[_group_of(self, src)]
+        return _transfer(
+            self.rng, src, dst, begin, end, total, step=step, sampling_rate=rate,
+            exporter=exporter,
+        )  # fmt: skip
+
+
+def _group_of(network: Network, src: str) -> str:
+    if not network.group_of:
+        for group, (v4, v6) in network.hosts.items():
+            network.group_of.update(dict.fromkeys(v4 + v6, group))
+    return network.group_of[src]
+
+
+def _hosts(
+    rng: random.Random, prefix4: str, count: int, prefix6: str = ""
+) -> tuple[list[str], list[str]]:
+    picks = rng.sample(range(1, 250 * 250), count)
+    v4 = [f"{prefix4}.{p // 250}.{p % 250 + 1}" for p in picks]
+    v6 = [f"{prefix6}::{rng.randrange(1, 0xFFFF):x}" for _ in range(min(count, 40))] if prefix6 else []
+    return v4, v6
+
+
+def _addresses(
+    rng: random.Random, blocks: Sequence[str], count: int, country: str
+) -> list[str]:
+    """``count`` addresses in ``country`` spread over random /24s of ``blocks`` (a.b prefixes)."""
+    out: list[str] = []
+    while len(out) < count:
+        batch = [
+            f"{rng.choice(blocks)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            for _ in range(count * 2)
+        ]
+        for address, found in zip(batch, iptocc.country_code(batch), strict=True):
+            if found == country and address not in out and len(out) < count:
+                out.append(address)
+    return out
+
+
+def _v6(rng: random.Random, prefix: str, count: int) -> list[str]:
+    """``count`` addresses in different /48s under the /32 ``prefix`` (``2600:1f18``)."""
+    return [f"{prefix}:{rng.randrange(1, 0xFFFF):x}::{rng.randrange(1, 0xFFFF):x}" for _ in range(count)]
+
+
+def _check(pools: dict[str, tuple[list[str], list[str]]], countries: dict[str, str]) -> None:
+    for name, country in countries.items():
+        v4, v6 = pools[name]
+        found = iptocc.country_code(v4 + v6)
+        wrong = [a for a, c in zip(v4 + v6, found, strict=True) if c != country]
+        if wrong:
+            raise AssertionError(f"pool {name} not all in {country}: {wrong[:5]}")
+
+
+def _background(network: Network, streams: Sequence[Stream]) -> list[Flow]:
+    rng = network.rng
+    random_ = rng.random
+    gauss = rng.gauss
+    flows: list[Flow] = []
+    for i in range(int(network.days * DAY / INTERVAL)):
+        t0 = network.start + i * INTERVAL
+        hour = network.local_hour(t0)
+        weekend = network.is_weekend(t0)
+        day = int((t0 - network.start) // DAY)
+        for stream in streams:
+            age = (t0 - network.start) / DAY - stream.first_day
+            if age < 0:
+                continue
+            ramp = 1.0
+            if stream.ramp_days and age < stream.ramp_days:
+                ramp = 0.02 + 0.98 * age / stream.ramp_days
+            activity = diurnal((hour - stream.late) % 24)
+            mean = stream.peak * (stream.night + (1.0 - stream.night) * activity) * ramp
+            mean *= network.season(stream.group, day) * (stream.weekend if weekend else 1.0)
+            total = mean * math.exp(gauss(0.0, stream.sigma) - stream.sigma**2 / 2)
+            if random_() < stream.burst:
+                total *= rng.uniform(3.0, 8.0)
+            parts = 1 + int(2 * stream.flows * random_() * (0.2 + activity))
+            v4, v6 = network.pools[stream.pool]
+            for size in _split(rng, total, parts):
+                ipv6 = bool(v6) and random_() < stream.ipv6
+                pool = v6 if ipv6 else v4
+                src = network.pick_host(stream.group, ipv6)
+                end = t0 + 0.5 + random_() * (INTERVAL - 1.0)
+                flow = network.flow(end, src, pool[int(random_() ** 1.5 * len(pool))], size)
+                if flow is not None:
+                    flows.append(flow)
+    return flows
+
+
+def _finish(
+    seed: int,
+    network: Network,
+    flows: list[Flow],
+    expected: list[ExpectedAlert],
+    traps: list[Trap],
+    config: str,
+) -> Scenario:
+    flows.sort(key=lambda f: f.end)
+    expected.sort(key=lambda e: e.crossing)
+    return Scenario(seed, network.start, network.days, flows, expected, traps, config)
+
+
+# -- a SaaS company on one cloud ----------------------------------------------------------------
+
+SAAS_CONFIG = """\
+[networks]
+local = ["10.0.0.0/8", "fd00::/8"]
+
+[[groups]]
+name = "prod"
+sources = ["10.1.0.0/16", "fd00:1::/32"]
+expected_countries = ["US", "IE"]
+
+[[groups]]
+name = "ci"
+sources = ["10.2.0.0/16"]
+expected_countries = ["US"]
+
+# laptops: countries learned
+[[groups]]
+name = "corp"
+sources = ["10.3.0.0/16", "fd00:3::/32"]
+
+[detection]
+interval = "5m"
+learning = "7d"
+"""
+
+#: /16s of the cloud's US address space (its storage and compute endpoints)
+_CLOUD_BLOCKS = ("52.216", "52.217", "54.231", "3.5", "18.204", "52.92", "35.171", "34.74")
+_SAAS_US = ("20.190", "52.96", "40.99", "13.107", "52.112", "140.82", "151.101", "104.16")
+
+
+def generate_saas(seed: int = 1) -> Scenario:
+    """A cloud-heavy company's month (see the module docstring) with four exfiltrations."""
+    rng = random.Random(seed * 104729 + 1)
+    start = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+    pools = {
+        "cloud": (_addresses(rng, _CLOUD_BLOCKS, 300, "US"), _v6(rng, "2600:1f18", 60)),
+        "cloud-ie": (
+            ["87.198.1.1", "193.1.193.64", "89.101.160.5", "46.22.128.1"],
+            _v6(rng, "2a05:d018", 20),
+        ),
+        "saas": (_addresses(rng, _SAAS_US, 60, "US"), ["2603:1026::1", "2603:1026:c02::7"]),
+        "eu": (["212.58.244.22", "81.2.69.142", "145.100.190.243", "194.109.6.66"], []),
+        "vendor": (["199.232.41.10", "199.232.41.11", "199.232.41.12"], []),
+    }
+    _check(pools, {"cloud": "US", "cloud-ie": "IE", "saas": "US", "vendor": "US"})
+    hosts = {
+        "prod": _hosts(rng, "10.1", 40, "fd00:1"),
+        "ci": _hosts(rng, "10.2", 30),
+        "corp": _hosts(rng, "10.3", 300, "fd00:3"),
+    }
+    network = Network(
+        rng, start, DAYS, hosts, pools, lambda _t: 0.0, lambda _g, _d: 1.0,
+        {"prod": ("10.255.1.1", 1), "ci": ("10.255.1.1", 1), "corp": ("10.255.1.2", 1)},
+    )  # fmt: skip
+    streams = (
+        Stream("prod", "cloud", 300 * MB, 0.5, 0.8, ipv6=0.3, flows=6),
+        Stream("prod", "cloud-ie", 100 * MB, 0.5, 0.8, ipv6=0.5),
+        Stream("ci", "cloud", 80 * MB, 0.2, 0.3, flows=4),
+        Stream("corp", "saas", 200 * MB, 0.05, 0.1, ipv6=0.2, flows=6),
+        Stream("corp", "eu", 40 * MB, 0.05, 0.1),
+        # A SaaS vendor adopted on day 13: a trial first, in full use a week later.
+        Stream("corp", "vendor", 150 * MB, 0.1, 0.2, first_day=13.4, ramp_days=7),
+    )
+    flows = _background(network, streams)
+    expected: list[ExpectedAlert] = []
+    traps: list[Trap] = []
+    cloud = pools["cloud"][0]
+
+    # -- benign: artefact uploads at any hour, nightly backups, a weekly snapshot ------------
+    t = start
+    while t < start + DAYS * DAY:
+        t += rng.expovariate(3.0 / DAY)
+        size = 6 * GB * math.exp(rng.gauss(0, 0.6))
+        duration = rng.uniform(10, 40) * 60
+        src = network.pick_host("ci", False)
+        for part, dst in enumerate(rng.sample(cloud, 4)):
+            flows += network.transfer(src, dst, t + part, t + duration, size / 4)
+        traps.append(Trap("artefact-upload", t, t + duration))
+    for day in range(DAYS):
+        begin = network.local(day, 2 + rng.uniform(0, 0.2))
+        size = rng.uniform(10, 30) * GB
+        src = hosts["prod"][0][0]
+        for part, dst in enumerate(rng.sample(cloud, 8)):
+            flows += network.transfer(src, dst, begin + part, begin + 5400, size / 8)
+        traps.append(Trap("nightly-backup", begin, begin + 5400))
+    for day in range(6, DAYS, 7):
+        begin = network.local(day, 3)
+        dst = rng.choice(pools["cloud-ie"][1])
+        flows += network.transfer(hosts["prod"][1][0], dst, begin, begin + 3 * 3600, 80 * GB)
+        traps.append(Trap("weekly-snapshot", begin, begin + 3 * 3600))
+
+    # -- exfiltrations ------------------------------------------------------------------------
+    # A compromised service ships tens of GB to a VPS in a country prod never uses.
+    src = network.pick_host("prod", False)
+    dst = "163.172.%d.%d" % (rng.randrange(1, 250), rng.randrange(1, 250))
+    begin = network.local(9, rng.uniform(10, 16))
+    burst = network.transfer(src, dst, begin, begin + 3600, rng.uniform(20, 40) * GB)
+    expected.append(_expect("vps-country", UNEXPECTED, "prod", "FR", burst, UNEXPECTED_MIN_BYTES, src, dst))
+    flows += burst
+    # Over IPv6 to a fresh /48 of a hosting provider in an allowed country, in the backup hour.
+    src = hosts["prod"][1][rng.randrange(5, 20)]
+    dst = f"2604:a880:{rng.randrange(0x400, 0xFFF):x}::{rng.randrange(1, 0xFFFF):x}"
+    begin = network.local(16, 2.2)
+    fresh = network.transfer(src, dst, begin, begin + 3600, 6 * GB)
+    expected.append(_expect("ipv6-fresh-48", NEW_DESTINATION, "prod", "US", fresh, NEW_DESTINATION_FLOOR, src, dst))
+    flows += fresh
+    # A laptop drips to a country corp never used: 60 MB an hour for two days.
+    src = network.pick_host("corp", False)
+    dst = rng.choice(("77.88.55.60", "87.250.250.242", "5.255.255.5"))
+    begin = network.local(18, rng.uniform(0, 24))
+    drip = network.transfer(src, dst, begin, begin + 2 * DAY, 2 * 24 * 60 * MB, step=300.0)
+    expected.append(_expect("drip", UNEXPECTED, "corp", "RU", drip, WINDOW_24H_FLOOR, src, dst, windows=WINDOWS))
+    flows += drip
+    # A CI job with stolen credentials: the repository (300 MB) to a VPS in Singapore.
+    src = network.pick_host("ci", False)
+    dst = f"139.59.{rng.randrange(1, 250)}.{rng.randrange(1, 250)}"
+    begin = network.local(22, rng.uniform(0, 24))
+    ci = network.transfer(src, dst, begin, begin + 1200, 300 * MB, step=30.0)
+    expected.append(_expect("ci-token", UNEXPECTED, "ci", "SG", ci, UNEXPECTED_MIN_BYTES, src, dst))
+    flows += ci
+    return _finish(seed, network, flows, expected, traps, SAAS_CONFIG)
+
+
+# -- a university ------------------------------------------------------------------------------
+
+CAMPUS_CONFIG = """\
+[networks]
+local = ["10.0.0.0/8", "fd00::/8"]
+
+[[groups]]
+name = "physics"
+sources = ["10.10.0.0/16", "fd00:10::/32"]
+
+[[groups]]
+name = "cs"
+sources = ["10.11.0.0/16", "fd00:11::/32"]
+
+[[groups]]
+name = "bio"
+sources = ["10.12.0.0/16"]
+expected_countries = ["GB", "US", "DE", "IE"]
+
+[[groups]]
+name = "resnet"
+sources = ["10.13.0.0/16", "fd00:13::/32"]
+
+[[groups]]
+name = "admin"
+sources = ["10.14.0.0/16"]
+expected_countries = ["GB", "US", "IE"]
+
+[detection]
+interval = "5m"
+learning = "7d"
+"""
+
+#: the campus clock: UTC+0 until the last Sunday of March (day 20 from Monday 9 March), then +1
+CAMPUS_START = datetime(2026, 3, 9, tzinfo=UTC).timestamp()
+CAMPUS_DST = datetime(2026, 3, 29, 1, tzinfo=UTC).timestamp()
+#: students arrive from this day over a week: their traffic doubles
+TERM_DAY = 11
+CONFERENCE_DAYS = range(15, 20)
+
+
+def _campus_season(group: str, day: int) -> float:
+    if group in ("resnet", "cs", "physics"):
+        return 1.0 + min(max((day - TERM_DAY) / 7.0, 0.0), 1.0)
+    return 1.0
+
+
+def generate_campus(seed: int = 1) -> Scenario:
+    """A university month (see the module docstring) with four exfiltrations."""
+    rng = random.Random(seed * 15485863 + 2)
+    start = CAMPUS_START
+    p2p_countries = _fanout_destinations(rng, 60, {"CN", "RU"})
+    pools = {
+        "us": (["8.8.8.8", "140.82.112.3", "151.101.1.69", "104.16.132.229", "52.94.236.248"], ["2001:4860:4860::8888", "2606:4700:4700::1111"]),
+        "gb": (["212.58.244.22", "81.2.69.142", "193.62.193.80", "130.88.1.1", "131.111.1.1"], ["2001:630:1:1::1"]),
+        "cern": (["188.184.1.1", "188.184.9.2", "137.138.1.1"], ["2001:1458::1"]),
+        "de": (["88.198.55.33", "78.46.1.1", "136.243.1.1"], []),
+        "fr": (["163.172.1.1", "212.27.48.10"], []),
+        "nl": (["145.100.190.243", "194.109.6.66"], []),
+        "jp": (["133.11.0.1", "210.130.1.1"], []),
+        "ie": (["87.198.1.1", "193.1.193.64"], []),
+        "p2p": (p2p_countries, []),
+    }
+    _check(pools, {"us": "US", "gb": "GB", "cern": "CH", "de": "DE", "fr": "FR", "nl": "NL", "jp": "JP", "ie": "IE"})
+    hosts = {
+        "physics": _hosts(rng, "10.10", 150, "fd00:10"),
+        "cs": _hosts(rng, "10.11", 300, "fd00:11"),
+        "bio": _hosts(rng, "10.12", 100),
+        "resnet": _hosts(rng, "10.13", 2000, "fd00:13"),
+        "admin": _hosts(rng, "10.14", 200),
+    }
+    exporter = ("10.255.2.1", 1)
+    network = Network(
+        rng, start, DAYS, hosts, pools,
+        lambda t: 1.0 if t >= CAMPUS_DST else 0.0, _campus_season,
+        dict.fromkeys(hosts, exporter),
+    )  # fmt: skip
+    streams = (
+        Stream("physics", "us", 150 * MB, 0.2, 0.4, ipv6=0.2),
+        Stream("physics", "cern", 200 * MB, 0.3, 0.6, ipv6=0.3),
+        Stream("physics", "de", 60 * MB, 0.2, 0.4),
+        Stream("physics", "gb", 80 * MB, 0.2, 0.4),
+        Stream("cs", "us", 300 * MB, 0.15, 0.3, ipv6=0.3, flows=5),
+        Stream("cs", "gb", 100 * MB, 0.15, 0.3),
+        Stream("cs", "nl", 40 * MB, 0.15, 0.3),
+        Stream("cs", "jp", 15 * MB, 0.15, 0.3),
+        Stream("bio", "us", 100 * MB, 0.1, 0.2),
+        Stream("bio", "gb", 80 * MB, 0.1, 0.2),
+        Stream("bio", "de", 30 * MB, 0.1, 0.2),
+        Stream("admin", "gb", 60 * MB, 0.03, 0.05),
+        Stream("admin", "us", 80 * MB, 0.03, 0.05),
+        Stream("admin", "ie", 20 * MB, 0.03, 0.05),
+        Stream("resnet", "us", 250 * MB, 0.3, 1.2, ipv6=0.4, late=6, flows=8),
+        Stream("resnet", "gb", 80 * MB, 0.3, 1.2, late=6),
+        # Peer-to-peer: the same total spread over sixty countries, a few carrying most.
+        Stream("resnet", "p2p", 400 * MB, 0.4, 1.2, late=6, sigma=0.6, flows=12),
+    )
+    flows = _background(network, streams)
+    expected: list[ExpectedAlert] = []
+    traps: list[Trap] = []
+
+    # -- benign: nightly physics syncs to CERN, a conference week ------------------------------
+    for day in range(DAYS):
+        begin = network.local(day, 1 + rng.uniform(0, 0.5))
+        size = rng.uniform(5, 25) * GB * _campus_season("physics", day)
+        flows += network.transfer(hosts["physics"][0][0], pools["cern"][0][0], begin, begin + 3 * 3600, size)
+        traps.append(Trap("cern-sync", begin, begin + 3 * 3600))
+    for day in CONFERENCE_DAYS:
+        # Talks streamed and recordings uploaded to the US from the lecture theatre.
+        begin = network.local(day, 9)
+        src = hosts["cs"][0][3]
+        flows += network.transfer(src, pools["us"][0][rng.randrange(5)], begin, begin + 8 * 3600, rng.uniform(8, 15) * GB)
+        traps.append(Trap("conference-stream", begin, begin + 8 * 3600))
+
+    # -- exfiltrations ------------------------------------------------------------------------
+    # Model weights from the physics cluster to a country it never sends to.
+    src = hosts["physics"][0][rng.randrange(10, 40)]
+    dst = rng.choice(("47.100.23.45", "220.181.38.148", "119.29.29.29"))
+    begin = network.local(13, rng.uniform(10, 17))
+    weights = network.transfer(src, dst, begin, begin + 3600, rng.uniform(20, 40) * GB)
+    expected.append(_expect("weights", UNEXPECTED, "physics", "CN", weights, UNEXPECTED_MIN_BYTES, src, dst))
+    flows += weights
+    # A slow drip from bio over three days, 45 MB an hour.
+    src = hosts["bio"][0][rng.randrange(10, 40)]
+    dst = rng.choice(("77.88.55.60", "87.250.250.242"))
+    begin = network.local(16, rng.uniform(0, 24))
+    drip = network.transfer(src, dst, begin, begin + 3 * DAY, 3 * 24 * 45 * MB, step=300.0)
+    expected.append(_expect("drip", UNEXPECTED, "bio", "RU", drip, WINDOW_24H_FLOOR, src, dst, windows=WINDOWS))
+    flows += drip
+    # From cs over IPv6, in the small hours.
+    src = hosts["cs"][1][rng.randrange(10, 30)]
+    dst = rng.choice(("2a02:6b8::2:242", "2a02:6b8:a::a"))
+    begin = network.local(21, rng.uniform(1, 5))
+    v6 = network.transfer(src, dst, begin, begin + 900, rng.uniform(1, 3) * GB)
+    expected.append(_expect("ipv6", UNEXPECTED, "cs", "RU", v6, UNEXPECTED_MIN_BYTES, src, dst))
+    flows += v6
+    # Hidden in the nightly CERN sync: a fresh Swiss network, 6 GB within the hour.
+    src = hosts["physics"][0][rng.randrange(40, 80)]
+    dst = f"130.59.{rng.randrange(1, 250)}.{rng.randrange(1, 250)}"
+    begin = network.local(24, 1.5)
+    fresh = network.transfer(src, dst, begin, begin + 3600, 6 * GB)
+    expected.append(_expect("fresh-ch", NEW_DESTINATION, "physics", "CH", fresh, NEW_DESTINATION_FLOOR, src, dst))
+    flows += fresh
+    return _finish(seed, network, flows, expected, traps, CAMPUS_CONFIG)
+
+
+# -- a small office behind a sampling exporter ---------------------------------------------------
+
+OFFICE_CONFIG = """\
+[networks]
+local = ["192.168.0.0/16", "fd00::/8"]
+
+[[groups]]
+name = "office"
+sources = ["192.168.10.0/24", "fd00:10::/32"]
+expected_countries = ["GB", "US", "IE", "NL"]
+
+[[groups]]
+name = "nas"
+sources = ["192.168.20.0/24"]
+expected_countries = ["GB", "US"]
+
+[detection]
+interval = "5m"
+learning = "7d"
+"""
+
+OFFICE_START = datetime(2026, 12, 7, tzinfo=UTC).timestamp()
+#: Monday 7 December 2026; closed from Saturday 19 to Monday 28 December (days 12 to 21)
+HOLIDAY = range(12, 22)
+SAMPLING = 1000
+
+
+def _office_season(group: str, day: int) -> float:
+    return 0.01 if day in HOLIDAY else 1.0
+
+
+def generate_office(seed: int = 1) -> Scenario:
+    """A small office's month (see the module docstring) with three exfiltrations."""
+    rng = random.Random(seed * 7727 + 3)
+    start = OFFICE_START
+    pools = {
+        "us": (_addresses(rng, ("20.190", "52.96", "40.99", "13.107", "52.112"), 30, "US"), []),
+        "gb": (["212.58.244.22", "81.2.69.142", "193.62.193.80"], ["2a00:1098:0:80::1"]),
+        "ie": (["87.198.1.1", "89.101.160.5"], []),
+        "nl": (["145.100.190.243"], []),
+        "backup": (["45.11.36.20", "45.11.36.21"], []),
+    }
+    _check(pools, {"us": "US", "gb": "GB", "ie": "IE", "nl": "NL", "backup": "US"})
+    hosts = {
+        "office": (
+            [f"192.168.10.{i}" for i in range(10, 30)], [f"fd00:10::{i:x}" for i in range(10, 20)]
+        ),
+        "nas": (["192.168.20.5"], []),
+    }
+    network = Network(
+        rng, start, DAYS, hosts, pools, lambda _t: 0.0, _office_season,
+        {"office": ("192.168.0.1", SAMPLING), "nas": ("192.168.0.1", SAMPLING)},
+    )  # fmt: skip
+    streams = (
+        Stream("office", "us", 40 * MB, 0.01, 0.02, sigma=0.7, ipv6=0.2, flows=2),
+        Stream("office", "gb", 15 * MB, 0.01, 0.02, sigma=0.7, ipv6=0.2, flows=1),
+        Stream("office", "ie", 8 * MB, 0.01, 0.02, sigma=0.7, flows=1),
+        Stream("office", "nl", 3 * MB, 0.01, 0.02, sigma=0.7, flows=1),
+    )
+    flows = _background(network, streams)
+    expected: list[ExpectedAlert] = []
+    traps: list[Trap] = []
+
+    # -- benign: the NAS's nightly backup (tiny when nothing changed over the holiday) --------
+    for day in range(DAYS):
+        begin = network.local(day, 23 + rng.uniform(0, 0.1))
+        weekday = datetime.fromtimestamp(begin, UTC).weekday() < 5
+        size = rng.uniform(2, 6) * GB if weekday and day not in HOLIDAY else 5 * MB
+        flows += network.transfer("192.168.20.5", pools["backup"][0][day % 2], begin, begin + 3600, size)
+        traps.append(Trap("nas-backup", begin, begin + 3600))
+
+    # -- exfiltrations ------------------------------------------------------------------------
+    src = rng.choice(hosts["office"][0])
+    dst = rng.choice(("47.100.23.45", "114.114.114.114", "220.181.38.148"))
+    begin = network.local(8, rng.uniform(10, 16))
+    laptop = network.transfer(src, dst, begin, begin + 3600, 3 * GB)
+    expected.append(_expect("laptop-cn", UNEXPECTED, "office", "CN", laptop, UNEXPECTED_MIN_BYTES, src, dst))
+    flows += laptop
+    # The NAS, in its backup hour, to a fresh network in the US.
+    dst = f"143.198.{rng.randrange(1, 250)}.{rng.randrange(1, 250)}"
+    begin = network.local(10, 23.3)
+    nas = network.transfer("192.168.20.5", dst, begin, begin + 3600, 4 * GB)
+    expected.append(_expect("nas-fresh-24", NEW_DESTINATION, "nas", "US", nas, NEW_DESTINATION_FLOOR, "192.168.20.5", dst))
+    flows += nas
+    # Over IPv6 from a laptop, a week after the holiday.
+    src = rng.choice(hosts["office"][1])
+    dst = rng.choice(("2a02:6b8::2:242", "2a02:6b8:a::a"))
+    begin = network.local(24, rng.uniform(9, 17))
+    v6 = network.transfer(src, dst, begin, begin + 1800, 1.5 * GB)
+    expected.append(_expect("ipv6", UNEXPECTED, "office", "RU", v6, UNEXPECTED_MIN_BYTES, src, dst))
+    flows += v6
+    return _finish(seed, network, flows, expected, traps, OFFICE_CONFIG)
+
+
+GENERATORS: dict[str, Callable[[int], Scenario]] = {
+    "saas": generate_saas,
+    "campus": generate_campus,
+    "small-office": generate_office,
+}
