@@ -77,6 +77,8 @@ class Stream:
     late: float = 0.0
     #: flows per interval at the peak
     flows: float = 3.0
+    #: many independent peers (peer-to-peer): noise and bursts per flow, not of the total
+    peers: bool = False
 
 
 @dataclass(slots=True)
@@ -157,13 +159,15 @@ def _hosts(
 ) -> tuple[list[str], list[str]]:
     picks = rng.sample(range(1, 250 * 250), count)
     v4 = [f"{prefix4}.{p // 250}.{p % 250 + 1}" for p in picks]
-    v6 = [f"{prefix6}::{rng.randrange(1, 0xFFFF):x}" for _ in range(min(count, 40))] if prefix6 else []
+    v6 = (
+        [f"{prefix6}::{rng.randrange(1, 0xFFFF):x}" for _ in range(min(count, 40))]
+        if prefix6
+        else []
+    )
     return v4, v6
 
 
-def _addresses(
-    rng: random.Random, blocks: Sequence[str], count: int, country: str
-) -> list[str]:
+def _addresses(rng: random.Random, blocks: Sequence[str], count: int, country: str) -> list[str]:
     """``count`` addresses in ``country`` spread over random /24s of ``blocks`` (a.b prefixes)."""
     out: list[str] = []
     while len(out) < count:
@@ -179,7 +183,9 @@ def _addresses(
 
 def _v6(rng: random.Random, prefix: str, count: int) -> list[str]:
     """``count`` addresses in different /48s under the /32 ``prefix`` (``2600:1f18``)."""
-    return [f"{prefix}:{rng.randrange(1, 0xFFFF):x}::{rng.randrange(1, 0xFFFF):x}" for _ in range(count)]
+    return [
+        f"{prefix}:{rng.randrange(1, 0xFFFF):x}::{rng.randrange(1, 0xFFFF):x}" for _ in range(count)
+    ]
 
 
 def _check(pools: dict[str, tuple[list[str], list[str]]], countries: dict[str, str]) -> None:
@@ -191,10 +197,17 @@ def _check(pools: dict[str, tuple[list[str], list[str]]], countries: dict[str, s
             raise AssertionError(f"pool {name} not all in {country}: {wrong[:5]}")
 
 
+def _noisy(rng: random.Random, stream: Stream, mean: float) -> float:
+    """``mean`` with log-normal noise and, now and then, a 3-8x burst."""
+    total = mean * math.exp(rng.gauss(0.0, stream.sigma) - stream.sigma**2 / 2)
+    if rng.random() < stream.burst:
+        total *= rng.uniform(3.0, 8.0)
+    return total
+
+
 def _background(network: Network, streams: Sequence[Stream]) -> list[Flow]:
     rng = network.rng
     random_ = rng.random
-    gauss = rng.gauss
     flows: list[Flow] = []
     for i in range(int(network.days * DAY / INTERVAL)):
         t0 = network.start + i * INTERVAL
@@ -211,12 +224,15 @@ def _background(network: Network, streams: Sequence[Stream]) -> list[Flow]:
             activity = diurnal((hour - stream.late) % 24)
             mean = stream.peak * (stream.night + (1.0 - stream.night) * activity) * ramp
             mean *= network.season(stream.group, day) * (stream.weekend if weekend else 1.0)
-            total = mean * math.exp(gauss(0.0, stream.sigma) - stream.sigma**2 / 2)
-            if random_() < stream.burst:
-                total *= rng.uniform(3.0, 8.0)
             parts = 1 + int(2 * stream.flows * random_() * (0.2 + activity))
+            if stream.peers:
+                # A swarm: always many peers, each one's share varying on its own.
+                parts = max(parts, int(stream.flows))
+                sizes = [_noisy(rng, stream, mean / parts) for _ in range(parts)]
+            else:
+                sizes = [float(x) for x in _split(rng, _noisy(rng, stream, mean), parts)]
             v4, v6 = network.pools[stream.pool]
-            for size in _split(rng, total, parts):
+            for size in sizes:
                 ipv6 = bool(v6) and random_() < stream.ipv6
                 pool = v6 if ipv6 else v4
                 src = network.pick_host(stream.group, ipv6)
@@ -335,24 +351,32 @@ def generate_saas(seed: int = 1) -> Scenario:
     # -- exfiltrations ------------------------------------------------------------------------
     # A compromised service ships tens of GB to a VPS in a country prod never uses.
     src = network.pick_host("prod", False)
-    dst = "163.172.%d.%d" % (rng.randrange(1, 250), rng.randrange(1, 250))
+    dst = f"163.172.{rng.randrange(1, 250)}.{rng.randrange(1, 250)}"
     begin = network.local(9, rng.uniform(10, 16))
     burst = network.transfer(src, dst, begin, begin + 3600, rng.uniform(20, 40) * GB)
-    expected.append(_expect("vps-country", UNEXPECTED, "prod", "FR", burst, UNEXPECTED_MIN_BYTES, src, dst))
+    expected.append(
+        _expect("vps-country", UNEXPECTED, "prod", "FR", burst, UNEXPECTED_MIN_BYTES, src, dst)
+    )
     flows += burst
     # Over IPv6 to a fresh /48 of a hosting provider in an allowed country, in the backup hour.
     src = hosts["prod"][1][rng.randrange(5, 20)]
     dst = f"2604:a880:{rng.randrange(0x400, 0xFFF):x}::{rng.randrange(1, 0xFFFF):x}"
     begin = network.local(16, 2.2)
     fresh = network.transfer(src, dst, begin, begin + 3600, 6 * GB)
-    expected.append(_expect("ipv6-fresh-48", NEW_DESTINATION, "prod", "US", fresh, NEW_DESTINATION_FLOOR, src, dst))
+    expected.append(
+        _expect(
+            "ipv6-fresh-48", NEW_DESTINATION, "prod", "US", fresh, NEW_DESTINATION_FLOOR, src, dst
+        )
+    )
     flows += fresh
     # A laptop drips to a country corp never used: 60 MB an hour for two days.
     src = network.pick_host("corp", False)
     dst = rng.choice(("77.88.55.60", "87.250.250.242", "5.255.255.5"))
     begin = network.local(18, rng.uniform(0, 24))
     drip = network.transfer(src, dst, begin, begin + 2 * DAY, 2 * 24 * 60 * MB, step=300.0)
-    expected.append(_expect("drip", UNEXPECTED, "corp", "RU", drip, WINDOW_24H_FLOOR, src, dst, windows=WINDOWS))
+    expected.append(
+        _expect("drip", UNEXPECTED, "corp", "RU", drip, WINDOW_24H_FLOOR, src, dst, windows=WINDOWS)
+    )
     flows += drip
     # A CI job with stolen credentials: the repository (300 MB) to a VPS in Singapore.
     src = network.pick_host("ci", False)
@@ -417,8 +441,14 @@ def generate_campus(seed: int = 1) -> Scenario:
     start = CAMPUS_START
     p2p_countries = _fanout_destinations(rng, 60, {"CN", "RU"})
     pools = {
-        "us": (["8.8.8.8", "140.82.112.3", "151.101.1.69", "104.16.132.229", "52.94.236.248"], ["2001:4860:4860::8888", "2606:4700:4700::1111"]),
-        "gb": (["212.58.244.22", "81.2.69.142", "193.62.193.80", "130.88.1.1", "131.111.1.1"], ["2001:630:1:1::1"]),
+        "us": (
+            ["8.8.8.8", "140.82.112.3", "151.101.1.69", "104.16.132.229", "52.94.236.248"],
+            ["2001:4860:4860::8888", "2606:4700:4700::1111"],
+        ),
+        "gb": (
+            ["212.58.244.22", "81.2.69.142", "193.62.193.80", "130.88.1.1", "131.111.1.1"],
+            ["2001:630:1:1::1"],
+        ),
         "cern": (["188.184.1.1", "188.184.9.2", "137.138.1.1"], ["2001:1458::1"]),
         "de": (["88.198.55.33", "78.46.1.1", "136.243.1.1"], []),
         "fr": (["163.172.1.1", "212.27.48.10"], []),
@@ -427,7 +457,19 @@ def generate_campus(seed: int = 1) -> Scenario:
         "ie": (["87.198.1.1", "193.1.193.64"], []),
         "p2p": (p2p_countries, []),
     }
-    _check(pools, {"us": "US", "gb": "GB", "cern": "CH", "de": "DE", "fr": "FR", "nl": "NL", "jp": "JP", "ie": "IE"})
+    _check(
+        pools,
+        {
+            "us": "US",
+            "gb": "GB",
+            "cern": "CH",
+            "de": "DE",
+            "fr": "FR",
+            "nl": "NL",
+            "jp": "JP",
+            "ie": "IE",
+        },
+    )
     hosts = {
         "physics": _hosts(rng, "10.10", 150, "fd00:10"),
         "cs": _hosts(rng, "10.11", 300, "fd00:11"),
@@ -459,7 +501,7 @@ def generate_campus(seed: int = 1) -> Scenario:
         Stream("resnet", "us", 250 * MB, 0.3, 1.2, ipv6=0.4, late=6, flows=8),
         Stream("resnet", "gb", 80 * MB, 0.3, 1.2, late=6),
         # Peer-to-peer: the same total spread over sixty countries, a few carrying most.
-        Stream("resnet", "p2p", 400 * MB, 0.4, 1.2, late=6, sigma=0.6, flows=12),
+        Stream("resnet", "p2p", 400 * MB, 0.4, 1.2, late=6, sigma=0.6, flows=12, peers=True),
     )
     flows = _background(network, streams)
     expected: list[ExpectedAlert] = []
@@ -469,13 +511,17 @@ def generate_campus(seed: int = 1) -> Scenario:
     for day in range(DAYS):
         begin = network.local(day, 1 + rng.uniform(0, 0.5))
         size = rng.uniform(5, 25) * GB * _campus_season("physics", day)
-        flows += network.transfer(hosts["physics"][0][0], pools["cern"][0][0], begin, begin + 3 * 3600, size)
+        flows += network.transfer(
+            hosts["physics"][0][0], pools["cern"][0][0], begin, begin + 3 * 3600, size
+        )
         traps.append(Trap("cern-sync", begin, begin + 3 * 3600))
     for day in CONFERENCE_DAYS:
         # Talks streamed and recordings uploaded to the US from the lecture theatre.
         begin = network.local(day, 9)
         src = hosts["cs"][0][3]
-        flows += network.transfer(src, pools["us"][0][rng.randrange(5)], begin, begin + 8 * 3600, rng.uniform(8, 15) * GB)
+        flows += network.transfer(
+            src, pools["us"][0][rng.randrange(5)], begin, begin + 8 * 3600, rng.uniform(8, 15) * GB
+        )
         traps.append(Trap("conference-stream", begin, begin + 8 * 3600))
 
     # -- exfiltrations ------------------------------------------------------------------------
@@ -484,14 +530,18 @@ def generate_campus(seed: int = 1) -> Scenario:
     dst = rng.choice(("47.100.23.45", "220.181.38.148", "119.29.29.29"))
     begin = network.local(13, rng.uniform(10, 17))
     weights = network.transfer(src, dst, begin, begin + 3600, rng.uniform(20, 40) * GB)
-    expected.append(_expect("weights", UNEXPECTED, "physics", "CN", weights, UNEXPECTED_MIN_BYTES, src, dst))
+    expected.append(
+        _expect("weights", UNEXPECTED, "physics", "CN", weights, UNEXPECTED_MIN_BYTES, src, dst)
+    )
     flows += weights
     # A slow drip from bio over three days, 45 MB an hour.
     src = hosts["bio"][0][rng.randrange(10, 40)]
     dst = rng.choice(("77.88.55.60", "87.250.250.242"))
     begin = network.local(16, rng.uniform(0, 24))
     drip = network.transfer(src, dst, begin, begin + 3 * DAY, 3 * 24 * 45 * MB, step=300.0)
-    expected.append(_expect("drip", UNEXPECTED, "bio", "RU", drip, WINDOW_24H_FLOOR, src, dst, windows=WINDOWS))
+    expected.append(
+        _expect("drip", UNEXPECTED, "bio", "RU", drip, WINDOW_24H_FLOOR, src, dst, windows=WINDOWS)
+    )
     flows += drip
     # From cs over IPv6, in the small hours.
     src = hosts["cs"][1][rng.randrange(10, 30)]
@@ -505,7 +555,11 @@ def generate_campus(seed: int = 1) -> Scenario:
     dst = f"130.59.{rng.randrange(1, 250)}.{rng.randrange(1, 250)}"
     begin = network.local(24, 1.5)
     fresh = network.transfer(src, dst, begin, begin + 3600, 6 * GB)
-    expected.append(_expect("fresh-ch", NEW_DESTINATION, "physics", "CH", fresh, NEW_DESTINATION_FLOOR, src, dst))
+    expected.append(
+        _expect(
+            "fresh-ch", NEW_DESTINATION, "physics", "CH", fresh, NEW_DESTINATION_FLOOR, src, dst
+        )
+    )
     flows += fresh
     return _finish(seed, network, flows, expected, traps, CAMPUS_CONFIG)
 
@@ -555,7 +609,8 @@ def generate_office(seed: int = 1) -> Scenario:
     _check(pools, {"us": "US", "gb": "GB", "ie": "IE", "nl": "NL", "backup": "US"})
     hosts = {
         "office": (
-            [f"192.168.10.{i}" for i in range(10, 30)], [f"fd00:10::{i:x}" for i in range(10, 20)]
+            [f"192.168.10.{i}" for i in range(10, 30)],
+            [f"fd00:10::{i:x}" for i in range(10, 20)],
         ),
         "nas": (["192.168.20.5"], []),
     }
@@ -578,7 +633,9 @@ def generate_office(seed: int = 1) -> Scenario:
         begin = network.local(day, 23 + rng.uniform(0, 0.1))
         weekday = datetime.fromtimestamp(begin, UTC).weekday() < 5
         size = rng.uniform(2, 6) * GB if weekday and day not in HOLIDAY else 5 * MB
-        flows += network.transfer("192.168.20.5", pools["backup"][0][day % 2], begin, begin + 3600, size)
+        flows += network.transfer(
+            "192.168.20.5", pools["backup"][0][day % 2], begin, begin + 3600, size
+        )
         traps.append(Trap("nas-backup", begin, begin + 3600))
 
     # -- exfiltrations ------------------------------------------------------------------------
@@ -586,13 +643,26 @@ def generate_office(seed: int = 1) -> Scenario:
     dst = rng.choice(("47.100.23.45", "114.114.114.114", "220.181.38.148"))
     begin = network.local(8, rng.uniform(10, 16))
     laptop = network.transfer(src, dst, begin, begin + 3600, 3 * GB)
-    expected.append(_expect("laptop-cn", UNEXPECTED, "office", "CN", laptop, UNEXPECTED_MIN_BYTES, src, dst))
+    expected.append(
+        _expect("laptop-cn", UNEXPECTED, "office", "CN", laptop, UNEXPECTED_MIN_BYTES, src, dst)
+    )
     flows += laptop
     # The NAS, in its backup hour, to a fresh network in the US.
     dst = f"143.198.{rng.randrange(1, 250)}.{rng.randrange(1, 250)}"
     begin = network.local(10, 23.3)
     nas = network.transfer("192.168.20.5", dst, begin, begin + 3600, 4 * GB)
-    expected.append(_expect("nas-fresh-24", NEW_DESTINATION, "nas", "US", nas, NEW_DESTINATION_FLOOR, "192.168.20.5", dst))
+    expected.append(
+        _expect(
+            "nas-fresh-24",
+            NEW_DESTINATION,
+            "nas",
+            "US",
+            nas,
+            NEW_DESTINATION_FLOOR,
+            "192.168.20.5",
+            dst,
+        )
+    )
     flows += nas
     # Over IPv6 from a laptop, a week after the holiday.
     src = rng.choice(hosts["office"][1])
