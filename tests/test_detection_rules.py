@@ -321,6 +321,37 @@ def test_a_network_the_group_uses_does_not_count_as_new() -> None:
     assert "EgressNewDestinationVolume US" not in _firing(_run(engine, flows))
 
 
+def _backup(day: int, dst: str) -> list[FlowRecord]:
+    """1.2 GB within the hour from 01:00 on ``day``."""
+    return [_flow(day * DAY + HOUR + k * 300 + 150, dst, 100 * MB) for k in range(12)]
+
+
+def test_a_holiday_does_not_age_the_networks_a_group_knows() -> None:
+    engine = _engine()
+    # A nightly backup to one DE network, known since the first night.
+    flows = _usual(3) + _backup(0, DE_FRESH) + _backup(1, DE_FRESH) + _backup(2, DE_FRESH)
+    assert _firing(_run(engine, flows)) == []
+    # Closed for ten days (a few KB a day), across a restart: more than the 8 days after which
+    # an unused network counts as new again, but the group used no network at all meanwhile.
+    _run(engine, [_flow(day * DAY + 12 * HOUR, US, 5_000) for day in range(3, 8)])
+    engine2 = _engine()
+    engine2.restore(engine.snapshot())
+    _run(engine2, [_flow(day * DAY + 12 * HOUR, US, 5_000) for day in range(8, 13)])
+    back = _usual(1, start=13 * DAY) + _backup(13, DE_FRESH)
+    assert _firing(_run(engine2, back)) == []
+    # A network it never used still pages, holiday or not.
+    fresh = _usual(0.5, start=14 * DAY) + _backup(14, "94.130.1.1")
+    assert _firing(_run(engine2, fresh)) == ["EgressNewDestinationVolume DE"]
+
+
+def test_networks_age_on_the_days_the_group_is_active() -> None:
+    engine = _engine()
+    flows = _usual(10) + _backup(0, DE_FRESH)
+    # Nine busy days without the DE network: it is new again, and 1.2 GB to it pages.
+    flows += _backup(10, DE_FRESH) + _usual(0.2, start=10 * DAY)
+    assert _firing(_run(engine, flows)) == ["EgressNewDestinationVolume DE"]
+
+
 def test_the_networks_a_group_remembers_are_bounded() -> None:
     engine = _engine("new_destination_max_prefixes = 5\n")
     flows = [_flow(k * 300 + 100, f"8.8.{k}.8", 10 * MB) for k in range(12)]

@@ -6,6 +6,9 @@ hour to a /24 (IPv4) or /48 (IPv6) the group has not sent to for ``new_destinati
 (a fresh VPS in an allowed country) are worth a page even when the volume hides inside the
 destination's usual spread, such as a busy nightly-backup hour.
 
+"Not used for" counts the group's active days only: whole days on which it used no network at
+all (a holiday, a shutdown, a daemon that saw nothing) do not age what it knows.
+
 Prefixes come from each interval's top-destination sketch (the addresses that carried at
 least a tenth of the floor's per-interval share in the interval: 8.3 MB by default), so the
 cost is per interval, not per record.
@@ -58,16 +61,36 @@ def prefix_of(address: str) -> str:
 
 
 class _GroupPrefixes:
-    __slots__ = ("known", "prefixes", "since")
+    __slots__ = ("day", "idle", "known", "prefixes", "since")
 
     def __init__(self, since: float) -> None:
         self.since = since
+        #: whole days (in seconds) on which the group used no network at all, and the last
+        #: day (days since the epoch) on which it did: a prefix ages by the group's clock
+        #: (event time minus its idle days), so a holiday does not make every network new
+        self.idle = 0.0
+        self.day: int | None = None
         #: address -> until when its prefix is known to be neither new nor stale (a lookup
         #: per busy address and interval instead of the prefix bookkeeping)
         self.known: dict[str, float] = {}
         #: prefix -> (first use in its current run of use, last use); refreshed at most
         #: once per :data:`REFRESH` so a busy prefix costs one lookup per interval
         self.prefixes: dict[str, tuple[float, float]] = {}
+
+    def clock(self, start: float) -> float:
+        """The group's clock at ``start``, an interval in which it uses a network.
+
+        Event time minus the whole days since the last such interval on which it used none:
+        an office closed for ten days (or a daemon that saw nothing) comes back to networks
+        it knew, not to ten days of forgetting.
+        """
+        day = int(start // 86400.0)
+        last = self.day
+        if last is None or day > last:
+            if last is not None:
+                self.idle += (day - last - 1) * 86400.0
+            self.day = day
+        return start - self.idle
 
 
 class _Entry:
@@ -159,18 +182,23 @@ class NewDestinationDetector(Detector):
             counting = start - tracked.since >= warm_up
             new_bytes = 0
             new_destinations: TopK | None = None
+            clock = -math.inf  # the group's clock, read at its first used address
             for address, weight in accum.destinations.counts.items():
-                if weight < use_min or known.get(address, 0.0) > start:
+                if weight < use_min:
+                    continue
+                if clock == -math.inf:
+                    clock = tracked.clock(start)
+                if known.get(address, -math.inf) > clock:
                     continue
                 prefix = cache.get(address)
                 if prefix is None:
                     prefix = self._prefix(address)
                 seen = prefixes.get(prefix)
-                if seen is None or start - seen[1] > unseen:
-                    seen = prefixes[prefix] = (start, start)
-                elif start - seen[1] >= REFRESH:
-                    prefixes[prefix] = (seen[0], start)
-                if counting and start - seen[0] < fresh_for:
+                if seen is None or clock - seen[1] > unseen:
+                    seen = prefixes[prefix] = (clock, clock)
+                elif clock - seen[1] >= REFRESH:
+                    prefixes[prefix] = (seen[0], clock)
+                if counting and clock - seen[0] < fresh_for:
                     new_bytes += weight
                     if new_destinations is None:
                         new_destinations = TopK(16)
@@ -306,6 +334,8 @@ class NewDestinationDetector(Detector):
             "groups": {
                 group: {
                     "since": tracked.since,
+                    "idle": tracked.idle,
+                    "day": tracked.day,
                     "prefixes": [[p, first, last] for p, (first, last) in tracked.prefixes.items()],
                 }
                 for group, tracked in self.groups.items()
@@ -320,6 +350,10 @@ class NewDestinationDetector(Detector):
         groups: dict[str, _GroupPrefixes] = {}
         for group, item in dict(data.get("groups", {})).items():
             tracked = _GroupPrefixes(float(item["since"]))
+            # A state written before the group's clock: no idle days counted yet.
+            tracked.idle = float(item.get("idle", 0.0))
+            day = item.get("day")
+            tracked.day = None if day is None else int(day)
             for prefix, first, last in item["prefixes"]:
                 tracked.prefixes[str(prefix)] = (float(first), float(last))
             groups[str(group)] = tracked
