@@ -833,14 +833,26 @@ class Engine:
         # Most intervals have none: the bucket itself is the egress then, copied without them
         # (in the same order) only when there are some.
         egress: Bucket = bucket
-        observe = self.policy.observe
+        policy = self.policy
+        observe = policy.observe
+        # Only groups still learning their countries learn anything from observe: asked once
+        # per group and interval (the answer cannot change within the interval).
+        learning: dict[str, bool] = {}
+        # What the baselines learn, built on the way: (group, destination key), bytes.
+        learned: list[tuple[tuple[str, str], int]] = []
         for key, accum in bucket.items():
             size = accum.bytes
             if not size:
                 if egress is bucket:
                     egress = {k: a for k, a in bucket.items() if a.bytes}
                 continue
-            observe(key[0], key[1], size, start)
+            group, dest = key
+            learns = learning.get(group)
+            if learns is None:
+                learns = learning[group] = policy.is_learning(group, start)
+            if learns:
+                observe(group, dest, size, start)
+            learned.append(((group, dest.key), size))
             total = totals.get(key)
             if total is not None:
                 totals[key] = total + size
@@ -848,15 +860,13 @@ class Engine:
                 totals[key] = size
             else:
                 # Bounded metric cardinality: past the cap a destination adds to its country.
-                key = (key[0], DestinationLabels(key[1].country))
+                key = (group, DestinationLabels(dest.country))
                 totals[key] = totals.get(key, 0) + size
         self.unexpected.collect(start, bucket)
         changed = self.unexpected.evaluate(end, self.baselines)
         changed.extend(self.spikes.evaluate(start, egress, self.baselines))
         changed.extend(self.new_destinations.evaluate(start, egress))
-        self.baselines.observe_interval(
-            start, [((group, dest.key), accum.bytes) for (group, dest), accum in egress.items()]
-        )
+        self.baselines.observe_interval(start, learned)
         if self.stats.intervals_closed % 288 == 0:
             self.baselines.evict_idle(end, detection.key_idle_timeout)
         if end > self.last_tick:
