@@ -5,6 +5,7 @@ A plain dict underneath, so a hot loop binds ``cache.get`` and pays nothing extr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import islice
 from typing import Generic, TypeVar
 
@@ -51,15 +52,24 @@ class BoundedCache(Generic[K, V]):
         self.misses += 1
         return value
 
-    def store_many(self, keys: list[K], values: list[V]) -> None:
-        """:meth:`store` of each pair (a batch's misses), in one step while there is room."""
+    def store_many(self, keys: Sequence[K], values: Sequence[V]) -> None:
+        """:meth:`store` of each pair in turn (a batch's misses), the same entries, evictions
+        and counts, but in runs of one ``dict.update`` while there is room."""
         data = self.data
-        if len(data) + len(keys) > self.capacity:
-            for key, value in zip(keys, values, strict=True):
-                self.store(key, value)
-            return
-        data.update(zip(keys, values, strict=True))
-        self.misses += len(keys)
+        capacity = self.capacity
+        count = len(keys)
+        done = 0
+        while done < count:
+            room = capacity - len(data)
+            if room <= 0:  # the next store may evict: take it on its own
+                self.store(keys[done], values[done])
+                done += 1
+                continue
+            # While fewer than capacity entries are held, no store evicts anything.
+            end = min(done + room, count)
+            data.update(zip(keys[done:end], values[done:end], strict=True))
+            self.misses += end - done
+            done = end
 
     @property
     def hits(self) -> int:

@@ -235,27 +235,38 @@ def v4_values(lo: U64) -> U64:
     return lo & _LOW32
 
 
-#: decimal text of each octet, for formatting many IPv4 addresses at once
-_OCTETS = [str(i) for i in range(256)]
+def _octet_table(end: str) -> npt.NDArray[np.uint32]:
+    """Per octet value, its decimal text and ``end`` as 4 bytes (NUL-padded), as one uint32."""
+    table = np.zeros((256, 4), dtype=np.uint8)
+    for value in range(256):
+        text = f"{value}{end}".encode("ascii")
+        table[value, : len(text)] = list(text)
+    words: npt.NDArray[np.uint32] = table.view(np.uint32).reshape(256)
+    return words
+
+
+#: the first three octets of a dotted quad, each with its dot; the last, ended by a space
+_OCTET_DOT = _octet_table(".")
+_OCTET_END = _octet_table(" ")
+_BYTE = np.uint64(255)
 
 
 def address_texts(hi: U64, lo: U64) -> list[str]:
     """Text forms of a whole address column (the same as :func:`address_text` row by row,
-    about twice as fast for IPv4 rows)."""
+    about five times as fast for IPv4 rows)."""
     if not len(hi):
         return []
     v4 = is_v4(hi, lo)
     if not v4.all():
         return [address_text(h, low) for h, low in zip(hi.tolist(), lo.tolist(), strict=True)]
-    octets = _OCTETS
+    # Every address as 16 bytes of octet texts padded with NULs, in one buffer: drop the
+    # NULs and split at the spaces that end each address (the split leaves one "" last).
     values = v4_values(lo)
-    return [
-        f"{octets[a]}.{octets[b]}.{octets[c]}.{octets[d]}"
-        for a, b, c, d in zip(
-            (values >> np.uint64(24)).tolist(),
-            ((values >> np.uint64(16)) & np.uint64(255)).tolist(),
-            ((values >> np.uint64(8)) & np.uint64(255)).tolist(),
-            (values & np.uint64(255)).tolist(),
-            strict=True,
-        )
-    ]
+    quads = np.empty((len(values), 4), dtype=np.uint32)
+    quads[:, 0] = _OCTET_DOT[values >> np.uint64(24)]
+    quads[:, 1] = _OCTET_DOT[(values >> np.uint64(16)) & _BYTE]
+    quads[:, 2] = _OCTET_DOT[(values >> np.uint64(8)) & _BYTE]
+    quads[:, 3] = _OCTET_END[values & _BYTE]
+    texts = quads.tobytes().translate(None, b"\0").decode("ascii").split(" ")
+    texts.pop()
+    return texts

@@ -422,10 +422,15 @@ class Engine:
             keys = lows.tolist()
         cache.lookups += len(keys)
         found: list[_Destination | None] = list(map(cache.get, keys))
-        missing = [i for i, dest in enumerate(found) if dest is None]
-        if missing:
-            hi_column = highs[missing]
-            lo_column = lows[missing]
+        absent = found.count(None)
+        if absent:
+            if absent == len(found):  # all new (every flow a new destination): no picking
+                missing = None
+                hi_column, lo_column, missed = highs, lows, keys
+            else:
+                missing = [i for i, dest in enumerate(found) if dest is None]
+                hi_column, lo_column = highs[missing], lows[missing]
+                missed = [keys[i] for i in missing]
             texts = address_texts(hi_column, lo_column)
             label_parsed = getattr(self.labeler, "label_parsed", None)
             if label_parsed is not None:  # the composite labeler: no parsing the texts again
@@ -439,10 +444,12 @@ class Engine:
                     if self.labeler.has_regions
                     else []
                 )
-                labelled = label_parsed(parsed, texts)
+                labelled: list[DestinationLabels] = label_parsed(parsed, texts)
             else:
                 labelled = self.labeler.label_many(texts)
-            cache.store_many([keys[i] for i in missing], labelled)
+            cache.store_many(missed, labelled)
+            if missing is None:
+                return labelled
             for i, labels in zip(missing, labelled, strict=True):
                 found[i] = labels
         return found  # type: ignore[return-value]

@@ -145,45 +145,86 @@ def _heaviest(
         arrange = np.lexsort((firsts, pair_keys))
     pair_keys = pair_keys[arrange]
     sums = sums[arrange]
+    pairs = len(pair_keys)
+    if not pairs:
+        return []
     bounds = np.flatnonzero(np.diff(pair_keys)) + 1
-    starts = [0, *bounds.tolist()]
-    ends = [*bounds.tolist(), len(pair_keys)]
-    key_list = pair_keys[starts].tolist() if len(pair_keys) else []
-    weights = sums.tolist()
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [pairs]))
     # Which pairs the sketches receive: all of a key's when they fit, else its heaviest
     # ``capacity`` (in order of first appearance) and the heaviest of the rest. Only those
     # get a text form: a key with many addresses would otherwise pay one per address.
-    picks: list[tuple[int, int, int, list[int] | None, int]] = []
-    chosen: list[npt.NDArray[np.intp]] = []
-    taken = 0
-    for key, a, b in zip(key_list, starts, ends, strict=True):
-        if b - a <= capacity:
-            chosen.append(np.arange(a, b))
-            picks.append((key, a, b, None, taken))
-            taken += b - a
-            continue
-        by_weight = np.argsort(sums[a:b], kind="stable")[::-1]
-        kept = np.sort(by_weight[:capacity])
-        chosen.append(kept + a)
-        chosen.append(np.array([a + by_weight[capacity]]))
-        picks.append((key, a, b, kept.tolist(), taken))
-        taken += capacity + 1
-    rows_chosen = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.intp)
-    texts = _texts(
-        None if pair_hi is None else pair_hi[arrange][rows_chosen],
-        pair_lo[arrange][rows_chosen],
-    )
+    big = ends - starts > capacity
+    take = np.ones(pairs, dtype=np.bool_)
+    rest_rows = np.zeros(0, dtype=np.intp)
+    totals: list[int] = []
+    if big.any():
+        # a key's rows by weight, ascending, ties in order of first appearance (a stable
+        # sort): its heaviest ``capacity`` end where its rows end, the rest's heaviest is
+        # just before them
+        by_weight = _by_weight(bounds, sums)
+        big_ends = ends[big]
+        take[np.repeat(big, ends - starts)] = False
+        take[by_weight[(big_ends[:, None] - capacity + np.arange(capacity)).reshape(-1)]] = True
+        rest_rows = by_weight[big_ends - capacity - 1]
+        take[rest_rows] = True
+        exact = sums.dtype != np.uint64 or int(sums.max()) < 2**64 // pairs
+        totals = np.add.reduceat(sums if exact else sums.astype(object), starts)[big].tolist()
+    chosen = np.flatnonzero(take)
+    lo_chosen = pair_lo[arrange][chosen]
+    texts = _texts(None if pair_hi is None else pair_hi[arrange][chosen], lo_chosen)
+    weights = sums[chosen].tolist()
+    # where each key's chosen pairs start and end among ``chosen``, and each rest
+    slots = np.concatenate(([0], np.cumsum(take)))
+    rests = iter(slots[rest_rows].tolist())
+    key_totals = iter(totals)
     out: list[tuple[int, tuple[list[str], list[int], str | None, int]]] = []
-    for key, a, b, kept_list, at in picks:
-        if kept_list is None:
-            out.append((key, (texts[at : at + b - a], weights[a:b], None, 0)))
+    for key, a, b, overflow in zip(
+        pair_keys[starts].tolist(),
+        slots[starts].tolist(),
+        slots[ends].tolist(),
+        big.tolist(),
+        strict=True,
+    ):
+        if not overflow:
+            out.append((key, (texts[a:b], weights[a:b], None, 0)))
             continue
-        kept_weights = [weights[a + i] for i in kept_list]
-        rest_weight = sum(weights[a:b]) - sum(kept_weights)
-        out.append(
-            (key, (texts[at : at + capacity], kept_weights, texts[at + capacity], rest_weight))
-        )
+        r = next(rests)
+        kept_weights = weights[a:r] + weights[r + 1 : b]
+        rest_weight = next(key_totals) - sum(kept_weights)
+        out.append((key, (texts[a:r] + texts[r + 1 : b], kept_weights, texts[r], rest_weight)))
     return out
+
+
+def _by_weight(bounds: npt.NDArray[np.intp], sums: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+    """Rows (grouped by key, the groups starting at 0 and ``bounds``) ordered by (key,
+    weight), ties in row order: ``np.lexsort((sums, groups))``, done as one unstable sort
+    of distinct numbers (group, weight or its rank among the weights, row) where they fit
+    in 63 bits (lexsort is several times slower)."""
+    rows = len(sums)
+    group = np.zeros(rows, dtype=np.int64)
+    group[bounds] = 1
+    np.cumsum(group, out=group)
+    row_bits = rows.bit_length()
+    room = 63 - row_bits - len(bounds).bit_length()
+    order: npt.NDArray[np.intp]
+    if sums.dtype == np.uint64 and room > 0 and not int(sums.max()) >> room:
+        weights = sums.astype(np.int64)
+    elif row_bits <= room:  # weights as their dense ranks: fewer than ``rows``
+        by_sum = np.argsort(sums)
+        ordered = sums[by_sum]
+        dense = np.zeros(rows, dtype=np.int64)
+        np.cumsum(ordered[1:] != ordered[:-1], out=dense[1:])
+        weights = np.empty(rows, dtype=np.int64)
+        weights[by_sum] = dense
+        room = row_bits
+    else:
+        order = np.lexsort((sums, group))
+        return order
+    numbers = (group << (room + row_bits)) | (weights << row_bits)
+    numbers |= np.arange(rows, dtype=np.int64)
+    order = np.argsort(numbers)
+    return order
 
 
 #: a packed (key, address) keeps the address in its low bits (IPv4 as ::ffff:a.b.c.d: 48)

@@ -53,3 +53,20 @@ def test_never_exceeds_capacity_and_keeps_the_newest(keys: list[int], capacity: 
     if keys:
         assert cache.get(keys[-1]) == keys[-1]
     assert cache.misses - cache.evictions == len(cache)
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 60), max_size=40), max_size=8),
+    st.integers(1, 16),
+)
+def test_storing_many_is_storing_each_in_turn(batches: list[list[int]], capacity: int) -> None:
+    """store_many keeps, evicts and counts exactly as one store per pair would, repeated and
+    already cached keys included."""
+    one: BoundedCache[int, int] = BoundedCache(capacity)
+    many: BoundedCache[int, int] = BoundedCache(capacity)
+    for n, keys in enumerate(batches):
+        for key in keys:
+            one.store(key, key + n)
+        many.store_many(keys, [key + n for key in keys])
+        assert list(many.data.items()) == list(one.data.items())
+        assert (many.misses, many.evictions) == (one.misses, one.evictions)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from egressd.columns import (
     FlowColumns,
     address_text,
+    address_texts,
     address_value,
     is_v4,
     v4_values,
@@ -92,3 +93,17 @@ def test_check_names_the_column_that_does_not_fit() -> None:
         columns.check()
     assert len(FlowColumns.empty()) == 0
     assert FlowColumns.concat([]).to_records() == []
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=60) | st.lists(st.integers(0, 2**128 - 1)))
+def test_column_texts_are_each_rows_text(values: list[int]) -> None:
+    """The whole-column formatter (IPv4 built in one buffer) writes what address_text does."""
+    mapped = [v | 0xFFFF_0000_0000 if v < 2**32 else v for v in values]
+    hi = np.array([v >> 64 for v in mapped], dtype=np.uint64)
+    lo = np.array([v & (2**64 - 1) for v in mapped], dtype=np.uint64)
+    texts = address_texts(hi, lo)
+    assert texts == [address_text(v >> 64, v & (2**64 - 1)) for v in mapped]
+    assert (
+        address_texts(np.zeros(3, np.uint64), np.array([0xFFFF_0000_0000] * 3, np.uint64))
+        == ["0.0.0.0"] * 3
+    )

@@ -430,3 +430,19 @@ def test_regions_and_asn_label_the_batch_as_they_label_records(tmp_path: Path) -
     assert any(dest.asn == 37963 for _, dest in keys)
     assert any(dest.region == "cloud/eu-2" for _, dest in keys)
     assert any(dest.region == "cloud/eu-1" and dest.asn == 15169 for _, dest in keys)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_rows_by_weight_are_a_stable_sort_by_key_and_weight(seed: int) -> None:
+    """The packed sort that picks each key's heaviest talkers orders rows as a stable sort
+    by (key, weight) does: small weights packed whole, large ones by rank, and Python
+    integers (sums past 64 bits)."""
+    rng = random.Random(seed)
+    rows = rng.choice((1, 2, 50, 3_000))
+    cuts = sorted(rng.sample(range(1, rows), min(rows - 1, rng.choice((0, 1, 10, 100)))))
+    bounds = np.array(cuts, dtype=np.intp)
+    choices = rng.choice(((1, 2, 3), (1, 2, 2**40, 2**62, 2**64 - 1), (1, 2**64, 2**70)))
+    values = [rng.choice(choices) for _ in range(rows)]
+    sums = np.array(values, dtype=object if max(values) >= 2**64 else np.uint64)
+    groups = np.repeat(np.arange(len(cuts) + 1), np.diff([0, *cuts, rows]))
+    assert talkers._by_weight(bounds, sums).tolist() == np.lexsort((sums, groups)).tolist()

@@ -15,12 +15,14 @@ from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabels
 class EmbeddedCountryLabeler:
     """Country labels from the embedded RIR data. Interns one labels object per country."""
 
-    __slots__ = ("_by_country", "has_asn", "has_regions")
+    __slots__ = ("_by_country", "_by_result", "has_asn", "has_regions")
 
     def __init__(self) -> None:
         self.has_regions = False
         self.has_asn = False
         self._by_country: dict[str, DestinationLabels] = {}
+        #: the labels of each result of the lookup seen so far (None: no country)
+        self._by_result: dict[str | None, DestinationLabels] = {}
 
     def _labels(self, country: str | None) -> DestinationLabels:
         code = country or UNKNOWN_COUNTRY
@@ -38,7 +40,7 @@ class EmbeddedCountryLabeler:
 
     def countries(self, addresses: Sequence[str]) -> list[str | None]:
         try:
-            return list(iptocc.country_code(list(addresses)))
+            return list(iptocc.country_code(addresses))
         except (ValueError, TypeError):
             return [self.country(a) for a in addresses]
 
@@ -46,4 +48,11 @@ class EmbeddedCountryLabeler:
         return self._labels(self.country(address))
 
     def label_many(self, addresses: Sequence[str]) -> list[DestinationLabels]:
-        return [self._labels(c) for c in self.countries(addresses)]
+        countries = self.countries(addresses)
+        by_result = self._by_result
+        try:
+            return list(map(by_result.__getitem__, countries))
+        except KeyError:  # a result not met before: intern its labels, then map them all
+            for country in set(countries).difference(by_result):
+                by_result[country] = self._labels(country)
+            return list(map(by_result.__getitem__, countries))
