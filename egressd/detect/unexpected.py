@@ -257,19 +257,21 @@ class UnexpectedDestinationDetector(Detector):
         touched = self._touched
         groups: dict[str, list[int]] = {}
         for key, accum in bucket.items():
+            size = accum.bytes
             window = windows.get(key)
             if window is None:
-                if not accum.bytes:
+                if not size:
                     continue  # ingress alone: nothing to set it against
-                group, dest = key
-                if policy.is_expected(group, dest, start):
+                if policy.is_expected(key[0], key[1], start):
                     continue
-                if accum.bytes >= dust:
+                if size >= dust:
                     window = windows[key] = _Window(count)
-            elif not accum.bytes and not accum.ingress:
-                continue
+                small, ingress = accum.small, accum.ingress
+            else:
+                small, ingress = accum.small, accum.ingress
+                if not size and not ingress:
+                    continue
             if window is not None:
-                size, small, ingress = accum.bytes, accum.small, accum.ingress
                 held = window.spans
                 span = held[0]
                 span.entries.append(
@@ -278,14 +280,18 @@ class UnexpectedDestinationDetector(Detector):
                     else (start, size, small, ingress, None, None)
                 )
                 span.bytes += size
-                span.small += small
-                span.ingress += ingress
+                if small:
+                    span.small += small
+                if ingress:
+                    span.ingress += ingress
                 entry = (start, size, small, ingress)
                 for span in window.longer:
                     span.entries.append(entry)
                     span.bytes += size
-                    span.small += small
-                    span.ingress += ingress
+                    if small:
+                        span.small += small
+                    if ingress:
+                        span.ingress += ingress
                 if window.touched != now:
                     window.touched = now
                     # Evaluation looks only at windows that might page (sums before expiring
@@ -299,11 +305,13 @@ class UnexpectedDestinationDetector(Detector):
                                 break
             total = groups.get(key[0])
             if total is None:
-                groups[key[0]] = [accum.bytes, accum.small, accum.ingress]
+                groups[key[0]] = [size, small, ingress]
             else:
-                total[0] += accum.bytes
-                total[1] += accum.small
-                total[2] += accum.ingress
+                total[0] += size
+                if small:
+                    total[1] += small
+                if ingress:
+                    total[2] += ingress
         for group, (size, small, ingress) in groups.items():
             spans = self._groups.get(group)
             if spans is None:
