@@ -7,7 +7,7 @@ import pytest
 
 from egressd.config import parse_config
 from egressd.detect.alerts import FIRING, RESOLVED, Alert
-from egressd.detect.newdest import prefix_of
+from egressd.detect.newdest import block_of, prefix_of
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.errors import ConfigError
 from egressd.model import FlowRecord
@@ -350,6 +350,38 @@ def test_networks_age_on_the_days_the_group_is_active() -> None:
     # Nine busy days without the DE network: it is new again, and 1.2 GB to it pages.
     flows += _backup(10, DE_FRESH) + _usual(0.2, start=10 * DAY)
     assert _firing(_run(engine, flows)) == ["EgressNewDestinationVolume DE"]
+
+
+def test_a_fresh_block_pages_where_the_cloud_a_group_uses_churns_through_networks() -> None:
+    engine = _engine()
+    # Every two hours 1.5 GB goes to the cloud, each time to a /24 not used before, all in one
+    # /16: the key's usual new-network volume is 1.5 GB an hour.
+    uploads = [
+        _flow(h * HOUR + 600 + k * 300, f"52.216.{h}.10", 500 * MB)
+        for h in range(0, 48, 2)
+        for k in range(3)
+    ]
+    assert _firing(_run(engine, _usual(2) + uploads)) == []
+    restored = _engine()
+    restored.restore(engine.snapshot())
+    # 2 GB within the hour to a network in a /16 the group never used, beside an upload: under
+    # three times the churn of networks, but nothing like it had gone to a new address block.
+    later = _usual(1, start=2 * DAY)
+    later += [
+        _flow(2 * DAY + 2 * HOUR + 600 + k * 300, f"52.216.{50 + k}.10", 500 * MB) for k in range(3)
+    ]
+    later += [_flow(2 * DAY + 3 * HOUR + 150 + k * 300, "143.198.7.7", 700 * MB) for k in range(3)]
+    fired = [a for a in _run(restored, later) if a.state == FIRING]
+    assert _firing(fired) == ["EgressNewDestinationVolume US"]
+    alert = fired[0]
+    assert alert.starts_at == T0 + 2 * DAY + 3 * HOUR + 2 * 300  # 1 GB in the second interval
+    assert "143.198.7.0/24" in alert.annotations["new_prefixes"].split(",")
+    assert int(alert.annotations["new_block_bytes"]) >= GB
+
+
+def test_blocks() -> None:
+    assert block_of("88.99.1.0/24") == "88.99.0.0/16"
+    assert block_of("2604:a880:b53::/48") == "2604:a880::/32"
 
 
 def test_the_networks_a_group_remembers_are_bounded() -> None:
