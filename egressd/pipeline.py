@@ -422,13 +422,13 @@ class Engine:
             keys = lows.tolist()
         cache.lookups += len(keys)
         found: list[_Destination | None] = list(map(cache.get, keys))
-        absent = found.count(None)
-        if absent:
-            if absent == len(found):  # all new (every flow a new destination): no picking
+        # ``is None``, not found.count(None): that calls the labels' __eq__ on every hit
+        missing: list[int] | None = [i for i, dest in enumerate(found) if dest is None]
+        if missing:
+            if len(missing) == len(found):  # all new (every flow a new destination)
                 missing = None
                 hi_column, lo_column, missed = highs, lows, keys
             else:
-                missing = [i for i, dest in enumerate(found) if dest is None]
                 hi_column, lo_column = highs[missing], lows[missing]
                 missed = [keys[i] for i in missing]
             texts = address_texts(hi_column, lo_column)
