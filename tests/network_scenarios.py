@@ -369,13 +369,16 @@ def generate_saas(seed: int = 1) -> Scenario:
         )
     )
     flows += fresh
-    # A laptop drips to a country corp never used: 60 MB an hour for two days.
+    # A laptop drips to a country corp never used: 60 MB an hour for two days. Its pieces vary,
+    # so an hour of it may reach 100 MB: it pages on whichever window it fills first.
     src = network.pick_host("corp", False)
     dst = rng.choice(("77.88.55.60", "87.250.250.242", "5.255.255.5"))
     begin = network.local(18, rng.uniform(0, 24))
     drip = network.transfer(src, dst, begin, begin + 2 * DAY, 2 * 24 * 60 * MB, step=300.0)
     expected.append(
-        _expect("drip", UNEXPECTED, "corp", "RU", drip, WINDOW_24H_FLOOR, src, dst, windows=WINDOWS)
+        _expect(
+            "drip", UNEXPECTED, "corp", "RU", drip, UNEXPECTED_MIN_BYTES, src, dst, windows=WINDOWS
+        )
     )
     flows += drip
     # A CI job with stolen credentials: the repository (300 MB) to a VPS in Singapore.
@@ -540,7 +543,9 @@ def generate_campus(seed: int = 1) -> Scenario:
     begin = network.local(16, rng.uniform(0, 24))
     drip = network.transfer(src, dst, begin, begin + 3 * DAY, 3 * 24 * 45 * MB, step=300.0)
     expected.append(
-        _expect("drip", UNEXPECTED, "bio", "RU", drip, WINDOW_24H_FLOOR, src, dst, windows=WINDOWS)
+        _expect(
+            "drip", UNEXPECTED, "bio", "RU", drip, UNEXPECTED_MIN_BYTES, src, dst, windows=WINDOWS
+        )
     )
     flows += drip
     # From cs over IPv6, in the small hours.

@@ -1,0 +1,37 @@
+"""Differently shaped months (tests/network_scenarios.py) with the default detection settings:
+a cloud-heavy company, a university and a small office behind 1:1000 sampling. One seed each
+(benchmarks/detection_bench.py --scenario networks scores more)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+from network_scenarios import CAMPUS_CONFIG, GENERATORS, OFFICE_CONFIG, SAAS_CONFIG
+from test_scenarios import check_events
+
+from egressd.config import parse_config
+from egressd.replay import replay
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(GENERATORS))
+def test_a_differently_shaped_month_pages_every_exfiltration_and_nothing_else(
+    kind: str, tmp_path: Path
+) -> None:
+    scenario = GENERATORS[kind](1)
+    path = scenario.write(tmp_path / "flows.goflow2.jsonl")
+    out = io.BytesIO()
+    summary = replay(parse_config(scenario.config_text), "goflow2-json", [str(path)], out)
+    assert summary.records == len(scenario.flows)
+    assert not summary.skipped
+    check_events(scenario, [orjson.loads(line) for line in out.getvalue().splitlines()])
+
+
+@pytest.mark.parametrize("config_text", [SAAS_CONFIG, CAMPUS_CONFIG, OFFICE_CONFIG])
+def test_the_network_configs_set_only_interval_and_learning(config_text: str) -> None:
+    detection = config_text.split("[detection]")[1]
+    keys = sorted(line.split("=")[0].strip() for line in detection.splitlines() if "=" in line)
+    assert keys == ["interval", "learning"]
