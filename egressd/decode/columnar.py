@@ -18,9 +18,10 @@ Lines that are not valid UTF-8 are found per block and left to the record decode
 from __future__ import annotations
 
 import contextlib
+from array import array
 from collections.abc import Callable, Sequence
 from itertools import repeat
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, cast
 
 import msgspec
 import numpy as np
@@ -117,7 +118,10 @@ def _count(value: object) -> int | None:
 def _typed_ints(col: Sequence[object]) -> U64 | None:
     """A column of a ``_COUNT`` or ``_PORT`` field when every row has a value below 2**64."""
     try:
-        return np.fromiter(col, dtype=np.uint64, count=len(col))
+        # array("Q") converts Python ints about twice as fast as np.fromiter, and numpy
+        # takes its buffer as it is; it refuses what is not an int (unset: TypeError) and
+        # what does not fit 64 unsigned bits (OverflowError), as fromiter did.
+        return np.frombuffer(array("Q", cast("Sequence[int]", col)), dtype=np.uint64)
     except (TypeError, ValueError, OverflowError):  # unset, or 2**64 and beyond
         return None
 
