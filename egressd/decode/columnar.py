@@ -261,19 +261,40 @@ def _addresses(col: Sequence[object]) -> tuple[U64, U64, Bools]:
     try:
         joined = b"".join(map(get, col))  # type: ignore[arg-type]
     except TypeError:  # a miss (None) or an unhashable value
-        parts = []
-        for i, v in enumerate(col):
-            packed = get(v) if type(v) is str else None
-            if packed is None:
-                try:
-                    packed = packed_address(v)
-                except DecodeError:
-                    ok[i] = False
-                    packed = _ZERO16
-            parts.append(packed)
-        joined = b"".join(parts)
+        learned = _learn_addresses(col)
+        if learned is None:  # a value that is no address: row by row
+            parts = []
+            for i, v in enumerate(col):
+                packed = get(v) if type(v) is str else None
+                if packed is None:
+                    try:
+                        packed = packed_address(v)
+                    except DecodeError:
+                        ok[i] = False
+                        packed = _ZERO16
+                parts.append(packed)
+            learned = b"".join(parts)
+        joined = learned
     words = np.frombuffer(joined, dtype=">u8").astype(np.uint64).reshape(n, 2)
     return np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(words[:, 1]), ok
+
+
+def _learn_addresses(col: Sequence[object]) -> bytes | None:
+    """The packed addresses of ``col`` after the ones not cached yet were parsed (and cached,
+    each distinct text once); None when a value is not an address text (or is evicted)."""
+    try:
+        new = set(col).difference(PACKED_CACHE.data)
+    except TypeError:  # an unhashable value
+        return None
+    for value in new:
+        try:
+            packed_address(value)
+        except DecodeError:
+            return None
+    try:
+        return b"".join(map(PACKED_CACHE.get, col))  # type: ignore[arg-type]
+    except TypeError:  # evicted again by a very large block
+        return None
 
 
 def _exporters(col: Sequence[object], rows: Bools) -> tuple[Bools, set[str]]:
