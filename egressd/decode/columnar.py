@@ -300,8 +300,10 @@ def _learn_addresses(col: Sequence[object]) -> bytes | None:
 def _exporters(col: Sequence[object], rows: Bools) -> tuple[Bools, set[str]]:
     """Optional exporter addresses (false values mean none): (cleared, texts of ``rows``)."""
     n = len(col)
+    first = col[0]
     try:
-        distinct = set(col)
+        # One exporter per block is common: comparing texts costs less than hashing them.
+        distinct = {first} if type(first) is str and col.count(first) == n else set(col)
     except TypeError:
         distinct = None
     if distinct is not None and len(distinct) <= 16:
@@ -407,18 +409,25 @@ _GOFLOW2_KEYS: Final = (
 def _goflow2(cols: Sequence[Sequence[object]]) -> _Fields:
     """goflow2 ≥2 lines the record decoder's fast path takes (integer nanosecond times,
     every field present, a known protocol): the same rules, on columns."""
-    nbytes, ok = _ints(cols[0])
-    packets, ok_packets = _ints(cols[1])
-    rate, ok_rate = _ints(cols[2])
-    start, ok_start = _ints(cols[3])
-    end, ok_end = _ints(cols[4])
-    src_port, ok_src_port = _ints(cols[9])
-    dst_port, ok_dst_port = _ints(cols[10])
-    ok &= ok_packets & ok_rate & ok_start & ok_end & ok_src_port & ok_dst_port
+    typed = [_typed_ints(cols[i]) for i in (0, 1, 2, 3, 4, 9, 10)]
+    if all(column is not None for column in typed):
+        # Every row holds an integer in [0, 2**64) in each, ports below 2**16: the types
+        # msgspec checked while parsing say so, nothing to check again here.
+        nbytes, packets, rate, start, end, src_port, dst_port = cast("list[U64]", typed)
+        ok = end != 0
+    else:
+        nbytes, ok = _ints(cols[0])
+        packets, ok_packets = _ints(cols[1])
+        rate, ok_rate = _ints(cols[2])
+        start, ok_start = _ints(cols[3])
+        end, ok_end = _ints(cols[4])
+        src_port, ok_src_port = _ints(cols[9])
+        dst_port, ok_dst_port = _ints(cols[10])
+        ok &= ok_packets & ok_rate & ok_start & ok_end & ok_src_port & ok_dst_port
+        ok &= end != 0
+        ok &= (src_port <= 0xFFFF) & (dst_port <= 0xFFFF)
     start = np.where(start == 0, end, start)
     # The record decoder's bound on nanoseconds (year 10000) lies beyond 2**64: a uint64 meets it.
-    ok &= end != 0
-    ok &= (src_port <= 0xFFFF) & (dst_port <= 0xFFFF)
     proto = _table(cols[8], PROTOCOLS)
     ok &= proto >= 0
     src = _addresses(cols[5])
