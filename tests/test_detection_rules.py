@@ -379,6 +379,22 @@ def test_a_fresh_block_pages_where_the_cloud_a_group_uses_churns_through_network
     assert int(alert.annotations["new_block_bytes"]) >= GB
 
 
+def test_a_state_written_before_blocks_were_kept_knows_the_blocks_of_its_networks() -> None:
+    engine = _engine()
+    _run(engine, [*_usual(1.5), *_backup(0, DE_FRESH)])
+    state = engine.snapshot()
+    groups = state["new_destinations"]["groups"]
+    assert "88.99.0.0/16" in {block for block, _first, _last in groups["research"]["blocks"]}
+    for item in groups.values():
+        del item["blocks"], item["idle"], item["day"]
+    del state["new_destinations"]["block_churn"]
+    older = _engine()
+    older.restore(state)
+    assert older.new_destinations.groups["research"].blocks == (
+        engine.new_destinations.groups["research"].blocks
+    )
+
+
 def test_blocks() -> None:
     assert block_of("88.99.1.0/24") == "88.99.0.0/16"
     assert block_of("2604:a880:b53::/48") == "2604:a880::/32"
