@@ -494,6 +494,10 @@ class Engine:
                 fixed_clamp = None
         may_clamp = stream_ahead > -math.inf and future_limit < math.inf
         touch = batch.touch
+        # Each row's interval and when that interval is due, were it on time and not clamped
+        # (the common case, computed once for the batch; a block recomputes its own else).
+        on_time = ends - ends % interval
+        on_time_due = np.where(touch, on_time + interval + lateness, math.inf)
         m = len(ends)
         pos = 0
         # Each block looks ahead over a window of rows, not the rest of the batch: a sparse
@@ -511,12 +515,15 @@ class Engine:
             before = np.empty_like(running)
             before[0] = max_time
             before[1:] = running[:-1]
-            if may_clamp:
+            recompute = False
+            # (the limit is future_limit or more: no row past it, no clamp)
+            if may_clamp and running[-1] > future_limit:
                 limit = np.where(
                     before > max_time, np.maximum(future_limit, before + stream_ahead), future_limit
                 )
                 clamped = np.flatnonzero(end > limit)
                 if len(clamped):
+                    recompute = True
                     # Everything before the first clamped record is exact as it is; that one
                     # counts at the limit, and the next block starts after it.
                     k = int(clamped[0])
@@ -528,10 +535,16 @@ class Engine:
             closed_upto = aggregator.closed_upto
             touches = touch[pos : pos + len(end)]
             late = end < closed_upto
-            with np.errstate(invalid="ignore"):  # -inf watermarks, where no row is late
+            if recompute:
+                starts = end - end % interval
+                due = np.where(touches, starts + interval + lateness, math.inf)
+            else:
+                starts = on_time[pos : pos + len(end)]
+                due = on_time_due[pos : pos + len(end)]
+            if late.any():
                 watermark = np.maximum(before - lateness, closed_upto)
-                starts = np.where(late, watermark - watermark % interval, end - end % interval)
-            due = np.where(touches, starts + interval + lateness, math.inf)
+                starts = np.where(late, watermark - watermark % interval, starts)
+                due = np.where(touches, starts + interval + lateness, math.inf)
             next_due = np.minimum(np.minimum.accumulate(due), aggregator.next_due)
             closing = np.flatnonzero((end > before) & (end >= next_due))
             size = int(closing[0]) + 1 if len(closing) else len(end)
@@ -578,10 +591,11 @@ class Engine:
         groups = batch.group[where]
         dests = batch.dest[where]
         keys = (start_codes.reshape(-1) * len(batch.groups) + groups) * len(batch.labels) + dests
-        order = np.argsort(keys, kind="stable")
+        # (no stable sort: sums need no order, and a key's first row is its smallest)
+        order = np.argsort(keys)
         sorted_keys = keys[order]
         heads = np.concatenate(([0], np.flatnonzero(np.diff(sorted_keys)) + 1))
-        firsts = order[heads]
+        firsts = np.minimum.reduceat(order, heads)
         rows = np.diff(np.concatenate((heads, [len(order)])))
         # each row's key number (keys numbered in sorted order)
         key_number = np.empty(len(order), dtype=np.int64)
@@ -591,7 +605,7 @@ class Engine:
         sizes = batch.sizes[ordered]
         zero = sizes * 0
         egress_sizes = np.where(is_egress, sizes, zero)
-        by_first = np.argsort(firsts, kind="stable")  # keys in the order records meet them
+        by_first = np.argsort(firsts)  # keys in the order records meet them (all distinct)
         byte_sums = np.add.reduceat(egress_sizes, heads)[by_first].tolist()
         ingress_sums = np.add.reduceat(np.where(is_egress, zero, sizes), heads)[by_first]
         packet_sums = np.add.reduceat(np.where(is_egress, batch.packets[ordered], zero), heads)
