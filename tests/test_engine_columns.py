@@ -23,6 +23,7 @@ from scenarios import generate, generate_month
 
 from egressd import talkers
 from egressd.aggregate import Accum, Bucket
+from egressd.columnar import distinct_addresses
 from egressd.columns import FlowColumns
 from egressd.config import GeoConfig, RegionMapConfig, parse_config
 from egressd.detect.alerts import Alert
@@ -446,3 +447,22 @@ def test_rows_by_weight_are_a_stable_sort_by_key_and_weight(seed: int) -> None:
     sums = np.array(values, dtype=object if max(values) >= 2**64 else np.uint64)
     groups = np.repeat(np.arange(len(cuts) + 1), np.diff([0, *cuts, rows]))
     assert talkers._by_weight(bounds, sums).tolist() == np.lexsort((sums, groups)).tolist()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_distinct_addresses_number_them_by_first_appearance(seed: int) -> None:
+    """Each distinct address's first row and each row's index into them, numbered in order
+    of first appearance: what np.unique's stable return_index gives, renumbered."""
+    rng = random.Random(seed)
+    rows = rng.choice((1, 2, 40, 3_000))
+    pool = rng.choice((1, 3, 500, 2**32))
+    lo = np.array([0xFFFF_0000_0000 | rng.randrange(pool) for _ in range(rows)], np.uint64)
+    hi = np.zeros(rows, dtype=np.uint64)
+    first, inverse = distinct_addresses(hi, lo)
+    values = lo.tolist()
+    seen: dict[int, int] = {}
+    for row, value in enumerate(values):
+        seen.setdefault(value, row)
+    assert first.tolist() == list(seen.values())
+    order = list(seen)
+    assert inverse.tolist() == [order.index(value) for value in values]
