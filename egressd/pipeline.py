@@ -587,10 +587,13 @@ class Engine:
         if late_egress.any():
             aggregator.late_records += int(late_egress.sum())
             aggregator.late_bytes += exact_total(batch.sizes[where[late_egress]])
-        _, start_codes = np.unique(starts, return_inverse=True)
         groups = batch.group[where]
         dests = batch.dest[where]
-        keys = (start_codes.reshape(-1) * len(batch.groups) + groups) * len(batch.labels) + dests
+        keys = groups * len(batch.labels) + dests
+        single = starts[0] == starts[-1] and bool((starts == starts[0]).all())
+        if not single:  # (a dense block is mostly one interval: no sort of its starts then)
+            _, start_codes = np.unique(starts, return_inverse=True)
+            keys += start_codes.reshape(-1) * (len(batch.groups) * len(batch.labels))
         # (no stable sort: sums need no order, and a key's first row is its smallest)
         order = np.argsort(keys)
         sorted_keys = keys[order]
@@ -655,13 +658,13 @@ class Engine:
         columns = batch.columns
         talking_keys = key_number[egress]
         talking_starts = starts[egress]
-        for start in np.unique(talking_starts).tolist():
+        for start in [float(starts[0])] if single else np.unique(talking_starts).tolist():
             mine = talking_starts == start
-            rows_here = talking[mine]
+            rows_here = talking[mine] if not single else talking
             backlog = aggregator.backlog(start)
             backlog.add(
                 accums,
-                talking_keys[mine],
+                talking_keys[mine] if not single else talking_keys,
                 columns.src_hi[rows_here],
                 columns.src_lo[rows_here],
                 columns.dst_hi[rows_here],
