@@ -102,29 +102,38 @@ class ColumnClassifier:
 def distinct_addresses(hi: U64, lo: U64) -> tuple[I64, I64]:
     """(first row of each distinct address in order of first appearance, and each row's index
     into that list)."""
-    if len(hi) == 0:
+    if not hi.any():
+        return distinct_values(lo)
+    pairs = np.stack([hi, lo], axis=1)
+    _, first, inverse = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+    return _by_first_appearance(first, inverse.reshape(-1))
+
+
+def distinct_values(values: U64) -> tuple[I64, I64]:
+    """:func:`distinct_addresses` of one uint64 column."""
+    if len(values) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    if not hi.any():
-        # np.unique's return_index needs a stable sort; any sort will do when each first
-        # row is its run's smallest index (several times faster on repeated addresses)
-        order = np.argsort(lo)
-        ordered = lo[order]
-        change = np.empty(len(lo), dtype=np.bool_)
-        change[0] = True
-        np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
-        inverse = np.empty(len(lo), dtype=np.int64)
-        if change.all():  # every address new to the batch (a scan)
-            first = order
-            inverse[order] = np.arange(len(lo))
-        else:
-            first = np.minimum.reduceat(order, np.flatnonzero(change))
-            inverse[order] = np.cumsum(change) - 1
+    # np.unique's return_index needs a stable sort; any sort will do when each first row is
+    # its run's smallest index (several times faster on repeated values)
+    order = np.argsort(values)
+    ordered = values[order]
+    change = np.empty(len(values), dtype=np.bool_)
+    change[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+    inverse = np.empty(len(values), dtype=np.int64)
+    if change.all():  # every value new to the batch (a scan)
+        first = order
+        inverse[order] = np.arange(len(values))
     else:
-        pairs = np.stack([hi, lo], axis=1)
-        _, first, inverse = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    # Renumber by first appearance, so callers meet addresses in the order records do.
+        first = np.minimum.reduceat(order, np.flatnonzero(change))
+        inverse[order] = np.cumsum(change) - 1
+    return _by_first_appearance(first, inverse)
+
+
+def _by_first_appearance(first: I64, inverse: I64) -> tuple[I64, I64]:
+    """Distinct values numbered by first appearance (so callers meet addresses in the order
+    records do), from their first rows and each row's number in any order."""
     order = np.argsort(first, kind="stable")
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order), dtype=np.int64)
@@ -235,18 +244,15 @@ class ClassifiedBatch:
             found = labels_of(hi[first], lo[first])
             # Labels are interned: number the distinct objects, then merge equal ones (a
             # destination named by two data sources), keeping the first as records would.
-            objects = np.array(list(map(id, found)), dtype=np.int64)
-            _, index, by_object = np.unique(objects, return_index=True, return_inverse=True)
+            objects = np.fromiter(map(id, found), dtype=np.uint64, count=len(found))
+            firsts, by_object = distinct_values(objects)
             codes: dict[DestinationLabels, int] = {}
             object_code = np.array(
-                [codes.setdefault(found[i], len(codes)) for i in np.sort(index).tolist()],
+                [codes.setdefault(found[i], len(codes)) for i in firsts.tolist()],
                 dtype=np.int64,
             )
-            # np.unique numbers objects by id; renumber them by first appearance
-            rank = np.empty(len(index), dtype=np.int64)
-            rank[np.argsort(index, kind="stable")] = np.arange(len(index), dtype=np.int64)
             self.labels = list(codes)
-            self.dest[rows] = object_code[rank[by_object.reshape(-1)]][inverse]
+            self.dest[rows] = object_code[by_object][inverse]
         self.ends = columns.time_end
         if summable(sizes) and summable(columns.packets):
             self.sizes: npt.NDArray[Any] = sizes
