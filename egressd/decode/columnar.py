@@ -69,8 +69,8 @@ _PORTS_OR_ABSENT: Final[dict[object, int]] = {**PORTS, None: 0, _UNSET: 0}
 _PROTOCOLS_OR_ABSENT: Final[dict[object, int]] = {**PROTOCOLS, None: 0, _UNSET: 0}
 
 
-#: a JSON integer in [0, 2**64) for msgspec (larger ones parse, and fail the uint64 column)
-_COUNT = Annotated[int, msgspec.Meta(ge=0)] | msgspec.UnsetType
+#: a JSON integer for msgspec (a negative one or one beyond 2**64 - 1 fails the uint64 column)
+_COUNT = int | msgspec.UnsetType
 _PORT = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)] | msgspec.UnsetType
 _TEXT = str | msgspec.UnsetType
 _NUMBER = int | float | msgspec.UnsetType
@@ -116,7 +116,8 @@ def _count(value: object) -> int | None:
 
 
 def _typed_ints(col: Sequence[object]) -> U64 | None:
-    """A column of a ``_COUNT`` or ``_PORT`` field when every row has a value below 2**64."""
+    """A column of a ``_COUNT`` or ``_PORT`` field when every row holds an integer in
+    [0, 2**64), else None."""
     try:
         # array("Q") converts Python ints about twice as fast as np.fromiter, and numpy
         # takes its buffer as it is; it refuses what is not an int (unset: TypeError) and
@@ -411,8 +412,8 @@ def _goflow2(cols: Sequence[Sequence[object]]) -> _Fields:
     every field present, a known protocol): the same rules, on columns."""
     typed = [_typed_ints(cols[i]) for i in (0, 1, 2, 3, 4, 9, 10)]
     if all(column is not None for column in typed):
-        # Every row holds an integer in [0, 2**64) in each, ports below 2**16: the types
-        # msgspec checked while parsing say so, nothing to check again here.
+        # Every row holds an integer in [0, 2**64) in each (array("Q") took them all) and
+        # ports are below 2**16 (msgspec checked _PORT while parsing): nothing more to check.
         nbytes, packets, rate, start, end, src_port, dst_port = cast("list[U64]", typed)
         ok = end != 0
     else:
