@@ -94,6 +94,9 @@ class DetectionConfig:
     #: for ``new_destination_unseen``, inside otherwise expected destinations
     new_destination_min_bytes: int = 1_000_000_000
     new_destination_window: float = 3600.0
+    #: ... and this much within a day to prefixes first used within that day (a slow
+    #: transfer to a fresh network); 0 turns the day window off
+    new_destination_day_min_bytes: int = 5_000_000_000
     #: 8 days: a weekly job whose start drifts by some hours (or a DST change) stays known
     new_destination_unseen: float = 8 * 86400.0
     new_destination_max_prefixes: int = 50_000
@@ -839,6 +842,9 @@ def _read_detection(t: _Table) -> DetectionConfig:
         ),
         new_destination_window=t.get(
             "new_destination_window", d.new_destination_window, _positive_duration
+        ),
+        new_destination_day_min_bytes=t.get(
+            "new_destination_day_min_bytes", d.new_destination_day_min_bytes, _size
         ),
         new_destination_unseen=t.get(
             "new_destination_unseen", d.new_destination_unseen, _positive_duration

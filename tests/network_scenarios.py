@@ -49,6 +49,7 @@ NEW_DESTINATION = "EgressNewDestinationVolume"
 SPIKE = "EgressVolumeSpike"
 WINDOW_24H_FLOOR = 1_000_000_000
 NEW_DESTINATION_FLOOR = 1_000_000_000
+NEW_DESTINATION_DAY_FLOOR = 5_000_000_000
 #: windows of the unexpected rule with the defaults
 WINDOWS = ((3600.0, UNEXPECTED_MIN_BYTES), (DAY, WINDOW_24H_FLOOR))
 DAYS = 28
@@ -288,7 +289,7 @@ _SAAS_US = ("20.190", "52.96", "40.99", "13.107", "52.112", "140.82", "151.101",
 
 
 def generate_saas(seed: int = 1) -> Scenario:
-    """A cloud-heavy company's month (see the module docstring) with four exfiltrations."""
+    """A cloud-heavy company's month (see the module docstring) with five exfiltrations."""
     rng = random.Random(seed * 104729 + 1)
     start = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
     pools = {
@@ -388,6 +389,26 @@ def generate_saas(seed: int = 1) -> Scenario:
     ci = network.transfer(src, dst, begin, begin + 1200, 300 * MB, step=30.0)
     expected.append(_expect("ci-token", UNEXPECTED, "ci", "SG", ci, UNEXPECTED_MIN_BYTES, src, dst))
     flows += ci
+    # A CI runner ships a build cache slowly to a VPS at another provider in the US, rate
+    # limited: 500 MB an hour (within a quarter) for twelve hours, never 1 GB within an hour.
+    src = network.pick_host("ci", False)
+    dst = _addresses(rng, ("159.89",), 1, "US")[0]
+    begin = network.local(20, rng.uniform(8, 10))
+    slow = [
+        flow
+        for k in range(144)
+        if (
+            flow := network.flow(
+                begin + k * 300 + 290, src, dst, rng.uniform(0.75, 1.25) * 500 * MB / 12
+            )
+        )
+    ]
+    windows = ((3600.0, NEW_DESTINATION_FLOOR), (DAY, NEW_DESTINATION_DAY_FLOOR))
+    expected.append(
+        _expect("slow-vps", NEW_DESTINATION, "ci", "US", slow, NEW_DESTINATION_FLOOR, src, dst,
+                windows=windows)
+    )  # fmt: skip
+    flows += slow
     return _finish(seed, network, flows, expected, traps, SAAS_CONFIG)
 
 

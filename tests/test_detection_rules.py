@@ -300,8 +300,11 @@ def test_prefixes() -> None:
     assert prefix_of("2001:db8:1:2:3::9") == "2001:db8:1::/48"
 
 
-def test_gigabytes_to_a_network_not_used_for_a_week_page_inside_an_allowed_country() -> None:
-    engine = _engine()
+@pytest.mark.parametrize("day_window", ["", 'new_destination_day_min_bytes = "0"\n'])
+def test_gigabytes_to_a_network_not_used_for_a_week_page_inside_an_allowed_country(
+    day_window: str,
+) -> None:
+    engine = _engine(day_window)
     flows = _usual(2)
     # The nightly backup to DE at 1-3 GB per interval: a fresh DE network takes 4 GB meanwhile.
     fresh = [_flow(DAY + 1 * HOUR + k * 300 + 150, DE_FRESH, 350 * MB) for k in range(12)]
@@ -393,6 +396,39 @@ def test_a_state_written_before_blocks_were_kept_knows_the_blocks_of_its_network
     assert older.new_destinations.groups["research"].blocks == (
         engine.new_destinations.groups["research"].blocks
     )
+
+
+def test_a_slow_transfer_to_a_fresh_network_pages_on_the_day_window() -> None:
+    engine = _engine()
+    # 300 MB an hour for a day to a DE network never used: never 1 GB within an hour; 5 GB
+    # (the day window's floor) in its 200th interval.
+    slow = [_flow(3 * DAY + k * 300 + 150, DE_FRESH, 25 * MB) for k in range(288)]
+    alerts = _run(engine, _usual(4.5) + slow)
+    assert [(a.state, a.labels["alertname"]) for a in alerts] == [
+        (FIRING, "EgressNewDestinationVolume"),
+        (RESOLVED, "EgressNewDestinationVolume"),
+    ]
+    fired, resolved = alerts
+    assert fired.starts_at == T0 + 3 * DAY + 200 * 300
+    assert fired.annotations["window"] == "1d"
+    assert int(fired.annotations["bytes"]) >= 5 * GB
+    assert DE_FRESH in fired.annotations["top_destinations"]
+    assert HOST in fired.annotations["top_sources"]
+    # kept while it goes on (its evidence grows with it), resolved soon after it stopped
+    assert resolved.annotations["window"] == "1d"
+    assert int(resolved.annotations["bytes"]) >= 7 * GB
+    assert resolved.ends_at is not None
+    assert T0 + 4 * DAY <= resolved.ends_at <= T0 + 4 * DAY + 2 * HOUR
+
+
+def test_a_transfer_that_paged_on_the_hour_does_not_page_again_on_the_day() -> None:
+    engine = _engine()
+    fast = [_flow(3 * DAY + HOUR + k * 300 + 150, DE_FRESH, 500 * MB) for k in range(12)]
+    alerts = _run(engine, _usual(4.5) + fast)
+    assert [(a.state, a.annotations["window"]) for a in alerts] == [
+        (FIRING, "1h"),
+        (RESOLVED, "1h"),
+    ]
 
 
 def test_blocks() -> None:

@@ -6,6 +6,11 @@ hour to a /24 (IPv4) or /48 (IPv6) the group has not sent to for ``new_destinati
 (a fresh VPS in an allowed country) are worth a page even when the volume hides inside the
 destination's usual spread, such as a busy nightly-backup hour.
 
+A slow transfer pages on a day window too: ``new_destination_day_min_bytes`` within a day to
+networks first used within that day (same churn rules, learned over a day; armed two days
+after the group began counting; bytes that paged on the hour do not page again on the day).
+The day window's evidence is one merged sketch per key, not one per interval.
+
 "Not used for" counts the group's active days only: whole days on which it used no network at
 all (a holiday, a shutdown, a daemon that saw nothing) do not age what it knows.
 
@@ -29,6 +34,7 @@ import heapq
 import ipaddress
 import math
 from collections import deque
+from collections.abc import Callable
 
 from egressd.aggregate import AggregateKey, Bucket
 from egressd.cache import BoundedCache
@@ -50,6 +56,8 @@ CHURN_RATIO = 3.0
 #: a prefix's last use is written again only this much later (the unseen horizon is days)
 REFRESH = 3600.0
 CHURN_HALF_LIFE = 14 * 86400.0
+#: the slow window: bytes within a day to networks first used within that day
+DAY = 86400.0
 _PREFIX_CACHE = 65_536
 
 
@@ -76,7 +84,7 @@ def prefix_of(address: str) -> str:
 
 
 class _GroupPrefixes:
-    __slots__ = ("blocks", "day", "idle", "known", "prefixes", "since")
+    __slots__ = ("blocks", "counting_from", "day", "idle", "known", "prefixes", "since")
 
     def __init__(self, since: float) -> None:
         self.since = since
@@ -93,6 +101,9 @@ class _GroupPrefixes:
         self.prefixes: dict[str, tuple[float, float]] = {}
         #: the same for the address blocks (/16, /32) the prefixes lie in
         self.blocks: dict[str, tuple[float, float]] = {}
+        #: the group's clock when it began counting new networks: for the day window only
+        #: networks first used since then are new (not everything the warm-up saw first)
+        self.counting_from: float | None = None
 
     def clock(self, start: float) -> float:
         """The group's clock at ``start``, an interval in which it uses a network.
@@ -125,10 +136,34 @@ class _Entry:
 
 
 class _Window:
-    __slots__ = ("covered", "entries", "history")
+    __slots__ = (
+        "covered",
+        "day_block",
+        "day_bytes",
+        "day_destinations",
+        "day_entries",
+        "day_history",
+        "day_paged",
+        "day_sources",
+        "entries",
+        "history",
+    )
 
     def __init__(self) -> None:
         self.entries: deque[_Entry] = deque()
+        #: (start, bytes, new-block bytes) per interval of the day window, whose evidence is
+        #: kept merged (since the day window last emptied)
+        self.day_entries: deque[tuple[float, int, int]] = deque()
+        #: their sums
+        self.day_bytes = 0
+        self.day_block = 0
+        self.day_destinations = TopK(16)
+        self.day_sources = TopK(16)
+        #: as ``history``, for the day window
+        self.day_history: deque[tuple[float, int, int, bool]] = deque()
+        #: the last time the key's alert was active: for a day after, the day window holds
+        #: what paged, which is no churn to learn
+        self.day_paged = -math.inf
         #: a spike alert on the destination told this transfer already
         self.covered = False
         #: (event time, window total, its new-block part, paging then) of recent
@@ -145,6 +180,8 @@ class NewDestinationDetector(Detector):
         "_prefix_cache",
         "block_churn",
         "churn",
+        "day_block_churn",
+        "day_churn",
         "evicted",
         "groups",
         "windows",
@@ -164,6 +201,9 @@ class NewDestinationDetector(Detector):
         self.churn: dict[AggregateKey, tuple[float, float]] = {}
         #: the same for the bytes to networks in blocks the group had not used
         self.block_churn: dict[AggregateKey, tuple[float, float]] = {}
+        #: both again for the day window
+        self.day_churn: dict[AggregateKey, tuple[float, float]] = {}
+        self.day_block_churn: dict[AggregateKey, tuple[float, float]] = {}
         #: prefixes forgotten to stay within new_destination_max_prefixes
         self.evicted = 0
         self._prefix_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
@@ -193,6 +233,8 @@ class NewDestinationDetector(Detector):
         fresh_for = config.new_destination_window
         limit = config.new_destination_max_prefixes
         warm_up = min(config.learning / 2, 86400.0)
+        # A network is new for the day window for a day after its first use (when it is on).
+        day_span = DAY if config.new_destination_day_min_bytes > 0 else 0.0
         # An address counts as used when it carried a tenth of the floor's per-interval share
         # (less could not bring a network to the floor within the window anyway).
         use_min = max(
@@ -217,12 +259,17 @@ class NewDestinationDetector(Detector):
             new_bytes = 0
             block_bytes = 0
             new_destinations: TopK | None = None
+            day_bytes = 0
+            day_block = 0
+            day_destinations: TopK | None = None
             clock = -math.inf  # the group's clock, read at its first used address
             for address, weight in accum.destinations.counts.items():
                 if weight < use_min:
                     continue
                 if clock == -math.inf:
                     clock = tracked.clock(start)
+                    if counting and tracked.counting_from is None:
+                        tracked.counting_from = clock
                 if known.get(address, -math.inf) > clock:
                     continue
                 prefix = cache.get(address)
@@ -246,7 +293,17 @@ class NewDestinationDetector(Detector):
                     if new_destinations is None:
                         new_destinations = TopK(16)
                     new_destinations.add(address, weight)
-                elif counting:
+                if counting and clock - seen[0] < day_span:
+                    # (first used since counting began: a network the warm-up saw is not new)
+                    since = tracked.counting_from
+                    if day_span and (since is None or seen[0] >= since):
+                        day_bytes += weight
+                        if clock - used[0] < day_span:
+                            day_block += weight
+                        if day_destinations is None:
+                            day_destinations = TopK(16)
+                        day_destinations.add(address, weight)
+                elif counting and clock - seen[0] >= fresh_for:
                     # Known for good: skip it until its last use needs writing again.
                     if len(known) >= 4 * limit:
                         known.clear()
@@ -266,24 +323,43 @@ class NewDestinationDetector(Detector):
                     count, blocks.items(), key=lambda item: item[1][1]
                 ):
                     del blocks[block]
-            if new_destinations is not None:
+            if new_destinations is not None or day_destinations is not None:
                 window = self.windows.get(key)
                 if window is None:
                     window = self.windows[key] = _Window()
-                window.entries.append(
-                    _Entry(start, new_bytes, block_bytes, new_destinations, accum.sources)
-                )
+                if new_destinations is not None:
+                    window.entries.append(
+                        _Entry(start, new_bytes, block_bytes, new_destinations, accum.sources)
+                    )
+                if day_destinations is not None:
+                    window.day_entries.append((start, day_bytes, day_block))
+                    window.day_bytes += day_bytes
+                    window.day_block += day_block
+                    window.day_destinations.merge(day_destinations)
+                    window.day_sources.merge(accum.sources)
         return self._evaluate(now)
 
     def _evaluate(self, now: float) -> list[Alert]:
         config = self._config
         floor = config.new_destination_min_bytes
+        day_floor = config.new_destination_day_min_bytes
+        warm_up = min(config.learning / 2, 86400.0)
         horizon = now - config.new_destination_window
+        day_horizon = now - DAY
+        pace = DAY / config.new_destination_window
         changed: list[Alert] = []
         for key, window in list(self.windows.items()):
             entries = window.entries
             while entries and entries[0].start < horizon:
                 entries.popleft()
+            day_entries = window.day_entries
+            while day_entries and day_entries[0][0] < day_horizon:
+                _start, old_bytes, old_block = day_entries.popleft()
+                window.day_bytes -= old_bytes
+                window.day_block -= old_block
+                if not day_entries:
+                    window.day_destinations = TopK(16)
+                    window.day_sources = TopK(16)
             group, dest = key
             alert_key: AlertKey = (NEW_DESTINATION, group, dest.key)
             total = sum(entry.bytes for entry in entries)
@@ -297,48 +373,132 @@ class NewDestinationDetector(Detector):
             # One page per transfer: a spike alert on the same destination already tells it.
             if (SPIKE, group, dest.key) in self.book.active:
                 window.covered = True
+                window.day_paged = now
             # A key whose traffic moves between networks all the time (a cloud, a CDN) must
             # send several times its usual new-network volume; a network in an address block
             # the group never used is judged against the churn of such blocks alone.
             fresh = (total >= floor and total >= CHURN_RATIO * churn) or (
                 block_total >= floor and block_total >= CHURN_RATIO * block_churn
             )
-            fire = armed and not window.covered and fresh
-            keep = total >= floor / 2
+            # The day window: a slow transfer to a fresh network (same rules, a day's bytes).
+            day_total = window.day_bytes
+            day_block = window.day_block
+            day_churn = self._churn(self.day_churn, key, now)
+            day_block_churn = self._churn(self.day_block_churn, key, now)
+            # Armed once a day of counting is a day old: the churn a day window learns lags
+            # it by a day, and its first day's totals are still growing. Bytes that paged
+            # (on the hour window) stay in the day window for a day: they page once.
+            slow = (
+                day_floor > 0
+                and now - tracked.since >= warm_up + 2 * DAY
+                and now - window.day_paged >= DAY
+                and (
+                    (day_total >= day_floor and day_total >= CHURN_RATIO * day_churn)
+                    or (day_block >= day_floor and day_block >= CHURN_RATIO * day_block_churn)
+                )
+            )
+            fire = armed and not window.covered and (fresh or slow)
+            # Kept while the last hour's new-network bytes, at their pace, would bring the
+            # day window to half its floor: a transfer that stopped resolves within the hour.
+            recent = 0
+            for entry in reversed(day_entries):
+                if entry[0] < horizon:
+                    break
+                recent += entry[1]
+            keep = total >= floor / 2 or (day_floor > 0 and recent * pace >= day_floor / 2)
 
-            def describe(
-                window: deque[_Entry] = entries,
-                total: int = total,
-                group: str = group,
-                dest: DestinationLabels = dest,
-                churn: float = churn,
-                block_total: int = block_total,
-            ) -> tuple[dict[str, str], dict[str, str]]:
-                return self._describe(now, window, total, group, dest, churn, block_total)
+            # The evidence is of the window that fired (a firing alert keeps its window's).
+            firing = self.book.active.get(alert_key)
+            day_alert = not fresh and (
+                slow if firing is None else firing.annotations.get("window") == "1d"
+            )
+            describe: Callable[[], tuple[dict[str, str], dict[str, str]]]
+            if not day_alert:
 
-            alert = self.book.evaluate(alert_key, now, fire, keep, describe, strength=total)
+                def describe_hour(
+                    window: deque[_Entry] = entries,
+                    total: int = total,
+                    group: str = group,
+                    dest: DestinationLabels = dest,
+                    churn: float = churn,
+                    block_total: int = block_total,
+                ) -> tuple[dict[str, str], dict[str, str]]:
+                    sources = TopK(64)
+                    destinations = TopK(64)
+                    for entry in window:
+                        sources.merge(entry.sources)
+                        destinations.merge(entry.destinations)
+                    first = window[0].start if window else now
+                    return self._describe(
+                        now, first, total, group, dest, churn, block_total,
+                        config.new_destination_window, sources, destinations,
+                    )  # fmt: skip
+
+                describe = describe_hour
+            else:
+
+                def describe_day(
+                    window: _Window = window,
+                    total: int = day_total,
+                    group: str = group,
+                    dest: DestinationLabels = dest,
+                    churn: float = day_churn,
+                    block_total: int = day_block,
+                ) -> tuple[dict[str, str], dict[str, str]]:
+                    first = window.day_entries[0][0] if window.day_entries else now
+                    return self._describe(
+                        now, first, total, group, dest, churn, block_total, DAY,
+                        window.day_sources, window.day_destinations,
+                    )  # fmt: skip
+
+                describe = describe_day
+
+            strength = day_total if day_alert else total
+            alert = self.book.evaluate(alert_key, now, fire, keep, describe, strength=strength)
             if alert is not None:
                 changed.append(alert)
-            history = window.history
-            history.append((now, total, block_total, alert_key in self.book.active))
-            # Totals a window length old, that did not page, are the key's ordinary churn:
-            # the lag keeps a transfer in progress from raising the bar it must clear.
-            while history and (history[0][0] <= horizon or not entries):
-                _when, old_total, old_block, paging = history.popleft()
-                if paging:
-                    continue
-                if old_total > self._churn(self.churn, key, now):
-                    self.churn[key] = (float(old_total), now)
-                if old_block > self._churn(self.block_churn, key, now):
-                    self.block_churn[key] = (float(old_block), now)
-            if not entries and alert_key not in self.book.active:
-                del self.windows[key]
-        for churns in (self.churn, self.block_churn):
+            active = alert_key in self.book.active
+            if active:
+                window.day_paged = now
+            self._learn(key, now, horizon, window.history, (now, total, block_total, active),
+                        not entries, self.churn, self.block_churn)  # fmt: skip
+            self._learn(key, now, day_horizon, window.day_history,
+                        (now, day_total, day_block, now - window.day_paged < DAY),
+                        not day_entries,
+                        self.day_churn, self.day_block_churn)  # fmt: skip
+            if not entries and not active:
+                window.covered = False  # that transfer is over
+                if not day_entries:
+                    del self.windows[key]
+        for churns in (self.churn, self.block_churn, self.day_churn, self.day_block_churn):
             if len(churns) > config.max_keys:
                 oldest = sorted(churns, key=lambda k: churns[k][1])[: config.max_keys // 10]
                 for key in oldest:
                     del churns[key]
         return changed
+
+    def _learn(
+        self,
+        key: AggregateKey,
+        now: float,
+        horizon: float,
+        history: deque[tuple[float, int, int, bool]],
+        latest: tuple[float, int, int, bool],
+        empty: bool,
+        churns: dict[AggregateKey, tuple[float, float]],
+        block_churns: dict[AggregateKey, tuple[float, float]],
+    ) -> None:
+        """Totals a window length old, that did not page, are the key's ordinary churn: the
+        lag keeps a transfer in progress from raising the bar it must clear."""
+        history.append(latest)
+        while history and (history[0][0] <= horizon or empty):
+            _when, old_total, old_block, paging = history.popleft()
+            if paging:
+                continue
+            if old_total > self._churn(churns, key, now):
+                churns[key] = (float(old_total), now)
+            if old_block > self._churn(block_churns, key, now):
+                block_churns[key] = (float(old_block), now)
 
     @staticmethod
     def _churn(
@@ -353,21 +513,20 @@ class NewDestinationDetector(Detector):
     def _describe(
         self,
         now: float,
-        window: deque[_Entry],
+        first: float,
         total: int,
         group: str,
         dest: DestinationLabels,
         churn: float,
         block_total: int,
+        length: float,
+        sources: TopK,
+        destinations: TopK,
     ) -> tuple[dict[str, str], dict[str, str]]:
         config = self._config
-        sources = TopK(64)
-        destinations = TopK(64)
-        for entry in window:
-            sources.merge(entry.sources)
-            destinations.merge(entry.destinations)
-        first = window[0].start if window else now
-        span = format_duration(config.new_destination_window)
+        span = format_duration(length)
+        slow = length != config.new_destination_window
+        floor = config.new_destination_day_min_bytes if slow else config.new_destination_min_bytes
         unseen = format_duration(config.new_destination_unseen)
         prefixes = sorted({self._prefix(a) for a, _ in destinations.top(config.top_talkers)})
         n = config.top_talkers
@@ -381,7 +540,7 @@ class NewDestinationDetector(Detector):
                 f"Group {group} sent {format_bytes(total)} between {rfc3339(first)} and "
                 f"{rfc3339(now)} to {', '.join(prefixes)} in {dest.describe()}, networks it "
                 f"had not sent to for {unseen} (floor "
-                f"{format_bytes(config.new_destination_min_bytes)} per {span}; usual "
+                f"{format_bytes(floor)} per {span}; usual "
                 f"new-network volume {format_bytes(round(churn))}); "
                 f"{format_bytes(block_total)} of it to address blocks (/16, /32) it had not "
                 f"used either. Top sources of the destination: {_with_bytes(sources, n)}. "
@@ -408,19 +567,21 @@ class NewDestinationDetector(Detector):
                     "since": tracked.since,
                     "idle": tracked.idle,
                     "day": tracked.day,
+                    "counting_from": tracked.counting_from,
                     "prefixes": [[p, first, last] for p, (first, last) in tracked.prefixes.items()],
                     "blocks": [[b, first, last] for b, (first, last) in tracked.blocks.items()],
                 }
                 for group, tracked in self.groups.items()
             },
             "churn": [[g, d.key, size, when] for (g, d), (size, when) in self.churn.items()],
-            "block_churn": [
-                [g, d.key, size, when] for (g, d), (size, when) in self.block_churn.items()
-            ],
+            "block_churn": _churn_json(self.block_churn),
+            "day_churn": _churn_json(self.day_churn),
+            "day_block_churn": _churn_json(self.day_block_churn),
         }
 
     def load_json(self, data: object, intern: dict[str, DestinationLabels]) -> None:
-        """Restore what :meth:`to_json` wrote (windows start empty: at most an hour lost)."""
+        """Restore what :meth:`to_json` wrote (windows start empty: an hour lost, a day for
+        the day window)."""
         if not isinstance(data, dict):
             raise ValueError("malformed new-destination state")
         groups: dict[str, _GroupPrefixes] = {}
@@ -430,6 +591,9 @@ class NewDestinationDetector(Detector):
             tracked.idle = float(item.get("idle", 0.0))
             day = item.get("day")
             tracked.day = None if day is None else int(day)
+            counting_from = item.get("counting_from")
+            # (a state written before the day window counted long ago: everything may count)
+            tracked.counting_from = -math.inf if counting_from is None else float(counting_from)
             for prefix, first, last in item["prefixes"]:
                 tracked.prefixes[str(prefix)] = (float(first), float(last))
             if "blocks" in item:
@@ -445,7 +609,13 @@ class NewDestinationDetector(Detector):
         self.groups = groups
         self.churn = _load_churn(data.get("churn", []), intern)
         self.block_churn = _load_churn(data.get("block_churn", []), intern)
+        self.day_churn = _load_churn(data.get("day_churn", []), intern)
+        self.day_block_churn = _load_churn(data.get("day_block_churn", []), intern)
         self.windows = {}
+
+
+def _churn_json(churns: dict[AggregateKey, tuple[float, float]]) -> list[list[object]]:
+    return [[g, d.key, size, when] for (g, d), (size, when) in churns.items()]
 
 
 def _load_churn(
