@@ -61,6 +61,21 @@ DAY = 86400.0
 _PREFIX_CACHE = 65_536
 
 
+def _use(table: dict[str, tuple[float, float]], key: str, clock: float, unseen: float) -> float:
+    """Record a use of ``key`` (a network or block) at ``clock``; returns its first use.
+
+    Unused for longer than ``unseen``, it counts as first used now; its last use is moved on
+    at most once per :data:`REFRESH`.
+    """
+    seen = table.get(key)
+    if seen is None or clock - seen[1] > unseen:
+        table[key] = (clock, clock)
+        return clock
+    if clock - seen[1] >= REFRESH:
+        table[key] = (seen[0], clock)
+    return seen[0]
+
+
 def block_of(prefix: str) -> str:
     """The /16 (IPv4) or /32 (IPv6) address block of a :func:`prefix_of` network."""
     if ":" not in prefix:
@@ -275,35 +290,26 @@ class NewDestinationDetector(Detector):
                 prefix = cache.get(address)
                 if prefix is None:
                     prefix = self._prefix(address)
-                seen = prefixes.get(prefix)
-                if seen is None or clock - seen[1] > unseen:
-                    seen = prefixes[prefix] = (clock, clock)
-                elif clock - seen[1] >= REFRESH:
-                    prefixes[prefix] = (seen[0], clock)
-                block = self._block(prefix)
-                used = blocks.get(block)
-                if used is None or clock - used[1] > unseen:
-                    used = blocks[block] = (clock, clock)
-                elif clock - used[1] >= REFRESH:
-                    blocks[block] = (used[0], clock)
-                if counting and clock - seen[0] < fresh_for:
+                first_use = _use(prefixes, prefix, clock, unseen)
+                block_first_use = _use(blocks, self._block(prefix), clock, unseen)
+                if counting and clock - first_use < fresh_for:
                     new_bytes += weight
-                    if clock - used[0] < fresh_for:
+                    if clock - block_first_use < fresh_for:
                         block_bytes += weight
                     if new_destinations is None:
                         new_destinations = TopK(16)
                     new_destinations.add(address, weight)
-                if counting and clock - seen[0] < day_span:
+                if counting and clock - first_use < day_span:
                     # (first used since counting began: a network the warm-up saw is not new)
                     since = tracked.counting_from
-                    if day_span and (since is None or seen[0] >= since):
+                    if day_span and (since is None or first_use >= since):
                         day_bytes += weight
-                        if clock - used[0] < day_span:
+                        if clock - block_first_use < day_span:
                             day_block += weight
                         if day_destinations is None:
                             day_destinations = TopK(16)
                         day_destinations.add(address, weight)
-                elif counting and clock - seen[0] >= fresh_for:
+                elif counting and clock - first_use >= fresh_for:
                     # Known for good: skip it until its last use needs writing again.
                     if len(known) >= 4 * limit:
                         known.clear()
