@@ -138,7 +138,13 @@ _GOFLOW2 = {
     "packets": st.integers(0, 10**9),
     "src_addr": _ADDRESSES,
     "dst_addr": _ADDRESSES,
-    "proto": st.sampled_from(["TCP", "UDP", "ICMP"]),
+    # names the protocol table holds (any case it has) or not, numbers in and out of range
+    "proto": st.one_of(
+        st.sampled_from(["TCP", "UDP", "ICMP"]),
+        st.sampled_from(["tcp", "Tcp", "IPv6-ICMP", "ipv6-icmp", "GRE", "nosuch", "6", ""]),
+        st.integers(0, 300),
+        st.none(),
+    ),
     "src_port": st.integers(0, 65535),
     "dst_port": st.integers(0, 65535),
     "etype": st.just("IPv4"),
@@ -404,6 +410,19 @@ def test_goflow2_count_column_failing_late_in_a_block(key: str, value: object) -
     lines = [*good, json.dumps(odd).encode() + b"\n", *good[:2]]
     flows = assert_same("goflow2-json", b"".join(lines))
     assert _comparable(flows[:40]) == _comparable(assert_same("goflow2-json", b"".join(good)))
+
+
+@pytest.mark.parametrize(
+    "proto", [b'"TCP"', b'"T\\u0043P"', b'"tcp"', b'"Tcp"', b"6", b"6.0", b"true", b"null", b'"x"']
+)
+def test_goflow2_protocol_in_a_block(proto: bytes) -> None:
+    """A protocol the parser does not take as a table name or a number (escaped, another
+    case, another kind) sends its block line by line: still what the record path gives."""
+    base = _BASE["goflow2-json"]
+    good = [orjson.dumps({**base, "bytes": 1000 + i}) + b"\n" for i in range(40)]
+    odd = orjson.dumps({**base, "proto": "@"}).replace(b'"@"', proto) + b"\n"
+    flows = assert_same("goflow2-json", b"".join([*good, odd, *good[:2]]))
+    assert len(flows) >= 42
 
 
 # --- real outputs of the tools ----------------------------------------------------------------
