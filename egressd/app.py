@@ -1,7 +1,8 @@
 """The daemon's composition root: builds every component from the configuration and runs them.
 
 Constructors are inert; components start in order (alert log, Alertmanager, HTTP, sources)
-and stop in reverse. Signals drive shutdown (TERM/INT) and reload (HUP); a dying task ends it.
+and stop in reverse. Signals drive shutdown (TERM/INT) and reload (HUP, or ``egressd reload``
+over the control socket, which waits for the outcome); a dying task ends it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from egressd.config import (
     load_config,
     split_host_port,
 )
+from egressd.control import ControlServer
 from egressd.detect.alerts import FIRING, Alert
 from egressd.enrich import DestinationLabeler
 from egressd.enrich.labeler import CompositeLabeler
@@ -267,6 +269,7 @@ class Daemon:
         self._save_lock: asyncio.Lock | None = None
         self._stopping: asyncio.Event | None = None
         self._reloads: set[asyncio.Task[bool]] = set()
+        self._reload_lock: asyncio.Lock | None = None
 
     # -- what the HTTP API shows (DaemonView) -------------------------------------------------
 
@@ -387,6 +390,18 @@ class Daemon:
 
     async def reload(self) -> bool:
         """Re-read the configuration and geo data; a bad one is rejected, the old one kept."""
+        applied, _ = await self.reload_outcome()
+        return applied
+
+    async def reload_outcome(self) -> tuple[bool, str]:
+        """:meth:`reload`, one at a time (SIGHUP or ``egressd reload``): whether the new
+        configuration is in force, and the status line or the reason it was refused."""
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> tuple[bool, str]:
         self.notifier.reloading()
         try:
             path = self.config_path
@@ -400,8 +415,9 @@ class Daemon:
         except (EgressdError, OSError, ValueError) as exc:
             self.stats.config_reload_errors += 1
             log.error("configuration reload rejected, keeping the running one: %s", exc)
-            self.notifier.notify("READY=1", "STATUS=configuration reload rejected")
-            return False
+            reason = " ".join(str(exc).split())
+            self.notifier.notify("READY=1", f"STATUS=configuration reload rejected: {reason}")
+            return False, reason
         for section in ("sources", "http", "state", "alertmanager", "alerts"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("[%s] changed: restart egressd to apply it", section)
@@ -425,8 +441,9 @@ class Daemon:
         self.stats.config_reloads += 1
         self.stats.config_last_reload_success = time.time()
         log.info("configuration reloaded from %s", path or "built-in defaults")
-        self.notifier.notify("READY=1", f"STATUS={self._status()}")
-        return True
+        status = self._status()
+        self.notifier.notify("READY=1", f"STATUS={status}")
+        return True, status
 
     def reload_geo(self) -> bool:
         """Pick up changed mmdb and region-map files; True when labels may have changed.
@@ -520,6 +537,17 @@ class Daemon:
                 started.append(self.alertmanager)
             await self.http.start()
             started.append(self.http)
+            control = ControlServer(self.reload_outcome)
+            try:
+                await control.start()
+            except OSError as error:
+                log.warning(
+                    "no control socket (%s): `egressd reload` cannot reach this process; "
+                    "SIGHUP still reloads",
+                    error,
+                )
+            else:
+                started.append(control)
             for source in self.sources:
                 source.restore_position(self._positions.get(source.name))
                 if hasattr(source, "request_checkpoint"):

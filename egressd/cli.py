@@ -124,10 +124,18 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     reload = sub.add_parser(
-        "reload", help="check the configuration, then make a running egressd reload it (SIGHUP)"
+        "reload",
+        help="check the configuration, then make a running egressd reload it and wait until "
+        "it is in force (or refused)",
     )
     reload.add_argument("--config", "-c", type=Path, help="check this file first")
     reload.add_argument("--pid", type=int, required=True, help="the daemon's process id")
+    reload.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the daemon's answer (default 60)",
+    )
     return parser
 
 
@@ -260,7 +268,7 @@ def _install_units(args: argparse.Namespace) -> int:
 def _reload(args: argparse.Namespace) -> int:
     from egressd.control import reload_main
 
-    return int(reload_main(args.config, args.pid))
+    return int(reload_main(args.config, args.pid, timeout=args.timeout))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,30 @@
-"""``egressd reload``: the units' ExecReload. Checks the configuration a running daemon would
-load, then sends it SIGHUP, so a reload needs no ``/bin/kill`` (absent from minimal systems)
-and a broken file fails ``systemctl reload`` instead of only being refused in the log.
+"""``egressd reload``: the units' ExecReload, and the control socket that answers it.
+
+The command checks the configuration a running daemon would load, then asks the daemon to
+reload over its control socket and waits for the answer: ``systemctl reload`` returns once the
+new configuration is in force, and fails (the daemon's reason printed) when the daemon refused
+it and kept the running one. No ``/bin/kill`` is needed (absent from minimal systems), and
+systemd 252 (Debian 12) has no ``Type=notify-reload`` to wait for the daemon itself.
+
+The control socket is a Unix stream socket in the abstract namespace, named after the daemon's
+process id (:func:`control_address`): no file or directory to create under a read-only
+sandbox. Either side checks the other's credentials (``SO_PEERCRED``): the daemon answers only
+root and its own user, the command talks only to the process it was given. One request per
+connection: ``reload`` and a newline; the answer is one line, ``ok <status>`` or
+``refused <reason>``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-import signal
+import socket
+import struct
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from egressd.config import load_config
 from egressd.enrich.labeler import CompositeLabeler
@@ -19,16 +34,126 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_INVALID = 2
 
+log = logging.getLogger("egressd.control")
 
-def reload_main(config_path: Path | None, pid: int, err: TextIO = sys.stderr) -> int:
-    """Validate ``config_path`` (settings and geo files), then SIGHUP ``pid``.
+#: the one request, and the longest answer line read back
+REQUEST = b"reload\n"
+_ANSWER_LIMIT = 64 * 1024
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
-    Exit 2 without signalling when the configuration is invalid (the daemon keeps the one it
-    runs), 1 when the process cannot be signalled, 0 when the daemon was asked to reload.
-    The daemon checks again itself (and rejects a changed ``detection.interval``).
+#: what the daemon's reload returns: (applied, status line or reason refused)
+ReloadHandler = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+def control_address(pid: int) -> str:
+    """The abstract socket name of the egressd process ``pid``."""
+    return f"\0egressd/control/{pid}"
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a connected Unix socket."""
+    pid, uid, gid = _PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    )
+    return pid, uid, gid
+
+
+class ControlServer:
+    """The daemon's side: answers ``reload`` requests with the outcome of ``handler``."""
+
+    __slots__ = ("_connections", "_handler", "_server", "address")
+
+    def __init__(self, handler: ReloadHandler, pid: int | None = None) -> None:
+        self._handler = handler
+        self.address = control_address(os.getpid() if pid is None else pid)
+        self._server: asyncio.Server | None = None
+        #: open connections and the tasks serving them
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(self.address)
+            sock.listen(8)
+            sock.setblocking(False)
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        except OSError:
+            sock.close()
+            raise
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await asyncio.sleep(0)  # connections accepted just now reach _serve
+            for writer in list(self._connections):  # a stop does not wait for a request
+                writer.close()
+            await asyncio.gather(*self._connections.values(), return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[writer] = task
+        try:
+            sock = writer.get_extra_info("socket")
+            _pid, uid, _gid = peer_credentials(sock)
+            if uid not in (0, os.geteuid()):
+                log.warning("control socket: request from uid %d refused", uid)
+                return
+            line = await asyncio.wait_for(reader.readline(), 10.0)
+            if line != REQUEST:
+                writer.write(b"refused unknown request\n")
+            else:
+                applied, text = await self._handler()
+                answer = ("ok " if applied else "refused ") + " ".join(text.split())
+                writer.write(answer.encode() + b"\n")
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.warning("control socket: %s", exc)
+        finally:
+            self._connections.pop(writer, None)
+            writer.close()
+
+
+def request_reload(pid: int, timeout: float) -> tuple[bool, str]:
+    """Ask the egressd process ``pid`` to reload and wait for its answer.
+
+    Raises OSError when it cannot be asked (no such process, or not egressd) or does not
+    answer within ``timeout`` seconds.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        sock.connect(control_address(pid))
+        peer = peer_credentials(sock)[0]
+        if peer != pid:
+            raise OSError(f"the control socket of process {pid} is held by process {peer}")
+        sock.sendall(REQUEST)
+        answer = b""
+        while not answer.endswith(b"\n") and len(answer) < _ANSWER_LIMIT:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    text = answer.decode(errors="replace").strip()
+    verdict, _, detail = text.partition(" ")
+    if verdict not in ("ok", "refused"):
+        raise OSError(f"process {pid} gave no answer ({text!r})")
+    return verdict == "ok", detail
+
+
+def reload_main(
+    config_path: Path | None, pid: int, err: TextIO = sys.stderr, timeout: float = 60.0
+) -> int:
+    """Validate ``config_path`` (settings and geo files), then make ``pid`` reload and wait.
+
+    Exit 0 once the daemon has the new configuration in force; 2 when it is not reloaded
+    because the file is invalid (the daemon is not asked) or the daemon refused it (it keeps
+    the running one; a changed ``detection.interval``, a cluster role); 1 when the daemon
+    cannot be asked or does not answer within ``timeout`` seconds.
     """
     if pid <= 1:
-        print(f"egressd reload: no process to signal (pid {pid})", file=err)
+        print(f"egressd reload: no process to ask (pid {pid})", file=err)
         return EXIT_ERROR
     if config_path is not None:
         from egressd.replay import build_labeler
@@ -47,8 +172,22 @@ def reload_main(config_path: Path | None, pid: int, err: TextIO = sys.stderr) ->
         if isinstance(labeler, CompositeLabeler):
             labeler.close()
     try:
-        os.kill(pid, signal.SIGHUP)
-    except OSError as exc:
-        print(f"egressd reload: cannot signal process {pid}: {exc}", file=err)
+        applied, detail = request_reload(pid, timeout)
+    except TimeoutError:
+        print(
+            f"egressd reload: process {pid} did not answer within {timeout:g} s; "
+            "its log says whether it reloaded",
+            file=err,
+        )
         return EXIT_ERROR
+    except OSError as exc:
+        print(
+            f"egressd reload: cannot ask process {pid} to reload ({exc}): is it egressd? "
+            "Nothing reloaded",
+            file=err,
+        )
+        return EXIT_ERROR
+    if not applied:
+        print(f"egressd reload: process {pid} refused: {detail}; nothing reloaded", file=err)
+        return EXIT_INVALID
     return EXIT_OK

@@ -12,6 +12,7 @@ from integration_support import free_port
 
 from egressd.cluster.node import RoleNode
 from egressd.config import parse_config
+from egressd.control import request_reload
 from egressd.detect.alerts import FIRING, Alert
 
 CONFIG = """
@@ -55,6 +56,9 @@ async def test_a_role_process_notifies_systemd_and_survives_sighup(tmp_path: Pat
         os.kill(os.getpid(), signal.SIGHUP)
         await asyncio.sleep(0.3)
         assert not run.done()
+        # `egressd reload` (the unit's ExecReload) is told so, and fails.
+        applied, reason = await asyncio.to_thread(request_reload, os.getpid(), 10.0)
+        assert not applied and "not supported in the detect role" in reason, reason
         await datagrams_until(sock, "WATCHDOG=1")
         os.kill(os.getpid(), signal.SIGTERM)
         assert await asyncio.wait_for(run, 30) == 0

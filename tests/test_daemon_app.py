@@ -125,6 +125,12 @@ async def test_reload_applies_good_config_and_rejects_bad(tmp_path: Path) -> Non
     path.write_text(CONFIG.format(state=state) + "\n[detection]\ninterval = '1m'\n")
     assert not await daemon.reload()
     assert daemon.stats.config_reload_errors == 2
+    # What `egressd reload` is answered: the outcome and, when refused, the key and why.
+    applied, reason = await daemon.reload_outcome()
+    assert not applied and reason.startswith("detection.interval cannot change"), reason
+    path.write_text(CONFIG.format(state=state))
+    applied, status = await daemon.reload_outcome()
+    assert applied and "baselines" in status, status
 
 
 def test_idle_watermark_follows_wall_time(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ tests/test_gateway_nspawn.py runs the same install under a real systemd.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tomllib
@@ -202,7 +201,7 @@ listen = "127.0.0.1:{udp}"
 """
 
 
-def test_reload_command_checks_then_signals_a_running_daemon(tmp_path: Path) -> None:
+def test_reload_command_checks_then_reloads_a_running_daemon(tmp_path: Path) -> None:
     config = tmp_path / "egressd.toml"
     http, udp = free_port(), free_udp_port()
     config.write_text(DAEMON_CONFIG.format(countries='["GB"]', http=http, udp=udp))
@@ -231,23 +230,64 @@ def test_reload_command_checks_then_signals_a_running_daemon(tmp_path: Path) -> 
         assert daemon.stop() == 0
 
 
+def test_reload_command_returns_once_the_daemon_applied_or_refused_the_file(
+    tmp_path: Path,
+) -> None:
+    """``systemctl reload`` must tell whether the file is in force: the command answers only
+    after the daemon has applied it, and fails when the daemon refuses what the file check
+    cannot judge alone (a changed interval, known only to the running daemon)."""
+    config = tmp_path / "egressd.toml"
+    http, udp = free_port(), free_udp_port()
+    config.write_text(DAEMON_CONFIG.format(countries='["GB"]', http=http, udp=udp))
+    daemon = EgressdProcess(config, f"127.0.0.1:{http}", tmp_path / "egressd.log")
+    daemon.start()
+    try:
+        assert daemon.process is not None
+        pid = str(daemon.process.pid)
+
+        def counts() -> tuple[float | None, float | None]:
+            text = daemon.metrics()
+            return (
+                metric_value(text, "egressd_config_reloads_total"),
+                metric_value(text, "egressd_config_reload_errors_total"),
+            )
+
+        for round_ in (1, 2):  # twice: the first must not have been a lucky race
+            countries = '["GB", "US"]' if round_ == 1 else '["GB"]'
+            config.write_text(DAEMON_CONFIG.format(countries=countries, http=http, udp=udp))
+            result = run_cli("reload", "--config", str(config), "--pid", pid)
+            assert result.returncode == 0, result.stderr
+            assert counts() == (float(round_), 0.0)  # in force when the command returned
+
+        changed = DAEMON_CONFIG.format(countries='["GB"]', http=http, udp=udp)
+        config.write_text(changed + '\n[detection]\ninterval = "10m"\n')
+        refused = run_cli("reload", "--config", str(config), "--pid", pid)
+        assert refused.returncode == 2, refused
+        assert "detection.interval" in refused.stderr and "nothing reloaded" in refused.stderr
+        assert counts() == (2.0, 1.0)
+        assert daemon.alive()
+    finally:
+        assert daemon.stop() == 0
+
+
 def test_reload_command_does_not_signal_when_the_file_is_broken(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("[networks\n")
-    # A process that SIGHUP would end at once.
+    # A process that SIGHUP would end at once, and that is not egressd.
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as child:
         try:
             assert (
                 run_cli("reload", "--config", str(broken), "--pid", str(child.pid)).returncode == 2
             )
+            # Not egressd: nothing answers on its control socket, and it is not signalled.
+            result = run_cli("reload", "--pid", str(child.pid))
+            assert result.returncode == 1 and "is it egressd" in result.stderr, result
             with pytest.raises(subprocess.TimeoutExpired):
                 child.wait(1.0)
-            assert run_cli("reload", "--pid", str(child.pid)).returncode == 0
-            assert child.wait(10) == -signal.SIGHUP
         finally:
             child.kill()
 
 
 def test_reload_command_reports_a_missing_process() -> None:
     result = run_cli("reload", "--pid", "999999999")
-    assert result.returncode == 1 and "cannot signal" in result.stderr
+    assert result.returncode == 1 and "cannot ask process 999999999" in result.stderr

@@ -174,10 +174,12 @@ class Gateway:
 
         wait_until(running, timeout, 0.5, f"{unit} running and ready", lambda: self.describe(unit))
 
-    def write_config(self, *extra: str) -> None:
+    def write_config(self, *extra: str, interval: str = "5m") -> None:
         """The installed example with periodic saves off (only stops save), plus ``extra``."""
         example = (REPO / "config" / "egressd.toml").read_text()
         text, n = re.subn(r'(?m)^save_interval = "[^"]*"', 'save_interval = "1h"', example)
+        assert n == 1
+        text, n = re.subn(r'(?m)^interval = "5m"', f'interval = "{interval}"', text)
         assert n == 1
         self.machine.write(CONFIG, text + "".join(extra))
 
@@ -336,15 +338,10 @@ def test_reload_applies_a_changed_config_and_refuses_a_broken_one(gateway: Gatew
     pid = gateway.show("egressd.service")["MainPID"]
     reloads = gateway.metric("egressd_config_reloads_total") or 0.0
 
+    # systemctl reload returns once the new file is in force, not once it was asked for.
     gateway.write_config(LAB_GROUP)
     gateway.run("systemctl", "reload", "egressd.service")
-    wait_until(
-        lambda: (gateway.metric("egressd_config_reloads_total") or 0.0) == reloads + 1,
-        30,
-        0.5,
-        "the reload to be applied",
-        gateway.describe,
-    )
+    assert gateway.metric("egressd_config_reloads_total") == reloads + 1, gateway.describe()
     assert gateway.show("egressd.service")["MainPID"] == pid  # reloaded, not restarted
     # 10.40.0.9 was in no group ("other") before: its bytes now count for "lab".
     gateway.demo("10.40.0.9", "47.100.23.99")
@@ -360,10 +357,24 @@ def test_reload_applies_a_changed_config_and_refuses_a_broken_one(gateway: Gatew
     shown = gateway.show("egressd.service")
     assert (shown["ActiveState"], shown["MainPID"]) == ("active", pid), shown
     assert gateway.metric("egressd_config_reloads_total") == reloads + 1
+    assert gateway.metric("egressd_config_reload_errors_total") == errors
+
+    # A valid file the running daemon refuses (a new interval): systemctl reload fails with
+    # the daemon's reason, and the daemon goes on with the configuration it had.
+    gateway.write_config(LAB_GROUP, interval="10m")
+    refused = gateway.run("systemctl", "reload", "egressd.service", check=False)
+    assert refused.returncode != 0, refused
+    assert "refused: detection.interval cannot change" in gateway.machine.journal("egressd.service")
+    shown = gateway.show("egressd.service")
+    assert (shown["ActiveState"], shown["MainPID"]) == ("active", pid), shown
+    assert gateway.metric("egressd_config_reload_errors_total") == errors + 1
+    assert gateway.metric("egressd_config_reloads_total") == reloads + 1
+
     # SIGHUP straight to the daemon (no ExecReload check): it refuses and keeps running.
+    gateway.machine.write(CONFIG, '[detection]\ninterval = "banana"\n')
     gateway.run("systemctl", "kill", "--kill-who=main", "--signal=HUP", "egressd.service")
     wait_until(
-        lambda: gateway.metric("egressd_config_reload_errors_total") == errors + 1,
+        lambda: gateway.metric("egressd_config_reload_errors_total") == errors + 2,
         30,
         0.5,
         "the daemon to refuse the broken file",

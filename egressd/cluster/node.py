@@ -19,6 +19,7 @@ from egressd.app import EXIT_ERROR, EXIT_OK, generator_url, log_alerts
 from egressd.cluster.detect import Detect
 from egressd.cluster.ingest import Ingest
 from egressd.config import Config
+from egressd.control import ControlServer
 from egressd.detect.alerts import Alert
 from egressd.errors import ConfigError, EgressdError
 from egressd.replay import build_labeler
@@ -138,6 +139,13 @@ class RoleNode:
                 if component is not None:
                     await component.start()
                     started.append(component)
+            control = ControlServer(self._reload_refused_outcome)
+            try:
+                await control.start()
+            except OSError as unbound:
+                log.warning("no control socket (%s): `egressd reload` cannot reach it", unbound)
+            else:
+                started.append(control)
             log.info(
                 "egressd running in the %s role, HTTP on %s",
                 self.config.cluster.role,
@@ -186,14 +194,18 @@ class RoleNode:
             self.notifier.close()
         return exit_code
 
-    def _reload_refused(self) -> None:
+    def _reload_refused(self) -> str:
         # Partitions, engines and snapshots are built from the configuration at start: a
         # changed one is applied by a restart, which moves the partitions cleanly.
-        log.warning(
-            "configuration reload is not supported in the %s role: restart egressd to apply "
-            "a changed configuration",
-            self.config.cluster.role,
+        reason = (
+            f"configuration reload is not supported in the {self.config.cluster.role} role: "
+            "restart egressd to apply a changed configuration"
         )
+        log.warning("%s", reason)
+        return reason
+
+    async def _reload_refused_outcome(self) -> tuple[bool, str]:
+        return False, self._reload_refused()
 
 
 def run_role(config: Config) -> int:
