@@ -354,6 +354,7 @@ class NewDestinationDetector(Detector):
         day_horizon = now - DAY
         pace = DAY / config.new_destination_window
         changed: list[Alert] = []
+        book_active = self.book.active
         for key, window in list(self.windows.items()):
             entries = window.entries
             while entries and entries[0].start < horizon:
@@ -367,19 +368,44 @@ class NewDestinationDetector(Detector):
                     window.day_destinations = TopK(16)
                     window.day_sources = TopK(16)
             group, dest = key
-            alert_key: AlertKey = (NEW_DESTINATION, group, dest.key)
-            total = sum(entry.bytes for entry in entries)
-            block_total = sum(entry.block_bytes for entry in entries)
+            dest_key = dest.key
+            alert_key: AlertKey = (NEW_DESTINATION, group, dest_key)
+            total = sum(entry.bytes for entry in entries) if entries else 0
+            block_total = sum(entry.block_bytes for entry in entries) if entries else 0
+            # One page per transfer: a spike alert on the same destination already tells it.
+            if (SPIKE, group, dest_key) in book_active:
+                window.covered = True
+                window.day_paged = now
+            if alert_key not in book_active and (
+                window.covered
+                or (
+                    total < floor
+                    and block_total < floor
+                    and (day_floor <= 0 or (window.day_bytes < day_floor
+                                            and window.day_block < day_floor))
+                )
+            ):  # fmt: skip
+                # No alert to keep or resolve, and no total at its floor: nothing can fire,
+                # so the churns, the policy and the alert book need not be asked (what they
+                # would answer changes nothing). The window's history still learns.
+                self._learn(key, now, horizon, window.history, (now, total, block_total, False),
+                            not entries, self.churn, self.block_churn)  # fmt: skip
+                self._learn(key, now, day_horizon, window.day_history,
+                            (now, window.day_bytes, window.day_block,
+                             now - window.day_paged < DAY),
+                            not day_entries,
+                            self.day_churn, self.day_block_churn)  # fmt: skip
+                if not entries:
+                    window.covered = False  # that transfer is over
+                    if not day_entries:
+                        del self.windows[key]
+                continue
             churn = self._churn(self.churn, key, now)
             block_churn = self._churn(self.block_churn, key, now)
             tracked = self.groups[group]
             armed = now - tracked.since >= config.learning and self.policy.is_expected(
                 group, dest, now - config.interval
             )
-            # One page per transfer: a spike alert on the same destination already tells it.
-            if (SPIKE, group, dest.key) in self.book.active:
-                window.covered = True
-                window.day_paged = now
             # A key whose traffic moves between networks all the time (a cloud, a CDN) must
             # send several times its usual new-network volume; a network in an address block
             # the group never used is judged against the churn of such blocks alone.
@@ -501,9 +527,12 @@ class NewDestinationDetector(Detector):
             _when, old_total, old_block, paging = history.popleft()
             if paging:
                 continue
-            if old_total > self._churn(churns, key, now):
+            # _churn inlined: most keys have none, and most old totals are zero.
+            found = churns.get(key)
+            if old_total > (0.0 if found is None else self._decayed(found, now)):
                 churns[key] = (float(old_total), now)
-            if old_block > self._churn(block_churns, key, now):
+            found = block_churns.get(key)
+            if old_block > (0.0 if found is None else self._decayed(found, now)):
                 block_churns[key] = (float(old_block), now)
 
     @staticmethod
@@ -513,6 +542,11 @@ class NewDestinationDetector(Detector):
         found = churns.get(key)
         if found is None:
             return 0.0
+        return NewDestinationDetector._decayed(found, now)
+
+    @staticmethod
+    def _decayed(found: tuple[float, float], now: float) -> float:
+        """A churn (size, when) at ``now``: halving every :data:`CHURN_HALF_LIFE`."""
         size, when = found
         return size * math.pow(0.5, max(now - when, 0.0) / CHURN_HALF_LIFE)
 
