@@ -291,6 +291,56 @@ def test_the_peak_halves_in_two_weeks() -> None:
     assert engine.baselines.peak(key, T0 + 14 * DAY) == pytest.approx(GB / 2, rel=0.01)
 
 
+def _rising(days: float, start: float, rise: float, extra_us: int = 0) -> list[FlowRecord]:
+    """:func:`_usual` from ``start``, every destination growing evenly to ``rise`` times its
+    level over ``days`` (a term starting, an office moving in), and ``extra_us`` more to the
+    US growing from nothing to that over the same days (an attacker's ramp)."""
+    out = []
+    count = int(days * DAY / 300)
+    for i in range(count):
+        t = start + i * 300 + 100
+        growth = 1.0 + (rise - 1.0) * i / count
+        ramp = int(extra_us * i / count)
+        us, de = int(30 * MB * growth) + ramp, int(10 * MB * growth)
+        out += [_flow(t, US, us), _flow(t + 10, DE, de)]
+    return out
+
+
+def _grab(at: float, size: int) -> list[FlowRecord]:
+    """A day of the level reached by ``_rising(rise=2)`` from ``at``, a ``size`` transfer to
+    the US from another host in the sixth hour."""
+    flows = _usual(1, start=at, size=60 * MB)
+    if size:
+        flows.append(_flow(at + 5 * HOUR + 200, US, size, src="10.20.0.99"))
+    return flows
+
+
+@pytest.mark.parametrize("grab", [0, int(2.5 * GB)])
+def test_a_transfer_hidden_in_a_broad_rise_pages_and_the_rise_alone_does_not(grab: int) -> None:
+    engine = _engine()
+    # Three usual days with a 1 GB burst while learning (the key's peak), then every destination
+    # of the group doubles over four days, and the transfer comes in the day after.
+    flows = [*_usual(3), _flow(14 * HOUR + 200, US, GB)]
+    flows += _rising(4, start=3 * DAY, rise=2.0)
+    assert _firing(_run(engine, flows)) == []
+    fired = _firing(_run(engine, _grab(7 * DAY, grab)))
+    # The peak is in bytes (halving over two weeks), not relative to the level: a rise of
+    # the group's traffic does not raise it, so 2.5 GB (3.7 times the halved peak) pages.
+    assert fired == (["EgressVolumeSpike US"] if grab else [])
+
+
+def test_a_ramp_to_one_destination_does_not_buy_room_for_a_larger_grab() -> None:
+    engine = _engine()
+    # The attacker ramps the US traffic to twice its level over four days (quiet: the
+    # baseline follows a ramp), then grabs 2.5 GB in one interval.
+    flows = [*_usual(3), _flow(14 * HOUR + 200, US, GB)]
+    flows += _rising(4, start=3 * DAY, rise=1.0, extra_us=30 * MB)
+    assert _firing(_run(engine, flows)) == []
+    key = next(k for k in engine.baselines if k[1].startswith("US"))
+    assert engine.baselines.peak(key, T0 + 7 * DAY) < GB  # nor did it raise the peak
+    assert _firing(_run(engine, _grab(7 * DAY, int(2.5 * GB)))) == ["EgressVolumeSpike US"]
+
+
 # -- new destination networks ---------------------------------------------------------------
 
 
