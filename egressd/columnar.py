@@ -154,8 +154,19 @@ def summable(values: U64) -> bool:
     return len(values) == 0 or int(values.max()) < _U64_LIMIT // len(values)
 
 
-#: labels of distinct addresses, given as (high, low) halves: the engine's cached labeler
-LabelsOf = Callable[[U64, U64], list[DestinationLabels]]
+#: labels of distinct addresses, given as (high, low) halves: the engine's labeler, as
+#: (label objects, each address's index into them), the objects numbered in the order the
+#: addresses first use them (see :func:`numbered`)
+LabelsOf = Callable[[U64, U64], tuple[list[DestinationLabels], I64]]
+
+
+def numbered(found: list[DestinationLabels]) -> tuple[list[DestinationLabels], I64]:
+    """``found`` (one label object per address) as :data:`LabelsOf` answers it: the
+    distinct objects (by identity; labelers intern them) in order of first use, and each
+    address's index into them."""
+    objects = np.fromiter(map(id, found), dtype=np.uint64, count=len(found))
+    firsts, by_object = distinct_values(objects)
+    return [found[i] for i in firsts.tolist()], by_object
 
 
 class ClassifiedBatch:
@@ -241,15 +252,12 @@ class ClassifiedBatch:
             hi = np.where(pick, dst_hi[rows], src_hi[rows])
             lo = np.where(pick, dst_lo[rows], src_lo[rows])
             first, inverse = distinct_addresses(hi, lo)
-            found = labels_of(hi[first], lo[first])
-            # Labels are interned: number the distinct objects, then merge equal ones (a
-            # destination named by two data sources), keeping the first as records would.
-            objects = np.fromiter(map(id, found), dtype=np.uint64, count=len(found))
-            firsts, by_object = distinct_values(objects)
+            objects, by_object = labels_of(hi[first], lo[first])
+            # Merge equal labels of distinct objects (a destination named by two data
+            # sources), keeping the first as records would.
             codes: dict[DestinationLabels, int] = {}
             object_code = np.array(
-                [codes.setdefault(found[i], len(codes)) for i in firsts.tolist()],
-                dtype=np.int64,
+                [codes.setdefault(labels, len(codes)) for labels in objects], dtype=np.int64
             )
             self.labels = list(codes)
             self.dest[rows] = object_code[by_object][inverse]

@@ -18,7 +18,7 @@ from egressd.aggregate import Accum, AggregateKey, Bucket, IntervalAggregator
 from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_named
 from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
-from egressd.columnar import ClassifiedBatch, ColumnClassifier, exact_total
+from egressd.columnar import I64, ClassifiedBatch, ColumnClassifier, exact_total, numbered
 from egressd.columns import U64, FlowColumns, address_text, address_texts
 from egressd.config import Config
 from egressd.detect.alerts import Alert, AlertBook
@@ -376,7 +376,8 @@ class Engine:
         an alert may name other top talkers than flow-by-flow Space-Saving would), and the
         caches count one lookup per distinct address of a batch (the batch path classifies
         by range tables, without the source cache, and keeps labels in the destination
-        cache by the address's integer value). A block touching few rows (sparse input:
+        cache by the address's integer value, except with the embedded country data
+        alone: then it asks that data without the cache). A block touching few rows (sparse input:
         one interval's few hundred flows) is added row by row instead, its talkers straight
         into the sketches (:meth:`_account_rows`): numpy's fixed cost per call outweighs
         its speed per row there.
@@ -412,9 +413,23 @@ class Engine:
         stats.special_records += batch.special_count
         return self._process_blocks(batch)
 
-    def _labels_of(self, highs: U64, lows: U64) -> list[DestinationLabels]:
-        """Labels of distinct outside addresses (as column halves), through the destination
-        cache keyed by the 128-bit value; the misses go to the labeler in one call."""
+    def _labels_of(self, highs: U64, lows: U64) -> tuple[list[DestinationLabels], I64]:
+        """Labels of distinct outside addresses (as column halves), numbered as
+        :data:`~egressd.columnar.LabelsOf` says. With the embedded country data alone the
+        labeler answers them all in one call: cheaper than the destination cache (a dict as
+        large as ``geo.cache_size`` misses the CPU caches on each probe and store), which is
+        then not consulted. Otherwise through that cache keyed by the 128-bit value, the
+        misses sent to the labeler in one call."""
+        labeler = self.labeler
+        if getattr(labeler, "embedded_only", False):
+            numbered_labels: tuple[list[DestinationLabels], I64] = labeler.label_numbered(  # type: ignore[attr-defined]
+                address_texts(highs, lows)
+            )
+            return numbered_labels
+        return numbered(self._cached_labels(highs, lows))
+
+    def _cached_labels(self, highs: U64, lows: U64) -> list[DestinationLabels]:
+        """Labels of distinct outside addresses through the destination cache."""
         cache = self.destination_cache
         if highs.any():
             keys = [(h << 64) | low for h, low in zip(highs.tolist(), lows.tolist(), strict=True)]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from enrich_mmdb_factory import maxmind_asn, write_mmdb
+from enrich_mmdb_factory import maxmind_asn, maxmind_country, write_mmdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scenarios import generate, generate_month
@@ -431,6 +431,43 @@ def test_regions_and_asn_label_the_batch_as_they_label_records(tmp_path: Path) -
     assert any(dest.asn == 37963 for _, dest in keys)
     assert any(dest.region == "cloud/eu-2" for _, dest in keys)
     assert any(dest.region == "cloud/eu-1" and dest.asn == 15169 for _, dest in keys)
+
+
+@pytest.mark.parametrize("with_file", [False, True], ids=["embedded", "country-mmdb"])
+def test_composite_labeler_labels_the_batch_as_it_labels_records(
+    tmp_path: Path, with_file: bool
+) -> None:
+    """The composite labeler with the embedded data alone answers the batch path directly
+    (no destination cache: its lookups stay 0); with a country file the batch path goes
+    through the cache. Either way, the same buckets and alerts as records."""
+    geo = GeoConfig()
+    if with_file:
+        country = write_mmdb(
+            tmp_path / "GeoLite2-Country.mmdb",
+            "GeoLite2-Country",
+            {"47.100.0.0/16": maxmind_country("NZ"), "2a00:1450::/32": maxmind_country("NZ")},
+        )
+        geo = GeoConfig(country_mmdb=country)
+    pair = Pair(labeler=lambda: build_labeler(geo))
+    rng = random.Random(7)
+    patterns = OUTSIDE_V4 + OUTSIDE_V6 + MAPPED
+    for step in range(20):
+        batch = []
+        for i in range(50):
+            end = T0 + step * 20 + i / 10
+            dst = rng.choice(patterns).format(rng.randrange(1, 50))
+            src = rng.choice(LOCAL_V4 + LOCAL_V6).format(rng.randrange(1, 5))
+            if i % 9 == 0:
+                src, dst = dst, src
+            batch.append(FlowRecord(end - 1, end, src, dst, rng.randrange(100, 40_000), 3))
+        pair.feed(batch)
+        pair.check(settle=step % 3 == 0)
+    pair.flush()
+    pair.check()
+    cache = pair.columns.destination_cache
+    assert (cache.lookups > 0) is with_file
+    keys = {key for _, bucket in pair.closed["columns"] for key in bucket}
+    assert any(dest.country == "NZ" for _, dest in keys) is with_file
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -7,12 +7,16 @@ import os
 from pathlib import Path
 
 import iptocc
+import numpy as np
 import pytest
 from enrich_mmdb_factory import BUILD_EPOCH, ipinfo_lite, maxmind_asn, maxmind_country, write_mmdb
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egressd.config import GeoConfig, RegionMapConfig
 from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabeler
-from egressd.enrich.address import parse_address
+from egressd.enrich.address import format_address, parse_address
+from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.enrich.labeler import CompositeLabeler, build_labeler
 from egressd.errors import ConfigError
 
@@ -274,3 +278,44 @@ def test_label_parsed_gives_the_same_labels_as_label(files: dict[str, Path], ful
     for a, b in zip(batch, one_by_one, strict=True):
         assert a is b  # interned: the very objects the record path keys buckets by
         assert (a.as_org, a.source) == (b.as_org, b.source)
+
+
+_ADDRESS_TEXTS = st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda v: format_address(4, v)),
+    st.integers(0, 2**128 - 1).map(lambda v: format_address(6, v)),
+    # where countries start and end (and where there is none): many equal answers
+    st.sampled_from(["8.8.8.8", "1.1.1.1", "0.0.0.1", "10.1.2.3", "2001:4860::1", "::1"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_ADDRESS_TEXTS, max_size=60))
+def test_label_numbered_is_label_many_numbered_by_first_use(texts: list[str]) -> None:
+    """Both labelers' batch answer with only the embedded data: the label objects each text
+    gets from label_many, numbered in order of first use (what the engine's batch path
+    expects of them), equal labels possibly under two numbers."""
+    for labeler in (EmbeddedCountryLabeler(), build_labeler(GeoConfig())):
+        assert labeler.embedded_only
+        objects, index = labeler.label_numbered(texts)
+        assert index.dtype == np.int64 and len(index) == len(texts)
+        expected = labeler.label_many(texts)
+        assert [objects[i] for i in index.tolist()] == expected
+        assert [labels.source for labels in (objects[i] for i in index.tolist())] == [
+            labels.source for labels in expected
+        ]
+        # first use: index 0 first, and each new number one past the largest so far
+        seen = -1
+        for i in index.tolist():
+            assert i <= seen + 1
+            seen = max(seen, i)
+        assert seen + 1 == len(objects)
+
+
+def test_configured_files_are_not_embedded_only(files: dict[str, Path]) -> None:
+    """Any data file makes labels depend on more than the embedded data: the engine then
+    keeps them in its destination cache."""
+    assert not _full(files).embedded_only
+    assert not build_labeler(GeoConfig(country_mmdb=files["country"])).embedded_only
+    assert not build_labeler(GeoConfig(asn_mmdb=files["asn"])).embedded_only
+    only_regions = GeoConfig(region_maps=(RegionMapConfig(format="csv", path=files["csv"]),))
+    assert not build_labeler(only_regions).embedded_only

@@ -6,8 +6,11 @@ Needs no download and no file: the default, and the fallback when mmdb files are
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import count
 
 import iptocc
+import numpy as np
+import numpy.typing as npt
 
 from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabels
 
@@ -16,6 +19,9 @@ class EmbeddedCountryLabeler:
     """Country labels from the embedded RIR data. Interns one labels object per country."""
 
     __slots__ = ("_by_country", "_by_result", "has_asn", "has_regions")
+
+    #: labels depend on the address alone, from data that never changes while running
+    embedded_only = True
 
     def __init__(self) -> None:
         self.has_regions = False
@@ -47,6 +53,14 @@ class EmbeddedCountryLabeler:
     def label(self, address: str) -> DestinationLabels:
         return self._labels(self.country(address))
 
+    def label_numbered(
+        self, addresses: Sequence[str]
+    ) -> tuple[list[DestinationLabels], npt.NDArray[np.int64]]:
+        """:meth:`label_many` as the engine's batch path takes it: the labels of each
+        distinct answer in order of first use, and each address's index into them."""
+        answers, index = numbered_answers(self.countries(addresses))
+        return [self._labels(country) for country in answers], index
+
     def label_many(self, addresses: Sequence[str]) -> list[DestinationLabels]:
         countries = self.countries(addresses)
         by_result = self._by_result
@@ -56,3 +70,14 @@ class EmbeddedCountryLabeler:
             for country in set(countries).difference(by_result):
                 by_result[country] = self._labels(country)
             return list(map(by_result.__getitem__, countries))
+
+
+def numbered_answers(
+    answers: list[str | None],
+) -> tuple[list[str | None], npt.NDArray[np.int64]]:
+    """The distinct ``answers`` in order of first appearance, and each one's index into them
+    (dict operations in C: a batch has few countries and many addresses)."""
+    distinct = list(dict.fromkeys(answers))
+    number = dict(zip(distinct, count(), strict=False))
+    index = np.fromiter(map(number.__getitem__, answers), dtype=np.int64, count=len(answers))
+    return distinct, index

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from egressd.cache import BoundedCache
 from egressd.config import GeoConfig, RegionMapConfig
 from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabels
 from egressd.enrich.address import format_address, parse_address
-from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.enrich.embedded import EmbeddedCountryLabeler, numbered_answers
 from egressd.enrich.mmdb import MmdbDatabase
 from egressd.enrich.regions import RegionMap, load_region_map
 from egressd.enrich.special import special_kind_of
@@ -143,6 +144,12 @@ class CompositeLabeler:
         label = self.label
         return [label(a) for a in addresses]
 
+    @property
+    def embedded_only(self) -> bool:
+        """Whether the embedded country data alone answers (no mmdb file, no region map):
+        labels are then a function of the address the engine need not cache."""
+        return self._country_db is None and self._asn_db is None and not self._region_maps
+
     def label_parsed(
         self, parsed: Sequence[tuple[int, int]], texts: Sequence[str]
     ) -> list[DestinationLabels]:
@@ -227,19 +234,30 @@ class CompositeLabeler:
             table[key] = labels
         return list(map(table.__getitem__, keys))
 
+    def label_numbered(
+        self, texts: Sequence[str]
+    ) -> tuple[list[DestinationLabels], npt.NDArray[np.int64]]:
+        """:meth:`label_parsed` of IPv4 dotted quads or canonical IPv6 texts when only the
+        embedded country data is configured (:attr:`embedded_only`), as the engine's batch
+        path takes it: the labels of each distinct answer in order of first use, and each
+        address's index into them."""
+        answers, index = numbered_answers(self._embedded.countries(texts))
+        return [self._embedded_labels(country) for country in answers], index
+
     def _label_embedded(self, texts: Sequence[str]) -> list[DestinationLabels]:
         """:meth:`label_parsed` with the embedded country data alone: one label per country."""
         found = self._embedded.countries(texts)
-        interned = self._interned
-        table: dict[str | None, DestinationLabels] = {}
-        for country in set(found):
-            source = EMBEDDED_SOURCE if country is not None else NO_SOURCE
-            key = (country or UNKNOWN_COUNTRY, "", 0, "", source)
-            labels = interned.get(key)
-            if labels is None:
-                labels = interned.store(key, DestinationLabels(country=key[0], source=source))
-            table[country] = labels
+        table = {country: self._embedded_labels(country) for country in set(found)}
         return list(map(table.__getitem__, found))
+
+    def _embedded_labels(self, country: str | None) -> DestinationLabels:
+        """The interned labels of an embedded-data answer (None: no country known)."""
+        source = EMBEDDED_SOURCE if country is not None else NO_SOURCE
+        key = (country or UNKNOWN_COUNTRY, "", 0, "", source)
+        labels = self._interned.get(key)
+        if labels is None:
+            labels = self._interned.store(key, DestinationLabels(country=key[0], source=source))
+        return labels
 
     def _compute(self, address: str) -> DestinationLabels:
         resolved = self._resolve(address)

@@ -524,7 +524,8 @@ class EgressdCollector(Collector):
         yield _counter(
             "cache_lookups",
             "Per-address cache lookups (one per record each: the source's group, what the "
-            "destination is), by whether the cache had the answer",
+            "destination is; batches: one per distinct labelled address, none with the "
+            "embedded country data alone), by whether the cache had the answer",
             [
                 ([name, result], n)
                 for name, cache in caches
