@@ -121,13 +121,12 @@ def distinct_values(values: U64) -> tuple[I64, I64]:
     change = np.empty(len(values), dtype=np.bool_)
     change[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+    if change.all():  # every value new to the batch (a scan): each row is its own first
+        rows = np.arange(len(values), dtype=np.int64)
+        return rows, rows.copy()
     inverse = np.empty(len(values), dtype=np.int64)
-    if change.all():  # every value new to the batch (a scan)
-        first = order
-        inverse[order] = np.arange(len(values))
-    else:
-        first = np.minimum.reduceat(order, np.flatnonzero(change))
-        inverse[order] = np.cumsum(change) - 1
+    first = np.minimum.reduceat(order, np.flatnonzero(change))
+    inverse[order] = np.cumsum(change) - 1
     return _by_first_appearance(first, inverse)
 
 
