@@ -21,7 +21,7 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether, Loopback
 from scapy.layers.ppp import PPP, PPPoE
 from scapy.packet import Raw
 
-from egressd.decode.frames import SUPPORTED_LINKTYPES, parse_frame
+from egressd.decode.frames import SUPPORTED_LINKTYPES, parse_frame, udp4_payload
 from egressd.errors import DecodeError
 
 # Explicit MACs: without them scapy spends a second resolving a neighbour per packet.
@@ -232,3 +232,50 @@ def test_mutated_real_packets_only_decode_error_or_none(noise: bytes, where: int
     base[where : where + len(noise)] = noise
     with contextlib.suppress(DecodeError):
         parse_frame(1, bytes(base))
+
+
+_UDP4_FRAMES = [
+    bytes(ETH / V4 / UDP(sport=40000, dport=2055) / Raw(b"n" * 60)),
+    bytes(ETH / IP(src="192.0.2.1", dst="192.0.2.9", flags="MF") / UDP(dport=4739) / Raw(b"i")),
+    bytes(ETH / V4 / TCP(sport=1, dport=2) / Raw(b"t" * 30)),
+    bytes(ETH / Dot1Q(vlan=3) / V4 / UDP(sport=9, dport=9) / Raw(b"v" * 20)),
+]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.sampled_from(_UDP4_FRAMES),
+    st.lists(st.tuples(st.integers(0, 59), st.integers(0, 255)), max_size=4),
+    st.integers(0, 120),
+)
+def test_udp4_payload_answers_as_parse_frame(
+    base: bytes, changes: list[tuple[int, int]], cut: int
+) -> None:
+    """The replay's fast read of Ethernet/IPv4/UDP frames: where it answers, parse_frame
+    gives the same source, ports and payload end with the payload at 42; where parse_frame
+    raises or answers otherwise (options, fragments, other protocols or links), it does
+    not answer. Header bytes changed at random and frames cut short."""
+    frame = bytearray(base)
+    for where, value in changes:
+        if where < len(frame):
+            frame[where] = value
+    data = bytes(frame[: max(len(frame) - cut, 0)] if cut < 60 else frame)
+    fast = udp4_payload(data)
+    try:
+        header = parse_frame(1, data)
+    except DecodeError:
+        assert fast is None
+        return
+    if fast is None:
+        return  # parse_frame's general path answers (or gives None): the caller asks it
+    assert header is not None and header.proto == 17 and header.payload_offset == 42
+    end = header.payload_offset + header.payload_length
+    assert fast == (header.src, header.sport, header.dport, end)
+
+
+def test_udp4_payload_reads_the_export_frame() -> None:
+    frame = _UDP4_FRAMES[0]
+    assert udp4_payload(frame) == ("10.1.2.3", 40000, 2055, 42 + 60)
+    assert udp4_payload(_UDP4_FRAMES[2]) is None  # TCP
+    assert udp4_payload(_UDP4_FRAMES[3]) is None  # VLAN tag: the general path
+    assert udp4_payload(bytearray(frame)) is None  # not bytes: the general path

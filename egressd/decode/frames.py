@@ -177,6 +177,37 @@ def parse_frame(linktype: int, frame: Frame) -> PacketHeader | None:
     return None
 
 
+#: Ethernet + IPv4 header without options + UDP ports and length, from the frame's start:
+#: ethertype, version/IHL, total length, flags/fragment, protocol, then (at 34) ports, length
+_UDP4_FRAME = struct.Struct("!12xHBxHxxHxB10xHHH")
+
+
+def udp4_payload(frame: Frame) -> tuple[str, int, int, int] | None:
+    """(source address text, source port, destination port, payload end) of an Ethernet
+    frame carrying IPv4 without options, not a later fragment, and UDP (the payload starts
+    at 42): exactly what :func:`parse_frame` says of such a frame, without building its
+    header. None for any other frame (ask :func:`parse_frame`), also where it would raise.
+    """
+    if len(frame) < 42 or type(frame) is not bytes:
+        return None
+    ethertype, ver_ihl, total_length, frag, proto, sport, dport, udp_length = (
+        _UDP4_FRAME.unpack_from(frame)
+    )
+    if (
+        ethertype != _ETH_IPV4
+        or ver_ihl != 0x45
+        or proto != PROTO_UDP
+        or total_length < 20
+        or frag & 0x1FFF
+    ):
+        return None
+    raw = frame[26:30]
+    src = _TEXT.get(raw) or _ipv4_text(raw)
+    # A zero UDP length means "see IP length" (as _transport reads it).
+    payload = udp_length - 8 if udp_length >= 8 else total_length - 28
+    return src, sport, dport, 42 + payload
+
+
 def _skip_vlan_tags(frame: Frame, ethertype: int, offset: int) -> tuple[int, int]:
     """Ethertype and offset after 802.1Q / 802.1ad (QinQ) tags."""
     for _ in range(_MAX_VLAN_TAGS):
