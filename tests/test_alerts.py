@@ -123,3 +123,31 @@ def test_json_round_trip_keeps_state() -> None:
         again.evaluate(KEY, T0 + 300 * i, False, False, describe_with(0)) for i in range(2, 6)
     ]
     assert [a.state for a in transitions if a is not None] == [RESOLVED]
+
+
+def test_each_evaluation_describes_the_alert_at_most_once() -> None:
+    """Describing an alert builds its evidence (top talkers, texts): a new alert is described
+    once, not once for "pending" and again for "firing" in the same evaluation."""
+    calls: list[int] = []
+
+    def counted(total: int) -> Callable[[], tuple[dict[str, str], dict[str, str]]]:
+        describe = describe_with(total)
+
+        def wrapper() -> tuple[dict[str, str], dict[str, str]]:
+            calls.append(total)
+            return describe()
+
+        return wrapper
+
+    for pending_for in (0.0, STEP):
+        book = AlertBook(pending_for=pending_for, resolve_after=900.0)
+        states = []
+        for i, total in enumerate((200, 300, 400)):
+            calls.clear()
+            alert = book.evaluate(KEY, T0 + i * STEP, True, True, counted(total))
+            states.append((alert.state if alert else book.active[KEY].state, calls.copy()))
+            assert book.active[KEY].annotations["bytes"] == str(total)
+        if pending_for == 0.0:
+            assert states == [(FIRING, [200]), (FIRING, [300]), (FIRING, [400])]
+        else:
+            assert states == [(PENDING, [200]), (FIRING, [300]), (FIRING, [400])]

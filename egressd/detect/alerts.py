@@ -133,16 +133,17 @@ class AlertBook:
         if alert is None:
             if not fire:
                 return None
-            labels, annotations = describe()
+            labels, annotations = describe()  # once: it goes on pending (or firing) below
             alert = Alert(key, labels, annotations, PENDING, pending_since=now, updated=now)
             self.active[key] = alert
             self.transitions["pending"] += 1
-        alert.updated = now
-        if alert.state == PENDING:
+        elif alert.state == PENDING:
             if not fire:
                 del self.active[key]
                 return None
             alert.labels, alert.annotations = describe()
+        alert.updated = now
+        if alert.state == PENDING:
             if now - alert.pending_since >= self.pending_for:
                 alert.state = FIRING
                 alert.starts_at = now
