@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from egressd.config import parse_config
 from egressd.detect.unexpected import UnexpectedDestinationDetector, _Window
+from egressd.enrich import DestinationLabels
+from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.pipeline import Engine
 from egressd.sketch import TopK
 
 
@@ -62,3 +69,59 @@ def test_a_snapshot_reads_evidence_without_keeping_it() -> None:
     assert again is not sources  # built anew: nothing kept for the next reader
     kept, _ = window.evidence()
     assert window.evidence()[0] is kept
+
+
+# -- the fan-out page's evidence ------------------------------------------------------------
+
+GROUP = "research"
+COUNTRIES = ("BR", "CN", "FR", "GB", "HK", "IE", "JP", "NL", "RU", "SE", "US", "ZA")
+
+
+def _fanout_detector() -> UnexpectedDestinationDetector:
+    config = parse_config(
+        f'[networks]\nlocal = ["10.0.0.0/8"]\n\n[[groups]]\nname = "{GROUP}"\n'
+        'sources = ["10.20.0.0/16"]\nexpected_countries = []\n'
+    )
+    return Engine(config, EmbeddedCountryLabeler()).unexpected
+
+
+@st.composite
+def _fanout_windows(draw: st.DrawFn) -> tuple[list[tuple[DestinationLabels, _Window]], float]:
+    """A group's unexpected windows whose talkers overflow the page's sketches (64 kept)."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = random.Random(seed)
+    count = draw(st.integers(2, len(COUNTRIES)))
+    detector = _fanout_detector()
+    spans = len(detector._config.unexpected_windows)
+    windows = []
+    for country in COUNTRIES[:count]:
+        window = _Window(spans)
+        for step in range(rng.randrange(1, 6)):
+            start = step * 300.0
+            size = rng.randrange(1, 10**8)
+            window.spans[0].add(
+                (start, size, 0, 0, _sketch(rng, "10.20.0."), _sketch(rng, "47.100.0."))
+            )
+            for index in range(1, spans):
+                window.spans[index].add((start, size, 0, 0))
+        windows.append((DestinationLabels(country), window))
+    return windows, 6 * 300.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(_fanout_windows(), st.randoms(use_true_random=False))
+def test_the_fan_out_page_reads_the_same_whatever_order_its_windows_came_in(
+    drawn: tuple[list[tuple[DestinationLabels, _Window]], float], rng: random.Random
+) -> None:
+    """Scale-out opens a group's windows in the order partials arrive, one process in the
+    order flows did: the page must say the same either way (its sketches keep 64 talkers,
+    and which ones survive merging more than that depends on the order merged)."""
+    windows, now = drawn
+    shuffled = list(windows)
+    rng.shuffle(shuffled)
+    pages = []
+    for order in (windows, shuffled):
+        detector = _fanout_detector()
+        detector.windows = {(GROUP, dest): window for dest, window in order}
+        pages.append(detector._describe_fanout(now, GROUP, 10**9, 0))
+    assert pages[0] == pages[1]

@@ -574,9 +574,11 @@ class UnexpectedDestinationDetector(Detector):
         countries: dict[str, int] = {}
         count = 0
         horizon = now - length
-        for (g, dest), window in self.windows.items():
-            if g != group:
-                continue
+        # In destination order, not the order windows opened (flows in one process, partials
+        # in a scale-out): merging more talkers than the sketches keep depends on the order.
+        mine = [(dest, window) for (g, dest), window in self.windows.items() if g == group]
+        mine.sort(key=lambda item: item[0].key)
+        for dest, window in mine:
             entries = window.spans[index].entries
             size = sum(e[1] for e in entries if e[0] >= horizon)
             if not size:
