@@ -90,10 +90,14 @@ class TopK:
             self.add(rest, rest_weight)
 
     def _add_all(self, pairs: Iterable[tuple[str, int]], count: int) -> None:
-        """``add`` of each of ``count`` (item, weight) pairs in order; while nothing can be
-        evicted that is plain sums, with no call per item (alert evidence merges hundreds of
-        sketches when an interval closes; the batch path adds one per key and interval)."""
+        """``add`` of each of ``count`` (item, weight) pairs in order, the items distinct;
+        while nothing can be evicted that is plain sums, with no call per item (alert
+        evidence merges hundreds of sketches when an interval closes; the batch path adds
+        one per key and interval), and into an empty summary the pairs themselves."""
         counts = self.counts
+        if not counts and self._heap is None and count <= self.capacity:
+            counts.update(pairs)  # (distinct items: the same entries, in the same order)
+            return
         if self._heap is None and len(counts) + count <= self.capacity:
             get = counts.get
             for item, weight in pairs:

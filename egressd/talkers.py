@@ -111,8 +111,25 @@ def _heaviest(
     """Per key: its addresses summed, in order of first appearance, the heaviest
     ``capacity`` of them apart and the rest as (heaviest of the rest, their total)."""
     rows = len(keys)
-    packed = _packed(keys, hi, lo)
-    if packed is not None:
+    with_rows = _packed_with_rows(keys, hi, lo)
+    packed = None if with_rows is not None else _packed(keys, hi, lo)
+    if with_rows is not None:
+        # (key, address, row) as one number: a plain sort (several times faster than an
+        # argsort) orders the rows, and each pair's first row comes first in its run.
+        numbers, row_bits, address_bits, lowest = with_rows
+        numbers.sort()
+        order = numbers & ((1 << row_bits) - 1)
+        ordered = numbers >> row_bits
+        change = np.empty(rows, dtype=np.bool_)
+        change[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+        heads = np.flatnonzero(change)
+        pair_keys = ordered[heads] >> address_bits
+        pair_lo = (ordered[heads] & ((1 << address_bits) - 1)).astype(np.uint64)
+        pair_lo += np.uint64(lowest)
+        pair_hi = None
+        firsts = order[heads]
+    elif packed is not None:
         # (key, address) as one number (IPv4 needs 48 bits): one sort, not three, and not
         # a stable one: where each pair first appeared is its rows' smallest index.
         order = np.argsort(packed)
@@ -139,7 +156,18 @@ def _heaviest(
         # stable sort: the first row of each run is where the pair first appeared
         firsts = order[heads]
     sums = np.add.reduceat(sizes[order], heads)
-    if rows < 2**31 and (not len(pair_keys) or int(pair_keys[-1]) < 2**31):
+    # pairs by (key, first row): distinct numbers; with the pair's position in the low bits
+    # a plain sort gives the order where they fit in 63 bits
+    row_bits = rows.bit_length()
+    pair_bits = len(heads).bit_length()
+    last_key = int(pair_keys[-1]) if len(pair_keys) else 0
+    if last_key.bit_length() + row_bits + pair_bits <= 63:
+        numbers = pair_keys.astype(np.int64) << (row_bits + pair_bits)
+        numbers |= firsts.astype(np.int64) << pair_bits
+        numbers |= np.arange(len(heads), dtype=np.int64)
+        numbers.sort()
+        arrange = numbers & ((1 << pair_bits) - 1)
+    elif rows < 2**31 and last_key < 2**31:
         arrange = np.argsort((pair_keys.astype(np.int64) << 32) | firsts)
     else:
         arrange = np.lexsort((firsts, pair_keys))
@@ -223,13 +251,32 @@ def _by_weight(bounds: npt.NDArray[np.intp], sums: npt.NDArray[Any]) -> npt.NDAr
         return order
     numbers = (group << (room + row_bits)) | (weights << row_bits)
     numbers |= np.arange(rows, dtype=np.int64)
-    order = np.argsort(numbers)
+    # distinct numbers ending in their row: sorted, their low bits are argsort's answer
+    numbers.sort()
+    order = numbers & ((1 << row_bits) - 1)
     return order
 
 
 #: a packed (key, address) keeps the address in its low bits (IPv4 as ::ffff:a.b.c.d: 48)
 _ADDRESS_BITS = 48
 _ADDRESS_MASK = (1 << _ADDRESS_BITS) - 1
+
+
+def _packed_with_rows(keys: I64, hi: U64, lo: U64) -> tuple[I64, int, int, int] | None:
+    """Each row's (key, address, row) as one int64 ordered that way, the address counted
+    from the column's lowest, when the three fit in 63 bits (a gateway's IPv4 talkers of an
+    interval); with the row and address widths and that lowest address. None otherwise."""
+    if not len(keys) or hi.any() or int(keys.min()) < 0:
+        return None
+    low = int(lo.min())
+    address_bits = (int(lo.max()) - low).bit_length()
+    row_bits = (len(keys) - 1).bit_length()
+    if int(keys.max()).bit_length() + address_bits + row_bits > 63:
+        return None
+    numbers: I64 = keys << (address_bits + row_bits)
+    numbers |= (lo - np.uint64(low)).astype(np.int64) << row_bits
+    numbers |= np.arange(len(keys), dtype=np.int64)
+    return numbers, row_bits, address_bits, low
 
 
 def _packed(keys: I64, hi: U64, lo: U64) -> I64 | None:
