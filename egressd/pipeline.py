@@ -609,11 +609,23 @@ class Engine:
         if not single:  # (a dense block is mostly one interval: no sort of its starts then)
             _, start_codes = np.unique(starts, return_inverse=True)
             keys += start_codes.reshape(-1) * (len(batch.groups) * len(batch.labels))
-        # (no stable sort: sums need no order, and a key's first row is its smallest)
-        order = np.argsort(keys)
-        sorted_keys = keys[order]
-        heads = np.concatenate(([0], np.flatnonzero(np.diff(sorted_keys)) + 1))
-        firsts = np.minimum.reduceat(order, heads)
+        row_bits = (len(keys) - 1).bit_length()
+        if int(keys.max()).bit_length() + row_bits <= 63:
+            # (key, row) as one number: a plain sort, several times faster than an argsort,
+            # and a key's first row leads its run
+            numbers = keys << row_bits
+            numbers |= np.arange(len(keys), dtype=np.int64)
+            numbers.sort()
+            order = numbers & ((1 << row_bits) - 1)
+            sorted_keys = numbers >> row_bits
+            heads = np.concatenate(([0], np.flatnonzero(np.diff(sorted_keys)) + 1))
+            firsts = order[heads]
+        else:
+            # (no stable sort: sums need no order, and a key's first row is its smallest)
+            order = np.argsort(keys)
+            sorted_keys = keys[order]
+            heads = np.concatenate(([0], np.flatnonzero(np.diff(sorted_keys)) + 1))
+            firsts = np.minimum.reduceat(order, heads)
         rows = np.diff(np.concatenate((heads, [len(order)])))
         # each row's key number (keys numbered in sorted order)
         key_number = np.empty(len(order), dtype=np.int64)

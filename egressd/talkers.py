@@ -58,13 +58,15 @@ class TalkerBacklog:
     ) -> None:
         """Flows (in order) counted in ``accums[keys[i]]``, with their addresses and bytes."""
         codes = self._codes
-        mapping = []
-        for accum in accums:
-            code = codes.get(id(accum))
-            if code is None:
-                code = codes[id(accum)] = len(self._accums)
-                self._accums.append(accum)
-            mapping.append(code)
+        mapping = list(map(codes.get, map(id, accums)))  # (C loops: most are known)
+        if None in mapping:
+            for i, accum in enumerate(accums):
+                if mapping[i] is None:
+                    code = codes.get(id(accum))  # (an accumulator twice in ``accums``)
+                    if code is None:
+                        code = codes[id(accum)] = len(self._accums)
+                        self._accums.append(accum)
+                    mapping[i] = code
         rows = np.array(mapping, dtype=np.int64)[keys]
         self._chunks.append((rows, src_hi, src_lo, dst_hi, dst_lo, sizes))
         self.rows += len(keys)
