@@ -60,6 +60,7 @@ class ColumnPlan:
         "dtype",
         "end_kind",
         "fields",
+        "holds",
         "odd",
         "record_len",
         "start_kind",
@@ -115,6 +116,9 @@ class ColumnPlan:
         fields = self.fields
         v4_only = F.SRC6 not in fields and F.DST6 not in fields
         self.addresses = pair(F.SRC4, F.DST4) if v4_only else None
+        #: whether a set can wait to be read with later ones (no per-record sampling rate,
+        #: which depends on options as they are when it comes): see :func:`hold_set`
+        self.holds = F.OWN_RATE not in fields and F.SAMPLER_ID not in fields
 
 
 #: two slots read together: (element dtype, offset of the first, offset of the second less it)
@@ -333,15 +337,25 @@ def hold_set(
 ) -> HeldSet | None:
     """A :class:`HeldSet` of a data set, or None if it must be read now (a per-record
     sampling rate, which depends on options as they are) or by the record path."""
-    plan = plan_of(layout)
-    if plan is None or F.OWN_RATE in plan.fields or F.SAMPLER_ID in plan.fields:
+    plan = layout.columns
+    if plan is None:
+        plan = plan_of(layout)
+    if not plan or not plan.holds:
         return None
-    n = (end - pos) // layout.record_len
+    record_len = layout.record_len
+    n = (end - pos) // record_len
     if n == 0:
         return None
-    rate = min(ctx.options.default_rate or 1, _MAX)
-    chunk = buf[pos : pos + n * layout.record_len]
-    return HeldSet(plan, chunk, n, ctx.export_time, ctx.uptime_ms, rate, ctx.exporter)
+    rate = ctx.options.default_rate or 1
+    return HeldSet(
+        plan,
+        buf[pos : pos + n * record_len],
+        n,
+        ctx.export_time,
+        ctx.uptime_ms,
+        rate if rate < _MAX else _MAX,
+        ctx.exporter,
+    )
 
 
 def held_columns(group: list[HeldSet]) -> FlowColumns:

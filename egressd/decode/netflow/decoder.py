@@ -166,19 +166,37 @@ class NetflowDecoder:
         """
         parts: list[FlowColumns | HeldSet] = []
         failed: list[tuple[int, Exception]] = []
+        decode_parts = self._decode_parts
         for index, (datagram, exporter, now) in enumerate(datagrams):
             mark = len(parts)
             try:
-                self._decode_parts(datagram, exporter, now, parts)
+                decode_parts(datagram, exporter, now, parts, False)
             except Exception as exc:  # counted by the caller, per datagram
                 del parts[mark:]
                 failed.append((index, exc))
+        # What each datagram would have counted (a failed one left no parts): once per batch.
+        self.stats.template_count = len(self._templates)
+        self.stats.pending_count = len(self._pending)
+        self._count_flows(parts, 0)
         return _joined(parts, ""), failed
 
+    def _count_flows(self, parts: list[FlowColumns | HeldSet], mark: int) -> None:
+        """Count the flows of ``parts[mark:]``."""
+        self.stats.records += sum(
+            part.n if isinstance(part, HeldSet) else len(part) for part in parts[mark:]
+        )
+
     def _decode_parts(
-        self, datagram: bytes, exporter: str, now: float, parts: list[FlowColumns | HeldSet]
+        self,
+        datagram: bytes,
+        exporter: str,
+        now: float,
+        parts: list[FlowColumns | HeldSet],
+        count: bool = True,
     ) -> None:
-        """Append the flows of one datagram to ``parts``; the counters of :meth:`decode`."""
+        """Append the flows of one datagram to ``parts``; the counters of :meth:`decode`
+        (without ``count``, all but the table sizes and flows: a caller decoding many
+        datagrams counts those once, after the last)."""
         stats = self.stats
         stats.datagrams += 1
         self._now = now
@@ -197,11 +215,11 @@ class NetflowDecoder:
             raise
         finally:
             self._parts = None
-            stats.template_count = len(self._templates)
-            stats.pending_count = len(self._pending)
-        stats.records += sum(
-            part.n if isinstance(part, HeldSet) else len(part) for part in parts[mark:]
-        )
+            if count:
+                stats.template_count = len(self._templates)
+                stats.pending_count = len(self._pending)
+        if count:
+            self._count_flows(parts, mark)
 
     def _flows(
         self,
