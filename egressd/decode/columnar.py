@@ -397,49 +397,52 @@ class _Fields:
 
 # --- formats ------------------------------------------------------------------------------
 
+#: in the order goflow2 writes them: msgspec looks for a key's field from the one after the
+#: last it found (keys in field order cost a twentieth less to parse)
 _GOFLOW2_KEYS: Final = (
-    ("bytes", _COUNT),
-    ("packets", _COUNT),
     ("sampling_rate", _COUNT),
+    ("sampler_address", _ANY),
     ("time_flow_start_ns", _COUNT),
     ("time_flow_end_ns", _COUNT),
+    ("bytes", _COUNT),
+    ("packets", _COUNT),
     ("src_addr", _TEXT),
     ("dst_addr", _TEXT),
-    ("sampler_address", _ANY),
     ("proto", _PROTOCOL),
     ("src_port", _PORT),
     ("dst_port", _PORT),
 )
+_RATE, _EXPORTER, _START, _END, _BYTES, _PACKETS, _SRC, _DST, _PROTO, _SPORT, _DPORT = range(11)
 
 
 def _goflow2(cols: Sequence[Sequence[object]]) -> _Fields:
     """goflow2 ≥2 lines the record decoder's fast path takes (integer nanosecond times,
     every field present, a known protocol): the same rules, on columns."""
-    typed = [_typed_ints(cols[i]) for i in (0, 1, 2, 3, 4, 9, 10)]
+    typed = [_typed_ints(cols[i]) for i in (_BYTES, _PACKETS, _RATE, _START, _END, _SPORT, _DPORT)]
     if all(column is not None for column in typed):
         # Every row holds an integer in [0, 2**64) in each (array("Q") took them all) and
         # ports are below 2**16 (msgspec checked _PORT while parsing): nothing more to check.
         nbytes, packets, rate, start, end, src_port, dst_port = cast("list[U64]", typed)
         ok = end != 0
     else:
-        nbytes, ok = _ints(cols[0])
-        packets, ok_packets = _ints(cols[1])
-        rate, ok_rate = _ints(cols[2])
-        start, ok_start = _ints(cols[3])
-        end, ok_end = _ints(cols[4])
-        src_port, ok_src_port = _ints(cols[9])
-        dst_port, ok_dst_port = _ints(cols[10])
+        nbytes, ok = _ints(cols[_BYTES])
+        packets, ok_packets = _ints(cols[_PACKETS])
+        rate, ok_rate = _ints(cols[_RATE])
+        start, ok_start = _ints(cols[_START])
+        end, ok_end = _ints(cols[_END])
+        src_port, ok_src_port = _ints(cols[_SPORT])
+        dst_port, ok_dst_port = _ints(cols[_DPORT])
         ok &= ok_packets & ok_rate & ok_start & ok_end & ok_src_port & ok_dst_port
         ok &= end != 0
         ok &= (src_port <= 0xFFFF) & (dst_port <= 0xFFFF)
     start = np.where(start == 0, end, start)
     # The record decoder's bound on nanoseconds (year 10000) lies beyond 2**64: a uint64 meets it.
-    proto = _table(cols[8], PROTOCOLS)
+    proto = _table(cols[_PROTO], PROTOCOLS)
     ok &= proto >= 0
-    src = _addresses(cols[5])
-    dst = _addresses(cols[6])
+    src = _addresses(cols[_SRC])
+    dst = _addresses(cols[_DST])
     ok &= src[2] & dst[2]
-    ok_exporter, exporters = _exporters(cols[7], ok)
+    ok_exporter, exporters = _exporters(cols[_EXPORTER], ok)
     ok &= ok_exporter
     rate[rate == 0] = 1
     return _Fields(
