@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from egressd.config import GeoConfig, RegionMapConfig
 from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabeler
 from egressd.enrich.address import format_address, parse_address
-from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.enrich.embedded import EmbeddedCountryLabeler, numbered_answers
 from egressd.enrich.labeler import CompositeLabeler, build_labeler
 from egressd.errors import ConfigError
 
@@ -319,3 +319,31 @@ def test_configured_files_are_not_embedded_only(files: dict[str, Path]) -> None:
     assert not build_labeler(GeoConfig(asn_mmdb=files["asn"])).embedded_only
     only_regions = GeoConfig(region_maps=(RegionMapConfig(format="csv", path=files["csv"]),))
     assert not build_labeler(only_regions).embedded_only
+
+
+_ANSWERS = st.one_of(
+    st.none(),
+    st.sampled_from(["US", "CN", "GB", "NO", "ZZ"]),
+    st.text(alphabet="AB|\0é", max_size=3),  # not country codes: the general numbering
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(answers=st.lists(_ANSWERS, max_size=40))
+def test_numbered_answers_number_by_first_appearance(answers: list[str | None]) -> None:
+    """The embedded data's answers numbered as a plain loop numbers them, whatever they
+    are: two-letter codes (the fast numbering), None, and strings of other lengths or with
+    the characters the fast numbering leans on (which must fall back)."""
+    distinct, index = numbered_answers(answers)
+    expected: list[str | None] = []
+    for answer in answers:
+        if answer not in expected:
+            expected.append(answer)
+    assert distinct == expected
+    assert index.dtype == np.int64
+    assert index.tolist() == [expected.index(answer) for answer in answers]
+
+
+def test_numbered_answers_keep_none_apart_from_two_nuls() -> None:
+    assert numbered_answers([None, "\0\0", "US"])[0] == [None, "\0\0", "US"]
+    assert numbered_answers(["A|", "B", "|C"])[1].tolist() == [0, 1, 2]
