@@ -315,7 +315,12 @@ def _grab(at: float, size: int) -> list[FlowRecord]:
     return flows
 
 
-@pytest.mark.parametrize("grab", [0, int(2.5 * GB)])
+#: 3.5 times the largest interval the key ever sent (1 GB): beyond its peak however the peak
+#: is aged, so only room bought by a rise or a ramp could keep it quiet
+GRAB = int(3.5 * GB)
+
+
+@pytest.mark.parametrize("grab", [0, GRAB])
 def test_a_transfer_hidden_in_a_broad_rise_pages_and_the_rise_alone_does_not(grab: int) -> None:
     engine = _engine()
     # Three usual days with a 1 GB burst while learning (the key's peak), then every destination
@@ -324,21 +329,21 @@ def test_a_transfer_hidden_in_a_broad_rise_pages_and_the_rise_alone_does_not(gra
     flows += _rising(4, start=3 * DAY, rise=2.0)
     assert _firing(_run(engine, flows)) == []
     fired = _firing(_run(engine, _grab(7 * DAY, grab)))
-    # The peak is in bytes (halving over two weeks), not relative to the level: a rise of
-    # the group's traffic does not raise it, so 2.5 GB (3.7 times the halved peak) pages.
+    # The peak is in bytes, not relative to the level: a rise of the group's traffic does not
+    # raise it, so the grab pages (had the peak grown with the level, it would be quiet).
     assert fired == (["EgressVolumeSpike US"] if grab else [])
 
 
 def test_a_ramp_to_one_destination_does_not_buy_room_for_a_larger_grab() -> None:
     engine = _engine()
     # The attacker ramps the US traffic to twice its level over four days (quiet: the
-    # baseline follows a ramp), then grabs 2.5 GB in one interval.
+    # baseline follows a ramp), then grabs 3.5 GB in one interval.
     flows = [*_usual(3), _flow(14 * HOUR + 200, US, GB)]
     flows += _rising(4, start=3 * DAY, rise=1.0, extra_us=30 * MB)
     assert _firing(_run(engine, flows)) == []
     key = next(k for k in engine.baselines if k[1].startswith("US"))
-    assert engine.baselines.peak(key, T0 + 7 * DAY) < GB  # nor did it raise the peak
-    assert _firing(_run(engine, _grab(7 * DAY, int(2.5 * GB)))) == ["EgressVolumeSpike US"]
+    assert engine.baselines.peak(key, T0 + 7 * DAY) <= 1.05 * GB  # nor did it raise the peak
+    assert _firing(_run(engine, _grab(7 * DAY, GRAB))) == ["EgressVolumeSpike US"]
 
 
 # -- new destination networks ---------------------------------------------------------------
