@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from kafka_support import FLOW_T0, goflow2_record
 
 from egressd.cluster.detect import Detect, _Partition
-from egressd.cluster.ingest import Ingest, _Cut
+from egressd.cluster.ingest import Ingest, _Cut, commit_metadata, committed_event_time
 from egressd.cluster.wire import (
     HEARTBEAT,
     KIND,
@@ -291,11 +292,72 @@ async def test_heartbeats_tell_every_partials_partition_how_far_each_source_came
     }
 
 
+class TakingOverConsumer(FakeConsumer):
+    """Caught up at the group's commits, which it answers with their metadata, as aiokafka's
+    coordinator does; seeks are recorded."""
+
+    def __init__(self, commits: dict[TopicPartition, tuple[int, str]]) -> None:
+        super().__init__({tp: offset for tp, (offset, _m) in commits.items()})
+        fetched = {tp: OffsetAndMetadata(offset, meta) for tp, (offset, meta) in commits.items()}
+
+        class Coordinator:
+            async def fetch_committed_offsets(
+                self, partitions: list[TopicPartition]
+            ) -> dict[TopicPartition, OffsetAndMetadata]:
+                return {tp: fetched[tp] for tp in partitions if tp in fetched}
+
+        self._coordinator = Coordinator()
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+async def test_a_quiet_partition_taken_over_goes_on_from_its_flows_not_the_wall_clock(
+    tmp_path: Path,
+) -> None:
+    """A member assigned caught-up partitions learns from the commit how far their flows
+    came: quiet past IDLE_AFTER, it moves them on from there, as the member before would
+    have; at wall time it would close intervals flows stamped behind it still fill. A
+    partition that never had a record (no commit) is at wall time, as before."""
+    node = ingest(tmp_path)
+    other, empty = TopicPartition("flows", 1), TopicPartition("flows", 2)
+    clock = [1000.0]
+    node.monotonic = lambda: clock[0]
+    node.wall = lambda: FLOW_T0 + 86400.0
+    consumer = node._consumer = TakingOverConsumer(
+        {TP: (40, commit_metadata(FLOW_T0 + 1200)), other: (7, ""), empty: (0, "")}
+    )
+    consumer._highwater[empty] = 0
+    producer = node._producer = FakeProducer()
+    node._partitions = 1
+    await node._assign([TP, other, empty])
+    assert consumer.seeks == [(TP, 40), (other, 7), (empty, 0)]
+    await node._heartbeat()
+    # At once: where the flows came (a commit without the time, as an older egressd's, and
+    # an empty partition say nothing yet).
+    assert Heartbeat.decode(producer.sent[-1][1]).times == {"flows:0": FLOW_T0 + 1200}
+    clock[0] += 15  # quiet past IDLE_AFTER
+    await node._heartbeat()
+    assert Heartbeat.decode(producer.sent[-1][1]).times == {
+        "flows:0": FLOW_T0 + 1200 + 15,
+        "flows:1": FLOW_T0 + 86400 - 10,  # no time committed: the rule before
+        "flows:2": FLOW_T0 + 86400 - 10,
+    }
+
+
+def test_commit_metadata_round_trips_and_ignores_what_is_not_its_own() -> None:
+    assert committed_event_time(commit_metadata(FLOW_T0 + 0.25)) == FLOW_T0 + 0.25
+    assert commit_metadata(-math.inf) == ""
+    for foreign in ("", None, "kafka-connect", "egressd:t=soon", "egressd:t=inf"):
+        assert committed_event_time(foreign) == -math.inf
+
+
 class LiveConsumer(FakeConsumer):
     """Caught up: its highwater follows what was fetched; commits succeed."""
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self._highwater.update(offsets)
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
+        self._highwater.update((tp, offset) for tp, (offset, _metadata) in offsets.items())
 
 
 class HeaderProducer(FakeProducer):
@@ -386,9 +448,9 @@ class CommittingConsumer(LiveConsumer):
     def __init__(self, fail: bool = False) -> None:
         super().__init__({TP: 0})
         self.fail = fail
-        self.commits: list[dict[TopicPartition, int]] = []
+        self.commits: list[dict[TopicPartition, tuple[int, str]]] = []
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def commit(self, offsets: dict[TopicPartition, tuple[int, str]]) -> None:
         if self.fail:
             raise RuntimeError("the coordinator is gone")
         self.commits.append(dict(offsets))
@@ -576,7 +638,7 @@ class TransactionalProducer(RecordingProducer):
         super().__init__()
         self.calls: list[str] = []
         self.fail_send = fail_send
-        self.offsets: list[tuple[dict[TopicPartition, int], str]] = []
+        self.offsets: list[tuple[dict[TopicPartition, tuple[int, str]], str]] = []
         self.in_transaction = False
 
     async def begin_transaction(self) -> None:
@@ -595,7 +657,7 @@ class TransactionalProducer(RecordingProducer):
         return await super().send(topic, value, partition, headers)
 
     async def send_offsets_to_transaction(
-        self, offsets: dict[TopicPartition, int], group_id: str
+        self, offsets: dict[TopicPartition, tuple[int, str]], group_id: str
     ) -> None:
         assert self.in_transaction
         self.calls.append("offsets")
@@ -636,7 +698,10 @@ async def test_with_transactions_partials_and_input_offsets_commit_together(
     # partials and the input offset (5, for the ingest consumer group); the consumer
     # commits nothing itself.
     assert producer.calls == ["begin", "send:partials", "offsets", "commit"]
-    assert producer.offsets == [({TP: 5}, "egressd")]
+    # The offset carries the event time the partition's flows reached (for its next owner).
+    reached = commit_metadata(node._lanes[TP].acked_time)
+    assert reached.startswith("egressd:t=")
+    assert producer.offsets == [({TP: (5, reached)}, "egressd")]
     consumer = node._consumer
     assert isinstance(consumer, CommittingConsumer) and consumer.commits == []
     assert node.stats.commits == 1

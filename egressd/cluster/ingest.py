@@ -128,6 +128,40 @@ class _Cut:
     segments: list[Segment] | None = None  # partials per offset, instead of ``partials``
 
 
+#: commit metadata: the event time a partition's flows reached at the committed offset
+_REACHED = "egressd:t="
+
+
+def commit_metadata(event_time: float) -> str:
+    """The metadata committed with a raw partition's offset (empty before any flow)."""
+    return f"{_REACHED}{event_time!r}" if math.isfinite(event_time) else ""
+
+
+def committed_event_time(metadata: str | None) -> float:
+    """The event time :func:`commit_metadata` recorded; -inf when there is none (a commit
+    without it, by another consumer or an older egressd)."""
+    if not metadata or not metadata.startswith(_REACHED):
+        return -math.inf
+    try:
+        value = float(metadata[len(_REACHED) :])
+    except ValueError:
+        return -math.inf
+    return value if math.isfinite(value) else -math.inf
+
+
+async def _committed(consumer: Any, tp: TopicPartition) -> tuple[int | None, float]:
+    """A partition's committed offset (None: never committed) and the event time committed
+    with it. aiokafka's ``committed`` drops the metadata, so this asks its coordinator as
+    ``committed`` does."""
+    fetch = getattr(getattr(consumer, "_coordinator", None), "fetch_committed_offsets", None)
+    if fetch is None:
+        return await consumer.committed(tp), -math.inf
+    found = (await fetch([tp])).get(tp)
+    if found is None or found.offset < 0:
+        return None, -math.inf
+    return found.offset, committed_event_time(found.metadata)
+
+
 class Ingest(KafkaRole):
     """Consumes the raw flow topics of the one ``[[sources.kafka]]`` and produces partials."""
 
@@ -523,9 +557,14 @@ class Ingest(KafkaRole):
     async def _commit(self, cuts: list[_Cut]) -> None:
         """Commit the input offsets ``cuts`` end at (with transactions: in the transaction
         their partials were produced in, which this commits)."""
-        offsets: dict[TopicPartition, int] = {}
+        ends: dict[TopicPartition, int] = {}
+        times: dict[TopicPartition, float] = {}
         for cut in cuts:
-            offsets[cut.tp] = max(offsets.get(cut.tp, 0), cut.last + 1)
+            ends[cut.tp] = max(ends.get(cut.tp, 0), cut.last + 1)
+            times[cut.tp] = max(times.get(cut.tp, -math.inf), cut.event_time)
+        # Each offset carries the event time its partition's flows reached: a member the
+        # partition moves to goes on from there (see _learn_positions).
+        offsets = {tp: (end, commit_metadata(times[tp])) for tp, end in ends.items()}
         self._shipments += 1
         self._idle_shipments += any(cut.idle for cut in cuts)
         if (self._exit_after and self._shipments >= self._exit_after) or (
@@ -671,7 +710,10 @@ class Ingest(KafkaRole):
     async def _learn_positions(self, assigned: list[TopicPartition]) -> None:
         """Each new lane starts at its partition's committed offset; a partition read to its
         end before (committed offset at its highwater) is then known to be caught up, and its
-        event time can move on while it stays quiet."""
+        event time can move on while it stays quiet: from the event time its flows reached,
+        committed with the offset, as it would have on the member it comes from (not from
+        the wall clock, which is ahead of flows stamped behind it and would close their open
+        intervals)."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -680,7 +722,7 @@ class Ingest(KafkaRole):
             if lane is None or lane.first is not None or lane.last >= 0:
                 continue
             try:
-                committed = await consumer.committed(tp)
+                committed, reached = await _committed(consumer, tp)
             except Exception as exc:  # aiokafka starts from the committed offset anyway
                 log.debug("%s: committed offset of %s unknown: %r", self.name, tp, exc)
                 continue
@@ -689,6 +731,10 @@ class Ingest(KafkaRole):
                 # it counted and did not produce was dropped on revoke.
                 consumer.seek(tp, committed)
                 lane.last = committed - 1
+                if reached > lane.acked_time:
+                    # Quiet counts from now: the previous owner's quiet time is not known.
+                    lane.acked_time = reached
+                    lane.progress = Progress(self.monotonic(), reached)
 
     # -- views --------------------------------------------------------------------------------
 
