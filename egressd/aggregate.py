@@ -12,7 +12,7 @@ import math
 
 from egressd.enrich import DestinationLabels
 from egressd.sketch import TopK
-from egressd.talkers import TalkerBacklog
+from egressd.talkers import TalkerBacklog, TextCache
 
 AggregateKey = tuple[str, DestinationLabels]  # (group, destination labels)
 
@@ -158,6 +158,7 @@ class IntervalAggregator:
         "max_time",
         "next_due",
         "sketch_capacity",
+        "talker_texts",
         "talkers",
     )
 
@@ -186,12 +187,14 @@ class IntervalAggregator:
         #: per open interval, batch-path flows whose talkers are not in the sketches yet
         #: (see :mod:`egressd.talkers`); settled before anything reads them
         self.talkers: dict[float, TalkerBacklog] = {}
+        #: address texts the backlogs made, for the next ones (see :mod:`egressd.talkers`)
+        self.talker_texts: TextCache = {}
 
     def backlog(self, start: float) -> TalkerBacklog:
         """The talker backlog of the open interval at ``start``."""
         backlog = self.talkers.get(start)
         if backlog is None:
-            backlog = self.talkers[start] = TalkerBacklog()
+            backlog = self.talkers[start] = TalkerBacklog(self.talker_texts)
         return backlog
 
     def settle(self, start: float | None = None) -> None:

@@ -28,18 +28,26 @@ _LOW64 = 2**64 - 1
 
 #: an interval's backlog is settled when it holds this many flows (~3 MB)
 SETTLE_ROWS = 65_536
+#: address texts a :class:`TextCache` keeps (cleared when past it; ~8 MB)
+KNOWN_TEXTS = 65_536
 #: a backlog of at most this many flows is summed in plain dicts: numpy's sorting and
 #: grouping cost more than a dict update per flow below it (a sparse replay's intervals
 #: hold a few hundred flows; replay_bench measured the crossover)
 SMALL_ROWS = 2_048
 
 
+#: an address's 128-bit value -> its text, kept between settles (the same talkers come back
+#: interval after interval); cleared when it holds :data:`KNOWN_TEXTS`
+TextCache = dict[int, str]
+
+
 class TalkerBacklog:
     """Flows of one open interval whose talkers are not in their sketches yet."""
 
-    __slots__ = ("_accums", "_chunks", "_codes", "rows")
+    __slots__ = ("_accums", "_chunks", "_codes", "_known", "rows")
 
-    def __init__(self) -> None:
+    def __init__(self, known: TextCache | None = None) -> None:
+        self._known: TextCache = {} if known is None else known
         #: the accumulators flows were counted in, by code
         self._accums: list[Accum] = []
         self._codes: dict[int, int] = {}
@@ -82,7 +90,7 @@ class TalkerBacklog:
             self._accums = []
             self._codes = {}
             self.rows = 0
-            _settle_small(chunks, accums)
+            _settle_small(chunks, accums, self._known)
             return
         if len(chunks) == 1:
             keys, src_hi, src_lo, dst_hi, dst_lo, sizes = chunks[0]
@@ -100,7 +108,7 @@ class TalkerBacklog:
         capacity = accums[0].capacity
         for source, hi, lo in ((True, src_hi, src_lo), (False, dst_hi, dst_lo)):
             for code, (items, weights, rest, rest_weight) in _heaviest(
-                keys, hi, lo, sizes, capacity
+                keys, hi, lo, sizes, capacity, self._known
             ):
                 accum = accums[code]
                 sketch = accum.sources if source else accum.destinations
@@ -108,7 +116,12 @@ class TalkerBacklog:
 
 
 def _heaviest(
-    keys: I64, hi: U64, lo: U64, sizes: npt.NDArray[Any], capacity: int
+    keys: I64,
+    hi: U64,
+    lo: U64,
+    sizes: npt.NDArray[Any],
+    capacity: int,
+    known: TextCache | None = None,
 ) -> list[tuple[int, tuple[list[str], list[int], str | None, int]]]:
     """Per key: its addresses summed, in order of first appearance, the heaviest
     ``capacity`` of them apart and the rest as (heaviest of the rest, their total)."""
@@ -202,7 +215,11 @@ def _heaviest(
         totals = np.add.reduceat(sums if exact else sums.astype(object), starts)[big].tolist()
     chosen = np.flatnonzero(take)
     lo_chosen = pair_lo[arrange][chosen]
-    texts = _texts(None if pair_hi is None else pair_hi[arrange][chosen], lo_chosen)
+    texts = _texts(
+        None if pair_hi is None else pair_hi[arrange][chosen],
+        lo_chosen,
+        {} if known is None else known,
+    )
     weights = sums[chosen].tolist()
     # where each key's chosen pairs start and end among ``chosen``, and each rest
     slots = np.concatenate(([0], np.cumsum(take)))
@@ -292,10 +309,26 @@ def _packed(keys: I64, hi: U64, lo: U64) -> I64 | None:
     return packed
 
 
-def _texts(hi: U64 | None, lo: U64) -> list[str]:
-    """Text of each address, made once per distinct address (they repeat across keys)."""
+def _texts(hi: U64 | None, lo: U64, known: TextCache) -> list[str]:
+    """Text of each address: from ``known``, else made once per distinct address (they
+    repeat across keys) and kept there."""
     if not len(lo):
         return []
+    values = lo.tolist() if hi is None else _values(hi, lo)
+    found: list[str | None] = list(map(known.get, values))
+    if None not in found:
+        return found  # type: ignore[return-value]
+    missing = [i for i, text in enumerate(found) if text is None]
+    if len(known) + len(missing) > KNOWN_TEXTS:
+        known.clear()
+    made = _made_texts(None if hi is None else hi[missing], lo[missing])
+    for i, text in zip(missing, made, strict=True):
+        found[i] = known[values[i]] = text
+    return found  # type: ignore[return-value]
+
+
+def _made_texts(hi: U64 | None, lo: U64) -> list[str]:
+    """Text of each address, made once per distinct address."""
     if hi is None or not hi.any():
         distinct, inverse = np.unique(lo, return_inverse=True)
         made = address_texts(np.zeros(len(distinct), dtype=np.uint64), distinct)
@@ -315,14 +348,17 @@ def _values(hi: U64, lo: U64) -> list[int]:
 
 
 def _settle_small(
-    chunks: list[tuple[I64, U64, U64, U64, U64, npt.NDArray[Any]]], accums: list[Accum]
+    chunks: list[tuple[I64, U64, U64, U64, U64, npt.NDArray[Any]]],
+    accums: list[Accum],
+    texts: TextCache,
 ) -> None:
     """:meth:`TalkerBacklog.settle` of a small backlog, summed per (key, address) in dicts;
     hands every sketch the same items, weights and rest as :func:`_heaviest` does."""
     if not accums:
         return
     capacity = accums[0].capacity
-    texts: dict[int, str] = {}
+    if len(texts) > KNOWN_TEXTS:
+        texts.clear()
     for source in (True, False):
         per: dict[int, dict[int, int]] = {}
         for keys, src_hi, src_lo, dst_hi, dst_lo, sizes in chunks:
