@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from egressd.config import parse_config
 from egressd.detect.alerts import FIRING
+from egressd.enrich import DestinationLabels
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
@@ -91,3 +92,33 @@ def test_a_learned_destination_that_jumps_by_orders_of_magnitude_pages() -> None
     assert _day(engine, 1, [(16 * 3600 + 30 * k, CN, 2_000_000_000) for k in range(10)]) == [
         "EgressVolumeSpike CN"
     ]
+
+
+def test_the_country_rule_answers_as_is_expected_for_labels_without_region_or_asn() -> None:
+    # Detectors ask the rule once per group and interval instead of is_expected per key.
+    config = parse_config(
+        CONFIG
+        + """
+[[groups]]
+name = "office"
+sources = ["10.70.0.0/16"]
+expected_countries = ["DE", "US"]
+"""
+    )
+    engine = Engine(config, EmbeddedCountryLabeler())
+    policy = engine.policy
+    # "lab" learns: a habit to the US, one afternoon's use of China (not enough to learn).
+    for i in range(0, 288, 3):
+        policy.observe("lab", DestinationLabels("US"), 40_000_000, T0 + i * 300)
+    policy.observe("lab", DestinationLabels("CN"), 5_000_000, T0 + 15 * 3600)
+    labels = [DestinationLabels(c) for c in ("US", "CN", "DE", "RU", "ZZ")]
+    answers = set()
+    for group in ("lab", "office", "unknown"):
+        for when in (T0, T0 + 86399, T0 + 86400, T0 + 3 * 86400):
+            rule = policy.country_rule(group, when)
+            for dest in labels:
+                expected = policy.is_expected(group, dest, when)
+                assert (rule is None or dest.country in rule) == expected, (group, when, dest)
+                answers.add((group, expected))
+    # Both answers occur for the learning group and the configured one.
+    assert {("lab", True), ("lab", False), ("office", True), ("office", False)} <= answers

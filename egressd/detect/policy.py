@@ -170,6 +170,27 @@ class ExpectedDestinations:
             )
         return labels.country in frozen
 
+    def country_rule(self, group: str, when: float) -> frozenset[str] | None:
+        """:meth:`is_expected` for labels with neither region nor ASN, as a set of countries.
+
+        Such labels (the embedded data's, and every label without region maps and an ASN
+        database) are expected exactly when their country is in the set; None means all of
+        them are (the group is learning). Detectors ask once per group and interval instead
+        of once per destination: the answer cannot change within an interval.
+        """
+        policy = self._groups.get(group)
+        if policy is not None and policy.expected_countries is not None:
+            return policy.expected_countries
+        if self.is_learning(group, when):
+            return None
+        frozen = self._frozen.get(group)
+        if frozen is None:
+            learned = self.learned[group]
+            frozen = self._frozen[group] = frozenset(
+                c for c in learned.countries if self._learned(learned, c)
+            )
+        return frozen
+
     def to_json(self) -> dict[str, object]:
         return {g: learned.to_json() for g, learned in self.learned.items()}
 

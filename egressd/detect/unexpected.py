@@ -256,14 +256,26 @@ class UnexpectedDestinationDetector(Detector):
         dust, floors, lowest = self._limits
         touched = self._touched
         groups: dict[str, list[int]] = {}
+        #: per group, the policy's answer for labels without region and ASN (asked once)
+        rules: dict[str, frozenset[str] | None] = {}
         for key, accum in bucket.items():
             size = accum.bytes
             window = windows.get(key)
             if window is None:
                 if not size:
                     continue  # ingress alone: nothing to set it against
-                if policy.is_expected(key[0], key[1], start):
-                    continue
+                dest = key[1]
+                if dest.region or dest.asn:
+                    if policy.is_expected(key[0], dest, start):
+                        continue
+                else:
+                    group = key[0]
+                    if group in rules:
+                        rule = rules[group]
+                    else:
+                        rule = rules[group] = policy.country_rule(group, start)
+                    if rule is None or dest.country in rule:
+                        continue
                 if size >= dust:
                     window = windows[key] = _Window(count)
                 small, ingress = accum.small, accum.ingress
