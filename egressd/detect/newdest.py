@@ -152,6 +152,7 @@ class _Entry:
 
 class _Window:
     __slots__ = (
+        "alert_key",
         "covered",
         "day_block",
         "day_bytes",
@@ -162,9 +163,13 @@ class _Window:
         "day_sources",
         "entries",
         "history",
+        "spike_key",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, key: AggregateKey) -> None:
+        #: the key's own alert, and the spike alert that covers it
+        self.alert_key: AlertKey = (NEW_DESTINATION, key[0], key[1].key)
+        self.spike_key: AlertKey = (SPIKE, key[0], key[1].key)
         self.entries: deque[_Entry] = deque()
         #: (start, bytes, new-block bytes) per interval of the day window, whose evidence is
         #: kept merged (since the day window last emptied)
@@ -192,6 +197,7 @@ class NewDestinationDetector(Detector):
 
     __slots__ = (
         "_block_cache",
+        "_negative_churn",
         "_prefix_cache",
         "block_churn",
         "churn",
@@ -223,6 +229,8 @@ class NewDestinationDetector(Detector):
         self.evicted = 0
         self._prefix_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
         self._block_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
+        #: a state file held a negative hour-window churn (a zero total would raise it)
+        self._negative_churn = False
 
     def prefixes(self) -> dict[str, int]:
         """Prefixes remembered per group (for metrics)."""
@@ -332,7 +340,7 @@ class NewDestinationDetector(Detector):
             if new_destinations is not None or day_destinations is not None:
                 window = self.windows.get(key)
                 if window is None:
-                    window = self.windows[key] = _Window()
+                    window = self.windows[key] = _Window(key)
                 if new_destinations is not None:
                     window.entries.append(
                         _Entry(start, new_bytes, block_bytes, new_destinations, accum.sources)
@@ -367,13 +375,11 @@ class NewDestinationDetector(Detector):
                 if not day_entries:
                     window.day_destinations = TopK(16)
                     window.day_sources = TopK(16)
-            group, dest = key
-            dest_key = dest.key
-            alert_key: AlertKey = (NEW_DESTINATION, group, dest_key)
+            alert_key = window.alert_key
             total = sum(entry.bytes for entry in entries) if entries else 0
             block_total = sum(entry.block_bytes for entry in entries) if entries else 0
             # One page per transfer: a spike alert on the same destination already tells it.
-            if (SPIKE, group, dest_key) in book_active:
+            if window.spike_key in book_active:
                 window.covered = True
                 window.day_paged = now
             if alert_key not in book_active and (
@@ -387,9 +393,13 @@ class NewDestinationDetector(Detector):
             ):  # fmt: skip
                 # No alert to keep or resolve, and no total at its floor: nothing can fire,
                 # so the churns, the policy and the alert book need not be asked (what they
-                # would answer changes nothing). The window's history still learns.
-                self._learn(key, now, horizon, window.history, (now, total, block_total, False),
-                            not entries, self.churn, self.block_churn)  # fmt: skip
+                # would answer changes nothing). The window's history still learns; with no
+                # entries and no history it would take a zero total and give it up at once,
+                # which raises no churn (unless a state file held a negative one).
+                if entries or window.history or self._negative_churn:
+                    self._learn(key, now, horizon, window.history,
+                                (now, total, block_total, False),
+                                not entries, self.churn, self.block_churn)  # fmt: skip
                 self._learn(key, now, day_horizon, window.day_history,
                             (now, window.day_bytes, window.day_block,
                              now - window.day_paged < DAY),
@@ -400,6 +410,7 @@ class NewDestinationDetector(Detector):
                     if not day_entries:
                         del self.windows[key]
                 continue
+            group, dest = key
             churn = self._churn(self.churn, key, now)
             block_churn = self._churn(self.block_churn, key, now)
             tracked = self.groups[group]
@@ -651,6 +662,9 @@ class NewDestinationDetector(Detector):
         self.block_churn = _load_churn(data.get("block_churn", []), intern)
         self.day_churn = _load_churn(data.get("day_churn", []), intern)
         self.day_block_churn = _load_churn(data.get("day_block_churn", []), intern)
+        self._negative_churn = any(
+            size < 0 for churns in (self.churn, self.block_churn) for size, _when in churns.values()
+        )
         self.windows = {}
 
 
