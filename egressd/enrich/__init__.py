@@ -30,9 +30,11 @@ class DestinationLabels:
     as_org: str = field(default="", compare=False)
     #: which data source answered for the country ("embedded", "mmdb:<file>", ...)
     source: str = field(default="embedded", compare=False)
+    #: stable text form for state files and the API: ``CN``, ``US|aws/us-east-1|16509``
+    #: (an attribute, not a property: closing an interval reads it for every key)
+    key: str = field(default="", init=False, repr=False, compare=False)
     # Computed once: labels are dict keys on the per-record path, where the generated
     # dataclass hash (a tuple built per call) cost more than the rest of the lookup.
-    _key: str = field(default="", init=False, repr=False, compare=False)
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -41,16 +43,11 @@ class DestinationLabels:
             if not self.region and not self.asn
             else f"{self.country}|{self.region}|{self.asn or ''}"
         )
-        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))
 
     def __hash__(self) -> int:
         return self._hash
-
-    @property
-    def key(self) -> str:
-        """Stable text form for state files and the API: ``CN``, ``US|aws/us-east-1|16509``."""
-        return self._key
 
     @classmethod
     def from_key(cls, key: str) -> DestinationLabels:
