@@ -61,41 +61,42 @@ class ColumnClassifier:
 
     def group_codes(self, hi: U64, lo: U64, v4: Mask) -> I64:
         """The group code of each row's address (-1 where it is not local)."""
+        if v4.all():  # (the common batch: no masks to gather and scatter through)
+            index = np.searchsorted(self._v4_starts, v4_values(lo), side="right") - 1
+            codes: I64 = self._v4_codes[index]
+            return codes
         codes = np.empty(len(hi), dtype=np.int64)
         values = v4_values(lo[v4])
         codes[v4] = self._v4_codes[np.searchsorted(self._v4_starts, values, side="right") - 1]
-        if not v4.all():
-            rows = np.flatnonzero(~v4)
-            memo: dict[int, int] = {}
-            group_of = self._classifier.group_of
-            for row, h, low in zip(
-                rows.tolist(), hi[rows].tolist(), lo[rows].tolist(), strict=True
-            ):
-                value = (h << 64) | low
-                code = memo.get(value)
-                if code is None:
-                    code = memo[value] = self._code(group_of(6, value))
-                codes[row] = code
+        rows = np.flatnonzero(~v4)
+        memo: dict[int, int] = {}
+        group_of = self._classifier.group_of
+        for row, h, low in zip(rows.tolist(), hi[rows].tolist(), lo[rows].tolist(), strict=True):
+            value = (h << 64) | low
+            code = memo.get(value)
+            if code is None:
+                code = memo[value] = self._code(group_of(6, value))
+            codes[row] = code
         return codes
 
     def special(self, hi: U64, lo: U64, v4: Mask) -> Mask:
         """Which rows' addresses are in a special-purpose range (private, documentation...)."""
-        out = np.zeros(len(hi), dtype=np.bool_)
         starts, ends = self._special4
-        values = v4_values(lo[v4])
+        every = bool(v4.all())
+        values = v4_values(lo if every else lo[v4])
         index = np.searchsorted(starts, values, side="right") - 1
         inside = index >= 0
         inside[inside] = values[inside] <= ends[index[inside]]
+        if every:  # (the common batch: no scatter through the mask)
+            return inside
+        out = np.zeros(len(hi), dtype=np.bool_)
         out[v4] = inside
-        if not v4.all():
-            six_starts, six_ends = special_table(6)
-            rows = np.flatnonzero(~v4)
-            for row, h, low in zip(
-                rows.tolist(), hi[rows].tolist(), lo[rows].tolist(), strict=True
-            ):
-                value = (h << 64) | low
-                i = bisect_right(six_starts, value) - 1
-                out[row] = i >= 0 and value <= six_ends[i]
+        six_starts, six_ends = special_table(6)
+        rows = np.flatnonzero(~v4)
+        for row, h, low in zip(rows.tolist(), hi[rows].tolist(), lo[rows].tolist(), strict=True):
+            value = (h << 64) | low
+            i = bisect_right(six_starts, value) - 1
+            out[row] = i >= 0 and value <= six_ends[i]
         return out
 
 
