@@ -32,7 +32,7 @@ from egressd.cluster.wire import (
 )
 from egressd.config import parse_config
 from egressd.enrich.embedded import EmbeddedCountryLabeler
-from egressd.errors import SourceError
+from egressd.errors import DecodeError, SourceError
 from egressd.partials import encode_segments
 from egressd.pipeline import Progress
 from egressd.sinks.metrics import PREFIX
@@ -318,8 +318,10 @@ async def test_a_quiet_partition_taken_over_goes_on_from_its_flows_not_the_wall_
 ) -> None:
     """A member assigned caught-up partitions learns from the commit how far their flows
     came: quiet past IDLE_AFTER, it moves them on from there, as the member before would
-    have; at wall time it would close intervals flows stamped behind it still fill. A
-    partition that never had a record (no commit) is at wall time, as before."""
+    have; at wall time it would close intervals flows stamped behind it still fill. Without
+    the time in the commit (a broker that drops metadata) it reports the partition quiet,
+    for the detect side to move on the time it knows. A partition that never had a record
+    is at wall time, as before."""
     node = ingest(tmp_path)
     other, empty = TopicPartition("flows", 1), TopicPartition("flows", 2)
     clock = [1000.0]
@@ -334,16 +336,49 @@ async def test_a_quiet_partition_taken_over_goes_on_from_its_flows_not_the_wall_
     await node._assign([TP, other, empty])
     assert consumer.seeks == [(TP, 40), (other, 7), (empty, 0)]
     await node._heartbeat()
-    # At once: where the flows came (a commit without the time, as an older egressd's, and
-    # an empty partition say nothing yet).
-    assert Heartbeat.decode(producer.sent[-1][1]).times == {"flows:0": FLOW_T0 + 1200}
+    # At once: where the flows came (a commit without the time and an empty partition say
+    # nothing yet).
+    beat = Heartbeat.decode(producer.sent[-1][1])
+    assert (beat.times, beat.quiet) == ({"flows:0": FLOW_T0 + 1200}, {})
     clock[0] += 15  # quiet past IDLE_AFTER
     await node._heartbeat()
-    assert Heartbeat.decode(producer.sent[-1][1]).times == {
-        "flows:0": FLOW_T0 + 1200 + 15,
-        "flows:1": FLOW_T0 + 86400 - 10,  # no time committed: the rule before
-        "flows:2": FLOW_T0 + 86400 - 10,
-    }
+    beat = Heartbeat.decode(producer.sent[-1][1])
+    assert beat.times == {"flows:0": FLOW_T0 + 1200 + 15, "flows:2": FLOW_T0 + 86400 - 10}
+    assert (beat.quiet, beat.wall) == ({"flows:1": 15.0}, FLOW_T0 + 86400)
+
+
+def test_detect_moves_a_quiet_taken_over_partition_on_from_the_time_it_knew(
+    tmp_path: Path,
+) -> None:
+    node, part = detect(tmp_path)
+
+    def beat(offset: int, times: dict[str, float], quiet: dict[str, float]) -> None:
+        blob = Heartbeat(times, {"flows": 2}, quiet=quiet, wall=FLOW_T0 + 86400).encode()
+        node._apply(part, Message(offset, blob, heartbeat_headers()))
+
+    # The member before: flows:0 came to FLOW_T0 + 1200 and moved on while quiet.
+    beat(0, {"flows:0": FLOW_T0 + 1205, "flows:1": FLOW_T0 + 1300}, {})
+    # Its new owner reports it quiet 10 s, then 12 s, then 40 s: from the time known here,
+    # at wall-clock pace from the first report; never to the wall clock.
+    beat(1, {"flows:1": FLOW_T0 + 1310}, {"flows:0": 10.0})
+    assert part.times["flows:0"] == FLOW_T0 + 1205
+    beat(2, {}, {"flows:0": 12.0})
+    assert part.times["flows:0"] == FLOW_T0 + 1207
+    beat(3, {}, {"flows:0": 40.0})
+    assert part.times["flows:0"] == FLOW_T0 + 1235
+    # Another member takes it over (its quiet starts again): on from there.
+    beat(4, {}, {"flows:0": 10.0})
+    beat(5, {}, {"flows:0": 11.5})
+    assert part.times["flows:0"] == FLOW_T0 + 1236.5
+    # Records again: the member's own times count.
+    beat(6, {"flows:0": FLOW_T0 + 1250}, {})
+    assert part.times["flows:0"] == FLOW_T0 + 1250 and "flows:0" not in part.quiet_from
+    # A partition never heard of here: at the sender's wall time, as one without records.
+    beat(7, {}, {"flows:2": 10.0})
+    assert part.times["flows:2"] == FLOW_T0 + 86400 - 10
+    # Bad quiet values make a bad heartbeat.
+    with pytest.raises(DecodeError):
+        Heartbeat.decode(b'{"v": 1, "times": {}, "partitions": {}, "quiet": {"a": -1}}')
 
 
 def test_commit_metadata_round_trips_and_ignores_what_is_not_its_own() -> None:

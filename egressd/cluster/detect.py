@@ -54,7 +54,7 @@ from egressd.detect.alerts import Alert
 from egressd.enrich import DestinationLabeler, DestinationLabels
 from egressd.errors import DecodeError, SourceError, StateError
 from egressd.partials import decode_batch
-from egressd.pipeline import Engine
+from egressd.pipeline import IDLE_AFTER, Engine
 from egressd.sinks.metrics import PREFIX, EgressdCollector
 from egressd.sources.kafka import KafkaSource, RebalanceListener, start_clients, stop_clients
 from egressd.units import format_utc
@@ -120,6 +120,9 @@ class _Partition:
     #: the offset the consumer was told to read from next, until a fetch shows it did
     expect: int | None = None
     reseeks: int = 0
+    #: per source partition reported quiet (Heartbeat.quiet): the event time it stood at
+    #: and the quiet reported when it was first so reported, and the quiet last reported
+    quiet_from: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 class Detect(KafkaRole):
@@ -298,6 +301,29 @@ class Detect(KafkaRole):
         part.expect = None
         return True
 
+    @staticmethod
+    def _move_quiet(part: _Partition, key: str, quiet: float, wall: float) -> None:
+        """A source partition quiet for ``quiet`` seconds on a member that took it over and
+        does not know its event time: move the time known here on at wall-clock pace from
+        the first such report (as the member before would have; never ahead of it). Known
+        here, none: at the sender's wall time, as for a partition without records.
+
+        A member's quiet counts from when it took the partition, after the first report's
+        sender took it: so ``quiet - first quiet`` never exceeds the wall time since the first
+        report, whichever member sends it."""
+        known = part.times.get(key)
+        if known is None:
+            if wall - IDLE_AFTER > -math.inf:
+                part.times[key] = wall - IDLE_AFTER
+            return
+        start = part.quiet_from.get(key)
+        if start is None or quiet < start[2]:  # first report, or a member's taking over
+            start = (known, quiet, quiet)
+        part.quiet_from[key] = (start[0], start[1], quiet)
+        t = start[0] + (quiet - start[1])
+        if t > known:
+            part.times[key] = t
+
     def _apply(self, part: _Partition, message: Any) -> list[Alert]:
         headers = read_headers(message.headers)
         kind = headers.get(KIND)
@@ -307,8 +333,11 @@ class Detect(KafkaRole):
                 beat = Heartbeat.decode(message.value or b"")
                 stats.heartbeats += 1
                 for key, t in beat.times.items():
+                    part.quiet_from.pop(key, None)
                     if t > part.times.get(key, -math.inf):
                         part.times[key] = t
+                for key, quiet in beat.quiet.items():
+                    self._move_quiet(part, key, quiet, beat.wall)
                 # A member names the generation it owns each partition in before it
                 # produces anything there (see _stale).
                 for key, generation in beat.generations.items():
@@ -384,6 +413,7 @@ class Detect(KafkaRole):
                         )
                     part.applied[info.source] = info.last
                     stats.batches_applied += 1
+                part.quiet_from.pop(info.source, None)
                 if info.event_time > part.times.get(info.source, -math.inf):
                     part.times[info.source] = info.event_time
             else:

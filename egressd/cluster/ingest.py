@@ -114,6 +114,8 @@ class _Lane:
     exact_until: int | None = None
     exact: bool = True
     segments: list[Segment] = field(default_factory=list)
+    #: the partition had records before this member took it over (a commit past offset 0)
+    had_records: bool = False
 
 
 @dataclass(slots=True)
@@ -650,15 +652,23 @@ class Ingest(KafkaRole):
                 if target is not None:
                     t = max(t, target)
                 elif t == -math.inf and lane.progress.quiet(now) >= IDLE_AFTER:
-                    t = self.wall() - IDLE_AFTER
+                    if lane.had_records:
+                        # Taken over, its flows' time unknown here (no commit metadata):
+                        # the detect side moves on the time it knows, not to wall time,
+                        # which flows stamped behind it have not reached.
+                        beat.quiet[lane.key] = lane.progress.quiet(now)
+                    else:
+                        t = self.wall() - IDLE_AFTER
             if t > -math.inf:
                 beat.times[lane.key] = t
+        if beat.quiet:
+            beat.wall = self.wall()
         for topic in self.source.config.topics:
             partitions = consumer.partitions_for_topic(topic)
             if partitions:
                 beat.partitions[topic] = len(partitions)
         self._last_heartbeat = now
-        if not beat.times:
+        if not beat.times and not beat.quiet:
             return
         value = beat.encode()
         if self._transactional:
@@ -731,6 +741,7 @@ class Ingest(KafkaRole):
                 # it counted and did not produce was dropped on revoke.
                 consumer.seek(tp, committed)
                 lane.last = committed - 1
+                lane.had_records = committed > 0
                 if reached > lane.acked_time:
                     # Quiet counts from now: the previous owner's quiet time is not known.
                     lane.acked_time = reached

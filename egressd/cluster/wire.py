@@ -92,16 +92,26 @@ def batch_info(headers: dict[str, bytes]) -> BatchInfo:
 @dataclass(slots=True)
 class Heartbeat:
     """How far event time has come per source partition, and how many partitions there are;
-    ``generations``: the sender's ingest group generation per source partition it owns."""
+    ``generations``: the sender's ingest group generation per source partition it owns.
+
+    ``quiet``: source partitions that had records, all read, none yet on the sender (it took
+    them over) and none for this many seconds; the sender does not know their event time,
+    so a receiver moves on the one it knows at wall-clock pace (``wall``: the sender's wall
+    time, for a receiver that knows none)."""
 
     times: dict[str, float] = field(default_factory=dict)
     partitions: dict[str, int] = field(default_factory=dict)
     generations: dict[str, int] = field(default_factory=dict)
+    quiet: dict[str, float] = field(default_factory=dict)
+    wall: float = -math.inf
 
     def encode(self) -> bytes:
         data: dict[str, object] = {"v": 1, "times": self.times, "partitions": self.partitions}
         if self.generations:
             data["generations"] = self.generations
+        if self.quiet:
+            data["quiet"] = self.quiet
+            data["wall"] = self.wall
         return orjson.dumps(data)
 
     @classmethod
@@ -113,11 +123,18 @@ class Heartbeat:
             times = {str(k): float(v) for k, v in dict(data["times"]).items()}
             partitions = {str(k): int(v) for k, v in dict(data["partitions"]).items()}
             generations = {str(k): int(v) for k, v in dict(data.get("generations", {})).items()}
+            quiet = {str(k): float(v) for k, v in dict(data.get("quiet", {})).items()}
+            wall = float(data.get("wall", -math.inf))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError("bad_heartbeat", f"heartbeat: {exc}") from exc
-        if any(math.isnan(t) for t in times.values()) or any(n <= 0 for n in partitions.values()):
+        if (
+            any(math.isnan(t) for t in times.values())
+            or any(n <= 0 for n in partitions.values())
+            or not all(math.isfinite(q) and q >= 0 for q in quiet.values())
+            or math.isnan(wall)
+        ):
             raise DecodeError("bad_heartbeat", "heartbeat with impossible values")
-        return cls(times, partitions, generations)
+        return cls(times, partitions, generations, quiet, wall)
 
 
 def heartbeat_headers() -> Headers:
