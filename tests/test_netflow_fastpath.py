@@ -45,7 +45,9 @@ class BothPaths:
     def __init__(self) -> None:
         self.generated_sets = 0
         self.generated_records = 0
-        self.layouts: set[int] = set()
+        #: layouts compared, by identity; held so that a freed layout's id is not reused
+        #: by another (decoders and their layouts are dropped between captures)
+        self.layouts: dict[int, Layout] = {}
 
     def __call__(
         self,
@@ -69,7 +71,7 @@ class BothPaths:
         if _generated_applies(layout) and fast:
             self.generated_sets += 1
             self.generated_records += len(fast)
-            self.layouts.add(id(layout))
+            self.layouts[id(layout)] = layout
         out += fast
         return count
 
