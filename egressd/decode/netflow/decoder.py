@@ -369,10 +369,19 @@ class NetflowDecoder:
                         and template.scope_count < 0
                         and template.layout.record_len
                     ):
-                        if self._parts is None:
+                        parts = self._parts
+                        if parts is None:
                             decode_data_set(buf, start, pos, template.layout, ctx, out)  # common
                         else:
-                            self._flows(buf, start, pos, template.layout, ctx, out)
+                            # held for later (``_flows``'s first case, without its call)
+                            held = hold_set(buf, start, pos, template.layout, ctx)
+                            if held is None:
+                                self._flows(buf, start, pos, template.layout, ctx, out)
+                            else:
+                                if out:
+                                    parts.append(FlowColumns.from_records(out))
+                                    out.clear()
+                                parts.append(held)
                     else:
                         self._data_set(buf, start, pos, key, template, ctx, now, out)
                 except DecodeError as exc:  # records before the damage are kept
