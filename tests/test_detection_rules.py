@@ -522,3 +522,31 @@ def test_egress_counters_do_not_count_the_restored_open_interval_again() -> None
     assert _exported_egress(after) == 1 * MB
     _run(after, [_flow(1000, US, 2 * MB)])  # the restored interval closes
     assert _exported_egress(after) == 3 * MB
+
+
+def test_an_idle_new_network_window_settles_a_restored_negative_churn_as_before() -> None:
+    """An idle window skips learning a zero total, which raises no churn: unless a state file
+    held a negative one, which that zero total replaces (as it did before the skip)."""
+    from egressd.detect.newdest import _Window
+    from egressd.enrich import DestinationLabels
+
+    engine = _engine()
+    detector = engine.new_destinations
+    dest = DestinationLabels("US")
+    detector.load_json(
+        {"groups": {}, "churn": [["eng", "US", -5.0, T0]], "block_churn": []}, {"US": dest}
+    )
+    key = ("eng", dest)
+    window = detector.windows[key] = _Window(key)
+    window.day_entries.append((T0, 1, 0))  # a day window holding a little: kept, idle
+    window.day_bytes = 1
+    now = T0 + 3600.0
+    assert detector._evaluate(now) == []
+    assert detector.churn[key] == (0.0, now)
+    # Without a negative churn, an idle empty window leaves the churns as they are.
+    detector.load_json({"groups": {}, "churn": [["eng", "US", 5.0, T0]]}, {"US": dest})
+    window = detector.windows[key] = _Window(key)
+    window.day_entries.append((T0, 1, 0))
+    window.day_bytes = 1
+    assert detector._evaluate(now) == []
+    assert detector.churn[key] == (5.0, T0)
