@@ -24,7 +24,7 @@ import struct
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from egressd.config import load_config
 from egressd.enrich.labeler import CompositeLabeler
@@ -59,16 +59,21 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 
 
 class ControlServer:
-    """The daemon's side: answers ``reload`` requests with the outcome of ``handler``."""
+    """The daemon's side: answers ``reload`` requests with the outcome of ``handler``.
 
-    __slots__ = ("_connections", "_handler", "_server", "address")
+    Plain sockets on the event loop: connections are accepted in a reader callback, and each
+    is served by a task that closes it when done (or cancelled), so a stop leaves nothing
+    open behind it.
+    """
+
+    __slots__ = ("_connections", "_handler", "_sock", "address")
 
     def __init__(self, handler: ReloadHandler, pid: int | None = None) -> None:
         self._handler = handler
         self.address = control_address(os.getpid() if pid is None else pid)
-        self._server: asyncio.Server | None = None
-        #: open connections and the tasks serving them
-        self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any]] = {}
+        self._sock: socket.socket | None = None
+        #: the tasks serving open connections
+        self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -76,44 +81,70 @@ class ControlServer:
             sock.bind(self.address)
             sock.listen(8)
             sock.setblocking(False)
-            self._server = await asyncio.start_unix_server(self._serve, sock=sock)
         except OSError:
             sock.close()
             raise
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await asyncio.sleep(0)  # connections accepted just now reach _serve
-            for writer in list(self._connections):  # a stop does not wait for a request
-                writer.close()
-            await asyncio.gather(*self._connections.values(), return_exceptions=True)
-            await self._server.wait_closed()
-            self._server = None
+        """Stop answering; a request under way is not waited for (its socket is closed)."""
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections[writer] = task
+    def _accept(self) -> None:
+        if self._sock is None:
+            return
         try:
-            sock = writer.get_extra_info("socket")
-            _pid, uid, _gid = peer_credentials(sock)
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # out of file descriptors, say: the next wake-up tries again
+            log.warning("control socket: %s", exc)
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(conn))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+        task.add_done_callback(_closer(conn))  # also when cancelled before it ran
+
+    async def _serve(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            conn.setblocking(False)
+            _pid, uid, _gid = peer_credentials(conn)
             if uid not in (0, os.geteuid()):
                 log.warning("control socket: request from uid %d refused", uid)
                 return
-            line = await asyncio.wait_for(reader.readline(), 10.0)
+            line = b""
+            async with asyncio.timeout(10.0):
+                while not line.endswith(b"\n") and len(line) <= len(REQUEST):
+                    chunk = await loop.sock_recv(conn, 64)
+                    if not chunk:
+                        break
+                    line += chunk
             if line != REQUEST:
-                writer.write(b"refused unknown request\n")
+                answer = "refused unknown request"
             else:
                 applied, text = await self._handler()
                 answer = ("ok " if applied else "refused ") + " ".join(text.split())
-                writer.write(answer.encode() + b"\n")
-            await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            await loop.sock_sendall(conn, answer.encode() + b"\n")
+        except (OSError, TimeoutError) as exc:
             log.warning("control socket: %s", exc)
         finally:
-            self._connections.pop(writer, None)
-            writer.close()
+            conn.close()
+
+
+def _closer(conn: socket.socket) -> Callable[[asyncio.Task[None]], None]:
+    def close(_task: asyncio.Task[None]) -> None:
+        conn.close()
+
+    return close
 
 
 def request_reload(pid: int, timeout: float) -> tuple[bool, str]:
