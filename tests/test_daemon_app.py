@@ -133,6 +133,40 @@ async def test_reload_applies_good_config_and_rejects_bad(tmp_path: Path) -> Non
     assert applied and "baselines" in status, status
 
 
+async def test_a_reload_tells_systemd_it_started_and_how_it_ended(tmp_path: Path) -> None:
+    """RELOADING=1 (with MONOTONIC_USEC), then READY=1 with the status, or with why the new
+    file was refused (the old configuration stays)."""
+    notify = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.settimeout(5)
+    state = tmp_path / "state.json"
+    path = tmp_path / "egressd.toml"
+    path.write_text(CONFIG.format(state=state))
+    daemon = Daemon(
+        parse_config(path.read_text(), str(path)),
+        path,
+        environ={"NOTIFY_SOCKET": str(notify)},
+        sources=[],
+    )
+    daemon.restore_state()
+    try:
+        path.write_text(CONFIG.format(state=state) + "\n[detection]\ninterval = '1m'\n")
+        assert not await daemon.reload()
+        started, ended = sock.recv(4096).decode(), sock.recv(4096).decode()
+        assert started.startswith("RELOADING=1\nMONOTONIC_USEC="), started
+        assert ended.startswith("READY=1\nSTATUS=configuration reload rejected: ")
+        assert "detection.interval cannot change" in ended
+        path.write_text(CONFIG.format(state=state))
+        assert await daemon.reload()
+        assert sock.recv(4096).startswith(b"RELOADING=1\n")
+        ended = sock.recv(4096).decode()
+        assert ended.startswith("READY=1\nSTATUS=") and "baselines" in ended, ended
+    finally:
+        daemon.notifier.close()
+        sock.close()
+
+
 def test_idle_watermark_follows_wall_time(tmp_path: Path) -> None:
     daemon = Daemon(parse_config(CONFIG.format(state=tmp_path / "s.json")), environ={}, sources=[])
     daemon.restore_state()
