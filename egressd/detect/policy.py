@@ -162,13 +162,7 @@ class ExpectedDestinations:
                 return labels.country in policy.expected_countries
         if self.is_learning(group, when):
             return True
-        frozen = self._frozen.get(group)
-        if frozen is None:
-            learned = self.learned[group]
-            frozen = self._frozen[group] = frozenset(
-                c for c in learned.countries if self._learned(learned, c)
-            )
-        return labels.country in frozen
+        return labels.country in self._learned_countries(group)
 
     def country_rule(self, group: str, when: float) -> frozenset[str] | None:
         """:meth:`is_expected` for labels with neither region nor ASN, as a set of countries.
@@ -183,6 +177,10 @@ class ExpectedDestinations:
             return policy.expected_countries
         if self.is_learning(group, when):
             return None
+        return self._learned_countries(group)
+
+    def _learned_countries(self, group: str) -> frozenset[str]:
+        """The countries ``group`` learned (kept until what it learned changes)."""
         frozen = self._frozen.get(group)
         if frozen is None:
             learned = self.learned[group]
