@@ -171,65 +171,77 @@ def _heaviest(
         # stable sort: the first row of each run is where the pair first appeared
         firsts = order[heads]
     sums = np.add.reduceat(sizes[order], heads)
-    # pairs by (key, first row): distinct numbers; with the pair's position in the low bits
-    # a plain sort gives the order where they fit in 63 bits
-    row_bits = rows.bit_length()
-    pair_bits = len(heads).bit_length()
-    last_key = int(pair_keys[-1]) if len(pair_keys) else 0
-    if last_key.bit_length() + row_bits + pair_bits <= 63:
-        numbers = pair_keys.astype(np.int64) << (row_bits + pair_bits)
-        numbers |= firsts.astype(np.int64) << pair_bits
-        numbers |= np.arange(len(heads), dtype=np.int64)
-        numbers.sort()
-        arrange = numbers & ((1 << pair_bits) - 1)
-    elif rows < 2**31 and last_key < 2**31:
-        arrange = np.argsort((pair_keys.astype(np.int64) << 32) | firsts)
-    else:
-        arrange = np.lexsort((firsts, pair_keys))
-    pair_keys = pair_keys[arrange]
-    sums = sums[arrange]
-    pairs = len(pair_keys)
+    pairs = len(heads)
     if not pairs:
         return []
-    bounds = np.flatnonzero(np.diff(pair_keys)) + 1
+    # Pairs are in (key, address) order: each key's pairs are together, keys ascending.
+    bounds = np.flatnonzero(pair_keys[1:] != pair_keys[:-1]) + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [pairs]))
     # Which pairs the sketches receive: all of a key's when they fit, else its heaviest
-    # ``capacity`` (in order of first appearance) and the heaviest of the rest. Only those
-    # get a text form: a key with many addresses would otherwise pay one per address.
+    # ``capacity`` (ties to the one that came first) and the heaviest of the rest. Only
+    # those get a text form: a key with many addresses would otherwise pay one per address.
     big = ends - starts > capacity
-    take = np.ones(pairs, dtype=np.bool_)
     rest_rows = np.zeros(0, dtype=np.intp)
     totals: list[int] = []
+    chosen: npt.NDArray[np.intp]
     if big.any():
-        # a key's rows by weight, ascending, ties in order of first appearance (a stable
-        # sort): its heaviest ``capacity`` end where its rows end, the rest's heaviest is
-        # just before them
-        by_weight = _by_weight(bounds, sums)
+        # a key's pairs by weight, ascending, ties in order of first appearance: its
+        # heaviest ``capacity`` end where its pairs end, the rest's heaviest is just before
+        by_weight = _by_weight(bounds, sums, firsts)
         big_ends = ends[big]
+        take = np.ones(pairs, dtype=np.bool_)
         take[np.repeat(big, ends - starts)] = False
         take[by_weight[(big_ends[:, None] - capacity + np.arange(capacity)).reshape(-1)]] = True
         rest_rows = by_weight[big_ends - capacity - 1]
         take[rest_rows] = True
         exact = sums.dtype != np.uint64 or int(sums.max()) < 2**64 // pairs
         totals = np.add.reduceat(sums if exact else sums.astype(object), starts)[big].tolist()
-    chosen = np.flatnonzero(take)
-    lo_chosen = pair_lo[arrange][chosen]
+        chosen = np.flatnonzero(take)
+        per_key = np.add.reduceat(take.astype(np.int64), starts)
+    else:
+        chosen = np.arange(pairs, dtype=np.intp)
+        per_key = ends - starts
+    # The chosen pairs by (key, first row) (distinct numbers; with the pair's position in
+    # the low bits a plain sort gives the order where they fit in 63 bits): each key's
+    # items go to its sketch in the order they first came.
+    chosen_keys = pair_keys[chosen]
+    chosen_firsts = firsts[chosen]
+    row_bits = rows.bit_length()
+    count = len(chosen)
+    count_bits = count.bit_length()
+    last_key = int(chosen_keys[-1])
+    if last_key.bit_length() + row_bits + count_bits <= 63:
+        numbers = chosen_keys.astype(np.int64) << (row_bits + count_bits)
+        numbers |= chosen_firsts.astype(np.int64) << count_bits
+        numbers |= np.arange(count, dtype=np.int64)
+        numbers.sort()
+        arrange = numbers & ((1 << count_bits) - 1)
+    elif rows < 2**31 and last_key < 2**31:
+        arrange = np.argsort((chosen_keys.astype(np.int64) << 32) | chosen_firsts)
+    else:
+        arrange = np.lexsort((chosen_firsts, chosen_keys))
+    arranged = chosen[arrange]
     texts = _texts(
-        None if pair_hi is None else pair_hi[arrange][chosen],
-        lo_chosen,
+        None if pair_hi is None else pair_hi[arranged],
+        pair_lo[arranged],
         {} if known is None else known,
     )
-    weights = sums[chosen].tolist()
-    # where each key's chosen pairs start and end among ``chosen``, and each rest
-    slots = np.concatenate(([0], np.cumsum(take)))
-    rests = iter(slots[rest_rows].tolist())
+    weights = sums[arranged].tolist()
+    # where each key's chosen pairs start and end among them, and where each rest is
+    slots = np.concatenate(([0], np.cumsum(per_key)))
+    if len(rest_rows):
+        position = np.empty(pairs, dtype=np.int64)
+        position[arranged] = np.arange(count, dtype=np.int64)
+        rests = iter(position[rest_rows].tolist())
+    else:
+        rests = iter(())
     key_totals = iter(totals)
     out: list[tuple[int, tuple[list[str], list[int], str | None, int]]] = []
     for key, a, b, overflow in zip(
         pair_keys[starts].tolist(),
-        slots[starts].tolist(),
-        slots[ends].tolist(),
+        slots[:-1].tolist(),
+        slots[1:].tolist(),
         big.tolist(),
         strict=True,
     ):
@@ -243,36 +255,50 @@ def _heaviest(
     return out
 
 
-def _by_weight(bounds: npt.NDArray[np.intp], sums: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+def _by_weight(
+    bounds: npt.NDArray[np.intp],
+    sums: npt.NDArray[Any],
+    ties: npt.NDArray[Any] | None = None,
+) -> npt.NDArray[np.intp]:
     """Rows (grouped by key, the groups starting at 0 and ``bounds``) ordered by (key,
-    weight), ties in row order: ``np.lexsort((sums, groups))``, done as one unstable sort
-    of distinct numbers (group, weight or its rank among the weights, row) where they fit
-    in 63 bits (lexsort is several times slower)."""
+    weight), ties in row order, or by ``ties`` (distinct non-negative integers) when given:
+    ``np.lexsort((ties, sums, groups))``, done as one unstable sort of distinct numbers
+    (group, weight or its rank among the weights, tie) where they fit in 63 bits (lexsort
+    is several times slower)."""
     rows = len(sums)
     group = np.zeros(rows, dtype=np.int64)
     group[bounds] = 1
     np.cumsum(group, out=group)
-    row_bits = rows.bit_length()
-    room = 63 - row_bits - len(bounds).bit_length()
+    tie_bits = rows.bit_length() if ties is None else int(ties.max()).bit_length()
+    room = 63 - tie_bits - len(bounds).bit_length()
     order: npt.NDArray[np.intp]
     if sums.dtype == np.uint64 and room > 0 and not int(sums.max()) >> room:
         weights = sums.astype(np.int64)
-    elif row_bits <= room:  # weights as their dense ranks: fewer than ``rows``
+    elif rows.bit_length() <= room:  # weights as their dense ranks: fewer than ``rows``
         by_sum = np.argsort(sums)
         ordered = sums[by_sum]
         dense = np.zeros(rows, dtype=np.int64)
         np.cumsum(ordered[1:] != ordered[:-1], out=dense[1:])
         weights = np.empty(rows, dtype=np.int64)
         weights[by_sum] = dense
-        room = row_bits
+        room = rows.bit_length()
     else:
-        order = np.lexsort((sums, group))
+        order = np.lexsort((sums, group) if ties is None else (ties, sums, group))
         return order
-    numbers = (group << (room + row_bits)) | (weights << row_bits)
-    numbers |= np.arange(rows, dtype=np.int64)
-    # distinct numbers ending in their row: sorted, their low bits are argsort's answer
+    numbers = (group << (room + tie_bits)) | (weights << tie_bits)
+    if ties is None:
+        numbers |= np.arange(rows, dtype=np.int64)
+    else:
+        numbers |= ties.astype(np.int64)
+    # distinct numbers ending in their tie: sorted, their low bits say whose they are
     numbers.sort()
-    order = numbers & ((1 << row_bits) - 1)
+    low = numbers & ((1 << tie_bits) - 1)
+    if ties is None:
+        order = low
+        return order
+    row_of = np.empty(int(ties.max()) + 1, dtype=np.intp)
+    row_of[ties] = np.arange(rows, dtype=np.intp)
+    order = row_of[low]
     return order
 
 
@@ -318,6 +344,12 @@ def _texts(hi: U64 | None, lo: U64, known: TextCache) -> list[str]:
     found: list[str | None] = list(map(known.get, values))
     if None not in found:
         return found  # type: ignore[return-value]
+    if not any(found):  # all new (every flow a new address): no picking out the misses
+        if len(known) + len(found) > KNOWN_TEXTS:
+            known.clear()
+        made = _made_texts(hi, lo)
+        known.update(zip(values, made, strict=True))
+        return made
     missing = [i for i, text in enumerate(found) if text is None]
     if len(known) + len(missing) > KNOWN_TEXTS:
         known.clear()
