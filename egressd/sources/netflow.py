@@ -3,8 +3,9 @@
 When the socket is readable, a burst of datagrams (until it would block, at most
 :data:`_BURST`) is read, filtered by exporter and queued; a decoder task drains the bounded
 queue, decodes what it drained into columns (the sets of one template read together) and
-submits them to the engine as one batch once :data:`_SUBMIT_FLOWS` flows are decoded or
-:data:`_SUBMIT_DELAY` seconds passed. A full queue drops datagrams and counts them.
+submits them to the engine as one batch once :data:`_SUBMIT_FLOWS` flows are decoded and
+no more datagrams wait (else up to :data:`_SUBMIT_BUSY_FLOWS`), or :data:`_SUBMIT_DELAY`
+seconds passed. A full queue drops datagrams and counts them.
 
 The queue is a plain deque with an event that wakes the decoder task, not an
 ``asyncio.Queue``: at tens of thousands of datagrams a second its put, get and task_done
@@ -34,13 +35,15 @@ from egressd.stats import SourceStats
 
 log = logging.getLogger("egressd.netflow")
 
-#: submit once this many flows are decoded (the engine's fixed cost per batch, numpy calls
-#: and the talker backlog's bookkeeping, was ~0.3 us/flow in 1,024-flow batches at a
-#: saturated worst case; a batch of this size blocks the loop ~5 ms) ...
-_SUBMIT_FLOWS = 8192
+#: submit once this many flows are decoded and the socket has nothing more right now ...
+_SUBMIT_FLOWS = 1024
+#: ... or once this many are, while datagrams keep coming: the engine's fixed cost per batch
+#: (numpy calls, the talker backlog's bookkeeping) was ~0.3 us/flow in 1,024-flow batches
+#: in a busy collector's worst case; a batch this size holds the loop ~5 ms ...
+_SUBMIT_BUSY_FLOWS = 8192
 #: ... or this many seconds after the first of them came off the queue: the engine's cost
-#: per batch (a fixed part per call) is paid per thousands of flows, not per datagram, even
-#: at low rates, and flows wait at most this long
+#: per batch (a fixed part per call) is paid per thousand flows, not per datagram, even at
+#: low rates, and flows wait at most this long
 _SUBMIT_DELAY = 0.1
 #: decode at most this many queued datagrams before yielding to the loop
 _BATCH_DATAGRAMS = 256
@@ -446,8 +449,14 @@ class NetflowSource:
             if len(columns):
                 batch.append(columns)
                 flows += len(columns)
-            if flows >= _SUBMIT_FLOWS:
+            if flows >= _SUBMIT_BUSY_FLOWS:
                 flush()
+            elif flows >= _SUBMIT_FLOWS and not queue:
+                # Enough for a batch: let the socket callback run once; when nothing more
+                # came (a collector keeping up), submit now, else decode on into a bigger one
+                await asyncio.sleep(0)
+                if not queue or time.monotonic() >= due:
+                    flush()
 
     def _log_error(self, message: str, *args: object) -> None:
         now = time.monotonic()
