@@ -223,10 +223,9 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and of its child processes (nfacctd runs plugins as children)."""
-    total = 0
-    pids = [pid]
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (nfacctd runs plugins as children)."""
+    children = []
     try:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -236,9 +235,16 @@ def cpu_seconds(pid: int) -> float:
                 except OSError:
                     continue
                 if int(fields[1]) == pid:
-                    pids.append(int(entry))
+                    children.append(int(entry))
     except OSError:
         pass
+    return children
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and of its child processes (nfacctd runs plugins as children)."""
+    total = 0
+    pids = [pid, *child_pids(pid)]
     for each in pids:
         try:
             with open(f"/proc/{each}/stat") as stat:
@@ -273,6 +279,22 @@ class Collector:
     #: datagrams the collector itself dropped after reading them (egressd's queue)
     own_drops: Callable[[], float] | None = None
     rates: list[float] = field(default_factory=list)
+
+
+def stop_all(collectors: list[Collector]) -> None:
+    """Stop every collector and the processes it started (nfacctd's plugins outlive it)."""
+    children = [pid for collector in collectors for pid in child_pids(collector.process.pid)]
+    for collector in collectors:
+        collector.process.send_signal(signal.SIGTERM)
+    for collector in collectors:
+        try:
+            collector.process.wait(20)
+        except subprocess.TimeoutExpired:
+            collector.process.kill()
+            collector.process.wait()
+    for pid in children:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def _metrics(base: str) -> dict[str, float]:
@@ -559,14 +581,7 @@ def compare_workers(workers: int, seconds: float, trials: int) -> int:
                     flows = max(result.achieved * 3.0 * (1 - result.loss), 1.0)
                     cpu[collector.name].append((result.cpu / flows * 1e6, own / flows * 1e6))
         finally:
-            for collector in collectors:
-                collector.process.send_signal(signal.SIGTERM)
-            for collector in collectors:
-                try:
-                    collector.process.wait(20)
-                except subprocess.TimeoutExpired:
-                    collector.process.kill()
-                    collector.process.wait()
+            stop_all(collectors)
     for name, search in searches.items():
         limited = " (sender-limited)" if search.sender_limited else ""
         total = statistics.median(total for total, _own in cpu[name])
@@ -621,14 +636,7 @@ def main() -> int:
                 searches = max_rates(collectors, pool, args.seconds, truesize, args.trials)
                 cpu = cpu_per_flow(collectors, pool, 3.0, truesize, args.rounds)
             finally:
-                for collector in collectors:
-                    collector.process.send_signal(signal.SIGTERM)
-                for collector in collectors:
-                    try:
-                        collector.process.wait(20)
-                    except subprocess.TimeoutExpired:
-                        collector.process.kill()
-                        collector.process.wait()
+                stop_all(collectors)
         header = f"{'max rate (flows/s)':>22s} {'CPU µs/flow @20k/s':>20s} {'spread':>8s}"
         print(f"  {'collector':10s} {header}")
         medians = {}
