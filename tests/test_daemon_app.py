@@ -271,9 +271,12 @@ async def test_collector_full_queue_drops_and_counts() -> None:
     await source.start(sink)
     assert source.bound is not None
     datagram = ipfix([("10.20.0.1", "47.100.23.45", 1, int(T0), int(T0))])
-    # Feed the receive path directly, as the socket would, without letting the decoder run.
-    for _ in range(5):
-        source._received(datagram, "::1")
+    # Five datagrams in the socket before the loop runs again: the socket callback reads
+    # them in one burst, before the decoder task can take any off the queue.
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        for _ in range(5):
+            sock.sendto(datagram, source.bound)
+    await wait_for(lambda: source.stats.units == 5)
     assert source.stats.dropped["queue_full"] == 3
     await wait_for(lambda: len(sink.records) == 2)
     await source.stop()

@@ -359,23 +359,6 @@ class NetflowSource:
             if queue and self._ready_event is not None:
                 self._ready_event.set()
 
-    def _received(self, data: bytes, host: str) -> None:
-        """One datagram as :meth:`_readable` takes it (kept for feeding the path directly)."""
-        stats = self.stats
-        stats.units += 1
-        allowed = self._exporters.get(host)
-        if allowed is None:
-            allowed = self._check_exporter(host)
-        if not allowed:
-            stats.drop("exporter_not_allowed")
-            return
-        if len(self._queue) >= self._queue_size:
-            stats.drop("queue_full")
-            return
-        self._queue.append((data, host, self._clock()))
-        if self._ready_event is not None:
-            self._ready_event.set()
-
     def _check_exporter(self, host: str) -> bool:
         exporter = _exporter_text(host)
         if self._allowed is None:
