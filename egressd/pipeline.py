@@ -29,7 +29,7 @@ from egressd.detect.detectors import (
 )
 from egressd.detect.newdest import NewDestinationDetector
 from egressd.detect.policy import ExpectedDestinations
-from egressd.enrich import DestinationLabeler, DestinationLabels
+from egressd.enrich import DestinationLabeler, DestinationLabels, NumberedLabeler, ParsedLabeler
 from egressd.enrich.address import parse_address
 from egressd.enrich.special import special_kind_of
 from egressd.model import FlowRecord
@@ -140,7 +140,7 @@ class Engine:
         self.config = config
         self.stats = EngineStats()
         detection = config.detection
-        self.labeler = labeler
+        self._use_labeler(labeler)
         self.classifier = EgressClassifier(config.networks, config.groups)
         self.column_classifier = ColumnClassifier(self.classifier)
         self.aggregator = IntervalAggregator(
@@ -197,7 +197,7 @@ class Engine:
         """Apply a new policy and new geo data without forgetting baselines (SIGHUP)."""
         detection = config.detection
         self.config = config
-        self.labeler = labeler
+        self._use_labeler(labeler)
         self.classifier = EgressClassifier(config.networks, config.groups)
         self.column_classifier = ColumnClassifier(self.classifier)
         self.policy.reconfigure(
@@ -220,6 +220,13 @@ class Engine:
         self.source_cache.resize(config.geo.cache_size)
         self.destination_cache.resize(config.geo.cache_size)
         self._link_rate = detection.max_link_rate
+
+    def _use_labeler(self, labeler: DestinationLabeler) -> None:
+        """Take a labeler, and note once what batch answers it offers (an isinstance check
+        against a protocol costs microseconds: too much for every batch)."""
+        self.labeler = labeler
+        self._numbered_labeler = labeler if isinstance(labeler, NumberedLabeler) else None
+        self._parsed_labeler = labeler if isinstance(labeler, ParsedLabeler) else None
 
     def labels_changed(self) -> None:
         """The labeler's data was reloaded: forget cached labels, keep everything learned."""
@@ -420,12 +427,9 @@ class Engine:
         large as ``geo.cache_size`` misses the CPU caches on each probe and store), which is
         then not consulted. Otherwise through that cache keyed by the 128-bit value, the
         misses sent to the labeler in one call."""
-        labeler = self.labeler
-        if getattr(labeler, "embedded_only", False):
-            numbered_labels: tuple[list[DestinationLabels], I64] = labeler.label_numbered(  # type: ignore[attr-defined]
-                address_texts(highs, lows)
-            )
-            return numbered_labels
+        labeler = self._numbered_labeler
+        if labeler is not None and labeler.embedded_only:
+            return labeler.label_numbered(address_texts(highs, lows))
         return numbered(self._cached_labels(highs, lows))
 
     def _cached_labels(self, highs: U64, lows: U64) -> list[DestinationLabels]:
@@ -447,8 +451,8 @@ class Engine:
                 hi_column, lo_column = highs[missing], lows[missing]
                 missed = [keys[i] for i in missing]
             texts = address_texts(hi_column, lo_column)
-            label_parsed = getattr(self.labeler, "label_parsed", None)
-            if label_parsed is not None:  # the composite labeler: no parsing the texts again
+            labeler = self._parsed_labeler
+            if labeler is not None:  # the composite labeler: no parsing the texts again
                 parsed = (
                     [
                         (4, value & 0xFFFF_FFFF)
@@ -456,10 +460,10 @@ class Engine:
                         else (6, (h << 64) | value)
                         for h, value in zip(hi_column.tolist(), lo_column.tolist(), strict=True)
                     ]
-                    if self.labeler.has_regions
+                    if labeler.has_regions
                     else []
                 )
-                labelled: list[DestinationLabels] = label_parsed(parsed, texts)
+                labelled = labeler.label_parsed(parsed, texts)
             else:
                 labelled = self.labeler.label_many(texts)
             cache.store_many(missed, labelled)

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 #: ISO 3166 user-assigned code used when no data source knows the country
 UNKNOWN_COUNTRY = "ZZ"
@@ -79,4 +83,35 @@ class DestinationLabeler(Protocol):
 
     def label_many(self, addresses: Sequence[str]) -> list[DestinationLabels]:
         """Labels of many addresses, in order; batch lookups where the data source allows."""
+        ...
+
+
+@runtime_checkable
+class NumberedLabeler(DestinationLabeler, Protocol):
+    """A labeler that can answer the engine's batch path without its destination cache:
+    when :attr:`embedded_only` holds, labels are a function of the address alone (the
+    embedded country data, which never changes while running)."""
+
+    @property
+    def embedded_only(self) -> bool:
+        """Whether the embedded country data alone answers (may change when data is reloaded)."""
+        ...
+
+    def label_numbered(
+        self, addresses: Sequence[str]
+    ) -> tuple[list[DestinationLabels], npt.NDArray[np.int64]]:
+        """The labels of each distinct answer in order of first use, and each address's
+        index into them (IPv4 dotted quads or canonical IPv6 texts)."""
+        ...
+
+
+@runtime_checkable
+class ParsedLabeler(DestinationLabeler, Protocol):
+    """A labeler that takes addresses the engine has already parsed."""
+
+    def label_parsed(
+        self, parsed: Sequence[tuple[int, int]], texts: Sequence[str]
+    ) -> list[DestinationLabels]:
+        """:meth:`label_many` of ``texts``, given also as (version, value); ``parsed`` may be
+        empty when :attr:`has_regions` is false (only region maps need it)."""
         ...
