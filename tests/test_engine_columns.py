@@ -396,6 +396,27 @@ def test_a_long_backlog_settles_on_the_way_and_stays_exact(
     pair.check()
 
 
+def _feed_outside_mix(pair: Pair, rng: random.Random, steps: int) -> None:
+    """Feed both paths batches of 50 records between local sources and outside addresses
+    (IPv4, IPv6 and IPv4-mapped; every ninth one ingress, labelled by its source),
+    checking them equal as it goes and after a flush."""
+    patterns = OUTSIDE_V4 + OUTSIDE_V6 + MAPPED
+    for step in range(steps):
+        batch = []
+        for i in range(50):
+            end = T0 + step * 20 + i / 10
+            dst = rng.choice(patterns).format(rng.randrange(1, 50))
+            src = rng.choice(LOCAL_V4 + LOCAL_V6).format(rng.randrange(1, 5))
+            size = rng.randrange(100, 40_000)
+            if i % 9 == 0:
+                src, dst = dst, src
+            batch.append(FlowRecord(end - 1, end, src, dst, size, rng.randrange(1, 90)))
+        pair.feed(batch)
+        pair.check(settle=step % 3 == 0)
+    pair.flush()
+    pair.check()
+
+
 def test_regions_and_asn_label_the_batch_as_they_label_records(tmp_path: Path) -> None:
     """With region maps and an ASN database (the composite labeler's batch lookups), keys
     carry region and ASN; both paths give the same buckets and alerts."""
@@ -411,22 +432,7 @@ def test_regions_and_asn_label_the_batch_as_they_label_records(tmp_path: Path) -
     regions.write_text("3.5.140.0/24,cloud/eu-2\n2a00:1450:4001::/48,cloud/eu-1\n")
     geo = GeoConfig(asn_mmdb=asn, region_maps=(RegionMapConfig(format="csv", path=regions),))
     pair = Pair(labeler=lambda: build_labeler(geo))
-    rng = random.Random(5)
-    patterns = OUTSIDE_V4 + OUTSIDE_V6 + MAPPED
-    for step in range(30):
-        batch = []
-        for i in range(50):
-            end = T0 + step * 20 + i / 10
-            dst = rng.choice(patterns).format(rng.randrange(1, 50))
-            src = rng.choice(LOCAL_V4 + LOCAL_V6).format(rng.randrange(1, 5))
-            size = rng.randrange(100, 40_000)
-            if i % 9 == 0:
-                src, dst = dst, src  # ingress, labelled by its source
-            batch.append(FlowRecord(end - 1, end, src, dst, size, rng.randrange(1, 90)))
-        pair.feed(batch)
-        pair.check(settle=step % 3 == 0)
-    pair.flush()
-    pair.check()
+    _feed_outside_mix(pair, random.Random(5), steps=30)
     keys = {key for _, bucket in pair.closed["columns"] for key in bucket}
     assert any(dest.asn == 37963 for _, dest in keys)
     assert any(dest.region == "cloud/eu-2" for _, dest in keys)
@@ -449,21 +455,7 @@ def test_composite_labeler_labels_the_batch_as_it_labels_records(
         )
         geo = GeoConfig(country_mmdb=country)
     pair = Pair(labeler=lambda: build_labeler(geo))
-    rng = random.Random(7)
-    patterns = OUTSIDE_V4 + OUTSIDE_V6 + MAPPED
-    for step in range(20):
-        batch = []
-        for i in range(50):
-            end = T0 + step * 20 + i / 10
-            dst = rng.choice(patterns).format(rng.randrange(1, 50))
-            src = rng.choice(LOCAL_V4 + LOCAL_V6).format(rng.randrange(1, 5))
-            if i % 9 == 0:
-                src, dst = dst, src
-            batch.append(FlowRecord(end - 1, end, src, dst, rng.randrange(100, 40_000), 3))
-        pair.feed(batch)
-        pair.check(settle=step % 3 == 0)
-    pair.flush()
-    pair.check()
+    _feed_outside_mix(pair, random.Random(7), steps=20)
     cache = pair.columns.destination_cache
     assert (cache.lookups > 0) is with_file
     keys = {key for _, bucket in pair.closed["columns"] for key in bucket}
