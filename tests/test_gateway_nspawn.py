@@ -351,22 +351,14 @@ def test_reload_applies_a_changed_config_and_refuses_a_broken_one(gateway: Gatew
     # A broken file: systemctl reload fails, the daemon is not even signalled.
     errors = gateway.metric("egressd_config_reload_errors_total") or 0.0
     gateway.machine.write(CONFIG, '[detection]\ninterval = "banana"\n')
-    failed = gateway.run("systemctl", "reload", "egressd.service", check=False)
-    assert failed.returncode != 0, failed
-    assert "is invalid" in gateway.machine.journal("egressd.service")
-    shown = gateway.show("egressd.service")
-    assert (shown["ActiveState"], shown["MainPID"]) == ("active", pid), shown
+    _reload_fails_and_keeps_running(gateway, pid, "is invalid")
     assert gateway.metric("egressd_config_reloads_total") == reloads + 1
     assert gateway.metric("egressd_config_reload_errors_total") == errors
 
     # A valid file the running daemon refuses (a new interval): systemctl reload fails with
     # the daemon's reason, and the daemon goes on with the configuration it had.
     gateway.write_config(LAB_GROUP, interval="10m")
-    refused = gateway.run("systemctl", "reload", "egressd.service", check=False)
-    assert refused.returncode != 0, refused
-    assert "refused: detection.interval cannot change" in gateway.machine.journal("egressd.service")
-    shown = gateway.show("egressd.service")
-    assert (shown["ActiveState"], shown["MainPID"]) == ("active", pid), shown
+    _reload_fails_and_keeps_running(gateway, pid, "refused: detection.interval cannot change")
     assert gateway.metric("egressd_config_reload_errors_total") == errors + 1
     assert gateway.metric("egressd_config_reloads_total") == reloads + 1
 
@@ -383,6 +375,15 @@ def test_reload_applies_a_changed_config_and_refuses_a_broken_one(gateway: Gatew
     assert gateway.show("egressd.service")["MainPID"] == pid
     assert gateway.metric("egressd_config_reloads_total") == reloads + 1
     gateway.write_config(LAB_GROUP)
+
+
+def _reload_fails_and_keeps_running(gateway: Gateway, pid: str, reason: str) -> None:
+    """``systemctl reload`` exits non-zero, the journal says why, and the same daemon runs on."""
+    failed = gateway.run("systemctl", "reload", "egressd.service", check=False)
+    assert failed.returncode != 0, failed
+    assert reason in gateway.machine.journal("egressd.service")
+    shown = gateway.show("egressd.service")
+    assert (shown["ActiveState"], shown["MainPID"]) == ("active", pid), shown
 
 
 # -- watchdog -------------------------------------------------------------------------------------
