@@ -272,3 +272,78 @@ async def test_restored_firing_set_larger_than_the_outbox_is_announced(
     finally:
         await sink.stop()
     assert sink.stats.outbox_dropped == 0
+
+
+@dataclass
+class HostileAlertmanager:
+    """Answers the first POSTs with an error whose body is not UTF-8 (a proxy, a captive
+    portal, a broken Alertmanager), then accepts."""
+
+    bad_answers: int
+    posts: list[list[dict[str, Any]]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        if self.bad_answers:
+            self.bad_answers -= 1
+            # Far more than is ever logged, and not text.
+            return web.Response(
+                status=502,
+                body=b"\xff\xfe\xfa" * 400_000,
+                headers={"Content-Type": "text/html; charset=utf-8"},
+            )
+        self.posts.append(body)
+        return web.json_response({})
+
+
+async def test_an_error_answer_that_is_not_text_is_a_failed_push_not_a_dead_sink() -> None:
+    # Before: the error body was decoded strictly, the UnicodeDecodeError escaped the
+    # delivery task, and `wait` (which the daemon watches) raised: the daemon exited at
+    # every push to such an answer, and no alert reached any Alertmanager.
+    fake = HostileAlertmanager(bad_answers=2)
+    app = web.Application()
+    app.router.add_post("/api/v2/alerts", fake.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    sink = AlertmanagerSink(AlertmanagerConfig(urls=(url,), resend_interval=60.0), GENERATOR)
+    await sink.start()
+    watcher = asyncio.ensure_future(sink.wait())
+    try:
+        sink.publish([make_alert()])
+        await wait_for(lambda: fake.posts or watcher.done(), timeout=10)
+        assert not watcher.done(), watcher.exception()
+    finally:
+        watcher.cancel()
+        await sink.stop()
+        await server.close()
+    assert sink.stats.push_errors == 2
+    assert fake.posts[0][0]["labels"]["dst_country"] == "CN"
+
+
+@pytest.mark.parametrize(
+    "secret", [b"\xff\xfe not text\n", b"tok\nen\n"], ids=["not-utf8", "inner-newline"]
+)
+async def test_an_unusable_token_file_is_a_failed_push_not_a_dead_sink(
+    am: tuple[FakeAlertmanager, str], tmp_path: Path, secret: bytes
+) -> None:
+    # A rotated token file with bytes no header can carry. Before: the error escaped the
+    # delivery task and the daemon exited at every push.
+    fake, url = am
+    token = tmp_path / "token"
+    token.write_bytes(secret)
+    config = AlertmanagerConfig(urls=(url,), resend_interval=60.0, bearer_token_file=token)
+    sink = AlertmanagerSink(config, GENERATOR)
+    await sink.start()
+    watcher = asyncio.ensure_future(sink.wait())
+    try:
+        sink.publish([make_alert()])
+        await wait_for(lambda: sink.stats.push_errors >= 1 or watcher.done())
+        assert not watcher.done(), watcher.exception()
+        token.write_text("fixed\n")  # the operator mends it: the next retry delivers
+        await wait_for(lambda: fake.posts or watcher.done(), timeout=10)
+        assert not watcher.done(), watcher.exception()
+    finally:
+        watcher.cancel()
+        await sink.stop()
+    assert fake.headers[-1]["Authorization"] == "Bearer fixed"

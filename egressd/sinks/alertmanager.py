@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,6 +40,21 @@ _HORIZON_RESENDS = 4
 _MAX_BATCH = 500
 _BACKOFF_START = 0.5
 _BACKOFF_MAX = 30.0
+#: bytes of an error answer's body read (and logged)
+_ERROR_BODY_LIMIT = 200
+
+
+def _secret(path: Path) -> str:
+    """The secret in ``path``, stripped; OSError (naming the file, never the content) when it
+    cannot go into a header: not UTF-8, or a line break or control character inside."""
+    raw = path.read_bytes().strip()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OSError(f"{path}: not UTF-8 text") from None
+    if not text.isprintable():
+        raise OSError(f"{path}: holds a line break or control character")
+    return text
 
 
 def fingerprint(labels: dict[str, str]) -> Fingerprint:
@@ -204,12 +220,12 @@ class AlertmanagerSink:
         headers = {"Content-Type": "application/json"}
         # Read secrets at every push so a rotated token is picked up without a restart.
         if self.config.bearer_token_file is not None:
-            token = self.config.bearer_token_file.read_text().strip()
+            token = _secret(self.config.bearer_token_file)
             headers["Authorization"] = f"Bearer {token}"
         elif self.config.basic_auth_username:
             password = ""
             if self.config.basic_auth_password_file is not None:
-                password = self.config.basic_auth_password_file.read_text().strip()
+                password = _secret(self.config.basic_auth_password_file)
             pair = f"{self.config.basic_auth_username}:{password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         return headers
@@ -265,9 +281,15 @@ class AlertmanagerSink:
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             ) as response:
                 if response.status >= 300:
-                    text = (await response.text())[:200]
+                    # Whatever answers (a proxy, a captive portal) may send megabytes or
+                    # bytes that are not text: read what is logged, as text whatever it is.
+                    head = await response.content.read(_ERROR_BODY_LIMIT)
+                    text = head.decode("utf-8", errors="replace")
                     raise OSError(f"HTTP {response.status}: {text}")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            # ValueError: what aiohttp refuses to send (a URL or header it cannot carry).
+            # A failed push is retried and counted; it never ends the delivery task, whose
+            # end stops the daemon.
             self.stats.push_errors += 1
             self._log_error(target.url, exc)
             for key in reversed(resent):
