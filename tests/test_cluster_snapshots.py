@@ -93,6 +93,28 @@ async def test_a_directory_store_does_not_read_a_snapshot_over_max_size(
     assert await store.load("p-1") == {"version": 1, "saved_at": mock.ANY}
 
 
+async def test_a_directory_store_refuses_a_snapshot_that_is_not_a_regular_file(
+    tmp_path: Path,
+) -> None:
+    # Before: a FIFO at a snapshot's name blocked its load for ever (the partition's
+    # detection with it). Now it is corrupt: moved aside, and the partition starts afresh.
+    import asyncio
+    import os
+
+    store = DirectoryStore(tmp_path)
+    fifo = tmp_path / "p-0.json"
+    os.mkfifo(fifo)
+    with pytest.raises(CorruptSnapshot, match="not a regular file"):
+        try:
+            async with asyncio.timeout(5):
+                await store.load("p-0")
+        except TimeoutError:
+            os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))  # let the reader thread end
+            pytest.fail("the load blocked on a FIFO")
+    await store.discard("p-0", "test")
+    assert await store.load("p-0") is None
+
+
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
     server = MotoS3(tmp_path_factory.mktemp("moto"))

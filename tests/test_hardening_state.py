@@ -153,6 +153,75 @@ def test_leftover_temp_of_a_live_process_is_kept(tmp_path: Path) -> None:
     assert load_state(state)["a"] == 1  # type: ignore[index]
 
 
+# --------------------------------------------------------------------------- planted files
+
+
+def _in_thread(call: Any, unblock: Path | None = None, timeout: float = 5.0) -> Any:
+    """``call()`` in a thread; fails when it has not returned within ``timeout`` (then opens
+    ``unblock``, a FIFO, from the other end so the thread can end)."""
+    import threading
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed back to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        if unblock is not None:
+            fd = os.open(unblock, os.O_RDWR | os.O_NONBLOCK)
+            os.close(fd)
+        thread.join(timeout)
+        pytest.fail(f"blocked for {timeout} s on a planted file")
+    return outcome[0]
+
+
+def test_a_fifo_planted_at_the_temp_name_does_not_block_saving(tmp_path: Path) -> None:
+    # Before: the temporary file was opened for writing whatever it was; a FIFO there blocks
+    # the open until a reader comes, so the save (and the daemon's save lock, and its final
+    # save at stop) waited for ever.
+    state = tmp_path / "state.json"
+    fifo = tmp_path / f".state.json.{os.getpid()}.tmp"
+    os.mkfifo(fifo)
+    result = _in_thread(lambda: save_state(state, {"a": 1}), unblock=fifo)
+    assert not isinstance(result, BaseException), result
+    assert load_state(state) == {"a": 1, "saved_at": pytest.approx(time.time(), abs=60)}
+    assert _temps(tmp_path) == []
+
+
+def test_a_symlink_planted_at_the_temp_name_is_not_followed(tmp_path: Path) -> None:
+    # Before: the save truncated and overwrote whatever file the link named (with the
+    # daemon's rights), then renamed the link.
+    state = tmp_path / "state.json"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    (tmp_path / f".state.json.{os.getpid()}.tmp").symlink_to(victim)
+    save_state(state, {"a": 1})
+    assert victim.read_bytes() == b"keep me"
+    assert not state.is_symlink()
+    assert load_state(state)["a"] == 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_state_path_that_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    # Before: a FIFO blocked the start for ever; /dev/zero was read up to state.max_size.
+    state = tmp_path / "state.json"
+    if kind == "fifo":
+        os.mkfifo(state)
+    else:
+        state.symlink_to("/dev/zero")
+    result = _in_thread(lambda: load_state(state), unblock=state if kind == "fifo" else None)
+    assert isinstance(result, StateError), result
+    assert "not a regular file" in str(result)
+
+
 # --------------------------------------------------------------------------- ENOSPC
 
 

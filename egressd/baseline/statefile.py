@@ -9,16 +9,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from egressd.errors import StateError, StateTooLarge
 
 log = logging.getLogger("egressd.state")
+
+#: how the temporary file of a save is opened: created here, never an existing file or link
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: The integers orjson writes and reads back; one beyond them (a byte sum grown past
 #: 2^64) is saturated instead of making every save fail.
@@ -90,7 +94,12 @@ def save_state(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Whatever sits at the temporary name (a FIFO would block the open for ever, a
+        # symlink would have us overwrite its target) is removed, and the file is created
+        # anew: O_EXCL and O_NOFOLLOW refuse anything planted between the two.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, _CREATE, 0o600)
         try:
             view = memoryview(blob)
             while view:
@@ -156,6 +165,20 @@ def _fsync_dir(directory: Path) -> None:
 MAX_STATE_SIZE = 256_000_000
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading; StateError when it is not a regular file.
+
+    Opened without blocking, so a FIFO planted at the path cannot hold the caller for ever;
+    a FIFO or a device (``/dev/zero`` would be read up to the size limit) is refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    file = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        file.close()
+        raise StateError(f"{path} is not a regular file")
+    return file
+
+
 def load_state(path: Path, max_size: int = MAX_STATE_SIZE) -> dict[str, Any] | None:
     """The saved state, or None when there is none. Raises StateError when it is unreadable.
 
@@ -163,7 +186,7 @@ def load_state(path: Path, max_size: int = MAX_STATE_SIZE) -> dict[str, Any] | N
     several times its size in memory, so a huge (or sparse) file could exhaust it.
     """
     try:
-        with path.open("rb") as file:
+        with open_regular(path) as file:
             size = os.fstat(file.fileno()).st_size
             if size > max_size:
                 raise StateTooLarge(_too_large(path, size, max_size))

@@ -28,7 +28,13 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import orjson
 
-from egressd.baseline.statefile import MAX_STATE_SIZE, encode_state, move_aside, save_state
+from egressd.baseline.statefile import (
+    MAX_STATE_SIZE,
+    encode_state,
+    move_aside,
+    open_regular,
+    save_state,
+)
 from egressd.errors import StateError, StateTooLarge
 
 log = logging.getLogger("egressd.cluster.snapshots")
@@ -113,7 +119,11 @@ class DirectoryStore:
 
     def _read(self, path: Path) -> bytes:
         """The file's bytes; SnapshotTooLarge, before reading, when it is over max_size."""
-        with path.open("rb") as file:
+        try:
+            file = open_regular(path)  # a FIFO or device planted there: never blocks
+        except StateError as exc:
+            raise CorruptSnapshot(str(exc)) from None
+        with file:
             size = os.fstat(file.fileno()).st_size
             if size > self.max_size:
                 raise SnapshotTooLarge(_too_large(str(path), size, self.max_size))
