@@ -10,6 +10,14 @@ Each scenario is replayed with its own configuration (the months set only ``inte
 it is true when it matches an injected exfiltration (alertname, group, destination country)
 and starts within one interval after the exfiltration crossed its threshold; every other page
 is false. Time to detect is ``startsAt`` minus the moment the threshold was crossed.
+
+``--scale 0.25 0.5 1 2 4`` replays each scenario at each factor: every generated flow's bytes
+and packets (background, traps and injected transfers alike) are multiplied by it, so the same
+traffic shape stands for a smaller or larger (or faster-linked) network, with the same
+configuration. At a factor other than 1 the thresholds fall at other moments, so a page counts
+as the injected transfer's when it matches it and starts between the transfer's first flow and
+one interval after its last flow (or its crossing, whichever is later). A summary line per
+factor follows.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import io
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -27,7 +36,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from network_scenarios import GENERATORS
-from scenarios import INTERVAL, Scenario, generate, generate_month
+from scenarios import INTERVAL, ExpectedAlert, Scenario, generate, generate_month
 
 from egressd.config import parse_config
 from egressd.replay import replay
@@ -37,7 +46,24 @@ def _time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def score(scenario: Scenario, directory: Path) -> dict[str, object]:
+def scaled(scenario: Scenario, factor: float) -> Scenario:
+    """``scenario`` with every flow's bytes and packets multiplied by ``factor``."""
+    if factor == 1:
+        return scenario
+    flows = [
+        f._replace(bytes=max(round(f.bytes * factor), 1), packets=max(round(f.packets * factor), 1))
+        for f in scenario.flows
+    ]
+    return replace(scenario, flows=flows)
+
+
+def _matches(exfil: ExpectedAlert, starts: float, factor: float) -> bool:
+    if factor == 1 or exfil.begin is None or exfil.end is None:
+        return exfil.crossing <= starts <= exfil.crossing + INTERVAL
+    return exfil.begin <= starts <= max(exfil.end, exfil.crossing) + INTERVAL
+
+
+def score(scenario: Scenario, directory: Path, factor: float = 1.0) -> dict[str, object]:
     path = scenario.write(directory / f"flows-{scenario.seed}.jsonl")
     out = io.BytesIO()
     began = time.perf_counter()
@@ -53,7 +79,7 @@ def score(scenario: Scenario, directory: Path) -> dict[str, object]:
         key = (labels["alertname"], labels["group"], labels["dst_country"])
         starts = _time(event["startsAt"])
         exfil = expected.get(key)
-        if exfil is not None and exfil.crossing <= starts <= exfil.crossing + INTERVAL:
+        if exfil is not None and _matches(exfil, starts, factor):
             detected.setdefault(exfil.name, starts - exfil.crossing)
         else:
             false_pages.append(f"{'/'.join(key)}@{event['startsAt']}")
@@ -82,7 +108,19 @@ def main() -> None:
     choices = ("month", "nine-day", *GENERATORS, "both", "networks", "all")
     parser.add_argument("--scenario", choices=choices, default="both")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument(
+        "--scale",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="replay each scenario with every byte count multiplied by each factor",
+    )
     args = parser.parse_args()
+    if any(factor <= 0 for factor in args.scale):
+        parser.error("--scale factors must be positive")
+    scales: list[float] = args.scale
+    several = scales != [1.0]
+    totals = {factor: _Totals() for factor in scales}
     kinds = {
         "both": ("month", "nine-day"),
         "networks": tuple(GENERATORS),
@@ -90,26 +128,63 @@ def main() -> None:
     }.get(args.scenario, (args.scenario,))
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
-            print(f"== {kind} ==")
+            # Each seed is generated once and replayed at every factor; the report keeps the
+            # order kind, factor, seed.
+            reports: dict[float, list[str]] = {factor: [] for factor in scales}
             for seed in args.seeds:
-                scenario = _generate(kind, seed)
-                result = score(scenario, Path(tmp))
-                detected = result["detected"]
-                assert isinstance(detected, dict)
-                ttd = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in detected.items())
-                false_pages = result["false_pages"]
-                assert isinstance(false_pages, list)
-                print(
-                    f"seed {seed}: recall {result['recall']:.0%} "
-                    f"({len(detected)}/{len(scenario.expected)}), "
-                    f"false pages {len(false_pages)}, "
-                    f"{result['records']:,} records replayed in {result['seconds']:.1f}s"
-                )
-                print(f"  time to detect: {ttd}")
-                if result["missed"]:
-                    print(f"  missed: {', '.join(result['missed'])}")  # type: ignore[arg-type]
-                for page in false_pages:
-                    print(f"  false page: {page}")
+                generated = _generate(kind, seed)
+                for factor in scales:
+                    scenario = scaled(generated, factor)
+                    result = score(scenario, Path(tmp), factor)
+                    reports[factor] += _report(seed, scenario, result)
+                    totals[factor].add(kind, scenario, result)
+            for factor in scales:
+                print(f"== {kind} x{factor:g} ==" if several else f"== {kind} ==")
+                print("\n".join(reports[factor]))
+    if several:
+        seeds = " ".join(map(str, args.seeds))
+        for factor, total in totals.items():
+            per_kind = ", ".join(f"{kind} {n}" for kind, n in total.false_per_kind.items())
+            print(
+                f"scale x{factor:g}: recall {total.detected}/{total.expected}, "
+                f"false pages {sum(total.false_per_kind.values())} ({per_kind}), seeds {seeds}"
+            )
+
+
+@dataclass(slots=True)
+class _Totals:
+    """One scale factor's results over every scenario and seed."""
+
+    detected: int = 0
+    expected: int = 0
+    false_per_kind: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, scenario: Scenario, result: dict[str, object]) -> None:
+        detected = result["detected"]
+        false_pages = result["false_pages"]
+        assert isinstance(detected, dict) and isinstance(false_pages, list)
+        self.detected += len(detected)
+        self.expected += len(scenario.expected)
+        self.false_per_kind[kind] = self.false_per_kind.get(kind, 0) + len(false_pages)
+
+
+def _report(seed: int, scenario: Scenario, result: dict[str, object]) -> list[str]:
+    detected = result["detected"]
+    assert isinstance(detected, dict)
+    ttd = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in detected.items())
+    false_pages = result["false_pages"]
+    assert isinstance(false_pages, list)
+    lines = [
+        f"seed {seed}: recall {result['recall']:.0%} "
+        f"({len(detected)}/{len(scenario.expected)}), "
+        f"false pages {len(false_pages)}, "
+        f"{result['records']:,} records replayed in {result['seconds']:.1f}s",
+        f"  time to detect: {ttd}",
+    ]
+    if result["missed"]:
+        lines.append(f"  missed: {', '.join(result['missed'])}")  # type: ignore[arg-type]
+    lines += [f"  false page: {page}" for page in false_pages]
+    return lines
 
 
 if __name__ == "__main__":

@@ -223,6 +223,9 @@ class ExpectedAlert:
     total_bytes: int
     #: for spikes: the generated per-interval baseline
     baseline: float | None = None
+    #: event times of the transfer's first and last flow (None where not recorded)
+    begin: float | None = None
+    end: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,6 +524,8 @@ def generate(seed: int = 1, days: int = 9, start: float = START) -> Scenario:
             dst,
             UNEXPECTED_MIN_BYTES,
             sum(f.real_bytes for f in burst),
+            begin=min(f.end for f in burst),
+            end=max(f.end for f in burst),
         )
     )
     flows += burst
@@ -541,6 +546,8 @@ def generate(seed: int = 1, days: int = 9, start: float = START) -> Scenario:
             dst,
             UNEXPECTED_MIN_BYTES,
             sum(f.real_bytes for f in v6),
+            begin=min(f.end for f in v6),
+            end=max(f.end for f in v6),
         )
     )
     flows += v6
@@ -568,6 +575,8 @@ def generate(seed: int = 1, days: int = 9, start: float = START) -> Scenario:
             dst,
             UNEXPECTED_MIN_BYTES,
             sum(f.real_bytes for f in drip),
+            begin=min(f.end for f in drip),
+            end=max(f.end for f in drip),
         )
     )
     flows += drip
@@ -600,6 +609,8 @@ def generate(seed: int = 1, days: int = 9, start: float = START) -> Scenario:
             dst,
             UNEXPECTED_MIN_BYTES,
             sum(f.real_bytes for f in sampled),
+            begin=min(f.end for f in sampled),
+            end=max(f.end for f in sampled),
         )
     )
     flows += sampled
@@ -629,6 +640,8 @@ def generate(seed: int = 1, days: int = 9, start: float = START) -> Scenario:
             SPIKE_MIN_BYTES,
             sum(f.real_bytes for f in spike),
             baseline,
+            min(f.end for f in spike),
+            max(f.end for f in spike),
         )
     )
     flows += spike
@@ -894,6 +907,8 @@ def _expect(
         int(floor),
         sum(f.real_bytes for f in flows),
         baseline,
+        min(f.end for f in flows),
+        max(f.end for f in flows),
     )
 
 
