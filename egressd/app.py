@@ -491,8 +491,8 @@ class Daemon:
 
     def idle_tick(self, now: float) -> None:
         """Move event time on at wall-clock pace from where flows last moved it, once they
-        have not for IDLE_AFTER (``now`` is the feed's monotonic clock)."""
-        target = self.feed.progress.idle_target(now)
+        have not for IDLE_AFTER, up to wall time (``now`` is the feed's monotonic clock)."""
+        target = self.feed.progress.idle_target(now, self.feed.wall())
         if target is None or target <= self.engine.event_time():
             return
         self.stats.idle_advances += 1

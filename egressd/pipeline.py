@@ -100,14 +100,19 @@ class Progress:
         """How long event time has stood still."""
         return now - self.since
 
-    def idle_target(self, now: float) -> float | None:
+    def idle_target(self, now: float, limit: float = math.inf) -> float | None:
         """Where wall time carries event time once it stood still for :data:`IDLE_AFTER`:
-        on from where flows left it, at wall-clock pace; None before that (or before any
-        flow)."""
+        on from where flows left it, at wall-clock pace, but never past ``limit`` (the
+        caller's wall time); None before that (or before any flow).
+
+        The limit keeps one record stamped ahead (up to ``max_clock_ahead``, a forged or
+        broken clock) from setting event time ahead of wall time for good: flows stamped
+        behind it are no progress, so without it wall time would carry the forged stamp on.
+        """
         quiet = now - self.since
         if self.event_time == -math.inf or quiet < IDLE_AFTER:
             return None
-        return self.event_time + quiet
+        return min(self.event_time + quiet, limit)
 
 
 @dataclass(slots=True)

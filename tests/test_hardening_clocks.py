@@ -109,6 +109,38 @@ def test_a_punctual_exporter_is_not_overtaken_by_wall_time(tmp_path: Path) -> No
     assert daemon.engine.aggregator.late_records == 0
 
 
+def test_one_forged_record_from_the_future_shifts_event_time_only_until_wall_time_catches_up(
+    tmp_path: Path,
+) -> None:
+    # One record stamped a day ahead counts at wall time + max_clock_ahead (5 min) and moves
+    # event time there. Before: flows stamped behind it were no progress, so from then on
+    # wall time carried event time on from the forged stamp, 5 min ahead for good (and in
+    # every saved state): every later record of the punctual exporter was late.
+    clock = FakeClock()
+    daemon = live_daemon(tmp_path, clock)
+    ahead = daemon.config.detection.max_clock_ahead
+    forged_at = 300.0
+    late_after_recovery = 0
+    while clock.t <= 2400:
+        if clock.t % 10 == 0:
+            stamp = clock.wall() - 30  # export delay
+            batch = [FlowRecord(stamp - 10, stamp, "10.20.0.5", US, 1_000_000, 800)]
+            if clock.t == forged_at:
+                forged = clock.wall() + 86400
+                batch.append(FlowRecord(forged - 10, forged, "10.20.0.9", US, 1_000, 1))
+            daemon.feed.submit(batch)
+            if clock.t == forged_at:
+                assert daemon.engine.event_time() == clock.wall() + ahead
+        daemon.idle_tick(clock.monotonic())
+        if clock.t == forged_at + ahead + 60 + IDLE_AFTER + 2 * TICK:
+            late_after_recovery = daemon.engine.aggregator.late_records
+        clock.t += TICK
+    # Once wall time passed the forged stamp, event time follows wall time again: no record
+    # of the punctual exporter (30 s behind, within the 1 min lateness) is late any more.
+    assert daemon.engine.event_time() <= clock.wall()
+    assert daemon.engine.aggregator.late_records == late_after_recovery
+
+
 @pytest.mark.parametrize(
     "ahead",
     [86400.0, 32_503_680_000.0 - T0],  # a day ahead; the year 3000

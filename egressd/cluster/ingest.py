@@ -648,7 +648,7 @@ class Ingest(KafkaRole):
                 # (goflow2 keys by exporter: partitions without an exporter stay empty) is
                 # at wall time: whatever comes to it later is live, and the slowest
                 # partition still sets the pace of a backlog elsewhere.
-                target = lane.progress.idle_target(now)
+                target = lane.progress.idle_target(now, self.wall())
                 if target is not None:
                     t = max(t, target)
                 elif t == -math.inf and lane.progress.quiet(now) >= IDLE_AFTER:
