@@ -16,6 +16,7 @@ from typing import Final
 
 import orjson
 
+from egressd.decode.common import check_depth
 from egressd.errors import DecodeError
 
 KIND: Final = "egressd-kind"
@@ -117,6 +118,7 @@ class Heartbeat:
     @classmethod
     def decode(cls, blob: bytes) -> Heartbeat:
         try:
+            check_depth(blob)  # before orjson, which crashes on it before 3.9.15
             data = orjson.loads(blob)
             if not isinstance(data, dict) or data.get("v") != 1:
                 raise ValueError("unknown heartbeat version")
@@ -125,7 +127,7 @@ class Heartbeat:
             generations = {str(k): int(v) for k, v in dict(data.get("generations", {})).items()}
             quiet = {str(k): float(v) for k, v in dict(data.get("quiet", {})).items()}
             wall = float(data.get("wall", -math.inf))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (orjson.JSONDecodeError, DecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError("bad_heartbeat", f"heartbeat: {exc}") from exc
         if (
             any(math.isnan(t) for t in times.values())

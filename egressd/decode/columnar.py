@@ -52,7 +52,8 @@ _U64_MAX: Final = 2**64 - 1
 _I64_MIN: Final = -(2**63)
 _ZERO16: Final = bytes(16)
 _UNSET: Final = msgspec.UNSET
-_PARSE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError)
+#: RecursionError: nesting deeper than msgspec takes (the record decoder then names it)
+_PARSE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 _astuple = msgspec.structs.astuple
 
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any, Final
 
+import msgspec
 from orjson import JSONDecodeError, loads
 
 from egressd.cache import BoundedCache
@@ -24,7 +25,11 @@ REASONS: Final = (
     "bad_number",
     "bad_time",
     "bad_protobuf",
+    "too_deep",
 )
+
+#: a JSON line with more opening brackets than this is checked for its nesting depth first
+_BRACKETS_CHECKED: Final = 256
 
 #: event times outside [epoch, year 10000) cannot be formatted as RFC 3339 downstream
 MAX_EPOCH: Final = 253402300800.0
@@ -203,8 +208,27 @@ def as_count(value: object, name: str) -> int:
     raise DecodeError("bad_number", f"{name} is not a non-negative integer: {str(value)[:32]!r}")
 
 
+def check_depth(blob: bytes) -> None:
+    """DecodeError ``too_deep`` when ``blob`` nests arrays or objects deeper than Python's
+    recursion limit (1,000 by default).
+
+    orjson before 3.9.15 (CVE-2024-27454) has no depth limit: a few hundred kilobytes of
+    ``[`` overflow the native stack and kill the process (SIGSEGV), so one Kafka message
+    would stop the daemon at every start. msgspec stops at the recursion limit; it parses
+    only lines with more than :data:`_BRACKETS_CHECKED` brackets, which flows never have.
+    """
+    if len(blob) > _BRACKETS_CHECKED and blob.count(b"[") + blob.count(b"{") > _BRACKETS_CHECKED:
+        try:
+            msgspec.json.decode(blob)
+        except RecursionError:
+            raise DecodeError("too_deep", "arrays or objects nested too deep") from None
+        except msgspec.DecodeError:
+            pass  # not JSON: orjson names the problem
+
+
 def load_object(line: bytes) -> dict[str, Any]:
     """One JSON line that must hold an object."""
+    check_depth(line)
     try:
         obj = loads(line)
     except JSONDecodeError as exc:

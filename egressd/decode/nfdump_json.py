@@ -16,6 +16,7 @@ from egressd.decode.common import (
     as_port,
     as_protocol,
     as_time,
+    check_depth,
     check_epoch,
     optional_address,
     required_address,
@@ -113,6 +114,7 @@ class NfdumpJsonSplitter:
 
 def load_record(text: bytes) -> dict[str, Any]:
     """One record's object; DecodeError when it is not a JSON object."""
+    check_depth(text)
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
