@@ -1,10 +1,10 @@
 """Detection quality on generated scenarios: recall, false pages and time to detect per seed.
 
 Run: ``python benchmarks/detection_bench.py [--scenario KIND] [--seeds 1 2 3]``, KIND one of
-month, nine-day, both, saas, campus, small-office, networks, all. ``both`` (the default) is
-the month and the nine days; ``networks`` the three differently shaped months of
+month, nine-day, both, saas, campus, small-office, enterprise, networks, all. ``both`` (the
+default) is the month and the nine days; ``networks`` the four differently shaped months of
 tests/network_scenarios.py (a cloud-heavy company, a university, a small office behind 1:1000
-sampling); ``all`` is all five.
+sampling, an enterprise of eighteen groups and ~4,400 hosts); ``all`` is all six.
 Each scenario is replayed with its own configuration (the months set only ``interval`` and
 ``learning`` under ``[detection]``: the defaults do the work). A page is an alert that fires;
 it is true when it matches an injected exfiltration (alertname, group, destination country)

@@ -11,10 +11,22 @@ traffic the month scenario (tests/scenarios.py) was not written for.
 - ``small-office``: fifteen people behind one exporter sampling 1:1000. Few flows per interval,
   most night intervals empty; a NAS backs up nightly to one cloud network; the office closes for
   a ten-day holiday, then comes back.
+- ``enterprise``: eighteen groups and ~4,400 hosts, so ~90 (group x country) keys where the
+  others have a handful of large ones: offices in London, Dublin, Frankfurt, Paris, New York,
+  Austin, Sao Paulo, Tokyo, Singapore and Bangalore (each on its own clock and with its own
+  countries, its own country among them; two of them learned; branch exporters sampling 1:10
+  or 1:100), engineering, finance, a data-science team with tens of GB of checkpoints to the
+  cloud on weekdays, a build farm uploading artefacts at any hour, guest Wi-Fi spread over 25
+  countries, a DMZ whose nightly backup to rotating cloud storage moves to another region of
+  the same provider on day 16, building systems that only send a few MB to their vendor, and
+  remote workers on the VPN. Benign events: CDN and cloud address rotation, a SaaS vendor
+  adopted company-wide on day 12, daylight saving on 8 March in the US and 29 March in Europe,
+  a holiday in Bangalore and one in Tokyo, finance's month-end close (2.5 times its traffic).
 
 Each injects exfiltrations with their ground truth (``ExpectedAlert``: the alert, the event
 time its threshold is crossed), scored like the month by benchmarks/detection_bench.py.
-Everything is derived from the seed; a month is a few hundred thousand flows.
+Everything is derived from the seed; a month is a few hundred thousand flows (the
+enterprise about a million).
 """
 
 from __future__ import annotations
@@ -24,13 +36,16 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import iptocc
+import orjson
 from scenarios import (
     DAY,
     GB,
     INTERVAL,
     MB,
+    SPIKE_MIN_BYTES,
     UNEXPECTED_MIN_BYTES,
     ExpectedAlert,
     Flow,
@@ -39,6 +54,7 @@ from scenarios import (
     _at,
     _expect,
     _fanout_destinations,
+    _interval_max,
     _split,
     _transfer,
     diurnal,
@@ -100,6 +116,9 @@ class Network:
     #: group -> (exporter, sampling rate)
     exporters: dict[str, tuple[str, int]]
     group_of: dict[str, str] = field(default_factory=dict)
+    #: group -> its own hours to add to UTC (offices in other time zones); other groups
+    #: follow ``local_offset``
+    zones: dict[str, Callable[[float], float]] = field(default_factory=dict)
 
     def pick_host(self, group: str, v6: bool) -> str:
         v4, v6_hosts = self.hosts[group]
@@ -114,10 +133,17 @@ class Network:
         shifted = event_time + self.local_offset(event_time) * 3600.0
         return datetime.fromtimestamp(shifted, UTC).weekday() >= 5
 
-    def local(self, day: int, hour: float) -> float:
-        """Event time of a local ``hour`` on ``day`` (days from the start)."""
+    def local(self, day: int, hour: float, group: str = "") -> float:
+        """Event time of a local ``hour`` on ``day`` (days from the start), in ``group``'s zone."""
         guess = _at(self.start, day, hour)
-        return guess - self.local_offset(guess) * 3600.0
+        return guess - self.zones.get(group, self.local_offset)(guess) * 3600.0
+
+    def clock(self, group: str, event_time: float) -> tuple[float, bool, int]:
+        """``group``'s local hour, whether it is a weekend there, its local day number."""
+        shifted = event_time + self.zones[group](event_time) * 3600.0
+        moment = datetime.fromtimestamp(shifted, UTC)
+        hour = moment.hour + moment.minute / 60.0
+        return hour, moment.weekday() >= 5, int((shifted - self.start) // DAY)
 
     def flow(
         self, end: float, src: str, dst: str, size: float, *, dst_port: int = 443
@@ -215,10 +241,16 @@ def _background(network: Network, streams: Sequence[Stream]) -> list[Flow]:
         hour = network.local_hour(t0)
         weekend = network.is_weekend(t0)
         day = int((t0 - network.start) // DAY)
+        clocks = {group: network.clock(group, t0) for group in network.zones}
         for stream in streams:
             age = (t0 - network.start) / DAY - stream.first_day
             if age < 0:
                 continue
+            if clocks:
+                hour, weekend, day = clocks.get(stream.group) or (
+                    network.local_hour(t0), network.is_weekend(t0),
+                    int((t0 - network.start) // DAY),
+                )  # fmt: skip
             ramp = 1.0
             if stream.ramp_days and age < stream.ramp_days:
                 ramp = 0.02 + 0.98 * age / stream.ramp_days
@@ -700,8 +732,349 @@ def generate_office(seed: int = 1) -> Scenario:
     return _finish(seed, network, flows, expected, traps, OFFICE_CONFIG)
 
 
+# -- an enterprise: many groups, thousands of hosts, offices in several countries ---------------
+
+ENTERPRISE_START = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+#: clocks go forward in the US on Sunday 8 March (day 6), in Europe on Sunday 29 March (day 27)
+US_DST = datetime(2026, 3, 8, 7, tzinfo=UTC).timestamp()
+EU_DST = datetime(2026, 3, 29, 1, tzinfo=UTC).timestamp()
+
+
+def _zone(base: float, dst: float | None = None) -> Callable[[float], float]:
+    if dst is None:
+        return lambda _t: base
+    return lambda t: base + (1.0 if t >= dst else 0.0)
+
+
+_LONDON = _zone(0.0, EU_DST)
+_CET = _zone(1.0, EU_DST)
+_NEW_YORK = _zone(-5.0, US_DST)
+_CENTRAL = _zone(-6.0, US_DST)
+_UTC = _zone(0.0)
+
+
+class _Group(NamedTuple):
+    """One enterprise group: its 10.x.0.0/16, hosts, clock, exporter and countries."""
+
+    octet: int
+    hosts: int
+    #: its IPv6 /32 ("fd00:20") or "" for none
+    prefix6: str
+    zone: Callable[[float], float]
+    #: exporter address and sampling rate
+    exporter: tuple[str, int]
+    #: expected countries, or () to learn them
+    countries: tuple[str, ...]
+
+
+_HQ = ("10.255.0.1", 1)
+_EU_BRANCH = ("10.255.0.2", 1)
+_US_BRANCH = ("10.255.0.3", 10)
+_DATACENTRE = ("10.255.0.7", 1)
+_ENTERPRISE_GROUPS = {
+    # offices: headquarters in London, branches in Europe, the US, Latin America and Asia
+    "london": _Group(20, 600, "fd00:20", _LONDON, _HQ, ("GB", "US", "IE", "NL", "DE", "FR")),
+    "dublin": _Group(21, 150, "", _LONDON, _EU_BRANCH, ("IE", "GB", "US", "NL")),
+    "frankfurt": _Group(22, 250, "", _CET, _EU_BRANCH, ("DE", "US", "IE", "NL", "CH")),
+    "paris": _Group(23, 200, "", _CET, _EU_BRANCH, ("FR", "US", "IE", "DE", "GB", "NL")),
+    "new-york": _Group(24, 400, "", _NEW_YORK, _US_BRANCH, ("US", "GB", "IE", "CA")),
+    "austin": _Group(25, 250, "", _CENTRAL, _US_BRANCH, ("US", "MX")),
+    "sao-paulo": _Group(26, 150, "", _zone(-3.0), ("10.255.0.4", 100), ()),
+    "tokyo": _Group(27, 200, "", _zone(9.0), ("10.255.0.5", 100), ("JP", "US", "SG", "KR")),
+    "singapore": _Group(
+        28, 120, "", _zone(8.0), ("10.255.0.5", 100), ("SG", "US", "JP", "AU", "IN")
+    ),
+    "bangalore": _Group(29, 300, "", _zone(5.5), ("10.255.0.6", 100), ()),
+    # departments and systems
+    "engineering": _Group(30, 400, "fd00:30", _LONDON, _HQ, ("US", "IE", "DE", "NL", "GB", "JP")),
+    "finance": _Group(31, 80, "", _LONDON, _HQ, ("GB", "US", "IE")),
+    "data-science": _Group(32, 60, "fd00:32", _NEW_YORK, _DATACENTRE, ("US", "IE")),
+    "build-farm": _Group(33, 80, "", _UTC, _DATACENTRE, ("US", "DE")),
+    "guest-wifi": _Group(34, 500, "fd00:34", _LONDON, _HQ, ()),
+    "dmz": _Group(35, 60, "fd00:35", _UTC, _DATACENTRE, ("US", "GB", "IE", "DE")),
+    "building-ot": _Group(36, 40, "", _LONDON, _HQ, ("DE",)),
+    "vpn": _Group(37, 600, "fd00:37", _LONDON, ("10.255.0.8", 1), ()),
+}
+
+
+def _enterprise_config() -> str:
+    lines = ['[networks]\nlocal = ["10.0.0.0/8", "fd00::/8"]\n']
+    for name, spec in _ENTERPRISE_GROUPS.items():
+        sources = [f"10.{spec.octet}.0.0/16"] + ([f"{spec.prefix6}::/32"] if spec.prefix6 else [])
+        lines.append(f'[[groups]]\nname = "{name}"\nsources = {orjson.dumps(sources).decode()}')
+        if spec.countries:
+            lines.append(f"expected_countries = {orjson.dumps(list(spec.countries)).decode()}")
+        else:
+            lines.append("# countries learned")
+        lines.append("")
+    lines.append('[detection]\ninterval = "5m"\nlearning = "7d"\n')
+    return "\n".join(lines)
+
+
+ENTERPRISE_CONFIG = _enterprise_config()
+
+#: /16s per country for the destination pools (all of each checked when generated)
+_BLOCKS = {
+    "GB": ("107.32", "107.33", "107.34"),
+    "IE": ("109.76", "109.77", "134.226", "137.43"),
+    "DE": ("109.192", "109.193", "109.40", "109.41"),
+    "FR": ("109.10", "109.11", "109.12"),
+    "NL": ("109.32", "109.33", "130.112"),
+    "CH": ("128.178", "129.132", "130.59"),
+    "CA": ("104.157", "104.158", "108.172"),
+    "MX": ("148.201", "148.202", "148.203"),
+    "BR": ("143.106", "143.107", "150.161", "150.162"),
+    "JP": ("1.112", "1.113", "1.72", "1.73"),
+    "SG": ("101.127", "116.14", "116.15", "116.86"),
+    "KR": ("1.100", "1.101", "1.102"),
+    "AU": ("1.120", "1.121", "1.122"),
+    "IN": ("101.208", "101.209", "101.210"),
+    "ES": ("130.206", "147.83", "147.96"),
+    "IT": ("101.56", "101.57", "109.112"),
+    "PL": ("145.237", "148.81", "149.156"),
+    "SE": ("129.16", "130.235", "130.237"),
+}
+ENTERPRISE_HOLIDAYS = {"bangalore": 17, "tokyo": 18}  # Ugadi (19 March), equinox (20 March)
+#: finance closes the month on these days: its traffic 2.5 times the usual
+MONTH_END = (24, 25)
+
+
+def _enterprise_season(group: str, day: int) -> float:
+    if ENTERPRISE_HOLIDAYS.get(group) == day:
+        return 0.05
+    if group == "finance" and day in MONTH_END:
+        return 2.5
+    return 1.0
+
+
+def generate_enterprise(seed: int = 1) -> Scenario:
+    """An enterprise month (see the module docstring) with six exfiltrations."""
+    rng = random.Random(seed * 3571 + 4)
+    start = ENTERPRISE_START
+    cloud = _addresses(rng, _CLOUD_BLOCKS, 400, "US")
+    pools: dict[str, tuple[list[str], list[str]]] = {
+        "saas-us": (
+            _addresses(rng, _SAAS_US, 200, "US"),
+            ["2603:1026::1", "2603:1026:c02::7", "2603:1036:3000::12"],
+        ),
+        "cloud-us": (cloud, _v6(rng, "2600:1f18", 60)),
+        "cloud-ie": (_addresses(rng, _BLOCKS["IE"], 40, "IE"), _v6(rng, "2a05:d018", 20)),
+        "vendor-us": (["199.232.41.10", "199.232.41.11", "199.232.41.12"], []),
+        "guest-p2p": (_fanout_destinations(rng, 25, {"CN", "RU", "KR", "SG"}), []),
+    }
+    for country, blocks in _BLOCKS.items():
+        pools[country.lower()] = (_addresses(rng, blocks, 20, country), [])
+    _check(pools, {"saas-us": "US", "cloud-us": "US", "cloud-ie": "IE", "vendor-us": "US"})
+    _check(pools, {country.lower(): country for country in _BLOCKS})
+    hosts = {
+        name: _hosts(rng, f"10.{spec.octet}", spec.hosts, spec.prefix6)
+        for name, spec in _ENTERPRISE_GROUPS.items()
+    }
+    network = Network(
+        rng, start, DAYS, hosts, pools, _UTC, _enterprise_season,
+        {name: spec.exporter for name, spec in _ENTERPRISE_GROUPS.items()},
+        zones={name: spec.zone for name, spec in _ENTERPRISE_GROUPS.items()},
+    )  # fmt: skip
+    office = {"night": 0.05, "weekend": 0.1}
+    # A SaaS vendor adopted across the company on day 12: a trial first, in use a week later.
+    vendor = {"first_day": 12.4, "ramp_days": 7.0, "flows": 1.0}
+    streams = (
+        Stream("london", "saas-us", 400 * MB, **office, ipv6=0.2, flows=5),
+        Stream("london", "gb", 150 * MB, **office),
+        Stream("london", "cloud-ie", 120 * MB, **office, ipv6=0.3),
+        Stream("london", "nl", 40 * MB, **office, flows=1),
+        Stream("london", "de", 20 * MB, **office, flows=1),
+        Stream("london", "fr", 15 * MB, **office, flows=1),
+        Stream("london", "vendor-us", 80 * MB, **office, **vendor),
+        Stream("dublin", "saas-us", 100 * MB, **office),
+        Stream("dublin", "ie", 60 * MB, **office),
+        Stream("dublin", "gb", 40 * MB, **office, flows=1),
+        Stream("dublin", "nl", 10 * MB, **office, flows=1),
+        Stream("frankfurt", "saas-us", 150 * MB, **office),
+        Stream("frankfurt", "de", 100 * MB, **office),
+        Stream("frankfurt", "cloud-ie", 50 * MB, **office),
+        Stream("frankfurt", "nl", 20 * MB, **office, flows=1),
+        Stream("frankfurt", "ch", 10 * MB, **office, flows=1),
+        Stream("frankfurt", "vendor-us", 40 * MB, **office, **vendor),
+        Stream("paris", "saas-us", 120 * MB, **office),
+        Stream("paris", "fr", 80 * MB, **office),
+        Stream("paris", "cloud-ie", 40 * MB, **office),
+        Stream("paris", "de", 15 * MB, **office, flows=1),
+        Stream("paris", "gb", 10 * MB, **office, flows=1),
+        Stream("new-york", "saas-us", 350 * MB, **office, flows=5),
+        Stream("new-york", "cloud-us", 100 * MB, **office),
+        Stream("new-york", "gb", 20 * MB, **office, flows=1),
+        Stream("new-york", "cloud-ie", 10 * MB, **office, flows=1),
+        Stream("new-york", "ca", 10 * MB, **office, flows=1),
+        Stream("new-york", "vendor-us", 80 * MB, **office, **vendor),
+        Stream("austin", "saas-us", 200 * MB, **office),
+        Stream("austin", "cloud-us", 80 * MB, **office),
+        Stream("austin", "mx", 8 * MB, **office, flows=1),
+        Stream("sao-paulo", "saas-us", 80 * MB, **office),
+        Stream("sao-paulo", "br", 60 * MB, **office),
+        Stream("tokyo", "saas-us", 80 * MB, **office),
+        Stream("tokyo", "jp", 120 * MB, **office),
+        Stream("tokyo", "sg", 10 * MB, **office, flows=1),
+        Stream("tokyo", "kr", 5 * MB, **office, flows=1),
+        Stream("singapore", "saas-us", 50 * MB, **office),
+        Stream("singapore", "sg", 60 * MB, **office),
+        Stream("singapore", "jp", 10 * MB, **office, flows=1),
+        Stream("singapore", "au", 10 * MB, **office, flows=1),
+        Stream("singapore", "in", 5 * MB, **office, flows=1),
+        Stream("bangalore", "saas-us", 120 * MB, **office),
+        Stream("bangalore", "in", 80 * MB, **office),
+        Stream("bangalore", "sg", 20 * MB, **office, flows=1),
+        Stream("bangalore", "cloud-ie", 20 * MB, **office, flows=1),
+        Stream("engineering", "cloud-us", 300 * MB, 0.1, 0.2, ipv6=0.3, flows=4),
+        Stream("engineering", "saas-us", 150 * MB, **office),
+        Stream("engineering", "cloud-ie", 60 * MB, 0.1, 0.2, ipv6=0.3),
+        Stream("engineering", "de", 40 * MB, 0.1, 0.2, flows=1),
+        Stream("engineering", "nl", 30 * MB, 0.1, 0.2, flows=1),
+        Stream("engineering", "jp", 10 * MB, 0.1, 0.2, flows=1),
+        Stream("engineering", "vendor-us", 60 * MB, **office, **vendor),
+        Stream("finance", "saas-us", 60 * MB, **office, flows=2),
+        Stream("finance", "gb", 40 * MB, **office, flows=1),
+        Stream("finance", "ie", 10 * MB, **office, flows=1),
+        Stream("data-science", "cloud-us", 500 * MB, 0.4, 0.5, ipv6=0.3, flows=4),
+        Stream("data-science", "cloud-ie", 100 * MB, 0.4, 0.5, flows=2),
+        Stream("build-farm", "cloud-us", 300 * MB, 0.8, 0.7, flows=4),
+        Stream("build-farm", "de", 50 * MB, 0.8, 0.7, flows=1),
+        Stream("guest-wifi", "saas-us", 100 * MB, 0.05, 0.2, ipv6=0.3),
+        Stream("guest-wifi", "gb", 50 * MB, 0.05, 0.2),
+        Stream("guest-wifi", "ie", 20 * MB, 0.05, 0.2, flows=1),
+        # Guests' devices: the same kind of spread as peer-to-peer, over 25 countries.
+        Stream("guest-wifi", "guest-p2p", 60 * MB, 0.1, 0.3, sigma=0.6, flows=6, peers=True),
+        Stream("dmz", "cloud-us", 100 * MB, 0.6, 0.9, ipv6=0.3),
+        Stream("dmz", "gb", 30 * MB, 0.6, 0.9),
+        Stream("dmz", "ie", 20 * MB, 0.6, 0.9, flows=1),
+        Stream("dmz", "de", 10 * MB, 0.6, 0.9, flows=1),
+        # Building systems hardly talk out: a controller's few MB to its vendor in Germany.
+        Stream("building-ot", "de", 2 * MB, 0.5, 1.0, flows=1, burst=1 / 500),
+        Stream("vpn", "saas-us", 150 * MB, 0.1, 0.2, ipv6=0.2),
+        Stream("vpn", "gb", 60 * MB, 0.1, 0.2),
+        Stream("vpn", "cloud-ie", 20 * MB, 0.1, 0.2, flows=1),
+        Stream("vpn", "es", 10 * MB, 0.1, 0.2, flows=1),
+        Stream("vpn", "it", 10 * MB, 0.1, 0.2, flows=1),
+        Stream("vpn", "pl", 5 * MB, 0.1, 0.2, flows=1),
+        Stream("vpn", "se", 5 * MB, 0.1, 0.2, flows=1),
+        Stream("vpn", "in", 5 * MB, 0.1, 0.2, flows=1),
+    )
+    flows = _background(network, streams)
+    expected: list[ExpectedAlert] = []
+    traps: list[Trap] = []
+
+    # -- benign: checkpoints to the cloud, build artefacts, the dmz backup moving region -----
+    for day in range(DAYS):
+        if network.clock("data-science", network.local(day, 12, "data-science"))[1]:
+            continue
+        for _ in range(rng.choice((1, 1, 2))):
+            begin = network.local(day, rng.uniform(9, 20), "data-science")
+            size = rng.uniform(10, 60) * GB
+            duration = rng.uniform(30, 90) * 60
+            src = network.pick_host("data-science", False)
+            for part, dst in enumerate(rng.sample(cloud, 6)):
+                flows += network.transfer(src, dst, begin + part, begin + duration, size / 6)
+            traps.append(Trap("checkpoint-upload", begin, begin + duration))
+    t = start
+    while t < start + DAYS * DAY:
+        t += rng.expovariate(4.0 / DAY)
+        size = rng.uniform(3, 12) * GB
+        duration = rng.uniform(10, 40) * 60
+        src = network.pick_host("build-farm", False)
+        for part, dst in enumerate(rng.sample(cloud, 4)):
+            flows += network.transfer(src, dst, t + part, t + duration, size / 4)
+        traps.append(Trap("build-artefacts", t, t + duration))
+    # The dmz backs up nightly to the cloud's storage, whose addresses rotate; on day 16 the
+    # bucket moves to another region: other networks of the same provider, in the US too.
+    east = _addresses(rng, _CLOUD_BLOCKS[:4], 150, "US")
+    west = _addresses(rng, _CLOUD_BLOCKS[4:], 150, "US")
+    backup_src = hosts["dmz"][0][0]
+    for day in range(DAYS):
+        begin = network.local(day, 1 + rng.uniform(0, 0.2), "dmz")
+        size = rng.uniform(10, 30) * GB
+        for part, dst in enumerate(rng.sample(east if day < 16 else west, 8)):
+            flows += network.transfer(backup_src, dst, begin + part, begin + 5400, size / 8)
+        traps.append(Trap("dmz-backup", begin, begin + 5400))
+
+    # -- exfiltrations ------------------------------------------------------------------------
+    # A data-science host copies a dataset to a cloud region in a country the team never uses.
+    src = network.pick_host("data-science", False)
+    dst = rng.choice(pools["sg"][0])
+    begin = network.local(9, rng.uniform(10, 17), "data-science")
+    dataset = network.transfer(src, dst, begin, begin + 3600, rng.uniform(20, 40) * GB)
+    expected.append(
+        _expect(
+            "dataset-abroad", UNEXPECTED, "data-science", "SG", dataset, UNEXPECTED_MIN_BYTES,
+            src, dst,
+        )
+    )  # fmt: skip
+    flows += dataset
+    # A finance laptop drips to a country finance never uses, 50 MB an hour for three days.
+    src = network.pick_host("finance", False)
+    dst = rng.choice(("77.88.55.60", "87.250.250.242", "5.255.255.5"))
+    begin = network.local(11, rng.uniform(0, 24), "finance")
+    drip = network.transfer(src, dst, begin, begin + 3 * DAY, 3 * 24 * 50 * MB, step=300.0)
+    expected.append(
+        _expect(
+            "finance-drip", UNEXPECTED, "finance", "RU", drip, UNEXPECTED_MIN_BYTES, src, dst,
+            windows=WINDOWS,
+        )
+    )  # fmt: skip
+    flows += drip
+    # A Paris laptop fans out to fifty countries, 95 MB per 65 minutes each, for three hours.
+    avoid = set(_ENTERPRISE_GROUPS["paris"].countries) | {"CN", "RU", "SG"}
+    src = network.pick_host("paris", False)
+    begin = network.local(14, rng.uniform(9, 15), "paris")
+    fan: list[Flow] = []
+    for target in _fanout_destinations(rng, 50, avoid):
+        offset = rng.uniform(0, 300)
+        for k in range(36):
+            at = begin + offset + k * 300 + rng.uniform(-20, 20)
+            fan += [f for f in [network.flow(at, src, target, 95 * MB * 300 / 3900)] if f]
+    fan.sort(key=lambda f: f.end)
+    fanout_floor = 5 * UNEXPECTED_MIN_BYTES
+    expected.append(_expect("fan-out", UNEXPECTED, "paris", "multiple", fan, fanout_floor, src, ""))
+    flows += fan
+    # A build runner with stolen credentials ships 4 GB to a fresh VPS at another US provider.
+    src = network.pick_host("build-farm", False)
+    dst = _addresses(rng, ("159.89", "143.198"), 1, "US")[0]
+    begin = network.local(17, rng.uniform(0, 24), "build-farm")
+    vps = network.transfer(src, dst, begin, begin + 2400, 4 * GB)
+    expected.append(
+        _expect("build-vps", NEW_DESTINATION, "build-farm", "US", vps, NEW_DESTINATION_FLOOR,
+                src, dst)
+    )  # fmt: skip
+    flows += vps
+    # A compromised building controller, which only ever talks to its vendor, uploads to China.
+    src = network.pick_host("building-ot", False)
+    dst = rng.choice(("47.100.23.45", "114.114.114.114", "220.181.38.148"))
+    begin = network.local(20, rng.uniform(0, 6), "building-ot")
+    beacon = network.transfer(src, dst, begin, begin + 7200, rng.uniform(1, 2) * GB)
+    expected.append(
+        _expect("ot-upload", UNEXPECTED, "building-ot", "CN", beacon, UNEXPECTED_MIN_BYTES,
+                src, dst)
+    )  # fmt: skip
+    flows += beacon
+    # Finance uploads four times the most it ever sent in five minutes to its usual SaaS.
+    finance_hosts = set(hosts["finance"][0])
+    saas = pools["saas-us"][0]
+    history = _interval_max(flows, finance_hosts, set(saas))
+    t0 = network.local(22, 0, "finance") + INTERVAL * rng.randrange(10 * 12, 16 * 12)
+    t0 -= t0 % INTERVAL
+    src = network.pick_host("finance", False)
+    size = max(4 * history, history + 2 * GB)
+    grab = network.transfer(src, saas[0], t0 + 1, t0 + INTERVAL - 1, size, step=20.0)
+    expected.append(
+        _expect("finance-grab", SPIKE, "finance", "US", grab, SPIKE_MIN_BYTES, src, saas[0],
+                crossing_floor=size / 2)
+    )  # fmt: skip
+    flows += grab
+    return _finish(seed, network, flows, expected, traps, ENTERPRISE_CONFIG)
+
+
 GENERATORS: dict[str, Callable[[int], Scenario]] = {
     "saas": generate_saas,
     "campus": generate_campus,
     "small-office": generate_office,
+    "enterprise": generate_enterprise,
 }

@@ -81,17 +81,28 @@ def _key(event: dict[str, Any]) -> tuple[str, str, str]:
     return labels["alertname"], labels["group"], labels["dst_country"]
 
 
+def false_pages(scenario: Scenario, events: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Pages (firing events) for no injected exfiltration: key, ``startsAt``, summary."""
+    expected = {(x.alertname, x.group, x.dst_country) for x in scenario.expected}
+    return [
+        (_key(e), e["startsAt"], e["annotations"]["summary"])
+        for e in events
+        if e["status"] == "firing" and _key(e) not in expected
+    ]
+
+
 def check_events(scenario: Scenario, events: list[dict[str, Any]]) -> None:
     """Every exfiltration fires once, in time, with evidence; nothing else fires."""
+    unexpected = false_pages(scenario, events)
+    assert not unexpected, f"pages nobody should get: {unexpected}"
+    check_detected(scenario, events)
+
+
+def check_detected(scenario: Scenario, events: list[dict[str, Any]]) -> None:
+    """Every exfiltration fires once, in time, with evidence, and resolves."""
     firing = [e for e in events if e["status"] == "firing"]
     resolved = {_key(e): e for e in events if e["status"] == "resolved"}
     expected = {(x.alertname, x.group, x.dst_country): x for x in scenario.expected}
-    unexpected = [
-        (_key(e), e["startsAt"], e["annotations"]["summary"])
-        for e in firing
-        if _key(e) not in expected
-    ]
-    assert not unexpected, f"pages nobody should get: {unexpected}"
     for key, exfil in expected.items():
         matches = [e for e in firing if _key(e) == key]
         assert len(matches) == 1, f"{exfil.name}: expected one page for {key}, got {matches}"
