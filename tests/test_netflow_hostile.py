@@ -286,3 +286,75 @@ def test_a_new_system_init_time_is_a_restart_and_unannounced_templates_are_suspe
     data = ipfix([data_set(256, IPFIX_UP, rows), data_set(257, IPFIX_UP, rows)], seq=102)
     assert len(decoder.decode(data, LEGIT, NOW + 2)) == 1  # 257 waits for its announcement
     assert decoder.stats.pending_count == 1
+
+
+def _held_bytes(run: object) -> int:
+    """Bytes still allocated after ``run()`` (tracemalloc), e.g. by a decoder's tables."""
+    import gc
+    import tracemalloc
+
+    assert callable(run)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def _wide_template(tid: int, width: int) -> list[tuple[int, int]]:
+    """Addresses and counters, then ``width`` one-byte fields no flow needs."""
+    return [*FIELDS, *((400 + i % 50, 1) for i in range(width))]
+
+
+def test_a_template_with_thousands_of_fields_is_refused_before_it_is_read() -> None:
+    # One 64 kB datagram announced a 16,000-field template: ~60 ms to compile and ~1.4 MB
+    # held, so 10,000 of them (the count bound) would have held 14 GB.
+    decoder = NetflowDecoder()
+    datagrams = [
+        ipfix_datagram(
+            [template_set({256 + n: _wide_template(256 + n, 16_000)}, ipfix=True)],
+            export_secs=int(NOW),
+        )
+        for n in range(40)
+    ]
+
+    def flood() -> None:
+        for datagram in datagrams:
+            decoder.decode(datagram, FLOODER, NOW)
+
+    held = _held_bytes(flood)
+    assert decoder.stats.set_errors["too_many_fields"] == 40
+    assert len(decoder._templates) == 0
+    assert held < 1_000_000, held
+    # A template of the usual size in the same set is still kept.
+    usual = ipfix_datagram([template_set({256: FIELDS}, ipfix=True)], export_secs=int(NOW))
+    decoder.decode(usual, LEGIT, NOW)
+    assert legit_data(decoder, NOW) == 2
+
+
+def test_large_templates_are_bounded_in_fields_and_evict_their_senders_own() -> None:
+    # Under the count bound (100 here) each template could hold 512 fields: the memory
+    # of 100 templates of the usual size times ~80. The cache also holds at most
+    # 64 fields per allowed template in all, and a flood of large ones evicts its own.
+    decoder = NetflowDecoder(max_templates=100)
+    announce = ipfix_datagram([template_set({256: FIELDS}, ipfix=True)], export_secs=int(NOW))
+    decoder.decode(announce, LEGIT, NOW)
+
+    def flood() -> None:
+        for tid in range(256, 456):
+            wide = {tid: _wide_template(tid, 500)}
+            decoder.decode(
+                ipfix_datagram([template_set(wide, ipfix=True)], export_secs=int(NOW)),
+                FLOODER,
+                NOW,
+            )
+
+    held = _held_bytes(flood)
+    assert legit_data(decoder, NOW + 1) == 2
+    assert decoder.stats.templates_evicted >= 180
+    # 100 * 64 fields at ~100 bytes; before: 100 templates of 506 fields, about 5 MB.
+    assert held < 1_500_000, held

@@ -106,3 +106,8 @@ OPTION_FIELDS: Final = frozenset(
 
 VARIABLE_LENGTH: Final = 65535  # template field length meaning "length prefix in the record"
 NTP_UNIX_OFFSET: Final = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
+
+#: fields one template may have: no exporter's comes near (a few dozen is usual). Each held
+#: field costs about 100 bytes and a few microseconds to compile; a template with more ends
+#: its set (``too_many_fields``) before its fields are read.
+MAX_TEMPLATE_FIELDS: Final = 512

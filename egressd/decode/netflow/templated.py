@@ -601,6 +601,8 @@ def parse_templates(
                     raise ValueError("bad_options_template")
         if template_id == 0 and field_count == 0:
             return  # zero padding up to the end of the set
+        if field_count > F.MAX_TEMPLATE_FIELDS:
+            raise ValueError("too_many_fields")  # before reading (and paying for) them
         specs: list[FieldSpec] = []
         for _ in range(field_count):
             if end - pos < 4:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, Final
 
 from egressd.cache import BoundedCache
 from egressd.decode.netflow import fields as F
@@ -84,6 +84,24 @@ class Template:
     seen: float
 
 
+def _offers_of() -> dict[int, tuple[tuple[int, int, int], ...]]:
+    """Per element id of an integer or time field: the (slot, priority, time kind or -1)
+    it offers, in the order :func:`_choose_slots` weighs them."""
+    offers: dict[int, list[tuple[int, int, int]]] = {}
+    for slot, ids in F.INT_FIELDS.items():
+        for eid in dict.fromkeys(ids):
+            offers.setdefault(eid, []).append((slot, ids.index(eid), -1))
+    for slot, table in ((F.START, F.START_FIELDS), (F.END, F.END_FIELDS)):
+        for priority, (eid, kind) in enumerate(table):
+            offers.setdefault(eid, []).append((slot, priority, kind))
+    return {eid: tuple(each) for eid, each in offers.items()}
+
+
+#: looked up once per field: a template's fields are weighed in time linear in their number
+#: (templates are attacker input; a loop over every slot table per field cost ~5 us a field)
+_OFFERS: Final = _offers_of()
+
+
 def _choose_slots(
     fields: tuple[FieldSpec, ...], interpretable: list[bool]
 ) -> tuple[dict[int, int], int, int]:
@@ -109,14 +127,10 @@ def _choose_slots(
             continue
         if length > 8:
             continue
-        for slot, ids in F.INT_FIELDS.items():
-            if eid in ids:
-                offer(slot, ids.index(eid), index)
-        for slot, table in ((F.START, F.START_FIELDS), (F.END, F.END_FIELDS)):
-            for priority, (tid, kind) in enumerate(table):
-                if tid == eid:
-                    offer(slot, priority, index)
-                    kinds[index] = kind
+        for slot, priority, kind in _OFFERS.get(eid, ()):
+            offer(slot, priority, index)
+            if kind >= 0:
+                kinds[index] = kind
     chosen = {slot: index for slot, (_, index) in best.items()}
     if F.START in chosen:
         start_kind = kinds[chosen[F.START]]
@@ -210,27 +224,49 @@ def compile_layout(fields: tuple[FieldSpec, ...], scope_count: int, version: int
     )
 
 
+#: fields held per allowed template on average: the cache holds at most ``max_templates``
+#: templates and ``max_templates * FIELDS_PER_TEMPLATE`` fields in all (about 60 MB at the
+#: default 10,000), so large templates cannot multiply the count bound's memory
+FIELDS_PER_TEMPLATE = 64
+#: layouts of at most this many fields are shared between templates with the same fields
+_SHARED_LAYOUT_FIELDS = 64
+
+
 class TemplateCache:
-    """Templates per exporter, bounded in count and age.
+    """Templates per exporter, bounded in count, in fields held and in age.
 
     Insertion order doubles as refresh order (a refresh re-inserts), so the oldest entry is
-    always first: expiry sweeps pop from the front in O(removed). When full, an exporter
-    holding at least its fair share (total / exporters) makes room from its own templates,
-    and any other from the largest holder's: one exporter flooding templates evicts its own,
-    never another's.
+    always first: expiry sweeps pop from the front in O(removed). When full (count or
+    fields), an exporter holding at least its fair share (of the count, or of the fields)
+    makes room from its own templates, and any other from the largest holder's: one
+    exporter flooding templates, small or large, evicts its own, never another's.
     """
 
-    __slots__ = ("_by_exporter", "_layouts", "_templates", "max_templates", "stats", "timeout")
+    __slots__ = (
+        "_by_exporter",
+        "_fields",
+        "_fields_by_exporter",
+        "_layouts",
+        "_templates",
+        "max_fields",
+        "max_templates",
+        "stats",
+        "timeout",
+    )
 
     _LAYOUT_CACHE_MAX = 4096
 
     def __init__(self, max_templates: int, timeout: float, stats: NetflowStats) -> None:
         self.max_templates = max(1, max_templates)
+        self.max_fields = self.max_templates * FIELDS_PER_TEMPLATE
         self.timeout = timeout
         self.stats = stats
         self._templates: dict[TemplateKey, Template] = {}
         #: each exporter's keys, oldest first
         self._by_exporter: dict[str, dict[TemplateKey, None]] = {}
+        #: fields held, in all and per exporter
+        self._fields = 0
+        self._fields_by_exporter: dict[str, int] = {}
         self._layouts: BoundedCache[tuple[tuple[FieldSpec, ...], int, int], Layout] = BoundedCache(
             self._LAYOUT_CACHE_MAX
         )
@@ -238,19 +274,40 @@ class TemplateCache:
     def __len__(self) -> int:
         return len(self._templates)
 
-    def _forget(self, key: TemplateKey) -> None:
-        """Remove ``key`` (already gone from ``_templates``) from its exporter's keys."""
-        own = self._by_exporter.get(key[0])
+    @property
+    def fields(self) -> int:
+        """Fields of the templates held."""
+        return self._fields
+
+    def _remove(self, key: TemplateKey) -> Template:
+        """Remove ``key`` from the cache and from its exporter's keys and field count."""
+        template = self._templates.pop(key)
+        exporter = key[0]
+        own = self._by_exporter.get(exporter)
         if own is not None:
             own.pop(key, None)
             if not own:
-                del self._by_exporter[key[0]]
+                del self._by_exporter[exporter]
+        weight = _weight(template.fields)
+        self._fields -= weight
+        left = self._fields_by_exporter.get(exporter, 0) - weight
+        if left > 0:
+            self._fields_by_exporter[exporter] = left
+        else:
+            self._fields_by_exporter.pop(exporter, None)
+        return template
+
+    def _add(self, key: TemplateKey, template: Template) -> None:
+        self._templates[key] = template
+        self._by_exporter.setdefault(key[0], {})[key] = None
+        weight = _weight(template.fields)
+        self._fields += weight
+        self._fields_by_exporter[key[0]] = self._fields_by_exporter.get(key[0], 0) + weight
 
     def get(self, key: TemplateKey, now: float) -> Template | None:
         template = self._templates.get(key)
         if template is not None and now - template.seen > self.timeout:
-            del self._templates[key]
-            self._forget(key)
+            self._remove(key)
             self.stats.templates_expired += 1
             return None
         return template
@@ -263,40 +320,47 @@ class TemplateCache:
         now: float,
     ) -> Template:
         """Store (or refresh) a template; compile its layout unless an identical one exists."""
-        old = self._templates.pop(key, None)
+        old = self._templates.get(key)
         if old is not None:
-            self._forget(key)
+            self._remove(key)
             if old.fields == fields and old.scope_count == scope_count:
                 old.seen = now
-                self._templates[key] = old
-                self._by_exporter.setdefault(key[0], {})[key] = None
+                self._add(key, old)
                 return old
         layout_key = (fields, scope_count, key[1])
         layout = self._layouts.get(layout_key)
         if layout is None:
-            # Rebuilt on demand past the bound; only a burst of odd templates gets there.
-            layout = self._layouts.store(layout_key, compile_layout(fields, scope_count, key[1]))
-        while len(self._templates) >= self.max_templates:
-            self._evict_for(key[0])
+            layout = compile_layout(fields, scope_count, key[1])
+            if len(fields) <= _SHARED_LAYOUT_FIELDS:
+                # Rebuilt on demand past the bound; only a burst of odd templates gets there.
+                self._layouts.store(layout_key, layout)
+        weight = _weight(fields)
+        while self._templates and (
+            len(self._templates) >= self.max_templates or self._fields + weight > self.max_fields
+        ):
+            self._evict_for(key[0], len(self._templates) >= self.max_templates)
         template = Template(key[3], fields, scope_count, layout, now)
-        self._templates[key] = template
-        self._by_exporter.setdefault(key[0], {})[key] = None
+        self._add(key, template)
         return template
 
-    def _evict_for(self, exporter: str) -> None:
-        """Make room for one of ``exporter``'s templates (see the class docstring)."""
+    def _evict_for(self, exporter: str, by_count: bool) -> None:
+        """Make room for one of ``exporter``'s templates (see the class docstring): by the
+        count share when the count is at its bound, else by the share of fields."""
         holders = self._by_exporter
         own = holders.get(exporter)
-        if own is None or len(own) * len(holders) < len(self._templates):
-            own = max(holders.values(), key=len)
-        victim = next(iter(own))
-        del self._templates[victim]
-        self._forget(victim)
+        if by_count:
+            if own is None or len(own) * len(holders) < len(self._templates):
+                own = max(holders.values(), key=len)
+        else:
+            weights = self._fields_by_exporter
+            if own is None or weights.get(exporter, 0) * len(holders) < self._fields:
+                own = holders[max(weights, key=weights.__getitem__)]
+        self._remove(next(iter(own)))
         self.stats.templates_evicted += 1
 
     def withdraw(self, key: TemplateKey) -> None:
-        if self._templates.pop(key, None) is not None:
-            self._forget(key)
+        if key in self._templates:
+            self._remove(key)
             self.stats.templates_withdrawn += 1
 
     def withdraw_all(self, exporter: str, version: int, domain: int, options: bool) -> None:
@@ -309,8 +373,7 @@ class TemplateCache:
             and (self._templates[k].scope_count >= 0) == options
         ]
         for key in doomed:
-            del self._templates[key]
-            self._forget(key)
+            self._remove(key)
         self.stats.templates_withdrawn += len(doomed)
 
     def drop_stale(self, exporter: str, version: int, domain: int, now: float) -> None:
@@ -322,8 +385,7 @@ class TemplateCache:
             if k[1] == version and k[2] == domain and self._templates[k].seen < now
         ]
         for key in doomed:
-            del self._templates[key]
-            self._forget(key)
+            self._remove(key)
         self.stats.templates_restart += len(doomed)
 
     def sweep(self, now: float) -> None:
@@ -333,6 +395,10 @@ class TemplateCache:
             key = next(iter(templates))
             if now - templates[key].seen <= self.timeout:
                 break
-            del templates[key]
-            self._forget(key)
+            self._remove(key)
             self.stats.templates_expired += 1
+
+
+def _weight(fields: tuple[FieldSpec, ...]) -> int:
+    """What a template counts against the field bound: its fields, at least one."""
+    return max(1, len(fields))
