@@ -723,6 +723,8 @@ class Engine:
         it runs only while no interval has a backlog (which would see its flows later)."""
         aggregator = self.aggregator
         buckets = aggregator.buckets
+        max_keys = aggregator.max_keys
+        capacity = aggregator.sketch_capacity
         names = batch.groups
         labels = batch.labels
         columns = batch.columns
@@ -762,9 +764,12 @@ class Engine:
                 key = (names[group], labels[dest])
                 accum = bucket.get(key)
                 if accum is None:
-                    accum = aggregator.accum(bucket, key)
-                    if key in bucket:  # a folded key is looked up (and counted) per row
-                        found[code] = accum
+                    if len(bucket) < max_keys:  # (IntervalAggregator.accum, inlined)
+                        accum = found[code] = bucket[key] = Accum(capacity)
+                    else:
+                        accum = aggregator.accum(bucket, key)
+                        if key in bucket:  # a folded key is looked up (and counted) per row
+                            found[code] = accum
                 else:
                     found[code] = accum
             if not egress:
@@ -778,14 +783,32 @@ class Engine:
             accum.flows += 1
             if small:
                 accum.small += size
+            # TopK.add inlined where it is a plain sum: an item already kept, or a new one
+            # while the sketch has room (it has no eviction heap until it is full).
             text = texts.get(src)
             if text is None:
                 text = texts[src] = address_text(src >> 64, src & _LOW64)
-            accum.sources.add(text, size)
+            sketch = accum.sources
+            counts = sketch.counts
+            current = counts.get(text)
+            if current is not None:
+                counts[text] = current + size
+            elif len(counts) < capacity:
+                counts[text] = size
+            else:
+                sketch.add(text, size)
             text = texts.get(dst)
             if text is None:
                 text = texts[dst] = address_text(dst >> 64, dst & _LOW64)
-            accum.destinations.add(text, size)
+            sketch = accum.destinations
+            counts = sketch.counts
+            current = counts.get(text)
+            if current is not None:
+                counts[text] = current + size
+            elif len(counts) < capacity:
+                counts[text] = size
+            else:
+                sketch.add(text, size)
         aggregator.late_records += late_records
         aggregator.late_bytes += late_bytes
 
