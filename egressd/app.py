@@ -32,7 +32,7 @@ from egressd.config import (
 from egressd.control import ControlServer
 from egressd.detect.alerts import FIRING, Alert
 from egressd.enrich import DestinationLabeler
-from egressd.enrich.labeler import CompositeLabeler
+from egressd.enrich.labeler import CompositeLabeler, LoadedFile
 from egressd.errors import ConfigError, EgressdError, StateError, StateTooLarge
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine, EngineStats, Partial, Progress
@@ -449,14 +449,32 @@ class Daemon:
         """Pick up changed mmdb and region-map files; True when labels may have changed.
 
         A broken file keeps the data loaded before it (counted and logged once per version).
-        Runs on the event loop, not in a thread: the labeler answers lookups from the loop and
-        closes a replaced database, so swapping it elsewhere could close it under a lookup.
+        Loads on the calling thread; the daemon's watcher uses :meth:`reload_geo_off_loop`.
         """
         labeler = self.labeler
         if not isinstance(labeler, CompositeLabeler):
             return False  # embedded data changes only with egressd itself
+        return self._apply_geo(labeler, labeler.load_changed())
+
+    async def reload_geo_off_loop(self) -> bool:
+        """:meth:`reload_geo`, the files read and parsed in a thread (a large region map
+        takes seconds, which on the event loop would stop the collector, HTTP and the
+        watchdog). Only the swap runs on the loop, between lookups: the labeler answers them
+        from the loop and closes a replaced database, which elsewhere could close it under a
+        lookup."""
+        labeler = self.labeler
+        if not isinstance(labeler, CompositeLabeler):
+            return False
+        loaded = await asyncio.to_thread(labeler.load_changed)
+        if labeler is not self.labeler:  # a configuration reload replaced it meanwhile
+            for item in loaded:
+                item.discard()
+            return False
+        return self._apply_geo(labeler, loaded)
+
+    def _apply_geo(self, labeler: CompositeLabeler, loaded: list[LoadedFile]) -> bool:
         failures = labeler.reload_failures
-        changed = labeler.reload_if_changed()
+        changed = labeler.apply_loaded(loaded)
         self.stats.geo_reload_errors += labeler.reload_failures - failures
         if changed:
             # The engine caches labels per address in front of the labeler; baselines stay.
@@ -480,7 +498,7 @@ class Daemon:
         # Reads the interval each time: a SIGHUP may change it, or swap the labeler.
         while True:
             await asyncio.sleep(self.config.geo.watch_interval)
-            self.reload_geo()
+            await self.reload_geo_off_loop()
 
     async def _ticker(self) -> None:
         """Idle watermark and status line: wall time moves event time while it stands still."""

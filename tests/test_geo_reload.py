@@ -447,3 +447,54 @@ def test_replay_labels_and_judges_by_aws_region_and_asn(tmp_path: Path) -> None:
 
 def _in(address: str, cidr: str) -> bool:
     return ipaddress.ip_address(address) in ipaddress.ip_network(cidr)
+
+
+async def test_a_large_region_map_is_reloaded_without_stopping_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    # The geo watcher loaded changed files on the event loop: a 300,000-prefix region map
+    # (seconds of parsing) stopped the collector, HTTP and the watchdog meanwhile
+    # (a 1M-prefix one, 18 s here; the unit's WatchdogSec is 30 s). Now only the swap runs
+    # on the loop.
+    regions = tmp_path / "regions.csv"
+    regions.write_text("18.130.0.0/16,lab\n")
+    config = f"""
+[networks]
+local = ["10.0.0.0/8"]
+
+[state]
+path = "{tmp_path / "state.json"}"
+
+[http]
+listen = "127.0.0.1:0"
+
+[geo]
+watch_interval = "1s"
+
+[[geo.region_maps]]
+format = "csv"
+path = "{regions}"
+"""
+    daemon = Daemon(parse_config(config), environ={}, sources=[])
+    task = asyncio.create_task(daemon.run())
+    try:
+        await wait_for(lambda: daemon.readiness()[0], 10, "daemon ready")
+        first = 0x20000000  # 32.0.0.0
+        lines = [f"{ipaddress.IPv4Address(first + (i << 8))}/24,r{i % 50}" for i in range(300_000)]
+        replace_atomically(regions, lambda p: p.write_text("\n".join(lines) + "\n"))
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        longest = 0.0
+        async with asyncio.timeout(120):
+            while daemon.stats.geo_reloads < 1:
+                await asyncio.sleep(0.01)
+                now = loop.time()
+                longest = max(longest, now - last)
+                last = now
+        assert daemon.stats.geo_reload_errors == 0
+        assert daemon.labeler.label("32.0.1.7").region == "r1"  # the second /24
+        assert longest < 1.0, f"the event loop stood still for {longest:.2f} s"
+    finally:
+        assert daemon._stopping is not None
+        daemon._stopping.set()
+        assert await asyncio.wait_for(task, 30) == 0

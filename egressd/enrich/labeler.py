@@ -73,6 +73,29 @@ class _Watched:
         self.failed_signature: tuple[int, int] | None = None
 
 
+class LoadedFile:
+    """A changed data file as loaded off the event loop: its data, or why it failed."""
+
+    __slots__ = ("data", "problem", "signature", "watched")
+
+    def __init__(
+        self,
+        watched: _Watched,
+        signature: tuple[int, int] | None,
+        data: MmdbDatabase | RegionMap | None,
+        problem: str,
+    ) -> None:
+        self.watched = watched
+        self.signature = signature
+        self.data = data
+        self.problem = problem
+
+    def discard(self) -> None:
+        """Close what was loaded and will not be used."""
+        if isinstance(self.data, MmdbDatabase):
+            self.data.close()
+
+
 class CompositeLabeler:
     """Country from ``country_mmdb`` (falling back to embedded data), region from the first
     region map covering the address, ASN from ``asn_mmdb``. Implements ``DestinationLabeler``.
@@ -362,11 +385,18 @@ class CompositeLabeler:
 
         A file that fails to load keeps its previous data; the problem is put in
         :attr:`reload_problems`, counted in :attr:`reload_failures` and logged once per
-        broken version of the file. Does blocking file I/O: run it off the event loop when the
-        files are large.
+        broken version of the file. Does blocking file I/O and parsing: the daemon runs
+        :meth:`load_changed` in a thread and :meth:`apply_loaded` on its event loop instead.
         """
-        self.reload_problems = []
-        changed = False
+        return self.apply_loaded(self.load_changed())
+
+    def load_changed(self) -> list[LoadedFile]:
+        """The files whose mtime or size changed, loaded (or why not) but not in use yet.
+
+        Blocking I/O and parsing (a large region map takes seconds); changes nothing lookups
+        read, so it may run in another thread while lookups go on.
+        """
+        loaded: list[LoadedFile] = []
         for watched in self._watched:
             signature = _signature(watched.path)
             if signature == watched.signature or (
@@ -374,15 +404,29 @@ class CompositeLabeler:
             ):
                 continue
             if signature is None:
-                if watched.failed_signature is None:
-                    self._reload_failed(watched, None, f"{watched.path}: file disappeared")
+                loaded.append(LoadedFile(watched, None, None, f"{watched.path}: file disappeared"))
                 continue
             try:
-                self._reload_one(watched)
+                data = self._load_one(watched)
             except ConfigError as exc:
-                self._reload_failed(watched, signature, str(exc))
+                loaded.append(LoadedFile(watched, signature, None, str(exc)))
                 continue
-            watched.signature = signature
+            loaded.append(LoadedFile(watched, signature, data, ""))
+        return loaded
+
+    def apply_loaded(self, loaded: list[LoadedFile]) -> bool:
+        """Put what :meth:`load_changed` loaded in use (between lookups), closing what it
+        replaces; count and log what failed. True when anything was replaced."""
+        self.reload_problems = []
+        changed = False
+        for item in loaded:
+            watched = item.watched
+            if item.data is None:
+                if item.signature is not None or watched.failed_signature is None:
+                    self._reload_failed(watched, item.signature, item.problem)
+                continue
+            self._swap(watched, item.data)
+            watched.signature = item.signature
             watched.failed_signature = None
             changed = True
         if changed:
@@ -399,20 +443,23 @@ class CompositeLabeler:
         self.reload_problems.append(message)
         log.warning("geo data reload failed: %s", message)
 
-    def _reload_one(self, watched: _Watched) -> None:
-        if watched.kind == "country":
-            new_db = MmdbDatabase.open(watched.path, role="country")
-            old, self._country_db = self._country_db, new_db
-        elif watched.kind == "asn":
-            new_db = MmdbDatabase.open(watched.path, role="asn")
-            old, self._asn_db = self._asn_db, new_db
-        else:
-            index = int(watched.kind.partition(":")[2])
-            self._region_maps[index] = load_region_map(self._region_configs[index])
+    def _load_one(self, watched: _Watched) -> MmdbDatabase | RegionMap:
+        if watched.kind in ("country", "asn"):
+            return MmdbDatabase.open(watched.path, role=watched.kind)
+        index = int(watched.kind.partition(":")[2])
+        return load_region_map(self._region_configs[index])
+
+    def _swap(self, watched: _Watched, data: MmdbDatabase | RegionMap) -> None:
+        if isinstance(data, RegionMap):
+            self._region_maps[int(watched.kind.partition(":")[2])] = data
             return
+        if watched.kind == "country":
+            old, self._country_db = self._country_db, data
+        else:
+            old, self._asn_db = self._asn_db, data
         if old is not None:
             old.close()
-        log.info("reloaded %s database %s (%s)", watched.kind, watched.path, new_db.database_type)
+        log.info("reloaded %s database %s (%s)", watched.kind, watched.path, data.database_type)
 
     def close(self) -> None:
         for db in (self._country_db, self._asn_db):
