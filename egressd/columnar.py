@@ -117,16 +117,31 @@ def distinct_values(values: U64) -> tuple[I64, I64]:
         return empty, empty
     # np.unique's return_index needs a stable sort; any sort will do when each first row is
     # its run's smallest index (several times faster on repeated values)
-    order = np.argsort(values)
-    ordered = values[order]
-    change = np.empty(len(values), dtype=np.bool_)
+    n = len(values)
+    low = int(values.min())
+    row_bits = (n - 1).bit_length()
+    packed = (int(values.max()) - low).bit_length() + row_bits <= 63
+    ordered: npt.NDArray[Any]
+    if packed:
+        # (value, row) as one number (IPv4 addresses fit): a plain sort, faster than an
+        # argsort, orders the rows, and each value's first row leads its run
+        numbers = (values - np.uint64(low)).astype(np.int64) << row_bits
+        numbers |= np.arange(n, dtype=np.int64)
+        numbers.sort()
+        order = numbers & ((1 << row_bits) - 1)
+        ordered = numbers >> row_bits
+    else:
+        order = np.argsort(values)
+        ordered = values[order]
+    change = np.empty(n, dtype=np.bool_)
     change[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
     if change.all():  # every value new to the batch (a scan): each row is its own first
-        rows = np.arange(len(values), dtype=np.int64)
+        rows = np.arange(n, dtype=np.int64)
         return rows, rows.copy()
-    inverse = np.empty(len(values), dtype=np.int64)
-    first = np.minimum.reduceat(order, np.flatnonzero(change))
+    inverse = np.empty(n, dtype=np.int64)
+    heads = np.flatnonzero(change)
+    first = order[heads] if packed else np.minimum.reduceat(order, heads)
     inverse[order] = np.cumsum(change) - 1
     return _by_first_appearance(first, inverse)
 

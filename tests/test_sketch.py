@@ -224,3 +224,15 @@ def test_merge_equals_adding_each_item_in_order(
         merged.add(f"new{index}", 1)
         added.add(f"new{index}", 1)
     assert list(merged.counts.items()) == list(added.counts.items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.text("abc", max_size=3), st.integers(0, 4), max_size=40),
+    st.integers(-3, 45),
+)
+def test_top_is_the_heaviest_first_ties_by_item(counts: dict[str, int], n: int) -> None:
+    # (small weights: many ties at the n-th place, where the top n is cut)
+    sketch = TopK(64)
+    sketch.counts.update(counts)
+    assert sketch.top(n) == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
