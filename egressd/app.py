@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,8 +284,13 @@ class Daemon:
     def firing_alerts(self) -> list[dict[str, Any]]:
         return [alert.event() for alert in self.engine.active_alerts()]
 
-    def baselines(self, group: str | None) -> list[dict[str, Any]]:
-        return self.engine.baselines.summaries(group)
+    def baselines(self, group: str | None) -> Iterator[dict[str, Any]]:
+        return self.engine.baselines.iter_summaries(group)
+
+    def baselines_version(self) -> Hashable:
+        # Every change of a baseline bumps its version; a restored state is a new engine.
+        engine = self.engine
+        return id(engine), id(engine.baselines), engine.baselines.version
 
     # -- alerts -------------------------------------------------------------------------------
 

@@ -793,3 +793,55 @@ def test_check_config_checks_capture_interface_and_bpf() -> None:
     config = parse_config(capture.format(iface="nosuch9", bpf="ip"))
     assert any("'nosuch9' does not exist" in w for w in config_warnings(config))
     assert config_warnings(parse_config(capture.format(iface="lo", bpf="ip"))) == []
+
+
+async def test_clients_asking_for_every_baseline_do_not_stop_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    # 100,000 baselines (detection.max_keys) took ~1.8 s of the event loop to describe per
+    # request of /api/v1/baselines (and ~40 MB each): clients asking again and again, which
+    # needs no credentials by default on loopback, kept the collector and the state saves
+    # waiting, and each client that did not read its answer held its own copy.
+    text = CONFIG.format(state=tmp_path / "s.json") + '\n[http]\nlisten = "127.0.0.1:0"\n'
+    daemon = Daemon(parse_config(text), environ={}, sources=[])
+    daemon.restore_state()
+    baselines = daemon.engine.baselines
+    for i in range(100_000):
+        for k in range(3):
+            baselines.observe(("research", f"D{i:06d}"), T0 + 300 * k, 1000 + i)
+    await daemon.http.start()
+    assert daemon.http.bound is not None
+    url = f"http://127.0.0.1:{daemon.http.bound[1]}/api/v1/baselines"
+    stop = threading.Event()
+    sizes: list[int] = []
+    errors: list[BaseException] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    sizes.append(len(response.read()))
+            except BaseException as exc:  # handed to the test
+                errors.append(exc)
+                return
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    loop = asyncio.get_running_loop()
+    try:
+        for thread in clients:
+            thread.start()
+        longest = 0.0
+        last = started = loop.time()
+        while loop.time() - started < 6.0 or not sizes:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            longest = max(longest, now - last)
+            last = now
+    finally:
+        stop.set()
+        for thread in clients:
+            await asyncio.to_thread(thread.join, 60)
+        await daemon.http.stop()
+    assert not errors, errors
+    assert sizes and min(sizes) == max(sizes) > 30_000_000
+    assert longest < 0.5, f"the event loop stood still for {longest:.2f} s"

@@ -169,6 +169,7 @@ class SeasonalBaselines:
         "evicted_idle",
         "max_keys",
         "season",
+        "version",
     )
 
     def __init__(self, max_keys: int = 100_000, season: SeasonKeyer | None = None) -> None:
@@ -196,6 +197,8 @@ class SeasonalBaselines:
         self.changed: set[int] | None = None
         #: bumped when every record is replaced at once (a restored state)
         self.epoch = 0
+        #: bumped at every change of any baseline (learned interval, key forgotten, load)
+        self.version = 0
 
     # -- storage ----------------------------------------------------------------------------
 
@@ -271,6 +274,7 @@ class SeasonalBaselines:
         )
 
     def _release(self, keys: Iterable[BaselineKey]) -> None:
+        self.version += 1
         index, seq, free = self._index, self._seq, self._free
         for group, dest in keys:
             inner = index[group]
@@ -364,6 +368,7 @@ class SeasonalBaselines:
         once, a record's header, hour slot and peak are read in one unpack, and the two
         running updates are written out inline.
         """
+        self.version += 1
         index = self._index
         buf = self._buf
         season = self.season.slot(event_time)
@@ -595,16 +600,20 @@ class SeasonalBaselines:
 
     def summaries(self, group: str | None = None) -> list[dict[str, object]]:
         """:meth:`summary` of every baseline (of ``group`` alone, if given), in key order."""
+        return list(self.iter_summaries(group))
+
+    def iter_summaries(self, group: str | None = None) -> Iterator[dict[str, object]]:
+        """:meth:`summaries` one at a time: the keys are taken now, each summary when it
+        is asked for (a key forgotten meanwhile is left out), so a caller may interleave
+        other work, and changes to the baselines, between them."""
         if group is None:
             keys = sorted(self._items()[0])
         else:
             keys = [(group, dest) for dest in sorted(self._index.get(group, ()))]
-        out = []
         for key in keys:
             summary = self.summary(key)
             if summary is not None:
-                out.append(summary)
-        return out
+                yield summary
 
     def evict_idle(self, now: float, idle_timeout: float) -> int:
         """Forget keys not seen for ``idle_timeout``; returns how many."""
@@ -644,6 +653,7 @@ class SeasonalBaselines:
         }
 
     def load_json(self, data: dict[str, str]) -> None:
+        self.version += 1
         index: dict[str, dict[str, int]] = {}
         count = 0
         for text in data:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -107,6 +107,14 @@ class RoleNode:
             for engine in self.component.engines():
                 out.extend(engine.baselines.summaries(group))
         return out
+
+    def baselines_version(self) -> Hashable:
+        if not isinstance(self.component, Detect):
+            return ()
+        return tuple(
+            (id(engine), id(engine.baselines), engine.baselines.version)
+            for engine in self.component.engines()
+        )
 
     # -- alerts -------------------------------------------------------------------------------
 
