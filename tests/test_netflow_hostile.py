@@ -358,3 +358,50 @@ def test_large_templates_are_bounded_in_fields_and_evict_their_senders_own() -> 
     assert decoder.stats.templates_evicted >= 180
     # 100 * 64 fields at ~100 bytes; before: 100 templates of 506 fields, about 5 MB.
     assert held < 1_500_000, held
+
+
+SAMPLED = [(8, 4), (12, 4), (1, 8), (2, 8), (152, 8), (153, 8), (48, 4)]  # ... samplerId
+
+
+def _sampler_options(domain: int, samplers: range, rate: int) -> list[bytes]:
+    """An options template (scope samplerId, option samplingInterval) and its records."""
+    announce = options_template_set(300, [(48, 4)], [(34, 4)], ipfix=True)
+    out = [ipfix_datagram([announce], export_secs=int(NOW), domain=domain)]
+    rows: list[list[int | bytes]] = [[s, rate] for s in samplers]
+    for start in range(0, len(rows), 128):
+        records = data_set(300, [(48, 4), (34, 4)], rows[start : start + 128])
+        out.append(ipfix_datagram([records], export_secs=int(NOW), domain=domain))
+    return out
+
+
+def test_an_exporter_opening_many_domains_keeps_the_others_sampling_rates() -> None:
+    # Domains' options were dropped oldest first once max_templates domains were known: a
+    # flooder opening that many observation domains dropped the legitimate exporter's
+    # sampling rate, and its flows counted 1/1000 of their bytes until it was sent again.
+    decoder = NetflowDecoder(max_templates=100)
+    for datagram in _sampler_options(0, range(1, 2), 1000):
+        decoder.decode(datagram, LEGIT, NOW)
+    announce = ipfix_datagram([template_set({256: SAMPLED}, ipfix=True)], export_secs=int(NOW))
+    decoder.decode(announce, LEGIT, NOW)
+    for domain in range(1, 1001):
+        for datagram in _sampler_options(domain, range(1, 3), 7):
+            decoder.decode(datagram, FLOODER, NOW)
+    sampled = ipfix_datagram([data_set(256, SAMPLED, [[*row(1), 1]])], export_secs=int(NOW))
+    (record,) = decoder.decode(sampled, LEGIT, NOW + 1)
+    assert record.bytes == 1001 * 1000
+    assert decoder.stats.option_domains_evicted >= 900  # the flooder's own
+
+
+def test_sampler_rates_of_many_domains_are_bounded_in_all() -> None:
+    # Each of up to max_templates domains could remember 256 sampler ids: 10,000 domains
+    # from one address held 2.56M rates (171 MB). Domains opened while many exist remember
+    # fewer (at least 8); the ones known keep theirs.
+    decoder = NetflowDecoder()
+    for domain in range(1000):
+        for datagram in _sampler_options(domain, range(256), 7):
+            decoder.decode(datagram, FLOODER, NOW)
+    held = sum(len(options.sampler_rates) for options in decoder._options.values())
+    assert held < 100_000, held  # before: 256,000
+    assert decoder.stats.option_domains_evicted == 0
+    assert len(decoder._options[(FLOODER, 10, 0)].sampler_rates) == 256
+    assert len(decoder._options[(FLOODER, 10, 999)].sampler_rates) >= 8

@@ -283,6 +283,11 @@ class NetflowSource:
             ("egressd_netflow_templates", source, float(stats.template_count)),
             ("egressd_netflow_template_records_total", source, float(stats.templates)),
             ("egressd_netflow_exporter_restarts_total", source, float(stats.exporter_restarts)),
+            (
+                "egressd_netflow_option_domains_evicted_total",
+                source,
+                float(stats.option_domains_evicted),
+            ),
             ("egressd_netflow_pending_sets", source, float(stats.pending_count)),
             (
                 "egressd_netflow_queue_length",

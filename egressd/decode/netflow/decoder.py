@@ -30,6 +30,7 @@ from egressd.decode.netflow.templated import (
     decode_data_set,
     parse_templates,
     read_options_set,
+    sampler_cap,
 )
 from egressd.decode.netflow.templates import (
     FieldSpec,
@@ -104,7 +105,16 @@ class NetflowDecoder:
     ``decode_columns`` is the same decoding with the flows as one :class:`FlowColumns`.
     """
 
-    __slots__ = ("_addr_cache", "_now", "_options", "_parts", "_pending", "_templates", "stats")
+    __slots__ = (
+        "_addr_cache",
+        "_now",
+        "_options",
+        "_options_by_exporter",
+        "_parts",
+        "_pending",
+        "_templates",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -118,6 +128,8 @@ class NetflowDecoder:
         self._templates = TemplateCache(max_templates, template_timeout, self.stats)
         self._pending = PendingSets(max_pending, pending_timeout, self.stats)
         self._options: dict[OptionsKey, ExporterOptions] = {}
+        #: each exporter's option domains, oldest first
+        self._options_by_exporter: dict[str, dict[OptionsKey, None]] = {}
         self._addr_cache: AddressCache = BoundedCache(ADDR_CACHE_SIZE)
         self._now = 0.0  # receive time of the datagram being decoded
         #: while ``decode_columns`` runs: the flows so far, as column batches (or sets held
@@ -336,10 +348,24 @@ class NetflowDecoder:
         key = (exporter, version, domain)
         options = self._options.get(key)
         if options is None:
-            # Bounded like the templates: an options record needs a template to arrive.
+            # Bounded like the templates (an options record needs a template to arrive), and
+            # made room for as they are: an exporter holding at least its fair share drops its
+            # own oldest domain, any other the largest holder's. Dropping the oldest of all
+            # let one exporter opening domains drop another's sampling rates.
+            holders = self._options_by_exporter
             while len(self._options) >= self._templates.max_templates:
-                del self._options[next(iter(self._options))]
-            options = self._options[key] = ExporterOptions()
+                own = holders.get(exporter)
+                if own is None or len(own) * len(holders) < len(self._options):
+                    own = max(holders.values(), key=len)
+                victim = next(iter(own))
+                del own[victim]
+                if not own:
+                    del holders[victim[0]]
+                del self._options[victim]
+                self.stats.option_domains_evicted += 1
+            options = ExporterOptions(sampler_cap=sampler_cap(len(self._options)))
+            self._options[key] = options
+            holders.setdefault(exporter, {})[key] = None
         return options
 
     def _walk_sets(

@@ -18,6 +18,9 @@ class NetflowStats:
     templates: int = 0  # template and options-template records received
     templates_expired: int = 0  # dropped because not refreshed within template_timeout
     templates_evicted: int = 0  # dropped to stay within max_templates
+    option_domains_evicted: int = (
+        0  # exporter domains' options data dropped to stay within max_templates
+    )
     templates_withdrawn: int = 0  # withdrawn by the exporter (IPFIX field count 0)
     templates_restart: int = 0  # dropped as suspect because their exporter restarted
     exporter_restarts: int = 0  # restarts noticed (sysUptime back, sequence reset, new init time)

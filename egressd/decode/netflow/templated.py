@@ -42,6 +42,15 @@ AddressCache = BoundedCache[bytes | int, str]
 #: means the exporter restarted
 RESTART_SLACK_MS = 60_000
 _MAX_SAMPLERS = 256  # per exporter domain; sampler ids beyond this are not remembered
+#: sampler ids remembered in all, shared out between the domains known when each opens
+SAMPLER_BUDGET = 16_384
+_MIN_SAMPLERS = 8
+
+
+def sampler_cap(domains: int) -> int:
+    """Sampler ids a domain opened while ``domains`` are known may remember: 256 while few
+    are, at least 8, so thousands of domains hold about 100,000 in all, not 256 each."""
+    return max(_MIN_SAMPLERS, min(_MAX_SAMPLERS, SAMPLER_BUDGET // max(1, domains)))
 
 
 @dataclass(slots=True)
@@ -58,6 +67,8 @@ class ExporterOptions:
     last_uptime: int = -1
     last_sequence: int = -1
     last_secs: int = 0
+    #: sampler ids this domain may remember (see :func:`sampler_cap`)
+    sampler_cap: int = _MAX_SAMPLERS
 
 
 @dataclass(slots=True)
@@ -561,7 +572,7 @@ def _apply_options(values: dict[int, int], options: ExporterOptions) -> None:
     sampler = values.get(F.OPT_SAMPLER_ID, values.get(F.OPT_SELECTOR_ID))
     if sampler is None:
         options.default_rate = rate
-    elif sampler in options.sampler_rates or len(options.sampler_rates) < _MAX_SAMPLERS:
+    elif sampler in options.sampler_rates or len(options.sampler_rates) < options.sampler_cap:
         options.sampler_rates[sampler] = rate
 
 
