@@ -498,3 +498,47 @@ path = "{regions}"
         assert daemon._stopping is not None
         daemon._stopping.set()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+def test_a_netflow_worker_reloads_a_large_region_map_without_stopping_its_loop(
+    tmp_path: Path,
+) -> None:
+    # A worker process (sources.netflow.workers > 1) checked its geo files from its receive
+    # loop and loaded a changed one there: the seconds a large region map takes to parse
+    # went without reading its socket. Now it loads in a thread, and a later tick swaps.
+    from egressd.sources.netflow_worker import Worker
+
+    regions = tmp_path / "regions.csv"
+    regions.write_text("18.130.0.0/16,lab\n")
+    config = parse_config(
+        f"""
+[networks]
+local = ["10.0.0.0/8"]
+
+[[sources.netflow]]
+listen = "127.0.0.1:0"
+workers = 2
+
+[geo]
+watch_interval = "1s"
+
+[[geo.region_maps]]
+format = "csv"
+path = "{regions}"
+"""
+    )
+    worker = Worker(config, config.sources.netflow[0])
+    first = 0x20000000  # 32.0.0.0
+    lines = [f"{ipaddress.IPv4Address(first + (i << 8))}/24,r{i % 50}" for i in range(300_000)]
+    replace_atomically(regions, lambda p: p.write_text("\n".join(lines) + "\n"))
+    now = time.monotonic() + 2  # past the first watch_interval
+    longest = 0.0
+    deadline = time.monotonic() + 120
+    while worker.labeler.label("32.0.1.7").region != "r1":
+        assert time.monotonic() < deadline, "the worker never picked the new map up"
+        started = time.monotonic()
+        worker.geo_tick(now)
+        longest = max(longest, time.monotonic() - started)
+        time.sleep(0.01)
+        now += 0.25
+    assert longest < 0.5, f"a geo tick took {longest:.2f} s"

@@ -15,6 +15,7 @@ The worker exits when the parent asks, or when the control stream ends (the pare
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import selectors
@@ -23,6 +24,7 @@ import socket
 import struct
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
 from typing import Any
 
@@ -30,7 +32,7 @@ import orjson
 
 from egressd.columns import FlowColumns
 from egressd.config import Config, NetflowSourceConfig
-from egressd.enrich.labeler import CompositeLabeler
+from egressd.enrich.labeler import CompositeLabeler, LoadedFile
 from egressd.errors import DecodeError
 from egressd.partials import PartialCounter, encode_partials
 from egressd.pipeline import EngineStats
@@ -110,6 +112,12 @@ def split_partials_frame(payload: bytes) -> tuple[dict[str, Any], bytes]:
     return header, payload[HEADER.size + size :]
 
 
+log = logging.getLogger("egressd.netflow.worker")
+
+#: loads changed geo files beside a worker's receive loop, one check at a time
+_GEO_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="egressd-geo")
+
+
 class Worker:
     """The worker's state: its decoder, its counter and what it has seen."""
 
@@ -120,6 +128,7 @@ class Worker:
         "dropped",
         "errors",
         "filter",
+        "geo_loading",
         "labeler",
         "next_geo",
         "pending",
@@ -142,6 +151,8 @@ class Worker:
         self.errors: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
         self.next_geo = time.monotonic() + config.geo.watch_interval
+        #: changed geo files being loaded beside the receive loop, and for which labeler
+        self.geo_loading: tuple[CompositeLabeler, Future[list[LoadedFile]]] | None = None
 
     def reconfigure(self, config: Config) -> None:
         labeler = build_labeler(config)
@@ -152,12 +163,30 @@ class Worker:
         self.config = config
 
     def geo_tick(self, now: float) -> None:
+        """Every ``geo.watch_interval``: load changed geo files in a thread (a large region
+        map takes seconds, which the receive loop would spend not reading its socket); a
+        later tick, once they are loaded, puts them in use between two batches."""
+        if self.geo_loading is not None:
+            labeler, loading = self.geo_loading
+            if not loading.done():
+                return
+            self.geo_loading = None
+            try:
+                loaded = loading.result()
+            except Exception:  # a bug in loading: keep the data in use, check again later
+                log.exception("geo data reload failed")
+                loaded = []
+            if labeler is not self.labeler:  # reconfigured meanwhile: a new labeler
+                for item in loaded:
+                    item.discard()
+            elif labeler.apply_loaded(loaded):
+                self.counter.engine.labels_changed()
         if now < self.next_geo:
             return
         self.next_geo = now + self.config.geo.watch_interval
-        labeler = self.labeler
-        if isinstance(labeler, CompositeLabeler) and labeler.reload_if_changed():
-            self.counter.engine.labels_changed()
+        current = self.labeler
+        if isinstance(current, CompositeLabeler):
+            self.geo_loading = (current, _GEO_LOADER.submit(current.load_changed))
 
     def receive(self, sock: socket.socket) -> None:
         """Read what the socket holds (up to :data:`_DRAIN` datagrams), decode, count."""
