@@ -44,6 +44,9 @@ BURST_QUANTILE = 0.99
 BURST_MARGIN = 2.0
 #: below this many samples the network's burst ratio is unknown (no constraint)
 BURST_MIN_SAMPLES = 500
+#: the rate of large intervals is measured over at most about this span (then halved)
+BURST_RATE_SPAN = 14 * 86400.0
+_DAY = 86400.0
 _RATIO_STEPS = 8  # histogram bins per doubling
 _RATIO_LOW = -8  # log2 of the smallest ratio kept apart
 _RATIO_BINS = 32 * _RATIO_STEPS
@@ -55,17 +58,25 @@ class BurstRatios:
     It says how bursty this network is: with heavy-tailed volumes, bursts several times a
     key's level are routine, and a key that has not shown one yet is no exception. Counts
     halve when they grow large, so the histogram follows the network over weeks.
+
+    It also counts how many large intervals the network has a day (``rate_samples`` since
+    ``rate_since``, halved with the span past :data:`BURST_RATE_SPAN`), for
+    :meth:`daily`: the more keys a network has, the more of them are tested every interval,
+    and the higher the ratio its ordinary bursts reach every day.
     """
 
-    __slots__ = ("_cached", "bins", "samples")
+    __slots__ = ("_cached", "bins", "rate_samples", "rate_since", "samples")
 
     def __init__(self) -> None:
         self.bins = [0] * _RATIO_BINS
         self.samples = 0
+        #: large intervals counted since ``rate_since`` (event time; None before the first)
+        self.rate_samples = 0
+        self.rate_since: float | None = None
         #: (samples, q, answer) of the last quantile asked
         self._cached: tuple[int, float, float] = (-1, 0.0, 0.0)
 
-    def add(self, size: float, expected: float) -> None:
+    def add(self, size: float, expected: float, event_time: float) -> None:
         if size <= 0 or expected <= 0:
             return
         index = int((math.log2(size / expected) - _RATIO_LOW) * _RATIO_STEPS)
@@ -74,6 +85,28 @@ class BurstRatios:
         if self.samples >= 200_000:
             self.bins = [n // 2 for n in self.bins]
             self.samples = sum(self.bins)
+        since = self.rate_since
+        if since is None or event_time < since:
+            self.rate_since = since = event_time
+        self.rate_samples += 1
+        if event_time - since > BURST_RATE_SPAN:
+            self.rate_samples //= 2
+            self.rate_since = event_time - (event_time - since) / 2
+
+    def daily(self, event_time: float) -> float:
+        """The ratio this network's large intervals reach about once a day (0: too few yet).
+
+        The quantile ``1 - 1/n`` of the histogram, ``n`` the large intervals a day (over a
+        day at least, so the first day asks for its largest).
+        """
+        since = self.rate_since
+        if since is None or self.rate_samples <= 0:
+            return 0.0
+        per_day = self.rate_samples / max((event_time - since) / _DAY, 1.0)
+        if per_day <= 1.0 or self.samples < BURST_MIN_SAMPLES:
+            return 0.0
+        # (not through quantile's cache, which keeps the 1% quantile's answer between calls)
+        return self._quantile(1.0 - 1.0 / per_day)
 
     def quantile(self, q: float) -> float:
         """The ratio below which ``q`` of the samples fall (0 while there are too few)."""
@@ -96,15 +129,25 @@ class BurstRatios:
                 return float(2.0 ** ((index + 1) / _RATIO_STEPS + _RATIO_LOW))
         return float(2.0 ** (_RATIO_BINS / _RATIO_STEPS + _RATIO_LOW))
 
-    def to_json(self) -> list[int]:
-        return list(self.bins)
+    def to_json(self) -> dict[str, object]:
+        return {"bins": list(self.bins), "rate": [self.rate_samples, self.rate_since]}
 
     @classmethod
     def from_json(cls, data: object) -> BurstRatios:
+        """Read :meth:`to_json`'s form, or the bare bins of a state from before the rate."""
         ratios = cls()
+        rate: object = None
+        if isinstance(data, dict):
+            rate = data.get("rate")
+            data = data.get("bins")
         if isinstance(data, list) and len(data) == _RATIO_BINS:
             ratios.bins = [max(int(n), 0) for n in data]
             ratios.samples = sum(ratios.bins)
+        if isinstance(rate, list) and len(rate) == 2:
+            samples, since = rate
+            if isinstance(samples, int) and isinstance(since, int | float) and samples > 0:
+                ratios.rate_samples = samples
+                ratios.rate_since = float(since)
         return ratios
 
 
@@ -137,7 +180,7 @@ class VolumeSpikeDetector(Detector):
         changed = []
         seen: set[AlertKey] = set()
         # Bursts this network's large transfers show (before this interval adds its own).
-        burst = self.ratios.quantile(BURST_QUANTILE)
+        burst = max(BURST_MARGIN * self.ratios.quantile(BURST_QUANTILE), self.ratios.daily(start))
         for key, accum in bucket.items():
             group, dest = key
             alert_key: AlertKey = (SPIKE, group, dest.key)
@@ -150,7 +193,7 @@ class VolumeSpikeDetector(Detector):
             if expectation is None:
                 continue
             if expectation.observations >= config.spike_min_observations:
-                self.ratios.add(accum.bytes, expectation.bytes)
+                self.ratios.add(accum.bytes, expectation.bytes, start)
             if not self.eligible(expectation, start):
                 continue
             peak = baselines.peak((group, dest.key), start)
@@ -192,10 +235,11 @@ class VolumeSpikeDetector(Detector):
         Heavy-tailed traffic bursts: a burst the size of one the key has already shown
         (its decaying peak) never pages, however far above the seasonal level it is; a
         transfer several times beyond the peak and at least ``spike_min_excess`` more
-        does. Nor does a burst no larger, relative to its seasonal level, than
-        :data:`BURST_MARGIN` times what this network's large intervals reach
-        (``burst``: their :data:`BURST_QUANTILE` quantile), though this key has not shown
-        one yet. A key with too little history for a seasonal level (fewer than
+        does. Nor does a burst no larger, relative to its seasonal level, than ``burst``:
+        :data:`BURST_MARGIN` times what 1% of this network's large intervals reach (their
+        :data:`BURST_QUANTILE` quantile), or what they reach about once a day (with many
+        keys tested every interval, that is the higher), though this key has not shown one
+        yet. A key with too little history for a seasonal level (fewer than
         ``spike_min_observations`` intervals) is judged by its peak alone.
         """
         config = self._config
@@ -207,7 +251,7 @@ class VolumeSpikeDetector(Detector):
             deviation = to_level(size) - expectation.level
             seasonal = (
                 size >= config.spike_ratio * expected
-                and size >= BURST_MARGIN * burst * expected
+                and size >= burst * expected
                 and deviation >= config.spike_deviations * expectation.spread
             )
         else:
