@@ -339,7 +339,7 @@ def test_a_template_with_thousands_of_fields_is_refused_before_it_is_read() -> N
 def test_large_templates_are_bounded_in_fields_and_evict_their_senders_own() -> None:
     # Under the count bound (100 here) each template could hold 512 fields: the memory
     # of 100 templates of the usual size times ~80. The cache also holds at most
-    # 64 fields per allowed template in all, and a flood of large ones evicts its own.
+    # 32 fields per allowed template in all, and a flood of large ones evicts its own.
     decoder = NetflowDecoder(max_templates=100)
     announce = ipfix_datagram([template_set({256: FIELDS}, ipfix=True)], export_secs=int(NOW))
     decoder.decode(announce, LEGIT, NOW)
@@ -356,7 +356,7 @@ def test_large_templates_are_bounded_in_fields_and_evict_their_senders_own() -> 
     held = _held_bytes(flood)
     assert legit_data(decoder, NOW + 1) == 2
     assert decoder.stats.templates_evicted >= 180
-    # 100 * 64 fields at ~100 bytes; before: 100 templates of 506 fields, about 5 MB.
+    # 100 * 32 fields at ~100 bytes; before: 100 templates of 506 fields, about 5 MB.
     assert held < 1_500_000, held
 
 

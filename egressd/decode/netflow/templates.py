@@ -225,9 +225,9 @@ def compile_layout(fields: tuple[FieldSpec, ...], scope_count: int, version: int
 
 
 #: fields held per allowed template on average: the cache holds at most ``max_templates``
-#: templates and ``max_templates * FIELDS_PER_TEMPLATE`` fields in all (about 60 MB at the
+#: templates and ``max_templates * FIELDS_PER_TEMPLATE`` fields in all (about 70 MB at the
 #: default 10,000), so large templates cannot multiply the count bound's memory
-FIELDS_PER_TEMPLATE = 64
+FIELDS_PER_TEMPLATE = 32
 #: layouts of at most this many fields are shared between templates with the same fields
 _SHARED_LAYOUT_FIELDS = 64
 
