@@ -4,6 +4,8 @@ rises with the number of keys a network tests every interval."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from egressd.detect.detectors import BurstRatios
@@ -67,3 +69,26 @@ def test_the_state_keeps_the_rate_and_reads_the_bins_of_an_older_state() -> None
     assert older.daily(3 * DAY) == 0.0
     older.add(2.0, 1.0, 3 * DAY)
     assert older.rate_samples == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_daily_ratio_is_the_histograms_quantile_found_from_the_top(seed: int) -> None:
+    rng = random.Random(seed)
+    ratios = BurstRatios()
+    per_day = rng.choice((600, 2500, 9000))
+    for i in range(per_day * 3):
+        ratios.add(2.0 ** rng.gauss(1.0, 1.5), 1.0, i * DAY / per_day)
+        if i % 997 == 0 and ratios.samples >= 500:
+            now = (i + 1) * DAY / per_day
+            since = ratios.rate_since
+            assert since is not None
+            q = 1.0 - 1.0 / (ratios.rate_samples / max((now - since) / DAY, 1.0))
+            assert ratios.daily(now) == ratios._quantile(q)
+    # after the counts halve as well
+    ratios.bins = [n // 2 for n in ratios.bins]
+    ratios.samples = sum(ratios.bins)
+    now = 3 * DAY
+    since = ratios.rate_since
+    assert since is not None
+    q = 1.0 - 1.0 / (ratios.rate_samples / max((now - since) / DAY, 1.0))
+    assert ratios.daily(now) == ratios._quantile(q)

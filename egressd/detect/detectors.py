@@ -65,7 +65,7 @@ class BurstRatios:
     and the higher the ratio its ordinary bursts reach every day.
     """
 
-    __slots__ = ("_cached", "bins", "rate_samples", "rate_since", "samples")
+    __slots__ = ("_cached", "_top", "bins", "rate_samples", "rate_since", "samples")
 
     def __init__(self) -> None:
         self.bins = [0] * _RATIO_BINS
@@ -75,12 +75,18 @@ class BurstRatios:
         self.rate_since: float | None = None
         #: (samples, q, answer) of the last quantile asked
         self._cached: tuple[int, float, float] = (-1, 0.0, 0.0)
+        #: no bin above this one holds a sample (where :meth:`daily` starts looking)
+        self._top = 0
 
     def add(self, size: float, expected: float, event_time: float) -> None:
         if size <= 0 or expected <= 0:
             return
-        index = int((math.log2(size / expected) - _RATIO_LOW) * _RATIO_STEPS)
-        self.bins[min(max(index, 0), _RATIO_BINS - 1)] += 1
+        index = min(
+            max(int((math.log2(size / expected) - _RATIO_LOW) * _RATIO_STEPS), 0), _RATIO_BINS - 1
+        )
+        self.bins[index] += 1
+        if index > self._top:
+            self._top = index
         self.samples += 1
         if self.samples >= 200_000:
             self.bins = [n // 2 for n in self.bins]
@@ -105,8 +111,16 @@ class BurstRatios:
         per_day = self.rate_samples / max((event_time - since) / _DAY, 1.0)
         if per_day <= 1.0 or self.samples < BURST_MIN_SAMPLES:
             return 0.0
-        # (not through quantile's cache, which keeps the 1% quantile's answer between calls)
-        return self._quantile(1.0 - 1.0 / per_day)
+        # :meth:`_quantile`'s answer (not through quantile's cache, which keeps the 1%
+        # quantile's answer between calls), found from the top: it lies a few bins below it.
+        target = (1.0 - 1.0 / per_day) * self.samples
+        bins = self.bins
+        index = self._top
+        below = self.samples - bins[index]  # the samples in the bins below ``index``
+        while index > 0 and below >= target:
+            index -= 1
+            below -= bins[index]
+        return float(2.0 ** ((index + 1) / _RATIO_STEPS + _RATIO_LOW))
 
     def quantile(self, q: float) -> float:
         """The ratio below which ``q`` of the samples fall (0 while there are too few)."""
@@ -143,6 +157,7 @@ class BurstRatios:
         if isinstance(data, list) and len(data) == _RATIO_BINS:
             ratios.bins = [max(int(n), 0) for n in data]
             ratios.samples = sum(ratios.bins)
+            ratios._top = max((i for i, n in enumerate(ratios.bins) if n), default=0)
         if isinstance(rate, list) and len(rate) == 2:
             samples, since = rate
             if isinstance(samples, int) and isinstance(since, int | float) and samples > 0:
