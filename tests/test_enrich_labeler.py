@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 from pathlib import Path
 
 import iptocc
@@ -14,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egressd.config import GeoConfig, RegionMapConfig
-from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabeler
+from egressd.enrich import UNKNOWN_COUNTRY, DestinationLabeler, DestinationLabels
 from egressd.enrich.address import format_address, parse_address
 from egressd.enrich.embedded import EmbeddedCountryLabeler, numbered_answers
 from egressd.enrich.labeler import CompositeLabeler, build_labeler
@@ -347,3 +349,21 @@ def test_numbered_answers_number_by_first_appearance(answers: list[str | None]) 
 def test_numbered_answers_keep_none_apart_from_two_nuls() -> None:
     assert numbered_answers([None, "\0\0", "US"])[0] == [None, "\0\0", "US"]
     assert numbered_answers(["A|", "B", "|C"])[1].tolist() == [0, 1, 2]
+
+
+def test_labels_hash_as_their_destination_key() -> None:
+    """Labels are dict keys beside each other and beside labels restored from a state file:
+    equal labels (the same country, region and ASN, whatever organisation or source) hash
+    alike, as their key text does, also after a copy or a pickle round trip."""
+    plain = DestinationLabels("CN")
+    cloud = DestinationLabels("US", "aws/us-east-1", 16509, "Amazon", "mmdb:asn.mmdb")
+    restored = DestinationLabels.from_key(cloud.key)
+    assert hash(plain) == hash("CN")
+    assert hash(cloud) == hash("US|aws/us-east-1|16509") == hash(restored)
+    assert cloud == restored and cloud != plain
+    for labels in (plain, cloud):
+        for twin in (copy.copy(labels), copy.deepcopy(labels), pickle.loads(pickle.dumps(labels))):
+            assert twin == labels and hash(twin) == hash(labels)
+    table = {("g", cloud): 1, ("g", plain): 2}
+    assert table[("g", restored)] == 1 and table[("g", DestinationLabels("CN", as_org="x"))] == 2
+    assert ("g", DestinationLabels("CN", "aws/cn-north-1")) not in table
