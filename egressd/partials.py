@@ -26,6 +26,7 @@ import orjson
 from egressd.aggregate import Accum, Bucket, IntervalAggregator, intern_labels
 from egressd.columns import FlowColumns
 from egressd.config import Config
+from egressd.decode.common import check_depth
 from egressd.enrich import DestinationLabeler, DestinationLabels
 from egressd.errors import DecodeError
 from egressd.model import FlowRecord
@@ -74,7 +75,9 @@ def decode_batch(
     intern: dict[str, DestinationLabels] | None = None,
 ) -> list[tuple[int | None, int | None, list[Partial]]]:
     """The segments of a batch: (first, last, partials), offsets None for a batch of rows
-    that covers its whole range. Raises DecodeError (reason ``bad_partials``)."""
+    that covers its whole range. Raises DecodeError (reason ``bad_partials``, or ``too_deep``
+    for arrays or objects nested past Python's recursion limit)."""
+    check_depth(blob)  # before orjson, which crashes on it before 3.9.15
     try:
         data = orjson.loads(blob)
     except orjson.JSONDecodeError as exc:
@@ -101,7 +104,7 @@ def decode_batch(
             if not isinstance(seg_rows, list):
                 raise TypeError("segment rows must be a list")
             out.append((first, last, _decode_rows(seg_rows, interval, sketch_capacity, labels)))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ArithmeticError, LookupError) as exc:
         raise DecodeError("bad_partials", f"malformed segment: {exc}") from exc
     return out
 
@@ -133,7 +136,7 @@ def _decode_rows(
                 raise ValueError(f"interval start {start!r} is not on an interval boundary")
             dest = intern_labels(labels, str(key), str(as_org))
             out.append((float(start), (str(group), dest), Accum.from_row(row, sketch_capacity)))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ArithmeticError, LookupError) as exc:
         raise DecodeError("bad_partials", f"malformed partial row: {exc}") from exc
     return out
 

@@ -927,3 +927,72 @@ async def test_a_fetch_that_does_not_start_at_the_snapshot_position_is_sought_ag
     for _ in range(3):
         assert not node._read_from_position(consumer, part, late)
     assert node._read_from_position(consumer, part, late) and part.expect is None
+
+
+def partials_row(start: float, nbytes: int = 5000) -> bytes:
+    return b'{"v":1,"interval":60.0,"rows":[[%d,"research","CN","",%d,1,1,{},{}]]}' % (
+        start,
+        nbytes,
+    )
+
+
+def test_detect_counts_and_skips_malformed_partials_by_reason(tmp_path: Path) -> None:
+    # Each of these is one skipped, counted message, never an exception out of the role's
+    # loop (which would stop it, and the message, not yet past the committed offset, would
+    # stop it again at every start).
+    node, part = detect(tmp_path)
+    start = FLOW_T0 - FLOW_T0 % 60
+    bad = {
+        "too_deep": [b'{"v":1,"interval":60.0,"rows":' + b"[" * 100_000 + b"]" * 100_000 + b"}"],
+        "bad_partials": [
+            b'{"v":1,"interval":60.0,"rows":[['
+            + b"9" * 400
+            + b',"research","CN","",1,1,1,{},{}]]}',
+            b'{"v":1,"interval":60.0,"rows":[5]}',
+            b'{"v":1,"interval":60.0,"segments":[{"a":1,"b":2,"c":3}]}',
+            b'{"v":1,"interval":60.0,"rows":[[60,"research","CN","",1,1,1,{"a":-1},{}]]}',
+            b'{"v":1,"interval":60.0,"rows":[["\xff"]]}',
+            b'{"v":2,"interval":60.0,"rows":[]}',
+        ],
+    }
+    offset = 0
+    for reason, values in bad.items():
+        for value in values:
+            headers = partials_headers("flows:0", offset, offset, FLOW_T0)
+            assert node._apply(part, Message(offset, value, headers)) == []
+            offset += 1
+        assert node.stats.bad_reasons[reason] == len(values), reason
+    assert node.stats.bad_messages == offset
+    # The next good batch is applied as if nothing had come before.
+    node._apply(
+        part, Message(offset, partials_row(start), partials_headers("flows:0", 0, 0, FLOW_T0))
+    )
+    assert node.stats.batches_applied == 1
+    rows = {
+        (name, labels.get("reason")): value
+        for name, labels, value in node.metrics()
+        if name == "egressd_cluster_bad_messages_total"
+    }
+    assert rows[("egressd_cluster_bad_messages_total", "too_deep")] == 1
+    assert rows[("egressd_cluster_bad_messages_total", "bad_partials")] == 6
+    assert rows[("egressd_cluster_bad_messages_total", "bad_heartbeat")] == 0
+
+
+def test_an_infinite_event_time_in_a_partials_header_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Before: one partials header time of "inf" moved the partition's event
+    # time to infinity for good, so its intervals closed at once and detection was blind.
+    node, part = detect(tmp_path)
+    start = FLOW_T0 - FLOW_T0 % 60
+    node._apply(
+        part,
+        Message(0, Heartbeat({"flows:0": FLOW_T0}, {"flows": 1}).encode(), heartbeat_headers()),
+    )
+    inf = b'{"v":1,"interval":60.0,"rows":[]}'
+    node._apply(part, Message(1, inf, partials_headers("flows:0", 0, 0, math.inf)))
+    assert node.stats.bad_reasons["bad_headers"] == 1
+    assert part.engine.event_time() == FLOW_T0
+    headers = partials_headers("flows:0", 0, 0, start + 150)
+    node._apply(part, Message(4, partials_row(start + 60), headers))
+    assert part.engine.event_time() == start + 150

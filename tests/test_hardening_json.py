@@ -9,17 +9,30 @@ it for good. Each line is now checked for depth before orjson sees it (``too_dee
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from integration_support import EgressdProcess, free_port, metric_value
-from kafka_support import TansuBroker, broker_or_skip, create_topic, goflow2_record, produce, unique
+from kafka_support import (
+    FLOW_T0,
+    TansuBroker,
+    broker_or_skip,
+    committed_offsets,
+    create_topic,
+    goflow2_record,
+    produce,
+    unique,
+)
 
+from egressd.cluster.wire import partials_headers
 from egressd.decode.egressd_json import encode_egressd_json
 from egressd.model import FlowRecord
 
@@ -134,3 +147,65 @@ def test_one_deeply_nested_kafka_message_neither_kills_nor_stalls_the_daemon(
         assert egressd.alive(), egressd.log()
     finally:
         assert egressd.stop() == 0, egressd.log()
+
+
+async def produce_partials(bootstrap: str, topic: str, messages: list[tuple[bytes, Any]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for value, headers in messages:
+            await (await producer.send(topic, value, partition=0, headers=headers))
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_malformed_partials_neither_stop_a_detect_process_nor_stay_uncommitted(
+    broker: TansuBroker, tmp_path: Path
+) -> None:
+    # Poison on the partials topic (nested too deep, rows that are no partials, an event
+    # time of infinity, a message of no kind) is counted by reason and skipped; the detect
+    # process goes on, applies the good batch after it and commits past all of it, so no
+    # start reads the poison again.
+    from test_cluster import PARTIALS_PARTITIONS, Cluster
+
+    cluster = Cluster(broker, tmp_path)
+    start = FLOW_T0 - FLOW_T0 % 60
+    good = b'{"v":1,"interval":60.0,"rows":[[%d,"research","CN","",5000,1,1,{},{}]]}' % start
+    messages = [
+        (
+            b'{"v":1,"interval":60.0,"rows":' + b"[" * 300_000 + b"]" * 300_000 + b"}",
+            partials_headers("flows:0", 0, 0, FLOW_T0),
+        ),
+        (b'{"v":1,"interval":60.0,"rows":[[1,2]]}', partials_headers("flows:0", 0, 0, FLOW_T0)),
+        (b'{"v":1,"interval":60.0,"rows":[]}', partials_headers("flows:0", 0, 0, math.inf)),
+        (b"{}", [("egressd-kind", b"nonsense")]),
+        (good, partials_headers("flows:0", 0, 0, FLOW_T0)),
+    ]
+    # every message to partition 0 of the partials topic
+    detect = cluster.start("detect", "detect")
+    try:
+        asyncio.run(produce_partials(broker.bootstrap, cluster.partials, messages))
+        deadline = time.monotonic() + 40
+        group = cluster.names["detect_group"]
+        committed: list[int | None] = []
+        text = ""
+        while time.monotonic() < deadline:
+            assert detect.alive(), detect.log()
+            text = detect.metrics()
+            committed = asyncio.run(
+                committed_offsets(broker.bootstrap, cluster.partials, group, PARTIALS_PARTITIONS)
+            )
+            if committed[0] == len(messages):
+                break
+            time.sleep(0.5)
+        assert committed[0] == len(messages), (committed, detect.log())
+        bad = "egressd_cluster_bad_messages_total"
+        assert metric_value(text, bad, reason="too_deep") == 1, text
+        assert metric_value(text, bad, reason="bad_partials") == 1, text
+        assert metric_value(text, bad, reason="bad_headers") == 2, text
+        assert metric_value(text, "egressd_cluster_batches_applied_total") == 1, text
+        assert detect.alive(), detect.log()
+    finally:
+        assert detect.stop() == 0, detect.log()

@@ -63,6 +63,8 @@ log = logging.getLogger("egressd.cluster.detect")
 
 _POLL_MS: Final = 200
 _COMMIT_TIMEOUT: Final = 10.0
+#: why a partials-topic message is skipped (each counted from 0 on)
+BAD_MESSAGE_REASONS: Final = ("bad_headers", "bad_heartbeat", "bad_partials", "too_deep")
 
 
 @dataclass(slots=True)
@@ -79,6 +81,10 @@ class DetectStats:
     fenced: int = 0
     heartbeats: int = 0
     bad_messages: int = 0
+    #: bad_messages by the reason named (a DecodeError reason: a fixed set of names)
+    bad_reasons: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(BAD_MESSAGE_REASONS, 0)
+    )
     snapshots: int = 0
     snapshot_errors: int = 0
     snapshots_loaded: int = 0
@@ -420,6 +426,7 @@ class Detect(KafkaRole):
                 raise DecodeError("bad_headers", "message of an unknown kind")
         except DecodeError as exc:
             stats.bad_messages += 1
+            stats.bad_reasons[exc.reason] = stats.bad_reasons.get(exc.reason, 0) + 1
             log.warning("%s: skipped message %s: %s", self.name, message.offset, exc)
             return []
         mark = watermark(part.times, part.sources)
@@ -699,7 +706,10 @@ class Detect(KafkaRole):
             ("egressd_cluster_partial_overlaps_total", labels, float(stats.partial_overlaps)),
             ("egressd_cluster_fenced_total", labels, float(stats.fenced)),
             ("egressd_cluster_heartbeats_received_total", labels, float(stats.heartbeats)),
-            ("egressd_cluster_bad_messages_total", labels, float(stats.bad_messages)),
+            *(
+                ("egressd_cluster_bad_messages_total", {**labels, "reason": reason}, float(n))
+                for reason, n in stats.bad_reasons.items()
+            ),
             ("egressd_cluster_snapshots_total", labels, float(stats.snapshots)),
             ("egressd_cluster_snapshot_errors_total", labels, float(stats.snapshot_errors)),
             ("egressd_cluster_snapshots_loaded_total", labels, float(stats.snapshots_loaded)),

@@ -85,8 +85,9 @@ def batch_info(headers: dict[str, bytes]) -> BatchInfo:
         )
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise DecodeError("bad_headers", f"partials message headers: {exc!r}") from exc
-    if info.first < 0 or info.last < info.first or math.isnan(info.event_time):
-        raise DecodeError("bad_headers", "partials message with an impossible offset range")
+    # +inf would move the partition's event time past every interval for good
+    if info.first < 0 or info.last < info.first or not info.event_time < math.inf:
+        raise DecodeError("bad_headers", "partials message with an impossible offset range or time")
     return info
 
 
@@ -130,10 +131,10 @@ class Heartbeat:
         except (orjson.JSONDecodeError, DecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError("bad_heartbeat", f"heartbeat: {exc}") from exc
         if (
-            any(math.isnan(t) for t in times.values())
+            not all(t < math.inf for t in times.values())  # NaN or +inf: blind for good
             or any(n <= 0 for n in partitions.values())
             or not all(math.isfinite(q) and q >= 0 for q in quiet.values())
-            or math.isnan(wall)
+            or not wall < math.inf
         ):
             raise DecodeError("bad_heartbeat", "heartbeat with impossible values")
         return cls(times, partitions, generations, quiet, wall)
