@@ -542,3 +542,62 @@ path = "{regions}"
         time.sleep(0.01)
         now += 0.25
     assert longest < 0.5, f"a geo tick took {longest:.2f} s"
+
+
+def test_a_netflow_worker_rebuilds_its_labeler_on_reload_without_stopping_its_loop(
+    tmp_path: Path,
+) -> None:
+    # A reload (SIGHUP) reaches each worker process as a new configuration; the worker built
+    # the new labeler, which reads every geo file, on its receive loop: a large region map
+    # took seconds without reading the socket. Now it builds in a thread, and a later flush
+    # puts the configuration in use; one that fails to build keeps the running one.
+    from egressd.sources.netflow_worker import Worker
+
+    regions = tmp_path / "regions.csv"
+    regions.write_text("18.130.0.0/16,lab\n")
+    text = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[sources.netflow]]
+listen = "127.0.0.1:0"
+workers = 2
+
+[[geo.region_maps]]
+format = "csv"
+path = "{regions}"
+"""
+    config = parse_config(text.format(regions=regions))
+    worker = Worker(config, config.sources.netflow[0])
+    big = tmp_path / "big.csv"
+    first = 0x20000000  # 32.0.0.0
+    lines = [f"{ipaddress.IPv4Address(first + (i << 8))}/24,r{i % 50}" for i in range(300_000)]
+    big.write_text("\n".join(lines) + "\n")
+    reloaded = parse_config(text.format(regions=big))
+    started = time.monotonic()
+    worker.reconfigure(reloaded)
+    longest = time.monotonic() - started
+    assert longest < 0.5, f"a reload stopped the worker's loop for {longest:.2f} s"
+    deadline = time.monotonic() + 120
+    while True:
+        started = time.monotonic()
+        done = worker.reconfigure_tick()
+        longest = max(longest, time.monotonic() - started)
+        if done:
+            break
+        assert time.monotonic() < deadline, "the worker never took the new configuration"
+        assert worker.config is config  # the old one counts until the new one is ready
+        time.sleep(0.01)
+    assert longest < 0.5, f"the worker's loop stopped for {longest:.2f} s"
+    assert worker.config is reloaded
+    assert worker.labeler.label("32.0.1.7").region == "r1"
+    # A configuration whose geo file is gone by the time the worker reads it is not taken.
+    broken = parse_config(text.format(regions=big))
+    big.unlink()
+    worker.reconfigure(broken)
+    while worker.rebuilding is not None:
+        assert time.monotonic() < deadline
+        assert not worker.reconfigure_tick()
+        time.sleep(0.01)
+    assert worker.config is reloaded
+    assert worker.labeler.label("32.0.1.7").region == "r1"

@@ -32,6 +32,7 @@ import orjson
 
 from egressd.columns import FlowColumns
 from egressd.config import Config, NetflowSourceConfig
+from egressd.enrich import DestinationLabeler
 from egressd.enrich.labeler import CompositeLabeler, LoadedFile
 from egressd.errors import DecodeError
 from egressd.partials import PartialCounter, encode_partials
@@ -133,6 +134,7 @@ class Worker:
         "next_geo",
         "pending",
         "pending_flows",
+        "rebuilding",
         "records",
         "units",
     )
@@ -153,14 +155,37 @@ class Worker:
         self.next_geo = time.monotonic() + config.geo.watch_interval
         #: changed geo files being loaded beside the receive loop, and for which labeler
         self.geo_loading: tuple[CompositeLabeler, Future[list[LoadedFile]]] | None = None
+        #: a new configuration whose labeler is being built beside the receive loop
+        self.rebuilding: tuple[Config, Future[DestinationLabeler]] | None = None
 
     def reconfigure(self, config: Config) -> None:
-        labeler = build_labeler(config)
+        """Start using ``config``: its labeler (which reads every geo file: seconds for a
+        large region map, in which the receive loop would not read its socket) is built in
+        a thread; :meth:`reconfigure_tick` puts both in use once it is ready. A newer
+        configuration arriving meanwhile replaces this one."""
+        if self.rebuilding is not None:
+            self.rebuilding[1].add_done_callback(_close_built)
+        self.rebuilding = (config, _GEO_LOADER.submit(build_labeler, config))
+
+    def reconfigure_tick(self) -> bool:
+        """Put the configuration :meth:`reconfigure` was given in use once its labeler is
+        built (between two batches); whether it did. A labeler that failed to build keeps
+        the configuration in use, as a reload with a broken geo file does."""
+        if self.rebuilding is None or not self.rebuilding[1].done():
+            return False
+        config, building = self.rebuilding
+        self.rebuilding = None
+        try:
+            labeler = building.result()
+        except Exception:
+            log.exception("reload: the new geo data could not be loaded; keeping the old")
+            return False
         self.counter.engine.reconfigure(config, labeler)
         old, self.labeler = self.labeler, labeler
         if isinstance(old, CompositeLabeler):
             old.close()
         self.config = config
+        return True
 
     def geo_tick(self, now: float) -> None:
         """Every ``geo.watch_interval``: load changed geo files in a thread (a large region
@@ -255,6 +280,14 @@ class Worker:
         return partials_frame(header, blob)
 
 
+def _close_built(building: Future[DestinationLabeler]) -> None:
+    """Close the labeler of a configuration replaced before it was put in use."""
+    if not building.cancelled() and building.exception() is None:
+        labeler = building.result()
+        if isinstance(labeler, CompositeLabeler):
+            labeler.close()
+
+
 def _exporter_text(host: str) -> str:
     if host.startswith("::ffff:") and "." in host:
         return host[7:]
@@ -285,9 +318,8 @@ def serve(udp: socket.socket, control: socket.socket) -> int:
                 return 0  # the parent is gone: nobody to send to
             kind, payload = frame
             if kind == KIND_CONFIG:
-                write_frame(control, KIND_PARTIALS, worker.frame())  # counted the old way
                 new_config, _netflow = pickle.loads(payload)
-                worker.reconfigure(new_config)
+                worker.reconfigure(new_config)  # in use from a later flush
             elif kind == KIND_STOP:
                 # What the kernel already holds belongs to this run (within a bound: a
                 # flood would otherwise keep the worker reading for ever).
@@ -301,8 +333,9 @@ def serve(udp: socket.socket, control: socket.socket) -> int:
                 return 0
         now = time.monotonic()
         if now >= next_flush:
-            write_frame(control, KIND_PARTIALS, worker.frame())
+            write_frame(control, KIND_PARTIALS, worker.frame())  # counted the old way
             next_flush = now + FLUSH_EVERY
+            worker.reconfigure_tick()
             worker.geo_tick(now)
 
 
