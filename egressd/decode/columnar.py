@@ -257,6 +257,14 @@ def _times(col: Sequence[object]) -> tuple[F64, Bools, Bools]:
 
 def _table(col: Sequence[object], table: dict[object, int]) -> npt.NDArray[np.int64]:
     """``table[value]`` per row, -1 where the value is not in it."""
+    # One value throughout (a block of one protocol) is common: counting it costs an
+    # identity check per row (protocol names are msgspec's shared literals), a lookup each
+    # costs more. Equal values are the same key of ``table``.
+    try:
+        if len(col) and col.count(col[0]) == len(col):
+            return np.full(len(col), table.get(col[0], -1), dtype=np.int64)
+    except TypeError:  # an unhashable value
+        pass
     try:
         return np.fromiter(map(table.get, col, repeat(-1)), dtype=np.int64, count=len(col))
     except TypeError:  # an unhashable value (a list or an object)
@@ -762,8 +770,9 @@ class JsonColumnDecoder:
             # (numpy's max reads the block several bytes at a time, bytes.isascii one word)
             if np.frombuffer(b"".join(lines), dtype=np.uint8).max(initial=0) >= 0x80:
                 raise _NotAscii
-            rows: list[Any] = list(map(parse, lines))
-            cols = list(zip(*map(_astuple, rows), strict=True))
+            # (each line's struct becomes a tuple as soon as it is parsed and is freed at
+            # once: the next struct reuses its memory, still in the CPU's cache)
+            cols = list(zip(*map(_astuple, map(parse, lines)), strict=True))
         except (*_PARSE_ERRORS, _NotAscii):
             # Some lines do not parse here (or are not UTF-8, which msgspec does not check
             # in the keys it skips): their fields are unset, the record decoder has them.
