@@ -319,12 +319,15 @@ class Daemon:
         except StateError as exc:
             if isinstance(exc, StateTooLarge):
                 self.stats.state_too_large += 1
+            else:
+                self.stats.state_corrupt += 1
             move_aside(path, str(exc))
             data = None
         if data is not None:
             try:
                 self.engine.restore(data)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                self.stats.state_corrupt += 1
                 move_aside(path, f"{type(exc).__name__}: {exc}")
                 self.engine = Engine(self.config, self.labeler)
             else:

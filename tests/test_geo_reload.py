@@ -601,3 +601,41 @@ path = "{regions}"
         time.sleep(0.01)
     assert worker.config is reloaded
     assert worker.labeler.label("32.0.1.7").region == "r1"
+
+
+def test_a_deeply_nested_json_region_map_is_a_clear_error_and_a_reload_keeps_the_old_data(
+    tmp_path: Path,
+) -> None:
+    # A JSON region map (AWS, Google, Azure) is checked for depth before orjson parses it
+    # (orjson before 3.9.15 crashes on deep nesting): at start it is a named error, on a
+    # change the old data stays in use and the failure is counted.
+    from egressd.enrich.labeler import CompositeLabeler
+    from egressd.enrich.regions import load_aws
+    from egressd.errors import ConfigError
+    from egressd.replay import build_labeler
+
+    deep = b'{"prefixes":' + b"[" * 300_000 + b"]" * 300_000 + b"}"
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(deep)
+    with pytest.raises(ConfigError, match="nested too deep"):
+        load_aws(bad)
+    aws = write_aws(tmp_path / "ip-ranges.json", AWS_REGIONS)
+    config = parse_config(
+        f"""
+[networks]
+local = ["10.0.0.0/8"]
+
+[[geo.region_maps]]
+format = "aws"
+path = "{aws}"
+"""
+    )
+    labeler = build_labeler(config)
+    assert isinstance(labeler, CompositeLabeler)
+    assert labeler.label("18.130.1.1").region == "aws/eu-west-2"
+    replace_atomically(aws, lambda p: p.write_bytes(deep))
+    assert not labeler.apply_loaded(labeler.load_changed())
+    assert labeler.label("18.130.1.1").region == "aws/eu-west-2"
+    assert any("nested too deep" in problem for problem in labeler.reload_problems)
+    assert labeler.reload_failures == 1
+    labeler.close()

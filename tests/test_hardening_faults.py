@@ -133,6 +133,41 @@ def test_state_file_over_max_size_is_not_read(
     assert load_state(state, max_size=5000) is not None
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"version":1,"baselines":' + b"[" * 300_000 + b"]" * 300_000 + b"}",
+        b"[" * 300_000,
+        b'{"version":1,"baselines":[1,2]}',
+    ],
+    ids=["nested-object", "nested-array", "not-a-state"],
+)
+def test_an_unusable_state_file_is_moved_aside_counted_and_learning_starts_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    """A state file nested hundreds of thousands of levels deep is checked before orjson
+    parses it (orjson before 3.9.15 crashed on it, at every start): like any unusable state
+    file it is moved aside, counted, and learning starts again."""
+    from egressd.cluster.snapshots import CorruptSnapshot, _parse
+
+    state = tmp_path / "state.json"
+    state.write_bytes(content)
+    daemon = Daemon(parse_config(CONFIG.format(state=state)), environ={}, sources=[])
+    with caplog.at_level("WARNING"):
+        daemon.restore_state()
+    assert daemon.stats.state_corrupt == 1
+    assert daemon.stats.state_too_large == 0
+    assert daemon.readiness() == (True, "")
+    moved = list(tmp_path.glob("state.json.bad-*"))
+    assert not state.exists() and len(moved) == 1 and moved[0].read_bytes() == content
+    if content.startswith(b"{") and b"[[" in content:
+        assert "nested too deep" in caplog.text
+        with pytest.raises(CorruptSnapshot, match="nested too deep"):
+            _parse(content, "partials-0")  # a cluster partition snapshot likewise
+    text = generate_latest(daemon.registry).decode()
+    assert "egressd_state_files_corrupt_total 1.0" in text
+
+
 # --------------------------------------------------------------------------- basic auth
 
 bcrypt = pytest.importorskip("bcrypt", reason="basic auth needs the 'auth' extra (bcrypt)")

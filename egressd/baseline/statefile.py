@@ -17,7 +17,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from egressd.errors import StateError, StateTooLarge
+from egressd.decode.common import check_object_depth
+from egressd.errors import DecodeError, StateError, StateTooLarge
 
 log = logging.getLogger("egressd.state")
 
@@ -198,7 +199,10 @@ def load_state(path: Path, max_size: int = MAX_STATE_SIZE) -> dict[str, Any] | N
     if len(blob) > max_size:  # it grew between the stat and the read
         raise StateTooLarge(_too_large(path, len(blob), max_size))
     try:
+        check_object_depth(blob)  # before orjson, which crashes on deep nesting before 3.9.15
         data = orjson.loads(blob)
+    except DecodeError as exc:
+        raise StateError(f"state file {path} is not usable: {exc}") from exc
     except orjson.JSONDecodeError as exc:
         raise StateError(f"state file {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -35,7 +35,8 @@ from egressd.baseline.statefile import (
     open_regular,
     save_state,
 )
-from egressd.errors import StateError, StateTooLarge
+from egressd.decode.common import check_object_depth
+from egressd.errors import DecodeError, StateError, StateTooLarge
 
 log = logging.getLogger("egressd.cluster.snapshots")
 
@@ -63,7 +64,10 @@ def _too_large(where: str, size: int, max_size: int) -> str:
 
 def _parse(blob: bytes, where: str) -> dict[str, Any]:
     try:
+        check_object_depth(blob)  # before orjson, which crashes on deep nesting before 3.9.15
         data = orjson.loads(blob)
+    except DecodeError as exc:
+        raise CorruptSnapshot(f"{where} is not usable: {exc}") from exc
     except orjson.JSONDecodeError as exc:
         raise CorruptSnapshot(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

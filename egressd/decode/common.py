@@ -6,6 +6,7 @@ Each helper turns one loosely typed field into what a FlowRecord holds, or raise
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import Any, Final
@@ -224,6 +225,29 @@ def check_depth(blob: bytes) -> None:
             raise DecodeError("too_deep", "arrays or objects nested too deep") from None
         except msgspec.DecodeError:
             pass  # not JSON: orjson names the problem
+
+
+class _Skipped(msgspec.Struct):
+    """A JSON object whose every field is skipped (nothing is built)."""
+
+
+_OBJECT_START: Final = re.compile(rb"[ \t\r\n]*\{")
+
+
+def check_object_depth(blob: bytes) -> None:
+    """For a whole file that must hold one JSON object (a state file, a snapshot, a region
+    map): DecodeError ``not_object`` when it does not start with one, ``too_deep`` when it
+    nests deeper than Python's recursion limit, before orjson (which crashes on that before
+    3.9.15) parses it. Skipping the object costs about a hundredth of parsing it; a
+    malformed one passes, for orjson to name the problem."""
+    if _OBJECT_START.match(blob) is None:
+        raise DecodeError("not_object", "the JSON does not hold an object")
+    try:
+        msgspec.json.decode(blob, type=_Skipped)
+    except RecursionError:
+        raise DecodeError("too_deep", "arrays or objects nested too deep") from None
+    except msgspec.DecodeError:
+        pass
 
 
 def load_object(line: bytes) -> dict[str, Any]:

@@ -19,8 +19,9 @@ import numpy.typing as npt
 import orjson
 
 from egressd.config import RegionMapConfig
+from egressd.decode.common import check_object_depth
 from egressd.enrich.address import parse_address
-from egressd.errors import ConfigError
+from egressd.errors import ConfigError, DecodeError
 
 #: AWS marks ranges shared by every region (CloudFront, Route 53, ...) with this pseudo-region;
 #: a real region for the same prefix wins over it.
@@ -228,7 +229,12 @@ def _read_bytes(path: Path, what: str) -> bytes:
 def _read_json(path: Path, what: str) -> Any:
     data = _read_bytes(path, what)
     try:
+        check_object_depth(data)  # before orjson, which crashes on deep nesting before 3.9.15
         return orjson.loads(data)
+    except DecodeError as exc:
+        if exc.reason == "not_object":
+            return None  # the loader names the object it expected
+        raise ConfigError(f"{path}: {what} is not usable: {exc}") from None
     except orjson.JSONDecodeError as exc:
         raise ConfigError(f"{path}: {what} is not valid JSON: {exc}") from None
 

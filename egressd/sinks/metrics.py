@@ -49,6 +49,8 @@ class DaemonStats:
     state_last_save_bytes: int = 0
     state_values_clamped: int = 0
     state_too_large: int = 0
+    #: state files moved aside as unusable (not JSON, nested too deep, not a state)
+    state_corrupt: int = 0
     state_restored: bool = False
     idle_advances: int = 0
     #: restored states whose event time was ahead of wall time + max_clock_ahead (set back)
@@ -590,6 +592,11 @@ class EgressdCollector(Collector):
             "state_files_too_large",
             "State files not read because they are over state.max_size (moved aside)",
             d.state_too_large,
+        )
+        yield _counter(
+            "state_files_corrupt",
+            "State files moved aside as unusable (not JSON, nested too deep, not a state)",
+            d.state_corrupt,
         )
         yield _counter(
             "state_values_clamped",
