@@ -193,10 +193,12 @@ async def test_a_snapshot_from_the_future_is_set_back_to_wall_time(tmp_path: Pat
     node.partitions[loaded.tp] = loaded
     assert (f"{PREFIX}state_time_clamped_total", {}, 1.0) in node.metrics()
     # Detection goes on at real time: the next heartbeat moves event time again.
+    node.wall = lambda: FLOW_T0 + 1200.0
     beat = Heartbeat({"flows:0": FLOW_T0 + 1200}, {"flows": 1})
     node._apply(loaded, Message(1, beat.encode(), heartbeat_headers()))
     assert loaded.engine.event_time() == FLOW_T0 + 1200
     # A snapshot within the limit loads as it was.
+    node.wall = lambda: FLOW_T0 + 600.0
     again = await node._load(part.tp)
     assert node.stats.snapshots_clamped == 2  # the saved one is still a day ahead
     node.wall = lambda: FLOW_T0 + 86400.0
@@ -996,3 +998,25 @@ def test_an_infinite_event_time_in_a_partials_header_is_refused(
     headers = partials_headers("flows:0", 0, 0, start + 150)
     node._apply(part, Message(4, partials_row(start + 60), headers))
     assert part.engine.event_time() == start + 150
+
+
+def test_a_source_time_far_in_the_future_is_set_back_to_wall_time(tmp_path: Path) -> None:
+    # Before: one partials header (or heartbeat) stamped a year ahead moved the partition's
+    # event time there: every open interval closed at once and later partials were late
+    # until wall time caught up. Now the time stops at wall time + max_clock_ahead.
+    node, part = detect(tmp_path)
+    node.wall = lambda: FLOW_T0 + 60.0
+    limit = FLOW_T0 + 60.0 + node.config.detection.max_clock_ahead
+    start = FLOW_T0 - FLOW_T0 % 60
+    beat = Heartbeat({"flows:0": FLOW_T0}, {"flows": 1})
+    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
+    year = 365 * 86400.0
+    node._apply(
+        part, Message(1, partials_row(start), partials_headers("flows:0", 0, 0, FLOW_T0 + year))
+    )
+    assert part.engine.event_time() == limit
+    beat = Heartbeat({"flows:0": FLOW_T0 + year}, {"flows": 1})
+    node._apply(part, Message(2, beat.encode(), heartbeat_headers()))
+    assert part.engine.event_time() == limit
+    assert node.stats.future_times_clamped == 2
+    assert node.stats.batches_applied == 1

@@ -90,6 +90,8 @@ class DetectStats:
     snapshots_loaded: int = 0
     #: snapshots not read because they are over state.max_size (the partition starts afresh)
     snapshots_too_large: int = 0
+    #: source partition times a message put past wall time + detection.max_clock_ahead
+    future_times_clamped: int = 0
     #: loaded snapshots whose event time lay past wall time + detection.max_clock_ahead
     snapshots_clamped: int = 0
     #: partitions given back by a rebalance and kept in memory instead of loaded again
@@ -429,10 +431,31 @@ class Detect(KafkaRole):
             stats.bad_reasons[exc.reason] = stats.bad_reasons.get(exc.reason, 0) + 1
             log.warning("%s: skipped message %s: %s", self.name, message.offset, exc)
             return []
+        self._clamp_times(part, message.offset)
         mark = watermark(part.times, part.sources)
         if mark > part.engine.event_time():
             return part.engine.advance(mark)
         return []
+
+    def _clamp_times(self, part: _Partition, offset: int) -> None:
+        """No message moves a source partition's time past wall time + max_clock_ahead
+        (the bound ingest counts flows' stamps at): one forged far in the future would
+        close every interval of the partition and hold its event time there, blind until
+        wall time caught up. Such a time is set back to the bound, counted and logged."""
+        limit = self.wall() + self.config.detection.max_clock_ahead
+        for key, t in part.times.items():
+            if t > limit:
+                part.times[key] = limit
+                self.stats.future_times_clamped += 1
+                log.warning(
+                    "%s: message %s moves %s to event time %s, more than "
+                    "detection.max_clock_ahead past wall time: set back to %s",
+                    self.name,
+                    offset,
+                    key,
+                    format_utc(t),
+                    format_utc(limit),
+                )
 
     @staticmethod
     def _stale(part: _Partition, source: str, generation: int | None) -> bool:
@@ -720,6 +743,11 @@ class Detect(KafkaRole):
             ),
             ("egressd_cluster_partitions_kept_total", labels, float(stats.partitions_kept)),
             ("egressd_cluster_reseeks_total", labels, float(stats.reseeks)),
+            (
+                "egressd_cluster_future_times_clamped_total",
+                labels,
+                float(stats.future_times_clamped),
+            ),
             ("egressd_cluster_commits_total", labels, float(stats.commits)),
             ("egressd_cluster_commit_failures_total", labels, float(stats.commit_failures)),
             ("egressd_cluster_resets_total", labels, float(stats.resets)),
