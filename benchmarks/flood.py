@@ -23,19 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.flood_support import decode_rate, rss_bytes, start_flood  # noqa: E402
+from tests.integration_support import research_config  # noqa: E402
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-[http]
-listen = "127.0.0.1:{http}"
-[[sources.netflow]]
-listen = "127.0.0.1:{udp}"
-"""
+CONFIG = research_config(http="127.0.0.1:{http}", netflow="127.0.0.1:{udp}")
 
 
 def _free_port(kind: int) -> int:

@@ -16,12 +16,49 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def research_config(
+    detection: Mapping[str, str] | None = None,
+    *,
+    countries: Sequence[str] = ("GB", "US"),
+    state: str | None = None,
+    save_interval: str | None = None,
+    http: str | None = None,
+    netflow: str | None = None,
+    tail: str = "",
+) -> str:
+    """Config text of a daemon that watches one group, ``research`` (10.20.0.0/16 in 10.0.0.0/8).
+
+    Each argument adds its table only when given: ``detection`` settings, a ``[state]`` path
+    (and ``save_interval``), an ``[http]`` listen address and one ``[[sources.netflow]]`` listen
+    address; ``tail`` (more tables) goes last, as written. Values are written as given, so a
+    ``{placeholder}`` in one is left for the caller's ``str.format``.
+    """
+    expected = ", ".join(f'"{country}"' for country in countries)
+    tables = [
+        '[networks]\nlocal = ["10.0.0.0/8"]\n',
+        '[[groups]]\nname = "research"\nsources = ["10.20.0.0/16"]\n'
+        f"expected_countries = [{expected}]\n",
+    ]
+    if detection is not None:
+        tables.append("[detection]\n" + "".join(f'{k} = "{v}"\n' for k, v in detection.items()))
+    if state is not None:
+        save = f'save_interval = "{save_interval}"\n' if save_interval is not None else ""
+        tables.append(f'[state]\npath = "{state}"\n{save}')
+    if http is not None:
+        tables.append(f'[http]\nlisten = "{http}"\n')
+    if netflow is not None:
+        tables.append(f'[[sources.netflow]]\nlisten = "{netflow}"\n')
+    if tail:
+        tables.append(tail.strip("\n") + "\n")
+    return "\n" + "\n".join(tables)
 
 
 def integration_required() -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from integration_support import research_config
 from kafka_support import FLOW_T0, goflow2_record
 
 from egressd.cluster.detect import Detect, _Partition
@@ -37,19 +38,9 @@ from egressd.partials import encode_segments
 from egressd.pipeline import Progress
 from egressd.sinks.metrics import PREFIX
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "1m"
-allowed_lateness = "10s"
-
+CONFIG = research_config(
+    {"interval": "1m", "allowed_lateness": "10s"},
+    tail="""
 [[sources.kafka]]
 bootstrap_servers = ["127.0.0.1:9"]
 topics = ["flows"]
@@ -58,7 +49,8 @@ topics = ["flows"]
 role = "{role}"
 batch_offsets = 5
 state_directory = "{states}"
-"""
+""",
+)
 TP = TopicPartition("flows", 0)
 
 

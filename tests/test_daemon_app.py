@@ -16,20 +16,10 @@ from egressd.app import Daemon, EngineFeed, default_config, run_daemon, state_pa
 from egressd.config import NetflowSourceConfig, parse_config
 from egressd.model import FlowRecord
 from egressd.sources.netflow import NetflowSource
+from tests.integration_support import research_config
 from tests.netflow_builders import data_set, ipfix_datagram, template_set
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[state]
-path = "{state}"
-"""
+CONFIG = research_config(state="{state}")
 
 T0 = 1_773_064_800.0
 

@@ -21,6 +21,7 @@ from tests.integration_support import (
     free_udp_port,
     http_get,
     require_program,
+    research_config,
     running_program,
     wait_for_http,
     wait_until,
@@ -85,31 +86,18 @@ def test_alertmanager_route_example_is_valid() -> None:
 
 # -- every dashboard query returns data from a real Prometheus scraping a real egressd -----
 
-EGRESSD_CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "1m"
-allowed_lateness = "10s"
-unexpected_min_bytes = "100KB"
-unexpected_window = "10m"
-
-[state]
-path = "{state}"
-save_interval = "1s"
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[[sources.netflow]]
-listen = "127.0.0.1:{udp}"
-
+EGRESSD_CONFIG = research_config(
+    {
+        "interval": "1m",
+        "allowed_lateness": "10s",
+        "unexpected_min_bytes": "100KB",
+        "unexpected_window": "10m",
+    },
+    state="{state}",
+    save_interval="1s",
+    http="127.0.0.1:{http}",
+    netflow="127.0.0.1:{udp}",
+    tail="""
 [[sources.netflow]]
 listen = "127.0.0.1:{restricted}"
 allowed_exporters = ["192.0.2.0/24"]
@@ -117,7 +105,8 @@ allowed_exporters = ["192.0.2.0/24"]
 [alertmanager]
 urls = ["http://127.0.0.1:{dead}"]
 timeout = "1s"
-"""
+""",
+)
 
 PROMETHEUS_CONFIG = """
 global:

@@ -23,6 +23,7 @@ from tests.integration_support import (
     http_get,
     metric_value,
     require_program,
+    research_config,
     running_program,
     wait_for_http,
     wait_until,
@@ -31,32 +32,19 @@ from tests.netflow_builders import data_set, ipfix_datagram, template_set
 
 pytestmark = pytest.mark.integration
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "1m"
-allowed_lateness = "10s"
-unexpected_min_bytes = "100KB"
-unexpected_window = "10m"
-resolve_after = "1h"
-
-[state]
-path = "{state}"
-save_interval = "1h"
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[[sources.netflow]]
-listen = "127.0.0.1:{udp}"
-"""
+CONFIG = research_config(
+    {
+        "interval": "1m",
+        "allowed_lateness": "10s",
+        "unexpected_min_bytes": "100KB",
+        "unexpected_window": "10m",
+        "resolve_after": "1h",
+    },
+    state="{state}",
+    save_interval="1h",
+    http="127.0.0.1:{http}",
+    netflow="127.0.0.1:{udp}",
+)
 
 ALERTMANAGER_CONFIG = """
 route:

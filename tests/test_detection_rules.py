@@ -12,6 +12,7 @@ from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.errors import ConfigError
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
+from tests.integration_support import research_config
 
 T0 = 1_773_014_400.0  # a Monday, 00:00 UTC
 HOUR = 3600.0
@@ -37,19 +38,7 @@ _COUNTRY_ADDRESSES = (
     "95.14.143.254", "140.128.49.136", "46.118.77.223", "103.232.63.28", "163.197.179.137",
 )  # fmt: skip
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["US", "DE"]
-
-[detection]
-interval = "5m"
-learning = "1d"
-"""
+CONFIG = research_config({"interval": "5m", "learning": "1d"}, countries=("US", "DE"))
 
 
 def _engine(extra: str = "") -> Engine:

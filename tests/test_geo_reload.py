@@ -24,6 +24,7 @@ from egressd.app import Daemon
 from egressd.config import parse_config
 from egressd.sources.netflow import NetflowSource
 from tests.enrich_mmdb_factory import maxmind_asn, maxmind_country, write_mmdb
+from tests.integration_support import research_config
 from tests.netflow_builders import data_set, ipfix_datagram, template_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,24 +116,11 @@ def write_asn(path: Path, asn: int, org: str, epoch: int) -> None:
 
 
 def daemon_config(tmp_path: Path, watch_interval: str) -> str:
-    return f"""
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[state]
-path = "{tmp_path / "state.json"}"
-
-[http]
-listen = "127.0.0.1:0"
-
-[[sources.netflow]]
-listen = "127.0.0.1:0"
-
+    return research_config(
+        state=str(tmp_path / "state.json"),
+        http="127.0.0.1:0",
+        netflow="127.0.0.1:0",
+        tail=f"""
 [geo]
 country_mmdb = "{tmp_path / "country.mmdb"}"
 asn_mmdb = "{tmp_path / "asn.mmdb"}"
@@ -141,7 +129,8 @@ watch_interval = "{watch_interval}"
 [[geo.region_maps]]
 format = "aws"
 path = "{tmp_path / "ip-ranges.json"}"
-"""
+""",
+    )
 
 
 def metric(text: str, name: str, labels: str = "") -> float | None:

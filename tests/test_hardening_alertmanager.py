@@ -21,6 +21,7 @@ from tests.integration_support import (
     http_get,
     metric_value,
     require_program,
+    research_config,
     running_program,
     wait_for_http,
     wait_until,
@@ -29,28 +30,17 @@ from tests.netflow_builders import data_set, ipfix_datagram, template_set
 
 pytestmark = pytest.mark.integration
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "10s"
-allowed_lateness = "1s"
-unexpected_min_bytes = "1MB"
-unexpected_window = "5m"
-resolve_after = "30s"
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[[sources.netflow]]
-listen = "127.0.0.1:{udp}"
-
+CONFIG = research_config(
+    {
+        "interval": "10s",
+        "allowed_lateness": "1s",
+        "unexpected_min_bytes": "1MB",
+        "unexpected_window": "5m",
+        "resolve_after": "30s",
+    },
+    http="127.0.0.1:{http}",
+    netflow="127.0.0.1:{udp}",
+    tail="""
 [alertmanager]
 urls = ["http://127.0.0.1:{am}"]
 resend_interval = "1s"
@@ -58,7 +48,8 @@ timeout = "2s"
 
 [alerts]
 log_path = "{alert_log}"
-"""
+""",
+)
 
 ALERTMANAGER_CONFIG = """
 route:

@@ -21,23 +21,9 @@ from egressd.detect.alerts import FIRING, Alert
 from egressd.model import FlowRecord
 from egressd.pipeline import IDLE_AFTER, Engine
 from egressd.replay import replay
+from tests.integration_support import research_config
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "5m"
-allowed_lateness = "1m"
-
-[state]
-path = "{state}"
-"""
+CONFIG = research_config({"interval": "5m", "allowed_lateness": "1m"}, state="{state}")
 
 T0 = 1_773_064_800.0  # an interval boundary
 US = "3.5.140.2"

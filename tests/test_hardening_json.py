@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from integration_support import EgressdProcess, free_port, metric_value
+from integration_support import EgressdProcess, free_port, metric_value, research_config
 from kafka_support import (
     FLOW_T0,
     TansuBroker,
@@ -41,21 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 #: 400 kB of brackets: past the native stack of every orjson before 3.9.15 (8 MiB stacks)
 DEPTH = 400_000
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "1m"
-allowed_lateness = "10s"
-unexpected_min_bytes = "100MB"
-unexpected_window = "10m"
-"""
+CONFIG = research_config(
+    {
+        "interval": "1m",
+        "allowed_lateness": "10s",
+        "unexpected_min_bytes": "100MB",
+        "unexpected_window": "10m",
+    }
+)
 
 
 def poison(kind: str) -> bytes:

@@ -24,6 +24,7 @@ from tests.integration_support import (
     free_udp_port,
     http_get,
     metric_value,
+    research_config,
     wait_until,
 )
 
@@ -42,32 +43,19 @@ EXFIL_BYTES = 2_000_000_000
 #: the exfiltrating exporter is another loopback address (Linux routes all of 127/8 locally)
 EXFIL_EXPORTER = "127.0.0.2"
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "10s"
-allowed_lateness = "2s"
-unexpected_min_bytes = "100MB"
-unexpected_window = "1m"
-resolve_after = "1h"
-
-[state]
-path = "{state}"
-save_interval = "1h"
-
-[http]
-listen = "127.0.0.1:{http}"
-
-[[sources.netflow]]
-listen = "127.0.0.1:{udp}"
-"""
+CONFIG = research_config(
+    {
+        "interval": "10s",
+        "allowed_lateness": "2s",
+        "unexpected_min_bytes": "100MB",
+        "unexpected_window": "1m",
+        "resolve_after": "1h",
+    },
+    state="{state}",
+    save_interval="1h",
+    http="127.0.0.1:{http}",
+    netflow="127.0.0.1:{udp}",
+)
 
 
 @pytest.fixture

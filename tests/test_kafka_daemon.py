@@ -20,6 +20,7 @@ from integration_support import (
     http_get,
     metric_value,
     require_program,
+    research_config,
     running_program,
     wait_for_http,
 )
@@ -29,29 +30,18 @@ from egressd.baseline.statefile import load_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "1m"
-allowed_lateness = "10s"
-unexpected_min_bytes = "100MB"
-unexpected_window = "10m"
-resolve_after = "1h"
-
-[state]
-path = "{state}"
-save_interval = "{save}"
-
-[http]
-listen = "127.0.0.1:{http}"
-
+CONFIG = research_config(
+    {
+        "interval": "1m",
+        "allowed_lateness": "10s",
+        "unexpected_min_bytes": "100MB",
+        "unexpected_window": "10m",
+        "resolve_after": "1h",
+    },
+    state="{state}",
+    save_interval="{save}",
+    http="127.0.0.1:{http}",
+    tail="""
 [[sources.kafka]]
 bootstrap_servers = ["{bootstrap}"]
 topics = ["{topic}"]
@@ -61,7 +51,8 @@ session_timeout = "2s"
 heartbeat_interval = "300ms"
 rebalance_timeout = "2s"
 max_batch = 200
-"""
+""",
+)
 
 ALERTMANAGER_CONFIG = """
 route:

@@ -11,22 +11,16 @@ from egressd.detect.alerts import FIRING
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
+from tests.integration_support import research_config
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "5m"
-allowed_lateness = "1m"
-unexpected_min_bytes = "100MB"
-unexpected_window = "1h"
-"""
+CONFIG = research_config(
+    {
+        "interval": "5m",
+        "allowed_lateness": "1m",
+        "unexpected_min_bytes": "100MB",
+        "unexpected_window": "1h",
+    }
+)
 T0 = 1_773_000_000.0 - 1_773_000_000.0 % 300  # an interval boundary
 US = "3.5.140.2"
 CN = "47.100.23.45"

@@ -33,25 +33,19 @@ from tests.integration_support import (
     free_udp_port,
     http_get,
     metric_value,
+    research_config,
     wait_until,
 )
 from tests.netflow_builders import data_set, ipfix_datagram, template_set
 
-BASE = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[detection]
-interval = "1m"
-allowed_lateness = "10s"
-unexpected_min_bytes = "100KB"
-unexpected_window = "10m"
-"""
+BASE = research_config(
+    {
+        "interval": "1m",
+        "allowed_lateness": "10s",
+        "unexpected_min_bytes": "100KB",
+        "unexpected_window": "10m",
+    }
+)
 
 FIELDS = [(8, 4), (12, 4), (1, 8), (2, 8), (150, 4), (151, 4)]
 
