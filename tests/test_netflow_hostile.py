@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 from egressd.decode.netflow import NetflowDecoder
+from egressd.decode.netflow.decoder import TEMPLATE_FIELDS_BURST, TEMPLATE_FIELDS_PER_SECOND
 from tests.netflow_builders import (
     data_set,
     ipfix_datagram,
@@ -350,11 +351,12 @@ def test_large_templates_are_bounded_in_fields_and_evict_their_senders_own() -> 
             decoder.decode(
                 ipfix_datagram([template_set(wide, ipfix=True)], export_secs=int(NOW)),
                 FLOODER,
-                NOW,
+                NOW + (tid - 256) / 4,  # within the exporter's budget of template changes
             )
 
     held = _held_bytes(flood)
-    assert legit_data(decoder, NOW + 1) == 2
+    assert decoder.stats.set_errors["template_budget"] == 0
+    assert legit_data(decoder, NOW + 60) == 2
     assert decoder.stats.templates_evicted >= 180
     # 100 * 32 fields at ~100 bytes; before: 100 templates of 506 fields, about 5 MB.
     assert held < 1_500_000, held
@@ -405,3 +407,55 @@ def test_sampler_rates_of_many_domains_are_bounded_in_all() -> None:
     assert decoder.stats.option_domains_evicted == 0
     assert len(decoder._options[(FLOODER, 10, 0)].sampler_rates) == 256
     assert len(decoder._options[(FLOODER, 10, 999)].sampler_rates) >= 8
+
+
+def _changing_templates(seed: int, count: int) -> dict[int, list[tuple[int, int]]]:
+    """``count`` templates whose fields differ from those of any other seed."""
+    return {
+        256 + n: [*FIELDS, *((400 + (seed * 7 + n + i) % 90, 1 + i % 2) for i in range(20))]
+        for n in range(count)
+    }
+
+
+def test_an_exporter_changing_its_templates_without_pause_is_held_to_a_budget() -> None:
+    # Reading and compiling a template costs ~1.5 us a field: an exporter sending 64 kB
+    # datagrams of ever-changing templates cost the decoder ~50 ms each (150 data datagrams'
+    # worth), so a few a second starved every other exporter. Past its budget of new or
+    # changed template fields, the rest of such a set is not read, and counted.
+    decoder = NetflowDecoder()
+    announce = ipfix_datagram([template_set({256: FIELDS}, ipfix=True)], export_secs=int(NOW))
+    decoder.decode(announce, LEGIT, NOW)
+    for seed in range(200):  # 200 x 100 templates of 26 fields: 520,000 fields in 2 s
+        flood = template_set(_changing_templates(seed, 100), ipfix=True)
+        decoder.decode(ipfix_datagram([flood], export_secs=int(NOW)), FLOODER, NOW + seed / 100)
+    read = decoder.stats.templates - 1
+    allowed = TEMPLATE_FIELDS_BURST + 2 * TEMPLATE_FIELDS_PER_SECOND
+    assert 0 < read * 26 <= allowed
+    assert decoder.stats.set_errors["template_budget"] >= 150
+    # Another exporter's templates, new ones included, are read, and its data decoded.
+    fresh = ipfix_datagram([template_set({257: FIELDS}, ipfix=True)], export_secs=int(NOW))
+    decoder.decode(fresh, LEGIT, NOW + 2)
+    more = ipfix_datagram([data_set(257, FIELDS, [row(4)])], export_secs=int(NOW))
+    assert len(decoder.decode(more, LEGIT, NOW + 2)) == 1
+    assert legit_data(decoder, NOW + 2) == 2
+    # The budget comes back with time: the flooder's next change is read a while later.
+    later = template_set(_changing_templates(999, 1), ipfix=True)
+    decoder.decode(ipfix_datagram([later], export_secs=int(NOW)), FLOODER, NOW + 60)
+    assert decoder.stats.templates == read + 3
+
+
+def test_templates_announced_again_unchanged_cost_no_budget_and_stay_fresh() -> None:
+    # Exporters resend their templates every few datagrams: a record equal byte for byte
+    # to the template held is a refresh, not read again nor charged, however often it comes.
+    decoder = NetflowDecoder(template_timeout=60.0)
+    table = {tid: [*FIELDS, *((400 + i, 1) for i in range(20))] for tid in range(256, 356)}
+    announce = ipfix_datagram([template_set(table, ipfix=True)], export_secs=int(NOW))
+    for n in range(200):  # 520,000 fields a second, resent unchanged
+        decoder.decode(announce, LEGIT, NOW + n / 200)
+    decoder.decode(announce, LEGIT, NOW + 50)
+    assert decoder.stats.set_errors["template_budget"] == 0
+    assert decoder.stats.templates == 201 * 100
+    # Refreshed at NOW + 50, so still held at NOW + 100 (announced at NOW, it expires).
+    record = [*row(5), *([0] * 20)]
+    data = ipfix_datagram([data_set(300, table[300], [record])], export_secs=int(NOW))
+    assert len(decoder.decode(data, LEGIT, NOW + 100)) == 1

@@ -56,6 +56,16 @@ _WRAP_GUARD = 2**32 - 2 * RESTART_SLACK_MS
 #: the most a record can take: a 65,535-byte message less the smallest header and a set header
 MAX_RECORD_LEN = 65535 - 16 - 4
 
+#: template fields an exporter may have read per second when they are new or changed, and
+#: at once: reading and compiling a template costs about 1.5 us a field, so before, one
+#: exporter sending 64 kB datagrams of ever-changing templates cost ~50 ms of the decoder
+#: each (150 data datagrams' worth) and starved every other exporter's data. A template
+#: equal byte for byte to the one held is a refresh and costs nothing against this.
+TEMPLATE_FIELDS_PER_SECOND = 4_096
+TEMPLATE_FIELDS_BURST = 32_768
+#: exporters whose template budget is remembered (one forgotten starts with a full one)
+_BUDGET_EXPORTERS = 4_096
+
 OptionsKey = tuple[str, int, int]
 
 
@@ -107,6 +117,7 @@ class NetflowDecoder:
 
     __slots__ = (
         "_addr_cache",
+        "_budgets",
         "_now",
         "_options",
         "_options_by_exporter",
@@ -131,6 +142,8 @@ class NetflowDecoder:
         #: each exporter's option domains, oldest first
         self._options_by_exporter: dict[str, dict[OptionsKey, None]] = {}
         self._addr_cache: AddressCache = BoundedCache(ADDR_CACHE_SIZE)
+        #: exporter -> [template fields it may still have read, when that was worked out]
+        self._budgets: BoundedCache[str, list[float]] = BoundedCache(_BUDGET_EXPORTERS)
         self._now = 0.0  # receive time of the datagram being decoded
         #: while ``decode_columns`` runs: the flows so far, as column batches (or sets held
         #: to be read together) in order
@@ -477,18 +490,37 @@ class NetflowDecoder:
         ipfix = ctx.version == 10
         cache = self._templates
         errors = self.stats.set_errors
+        exporter, version, domain = ctx.exporter, ctx.version, ctx.domain
+        held = cache.held
+
+        def known(template_id: int) -> Template | None:
+            template = held((exporter, version, domain, template_id))
+            if template is None or (template.scope_count >= 0) != options:
+                return None
+            return template
+
+        def afford(fields: int) -> bool:
+            return self._afford(exporter, fields)
+
         empty = True
         try:
-            for template_id, specs, scope_count in parse_templates(
-                buf, start, end, ipfix=ipfix, options=options
+            for template_id, specs, scope_count, raw in parse_templates(
+                buf, start, end, ipfix=ipfix, options=options, known=known, afford=afford
             ):
                 empty = False
                 if specs is None:
                     if template_id == (3 if options else 2):
-                        cache.withdraw_all(ctx.exporter, ctx.version, ctx.domain, options)
+                        cache.withdraw_all(exporter, version, domain, options)
                     else:
-                        cache.withdraw((ctx.exporter, ctx.version, ctx.domain, template_id))
+                        cache.withdraw((exporter, version, domain, template_id))
                     continue
+                key = (exporter, version, domain, template_id)
+                if raw:
+                    template = held(key)
+                    if template is not None and template.raw is raw:  # as held: a refresh
+                        cache.refresh(key, template, now)
+                        self.stats.templates += 1
+                        continue
                 if template_id < 256:
                     errors["bad_template_id"] += 1
                     continue
@@ -496,8 +528,7 @@ class NetflowDecoder:
                 if problem:
                     errors[problem] += 1
                     continue
-                key = (ctx.exporter, ctx.version, ctx.domain, template_id)
-                template = cache.put(key, specs, scope_count, now)
+                template = cache.put(key, specs, scope_count, now, raw)
                 self.stats.templates += 1
                 for pending in self._pending.take(key):
                     self.stats.pending_decoded += 1
@@ -508,5 +539,27 @@ class NetflowDecoder:
                         errors[exc.reason] += 1
         except ValueError as exc:
             errors[str(exc)] += 1
-        if empty:
-            errors["empty_template_set"] += 1
+        else:
+            if empty:
+                errors["empty_template_set"] += 1
+
+    def _afford(self, exporter: str, fields: int) -> bool:
+        """Whether ``exporter`` may have a template of ``fields`` fields read now (its
+        budget: :data:`TEMPLATE_FIELDS_PER_SECOND`, at most :data:`TEMPLATE_FIELDS_BURST`
+        at once); if so, it is charged for them."""
+        now = self._now
+        budget = self._budgets.get(exporter)
+        if budget is None:
+            budget = self._budgets.store(exporter, [float(TEMPLATE_FIELDS_BURST), now])
+        elif now > budget[1]:  # a clock going back refills nothing
+            budget[0] = min(
+                float(TEMPLATE_FIELDS_BURST),
+                budget[0] + (now - budget[1]) * TEMPLATE_FIELDS_PER_SECOND,
+            )
+            budget[1] = now
+        else:
+            budget[1] = now
+        if budget[0] < fields:
+            return False
+        budget[0] -= fields
+        return True

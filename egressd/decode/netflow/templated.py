@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import add
@@ -18,7 +18,7 @@ from typing import Any
 
 from egressd.cache import BoundedCache
 from egressd.decode.netflow import fields as F
-from egressd.decode.netflow.templates import DEFAULTS, FieldSpec, Layout
+from egressd.decode.netflow.templates import DEFAULTS, FieldSpec, Layout, Template
 from egressd.errors import DecodeError
 from egressd.model import FlowRecord
 
@@ -577,13 +577,35 @@ def _apply_options(values: dict[int, int], options: ExporterOptions) -> None:
 
 
 def parse_templates(
-    buf: bytes, pos: int, end: int, *, ipfix: bool, options: bool
-) -> Iterator[tuple[int, tuple[FieldSpec, ...] | None, int]]:
-    """Yield (template id, fields or None for a withdrawal, scope field count) per record.
+    buf: bytes,
+    pos: int,
+    end: int,
+    *,
+    ipfix: bool,
+    options: bool,
+    known: Callable[[int], Template | None] | None = None,
+    afford: Callable[[int], bool] | None = None,
+) -> Iterator[tuple[int, tuple[FieldSpec, ...] | None, int, bytes]]:
+    """Yield (template id, fields or None for a withdrawal, scope field count, the record's
+    bytes) per record.
 
-    Raises ValueError when a record overruns its set; records before it are still yielded.
+    ``known(template id)`` gives the template held for that id: a record equal to the one
+    it was read from, byte for byte, is not read again (the held fields are yielded).
+    ``afford(field count)`` is asked before the fields of any other record are read; when
+    it says no, ValueError("template_budget") ends the set. Raises ValueError when a record
+    overruns its set; records before it are still yielded.
     """
     while end - pos >= 4:
+        if known is not None:
+            template_id = _U16.unpack_from(buf, pos)[0]
+            held = known(template_id)
+            if held is not None:
+                raw = held.raw
+                if end - pos >= len(raw) and buf.startswith(raw, pos):
+                    pos += len(raw)
+                    yield template_id, held.fields, held.scope_count, raw
+                    continue
+        start = pos
         if options and not ipfix:
             if end - pos < 6:
                 return
@@ -601,7 +623,7 @@ def parse_templates(
                 if template_id == 0:
                     return  # zero padding up to the end of the set
                 # IPFIX withdraws a template so; NetFlow v9 has no withdrawal
-                yield template_id, None if ipfix else (), -1
+                yield template_id, None if ipfix else (), -1, b""
                 continue
             if options:
                 if end - pos < 2:
@@ -614,6 +636,8 @@ def parse_templates(
             return  # zero padding up to the end of the set
         if field_count > F.MAX_TEMPLATE_FIELDS:
             raise ValueError("too_many_fields")  # before reading (and paying for) them
+        if afford is not None and not afford(field_count):
+            raise ValueError("template_budget")  # before reading (and paying for) them
         specs: list[FieldSpec] = []
         for _ in range(field_count):
             if end - pos < 4:
@@ -628,4 +652,4 @@ def parse_templates(
                 pos += 4
                 eid &= 0x7FFF
             specs.append((eid, length, pen))
-        yield template_id, tuple(specs), scope_count if options else -1
+        yield template_id, tuple(specs), scope_count if options else -1, buf[start:pos]

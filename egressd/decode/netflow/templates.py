@@ -82,6 +82,8 @@ class Template:
     scope_count: int  # leading scope fields of an options template; -1 for data templates
     layout: Layout
     seen: float
+    #: the template record as received (a record equal to it is a refresh, not read again)
+    raw: bytes = b""
 
 
 def _offers_of() -> dict[int, tuple[tuple[int, int, int], ...]]:
@@ -304,6 +306,20 @@ class TemplateCache:
         self._fields += weight
         self._fields_by_exporter[key[0]] = self._fields_by_exporter.get(key[0], 0) + weight
 
+    def held(self, key: TemplateKey) -> Template | None:
+        """The template held for ``key``, expired or not (:meth:`sweep` runs first)."""
+        return self._templates.get(key)
+
+    def refresh(self, key: TemplateKey, template: Template, now: float) -> None:
+        """``template``, held for ``key``, was announced again unchanged at ``now``."""
+        template.seen = now
+        templates = self._templates
+        del templates[key]  # re-inserted: insertion order is refresh order
+        templates[key] = template
+        own = self._by_exporter[key[0]]
+        del own[key]
+        own[key] = None
+
     def get(self, key: TemplateKey, now: float) -> Template | None:
         template = self._templates.get(key)
         if template is not None and now - template.seen > self.timeout:
@@ -318,13 +334,16 @@ class TemplateCache:
         fields: tuple[FieldSpec, ...],
         scope_count: int,
         now: float,
+        raw: bytes = b"",
     ) -> Template:
-        """Store (or refresh) a template; compile its layout unless an identical one exists."""
+        """Store (or refresh) a template; compile its layout unless an identical one exists.
+        ``raw`` is the record it was read from."""
         old = self._templates.get(key)
         if old is not None:
             self._remove(key)
             if old.fields == fields and old.scope_count == scope_count:
                 old.seen = now
+                old.raw = raw
                 self._add(key, old)
                 return old
         layout_key = (fields, scope_count, key[1])
@@ -339,7 +358,7 @@ class TemplateCache:
             len(self._templates) >= self.max_templates or self._fields + weight > self.max_fields
         ):
             self._evict_for(key[0], len(self._templates) >= self.max_templates)
-        template = Template(key[3], fields, scope_count, layout, now)
+        template = Template(key[3], fields, scope_count, layout, now, raw)
         self._add(key, template)
         return template
 
