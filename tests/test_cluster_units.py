@@ -1012,3 +1012,35 @@ def test_a_source_time_far_in_the_future_is_set_back_to_wall_time(tmp_path: Path
     assert part.engine.event_time() == limit
     assert node.stats.future_times_clamped == 2
     assert node.stats.batches_applied == 1
+
+
+def test_partials_of_intervals_far_in_the_future_count_at_wall_time(tmp_path: Path) -> None:
+    # Before: a partial names its interval, and one a year ahead opened an interval that
+    # stayed open (saved in every snapshot) until wall time reached it: its bytes were never
+    # judged, and a message of many such intervals opened as many, without bound. Now it
+    # counts in the interval holding wall time + max_clock_ahead, as ingest counts a flow.
+    node, part = detect(tmp_path)
+    node.wall = lambda: FLOW_T0 + 60.0
+    limit = FLOW_T0 + 60.0 + node.config.detection.max_clock_ahead
+    start = FLOW_T0 - FLOW_T0 % 60
+    beat = Heartbeat({"flows:0": FLOW_T0}, {"flows": 1})
+    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
+    year = 365 * 86400.0 - (365 * 86400.0) % 60
+    rows = b",".join(
+        b'[%d,"research","CN","",1000,1,1,{},{}]' % (start + year + 60 * n) for n in range(500)
+    )
+    value = b'{"v":1,"interval":60.0,"rows":[' + rows + b"]}"
+    node._apply(part, Message(1, value, partials_headers("flows:0", 0, 0, FLOW_T0)))
+    assert node.stats.batches_applied == 1
+    open_starts = set(part.engine.aggregator.buckets)
+    assert max(open_starts) <= limit
+    assert len(open_starts) <= 2
+    assert node.stats.future_partials_clamped == 500
+    samples = {name: value for name, _labels, value in node.metrics()}
+    assert samples["egressd_cluster_future_partials_clamped_total"] == 500
+    # Their bytes are judged once event time passes that interval.
+    node.wall = lambda: limit + 3600.0
+    beat = Heartbeat({"flows:0": limit + 600.0}, {"flows": 1})
+    node._apply(part, Message(2, beat.encode(), heartbeat_headers()))
+    assert not part.engine.aggregator.buckets
+    assert part.engine.stats.egress_bytes == 500 * 1000

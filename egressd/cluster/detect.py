@@ -54,7 +54,7 @@ from egressd.detect.alerts import Alert
 from egressd.enrich import DestinationLabeler, DestinationLabels
 from egressd.errors import DecodeError, SourceError, StateError
 from egressd.partials import decode_batch
-from egressd.pipeline import IDLE_AFTER, Engine
+from egressd.pipeline import IDLE_AFTER, Engine, Partial
 from egressd.sinks.metrics import PREFIX, EgressdCollector
 from egressd.sources.kafka import KafkaSource, RebalanceListener, start_clients, stop_clients
 from egressd.units import format_utc
@@ -92,6 +92,8 @@ class DetectStats:
     snapshots_too_large: int = 0
     #: source partition times a message put past wall time + detection.max_clock_ahead
     future_times_clamped: int = 0
+    #: partials naming an interval past wall time + detection.max_clock_ahead (counted there)
+    future_partials_clamped: int = 0
     #: loaded snapshots whose event time lay past wall time + detection.max_clock_ahead
     snapshots_clamped: int = 0
     #: partitions given back by a rebalance and kept in memory instead of loaded again
@@ -401,10 +403,13 @@ class Detect(KafkaRole):
                             applied,
                         )
                     dropped = 0
+                    latest = self._latest_start()
                     for _first, last, partials in segments:
                         if last is not None and last <= applied:
                             dropped += 1  # a part of the batch applied before
                             continue
+                        if any(start > latest for start, _key, _accum in partials):
+                            partials = self._set_back(partials, latest, message.offset)
                         part.engine.apply_partials(partials)
                         stats.partial_rows += len(partials)
                     if dropped:
@@ -436,6 +441,35 @@ class Detect(KafkaRole):
         if mark > part.engine.event_time():
             return part.engine.advance(mark)
         return []
+
+    def _latest_start(self) -> float:
+        """The latest interval a partial may name: the one holding wall time +
+        max_clock_ahead (the bound ingest counts flows' stamps at)."""
+        limit = self.wall() + self.config.detection.max_clock_ahead
+        return limit - limit % self.config.detection.interval
+
+    def _set_back(self, partials: list[Partial], latest: float, offset: int) -> list[Partial]:
+        """Partials of intervals after ``latest`` count in it, counted and logged: before,
+        one forged a year ahead opened an interval that stayed open (and in every snapshot)
+        until wall time reached it, its bytes never judged, and a message of many such
+        intervals opened as many, without bound."""
+        out: list[Partial] = []
+        furthest = latest
+        for start, key, accum in partials:
+            if start > latest:
+                furthest = max(furthest, start)
+                self.stats.future_partials_clamped += 1
+                start = latest
+            out.append((start, key, accum))
+        log.warning(
+            "%s: message %s holds partials of intervals up to %s, more than "
+            "detection.max_clock_ahead past wall time: counted at %s",
+            self.name,
+            offset,
+            format_utc(furthest),
+            format_utc(latest),
+        )
+        return out
 
     def _clamp_times(self, part: _Partition, offset: int) -> None:
         """No message moves a source partition's time past wall time + max_clock_ahead
@@ -747,6 +781,11 @@ class Detect(KafkaRole):
                 "egressd_cluster_future_times_clamped_total",
                 labels,
                 float(stats.future_times_clamped),
+            ),
+            (
+                "egressd_cluster_future_partials_clamped_total",
+                labels,
+                float(stats.future_partials_clamped),
             ),
             ("egressd_cluster_commits_total", labels, float(stats.commits)),
             ("egressd_cluster_commit_failures_total", labels, float(stats.commit_failures)),
