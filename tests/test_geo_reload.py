@@ -628,3 +628,40 @@ path = "{aws}"
     assert any("nested too deep" in problem for problem in labeler.reload_problems)
     assert labeler.reload_failures == 1
     labeler.close()
+
+
+def test_a_netflow_worker_counts_a_labeler_that_fails_to_build_on_reload(tmp_path: Path) -> None:
+    # Before: a worker whose new labeler failed to build (a geo file gone or broken by the
+    # time it read it) kept counting with the old configuration, logged in the worker only,
+    # while the daemon counted the reload as done: nothing on /metrics showed it.
+    from egressd.sources.netflow_worker import Worker, split_partials_frame
+
+    regions = tmp_path / "regions.csv"
+    regions.write_text("18.130.0.0/16,lab\n")
+    text = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[sources.netflow]]
+listen = "127.0.0.1:0"
+workers = 2
+
+[[geo.region_maps]]
+format = "csv"
+path = "{regions}"
+"""
+    config = parse_config(text.format(regions=regions))
+    worker = Worker(config, config.sources.netflow[0])
+    broken = parse_config(text.format(regions=regions))
+    regions.write_text("not a prefix,lab\n")
+    worker.reconfigure(broken)
+    deadline = time.monotonic() + 60
+    while worker.rebuilding is not None:
+        assert time.monotonic() < deadline
+        assert not worker.reconfigure_tick()
+        time.sleep(0.01)
+    assert worker.config is config
+    assert worker.labeler.label("18.130.1.1").region == "lab"
+    header, _blob = split_partials_frame(worker.frame())
+    samples = {name: value for name, _labels, value in header["samples"]}
+    assert samples["egressd_netflow_worker_reload_errors_total"] == 1

@@ -136,6 +136,7 @@ class Worker:
         "pending_flows",
         "rebuilding",
         "records",
+        "reload_errors",
         "units",
     )
 
@@ -157,6 +158,8 @@ class Worker:
         self.geo_loading: tuple[CompositeLabeler, Future[list[LoadedFile]]] | None = None
         #: a new configuration whose labeler is being built beside the receive loop
         self.rebuilding: tuple[Config, Future[DestinationLabeler]] | None = None
+        #: new configurations not taken because their labeler failed to build
+        self.reload_errors = 0
 
     def reconfigure(self, config: Config) -> None:
         """Start using ``config``: its labeler (which reads every geo file: seconds for a
@@ -178,7 +181,11 @@ class Worker:
         try:
             labeler = building.result()
         except Exception:
-            log.exception("reload: the new geo data could not be loaded; keeping the old")
+            self.reload_errors += 1
+            log.exception(
+                "reload: the new geo data could not be loaded; keeping the configuration and "
+                "geo data in use"
+            )
             return False
         self.counter.engine.reconfigure(config, labeler)
         old, self.labeler = self.labeler, labeler
@@ -271,9 +278,12 @@ class Worker:
             "engine": {name: getattr(engine, name) for name in ENGINE_COUNTERS},
             # The single-process source's decoder metrics, but for those of its socket.
             "samples": [
-                [name, labels, value]
-                for name, labels, value in self.filter.extra_metrics()
-                if name not in SOCKET_METRICS
+                *(
+                    [name, labels, value]
+                    for name, labels, value in self.filter.extra_metrics()
+                    if name not in SOCKET_METRICS
+                ),
+                ["egressd_netflow_worker_reload_errors_total", {}, float(self.reload_errors)],
             ],
         }
         blob = encode_partials(counter.take("w"), self.config.detection.interval)
