@@ -173,6 +173,15 @@ class Network:
             exporter=exporter,
         )  # fmt: skip
 
+    def spread(
+        self, src: str, dsts: Sequence[str], begin: float, end: float, total: float
+    ) -> list[Flow]:
+        """``total`` bytes from ``src`` split evenly over ``dsts``, one a second after another."""
+        flows: list[Flow] = []
+        for part, dst in enumerate(dsts):
+            flows += self.transfer(src, dst, begin + part, end, total / len(dsts))
+        return flows
+
 
 def _group_of(network: Network, src: str) -> str:
     if not network.group_of:
@@ -365,15 +374,13 @@ def generate_saas(seed: int = 1) -> Scenario:
         size = 6 * GB * math.exp(rng.gauss(0, 0.6))
         duration = rng.uniform(10, 40) * 60
         src = network.pick_host("ci", False)
-        for part, dst in enumerate(rng.sample(cloud, 4)):
-            flows += network.transfer(src, dst, t + part, t + duration, size / 4)
+        flows += network.spread(src, rng.sample(cloud, 4), t, t + duration, size)
         traps.append(Trap("artefact-upload", t, t + duration))
     for day in range(DAYS):
         begin = network.local(day, 2 + rng.uniform(0, 0.2))
         size = rng.uniform(10, 30) * GB
         src = hosts["prod"][0][0]
-        for part, dst in enumerate(rng.sample(cloud, 8)):
-            flows += network.transfer(src, dst, begin + part, begin + 5400, size / 8)
+        flows += network.spread(src, rng.sample(cloud, 8), begin, begin + 5400, size)
         traps.append(Trap("nightly-backup", begin, begin + 5400))
     for day in range(6, DAYS, 7):
         begin = network.local(day, 3)
@@ -972,8 +979,7 @@ def generate_enterprise(seed: int = 1) -> Scenario:
             size = rng.uniform(10, 60) * GB
             duration = rng.uniform(30, 90) * 60
             src = network.pick_host("data-science", False)
-            for part, dst in enumerate(rng.sample(cloud, 6)):
-                flows += network.transfer(src, dst, begin + part, begin + duration, size / 6)
+            flows += network.spread(src, rng.sample(cloud, 6), begin, begin + duration, size)
             traps.append(Trap("checkpoint-upload", begin, begin + duration))
     t = start
     while t < start + DAYS * DAY:
@@ -981,8 +987,7 @@ def generate_enterprise(seed: int = 1) -> Scenario:
         size = rng.uniform(3, 12) * GB
         duration = rng.uniform(10, 40) * 60
         src = network.pick_host("build-farm", False)
-        for part, dst in enumerate(rng.sample(cloud, 4)):
-            flows += network.transfer(src, dst, t + part, t + duration, size / 4)
+        flows += network.spread(src, rng.sample(cloud, 4), t, t + duration, size)
         traps.append(Trap("build-artefacts", t, t + duration))
     # The dmz backs up nightly to the cloud's storage, whose addresses rotate; on day 16 the
     # bucket moves to another region: other networks of the same provider, in the US too.
@@ -992,8 +997,8 @@ def generate_enterprise(seed: int = 1) -> Scenario:
     for day in range(DAYS):
         begin = network.local(day, 1 + rng.uniform(0, 0.2), "dmz")
         size = rng.uniform(10, 30) * GB
-        for part, dst in enumerate(rng.sample(east if day < 16 else west, 8)):
-            flows += network.transfer(backup_src, dst, begin + part, begin + 5400, size / 8)
+        targets = rng.sample(east if day < 16 else west, 8)
+        flows += network.spread(backup_src, targets, begin, begin + 5400, size)
         traps.append(Trap("dmz-backup", begin, begin + 5400))
 
     # -- exfiltrations ------------------------------------------------------------------------
