@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from egressd.app import Daemon
-from egressd.config import parse_config
+from egressd.config import Config, parse_config
 from egressd.sources.netflow import NetflowSource
 from tests.enrich_mmdb_factory import maxmind_asn, maxmind_country, write_mmdb
 from tests.integration_support import research_config
@@ -489,6 +489,25 @@ path = "{regions}"
         assert await asyncio.wait_for(task, 30) == 0
 
 
+def worker_config(regions: Path, watch_interval: str | None = None) -> Config:
+    """A NetFlow source with two worker processes, and one CSV region map at ``regions``."""
+    geo = f'[geo]\nwatch_interval = "{watch_interval}"\n\n' if watch_interval else ""
+    return parse_config(
+        f"""
+[networks]
+local = ["10.0.0.0/8"]
+
+[[sources.netflow]]
+listen = "127.0.0.1:0"
+workers = 2
+
+{geo}[[geo.region_maps]]
+format = "csv"
+path = "{regions}"
+"""
+    )
+
+
 def test_a_netflow_worker_reloads_a_large_region_map_without_stopping_its_loop(
     tmp_path: Path,
 ) -> None:
@@ -499,23 +518,7 @@ def test_a_netflow_worker_reloads_a_large_region_map_without_stopping_its_loop(
 
     regions = tmp_path / "regions.csv"
     regions.write_text("18.130.0.0/16,lab\n")
-    config = parse_config(
-        f"""
-[networks]
-local = ["10.0.0.0/8"]
-
-[[sources.netflow]]
-listen = "127.0.0.1:0"
-workers = 2
-
-[geo]
-watch_interval = "1s"
-
-[[geo.region_maps]]
-format = "csv"
-path = "{regions}"
-"""
-    )
+    config = worker_config(regions, watch_interval="1s")
     worker = Worker(config, config.sources.netflow[0])
     first = 0x20000000  # 32.0.0.0
     lines = [f"{ipaddress.IPv4Address(first + (i << 8))}/24,r{i % 50}" for i in range(300_000)]
@@ -544,25 +547,13 @@ def test_a_netflow_worker_rebuilds_its_labeler_on_reload_without_stopping_its_lo
 
     regions = tmp_path / "regions.csv"
     regions.write_text("18.130.0.0/16,lab\n")
-    text = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[sources.netflow]]
-listen = "127.0.0.1:0"
-workers = 2
-
-[[geo.region_maps]]
-format = "csv"
-path = "{regions}"
-"""
-    config = parse_config(text.format(regions=regions))
+    config = worker_config(regions)
     worker = Worker(config, config.sources.netflow[0])
     big = tmp_path / "big.csv"
     first = 0x20000000  # 32.0.0.0
     lines = [f"{ipaddress.IPv4Address(first + (i << 8))}/24,r{i % 50}" for i in range(300_000)]
     big.write_text("\n".join(lines) + "\n")
-    reloaded = parse_config(text.format(regions=big))
+    reloaded = worker_config(big)
     started = time.monotonic()
     worker.reconfigure(reloaded)
     longest = time.monotonic() - started
@@ -581,7 +572,7 @@ path = "{regions}"
     assert worker.config is reloaded
     assert worker.labeler.label("32.0.1.7").region == "r1"
     # A configuration whose geo file is gone by the time the worker reads it is not taken.
-    broken = parse_config(text.format(regions=big))
+    broken = worker_config(big)
     big.unlink()
     worker.reconfigure(broken)
     while worker.rebuilding is not None:
@@ -638,21 +629,9 @@ def test_a_netflow_worker_counts_a_labeler_that_fails_to_build_on_reload(tmp_pat
 
     regions = tmp_path / "regions.csv"
     regions.write_text("18.130.0.0/16,lab\n")
-    text = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[sources.netflow]]
-listen = "127.0.0.1:0"
-workers = 2
-
-[[geo.region_maps]]
-format = "csv"
-path = "{regions}"
-"""
-    config = parse_config(text.format(regions=regions))
+    config = worker_config(regions)
     worker = Worker(config, config.sources.netflow[0])
-    broken = parse_config(text.format(regions=regions))
+    broken = worker_config(regions)
     regions.write_text("not a prefix,lab\n")
     worker.reconfigure(broken)
     deadline = time.monotonic() + 60
