@@ -992,16 +992,22 @@ def test_an_infinite_event_time_in_a_partials_header_is_refused(
     assert part.engine.event_time() == start + 150
 
 
+def detect_at_wall_time(tmp_path: Path) -> tuple[Detect, _Partition, float]:
+    """A detect node whose wall clock reads ``FLOW_T0`` + 60 s, a heartbeat at ``FLOW_T0``
+    applied; and the latest event time it takes (wall time + max_clock_ahead)."""
+    node, part = detect(tmp_path)
+    node.wall = lambda: FLOW_T0 + 60.0
+    beat = Heartbeat({"flows:0": FLOW_T0}, {"flows": 1})
+    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
+    return node, part, FLOW_T0 + 60.0 + node.config.detection.max_clock_ahead
+
+
 def test_a_source_time_far_in_the_future_is_set_back_to_wall_time(tmp_path: Path) -> None:
     # Before: one partials header (or heartbeat) stamped a year ahead moved the partition's
     # event time there: every open interval closed at once and later partials were late
     # until wall time caught up. Now the time stops at wall time + max_clock_ahead.
-    node, part = detect(tmp_path)
-    node.wall = lambda: FLOW_T0 + 60.0
-    limit = FLOW_T0 + 60.0 + node.config.detection.max_clock_ahead
+    node, part, limit = detect_at_wall_time(tmp_path)
     start = FLOW_T0 - FLOW_T0 % 60
-    beat = Heartbeat({"flows:0": FLOW_T0}, {"flows": 1})
-    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
     year = 365 * 86400.0
     node._apply(
         part, Message(1, partials_row(start), partials_headers("flows:0", 0, 0, FLOW_T0 + year))
@@ -1019,12 +1025,8 @@ def test_partials_of_intervals_far_in_the_future_count_at_wall_time(tmp_path: Pa
     # stayed open (saved in every snapshot) until wall time reached it: its bytes were never
     # judged, and a message of many such intervals opened as many, without bound. Now it
     # counts in the interval holding wall time + max_clock_ahead, as ingest counts a flow.
-    node, part = detect(tmp_path)
-    node.wall = lambda: FLOW_T0 + 60.0
-    limit = FLOW_T0 + 60.0 + node.config.detection.max_clock_ahead
+    node, part, limit = detect_at_wall_time(tmp_path)
     start = FLOW_T0 - FLOW_T0 % 60
-    beat = Heartbeat({"flows:0": FLOW_T0}, {"flows": 1})
-    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
     year = 365 * 86400.0 - (365 * 86400.0) % 60
     rows = b",".join(
         b'[%d,"research","CN","",1000,1,1,{},{}]' % (start + year + 60 * n) for n in range(500)
