@@ -73,22 +73,14 @@ class _Watched:
         self.failed_signature: tuple[int, int] | None = None
 
 
+@dataclass(frozen=True, slots=True)
 class LoadedFile:
     """A changed data file as loaded off the event loop: its data, or why it failed."""
 
-    __slots__ = ("data", "problem", "signature", "watched")
-
-    def __init__(
-        self,
-        watched: _Watched,
-        signature: tuple[int, int] | None,
-        data: MmdbDatabase | RegionMap | None,
-        problem: str,
-    ) -> None:
-        self.watched = watched
-        self.signature = signature
-        self.data = data
-        self.problem = problem
+    watched: _Watched
+    signature: tuple[int, int] | None
+    data: MmdbDatabase | RegionMap | None
+    problem: str
 
     def discard(self) -> None:
         """Close what was loaded and will not be used."""
