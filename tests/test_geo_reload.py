@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import iptocc
@@ -26,6 +26,9 @@ from egressd.sources.netflow import NetflowSource
 from tests.enrich_mmdb_factory import maxmind_asn, maxmind_country, write_mmdb
 from tests.integration_support import research_config
 from tests.netflow_builders import data_set, ipfix_datagram, template_set
+
+if TYPE_CHECKING:
+    from egressd.sources.netflow_worker import Worker
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_773_064_800.0  # 2026-03-09T14:00:00Z, on an interval boundary
@@ -508,6 +511,16 @@ path = "{regions}"
     )
 
 
+def refuse_to_rebuild(worker: Worker, config: Config, deadline: float) -> None:
+    """Give ``worker`` a configuration whose labeler cannot be built, and tick it until it
+    gives that up (by ``deadline``); no tick may report the configuration taken."""
+    worker.reconfigure(config)
+    while worker.rebuilding is not None:
+        assert time.monotonic() < deadline
+        assert not worker.reconfigure_tick()
+        time.sleep(0.01)
+
+
 def test_a_netflow_worker_reloads_a_large_region_map_without_stopping_its_loop(
     tmp_path: Path,
 ) -> None:
@@ -574,11 +587,7 @@ def test_a_netflow_worker_rebuilds_its_labeler_on_reload_without_stopping_its_lo
     # A configuration whose geo file is gone by the time the worker reads it is not taken.
     broken = worker_config(big)
     big.unlink()
-    worker.reconfigure(broken)
-    while worker.rebuilding is not None:
-        assert time.monotonic() < deadline
-        assert not worker.reconfigure_tick()
-        time.sleep(0.01)
+    refuse_to_rebuild(worker, broken, deadline)
     assert worker.config is reloaded
     assert worker.labeler.label("32.0.1.7").region == "r1"
 
@@ -633,12 +642,7 @@ def test_a_netflow_worker_counts_a_labeler_that_fails_to_build_on_reload(tmp_pat
     worker = Worker(config, config.sources.netflow[0])
     broken = worker_config(regions)
     regions.write_text("not a prefix,lab\n")
-    worker.reconfigure(broken)
-    deadline = time.monotonic() + 60
-    while worker.rebuilding is not None:
-        assert time.monotonic() < deadline
-        assert not worker.reconfigure_tick()
-        time.sleep(0.01)
+    refuse_to_rebuild(worker, broken, time.monotonic() + 60)
     assert worker.config is config
     assert worker.labeler.label("18.130.1.1").region == "lab"
     header, _blob = split_partials_frame(worker.frame())
