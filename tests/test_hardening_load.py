@@ -285,3 +285,36 @@ def test_every_engine_bound_shows_in_metrics(tmp_path: Path) -> None:
     assert hits + misses == 6_000
     assert value("egressd_cache_evictions_total", cache="destination") >= len(destinations) - 100
     assert value("egressd_baseline_keys") == len(engine.baselines) <= 20
+
+
+class _ScriptedSocket:
+    """recvfrom hands out the datagrams given, then would block."""
+
+    def __init__(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        self._datagrams = list(reversed(datagrams))
+
+    def recvfrom(self, _size: int) -> tuple[bytes, tuple[str, int]]:
+        if not self._datagrams:
+            raise BlockingIOError
+        return self._datagrams.pop()
+
+
+def test_one_exporter_filling_the_queue_leaves_room_for_the_others() -> None:
+    # Before: the socket queue was first come, first served: one exporter (a looping one,
+    # or a flood from an allowlisted address) filled it and every other exporter's
+    # datagrams were dropped as queue_full while it stayed full. Now one exporter alone
+    # fills at most three quarters of it; the rest is shared by those holding less.
+    from egressd.config import NetflowSourceConfig
+    from egressd.sources.netflow import NetflowSource
+
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0", queue_size=100))
+    flood = [(b"F%d" % n, ("192.0.2.66", 2055)) for n in range(300)]
+    legit = [(b"L%d" % n, ("192.0.2.1", 2055)) for n in range(5)]
+    for burst in (flood[:256], flood[256:] + legit):
+        source._sock = _ScriptedSocket(burst)  # type: ignore[assignment]
+        source._readable()
+    queued = [host for _data, host, _now in source._queue]
+    assert queued.count("192.0.2.1") == 5
+    assert queued.count("192.0.2.66") == 75
+    assert source.stats.dropped["exporter_over_share"] == 225
+    assert source.stats.dropped.get("queue_full", 0) == 0

@@ -108,6 +108,7 @@ class NetflowSource:
         "_last_error_log",
         "_queue",
         "_queue_size",
+        "_queued_by",
         "_ready",
         "_ready_event",
         "_sink",
@@ -147,6 +148,8 @@ class NetflowSource:
         #: datagrams read and not yet decoded (at most ``config.queue_size``)
         self._queue: collections.deque[Datagram] = collections.deque()
         self._queue_size = max(1, config.queue_size)
+        #: datagrams in the queue per exporter address (see :meth:`_readable`)
+        self._queued_by: dict[str, int] = {}
         #: set when datagrams are queued for the decoder task
         self._ready_event: asyncio.Event | None = None
         #: datagrams taken off the queue and decoded but not yet handed to the engine (they
@@ -338,6 +341,12 @@ class NetflowSource:
         room = self._queue_size - len(queue)
         allowed_of = self._exporters.get
         stats = self.stats
+        # The queue's last quarter goes only to exporters holding less than an equal share
+        # of the rest: one exporter (a looping one, or a flood from an allowed address) can
+        # fill no more than three quarters, and the others' datagrams still get in.
+        queued_by = self._queued_by
+        reserve = self._queue_size // 4
+        alone = self._queue_size - reserve
         now = self._clock()  # one receive time for the burst: it is read in microseconds
         read = 0
         try:
@@ -350,9 +359,18 @@ class NetflowSource:
                     allowed = self._check_exporter(host)
                 if not allowed:
                     stats.drop("exporter_not_allowed")
-                elif room > 0:
+                elif room > reserve:
                     append((data, host, now))
                     room -= 1
+                    queued_by[host] = queued_by.get(host, 0) + 1
+                elif room > 0:
+                    held = queued_by.get(host, 0)
+                    if held * len(queued_by) >= alone:
+                        stats.drop("exporter_over_share")
+                    else:
+                        append((data, host, now))
+                        room -= 1
+                        queued_by[host] = held + 1
                 else:
                     stats.drop("queue_full")
         except (BlockingIOError, InterruptedError):
@@ -385,6 +403,7 @@ class NetflowSource:
         sink = self._sink
         assert ready is not None and sink is not None
         popleft = queue.popleft
+        queued_by = self._queued_by
         decode = self.decoder.decode_columns_batch
         submit = columns_submitter(sink)
         stats = self.stats
@@ -420,6 +439,12 @@ class NetflowSource:
             if not held:
                 due = time.monotonic() + _SUBMIT_DELAY
             items = [popleft() for _ in range(min(len(queue), _BATCH_DATAGRAMS))]
+            for _data, host, _received in items:
+                left = queued_by[host] - 1
+                if left:
+                    queued_by[host] = left
+                else:
+                    del queued_by[host]
             held += len(items)
             self._held = held
             # one decoding for the lot: sets of one template are read together
