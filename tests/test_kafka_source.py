@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -776,3 +777,38 @@ def test_a_fetch_decodes_to_columns_as_to_records(fmt: str, data: st.DataObject)
         records_source.records_consumed,
         records_source.bytes_consumed,
     )
+
+
+async def test_a_fetch_of_large_messages_is_decoded_a_piece_at_a_time() -> None:
+    # Before: a whole fetch was decoded in one go on the event loop. One message may hold
+    # thousands of flow lines (about 0.1 s to decode a megabyte), and a fetch holds up to
+    # max_batch messages (up to the consumer's 50 MB fetch limit): a producer writing
+    # megabyte messages stopped the loop (HTTP, state saves, the watchdog, other sources)
+    # for seconds per fetch. Now at most about a megabyte is decoded per turn of the loop.
+    line = goflow2_json(1)
+    per_message = 1_000_000 // (len(line) + 1)
+    value = b"\n".join([line] * per_message)
+    fake = FakeConsumer({TP0: [value] * 8})
+    events: list[str] = []
+
+    class Recording(Sink):
+        def submit(self, records: Sequence[FlowRecord]) -> None:
+            events.append("submit")
+            super().submit(records)
+
+    async def ticker() -> None:
+        while True:
+            events.append("tick")
+            await asyncio.sleep(0)
+
+    sink = Recording()
+    source = KafkaSource(config(max_batch=100), "kafka:flows", consumer_factory=fake)
+    ticking = asyncio.create_task(ticker())
+    await source.start(sink)
+    await wait_for(lambda: len(sink.records) == 8 * per_message, timeout=120)
+    await source.stop()
+    ticking.cancel()
+    submits = [index for index, event in enumerate(events) if event == "submit"]
+    assert len(fake.getmany_calls) >= 1 and len(submits) >= 4
+    assert all("tick" in events[a:b] for a, b in pairwise(submits))
+    assert source.checkpoint_position() == {"flows:0": 8}

@@ -51,6 +51,34 @@ _BACKOFF_MAX: Final = 30.0
 _COMMIT_TIMEOUT: Final = 10.0
 _POLL_MS: Final = 500
 _DEAD_LETTER_TIMEOUT: Final = 10.0
+#: message bytes decoded per turn of the event loop (about 0.1 s of JSON lines): a fetch
+#: holds up to max_batch messages and 50 MB, which took seconds to decode in one go
+_DECODE_BYTES: Final = 1 << 20
+
+
+def _pieces(
+    batches: dict[TopicPartition, Sequence[Any]], limit: int
+) -> Iterable[dict[TopicPartition, Sequence[Any]]]:
+    """``batches`` in pieces of about ``limit`` bytes of message values (at least one
+    message each), in order; the whole of it when it is no larger."""
+    sizes = {tp: [len(m.value or b"") for m in messages] for tp, messages in batches.items()}
+    if sum(map(sum, sizes.values())) <= limit:
+        yield batches
+        return
+    piece: dict[TopicPartition, Sequence[Any]] = {}
+    size = 0
+    for tp, messages in batches.items():
+        start = 0
+        for index, length in enumerate(sizes[tp]):
+            size += length
+            if size >= limit:
+                piece[tp] = messages[start : index + 1]
+                yield piece
+                piece, size, start = {}, 0, index + 1
+        if start < len(messages):
+            piece[tp] = messages[start:]
+    if piece:
+        yield piece
 
 
 # --------------------------------------------------------------------------- decoding
@@ -548,26 +576,28 @@ class KafkaSource:
             self._backoff.reset()
             if not batches:
                 continue
-            submit_columns = self._submit_columns
-            decoded = self._decode_columns(batches) if submit_columns else None
-            if decoded is None:
-                records, failed = self._decode_batches(batches)
-            else:
-                columns, failed = decoded
-            if failed and self._producer is not None:
-                await self._dead_letter(failed)
-            if decoded is None:
-                if records:
-                    sink.submit(records)
-            elif len(columns) and submit_columns is not None:
-                submit_columns(columns)
-            # Only now, with the engine holding them, do these offsets count as submitted.
-            for tp, messages in batches.items():
-                if messages:
-                    self._submitted[tp] = messages[-1].offset + 1
-            # getmany returns without suspending while records are buffered: yield, or a
-            # backlog would starve checkpoints, the HTTP server and the watchdog.
-            await asyncio.sleep(0)
+            for piece in _pieces(batches, _DECODE_BYTES):
+                submit_columns = self._submit_columns
+                decoded = self._decode_columns(piece) if submit_columns else None
+                if decoded is None:
+                    records, failed = self._decode_batches(piece)
+                else:
+                    columns, failed = decoded
+                if failed and self._producer is not None:
+                    await self._dead_letter(failed)
+                if decoded is None:
+                    if records:
+                        sink.submit(records)
+                elif len(columns) and submit_columns is not None:
+                    submit_columns(columns)
+                # Only now, with the engine holding them, do these offsets count as submitted.
+                for tp, messages in piece.items():
+                    if messages:
+                        self._submitted[tp] = messages[-1].offset + 1
+                # getmany returns without suspending while records are buffered, and a
+                # fetch may hold many large messages: yield after each piece, or a backlog
+                # would starve checkpoints, the HTTP server and the watchdog.
+                await asyncio.sleep(0)
 
     def _decode_batches(
         self, batches: dict[TopicPartition, Sequence[Any]]
