@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -1046,3 +1047,40 @@ def test_partials_of_intervals_far_in_the_future_count_at_wall_time(tmp_path: Pa
     node._apply(part, Message(2, beat.encode(), heartbeat_headers()))
     assert not part.engine.aggregator.buckets
     assert part.engine.stats.egress_bytes == 500 * 1000
+
+
+async def test_an_ingest_member_counts_a_fetch_of_large_messages_a_piece_at_a_time(
+    tmp_path: Path,
+) -> None:
+    # Before: a whole fetch (up to max_batch messages, up to the consumer's 50 MB fetch
+    # limit) was decoded and counted in one go: megabyte messages of flow lines held the
+    # event loop for seconds per fetch, long enough on a busy machine for the member to
+    # take itself for stalled past its session timeout, drop what it counted and rejoin.
+    # Now it is counted as if fetched a megabyte at a time, with a turn of the loop between.
+    node = member(tmp_path, 1)
+    line = goflow2_record(0, nbytes=1000, t=FLOW_T0, dst="8.8.8.8")
+    per_message = 1_000_000 // (len(line) + 1)
+    big = b"\n".join([line] * per_message)
+    events: list[str] = []
+    counted = node._round
+
+    async def round_(fetched: dict[TopicPartition, list[Any]]) -> None:
+        events.append("round")
+        await counted(fetched)
+
+    node._round = round_  # type: ignore[method-assign]
+
+    async def ticker() -> None:
+        while True:
+            events.append("tick")
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    await node._take({TP: [Message(offset, big) for offset in range(8)]})
+    ticking.cancel()
+    rounds = [index for index, event in enumerate(events) if event == "round"]
+    assert len(rounds) >= 4
+    assert all("tick" in events[a:b] for a, b in pairwise(rounds))
+    # Counted as one fetch would have been: the batch 0-4 went out, 5-7 wait for theirs.
+    assert [batch_info(read_headers(m.headers)).first for m in partials_of(node)] == [0]
+    assert node._lanes[TP].last == 7

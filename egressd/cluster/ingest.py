@@ -46,8 +46,10 @@ from egressd.partials import (
 )
 from egressd.pipeline import IDLE_AFTER, Partial, Progress
 from egressd.sources.kafka import (
+    DECODE_BYTES,
     KafkaSource,
     RebalanceListener,
+    fetch_pieces,
     map_kafka_error,
     start_clients,
     stop_clients,
@@ -332,9 +334,17 @@ class Ingest(KafkaRole):
             fetched = await consumer.getmany(
                 timeout_ms=_POLL_MS, max_records=self.source.config.max_batch
             )
+            await self._take(fetched)
+
+    async def _take(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """Count one fetch as if it had come a megabyte of messages at a time, with a turn
+        of the event loop between: in one go, a fetch of megabyte messages of flow lines
+        (up to the consumer's 50 MB limit) held the loop for seconds, long enough on a busy
+        machine to look stalled past the session timeout (see :meth:`_check_alive`)."""
+        for piece in fetch_pieces(fetched, DECODE_BYTES):
             async with self._lock:
                 self._check_alive()
-                await self._round(fetched)
+                await self._round(piece)
             await asyncio.sleep(0)
 
     async def _run_ticker(self) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -53,30 +53,30 @@ _POLL_MS: Final = 500
 _DEAD_LETTER_TIMEOUT: Final = 10.0
 #: message bytes decoded per turn of the event loop (about 0.1 s of JSON lines): a fetch
 #: holds up to max_batch messages and 50 MB, which took seconds to decode in one go
-_DECODE_BYTES: Final = 1 << 20
+DECODE_BYTES: Final = 1 << 20
 
 
-def _pieces(
-    batches: dict[TopicPartition, Sequence[Any]], limit: int
-) -> Iterable[dict[TopicPartition, Sequence[Any]]]:
+def fetch_pieces(
+    batches: Mapping[TopicPartition, Sequence[Any]], limit: int
+) -> Iterator[dict[TopicPartition, list[Any]]]:
     """``batches`` in pieces of about ``limit`` bytes of message values (at least one
     message each), in order; the whole of it when it is no larger."""
     sizes = {tp: [len(m.value or b"") for m in messages] for tp, messages in batches.items()}
     if sum(map(sum, sizes.values())) <= limit:
-        yield batches
+        yield {tp: list(messages) for tp, messages in batches.items()}
         return
-    piece: dict[TopicPartition, Sequence[Any]] = {}
+    piece: dict[TopicPartition, list[Any]] = {}
     size = 0
     for tp, messages in batches.items():
         start = 0
         for index, length in enumerate(sizes[tp]):
             size += length
             if size >= limit:
-                piece[tp] = messages[start : index + 1]
+                piece[tp] = list(messages[start : index + 1])
                 yield piece
                 piece, size, start = {}, 0, index + 1
         if start < len(messages):
-            piece[tp] = messages[start:]
+            piece[tp] = list(messages[start:])
     if piece:
         yield piece
 
@@ -576,7 +576,7 @@ class KafkaSource:
             self._backoff.reset()
             if not batches:
                 continue
-            for piece in _pieces(batches, _DECODE_BYTES):
+            for piece in fetch_pieces(batches, DECODE_BYTES):
                 submit_columns = self._submit_columns
                 decoded = self._decode_columns(piece) if submit_columns else None
                 if decoded is None:
@@ -600,7 +600,7 @@ class KafkaSource:
                 await asyncio.sleep(0)
 
     def _decode_batches(
-        self, batches: dict[TopicPartition, Sequence[Any]]
+        self, batches: Mapping[TopicPartition, Sequence[Any]]
     ) -> tuple[list[FlowRecord], list[tuple[Any, str]]]:
         stats = self.stats
         records: list[FlowRecord] = []
@@ -661,7 +661,7 @@ class KafkaSource:
         return records, failed
 
     def _decode_columns(
-        self, batches: dict[TopicPartition, Sequence[Any]]
+        self, batches: Mapping[TopicPartition, Sequence[Any]]
     ) -> tuple[FlowColumns, list[tuple[Any, str]]] | None:
         """A fetch of a JSON format as one batch of columns, counted and failed as
         :meth:`_decode_batches` counts and fails it (same flows, same order); None when a
