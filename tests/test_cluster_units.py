@@ -1084,3 +1084,45 @@ async def test_an_ingest_member_counts_a_fetch_of_large_messages_a_piece_at_a_ti
     # Counted as one fetch would have been: the batch 0-4 went out, 5-7 wait for theirs.
     assert [batch_info(read_headers(m.headers)).first for m in partials_of(node)] == [0]
     assert node._lanes[TP].last == 7
+
+
+async def test_a_detect_process_applies_a_fetch_of_large_messages_a_piece_at_a_time(
+    tmp_path: Path,
+) -> None:
+    # Before: a whole fetch of the partials topic (up to the consumer's 50 MB limit) was
+    # applied in one go: megabyte messages of partials held the event loop (HTTP, snapshot
+    # saves, Alertmanager pushes) for as long as they took. Now it is applied as if fetched
+    # a megabyte at a time, with a turn of the loop between.
+    node, part = detect(tmp_path)
+    node._consumer = DetectConsumer()
+    node.partitions[part.tp] = part
+    start = FLOW_T0 - FLOW_T0 % 60
+    row = b'[%d,"research","CN","",1000,1,1,{},{}]' % start
+    value = b'{"v":1,"interval":60.0,"rows":[' + b",".join([row] * 25_000) + b"]}"
+    events: list[str] = []
+    applying = node._apply
+
+    def apply(part: _Partition, message: Any) -> Any:
+        events.append("apply")
+        return applying(part, message)
+
+    node._apply = apply  # type: ignore[method-assign]
+
+    async def ticker() -> None:
+        while True:
+            events.append("tick")
+            await asyncio.sleep(0)
+
+    fetched = {
+        part.tp: [
+            Message(offset, value, partials_headers("flows:0", offset, offset, FLOW_T0))
+            for offset in range(8)
+        ]
+    }
+    ticking = asyncio.create_task(ticker())
+    await node._take(node._consumer, fetched)
+    ticking.cancel()
+    runs = "".join("a" if event == "apply" else "t" for event in events).strip("t").split("t")
+    assert len([run for run in runs if run]) >= 3
+    assert node.stats.batches_applied == 8
+    assert part.position == 8

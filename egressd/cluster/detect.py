@@ -56,7 +56,14 @@ from egressd.errors import DecodeError, SourceError, StateError
 from egressd.partials import decode_batch
 from egressd.pipeline import IDLE_AFTER, Engine, Partial
 from egressd.sinks.metrics import PREFIX, EgressdCollector
-from egressd.sources.kafka import KafkaSource, RebalanceListener, start_clients, stop_clients
+from egressd.sources.kafka import (
+    DECODE_BYTES,
+    KafkaSource,
+    RebalanceListener,
+    fetch_pieces,
+    start_clients,
+    stop_clients,
+)
 from egressd.units import format_utc
 
 log = logging.getLogger("egressd.cluster.detect")
@@ -261,8 +268,16 @@ class Detect(KafkaRole):
                 reason, self._rejoin = self._rejoin, ""
                 raise SourceError(f"{self.name}: {reason}")
             fetched = await consumer.getmany(timeout_ms=_POLL_MS)
+            await self._take(consumer, fetched)
+
+    async def _take(self, consumer: Any, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """Apply one fetch as if it had come a megabyte of messages at a time, with a turn
+        of the event loop between: in one go, a fetch of large partials messages (up to the
+        consumer's 50 MB limit) held HTTP, snapshot saves and pushes for as long as it took.
+        Partitions are looked up again for each piece (one may be revoked meanwhile)."""
+        for piece in fetch_pieces(fetched, DECODE_BYTES):
             async with self._lock:
-                for tp, messages in fetched.items():
+                for tp, messages in piece.items():
                     part = self.partitions.get(tp)
                     if part is None or not self._read_from_position(consumer, part, messages):
                         continue
