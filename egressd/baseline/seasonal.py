@@ -25,6 +25,8 @@ from egressd.cache import BoundedCache
 
 # header: first_seen, last_seen (event time s), overall level, overall spread, observations
 _HEADER = struct.Struct("<ddffI")
+#: the header after first_seen (an update leaves first_seen alone unless it goes back in time)
+_HEADER_TAIL = struct.Struct("<dffI")
 # per slot: level, spread (float16, log2 bytes: ~2% resolution), observations (capped at 255)
 _SLOT = struct.Struct("<eeB")
 SLOTS = 48  # 24 hours x (weekday, weekend)
@@ -54,6 +56,18 @@ SLOT_ALPHA = 0.15
 OVERALL_ALPHA = 0.05
 #: a slot speaks for its hour once it has this many observations
 MIN_SLOT_OBSERVATIONS = 2
+
+
+def _rates(alpha: float, count: int) -> tuple[float, ...]:
+    """The rate an update moves a level by after n observations, for n below ``count``:
+    1 / (n + 1), but at least ``alpha``."""
+    return tuple(max(alpha, 1.0 / (n + 1)) for n in range(count))
+
+
+#: by n: the overall rates until 1 / (n + 1) falls below the alpha, and a slot's (it counts
+#: to 255)
+_OVERALL_RATES = _rates(OVERALL_ALPHA, int(1 / OVERALL_ALPHA) + 1)
+_SLOT_RATES = _rates(SLOT_ALPHA, 256)
 
 BaselineKey = tuple[str, str]  # (group, destination key)
 
@@ -135,6 +149,10 @@ def _zeroed(size: int) -> np.ndarray[Any, np.dtype[np.uint8]]:
 _EXTRA = struct.Struct("<qIIII")
 _EXTRA_DTYPE = np.dtype([("seq", "<i8"), ("labels", "<u4", (4,))])
 assert _EXTRA_DTYPE.itemsize == _EXTRA.size
+
+
+#: the index of a group without keys (never written to)
+_NO_KEYS: dict[str, int] = {}
 
 
 class SeasonalBaselines:
@@ -375,31 +393,32 @@ class SeasonalBaselines:
         slot_offset = _HEADER.size + season * _SLOT.size
         record_unpack = _RECORD_AT_SLOT[season].unpack_from
         header_pack = _HEADER.pack_into
+        tail_pack = _HEADER_TAIL.pack_into
         slot_pack = _SLOT.pack_into
         peak_pack = _PEAK.pack_into
         log2 = math.log2
         changed = self.changed
-        size, peak_offset = RECORD_SIZE, _PEAK_OFFSET
+        size, peak_offset, half_life = RECORD_SIZE, _PEAK_OFFSET, PEAK_HALF_LIFE
         min_spread, clip = MIN_SPREAD, CLIP
-        overall_alpha, slot_alpha = OVERALL_ALPHA, SLOT_ALPHA
+        overall_alpha, overall_rates, slot_rates = OVERALL_ALPHA, _OVERALL_RATES, _SLOT_RATES
+        settled = len(overall_rates)
         # Keys come grouped by group, mostly: the group's index is looked up once per run.
         group: str | None = None
-        inner: dict[str, int] | None = None
+        inner: dict[str, int] = {}
         for (key_group, dest), byte_count in items:
             if key_group is not group:
                 group = key_group
-                inner = index.get(group)
-            slot = None if inner is None else inner.get(dest)
-            if slot is None:
+                inner = index.get(group, _NO_KEYS)
+            try:
+                slot = inner[dest]
+            except KeyError:
                 if self._count >= self.max_keys:
                     self._evict_for_room()
                 slot = self._allocate(key_group, dest)
                 inner = index[key_group]  # eviction may have dropped (this re-created) it
                 buf = self._buf  # the storage may have grown
-                base = slot * size
-                header_pack(buf, base, event_time, event_time, 0.0, min_spread, 0)
-            else:
-                base = slot * size
+                header_pack(buf, slot * size, event_time, event_time, 0.0, min_spread, 0)
+            base = slot * size
             if changed is not None:
                 changed.add(slot)
             (first, last, level, spread, n, s_level, s_spread, s_n, peak, raised) = record_unpack(
@@ -407,8 +426,9 @@ class SeasonalBaselines:
             )
             x = log2(1.0 + byte_count) if byte_count > 0 else 0.0
             # The overall level and spread: the first observation sets them; then x, clipped
-            # to level ± CLIP x spread, moves them by a rate of 1/(n+1), at least the alpha.
-            # (min and max are spelt out, picking as the builtins do.)
+            # to level ± CLIP x spread, moves them by a rate of 1/(n+1), at least the alpha
+            # (both rates from tables). min, max and abs are spelt out, picking as the
+            # builtins do.
             if n == 0:
                 level, spread = x, min_spread
             else:
@@ -418,21 +438,19 @@ class SeasonalBaselines:
                 high = level + bound
                 if high < clipped:
                     clipped = high
-                rate = 1.0 / (n + 1)
-                if overall_alpha > rate:
-                    rate = overall_alpha
+                rate = overall_rates[n] if n < settled else overall_alpha
                 error = clipped - level
                 level += rate * error
-                spread += rate * (abs(error) - spread)
-            header_pack(
-                buf,
-                base,
-                first if first < event_time else event_time,
-                last if last > event_time else event_time,
-                level,
-                spread,
-                n + 1,
-            )
+                spread += rate * ((-error if error < 0.0 else error) - spread)
+            if first > event_time:
+                header_pack(
+                    buf, base, event_time, last if last > event_time else event_time, level,
+                    spread, n + 1,
+                )  # fmt: skip
+            else:
+                tail_pack(
+                    buf, base + 8, last if last > event_time else event_time, level, spread, n + 1
+                )
             # The same for the hour slot, with its own alpha.
             if s_n == 0:
                 s_level, s_spread = x, min_spread
@@ -443,12 +461,10 @@ class SeasonalBaselines:
                 high = s_level + bound
                 if high < clipped:
                     clipped = high
-                rate = 1.0 / (s_n + 1)
-                if slot_alpha > rate:
-                    rate = slot_alpha
+                rate = slot_rates[s_n]
                 error = clipped - s_level
                 s_level += rate * error
-                s_spread += rate * (abs(error) - s_spread)
+                s_spread += rate * ((-error if error < 0.0 else error) - s_spread)
             slot_pack(
                 buf,
                 base + slot_offset,
@@ -457,7 +473,7 @@ class SeasonalBaselines:
                 s_n + 1 if s_n < 255 else 255,
             )
             # The peak is kept as a level (log2 bytes), so halving is a subtraction.
-            if x >= peak - (event_time - raised) / PEAK_HALF_LIFE:
+            if x >= peak - (event_time - raised) / half_life:
                 peak_pack(buf, base + peak_offset, x, event_time)
 
     def expect(self, key: BaselineKey, event_time: float) -> Expectation | None:
