@@ -861,26 +861,43 @@ async def test_clients_asking_for_every_baseline_do_not_stop_the_event_loop(
                 errors.append(exc)
                 return
 
+    # The loop's stalls are measured in CPU time of its own thread (time.thread_time), which
+    # neither other processes on a busy machine nor the client threads (holding the GIL)
+    # inflate, and set against building the body once in one go, measured the same way.
+    began = time.thread_time()
+    once = len(orjson.dumps(list(daemon.baselines(None))))
+    build = time.thread_time() - began
+    longest = 0.0  # the most CPU time the loop spent between two turns of the ticker
+
+    async def ticker() -> None:
+        nonlocal longest
+        last = time.thread_time()
+        while True:
+            await asyncio.sleep(0)
+            now = time.thread_time()
+            longest = max(longest, now - last)
+            last = now
+
     clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
     loop = asyncio.get_running_loop()
+    ticking = asyncio.create_task(ticker())
     try:
         for thread in clients:
             thread.start()
-        longest = 0.0
-        last = started = loop.time()
+        started = loop.time()
         while loop.time() - started < 6.0 or not sizes:
-            await asyncio.sleep(0.01)
-            now = loop.time()
-            longest = max(longest, now - last)
-            last = now
+            await asyncio.sleep(0.05)
     finally:
+        ticking.cancel()
         stop.set()
         for thread in clients:
             await asyncio.to_thread(thread.join, 60)
         await daemon.http.stop()
     assert not errors, errors
-    assert sizes and min(sizes) == max(sizes) > 30_000_000
-    assert longest < 0.5, f"the event loop stood still for {longest:.2f} s"
+    assert sizes and min(sizes) == max(sizes) == once > 30_000_000
+    assert longest < build / 20, (
+        f"the event loop stood still for {longest:.3f} s of CPU; the whole body takes {build:.3f} s"
+    )
 
 
 async def test_clients_scraping_without_pause_leave_the_event_loop_to_the_rest() -> None:
