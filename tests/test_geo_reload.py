@@ -474,22 +474,35 @@ path = "{regions}"
         first = 0x20000000  # 32.0.0.0
         lines = [f"{ipaddress.IPv4Address(first + (i << 8))}/24,r{i % 50}" for i in range(300_000)]
         replace_atomically(regions, lambda p: p.write_text("\n".join(lines) + "\n"))
-        loop = asyncio.get_running_loop()
-        last = loop.time()
+        # The loop's stalls in CPU time of its own thread (neither other processes nor the
+        # loading thread holding the GIL count), against loading the map once.
+        last = time.thread_time()
         longest = 0.0
         async with asyncio.timeout(120):
             while daemon.stats.geo_reloads < 1:
                 await asyncio.sleep(0.01)
-                now = loop.time()
+                now = time.thread_time()
                 longest = max(longest, now - last)
                 last = now
         assert daemon.stats.geo_reload_errors == 0
         assert daemon.labeler.label("32.0.1.7").region == "r1"  # the second /24
-        assert longest < 1.0, f"the event loop stood still for {longest:.2f} s"
+        load = loading_cost(regions)
+        assert longest < load / 10, (
+            f"the event loop stood still for {longest:.3f} s of CPU; the map loads in {load:.3f} s"
+        )
     finally:
         assert daemon._stopping is not None
         daemon._stopping.set()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+def loading_cost(regions: Path) -> float:
+    """CPU seconds this thread takes to load the region map ``regions`` once."""
+    from egressd.enrich.regions import load_csv
+
+    began = time.thread_time()
+    load_csv(regions)
+    return time.thread_time() - began
 
 
 def worker_config(regions: Path, watch_interval: str | None = None) -> Config:
@@ -537,16 +550,19 @@ def test_a_netflow_worker_reloads_a_large_region_map_without_stopping_its_loop(
     lines = [f"{ipaddress.IPv4Address(first + (i << 8))}/24,r{i % 50}" for i in range(300_000)]
     replace_atomically(regions, lambda p: p.write_text("\n".join(lines) + "\n"))
     now = time.monotonic() + 2  # past the first watch_interval
+    # Each tick's CPU time in this thread (neither other processes nor the loading thread
+    # holding the GIL count), against loading the map once.
     longest = 0.0
     deadline = time.monotonic() + 120
     while worker.labeler.label("32.0.1.7").region != "r1":
         assert time.monotonic() < deadline, "the worker never picked the new map up"
-        started = time.monotonic()
+        started = time.thread_time()
         worker.geo_tick(now)
-        longest = max(longest, time.monotonic() - started)
+        longest = max(longest, time.thread_time() - started)
         time.sleep(0.01)
         now += 0.25
-    assert longest < 0.5, f"a geo tick took {longest:.2f} s"
+    load = loading_cost(regions)
+    assert longest < load / 10, f"a geo tick took {longest:.3f} s of CPU; a load {load:.3f} s"
 
 
 def test_a_netflow_worker_rebuilds_its_labeler_on_reload_without_stopping_its_loop(
@@ -567,21 +583,25 @@ def test_a_netflow_worker_rebuilds_its_labeler_on_reload_without_stopping_its_lo
     lines = [f"{ipaddress.IPv4Address(first + (i << 8))}/24,r{i % 50}" for i in range(300_000)]
     big.write_text("\n".join(lines) + "\n")
     reloaded = worker_config(big)
-    started = time.monotonic()
+    # Each call's CPU time in this thread (neither other processes nor the building thread
+    # holding the GIL count), against loading the map once.
+    started = time.thread_time()
     worker.reconfigure(reloaded)
-    longest = time.monotonic() - started
-    assert longest < 0.5, f"a reload stopped the worker's loop for {longest:.2f} s"
+    longest = time.thread_time() - started
     deadline = time.monotonic() + 120
     while True:
-        started = time.monotonic()
+        started = time.thread_time()
         done = worker.reconfigure_tick()
-        longest = max(longest, time.monotonic() - started)
+        longest = max(longest, time.thread_time() - started)
         if done:
             break
         assert time.monotonic() < deadline, "the worker never took the new configuration"
         assert worker.config is config  # the old one counts until the new one is ready
         time.sleep(0.01)
-    assert longest < 0.5, f"the worker's loop stopped for {longest:.2f} s"
+    load = loading_cost(big)
+    assert longest < load / 10, (
+        f"the worker's loop stopped for {longest:.3f} s of CPU; a load {load:.3f} s"
+    )
     assert worker.config is reloaded
     assert worker.labeler.label("32.0.1.7").region == "r1"
     # A configuration whose geo file is gone by the time the worker reads it is not taken.
