@@ -139,6 +139,14 @@ class TopK:
         least = nlargest(n, counts.values())[-1]
         return sorted([kv for kv in counts.items() if kv[1] >= least], key=_heaviest_first)[:n]
 
+    def copy(self) -> TopK:
+        """The same summary, which later updates of this one do not change."""
+        other = TopK(self.capacity)
+        other.counts = self.counts.copy()
+        if self._heap is not None:
+            other._heap = self._heap.copy()
+        return other
+
     def to_json(self) -> dict[str, int]:
         return dict(self.counts)
 

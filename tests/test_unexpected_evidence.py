@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egressd.config import parse_config
+from egressd.detect.alerts import Alert, AlertBook
 from egressd.detect.unexpected import UnexpectedDestinationDetector, _Window
 from egressd.enrich import DestinationLabels
 from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.model import FlowRecord
 from egressd.pipeline import Engine
 from egressd.sketch import TopK
 
@@ -125,3 +128,71 @@ def test_the_fan_out_page_reads_the_same_whatever_order_its_windows_came_in(
         detector.windows = {(GROUP, dest): window for dest, window in order}
         pages.append(detector._describe_fanout(now, GROUP, 10**9, 0))
     assert pages[0] == pages[1]
+
+
+# -- annotations brought up to date but read later -----------------------------------------
+
+T0 = 1_773_014_400.0  # a Monday, 00:00 UTC
+MB = 1_000_000
+#: unexpected destinations for the research group: RU, CN, BR, HK, JP, GB, FR, NL, IE
+_TARGETS = (
+    "77.88.55.60", "47.100.23.45", "200.147.67.142", "218.188.1.1", "133.242.1.1",
+    "212.58.244.22", "163.172.1.1", "145.100.190.243", "87.198.1.1",
+)  # fmt: skip
+
+
+def _paging_flows() -> list[FlowRecord]:
+    """Three hours of a growing fan-out under every floor, one destination of it over its own,
+    from hosts that change, then three hours of quiet: pages that grow, then resolve."""
+    rng = random.Random(3)
+    flows = []
+    for k in range(72):
+        t = T0 + 300 * k + 100
+        if k < 36:
+            for i, target in enumerate(_TARGETS):
+                if i == 0 and k >= 20:
+                    continue  # RU's own page ends first
+                # RU pages at once and hardly grows after: its page's evidence waits unread
+                # while the fan-out page's growth reads RU's window again
+                scale = (16 if k < 4 else 0.1) if i == 0 else 1 + k / 36
+                for _ in range(4):
+                    host = f"10.20.{rng.randrange(3)}.{rng.randrange(1, 200)}"
+                    size = int(rng.uniform(1.5, 2.2) * MB * scale)
+                    flows.append(FlowRecord(t - 1, t + i, host, target, size, size // 1200))
+        flows.append(FlowRecord(t - 1, t + 50, "10.20.0.7", "8.8.8.8", 30 * MB, 25_000))
+    return flows
+
+
+class _EagerBook(AlertBook):
+    """Builds every description when it is brought up to date (no deferred annotations)."""
+
+    __slots__ = ()
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Alert | None:
+        return super().evaluate(*args[:6], **kwargs)
+
+
+def test_annotations_read_intervals_later_say_what_they_said_when_brought_up_to_date() -> None:
+    """A firing page's annotations are captured each time its bytes grow and rendered when
+    read, intervals later, after the windows took more entries and expired some: the events
+    say what building the annotations at once says."""
+    config = parse_config(
+        '[networks]\nlocal = ["10.0.0.0/8"]\n\n[[groups]]\nname = "research"\n'
+        'sources = ["10.20.0.0/16"]\nexpected_countries = ["US"]\n'
+    )
+    eager, late = Engine(config, EmbeddedCountryLabeler()), Engine(config, EmbeddedCountryLabeler())
+    eager.book.__class__ = _EagerBook
+    events: dict[str, list[dict[str, Any]]] = {"eager": [], "late": []}
+    deferred = 0
+    for flow in _paging_flows():
+        for name, engine in (("eager", eager), ("late", late)):
+            events[name] += [alert.event() for alert in engine.process([flow])]
+        deferred += sum(alert._render is not None for alert in late.book.active.values())
+    for name, engine in (("eager", eager), ("late", late)):
+        events[name] += [alert.event() for alert in engine.flush()]
+    assert deferred  # the late engine did keep annotations unrendered between intervals
+    statuses = [(e["status"], e["labels"]) for e in events["late"]]
+    for status in ("firing", "resolved"):
+        for country in ("multiple", "RU"):
+            assert any(s == status and labels["dst_country"] == country for s, labels in statuses)
+    assert events["late"] == events["eager"]

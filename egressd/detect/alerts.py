@@ -8,7 +8,6 @@ that pauses for an interval does not flap. Events follow Alertmanager's v2 alert
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,24 +30,130 @@ def parse_rfc3339(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-@dataclass(slots=True)
 class Alert:
-    """One alert instance and where it stands in its life."""
+    """One alert instance and where it stands in its life.
 
-    key: AlertKey
-    labels: dict[str, str]
-    annotations: dict[str, str]
-    state: str
-    pending_since: float
-    starts_at: float = 0.0
-    ends_at: float | None = None
-    last_true: float = 0.0
-    #: last event time the alert was evaluated
-    updated: float = field(default=0.0)
+    A firing alert's annotations may be held as a rendering of evidence captured when they
+    were last brought up to date (:meth:`defer_annotations`): reading ``annotations`` renders
+    them once. A page whose bytes grow every interval is read only when it is sent, resolved
+    or saved, so the intervals between do not each format (and merge) its evidence.
+    """
+
+    __slots__ = (
+        "_annotations",
+        "_render",
+        "_render_bytes",
+        "ends_at",
+        "key",
+        "labels",
+        "last_true",
+        "pending_since",
+        "starts_at",
+        "state",
+        "updated",
+    )
+
+    def __init__(
+        self,
+        key: AlertKey,
+        labels: dict[str, str],
+        annotations: dict[str, str],
+        state: str,
+        pending_since: float,
+        starts_at: float = 0.0,
+        ends_at: float | None = None,
+        last_true: float = 0.0,
+        updated: float = 0.0,
+    ) -> None:
+        self.key = key
+        self.labels = labels
+        self._annotations = annotations
+        #: renders the annotations last brought up to date, when they are not yet
+        self._render: Callable[[], dict[str, str]] | None = None
+        #: the ``bytes`` annotation those will carry
+        self._render_bytes = 0
+        self.state = state
+        self.pending_since = pending_since
+        self.starts_at = starts_at
+        self.ends_at = ends_at
+        self.last_true = last_true
+        #: last event time the alert was evaluated
+        self.updated = updated
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        render = self._render
+        if render is not None:
+            self._annotations = render()
+            self._render = None
+        return self._annotations
+
+    @annotations.setter
+    def annotations(self, value: dict[str, str]) -> None:
+        self._annotations = value
+        self._render = None
+
+    def defer_annotations(self, render: Callable[[], dict[str, str]], size: int) -> None:
+        """Take annotations carrying ``bytes`` = ``size`` that ``render`` builds when read
+        (``render`` holds the evidence as it is now, not as it will be)."""
+        self._render = render
+        self._render_bytes = size
+
+    def described_bytes(self) -> int:
+        """The ``bytes`` annotation, without rendering deferred annotations."""
+        if self._render is not None:
+            return self._render_bytes
+        return _as_int(self._annotations.get("bytes"))
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.key,
+            self.labels,
+            self.annotations,
+            self.state,
+            self.pending_since,
+            self.starts_at,
+            self.ends_at,
+            self.last_true,
+            self.updated,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Alert)
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __repr__(self) -> str:
+        names = (
+            "key",
+            "labels",
+            "annotations",
+            "state",
+            "pending_since",
+            "starts_at",
+            "ends_at",
+            "last_true",
+            "updated",
+        )
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        return f"Alert({inner})"
 
     def copy(self) -> Alert:
         """A snapshot that later transitions of this alert do not change."""
-        return replace(self, labels=dict(self.labels), annotations=dict(self.annotations))
+        return Alert(
+            self.key,
+            dict(self.labels),
+            dict(self.annotations),
+            self.state,
+            self.pending_since,
+            self.starts_at,
+            self.ends_at,
+            self.last_true,
+            self.updated,
+        )
 
     def event(self, status: str | None = None) -> dict[str, Any]:
         """The alert as a contract-2 event (the Alertmanager body plus ``status``)."""
@@ -120,13 +225,17 @@ class AlertBook:
         keep: bool,
         describe: Callable[[], tuple[dict[str, str], dict[str, str]]],
         strength: int | None = None,
+        later: Callable[[], tuple[int, Callable[[], dict[str, str]]]] | None = None,
     ) -> Alert | None:
         """Advance ``key``'s alert at event time ``now``.
 
         ``fire``: the condition to start (or continue) alerting holds. ``keep``: the weaker
         condition that holds a firing alert open. ``describe`` builds labels and annotations
         (only called when needed). ``strength`` (the bytes behind this evaluation), when
-        given, spares rebuilding a firing alert's evidence unless it grew. Returns the alert
+        given, spares rebuilding a firing alert's evidence unless it grew. ``later``, when
+        given, brings a firing alert's annotations up to date without building them: it
+        captures the evidence now and returns (the ``bytes`` they carry, their rendering), which
+        the alert runs when its annotations are read (see :class:`Alert`). Returns the alert
         when it changed to firing or resolved.
         """
         alert = self.active.get(key)
@@ -155,8 +264,13 @@ class AlertBook:
         if fire or keep:
             alert.last_true = now
             # Keep the strongest evidence seen so the resolved event still tells the story.
-            current = _as_int(alert.annotations.get("bytes"))
+            current = alert.described_bytes()
             if strength is not None and strength < current:
+                return None
+            if later is not None:
+                size, render = later()
+                if size >= current:
+                    alert.defer_annotations(render, size)
                 return None
             _labels, annotations = describe()
             if _as_int(annotations.get("bytes")) >= current:

@@ -16,13 +16,15 @@ for the first window's span; older entries merge their heaviest talkers into the
 evidence once, and only for windows halfway to a floor. A window's merged evidence, once read
 (a description), is kept and takes only the entries that came since at the next read, until
 an entry leaves the first span: a fan-out page reads hundreds of windows each interval.
+A firing page brought up to date keeps a copy of that evidence; merging a fan-out page's and
+formatting either waits until its annotations are read (sent, resolved, saved).
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from operator import itemgetter
 from typing import Any
@@ -492,11 +494,26 @@ class UnexpectedDestinationDetector(Detector):
             ) -> tuple[dict[str, str], dict[str, str]]:
                 return self._describe(now, window, total, index, group, dest, baselines)
 
+            def later(
+                window: _Window = window,
+                total: int = totals[shown],
+                index: int = shown,
+                group: str = group,
+                dest: DestinationLabels = dest,
+            ) -> tuple[int, Callable[[], dict[str, str]]]:
+                return total, self._capture(now, window, total, index, group, dest, baselines)
+
             # Evidence of a firing alert is rebuilt when its total grew by a tenth of the
             # floor, not at every interval of a day-long window.
             step = max(spans[shown][1] // 10, 1)
             alert = self.book.evaluate(
-                alert_key, now, fire_index >= 0, keep, describe, totals[shown] // step * step
+                alert_key,
+                now,
+                fire_index >= 0,
+                keep,
+                describe,
+                totals[shown] // step * step,
+                later,
             )
             if alert is not None:
                 changed.append(alert)
@@ -560,9 +577,14 @@ class UnexpectedDestinationDetector(Detector):
             ) -> tuple[dict[str, str], dict[str, str]]:
                 return self._describe_fanout(now, group, total, index)
 
+            def later(
+                group: str = group, total: int = sums[shown], index: int = shown
+            ) -> tuple[int, Callable[[], dict[str, str]]]:
+                return total, self._capture_fanout(now, group, total, index)
+
             step = max(int(factor * spans[shown][1]) // 10, 1)
             alert = self.book.evaluate(
-                alert_key, now, fire_index >= 0, keep, describe, sums[shown] // step * step
+                alert_key, now, fire_index >= 0, keep, describe, sums[shown] // step * step, later
             )
             if alert is not None:
                 changed.append(alert)
@@ -577,14 +599,24 @@ class UnexpectedDestinationDetector(Detector):
     def _describe_fanout(
         self, now: float, group: str, total: int, index: int
     ) -> tuple[dict[str, str], dict[str, str]]:
+        labels = {
+            "alertname": UNEXPECTED,
+            "group": group,
+            "dst_country": FANOUT_COUNTRY,
+            "severity": self._config.severity,
+        }
+        return labels, self._capture_fanout(now, group, total, index)()
+
+    def _capture_fanout(
+        self, now: float, group: str, total: int, index: int
+    ) -> Callable[[], dict[str, str]]:
+        """What a fan-out page's annotations say of the windows as they are now, rendered
+        (the windows' evidence merged, the texts built) only when the annotations are read."""
         config = self._config
         length, floor = config.unexpected_windows[index]
-        span = format_duration(length)
-        n = config.top_talkers
-        sources = TopK(64)
-        destinations = TopK(64)
         countries: dict[str, int] = {}
-        count = 0
+        #: the windows' evidence, copied: their sketches take later intervals' entries
+        evidence: list[tuple[TopK, TopK]] = []
         horizon = now - length
         # In destination order, not the order windows opened (flows in one process, partials
         # in a scale-out): merging more talkers than the sketches keep depends on the order.
@@ -595,44 +627,47 @@ class UnexpectedDestinationDetector(Detector):
             size = sum(e[1] for e in entries if e[0] >= horizon)
             if not size:
                 continue
-            count += 1
             window_sources, window_destinations = window.evidence()
-            sources.merge(window_sources)
-            destinations.merge(window_destinations)
+            evidence.append((window_sources.copy(), window_destinations.copy()))
             countries[dest.country] = countries.get(dest.country, 0) + size
-        top_countries = sorted(countries.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         expected = self.policy.expected_countries(group)
         expected_text = ", ".join(sorted(expected)) if expected else "none"
-        labels = {
-            "alertname": UNEXPECTED,
-            "group": group,
-            "dst_country": FANOUT_COUNTRY,
-            "severity": config.severity,
-        }
-        annotations = {
-            "summary": (
-                f"{group} sent {format_bytes(total)} within {span} to {count} destinations it "
-                "is not expected to send to, each under its own floor"
-            ),
-            "description": (
-                f"Group {group} sent {format_bytes(total)} to {count} unexpected destinations "
-                f"within {span} up to {rfc3339(now)} (floor for the sum "
-                f"{format_bytes(int(config.fanout_factor * floor))} per {span}). "
-                f"Countries: {', '.join(c for c, _ in top_countries)}. "
-                f"Expected countries: {expected_text}. "
-                f"Top sources: {top_with_bytes(sources, n)}. "
-                f"Top destinations: {top_with_bytes(destinations, n)}."
-            ),
-            "bytes": str(total),
-            "baseline_bytes": "0",
-            "window": span,
-            "destinations": str(count),
-            "dst_countries": ",".join(c for c, _ in top_countries),
-            "expected_countries": expected_text,
-            "top_sources": top(sources, n),
-            "top_destinations": top(destinations, n),
-        }
-        return labels, annotations
+
+        def render() -> dict[str, str]:
+            span = format_duration(length)
+            n = config.top_talkers
+            count = len(evidence)
+            sources = TopK(64)
+            destinations = TopK(64)
+            for window_sources, window_destinations in evidence:
+                sources.merge(window_sources)
+                destinations.merge(window_destinations)
+            top_countries = sorted(countries.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+            return {
+                "summary": (
+                    f"{group} sent {format_bytes(total)} within {span} to {count} destinations "
+                    "it is not expected to send to, each under its own floor"
+                ),
+                "description": (
+                    f"Group {group} sent {format_bytes(total)} to {count} unexpected "
+                    f"destinations within {span} up to {rfc3339(now)} (floor for the sum "
+                    f"{format_bytes(int(config.fanout_factor * floor))} per {span}). "
+                    f"Countries: {', '.join(c for c, _ in top_countries)}. "
+                    f"Expected countries: {expected_text}. "
+                    f"Top sources: {top_with_bytes(sources, n)}. "
+                    f"Top destinations: {top_with_bytes(destinations, n)}."
+                ),
+                "bytes": str(total),
+                "baseline_bytes": "0",
+                "window": span,
+                "destinations": str(count),
+                "dst_countries": ",".join(c for c, _ in top_countries),
+                "expected_countries": expected_text,
+                "top_sources": top(sources, n),
+                "top_destinations": top(destinations, n),
+            }
+
+        return render
 
     def _describe(
         self,
@@ -644,49 +679,69 @@ class UnexpectedDestinationDetector(Detector):
         dest: DestinationLabels,
         baselines: SeasonalBaselines,
     ) -> tuple[dict[str, str], dict[str, str]]:
+        labels = alert_labels(UNEXPECTED, group, dest, self._config.severity, self._labels)
+        return labels, self._capture(now, window, total, index, group, dest, baselines)()
+
+    def _capture(
+        self,
+        now: float,
+        window: _Window,
+        total: int,
+        index: int,
+        group: str,
+        dest: DestinationLabels,
+        baselines: SeasonalBaselines,
+    ) -> Callable[[], dict[str, str]]:
+        """What a window's page says of it as it is now, rendered when the annotations are
+        read (the window's spans and evidence, the baseline and the policy change later)."""
         config = self._config
         length, floor = config.unexpected_windows[index]
         span_data = window.spans[index]
+        small, ingress = span_data.small, span_data.ingress
         expectation = baselines.expect((group, dest.key), now - config.interval)
         baseline = round(expectation.bytes) if expectation is not None else 0
         expected = self.policy.expected_countries(group)
         expected_text = ", ".join(sorted(expected)) if expected else "none"
-        span = format_duration(length)
         first = span_data.entries[0][0] if span_data.entries else now
-        labels = alert_labels(UNEXPECTED, group, dest, config.severity, self._labels)
-        n = config.top_talkers
-        sources, destinations = window.evidence()
-        set_against = ""
-        if span_data.small:
-            set_against = (
-                f" Of it, small-packet egress {format_bytes(span_data.small)} was set against "
-                f"{format_bytes(span_data.ingress)} of ingress from {dest.describe()}."
-            )
-        annotations = {
-            "summary": (
-                f"{group} sent {format_bytes(total)} to {dest.describe()} within {span}, "
-                "a destination it is not expected to send to"
-            ),
-            "description": (
-                f"Group {group} sent {format_bytes(total)} to {dest.describe()} between "
-                f"{rfc3339(first)} and {rfc3339(now)} "
-                f"(floor {format_bytes(floor)} per {span}).{set_against} "
-                f"Expected countries: {expected_text}. "
-                f"Top sources: {top_with_bytes(sources, n)}. "
-                f"Top destinations: {top_with_bytes(destinations, n)}."
-            ),
-            "bytes": str(total),
-            "baseline_bytes": str(baseline),
-            "window": span,
-            "ingress_bytes": str(span_data.ingress),
-            "small_packet_bytes": str(span_data.small),
-            "expected_countries": expected_text,
-            "top_sources": top(sources, n),
-            "top_destinations": top(destinations, n),
-        }
-        if dest.as_org:
-            annotations["dst_as_org"] = dest.as_org
-        return labels, annotations
+        window_sources, window_destinations = window.evidence()
+        sources, destinations = window_sources.copy(), window_destinations.copy()
+
+        def render() -> dict[str, str]:
+            span = format_duration(length)
+            n = config.top_talkers
+            set_against = ""
+            if small:
+                set_against = (
+                    f" Of it, small-packet egress {format_bytes(small)} was set against "
+                    f"{format_bytes(ingress)} of ingress from {dest.describe()}."
+                )
+            annotations = {
+                "summary": (
+                    f"{group} sent {format_bytes(total)} to {dest.describe()} within {span}, "
+                    "a destination it is not expected to send to"
+                ),
+                "description": (
+                    f"Group {group} sent {format_bytes(total)} to {dest.describe()} between "
+                    f"{rfc3339(first)} and {rfc3339(now)} "
+                    f"(floor {format_bytes(floor)} per {span}).{set_against} "
+                    f"Expected countries: {expected_text}. "
+                    f"Top sources: {top_with_bytes(sources, n)}. "
+                    f"Top destinations: {top_with_bytes(destinations, n)}."
+                ),
+                "bytes": str(total),
+                "baseline_bytes": str(baseline),
+                "window": span,
+                "ingress_bytes": str(ingress),
+                "small_packet_bytes": str(small),
+                "expected_countries": expected_text,
+                "top_sources": top(sources, n),
+                "top_destinations": top(destinations, n),
+            }
+            if dest.as_org:
+                annotations["dst_as_org"] = dest.as_org
+            return annotations
+
+        return render
 
     # -- persistence -------------------------------------------------------------------------
 
