@@ -180,15 +180,20 @@ def test_annotations_read_intervals_later_say_what_they_said_when_brought_up_to_
         '[networks]\nlocal = ["10.0.0.0/8"]\n\n[[groups]]\nname = "research"\n'
         'sources = ["10.20.0.0/16"]\nexpected_countries = ["US"]\n'
     )
-    eager, late = Engine(config, EmbeddedCountryLabeler()), Engine(config, EmbeddedCountryLabeler())
-    eager.book.__class__ = _EagerBook
-    events: dict[str, list[dict[str, Any]]] = {"eager": [], "late": []}
+    engines = {name: Engine(config, EmbeddedCountryLabeler()) for name in ("eager", "late", "read")}
+    engines["eager"].book.__class__ = _EagerBook
+    events: dict[str, list[dict[str, Any]]] = {name: [] for name in engines}
     deferred = 0
-    for flow in _paging_flows():
-        for name, engine in (("eager", eager), ("late", late)):
+    for number, flow in enumerate(_paging_flows()):
+        for name, engine in engines.items():
             events[name] += [alert.event() for alert in engine.process([flow])]
-        deferred += sum(alert._render is not None for alert in late.book.active.values())
-    for name, engine in (("eager", eager), ("late", late)):
+        deferred += sum(a._render is not None for a in engines["late"].book.active.values())
+        # One engine's fan-out page is read as soon as it is brought up to date (its windows'
+        # evidence moves on), its other pages only every hundredth flow (their evidence behind).
+        for alert in engines["read"].book.active.values():
+            if alert.key[2] == "multiple" or number % 100 == 0:
+                assert alert.annotations
+    for name, engine in engines.items():
         events[name] += [alert.event() for alert in engine.flush()]
     assert deferred  # the late engine did keep annotations unrendered between intervals
     statuses = [(e["status"], e["labels"]) for e in events["late"]]
@@ -196,3 +201,4 @@ def test_annotations_read_intervals_later_say_what_they_said_when_brought_up_to_
         for country in ("multiple", "RU"):
             assert any(s == status and labels["dst_country"] == country for s, labels in statuses)
     assert events["late"] == events["eager"]
+    assert events["read"] == events["eager"]

@@ -16,8 +16,10 @@ for the first window's span; older entries merge their heaviest talkers into the
 evidence once, and only for windows halfway to a floor. A window's merged evidence, once read
 (a description), is kept and takes only the entries that came since at the next read, until
 an entry leaves the first span: a fan-out page reads hundreds of windows each interval.
-A firing page brought up to date keeps a copy of that evidence; merging a fan-out page's and
-formatting either waits until its annotations are read (sent, resolved, saved).
+A firing page brought up to date captures its windows' evidence as it is (the long-term part
+copied, the first span's entries as they are); merging it and formatting wait until its
+annotations are read (sent, resolved, saved), from the kept evidence while that has not moved
+past what was captured.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class _Window:
 
     __slots__ = (
         "_evidence",
+        "_generation",
         "_merged",
         "alerting",
         "destinations",
@@ -134,6 +137,8 @@ class _Window:
         #: entries left the first span (or the long-term evidence changed)
         self._evidence: tuple[TopK, TopK] | None = None
         self._merged = 0
+        #: counts forget_evidence: captured evidence of the same generation is a prefix
+        self._generation = 0
 
     @property
     def entries(self) -> deque[_Entry]:
@@ -154,32 +159,80 @@ class _Window:
         ``keep=False`` (a state snapshot reads every window once) builds without keeping.
         """
         entries = self.spans[0].entries
+        if self._evidence is None and not keep:
+            return _build_evidence(self.sources, self.destinations, entries)
+        return self._advance(len(entries))
+
+    def _advance(self, count: int) -> tuple[TopK, TopK]:
+        """The kept evidence, taking the first-span entries up to ``count``."""
+        entries = self.spans[0].entries
         cached = self._evidence
         if cached is None:
             sources = TopK(64)
             destinations = TopK(64)
             sources.merge(self.sources)
             destinations.merge(self.destinations)
-            cached = (sources, destinations)
-            if keep:
-                self._evidence = cached
-            new: Iterable[_Entry] = entries
+            cached = self._evidence = (sources, destinations)
+            merged = 0
         else:
             sources, destinations = cached
             merged = self._merged
-            if merged == len(entries):
+            if merged == count:
                 return cached
-            new = islice(entries, merged, None)
-        for entry in new:
+        for entry in islice(entries, merged, count):
             if entry[4] is not None:
                 sources.merge(entry[4])
                 destinations.merge(entry[5])
-        self._merged = len(entries)
+        self._merged = count
         return cached
+
+    def capture_evidence(self) -> _EvidenceAt:
+        """What :meth:`evidence_at` needs to give the evidence as it is now, later: no merging
+        now (a firing page's evidence is read only when its annotations are)."""
+        entries = self.spans[0].entries
+        return (
+            self._generation,
+            len(entries),
+            self.sources.copy(),
+            self.destinations.copy(),
+            tuple(entries),
+        )
+
+    def evidence_at(self, captured: _EvidenceAt) -> tuple[TopK, TopK]:
+        """The evidence as it was at :meth:`capture_evidence` (read only).
+
+        Until entries leave the first span (a new generation) the window's entries are the
+        captured ones and more after them: the kept evidence serves, when it has not taken
+        any of those after. Otherwise it is built from what was captured, and not kept.
+        """
+        generation, count, sources, destinations, entries = captured
+        if generation == self._generation and (self._evidence is None or self._merged <= count):
+            return self._advance(count)
+        return _build_evidence(sources, destinations, entries)
 
     def forget_evidence(self) -> None:
         """Entries left the first span or the long-term evidence changed: build anew."""
         self._evidence = None
+        self._generation += 1
+
+
+#: a window's evidence as :meth:`_Window.capture_evidence` took it: (generation, first-span
+#: entries, long-term sources and destinations, the first-span entries themselves)
+_EvidenceAt = tuple[int, int, TopK, TopK, tuple[_Entry, ...]]
+
+
+def _build_evidence(
+    long_sources: TopK, long_destinations: TopK, entries: Iterable[_Entry]
+) -> tuple[TopK, TopK]:
+    sources = TopK(64)
+    destinations = TopK(64)
+    sources.merge(long_sources)
+    destinations.merge(long_destinations)
+    for entry in entries:
+        if entry[4] is not None:
+            sources.merge(entry[4])
+            destinations.merge(entry[5])
+    return sources, destinations
 
 
 def _heaviest(sketch: TopK) -> list[tuple[str, int]]:
@@ -615,20 +668,23 @@ class UnexpectedDestinationDetector(Detector):
         config = self._config
         length, floor = config.unexpected_windows[index]
         countries: dict[str, int] = {}
-        #: the windows' evidence, copied: their sketches take later intervals' entries
-        evidence: list[tuple[TopK, TopK]] = []
+        #: the windows' evidence as it is now (their sketches take later intervals' entries)
+        evidence: list[tuple[_Window, _EvidenceAt]] = []
         horizon = now - length
         # In destination order, not the order windows opened (flows in one process, partials
         # in a scale-out): merging more talkers than the sketches keep depends on the order.
         mine = [(dest, window) for (g, dest), window in self.windows.items() if g == group]
         mine.sort(key=lambda item: item[0].key)
         for dest, window in mine:
-            entries = window.spans[index].entries
-            size = sum(e[1] for e in entries if e[0] >= horizon)
+            span = window.spans[index]
+            entries = span.entries
+            if not entries or entries[0][0] >= horizon:
+                size = span.bytes  # (every entry within the horizon: the running sum)
+            else:
+                size = sum(e[1] for e in entries if e[0] >= horizon)
             if not size:
                 continue
-            window_sources, window_destinations = window.evidence()
-            evidence.append((window_sources.copy(), window_destinations.copy()))
+            evidence.append((window, window.capture_evidence()))
             countries[dest.country] = countries.get(dest.country, 0) + size
         expected = self.policy.expected_countries(group)
         expected_text = ", ".join(sorted(expected)) if expected else "none"
@@ -639,7 +695,8 @@ class UnexpectedDestinationDetector(Detector):
             count = len(evidence)
             sources = TopK(64)
             destinations = TopK(64)
-            for window_sources, window_destinations in evidence:
+            for window, captured in evidence:
+                window_sources, window_destinations = window.evidence_at(captured)
                 sources.merge(window_sources)
                 destinations.merge(window_destinations)
             top_countries = sorted(countries.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
@@ -703,10 +760,10 @@ class UnexpectedDestinationDetector(Detector):
         expected = self.policy.expected_countries(group)
         expected_text = ", ".join(sorted(expected)) if expected else "none"
         first = span_data.entries[0][0] if span_data.entries else now
-        window_sources, window_destinations = window.evidence()
-        sources, destinations = window_sources.copy(), window_destinations.copy()
+        captured = window.capture_evidence()
 
         def render() -> dict[str, str]:
+            sources, destinations = window.evidence_at(captured)
             span = format_duration(length)
             n = config.top_talkers
             set_against = ""
