@@ -498,3 +498,25 @@ def test_distinct_addresses_number_them_by_first_appearance(seed: int) -> None:
     assert first.tolist() == list(seen.values())
     order = list(seen)
     assert inverse.tolist() == [order.index(value) for value in values]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_distinct_addresses_of_ipv6_number_them_by_first_appearance(seed: int) -> None:
+    """The same with IPv6 in the batch (both halves sorted): addresses that share a high
+    or a low half stay apart, and IPv4 ones (high half zero) sit among them."""
+    rng = random.Random(seed)
+    rows = rng.choice((2, 40, 3_000))
+    highs = [0, 0x2001_0DB8_0000_0000, 0x2A00_1098_0000_0000, 2**64 - 1][: rng.choice((2, 3, 4))]
+    lows = [0xFFFF_0000_0000 | rng.randrange(2**32) for _ in range(rng.choice((1, 3, 50)))]
+    lows += [rng.randrange(2**64) for _ in range(rng.choice((1, 20)))]
+    pairs = [(rng.choice(highs), rng.choice(lows)) for _ in range(rows)]
+    pairs[rng.randrange(rows)] = (highs[1], lows[0])  # never all IPv4
+    hi = np.array([h for h, _ in pairs], np.uint64)
+    lo = np.array([low for _, low in pairs], np.uint64)
+    first, inverse = distinct_addresses(hi, lo)
+    seen: dict[tuple[int, int], int] = {}
+    for row, pair in enumerate(pairs):
+        seen.setdefault(pair, row)
+    assert first.tolist() == list(seen.values())
+    order = list(seen)
+    assert inverse.tolist() == [order.index(pair) for pair in pairs]
