@@ -90,6 +90,9 @@ class DetectionConfig:
     spike_peak_ratio: float = 3.0
     #: ... and exceed that peak by at least this much (a burst size seen before never pages)
     spike_min_excess: int = 1_000_000_000
+    #: both spike floors grow with a group whose busy intervals (the 90% quantile of its
+    #: egress per interval) carry more than this: times (that egress / this); 0 turns it off
+    spike_floors_scale_above: int = 1_500_000_000
     #: bytes within ``new_destination_window`` to prefixes (/24, /48) the group has not used
     #: for ``new_destination_unseen``, inside otherwise expected destinations
     new_destination_min_bytes: int = 1_000_000_000
@@ -837,6 +840,9 @@ def _read_detection(t: _Table) -> DetectionConfig:
         spike_min_bytes=t.get("spike_min_bytes", d.spike_min_bytes, _size),
         spike_peak_ratio=t.get("spike_peak_ratio", d.spike_peak_ratio, _positive_float),
         spike_min_excess=t.get("spike_min_excess", d.spike_min_excess, _size),
+        spike_floors_scale_above=t.get(
+            "spike_floors_scale_above", d.spike_floors_scale_above, _size
+        ),
         new_destination_min_bytes=t.get(
             "new_destination_min_bytes", d.new_destination_min_bytes, _size
         ),

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from egressd.aggregate import Accum, AggregateKey, Bucket, IntervalAggregator
+from egressd.baseline.grouprate import GroupRates
 from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_named
 from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
@@ -164,7 +165,11 @@ class Engine:
         self.book = AlertBook(detection.pending_for, detection.resolve_after)
         options = LabelOptions(regions=labeler.has_regions, asn=labeler.has_asn)
         self.unexpected = UnexpectedDestinationDetector(detection, self.policy, self.book, options)
-        self.spikes = VolumeSpikeDetector(detection, self.policy, self.book, options)
+        #: each group's busy-interval egress, the scale its byte floors follow
+        self.group_rates = GroupRates()
+        self.spikes = VolumeSpikeDetector(
+            detection, self.policy, self.book, options, self.group_rates
+        )
         self.new_destinations = NewDestinationDetector(detection, self.policy, self.book, options)
         #: per address: the group of a local source ("" when not local), and what a
         #: destination is (labels, or internal / special); one lookup each per record
@@ -923,6 +928,8 @@ class Engine:
         learning: dict[str, bool] = {}
         # What the baselines learn, built on the way: (group, destination key), bytes.
         learned: list[tuple[tuple[str, str], int]] = []
+        # Each group's egress this interval (its rate learns it after the rules ran).
+        group_bytes: dict[str, int] = {}
         for key, accum in bucket.items():
             size = accum.bytes
             if not size:
@@ -933,6 +940,9 @@ class Engine:
             learns = learning.get(group)
             if learns is None:
                 learns = learning[group] = policy.is_learning(group, start)
+                group_bytes[group] = size
+            else:
+                group_bytes[group] += size
             if learns:
                 observe(group, dest, size, start)
             learned.append(((group, dest.key), size))
@@ -950,6 +960,7 @@ class Engine:
         changed.extend(self.spikes.evaluate(start, egress, self.baselines))
         changed.extend(self.new_destinations.evaluate(start, egress))
         self.baselines.observe_interval(start, learned)
+        self.group_rates.observe(group_bytes, detection.interval)
         if self.stats.intervals_closed % 288 == 0:
             self.baselines.evict_idle(end, detection.key_idle_timeout)
         if end > self.last_tick:
@@ -984,6 +995,7 @@ class Engine:
             "windows": self.unexpected.to_json(),
             "spikes": self.spikes.to_json(),
             "new_destinations": self.new_destinations.to_json(),
+            "group_rates": self.group_rates.to_json(),
             "open_buckets": self.aggregator.to_json(),
         }
 
@@ -1044,6 +1056,9 @@ class Engine:
         intern: dict[str, DestinationLabels] = {}
         self.unexpected.load_json(data["windows"], intern)
         self.spikes.load_json(data["spikes"], intern)
+        # (a state from before group rates has none: they are learned again within hours)
+        rates = GroupRates.from_json(data.get("group_rates"))
+        self.group_rates.levels = rates.levels
         if "new_destinations" in data:
             self.new_destinations.load_json(data["new_destinations"], intern)
         self.aggregator.load_json(data.get("open_buckets", []), intern)

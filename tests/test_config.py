@@ -119,6 +119,7 @@ def test_defaults_match_the_documented_ones() -> None:
     )
     assert (d.unexpected_min_bytes, d.spike_min_bytes) == (100_000_000, 100_000_000)
     assert (d.spike_ratio, d.spike_deviations, d.spike_min_observations) == (4.0, 4.0, 12)
+    assert d.spike_floors_scale_above == 1_500_000_000
     assert parse_config("").http.listen.startswith("127.0.0.1:")
 
 
@@ -210,6 +211,7 @@ def test_unknown_tables_are_located_at_their_headers(text: str, problem: str) ->
         ("[detection]\ninterval = 0\n", "detection.interval"),
         ('[detection]\nunexpected_window = "1m"\n', "detection.unexpected_window"),
         ("[detection]\nspike_min_observations = -1\n", "detection.spike_min_observations"),
+        ("[detection]\nspike_floors_scale_above = -1\n", "detection.spike_floors_scale_above"),
         ('[detection]\ntimezone = "Mars/Olympus"\n', "detection.timezone"),
         ("[networks]\nlocal = []\n", "networks.local"),
         ('[[groups]]\nname = "x"\n', "groups[0].sources"),

@@ -335,6 +335,37 @@ def test_a_ramp_to_one_destination_does_not_buy_room_for_a_larger_grab() -> None
     assert _firing(_run(engine, _grab(7 * DAY, GRAB))) == ["EgressVolumeSpike US"]
 
 
+def _shaped(scale: int, burst: bool) -> list[FlowRecord]:
+    """Three days of 100 MB an interval to the US and 600 MB to DE, all times ``scale``; on the
+    third day a burst of 4.5 times the US level (4.5 times its peak, 350 MB beyond it)."""
+    flows = []
+    for i in range(int(3 * DAY / 300)):
+        t = i * 300 + 100
+        flows += [_flow(t, US, 100 * MB * scale), _flow(t + 10, DE, 600 * MB * scale)]
+    if burst:
+        flows.append(_flow(2 * DAY + 11 * HOUR + 250, US, 350 * MB * scale))
+    return flows
+
+
+@pytest.mark.parametrize("scale", [1, 4])
+def test_a_burst_of_the_same_shape_in_a_four_times_larger_group_does_not_page(scale: int) -> None:
+    # At 1x the burst is under the 1 GB excess floor. At 4x it is 1.4 GB beyond the peak: an
+    # absolute floor would page, but the group's busy intervals carry 2.8 GB, so its floors
+    # are 1.87 times the configured ones (2.8 GB / 1.5 GB) and the same shape stays quiet.
+    assert _firing(_run(_engine(), _shaped(scale, burst=True))) == []
+    if scale == 4:
+        absolute = _engine('spike_floors_scale_above = "0"')
+        assert _firing(_run(absolute, _shaped(scale, burst=True))) == ["EgressVolumeSpike US"]
+
+
+def test_a_grab_far_beyond_a_large_groups_own_scale_still_pages() -> None:
+    engine = _engine()
+    flows = _shaped(4, burst=False)
+    flows.append(_flow(2 * DAY + 11 * HOUR + 250, US, 6 * GB))
+    fired = [a for a in _run(engine, flows) if a.state == FIRING]
+    assert _firing(fired) == ["EgressVolumeSpike US"]
+
+
 # -- new destination networks ---------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from egressd.aggregate import Accum, AggregateKey, Bucket
+from egressd.baseline.grouprate import GroupRates
 from egressd.baseline.seasonal import Expectation, SeasonalBaselines, to_level
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
@@ -169,7 +170,7 @@ class BurstRatios:
 class VolumeSpikeDetector(Detector):
     """Bytes to an expected destination in one interval far above its seasonal baseline."""
 
-    __slots__ = ("_last", "ratios")
+    __slots__ = ("_last", "rates", "ratios")
 
     def __init__(
         self,
@@ -177,8 +178,11 @@ class VolumeSpikeDetector(Detector):
         policy: ExpectedDestinations,
         book: AlertBook,
         labels: LabelOptions,
+        rates: GroupRates | None = None,
     ) -> None:
         super().__init__(config, policy, book, labels)
+        #: each group's busy-interval egress: the byte floors grow with it (the engine's own)
+        self.rates = rates if rates is not None else GroupRates()
         # the destination labels of keys with an active spike alert, to evaluate them when idle
         self._last: dict[AlertKey, AggregateKey] = {}
         #: how far above their seasonal level this network's large intervals go
@@ -196,6 +200,9 @@ class VolumeSpikeDetector(Detector):
         seen: set[AlertKey] = set()
         # Bursts this network's large transfers show (before this interval adds its own).
         burst = max(BURST_MARGIN * self.ratios.quantile(BURST_QUANTILE), self.ratios.daily(start))
+        # Each group's floor factor, asked once per group and interval.
+        factors: dict[str, float] = {}
+        rates, scale_above = self.rates, config.spike_floors_scale_above
         for key, accum in bucket.items():
             group, dest = key
             alert_key: AlertKey = (SPIKE, group, dest.key)
@@ -212,7 +219,10 @@ class VolumeSpikeDetector(Detector):
             if not self.eligible(expectation, start):
                 continue
             peak = baselines.peak((group, dest.key), start)
-            fire, keep = self._conditions(accum.bytes, expectation, peak, burst)
+            factor = factors.get(group)
+            if factor is None:
+                factor = factors[group] = rates.factor(group, scale_above)
+            fire, keep = self._conditions(accum.bytes, expectation, peak, burst, factor)
             seen.add(alert_key)
 
             def describe(
@@ -243,7 +253,7 @@ class VolumeSpikeDetector(Detector):
         return changed
 
     def _conditions(
-        self, size: int, expectation: Expectation, peak: float, burst: float
+        self, size: int, expectation: Expectation, peak: float, burst: float, factor: float = 1.0
     ) -> tuple[bool, bool]:
         """Fire: far above the seasonal level AND far beyond the key's own peak.
 
@@ -256,11 +266,16 @@ class VolumeSpikeDetector(Detector):
         keys tested every interval, that is the higher), though this key has not shown one
         yet. A key with too little history for a seasonal level (fewer than
         ``spike_min_observations`` intervals) is judged by its peak alone.
+
+        The byte floors (``spike_min_bytes``, ``spike_min_excess``) are multiplied by
+        ``factor``, the group's busy-interval egress over ``spike_floors_scale_above`` (at
+        least 1): a group many times that size bursts by that much more as a matter of course.
         """
         config = self._config
         expected = expectation.bytes
+        min_bytes = config.spike_min_bytes * factor
         beyond_peak = size >= config.spike_peak_ratio * peak and (
-            size - peak >= config.spike_min_excess
+            size - peak >= config.spike_min_excess * factor
         )
         if expectation.observations >= config.spike_min_observations:
             deviation = to_level(size) - expectation.level
@@ -271,8 +286,8 @@ class VolumeSpikeDetector(Detector):
             )
         else:
             seasonal = True
-        fire = size >= config.spike_min_bytes and beyond_peak and seasonal
-        keep = size >= config.spike_min_bytes / 2 and size >= (config.spike_ratio / 2) * expected
+        fire = size >= min_bytes and beyond_peak and seasonal
+        keep = size >= min_bytes / 2 and size >= (config.spike_ratio / 2) * expected
         return fire, keep
 
     def _describe(

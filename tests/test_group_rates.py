@@ -1,0 +1,125 @@
+"""Per-group busy-interval egress (egressd.baseline.grouprate.GroupRates): the scale a group's
+byte floors follow, learned from its closed intervals and kept in the state file."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from egressd.baseline.grouprate import RATE_QUANTILE, GroupRates
+from egressd.config import parse_config
+from egressd.enrich.embedded import EmbeddedCountryLabeler
+from egressd.model import FlowRecord
+from egressd.pipeline import Engine
+
+INTERVAL = 300.0
+DAY_INTERVALS = 288
+MB = 1_000_000
+GB = 1_000_000_000
+
+
+def _feed(rates: GroupRates, sizes: list[int], group: str = "g") -> None:
+    for size in sizes:
+        rates.observe({group: size}, INTERVAL)
+
+
+def test_the_rate_settles_at_the_groups_busy_intervals() -> None:
+    rng = random.Random(7)
+    sizes = [round(200 * MB * 2 ** rng.gauss(0.0, 1.0)) for _ in range(14 * DAY_INTERVALS)]
+    rates = GroupRates()
+    _feed(rates, sizes)
+    recent = sorted(sizes[-7 * DAY_INTERVALS :])
+    true = recent[int(RATE_QUANTILE * len(recent))]
+    assert rates.rate("g") == pytest.approx(true, rel=0.25)
+    assert rates.rate("other") == 0.0
+
+
+def test_one_large_transfer_barely_moves_it_and_a_lasting_change_does() -> None:
+    rates = GroupRates()
+    _feed(rates, [100 * MB] * (3 * DAY_INTERVALS))
+    before = rates.rate("g")
+    rates.observe({"g": 500 * GB}, INTERVAL)
+    assert before <= rates.rate("g") <= 1.02 * before
+    # The group grows tenfold for good: within days its rate follows.
+    _feed(rates, [GB] * (3 * DAY_INTERVALS))
+    assert rates.rate("g") == pytest.approx(GB, rel=0.05)
+
+
+def test_groups_learn_apart_and_idle_groups_keep_their_rate() -> None:
+    rates = GroupRates()
+    for _ in range(DAY_INTERVALS):
+        rates.observe({"big": 5 * GB, "small": 20 * MB}, INTERVAL)
+    for _ in range(DAY_INTERVALS):
+        rates.observe({"small": 20 * MB}, INTERVAL)
+    assert rates.rate("big") == pytest.approx(5 * GB, rel=0.01)
+    assert rates.rate("small") == pytest.approx(20 * MB, rel=0.01)
+
+
+def test_the_factor_is_the_rate_over_the_reference_and_never_below_one() -> None:
+    rates = GroupRates()
+    rates.observe({"big": 6 * GB, "small": 20 * MB}, INTERVAL)
+    assert rates.factor("big", 1_500_000_000) == pytest.approx(4.0)
+    assert rates.factor("small", 1_500_000_000) == 1.0
+    assert rates.factor("unknown", 1_500_000_000) == 1.0
+    assert rates.factor("big", 0) == 1.0  # 0 turns scaling off
+
+
+def test_the_state_round_trips_and_bad_entries_are_skipped() -> None:
+    rates = GroupRates()
+    _feed(rates, [300 * MB, 700 * MB] * 50)
+    restored = GroupRates.from_json(rates.to_json())
+    assert restored.levels == rates.levels
+    assert restored.rate("g") == rates.rate("g")
+    bad = {
+        "g": [math.log2(GB), 10],
+        "nan": [float("nan"), 3],
+        "huge": [1e300, 3],
+        "short": [30.0],
+        "text": ["30", 3],
+        "bool": [True, 3],
+        "zero": [30.0, 0],
+    }
+    assert set(GroupRates.from_json(bad).levels) == {"g"}
+    assert GroupRates.from_json(None).levels == {}
+    assert GroupRates.from_json([1, 2]).levels == {}
+
+
+CONFIG = """
+[networks]
+local = ["10.0.0.0/8"]
+
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+expected_countries = ["US"]
+
+[detection]
+interval = "5m"
+learning = "1d"
+"""
+T0 = 1_773_014_400.0
+
+
+def _engine() -> Engine:
+    return Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
+
+
+def test_the_engine_learns_group_rates_and_the_state_file_keeps_them() -> None:
+    engine = _engine()
+    for i in range(40):
+        t = T0 + i * INTERVAL + 100
+        engine.process([FlowRecord(t - 1, t, "10.20.0.7", "8.8.8.8", 2 * GB, 2_000_000)])
+    assert engine.group_rates.rate("research") == pytest.approx(2 * GB, rel=0.01)
+    snapshot = engine.snapshot()
+    restored = _engine()
+    restored.restore(snapshot)
+    assert restored.group_rates.levels == engine.group_rates.levels
+    assert restored.spikes.rates is restored.group_rates
+    # A state file from before group rates loads, and the rates are learned afresh.
+    del snapshot["group_rates"]
+    older = _engine()
+    older.restore(snapshot)
+    assert older.group_rates.levels == {}
+    assert older.restored
