@@ -13,6 +13,7 @@ from egressd.config import parse_config
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
+from tests.integration_support import research_config
 
 INTERVAL = 300.0
 DAY_INTERVALS = 288
@@ -86,19 +87,7 @@ def test_the_state_round_trips_and_bad_entries_are_skipped() -> None:
     assert GroupRates.from_json([1, 2]).levels == {}
 
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["US"]
-
-[detection]
-interval = "5m"
-learning = "1d"
-"""
+CONFIG = research_config({"interval": "5m", "learning": "1d"}, countries=("US",))
 T0 = 1_773_014_400.0
 
 

@@ -42,20 +42,10 @@ from tests.integration_support import (
     free_udp_port,
     http_get,
     metric_value,
+    research_config,
 )
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["GB", "US"]
-
-[state]
-path = "{state}"
-"""
+CONFIG = research_config(state="{state}")
 
 T0 = 1_773_064_800.0
 

@@ -30,6 +30,7 @@ from egressd.errors import StateError
 from egressd.model import FlowRecord
 from egressd.pipeline import STATE_VERSION, Engine
 from egressd.replay import replay
+from tests.integration_support import research_config
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 36
@@ -271,18 +272,7 @@ def test_no_space_left_keeps_previous_state(tiny_tmpfs: Path) -> None:
 # --------------------------------------------------------------------------- bad files at start
 
 
-CONFIG = """
-[networks]
-local = ["10.0.0.0/8"]
-
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["US"]
-
-[detection]
-interval = "5m"
-"""
+CONFIG = research_config({"interval": "5m"}, countries=("US",))
 START = 1_773_064_800.0  # 2026-03-09T14:00:00Z
 
 
