@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 PENDING = "pending"
@@ -28,6 +29,21 @@ def rfc3339(event_time: float) -> str:
 
 def parse_rfc3339(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+#: what makes two alerts equal, in the order ``repr`` shows them
+_ALERT_FIELDS = (
+    "key",
+    "labels",
+    "annotations",
+    "state",
+    "pending_since",
+    "starts_at",
+    "ends_at",
+    "last_true",
+    "updated",
+)
+_alert_fields = attrgetter(*_ALERT_FIELDS)
 
 
 class Alert:
@@ -106,17 +122,7 @@ class Alert:
         return _as_int(self._annotations.get("bytes"))
 
     def _fields(self) -> tuple[Any, ...]:
-        return (
-            self.key,
-            self.labels,
-            self.annotations,
-            self.state,
-            self.pending_since,
-            self.starts_at,
-            self.ends_at,
-            self.last_true,
-            self.updated,
-        )
+        return _alert_fields(self)
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -127,18 +133,8 @@ class Alert:
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     def __repr__(self) -> str:
-        names = (
-            "key",
-            "labels",
-            "annotations",
-            "state",
-            "pending_since",
-            "starts_at",
-            "ends_at",
-            "last_true",
-            "updated",
-        )
-        inner = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        values = self._fields()
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(_ALERT_FIELDS, values, strict=True))
         return f"Alert({inner})"
 
     def copy(self) -> Alert:
