@@ -17,7 +17,9 @@ traffic shape stands for a smaller or larger (or faster-linked) network, with th
 configuration. At a factor other than 1 the thresholds fall at other moments, so a page counts
 as the injected transfer's when it matches it and starts between the transfer's first flow and
 one interval after its last flow (or its crossing, whichever is later). A summary line per
-factor follows.
+factor follows. ``--window`` scores every factor that way, x1 included: a change that moves a
+threshold (floors that follow a group's size, say) pages at another moment than the default
+floor's crossing, and the strict x1 scoring would count that page as a miss and a false page.
 """
 
 from __future__ import annotations
@@ -57,13 +59,17 @@ def scaled(scenario: Scenario, factor: float) -> Scenario:
     return replace(scenario, flows=flows)
 
 
-def _matches(exfil: ExpectedAlert, starts: float, factor: float) -> bool:
-    if factor == 1 or exfil.begin is None or exfil.end is None:
+def _matches(exfil: ExpectedAlert, starts: float, strict: bool) -> bool:
+    if strict or exfil.begin is None or exfil.end is None:
         return exfil.crossing <= starts <= exfil.crossing + INTERVAL
     return exfil.begin <= starts <= max(exfil.end, exfil.crossing) + INTERVAL
 
 
-def score(scenario: Scenario, directory: Path, factor: float = 1.0) -> dict[str, object]:
+def score(
+    scenario: Scenario, directory: Path, factor: float = 1.0, window: bool = False
+) -> dict[str, object]:
+    """Replay ``scenario``; strict scoring (the crossing's interval) at x1 unless ``window``."""
+    strict = factor == 1 and not window
     path = scenario.write(directory / f"flows-{scenario.seed}.jsonl")
     out = io.BytesIO()
     began = time.perf_counter()
@@ -79,7 +85,7 @@ def score(scenario: Scenario, directory: Path, factor: float = 1.0) -> dict[str,
         key = (labels["alertname"], labels["group"], labels["dst_country"])
         starts = _time(event["startsAt"])
         exfil = expected.get(key)
-        if exfil is not None and _matches(exfil, starts, factor):
+        if exfil is not None and _matches(exfil, starts, strict):
             detected.setdefault(exfil.name, starts - exfil.crossing)
         else:
             false_pages.append(f"{'/'.join(key)}@{event['startsAt']}")
@@ -115,6 +121,12 @@ def main() -> None:
         default=[1.0],
         help="replay each scenario with every byte count multiplied by each factor",
     )
+    parser.add_argument(
+        "--window",
+        action="store_true",
+        help="count a page as found anywhere from a transfer's first flow to an interval after "
+        "its end, at x1 too (default: at x1, within an interval of the threshold's crossing)",
+    )
     args = parser.parse_args()
     if any(factor <= 0 for factor in args.scale):
         parser.error("--scale factors must be positive")
@@ -135,7 +147,7 @@ def main() -> None:
                 generated = _generate(kind, seed)
                 for factor in scales:
                     scenario = scaled(generated, factor)
-                    result = score(scenario, Path(tmp), factor)
+                    result = score(scenario, Path(tmp), factor, args.window)
                     reports[factor] += _report(seed, scenario, result)
                     totals[factor].add(kind, scenario, result)
             for factor in scales:
