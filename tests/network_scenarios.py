@@ -22,11 +22,27 @@ traffic the month scenario (tests/scenarios.py) was not written for.
   remote workers on the VPN. Benign events: CDN and cloud address rotation, a SaaS vendor
   adopted company-wide on day 12, daylight saving on 8 March in the US and 29 March in Europe,
   a holiday in Bangalore and one in Tokyo, finance's month-end close (2.5 times its traffic).
+- ``tiny-office``: three weeks of eleven desks and laptops (countries learned) and a NAS and
+  phone system (``servers``, Austria and Germany expected) in Vienna, 2-4 GB of egress on a
+  working day. Benign: CDN churn (video, software updates and web pages from edges that move
+  between Austria and its neighbours; edges in Slovenia, Hungary, Poland, Italy and Slovakia
+  begin serving after learning, tens of MB an hour back to them: ACKs, and web requests whose
+  flows can average more than 150 bytes a packet), video meetings, the NAS's nightly backup to
+  its hosting company, daylight saving on day 6, the Easter holidays (half away, then closed
+  four days), and on the first day back a feature update pulled by eight machines (partly from
+  the new Polish edges) and a laptop back from a week abroad syncing 300-700 MB to a network of
+  the office's cloud storage it had not used. Incidents sized for the office: 50-80 MB in
+  fifteen minutes to a VPS in Russia (``small-burst``), 200-300 MB a day for three days to a VPS
+  in Bulgaria (``vps-drip``), 500-800 MB in half an hour from the NAS to a fresh network of a
+  hosting company in Germany (``fresh-vps``) and 300-500 MB to China (``cn-upload``). The first
+  three stay under the default floors and do not page with the defaults
+  (``BELOW_DEFAULT_FLOORS``): they count against recall, crossed at floors a fifth of the
+  defaults (``TINY_WINDOWS``, ``TINY_NEW_DESTINATION_FLOOR``).
 
 Each injects exfiltrations with their ground truth (``ExpectedAlert``: the alert, the event
 time its threshold is crossed), scored like the month by benchmarks/detection_bench.py.
 Everything is derived from the seed; a month is a few hundred thousand flows (the
-enterprise about a million).
+enterprise about a million, the tiny office's three weeks about 120,000).
 """
 
 from __future__ import annotations
@@ -1077,9 +1093,286 @@ def generate_enterprise(seed: int = 1) -> Scenario:
     return _finish(seed, network, flows, expected, traps, ENTERPRISE_CONFIG)
 
 
+# -- a tiny office: a dozen hosts, CDN churn, small incidents -----------------------------------
+
+TINY_OFFICE_CONFIG = """\
+[networks]
+local = ["192.168.0.0/16", "fd00::/8"]
+
+# desks and laptops: countries learned
+[[groups]]
+name = "office"
+sources = ["192.168.1.0/24", "fd00:1::/32"]
+
+# the NAS and the phone system
+[[groups]]
+name = "servers"
+sources = ["192.168.2.0/24"]
+expected_countries = ["AT", "DE"]
+
+[detection]
+interval = "5m"
+learning = "7d"
+"""
+
+#: Monday 23 March 2026 in Vienna (UTC+1, UTC+2 from Sunday 29 March, day 6)
+TINY_START = datetime(2026, 3, 22, 23, tzinfo=UTC).timestamp()
+TINY_DST = datetime(2026, 3, 29, 1, tzinfo=UTC).timestamp()
+TINY_DAYS = 21
+#: Easter school holidays: half the people away (days 7-10), closed Good Friday to Easter
+#: Monday (days 11-14), everyone back on Tuesday 7 April (day 15)
+TINY_AWAY = range(7, 11)
+TINY_CLOSED = range(11, 15)
+TINY_BACK = 15
+#: floors a fifth of the defaults (20 MB within an hour or 200 MB within a day to an unexpected
+#: country, 200 MB within an hour to fresh networks): where the incidents under the default
+#: floors cross
+TINY_WINDOWS = ((3600.0, 20 * MB), (DAY, 200 * MB))
+TINY_NEW_DESTINATION_FLOOR = 200 * MB
+#: incidents a person at the office would act on that stay under the default floors (100 MB
+#: an hour and 1 GB a day to an unexpected country, 1 GB an hour to fresh networks)
+BELOW_DEFAULT_FLOORS = {"tiny-office": ("small-burst", "vps-drip", "fresh-vps")}
+_TINY_EXPORTER = "192.168.0.1"
+#: /16s per country for the CDN edges (each address checked), the office in Austria
+_TINY_BLOCKS = {
+    "AT": ("77.116", "77.117", "80.108", "80.120", "81.189"),
+    "DE": ("77.0", "77.1", "77.2", "77.3"),
+    "CH": ("77.56", "77.57", "80.218", "83.76"),
+    "CZ": ("77.48", "78.44", "78.45", "85.160"),
+    "NL": ("2.16", "2.18", "2.20", "95.100", "88.221"),
+    "US": ("23.32", "104.64", "184.24", "151.101", "104.16"),
+    "HU": ("80.98", "81.182", "84.0", "84.2"),
+    "SK": ("78.98", "85.248", "87.197", "95.102"),
+    "SI": ("89.142", "89.212", "188.196", "188.197"),
+    "IT": ("78.4", "79.0", "79.2", "79.4"),
+    "PL": ("77.252", "78.8", "78.10", "79.162"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Cdn:
+    """Downloads the office pulls from a CDN whose edges sit in several countries.
+
+    The egress is their return path: ACKs and requests, a small share of the ingress in small
+    packets (web pages' requests carry cookies, so a browsing flow's packets average more)."""
+
+    name: str
+    #: mean ingress per interval at the weekday peak
+    peak: float
+    #: egress as a share of the ingress, and the bytes per egress packet, (low, high)
+    ratio: tuple[float, float]
+    packet: tuple[float, float]
+    #: country -> the day its edges begin serving the office (later ones appear after learning)
+    countries: dict[str, float]
+    flows: float = 3.0
+
+
+_TINY_CDNS = (
+    # Video (streaming and recorded webinars): ISP-hosted caches and regional edges.
+    _Cdn("video", 90 * MB, (0.012, 0.02), (52, 70), {"AT": 0, "DE": 0, "CZ": 0, "SI": 8, "IT": 16}),
+    # Software updates: stores, browsers, antivirus signatures.
+    _Cdn("updates", 30 * MB, (0.01, 0.016), (52, 66), {"NL": 0, "DE": 0, "AT": 0, "PL": 15}),
+    # Web pages, images and scripts from the sites' CDNs.
+    _Cdn("web", 60 * MB, (0.04, 0.08), (80, 220), dict(AT=0, DE=0, CH=0, NL=0, US=0, HU=9, SK=17)),
+)
+
+
+def _tiny_season(group: str, day: int) -> float:
+    if day in TINY_CLOSED:
+        return 0.03
+    if day in TINY_AWAY:
+        return 0.5
+    return 1.0
+
+
+def _tiny_mix(
+    rng: random.Random, countries: dict[str, float], day: int
+) -> tuple[list[str], list[float]]:
+    """The CDN's mapping for the next hours: one country's edges serve nearly all of it.
+
+    A country whose edges began serving within two days is the one half the time (a CDN that
+    maps the office to a new edge cluster keeps it there for a while)."""
+    active = [c for c, first in countries.items() if day >= first]
+    new = [c for c in active if day - countries[c] < 2 and countries[c] > 0]
+    primary = rng.choice(new) if new and rng.random() < 0.5 else rng.choice(active)
+    weights = [1.0 if c == primary else rng.uniform(0.0, 0.08) for c in active]
+    return active, weights
+
+
+def _cdn_traffic(network: Network, cdns: Sequence[_Cdn], edges: dict[str, list[str]]) -> list[Flow]:
+    """Ingress downloads from CDN edges and the office's return traffic to them."""
+    rng = network.rng
+    random_ = rng.random
+    flows: list[Flow] = []
+    mixes: dict[str, tuple[list[str], list[float]]] = {}
+    redraw = dict.fromkeys((cdn.name for cdn in cdns), network.start)
+    for i in range(int(network.days * DAY / INTERVAL)):
+        t0 = network.start + i * INTERVAL
+        day = int((t0 - network.start) // DAY)
+        activity = diurnal(network.local_hour(t0))
+        level = _tiny_season("office", day) * (0.05 if network.is_weekend(t0) else 1.0)
+        for cdn in cdns:
+            if t0 >= redraw[cdn.name]:
+                mixes[cdn.name] = _tiny_mix(rng, cdn.countries, day)
+                redraw[cdn.name] = t0 + rng.expovariate(1 / (4 * 3600.0))
+            countries, weights = mixes[cdn.name]
+            mean = cdn.peak * (0.01 + 0.99 * activity) * level
+            parts = 1 + int(2 * cdn.flows * random_() * (0.2 + activity))
+            total = mean * math.exp(rng.gauss(0.0, 0.6) - 0.18)
+            for size in _split(rng, total, parts):
+                (country,) = rng.choices(countries, weights)
+                edge = rng.choice(edges[country])
+                host = network.pick_host("office", False)
+                end = t0 + 0.5 + random_() * (INTERVAL - 1.0)
+                begin = end - random_() * 60.0
+                port = 32768 + rng.randrange(28000)
+                flows.append(
+                    Flow(end, begin, edge, host, size, max(size // 1400, 1), 1, _TINY_EXPORTER,
+                         6, 443, port)
+                )  # fmt: skip
+                back = max(int(size * rng.uniform(*cdn.ratio)), 40)
+                packets = max(int(back / rng.uniform(*cdn.packet)), 1)
+                flows.append(
+                    Flow(end, begin, host, edge, back, packets, 1, _TINY_EXPORTER, 6, port, 443)
+                )
+    return flows
+
+
+def _download(
+    network: Network, edge: str, host: str, begin: float, end: float, total: float
+) -> list[Flow]:
+    """A large download from ``edge`` and its ACKs (1.5% of it, 60 bytes a packet) back."""
+    rng = network.rng
+    flows = _transfer(rng, edge, host, begin, end, total, exporter=_TINY_EXPORTER)
+    flows = [f._replace(src_port=443, dst_port=f.src_port) for f in flows]
+    for ack in _transfer(rng, host, edge, begin, end, 0.015 * total, exporter=_TINY_EXPORTER):
+        flows.append(ack._replace(packets=max(ack.bytes // 60, 1)))
+    return flows
+
+
+def generate_tiny_office(seed: int = 1) -> Scenario:
+    """A tiny office's three weeks (see the module docstring) with four incidents."""
+    rng = random.Random(seed * 6007 + 5)
+    start = TINY_START
+    pools = {
+        "saas": (
+            _addresses(rng, ("13.107", "52.96", "40.99", "20.190"), 24, "US"),
+            ["2603:1026::1", "2603:1026:c02::7", "2603:1027::3"],
+        ),
+        "meetings": (_addresses(rng, ("52.112", "52.113", "52.114"), 16, "US"), []),
+        "at": (_addresses(rng, _TINY_BLOCKS["AT"], 12, "AT"), []),
+        "de": (_addresses(rng, _TINY_BLOCKS["DE"], 8, "DE"), []),
+        "sip": (_addresses(rng, ("80.120",), 2, "AT"), []),
+    }
+    _check(pools, {"saas": "US", "meetings": "US", "at": "AT", "de": "DE", "sip": "AT"})
+    edges = {c: _addresses(rng, blocks, 10, c) for c, blocks in _TINY_BLOCKS.items()}
+    _check({c: (a, []) for c, a in edges.items()}, {c: c for c in edges})
+    hosts = {
+        "office": (
+            [f"192.168.1.{i}" for i in range(20, 31)],
+            [f"fd00:1::{i:x}" for i in range(20, 28)],
+        ),
+        "servers": (["192.168.2.5", "192.168.2.6"], []),
+    }
+    nas, phones = hosts["servers"][0]
+    network = Network(
+        rng, start, TINY_DAYS, hosts, pools, _zone(1.0, TINY_DST), _tiny_season,
+        dict.fromkeys(hosts, (_TINY_EXPORTER, 1)),
+    )  # fmt: skip
+    office = {"night": 0.01, "weekend": 0.05}
+    streams = (
+        # Video meetings: most of the office's own upstream, to the meeting service's relays.
+        Stream("office", "meetings", 8 * MB, **office, sigma=0.8, burst=1 / 60, flows=2),
+        Stream("office", "saas", 6 * MB, **office, ipv6=0.3, flows=3),
+        Stream("office", "at", 1.5 * MB, **office, sigma=0.6, flows=2),
+        Stream("office", "de", 1.0 * MB, **office, sigma=0.6, flows=1),
+    )
+    flows = _background(network, streams)
+    # The phone system's calls to its SIP trunk (the servers group's other host).
+    calls = _background(network, (Stream("servers", "sip", 4 * MB, **office, flows=1),))
+    flows += [f._replace(src=phones) for f in calls]
+    flows += _cdn_traffic(network, _TINY_CDNS, edges)
+    expected: list[ExpectedAlert] = []
+    traps: list[Trap] = []
+
+    # -- benign: nightly backup, an update burst, a laptop back from travel ------------------
+    backup = [f"88.99.{rng.randrange(1, 250)}.{k}" for k in (21, 22)]
+    _check({"backup": (backup, [])}, {"backup": "DE"})
+    for day in range(TINY_DAYS):
+        # At 01:00: what changed on the day before (Monday's backup holds the quiet Sunday).
+        begin = network.local(day, 1 + rng.uniform(0, 0.1))
+        worked = not network.is_weekend(begin - DAY) and day - 1 not in (-1, *TINY_CLOSED)
+        size = rng.uniform(0.3, 1.2) * GB if worked else rng.uniform(20, 80) * MB
+        size *= 0.6 if day - 1 in TINY_AWAY else 1.0
+        flows += network.transfer(nas, backup[day % 2], begin, begin + 5400, size)
+        traps.append(Trap("nas-backup", begin, begin + 5400))
+    # Back after Easter: a feature update pulled by most machines in the morning, partly from
+    # edges in a country the update CDN had not used for the office before (its ACKs are egress).
+    updaters = rng.sample(hosts["office"][0], 8)
+    for host in updaters:
+        begin = network.local(TINY_BACK, rng.uniform(8.5, 10.5))
+        duration = rng.uniform(20, 60) * 60
+        edge = rng.choice(edges[rng.choice(("PL", "PL", "NL", "DE", "AT"))])
+        flows += _download(network, edge, host, begin, begin + duration, rng.uniform(3, 5) * GB)
+        traps.append(Trap("update-burst", begin, begin + duration))
+    # A laptop back from a week abroad catches up: its sync client uploads the week's files to
+    # the office's cloud storage (a network of it the office has not used), then it updates.
+    laptop = hosts["office"][0][-1]
+    begin = network.local(TINY_BACK, rng.uniform(9, 10))
+    sync = _addresses(rng, ("13.107", "52.96", "40.99", "20.190"), 1, "US")[0]
+    size = rng.uniform(300, 700) * MB
+    flows += network.transfer(laptop, sync, begin, begin + rng.uniform(30, 50) * 60, size)
+    flows += _download(network, rng.choice(edges["NL"]), laptop, begin + 3600, begin + 7200, 4 * GB)
+    traps.append(Trap("back-from-travel", begin, begin + 7200))
+
+    # -- incidents --------------------------------------------------------------------------
+    # A laptop sends 50-80 MB to a VPS in a country the office never used, in fifteen minutes.
+    src = network.pick_host("office", False)
+    dst = _addresses(rng, ("77.34", "78.36", "79.104"), 1, "RU")[0]
+    begin = network.local(8, rng.uniform(10, 16))
+    burst = network.transfer(src, dst, begin, begin + 900, rng.uniform(50, 80) * MB)
+    expected.append(
+        _expect("small-burst", UNEXPECTED, "office", "RU", burst, TINY_WINDOWS[0][1], src, dst,
+                windows=TINY_WINDOWS)
+    )  # fmt: skip
+    flows += burst
+    # A desktop ships files to a VPS in a new country in pieces, 200-300 MB a day for three days.
+    src = network.pick_host("office", False)
+    dst = _addresses(rng, ("87.126", "94.155", "95.42"), 1, "BG")[0]
+    begin = network.local(TINY_BACK + 1, rng.uniform(0, 24))
+    daily = rng.uniform(200, 300) * MB
+    drip = network.transfer(src, dst, begin, begin + 3 * DAY, 3 * daily, step=300.0)
+    expected.append(
+        _expect("vps-drip", UNEXPECTED, "office", "BG", drip, TINY_WINDOWS[0][1], src, dst,
+                windows=TINY_WINDOWS)
+    )  # fmt: skip
+    flows += drip
+    # Over Easter, at night, the NAS uploads to a fresh network of a hosting company in Germany
+    # (its backup goes to another of that company's networks).
+    dst = _addresses(rng, ("49.12", "116.203", "128.140"), 1, "DE")[0]
+    begin = network.local(12, rng.uniform(2, 4))
+    fresh = network.transfer(nas, dst, begin, begin + 1800, rng.uniform(500, 800) * MB)
+    expected.append(
+        _expect("fresh-vps", NEW_DESTINATION, "servers", "DE", fresh,
+                TINY_NEW_DESTINATION_FLOOR, nas, dst)
+    )  # fmt: skip
+    flows += fresh
+    # A desktop uploads 300-500 MB to a cloud in China within half an hour.
+    src = network.pick_host("office", False)
+    dst = rng.choice(("47.100.23.45", "114.114.114.114", "220.181.38.148"))
+    begin = network.local(18, rng.uniform(10, 16))
+    upload = network.transfer(src, dst, begin, begin + 1800, rng.uniform(300, 500) * MB)
+    expected.append(
+        _expect("cn-upload", UNEXPECTED, "office", "CN", upload, UNEXPECTED_MIN_BYTES, src, dst)
+    )
+    flows += upload
+    return _finish(seed, network, flows, expected, traps, TINY_OFFICE_CONFIG)
+
+
 GENERATORS: dict[str, Callable[[int], Scenario]] = {
     "saas": generate_saas,
     "campus": generate_campus,
     "small-office": generate_office,
     "enterprise": generate_enterprise,
+    "tiny-office": generate_tiny_office,
 }
