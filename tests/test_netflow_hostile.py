@@ -8,9 +8,19 @@ counted, not silently kept.
 from __future__ import annotations
 
 import struct
+import time
+from collections.abc import Callable
 
 from egressd.decode.netflow import NetflowDecoder
-from egressd.decode.netflow.decoder import TEMPLATE_FIELDS_BURST, TEMPLATE_FIELDS_PER_SECOND
+from egressd.decode.netflow.decoder import (
+    SHARED_TEMPLATE_FIELDS_BURST,
+    SHARED_TEMPLATE_FIELDS_PER_SECOND,
+    SHARED_TEMPLATE_RESERVE,
+    TEMPLATE_COST_FIELDS,
+    TEMPLATE_FIELDS_BURST,
+    TEMPLATE_FIELDS_PER_SECOND,
+)
+from egressd.decode.netflow.proven import PROVEN_AFTER
 from tests.netflow_builders import (
     data_set,
     ipfix_datagram,
@@ -459,3 +469,150 @@ def test_templates_announced_again_unchanged_cost_no_budget_and_stay_fresh() -> 
     record = [*row(5), *([0] * 20)]
     data = ipfix_datagram([data_set(300, table[300], [record])], export_secs=int(NOW))
     assert len(decoder.decode(data, LEGIT, NOW + 100)) == 1
+
+
+# -- Forged source addresses -------------------------------------------------------------------
+# Anyone who can reach the port can send from any address. Exporters that proved themselves
+# (decodable data from one address over PROVEN_AFTER seconds) keep their templates, buffered
+# sets, options domains and a reserve of the shared template budget, whatever arrives from
+# addresses that did not.
+
+
+def _forged(n: int) -> str:
+    return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def _proven(decoder: NetflowDecoder, exporter: str = LEGIT) -> float:
+    """``exporter`` announces template 256 and sends data PROVEN_AFTER apart; the time after."""
+    announce = template_set({256: FIELDS}, ipfix=True)
+    for now in (NOW, NOW + PROVEN_AFTER):
+        data = data_set(256, FIELDS, [row(1)])
+        datagram = ipfix_datagram([announce, data], export_secs=int(now))
+        assert len(decoder.decode(datagram, exporter, now)) == 1
+    return NOW + PROVEN_AFTER
+
+
+def _cpu(run: Callable[[], object]) -> float:
+    """CPU time of this thread spent in ``run``: what it costs, however loaded the machine."""
+    began = time.thread_time()
+    run()
+    return time.thread_time() - began
+
+
+def test_a_template_flood_from_forged_addresses_is_held_to_a_shared_budget() -> None:
+    # Each exporter address had its own budget of template changes: a sender forging a new
+    # source address per datagram got a full one with each, so its ever-changing templates
+    # cost the decoder ~1 us a field without bound (here 5.2 million fields, ~50 times the
+    # CPU time of as many data datagrams), and every real exporter's datagrams waited behind
+    # them. Now all exporters share a budget, and a proven exporter keeps a reserve of it.
+    decoder = NetflowDecoder()
+    start = _proven(decoder)
+    data = ipfix_datagram(
+        [data_set(256, FIELDS, [row(n) for n in range(30)])], export_secs=int(start)
+    )
+    count = 2_000
+    floods = [
+        ipfix_datagram([template_set(_changing_templates(seed, 100), ipfix=True)], export_secs=0)
+        for seed in range(count)
+    ]
+
+    def legit() -> None:
+        for _ in range(count):
+            assert len(decoder.decode(data, LEGIT, start)) == 30
+
+    def flood() -> None:  # 2,000 datagrams of 100 new 26-field templates in 2 s
+        for n, datagram in enumerate(floods):
+            decoder.decode(datagram, _forged(n), start + n / 1000)
+
+    reference = _cpu(legit)
+    read_before = decoder.stats.templates
+    cost = _cpu(flood)
+    read = decoder.stats.templates - read_before
+    allowed = SHARED_TEMPLATE_FIELDS_BURST - SHARED_TEMPLATE_RESERVE
+    allowed += 2 * SHARED_TEMPLATE_FIELDS_PER_SECOND
+    assert 0 < read * (26 + TEMPLATE_COST_FIELDS) <= allowed
+    refused = decoder.stats.set_errors["shared_template_budget"]
+    assert refused >= count - 100
+    # The whole flood cost the decoder about what as many data datagrams do (before: ~50x).
+    assert cost < 10 * reference, (cost, reference)  # 3-4x; before: ~100x
+    # While the flood lasts, the proven exporter's new template is read from the reserve
+    # and its data decoded; an exporter not proven waits for the shared budget to refill.
+    now = start + (count - 1) / 1000
+    wide = _changing_templates(count, 1)[256]
+    changed = ipfix_datagram(
+        [template_set({257: wide}, ipfix=True), data_set(257, wide, [[*row(4), *[0] * 20]])],
+        export_secs=int(now),
+    )
+    assert len(decoder.decode(changed, LEGIT, now)) == 1
+    assert decoder.decode(changed, "192.0.2.9", now) == []
+    assert decoder.stats.set_errors["shared_template_budget"] == refused + 1
+
+
+def test_templates_from_forged_addresses_never_evict_a_proven_exporters() -> None:
+    # When the cache was full, a template from an exporter below its fair share evicted the
+    # largest holder's oldest: with thousands of forged addresses holding one template each,
+    # every holder was "largest", the first of them (a real exporter) went first, and each
+    # template cost a scan of every holder. Now the oldest template of an exporter not
+    # proven goes first.
+    decoder = NetflowDecoder(max_templates=1_000)
+    start = _proven(decoder)
+    announce = ipfix_datagram([template_set({256: FIELDS}, ipfix=True)], export_secs=0)
+    for n in range(3_000):
+        decoder.decode(announce, _forged(n), start + n / 1000)
+    assert decoder.stats.templates_evicted >= 2_000
+    assert legit_data(decoder, start + 3) == 2
+
+
+def test_data_from_forged_addresses_never_drops_a_proven_exporters_buffered_sets() -> None:
+    decoder = NetflowDecoder()
+    start = _proven(decoder)
+    # The proven exporter's data for a template it has not announced yet (a new one) waits.
+    waiting = ipfix_datagram([data_set(258, FIELDS, [row(2)])], export_secs=int(start))
+    assert decoder.decode(waiting, LEGIT, start) == []
+    unknown = ipfix_datagram([data_set(300, FIELDS, [row(3)])], export_secs=int(start))
+    for n in range(3_000):
+        decoder.decode(unknown, _forged(n), start)
+    assert decoder.stats.pending_dropped >= 2_000
+    announce = ipfix_datagram([template_set({258: FIELDS}, ipfix=True)], export_secs=int(start))
+    assert len(decoder.decode(announce, LEGIT, start + 1)) == 1  # its buffered set, decoded
+
+
+def test_headers_from_forged_addresses_never_drop_a_proven_exporters_sampling_rate() -> None:
+    # Every v9 or IPFIX header opens options state for its (address, domain); past the bound
+    # (max_templates), a domain of the largest holder was dropped. With 10,000 forged
+    # addresses holding one each, that was the first holder's: 12,000 empty 16-byte IPFIX
+    # headers dropped a real exporter's sampling rate, and its flows counted 1/1000 of their
+    # bytes until the rate was announced again.
+    decoder = NetflowDecoder()
+    start = _proven(decoder)
+    for datagram in _sampler_options(0, range(1, 2), 1000):
+        decoder.decode(datagram, LEGIT, start)
+    announce = ipfix_datagram([template_set({257: SAMPLED}, ipfix=True)], export_secs=0)
+    decoder.decode(announce, LEGIT, start)
+    header = ipfix_datagram([], export_secs=0)
+    for n in range(12_000):
+        decoder.decode(header, _forged(n), start)
+    assert decoder.stats.option_domains_evicted >= 2_000
+    sampled = ipfix_datagram([data_set(257, SAMPLED, [[*row(1), 1]])], export_secs=int(start))
+    (record,) = decoder.decode(sampled, LEGIT, start + 1)
+    assert record.bytes == 1001 * 1000
+
+
+def test_an_exporter_is_proven_only_by_decodable_data_over_half_a_minute() -> None:
+    decoder = NetflowDecoder(max_templates=2)
+    announce = template_set({256: FIELDS}, ipfix=True)
+    data = data_set(256, FIELDS, [row(1)])
+    # Templates alone, or data sent within a few seconds, prove nothing.
+    for step in range(5):
+        now = NOW + step * (PROVEN_AFTER / 5 - 1)
+        decoder.decode(ipfix_datagram([announce], export_secs=0), FLOODER, now)
+        decoder.decode(ipfix_datagram([announce, data], export_secs=0), FLOODER, now)
+    assert FLOODER not in decoder._proven.held
+    # So its templates go before those of an exporter that sent data half a minute apart.
+    start = _proven(decoder)
+    assert LEGIT in decoder._proven.held
+    for tid in range(300, 305):
+        other = template_set({tid: FIELDS}, ipfix=True)
+        decoder.decode(ipfix_datagram([other], export_secs=0), "192.0.2.77", start)
+    assert legit_data(decoder, start) == 2
+    assert decoder._templates.held((FLOODER, 10, 0, 256)) is None

@@ -286,6 +286,7 @@ class NetflowSource:
             ("egressd_netflow_templates", source, float(stats.template_count)),
             ("egressd_netflow_template_records_total", source, float(stats.templates)),
             ("egressd_netflow_exporter_restarts_total", source, float(stats.exporter_restarts)),
+            ("egressd_netflow_proven_exporters", source, float(self.decoder.proven_exporters)),
             (
                 "egressd_netflow_option_domains_evicted_total",
                 source,

@@ -6,6 +6,7 @@ time comes in as ``now`` so replay and live use behave the same.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from struct import Struct
 
@@ -20,6 +21,7 @@ from egressd.decode.netflow.columnar import (
     v5_columns,
 )
 from egressd.decode.netflow.pending import PendingSets
+from egressd.decode.netflow.proven import ProvenExporters
 from egressd.decode.netflow.stats import NetflowStats
 from egressd.decode.netflow.templated import (
     ADDR_CACHE_SIZE,
@@ -65,6 +67,16 @@ TEMPLATE_FIELDS_PER_SECOND = 4_096
 TEMPLATE_FIELDS_BURST = 32_768
 #: exporters whose template budget is remembered (one forgotten starts with a full one)
 _BUDGET_EXPORTERS = 4_096
+#: template fields all exporters together may have read per second and at once: a sender
+#: forging ever-new source addresses got a full budget with each, so its changing templates
+#: cost the decoder without bound. Exporters not proven (see ``proven.py``) may not take
+#: this shared budget below :data:`SHARED_TEMPLATE_RESERVE`, which proven ones keep for
+#: themselves. Each template counts :data:`TEMPLATE_COST_FIELDS` more than its fields
+#: against it: reading one has a fixed cost of about that many fields.
+SHARED_TEMPLATE_FIELDS_PER_SECOND = 32_768
+SHARED_TEMPLATE_FIELDS_BURST = 131_072
+SHARED_TEMPLATE_RESERVE = SHARED_TEMPLATE_FIELDS_BURST // 2
+TEMPLATE_COST_FIELDS = 4
 
 OptionsKey = tuple[str, int, int]
 
@@ -123,7 +135,10 @@ class NetflowDecoder:
         "_options_by_exporter",
         "_parts",
         "_pending",
+        "_proven",
+        "_shared_budget",
         "_templates",
+        "_unproven_domains",
         "stats",
     )
 
@@ -136,18 +151,29 @@ class NetflowDecoder:
         pending_timeout: float = 60.0,
     ) -> None:
         self.stats = NetflowStats()
-        self._templates = TemplateCache(max_templates, template_timeout, self.stats)
-        self._pending = PendingSets(max_pending, pending_timeout, self.stats)
+        self._proven = ProvenExporters()
+        proven = self._proven.held
+        self._templates = TemplateCache(max_templates, template_timeout, self.stats, proven)
+        self._pending = PendingSets(max_pending, pending_timeout, self.stats, proven)
         self._options: dict[OptionsKey, ExporterOptions] = {}
         #: each exporter's option domains, oldest first
         self._options_by_exporter: dict[str, dict[OptionsKey, None]] = {}
+        #: the option domains of exporters not proven, oldest first
+        self._unproven_domains: dict[OptionsKey, None] = {}
         self._addr_cache: AddressCache = BoundedCache(ADDR_CACHE_SIZE)
         #: exporter -> [template fields it may still have read, when that was worked out]
         self._budgets: BoundedCache[str, list[float]] = BoundedCache(_BUDGET_EXPORTERS)
+        #: [template fields all exporters may still have read, when that was worked out]
+        self._shared_budget = [float(SHARED_TEMPLATE_FIELDS_BURST), -math.inf]
         self._now = 0.0  # receive time of the datagram being decoded
         #: while ``decode_columns`` runs: the flows so far, as column batches (or sets held
         #: to be read together) in order
         self._parts: list[FlowColumns | HeldSet] | None = None
+
+    @property
+    def proven_exporters(self) -> int:
+        """Exporters proven (see ``proven.py``) and held."""
+        return len(self._proven)
 
     def decode(self, datagram: bytes, exporter: str, now: float) -> list[FlowRecord]:
         """Flow records of one export datagram from ``exporter`` received at ``now``."""
@@ -363,23 +389,44 @@ class NetflowDecoder:
         if options is None:
             # Bounded like the templates (an options record needs a template to arrive), and
             # made room for as they are: an exporter holding at least its fair share drops its
-            # own oldest domain, any other the largest holder's. Dropping the oldest of all
-            # let one exporter opening domains drop another's sampling rates.
+            # own oldest domain, any other the oldest domain of an exporter not proven, else
+            # the largest holder's. Dropping the oldest of all let one exporter opening
+            # domains drop another's sampling rates; dropping the largest holder's let a
+            # header from each of 10,000 forged addresses (one domain each) drop the first
+            # holder's, a real exporter's, and cost a scan of every holder per header.
             holders = self._options_by_exporter
+            unproven = self._unproven_domains
             while len(self._options) >= self._templates.max_templates:
                 own = holders.get(exporter)
-                if own is None or len(own) * len(holders) < len(self._options):
-                    own = max(holders.values(), key=len)
-                victim = next(iter(own))
-                del own[victim]
-                if not own:
+                if own is not None and len(own) * len(holders) >= len(self._options):
+                    victim = next(iter(own))
+                elif unproven:
+                    victim = next(iter(unproven))
+                else:
+                    largest = max(holders.values(), key=len)
+                    victim = next(iter(largest))
+                victims = holders[victim[0]]
+                del victims[victim]
+                if not victims:
                     del holders[victim[0]]
                 del self._options[victim]
+                unproven.pop(victim, None)
                 self.stats.option_domains_evicted += 1
             options = ExporterOptions(sampler_cap=sampler_cap(len(self._options)))
             self._options[key] = options
             holders.setdefault(exporter, {})[key] = None
+            if exporter not in self._proven.held:
+                unproven[key] = None
         return options
+
+    def _saw_data(self, exporter: str, now: float) -> None:
+        """Flows of ``exporter``, not proven yet, were decoded: it may be proven now,
+        and its templates, buffered sets and options domains then make room last."""
+        if self._proven.saw_data(exporter, now, self._templates.holds):
+            self._templates.prove(exporter)
+            self._pending.prove(exporter)
+            for key in self._options_by_exporter.get(exporter, ()):
+                self._unproven_domains.pop(key, None)
 
     def _walk_sets(
         self, buf: bytes, pos: int, end: int, ctx: DatagramContext, now: float
@@ -389,6 +436,7 @@ class NetflowDecoder:
         out: list[FlowRecord] = []
         usable = False
         error = ""
+        decoded = False  # flows of a template held: what proves an exporter
         templates = self._templates
         while end - pos >= 4:
             set_id, length = _SET_HEADER.unpack_from(buf, pos)
@@ -408,6 +456,7 @@ class NetflowDecoder:
                         and template.scope_count < 0
                         and template.layout.record_len
                     ):
+                        decoded = True
                         parts = self._parts
                         if parts is None:
                             decode_data_set(buf, start, pos, template.layout, ctx, out)  # common
@@ -429,6 +478,8 @@ class NetflowDecoder:
                 self._template_set(buf, start, pos, ctx, now, out, set_id == options_set)
             else:
                 self.stats.set_errors["reserved_set_id"] += 1
+        if decoded and ctx.exporter not in self._proven.held:
+            self._saw_data(ctx.exporter, now)
         if error:
             self.stats.set_errors[error] += 1
             if not usable:
@@ -546,7 +597,9 @@ class NetflowDecoder:
     def _afford(self, exporter: str, fields: int) -> bool:
         """Whether ``exporter`` may have a template of ``fields`` fields read now (its
         budget: :data:`TEMPLATE_FIELDS_PER_SECOND`, at most :data:`TEMPLATE_FIELDS_BURST`
-        at once); if so, it is charged for them."""
+        at once); if so, it is charged for them, and the shared budget too. Raises
+        ValueError("shared_template_budget") when the shared budget cannot pay (for an
+        exporter not proven: not without going below :data:`SHARED_TEMPLATE_RESERVE`)."""
         now = self._now
         budget = self._budgets.get(exporter)
         if budget is None:
@@ -561,5 +614,17 @@ class NetflowDecoder:
             budget[1] = now
         if budget[0] < fields:
             return False
+        shared = self._shared_budget
+        if now > shared[1]:  # a clock going back refills nothing, nor later
+            shared[0] = min(
+                float(SHARED_TEMPLATE_FIELDS_BURST),
+                shared[0] + (now - shared[1]) * SHARED_TEMPLATE_FIELDS_PER_SECOND,
+            )
+            shared[1] = now
+        cost = fields + TEMPLATE_COST_FIELDS
+        floor = 0.0 if exporter in self._proven.held else SHARED_TEMPLATE_RESERVE
+        if shared[0] - cost < floor:
+            raise ValueError("shared_template_budget")
+        shared[0] -= cost
         budget[0] -= fields
         return True

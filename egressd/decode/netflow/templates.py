@@ -7,6 +7,7 @@ count cap (oldest evicted) and an idle timeout; identical field lists share one 
 from __future__ import annotations
 
 import struct
+from collections.abc import Container
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Final
@@ -240,8 +241,10 @@ class TemplateCache:
     Insertion order doubles as refresh order (a refresh re-inserts), so the oldest entry is
     always first: expiry sweeps pop from the front in O(removed). When full (count or
     fields), an exporter holding at least its fair share (of the count, or of the fields)
-    makes room from its own templates, and any other from the largest holder's: one
-    exporter flooding templates, small or large, evicts its own, never another's.
+    makes room from its own templates; any other from the oldest template of an exporter
+    not proven (``proven``: see :mod:`.proven`), else from the largest holder's. One exporter
+    flooding templates, small or large, evicts its own, never another's; a flood from many
+    forged addresses evicts its own templates, never a proven exporter's, in O(1) each.
     """
 
     __slots__ = (
@@ -249,7 +252,9 @@ class TemplateCache:
         "_fields",
         "_fields_by_exporter",
         "_layouts",
+        "_proven",
         "_templates",
+        "_unproven",
         "max_fields",
         "max_templates",
         "stats",
@@ -258,7 +263,13 @@ class TemplateCache:
 
     _LAYOUT_CACHE_MAX = 4096
 
-    def __init__(self, max_templates: int, timeout: float, stats: NetflowStats) -> None:
+    def __init__(
+        self,
+        max_templates: int,
+        timeout: float,
+        stats: NetflowStats,
+        proven: Container[str] = frozenset(),
+    ) -> None:
         self.max_templates = max(1, max_templates)
         self.max_fields = self.max_templates * FIELDS_PER_TEMPLATE
         self.timeout = timeout
@@ -269,6 +280,9 @@ class TemplateCache:
         #: fields held, in all and per exporter
         self._fields = 0
         self._fields_by_exporter: dict[str, int] = {}
+        #: exporters proven, and the keys of the others' templates, oldest first
+        self._proven = proven
+        self._unproven: dict[TemplateKey, None] = {}
         self._layouts: BoundedCache[tuple[tuple[FieldSpec, ...], int, int], Layout] = BoundedCache(
             self._LAYOUT_CACHE_MAX
         )
@@ -284,6 +298,7 @@ class TemplateCache:
     def _remove(self, key: TemplateKey) -> Template:
         """Remove ``key`` from the cache and from its exporter's keys and field count."""
         template = self._templates.pop(key)
+        self._unproven.pop(key, None)
         exporter = key[0]
         own = self._by_exporter.get(exporter)
         if own is not None:
@@ -302,6 +317,8 @@ class TemplateCache:
     def _add(self, key: TemplateKey, template: Template) -> None:
         self._templates[key] = template
         self._by_exporter.setdefault(key[0], {})[key] = None
+        if key[0] not in self._proven:
+            self._unproven[key] = None
         weight = _weight(template.fields)
         self._fields += weight
         self._fields_by_exporter[key[0]] = self._fields_by_exporter.get(key[0], 0) + weight
@@ -319,6 +336,19 @@ class TemplateCache:
         own = self._by_exporter[key[0]]
         del own[key]
         own[key] = None
+        unproven = self._unproven
+        if unproven and key[0] not in self._proven and unproven.pop(key, 0) is None:
+            unproven[key] = None  # (a proven exporter forgotten since has none there)
+
+    def holds(self, exporter: str) -> bool:
+        """Whether any template of ``exporter`` is held."""
+        return exporter in self._by_exporter
+
+    def prove(self, exporter: str) -> None:
+        """``exporter`` was proven: its templates are no longer evicted before others'."""
+        unproven = self._unproven
+        for key in self._by_exporter.get(exporter, ()):
+            unproven.pop(key, None)
 
     def get(self, key: TemplateKey, now: float) -> Template | None:
         template = self._templates.get(key)
@@ -367,14 +397,23 @@ class TemplateCache:
         count share when the count is at its bound, else by the share of fields."""
         holders = self._by_exporter
         own = holders.get(exporter)
+        weights = self._fields_by_exporter
         if by_count:
-            if own is None or len(own) * len(holders) < len(self._templates):
-                own = max(holders.values(), key=len)
+            at_share = own is not None and len(own) * len(holders) >= len(self._templates)
         else:
-            weights = self._fields_by_exporter
-            if own is None or weights.get(exporter, 0) * len(holders) < self._fields:
-                own = holders[max(weights, key=weights.__getitem__)]
-        self._remove(next(iter(own)))
+            at_share = own is not None and weights.get(exporter, 0) * len(holders) >= self._fields
+        if at_share and own is not None:
+            victim = next(iter(own))
+        elif self._unproven:
+            # (before, the largest holder's: with thousands of forged addresses holding one
+            # each, a scan of them all per template, and the first holder, a real exporter)
+            victim = next(iter(self._unproven))
+        elif by_count:
+            largest = max(holders.values(), key=len)
+            victim = next(iter(largest))
+        else:
+            victim = next(iter(holders[max(weights, key=weights.__getitem__)]))
+        self._remove(victim)
         self.stats.templates_evicted += 1
 
     def withdraw(self, key: TemplateKey) -> None:

@@ -1,0 +1,59 @@
+"""Exporters that proved themselves: decodable data from one address over half a minute.
+
+A forged UDP source address costs a sender nothing, so the decoder's shared tables (templates,
+buffered sets, options domains) and its shared template budget serve proven exporters first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from egressd.cache import BoundedCache
+
+#: an exporter is proven once flows of its were decoded (their template held) from
+#: datagrams received this many seconds apart: a sender forging ever-new addresses never is
+PROVEN_AFTER = 30.0
+#: proven exporters held at most; past it, those holding no template (all expired or
+#: evicted) make room
+MAX_PROVEN = 4_096
+#: exporters waiting to be proven (their first decoded flows' time), the older half dropped
+_CANDIDATES = 4_096
+
+
+class ProvenExporters:
+    """Which exporters are proven: ``exporter in proven.held`` (a plain dict, cheap on hot
+    paths)."""
+
+    __slots__ = ("_candidates", "_next_sweep", "held", "refused")
+
+    def __init__(self) -> None:
+        self.held: dict[str, None] = {}
+        self._candidates: BoundedCache[str, float] = BoundedCache(_CANDIDATES)
+        self._next_sweep = 0.0
+        #: exporters that qualified while :data:`MAX_PROVEN` busy ones were held
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def saw_data(self, exporter: str, now: float, holds: Callable[[str], bool]) -> bool:
+        """Flows of ``exporter`` (not proven) were decoded at ``now``; whether that made it
+        proven. ``holds(exporter)``: whether the decoder holds a template of it."""
+        first = self._candidates.get(exporter)
+        if first is None or now < first:
+            self._candidates.store(exporter, now)
+            return False
+        if now - first < PROVEN_AFTER:
+            return False
+        held = self.held
+        if len(held) >= MAX_PROVEN:
+            if now >= self._next_sweep:  # at most once a minute: it is a scan of them all
+                self._next_sweep = now + 60.0
+                for idle in [e for e in held if not holds(e)]:
+                    del held[idle]
+            if len(held) >= MAX_PROVEN:
+                self.refused += 1
+                return False
+        del self._candidates.data[exporter]
+        held[exporter] = None
+        return True
