@@ -6,18 +6,22 @@ and still page on an exfiltration sent from another exporter in the middle of th
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from egressd.sources.netflow import kernel_drops
-from tests.flood_support import RECORDS, exfil_datagram, rss_bytes, start_flood
+from tests.flood_support import RECORDS, exfil_datagram, flood_pool, rss_bytes, start_flood
 from tests.integration_support import (
     EgressdProcess,
     free_port,
@@ -100,8 +104,9 @@ def test_flood_at_ten_times_what_the_daemon_processes(
 ) -> None:
     """The overload is measured end to end, from the daemon's counters, not against a rate.
 
-    Each datagram the socket hands over and the queue keeps (``received - queue_full``) is
-    decoded and run through the engine by the same task: that is what the daemon processed.
+    Each datagram the socket hands over and the queue keeps (``received`` less the queue's
+    drops: full, or over its exporter's share) is decoded and run through the engine by the
+    same task: that is what the daemon processed.
     Every other datagram sent was dropped by the kernel or the queue, and counted. Both the
     senders and the daemon are CPU-bound processes sharing the machine, so the ratio holds on
     an idle or a loaded machine, and on one where the daemon has become faster.
@@ -168,7 +173,7 @@ def test_flood_at_ten_times_what_the_daemon_processes(
     source = f"netflow:127.0.0.1:{udp}"
     total_sent = sent + exfil_sent
 
-    def counts() -> tuple[float, float, float, float, float, float]:
+    def counts() -> tuple[float, float, float, float, float, float, float]:
         text = egressd.metrics()
 
         def value(name: str, **labels: str) -> float:
@@ -178,6 +183,7 @@ def test_flood_at_ten_times_what_the_daemon_processes(
             value("egressd_received_total"),
             value("egressd_netflow_receive_buffer_drops_total"),
             value("egressd_dropped_total", reason="queue_full"),
+            value("egressd_dropped_total", reason="exporter_over_share"),
             value("egressd_decode_errors_total"),
             value("egressd_records_total"),
             value("egressd_netflow_queue_length"),
@@ -193,11 +199,12 @@ def test_flood_at_ten_times_what_the_daemon_processes(
         what="received + kernel drops == datagrams sent, and the queue drained",
         describe=lambda: (total_sent, counts()),
     )
-    received, kernel, queue_full, errors, records, _ = counts()
+    received, kernel, queue_full, over_share, errors, records, _ = counts()
     assert errors == 0
     # What the daemon processed: every datagram the queue took was decoded and run through
     # the engine (the queue has drained). Flood datagrams carry RECORDS flows each,
     # exfiltration datagrams one.
+    queue_full += over_share  # the flood's, past its share of the queue
     processed = received - queue_full
     assert RECORDS * processed - (RECORDS - 1) * exfil_sent <= records <= RECORDS * processed
     assert processed > exfil_sent, "the daemon decoded flood datagrams too"
@@ -318,3 +325,155 @@ def test_one_exporter_filling_the_queue_leaves_room_for_the_others() -> None:
     assert queued.count("192.0.2.66") == 75
     assert source.stats.dropped["exporter_over_share"] == 225
     assert source.stats.dropped.get("queue_full", 0) == 0
+
+
+class _KernelBuffer:
+    """A socket's receive buffer: ``capacity`` datagrams, and what arrives when it is full is
+    dropped, from any exporter, as the kernel does."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held: collections.deque[tuple[bytes, tuple[str, int]]] = collections.deque()
+        self.dropped: collections.Counter[str] = collections.Counter()
+
+    def arrive(self, data: bytes, host: str) -> None:
+        if len(self.held) >= self.capacity:
+            self.dropped[host] += 1
+        else:
+            self.held.append((data, (host, 2055)))
+
+    def recvfrom(self, _size: int) -> tuple[bytes, tuple[str, int]]:
+        if not self.held:
+            raise BlockingIOError
+        return self.held.popleft()
+
+
+FLOODER = "192.0.2.66"
+EXPORTER = "192.0.2.1"
+
+
+class _Network:
+    """Arrivals paced by the collector's own work, so the test holds on a loaded machine as on
+    an idle one: for each datagram decoded, the flooder offers ``flood`` more; every
+    ``every`` decoded, the real exporter sends one."""
+
+    def __init__(self, kernel: _KernelBuffer, flood: int, every: int, sends: int) -> None:
+        now = time.time()
+        self.kernel = kernel
+        self.flood, self.every, self.sends = flood, every, sends
+        self.flood_datagram = flood_pool(1, now, 1)[0]
+        self.datagram = exfil_datagram(now, 1_000, 0)
+        self.decoded: collections.Counter[str] = collections.Counter()
+        self.sent = 0
+        for _ in range(kernel.capacity):
+            kernel.arrive(self.flood_datagram, FLOODER)
+
+    def decoding(self, decoder: Any) -> Any:
+        """``decoder``, counting what it decodes and making datagrams arrive meanwhile."""
+        network = self
+
+        class Paced:
+            def decode_columns_batch(self, datagrams: Any) -> Any:
+                datagrams = list(datagrams)
+                for _data, exporter, _now in datagrams:
+                    network.decoded[exporter] += 1
+                    if network.sent < network.sends:
+                        for _ in range(network.flood):
+                            network.kernel.arrive(network.flood_datagram, FLOODER)
+                        if sum(network.decoded.values()) % network.every == 0:
+                            network.kernel.arrive(network.datagram, EXPORTER)
+                            network.sent += 1
+                return decoder.decode_columns_batch(datagrams)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(decoder, name)
+
+        return Paced()
+
+
+def test_a_flooding_exporter_on_a_worker_leaves_room_for_the_others() -> None:
+    # A worker read 256 datagrams, then decoded them: its socket's buffer was its queue, and
+    # while a flood from one exporter kept it full, the kernel dropped whatever arrived, from
+    # any exporter (here 78% of the other exporter's datagrams; against a real loopback
+    # flood on the same worker, about half). Now it reads its socket into the single-process
+    # source's queue, where one exporter holds at most three quarters, between batches of
+    # BATCH_DATAGRAMS decoded: the flood waits, or is dropped, there, by its share.
+    from egressd.config import parse_config
+    from egressd.sources.netflow_worker import Worker
+
+    config = parse_config(research_config(netflow="127.0.0.1:0") + "queue_size = 1000\n")
+    worker = Worker(config, config.sources.netflow[0])
+    kernel = _KernelBuffer(500)  # a flood of 5x what the worker decodes: 320 per batch
+    network = _Network(kernel, flood=5, every=8, sends=100)
+    worker.decoder = network.decoding(worker.decoder)
+    while network.sent < network.sends or kernel.held or worker.backlog:
+        worker.receive(kernel)  # type: ignore[arg-type]
+    assert network.decoded[EXPORTER] == network.sent == 100
+    assert kernel.dropped[EXPORTER] == 0
+    assert worker.dropped["exporter_over_share"] > 0  # the flood's excess, counted
+    assert worker.frame()  # and reported to the daemon
+
+
+async def _collector_under_flood(source: Any, network: _Network) -> None:
+    """The collector's decoder task, and the event loop's reading of the socket when it gets
+    a turn (once per turn, as the loop calls a reader), until the flood ends."""
+
+    class Sink:
+        def submit(self, records: Any) -> None: ...
+
+        def submit_columns(self, columns: Any) -> None: ...
+
+    source._sink = Sink()
+    source._ready_event = asyncio.Event()
+    source.decoder = network.decoding(source.decoder)
+    decoding = asyncio.ensure_future(source._decode_loop())
+    try:
+        while network.sent < network.sends or network.kernel.held or source._queue:
+            source._readable()
+            await asyncio.sleep(0)
+    finally:
+        decoding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await decoding
+
+
+def test_a_flooding_exporter_leaves_room_for_the_others_in_the_socket_buffer() -> None:
+    # The queue's share rule was never reached: the decoder task decoded the queue without
+    # a turn of the loop until it was empty, so the socket was read only a burst at a time
+    # between, and under a flood the kernel's buffer stayed full and dropped whatever came
+    # (here 78% of the other exporter's datagrams; 22% against one loopback flood sender).
+    # Now the task reads the socket into the queue between batches of BATCH_DATAGRAMS.
+    from egressd.config import NetflowSourceConfig
+    from egressd.sources.netflow import NetflowSource
+
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0", queue_size=2_000))
+    kernel = _KernelBuffer(500)
+    network = _Network(kernel, flood=5, every=8, sends=100)
+    source._sock = kernel  # type: ignore[assignment]
+    asyncio.run(_collector_under_flood(source, network))
+    assert network.decoded[EXPORTER] == network.sent == 100
+    assert kernel.dropped[EXPORTER] == 0
+    assert source.stats.dropped["exporter_over_share"] > 0
+
+
+def test_a_queued_datagram_takes_a_slot_per_9000_bytes() -> None:
+    # The queue is counted in datagrams; now that a flood fills it, 10,000 datagrams of 64 kB
+    # would hold 640 MB. A datagram takes a slot per SLOT_BYTES (one for most), so the queue
+    # holds at most queue_size x SLOT_BYTES bytes.
+    from egressd.config import NetflowSourceConfig
+    from egressd.sources.netflow import SLOT_BYTES, NetflowSource
+
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0", queue_size=100))
+    large = [(bytes(65_000), (FLOODER, 2055)) for _ in range(20)]
+    small = [(bytes(1_400), (EXPORTER, 2055)) for _ in range(30)]
+    source._sock = _ScriptedSocket(large + small)  # type: ignore[assignment]
+    source._readable()
+    held = sum(len(data) for data, _host, _now in source._queue)
+    assert held <= 100 * SLOT_BYTES
+    queued = [host for _data, host, _now in source._queue]
+    assert queued.count(FLOODER) == 10  # 80 slots: it may not take more past 75
+    assert source.stats.dropped["exporter_over_share"] == 10
+    assert queued.count(EXPORTER) == 20  # the rest is still the others'
+    assert source.stats.dropped["queue_full"] == 10
+    source.take(100)
+    assert source._slots == 0 and not source._queued_by

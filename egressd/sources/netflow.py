@@ -1,11 +1,13 @@
 """The NetFlow v5/v9 and IPFIX UDP collector: one socket per configured listen address.
 
 When the socket is readable, a burst of datagrams (until it would block, at most
-:data:`_BURST`) is read, filtered by exporter and queued; a decoder task drains the bounded
-queue, decodes what it drained into columns (the sets of one template read together) and
-submits them to the engine as one batch once :data:`_SUBMIT_FLOWS` flows are decoded and
-no more datagrams wait (else up to :data:`_SUBMIT_BUSY_FLOWS`), or :data:`_SUBMIT_DELAY`
-seconds passed. A full queue drops datagrams and counts them.
+:data:`_BURST`) is read, filtered by exporter and queued (one exporter fills at most three
+quarters of the queue); a decoder task reads the socket the same way before each batch of
+:data:`BATCH_DATAGRAMS` it takes off the bounded queue, decodes what it took into columns
+(the sets of one template read together) and submits them to the engine as one batch once
+:data:`_SUBMIT_FLOWS` flows are decoded and no more datagrams wait (else up to
+:data:`_SUBMIT_BUSY_FLOWS`), or :data:`_SUBMIT_DELAY` seconds passed. A full queue
+drops datagrams and counts them.
 
 The queue is a plain deque with an event that wakes the decoder task, not an
 ``asyncio.Queue``: at tens of thousands of datagrams a second its put, get and task_done
@@ -45,10 +47,17 @@ _SUBMIT_BUSY_FLOWS = 8192
 #: per batch (a fixed part per call) is paid per thousand flows, not per datagram, even at
 #: low rates, and flows wait at most this long
 _SUBMIT_DELAY = 0.1
-#: decode at most this many queued datagrams before yielding to the loop
-_BATCH_DATAGRAMS = 256
+#: decode at most this many queued datagrams before reading the socket again (and yielding)
+BATCH_DATAGRAMS = 64
 #: read at most this many datagrams per readiness of the socket before yielding to the loop
 _BURST = 256
+#: bursts read at most between two decode batches: the socket is read far faster than its
+#: datagrams are decoded, so a flood waits (or is dropped) in the queue, by its share, and
+#: not in the kernel's buffer, which drops whatever arrives when full, from any exporter
+_DRAIN_BURSTS = 16
+#: a queued datagram takes a slot of the queue per this many bytes (one for most): the queue
+#: holds at most ``queue_size`` x this many bytes (90 MB at the default), whatever their sizes
+SLOT_BYTES = 9_000
 #: the largest UDP payload
 _MAX_DATAGRAM = 65535
 _EXPORTER_CACHE = 4096
@@ -112,6 +121,7 @@ class NetflowSource:
         "_ready",
         "_ready_event",
         "_sink",
+        "_slots",
         "_sock",
         "_task",
         "bound",
@@ -148,7 +158,8 @@ class NetflowSource:
         #: datagrams read and not yet decoded (at most ``config.queue_size``)
         self._queue: collections.deque[Datagram] = collections.deque()
         self._queue_size = max(1, config.queue_size)
-        #: datagrams in the queue per exporter address (see :meth:`_readable`)
+        #: queue slots taken in all and per exporter address (see :meth:`_readable`)
+        self._slots = 0
         self._queued_by: dict[str, int] = {}
         #: set when datagrams are queued for the decoder task
         self._ready_event: asyncio.Event | None = None
@@ -331,15 +342,16 @@ class NetflowSource:
 
     # -- receive path (socket callback) -------------------------------------------------------
 
-    def _readable(self) -> None:
-        """Read what the socket holds, up to :data:`_BURST` datagrams (the loop's callback)."""
+    def _readable(self) -> int:
+        """Read what the socket holds, up to :data:`_BURST` datagrams (the loop's callback);
+        how many were read."""
         sock = self._sock
         if sock is None:
-            return
+            return 0
         recvfrom = sock.recvfrom
         queue = self._queue
         append = queue.append
-        room = self._queue_size - len(queue)
+        room = self._queue_size - self._slots
         allowed_of = self._exporters.get
         stats = self.stats
         # The queue's last quarter goes only to exporters holding less than an equal share
@@ -358,20 +370,22 @@ class NetflowSource:
                 allowed = allowed_of(host)
                 if allowed is None:
                     allowed = self._check_exporter(host)
+                size = len(data)
+                slots = 1 if size <= SLOT_BYTES else -(-size // SLOT_BYTES)
                 if not allowed:
                     stats.drop("exporter_not_allowed")
-                elif room > reserve:
+                elif room - slots >= reserve:
                     append((data, host, now))
-                    room -= 1
-                    queued_by[host] = queued_by.get(host, 0) + 1
-                elif room > 0:
+                    room -= slots
+                    queued_by[host] = queued_by.get(host, 0) + slots
+                elif room >= slots:
                     held = queued_by.get(host, 0)
                     if held * len(queued_by) >= alone:
                         stats.drop("exporter_over_share")
                     else:
                         append((data, host, now))
-                        room -= 1
-                        queued_by[host] = held + 1
+                        room -= slots
+                        queued_by[host] = held + slots
                 else:
                     stats.drop("queue_full")
         except (BlockingIOError, InterruptedError):
@@ -380,8 +394,36 @@ class NetflowSource:
             self.stats.drop("socket_error")
         finally:
             stats.units += read
+            self._slots = self._queue_size - room
             if queue and self._ready_event is not None:
                 self._ready_event.set()
+        return read
+
+    def drain(self) -> None:
+        """Read what the socket holds (up to :data:`_DRAIN_BURSTS` bursts) into the queue."""
+        readable = self._readable
+        for _ in range(_DRAIN_BURSTS):
+            if readable() < _BURST:
+                return
+
+    def take(self, count: int) -> list[Datagram]:
+        """Up to ``count`` datagrams off the queue, oldest first."""
+        queue = self._queue
+        popleft = queue.popleft
+        items = [popleft() for _ in range(min(len(queue), count))]
+        queued_by = self._queued_by
+        taken = 0
+        for data, host, _received in items:
+            size = len(data)
+            slots = 1 if size <= SLOT_BYTES else -(-size // SLOT_BYTES)
+            taken += slots
+            left = queued_by[host] - slots
+            if left:
+                queued_by[host] = left
+            else:
+                del queued_by[host]
+        self._slots -= taken
+        return items
 
     def _check_exporter(self, host: str) -> bool:
         exporter = _exporter_text(host)
@@ -403,8 +445,8 @@ class NetflowSource:
         ready = self._ready_event
         sink = self._sink
         assert ready is not None and sink is not None
-        popleft = queue.popleft
-        queued_by = self._queued_by
+        take = self.take
+        drain = self.drain
         decode = self.decoder.decode_columns_batch
         submit = columns_submitter(sink)
         stats = self.stats
@@ -439,13 +481,10 @@ class NetflowSource:
                 continue
             if not held:
                 due = time.monotonic() + _SUBMIT_DELAY
-            items = [popleft() for _ in range(min(len(queue), _BATCH_DATAGRAMS))]
-            for _data, host, _received in items:
-                left = queued_by[host] - 1
-                if left:
-                    queued_by[host] = left
-                else:
-                    del queued_by[host]
+            # What came since the last batch goes to the queue, by its share, before the
+            # kernel's buffer fills (the loop's callback runs only once the queue is empty)
+            drain()
+            items = take(BATCH_DATAGRAMS)
             held += len(items)
             self._held = held
             # one decoding for the lot: sets of one template are read together
@@ -465,7 +504,12 @@ class NetflowSource:
                 flows += len(columns)
             if flows >= _SUBMIT_BUSY_FLOWS:
                 flush()
-            elif flows >= _SUBMIT_FLOWS and not queue:
+            if queue:
+                # Reading the socket between batches keeps the queue from emptying under a
+                # flood: a turn of the loop per batch for everything else on it (HTTP, state
+                # saves, the watchdog)
+                await asyncio.sleep(0)
+            elif flows >= _SUBMIT_FLOWS:
                 # Enough for a batch: let the socket callback run once; when nothing more
                 # came (a collector keeping up), submit now, else decode on into a bigger one
                 await asyncio.sleep(0)

@@ -38,7 +38,7 @@ from egressd.errors import DecodeError
 from egressd.partials import PartialCounter, encode_partials
 from egressd.pipeline import EngineStats
 from egressd.replay import build_labeler
-from egressd.sources.netflow import NetflowSource
+from egressd.sources.netflow import BATCH_DATAGRAMS, NetflowSource
 
 FRAME = struct.Struct("!IB")
 HEADER = struct.Struct("!I")
@@ -52,8 +52,6 @@ KIND_PARTIALS = 3
 FLUSH_EVERY = 0.25
 #: seconds a stopping worker goes on reading what its socket holds
 STOP_DRAIN = 2.0
-#: datagrams read from the socket at most per readiness
-_DRAIN = 256
 #: flows decoded before they are counted (as one batch; a partials frame counts the rest)
 _COUNT_FLOWS = 1024
 #: metrics of the single-process source that belong to the daemon's sockets, not a worker
@@ -126,7 +124,6 @@ class Worker:
         "config",
         "counter",
         "decoder",
-        "dropped",
         "errors",
         "filter",
         "geo_loading",
@@ -137,11 +134,11 @@ class Worker:
         "rebuilding",
         "records",
         "reload_errors",
-        "units",
     )
 
     def __init__(self, config: Config, netflow: NetflowSourceConfig) -> None:
-        # The exporter filter and its cache are the single-process source's own code.
+        # The exporter filter, its cache and the queue with its per-exporter share are the
+        # single-process source's own code.
         self.filter = NetflowSource(netflow, "worker")
         self.decoder = self.filter.decoder
         self.config = config
@@ -149,10 +146,8 @@ class Worker:
         self.counter = PartialCounter(config, self.labeler)
         self.pending: list[FlowColumns] = []
         self.pending_flows = 0
-        self.units = 0
         self.records = 0
         self.errors: dict[str, int] = {}
-        self.dropped: dict[str, int] = {}
         self.next_geo = time.monotonic() + config.geo.watch_interval
         #: changed geo files being loaded beside the receive loop, and for which labeler
         self.geo_loading: tuple[CompositeLabeler, Future[list[LoadedFile]]] | None = None
@@ -220,28 +215,35 @@ class Worker:
         if isinstance(current, CompositeLabeler):
             self.geo_loading = (current, _GEO_LOADER.submit(current.load_changed))
 
+    @property
+    def units(self) -> int:
+        """Datagrams read from the socket."""
+        return self.filter.stats.units
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Datagrams read and dropped, by reason (not allowed, over its share, queue full)."""
+        return dict(self.filter.stats.dropped)
+
+    @property
+    def backlog(self) -> int:
+        """Datagrams read and not decoded yet."""
+        return len(self.filter._queue)
+
     def receive(self, sock: socket.socket) -> None:
-        """Read what the socket holds (up to :data:`_DRAIN` datagrams), decode, count."""
-        check = self.filter._check_exporter
-        exporters = self.filter._exporters
-        wall = time.time
-        datagrams: list[tuple[bytes, str, float]] = []
-        for _ in range(_DRAIN):
-            try:
-                data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            self.units += 1
-            host = str(addr[0])
-            allowed = exporters.get(host)
-            if allowed is None:
-                allowed = check(host)
-            if not allowed:
-                self.dropped["exporter_not_allowed"] = (
-                    self.dropped.get("exporter_not_allowed", 0) + 1
-                )
-                continue
-            datagrams.append((data, _exporter_text(host), wall()))
+        """Read what the socket holds into the queue (at most three quarters of it per
+        exporter), then decode up to :data:`BATCH_DATAGRAMS` of it and count.
+
+        Before, a worker read 256 datagrams and decoded them, so its socket's buffer was its
+        queue: a flood from one exporter kept it full and the kernel dropped whatever came,
+        from any exporter (half of a real exporter's datagrams, against one flooding sender
+        on the same worker). Reading is ~50x cheaper than decoding, so now the flood waits in
+        the queue by its share and its excess is dropped there, counted."""
+        source = self.filter
+        source._sock = sock
+        source.drain()
+        items = source.take(BATCH_DATAGRAMS)
+        datagrams = [(data, _exporter_text(host), now) for data, host, now in items]
         if datagrams:
             # one decoding for the lot: sets of one template are read together
             columns, failed = self.decoder.decode_columns_batch(datagrams)
@@ -319,9 +321,12 @@ def serve(udp: socket.socket, control: socket.socket) -> int:
     next_flush = time.monotonic() + FLUSH_EVERY
     while True:
         now = time.monotonic()
-        for key, _events in selector.select(max(0.0, next_flush - now)):
+        # While datagrams are queued, a batch is decoded per turn, the socket read between.
+        wait = 0.0 if worker.backlog else max(0.0, next_flush - now)
+        readable = False
+        for key, _events in selector.select(wait):
             if key.data == "udp":
-                worker.receive(udp)
+                readable = True
                 continue
             frame = read_frame(control)
             if frame is None:
@@ -337,10 +342,12 @@ def serve(udp: socket.socket, control: socket.socket) -> int:
                 while time.monotonic() < deadline:
                     before = worker.units
                     worker.receive(udp)
-                    if worker.units == before:
+                    if worker.units == before and not worker.backlog:
                         break
                 write_frame(control, KIND_PARTIALS, worker.frame())
                 return 0
+        if readable or worker.backlog:
+            worker.receive(udp)
         now = time.monotonic()
         if now >= next_flush:
             write_frame(control, KIND_PARTIALS, worker.frame())  # counted the old way
