@@ -477,3 +477,31 @@ def test_a_queued_datagram_takes_a_slot_per_9000_bytes() -> None:
     assert source.stats.dropped["queue_full"] == 10
     source.take(100)
     assert source._slots == 0 and not source._queued_by
+
+
+def test_a_flood_from_forged_addresses_leaves_the_queue_reserve_to_proven_exporters() -> None:
+    # The queue's last quarter went to any exporter holding less than an equal share: a
+    # flood from many forged addresses, each holding one datagram, filled it too, and every
+    # real exporter's datagrams were dropped as queue_full. Once some exporters are proven
+    # (flows decoded from their datagrams 30 s apart), it goes only to those.
+    from egressd.config import NetflowSourceConfig
+    from egressd.sources.netflow import NetflowSource
+    from tests.netflow_builders import v5_datagram
+
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0", queue_size=100))
+    record = (bytes([10, 20, 0, 17]), bytes([47, 100, 23, 45]), 1, 1000, 0, 0, 1, 2, 6)
+    now = time.time()
+    for at in (now - 31, now):
+        v5 = v5_datagram([record], uptime_ms=1000, unix_secs=int(at))
+        assert len(source.decoder.decode(v5, EXPORTER, at)) == 1
+    assert source.decoder.is_proven(EXPORTER)
+    flood = [(b"F", (f"10.0.{n >> 8}.{n & 255}", 2055)) for n in range(300)]
+    legit = [(b"L%d" % n, (EXPORTER, 2055)) for n in range(5)]
+    for burst in (flood[:256], flood[256:] + legit):
+        source._sock = _ScriptedSocket(burst)  # type: ignore[assignment]
+        source._readable()
+    queued = [host for _data, host, _now in source._queue]
+    assert queued.count(EXPORTER) == 5
+    assert len(queued) == 80
+    assert source.stats.dropped["exporter_not_proven"] == 225
+    assert source.stats.dropped.get("queue_full", 0) == 0

@@ -356,8 +356,11 @@ class NetflowSource:
         stats = self.stats
         # The queue's last quarter goes only to exporters holding less than an equal share
         # of the rest: one exporter (a looping one, or a flood from an allowed address) can
-        # fill no more than three quarters, and the others' datagrams still get in.
+        # fill no more than three quarters, and the others' datagrams still get in. Once
+        # some exporters are proven (see the decoder), only to those: a flood from many
+        # forged addresses, each holding little, would fill it too.
         queued_by = self._queued_by
+        decoder = self.decoder
         reserve = self._queue_size // 4
         alone = self._queue_size - reserve
         now = self._clock()  # one receive time for the burst: it is read in microseconds
@@ -380,7 +383,14 @@ class NetflowSource:
                     queued_by[host] = queued_by.get(host, 0) + slots
                 elif room >= slots:
                     held = queued_by.get(host, 0)
-                    if held * len(queued_by) >= alone:
+                    holders = len(queued_by)
+                    proven = decoder.proven_exporters
+                    if proven:  # (an equal share among those that may be proven)
+                        if not decoder.is_proven(_exporter_text(host)):
+                            stats.drop("exporter_not_proven")
+                            continue
+                        holders = min(holders, proven)
+                    if held * holders >= alone:
                         stats.drop("exporter_over_share")
                     else:
                         append((data, host, now))

@@ -175,6 +175,10 @@ class NetflowDecoder:
         """Exporters proven (see ``proven.py``) and held."""
         return len(self._proven)
 
+    def is_proven(self, exporter: str) -> bool:
+        """Whether ``exporter`` is proven (see ``proven.py``)."""
+        return exporter in self._proven.held
+
     def decode(self, datagram: bytes, exporter: str, now: float) -> list[FlowRecord]:
         """Flow records of one export datagram from ``exporter`` received at ``now``."""
         stats = self.stats
@@ -255,7 +259,10 @@ class NetflowDecoder:
         try:
             buf = bytes(datagram)
             if len(buf) >= 2 and buf[0] == 0 and buf[1] == 5:
-                parts.append(v5_columns(buf, exporter))
+                columns = v5_columns(buf, exporter)
+                parts.append(columns)
+                if len(columns) and exporter not in self._proven.held:
+                    self._saw_data(exporter, now)
             else:
                 self._parts = parts
                 records = self._decode(buf, exporter, now)
@@ -304,7 +311,10 @@ class NetflowDecoder:
             raise DecodeError("truncated_header", f"{len(buf)} bytes")
         version = (buf[0] << 8) | buf[1]
         if version == 5:
-            return decode_v5(buf, exporter, self._addr_cache)
+            records = decode_v5(buf, exporter, self._addr_cache)
+            if records and exporter not in self._proven.held:
+                self._saw_data(exporter, now)
+            return records
         self._templates.sweep(now)
         self._pending.sweep(now)
         if version == 9:

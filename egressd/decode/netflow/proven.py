@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from egressd.cache import BoundedCache
 
-#: an exporter is proven once flows of its were decoded (their template held) from
-#: datagrams received this many seconds apart: a sender forging ever-new addresses never is
+#: an exporter is proven once flows of its were decoded (NetFlow v5, or v9/IPFIX with their
+#: template held) from datagrams received this many seconds apart: a sender forging ever-new
+#: addresses never is
 PROVEN_AFTER = 30.0
 #: proven exporters held at most; past it, those holding no template (all expired or
 #: evicted) make room
