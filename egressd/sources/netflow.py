@@ -92,6 +92,19 @@ def _exporter_text(host: str) -> str:
     return host.partition("%")[0]
 
 
+def _address_ranges(
+    networks: tuple[IPNetwork, ...],
+) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+    """(first, last) address numbers of ``networks``: the IPv4 ones, the IPv6 ones."""
+    v4 = tuple(
+        (int(n.network_address), int(n.broadcast_address)) for n in networks if n.version == 4
+    )
+    v6 = tuple(
+        (int(n.network_address), int(n.broadcast_address)) for n in networks if n.version == 6
+    )
+    return v4, v6
+
+
 def resolve_listen(name: str, listen: str) -> tuple[int, int, int, Any]:
     """Family, socket type, protocol and address to bind the UDP listener ``listen`` to."""
     host, port = split_host_port(listen)
@@ -152,7 +165,12 @@ class NetflowSource:
         )
         self.decoder_stats = self.decoder.stats
         self._clock = clock
-        self._allowed: tuple[IPNetwork, ...] | None = config.allowed_exporters
+        #: the allowed exporters as (first, last) address numbers, IPv4 and IPv6; None: any
+        self._allowed: tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] | None = (
+            _address_ranges(config.allowed_exporters)
+            if config.allowed_exporters is not None
+            else None
+        )
         #: exporter address text -> allowed (bounded cache; parsing per datagram is costly)
         self._exporters: BoundedCache[str, bool] = BoundedCache(_EXPORTER_CACHE)
         #: datagrams read and not yet decoded (at most ``config.queue_size``)
@@ -436,16 +454,26 @@ class NetflowSource:
         return items
 
     def _check_exporter(self, host: str) -> bool:
-        exporter = _exporter_text(host)
-        if self._allowed is None:
-            allowed = True
-        else:
+        """Whether ``host`` (not in the cache) is allowed; cached. Each address of a flood
+        from forged ones comes here: parsed with ``inet_pton`` and compared as a number, it
+        costs ~1 us (``ipaddress`` and its networks' ``in``: ~6 us, 13 times a cached one)."""
+        allowed = True
+        if self._allowed is not None:
+            exporter = _exporter_text(host)
             try:
-                address = ipaddress.ip_address(exporter)
-            except ValueError:
-                allowed = False
-            else:
-                allowed = any(address in network for network in self._allowed)
+                value = int.from_bytes(socket.inet_pton(socket.AF_INET, exporter), "big")
+                ranges = self._allowed[0]
+            except OSError:
+                try:
+                    value = int.from_bytes(socket.inet_pton(socket.AF_INET6, exporter), "big")
+                    ranges = self._allowed[1]
+                except OSError:
+                    ranges = ()
+            allowed = False
+            for first, last in ranges:
+                if first <= value <= last:
+                    allowed = True
+                    break
         return self._exporters.store(host, allowed)
 
     # -- decoder task ------------------------------------------------------------------------
