@@ -657,3 +657,21 @@ def test_a_datagram_of_thousands_of_sets_is_read_up_to_a_bound() -> None:
     padded = ipfix_datagram([*tiny[:sets], bytes(64)], export_secs=0)
     assert len(decoder.decode(padded, LEGIT, start)) == sets
     assert decoder.stats.set_errors["too_many_sets"] == 22
+
+
+def test_the_shared_template_budget_refills_after_the_clock_steps_back() -> None:
+    # The shared budget refilled only once the clock passed the last time it was worked out:
+    # emptied by a flood just before the receive clock stepped back an hour, it stayed empty
+    # for that hour, and no exporter not proven had a new template read.
+    decoder = NetflowDecoder()
+    for seed in range(60):  # drain the part of the shared budget open to all, at NOW
+        flood = template_set(_changing_templates(seed, 100), ipfix=True)
+        decoder.decode(ipfix_datagram([flood], export_secs=0), _forged(seed), NOW)
+    assert decoder.stats.set_errors["shared_template_budget"] > 0
+    earlier = NOW - 3_600
+    new = ipfix_datagram([template_set({256: FIELDS}, ipfix=True)], export_secs=0)
+    decoder.decode(new, "192.0.2.9", earlier)  # no refill for going back ...
+    refused = decoder.stats.set_errors["shared_template_budget"]
+    decoder.decode(new, "192.0.2.10", earlier + 5)  # ... but from then on
+    assert decoder.stats.set_errors["shared_template_budget"] == refused
+    assert decoder._templates.held(("192.0.2.10", 10, 0, 256)) is not None

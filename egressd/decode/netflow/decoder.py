@@ -644,12 +644,14 @@ class NetflowDecoder:
         if budget[0] < fields:
             return False
         shared = self._shared_budget
-        if now > shared[1]:  # a clock going back refills nothing, nor later
+        if now > shared[1]:
             shared[0] = min(
                 float(SHARED_TEMPLATE_FIELDS_BURST),
                 shared[0] + (now - shared[1]) * SHARED_TEMPLATE_FIELDS_PER_SECOND,
             )
-            shared[1] = now
+        # A clock going back refills nothing, and refills from then on: left at the later
+        # time, an emptied budget stayed empty for as long as the clock had gone back.
+        shared[1] = now
         cost = fields + TEMPLATE_COST_FIELDS
         floor = 0.0 if exporter in self._proven.held else SHARED_TEMPLATE_RESERVE
         if shared[0] - cost < floor:
