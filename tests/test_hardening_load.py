@@ -553,3 +553,82 @@ def test_datagrams_from_forged_addresses_are_refused_at_little_more_than_a_known
         ("not an address", False),
     ):
         assert source._check_exporter(host) is expected, host
+
+
+def test_flows_are_submitted_on_time_while_a_flood_keeps_the_queue_full() -> None:
+    # Flows decoded waited until _SUBMIT_FLOWS of them were decoded and the queue was empty,
+    # or _SUBMIT_DELAY passed, checked only once the queue was empty. Now that the socket is
+    # read between batches, a flood of datagrams that give no flows (templates, empty sets)
+    # kept the queue from emptying, and a real exporter's flows were held, unseen by the
+    # engine, for as long as it lasted. The collector's clock here moves 10 ms per batch.
+    from egressd import sources
+    from egressd.config import NetflowSourceConfig
+    from egressd.sources.netflow import NetflowSource
+    from tests.netflow_builders import ipfix_datagram
+
+    class Clock:
+        now = 1000.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+        def time(self) -> float:
+            return time.time()
+
+    clock = Clock()
+    submitted: list[int] = []
+
+    class Sink:
+        def submit(self, records: Any) -> None: ...
+
+        def submit_columns(self, columns: Any) -> None:
+            submitted.append(network.sent)  # how far the flood had gone
+
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0", queue_size=2_000))
+    kernel = _KernelBuffer(500)
+    network = _Network(kernel, flood=2, every=1_000_000, sends=0)
+    network.flood_datagram = ipfix_datagram([], export_secs=0)  # no flows
+    kernel.held.clear()
+    kernel.arrive(exfil_datagram(time.time(), 1_000, 0), EXPORTER)
+    for _ in range(400):
+        kernel.arrive(network.flood_datagram, FLOODER)
+    flood_left = [20_000]
+    paced = network.decoding(source.decoder)
+
+    class Decoder:
+        def decode_columns_batch(self, datagrams: Any) -> Any:
+            datagrams = list(datagrams)
+            clock.now += 0.01
+            for _ in range(2 * len(datagrams)):
+                if flood_left[0]:
+                    flood_left[0] -= 1
+                    kernel.arrive(network.flood_datagram, FLOODER)
+            network.sent = 20_000 - flood_left[0]
+            return paced.decode_columns_batch(datagrams)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(paced, name)
+
+    async def run() -> None:
+        source._sink = Sink()
+        source._ready_event = asyncio.Event()
+        source._sock = kernel  # type: ignore[assignment]
+        source.decoder = Decoder()  # type: ignore[assignment]
+        decoding = asyncio.ensure_future(source._decode_loop())
+        try:
+            while flood_left[0] or kernel.held or source._queue:
+                source._readable()
+                await asyncio.sleep(0)
+        finally:
+            decoding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await decoding
+
+    original = sources.netflow.time
+    sources.netflow.time = clock  # type: ignore[assignment]
+    try:
+        asyncio.run(run())
+    finally:
+        sources.netflow.time = original
+    assert network.decoded[EXPORTER] == 1
+    assert submitted and submitted[0] < 20_000, submitted  # while the flood went on

@@ -544,8 +544,11 @@ class NetflowSource:
                 flush()
             if queue:
                 # Reading the socket between batches keeps the queue from emptying under a
-                # flood: a turn of the loop per batch for everything else on it (HTTP, state
-                # saves, the watchdog)
+                # flood: flows decoded wait at most _SUBMIT_DELAY all the same (a flood of
+                # datagrams giving none held them for as long as it lasted), and a turn of
+                # the loop per batch for everything else on it (HTTP, state saves, watchdog)
+                if held and time.monotonic() >= due:
+                    flush()
                 await asyncio.sleep(0)
             elif flows >= _SUBMIT_FLOWS:
                 # Enough for a batch: let the socket callback run once; when nothing more
