@@ -3,6 +3,7 @@ beyond a key's peak, new destination networks, and exact egress counters across 
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from egressd.config import parse_config
@@ -364,6 +365,62 @@ def test_a_grab_far_beyond_a_large_groups_own_scale_still_pages() -> None:
     flows.append(_flow(2 * DAY + 11 * HOUR + 250, US, 6 * GB))
     fired = [a for a in _run(engine, flows) if a.state == FIRING]
     assert _firing(fired) == ["EgressVolumeSpike US"]
+
+
+#: peer-to-peer: the group's traffic spread thinly over eight countries (AE AT AU BE BG BO BR CL)
+_PEERS = _COUNTRY_ADDRESSES[:8]
+P2P_CONFIG = research_config(
+    {"interval": "5m", "learning": "1d"}, countries=("AE", "AT", "AU", "BE", "BG", "BO", "BR", "CL")
+)
+
+
+def _swarm(bursts: int = 7) -> list[FlowRecord]:
+    """Three days of one 5-30 MB flow an interval to a peer in turn; from the second day every
+    six hours one peer (never the last) takes 0.95 GB in an interval: far beyond its own peak,
+    under the 1 GB excess floor, so none pages."""
+    flows = []
+    for i in range(3 * 288):
+        t = i * 300 + 100
+        flows.append(_flow(t, _PEERS[i % 8], (5 + (i * 7) % 26) * MB, src=f"10.20.1.{i % 200 + 1}"))
+    for k in range(bursts):
+        flows.append(_flow(DAY + k * 6 * HOUR + 250, _PEERS[k % 7], int(0.95 * GB)))
+    return flows
+
+
+@pytest.mark.parametrize(("size", "pages"), [(int(1.2 * GB), False), (4 * GB, True)])
+def test_where_a_groups_keys_go_far_beyond_their_peaks_a_burst_like_theirs_does_not_page(
+    size: int, pages: bool
+) -> None:
+    # A 1.2 GB burst to the last peer is 40 times its peak and 1.17 GB beyond it: on its own
+    # it would page, but the group's keys went 0.92 GB beyond theirs every six hours, so it
+    # must go 1.5 times that far. A bulk transfer to the same peer still pages.
+    engine = Engine(parse_config(P2P_CONFIG), EmbeddedCountryLabeler())
+    flows = [*_swarm(), _flow(2 * DAY + 20 * HOUR + 250, _PEERS[7], size, src="10.20.0.99")]
+    fired = _firing(_run(engine, flows))
+    assert fired == (["EgressVolumeSpike CL"] if pages else [])
+
+
+def test_excesses_are_learned_a_day_late_so_a_transfer_cannot_raise_its_own_bar() -> None:
+    # The same 0.95 GB steps, all within the last day (the lag): they teach the group nothing
+    # yet, and the 1.2 GB burst pages.
+    engine = Engine(parse_config(P2P_CONFIG), EmbeddedCountryLabeler())
+    flows = [flow for flow in _swarm(bursts=0) if flow.time_end < 2 * DAY + T0]
+    flows += [_flow(2 * DAY + k * HOUR + 250, _PEERS[k], int(0.95 * GB)) for k in range(6)]
+    flows.append(_flow(2 * DAY + 8 * HOUR + 250, _PEERS[7], int(1.2 * GB), src="10.20.0.99"))
+    flows.append(_flow(2 * DAY + 9 * HOUR, _PEERS[0], 10 * MB))  # closes the interval
+    assert _firing(_run(engine, flows)) == ["EgressVolumeSpike CL"]
+
+
+def test_a_groups_excesses_survive_a_restart() -> None:
+    engine = Engine(parse_config(P2P_CONFIG), EmbeddedCountryLabeler())
+    _run(engine, _swarm())
+    restored = Engine(parse_config(P2P_CONFIG), EmbeddedCountryLabeler())
+    restored.spikes.load_json(orjson.loads(orjson.dumps(engine.spikes.to_json())), {})
+    at = T0 + 3 * DAY
+    assert restored.spikes.excesses.excess("research", at) == pytest.approx(
+        engine.spikes.excesses.excess("research", at)
+    )
+    assert 0.85 * GB < restored.spikes.excesses.excess("research", at) < 0.95 * GB
 
 
 # -- new destination networks ---------------------------------------------------------------

@@ -12,7 +12,7 @@ import math
 
 from egressd.aggregate import Accum, AggregateKey, Bucket
 from egressd.baseline.grouprate import GroupRates
-from egressd.baseline.seasonal import Expectation, SeasonalBaselines, to_level
+from egressd.baseline.seasonal import PEAK_HALF_LIFE, Expectation, SeasonalBaselines, to_level
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
 from egressd.detect.base import Detector
@@ -47,6 +47,14 @@ BURST_MARGIN = 2.0
 BURST_MIN_SAMPLES = 500
 #: the rate of large intervals is measured over at most about this span (then halved)
 BURST_RATE_SPAN = 14 * 86400.0
+#: a spike must go this many times further beyond its key's peak than the group's keys lately
+#: went beyond theirs without paging (:class:`PeakExcesses`)
+EXCESS_MARGIN = 1.5
+#: an interval's excess over its key's peak is learned this long after it (a transfer in
+#: progress cannot raise its own bar), unless a spike of its group pages meanwhile
+EXCESS_LAG = 86400.0
+#: the most excesses a group holds back while their lag runs (the largest kept)
+_EXCESS_PENDING = 16
 _DAY = 86400.0
 _RATIO_STEPS = 8  # histogram bins per doubling
 _RATIO_LOW = -8  # log2 of the smallest ratio kept apart
@@ -167,10 +175,109 @@ class BurstRatios:
         return ratios
 
 
+class PeakExcesses:
+    """Per group: how far beyond their own peak its keys lately went without paging, in bytes.
+
+    Some groups spread their traffic over many keys that each carry little and seldom, such
+    as peer-to-peer traffic from a student network over sixty countries: a key's peak then
+    stands on few intervals, and ordinary bursts go several times beyond it, somewhere in the
+    group, every few days. What the group's keys have gone beyond their peaks lately says how
+    far a key of the group goes beyond its peak as a matter of course; a spike must go
+    :data:`EXCESS_MARGIN` times further. A steady group (an office's few keys) learns little
+    and keeps the configured floors.
+
+    Each group holds the largest excess learned (halving every :data:`PEAK_HALF_LIFE`, as the
+    peaks do). An excess is learned :data:`EXCESS_LAG` after its interval, and forgotten
+    unlearned if a spike of the group pages first: a transfer that is working up to a page
+    cannot raise the bar it must clear.
+    """
+
+    __slots__ = ("learned", "pending")
+
+    def __init__(self) -> None:
+        #: group -> (largest excess learned, when)
+        self.learned: dict[str, tuple[float, float]] = {}
+        #: group -> [(interval start, excess)] waiting for their lag, oldest first
+        self.pending: dict[str, list[tuple[float, float]]] = {}
+
+    def excess(self, group: str, event_time: float) -> float:
+        """The group's largest learned excess at ``event_time`` (0: none), its lag run out."""
+        waiting = self.pending.get(group)
+        if waiting and event_time - waiting[0][0] >= EXCESS_LAG:
+            due = [(t, x) for t, x in waiting if event_time - t >= EXCESS_LAG]
+            rest = [(t, x) for t, x in waiting if event_time - t < EXCESS_LAG]
+            if rest:
+                self.pending[group] = rest
+            else:
+                del self.pending[group]
+            for when, size in due:
+                if _decay(size, when, event_time) > self._decayed(group, event_time):
+                    self.learned[group] = (size, when)
+        return self._decayed(group, event_time)
+
+    def _decayed(self, group: str, event_time: float) -> float:
+        found = self.learned.get(group)
+        return 0.0 if found is None else _decay(*found, event_time)
+
+    def note(self, group: str, start: float, excess: float) -> None:
+        """An interval at ``start`` went ``excess`` bytes beyond its key's peak, not paging."""
+        if excess <= self._decayed(group, start):
+            return
+        waiting = self.pending.setdefault(group, [])
+        waiting.append((start, excess))
+        if len(waiting) > _EXCESS_PENDING:
+            waiting.remove(min(waiting, key=lambda item: item[1]))
+
+    def paged(self, group: str) -> None:
+        """A spike of ``group`` pages: what its keys did lately is not learned."""
+        self.pending.pop(group, None)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            group: [
+                *self.learned.get(group, (0.0, 0.0)),
+                [list(p) for p in self.pending.get(group, [])],
+            ]
+            for group in self.learned.keys() | self.pending.keys()
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> PeakExcesses:
+        """Read :meth:`to_json`'s form; malformed entries are skipped (a state from before
+        the excesses has none)."""
+        excesses = cls()
+        if not isinstance(data, dict):
+            return excesses
+        for group, entry in data.items():
+            if not (isinstance(group, str) and isinstance(entry, list) and len(entry) == 3):
+                continue
+            size, when, waiting = entry
+            if _finite(size) and _finite(when) and size > 0:
+                excesses.learned[group] = (float(size), float(when))
+            if isinstance(waiting, list):
+                kept = [
+                    (float(item[0]), float(item[1]))
+                    for item in waiting[-_EXCESS_PENDING:]
+                    if isinstance(item, list) and len(item) == 2 and all(map(_finite, item))
+                ]
+                if kept:
+                    excesses.pending[group] = sorted(kept)
+        return excesses
+
+
+def _decay(size: float, when: float, event_time: float) -> float:
+    """``size`` learned at ``when``, halved every :data:`PEAK_HALF_LIFE` until ``event_time``."""
+    return size * math.pow(0.5, max(event_time - when, 0.0) / PEAK_HALF_LIFE)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class VolumeSpikeDetector(Detector):
     """Bytes to an expected destination in one interval far above its seasonal baseline."""
 
-    __slots__ = ("_last", "rates", "ratios")
+    __slots__ = ("_last", "excesses", "rates", "ratios")
 
     def __init__(
         self,
@@ -187,6 +294,8 @@ class VolumeSpikeDetector(Detector):
         self._last: dict[AlertKey, AggregateKey] = {}
         #: how far above their seasonal level this network's large intervals go
         self.ratios = BurstRatios()
+        #: how far beyond their own peaks each group's keys lately went
+        self.excesses = PeakExcesses()
 
     def eligible(self, expectation: Expectation | None, start: float) -> bool:
         """A key at least a learning period old can call a spike (a young key cannot)."""
@@ -200,9 +309,11 @@ class VolumeSpikeDetector(Detector):
         seen: set[AlertKey] = set()
         # Bursts this network's large transfers show (before this interval adds its own).
         burst = max(BURST_MARGIN * self.ratios.quantile(BURST_QUANTILE), self.ratios.daily(start))
-        # Each group's floor factor, asked once per group and interval.
+        # Each group's floor factor and learned excess, asked once per group and interval.
         factors: dict[str, float] = {}
+        excesses: dict[str, float] = {}
         rates, scale_above = self.rates, config.spike_floors_scale_above
+        learned = self.excesses
         for key, accum in bucket.items():
             group, dest = key
             alert_key: AlertKey = (SPIKE, group, dest.key)
@@ -222,8 +333,15 @@ class VolumeSpikeDetector(Detector):
             factor = factors.get(group)
             if factor is None:
                 factor = factors[group] = rates.factor(group, scale_above)
-            fire, keep = self._conditions(accum.bytes, expectation, peak, burst, factor)
+            excess = excesses.get(group)
+            if excess is None:
+                excess = excesses[group] = learned.excess(group, start)
+            fire, keep = self._conditions(accum.bytes, expectation, peak, burst, factor, excess)
             seen.add(alert_key)
+            if fire:
+                learned.paged(group)
+            elif accum.bytes > peak and not active:
+                learned.note(group, start, accum.bytes - peak)
 
             def describe(
                 accum: Accum = accum,
@@ -253,7 +371,13 @@ class VolumeSpikeDetector(Detector):
         return changed
 
     def _conditions(
-        self, size: int, expectation: Expectation, peak: float, burst: float, factor: float = 1.0
+        self,
+        size: int,
+        expectation: Expectation,
+        peak: float,
+        burst: float,
+        factor: float = 1.0,
+        excess: float = 0.0,
     ) -> tuple[bool, bool]:
         """Fire: far above the seasonal level AND far beyond the key's own peak.
 
@@ -270,12 +394,15 @@ class VolumeSpikeDetector(Detector):
         The byte floors (``spike_min_bytes``, ``spike_min_excess``) are multiplied by
         ``factor``, the group's busy-interval egress over ``spike_floors_scale_above`` (at
         least 1): a group many times that size bursts by that much more as a matter of course.
+        And the bytes beyond the peak must be :data:`EXCESS_MARGIN` times ``excess``, the most
+        the group's keys lately went beyond their own peaks without paging
+        (:class:`PeakExcesses`).
         """
         config = self._config
         expected = expectation.bytes
         min_bytes = config.spike_min_bytes * factor
         beyond_peak = size >= config.spike_peak_ratio * peak and (
-            size - peak >= config.spike_min_excess * factor
+            size - peak >= max(config.spike_min_excess * factor, EXCESS_MARGIN * excess)
         )
         if expectation.observations >= config.spike_min_observations:
             deviation = to_level(size) - expectation.level
@@ -332,12 +459,17 @@ class VolumeSpikeDetector(Detector):
         return labels, annotations
 
     def to_json(self) -> dict[str, object]:
-        return {"last": [[k[0], k[1], k[2]] for k in self._last], "ratios": self.ratios.to_json()}
+        return {
+            "last": [[k[0], k[1], k[2]] for k in self._last],
+            "ratios": self.ratios.to_json(),
+            "excesses": self.excesses.to_json(),
+        }
 
     def load_json(self, data: object, intern: dict[str, DestinationLabels]) -> None:
         self._last = {}
         if isinstance(data, dict):
             self.ratios = BurstRatios.from_json(data.get("ratios"))
+            self.excesses = PeakExcesses.from_json(data.get("excesses"))
             data = data.get("last", [])
         if not isinstance(data, list):
             raise ValueError("malformed spike state")
