@@ -736,37 +736,62 @@ class Engine:
         texts = self._talker_texts
         if len(texts) > TALKER_TEXTS:
             texts.clear()
-        # (start, group code, destination code) -> accumulator, for this block
-        found: dict[tuple[float, int, int], Accum] = {}
-        src_hi = columns.src_hi[where]
-        dst_hi = columns.dst_hi[where]
+        # (the common block: its touched rows are one run, read through views, not copies)
+        first, stop = int(where[0]), int(where[-1]) + 1
+        rows = slice(first, stop) if stop - first == len(where) else where
+        # Late egress is counted for the block at once, outside the loop.
+        egress_rows = batch.egress[rows]
+        late_egress = late & egress_rows
+        if late_egress.any():
+            aggregator.late_records += int(np.count_nonzero(late_egress))
+            aggregator.late_bytes += exact_total(batch.sizes[where[late_egress]])
+        # Each row's (interval, group, destination) as one number, to find its accumulator
+        # in ``found`` (number -> accumulator, for this block). A block is mostly two
+        # intervals (it ends where one closes, the lateness after the next began): those are
+        # told apart by one comparison, without numpy's unique.
+        label_count = len(labels)
+        key_count = len(names) * label_count
+        codes = batch.group[rows] * label_count
+        codes += batch.dest[rows]
+        first_start = float(starts[0])
+        later = starts != first_start
+        if later.any():
+            second_start = float(starts[int(later.argmax())])
+            if bool((starts[later] == second_start).all()):
+                interval_starts = [first_start, second_start]
+                codes += later * key_count
+            else:
+                distinct, interval_codes = np.unique(starts, return_inverse=True)
+                interval_starts = distinct.tolist()
+                codes += interval_codes.reshape(-1) * key_count
+        else:
+            interval_starts = [first_start]
+        found: dict[int, Accum] = {}
+        src_hi = columns.src_hi[rows]
+        dst_hi = columns.dst_hi[rows]
         v6 = bool(src_hi.any() or dst_hi.any())
-        src_values = columns.src_lo[where].tolist()
-        dst_values = columns.dst_lo[where].tolist()
+        src_values = columns.src_lo[rows].tolist()
+        dst_values = columns.dst_lo[rows].tolist()
         if v6:
             src_values = [(h << 64) | v for h, v in zip(src_hi.tolist(), src_values, strict=True)]
             dst_values = [(h << 64) | v for h, v in zip(dst_hi.tolist(), dst_values, strict=True)]
-        late_records = late_bytes = 0
-        for start, group, dest, egress, size, packets, small, is_late, src, dst in zip(
-            starts.tolist(),
-            batch.group[where].tolist(),
-            batch.dest[where].tolist(),
-            batch.egress[where].tolist(),
-            batch.sizes[where].tolist(),
-            batch.packets[where].tolist(),
-            batch.small[where].tolist(),
-            late.tolist(),
+        for code, egress, size, packets, small, src, dst in zip(
+            codes.tolist(),
+            egress_rows.tolist(),
+            batch.sizes[rows].tolist(),
+            batch.packets[rows].tolist(),
+            batch.small[rows].tolist(),
             src_values,
             dst_values,
             strict=True,
         ):
-            code = (start, group, dest)
             accum = found.get(code)
             if accum is None:
+                start = interval_starts[code // key_count]
                 bucket = buckets.get(start)
                 if bucket is None:
                     bucket = aggregator.bucket(start)
-                key = (names[group], labels[dest])
+                key = (names[code % key_count // label_count], labels[code % label_count])
                 accum = bucket.get(key)
                 if accum is None:
                     if len(bucket) < max_keys:  # (IntervalAggregator.accum, inlined)
@@ -780,9 +805,6 @@ class Engine:
             if not egress:
                 accum.ingress += size
                 continue
-            if is_late:
-                late_records += 1
-                late_bytes += size
             accum.bytes += size
             accum.packets += packets
             accum.flows += 1
@@ -814,8 +836,6 @@ class Engine:
                 counts[text] = size
             else:
                 sketch.add(text, size)
-        aggregator.late_records += late_records
-        aggregator.late_bytes += late_bytes
 
     def apply_partials(
         self, partials: Iterable[Partial], event_time: float | None = None
