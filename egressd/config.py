@@ -73,6 +73,13 @@ class DetectionConfig:
     #: a group's unexpected egress summed over destinations pages at this many times a
     #: window's floor (fan-out: many destinations each under the floor)
     fanout_factor: float = 5.0
+    #: every byte floor of that rule (its windows', the fan-out sums', the least interval that
+    #: opens a window) shrinks for a group whose busy intervals (the 90% quantile of its egress,
+    #: per 5 minutes) carry less than this: times (that egress / this), at least
+    #: ``unexpected_floors_lowest_factor``; 0 keeps them absolute
+    unexpected_floors_scale_below: int = 500_000_000
+    #: 0.2: 20 MB an hour with the default floors, ``learn_min_bytes``
+    unexpected_floors_lowest_factor: float = 0.2
     #: egress flows averaging fewer bytes per packet than this are "small" (ACKs, requests)
     small_packet_bytes: int = 150
     #: small-packet egress to a destination counts only beyond this fraction of the
@@ -828,6 +835,12 @@ def _read_detection(t: _Table) -> DetectionConfig:
         unexpected_min_bytes=t.get("unexpected_min_bytes", d.unexpected_min_bytes, _size),
         unexpected_window=t.get("unexpected_window", d.unexpected_window, _positive_duration),
         fanout_factor=t.get("fanout_factor", d.fanout_factor, _positive_float),
+        unexpected_floors_scale_below=t.get(
+            "unexpected_floors_scale_below", d.unexpected_floors_scale_below, _size
+        ),
+        unexpected_floors_lowest_factor=t.get(
+            "unexpected_floors_lowest_factor", d.unexpected_floors_lowest_factor, _fraction
+        ),
         small_packet_bytes=t.get("small_packet_bytes", d.small_packet_bytes, _positive_int),
         ingress_return_fraction=t.get(
             "ingress_return_fraction", d.ingress_return_fraction, _fraction
@@ -879,6 +892,8 @@ def _read_detection(t: _Table) -> DetectionConfig:
         t.problem("new_destination_window", "must be at least one interval long")
     if cfg.spike_ratio <= 1:
         t.problem("spike_ratio", "must be greater than 1")
+    if cfg.unexpected_floors_lowest_factor <= 0:
+        t.problem("unexpected_floors_lowest_factor", "must be greater than 0 (at most 1)")
     if cfg.max_link_rate <= 0:
         t.problem("max_link_rate", "must be a positive size per second")
     t.done()

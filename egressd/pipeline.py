@@ -164,9 +164,11 @@ class Engine:
         )
         self.book = AlertBook(detection.pending_for, detection.resolve_after)
         options = LabelOptions(regions=labeler.has_regions, asn=labeler.has_asn)
-        self.unexpected = UnexpectedDestinationDetector(detection, self.policy, self.book, options)
         #: each group's busy-interval egress, the scale its byte floors follow
         self.group_rates = GroupRates()
+        self.unexpected = UnexpectedDestinationDetector(
+            detection, self.policy, self.book, options, self.group_rates
+        )
         self.spikes = VolumeSpikeDetector(
             detection, self.policy, self.book, options, self.group_rates
         )

@@ -777,6 +777,23 @@ MONTH_NEW_HOST_DAY = 15
 WINDOW_24H_FLOOR = 1_000_000_000
 FANOUT_FLOOR = 5 * UNEXPECTED_MIN_BYTES
 NEW_DESTINATION_FLOOR = 1_000_000_000
+#: a small group's unexpected-destination and new-network floors shrink to a fifth at least
+LEAST_FLOOR_FACTOR = 0.2
+_HOUR_FLOORS = {
+    "EgressUnexpectedDestination": UNEXPECTED_MIN_BYTES,
+    "EgressNewDestinationVolume": NEW_DESTINATION_FLOOR,
+}
+
+
+def least_page_bytes(expected: ExpectedAlert) -> float:
+    """The fewest bytes a page on ``expected`` can carry: the rule's floors shrink for a small
+    group, and a transfer sized for the day window may page on the hour window first."""
+    hour = _HOUR_FLOORS.get(expected.alertname)
+    if hour is None:
+        return expected.floor  # spike floors do not shrink
+    return LEAST_FLOOR_FACTOR * min(expected.floor, hour)
+
+
 #: networks in allowed countries that the background never uses
 FRESH_DE = ("88.99.1.1", "94.130.1.1", "159.69.1.1")
 MIRROR_JP = ("133.242.1.1", "153.127.1.1")

@@ -42,6 +42,12 @@ _COUNTRY_ADDRESSES = (
 CONFIG = research_config({"interval": "5m", "learning": "1d"}, countries=("US", "DE"))
 
 
+#: the unexpected-destination floors as configured: the test group's ~40 MB intervals would
+#: shrink them to a fifth (100 MB an hour to 20 MB), and the tests of the windows' mechanics
+#: are drawn for the configured ones
+ABSOLUTE = 'unexpected_floors_scale_below = "0"\n'
+
+
 def _engine(extra: str = "") -> Engine:
     return Engine(parse_config(CONFIG + extra), EmbeddedCountryLabeler())
 
@@ -111,6 +117,12 @@ def test_unexpected_windows_as_tables() -> None:
         ('[[detection.unexpected]]\nwindow = "1h"\n', "min_bytes"),
         ('[[detection.unexpected]]\nwindow = "1h"\nmin_bytes = "1MB"\nfloor = 3\n', "floor"),
         ("[detection]\ningress_return_fraction = 1.5\n", "ingress_return_fraction"),
+        ("[detection]\nunexpected_floors_scale_below = -1\n", "unexpected_floors_scale_below"),
+        ("[detection]\nunexpected_floors_lowest_factor = 0\n", "unexpected_floors_lowest_factor"),
+        (
+            "[detection]\nunexpected_floors_lowest_factor = 1.5\n",
+            "unexpected_floors_lowest_factor",
+        ),
     ],
 )
 def test_bad_unexpected_settings_name_the_key(text: str, key: str) -> None:
@@ -121,8 +133,79 @@ def test_bad_unexpected_settings_name_the_key(text: str, key: str) -> None:
 # -- unexpected destinations ---------------------------------------------------------------
 
 
-def test_a_slow_drip_pages_through_the_day_window_and_says_so() -> None:
+def _to_china(at: float, size: int) -> list[FlowRecord]:
+    """``size`` to China (never used by the group) in two intervals from ``at``."""
+    return [_flow(at + k * 300 + 150, CN, size // 2) for k in range(2)]
+
+
+@pytest.mark.parametrize("shrinking", [True, False])
+def test_a_small_groups_fifty_megabytes_to_a_new_country_pages(shrinking: bool) -> None:
+    # The group sends ~40 MB an interval (a lab of some dozen hosts): 50 MB in ten minutes to
+    # a country it never used is over a tenth of its busy hour. Its floors are a fifth of the
+    # configured ones (its 40 MB per 5 minutes is under a fifth of the 500 MB reference):
+    # 20 MB within an hour. Kept absolute ("0"), 100 MB an hour stays the floor.
+    engine = _engine("" if shrinking else ABSOLUTE)
+    fired = [a for a in _run(engine, _usual(2.5) + _to_china(2 * DAY + 3 * HOUR, 50 * MB))]
+    fired = [a for a in fired if a.state == FIRING]
+    if not shrinking:
+        assert fired == []
+        return
+    assert _firing(fired) == ["EgressUnexpectedDestination CN"]
+    assert engine.unexpected.factor("research") == pytest.approx(0.2)
+    description = fired[0].annotations["description"]
+    assert "(floor 20.00 MB per 1h: 100.00 MB scaled to the group's size" in description
+
+
+def test_a_small_groups_download_from_a_new_country_does_not_page() -> None:
+    # A CDN edge in China begins serving the small group: 40 MB an interval of downloads for
+    # three hours, and back to it 3 MB an interval of requests averaging 200 bytes a packet
+    # (not small packets): 36 MB an hour, over the group's 20 MB floor, but under a tenth of
+    # the ingress. The same egress without the download is an upload, and pages.
+    flows = _usual(2.5)
+    for k in range(36):
+        t = 2 * DAY + 3 * HOUR + k * 300 + 150
+        flows += [_flow(t, HOST, 40 * MB, src=CN), _flow(t + 1, CN, 3 * MB, packets=15_000)]
+    assert _firing(_run(_engine(), flows)) == []
+    uploads = [f for f in flows if f.src == HOST]
+    assert _firing(_run(_engine(), uploads)) == ["EgressUnexpectedDestination CN"]
+
+
+def test_a_large_groups_floors_stay_as_configured() -> None:
+    # ~800 MB an interval: over the reference, so 90 MB within an hour to a new country stays
+    # under the configured 100 MB, and 110 MB pages with it shown as the floor.
     engine = _engine()
+    flows = _usual(2.5, size=600 * MB) + _to_china(2 * DAY, 90 * MB)
+    flows += _to_china(2 * DAY + 6 * HOUR, 110 * MB)
+    fired = [a for a in _run(engine, flows) if a.state == FIRING]
+    assert _firing(fired) == ["EgressUnexpectedDestination CN"]
+    assert fired[0].starts_at == T0 + 2 * DAY + 6 * HOUR + 2 * 300
+    assert engine.unexpected.factor("research") == 1.0
+    assert "(floor 100.00 MB per 1h)." in fired[0].annotations["description"]
+
+
+def test_a_small_groups_floors_hold_across_a_restart() -> None:
+    # The state file keeps the group's rate: restored, its floors are the small ones at once
+    # (not the configured ones until the rate is learned again).
+    engine = _engine()
+    assert _firing(_run(engine, _usual(2.5))) == []
+    restored = _engine()
+    restored.restore(engine.snapshot())
+    assert restored.unexpected.rates is restored.group_rates
+    fired = _firing(_run(restored, _to_china(2 * DAY + 12 * HOUR, 50 * MB)))
+    assert fired == ["EgressUnexpectedDestination CN"]
+
+
+def test_a_small_groups_drip_pages_on_its_smaller_day_floor() -> None:
+    # 12 MB an hour (1 MB an interval) for a day: under the small group's 20 MB an hour, over
+    # its 200 MB a day (the configured 1 GB times a fifth).
+    drip = [_flow(2 * DAY + k * 300 + 150, CN, MB) for k in range(12 * 24)]
+    fired = [a for a in _run(_engine(), _usual(2.5) + drip) if a.state == FIRING]
+    assert _firing(fired) == ["EgressUnexpectedDestination CN"]
+    assert fired[0].annotations["window"] == "1d"
+
+
+def test_a_slow_drip_pages_through_the_day_window_and_says_so() -> None:
+    engine = _engine(ABSOLUTE)
     # 60 MB an hour to China: never 100 MB in an hour, 1 GB after ~17 hours.
     drip = [_flow(DAY + 2 * HOUR + k * 300, CN, 5 * MB) for k in range(12 * 30)]
     alerts = _run(engine, _usual(2.5) + drip)
@@ -145,7 +228,7 @@ def test_a_burst_pages_through_the_hour_window() -> None:
 
 
 def test_a_drip_that_paged_on_the_hour_stays_one_alert_while_it_goes_on() -> None:
-    engine = _engine()
+    engine = _engine(ABSOLUTE)
     # An hour of 110 MB pages on the hour window; the transfer then goes on at 40 MB an hour
     # (under half the hour's floor, but the day window's pace) until the day's sum passes 1 GB:
     # the same alert all along, not a resolve and a second page from the day window.
@@ -162,7 +245,7 @@ def test_a_drip_that_paged_on_the_hour_stays_one_alert_while_it_goes_on() -> Non
 
 
 def test_a_transfer_that_stopped_resolves_while_the_day_window_still_holds_it() -> None:
-    engine = _engine()
+    engine = _engine(ABSOLUTE)
     burst = [_flow(DAY + 3 * HOUR + k * 20, CN, 30 * MB) for k in range(10)]
     alerts = _run(engine, _usual(2.5) + burst)
     assert [a.state for a in alerts] == [FIRING, RESOLVED]
@@ -215,7 +298,7 @@ def test_an_upload_cannot_hide_behind_a_download() -> None:
 
 
 def test_fan_out_under_every_floor_pages_once_for_the_group() -> None:
-    engine = _engine()
+    engine = _engine(ABSOLUTE)
     # 20 unexpected countries (no expected set covers them), ~90 MB an hour each.
     targets = [
         "77.88.55.60",  # RU

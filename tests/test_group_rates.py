@@ -67,6 +67,28 @@ def test_the_factor_is_the_rate_over_the_reference_and_never_below_one() -> None
     assert rates.factor("big", 0) == 1.0  # 0 turns scaling off
 
 
+def test_floors_shrink_with_a_small_group_within_the_lowest_factor() -> None:
+    rates = GroupRates()
+    rates.observe({"big": 6 * GB, "mid": 250 * MB, "tiny": 5 * MB}, INTERVAL)
+    reference = 500 * MB
+    assert rates.shrink("big", reference, 0.2, INTERVAL) == 1.0  # never grows
+    assert rates.shrink("mid", reference, 0.2, INTERVAL) == pytest.approx(0.5)
+    assert rates.shrink("tiny", reference, 0.2, INTERVAL) == 0.2
+    assert rates.shrink("unknown", reference, 0.2, INTERVAL) == 1.0  # no rate yet
+    assert rates.shrink("tiny", 0, 0.2, INTERVAL) == 1.0  # 0 turns shrinking off
+
+
+def test_the_shrink_reads_the_rate_per_five_minutes_whatever_the_interval() -> None:
+    # The same traffic in 1-minute intervals carries a fifth per interval: its floors (bytes
+    # per hour or day) must not shrink five times further.
+    five, one = GroupRates(), GroupRates()
+    five.observe({"g": 250 * MB}, 300.0)
+    one.observe({"g": 50 * MB}, 60.0)
+    assert one.shrink("g", 500 * MB, 0.2, 60.0) == pytest.approx(
+        five.shrink("g", 500 * MB, 0.2, 300.0)
+    )
+
+
 def test_the_state_round_trips_and_bad_entries_are_skipped() -> None:
     rates = GroupRates()
     _feed(rates, [300 * MB, 700 * MB] * 50)

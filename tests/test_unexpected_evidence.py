@@ -126,7 +126,7 @@ def test_the_fan_out_page_reads_the_same_whatever_order_its_windows_came_in(
     for order in (windows, shuffled):
         detector = _fanout_detector()
         detector.windows = {(GROUP, dest): window for dest, window in order}
-        pages.append(detector._describe_fanout(now, GROUP, 10**9, 0))
+        pages.append(detector._describe_fanout(now, GROUP, 10**9, 0, 500 * 10**6))
     assert pages[0] == pages[1]
 
 
@@ -179,6 +179,8 @@ def test_annotations_read_intervals_later_say_what_they_said_when_brought_up_to_
     config = parse_config(
         '[networks]\nlocal = ["10.0.0.0/8"]\n\n[[groups]]\nname = "research"\n'
         'sources = ["10.20.0.0/16"]\nexpected_countries = ["US"]\n'
+        # the floors as configured (the flows are drawn for them, not for the group's size)
+        '[detection]\nunexpected_floors_scale_below = "0"\n'
     )
     engines = {name: Engine(config, EmbeddedCountryLabeler()) for name in ("eager", "late", "read")}
     engines["eager"].book.__class__ = _EagerBook

@@ -12,7 +12,11 @@ raising it tenfold takes days of traffic ten times the group's usual.
 
 A rule's absolute byte floor (sensible for a network of some size) is multiplied by
 :meth:`GroupRates.factor`: a group whose busy intervals carry many times the reference has
-routine bursts many times larger, and a floor that grows with it.
+routine bursts many times larger, and a floor that grows with it. :meth:`GroupRates.shrink`
+is the other direction: a group whose busy intervals carry a fraction of the reference has its
+floors cut to that fraction (down to a lowest factor), judged per :data:`REFERENCE_INTERVAL`
+of time whatever the configured interval, so a window's floor (bytes per hour or day) means
+the same share of the group's traffic with 1-minute or 5-minute intervals.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ STEP_PER_DAY = 4.0
 #: over a group's first intervals the step is at least this divided by (intervals + this)
 _EARLY = 4.0
 _DAY = 86400.0
+#: :meth:`GroupRates.shrink` reads a group's rate as bytes per this many seconds (the default
+#: interval), so its reference does not change meaning with the configured interval
+REFERENCE_INTERVAL = 300.0
 
 
 class GroupRates:
@@ -76,6 +83,22 @@ class GroupRates:
         if state is None:
             return 1.0
         return max(1.0, float(2.0 ** state[0]) / scale_above)
+
+    def shrink(self, group: str, reference: int, lowest: float, interval: float) -> float:
+        """How far a floor shrinks for a small ``group``: its busy-interval egress per
+        :data:`REFERENCE_INTERVAL` over ``reference``, within [``lowest``, 1].
+
+        ``interval`` is the length of the intervals :meth:`observe` was fed. ``reference`` 0
+        turns shrinking off, and a group without a rate yet keeps the configured floors
+        (always 1). Sending raises the rate: nothing a group sends lowers its floors.
+        """
+        if reference <= 0:
+            return 1.0
+        state = self.levels.get(group)
+        if state is None:
+            return 1.0
+        rate = float(2.0 ** state[0]) * (REFERENCE_INTERVAL / interval)
+        return min(1.0, max(lowest, rate / reference))
 
     def to_json(self) -> dict[str, list[float]]:
         return {group: [level, n] for group, (level, n) in self.levels.items()}

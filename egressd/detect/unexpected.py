@@ -6,12 +6,21 @@ Small-packet egress (ACKs) counts only beyond ``ingress_return_fraction`` of the
 the same destination in that window, so a download's return path does not page while an
 upload beside it does. A group's unexpected egress summed over its destinations pages too, at
 ``fanout_factor`` times a window's floor (fan-out: many destinations, each under its floor).
+Every byte floor (the windows', the fan-out sums', the dust that opens a window) is multiplied
+by the group's factor: its busy-interval egress (:class:`GroupRates`) over
+``unexpected_floors_scale_below`` when it carries less, at least
+``unexpected_floors_lowest_factor``, asked once per group and interval. A new country is as
+telling in a lab of a hundred hosts as in an office of thousands, at a tenth of the bytes.
+Under the configured floors only upload-shaped egress counts: bytes beyond
+:data:`RETURN_SHARE` of the ingress from the destination (a download's requests and ACKs from
+a CDN edge in a new country do not page a small office); at the configured floors bulk
+egress counts in full, as for any group.
 
 Cost: a destination gets a window of its own from its first interval carrying at least a
-tenth of the smallest per-interval share of a floor (347 KB with the defaults; smaller
-intervals count for the fan-out sums only). A window is looked at when it takes an entry
-that leaves one of its spans at or over that span's floor, or has an alert to keep or resolve;
-the rest is swept every 36 intervals. Evidence sketches are kept
+tenth of the smallest per-interval share of a floor (347 KB with the defaults, times the
+group's factor; smaller intervals count for the fan-out sums only). A window is looked at when
+it takes an entry that leaves one of its spans at or over that span's floor, or has an alert to
+keep or resolve; the rest is swept every 36 intervals. Evidence sketches are kept
 for the first window's span; older entries merge their heaviest talkers into the window's
 evidence once, and only for windows halfway to a floor. A window's merged evidence, once read
 (a description), is kept and takes only the entries that came since at the next read, until
@@ -32,6 +41,7 @@ from operator import itemgetter
 from typing import Any
 
 from egressd.aggregate import AggregateKey, Bucket
+from egressd.baseline.grouprate import GroupRates
 from egressd.baseline.seasonal import SeasonalBaselines
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
@@ -50,6 +60,11 @@ _EVIDENCE_ITEMS = 4
 _EVIDENCE_CAPACITY = 16
 #: windows not looked at for this many intervals are swept (expired, dropped when empty)
 _SWEEP_EVERY = 36
+#: under the configured floors (a small group's lower ones), egress counts only beyond this
+#: share of the ingress from the same destination within the window, whatever its packets'
+#: size: a download's return path (ACKs, and requests that can average more than
+#: ``small_packet_bytes`` a packet) stays under a tenth of it, an upload does not
+RETURN_SHARE = 0.1
 
 
 #: one interval of one key: (start, bytes, small-packet bytes, ingress bytes). Plain tuples of
@@ -105,6 +120,15 @@ class _Span:
         if not small:
             return self.bytes
         return self.bytes - small + max(small - int(return_fraction * self.ingress), 0)
+
+    def upload(self, return_fraction: float) -> int:
+        """Egress that counts toward a floor under the configured one: what counts
+        (:meth:`effective`), but only beyond :data:`RETURN_SHARE` of the ingress."""
+        total = self.effective(return_fraction)
+        ingress = self.ingress
+        if not ingress:
+            return total
+        return min(total, max(self.bytes - int(RETURN_SHARE * ingress), 0))
 
 
 class _Window:
@@ -247,17 +271,34 @@ def _heaviest(sketch: TopK) -> list[tuple[str, int]]:
 _WEIGHT = itemgetter(1)
 
 
+def _by_key(item: tuple[AggregateKey, _Window]) -> tuple[str, str]:
+    return item[0][0], item[0][1].key
+
+
+def _floor_text(floor: int, configured: int, span: str) -> str:
+    """The floor a page was judged by; below the configured one, that one and why."""
+    text = f"{format_bytes(floor)} per {span}"
+    if floor < configured:
+        text += (
+            f": {format_bytes(configured)} scaled to the group's size "
+            "(its busy-interval egress under unexpected_floors_scale_below)"
+        )
+    return text
+
+
 class UnexpectedDestinationDetector(Detector):
     """Sliding windows per (group, unexpected destination), plus per-group sums."""
 
     __slots__ = (
         "_alerting",
+        "_factors",
         "_fanout_last",
         "_groups",
         "_limits",
         "_ticks",
         "_touched",
         "evicted",
+        "rates",
         "windows",
     )
 
@@ -267,8 +308,13 @@ class UnexpectedDestinationDetector(Detector):
         policy: ExpectedDestinations,
         book: AlertBook,
         labels: LabelOptions,
+        rates: GroupRates | None = None,
     ) -> None:
         super().__init__(config, policy, book, labels)
+        #: each group's busy-interval egress: the floors of a small group shrink with it
+        self.rates = rates if rates is not None else GroupRates()
+        #: this interval's factor per group (asked of the rates once per group and interval)
+        self._factors: dict[str, float] = {}
         self.windows: dict[AggregateKey, _Window] = {}
         #: windows dropped to stay within detection.max_keys
         self.evicted = 0
@@ -298,6 +344,19 @@ class UnexpectedDestinationDetector(Detector):
         floors = [floor for _length, floor in self._config.unexpected_windows]
         return self._dust, floors, min(floors)
 
+    def factor(self, group: str) -> float:
+        """What ``group``'s floors are multiplied by this interval (at most 1)."""
+        factor = self._factors.get(group)
+        if factor is None:
+            config = self._config
+            factor = self._factors[group] = self.rates.shrink(
+                group,
+                config.unexpected_floors_scale_below,
+                config.unexpected_floors_lowest_factor,
+                config.interval,
+            )
+        return factor
+
     # -- accounting ------------------------------------------------------------------------
 
     def collect(self, start: float, bucket: Bucket) -> None:
@@ -309,6 +368,14 @@ class UnexpectedDestinationDetector(Detector):
         # The longest span holds every entry the others do, so its sum bounds theirs: under
         # the lowest floor, no span can page.
         dust, floors, lowest = self._limits
+        # A small group's floors are lower (its factor, at most 1, asked once per interval):
+        # under the least any group's can be, nothing to ask.
+        self._factors = {}
+        factor = self.factor
+        config = self._config
+        shrinks = config.unexpected_floors_scale_below > 0
+        least = config.unexpected_floors_lowest_factor if shrinks else 1.0
+        dust_least, lowest_least = dust * least, lowest * least
         touched = self._touched
         groups: dict[str, list[int]] = {}
         #: per group, the policy's answer for labels without region and ASN (asked once)
@@ -331,7 +398,7 @@ class UnexpectedDestinationDetector(Detector):
                         rule = rules[group] = policy.country_rule(group, start)
                     if rule is None or dest.country in rule:
                         continue
-                if size >= dust:
+                if size >= dust or (size >= dust_least and size >= dust * factor(key[0])):
                     window = windows[key] = _Window(count)
                 small, ingress = accum.small, accum.ingress
             else:
@@ -365,9 +432,10 @@ class UnexpectedDestinationDetector(Detector):
                     # bound those after) or that have an alert to keep or resolve.
                     if window.alerting:
                         touched.append((key, window))
-                    elif held[-1].bytes >= lowest:
+                    elif held[-1].bytes >= lowest_least:
+                        g = factor(key[0])
                         for span, floor in zip(held, floors, strict=True):
-                            if span.bytes >= floor:
+                            if span.bytes >= floor * g:
                                 touched.append((key, window))
                                 break
             total = groups.get(key[0])
@@ -491,40 +559,51 @@ class UnexpectedDestinationDetector(Detector):
         # Windows halfway to the longest window's floor might still page: keep evidence.
         heavy = spans[-1][1] // 2
         expire = self._expire
+        factor = self.factor
         if sweep:
             for key, window in list(windows.items()):
                 if not window.alerting:
-                    expire(window, horizons, heavy)
+                    expire(window, horizons, int(heavy * factor(key[0])))
                     if not window.entries:
                         del windows[key]
         touched = self._touched
         self._touched = []
+        # In key order, not bucket order (one process and a scale-out's partials fill buckets
+        # in different orders): two groups paging in one interval page in the same order.
+        touched.sort(key=_by_key)
         untouched = [
             (key, held)
             for alerting in self._alerting.values()
             for key in alerting
             if (held := windows.get(key)) is not None and held.touched != now
         ]
-        untouched.sort(key=lambda item: (item[0][0], item[0][1].key))
+        untouched.sort(key=_by_key)
         for key, window in touched + untouched:
             if window.touched < 0:
                 continue  # evicted since it took its entry
+            group, dest = key
+            g = factor(group)
             if not window.alerting:
                 # Fast path: the sums before expiring bound the sums after; under every
                 # floor nothing can fire (expiring waits for the hourly sweep).
                 for span, floor in zip(window.spans, floors, strict=True):
-                    if span.bytes >= floor:
+                    if span.bytes >= floor * g:
                         break
                 else:
                     continue
-            expire(window, horizons, heavy)
-            group, dest = key
+            expire(window, horizons, int(heavy * g))
             fire_index = -1
             totals = []
+            effectives = []
             for index, span in enumerate(window.spans):
                 total = span.effective(fraction)
+                effectives.append(total)
+                if g < 1.0 and total < spans[index][1]:
+                    # Under the configured floor only upload-shaped egress counts: a download
+                    # from a new CDN edge is no page for a small group either.
+                    total = span.upload(fraction)
                 totals.append(total)
-                if fire_index < 0 and total >= spans[index][1]:
+                if fire_index < 0 and total >= spans[index][1] * g:
                     fire_index = index
             alert_key: AlertKey = (UNEXPECTED, group, dest.key)
             if fire_index >= 0 and group in fanout_last and alert_key not in active:
@@ -535,8 +614,16 @@ class UnexpectedDestinationDetector(Detector):
                 if not window.entries:
                     del windows[key]
                 continue
-            keep = fire_index >= 0 or still_sending(totals, spans, 1.0)
+            # Kept as with the configured floors, or while the upload goes on at the group's:
+            # a download's return path that paged at the configured floor stays one alert.
+            keep = (
+                fire_index >= 0
+                or still_sending(effectives, spans, 1.0)
+                or (g < 1.0 and still_sending(totals, spans, g))
+            )
             shown = fire_index if fire_index >= 0 else 0
+            # The floor this group's page is judged by (and shows).
+            floor = round(spans[shown][1] * g)
 
             def describe(
                 window: _Window = window,
@@ -544,8 +631,9 @@ class UnexpectedDestinationDetector(Detector):
                 index: int = shown,
                 group: str = group,
                 dest: DestinationLabels = dest,
+                floor: int = floor,
             ) -> tuple[dict[str, str], dict[str, str]]:
-                return self._describe(now, window, total, index, group, dest, baselines)
+                return self._describe(now, window, total, index, floor, group, dest, baselines)
 
             def later(
                 window: _Window = window,
@@ -553,12 +641,15 @@ class UnexpectedDestinationDetector(Detector):
                 index: int = shown,
                 group: str = group,
                 dest: DestinationLabels = dest,
+                floor: int = floor,
             ) -> tuple[int, Callable[[], dict[str, str]]]:
-                return total, self._capture(now, window, total, index, group, dest, baselines)
+                return total, self._capture(
+                    now, window, total, index, floor, group, dest, baselines
+                )
 
             # Evidence of a firing alert is rebuilt when its total grew by a tenth of the
             # floor, not at every interval of a day-long window.
-            step = max(spans[shown][1] // 10, 1)
+            step = max(floor // 10, 1)
             alert = self.book.evaluate(
                 alert_key,
                 now,
@@ -590,26 +681,34 @@ class UnexpectedDestinationDetector(Detector):
         fraction = config.ingress_return_fraction
         changed = []
         sweep = self._ticks % _SWEEP_EVERY == 0
+        least = factor
+        if config.unexpected_floors_scale_below > 0:
+            least *= config.unexpected_floors_lowest_factor
         for group in list(self._groups):
             group_spans = self._groups[group]
             active = group in self._fanout_last
             if not active and not sweep:
-                # The sums before expiring bound those after: under every floor, nothing to do.
+                # The sums before expiring bound those after: under every floor, nothing to do
+                # (under the least any group's can be, the group's factor is not even asked).
                 for span, (_length, floor) in zip(group_spans, spans, strict=True):
-                    if span.bytes >= factor * floor:
+                    if span.bytes >= least * floor:
                         break
                 else:
                     continue
+            # The fan-out factor times the group's own (a small group's floors are lower).
+            times = factor * self.factor(group)
             sums = []
+            uploads = []
             for index, span in enumerate(group_spans):
                 span.expire(now - spans[index][0])
                 sums.append(span.effective(fraction))
+                uploads.append(span.upload(fraction))
             if not active:
                 if not group_spans[-1].entries:
                     del self._groups[group]
                     continue
                 if all(
-                    total < factor * floor for total, (_l, floor) in zip(sums, spans, strict=True)
+                    total < times * floor for total, (_l, floor) in zip(sums, spans, strict=True)
                 ):
                     continue  # cannot fire, and no alert to keep
             # Destinations paging on their own are not part of the fan-out.
@@ -618,24 +717,36 @@ class UnexpectedDestinationDetector(Detector):
                 if window is not None:
                     for index, span in enumerate(window.spans):
                         sums[index] -= span.effective(fraction)
+                        uploads[index] -= span.upload(fraction)
+            effectives = list(sums)
+            if times < factor:
+                # Under the configured floor only upload-shaped egress counts (see above).
+                for index, (_l, floor) in enumerate(spans):
+                    if sums[index] < factor * floor:
+                        sums[index] = max(min(sums[index], uploads[index]), 0)
             fire_index = next(
-                (i for i, (_l, floor) in enumerate(spans) if sums[i] >= factor * floor), -1
+                (i for i, (_l, floor) in enumerate(spans) if sums[i] >= times * floor), -1
             )
-            keep = fire_index >= 0 or still_sending(sums, spans, factor)
+            keep = (
+                fire_index >= 0
+                or still_sending(effectives, spans, factor)
+                or (times < factor and still_sending(sums, spans, times))
+            )
             shown = fire_index if fire_index >= 0 else 0
             alert_key: AlertKey = (UNEXPECTED, group, FANOUT_COUNTRY)
+            floor = int(times * spans[shown][1])
 
             def describe(
-                group: str = group, total: int = sums[shown], index: int = shown
+                group: str = group, total: int = sums[shown], index: int = shown, floor: int = floor
             ) -> tuple[dict[str, str], dict[str, str]]:
-                return self._describe_fanout(now, group, total, index)
+                return self._describe_fanout(now, group, total, index, floor)
 
             def later(
-                group: str = group, total: int = sums[shown], index: int = shown
+                group: str = group, total: int = sums[shown], index: int = shown, floor: int = floor
             ) -> tuple[int, Callable[[], dict[str, str]]]:
-                return total, self._capture_fanout(now, group, total, index)
+                return total, self._capture_fanout(now, group, total, index, floor)
 
-            step = max(int(factor * spans[shown][1]) // 10, 1)
+            step = max(floor // 10, 1)
             alert = self.book.evaluate(
                 alert_key, now, fire_index >= 0, keep, describe, sums[shown] // step * step, later
             )
@@ -650,7 +761,7 @@ class UnexpectedDestinationDetector(Detector):
     # -- evidence ----------------------------------------------------------------------------
 
     def _describe_fanout(
-        self, now: float, group: str, total: int, index: int
+        self, now: float, group: str, total: int, index: int, floor: int
     ) -> tuple[dict[str, str], dict[str, str]]:
         labels = {
             "alertname": UNEXPECTED,
@@ -658,15 +769,17 @@ class UnexpectedDestinationDetector(Detector):
             "dst_country": FANOUT_COUNTRY,
             "severity": self._config.severity,
         }
-        return labels, self._capture_fanout(now, group, total, index)()
+        return labels, self._capture_fanout(now, group, total, index, floor)()
 
     def _capture_fanout(
-        self, now: float, group: str, total: int, index: int
+        self, now: float, group: str, total: int, index: int, floor: int
     ) -> Callable[[], dict[str, str]]:
         """What a fan-out page's annotations say of the windows as they are now, rendered
-        (the windows' evidence merged, the texts built) only when the annotations are read."""
+        (the windows' evidence merged, the texts built) only when the annotations are read.
+        ``floor`` is the one the sum was judged by (the group's, for the window)."""
         config = self._config
-        length, floor = config.unexpected_windows[index]
+        length, configured = config.unexpected_windows[index]
+        configured = int(config.fanout_factor * configured)
         countries: dict[str, int] = {}
         #: the windows' evidence as it is now (their sketches take later intervals' entries)
         evidence: list[tuple[_Window, _EvidenceAt]] = []
@@ -708,7 +821,7 @@ class UnexpectedDestinationDetector(Detector):
                 "description": (
                     f"Group {group} sent {format_bytes(total)} to {count} unexpected "
                     f"destinations within {span} up to {rfc3339(now)} (floor for the sum "
-                    f"{format_bytes(int(config.fanout_factor * floor))} per {span}). "
+                    f"{_floor_text(floor, configured, span)}). "
                     f"Countries: {', '.join(c for c, _ in top_countries)}. "
                     f"Expected countries: {expected_text}. "
                     f"Top sources: {top_with_bytes(sources, n)}. "
@@ -732,12 +845,13 @@ class UnexpectedDestinationDetector(Detector):
         window: _Window,
         total: int,
         index: int,
+        floor: int,
         group: str,
         dest: DestinationLabels,
         baselines: SeasonalBaselines,
     ) -> tuple[dict[str, str], dict[str, str]]:
         labels = alert_labels(UNEXPECTED, group, dest, self._config.severity, self._labels)
-        return labels, self._capture(now, window, total, index, group, dest, baselines)()
+        return labels, self._capture(now, window, total, index, floor, group, dest, baselines)()
 
     def _capture(
         self,
@@ -745,14 +859,16 @@ class UnexpectedDestinationDetector(Detector):
         window: _Window,
         total: int,
         index: int,
+        floor: int,
         group: str,
         dest: DestinationLabels,
         baselines: SeasonalBaselines,
     ) -> Callable[[], dict[str, str]]:
         """What a window's page says of it as it is now, rendered when the annotations are
-        read (the window's spans and evidence, the baseline and the policy change later)."""
+        read (the window's spans and evidence, the baseline and the policy change later).
+        ``floor`` is the one it was judged by (the window's, times the group's factor)."""
         config = self._config
-        length, floor = config.unexpected_windows[index]
+        length, configured = config.unexpected_windows[index]
         span_data = window.spans[index]
         small, ingress = span_data.small, span_data.ingress
         expectation = baselines.expect((group, dest.key), now - config.interval)
@@ -780,7 +896,7 @@ class UnexpectedDestinationDetector(Detector):
                 "description": (
                     f"Group {group} sent {format_bytes(total)} to {dest.describe()} between "
                     f"{rfc3339(first)} and {rfc3339(now)} "
-                    f"(floor {format_bytes(floor)} per {span}).{set_against} "
+                    f"(floor {_floor_text(floor, configured, span)}).{set_against} "
                     f"Expected countries: {expected_text}. "
                     f"Top sources: {top_with_bytes(sources, n)}. "
                     f"Top destinations: {top_with_bytes(destinations, n)}."
