@@ -110,6 +110,12 @@ class DetectionConfig:
     #: 8 days: a weekly job whose start drifts by some hours (or a DST change) stays known
     new_destination_unseen: float = 8 * 86400.0
     new_destination_max_prefixes: int = 50_000
+    #: both floors (and the least an address must carry to count as used) shrink for a group
+    #: whose busy intervals (the 90% quantile of its egress, per 5 minutes) carry less than
+    #: this: times (that egress / this), at least ``new_destination_floors_lowest_factor``;
+    #: 0 keeps them absolute
+    new_destination_floors_scale_below: int = 200_000_000
+    new_destination_floors_lowest_factor: float = 0.2
     #: a baseline needs this many observed intervals before it can call a spike
     spike_min_observations: int = 12
     #: seasonality (hour of day, weekday/weekend) is computed in this timezone
@@ -871,6 +877,14 @@ def _read_detection(t: _Table) -> DetectionConfig:
         new_destination_max_prefixes=t.get(
             "new_destination_max_prefixes", d.new_destination_max_prefixes, _positive_int
         ),
+        new_destination_floors_scale_below=t.get(
+            "new_destination_floors_scale_below", d.new_destination_floors_scale_below, _size
+        ),
+        new_destination_floors_lowest_factor=t.get(
+            "new_destination_floors_lowest_factor",
+            d.new_destination_floors_lowest_factor,
+            _fraction,
+        ),
         spike_min_observations=t.get(
             "spike_min_observations", d.spike_min_observations, _positive_int
         ),
@@ -894,6 +908,8 @@ def _read_detection(t: _Table) -> DetectionConfig:
         t.problem("spike_ratio", "must be greater than 1")
     if cfg.unexpected_floors_lowest_factor <= 0:
         t.problem("unexpected_floors_lowest_factor", "must be greater than 0 (at most 1)")
+    if cfg.new_destination_floors_lowest_factor <= 0:
+        t.problem("new_destination_floors_lowest_factor", "must be greater than 0 (at most 1)")
     if cfg.max_link_rate <= 0:
         t.problem("max_link_rate", "must be a positive size per second")
     t.done()

@@ -172,7 +172,9 @@ class Engine:
         self.spikes = VolumeSpikeDetector(
             detection, self.policy, self.book, options, self.group_rates
         )
-        self.new_destinations = NewDestinationDetector(detection, self.policy, self.book, options)
+        self.new_destinations = NewDestinationDetector(
+            detection, self.policy, self.book, options, self.group_rates
+        )
         #: per address: the group of a local source ("" when not local), and what a
         #: destination is (labels, or internal / special); one lookup each per record
         self.source_cache: BoundedCache[str, str] = BoundedCache(config.geo.cache_size)

@@ -46,6 +46,8 @@ CONFIG = research_config({"interval": "5m", "learning": "1d"}, countries=("US", 
 #: shrink them to a fifth (100 MB an hour to 20 MB), and the tests of the windows' mechanics
 #: are drawn for the configured ones
 ABSOLUTE = 'unexpected_floors_scale_below = "0"\n'
+#: the same for the new-network floors (1 GB an hour, 5 GB a day)
+NEW_ABSOLUTE = 'new_destination_floors_scale_below = "0"\n'
 
 
 def _engine(extra: str = "") -> Engine:
@@ -122,6 +124,14 @@ def test_unexpected_windows_as_tables() -> None:
         (
             "[detection]\nunexpected_floors_lowest_factor = 1.5\n",
             "unexpected_floors_lowest_factor",
+        ),
+        (
+            "[detection]\nnew_destination_floors_lowest_factor = 0\n",
+            "new_destination_floors_lowest_factor",
+        ),
+        (
+            "[detection]\nnew_destination_floors_scale_below = -1\n",
+            "new_destination_floors_scale_below",
         ),
     ],
 )
@@ -519,7 +529,7 @@ def test_prefixes() -> None:
 def test_gigabytes_to_a_network_not_used_for_a_week_page_inside_an_allowed_country(
     day_window: str,
 ) -> None:
-    engine = _engine(day_window)
+    engine = _engine(NEW_ABSOLUTE + day_window)
     flows = _usual(2)
     # The nightly backup to DE at 1-3 GB per interval: a fresh DE network takes 4 GB meanwhile.
     fresh = [_flow(DAY + 1 * HOUR + k * 300 + 150, DE_FRESH, 350 * MB) for k in range(12)]
@@ -571,7 +581,7 @@ def test_networks_age_on_the_days_the_group_is_active() -> None:
 
 
 def test_a_fresh_block_pages_where_the_cloud_a_group_uses_churns_through_networks() -> None:
-    engine = _engine()
+    engine = _engine(NEW_ABSOLUTE)
     # Every two hours 1.5 GB goes to the cloud, each time to a /24 not used before, all in one
     # /16: the key's usual new-network volume is 1.5 GB an hour.
     uploads = [
@@ -580,7 +590,7 @@ def test_a_fresh_block_pages_where_the_cloud_a_group_uses_churns_through_network
         for k in range(3)
     ]
     assert _firing(_run(engine, _usual(2) + uploads)) == []
-    restored = _engine()
+    restored = _engine(NEW_ABSOLUTE)
     restored.restore(engine.snapshot())
     # 2 GB within the hour to a network in a /16 the group never used, beside an upload: under
     # three times the churn of networks, but nothing like it had gone to a new address block.
@@ -595,6 +605,47 @@ def test_a_fresh_block_pages_where_the_cloud_a_group_uses_churns_through_network
     assert alert.starts_at == T0 + 2 * DAY + 3 * HOUR + 2 * 300  # 1 GB in the second interval
     assert "143.198.7.0/24" in alert.annotations["new_prefixes"].split(",")
     assert int(alert.annotations["new_block_bytes"]) >= GB
+
+
+@pytest.mark.parametrize("shrinking", [True, False])
+def test_a_small_groups_fresh_network_pages_at_its_smaller_floors(shrinking: bool) -> None:
+    # The group's busy 5 minutes carry ~40 MB, a fifth of the 200 MB reference: its hour floor
+    # is 200 MB, and 300 MB within the hour to a DE network it never used (most of a busy
+    # hour's egress) pages. Kept absolute ("0"), 1 GB stays the floor.
+    engine = _engine("" if shrinking else NEW_ABSOLUTE)
+    fresh = [_flow(DAY + HOUR + k * 300 + 150, DE_FRESH, 100 * MB) for k in range(3)]
+    fired = [a for a in _run(engine, _usual(1.5) + fresh) if a.state == FIRING]
+    if not shrinking:
+        assert fired == []
+        return
+    assert _firing(fired) == ["EgressNewDestinationVolume DE"]
+    assert engine.new_destinations.factor("research") == pytest.approx(0.2, rel=0.1)
+    assert "scaled to the group's size" in fired[0].annotations["description"]
+
+
+def test_a_small_groups_fresh_network_of_a_provider_it_uses_keeps_the_configured_floors() -> None:
+    # 300 MB within the hour to another /24 of the DE hoster the group sends to every interval
+    # (a laptop syncing to another network of the office's cloud storage): a new network, but
+    # not a new address block, so the configured 1 GB stays its floor.
+    same_block = "88.198.7.7"
+    fresh = [_flow(DAY + HOUR + k * 300 + 150, same_block, 100 * MB) for k in range(3)]
+    assert _firing(_run(_engine(), _usual(1.5) + fresh)) == []
+
+
+@pytest.mark.parametrize("shrinking", [True, False])
+def test_a_small_groups_slow_transfer_in_small_pieces_pages_on_the_day(shrinking: bool) -> None:
+    # 4 MB an interval to a fresh DE network for a day and a half: each piece under the
+    # configured 8.3 MB an address must carry to count as used (a tenth of the hour floor's
+    # share of an interval), over the small group's fifth of it; 1.2 GB a day, over its
+    # day floor (a fifth of 5 GB).
+    engine = _engine("" if shrinking else NEW_ABSOLUTE)
+    drip = [_flow(3 * DAY + k * 300 + 150, DE_FRESH, 4 * MB) for k in range(12 * 36)]
+    fired = [a for a in _run(engine, _usual(4.5) + drip) if a.state == FIRING]
+    if not shrinking:
+        assert fired == []
+        return
+    assert _firing(fired) == ["EgressNewDestinationVolume DE"]
+    assert fired[0].annotations["window"] == "1d"
 
 
 def test_a_state_written_before_blocks_were_kept_knows_the_blocks_of_its_networks() -> None:
@@ -614,7 +665,7 @@ def test_a_state_written_before_blocks_were_kept_knows_the_blocks_of_its_network
 
 
 def test_a_slow_transfer_to_a_fresh_network_pages_on_the_day_window() -> None:
-    engine = _engine()
+    engine = _engine(NEW_ABSOLUTE)
     # 300 MB an hour for a day to a DE network never used: never 1 GB within an hour; 5 GB
     # (the day window's floor) in its 200th interval.
     slow = [_flow(3 * DAY + k * 300 + 150, DE_FRESH, 25 * MB) for k in range(288)]

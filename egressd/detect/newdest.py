@@ -14,9 +14,17 @@ The day window's evidence is one merged sketch per key, not one per interval.
 "Not used for" counts the group's active days only: whole days on which it used no network at
 all (a holiday, a shutdown, a daemon that saw nothing) do not age what it knows.
 
+For the bytes to networks in address blocks the group had not used either, both floors (and
+with them the least an address must carry to count as used) shrink for a small group: times
+its busy-interval egress (:class:`GroupRates`, per 5 minutes) over
+``new_destination_floors_scale_below`` when it carries less, at least
+``new_destination_floors_lowest_factor``; asked once per group and interval. A fresh network
+of a provider the group uses (a laptop syncing to another /24 of the office's cloud storage)
+is judged by the configured floors.
+
 Prefixes come from each interval's top-destination sketch (the addresses that carried at
-least a tenth of the floor's per-interval share in the interval: 8.3 MB by default), so the
-cost is per interval, not per record.
+least a tenth of the floor's per-interval share in the interval: 8.3 MB by default, times the
+group's factor, at least 1 MB), so the cost is per interval, not per record.
 Each group remembers at most ``new_destination_max_prefixes`` prefixes (least recently used
 go first, a tenth at a time, counted in :attr:`NewDestinationDetector.evicted`; as many address
 blocks at most, likewise). Keys whose
@@ -37,6 +45,7 @@ from collections import deque
 from collections.abc import Callable
 
 from egressd.aggregate import AggregateKey, Bucket
+from egressd.baseline.grouprate import GroupRates
 from egressd.cache import BoundedCache
 from egressd.config import DetectionConfig
 from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
@@ -197,6 +206,7 @@ class NewDestinationDetector(Detector):
 
     __slots__ = (
         "_block_cache",
+        "_factors",
         "_negative_churn",
         "_prefix_cache",
         "block_churn",
@@ -205,6 +215,7 @@ class NewDestinationDetector(Detector):
         "day_churn",
         "evicted",
         "groups",
+        "rates",
         "windows",
     )
 
@@ -214,8 +225,13 @@ class NewDestinationDetector(Detector):
         policy: ExpectedDestinations,
         book: AlertBook,
         labels: LabelOptions,
+        rates: GroupRates | None = None,
     ) -> None:
         super().__init__(config, policy, book, labels)
+        #: each group's busy-interval egress: the floors of a small group shrink with it
+        self.rates = rates if rates is not None else GroupRates()
+        #: this interval's factor per group (asked of the rates once per group and interval)
+        self._factors: dict[str, float] = {}
         self.groups: dict[str, _GroupPrefixes] = {}
         self.windows: dict[AggregateKey, _Window] = {}
         #: per key: (most bytes sent to new prefixes within a window, when)
@@ -231,6 +247,19 @@ class NewDestinationDetector(Detector):
         self._block_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
         #: a state file held a negative hour-window churn (a zero total would raise it)
         self._negative_churn = False
+
+    def factor(self, group: str) -> float:
+        """What ``group``'s floors are multiplied by this interval (at most 1)."""
+        factor = self._factors.get(group)
+        if factor is None:
+            config = self._config
+            factor = self._factors[group] = self.rates.shrink(
+                group,
+                config.new_destination_floors_scale_below,
+                config.new_destination_floors_lowest_factor,
+                config.interval,
+            )
+        return factor
 
     def prefixes(self) -> dict[str, int]:
         """Prefixes remembered per group (for metrics)."""
@@ -259,17 +288,28 @@ class NewDestinationDetector(Detector):
         # A network is new for the day window for a day after its first use (when it is on).
         day_span = DAY if config.new_destination_day_min_bytes > 0 else 0.0
         # An address counts as used when it carried a tenth of the floor's per-interval share
-        # (less could not bring a network to the floor within the window anyway).
-        use_min = max(
-            SEEN_MIN_BYTES,
-            config.new_destination_min_bytes * config.interval / fresh_for / 10,
+        # (less could not bring a network to the floor within the window anyway), the group's
+        # floor: a small group's is lower, and so is the least that counts as use.
+        self._factors = {}
+        configured_use = config.new_destination_min_bytes * config.interval / fresh_for / 10
+        least = (
+            config.new_destination_floors_lowest_factor
+            if config.new_destination_floors_scale_below > 0
+            else 1.0
         )
+        least_use = max(SEEN_MIN_BYTES, configured_use * least)
+        uses: dict[str, float] = {}
         policy = self.policy
         cache = self._prefix_cache
         for key, accum in bucket.items():
-            if accum.bytes < use_min:
+            if accum.bytes < least_use:
                 continue  # no address in it can have carried enough to count as used
             group, dest = key
+            use_min = uses.get(group)
+            if use_min is None:
+                use_min = uses[group] = max(SEEN_MIN_BYTES, configured_use * self.factor(group))
+            if accum.bytes < use_min:
+                continue
             if not policy.is_expected(group, dest, start):
                 continue  # the unexpected-destination rule judges it
             tracked = self.groups.get(group)
@@ -355,8 +395,8 @@ class NewDestinationDetector(Detector):
 
     def _evaluate(self, now: float) -> list[Alert]:
         config = self._config
-        floor = config.new_destination_min_bytes
-        day_floor = config.new_destination_day_min_bytes
+        hour_floor = config.new_destination_min_bytes
+        configured_day_floor = config.new_destination_day_min_bytes
         warm_up = min(config.learning / 2, 86400.0)
         horizon = now - config.new_destination_window
         day_horizon = now - DAY
@@ -376,6 +416,12 @@ class NewDestinationDetector(Detector):
                     window.day_destinations = TopK(16)
                     window.day_sources = TopK(16)
             alert_key = window.alert_key
+            # The group's floors for networks in address blocks it never used either (a small
+            # group's are lower; asked once per interval); a fresh network in a block it uses
+            # (its cloud provider's) is judged by the configured ones.
+            factor = self.factor(key[0])
+            floor = hour_floor * factor
+            day_floor = configured_day_floor * factor
             total = sum(entry.bytes for entry in entries) if entries else 0
             block_total = sum(entry.block_bytes for entry in entries) if entries else 0
             # One page per transfer: a spike alert on the same destination already tells it.
@@ -385,9 +431,9 @@ class NewDestinationDetector(Detector):
             if alert_key not in book_active and (
                 window.covered
                 or (
-                    total < floor
+                    total < hour_floor
                     and block_total < floor
-                    and (day_floor <= 0 or (window.day_bytes < day_floor
+                    and (day_floor <= 0 or (window.day_bytes < configured_day_floor
                                             and window.day_block < day_floor))
                 )
             ):  # fmt: skip
@@ -420,7 +466,7 @@ class NewDestinationDetector(Detector):
             # A key whose traffic moves between networks all the time (a cloud, a CDN) must
             # send several times its usual new-network volume; a network in an address block
             # the group never used is judged against the churn of such blocks alone.
-            fresh = (total >= floor and total >= CHURN_RATIO * churn) or (
+            fresh = (total >= hour_floor and total >= CHURN_RATIO * churn) or (
                 block_total >= floor and block_total >= CHURN_RATIO * block_churn
             )
             # The day window: a slow transfer to a fresh network (same rules, a day's bytes).
@@ -436,7 +482,7 @@ class NewDestinationDetector(Detector):
                 and now - tracked.since >= warm_up + 2 * DAY
                 and now - window.day_paged >= DAY
                 and (
-                    (day_total >= day_floor and day_total >= CHURN_RATIO * day_churn)
+                    (day_total >= configured_day_floor and day_total >= CHURN_RATIO * day_churn)
                     or (day_block >= day_floor and day_block >= CHURN_RATIO * day_block_churn)
                 )
             )
@@ -448,7 +494,17 @@ class NewDestinationDetector(Detector):
                 if entry[0] < horizon:
                     break
                 recent += entry[1]
-            keep = total >= floor / 2 or (day_floor > 0 and recent * pace >= day_floor / 2)
+            keep = (
+                total >= hour_floor / 2
+                or block_total >= floor / 2
+                or (day_floor > 0 and recent * pace >= day_floor / 2)
+            )
+            # The floor shown: the configured one, or the group's when only the bytes to new
+            # address blocks reached a floor (the group's).
+            if total >= hour_floor:
+                floor = hour_floor
+            if day_total >= configured_day_floor:
+                day_floor = configured_day_floor
 
             # The evidence is of the window that fired (a firing alert keeps its window's).
             firing = self.book.active.get(alert_key)
@@ -465,6 +521,7 @@ class NewDestinationDetector(Detector):
                     dest: DestinationLabels = dest,
                     churn: float = churn,
                     block_total: int = block_total,
+                    floor: float = floor,
                 ) -> tuple[dict[str, str], dict[str, str]]:
                     sources = TopK(64)
                     destinations = TopK(64)
@@ -474,7 +531,7 @@ class NewDestinationDetector(Detector):
                     first = window[0].start if window else now
                     return self._describe(
                         now, first, total, group, dest, churn, block_total,
-                        config.new_destination_window, sources, destinations,
+                        config.new_destination_window, sources, destinations, floor,
                     )  # fmt: skip
 
                 describe = describe_hour
@@ -487,11 +544,12 @@ class NewDestinationDetector(Detector):
                     dest: DestinationLabels = dest,
                     churn: float = day_churn,
                     block_total: int = day_block,
+                    day_floor: float = day_floor,
                 ) -> tuple[dict[str, str], dict[str, str]]:
                     first = window.day_entries[0][0] if window.day_entries else now
                     return self._describe(
                         now, first, total, group, dest, churn, block_total, DAY,
-                        window.day_sources, window.day_destinations,
+                        window.day_sources, window.day_destinations, day_floor,
                     )  # fmt: skip
 
                 describe = describe_day
@@ -573,11 +631,19 @@ class NewDestinationDetector(Detector):
         length: float,
         sources: TopK,
         destinations: TopK,
+        applied: float,
     ) -> tuple[dict[str, str], dict[str, str]]:
+        """``applied``: the floor the page was judged by (the group's)."""
         config = self._config
         span = format_duration(length)
         slow = length != config.new_destination_window
         floor = config.new_destination_day_min_bytes if slow else config.new_destination_min_bytes
+        floor_text = format_bytes(round(applied))
+        if round(applied) < floor:
+            floor_text += (
+                f": {format_bytes(floor)} scaled to the group's size (its busy-interval egress "
+                "under new_destination_floors_scale_below)"
+            )
         unseen = format_duration(config.new_destination_unseen)
         prefixes = sorted({self._prefix(a) for a, _ in destinations.top(config.top_talkers)})
         n = config.top_talkers
@@ -591,7 +657,7 @@ class NewDestinationDetector(Detector):
                 f"Group {group} sent {format_bytes(total)} between {rfc3339(first)} and "
                 f"{rfc3339(now)} to {', '.join(prefixes)} in {dest.describe()}, networks it "
                 f"had not sent to for {unseen} (floor "
-                f"{format_bytes(floor)} per {span}; usual "
+                f"{floor_text} per {span}; usual "
                 f"new-network volume {format_bytes(round(churn))}); "
                 f"{format_bytes(block_total)} of it to address blocks (/16, /32) it had not "
                 f"used either. Top sources of the destination: {_with_bytes(sources, n)}. "
