@@ -11,18 +11,18 @@ and ``learning`` under ``[detection]``: the defaults do the work). Three of the 
 four incidents stay under the default floors (tests/network_scenarios.py,
 ``BELOW_DEFAULT_FLOORS``): they count as missed with the defaults. A page is an alert that fires;
 it is true when it matches an injected exfiltration (alertname, group, destination country)
-and starts within one interval after the exfiltration crossed its threshold; every other page
-is false. Time to detect is ``startsAt`` minus the moment the threshold was crossed.
+and starts between the exfiltration's first flow and one interval after its last flow (or after
+the moment it crossed the configured floor, whichever is later); every other page is false.
+Floors follow a group's size (a small group's shrink), so a page may come before the configured
+floor's crossing. Time to detect is ``startsAt`` minus the moment the configured threshold was
+crossed: negative when a small group's lower floor paged earlier.
 
 ``--scale 0.25 0.5 1 2 4`` replays each scenario at each factor: every generated flow's bytes
 and packets (background, traps and injected transfers alike) are multiplied by it, so the same
 traffic shape stands for a smaller or larger (or faster-linked) network, with the same
-configuration. At a factor other than 1 the thresholds fall at other moments, so a page counts
-as the injected transfer's when it matches it and starts between the transfer's first flow and
-one interval after its last flow (or its crossing, whichever is later). A summary line per
-factor follows. ``--window`` scores every factor that way, x1 included: a change that moves a
-threshold (floors that follow a group's size, say) pages at another moment than the default
-floor's crossing, and the strict x1 scoring would count that page as a miss and a false page.
+configuration. A summary line per factor follows. ``--strict`` scores x1 the older way: a page
+counts only within one interval after the configured floor's crossing (a page that a scaled
+floor moved counts there as a miss and a false page).
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ def _matches(exfil: ExpectedAlert, starts: float, strict: bool) -> bool:
 
 
 def score(
-    scenario: Scenario, directory: Path, factor: float = 1.0, window: bool = False
+    scenario: Scenario, directory: Path, factor: float = 1.0, strict: bool = False
 ) -> dict[str, object]:
-    """Replay ``scenario``; strict scoring (the crossing's interval) at x1 unless ``window``."""
-    strict = factor == 1 and not window
+    """Replay ``scenario``; ``strict``: at x1 only the crossing's interval counts."""
+    strict = factor == 1 and strict
     path = scenario.write(directory / f"flows-{scenario.seed}.jsonl")
     out = io.BytesIO()
     began = time.perf_counter()
@@ -125,10 +125,15 @@ def main() -> None:
         help="replay each scenario with every byte count multiplied by each factor",
     )
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="at x1 count a page only within an interval of the configured floor's crossing "
+        "(default: anywhere from a transfer's first flow to an interval after its end)",
+    )
+    parser.add_argument(
         "--window",
         action="store_true",
-        help="count a page as found anywhere from a transfer's first flow to an interval after "
-        "its end, at x1 too (default: at x1, within an interval of the threshold's crossing)",
+        help="the default scoring (kept so older command lines still run)",
     )
     args = parser.parse_args()
     if any(factor <= 0 for factor in args.scale):
@@ -150,7 +155,7 @@ def main() -> None:
                 generated = _generate(kind, seed)
                 for factor in scales:
                     scenario = scaled(generated, factor)
-                    result = score(scenario, Path(tmp), factor, args.window)
+                    result = score(scenario, Path(tmp), factor, args.strict)
                     reports[factor] += _report(seed, scenario, result)
                     totals[factor].add(kind, scenario, result)
             for factor in scales:
