@@ -507,14 +507,14 @@ def test_a_flood_from_forged_addresses_leaves_the_queue_reserve_to_proven_export
     assert source.stats.dropped.get("queue_full", 0) == 0
 
 
-def test_datagrams_from_forged_addresses_are_refused_at_little_more_than_a_known_ones_cost() -> (
-    None
-):
+def test_datagrams_from_forged_addresses_are_refused_for_less_than_an_ipaddress_check() -> None:
     # With an allowlist, each datagram from an address not seen before was checked with
-    # ipaddress (parse, then `in` per network): ~6 us on the event loop, 5 times the whole
-    # read of a datagram from a cached address, so a flood from forged addresses was refused
-    # at a fraction of the rate the socket could be read. Now the address is parsed with
-    # inet_pton and compared as a number (2 times).
+    # ipaddress (parse, then `in` per network): ~6 us on the event loop, so a flood from forged
+    # addresses was refused at a fraction of the rate the socket could be read. Now the
+    # address is parsed with inet_pton and compared as a number: refusing a whole datagram
+    # (read, check, count) costs less than that ipaddress check alone, measured here on the
+    # same addresses. (Against reading a known exporter's datagram the ratio swings 1.3-6x
+    # with the interpreter's warm-up, so that is not the yardstick.)
     import ipaddress
 
     from egressd.config import NetflowSourceConfig
@@ -527,21 +527,30 @@ def test_datagrams_from_forged_addresses_are_refused_at_little_more_than_a_known
         listen="127.0.0.1:0", allowed_exporters=allowed, queue_size=1_000_000
     )
     source = NetflowSource(config)
-    count = 50_000
+    count = 30_000
+    datagrams = [(b"x", (f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", 2055)) for n in range(count)]
 
-    def read(datagrams: list[tuple[bytes, tuple[str, int]]]) -> float:
+    def by_ipaddress() -> float:
+        began = time.thread_time()
+        for _data, (host, _port) in datagrams:
+            address = ipaddress.ip_address(host)
+            any(address in network for network in allowed)
+        return time.thread_time() - began
+
+    def refused() -> float:  # by a new source each time: none of the addresses seen before
+        nonlocal source
+        source = NetflowSource(config)
         source._sock = _ScriptedSocket(datagrams)  # type: ignore[assignment]
         began = time.thread_time()
         while source._readable() == 256:
             pass
-        return time.thread_time() - began
+        spent = time.thread_time() - began
+        assert source.stats.dropped["exporter_not_allowed"] == count
+        return spent
 
-    known = read([(b"x", (EXPORTER, 2055))] * count)
-    forged = read(
-        [(b"x", (f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", 2055)) for n in range(count)]
-    )
-    assert source.stats.dropped["exporter_not_allowed"] == count
-    assert forged < 3 * known, (forged, known)  # ~2x; before: ~5x
+    forged = min(refused() for _ in range(3))
+    check = min(by_ipaddress() for _ in range(3))
+    assert forged < check, (forged, check)  # ~0.4x; before: the check plus the read, > 1x
     # The same answers as the networks give.
     for host, expected in (
         ("192.0.2.255", True),
