@@ -1,14 +1,16 @@
 """Detection quality on generated scenarios: recall, false pages and time to detect per seed.
 
 Run: ``python benchmarks/detection_bench.py [--scenario KIND] [--seeds 1 2 3]``, KIND one of
-month, nine-day, both, saas, campus, small-office, enterprise, tiny-office, networks, all.
-``both`` (the default) is the month and the nine days; ``networks`` the five differently shaped
-networks of tests/network_scenarios.py (a cloud-heavy company, a university, a small office
-behind 1:1000 sampling, an enterprise of eighteen groups and ~4,400 hosts, and three weeks of a
-tiny office of thirteen hosts whose incidents are tens to hundreds of MB); ``all`` is all
-seven. Each scenario is replayed with its own configuration (the months set only ``interval``
-and ``learning`` under ``[detection]``: the defaults do the work). Three of the tiny office's
-four incidents stay under the default floors (tests/network_scenarios.py,
+month, nine-day, both, saas, campus, small-office, enterprise, tiny-office, institute, networks,
+all. ``both`` (the default) is the month and the nine days; ``networks`` the six differently
+shaped networks of tests/network_scenarios.py (a cloud-heavy company, a university, a small
+office behind 1:1000 sampling, an enterprise of eighteen groups and ~4,400 hosts, three weeks of
+a tiny office of thirteen hosts whose incidents are tens to hundreds of MB, and a research
+institute whose HPC cluster two routers export, one with a 30 min active timeout and its clock
+behind); ``all`` is all eight. Each scenario is replayed with its own configuration (the months
+set only ``interval`` and ``learning`` under ``[detection]``: the defaults do the work; the
+institute's also maps cloud regions). Three of the tiny office's four incidents and the
+institute's week-long drip stay under the default floors (tests/network_scenarios.py,
 ``BELOW_DEFAULT_FLOORS``): they count as missed with the defaults. A page is an alert that fires;
 it is true when it matches an injected exfiltration (alertname, group, destination country)
 and starts between the exfiltration's first flow and one interval after its last flow (or after

@@ -38,11 +38,36 @@ traffic the month scenario (tests/scenarios.py) was not written for.
   three stay under the default floors and do not page with the defaults
   (``BELOW_DEFAULT_FLOORS``): they count against recall, crossed at floors a fifth of the
   defaults (``TINY_WINDOWS``, ``TINY_NEW_DESTINATION_FLOOR``).
+- ``institute``: four weeks of a research institute in Germany. Its HPC cluster (``hpc``:
+  countries and two regions of its cloud configured, mostly IPv6) is exported twice: by the
+  edge router every 60 s and by the core router with a 30 min active timeout (a long transfer
+  arrives in half-hour lumps whose start lies 30 min before their end) and its clock four
+  minutes behind, so the collector gets every record of the cluster twice, the core's late.
+  Workstations (``labs``, countries learned) go through the edge only; the administration
+  (``admin``) through a firewall that exports with a 30 min active timeout. Region labels
+  come from an AWS ``ip-ranges.json`` excerpt (tests/fixtures/institute-aws-ranges.json) named
+  in the configuration. Benign: grid transfers at any hour (a few GB, one to four connections)
+  to storage endpoints of 70 sites in the collaboration's countries, a few used daily, most now
+  and then (networks unused for over a week every day), the nightly archive copy to a national
+  computing centre, a new collaborating site each week after learning (a test transfer of
+  1-3 GB, then 40-120 GB over an afternoon and evening), 40-70 MB to a collaborator in Japan
+  (not a listed country) three times, a maintenance weekend (the cluster quiet) and Monday's
+  catch-up (a triple archive copy and the grid's queued transfers), and the administration's
+  nightly database dump over one connection. Incidents: 20-40 GB in 90 minutes from the
+  cluster to the cloud's Singapore region, whose addresses are registered in the US like all
+  the provider's (``hpc-region``), 1.5-3 GB in an hour from a workstation to a bucket there
+  (``labs-bucket``), 1.2-2 GB to China over one connection in four hours, seen every half hour
+  (``admin-long``), 8-15 GB in an hour to a fresh VPS in Germany during Monday's catch-up
+  (``catch-up-vps``), and 8-12 MB an hour for a week from a workstation to a VPS in Russia
+  (``week-drip``: under the default floors, crossed at 1 GB within a week,
+  ``INSTITUTE_WEEK``). Ground truth counts every byte once (the edge's records, the firewall's
+  for the administration): the core's copies are the double count a user would not want.
 
 Each injects exfiltrations with their ground truth (``ExpectedAlert``: the alert, the event
 time its threshold is crossed), scored like the month by benchmarks/detection_bench.py.
 Everything is derived from the seed; a month is a few hundred thousand flows (the
-enterprise about a million, the tiny office's three weeks about 120,000).
+enterprise about a million, the tiny office's three weeks about 120,000, the institute's
+month about 490,000 records, 145,000 of them the core router's copies).
 """
 
 from __future__ import annotations
@@ -52,11 +77,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import NamedTuple
 
 import iptocc
 import orjson
 from scenarios import (
+    _PUBLIC_FIRST_OCTETS,
     DAY,
     GB,
     INTERVAL,
@@ -1369,10 +1396,340 @@ def generate_tiny_office(seed: int = 1) -> Scenario:
     return _finish(seed, network, flows, expected, traps, TINY_OFFICE_CONFIG)
 
 
+# -- a research institute: an HPC cluster seen by two routers, long-lived flows -----------------
+
+#: AWS ``ip-ranges.json`` excerpt (four regions) the institute's configuration maps regions with
+INSTITUTE_AWS_RANGES = Path(__file__).resolve().parent / "fixtures" / "institute-aws-ranges.json"
+
+INSTITUTE_CONFIG = f"""\
+[networks]
+local = ["10.0.0.0/8", "fd00::/8"]
+
+# the HPC cluster's login and data-transfer nodes (behind the core router and the edge)
+[[groups]]
+name = "hpc"
+sources = ["10.50.0.0/16", "fd00:50::/32"]
+expected_countries = ["DE", "CH", "NL", "FR", "GB", "IT", "US"]
+expected_regions = ["aws/eu-central-1", "aws/us-east-1"]
+
+# lab workstations and laptops: countries learned
+[[groups]]
+name = "labs"
+sources = ["10.51.0.0/16", "fd00:51::/32"]
+
+# administration, behind its own firewall
+[[groups]]
+name = "admin"
+sources = ["10.52.0.0/16"]
+expected_countries = ["DE", "US", "IE", "NL"]
+
+[[geo.region_maps]]
+format = "aws"
+path = "{INSTITUTE_AWS_RANGES}"
+
+[detection]
+interval = "5m"
+learning = "7d"
+"""
+
+#: Monday 2 March 2026; the institute is in Germany (UTC+1, UTC+2 from 29 March, day 27)
+INSTITUTE_START = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+#: the cluster is down for maintenance on Saturday 21 and Sunday 22 March; Monday catches up
+MAINTENANCE = (19, 20)
+CATCH_UP_DAY = 21
+#: the edge router exports every group's traffic with a 60 s active timeout; the core router
+#: exports the cluster's traffic again, with a 30 min active timeout and its clock 4 min behind;
+#: the administration's firewall exports with a 30 min active timeout
+_INSTITUTE_EDGE = "10.255.9.2"
+_INSTITUTE_CORE = "10.255.9.1"
+_INSTITUTE_FIREWALL = "10.255.9.3"
+ACTIVE_TIMEOUT = 1800.0
+CORE_SKEW = 240.0
+#: a week's window, where the week-long drip (under the default floors) crosses 1 GB
+INSTITUTE_WEEK = ((7 * DAY, 1 * GB),)
+BELOW_DEFAULT_FLOORS["institute"] = ("week-drip",)
+#: benign traffic the defaults page on, for open weaknesses (README, "How detection works"):
+#: (alertname, group, country, or "" for any)
+KNOWN_FALSE_PAGES = {
+    "institute": (
+        # Grid transfers and new collaborators: GBs within the hour to research networks the
+        # cluster had not used for over a week, in listed countries.
+        (NEW_DESTINATION, "hpc", ""),
+        # The double export: 40-70 MB to Japan counted twice crosses the 100 MB floor.
+        (UNEXPECTED, "hpc", "JP"),
+    )
+}
+#: research networks per country: blocks of national research networks and their IPv6
+_RESEARCH = {
+    "DE": (("141.2", "141.20", "141.30", "141.44", "134.2", "134.60", "129.206"), "2001:638"),
+    "CH": (("129.132", "130.59", "188.184", "137.138"), "2001:1458"),
+    "NL": (("145.100", "130.37", "131.174"), "2001:610"),
+    "FR": (("134.158", "193.48", "129.175"), "2001:660"),
+    "GB": (("130.246", "128.40", "129.215"), "2001:630"),
+    "IT": (("131.154", "90.147"), "2001:760"),
+    "US": (("131.225", "130.199", "128.55", "128.211"), "2001:400"),
+}
+#: fresh research networks: the sites that begin collaborating after learning, one a week
+_NEW_SITES = (("DE", "134.245"), ("NL", "131.211"), ("IT", "193.204"), ("GB", "138.253"))
+#: the provider's regions: IPv4 blocks, and the IPv6 prefix with the third group's bound
+#: (2a05:d014::/36 and 2406:da18::/36: below 0x1000; 2600:1f18::/33: below 0x8000)
+_AWS = {
+    "eu-central-1": (("3.120", "3.121", "52.28", "35.156"), "2a05:d014", 0x1000),
+    "us-east-1": (("3.80", "3.81", "54.80", "34.192"), "2600:1f18", 0x8000),
+    "ap-southeast-1": (("13.228", "13.229", "18.136", "52.74"), "2406:da18", 0x1000),
+}
+
+
+def _institute_season(group: str, day: int) -> float:
+    return 0.02 if group == "hpc" and day in MAINTENANCE else 1.0
+
+
+def _lumps(flows: Sequence[Flow], exporter: str, skew: float = 0.0) -> list[Flow]:
+    """One connection's records as an exporter with a 30 min active timeout reports them.
+
+    ``flows`` are the connection's records with a 60 s timeout; each of the returned ones
+    carries up to half an hour of them, stamped ``skew`` seconds behind."""
+    out: list[Flow] = []
+    first = flows[0]
+    began, size, packets = first.start, 0, 0
+    for k, flow in enumerate(flows):
+        size += flow.bytes
+        packets += flow.packets
+        if flow.end >= began + ACTIVE_TIMEOUT or k == len(flows) - 1:
+            out.append(
+                flow._replace(start=began - skew, end=flow.end - skew, bytes=size,
+                              packets=packets, exporter=exporter)
+            )  # fmt: skip
+            began, size, packets = flow.end, 0, 0
+    return out
+
+
+def _sites(rng: random.Random, country: str, count: int) -> list[str]:
+    """``count`` addresses in ``country``, each in its own /16 (storage endpoints of a grid)."""
+    chosen: dict[str, str] = {}
+    while len(chosen) < count:
+        batch = [
+            f"{rng.choice(_PUBLIC_FIRST_OCTETS)}.{rng.randrange(256)}.{rng.randrange(256)}."
+            f"{rng.randrange(1, 255)}"
+            for _ in range(400)
+        ]
+        for address, found in zip(batch, iptocc.country_code(batch), strict=True):
+            block = address.rsplit(".", 2)[0]
+            if found == country and block not in chosen and len(chosen) < count:
+                chosen[block] = address
+    return list(chosen.values())
+
+
+def generate_institute(seed: int = 1) -> Scenario:
+    """A research institute's month (see the module docstring) with five incidents."""
+    rng = random.Random(seed * 1299709 + 6)
+    start = INSTITUTE_START
+    pools: dict[str, tuple[list[str], list[str]]] = {}
+    for country, (blocks, prefix6) in _RESEARCH.items():
+        pools[country.lower()] = (_addresses(rng, blocks, 12, country), _v6(rng, prefix6, 6))
+    for region, (blocks, prefix6, bound) in _AWS.items():
+        v6 = [
+            f"{prefix6}:{rng.randrange(1, bound):x}::{rng.randrange(1, 0xFFFF):x}"
+            for _ in range(12)
+        ]
+        pools[region] = (_addresses(rng, blocks, 40, "US"), v6)
+    pools["saas"] = (
+        _addresses(rng, _SAAS_US, 60, "US"),
+        ["2603:1026::1", "2603:1026:c02::7", "2603:1027::3"],
+    )
+    pools["de-web"] = (_addresses(rng, ("5.9", "88.99", "141.20", "78.46"), 30, "DE"), [])
+    pools["ie"] = (["87.198.1.1", "193.1.193.64", "89.101.160.5"], [])
+    _check(pools, {c.lower(): c for c in _RESEARCH} | {"de-web": "DE", "ie": "IE"})
+    hosts = {
+        "hpc": _hosts(rng, "10.50", 60, "fd00:50"),
+        "labs": _hosts(rng, "10.51", 400, "fd00:51"),
+        "admin": _hosts(rng, "10.52", 80),
+    }
+    network = Network(
+        rng, start, DAYS, hosts, pools, _CET, _institute_season,
+        {"hpc": (_INSTITUTE_EDGE, 1), "labs": (_INSTITUTE_EDGE, 1),
+         "admin": (_INSTITUTE_FIREWALL, 1)},
+    )  # fmt: skip
+    research = {"night": 0.5, "weekend": 0.7, "ipv6": 0.6}
+    office = {"night": 0.05, "weekend": 0.1}
+    streams = (
+        Stream("hpc", "de", 250 * MB, **research, flows=5),
+        Stream("hpc", "ch", 120 * MB, **research),
+        Stream("hpc", "us", 150 * MB, **research),
+        Stream("hpc", "gb", 80 * MB, **research),
+        Stream("hpc", "nl", 60 * MB, **research),
+        Stream("hpc", "fr", 50 * MB, **research, flows=2),
+        Stream("hpc", "it", 40 * MB, **research, flows=2),
+        Stream("hpc", "eu-central-1", 100 * MB, 0.4, 0.6, ipv6=0.3),
+        Stream("hpc", "us-east-1", 60 * MB, 0.4, 0.6, ipv6=0.3, flows=2),
+        Stream("labs", "saas", 150 * MB, **office, ipv6=0.3, flows=5),
+        Stream("labs", "de-web", 80 * MB, **office, ipv6=0.0),
+        Stream("labs", "eu-central-1", 40 * MB, **office, ipv6=0.3),
+        Stream("labs", "de", 30 * MB, **office, ipv6=0.5),
+        Stream("labs", "gb", 15 * MB, **office, flows=1),
+        Stream("labs", "nl", 15 * MB, **office, flows=1),
+        Stream("labs", "ch", 10 * MB, **office, flows=1),
+        Stream("admin", "saas", 50 * MB, 0.03, 0.05, flows=2),
+        Stream("admin", "de-web", 20 * MB, 0.03, 0.05),
+        Stream("admin", "ie", 10 * MB, 0.03, 0.05, flows=1),
+        Stream("admin", "nl", 5 * MB, 0.03, 0.05, flows=1),
+    )
+    flows = _background(network, streams)
+    hpc_hosts = set(hosts["hpc"][0] + hosts["hpc"][1])
+    # The core router sees the cluster's short flows too: the same records, its clock behind.
+    flows += [
+        f._replace(start=f.start - CORE_SKEW, end=f.end - CORE_SKEW, exporter=_INSTITUTE_CORE)
+        for f in flows
+        if f.src in hpc_hosts
+    ]
+    expected: list[ExpectedAlert] = []
+    traps: list[Trap] = []
+
+    def connection(src: str, dst: str, begin: float, end: float, total: float) -> list[Flow]:
+        """One long-lived connection: the edge's records, and the core's (cluster) or the
+        firewall's (administration) every half hour."""
+        edge = network.transfer(src, dst, begin, end, total)
+        if src in hpc_hosts:
+            return edge + _lumps(edge, _INSTITUTE_CORE, CORE_SKEW)
+        if _group_of(network, src) == "admin":
+            return _lumps(edge, _INSTITUTE_FIREWALL)
+        return edge
+
+    def dtn(v6: bool = True) -> str:
+        """A data-transfer node of the cluster (IPv6 mostly)."""
+        v4, v6_hosts = hosts["hpc"]
+        return rng.choice(v6_hosts[:8] if v6 else v4[:8])
+
+    # -- benign ---------------------------------------------------------------------------
+    # Grid transfers at any hour to storage endpoints of ~70 sites in the collaboration's
+    # countries, a few used daily, most now and then (new networks to the cluster every day).
+    sites = [s for country in _RESEARCH for s in _sites(rng, country, 10)]
+    rng.shuffle(sites)
+    t = start
+    while t < start + DAYS * DAY:
+        t += rng.expovariate(8.0 / DAY)
+        if int((t - start) // DAY) in MAINTENANCE:
+            continue
+        site = sites[min(int(rng.random() ** -1.2) - 1, len(sites) - 1)]
+        size = 3 * GB * math.exp(rng.gauss(0, 1.0))
+        duration = rng.uniform(20, 120) * 60
+        for _ in range(rng.choice((1, 2, 4))):
+            flows += connection(dtn(rng.random() < 0.3), site, t, t + duration, size / 2)
+        traps.append(Trap("grid-transfer", t, t + duration))
+    # The nightly archive copy to the national computing centre (none over the maintenance
+    # weekend; Monday's holds three days' data and starts with the cluster).
+    archive = _addresses(rng, ("141.52",), 1, "DE")[0]
+    for day in range(DAYS):
+        if day in MAINTENANCE:
+            continue
+        begin = network.local(day, 2 + rng.uniform(0, 0.2))
+        size = rng.uniform(15, 40) * GB * (3 if day == CATCH_UP_DAY else 1)
+        hours = 4 if day == CATCH_UP_DAY else 3
+        for stream in range(2):
+            flows += connection(dtn(stream == 0), archive, begin, begin + hours * 3600, size / 2)
+        traps.append(Trap("archive", begin, begin + hours * 3600))
+    # Monday after the maintenance: the grid's queued transfers run in the morning.
+    for _ in range(10):
+        begin = network.local(CATCH_UP_DAY, rng.uniform(6, 9))
+        duration = rng.uniform(40, 120) * 60
+        site = rng.choice(sites[:20])
+        flows += connection(dtn(), site, begin, begin + duration, rng.uniform(3, 15) * GB)
+        traps.append(Trap("catch-up", begin, begin + duration))
+    # A new collaborating site each week after learning: a test transfer, then the bulk.
+    for week, (country, block) in enumerate(_NEW_SITES[:3]):
+        day = 9 + 7 * week
+        endpoints = _addresses(rng, (block,), 2, country)
+        begin = network.local(day, rng.uniform(10, 12))
+        flows += connection(dtn(), endpoints[0], begin, begin + 1200, rng.uniform(1, 3) * GB)
+        begin = network.local(day, rng.uniform(14, 18))
+        hours = rng.uniform(6, 10)
+        size = rng.uniform(40, 120) * GB
+        for k in range(4):
+            flows += connection(dtn(), endpoints[k % 2], begin + k, begin + hours * 3600, size / 4)
+        traps.append(Trap("new-collaborator", begin - 6 * 3600, begin + hours * 3600))
+    # Now and then a few tens of MB to a collaborator in Japan (not a listed country).
+    jp = _addresses(rng, ("133.11", "130.54"), 3, "JP")
+    for day in (11, 18, 25):
+        begin = network.local(day, rng.uniform(9, 17))
+        flows += connection(dtn(False), jp[day % 3], begin, begin + 600, rng.uniform(40, 70) * MB)
+        traps.append(Trap("jp-share", begin, begin + 600))
+    # The administration's nightly database dump to its hosting company, one connection.
+    dump = _addresses(rng, ("88.99",), 1, "DE")[0]
+    for day in range(DAYS):
+        begin = network.local(day, 22 + rng.uniform(0, 0.3))
+        if network.is_weekend(begin):
+            continue
+        flows += connection(hosts["admin"][0][0], dump, begin, begin + 7200,
+                            rng.uniform(1, 3) * GB)  # fmt: skip
+        traps.append(Trap("admin-dump", begin, begin + 7200))
+
+    # -- incidents --------------------------------------------------------------------------
+    # Model weights from the cluster to the cloud it uses, in a region abroad it never uses
+    # (registered in the US like all of the provider's addresses): 20-40 GB in 90 minutes.
+    src = dtn()
+    dst = rng.choice(pools["ap-southeast-1"][1])
+    begin = network.local(10, rng.uniform(13, 17))
+    edge = network.transfer(src, dst, begin, begin + 5400, rng.uniform(20, 40) * GB)
+    expected.append(
+        _expect("hpc-region", UNEXPECTED, "hpc", "US", edge, UNEXPECTED_MIN_BYTES, src, dst)
+    )
+    flows += edge + _lumps(edge, _INSTITUTE_CORE, CORE_SKEW)
+    # A workstation copies 1.5-3 GB in an hour to a bucket in that region (the lab's cloud
+    # is the same provider's Frankfurt region).
+    src = network.pick_host("labs", False)
+    dst = rng.choice(pools["ap-southeast-1"][0])
+    begin = network.local(14, rng.uniform(19, 23))
+    bucket = network.transfer(src, dst, begin, begin + 3600, rng.uniform(1.5, 3) * GB)
+    expected.append(
+        _expect("labs-bucket", NEW_DESTINATION, "labs", "US", bucket, NEW_DESTINATION_FLOOR,
+                src, dst)
+    )  # fmt: skip
+    flows += bucket
+    # A workstation drips 8-12 MB an hour to a VPS in Russia for a week.
+    src = network.pick_host("labs", False)
+    dst = _addresses(rng, ("77.34", "78.36", "79.104"), 1, "RU")[0]
+    begin = network.local(15, rng.uniform(0, 24))
+    hourly = rng.uniform(8, 12) * MB
+    drip = network.transfer(src, dst, begin, begin + 7 * DAY, 7 * 24 * hourly, step=300.0)
+    expected.append(
+        _expect("week-drip", UNEXPECTED, "labs", "RU", drip, INSTITUTE_WEEK[0][1], src, dst,
+                windows=INSTITUTE_WEEK)
+    )  # fmt: skip
+    flows += drip
+    # An administration PC sends 1.2-2 GB to China over one connection in four hours; its
+    # firewall reports it every half hour.
+    src = network.pick_host("admin", False)
+    dst = rng.choice(("47.100.23.45", "114.114.114.114", "220.181.38.148"))
+    begin = network.local(17, rng.uniform(9, 14))
+    long = _lumps(
+        network.transfer(src, dst, begin, begin + 4 * 3600, rng.uniform(1.2, 2) * GB),
+        _INSTITUTE_FIREWALL,
+    )
+    expected.append(
+        _expect("admin-long", UNEXPECTED, "admin", "CN", long, UNEXPECTED_MIN_BYTES, src, dst)
+    )
+    flows += long
+    # In Monday's catch-up, a cluster node ships 8-15 GB in an hour to a fresh VPS in Germany.
+    src = dtn(False)
+    dst = _addresses(rng, ("49.12", "116.203", "5.9"), 1, "DE")[0]
+    begin = network.local(CATCH_UP_DAY, rng.uniform(7, 9))
+    edge = network.transfer(src, dst, begin, begin + 3600, rng.uniform(8, 15) * GB)
+    expected.append(
+        _expect("catch-up-vps", NEW_DESTINATION, "hpc", "DE", edge, NEW_DESTINATION_FLOOR,
+                src, dst)
+    )  # fmt: skip
+    flows += edge + _lumps(edge, _INSTITUTE_CORE, CORE_SKEW)
+    # The records in the order the collector receives them: the core's 4 minutes late.
+    flows.sort(key=lambda f: f.end + (CORE_SKEW if f.exporter == _INSTITUTE_CORE else 0.0))
+    expected.sort(key=lambda e: e.crossing)
+    return Scenario(seed, network.start, network.days, flows, expected, traps, INSTITUTE_CONFIG)
+
+
 GENERATORS: dict[str, Callable[[int], Scenario]] = {
     "saas": generate_saas,
     "campus": generate_campus,
     "small-office": generate_office,
     "enterprise": generate_enterprise,
     "tiny-office": generate_tiny_office,
+    "institute": generate_institute,
 }
