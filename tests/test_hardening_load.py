@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from egressd.sources.netflow import kernel_drops
+from egressd.sources.netflow import BATCH_DATAGRAMS, kernel_drops
 from tests.flood_support import RECORDS, exfil_datagram, flood_pool, rss_bytes, start_flood
 from tests.integration_support import (
     EgressdProcess,
@@ -294,6 +294,11 @@ def test_every_engine_bound_shows_in_metrics(tmp_path: Path) -> None:
     assert value("egressd_baseline_keys") == len(engine.baselines) <= 20
 
 
+def _queued(source: Any) -> list[tuple[bytes, str, float]]:
+    """The datagrams waiting in ``source``'s queue, lane after lane."""
+    return [item for lane in source._lanes.values() for item in lane]
+
+
 class _ScriptedSocket:
     """recvfrom hands out the datagrams given, then would block."""
 
@@ -320,7 +325,7 @@ def test_one_exporter_filling_the_queue_leaves_room_for_the_others() -> None:
     for burst in (flood[:256], flood[256:] + legit):
         source._sock = _ScriptedSocket(burst)  # type: ignore[assignment]
         source._readable()
-    queued = [host for _data, host, _now in source._queue]
+    queued = [host for _data, host, _now in _queued(source)]
     assert queued.count("192.0.2.1") == 5
     assert queued.count("192.0.2.66") == 75
     assert source.stats.dropped["exporter_over_share"] == 225
@@ -365,6 +370,10 @@ class _Network:
         self.datagram = exfil_datagram(now, 1_000, 0)
         self.decoded: collections.Counter[str] = collections.Counter()
         self.sent = 0
+        #: datagrams decoded (from any exporter) before each of the real exporter's datagrams
+        #: since it arrived: how long it waited, in the collector's own work
+        self.waits: list[int] = []
+        self._arrived: collections.deque[int] = collections.deque()
         for _ in range(kernel.capacity):
             kernel.arrive(self.flood_datagram, FLOODER)
 
@@ -376,12 +385,16 @@ class _Network:
             def decode_columns_batch(self, datagrams: Any) -> Any:
                 datagrams = list(datagrams)
                 for _data, exporter, _now in datagrams:
+                    done = network.decoded.total()
+                    if exporter == EXPORTER and network._arrived:
+                        network.waits.append(done - network._arrived.popleft())
                     network.decoded[exporter] += 1
                     if network.sent < network.sends:
                         for _ in range(network.flood):
                             network.kernel.arrive(network.flood_datagram, FLOODER)
-                        if sum(network.decoded.values()) % network.every == 0:
+                        if (done + 1) % network.every == 0:
                             network.kernel.arrive(network.datagram, EXPORTER)
+                            network._arrived.append(done + 1)
                             network.sent += 1
                 return decoder.decode_columns_batch(datagrams)
 
@@ -428,7 +441,7 @@ async def _collector_under_flood(source: Any, network: _Network) -> None:
     source.decoder = network.decoding(source.decoder)
     decoding = asyncio.ensure_future(source._decode_loop())
     try:
-        while network.sent < network.sends or network.kernel.held or source._queue:
+        while network.sent < network.sends or network.kernel.held or source.queued:
             source._readable()
             await asyncio.sleep(0)
     finally:
@@ -456,6 +469,104 @@ def test_a_flooding_exporter_leaves_room_for_the_others_in_the_socket_buffer() -
     assert source.stats.dropped["exporter_over_share"] > 0
 
 
+def test_a_flooding_exporter_does_not_delay_the_others_datagrams() -> None:
+    # The queue was one line, first in, first out: while one exporter flooded, each datagram
+    # of another waited behind the flood's three quarters of the queue (here ~1,500 datagrams
+    # decoded before it; about a second against a loopback flood). Now each exporter has a
+    # lane and each batch gives every exporter waiting an equal turn: the real exporter's
+    # datagram is decoded in the batch after the one it arrived during.
+    from egressd.config import NetflowSourceConfig
+    from egressd.sources.netflow import BATCH_DATAGRAMS, NetflowSource
+
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0", queue_size=2_000))
+    kernel = _KernelBuffer(500)
+    network = _Network(kernel, flood=5, every=8, sends=100)
+    source._sock = kernel  # type: ignore[assignment]
+    asyncio.run(_collector_under_flood(source, network))
+    assert network.decoded[EXPORTER] == network.sent == 100
+    assert source.stats.dropped["exporter_over_share"] > 0  # the flood filled its share
+    assert max(network.waits) <= 2 * BATCH_DATAGRAMS, network.waits
+
+
+async def _victim_under_loopback_flood(
+    seconds: float, sends: int
+) -> tuple[list[int], list[float], int]:
+    """A collector on loopback flooded by one sender process (127.0.0.1) while another
+    exporter (127.0.0.2) sends a datagram every 50 ms: for each of the latter's datagrams,
+    the flood's datagrams decoded between its sending and its decoding, and the seconds
+    between; and the flood's datagrams queued when the first was sent."""
+    from egressd.config import NetflowSourceConfig
+    from egressd.sources.netflow import NetflowSource
+
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0"))
+    decoder = source.decoder
+    flood_decoded = 0
+    sent: collections.deque[tuple[int, float]] = collections.deque()
+    waits: list[int] = []
+    latencies: list[float] = []
+
+    class Counting:
+        def decode_columns_batch(self, datagrams: Any) -> Any:
+            nonlocal flood_decoded
+            datagrams = list(datagrams)
+            for _data, exporter, _now in datagrams:
+                if exporter == EXFIL_EXPORTER and sent:
+                    before, at = sent.popleft()
+                    waits.append(flood_decoded - before)
+                    latencies.append(time.monotonic() - at)
+                else:
+                    flood_decoded += 1
+            return decoder.decode_columns_batch(datagrams)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(decoder, name)
+
+    class Sink:
+        def submit(self, records: Any) -> None: ...
+
+        def submit_columns(self, columns: Any) -> None: ...
+
+    source.decoder = Counting()  # type: ignore[assignment]
+    await source.start(Sink())  # type: ignore[arg-type]
+    assert source.bound is not None
+    flood = start_flood(("127.0.0.1", source.bound[1]), seconds, senders=1)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as exporter:
+            exporter.bind((EXFIL_EXPORTER, 0))
+            # The flood first fills its share of the queue.
+            deadline = time.monotonic() + seconds / 2
+            while source.queued < 5_000 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            filled = source.queued
+            for sequence in range(sends):
+                sent.append((flood_decoded, time.monotonic()))
+                exporter.sendto(exfil_datagram(time.time(), 1_000, sequence), source.bound)
+                await asyncio.sleep(0.05)
+            deadline = time.monotonic() + seconds
+            while sent and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+    finally:
+        flood.join(seconds + 5)
+        await source.stop()
+    return waits, latencies, filled
+
+
+def test_a_loopback_flood_does_not_delay_another_exporters_datagrams() -> None:
+    # Against one loopback flood sender, each datagram of another exporter waited behind the
+    # flood's three quarters of the queue: ~7,500 of the flood's datagrams were decoded
+    # between its sending and its decoding (1.6-2.7 s, median, on a loaded machine). Now
+    # half a batch (32): it is read into a lane of its own before the next batch, which
+    # serves each exporter waiting an equal turn (0.02 s).
+    waits, latencies, filled = asyncio.run(_victim_under_loopback_flood(8.0, 40))
+    assert len(waits) == 40
+    assert filled >= 5_000  # the flood had filled most of its share of the queue
+    waits.sort()
+    latencies.sort()
+    print(f"flood datagrams decoded before the exporter's: median {waits[20]}, max {waits[-1]}")
+    print(f"seconds from sending to decoding: median {latencies[20]:.4f}, max {latencies[-1]:.4f}")
+    assert waits[-1] <= 4 * BATCH_DATAGRAMS, waits
+
+
 def test_a_queued_datagram_takes_a_slot_per_9000_bytes() -> None:
     # The queue is counted in datagrams; now that a flood fills it, 10,000 datagrams of 64 kB
     # would hold 640 MB. A datagram takes a slot per SLOT_BYTES (one for most), so the queue
@@ -468,9 +579,9 @@ def test_a_queued_datagram_takes_a_slot_per_9000_bytes() -> None:
     small = [(bytes(1_400), (EXPORTER, 2055)) for _ in range(30)]
     source._sock = _ScriptedSocket(large + small)  # type: ignore[assignment]
     source._readable()
-    held = sum(len(data) for data, _host, _now in source._queue)
+    held = sum(len(data) for data, _host, _now in _queued(source))
     assert held <= 100 * SLOT_BYTES
-    queued = [host for _data, host, _now in source._queue]
+    queued = [host for _data, host, _now in _queued(source)]
     assert queued.count(FLOODER) == 10  # 80 slots: it may not take more past 75
     assert source.stats.dropped["exporter_over_share"] == 10
     assert queued.count(EXPORTER) == 20  # the rest is still the others'
@@ -500,7 +611,7 @@ def test_a_flood_from_forged_addresses_leaves_the_queue_reserve_to_proven_export
     for burst in (flood[:256], flood[256:] + legit):
         source._sock = _ScriptedSocket(burst)  # type: ignore[assignment]
         source._readable()
-    queued = [host for _data, host, _now in source._queue]
+    queued = [host for _data, host, _now in _queued(source)]
     assert queued.count(EXPORTER) == 5
     assert len(queued) == 80
     assert source.stats.dropped["exporter_not_proven"] == 225
@@ -625,7 +736,7 @@ def test_flows_are_submitted_on_time_while_a_flood_keeps_the_queue_full() -> Non
         source.decoder = Decoder()  # type: ignore[assignment]
         decoding = asyncio.ensure_future(source._decode_loop())
         try:
-            while flood_left[0] or kernel.held or source._queue:
+            while flood_left[0] or kernel.held or source.queued:
                 source._readable()
                 await asyncio.sleep(0)
         finally:

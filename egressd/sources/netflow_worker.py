@@ -228,7 +228,7 @@ class Worker:
     @property
     def backlog(self) -> int:
         """Datagrams read and not decoded yet."""
-        return len(self.filter._queue)
+        return self.filter.queued
 
     def receive(self, sock: socket.socket) -> None:
         """Read what the socket holds into the queue (at most three quarters of it per
