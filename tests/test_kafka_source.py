@@ -367,6 +367,53 @@ async def test_poison_messages_go_to_the_dead_letter_topic() -> None:
     assert source.dead_letters == 1
 
 
+class HangingProducer(FakeProducer):
+    """``send`` waits as aiokafka's does for the metadata of a topic it cannot reach (up to
+    ``request_timeout_ms``, 40 s by default): here, until the test ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    async def send(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[None]:
+        self.waiting += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_an_unreachable_dead_letter_topic_does_not_hold_up_the_flows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The consumer waited for each dead-letter copy, and aiokafka's send waits up to 40 s
+    # for an unreachable topic's metadata: one bad message per fetch held every good one
+    # behind it from the engine for that long (here, for as long as the copy hung). Now the
+    # copies go out beside the consumer, a bounded backlog of them.
+    monkeypatch.setattr(kafka_module, "DEAD_LETTER_BACKLOG", 10)
+    values: list[bytes | None] = []
+    for i in range(40):
+        values += [b"garbage", goflow2_json(i)]
+    fake = FakeConsumer({TP0: values})
+    producer = HangingProducer()
+    sink = Sink()
+    source = KafkaSource(
+        config(dead_letter_topic="flows-dead", max_batch=2),
+        "k",
+        consumer_factory=fake,
+        producer_factory=producer,
+    )
+    monkeypatch.setattr(kafka_module, "_DEAD_LETTER_TIMEOUT", 0.5)
+    await source.start(sink)
+    await wait_for(lambda: len(sink.records) == 40)
+    assert source.checkpoint_position() == {"flows:0": 80}
+    assert producer.waiting >= 1
+    assert source.stats.dropped["dead_letter_failed"] >= 40 - 10 - 1  # over the backlog
+    await source.stop()
+    assert source.stats.dropped["dead_letter_failed"] == 40  # none copied: all counted
+    assert source.dead_letters == 0
+
+
 async def test_unreachable_broker_is_retried_with_growing_backoff(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -51,6 +51,10 @@ _BACKOFF_MAX: Final = 30.0
 _COMMIT_TIMEOUT: Final = 10.0
 _POLL_MS: Final = 500
 _DEAD_LETTER_TIMEOUT: Final = 10.0
+#: undecodable messages (and their bytes) waiting for their dead-letter copy at most: the
+#: copies go out beside the consumer, and past these the rest are dropped, counted
+DEAD_LETTER_BACKLOG: Final = 1_000
+DEAD_LETTER_BACKLOG_BYTES: Final = 32 << 20
 #: message bytes decoded per turn of the event loop (about 0.1 s of JSON lines): a fetch
 #: holds up to max_batch messages and 50 MB, which took seconds to decode in one go
 DECODE_BYTES: Final = 1 << 20
@@ -261,6 +265,8 @@ class KafkaSource:
         "_columns",
         "_consumer",
         "_consumer_factory",
+        "_dead_letter_task",
+        "_dead_letters_waiting",
         "_decode",
         "_line",
         "_producer",
@@ -315,6 +321,10 @@ class KafkaSource:
         self._ready = False
         self._stopping = False
         self._backoff = Backoff()
+        #: undecodable messages waiting for their copy to the dead-letter topic, and the task
+        #: sending them (see :meth:`_queue_dead_letters`)
+        self._dead_letters_waiting: list[tuple[Any, str]] = []
+        self._dead_letter_task: asyncio.Task[None] | None = None
         #: next offset after everything submitted (or restored from the state file)
         self._submitted: dict[TopicPartition, int] = {}
         self._assigned: frozenset[TopicPartition] = frozenset()
@@ -528,6 +538,16 @@ class KafkaSource:
 
     async def _close(self) -> None:
         self._ready = False
+        task, self._dead_letter_task = self._dead_letter_task, None
+        if task is not None:
+            # Copies under way get the time one copy may take, then what is left is dropped.
+            await asyncio.wait([task], timeout=_DEAD_LETTER_TIMEOUT)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._dead_letters_waiting:
+            self.stats.drop("dead_letter_failed", len(self._dead_letters_waiting))
+            self._dead_letters_waiting = []
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         self._assigned = frozenset()
@@ -584,7 +604,7 @@ class KafkaSource:
                 else:
                     columns, failed = decoded
                 if failed and self._producer is not None:
-                    await self._dead_letter(failed)
+                    self._queue_dead_letters(failed)
                 if decoded is None:
                     if records:
                         sink.submit(records)
@@ -694,31 +714,74 @@ class KafkaSource:
                 append(record)
         return sum(record is None for record in decoded)
 
+    def _queue_dead_letters(self, failed: list[tuple[Any, str]]) -> None:
+        """Copy ``failed`` to the dead-letter topic beside the consumer, never in its way.
+
+        Before, the consumer waited for the copies: aiokafka's ``send`` waits up to
+        ``request_timeout_ms`` (40 s) for the topic's metadata, so while the dead-letter
+        topic could not be reached (deleted, not yet created, a broker that does not
+        answer), each fetch holding one bad message stopped the flow topic for that long,
+        and a producer writing one bad message a fetch kept every good one behind it from
+        the engine. At most :data:`DEAD_LETTER_BACKLOG` messages (and
+        :data:`DEAD_LETTER_BACKLOG_BYTES`) wait; the rest are dropped, counted."""
+        waiting = self._dead_letters_waiting
+        held = sum(len(message.value or b"") for message, _reason in waiting)
+        dropped = 0
+        for item in failed:
+            size = len(item[0].value or b"")
+            if len(waiting) >= DEAD_LETTER_BACKLOG or held + size > DEAD_LETTER_BACKLOG_BYTES:
+                dropped += 1
+                continue
+            waiting.append(item)
+            held += size
+        if dropped:
+            self.stats.drop("dead_letter_failed", dropped)
+        task = self._dead_letter_task
+        if waiting and (task is None or task.done()):
+            self._dead_letter_task = asyncio.get_running_loop().create_task(
+                self._send_dead_letters(), name=f"egressd-{self.name}-dead-letters"
+            )
+
+    async def _send_dead_letters(self) -> None:
+        while self._dead_letters_waiting and self._producer is not None:
+            failed, self._dead_letters_waiting = self._dead_letters_waiting, []
+            try:
+                await self._dead_letter(failed)
+            except asyncio.CancelledError:  # stopped while copying: counted as not copied
+                self.stats.drop("dead_letter_failed", len(failed))
+                raise
+
     async def _dead_letter(self, failed: list[tuple[Any, str]], producer: Any = None) -> None:
         """Copies undecodable messages to the dead-letter topic, with where they came from
         (through ``producer`` when given: the ingest role shares its own)."""
         producer = producer or self._producer
         topic = self.config.dead_letter_topic
         try:
-            futures = [
-                await producer.send(
-                    topic,
-                    value=message.value,
-                    key=message.key,
-                    headers=[
-                        ("egressd-reason", reason.encode()),
-                        ("egressd-topic", message.topic.encode()),
-                        ("egressd-partition", str(message.partition).encode()),
-                        ("egressd-offset", str(message.offset).encode()),
-                    ],
-                )
-                for message, reason in failed
-            ]
-            await asyncio.wait_for(asyncio.gather(*futures), _DEAD_LETTER_TIMEOUT)
+            # Sending waits for the topic's metadata and room in the producer's buffer (up
+            # to request_timeout_ms each): the whole copy is bounded, not only its acks.
+            async with asyncio.timeout(_DEAD_LETTER_TIMEOUT):
+                futures = [
+                    await producer.send(
+                        topic,
+                        value=message.value,
+                        key=message.key,
+                        headers=[
+                            ("egressd-reason", reason.encode()),
+                            ("egressd-topic", message.topic.encode()),
+                            ("egressd-partition", str(message.partition).encode()),
+                            ("egressd-offset", str(message.offset).encode()),
+                        ],
+                    )
+                    for message, reason in failed
+                ]
+                await asyncio.gather(*futures)
         except Exception as exc:  # dead letters must not block the partition
             self.stats.drop("dead_letter_failed", len(failed))
             log.warning(
-                "%s: dead-letter copy of %d messages failed: %s", self.name, len(failed), exc
+                "%s: dead-letter copy of %d messages failed: %s",
+                self.name,
+                len(failed),
+                exc or type(exc).__name__,
             )
             return
         self.dead_letters += len(failed)
