@@ -752,3 +752,74 @@ def test_flows_are_submitted_on_time_while_a_flood_keeps_the_queue_full() -> Non
         sources.netflow.time = original
     assert network.decoded[EXPORTER] == 1
     assert submitted and submitted[0] < 20_000, submitted  # while the flood went on
+
+
+async def test_proven_exporters_stay_proven_across_a_restart(tmp_path: Path) -> None:
+    # After a restart every exporter was unproven for PROVEN_AFTER (30 s): a flood from
+    # forged addresses started then shared the queue's reserve, the decoder's tables and its
+    # template budget with the real exporters. The state file now lists the proven ones.
+    from egressd.app import Daemon
+    from egressd.config import parse_config
+    from egressd.sources.netflow import NetflowSource
+    from tests.netflow_builders import v5_datagram
+
+    config = parse_config(
+        research_config(state=str(tmp_path / "state.json"))
+        + '\n[http]\nlisten = "127.0.0.1:0"\n[[sources.netflow]]\nlisten = "127.0.0.1:0"\n'
+        + "queue_size = 100\n"
+    )
+    first = Daemon(config, environ={})
+    source = first.sources[0]
+    assert isinstance(source, NetflowSource)
+    record = (bytes([10, 20, 0, 17]), bytes([47, 100, 23, 45]), 1, 1000, 0, 0, 1, 2, 6)
+    now = time.time()
+    for at in (now - 31, now):
+        v5 = v5_datagram([record], uptime_ms=1000, unix_secs=int(at))
+        assert len(source.decoder.decode(v5, EXPORTER, at)) == 1
+    assert source.decoder.is_proven(EXPORTER)
+    assert await first.save()
+
+    second = Daemon(config, environ={})
+    running = asyncio.create_task(second.run())
+    try:
+        await asyncio.wait_for(_until(lambda: second.readiness()[0]), 10)
+        restarted = second.sources[0]
+        assert isinstance(restarted, NetflowSource)
+        assert restarted.decoder.is_proven(EXPORTER)
+        # So the queue's reserve is the real exporter's at once, as before the restart.
+        flood = [(b"F", (f"10.0.{n >> 8}.{n & 255}", 2055)) for n in range(300)]
+        legit = [(b"L%d" % n, (EXPORTER, 2055)) for n in range(5)]
+        sock = restarted._sock
+        try:
+            for burst in (flood[:256], flood[256:] + legit):
+                restarted._sock = _ScriptedSocket(burst)  # type: ignore[assignment]
+                restarted._readable()
+        finally:
+            restarted._sock = sock
+        assert restarted.stats.dropped["exporter_not_proven"] == 225
+        assert [host for _d, host, _n in _queued(restarted)].count(EXPORTER) == 5
+    finally:
+        assert second._stopping is not None
+        second._stopping.set()
+        await running
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
+
+
+def test_a_saved_list_of_proven_exporters_is_checked_and_bounded() -> None:
+    from egressd.decode.netflow import NetflowDecoder
+    from egressd.decode.netflow.proven import MAX_PROVEN
+
+    decoder = NetflowDecoder()
+    saved: list[object] = ["192.0.2.1", "2001:db8::1", "x" * 1_000_000, 7, None, ["10.0.0.1"]]
+    saved += ["not an address", "192.0.2.1", "10.0.0.300", {"a": 1}]
+    assert decoder.restore_proven(saved) == 2
+    assert decoder.saved_proven() == ["192.0.2.1", "2001:db8::1"]
+    assert decoder.restore_proven({"192.0.2.9": 1}) == 0
+    many = [f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}" for n in range(MAX_PROVEN * 3)]
+    decoder = NetflowDecoder()
+    assert decoder.restore_proven(many) == MAX_PROVEN
+    assert decoder.proven_exporters == MAX_PROVEN

@@ -186,6 +186,15 @@ class NetflowDecoder:
         """Whether ``exporter`` is proven (see ``proven.py``)."""
         return exporter in self._proven.held
 
+    def saved_proven(self) -> list[str]:
+        """The proven exporters, for the state file (see :meth:`restore_proven`)."""
+        return self._proven.saved()
+
+    def restore_proven(self, exporters: object) -> int:
+        """Hold the proven exporters a state file listed as proven (before any datagram is
+        decoded: nothing they hold needs moving); how many were taken."""
+        return self._proven.restore(exporters)
+
     def decode(self, datagram: bytes, exporter: str, now: float) -> list[FlowRecord]:
         """Flow records of one export datagram from ``exporter`` received at ``now``."""
         stats = self.stats

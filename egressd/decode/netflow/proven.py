@@ -6,6 +6,7 @@ buffered sets, options domains) and its shared template budget serve proven expo
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from egressd.cache import BoundedCache
@@ -58,3 +59,38 @@ class ProvenExporters:
         del self._candidates.data[exporter]
         held[exporter] = None
         return True
+
+    def restore(self, exporters: object) -> int:
+        """Hold ``exporters`` (a state file's list of them) as proven; how many were taken.
+
+        Without it, every exporter was unproven for :data:`PROVEN_AFTER` after a restart,
+        and a flood from forged addresses started then shared the queue's reserve, the
+        decoder's tables and its template budget with them. Only address texts are taken,
+        at most :data:`MAX_PROVEN` in all; anything else in the list is ignored."""
+        if not isinstance(exporters, list):
+            return 0
+        held = self.held
+        taken = 0
+        for exporter in exporters:
+            if len(held) >= MAX_PROVEN:
+                break
+            if isinstance(exporter, str) and exporter not in held and _is_address(exporter):
+                held[exporter] = None
+                taken += 1
+        return taken
+
+    def saved(self) -> list[str]:
+        """The proven exporters, for the state file."""
+        return list(self.held)
+
+
+def _is_address(text: str) -> bool:
+    if len(text) > 45:  # the longest IPv6 text form
+        return False
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+        except OSError:
+            continue
+        return True
+    return False
