@@ -656,3 +656,30 @@ def test_merged_columns_follow_heapq_merge(streams: list[list[list[float]]], chu
     assert all(len(batch) <= chunk for batch in merged)
     got = [r for batch in merged for r in batch.to_records()]
     assert _comparable(got) == _comparable(expected)
+
+
+@pytest.mark.parametrize("fmt", COLUMN_FORMATS)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_files_read_to_columns_as_to_records_with_lines_over_the_limit(
+    fmt: str, data: st.DataObject
+) -> None:
+    # The file readers bound a line's length (files.MAX_LINE, here made small): both paths
+    # count and skip the same lines, wherever the blocks of the column path end.
+    import unittest.mock
+
+    blob = data.draw(_lines(fmt))
+    cut = data.draw(st.integers(0, len(blob)))
+    long_line = data.draw(st.binary(min_size=60, max_size=200).filter(lambda b: b"\n" not in b))
+    blob = blob[:cut] + long_line + data.draw(st.sampled_from([b"\n", b""])) + blob[cut:]
+    block = data.draw(st.sampled_from([1, 7, 64, 300]))
+    with unittest.mock.patch.object(files, "MAX_LINE", data.draw(st.integers(20, 120))):
+        expected_stats = SourceStats("records")
+        expected = list(read_lines(io.BytesIO(blob), expected_stats, files._line_decoder(fmt)))
+        stats = SourceStats("columns")
+        got: list[FlowRecord] = []
+        with unittest.mock.patch.object(files, "COLUMN_BLOCK", block):
+            for lines in files.line_blocks(io.BytesIO(blob), stats, block):
+                got.extend(JsonColumnDecoder(fmt).decode(lines, stats).to_records())
+    assert _comparable(got) == _comparable(expected)
+    assert _counters(stats) == _counters(expected_stats)

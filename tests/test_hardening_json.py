@@ -202,3 +202,40 @@ def test_malformed_partials_neither_stop_a_detect_process_nor_stay_uncommitted(
         assert detect.alive(), detect.log()
     finally:
         assert detect.stop() == 0, detect.log()
+
+
+@pytest.mark.parametrize("columns", [True, False])
+def test_a_replayed_line_of_hundreds_of_megabytes_is_skipped_without_holding_it(
+    tmp_path: Path, columns: bool
+) -> None:
+    # Lines were read whole: a 1 MB .gz file holding one line of 1 GB took 3.2 GB of memory
+    # to replay (a few MB more of .gz, and the replay died). A line over MAX_LINE is now
+    # counted as line_too_long and skipped as it is read; the lines around it count.
+    import gzip
+    import tracemalloc
+
+    from egressd.sources import files
+    from egressd.stats import SourceStats
+
+    lines = exfiltration_lines("goflow2-json", 1_773_064_800.0)
+    path = tmp_path / "flows.jsonl.gz"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(b"\n".join(lines[:3]) + b"\n")
+        chunk = b"x" * (1 << 20)
+        for _ in range(64):  # 64 MB without a line end
+            out.write(chunk)
+        out.write(b"\n" + b"\n".join(lines[3:]) + b"\n")
+    stats = SourceStats("file")
+    tracemalloc.start()
+    try:
+        if columns:
+            flows = sum(len(c) for c in files.read_columns_file("goflow2-json", path, stats))
+        else:
+            flows = sum(1 for _ in files.read_file("goflow2-json", path, stats))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert flows == len(lines)
+    assert dict(stats.decode_errors) == {"line_too_long": 1}
+    assert stats.units == len(lines) + 1
+    assert peak < 4 * files.MAX_LINE, peak  # before: the 64 MB line, and more
