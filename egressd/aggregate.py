@@ -9,10 +9,13 @@ clock runs behind is thus still seen, a few minutes later, instead of not at all
 from __future__ import annotations
 
 import math
+from operator import itemgetter
+from typing import TypeVar
 
+from egressd.columns import address_text
 from egressd.enrich import DestinationLabels
 from egressd.sketch import TopK
-from egressd.talkers import TalkerBacklog, TextCache
+from egressd.talkers import KNOWN_TEXTS, TalkerBacklog, TextCache
 
 AggregateKey = tuple[str, DestinationLabels]  # (group, destination labels)
 
@@ -21,19 +24,37 @@ AggregateKey = tuple[str, DestinationLabels]  # (group, destination labels)
 #: baselines, the state file's 64-bit integers) stay in range whatever a flood of records claims
 MAX_INTERVAL_COUNT = 2**53
 
+#: an accumulator's waiting talkers go into its sketches at this many flows (three values
+#: each): memory per key stays about what its two sketches take
+WAITING_FLOWS = 64
+_LOW64 = 2**64 - 1
+_Item = TypeVar("_Item")
+#: address texts the accumulators' settles made, for the next ones (the same talkers come back
+#: interval after interval); cleared when it holds :data:`KNOWN_TEXTS`
+_TEXTS: TextCache = {}
+
 
 class Accum:
-    """What one (group, destination) sent in one interval, with its heaviest talkers."""
+    """What one (group, destination) sent in one interval, with its heaviest talkers.
+
+    The sparse path (:meth:`egressd.pipeline.Engine._account_rows`) appends each flow's
+    talkers to :attr:`talkers` instead of adding them to the sketches: most keys' sketches
+    are never read (an expected destination under every floor), and those that are get the
+    same flows added in the same order when first read (:attr:`sources`,
+    :attr:`destinations`) or when :data:`WAITING_FLOWS` wait, so the sketches are the ones
+    adding flow by flow makes.
+    """
 
     __slots__ = (
+        "_destinations",
+        "_sources",
         "bytes",
         "capacity",
-        "destinations",
         "flows",
         "ingress",
         "packets",
         "small",
-        "sources",
+        "talkers",
     )
 
     def __init__(self, sketch_capacity: int) -> None:
@@ -45,8 +66,110 @@ class Accum:
         #: bytes the other way: from this destination to the group's sources
         self.ingress = 0
         self.capacity = sketch_capacity
-        self.sources = TopK(sketch_capacity)
-        self.destinations = TopK(sketch_capacity)
+        self._sources: TopK | None = None
+        self._destinations: TopK | None = None
+        #: flows counted but not in the sketches yet, flat, in flow order: source address
+        #: value, destination address value, bytes; None when there are none
+        self.talkers: list[int] | None = None
+
+    @property
+    def sources(self) -> TopK:
+        """The heaviest sources (a Space-Saving sketch)."""
+        if self.talkers is not None:
+            self.settle()
+        sketch = self._sources
+        if sketch is None:
+            sketch = self._sources = TopK(self.capacity)
+        return sketch
+
+    @sources.setter
+    def sources(self, sketch: TopK) -> None:
+        if self.talkers is not None:
+            self.settle()
+        self._sources = sketch
+
+    @property
+    def destinations(self) -> TopK:
+        """The heaviest destination addresses (a Space-Saving sketch)."""
+        if self.talkers is not None:
+            self.settle()
+        sketch = self._destinations
+        if sketch is None:
+            sketch = self._destinations = TopK(self.capacity)
+        return sketch
+
+    @destinations.setter
+    def destinations(self, sketch: TopK) -> None:
+        if self.talkers is not None:
+            self.settle()
+        self._destinations = sketch
+
+    def heaviest(self, n: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """The :func:`heaviest_items` of the sources' and the destinations' sketch.
+
+        While the talkers wait and no sketch would evict (at most ``capacity`` distinct
+        addresses each), the sketches would hold the exact sums in first-flow order: those
+        are summed by address value and only the ``n`` picked get their text (a window's
+        expiry reads the few heaviest of each interval leaving its first span). The talkers
+        stay: a later read of the sketches makes them as ever.
+        """
+        talkers = self.talkers
+        if talkers is not None and self._sources is None and self._destinations is None:
+            sources: dict[int, int] = {}
+            destinations: dict[int, int] = {}
+            source_sum = sources.get
+            destination_sum = destinations.get
+            flows = iter(talkers)
+            for src, dst, size in zip(flows, flows, flows, strict=True):
+                sources[src] = source_sum(src, 0) + size
+                destinations[dst] = destination_sum(dst, 0) + size
+            if len(sources) <= self.capacity and len(destinations) <= self.capacity:
+                return (
+                    _with_texts(heaviest_items(sources, n)),
+                    _with_texts(heaviest_items(destinations, n)),
+                )
+        return heaviest_items(self.sources.counts, n), heaviest_items(self.destinations.counts, n)
+
+    def settle(self) -> None:
+        """Add :attr:`talkers` to the sketches, in order, as adding each flow would."""
+        talkers = self.talkers
+        self.talkers = None
+        capacity = self.capacity
+        sources = self._sources
+        if sources is None:
+            sources = self._sources = TopK(capacity)
+        destinations = self._destinations
+        if destinations is None:
+            destinations = self._destinations = TopK(capacity)
+        texts = _TEXTS
+        if len(texts) > KNOWN_TEXTS:
+            texts.clear()
+        flows = iter(talkers)  # type: ignore[arg-type]
+        for src, dst, size in zip(flows, flows, flows, strict=True):
+            # TopK.add inlined where it is a plain sum: an item already kept, or a new one
+            # while the sketch has room (it has no eviction heap until it is full).
+            text = texts.get(src)
+            if text is None:
+                text = texts[src] = address_text(src >> 64, src & _LOW64)
+            counts = sources.counts
+            current = counts.get(text)
+            if current is not None:
+                counts[text] = current + size
+            elif len(counts) < capacity:
+                counts[text] = size
+            else:
+                sources.add(text, size)
+            text = texts.get(dst)
+            if text is None:
+                text = texts[dst] = address_text(dst >> 64, dst & _LOW64)
+            counts = destinations.counts
+            current = counts.get(text)
+            if current is not None:
+                counts[text] = current + size
+            elif len(counts) < capacity:
+                counts[text] = size
+            else:
+                destinations.add(text, size)
 
     def add(self, src: str, dst: str, size: int, packets: int) -> None:
         """Count one flow."""
@@ -99,6 +222,32 @@ class Accum:
         accum.sources = TopK.from_json(_weights(sources), sketch_capacity)
         accum.destinations = TopK.from_json(_weights(destinations), sketch_capacity)
         return accum
+
+
+def heaviest_items(counts: dict[_Item, int], n: int) -> list[tuple[_Item, int]]:
+    """The ``n`` heaviest (item, weight) pairs of ``counts``: all of them, in order, when
+    there are at most ``n``; else heaviest first, ties in insertion order (what
+    ``heapq.nlargest`` returns, at a third of its cost for a sketch's few dozen items)."""
+    if len(counts) <= n:
+        return list(counts.items())
+    return sorted(counts.items(), key=_WEIGHT, reverse=True)[:n]
+
+
+_WEIGHT = itemgetter(1)
+
+
+def _with_texts(pairs: list[tuple[int, int]]) -> list[tuple[str, int]]:
+    """``pairs`` of (address value, weight) with each address's text instead."""
+    texts = _TEXTS
+    if len(texts) > KNOWN_TEXTS:
+        texts.clear()
+    out = []
+    for value, weight in pairs:
+        text = texts.get(value)
+        if text is None:
+            text = texts[value] = address_text(value >> 64, value & _LOW64)
+        out.append((text, weight))
+    return out
 
 
 def _count(value: object) -> int:

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from egressd.aggregate import Accum, AggregateKey, Bucket, IntervalAggregator
+from egressd.aggregate import WAITING_FLOWS, Accum, AggregateKey, Bucket, IntervalAggregator
 from egressd.baseline.grouprate import GroupRates
 from egressd.baseline.seasonal import SeasonalBaselines, SeasonKeyer, timezone_named
 from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
 from egressd.columnar import I64, ClassifiedBatch, ColumnClassifier, exact_total, numbered
-from egressd.columns import U64, FlowColumns, address_text, address_texts
+from egressd.columns import U64, FlowColumns, address_texts
 from egressd.config import Config
 from egressd.detect.alerts import Alert, AlertBook
 from egressd.detect.detectors import (
@@ -38,9 +38,6 @@ from egressd.talkers import SETTLE_ROWS
 
 #: a block touching at most this many rows is accounted row by row (:meth:`Engine._account_rows`)
 ROW_LOOP_ROWS = 256
-#: addresses whose text the row loop keeps (cleared when past it)
-TALKER_TEXTS = 65_536
-_LOW64 = 2**64 - 1
 #: rows a block looks ahead over at least (see :meth:`Engine._process_blocks`)
 _FIRST_WINDOW = 512
 
@@ -198,8 +195,6 @@ class Engine:
         #: observer of every interval closed with data, called with (start, bucket) after
         #: detection has seen it; replay reports collect from here. It must not change them.
         self.on_interval: Callable[[float, Bucket], None] | None = None
-        #: text of talker addresses by 128-bit value, for the batch path's row loop
-        self._talker_texts: dict[int, str] = {}
         #: blocks touching at most this many rows take the row loop (tests vary it)
         self.row_loop_rows = ROW_LOOP_ROWS
         #: rows the next block looks ahead over
@@ -728,8 +723,9 @@ class Engine:
     ) -> None:
         """:meth:`_account_block` of a few touched rows (``where``), one row at a time as
         :meth:`process` takes records: numpy's grouping costs more than that below
-        :data:`ROW_LOOP_ROWS` rows. Talkers go straight into the sketches, in flow order:
-        it runs only while no interval has a backlog (which would see its flows later)."""
+        :data:`ROW_LOOP_ROWS` rows. Talkers wait in their accumulator (:class:`Accum`) and go
+        into the sketches in flow order when those are first read: it runs only while no
+        interval has a backlog (which would see its flows later)."""
         aggregator = self.aggregator
         buckets = aggregator.buckets
         max_keys = aggregator.max_keys
@@ -737,9 +733,7 @@ class Engine:
         names = batch.groups
         labels = batch.labels
         columns = batch.columns
-        texts = self._talker_texts
-        if len(texts) > TALKER_TEXTS:
-            texts.clear()
+        waiting = 3 * WAITING_FLOWS
         # (the common block: its touched rows are one run, read through views, not copies)
         first, stop = int(where[0]), int(where[-1]) + 1
         rows = slice(first, stop) if stop - first == len(where) else where
@@ -814,32 +808,14 @@ class Engine:
             accum.flows += 1
             if small:
                 accum.small += size
-            # TopK.add inlined where it is a plain sum: an item already kept, or a new one
-            # while the sketch has room (it has no eviction heap until it is full).
-            text = texts.get(src)
-            if text is None:
-                text = texts[src] = address_text(src >> 64, src & _LOW64)
-            sketch = accum.sources
-            counts = sketch.counts
-            current = counts.get(text)
-            if current is not None:
-                counts[text] = current + size
-            elif len(counts) < capacity:
-                counts[text] = size
+            # The talkers wait in the accumulator until its sketches are read (most never are).
+            talkers = accum.talkers
+            if talkers is None:
+                accum.talkers = [src, dst, size]
             else:
-                sketch.add(text, size)
-            text = texts.get(dst)
-            if text is None:
-                text = texts[dst] = address_text(dst >> 64, dst & _LOW64)
-            sketch = accum.destinations
-            counts = sketch.counts
-            current = counts.get(text)
-            if current is not None:
-                counts[text] = current + size
-            elif len(counts) < capacity:
-                counts[text] = size
-            else:
-                sketch.add(text, size)
+                talkers += (src, dst, size)
+                if len(talkers) >= waiting:
+                    accum.settle()
 
     def apply_partials(
         self, partials: Iterable[Partial], event_time: float | None = None

@@ -3,8 +3,14 @@
 
 from __future__ import annotations
 
-from egressd.aggregate import IntervalAggregator
+import random
+
+import pytest
+
+from egressd.aggregate import Accum, IntervalAggregator, heaviest_items
+from egressd.columns import address_text
 from egressd.enrich import DestinationLabels
+from egressd.sketch import TopK
 
 CN = ("research", DestinationLabels("CN"))
 US = ("research", DestinationLabels("US"))
@@ -87,3 +93,89 @@ def test_pop_all_and_json_round_trip() -> None:
     assert [s for s, _ in closed] == [T0, T0 + 300]
     assert not again.buckets
     assert again.closed_upto == T0 + 600
+
+
+# -- talkers kept until the sketches are read -----------------------------------------------
+
+V4 = 0xFFFF << 32  # an IPv4-mapped column value's marker
+
+
+def _flows(seed: int, count: int, sources: int, destinations: int) -> list[tuple[int, int, int]]:
+    rng = random.Random(seed)
+    return [
+        (
+            V4 | (0x0A14_0000 + rng.randrange(sources)),
+            # every third destination an IPv6 address (the high half set)
+            (0x2001_0DB8 << 96) | rng.randrange(destinations)
+            if rng.randrange(3) == 0
+            else V4 | (0x2F64_0000 + rng.randrange(destinations)),
+            rng.randrange(1, 10_000),
+        )
+        for _ in range(count)
+    ]
+
+
+def _waiting(flows: list[tuple[int, int, int]], capacity: int) -> Accum:
+    """An accumulator whose talkers wait, as the engine's row loop leaves them."""
+    accum = Accum(capacity)
+    accum.talkers = [value for flow in flows for value in flow]
+    return accum
+
+
+def _added(flows: list[tuple[int, int, int]], capacity: int) -> tuple[TopK, TopK]:
+    """The sketches adding each flow in order makes."""
+    sources, destinations = TopK(capacity), TopK(capacity)
+    for src, dst, size in flows:
+        sources.add(address_text(src >> 64, src & (2**64 - 1)), size)
+        destinations.add(address_text(dst >> 64, dst & (2**64 - 1)), size)
+    return sources, destinations
+
+
+@pytest.mark.parametrize(("sources", "destinations"), [(3, 5), (40, 6), (5, 60), (200, 200)])
+def test_waiting_talkers_make_the_sketches_adding_each_flow_makes(
+    sources: int, destinations: int
+) -> None:
+    # Past the capacity (8) the sketches evict: the same evictions, in the same order.
+    for seed in range(20):
+        flows = _flows(seed, 120, sources, destinations)
+        accum = _waiting(flows, 8)
+        expected_sources, expected_destinations = _added(flows, 8)
+        # either sketch read first settles both
+        first = accum.destinations if seed % 2 else accum.sources
+        assert accum.talkers is None and first.counts
+        assert list(accum.sources.counts.items()) == list(expected_sources.counts.items())
+        assert list(accum.destinations.counts.items()) == list(expected_destinations.counts.items())
+        # later adds evict as from the sketches adding flow by flow made
+        for sketch, expected in (
+            (accum.sources, expected_sources),
+            (accum.destinations, expected_destinations),
+        ):
+            for index in range(30):
+                sketch.add(f"192.0.2.{index}", index + 1)
+                expected.add(f"192.0.2.{index}", index + 1)
+            assert list(sketch.counts.items()) == list(expected.counts.items())
+
+
+@pytest.mark.parametrize(("sources", "destinations"), [(3, 5), (12, 6), (40, 6), (5, 60)])
+def test_the_heaviest_talkers_are_the_sketches_heaviest(sources: int, destinations: int) -> None:
+    for seed in range(20):
+        flows = _flows(seed, 60, sources, destinations)
+        accum = _waiting(flows, 16)
+        expected_sources, expected_destinations = _added(flows, 16)
+        for n in (2, 4, 16):
+            assert accum.heaviest(n) == (
+                heaviest_items(expected_sources.counts, n),
+                heaviest_items(expected_destinations.counts, n),
+            )
+        # the talkers still wait for whoever reads the sketches themselves
+        assert list(accum.sources.counts.items()) == list(expected_sources.counts.items())
+        assert accum.heaviest(4) == (
+            heaviest_items(expected_sources.counts, 4),
+            heaviest_items(expected_destinations.counts, 4),
+        )
+
+
+def test_heaviest_items_ties_keep_insertion_order() -> None:
+    counts = {"a": 5, "b": 9, "c": 5, "d": 9, "e": 1}
+    assert heaviest_items(counts, 3) == [("b", 9), ("d", 9), ("a", 5)]
+    assert heaviest_items(counts, 5) == list(counts.items())  # all: as they are

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from scenarios import generate, generate_month
 
 from egressd import talkers
-from egressd.aggregate import Accum, Bucket
+from egressd.aggregate import WAITING_FLOWS, Accum, Bucket
 from egressd.columnar import distinct_addresses
 from egressd.columns import FlowColumns
 from egressd.config import GeoConfig, RegionMapConfig, parse_config
@@ -393,6 +393,27 @@ def test_a_long_backlog_settles_on_the_way_and_stays_exact(
         assert pair.columns.aggregator.talkers.get(T0, None) is None or (
             pair.columns.aggregator.talkers[T0].rows < 10
         )
+    pair.check()
+
+
+def test_the_row_loops_talkers_wait_a_bounded_while_and_stay_exact() -> None:
+    pair = Pair()
+    for step in range(5):
+        # 150 flows a batch to one key, among 40 sources (past the sketches' 32): the row loop
+        pair.feed(
+            [
+                FlowRecord(
+                    T0, T0 + step * 5 + i / 100, f"10.20.0.{i * 7 % 40 + 1}", "3.5.140.2", i + 1, 1
+                )
+                for i in range(150)
+            ]
+        )
+        for bucket in pair.columns.aggregator.buckets.values():
+            for accum in bucket.values():
+                # its talkers go into the sketches once WAITING_FLOWS wait
+                assert accum.talkers is None or len(accum.talkers) < 3 * WAITING_FLOWS
+        pair.check(settle=step % 2 == 1)
+    pair.flush()
     pair.check()
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from egressd.aggregate import Accum
 from egressd.config import parse_config
 from egressd.detect.alerts import Alert, AlertBook
 from egressd.detect.unexpected import UnexpectedDestinationDetector, _Window
@@ -25,6 +26,14 @@ def _sketch(rng: random.Random, names: str) -> TopK:
     return sketch
 
 
+def _interval(rng: random.Random, sources: str = "s", destinations: str = "d") -> Accum:
+    """An interval's accumulator with random talker sketches."""
+    accum = Accum(32)
+    accum.sources = _sketch(rng, sources)
+    accum.destinations = _sketch(rng, destinations)
+    return accum
+
+
 def _fresh(window: _Window) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """What evidence() holds when built from nothing (the definition it must keep)."""
     sources, destinations = TopK(64), TopK(64)
@@ -32,8 +41,8 @@ def _fresh(window: _Window) -> tuple[list[tuple[str, int]], list[tuple[str, int]
     destinations.merge(window.destinations)
     for entry in window.spans[0].entries:
         if entry[4] is not None:
-            sources.merge(entry[4])
-            destinations.merge(entry[5])
+            sources.merge(entry[4].sources)
+            destinations.merge(entry[4].destinations)
     return list(sources.counts.items()), list(destinations.counts.items())
 
 
@@ -46,9 +55,9 @@ def test_evidence_kept_between_looks_equals_building_it_afresh() -> None:
         size = rng.randrange(1, 10**8)
         entry = (start, size, 0, 0)
         if step % 7 == 3:  # an interval that sent nothing carries no sketches
-            window.spans[0].add((*entry, None, None))
+            window.spans[0].add((*entry, None))
         else:
-            window.spans[0].add((*entry, _sketch(rng, "s"), _sketch(rng, "d")))
+            window.spans[0].add((*entry, _interval(rng)))
         window.spans[1].add(entry)
         now = start + 300.0
         # entries leave the first span, their heaviest talkers joining the long-term evidence
@@ -65,7 +74,7 @@ def test_a_snapshot_reads_evidence_without_keeping_it() -> None:
     rng = random.Random(4)
     window = _Window(1)
     for step in range(5):
-        window.spans[0].add((step * 300.0, 1000, 0, 0, _sketch(rng, "s"), _sketch(rng, "d")))
+        window.spans[0].add((step * 300.0, 1000, 0, 0, _interval(rng)))
     sources, destinations = window.evidence(keep=False)
     assert (list(sources.counts.items()), list(destinations.counts.items())) == _fresh(window)
     again, _ = window.evidence(keep=False)
@@ -102,9 +111,7 @@ def _fanout_windows(draw: st.DrawFn) -> tuple[list[tuple[DestinationLabels, _Win
         for step in range(rng.randrange(1, 6)):
             start = step * 300.0
             size = rng.randrange(1, 10**8)
-            window.spans[0].add(
-                (start, size, 0, 0, _sketch(rng, "10.20.0."), _sketch(rng, "47.100.0."))
-            )
+            window.spans[0].add((start, size, 0, 0, _interval(rng, "10.20.0.", "47.100.0.")))
             for index in range(1, spans):
                 window.spans[index].add((start, size, 0, 0))
         windows.append((DestinationLabels(country), window))

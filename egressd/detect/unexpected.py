@@ -37,7 +37,6 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
-from operator import itemgetter
 from typing import Any
 
 from egressd.aggregate import AggregateKey, Bucket
@@ -69,10 +68,11 @@ RETURN_SHARE = 0.1
 
 #: one interval of one key: (start, bytes, small-packet bytes, ingress bytes). Plain tuples of
 #: numbers: the garbage collector stops tracking them, so a day of them costs it nothing. A
-#: window's first span holds its intervals' evidence sketches too: (start, bytes, small,
-#: ingress, sources, destinations), the sketches None when the interval sent nothing (or came
-#: from a state file, whose evidence is merged already), so expiring the first span and
-#: giving up the sketches is one pass.
+#: window's first span holds its intervals' evidence too: (start, bytes, small, ingress,
+#: accumulator), the interval's :class:`~egressd.aggregate.Accum` (its ``sources`` and
+#: ``destinations`` sketches, made when first read: most windows' never are), None when the
+#: interval sent nothing (or came from a state file, whose evidence is merged already), so
+#: expiring the first span and giving up the sketches is one pass.
 _Entry = tuple[Any, ...]
 
 
@@ -204,9 +204,10 @@ class _Window:
             if merged == count:
                 return cached
         for entry in islice(entries, merged, count):
-            if entry[4] is not None:
-                sources.merge(entry[4])
-                destinations.merge(entry[5])
+            accum = entry[4]
+            if accum is not None:
+                sources.merge(accum.sources)
+                destinations.merge(accum.destinations)
         self._merged = count
         return cached
 
@@ -253,22 +254,11 @@ def _build_evidence(
     sources.merge(long_sources)
     destinations.merge(long_destinations)
     for entry in entries:
-        if entry[4] is not None:
-            sources.merge(entry[4])
-            destinations.merge(entry[5])
+        accum = entry[4]
+        if accum is not None:
+            sources.merge(accum.sources)
+            destinations.merge(accum.destinations)
     return sources, destinations
-
-
-def _heaviest(sketch: TopK) -> list[tuple[str, int]]:
-    counts = sketch.counts
-    if len(counts) <= _EVIDENCE_ITEMS:
-        return list(counts.items())
-    # What heapq.nlargest returns (ties in insertion order), at a third of its cost for a
-    # sketch's few dozen items.
-    return sorted(counts.items(), key=_WEIGHT, reverse=True)[:_EVIDENCE_ITEMS]
-
-
-_WEIGHT = itemgetter(1)
 
 
 def _by_key(item: tuple[AggregateKey, _Window]) -> tuple[str, str]:
@@ -408,11 +398,7 @@ class UnexpectedDestinationDetector(Detector):
             if window is not None:
                 held = window.spans
                 span = held[0]
-                span.entries.append(
-                    (start, size, small, ingress, accum.sources, accum.destinations)
-                    if size
-                    else (start, size, small, ingress, None, None)
-                )
+                span.entries.append((start, size, small, ingress, accum if size else None))
                 span.bytes += size
                 if small:
                     span.small += small
@@ -512,10 +498,12 @@ class UnexpectedDestinationDetector(Detector):
                 span.ingress -= ingress
         if left and (spans[-1].bytes >= heavy or window.alerting):
             for entry in left:
-                if entry[4] is not None:
-                    for item, weight in _heaviest(entry[4]):
+                accum = entry[4]
+                if accum is not None:
+                    sources, destinations = accum.heaviest(_EVIDENCE_ITEMS)
+                    for item, weight in sources:
                         window.sources.add(item, weight)
-                    for item, weight in _heaviest(entry[5]):
+                    for item, weight in destinations:
                         window.destinations.add(item, weight)
 
     def _evict_for_room(self) -> None:
@@ -964,7 +952,7 @@ class UnexpectedDestinationDetector(Detector):
                     window.destinations.merge(TopK.from_json(row[3]))
                 entry = (float(row[0]), int(row[1]), small, ingress)
                 # Restored evidence is merged already: the first span's entries carry none.
-                window.spans[0].add((*entry, None, None))
+                window.spans[0].add((*entry, None))
                 for index in range(1, count):
                     window.spans[index].add(entry)
                 for span in group_spans:
