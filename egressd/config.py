@@ -75,11 +75,12 @@ class DetectionConfig:
     fanout_factor: float = 5.0
     #: every byte floor of that rule (its windows', the fan-out sums', the least interval that
     #: opens a window) shrinks for a group whose busy intervals (the 90% quantile of its egress,
-    #: per 5 minutes) carry less than this: times (that egress / this), at least
-    #: ``unexpected_floors_lowest_factor``; 0 keeps them absolute
+    #: per 5 minutes) carry less than this: times (that egress / this) down to a fifth, and
+    #: below a fifth times the square root of (that egress / this / 5) (GroupRates.shrink), at
+    #: least ``unexpected_floors_lowest_factor``; 0 keeps them absolute
     unexpected_floors_scale_below: int = 500_000_000
-    #: 0.2: 20 MB an hour with the default floors, ``learn_min_bytes``
-    unexpected_floors_lowest_factor: float = 0.2
+    #: 0.02: 2 MB an hour with the default floors (a group whose busy 5 minutes carry 1 MB)
+    unexpected_floors_lowest_factor: float = 0.02
     #: egress flows averaging fewer bytes per packet than this are "small" (ACKs, requests)
     small_packet_bytes: int = 150
     #: small-packet egress to a destination counts only beyond this fraction of the
@@ -112,10 +113,12 @@ class DetectionConfig:
     new_destination_max_prefixes: int = 50_000
     #: both floors (and the least an address must carry to count as used) shrink for a group
     #: whose busy intervals (the 90% quantile of its egress, per 5 minutes) carry less than
-    #: this: times (that egress / this), at least ``new_destination_floors_lowest_factor``;
+    #: this: times (that egress / this) down to a fifth, more slowly below (as for
+    #: ``unexpected_floors_scale_below``), at least ``new_destination_floors_lowest_factor``;
     #: 0 keeps them absolute
     new_destination_floors_scale_below: int = 200_000_000
-    new_destination_floors_lowest_factor: float = 0.2
+    #: 0.02: 20 MB an hour, 100 MB a day with the default floors
+    new_destination_floors_lowest_factor: float = 0.02
     #: a baseline needs this many observed intervals before it can call a spike
     spike_min_observations: int = 12
     #: seasonality (hour of day, weekday/weekend) is computed in this timezone

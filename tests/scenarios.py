@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -268,6 +268,20 @@ class Scenario:
 
     def egress_bytes(self) -> int:
         return sum(f.real_bytes for f in self.flows)
+
+    def scaled(self, factor: float) -> Scenario:
+        """The same traffic with every flow's bytes and packets multiplied by ``factor``
+        (background, traps and injected transfers alike): the same shape for a smaller or
+        larger network. ``expected`` is kept: its crossings are those of the unscaled bytes."""
+        if factor == 1:
+            return self
+        flows = [
+            f._replace(
+                bytes=max(round(f.bytes * factor), 1), packets=max(round(f.packets * factor), 1)
+            )
+            for f in self.flows
+        ]
+        return replace(self, flows=flows)
 
 
 def goflow2_line(flow: Flow, sequence: int = 0) -> bytes:
@@ -777,8 +791,9 @@ MONTH_NEW_HOST_DAY = 15
 WINDOW_24H_FLOOR = 1_000_000_000
 FANOUT_FLOOR = 5 * UNEXPECTED_MIN_BYTES
 NEW_DESTINATION_FLOOR = 1_000_000_000
-#: a small group's unexpected-destination and new-network floors shrink to a fifth at least
-LEAST_FLOOR_FACTOR = 0.2
+#: a small group's unexpected-destination and new-network floors shrink to this share of the
+#: configured ones at least (their ``*_floors_lowest_factor``)
+LEAST_FLOOR_FACTOR = 0.02
 _HOUR_FLOORS = {
     "EgressUnexpectedDestination": UNEXPECTED_MIN_BYTES,
     "EgressNewDestinationVolume": NEW_DESTINATION_FLOOR,

@@ -151,9 +151,9 @@ def _to_china(at: float, size: int) -> list[FlowRecord]:
 @pytest.mark.parametrize("shrinking", [True, False])
 def test_a_small_groups_fifty_megabytes_to_a_new_country_pages(shrinking: bool) -> None:
     # The group sends ~40 MB an interval (a lab of some dozen hosts): 50 MB in ten minutes to
-    # a country it never used is over a tenth of its busy hour. Its floors are a fifth of the
-    # configured ones (its 40 MB per 5 minutes is under a fifth of the 500 MB reference):
-    # 20 MB within an hour. Kept absolute ("0"), 100 MB an hour stays the floor.
+    # a country it never used is over a tenth of its busy hour. Its 40 MB per 5 minutes is 8%
+    # of the 500 MB reference, under a fifth: its floors are sqrt(0.08 x 0.2) = 0.126 of the
+    # configured ones, 12.6 MB within an hour. Kept absolute ("0"), 100 MB an hour stays.
     engine = _engine("" if shrinking else ABSOLUTE)
     fired = [a for a in _run(engine, _usual(2.5) + _to_china(2 * DAY + 3 * HOUR, 50 * MB))]
     fired = [a for a in fired if a.state == FIRING]
@@ -161,9 +161,9 @@ def test_a_small_groups_fifty_megabytes_to_a_new_country_pages(shrinking: bool) 
         assert fired == []
         return
     assert _firing(fired) == ["EgressUnexpectedDestination CN"]
-    assert engine.unexpected.factor("research") == pytest.approx(0.2)
+    assert engine.unexpected.factor("research") == pytest.approx(0.126, rel=0.01)
     description = fired[0].annotations["description"]
-    assert "(floor 20.00 MB per 1h: 100.00 MB scaled to the group's size" in description
+    assert "(floor 12.65 MB per 1h: 100.00 MB scaled to the group's size" in description
 
 
 def test_a_small_groups_download_from_a_new_country_does_not_page() -> None:
@@ -206,12 +206,50 @@ def test_a_small_groups_floors_hold_across_a_restart() -> None:
 
 
 def test_a_small_groups_drip_pages_on_its_smaller_day_floor() -> None:
-    # 12 MB an hour (1 MB an interval) for a day: under the small group's 20 MB an hour, over
-    # its 200 MB a day (the configured 1 GB times a fifth).
+    # 12 MB an hour (1 MB an interval) for a day: under the small group's 12.6 MB an hour, over
+    # its 126 MB a day (the configured 1 GB times 0.126).
     drip = [_flow(2 * DAY + k * 300 + 150, CN, MB) for k in range(12 * 24)]
     fired = [a for a in _run(_engine(), _usual(2.5) + drip) if a.state == FIRING]
     assert _firing(fired) == ["EgressUnexpectedDestination CN"]
     assert fired[0].annotations["window"] == "1d"
+
+
+#: a dozen desks at a quiet time: ~2.7 MB an interval, 0.5% of the 500 MB reference; floors
+#: at sqrt(0.0053 x 0.2) = 3.3% of the configured ones (3.3 MB an hour, 33 MB a day)
+TINY = 2 * MB
+
+
+def test_a_tiny_groups_fifteen_megabytes_to_a_new_country_page() -> None:
+    # Half the office's busy hour in fifteen minutes to a country it never used: worth a
+    # page, and under the fifth (20 MB an hour) the floors used to stop at.
+    burst = [_flow(2 * DAY + 3 * HOUR + k * 300 + 150, CN, 5 * MB) for k in range(3)]
+    engine = _engine()
+    fired = [a for a in _run(engine, _usual(2.5, size=TINY) + burst) if a.state == FIRING]
+    assert _firing(fired) == ["EgressUnexpectedDestination CN"]
+    assert engine.unexpected.factor("research") == pytest.approx(0.033, rel=0.05)
+    assert fired[0].annotations["window"] == "1h"
+    # The same from a group at the reference is a fifth of one of its busy intervals.
+    assert _firing(_run(_engine(), _usual(2.5, size=400 * MB) + burst)) == []
+
+
+def test_a_tiny_groups_drip_of_a_few_megabytes_an_hour_pages_on_the_day() -> None:
+    # 2.5 MB an hour to China for a day (60 MB, a tenth of the office's day): under its 3.3 MB
+    # an hour, over its 33 MB a day.
+    drip = [_flow(2 * DAY + k * 300 + 150, CN, 210_000) for k in range(12 * 24)]
+    fired = [a for a in _run(_engine(), _usual(2.5, size=TINY) + drip) if a.state == FIRING]
+    assert _firing(fired) == ["EgressUnexpectedDestination CN"]
+    assert fired[0].annotations["window"] == "1d"
+
+
+def test_a_tiny_groups_download_from_a_new_country_does_not_page() -> None:
+    # A CDN edge in China begins serving the office: 10 MB an interval of downloads for three
+    # hours and 6% of it back as requests of 200 bytes a packet, 7 MB an hour: over its 3.3 MB
+    # floor, but under a tenth of the ingress.
+    flows = _usual(2.5, size=TINY)
+    for k in range(36):
+        t = 2 * DAY + 3 * HOUR + k * 300 + 150
+        flows += [_flow(t, HOST, 10 * MB, src=CN), _flow(t + 1, CN, 600_000, packets=3_000)]
+    assert _firing(_run(_engine(), flows)) == []
 
 
 def test_a_slow_drip_pages_through_the_day_window_and_says_so() -> None:

@@ -78,6 +78,26 @@ def test_floors_shrink_with_a_small_group_within_the_lowest_factor() -> None:
     assert rates.shrink("tiny", 0, 0.2, INTERVAL) == 1.0  # 0 turns shrinking off
 
 
+def test_below_a_fifth_of_the_reference_floors_shrink_with_the_square_root() -> None:
+    # A twelve-desk office whose busy 5 minutes carry 5 MB (1% of the reference) gets floors
+    # at sqrt(0.01 x 0.2) = 4.5% of the configured ones, not 1% (every small upload would page)
+    # nor a fixed fifth (a tenth of its busy hour to a new country would not); down to a fifth
+    # the factor is the share itself, and nothing goes under the lowest factor.
+    rates = GroupRates()
+    sizes = {"fifth": 100 * MB, "office": 5 * MB, "quarter": 1_250_000, "idle": 100_000}
+    rates.observe(sizes, INTERVAL)
+    reference = 500 * MB
+    assert rates.shrink("fifth", reference, 0.02, INTERVAL) == pytest.approx(0.2)
+    assert rates.shrink("office", reference, 0.02, INTERVAL) == pytest.approx(0.0447, rel=0.01)
+    assert rates.shrink("quarter", reference, 0.02, INTERVAL) == pytest.approx(0.0224, rel=0.01)
+    assert rates.shrink("idle", reference, 0.02, INTERVAL) == 0.02
+    # The smaller the group, the larger a share of its own busy interval its floor is.
+    shares = [rates.shrink(g, reference, 0.02, INTERVAL) * reference / sizes[g] for g in sizes]
+    assert shares == sorted(shares)
+    # A lowest factor of a fifth or more keeps the floors of the proportional rule alone.
+    assert rates.shrink("office", reference, 0.2, INTERVAL) == 0.2
+
+
 def test_the_shrink_reads_the_rate_per_five_minutes_whatever_the_interval() -> None:
     # The same traffic in 1-minute intervals carries a fifth per interval: its floors (bytes
     # per hour or day) must not shrink five times further.

@@ -248,10 +248,10 @@ def test_engine_floods_of_distinct_addresses_and_labels_stay_bounded() -> None:
     assert report["folded_records"] > 0, report
     # A scan's intervals of a few KB per destination open no unexpected-destination window
     # of their own (they count for the group's fan-out sums); windows that open are capped.
-    # The keys folded past max_keys (one per group and country) may open one: the scan's
-    # folded bytes pass the least interval that opens a window, lower for a group of the
-    # scan's size than for a large one.
-    assert report["windows_evicted"] > 0 or report["windows"] <= 2 * 250, report
+    # The keys folded past max_keys (one per group and country, for the three groups: research,
+    # office and the sources in neither) may open one: the scan's folded bytes pass the least
+    # interval that opens a window, lower for a group of the scan's size than for a large one.
+    assert report["windows_evicted"] > 0 or report["windows"] <= 3 * 250, report
     assert report["totals"] >= report["max_totals"], report
 
 

@@ -14,9 +14,17 @@ A rule's absolute byte floor (sensible for a network of some size) is multiplied
 :meth:`GroupRates.factor`: a group whose busy intervals carry many times the reference has
 routine bursts many times larger, and a floor that grows with it. :meth:`GroupRates.shrink`
 is the other direction: a group whose busy intervals carry a fraction of the reference has its
-floors cut to that fraction (down to a lowest factor), judged per :data:`REFERENCE_INTERVAL`
-of time whatever the configured interval, so a window's floor (bytes per hour or day) means
-the same share of the group's traffic with 1-minute or 5-minute intervals.
+floors cut to that fraction down to :data:`ROOT_BELOW`, and below it to the square root of
+(that fraction times :data:`ROOT_BELOW`), never below a lowest factor; judged per
+:data:`REFERENCE_INTERVAL` of time whatever the configured interval, so a window's floor
+(bytes per hour or day) means the same share of the group's traffic with 1-minute or 5-minute
+intervals. Why the square root: what a group sends routinely to places outside its habits
+(one person's upload to a conference site, a vendor's support portal) does not shrink with
+its head count, so a floor that followed a tiny group's egress all the way down would page on
+every such upload; a floor that stopped shrinking at a fixed share would let a tiny office
+lose a tenth of its busy hour to a country it never used. A group with a hundredth of the
+reference's egress gets floors at 4.5% (not 1%, nor 20%): a growing share of its own busy
+hour the smaller it is (1/60 of it at a fifth of the reference, a tenth at 1/200).
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ _DAY = 86400.0
 #: :meth:`GroupRates.shrink` reads a group's rate as bytes per this many seconds (the default
 #: interval), so its reference does not change meaning with the configured interval
 REFERENCE_INTERVAL = 300.0
+#: :meth:`GroupRates.shrink` follows a group's rate in proportion down to this share of the
+#: reference, and more slowly (the square root) below it
+ROOT_BELOW = 0.2
 
 
 class GroupRates:
@@ -86,7 +97,8 @@ class GroupRates:
 
     def shrink(self, group: str, reference: int, lowest: float, interval: float) -> float:
         """How far a floor shrinks for a small ``group``: its busy-interval egress per
-        :data:`REFERENCE_INTERVAL` over ``reference``, within [``lowest``, 1].
+        :data:`REFERENCE_INTERVAL` over ``reference`` (the ratio), down to :data:`ROOT_BELOW`;
+        below it sqrt(ratio x :data:`ROOT_BELOW`); within [``lowest``, 1].
 
         ``interval`` is the length of the intervals :meth:`observe` was fed. ``reference`` 0
         turns shrinking off, and a group without a rate yet keeps the configured floors
@@ -97,8 +109,8 @@ class GroupRates:
         state = self.levels.get(group)
         if state is None:
             return 1.0
-        rate = float(2.0 ** state[0]) * (REFERENCE_INTERVAL / interval)
-        return min(1.0, max(lowest, rate / reference))
+        ratio = float(2.0 ** state[0]) * (REFERENCE_INTERVAL / interval) / reference
+        return min(1.0, max(lowest, ratio, math.sqrt(ROOT_BELOW * ratio)))
 
     def to_json(self) -> dict[str, list[float]]:
         return {group: [level, n] for group, (level, n) in self.levels.items()}

@@ -17,8 +17,9 @@ all (a holiday, a shutdown, a daemon that saw nothing) do not age what it knows.
 For the bytes to networks in address blocks the group had not used either, both floors (and
 with them the least an address must carry to count as used) shrink for a small group: times
 its busy-interval egress (:class:`GroupRates`, per 5 minutes) over
-``new_destination_floors_scale_below`` when it carries less, at least
-``new_destination_floors_lowest_factor``; asked once per group and interval. A fresh network
+``new_destination_floors_scale_below`` when it carries less, down to a fifth, and more slowly
+(the square root) below, at least ``new_destination_floors_lowest_factor``; asked once per
+group and interval. A fresh network
 of a provider the group uses (a laptop syncing to another /24 of the office's cloud storage)
 is judged by the configured floors.
 

@@ -8,9 +8,10 @@ upload beside it does. A group's unexpected egress summed over its destinations 
 ``fanout_factor`` times a window's floor (fan-out: many destinations, each under its floor).
 Every byte floor (the windows', the fan-out sums', the dust that opens a window) is multiplied
 by the group's factor: its busy-interval egress (:class:`GroupRates`) over
-``unexpected_floors_scale_below`` when it carries less, at least
-``unexpected_floors_lowest_factor``, asked once per group and interval. A new country is as
-telling in a lab of a hundred hosts as in an office of thousands, at a tenth of the bytes.
+``unexpected_floors_scale_below`` when it carries less, down to a fifth, and more slowly (the
+square root) below, at least ``unexpected_floors_lowest_factor``, asked once per group and
+interval. A new country is as telling in a lab of a hundred hosts as in an office of
+thousands, at a tenth of the bytes; in an office of a dozen desks at a thirtieth.
 Under the configured floors only upload-shaped egress counts: bytes beyond
 :data:`RETURN_SHARE` of the ingress from the destination (a download's requests and ACKs from
 a CDN edge in a new country do not page a small office); at the configured floors bulk
