@@ -9,9 +9,9 @@ a tiny office of thirteen hosts whose incidents are tens to hundreds of MB, and 
 institute whose HPC cluster two routers export, one with a 30 min active timeout and its clock
 behind); ``all`` is all eight. Each scenario is replayed with its own configuration (the months
 set only ``interval`` and ``learning`` under ``[detection]``: the defaults do the work; the
-institute's also maps cloud regions). Three of the tiny office's four incidents and the
-institute's week-long drip stay under the default floors (tests/network_scenarios.py,
-``BELOW_DEFAULT_FLOORS``): they count as missed with the defaults. A page is an alert that fires;
+institute's also maps cloud regions). The institute's week-long drip stays under the
+default floors (tests/network_scenarios.py, ``BELOW_DEFAULT_FLOORS``): it counts as missed with
+the defaults. A page is an alert that fires;
 it is true when it matches an injected exfiltration (alertname, group, destination country)
 and starts between the exfiltration's first flow and one interval after its last flow (or after
 the moment it crossed the configured floor, whichever is later); every other page is false.
@@ -34,7 +34,7 @@ import io
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -51,17 +51,6 @@ from egressd.replay import replay
 
 def _time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def scaled(scenario: Scenario, factor: float) -> Scenario:
-    """``scenario`` with every flow's bytes and packets multiplied by ``factor``."""
-    if factor == 1:
-        return scenario
-    flows = [
-        f._replace(bytes=max(round(f.bytes * factor), 1), packets=max(round(f.packets * factor), 1))
-        for f in scenario.flows
-    ]
-    return replace(scenario, flows=flows)
 
 
 def _matches(exfil: ExpectedAlert, starts: float, strict: bool) -> bool:
@@ -156,7 +145,7 @@ def main() -> None:
             for seed in args.seeds:
                 generated = _generate(kind, seed)
                 for factor in scales:
-                    scenario = scaled(generated, factor)
+                    scenario = generated.scaled(factor)
                     result = score(scenario, Path(tmp), factor, args.strict)
                     reports[factor] += _report(seed, scenario, result)
                     totals[factor].add(kind, scenario, result)
