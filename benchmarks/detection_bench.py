@@ -24,7 +24,11 @@ and packets (background, traps and injected transfers alike) are multiplied by i
 traffic shape stands for a smaller or larger (or faster-linked) network, with the same
 configuration. A summary line per factor follows. ``--strict`` scores x1 the older way: a page
 counts only within one interval after the configured floor's crossing (a page that a scaled
-floor moved counts there as a miss and a false page).
+floor moved counts there as a miss and a false page). ``--explain`` adds, under each
+EgressVolumeSpike page (true or false), what the rule compared: the interval's bytes, its
+seasonal baseline, the key's peak, how far beyond their own peaks the group's keys lately went
+(``group_excess_bytes``) and the page's bytes beyond the peak as a multiple of that, and how
+many source hosts and destination addresses carried it (up to ``top_talkers``, 5).
 """
 
 from __future__ import annotations
@@ -59,6 +63,22 @@ def _matches(exfil: ExpectedAlert, starts: float, strict: bool) -> bool:
     return exfil.begin <= starts <= max(exfil.end, exfil.crossing) + INTERVAL
 
 
+def explain(event: dict[str, object]) -> str:
+    """One line of what an EgressVolumeSpike page was judged on (its annotations)."""
+    notes = event["annotations"]
+    assert isinstance(notes, dict)
+    size, peak = int(notes["bytes"]), int(notes["peak_bytes"])
+    excess = int(notes.get("group_excess_bytes", 0))
+    beyond = f"{(size - peak) / excess:.1f}x" if excess > 0 else "-"
+    sources = notes["top_sources"].split(",") if notes["top_sources"] else []
+    hosts = notes["top_destinations"].split(",") if notes["top_destinations"] else []
+    return (
+        f"{size / 1e9:.2f} GB, baseline {int(notes['baseline_bytes']) / 1e9:.3f} GB, "
+        f"peak {peak / 1e9:.2f} GB, group excess {excess / 1e9:.2f} GB (beyond peak {beyond} "
+        f"it), {len(sources)} sources, {len(hosts)} destinations"
+    )
+
+
 def score(
     scenario: Scenario, directory: Path, factor: float = 1.0, strict: bool = False
 ) -> dict[str, object]:
@@ -74,15 +94,20 @@ def score(
     expected = {(x.alertname, x.group, x.dst_country): x for x in scenario.expected}
     detected: dict[str, float] = {}
     false_pages: list[str] = []
+    explained: list[str] = []
     for event in firing:
         labels = event["labels"]
         key = (labels["alertname"], labels["group"], labels["dst_country"])
         starts = _time(event["startsAt"])
         exfil = expected.get(key)
-        if exfil is not None and _matches(exfil, starts, strict):
+        true = exfil is not None and _matches(exfil, starts, strict)
+        if exfil is not None and true:
             detected.setdefault(exfil.name, starts - exfil.crossing)
         else:
             false_pages.append(f"{'/'.join(key)}@{event['startsAt']}")
+        if key[0] == "EgressVolumeSpike":
+            what = f"{exfil.name} (true)" if exfil is not None and true else "false"
+            explained.append(f"{'/'.join(key[1:])} {what}: {explain(event)}")
     missed = [x.name for x in scenario.expected if x.name not in detected]
     return {
         "seed": scenario.seed,
@@ -90,6 +115,7 @@ def score(
         "false_pages": false_pages,
         "detected": detected,
         "missed": missed,
+        "explained": explained,
         "seconds": seconds,
         "records": len(scenario.flows),
     }
@@ -122,6 +148,11 @@ def main() -> None:
         "(default: anywhere from a transfer's first flow to an interval after its end)",
     )
     parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="under each EgressVolumeSpike page, print what the rule compared",
+    )
+    parser.add_argument(
         "--window",
         action="store_true",
         help="the default scoring (kept so older command lines still run)",
@@ -147,7 +178,7 @@ def main() -> None:
                 for factor in scales:
                     scenario = generated.scaled(factor)
                     result = score(scenario, Path(tmp), factor, args.strict)
-                    reports[factor] += _report(seed, scenario, result)
+                    reports[factor] += _report(seed, scenario, result, args.explain)
                     totals[factor].add(kind, scenario, result)
             for factor in scales:
                 print(f"== {kind} x{factor:g} ==" if several else f"== {kind} ==")
@@ -179,7 +210,9 @@ class _Totals:
         self.false_per_kind[kind] = self.false_per_kind.get(kind, 0) + len(false_pages)
 
 
-def _report(seed: int, scenario: Scenario, result: dict[str, object]) -> list[str]:
+def _report(
+    seed: int, scenario: Scenario, result: dict[str, object], explain: bool = False
+) -> list[str]:
     detected = result["detected"]
     assert isinstance(detected, dict)
     ttd = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in detected.items())
@@ -195,6 +228,10 @@ def _report(seed: int, scenario: Scenario, result: dict[str, object]) -> list[st
     if result["missed"]:
         lines.append(f"  missed: {', '.join(result['missed'])}")  # type: ignore[arg-type]
     lines += [f"  false page: {page}" for page in false_pages]
+    if explain:
+        explained = result["explained"]
+        assert isinstance(explained, list)
+        lines += [f"  spike {line}" for line in explained]
     return lines
 
 

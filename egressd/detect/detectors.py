@@ -275,9 +275,15 @@ def _finite(value: object) -> bool:
 
 
 class VolumeSpikeDetector(Detector):
-    """Bytes to an expected destination in one interval far above its seasonal baseline."""
+    """Bytes to an expected destination in one interval far above its seasonal baseline.
 
-    __slots__ = ("_last", "excesses", "rates", "ratios")
+    A spike pages at once when its busiest destination address alone passes the same tests
+    (a transfer goes to somewhere). A rise spread over the key's addresses that no address
+    carries alone, which is what more of the key's usual traffic looks like, is held for one
+    interval and pages if the next is a spike too, against the key's peak from before it.
+    """
+
+    __slots__ = ("_held", "_last", "excesses", "rates", "ratios")
 
     def __init__(
         self,
@@ -292,6 +298,10 @@ class VolumeSpikeDetector(Detector):
         self.rates = rates if rates is not None else GroupRates()
         # the destination labels of keys with an active spike alert, to evaluate them when idle
         self._last: dict[AlertKey, AggregateKey] = {}
+        #: keys whose last interval was a spike spread over their addresses (no address alone
+        #: a spike), held for a second interval: key -> (that interval's start, the key's peak
+        #: before it, which the held interval itself has raised since)
+        self._held: dict[AlertKey, tuple[float, float]] = {}
         #: how far above their seasonal level this network's large intervals go
         self.ratios = BurstRatios()
         #: how far beyond their own peaks each group's keys lately went
@@ -314,6 +324,7 @@ class VolumeSpikeDetector(Detector):
         excesses: dict[str, float] = {}
         rates, scale_above = self.rates, config.spike_floors_scale_above
         learned = self.excesses
+        held, self._held = self._held, {}
         for key, accum in bucket.items():
             group, dest = key
             alert_key: AlertKey = (SPIKE, group, dest.key)
@@ -330,6 +341,11 @@ class VolumeSpikeDetector(Detector):
             if not self.eligible(expectation, start):
                 continue
             peak = baselines.peak((group, dest.key), start)
+            prior = held.get(alert_key)
+            second = prior is not None and prior[0] == start - config.interval
+            if second:
+                # Judged against the peak before the held interval, not the one it raised.
+                peak = min(peak, prior[1])  # type: ignore[index]
             factor = factors.get(group)
             if factor is None:
                 factor = factors[group] = rates.factor(group, scale_above)
@@ -338,9 +354,18 @@ class VolumeSpikeDetector(Detector):
                 excess = excesses[group] = learned.excess(group, start)
             fire, keep = self._conditions(accum.bytes, expectation, peak, burst, factor, excess)
             seen.add(alert_key)
+            if fire and not active and not second:
+                # A transfer goes somewhere: its busiest address alone is a spike. A rise
+                # spread over the key's addresses (more of its usual traffic) must hold for a
+                # second interval.
+                carried = max(accum.destinations.counts.values(), default=0)
+                alone = self._conditions(carried, expectation, peak, burst, factor, excess)[0]
+                if not alone:
+                    fire = False
+                    self._held[alert_key] = (start, peak)
             if fire:
                 learned.paged(group)
-            elif accum.bytes > peak and not active:
+            elif accum.bytes > peak and not active and alert_key not in self._held:
                 learned.note(group, start, accum.bytes - peak)
 
             def describe(
@@ -349,8 +374,9 @@ class VolumeSpikeDetector(Detector):
                 dest: DestinationLabels = dest,
                 expectation: Expectation = expectation,
                 peak: float = peak,
+                excess: float = excess,
             ) -> tuple[dict[str, str], dict[str, str]]:
-                return self._describe(start, accum, group, dest, expectation, peak)
+                return self._describe(start, accum, group, dest, expectation, peak, excess)
 
             alert = self.book.evaluate(alert_key, now, fire, keep, describe, accum.bytes)
             if alert_key in self.book.active:
@@ -425,7 +451,11 @@ class VolumeSpikeDetector(Detector):
         dest: DestinationLabels,
         expectation: Expectation,
         peak: float,
+        excess: float = 0.0,
     ) -> tuple[dict[str, str], dict[str, str]]:
+        """Labels and annotations of a spike; ``excess`` is the most the group's keys lately
+        went beyond their own peaks without paging (:class:`PeakExcesses`), what the bytes
+        beyond this key's peak were measured against."""
         config = self._config
         baseline = round(expectation.bytes)
         ratio = accum.bytes / baseline if baseline > 0 else float("inf")
@@ -442,7 +472,8 @@ class VolumeSpikeDetector(Detector):
                 f"Group {group} sent {format_bytes(accum.bytes)} to {dest.describe()} in the "
                 f"{span} from {rfc3339(start)}; its seasonal baseline ({expectation.basis}, "
                 f"{expectation.observations} intervals of history) is {format_bytes(baseline)}; "
-                f"its largest interval lately was {format_bytes(round(peak))}. "
+                f"its largest interval lately was {format_bytes(round(peak))}; its group's "
+                f"keys lately went at most {format_bytes(round(excess))} beyond their own. "
                 f"Top sources: {top_with_bytes(accum.sources, n)}. Top destinations: "
                 f"{top_with_bytes(accum.destinations, n)}."
             ),
@@ -450,6 +481,7 @@ class VolumeSpikeDetector(Detector):
             "baseline_bytes": str(baseline),
             "ratio": f"{ratio:.2f}" if ratio != float("inf") else "inf",
             "peak_bytes": str(round(peak)),
+            "group_excess_bytes": str(round(excess)),
             "window": span,
             "top_sources": top(accum.sources, n),
             "top_destinations": top(accum.destinations, n),
@@ -461,15 +493,22 @@ class VolumeSpikeDetector(Detector):
     def to_json(self) -> dict[str, object]:
         return {
             "last": [[k[0], k[1], k[2]] for k in self._last],
+            "held": [[*k, when, peak] for k, (when, peak) in self._held.items()],
             "ratios": self.ratios.to_json(),
             "excesses": self.excesses.to_json(),
         }
 
     def load_json(self, data: object, intern: dict[str, DestinationLabels]) -> None:
         self._last = {}
+        self._held = {}
         if isinstance(data, dict):
             self.ratios = BurstRatios.from_json(data.get("ratios"))
             self.excesses = PeakExcesses.from_json(data.get("excesses"))
+            for entry in data.get("held") or []:
+                if isinstance(entry, list) and len(entry) == 5 and all(map(_finite, entry[3:])):
+                    alertname, group, dest_key, when, peak = entry
+                    if all(isinstance(x, str) for x in (alertname, group, dest_key)):
+                        self._held[(alertname, group, dest_key)] = (float(when), float(peak))
             data = data.get("last", [])
         if not isinstance(data, list):
             raise ValueError("malformed spike state")
