@@ -87,6 +87,8 @@ class DetectionConfig:
     #: ingress from that destination in the same window (the return path of a download)
     ingress_return_fraction: float = 0.05
     #: learned expected sets ignore destinations that received less than this during learning
+    #: (times the factor the group's unexpected-destination floors shrink by when its learning
+    #: ends, kept with what it learned: a small group learns at the scale it is judged by)
     learn_min_bytes: int = 20_000_000
     #: ... or that were used in fewer intervals / on fewer days (sustained use, not one flow)
     learn_min_intervals: int = 6

@@ -163,6 +163,7 @@ class Engine:
         options = LabelOptions(regions=labeler.has_regions, asn=labeler.has_asn)
         #: each group's busy-interval egress, the scale its byte floors follow
         self.group_rates = GroupRates()
+        self.policy.shrink = self._learn_factor
         self.unexpected = UnexpectedDestinationDetector(
             detection, self.policy, self.book, options, self.group_rates
         )
@@ -199,6 +200,19 @@ class Engine:
         self.row_loop_rows = ROW_LOOP_ROWS
         #: rows the next block looks ahead over
         self._window = _FIRST_WINDOW
+
+    def _learn_factor(self, group: str) -> float | None:
+        """The factor ``group``'s unexpected-destination floors shrink by (None: no rate yet),
+        which its learned countries' byte demand follows."""
+        if group not in self.group_rates.levels:
+            return None
+        detection = self.config.detection
+        return self.group_rates.shrink(
+            group,
+            detection.unexpected_floors_scale_below,
+            detection.unexpected_floors_lowest_factor,
+            detection.interval,
+        )
 
     # -- configuration --------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from egressd.config import parse_config
 from egressd.detect.alerts import FIRING
 from egressd.enrich import DestinationLabels
@@ -122,3 +124,77 @@ expected_countries = ["DE", "US"]
                 answers.add((group, expected))
     # Both answers occur for the learning group and the configured one.
     assert {("lab", True), ("lab", False), ("office", True), ("office", False)} <= answers
+
+
+SMALL_CONFIG = CONFIG.replace('learning = "1d"', 'learning = "2d"')
+NL = "145.100.0.1"
+
+
+def _small_day(engine: Engine, day: int, extra: list[tuple[float, str, int]]) -> list[str]:
+    """One day of a small group: 5 MB per interval to the US (a hundredth of the reference
+    of the unexpected-destination floors: they shrink to about 4.5%), plus ``extra``."""
+    fired = []
+    flows = [(day * 86400 + i * 300 + 150, US, 5_000_000) for i in range(288)]
+    flows += [(day * 86400 + offset, dst, size) for offset, dst, size in extra]
+    for offset, dst, size in sorted(flows):
+        record = FlowRecord(T0 + offset - 1, T0 + offset, "10.60.0.7", dst, size, size // 1000)
+        fired += [
+            f"{a.labels['alertname']} {a.labels['dst_country']}"
+            for a in engine.process([record])
+            if a.state == FIRING
+        ]
+    return fired
+
+
+def _small_group_learning(engine: Engine) -> None:
+    """Two days of learning: 1.5 MB to the Netherlands in three intervals a day (9 MB in
+    all, under the configured 20 MB but sustained use at this group's scale)."""
+    for day in (0, 1):
+        habit = [(9 * 3600 + 3600 * k, NL, 1_500_000) for k in range(3)]
+        assert _small_day(engine, day, habit) == []
+
+
+def test_a_small_group_learns_a_country_it_used_at_its_own_scale() -> None:
+    engine = Engine(parse_config(SMALL_CONFIG), EmbeddedCountryLabeler())
+    _small_group_learning(engine)
+    # After learning: an 8 MB upload to the Netherlands (over the group's shrunk hourly
+    # floor, far under the configured one) is to a country the group uses: no page.
+    assert _small_day(engine, 2, [(14 * 3600 + 60 * m, NL, 1_600_000) for m in range(5)]) == []
+    assert engine.policy.expected_countries("lab") == frozenset({"US", "NL"})
+    factor = engine.policy.learned["lab"].factor
+    assert factor is not None and 0.02 < factor < 0.1
+
+
+def test_a_small_group_still_pages_for_a_country_it_never_used() -> None:
+    engine = Engine(parse_config(SMALL_CONFIG), EmbeddedCountryLabeler())
+    _small_group_learning(engine)
+    # The same upload to China, never used while learning, pages at the group's floor.
+    assert _small_day(engine, 2, [(14 * 3600 + 60 * m, CN, 1_600_000) for m in range(5)]) == [
+        "EgressUnexpectedDestination CN"
+    ]
+
+
+def test_the_learned_factor_is_kept_across_a_restart() -> None:
+    config = parse_config(SMALL_CONFIG)
+    engine = Engine(config, EmbeddedCountryLabeler())
+    _small_group_learning(engine)
+    assert _small_day(engine, 2, []) == []
+    factor = engine.policy.learned["lab"].factor
+    assert factor is not None
+    again = Engine(config, EmbeddedCountryLabeler())
+    again.restore(orjson.loads(orjson.dumps(engine.snapshot())))
+    # Whatever the group's rate does later, it is judged by the factor it learned with.
+    again.group_rates.levels["lab"][0] += 10
+    assert again.policy.learned["lab"].factor == factor
+    assert again.policy.country_rule("lab", T0 + 3 * 86400) == frozenset({"US", "NL"})
+
+
+def test_a_state_without_a_learned_factor_takes_the_groups_factor() -> None:
+    engine = Engine(parse_config(SMALL_CONFIG), EmbeddedCountryLabeler())
+    _small_group_learning(engine)
+    state = orjson.loads(orjson.dumps(engine.snapshot()))
+    state["learned"]["lab"].pop("factor", None)
+    again = Engine(parse_config(SMALL_CONFIG), EmbeddedCountryLabeler())
+    again.restore(state)
+    assert again.policy.country_rule("lab", T0 + 3 * 86400) == frozenset({"US", "NL"})
+    assert again.policy.learned["lab"].factor is not None

@@ -8,6 +8,7 @@ without ``expected_countries`` learns its countries during the learning period.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from egressd.config import GroupConfig
@@ -26,13 +27,19 @@ class LearnedDestinations:
     countries: dict[str, int] = field(default_factory=dict)
     #: country -> [intervals used, days used, last day used (days since started)]
     use: dict[str, list[int]] = field(default_factory=dict)
+    #: what ``learn_min_bytes`` was multiplied by for this group, fixed when its learned set
+    #: was first judged after learning (the group's floor factor then); None until then
+    factor: float | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "started": self.started,
             "countries": dict(self.countries),
             "use": {c: list(u) for c, u in self.use.items()},
         }
+        if self.factor is not None:
+            data["factor"] = self.factor
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> LearnedDestinations:
@@ -47,11 +54,27 @@ class LearnedDestinations:
         else:
             # A state written before use was counted: keep what it learned as learned.
             learned.use = {c: [1 << 30, 1 << 30, -1] for c in learned.countries}
+        factor = data.get("factor")
+        # A state without one (or from before it was kept) takes the group's factor anew.
+        if (
+            isinstance(factor, int | float)
+            and not isinstance(factor, bool)
+            and math.isfinite(factor)
+            and 0 < factor <= 1
+        ):
+            learned.factor = float(factor)
         return learned
 
 
 class ExpectedDestinations:
-    """Answers "is this destination expected for this group?" at a given event time."""
+    """Answers "is this destination expected for this group?" at a given event time.
+
+    A learned country needs ``learn_min_bytes`` times the group's factor: :attr:`shrink`
+    (the pipeline sets it to the factor the unexpected-destination floors of the group are
+    multiplied by), read when the group's learned set is first judged after its learning and
+    kept with it (state files included), so a small group learns what it used at the scale its
+    floors judge it by. Without :attr:`shrink`, or for a group it has no factor for, 1.
+    """
 
     __slots__ = (
         "_frozen",
@@ -61,6 +84,7 @@ class ExpectedDestinations:
         "learn_min_intervals",
         "learned",
         "learning",
+        "shrink",
     )
 
     def __init__(
@@ -79,6 +103,9 @@ class ExpectedDestinations:
         self.learn_min_bytes = learn_min_bytes
         self.learn_min_intervals = learn_min_intervals
         self.learn_min_days = learn_min_days
+        #: group -> the factor (at most 1) its learn_min_bytes is multiplied by; None when
+        #: the group has none yet
+        self.shrink: Callable[[str], float | None] | None = None
         self.reconfigure(groups, learning, learn_min_bytes, learn_min_intervals, learn_min_days)
 
     def reconfigure(
@@ -97,8 +124,20 @@ class ExpectedDestinations:
         self.learn_min_days = max(1, min(learn_min_days, math.ceil(learning / 86400.0)))
         self.learn_min_intervals = learn_min_intervals
 
-    def _learned(self, learned: LearnedDestinations, country: str) -> bool:
-        if learned.countries.get(country, 0) < self.learn_min_bytes:
+    def _factor(self, group: str, learned: LearnedDestinations, keep: bool) -> float:
+        """What ``group``'s learn_min_bytes is multiplied by (kept once ``keep`` is set)."""
+        if learned.factor is not None:
+            return learned.factor
+        factor = None if self.shrink is None else self.shrink(group)
+        if factor is None:
+            return 1.0
+        factor = min(1.0, factor)
+        if keep:
+            learned.factor = factor
+        return factor
+
+    def _learned(self, learned: LearnedDestinations, country: str, factor: float) -> bool:
+        if learned.countries.get(country, 0) < self.learn_min_bytes * factor:
             return False
         use = learned.use.get(country)
         return (
@@ -140,7 +179,8 @@ class ExpectedDestinations:
         learned = self.learned.get(group)
         if learned is None:
             return None
-        return frozenset(c for c in learned.countries if self._learned(learned, c))
+        factor = self._factor(group, learned, keep=False)
+        return frozenset(c for c in learned.countries if self._learned(learned, c, factor))
 
     def is_expected(self, group: str, labels: DestinationLabels, when: float) -> bool:
         """True when ``labels`` is an expected destination for ``group`` at ``when``.
@@ -184,8 +224,9 @@ class ExpectedDestinations:
         frozen = self._frozen.get(group)
         if frozen is None:
             learned = self.learned[group]
+            factor = self._factor(group, learned, keep=True)
             frozen = self._frozen[group] = frozenset(
-                c for c in learned.countries if self._learned(learned, c)
+                c for c in learned.countries if self._learned(learned, c, factor)
             )
         return frozen
 
