@@ -110,8 +110,9 @@ class DetectionConfig:
     #: ... and this much within a day to prefixes first used within that day (a slow
     #: transfer to a fresh network); 0 turns the day window off
     new_destination_day_min_bytes: int = 5_000_000_000
-    #: 8 days: a weekly job whose start drifts by some hours (or a DST change) stays known
-    new_destination_unseen: float = 8 * 86400.0
+    #: 35 days: a monthly job (a month-end close, a monthly archive) whose date drifts by some
+    #: days stays known, and so do a research group's collaborators between campaigns
+    new_destination_unseen: float = 35 * 86400.0
     new_destination_max_prefixes: int = 50_000
     #: both floors (and the least an address must carry to count as used) shrink for a group
     #: whose busy intervals (the 90% quantile of its egress, per 5 minutes) carry less than

@@ -676,15 +676,19 @@ def _backup(day: int, dst: str) -> list[FlowRecord]:
     return [_flow(day * DAY + HOUR + k * 300 + 150, dst, 100 * MB) for k in range(12)]
 
 
+#: the unseen horizon of the ageing tests, shorter than the default so they stay days long
+EIGHT_DAYS = 'new_destination_unseen = "8d"\n'
+
+
 def test_a_holiday_does_not_age_the_networks_a_group_knows() -> None:
-    engine = _engine()
+    engine = _engine(EIGHT_DAYS)
     # A nightly backup to one DE network, known since the first night.
     flows = _usual(3) + _backup(0, DE_FRESH) + _backup(1, DE_FRESH) + _backup(2, DE_FRESH)
     assert _firing(_run(engine, flows)) == []
     # Closed for ten days (a few KB a day), across a restart: more than the 8 days after which
     # an unused network counts as new again, but the group used no network at all meanwhile.
     _run(engine, [_flow(day * DAY + 12 * HOUR, US, 5_000) for day in range(3, 8)])
-    engine2 = _engine()
+    engine2 = _engine(EIGHT_DAYS)
     engine2.restore(engine.snapshot())
     _run(engine2, [_flow(day * DAY + 12 * HOUR, US, 5_000) for day in range(8, 13)])
     back = _usual(1, start=13 * DAY) + _backup(13, DE_FRESH)
@@ -694,8 +698,18 @@ def test_a_holiday_does_not_age_the_networks_a_group_knows() -> None:
     assert _firing(_run(engine2, fresh)) == ["EgressNewDestinationVolume DE"]
 
 
-def test_networks_age_on_the_days_the_group_is_active() -> None:
+def test_a_monthly_job_keeps_its_network_known_with_the_defaults() -> None:
     engine = _engine()
+    # A month-end archive of 1.2 GB to one DE network, a month apart: known the second time.
+    flows = _usual(31) + _backup(0, DE_FRESH) + _backup(30, DE_FRESH)
+    assert _firing(_run(engine, flows)) == []
+    # A network the group never used still pages at the month's end.
+    fresh = _usual(0.5, start=31 * DAY) + _backup(31, "94.130.1.1")
+    assert _firing(_run(engine, fresh)) == ["EgressNewDestinationVolume DE"]
+
+
+def test_networks_age_on_the_days_the_group_is_active() -> None:
+    engine = _engine(EIGHT_DAYS)
     flows = _usual(10) + _backup(0, DE_FRESH)
     # Nine busy days without the DE network: it is new again, and 1.2 GB to it pages.
     flows += _backup(10, DE_FRESH) + _usual(0.2, start=10 * DAY)
