@@ -1455,7 +1455,7 @@ BELOW_DEFAULT_FLOORS = {"institute": ("week-drip",)}
 KNOWN_FALSE_PAGES = {
     "institute": (
         # Grid transfers and new collaborators: GBs within the hour to research networks the
-        # cluster had not used for over a week, in listed countries.
+        # cluster had not used this month, in listed countries.
         (NEW_DESTINATION, "hpc", ""),
         # The double export: 40-70 MB to Japan counted twice crosses the 100 MB floor.
         (UNEXPECTED, "hpc", "JP"),
