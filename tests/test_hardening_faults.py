@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import os
 import resource
 import selectors
@@ -854,6 +855,11 @@ async def test_clients_asking_for_every_baseline_do_not_stop_the_event_loop(
     # The loop's stalls are measured in CPU time of its own thread (time.thread_time), which
     # neither other processes on a busy machine nor the client threads (holding the GIL)
     # inflate, and set against building the body once in one go, measured the same way.
+    # What every earlier test of the session left on the heap is frozen out of the garbage
+    # collector's scans: in the full suite a full collection over it stopped the loop for
+    # 0.25-0.3 s, which is the test process's history, not the request handling measured here.
+    gc.collect()
+    gc.freeze()
     began = time.thread_time()
     once = len(orjson.dumps(list(daemon.baselines(None))))
     build = time.thread_time() - began
@@ -883,6 +889,7 @@ async def test_clients_asking_for_every_baseline_do_not_stop_the_event_loop(
         for thread in clients:
             await asyncio.to_thread(thread.join, 60)
         await daemon.http.stop()
+        gc.unfreeze()
     assert not errors, errors
     assert sizes and min(sizes) == max(sizes) == once > 30_000_000
     assert longest < build / 20, (
