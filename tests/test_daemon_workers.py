@@ -343,3 +343,47 @@ def test_a_silent_worker_is_killed_and_started_again(workers: Setup) -> None:
     assert not Path(f"/proc/{pids['0']}").exists()  # killed and reaped
     assert "sent nothing for 20s: killed" in s.egressd.log()
     assert s.egressd.stop() == 0, s.egressd.log()
+
+
+def test_proven_exporters_stay_proven_across_a_restart_with_workers(workers: Setup) -> None:
+    # The state file lists the proven exporters so a restart keeps them proven (a flood from
+    # forged addresses started then would otherwise share the queue's reserve, the decoder's
+    # tables and its template budget with them for half a minute). With workers it listed
+    # none: the worker processes decode, and only they knew which exporters were proven.
+    import orjson
+
+    s = workers
+    s.egressd.start()
+    placement = {exporter: worker_of(s, exporter) for exporter in EXPORTERS}
+    assert set(placement.values()) == {"0", "1"}
+    assert s.egressd.stop() == 0, s.egressd.log()
+    state = orjson.loads(s.state.read_bytes())
+    assert state["sources"][source_of(s)] == {"proven_exporters": []}
+    state["sources"][source_of(s)] = {"proven_exporters": [*EXPORTERS, "nonsense", 7]}
+    s.state.write_bytes(orjson.dumps(state))
+
+    def proven() -> float | None:
+        text = s.egressd.metrics()
+        return metric_value(text, "egressd_netflow_proven_exporters", source=source_of(s))
+
+    s.egressd.start()
+    # Each worker holds those steered to it: six in all, not six each.
+    wait_until(lambda: proven() == len(EXPORTERS), 10, what="proven exporters restored")
+    # A worker started again gets its proven exporters back from the daemon.
+    os.kill(worker_pids(s)["0"], signal.SIGKILL)
+    wait_until(
+        lambda: (
+            metric_value(s.egressd.metrics(), "egressd_netflow_worker_restarts_total", worker="0")
+            == 1
+        ),
+        15,
+        what="worker 0 restarted",
+    )
+    wait_until(lambda: proven() == len(EXPORTERS), 10, what="proven exporters handed back")
+    assert s.egressd.stop() == 0, s.egressd.log()
+    saved = orjson.loads(s.state.read_bytes())["sources"][source_of(s)]["proven_exporters"]
+    assert sorted(saved) == sorted(EXPORTERS)
+    # The daemon hands each worker the exporters the kernel steers to it.
+    from egressd.sources.netflow_workers import steered_socket
+
+    assert placement == {e: str(steered_socket(e, 2)) for e in EXPORTERS}

@@ -823,3 +823,25 @@ def test_a_saved_list_of_proven_exporters_is_checked_and_bounded() -> None:
     decoder = NetflowDecoder()
     assert decoder.restore_proven(many) == MAX_PROVEN
     assert decoder.proven_exporters == MAX_PROVEN
+
+
+def test_a_netflow_worker_reports_the_exporters_it_proves() -> None:
+    # Worker processes (`workers` > 1) decode, so only they know which exporters are proven:
+    # each reports its proven set to the daemon when it changed, and the daemon saves them.
+    from egressd.config import parse_config
+    from egressd.sources.netflow_worker import Worker, split_partials_frame
+    from tests.netflow_builders import v5_datagram
+
+    config = parse_config(research_config() + '[[sources.netflow]]\nlisten = "127.0.0.1:0"\n')
+    worker = Worker(config, config.sources.netflow[0])
+    header, _ = split_partials_frame(worker.frame())
+    assert header["proven"] == []
+    record = (bytes([10, 20, 0, 17]), bytes([47, 100, 23, 45]), 1, 1000, 0, 0, 1, 2, 6)
+    now = time.time()
+    for at in (now - 31, now):
+        v5 = v5_datagram([record], uptime_ms=1000, unix_secs=int(at))
+        assert len(worker.decoder.decode(v5, EXPORTER, at)) == 1
+    header, _ = split_partials_frame(worker.frame())
+    assert header["proven"] == [EXPORTER]
+    header, _ = split_partials_frame(worker.frame())
+    assert "proven" not in header  # only when it changed

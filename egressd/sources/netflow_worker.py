@@ -8,8 +8,11 @@ it steers here stay here across a restart); the control socket is a stream to th
 Frames on the control stream are ``!IB`` (payload length, kind) then the payload. The parent
 sends the configuration (a pickle of ``(Config, NetflowSourceConfig)``; a parent is trusted by
 its own child) first and again on every reload, and a stop request at shutdown. The worker
-sends, every :data:`FLUSH_EVERY` seconds, what it counted: a header (orjson: event time and
-cumulative counters) and an interval partials batch (:func:`egressd.partials.encode_partials`).
+sends, every :data:`FLUSH_EVERY` seconds, what it counted: a header (orjson: event time,
+cumulative counters and, when they changed, its proven exporters) and an interval partials
+batch (:func:`egressd.partials.encode_partials`). Right after the first configuration the
+parent sends the exporters proven before (orjson list of address texts): those a state file
+listed, or a previous process of this worker reported.
 The worker exits when the parent asks, or when the control stream ends (the parent died).
 """
 
@@ -48,6 +51,8 @@ KIND_CONFIG = 1
 KIND_STOP = 2
 #: worker -> parent: header + partials batch
 KIND_PARTIALS = 3
+#: parent -> worker, once after the first configuration: the exporters proven before
+KIND_PROVEN = 4
 #: seconds between partials batches (event time reaches the parent at most this late)
 FLUSH_EVERY = 0.25
 #: seconds a stopping worker goes on reading what its socket holds
@@ -131,6 +136,7 @@ class Worker:
         "next_geo",
         "pending",
         "pending_flows",
+        "proven_sent",
         "rebuilding",
         "records",
         "reload_errors",
@@ -155,6 +161,8 @@ class Worker:
         self.rebuilding: tuple[Config, Future[DestinationLabeler]] | None = None
         #: new configurations not taken because their labeler failed to build
         self.reload_errors = 0
+        #: the proven exporters the parent last heard of (None: nothing sent yet)
+        self.proven_sent: list[str] | None = None
 
     def reconfigure(self, config: Config) -> None:
         """Start using ``config``: its labeler (which reads every geo file: seconds for a
@@ -271,7 +279,7 @@ class Worker:
         counter = self.counter
         event_time = counter.event_time("w")
         engine = counter.engine.stats
-        header = {
+        header: dict[str, Any] = {
             "event_time": event_time if event_time > -math.inf else None,
             "units": self.units,
             "records": self.records,
@@ -288,6 +296,12 @@ class Worker:
                 ["egressd_netflow_worker_reload_errors_total", {}, float(self.reload_errors)],
             ],
         }
+        # The parent saves them in the state file (and hands them to this worker's next
+        # process), so a restart does not leave every exporter unproven for half a minute.
+        proven = self.decoder.saved_proven()
+        if proven != self.proven_sent:
+            self.proven_sent = proven
+            header["proven"] = proven
         blob = encode_partials(counter.take("w"), self.config.detection.interval)
         return partials_frame(header, blob)
 
@@ -313,6 +327,10 @@ def serve(udp: socket.socket, control: socket.socket) -> int:
         return 1
     config, netflow = pickle.loads(first[1])
     worker = Worker(config, netflow)
+    proven = read_frame(control)  # before any datagram is decoded
+    if proven is None or proven[0] != KIND_PROVEN:
+        return 1
+    worker.decoder.restore_proven(orjson.loads(proven[1]))
     udp.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(udp, selectors.EVENT_READ, "udp")

@@ -30,7 +30,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import orjson
+
 from egressd.config import Config, NetflowSourceConfig
+from egressd.decode.netflow.proven import MAX_PROVEN, saved_exporters
 from egressd.enrich import DestinationLabels
 from egressd.errors import DecodeError, SourceError
 from egressd.model import FlowRecord
@@ -41,6 +44,7 @@ from egressd.sources.netflow_worker import (
     FRAME,
     KIND_CONFIG,
     KIND_PARTIALS,
+    KIND_PROVEN,
     KIND_STOP,
     split_partials_frame,
 )
@@ -94,6 +98,19 @@ def steering_program(sockets: int) -> bytes:
     return b"".join(struct.pack("HBBI", *instruction) for instruction in program)
 
 
+def steered_socket(exporter: str, sockets: int) -> int | None:
+    """The index :func:`steering_program` picks for datagrams from ``exporter`` (an address
+    text), or None when it is not one."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(family, exporter)
+        except OSError:
+            continue
+        word = int.from_bytes(packed[-4:], "big")
+        return (((word * 0x9E3779B1) & 0xFFFF_FFFF) >> 16) % sockets
+    return None
+
+
 def attach_steering(sock: socket.socket, sockets: int) -> None:
     code = ctypes.create_string_buffer(steering_program(sockets))
     fprog = struct.pack("HL", len(code.raw) // 8, ctypes.addressof(code))
@@ -110,6 +127,7 @@ class _Worker:
         "kernel_drops",
         "last",
         "process",
+        "proven",
         "reader",
         "restarts",
         "seen",
@@ -140,6 +158,8 @@ class _Worker:
         #: decoder counters (``*_total`` samples) of the processes before the running one
         self.base: dict[_SampleKey, float] = {}
         self.dropped: dict[str, int] = {}
+        #: the exporters proven in this worker (its process's last report, or restored)
+        self.proven: list[str] = []
 
 
 class NetflowWorkers:
@@ -150,6 +170,7 @@ class NetflowWorkers:
         "_fatal",
         "_intern",
         "_ready",
+        "_restored",
         "_sink",
         "_stopping",
         "_tasks",
@@ -173,6 +194,8 @@ class NetflowWorkers:
         self._stopping = False
         self._fatal: asyncio.Future[None] | None = None
         self._intern: dict[str, DestinationLabels] = {}
+        #: proven exporters a state file listed, until the workers exist
+        self._restored: list[str] = []
         self.bound: tuple[str, int] | None = None
         self.receive_buffer = 0
 
@@ -190,6 +213,11 @@ class NetflowWorkers:
         sockets = self._bind_group()
         for index, (sock, inode) in enumerate(sockets):
             self._workers.append(_Worker(index, sock, inode))
+        for exporter in self._restored:  # each to the worker its datagrams reach
+            steered = steered_socket(exporter, len(self._workers))
+            if steered is not None and len(self._workers[steered].proven) < MAX_PROVEN:
+                self._workers[steered].proven.append(exporter)
+        self._restored = []
         loop = asyncio.get_running_loop()
         for worker in self._workers:
             self._tasks.append(
@@ -264,14 +292,26 @@ class NetflowWorkers:
         if self._fatal is not None:
             await self._fatal
 
-    def checkpoint_position(self) -> None:
-        return None
+    def checkpoint_position(self) -> dict[str, list[str]]:
+        """UDP cannot be replayed; the state file keeps which exporters the workers have
+        proven, as the single-process source does (see there)."""
+        if not self._workers:
+            return {"proven_exporters": list(self._restored)}
+        return {"proven_exporters": [e for worker in self._workers for e in worker.proven]}
 
     async def checkpoint_saved(self, position: Any) -> None:
         return None
 
     def restore_position(self, position: Any) -> None:
-        return None
+        """Hand each worker the proven exporters whose datagrams reach it (at most
+        MAX_PROVEN each), before it decodes its first datagram."""
+        if isinstance(position, dict):
+            limit = MAX_PROVEN * self.config.workers
+            self._restored = saved_exporters(position.get("proven_exporters"), limit)
+            if self._restored:
+                log.info(
+                    "%s: %d exporters proven before the restart", self.name, len(self._restored)
+                )
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded configuration: every worker counts with it from now on."""
@@ -341,6 +381,8 @@ class NetflowWorkers:
         worker.reader, worker.writer = reader, writer
         payload = pickle.dumps((self._config, self.config))
         writer.write(FRAME.pack(len(payload), KIND_CONFIG) + payload)
+        proven = orjson.dumps(worker.proven)
+        writer.write(FRAME.pack(len(proven), KIND_PROVEN) + proven)
         worker.up = True
         try:
             while True:
@@ -416,6 +458,8 @@ class NetflowWorkers:
             for name, value in dict(header.get("engine", {})).items()
         }
         worker.last = header
+        if "proven" in header:  # sent when it changed
+            worker.proven = saved_exporters(header["proven"])
         event_time = header.get("event_time")
         assert self._sink is not None
         self._sink.apply_partials(

@@ -7,7 +7,7 @@ buffered sets, options domains) and its shared template budget serve proven expo
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from egressd.cache import BoundedCache
 
@@ -67,21 +67,37 @@ class ProvenExporters:
         and a flood from forged addresses started then shared the queue's reserve, the
         decoder's tables and its template budget with them. Only address texts are taken,
         at most :data:`MAX_PROVEN` in all; anything else in the list is ignored."""
-        if not isinstance(exporters, list):
-            return 0
         held = self.held
         taken = 0
-        for exporter in exporters:
-            if len(held) >= MAX_PROVEN:
-                break
-            if isinstance(exporter, str) and exporter not in held and _is_address(exporter):
-                held[exporter] = None
-                taken += 1
+        for exporter in saved_exporters(exporters, MAX_PROVEN - len(held), skip=held):
+            held[exporter] = None
+            taken += 1
         return taken
 
     def saved(self) -> list[str]:
         """The proven exporters, for the state file."""
         return list(self.held)
+
+
+def saved_exporters(
+    exporters: object, limit: int = MAX_PROVEN, skip: Collection[str] = ()
+) -> list[str]:
+    """The exporters a state file's list holds: address texts only (anything else in the
+    list is ignored), each once and none of ``skip``, at most ``limit``."""
+    if not isinstance(exporters, list):
+        return []
+    out: dict[str, None] = {}
+    for exporter in exporters:
+        if len(out) >= limit:
+            break
+        if (
+            isinstance(exporter, str)
+            and exporter not in out
+            and exporter not in skip
+            and _is_address(exporter)
+        ):
+            out[exporter] = None
+    return list(out)
 
 
 def _is_address(text: str) -> bool:
