@@ -115,6 +115,23 @@ class Accum:
         """
         talkers = self.talkers
         if talkers is not None and self._sources is None and self._destinations is None:
+            count = len(talkers)
+            if count == 3:  # one flow (a third of the windows' intervals, sparse)
+                src, dst, size = talkers
+                return [(_text(src), size)], [(_text(dst), size)]
+            if count <= 3 * min(n, self.capacity):
+                # At most n distinct talkers each, none evicted: all of them, summed, in
+                # first-flow order.
+                sums: dict[int, int] = {}
+                targets: dict[int, int] = {}
+                for index in range(0, count, 3):
+                    src, dst, size = talkers[index : index + 3]
+                    sums[src] = sums.get(src, 0) + size
+                    targets[dst] = targets.get(dst, 0) + size
+                return (
+                    [(_text(value), size) for value, size in sums.items()],
+                    [(_text(value), size) for value, size in targets.items()],
+                )
             sources: dict[int, int] = {}
             destinations: dict[int, int] = {}
             source_sum = sources.get
@@ -129,6 +146,28 @@ class Accum:
                     _with_texts(heaviest_items(destinations, n)),
                 )
         return heaviest_items(self.sources.counts, n), heaviest_items(self.destinations.counts, n)
+
+    def destinations_at_least(self, least: float) -> list[tuple[str, int]]:
+        """The destinations' sketch's (address, count) pairs of at least ``least``, in its
+        order.
+
+        While the talkers wait and their distinct destinations fit the sketch (it would
+        hold their exact sums in first-flow order), those are summed by address value and
+        only the pairs kept get their text; the sketches are left to be made when read.
+        """
+        talkers = self.talkers
+        if talkers is not None and self._sources is None and self._destinations is None:
+            if len(talkers) == 3:
+                size = talkers[2]
+                return [(_text(talkers[1]), size)] if size >= least else []
+            sums: dict[int, int] = {}
+            get = sums.get
+            for index in range(1, len(talkers), 3):
+                dst = talkers[index]
+                sums[dst] = get(dst, 0) + talkers[index + 1]
+            if len(sums) <= self.capacity:
+                return [(_text(value), size) for value, size in sums.items() if size >= least]
+        return [item for item in self.destinations.counts.items() if item[1] >= least]
 
     def settle(self) -> None:
         """Add :attr:`talkers` to the sketches, in order, as adding each flow would."""
@@ -234,6 +273,17 @@ def heaviest_items(counts: dict[_Item, int], n: int) -> list[tuple[_Item, int]]:
 
 
 _WEIGHT = itemgetter(1)
+
+
+def _text(value: int) -> str:
+    """The text of an address value, from (and into) :data:`_TEXTS`."""
+    texts = _TEXTS
+    text = texts.get(value)
+    if text is None:
+        if len(texts) > KNOWN_TEXTS:
+            texts.clear()
+        text = texts[value] = address_text(value >> 64, value & _LOW64)
+    return text
 
 
 def _with_texts(pairs: list[tuple[int, int]]) -> list[tuple[str, int]]:

@@ -116,6 +116,11 @@ class TopK:
         for item, weight in pairs:
             add(item, weight)
 
+    def add_distinct(self, pairs: Sequence[tuple[str, int]]) -> None:
+        """``add`` of each (item, weight) pair in order, the items distinct (a few heaviest
+        talkers of an interval joining a window's evidence)."""
+        self._add_all(pairs, len(pairs))
+
     def cap(self, limit: int) -> None:
         """Lower every count above ``limit`` to it (saturated sums)."""
         counts = self.counts

@@ -175,6 +175,35 @@ def test_the_heaviest_talkers_are_the_sketches_heaviest(sources: int, destinatio
         )
 
 
+@pytest.mark.parametrize(
+    ("count", "sources", "destinations"), [(1, 1, 1), (3, 2, 2), (60, 3, 5), (60, 5, 60)]
+)
+def test_destinations_at_least_are_the_sketchs_and_leave_the_talkers_waiting(
+    count: int, sources: int, destinations: int
+) -> None:
+    for seed in range(20):
+        flows = _flows(seed, count, sources, destinations)
+        _expected_sources, expected = _added(flows, 16)
+        for least in (0, 5_000, 20_000):
+            want = [(item, size) for item, size in expected.counts.items() if size >= least]
+            accum = _waiting(flows, 16)
+            assert accum.destinations_at_least(least) == want
+            # the sketches are made only when read, as ever (read here: the same answer)
+            assert list(accum.destinations.counts.items()) == list(expected.counts.items())
+            assert accum.destinations_at_least(least) == want
+
+
+def test_one_flows_heaviest_talkers_are_its_own() -> None:
+    flows = _flows(7, 1, 1, 1)
+    accum = _waiting(flows, 16)
+    expected_sources, expected_destinations = _added(flows, 16)
+    assert accum.heaviest(4) == (
+        list(expected_sources.counts.items()),
+        list(expected_destinations.counts.items()),
+    )
+    assert accum.talkers is not None  # still waiting for whoever reads the sketches
+
+
 def test_heaviest_items_ties_keep_insertion_order() -> None:
     counts = {"a": 5, "b": 9, "c": 5, "d": 9, "e": 1}
     assert heaviest_items(counts, 3) == [("b", 9), ("d", 9), ("a", 5)]

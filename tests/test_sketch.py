@@ -226,6 +226,28 @@ def test_merge_equals_adding_each_item_in_order(
     assert list(merged.counts.items()) == list(added.counts.items())
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.dictionaries(st.integers(0, 40), st.integers(1, 1000), max_size=6), max_size=12),
+    st.integers(1, 24),
+)
+def test_add_distinct_equals_adding_each_pair_in_order(
+    batches: list[dict[int, int]], capacity: int
+) -> None:
+    """A window's evidence takes each interval's few heaviest talkers (distinct items)."""
+    taken, added = TopK(capacity), TopK(capacity)
+    for batch in batches:
+        pairs = [(f"h{item}", weight) for item, weight in batch.items()]
+        taken.add_distinct(pairs)
+        for item, weight in pairs:
+            added.add(item, weight)
+        assert list(taken.counts.items()) == list(added.counts.items())
+    for index in range(capacity + 2):  # later evictions agree too
+        taken.add(f"new{index}", 1)
+        added.add(f"new{index}", 1)
+    assert list(taken.counts.items()) == list(added.counts.items())
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(st.text("abc", max_size=3), st.integers(0, 4), max_size=40),

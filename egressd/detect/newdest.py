@@ -327,9 +327,7 @@ class NewDestinationDetector(Detector):
             day_block = 0
             day_destinations: TopK | None = None
             clock = -math.inf  # the group's clock, read at its first used address
-            for address, weight in accum.destinations.counts.items():
-                if weight < use_min:
-                    continue
+            for address, weight in accum.destinations_at_least(use_min):
                 if clock == -math.inf:
                     clock = tracked.clock(start)
                     if counting and tracked.counting_from is None:

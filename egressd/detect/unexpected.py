@@ -498,14 +498,14 @@ class UnexpectedDestinationDetector(Detector):
                 span.small -= small
                 span.ingress -= ingress
         if left and (spans[-1].bytes >= heavy or window.alerting):
+            window_sources = window.sources
+            window_destinations = window.destinations
             for entry in left:
                 accum = entry[4]
                 if accum is not None:
                     sources, destinations = accum.heaviest(_EVIDENCE_ITEMS)
-                    for item, weight in sources:
-                        window.sources.add(item, weight)
-                    for item, weight in destinations:
-                        window.destinations.add(item, weight)
+                    window_sources.add_distinct(sources)
+                    window_destinations.add_distinct(destinations)
 
     def _evict_for_room(self) -> None:
         """Drop the lightest tenth of the windows without an active alert.
@@ -581,20 +581,32 @@ class UnexpectedDestinationDetector(Detector):
                 else:
                     continue
             expire(window, horizons, int(heavy * g))
+            alert_key: AlertKey = (UNEXPECTED, group, dest.key)
+            if not window.alerting and group in fanout_last and alert_key not in active:
+                # The group's fan-out page covers this destination: it cannot fire (below).
+                if not window.entries:
+                    del windows[key]
+                continue
             fire_index = -1
             totals = []
             effectives = []
             for index, span in enumerate(window.spans):
-                total = span.effective(fraction)
+                # Span.effective and Span.upload inlined (every alerting window, each interval)
+                total = span.bytes
+                small = span.small
+                if small:
+                    total += max(small - int(fraction * span.ingress), 0) - small
                 effectives.append(total)
-                if g < 1.0 and total < spans[index][1]:
+                configured = floors[index]
+                if g < 1.0 and total < configured:
                     # Under the configured floor only upload-shaped egress counts: a download
                     # from a new CDN edge is no page for a small group either.
-                    total = span.upload(fraction)
+                    ingress = span.ingress
+                    if ingress:
+                        total = min(total, max(span.bytes - int(RETURN_SHARE * ingress), 0))
                 totals.append(total)
-                if fire_index < 0 and total >= spans[index][1] * g:
+                if fire_index < 0 and total >= configured * g:
                     fire_index = index
-            alert_key: AlertKey = (UNEXPECTED, group, dest.key)
             if fire_index >= 0 and group in fanout_last and alert_key not in active:
                 # The group's fan-out page already covers this destination: one page, not
                 # one per country, while it lasts.
@@ -705,8 +717,17 @@ class UnexpectedDestinationDetector(Detector):
                 window = self.windows.get(key)
                 if window is not None:
                     for index, span in enumerate(window.spans):
-                        sums[index] -= span.effective(fraction)
-                        uploads[index] -= span.upload(fraction)
+                        # Span.effective and Span.upload inlined: every alerting window of a
+                        # group with a fan-out page, each interval.
+                        size = span.bytes
+                        small = span.small
+                        if small:
+                            size += max(small - int(fraction * span.ingress), 0) - small
+                        sums[index] -= size
+                        ingress = span.ingress
+                        if ingress:
+                            size = min(size, max(span.bytes - int(RETURN_SHARE * ingress), 0))
+                        uploads[index] -= size
             effectives = list(sums)
             if times < factor:
                 # Under the configured floor only upload-shaped egress counts (see above).
