@@ -414,6 +414,44 @@ async def test_an_unreachable_dead_letter_topic_does_not_hold_up_the_flows(
     assert source.dead_letters == 0
 
 
+async def test_a_dead_letter_topic_that_could_not_be_reached_is_not_tried_at_every_fetch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The cluster's ingest role waits for its dead-letter copies (they go in the transaction
+    # with its input offsets), and each copy to a topic that could not be reached took
+    # _DEAD_LETTER_TIMEOUT (10 s): a producer writing one bad message a fetch let the good
+    # ones through at one fetch per 10 s. After a failed copy, copies are dropped (counted)
+    # without trying for DEAD_LETTER_PAUSES[0], doubled while they keep failing.
+    import types
+    from dataclasses import make_dataclass
+
+    clock = [1000.0]
+    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0])
+    monkeypatch.setattr(kafka_module, "time", fake_time, raising=False)
+    monkeypatch.setattr(kafka_module, "_DEAD_LETTER_TIMEOUT", 0.01)
+    message = make_dataclass("Message", ["value", "key", "topic", "partition", "offset"])
+    failed = [(message(b"garbage", None, "flows", 0, 7), "bad_json")]
+    source = KafkaSource(config(dead_letter_topic="flows-dead"), "k")
+    hanging, working = HangingProducer(), FakeProducer()
+    first, last = getattr(kafka_module, "DEAD_LETTER_PAUSES", (30.0, 600.0))
+    await source.dead_letter(failed, hanging)
+    assert hanging.waiting == 1 and source.stats.dropped["dead_letter_failed"] == 1
+    for _ in range(5):  # fetches during the pause: no attempt, no wait
+        await source.dead_letter(failed, hanging)
+    assert hanging.waiting == 1 and source.stats.dropped["dead_letter_failed"] == 6
+    clock[0] += first
+    await source.dead_letter(failed, hanging)  # tried again, fails again: a longer pause
+    assert hanging.waiting == 2
+    clock[0] += first
+    await source.dead_letter(failed, working)
+    assert not working.sent
+    clock[0] += first + last
+    await source.dead_letter(failed, working)
+    await source.dead_letter(failed, working)  # it worked: no pause
+    assert len(working.sent) == 2 and source.dead_letters == 2
+    assert source.stats.dropped["dead_letter_failed"] == 8
+
+
 async def test_unreachable_broker_is_retried_with_growing_backoff(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

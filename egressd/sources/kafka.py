@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -55,6 +56,9 @@ _DEAD_LETTER_TIMEOUT: Final = 10.0
 #: copies go out beside the consumer, and past these the rest are dropped, counted
 DEAD_LETTER_BACKLOG: Final = 1_000
 DEAD_LETTER_BACKLOG_BYTES: Final = 32 << 20
+#: after a dead-letter copy failed, copies are dropped (counted) without trying for this long:
+#: the first pause, doubled while the next attempt fails too, up to the last
+DEAD_LETTER_PAUSES: Final = (30.0, 600.0)
 #: message bytes decoded per turn of the event loop (about 0.1 s of JSON lines): a fetch
 #: holds up to max_batch messages and 50 MB, which took seconds to decode in one go
 DECODE_BYTES: Final = 1 << 20
@@ -265,6 +269,8 @@ class KafkaSource:
         "_columns",
         "_consumer",
         "_consumer_factory",
+        "_dead_letter_pause",
+        "_dead_letter_retry",
         "_dead_letter_task",
         "_dead_letters_waiting",
         "_decode",
@@ -325,6 +331,10 @@ class KafkaSource:
         #: sending them (see :meth:`_queue_dead_letters`)
         self._dead_letters_waiting: list[tuple[Any, str]] = []
         self._dead_letter_task: asyncio.Task[None] | None = None
+        #: after a failed copy: how long copies are dropped without trying, and until when
+        #: (monotonic time; see :data:`DEAD_LETTER_PAUSES`)
+        self._dead_letter_pause = 0.0
+        self._dead_letter_retry = 0.0
         #: next offset after everything submitted (or restored from the state file)
         self._submitted: dict[TopicPartition, int] = {}
         self._assigned: frozenset[TopicPartition] = frozenset()
@@ -756,6 +766,13 @@ class KafkaSource:
         (through ``producer`` when given: the ingest role shares its own)."""
         producer = producer or self._producer
         topic = self.config.dead_letter_topic
+        if time.monotonic() < self._dead_letter_retry:
+            # The last copy failed: the cluster's ingest role waits for its copies (they
+            # go in the transaction with its offsets), and each attempt at a topic that
+            # cannot be reached took _DEAD_LETTER_TIMEOUT, so one bad message a fetch let
+            # the good ones through at one fetch per 10 s.
+            self.stats.drop("dead_letter_failed", len(failed))
+            return
         try:
             # Sending waits for the topic's metadata and room in the producer's buffer (up
             # to request_timeout_ms each): the whole copy is bounded, not only its acks.
@@ -777,13 +794,19 @@ class KafkaSource:
                 await asyncio.gather(*futures)
         except Exception as exc:  # dead letters must not block the partition
             self.stats.drop("dead_letter_failed", len(failed))
+            first, last = DEAD_LETTER_PAUSES
+            self._dead_letter_pause = min(last, max(first, 2 * self._dead_letter_pause))
+            self._dead_letter_retry = time.monotonic() + self._dead_letter_pause
             log.warning(
-                "%s: dead-letter copy of %d messages failed: %s",
+                "%s: dead-letter copy of %d messages failed: %s; copies are dropped, counted, "
+                "for %ds",
                 self.name,
                 len(failed),
                 exc or type(exc).__name__,
+                int(self._dead_letter_pause),
             )
             return
+        self._dead_letter_pause = 0.0
         self.dead_letters += len(failed)
 
     # -- rebalancing ------------------------------------------------------------------------------
