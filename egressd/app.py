@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from egressd.detect.alerts import FIRING, Alert
 from egressd.enrich import DestinationLabeler
 from egressd.enrich.labeler import CompositeLabeler, LoadedFile
 from egressd.errors import ConfigError, EgressdError, StateError, StateTooLarge
+from egressd.gctune import settle_long_lived
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine, EngineStats, Partial, Progress
 from egressd.replay import build_labeler
@@ -270,6 +272,8 @@ class Daemon:
         self._stopping: asyncio.Event | None = None
         self._reloads: set[asyncio.Task[bool]] = set()
         self._reload_lock: asyncio.Lock | None = None
+        #: the garbage collector's thresholds before :meth:`settle_heap` first changed them
+        self._gc_threshold: tuple[int, int, int] | None = None
 
     # -- what the HTTP API shows (DaemonView) -------------------------------------------------
 
@@ -391,6 +395,20 @@ class Daemon:
                     await source.checkpoint_saved(position)
             return True
 
+    def settle_heap(self) -> None:
+        """Keep what the daemon is built of out of the garbage collector's full scans
+        (:func:`egressd.gctune.settle_long_lived`): once it is running, after each reload."""
+        if self._gc_threshold is None:
+            self._gc_threshold = gc.get_threshold()
+        settle_long_lived()
+
+    def _unsettle_heap(self) -> None:
+        """Give the garbage collector back as :meth:`settle_heap` found it."""
+        if self._gc_threshold is not None:
+            gc.unfreeze()
+            gc.set_threshold(*self._gc_threshold)
+            self._gc_threshold = None
+
     def _count_clamped(self, values: int) -> None:
         self.stats.state_values_clamped += values
 
@@ -448,6 +466,8 @@ class Daemon:
             old.close()  # the new labeler opened its own copies of the files
         self.stats.config_reloads += 1
         self.stats.config_last_reload_success = time.time()
+        if self._gc_threshold is not None:  # a running daemon (not a test's bare one)
+            self.settle_heap()  # the new configuration and labeler live as long as it
         log.info("configuration reloaded from %s", path or "built-in defaults")
         status = self._status()
         self.notifier.notify("READY=1", f"STATUS={status}")
@@ -600,6 +620,7 @@ class Daemon:
                         f"egressd-watch-{getattr(component, 'name', type(component).__name__)}",
                         wait(),
                     )
+            self.settle_heap()  # state restored, sources started: the long-lived heap
             self.notifier.ready(self._status())
             log.info(
                 "egressd running: %d source(s), HTTP on %s, state %s",
@@ -631,6 +652,7 @@ class Daemon:
             for signum in handled:
                 loop.remove_signal_handler(signum)
             self.notifier.close()
+            self._unsettle_heap()
         return exit_code
 
     async def _shutdown(self, started: list[Any], exit_code: int) -> int:

@@ -897,6 +897,57 @@ async def test_clients_asking_for_every_baseline_do_not_stop_the_event_loop(
     )
 
 
+async def test_the_running_daemon_keeps_what_it_is_built_of_out_of_full_collections(
+    tmp_path: Path,
+) -> None:
+    # Each full (generation-2) collection scanned everything the daemon holds: the imported
+    # code, configuration, labeler tables, restored state and the open interval's sums. That
+    # stopped the event loop (collector socket, HTTP, watchdog) for 50-75 ms of CPU at
+    # 100,000 baselines with a 100,000-network region map, and 20-32 times in four intervals
+    # for 0.2-0.45 s once traffic reached 100,000 keys an interval
+    # (benchmarks/gc_pause_bench.py). Once running, and again after each reload, the daemon
+    # collects once and freezes what is left.
+    state = tmp_path / "s.json"
+    path = tmp_path / "egressd.toml"
+    path.write_text(CONFIG.format(state=state) + '\n[http]\nlisten = "127.0.0.1:0"\n')
+    first = Daemon(parse_config(path.read_text()), environ={}, sources=[])
+    first.restore_state()
+    for i in range(1_000):
+        first.engine.baselines.observe(("research", f"D{i:04d}"), T0, 1000 + i)
+    first.engine.process([FlowRecord(T0 + 900, T0 + 900, "10.20.0.1", "47.100.23.45", 5, 1)])
+    assert await first.save()
+    del first
+
+    def scanned(*objects: object) -> list[bool]:
+        """Whether a full collection would scan each object (frozen ones it does not)."""
+        ids = {id(o) for o in gc.get_objects()}
+        return [id(o) in ids for o in objects]
+
+    threshold = gc.get_threshold()
+    daemon = Daemon(parse_config(path.read_text()), path, environ={}, sources=[])
+    task = asyncio.create_task(daemon.run())
+    try:
+        async with asyncio.timeout(30):
+            while not (daemon.readiness()[0] and gc.get_freeze_count()):
+                await asyncio.sleep(0.01)
+        engine = daemon.engine
+        assert len(engine.baselines) == 1_000 and engine.aggregator.buckets
+        (bucket,) = engine.aggregator.buckets.values()
+        restored = [engine, engine.baselines, engine.aggregator, bucket, *bucket.values()]
+        assert scanned(*restored, daemon.config, daemon.labeler) == [False] * (len(restored) + 2)
+        assert gc.get_threshold()[0] > threshold[0]  # and collections come less often
+        # A reload's configuration and labeler live as long as the daemon too.
+        assert await daemon.reload()
+        assert scanned(daemon.config, daemon.labeler, *restored) == [False] * (len(restored) + 2)
+    finally:
+        assert daemon._stopping is not None
+        daemon._stopping.set()
+        assert await task == 0
+    # A daemon run inside another program gives the collector back as it found it.
+    assert gc.get_threshold() == threshold and gc.get_freeze_count() == 0
+    assert scanned(engine, daemon.labeler) == [True, True]
+
+
 async def test_clients_scraping_without_pause_leave_the_event_loop_to_the_rest() -> None:
     # /metrics was built afresh for every request, on the event loop (a scrape of 100,000
     # baselines and 10,000 destination series, 750 kB, took ~0.15 s on a loaded machine):
