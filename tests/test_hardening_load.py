@@ -845,3 +845,50 @@ def test_a_netflow_worker_reports_the_exporters_it_proves() -> None:
     assert header["proven"] == [EXPORTER]
     header, _ = split_partials_frame(worker.frame())
     assert "proven" not in header  # only when it changed
+
+
+def test_a_netflow_worker_keeps_what_it_is_built_of_out_of_full_collections() -> None:
+    # A full garbage collection in a worker process stops its receive loop, and scanned its
+    # code, configuration and labeler tables each time (~500,000 objects with a
+    # 100,000-network region map: 50-75 ms of CPU, benchmarks/gc_pause_bench.py). Once
+    # built, and again once a reload's labeler is in use, the worker freezes them.
+    import gc
+    import pickle
+
+    from egressd.config import parse_config
+    from egressd.sources.netflow_worker import (
+        KIND_CONFIG,
+        KIND_PROVEN,
+        KIND_STOP,
+        Worker,
+        read_frame,
+        serve,
+        write_frame,
+    )
+
+    def workers_scanned() -> int:
+        """Worker objects a full collection would scan (a frozen one it does not)."""
+        return sum(isinstance(o, Worker) for o in gc.get_objects())
+
+    config = parse_config(research_config() + '[[sources.netflow]]\nlisten = "127.0.0.1:0"\n')
+    threshold = gc.get_threshold()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    parent, child = socket.socketpair()
+    write_frame(parent, KIND_CONFIG, pickle.dumps((config, config.sources.netflow[0])))
+    write_frame(parent, KIND_PROVEN, b"[]")
+    statuses: list[int] = []
+    thread = threading.Thread(target=lambda: statuses.append(serve(udp, child)))
+    thread.start()
+    try:
+        assert read_frame(parent) is not None  # up: built, and frozen before its first frame
+        assert workers_scanned() == 0
+        assert gc.get_threshold()[0] > threshold[0]
+    finally:
+        write_frame(parent, KIND_STOP, b"")
+        thread.join(30)
+        parent.close()
+        child.close()
+        udp.close()
+    assert statuses == [0]
+    assert gc.get_threshold() == threshold and gc.get_freeze_count() == 0

@@ -18,6 +18,7 @@ The worker exits when the parent asks, or when the control stream ends (the pare
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import pickle
@@ -38,6 +39,7 @@ from egressd.config import Config, NetflowSourceConfig
 from egressd.enrich import DestinationLabeler
 from egressd.enrich.labeler import CompositeLabeler, LoadedFile
 from egressd.errors import DecodeError
+from egressd.gctune import settle_long_lived
 from egressd.partials import PartialCounter, encode_partials
 from egressd.pipeline import EngineStats
 from egressd.replay import build_labeler
@@ -322,6 +324,15 @@ def _exporter_text(host: str) -> str:
 
 def serve(udp: socket.socket, control: socket.socket) -> int:
     """The worker's loop; returns its exit status."""
+    threshold = gc.get_threshold()
+    try:
+        return _serve(udp, control)
+    finally:  # as it found them, for a worker run inside another program (tests)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def _serve(udp: socket.socket, control: socket.socket) -> int:
     first = read_frame(control)
     if first is None or first[0] != KIND_CONFIG:
         return 1
@@ -331,6 +342,10 @@ def serve(udp: socket.socket, control: socket.socket) -> int:
     if proven is None or proven[0] != KIND_PROVEN:
         return 1
     worker.decoder.restore_proven(orjson.loads(proven[1]))
+    # Its code, configuration and labeler tables (~500,000 objects with a 100,000-network
+    # region map) out of every full collection, which stops the receive loop while it runs
+    # (see egressd.gctune).
+    settle_long_lived()
     udp.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(udp, selectors.EVENT_READ, "udp")
@@ -370,7 +385,8 @@ def serve(udp: socket.socket, control: socket.socket) -> int:
         if now >= next_flush:
             write_frame(control, KIND_PARTIALS, worker.frame())  # counted the old way
             next_flush = now + FLUSH_EVERY
-            worker.reconfigure_tick()
+            if worker.reconfigure_tick():
+                settle_long_lived()  # the new labeler; the old one collected
             worker.geo_tick(now)
 
 
