@@ -92,3 +92,41 @@ async def test_a_detect_process_counts_alert_log_writes_that_fail(tmp_path: Path
         await node.alert_log.stop()
     assert node.registry.get_sample_value("egressd_alert_log_errors_total") == 2.0
     assert node.registry.get_sample_value("egressd_alertmanager_outbox_dropped_total") is None
+
+
+async def test_a_role_process_keeps_what_it_is_built_of_out_of_full_collections(
+    tmp_path: Path,
+) -> None:
+    # As the all-in-one daemon (tests/test_hardening_faults.py): a full garbage collection
+    # stops the event loop and scanned everything the process holds. Once running, and
+    # again when partitions (engines loaded from snapshots) come or go, it freezes them.
+    import gc
+
+    def scanned(*objects: object) -> list[bool]:
+        ids = {id(o) for o in gc.get_objects()}
+        return [id(o) in ids for o in objects]
+
+    config = parse_config(
+        CONFIG.format(http=free_port(), kafka=free_port(), role="detect", states=tmp_path)
+    )
+    threshold = gc.get_threshold()
+    node = RoleNode(config, {})
+    run = asyncio.get_running_loop().create_task(node.run())
+    try:
+        async with asyncio.timeout(30):
+            while not gc.get_freeze_count():
+                await asyncio.sleep(0.01)
+        built = [node.component, node.labeler, node.http, node.config]
+        assert scanned(*built) == [False] * len(built)
+        assert gc.get_threshold()[0] > threshold[0]
+        loaded = [object()]  # as an engine loaded at an assignment: settled with it
+        assert scanned(loaded) == [True]
+        node._owned_alerts([])
+        assert scanned(loaded, *built) == [False] * (len(built) + 1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(run, 30) == 0
+    finally:
+        if not run.done():
+            run.cancel()
+    assert gc.get_threshold() == threshold and gc.get_freeze_count() == 0
+    assert scanned(node.component) == [True]

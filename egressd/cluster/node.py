@@ -7,6 +7,7 @@ SIGTERM/SIGINT stop the process, a dying component ends it with status 1.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Hashable, Iterable, Mapping
@@ -22,6 +23,7 @@ from egressd.config import Config
 from egressd.control import ControlServer
 from egressd.detect.alerts import Alert
 from egressd.errors import ConfigError, EgressdError
+from egressd.gctune import settle_long_lived
 from egressd.replay import build_labeler
 from egressd.sinks.alertlog import AlertLog
 from egressd.sinks.alertmanager import AlertmanagerSink
@@ -88,6 +90,8 @@ class RoleNode:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_RoleCollector(self))
         self.http = HttpServer(config.http, self.registry, self)
+        #: the garbage collector's thresholds before :meth:`run` settled the heap
+        self._gc_threshold: tuple[int, int, int] | None = None
 
     # -- DaemonView -------------------------------------------------------------------------
 
@@ -130,6 +134,11 @@ class RoleNode:
         # those of partitions that moved away are their new owner's to resend or resolve.
         if self.alertmanager is not None:
             self.alertmanager.replace_firing(firing)
+        if self._gc_threshold is not None:
+            # Engines loaded from their snapshots live as long as their partitions stay:
+            # out of full collections, as the all-in-one daemon's restored state (those of
+            # partitions that moved away are collected first).
+            settle_long_lived()
 
     # -- run ------------------------------------------------------------------------------------
 
@@ -159,6 +168,9 @@ class RoleNode:
                 self.config.cluster.role,
                 self.config.http.listen,
             )
+            # What the process is built of, out of every full collection (egressd.gctune).
+            self._gc_threshold = gc.get_threshold()
+            settle_long_lived()
             self.notifier.ready(f"{self.config.cluster.role} role running")
             if self.notifier.watchdog_interval:
                 watchdog = loop.create_task(
@@ -200,6 +212,10 @@ class RoleNode:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             self.notifier.close()
+            if self._gc_threshold is not None:  # as it found them (tests run roles inside)
+                gc.unfreeze()
+                gc.set_threshold(*self._gc_threshold)
+                self._gc_threshold = None
         return exit_code
 
     def _reload_refused(self) -> str:
