@@ -116,10 +116,9 @@ def line_blocks(
                 continue
             data = data[cut + 1 :]
             skipping = False
-        buffer = carry + data if carry else data
-        cut = buffer.rfind(b"\n")
+        cut = data.rfind(b"\n")
         if cut < 0:
-            carry = buffer
+            carry = carry + data if carry else data
             if len(carry) >= MAX_LINE:
                 stats.units += 1
                 stats.failed("line_too_long")
@@ -127,11 +126,15 @@ def line_blocks(
                 skipping = True
             continue
         # Lines with their line ends, found with memchr (``bytes.split`` compares byte by
-        # byte: more than a tenth of the read + orjson.loads floor of replaying a file);
-        # the piece after the last line end is the next block's start.
-        lines = io.BytesIO(buffer).readlines()
-        carry = lines.pop() if cut + 1 < len(buffer) else b""
-        if cut >= MAX_LINE:  # rare: one of them may be too long (its line end not counted)
+        # byte: more than a tenth of the read + orjson.loads floor of replaying a file).
+        # The piece after the last line end begins the next block's first line: only that
+        # line is joined, not the block copied behind it.
+        lines = io.BytesIO(data).readlines()
+        complete = len(carry) + cut  # bytes of the block's complete lines, less a line end
+        if carry:
+            lines[0] = carry + lines[0]
+        carry = lines.pop() if cut + 1 < len(data) else b""
+        if complete >= MAX_LINE:  # rare: one of them may be too long (its line end not counted)
             kept = [line for line in lines if len(line) <= MAX_LINE]
             if len(kept) < len(lines):
                 for _ in range(len(lines) - len(kept)):
