@@ -508,6 +508,8 @@ class Daemon:
             # The engine caches labels per address in front of the labeler; baselines stay.
             self.engine.labels_changed()
             self.stats.geo_reloads += 1
+            if self._gc_threshold is not None:  # a running daemon (not a test's bare one)
+                self.settle_heap()  # the new tables (a region map: ~5 objects a network)
         return changed
 
     def _schedule_reload(self) -> None:

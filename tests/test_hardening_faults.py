@@ -948,6 +948,33 @@ async def test_the_running_daemon_keeps_what_it_is_built_of_out_of_full_collecti
     assert scanned(engine, daemon.labeler) == [True, True]
 
 
+async def test_the_running_daemon_keeps_reloaded_geo_tables_out_of_full_collections(
+    tmp_path: Path,
+) -> None:
+    # A changed region map (~5 objects a network) replaced tables the daemon had frozen
+    # with ones every full collection scanned again, until the next configuration reload.
+    regions = tmp_path / "regions.csv"
+    regions.write_text("cidr,label\n81.2.69.0/24,lon-1\n")
+    text = CONFIG.format(state=tmp_path / "s.json") + (
+        f'\n[http]\nlisten = "127.0.0.1:0"\n[[geo.region_maps]]\nformat = "csv"\n'
+        f'path = "{regions}"\n'
+    )
+    daemon = Daemon(parse_config(text), environ={}, sources=[])
+    task = asyncio.create_task(daemon.run())
+    try:
+        async with asyncio.timeout(30):
+            while not (daemon.readiness()[0] and gc.get_freeze_count()):
+                await asyncio.sleep(0.01)
+        regions.write_text("cidr,label\n81.2.69.0/24,lon-2\n81.2.70.0/24,lon-3\n")
+        assert await daemon.reload_geo_off_loop()
+        (region_map,) = daemon.labeler._region_maps  # type: ignore[attr-defined]
+        assert id(region_map) not in {id(o) for o in gc.get_objects()}
+    finally:
+        assert daemon._stopping is not None
+        daemon._stopping.set()
+        assert await task == 0
+
+
 async def test_clients_scraping_without_pause_leave_the_event_loop_to_the_rest() -> None:
     # /metrics was built afresh for every request, on the event loop (a scrape of 100,000
     # baselines and 10,000 destination series, 750 kB, took ~0.15 s on a loaded machine):

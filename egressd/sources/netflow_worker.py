@@ -199,14 +199,16 @@ class Worker:
         self.config = config
         return True
 
-    def geo_tick(self, now: float) -> None:
+    def geo_tick(self, now: float) -> bool:
         """Every ``geo.watch_interval``: load changed geo files in a thread (a large region
         map takes seconds, which the receive loop would spend not reading its socket); a
-        later tick, once they are loaded, puts them in use between two batches."""
+        later tick, once they are loaded, puts them in use between two batches. Whether
+        this tick put new data in use."""
+        changed = False
         if self.geo_loading is not None:
             labeler, loading = self.geo_loading
             if not loading.done():
-                return
+                return False
             self.geo_loading = None
             try:
                 loaded = loading.result()
@@ -218,12 +220,14 @@ class Worker:
                     item.discard()
             elif labeler.apply_loaded(loaded):
                 self.counter.engine.labels_changed()
+                changed = True
         if now < self.next_geo:
-            return
+            return changed
         self.next_geo = now + self.config.geo.watch_interval
         current = self.labeler
         if isinstance(current, CompositeLabeler):
             self.geo_loading = (current, _GEO_LOADER.submit(current.load_changed))
+        return changed
 
     @property
     def units(self) -> int:
@@ -387,7 +391,8 @@ def _serve(udp: socket.socket, control: socket.socket) -> int:
             next_flush = now + FLUSH_EVERY
             if worker.reconfigure_tick():
                 settle_long_lived()  # the new labeler; the old one collected
-            worker.geo_tick(now)
+            if worker.geo_tick(now):
+                settle_long_lived()  # the new tables, out of full collections
 
 
 def main(argv: list[str]) -> int:
