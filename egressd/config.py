@@ -114,6 +114,10 @@ class DetectionConfig:
     #: days stays known, and so do a research group's collaborators between campaigns
     new_destination_unseen: float = 35 * 86400.0
     new_destination_max_prefixes: int = 50_000
+    #: the most a group's learned new-block churn (the bytes it sent within the window to
+    #: networks in address blocks it had not used, over all its destinations) raises the floor
+    #: for such bytes to (times the group's floor factor); 0 turns the group's churn off
+    new_destination_group_churn_max: int = 5_000_000_000
     #: both floors (and the least an address must carry to count as used) shrink for a group
     #: whose busy intervals (the 90% quantile of its egress, per 5 minutes) carry less than
     #: this: times (that egress / this) down to a fifth, more slowly below (as for
@@ -882,6 +886,9 @@ def _read_detection(t: _Table) -> DetectionConfig:
         ),
         new_destination_max_prefixes=t.get(
             "new_destination_max_prefixes", d.new_destination_max_prefixes, _positive_int
+        ),
+        new_destination_group_churn_max=t.get(
+            "new_destination_group_churn_max", d.new_destination_group_churn_max, _size
         ),
         new_destination_floors_scale_below=t.get(
             "new_destination_floors_scale_below", d.new_destination_floors_scale_below, _size

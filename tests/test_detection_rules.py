@@ -897,3 +897,78 @@ def test_an_idle_new_network_window_settles_a_restored_negative_churn_as_before(
     window.day_bytes = 1
     assert detector._evaluate(now) == []
     assert detector.churn[key] == (5.0, T0)
+
+
+#: a research group sending to five countries (grid sites and collaborators in four)
+GRID_CONFIG = research_config(
+    {"interval": "5m", "learning": "1d", "new_destination_floors_scale_below": "0"},
+    countries=("US", "DE", "GB", "FR", "NL"),
+)
+#: storage endpoints of a grid's sites in three countries, each in its own /16
+_GRID_SITES = ("52.4.1.10", "130.246.1.10", "163.172.1.10", "145.100.1.10")
+
+
+def _grid(day: int, hours: tuple[int, ...], sites: tuple[str, ...] = _GRID_SITES) -> list:
+    """1.8 GB within an hour, from each of ``hours`` on ``day``, to a site never used before."""
+    return [
+        _flow(day * DAY + hour * HOUR + k * 300 + 150, sites[n], 150 * MB)
+        for n, hour in enumerate(hours)
+        for k in range(12)
+    ]
+
+
+def _grid_engine(extra: str = "") -> Engine:
+    return Engine(parse_config(GRID_CONFIG + extra), EmbeddedCountryLabeler())
+
+
+def test_a_group_that_routinely_sends_gigabytes_to_fresh_blocks_pages_only_beyond_that() -> None:
+    engine = _grid_engine()
+    # After its first half day (the warm-up), the group sends 1.8 GB an hour to a site it never
+    # used, in the US, GB, FR and NL, every three hours (a research grid): its new-block churn,
+    # over its destinations.
+    assert _firing(_run(engine, _usual(1) + _grid(0, (13, 16, 19, 22)))) == []
+    restored = _grid_engine()
+    restored.restore(engine.snapshot())
+    # 1.6 GB within the hour to a DE network in a block it never used: the DE key has learned
+    # no churn, but for this group that is what a new collaborator looks like.
+    flows = _usual(1, start=DAY)
+    flows += [_flow(DAY + 10 * HOUR + k * 300 + 150, DE_FRESH, 200 * MB) for k in range(8)]
+    # 6 GB within the hour to another: beyond three times the group's 1.8 GB, capped at
+    # new_destination_group_churn_max (5 GB): it pages once 5 GB have gone.
+    flows += [_flow(DAY + 15 * HOUR + k * 300 + 150, "94.130.1.1", 500 * MB) for k in range(12)]
+    fired = [a for a in _run(restored, flows) if a.state == FIRING]
+    assert _firing(fired) == ["EgressNewDestinationVolume DE"]
+    alert = fired[0]
+    assert alert.starts_at == T0 + DAY + 15 * HOUR + 10 * 300
+    assert alert.annotations["new_prefixes"] == "94.130.1.0/24"
+    assert alert.annotations["group_new_block_bar_bytes"] == str(5 * GB)
+    assert "new_destination_group_churn_max" in alert.annotations["description"]
+
+
+@pytest.mark.parametrize("case", ["off", "two destinations"])
+def test_a_fresh_block_pages_at_the_floor_unless_novelty_is_routine_for_the_group(
+    case: str,
+) -> None:
+    # Turned off, or with fresh blocks in two destinations only (a cloud that churns, a page
+    # that was an incident), the group's novelty is not routine: 1.6 GB to a fresh block pages.
+    extra = 'new_destination_group_churn_max = "0"\n' if case == "off" else ""
+    hours = (13, 16, 19, 22) if case == "off" else (13, 16)
+    engine = _grid_engine(extra)
+    flows = _usual(2) + _grid(0, hours)
+    flows += [_flow(DAY + 10 * HOUR + k * 300 + 150, DE_FRESH, 200 * MB) for k in range(8)]
+    fired = [a for a in _run(engine, flows) if a.state == FIRING]
+    assert _firing(fired) == ["EgressNewDestinationVolume DE"]
+    assert "group_new_block_bar_bytes" not in fired[0].annotations
+
+
+def test_what_the_groups_churn_held_back_does_not_raise_the_keys_own_bar() -> None:
+    engine = _grid_engine()
+    flows = _usual(2) + _grid(0, (13, 16, 19, 22))
+    # 4.2 GB within the hour to a fresh DE block: under the group's bar (5 GB), no page. Were
+    # it learned as the DE key's own churn, that key's bar would be 12.6 GB from then on.
+    flows += [_flow(DAY + 10 * HOUR + k * 300 + 150, DE_FRESH, 350 * MB) for k in range(12)]
+    # 6 GB within the hour to another fresh DE block, hours later: beyond the group's bar.
+    flows += [_flow(DAY + 15 * HOUR + k * 300 + 150, "94.130.1.1", 500 * MB) for k in range(12)]
+    fired = [a for a in _run(engine, flows) if a.state == FIRING]
+    assert _firing(fired) == ["EgressNewDestinationVolume DE"]
+    assert fired[0].annotations["new_prefixes"] == "94.130.1.0/24"

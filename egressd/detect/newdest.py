@@ -35,6 +35,9 @@ an hour before (halving every :data:`CHURN_HALF_LIFE`). The bytes to new network
 blocks (/16 IPv4, /32 IPv6) the group had not used either are judged apart, against the churn
 of such blocks alone: a cloud whose addresses rotate over its own blocks learns a high churn
 of networks but hardly any of blocks, so a fresh VPS in another provider's block still pages.
+A group that sends GBs to new blocks in several of its destinations (a research grid) learns
+that too (the third largest of its destinations' new-block volumes, paged or not): bytes to new
+blocks must also be :data:`CHURN_RATIO` times it, at most ``new_destination_group_churn_max``.
 """
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ REFRESH = 3600.0
 CHURN_HALF_LIFE = 14 * 86400.0
 #: the slow window: bytes within a day to networks first used within that day
 DAY = 86400.0
+#: a window total that paged, or that only the group's churn held back: it teaches the key
+#: no churn (a key's churn has no bound), only the group's
+PAGING = 1
+#: a group's novelty is routine when this many of its destinations sent that much to new
+#: address blocks within a window (one transfer, one page, one churning cloud is not routine)
+GROUP_CHURN_KEYS = 3
+#: destinations remembered per group for that (the least recently raised go first)
+GROUP_CHURN_KEPT = 256
 _PREFIX_CACHE = 65_536
 
 
@@ -190,16 +201,16 @@ class _Window:
         self.day_destinations = TopK(16)
         self.day_sources = TopK(16)
         #: as ``history``, for the day window
-        self.day_history: deque[tuple[float, int, int, bool]] = deque()
+        self.day_history: deque[tuple[float, int, int, int]] = deque()
         #: the last time the key's alert was active: for a day after, the day window holds
         #: what paged, which is no churn to learn
         self.day_paged = -math.inf
         #: a spike alert on the destination told this transfer already
         self.covered = False
-        #: (event time, window total, its new-block part, paging then) of recent
+        #: (event time, window total, its new-block part, :data:`PAGING` or 0) of recent
         #: evaluations: once a window length old, totals that did not page tell what the
         #: key's churn is
-        self.history: deque[tuple[float, int, int, bool]] = deque()
+        self.history: deque[tuple[float, int, int, int]] = deque()
 
 
 class NewDestinationDetector(Detector):
@@ -215,6 +226,7 @@ class NewDestinationDetector(Detector):
         "day_block_churn",
         "day_churn",
         "evicted",
+        "group_block_churn",
         "groups",
         "rates",
         "windows",
@@ -242,6 +254,9 @@ class NewDestinationDetector(Detector):
         #: both again for the day window
         self.day_churn: dict[AggregateKey, tuple[float, float]] = {}
         self.day_block_churn: dict[AggregateKey, tuple[float, float]] = {}
+        #: per group and destination: (most bytes sent within a window to networks in address
+        #: blocks the group had not used, paging or not; when)
+        self.group_block_churn: dict[str, dict[DestinationLabels, tuple[float, float]]] = {}
         #: prefixes forgotten to stay within new_destination_max_prefixes
         self.evicted = 0
         self._prefix_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
@@ -400,6 +415,7 @@ class NewDestinationDetector(Detector):
         horizon = now - config.new_destination_window
         day_horizon = now - DAY
         pace = DAY / config.new_destination_window
+        group_cap = config.new_destination_group_churn_max
         changed: list[Alert] = []
         book_active = self.book.active
         for key, window in list(self.windows.items()):
@@ -443,11 +459,12 @@ class NewDestinationDetector(Detector):
                 # which raises no churn (unless a state file held a negative one).
                 if entries or window.history or self._negative_churn:
                     self._learn(key, now, horizon, window.history,
-                                (now, total, block_total, False),
-                                not entries, self.churn, self.block_churn)  # fmt: skip
+                                (now, total, block_total, 0),
+                                not entries, self.churn, self.block_churn,
+                                self.group_block_churn)  # fmt: skip
                 self._learn(key, now, day_horizon, window.day_history,
                             (now, window.day_bytes, window.day_block,
-                             now - window.day_paged < DAY),
+                             PAGING if now - window.day_paged < DAY else 0),
                             not day_entries,
                             self.day_churn, self.day_block_churn)  # fmt: skip
                 if not entries:
@@ -468,6 +485,21 @@ class NewDestinationDetector(Detector):
             fresh = (total >= hour_floor and total >= CHURN_RATIO * churn) or (
                 block_total >= floor and block_total >= CHURN_RATIO * block_churn
             )
+            # A group that routinely sends GBs to address blocks it never used, in several of
+            # its destinations (a research grid's sites, a new collaborator each week), learns
+            # that over them: bytes to new blocks must also clear three times that group churn,
+            # up to new_destination_group_churn_max (a day floor's worth by default); the rest
+            # (fresh networks in blocks it uses) must page on its own. What only this held
+            # back teaches the key no churn: its own bar stays as if it had paged.
+            group_bar = 0.0
+            held = False
+            if fresh and group_cap > 0:
+                group_churn = self._group_churn(group, now)
+                group_bar = min(CHURN_RATIO * group_churn, group_cap * factor)
+                held = block_total < group_bar and total - block_total < max(
+                    hour_floor, CHURN_RATIO * churn
+                )
+                fresh = not held
             # The day window: a slow transfer to a fresh network (same rules, a day's bytes).
             day_total = window.day_bytes
             day_block = window.day_block
@@ -521,6 +553,7 @@ class NewDestinationDetector(Detector):
                     churn: float = churn,
                     block_total: int = block_total,
                     floor: float = floor,
+                    group_bar: float = group_bar,
                 ) -> tuple[dict[str, str], dict[str, str]]:
                     sources = TopK(64)
                     destinations = TopK(64)
@@ -531,6 +564,7 @@ class NewDestinationDetector(Detector):
                     return self._describe(
                         now, first, total, group, dest, churn, block_total,
                         config.new_destination_window, sources, destinations, floor,
+                        group_bar,
                     )  # fmt: skip
 
                 describe = describe_hour
@@ -560,10 +594,12 @@ class NewDestinationDetector(Detector):
             active = alert_key in self.book.active
             if active:
                 window.day_paged = now
-            self._learn(key, now, horizon, window.history, (now, total, block_total, active),
-                        not entries, self.churn, self.block_churn)  # fmt: skip
+            state = PAGING if active or held else 0
+            self._learn(key, now, horizon, window.history, (now, total, block_total, state),
+                        not entries, self.churn, self.block_churn,
+                        self.group_block_churn)  # fmt: skip
             self._learn(key, now, day_horizon, window.day_history,
-                        (now, day_total, day_block, now - window.day_paged < DAY),
+                        (now, day_total, day_block, PAGING if now - window.day_paged < DAY else 0),
                         not day_entries,
                         self.day_churn, self.day_block_churn)  # fmt: skip
             if not entries and not active:
@@ -582,18 +618,23 @@ class NewDestinationDetector(Detector):
         key: AggregateKey,
         now: float,
         horizon: float,
-        history: deque[tuple[float, int, int, bool]],
-        latest: tuple[float, int, int, bool],
+        history: deque[tuple[float, int, int, int]],
+        latest: tuple[float, int, int, int],
         empty: bool,
         churns: dict[AggregateKey, tuple[float, float]],
         block_churns: dict[AggregateKey, tuple[float, float]],
+        group_block_churns: dict[str, dict[DestinationLabels, tuple[float, float]]] | None = None,
     ) -> None:
         """Totals a window length old, that did not page, are the key's ordinary churn: the
-        lag keeps a transfer in progress from raising the bar it must clear."""
+        lag keeps a transfer in progress from raising the bar it must clear. Their new-block
+        parts, paging or not, are also the group's (``group_block_churns``, per destination:
+        its churn is bounded, and takes several destinations)."""
         history.append(latest)
         while history and (history[0][0] <= horizon or empty):
             _when, old_total, old_block, paging = history.popleft()
-            if paging:
+            if group_block_churns is not None and old_block > 0:
+                self._learn_group(group_block_churns, key, old_block, now)
+            if paging == PAGING:
                 continue
             # _churn inlined: most keys have none, and most old totals are zero.
             found = churns.get(key)
@@ -602,6 +643,34 @@ class NewDestinationDetector(Detector):
             found = block_churns.get(key)
             if old_block > (0.0 if found is None else self._decayed(found, now)):
                 block_churns[key] = (float(old_block), now)
+
+    def _learn_group(
+        self,
+        churns: dict[str, dict[DestinationLabels, tuple[float, float]]],
+        key: AggregateKey,
+        size: int,
+        now: float,
+    ) -> None:
+        group, dest = key
+        per_dest = churns.get(group)
+        if per_dest is None:
+            per_dest = churns[group] = {}
+        seen = per_dest.get(dest)
+        if size > (0.0 if seen is None else self._decayed(seen, now)):
+            per_dest[dest] = (float(size), now)
+            if len(per_dest) > GROUP_CHURN_KEPT:
+                del per_dest[min(per_dest, key=lambda d: per_dest[d][1])]
+
+    def _group_churn(self, group: str, now: float) -> float:
+        """The group's new-block churn: the least of its :data:`GROUP_CHURN_KEYS` destinations
+        that sent the most to new address blocks within a window (0 with fewer)."""
+        per_dest = self.group_block_churn.get(group)
+        if per_dest is None or len(per_dest) < GROUP_CHURN_KEYS:
+            return 0.0
+        sizes = heapq.nlargest(
+            GROUP_CHURN_KEYS, (self._decayed(seen, now) for seen in per_dest.values())
+        )
+        return sizes[-1]
 
     @staticmethod
     def _churn(
@@ -631,8 +700,10 @@ class NewDestinationDetector(Detector):
         sources: TopK,
         destinations: TopK,
         applied: float,
+        group_bar: float = 0.0,
     ) -> tuple[dict[str, str], dict[str, str]]:
-        """``applied``: the floor the page was judged by (the group's)."""
+        """``applied``: the floor the page was judged by (the group's); ``group_bar``: what
+        the bytes to new address blocks had to clear given the group's own churn."""
         config = self._config
         span = format_duration(length)
         slow = length != config.new_destination_window
@@ -644,6 +715,13 @@ class NewDestinationDetector(Detector):
                 "under new_destination_floors_scale_below)"
             )
         unseen = format_duration(config.new_destination_unseen)
+        group_text = ""
+        if group_bar > applied:
+            group_text = (
+                f" (the group sends that much to new blocks routinely: it had to clear "
+                f"{format_bytes(round(group_bar))}, three times the new-block volume of its "
+                f"destinations, at most new_destination_group_churn_max)"
+            )
         prefixes = sorted({self._prefix(a) for a, _ in destinations.top(config.top_talkers)})
         n = config.top_talkers
         labels = alert_labels(NEW_DESTINATION, group, dest, config.severity, self._labels)
@@ -659,7 +737,8 @@ class NewDestinationDetector(Detector):
                 f"{floor_text} per {span}; usual "
                 f"new-network volume {format_bytes(round(churn))}); "
                 f"{format_bytes(block_total)} of it to address blocks (/16, /32) it had not "
-                f"used either. Top sources of the destination: {_with_bytes(sources, n)}. "
+                f"used either{group_text}. Top sources of the destination: "
+                f"{_with_bytes(sources, n)}. "
                 f"New destinations: {_with_bytes(destinations, n)}."
             ),
             "bytes": str(total),
@@ -670,6 +749,8 @@ class NewDestinationDetector(Detector):
             "top_sources": ",".join(item for item, _ in sources.top(n)),
             "top_destinations": ",".join(item for item, _ in destinations.top(n)),
         }
+        if group_bar > applied:
+            annotations["group_new_block_bar_bytes"] = str(round(group_bar))
         if dest.as_org:
             annotations["dst_as_org"] = dest.as_org
         return labels, annotations
@@ -693,6 +774,11 @@ class NewDestinationDetector(Detector):
             "block_churn": _churn_json(self.block_churn),
             "day_churn": _churn_json(self.day_churn),
             "day_block_churn": _churn_json(self.day_block_churn),
+            "group_block_churn": [
+                [group, dest.key, size, when]
+                for group, per_dest in self.group_block_churn.items()
+                for dest, (size, when) in per_dest.items()
+            ],
         }
 
     def load_json(self, data: object, intern: dict[str, DestinationLabels]) -> None:
@@ -727,6 +813,10 @@ class NewDestinationDetector(Detector):
         self.block_churn = _load_churn(data.get("block_churn", []), intern)
         self.day_churn = _load_churn(data.get("day_churn", []), intern)
         self.day_block_churn = _load_churn(data.get("day_block_churn", []), intern)
+        # (a state written before the group's churn: none learned yet)
+        self.group_block_churn = {}
+        for (group, dest), seen in _load_churn(data.get("group_block_churn", []), intern).items():
+            self.group_block_churn.setdefault(group, {})[dest] = seen
         self._negative_churn = any(
             size < 0 for churns in (self.churn, self.block_churn) for size, _when in churns.values()
         )
