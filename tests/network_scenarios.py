@@ -1455,7 +1455,9 @@ BELOW_DEFAULT_FLOORS = {"institute": ("week-drip",)}
 KNOWN_FALSE_PAGES = {
     "institute": (
         # Grid transfers and new collaborators: GBs within the hour to research networks the
-        # cluster had not used this month, in listed countries.
+        # cluster had not used this month, in listed countries. The group's learned bar for
+        # fresh address blocks goes to 5 GB an hour at most (a fresh VPS must still page), and
+        # most of these carry more within the hour, or 5 GB within the day.
         (NEW_DESTINATION, "hpc", ""),
         # The double export: 40-70 MB to Japan counted twice crosses the 100 MB floor.
         (UNEXPECTED, "hpc", "JP"),

@@ -18,6 +18,7 @@ from network_scenarios import (
     GENERATORS,
     INSTITUTE_CONFIG,
     KNOWN_FALSE_PAGES,
+    NEW_DESTINATION,
     OFFICE_CONFIG,
     SAAS_CONFIG,
     TINY_OFFICE_CONFIG,
@@ -128,3 +129,10 @@ def test_the_institute_pages_every_incident_and_only_its_known_false_pages(
         )
     ]
     assert not unknown, f"pages nobody should get: {unknown}"
+    # The cluster's novelty is routine (grid sites in every country): after its first week its
+    # new-network pages had to clear the group's bar for fresh address blocks.
+    assert any(
+        "group_new_block_bar_bytes" in e["annotations"]
+        for e in firing
+        if e["labels"]["alertname"] == NEW_DESTINATION and e["labels"]["group"] == "hpc"
+    )
