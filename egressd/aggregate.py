@@ -116,22 +116,21 @@ class Accum:
         talkers = self.talkers
         if talkers is not None and self._sources is None and self._destinations is None:
             count = len(talkers)
-            if count == 3:  # one flow (a third of the windows' intervals, sparse)
-                src, dst, size = talkers
-                return [(_text(src), size)], [(_text(dst), size)]
             if count <= 3 * min(n, self.capacity):
                 # At most n distinct talkers each, none evicted: all of them, summed, in
-                # first-flow order.
-                sums: dict[int, int] = {}
-                targets: dict[int, int] = {}
+                # first-flow order (by text: one text per address value).
+                texts = _TEXTS
+                by_source: dict[str, int] = {}
+                by_target: dict[str, int] = {}
                 for index in range(0, count, 3):
-                    src, dst, size = talkers[index : index + 3]
-                    sums[src] = sums.get(src, 0) + size
-                    targets[dst] = targets.get(dst, 0) + size
-                return (
-                    [(_text(value), size) for value, size in sums.items()],
-                    [(_text(value), size) for value, size in targets.items()],
-                )
+                    value = talkers[index]
+                    source = texts.get(value) or _text(value)
+                    value = talkers[index + 1]
+                    target = texts.get(value) or _text(value)
+                    weight = talkers[index + 2]
+                    by_source[source] = by_source.get(source, 0) + weight
+                    by_target[target] = by_target.get(target, 0) + weight
+                return list(by_source.items()), list(by_target.items())
             sources: dict[int, int] = {}
             destinations: dict[int, int] = {}
             source_sum = sources.get
@@ -146,6 +145,24 @@ class Accum:
                     _with_texts(heaviest_items(destinations, n)),
                 )
         return heaviest_items(self.sources.counts, n), heaviest_items(self.destinations.counts, n)
+
+    def add_heaviest(self, n: int, sources: TopK, destinations: TopK) -> None:
+        """Add :meth:`heaviest` of each sketch to ``sources`` and ``destinations`` (a window's
+        long-term evidence), in order; an interval of one flow (a third of a sparse
+        network's) without the lists."""
+        talkers = self.talkers
+        if (
+            talkers is not None
+            and len(talkers) == 3
+            and self._sources is None
+            and self._destinations is None
+        ):
+            sources.add(_text(talkers[0]), talkers[2])
+            destinations.add(_text(talkers[1]), talkers[2])
+            return
+        heavy_sources, heavy_destinations = self.heaviest(n)
+        sources.add_distinct(heavy_sources)
+        destinations.add_distinct(heavy_destinations)
 
     def destinations_at_least(self, least: float) -> list[tuple[str, int]]:
         """The destinations' sketch's (address, count) pairs of at least ``least``, in its

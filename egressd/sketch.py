@@ -113,8 +113,13 @@ class TopK:
                 counts[item] = get(item, 0) + weight
             return
         add = self.add
+        get = counts.get
         for item, weight in pairs:
-            add(item, weight)
+            current = get(item)
+            if current is not None:  # (add's first case, without the call)
+                counts[item] = current + weight
+            else:
+                add(item, weight)
 
     def add_distinct(self, pairs: Sequence[tuple[str, int]]) -> None:
         """``add`` of each (item, weight) pair in order, the items distinct (a few heaviest

@@ -193,6 +193,28 @@ def test_destinations_at_least_are_the_sketchs_and_leave_the_talkers_waiting(
             assert accum.destinations_at_least(least) == want
 
 
+@pytest.mark.parametrize(("count", "sources", "destinations"), [(1, 1, 1), (4, 2, 3), (60, 40, 6)])
+def test_add_heaviest_adds_the_heaviest_talkers_in_order(
+    count: int, sources: int, destinations: int
+) -> None:
+    for seed in range(20):
+        flows = _flows(seed, count, sources, destinations)
+        # into evidence already full: the same evictions as adding each pair
+        taken = (TopK(4), TopK(4))
+        added = (TopK(4), TopK(4))
+        for sketch in (*taken, *added):
+            for index in range(4):
+                sketch.add(f"192.0.2.{index}", 3_000 + index)
+        accum = _waiting(flows, 16)
+        accum.add_heaviest(4, *taken)
+        for sketch, pairs in zip(added, _waiting(flows, 16).heaviest(4), strict=True):
+            for item, weight in pairs:
+                sketch.add(item, weight)
+        assert [list(s.counts.items()) for s in taken] == [list(s.counts.items()) for s in added]
+        if sources <= 16 and destinations <= 16:  # (more: the sketches were made to evict)
+            assert accum.talkers is not None  # still waiting for whoever reads the sketches
+
+
 def test_one_flows_heaviest_talkers_are_its_own() -> None:
     flows = _flows(7, 1, 1, 1)
     accum = _waiting(flows, 16)

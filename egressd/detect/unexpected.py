@@ -503,9 +503,7 @@ class UnexpectedDestinationDetector(Detector):
             for entry in left:
                 accum = entry[4]
                 if accum is not None:
-                    sources, destinations = accum.heaviest(_EVIDENCE_ITEMS)
-                    window_sources.add_distinct(sources)
-                    window_destinations.add_distinct(destinations)
+                    accum.add_heaviest(_EVIDENCE_ITEMS, window_sources, window_destinations)
 
     def _evict_for_room(self) -> None:
         """Drop the lightest tenth of the windows without an active alert.
@@ -549,6 +547,7 @@ class UnexpectedDestinationDetector(Detector):
         heavy = spans[-1][1] // 2
         expire = self._expire
         factor = self.factor
+        factors = self._factors  # (what factor asked of the rates this interval)
         if sweep:
             for key, window in list(windows.items()):
                 if not window.alerting:
@@ -571,7 +570,9 @@ class UnexpectedDestinationDetector(Detector):
             if window.touched < 0:
                 continue  # evicted since it took its entry
             group, dest = key
-            g = factor(group)
+            g = factors.get(group)
+            if g is None:
+                g = factor(group)
             if not window.alerting:
                 # Fast path: the sums before expiring bound the sums after; under every
                 # floor nothing can fire (expiring waits for the hourly sweep).
