@@ -1,7 +1,12 @@
-"""Replay throughput against a parse-only loop, and baseline memory per tracked key.
+"""Replay throughput against a parse-only loop, and memory per tracked key and window.
 
 Run: ``python benchmarks/replay_bench.py [--records N] [--keys N] [--geo]``; prints rates and
 ratios. ``--geo`` also replays with a country mmdb, an ASN mmdb and an AWS-style region map.
+``--windows N`` (default 0: skipped; ``--only-windows`` for it alone) measures the
+unexpected-destination windows: N destinations outside the group's countries, each sent 400 kB
+every interval (over every default window's least share, under every floor) for
+``--window-days`` (8) days, through the detector's collect and evaluate; ``--window-config``
+adds lines after the ``[detection]`` table's (``\n`` for a new line).
 """
 
 from __future__ import annotations
@@ -159,6 +164,46 @@ def key_memory(keys: int) -> tuple[int, float]:
     return grown, seconds
 
 
+def window_memory(windows: int, days: float, extra: str = "") -> tuple[int, float, int, int]:
+    """RSS growth for ``windows`` unexpected-destination windows, each fed every interval for
+    ``days``; (bytes, seconds, windows held, entries held in their spans)."""
+    from egressd.aggregate import Accum
+    from egressd.enrich import DestinationLabels
+    from egressd.enrich.embedded import EmbeddedCountryLabeler
+    from egressd.pipeline import Engine
+
+    config = parse_config(
+        '[networks]\nlocal = ["10.0.0.0/8"]\n'
+        '[[groups]]\nname = "lab"\nsources = ["10.20.0.0/16"]\nexpected_countries = ["US"]\n'
+        # No fan-out page: its evidence would be the same in every configuration.
+        '[detection]\nunexpected_floors_scale_below = "0"\nfanout_factor = 1000000.0\n' + extra
+    )
+    engine = Engine(config, EmbeddedCountryLabeler())
+    detector = engine.unexpected
+    interval = config.detection.interval
+    keys = [("lab", DestinationLabels("CN", "", 64_512 + i)) for i in range(windows)]
+    t0 = 1_772_409_600.0
+    gc.collect()
+    before = _rss()
+    started = time.perf_counter()
+    for step in range(int(days * 86400 / interval)):
+        start = t0 + step * interval
+        bucket = {}
+        for key in keys:
+            accum = bucket[key] = Accum(16)
+            accum.bytes = 400_000
+            accum.flows = accum.packets = 1
+        detector.collect(start, bucket)
+        assert detector.evaluate(start + interval, engine.baselines) == []
+        del bucket
+    seconds = time.perf_counter() - started
+    gc.collect()
+    grown = _rss() - before
+    held = len(detector.windows)
+    entries = sum(len(span.entries) for w in detector.windows.values() for span in w.spans)
+    return grown, seconds, held, entries
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=150_000)
@@ -175,7 +220,16 @@ def main() -> int:
         help="event-time span of the flows (72: ~170 flows per 5-minute interval, sparse, "
         "per-interval work dominates; 1: ~12,500 per interval, as at a busy gateway)",
     )
+    parser.add_argument("--windows", type=int, default=0)
+    parser.add_argument("--window-days", type=float, default=8.0)
+    parser.add_argument("--window-config", default="")
+    parser.add_argument(
+        "--only-windows", action="store_true", help="measure the windows' memory alone"
+    )
     args = parser.parse_args()
+    if args.only_windows:
+        _print_window_memory(args)
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.goflow2.jsonl"
@@ -262,6 +316,8 @@ def main() -> int:
                 f"({geo_cpu - cpu_ratio:+.2f}x)  ({verdict} target {TARGET_RATIO}x)"
             )
 
+    if args.windows:
+        _print_window_memory(args)
     grown, seconds = key_memory(args.keys)
     per_key = grown / args.keys
     verdict = "meets" if grown <= TARGET_KEY_MEMORY else "MISSES"
@@ -271,6 +327,17 @@ def main() -> int:
         f"{TARGET_KEY_MEMORY / 2**20:.0f} MiB)"
     )
     return 0
+
+
+def _print_window_memory(args: argparse.Namespace) -> None:
+    grown, seconds, held, entries = window_memory(
+        args.windows, args.window_days, args.window_config.replace("\\n", "\n")
+    )
+    print(
+        f"unexpected windows: {held:,} fed every interval for {args.window_days:g} days grew "
+        f"RSS by {grown / 2**20:,.1f} MiB ({grown / max(held, 1) / 1024:.1f} KiB/window, "
+        f"{entries / max(held, 1):.0f} span entries each; {seconds:.1f}s)"
+    )
 
 
 if __name__ == "__main__":
