@@ -3,6 +3,8 @@ beyond a key's peak, new destination networks, and exact egress counters across 
 
 from __future__ import annotations
 
+import math
+
 import orjson
 import pytest
 
@@ -972,3 +974,27 @@ def test_what_the_groups_churn_held_back_does_not_raise_the_keys_own_bar() -> No
     fired = [a for a in _run(engine, flows) if a.state == FIRING]
     assert _firing(fired) == ["EgressNewDestinationVolume DE"]
     assert fired[0].annotations["new_prefixes"] == "94.130.1.0/24"
+
+
+def test_a_state_file_cannot_give_a_group_an_unbounded_or_unreal_churn() -> None:
+    """What learning keeps, a state file cannot exceed: at most GROUP_CHURN_KEPT destinations a
+    group (the most recently raised) and positive finite sizes, or every evaluation of the
+    group's fresh blocks would scan whatever the file held."""
+    from egressd.detect.newdest import GROUP_CHURN_KEPT
+
+    engine = _grid_engine()
+    detector = engine.new_destinations
+    rows: list[list[object]] = [
+        ["research", f"US||{n + 1}", float(GB), T0 + n] for n in range(4 * GROUP_CHURN_KEPT)
+    ]
+    rows += [["research", "DE||1", math.nan, T0], ["research", "FR||1", math.inf, T0]]
+    rows += [["research", "GB||1", -5.0 * GB, T0], ["research", "NL||1", float(GB), math.nan]]
+    detector.load_json({"groups": {}, "group_block_churn": rows}, {})
+    kept = detector.group_block_churn["research"]
+    assert len(kept) == GROUP_CHURN_KEPT
+    assert sorted(when for _size, when in kept.values()) == [
+        T0 + n for n in range(3 * GROUP_CHURN_KEPT, 4 * GROUP_CHURN_KEPT)
+    ]
+    assert all(size == GB for size, _when in kept.values())
+    churn = detector._group_churn("research", T0 + 4 * GROUP_CHURN_KEPT)
+    assert churn == pytest.approx(GB, rel=1e-5)

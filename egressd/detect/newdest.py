@@ -814,9 +814,7 @@ class NewDestinationDetector(Detector):
         self.day_churn = _load_churn(data.get("day_churn", []), intern)
         self.day_block_churn = _load_churn(data.get("day_block_churn", []), intern)
         # (a state written before the group's churn: none learned yet)
-        self.group_block_churn = {}
-        for (group, dest), seen in _load_churn(data.get("group_block_churn", []), intern).items():
-            self.group_block_churn.setdefault(group, {})[dest] = seen
+        self.group_block_churn = _load_group_churn(data.get("group_block_churn", []), intern)
         self._negative_churn = any(
             size < 0 for churns in (self.churn, self.block_churn) for size, _when in churns.values()
         )
@@ -837,6 +835,25 @@ def _load_churn(
         dest = intern.get(str(dest_key)) or DestinationLabels.from_key(str(dest_key))
         churn[(str(group), dest)] = (float(size), float(when))
     return churn
+
+
+def _load_group_churn(
+    data: object, intern: dict[str, DestinationLabels]
+) -> dict[str, dict[DestinationLabels, tuple[float, float]]]:
+    """A group churn as :meth:`NewDestinationDetector.to_json` wrote it, held to what learning
+    keeps: positive finite sizes at finite times, at most :data:`GROUP_CHURN_KEPT` destinations
+    a group (the most recently raised), so that a state file cannot make every evaluation of a
+    group's fresh blocks scan an unbounded list."""
+    churns: dict[str, dict[DestinationLabels, tuple[float, float]]] = {}
+    for (group, dest), (size, when) in _load_churn(data, intern).items():
+        if size > 0.0 and math.isfinite(size) and math.isfinite(when):
+            churns.setdefault(group, {})[dest] = (size, when)
+    for group, per_dest in churns.items():
+        if len(per_dest) > GROUP_CHURN_KEPT:
+            newest = heapq.nlargest(GROUP_CHURN_KEPT, per_dest.items(), key=lambda item: item[1][1])
+            kept = {dest for dest, _seen in newest}
+            churns[group] = {dest: seen for dest, seen in per_dest.items() if dest in kept}
+    return churns
 
 
 def _with_bytes(sketch: TopK, n: int) -> str:
