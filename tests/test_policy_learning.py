@@ -28,10 +28,13 @@ US = "3.5.140.2"
 CN = "47.100.23.45"
 
 
-def _day(engine: Engine, day: int, extra: list[tuple[float, str, int]]) -> list[str]:
-    """One day of 40 MB per interval to the US, plus ``extra`` (offset, destination, bytes)."""
+def _day(
+    engine: Engine, day: int, extra: list[tuple[float, str, int]], usual: int = 40_000_000
+) -> list[str]:
+    """One day of ``usual`` bytes per interval to the US, plus ``extra`` (offset, destination,
+    bytes)."""
     fired = []
-    flows = [(day * 86400 + i * 300 + 150, US, 40_000_000) for i in range(288)]
+    flows = [(day * 86400 + i * 300 + 150, US, usual) for i in range(288)]
     flows += [(day * 86400 + offset, dst, size) for offset, dst, size in extra]
     for offset, dst, size in sorted(flows):
         record = FlowRecord(T0 + offset - 1, T0 + offset, "10.60.0.7", dst, size, size // 1000)
@@ -133,17 +136,7 @@ NL = "145.100.0.1"
 def _small_day(engine: Engine, day: int, extra: list[tuple[float, str, int]]) -> list[str]:
     """One day of a small group: 5 MB per interval to the US (a hundredth of the reference
     of the unexpected-destination floors: they shrink to about 4.5%), plus ``extra``."""
-    fired = []
-    flows = [(day * 86400 + i * 300 + 150, US, 5_000_000) for i in range(288)]
-    flows += [(day * 86400 + offset, dst, size) for offset, dst, size in extra]
-    for offset, dst, size in sorted(flows):
-        record = FlowRecord(T0 + offset - 1, T0 + offset, "10.60.0.7", dst, size, size // 1000)
-        fired += [
-            f"{a.labels['alertname']} {a.labels['dst_country']}"
-            for a in engine.process([record])
-            if a.state == FIRING
-        ]
-    return fired
+    return _day(engine, day, extra, usual=5_000_000)
 
 
 def _small_group_learning(engine: Engine) -> None:
