@@ -592,19 +592,13 @@ class UnexpectedDestinationDetector(Detector):
             totals = []
             effectives = []
             for index, span in enumerate(window.spans):
-                # Span.effective and Span.upload inlined (every alerting window, each interval)
-                total = span.bytes
-                small = span.small
-                if small:
-                    total += max(small - int(fraction * span.ingress), 0) - small
+                total = span.effective(fraction)
                 effectives.append(total)
                 configured = floors[index]
                 if g < 1.0 and total < configured:
                     # Under the configured floor only upload-shaped egress counts: a download
                     # from a new CDN edge is no page for a small group either.
-                    ingress = span.ingress
-                    if ingress:
-                        total = min(total, max(span.bytes - int(RETURN_SHARE * ingress), 0))
+                    total = span.upload(fraction)
                 totals.append(total)
                 if fire_index < 0 and total >= configured * g:
                     fire_index = index
@@ -718,17 +712,8 @@ class UnexpectedDestinationDetector(Detector):
                 window = self.windows.get(key)
                 if window is not None:
                     for index, span in enumerate(window.spans):
-                        # Span.effective and Span.upload inlined: every alerting window of a
-                        # group with a fan-out page, each interval.
-                        size = span.bytes
-                        small = span.small
-                        if small:
-                            size += max(small - int(fraction * span.ingress), 0) - small
-                        sums[index] -= size
-                        ingress = span.ingress
-                        if ingress:
-                            size = min(size, max(span.bytes - int(RETURN_SHARE * ingress), 0))
-                        uploads[index] -= size
+                        sums[index] -= span.effective(fraction)
+                        uploads[index] -= span.upload(fraction)
             effectives = list(sums)
             if times < factor:
                 # Under the configured floor only upload-shaped egress counts (see above).
