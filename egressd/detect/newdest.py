@@ -418,6 +418,9 @@ class NewDestinationDetector(Detector):
         group_cap = config.new_destination_group_churn_max
         changed: list[Alert] = []
         book_active = self.book.active
+        factors = self._factors  # (what factor asked of the rates this interval)
+        day_churns, day_block_churns = self.day_churn, self.day_block_churn
+        decayed = self._decayed
         for key, window in list(self.windows.items()):
             entries = window.entries
             while entries and entries[0].start < horizon:
@@ -434,7 +437,9 @@ class NewDestinationDetector(Detector):
             # The group's floors for networks in address blocks it never used either (a small
             # group's are lower; asked once per interval); a fresh network in a block it uses
             # (its cloud provider's) is judged by the configured ones.
-            factor = self.factor(key[0])
+            factor = factors.get(key[0])
+            if factor is None:
+                factor = self.factor(key[0])
             floor = hour_floor * factor
             day_floor = configured_day_floor * factor
             total = sum(entry.bytes for entry in entries) if entries else 0
@@ -462,11 +467,23 @@ class NewDestinationDetector(Detector):
                                 (now, total, block_total, 0),
                                 not entries, self.churn, self.block_churn,
                                 self.group_block_churn)  # fmt: skip
-                self._learn(key, now, day_horizon, window.day_history,
-                            (now, window.day_bytes, window.day_block,
-                             PAGING if now - window.day_paged < DAY else 0),
-                            not day_entries,
-                            self.day_churn, self.day_block_churn)  # fmt: skip
+                # The day window's :meth:`_learn`, inlined: every window that is only
+                # waiting out its day (most of them, most intervals) comes here each interval.
+                history = window.day_history
+                history.append((now, window.day_bytes, window.day_block,
+                                PAGING if now - window.day_paged < DAY else 0))  # fmt: skip
+                if history[0][0] <= day_horizon or not day_entries:
+                    empty = not day_entries
+                    while history and (history[0][0] <= day_horizon or empty):
+                        _when, old_total, old_block, paging = history.popleft()
+                        if paging == PAGING:
+                            continue
+                        found = day_churns.get(key)
+                        if old_total > (0.0 if found is None else decayed(found, now)):
+                            day_churns[key] = (float(old_total), now)
+                        found = day_block_churns.get(key)
+                        if old_block > (0.0 if found is None else decayed(found, now)):
+                            day_block_churns[key] = (float(old_block), now)
                 if not entries:
                     window.covered = False  # that transfer is over
                     if not day_entries:
