@@ -344,6 +344,14 @@ class Daemon:
                     len(self.engine.baselines),
                     len(self.engine.book.active),
                 )
+                dropped = self.engine.baselines.dropped_on_load
+                if dropped:
+                    log.warning(
+                        "state from %s: %d baseline(s) left out (values learning never "
+                        "writes, or beyond detection.max_keys)",
+                        path,
+                        dropped,
+                    )
                 self._clamp_restored_time(path)
         self.feed.last_event_time = self.engine.event_time()
         self._state_loaded = True

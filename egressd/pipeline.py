@@ -41,7 +41,10 @@ ROW_LOOP_ROWS = 256
 #: rows a block looks ahead over at least (see :meth:`Engine._process_blocks`)
 _FIRST_WINDOW = 512
 
-STATE_VERSION = 1
+#: the state file's version: 2 keeps baselines in a compact form (lists and one text of
+#: records, see :meth:`SeasonalBaselines.to_json`); 1, their per-key form, is still read
+STATE_VERSION = 2
+READABLE_STATE_VERSIONS = (1, 2)
 
 # What a destination is when it is not a labelled egress destination.
 _INTERNAL = "internal"  # inside networks.local: east-west
@@ -1015,8 +1018,10 @@ class Engine:
 
     def restore(self, data: dict[str, Any]) -> None:
         """Load a snapshot; raises ValueError/KeyError/TypeError when it is not usable."""
-        if data.get("version") != STATE_VERSION:
-            raise ValueError(f"state version {data.get('version')!r} is not {STATE_VERSION}")
+        if data.get("version") not in READABLE_STATE_VERSIONS:
+            raise ValueError(
+                f"state version {data.get('version')!r} is not one of {READABLE_STATE_VERSIONS}"
+            )
         if float(data.get("interval", 0)) != self.config.detection.interval:
             raise ValueError("state was written with another detection.interval")
         try:

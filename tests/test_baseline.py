@@ -3,10 +3,14 @@ organic growth, weekend fallback, bounded keys with eviction, and the state roun
 
 from __future__ import annotations
 
+import base64
 import math
 import struct
 from collections.abc import Callable
 
+import numpy as np
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +24,7 @@ from egressd.baseline.seasonal import (
     SLOTS,
     SeasonalBaselines,
     SeasonKeyer,
+    stored_keys,
 )
 
 T0 = 1_772_409_600.0  # Monday 2026-03-02T00:00:00Z
@@ -284,3 +289,107 @@ def test_interval_updates_are_the_plain_update_rule_bit_for_bit(
     assert {key: baselines.record(key) for key in expected} == {
         key: bytes(record) for key, record in expected.items()
     }
+
+
+def _per_key_form(baselines: SeasonalBaselines) -> dict[str, str]:
+    """The baselines as state files before the compact form held them (version 1)."""
+    return {
+        f"{group}\t{dest}": base64.b64encode(baselines.record((group, dest)) or b"").decode()
+        for group, dest in baselines
+    }
+
+
+def _learned_mixed(max_keys: int = 1000) -> SeasonalBaselines:
+    """Keys of three groups sharing destination texts, some forgotten (their slots reused,
+    so slot order is not the order keys were learned)."""
+    baselines = SeasonalBaselines(max_keys=max_keys)
+    for step in range(6):
+        batch = [
+            ((f"g{k % 3}", f"{('US', 'DE', 'CN')[k % 4 % 3]}|r{k % 2}|{k // 3}"), 1e6 * (k + step))
+            for k in range(40 + 5 * step)
+        ]
+        baselines.observe_interval(T0 + STEP * step, batch)
+    baselines.evict_idle(T0 + STEP * 5 + DAY, DAY - STEP * 2)
+    baselines.observe_interval(T0 + DAY, [(("g9", "US|r0|7"), 5e6), (("g0", "JP||1"), 5e6)])
+    return baselines
+
+
+def _labels_of(baselines: SeasonalBaselines) -> dict[tuple[str, str], tuple[object, ...]]:
+    slots = baselines.slots_of(list(baselines.keys()))
+    out = {}
+    for key, slot in zip(baselines.keys(), slots, strict=True):
+        assert slot is not None
+        numbers, texts = baselines.label_numbers(np.array([slot], np.intp))
+        g, c, r, asn = numbers[0].tolist()
+        out[key] = (texts[g], texts[c], texts[r], asn)
+    return out
+
+
+def test_the_compact_form_and_the_per_key_form_restore_the_same_baselines() -> None:
+    """Either form restores every key, in the order learned, with its record and its metric
+    labels; a state read in the per-key form is written again in the compact form whole."""
+    learned = _learned_mixed()
+    compact = orjson.loads(orjson.dumps(learned.to_json()))
+    assert compact["format"] == 2 and len(compact["dests"]) == len(learned)
+    old = orjson.loads(orjson.dumps(_per_key_form(learned)))
+    at = T0 + DAY + 3600
+    for data in (compact, old):
+        again = SeasonalBaselines()
+        again.load_json(data)
+        assert list(again.keys()) == list(learned.keys())
+        assert stored_keys(data) == list(learned.keys())
+        assert {k: again.record(k) for k in learned} == {k: learned.record(k) for k in learned}
+        assert _labels_of(again) == _labels_of(learned)
+        keys = list(learned.keys())
+        np.testing.assert_array_equal(
+            again.expected_bytes(keys, at), learned.expected_bytes(keys, at)
+        )
+        assert again.to_json() == learned.to_json()
+        assert again.dropped_on_load == 0
+
+
+def test_a_state_file_gives_baselines_no_more_than_learning_keeps() -> None:
+    """A record learning never writes (a value not finite or below zero) is dropped, and
+    beyond max_keys the least recently seen keys are, as the cap's eviction drops them."""
+    learned = SeasonalBaselines()
+    for k in range(30):
+        learned.observe(("g", f"K{k}"), T0 + STEP * k, 1e6)
+    data = learned.to_json()
+    raw = bytearray(base64.b64decode(data["records"]))  # type: ignore[arg-type]
+    struct.pack_into("<f", raw, 29 * RECORD_SIZE + 16, math.nan)  # K29's overall level
+    struct.pack_into("<f", raw, 28 * RECORD_SIZE + 20, -1.0)  # K28's spread
+    struct.pack_into("<e", raw, 27 * RECORD_SIZE + 28 + 5 * 13, math.inf)  # an hour's level
+    struct.pack_into("<d", raw, 26 * RECORD_SIZE + 8, math.inf)  # K26's last seen
+    data["records"] = base64.b64encode(bytes(raw)).decode()
+    for form in (data, None):
+        if form is None:  # the same through the per-key form
+            records = [raw[k * RECORD_SIZE : (k + 1) * RECORD_SIZE] for k in range(30)]
+            form = {
+                f"g\t{dest}": base64.b64encode(record).decode()
+                for (_g, dest), record in zip(stored_keys(data), records, strict=True)
+            }
+        capped = SeasonalBaselines(max_keys=10)
+        capped.load_json(form)
+        assert list(capped.keys()) == [("g", f"K{k}") for k in range(16, 26)]
+        assert capped.dropped_on_load == 20
+        assert len(capped) == 10 and capped.slot_count == 10
+
+
+def test_a_malformed_compact_form_is_rejected() -> None:
+    good = _learned_mixed().to_json()
+    count = len(good["dests"])  # type: ignore[arg-type]
+    bad: list[dict[str, object]] = [
+        {**good, "groups": ["g0", "g0", "g1", "g9"]},
+        {**good, "group": [0] * count, "dests": ["US||1"] * count},  # a key twice
+        {**good, "group": [7] * count},
+        {**good, "group": [-1] + [0] * (count - 1)},
+        {**good, "group": [True] * count},
+        {**good, "group": [0] * (count - 1)},
+        {**good, "dests": [1] * count},
+        {**good, "records": str(good["records"])[:-8]},
+        {**good, "records": "!!!!"},
+        {**good, "records": None},
+    ]
+    for data in bad:
+        with pytest.raises(ValueError, match="malformed baselines"):
+            SeasonalBaselines().load_json(data)

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
+from egressd.baseline.seasonal import stored_keys
 from egressd.baseline.statefile import load_state, save_state
 from egressd.config import Config, parse_config
 from egressd.decode.egressd_json import encode_egressd_json
@@ -332,7 +333,7 @@ def test_replay_moves_a_bad_state_aside_and_learns_again(
     fresh = load_state(state)
     assert fresh is not None and fresh["version"] == STATE_VERSION
     # Learning started again: only what this replay saw is in the new baselines.
-    assert set(fresh["baselines"]) == {"research\tJP"}
+    assert set(stored_keys(fresh["baselines"])) == {("research", "JP")}
 
 
 def test_replay_restores_a_good_state(tmp_path: Path) -> None:
@@ -347,4 +348,6 @@ def test_replay_restores_a_good_state(tmp_path: Path) -> None:
             config, "egressd-json", [str(inputs)], out, state_path=state, labeler=_FixedLabeler()
         )
     assert not list(tmp_path.glob("state.json.bad-*"))
-    assert set(load_state(state)["baselines"]) == {"research\tJP", "research\tKP"}  # type: ignore[index]
+    saved = load_state(state)
+    assert saved is not None
+    assert set(stored_keys(saved["baselines"])) == {("research", "JP"), ("research", "KP")}

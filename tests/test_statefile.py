@@ -3,6 +3,7 @@ restart continuity: replaying in two parts with a state file gives the alerts of
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import stat
@@ -14,9 +15,11 @@ import orjson
 import pytest
 from scenarios import DAY, Scenario, generate
 
+from egressd.baseline.seasonal import SeasonalBaselines
 from egressd.baseline.statefile import load_state, move_aside, save_state
 from egressd.config import parse_config
 from egressd.errors import StateError
+from egressd.pipeline import STATE_VERSION
 from egressd.replay import replay
 
 
@@ -105,6 +108,39 @@ def test_restart_continuity(
     assert second.late_records == 0
 
 
+def test_a_version_1_state_file_is_read_and_written_again_whole(
+    two_part_scenario: tuple[Scenario, Path, Path, Path], tmp_path: Path
+) -> None:
+    """A state file written before the compact baselines (version 1, a JSON object entry per
+    key) restores to the same engine: the rest of the scenario pages the same, and the state
+    saved after it is the one a version 2 file leads to."""
+    scenario, _whole, part1, part2 = two_part_scenario
+    config = parse_config(scenario.config_text)
+    state = tmp_path / "state.json"
+    replay(config, "goflow2-json", [str(part1)], io.BytesIO(), state_path=state)
+    current = load_state(state)
+    assert current is not None and current["baselines"]["format"] == 2
+    learned = SeasonalBaselines()
+    learned.load_json(current["baselines"])
+    per_key = {
+        f"{group}\t{dest}": base64.b64encode(learned.record((group, dest)) or b"").decode()
+        for group, dest in learned
+    }
+    assert len(per_key) > 10
+    old = tmp_path / "old.json"
+    old.write_bytes(orjson.dumps({**current, "version": 1, "baselines": per_key}))
+    outcomes = []
+    for path in (state, old):
+        out = io.BytesIO()
+        replay(config, "goflow2-json", [str(part2)], out, state_path=path)
+        saved = load_state(path)
+        assert saved is not None and saved["version"] == STATE_VERSION
+        outcomes.append((_events(out), {k: v for k, v in saved.items() if k != "saved_at"}))
+    assert outcomes[0][0], "the scenario's second part pages"
+    assert outcomes[1] == outcomes[0]
+    assert not list(tmp_path.glob("*.bad-*"))
+
+
 def test_corrupt_state_is_moved_aside_and_learning_restarts(
     two_part_scenario: tuple[Scenario, Path, Path, Path], tmp_path: Path
 ) -> None:
@@ -122,7 +158,7 @@ def test_corrupt_state_is_moved_aside_and_learning_restarts(
         assert len(aside) == 1 and aside[0].read_bytes() == corrupt
         aside[0].unlink()
         data = load_state(state)  # and a good state was saved at the end
-        assert data is not None and data["version"] == 1
+        assert data is not None and data["version"] == STATE_VERSION
         state.unlink()
 
 

@@ -182,6 +182,7 @@ class SeasonalBaselines:
         "_texts",
         "_used",
         "changed",
+        "dropped_on_load",
         "epoch",
         "evicted_capacity",
         "evicted_idle",
@@ -209,6 +210,8 @@ class SeasonalBaselines:
         self._set_storage(_zeroed(0), _zeroed(0))
         self.evicted_capacity = 0
         self.evicted_idle = 0
+        #: keys a state file held that learning would not (see :meth:`load_json`)
+        self.dropped_on_load = 0
         #: slots whose key learned an interval, was forgotten or was first learned since a
         #: reader (the metrics view) last emptied it; None, and not kept, until a reader
         #: asks for it with :meth:`track_changes`
@@ -273,6 +276,10 @@ class SeasonalBaselines:
         return number
 
     def _label_numbers(self, group: str, dest: str) -> tuple[int, int, int, int]:
+        g = self._text_ids.get(group)
+        return (self._text_id(group) if g is None else g, *self._dest_label_numbers(dest))
+
+    def _dest_label_numbers(self, dest: str) -> tuple[int, int, int]:
         # The destination key's text is "country|region|asn" (DestinationLabels.key).
         country, _, rest = dest.partition("|")
         region, _, number = rest.partition("|")
@@ -283,9 +290,8 @@ class SeasonalBaselines:
         if not 0 <= asn < 2**32:
             asn = 0
         ids = self._text_ids
-        g, c, r = ids.get(group), ids.get(country), ids.get(region)
+        c, r = ids.get(country), ids.get(region)
         return (
-            self._text_id(group) if g is None else g,
             self._text_id(country) if c is None else c,
             self._text_id(region) if r is None else r,
             asn,
@@ -652,63 +658,202 @@ class SeasonalBaselines:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, object]:
+        """The baselines in the state file's compact form (:data:`STATE_FORMAT`).
+
+        Keys in the order they were learned, as parallel lists (the group of each, as a
+        number into ``groups``, and its destination text) and the records side by side in
+        one base64 text: a million keys are a few list items each, not a JSON object and a
+        string apiece, so restoring them costs a fraction of what the per-key form did.
+        """
         index = self._index
-        names = [f"{group}\t{dest}" for group, inner in index.items() for dest in inner]
+        groups = list(index)
+        sizes = [len(inner) for inner in index.values()]
         slots = np.fromiter(
             (slot for inner in index.values() for slot in inner.values()), np.intp, self._count
         )
         order = np.argsort(self._seq[slots], kind="stable")  # the order keys were learned
-        # A record is a whole number of base64 quanta: the records encoded at once, cut up.
+        group_of = np.repeat(np.arange(len(groups)), sizes)[order]
+        dests = [dest for inner in index.values() for dest in inner]
         rows = self._raw.reshape(-1, RECORD_SIZE)[slots[order]]
-        text = base64.b64encode(rows.tobytes()).decode()
-        width = _RECORD_BASE64
         return {
-            names[i]: text[at : at + width]
-            for i, at in zip(order.tolist(), range(0, len(text), width), strict=True)
+            "format": STATE_FORMAT,
+            "groups": groups,
+            "group": group_of.tolist(),
+            "dests": [dests[i] for i in order.tolist()],
+            "records": base64.b64encode(rows.tobytes()).decode(),
         }
 
-    def load_json(self, data: dict[str, str]) -> None:
+    def load_json(self, data: dict[str, Any]) -> None:
+        """Restore what :meth:`to_json` wrote, or the per-key form of earlier versions
+        (``{"group\tdestination": base64 record}``), which loses nothing: the next save
+        writes the compact form.
+
+        What learning would never hold is left out, counted in :attr:`dropped_on_load`:
+        records with a value that is not finite or below zero (a NaN level would compare
+        false with every interval: a key nothing could page on), and beyond ``max_keys``
+        the least recently seen keys (learning evicts those first). Raises ValueError when
+        the form itself is broken.
+        """
+        if data.get("format") == STATE_FORMAT:
+            groups, group_of, dests, raw = _compact_parts(data)
+        else:
+            groups, group_of, dests, raw = _per_key_parts(data)
+        count = len(dests)
+        table = np.frombuffer(raw, _RECORD_DTYPE)
+        keep = _usable(table)
+        if int(keep.sum()) > self.max_keys:
+            # The most recently seen, as the cap's eviction would have left them (ties: the
+            # later learned).
+            kept = np.flatnonzero(keep)
+            newest = np.lexsort((kept, table["last"][kept]))[-self.max_keys :]
+            keep = np.zeros(count, np.bool_)
+            keep[kept[newest]] = True
+        if not keep.all():
+            picked = np.flatnonzero(keep)
+            table = table[picked]
+            group_of = group_of[picked]
+            dests = [dests[i] for i in picked.tolist()]
+            self.dropped_on_load += count - len(picked)
+            count = len(picked)
+        # Label numbers per group and per distinct destination text, not per key.
+        try:
+            codes = {dest: code for code, dest in enumerate(dict.fromkeys(dests))}
+        except TypeError:  # a list or an object where a text belongs
+            codes = {}
+        if (count and not codes) or not all(type(dest) is str for dest in codes):
+            raise ValueError("malformed baselines: destinations")
+        dest_code = np.fromiter(map(codes.__getitem__, dests), np.intp, count)
+        index = _index_of(groups, group_of, dests)
         self.version += 1
-        index: dict[str, dict[str, int]] = {}
-        count = 0
-        for text in data:
-            group, sep, dest = text.partition("\t")
-            if not sep:
-                raise ValueError(f"malformed baseline entry {text!r}")
-            inner = index.get(group)
-            if inner is None:
-                inner = index[group] = {}
-            inner[dest] = count
-            count += 1
-        blobs = list(data.values())
-        raw = b""
-        if all(len(blob) == _RECORD_BASE64 for blob in blobs):
-            # Records of today's size (no padding): decoded all at once.
-            try:
-                raw = base64.b64decode("".join(blobs), validate=True)
-            except ValueError:
-                raw = b""
-        if len(raw) != count * RECORD_SIZE:
-            raw = b"".join(_decode_record(text, blob) for text, blob in data.items())
         capacity = max(count, min(self.max_keys, 1024))
         storage = _zeroed(capacity * RECORD_SIZE)
-        storage[: count * RECORD_SIZE] = np.frombuffer(raw, np.uint8)
+        storage[: count * RECORD_SIZE] = np.ascontiguousarray(table).view(np.uint8)
         self._index = index
         self._count = self._used = self._learned = count
         self._free = []
         self._texts, self._text_ids = [], {}
         extra = _zeroed(capacity * _EXTRA.size)
-        extra_buf, pack, numbers = extra.data, _EXTRA.pack_into, self._label_numbers
-        for group, inner in index.items():
-            for dest, slot in inner.items():
-                pack(extra_buf, slot * _EXTRA.size, slot + 1, *numbers(group, dest))
+        columns = extra.view(_EXTRA_DTYPE)
+        columns["seq"][:count] = np.arange(1, count + 1)
+        group_ids = np.array([self._text_id(group) for group in groups], np.uint32)
+        numbers = np.array([self._dest_label_numbers(dest) for dest in codes], np.uint32)
+        numbers = numbers.reshape(-1, 3)
+        labels = columns["labels"]
+        labels[:count, 0] = group_ids[group_of] if count else 0
+        labels[:count, 1:] = numbers[dest_code]
         self._set_storage(storage, extra)
         self.epoch += 1
 
 
-def _decode_record(text: str, blob: str) -> bytes:
+#: the form :meth:`SeasonalBaselines.to_json` writes (the per-key form before it had none)
+STATE_FORMAT = 2
+
+
+def stored_keys(data: dict[str, Any]) -> list[BaselineKey]:
+    """The keys a state file's baselines hold, in the order they were learned (either form)."""
+    if data.get("format") == STATE_FORMAT:
+        groups, group_of, dests, _raw = _compact_parts(data)
+        return [(groups[g], dest) for g, dest in zip(group_of.tolist(), dests, strict=True)]
+    return [(group, dest) for group, _sep, dest in (text.partition("\t") for text in data)]
+
+
+def _compact_parts(
+    data: dict[str, Any],
+) -> tuple[list[str], np.ndarray[Any, np.dtype[np.intp]], list[str], bytes]:
+    """Groups, each key's group number, each key's destination and the records, checked."""
+    groups, group_of, dests, text = (data.get(k) for k in ("groups", "group", "dests", "records"))
+    if not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
+        raise ValueError("malformed baselines: groups")
+    if len(set(groups)) != len(groups):
+        raise ValueError("malformed baselines: a group named twice")
+    if not isinstance(dests, list):  # (their type is checked once per text, when numbered)
+        raise ValueError("malformed baselines: destinations")
+    if not (isinstance(group_of, list) and len(group_of) == len(dests)):
+        raise ValueError("malformed baselines: group numbers")
+    numbers = np.array(group_of) if group_of else np.zeros(0, np.int64)
+    if numbers.dtype.kind not in "iu" or numbers.ndim != 1:
+        raise ValueError("malformed baselines: group numbers")
+    if len(numbers) and not (numbers.min() >= 0 and numbers.max() < len(groups)):
+        raise ValueError("malformed baselines: group numbers")
+    if not isinstance(text, str):
+        raise ValueError("malformed baselines: records")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise ValueError(f"malformed baselines: records: {exc}") from None
+    if len(raw) != len(dests) * RECORD_SIZE:
+        raise ValueError(f"malformed baselines: {len(raw)} bytes of records for {len(dests)} keys")
+    return groups, numbers.astype(np.intp), dests, raw
+
+
+def _per_key_parts(
+    data: dict[str, Any],
+) -> tuple[list[str], np.ndarray[Any, np.dtype[np.intp]], list[str], bytes]:
+    """:func:`_compact_parts` of the per-key form (``{"group\tdest": record}``)."""
+    group_numbers: dict[str, int] = {}
+    group_of: list[int] = []
+    dests: list[str] = []
+    for text in data:
+        group, sep, dest = str(text).partition("\t")
+        if not sep:
+            raise ValueError(f"malformed baseline entry {text!r}")
+        group_of.append(group_numbers.setdefault(group, len(group_numbers)))
+        dests.append(dest)
+    blobs = list(data.values())
+    raw = b""
+    if all(isinstance(blob, str) and len(blob) == _RECORD_BASE64 for blob in blobs):
+        # Records of today's size (no padding): decoded all at once.
+        try:
+            raw = base64.b64decode("".join(blobs), validate=True)
+        except ValueError:
+            raw = b""
+    if len(raw) != len(dests) * RECORD_SIZE:
+        raw = b"".join(_decode_record(str(text), blob) for text, blob in data.items())
+    return list(group_numbers), np.array(group_of, np.intp), dests, raw
+
+
+def _usable(table: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Which records hold only what learning writes: finite values, none below zero."""
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(table["first"]) & np.isfinite(table["last"])
+        for name in ("level", "spread", "peak", "peak_time"):
+            column = table[name]
+            ok &= np.isfinite(column) & (column >= 0)
+    # The hour slots' float16 levels and spreads by their high bytes (sign, exponent, top
+    # of the mantissa), all at once: one of 0x7C or more is not finite (the exponent all
+    # ones) or below zero (the sign set), and learning writes neither (nor a negative zero).
+    rows = np.ascontiguousarray(table).view(np.uint8).reshape(len(table), RECORD_SIZE)
+    end = _HEADER.size + SLOTS * _SLOT.size
+    for byte in (1, 3):  # the level's, the spread's
+        high = rows[:, _HEADER.size + byte : end : _SLOT.size]
+        ok &= high.max(axis=1, initial=0) < 0x7C
+    result: np.ndarray[Any, np.dtype[np.bool_]] = ok
+    return result
+
+
+def _index_of(
+    groups: list[str], group_of: np.ndarray[Any, np.dtype[np.intp]], dests: list[str]
+) -> dict[str, dict[str, int]]:
+    """group -> destination -> slot, slots numbered in key order; ValueError on a key twice."""
+    index: dict[str, dict[str, int]] = {}
+    order = np.argsort(group_of, kind="stable")
+    bounds = np.searchsorted(group_of[order], np.arange(len(groups) + 1))
+    for number, group in enumerate(groups):
+        slots = order[bounds[number] : bounds[number + 1]].tolist()
+        if not slots:
+            continue
+        inner = dict(zip(map(dests.__getitem__, slots), slots, strict=True))
+        if len(inner) != len(slots):
+            raise ValueError(f"malformed baselines: a destination of {group!r} twice")
+        index[group] = inner
+    return index
+
+
+def _decode_record(text: str, blob: object) -> bytes:
     """One stored record, checked; records written before the peak existed get a zero one."""
+    if not isinstance(blob, str):
+        raise ValueError(f"malformed baseline entry {text!r}")
     raw = base64.b64decode(blob, validate=True)
     if len(raw) == OLD_RECORD_SIZE:
         raw += bytes(_PEAK.size)  # no peak yet: it starts with the next interval
