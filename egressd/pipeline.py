@@ -1073,7 +1073,9 @@ class Engine:
         self.book.load_json(data["alerts"])
         # One labels object per destination key across everything restored.
         intern: dict[str, DestinationLabels] = {}
-        self.unexpected.load_json(data["windows"], intern)
+        saved_time = data.get("event_time")
+        until = math.inf if saved_time is None else float(saved_time)
+        self.unexpected.load_json(data["windows"], intern, until)
         self.spikes.load_json(data["spikes"], intern)
         # (a state from before group rates has none: they are learned again within hours)
         rates = GroupRates.from_json(data.get("group_rates"))

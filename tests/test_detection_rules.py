@@ -873,34 +873,6 @@ def test_egress_counters_do_not_count_the_restored_open_interval_again() -> None
     assert _exported_egress(after) == 3 * MB
 
 
-def test_an_idle_new_network_window_settles_a_restored_negative_churn_as_before() -> None:
-    """An idle window skips learning a zero total, which raises no churn: unless a state file
-    held a negative one, which that zero total replaces (as it did before the skip)."""
-    from egressd.detect.newdest import _Window
-    from egressd.enrich import DestinationLabels
-
-    engine = _engine()
-    detector = engine.new_destinations
-    dest = DestinationLabels("US")
-    detector.load_json(
-        {"groups": {}, "churn": [["eng", "US", -5.0, T0]], "block_churn": []}, {"US": dest}
-    )
-    key = ("eng", dest)
-    window = detector.windows[key] = _Window(key)
-    window.day_entries.append((T0, 1, 0))  # a day window holding a little: kept, idle
-    window.day_bytes = 1
-    now = T0 + 3600.0
-    assert detector._evaluate(now) == []
-    assert detector.churn[key] == (0.0, now)
-    # Without a negative churn, an idle empty window leaves the churns as they are.
-    detector.load_json({"groups": {}, "churn": [["eng", "US", 5.0, T0]]}, {"US": dest})
-    window = detector.windows[key] = _Window(key)
-    window.day_entries.append((T0, 1, 0))
-    window.day_bytes = 1
-    assert detector._evaluate(now) == []
-    assert detector.churn[key] == (5.0, T0)
-
-
 #: a research group sending to five countries (grid sites and collaborators in four)
 GRID_CONFIG = research_config(
     {"interval": "5m", "learning": "1d", "new_destination_floors_scale_below": "0"},
@@ -998,3 +970,63 @@ def test_a_state_file_cannot_give_a_group_an_unbounded_or_unreal_churn() -> None
     assert all(size == GB for size, _when in kept.values())
     churn = detector._group_churn("research", T0 + 4 * GROUP_CHURN_KEPT)
     assert churn == pytest.approx(GB, rel=1e-5)
+
+
+def test_a_state_file_cannot_give_keys_unreal_churns_or_groups_unbounded_networks() -> None:
+    """What learning keeps, a state file cannot exceed: each key's churns are positive and
+    finite (a NaN or infinite one would hold the key's bar above anything it sends, for
+    good), churns are kept for at most max_keys keys (the most recently raised), and a
+    group's networks and blocks number at most new_destination_max_prefixes (the most
+    recently used), with finite times."""
+    engine = _engine("max_keys = 20\nnew_destination_max_prefixes = 5\n")
+    detector = engine.new_destinations
+    good = [["eng", f"US||{n + 1}", float(GB), T0 + n] for n in range(60)]
+    unreal = [["eng", "DE", math.nan, T0], ["eng", "FR", math.inf, T0], ["eng", "NL", -5.0, T0]]
+    unreal += [["eng", "GB", float(GB), math.nan], ["eng", "IE", 0.0, T0]]
+    uses = [[f"94.130.{n}.0/24", T0, T0 + n] for n in range(12)]
+    uses += [["5.1.1.0/24", T0, math.inf], ["5.1.2.0/24", math.nan, T0]]
+    detector.load_json(
+        {
+            "groups": {"eng": {"since": T0, "prefixes": uses, "blocks": uses}},
+            **{name: unreal + good for name in ("churn", "block_churn", "day_churn")},
+            "day_block_churn": unreal + good,
+        },
+        {},
+    )
+    newest = {f"US||{n + 1}" for n in range(40, 60)}
+    for churns in (detector.churn, detector.block_churn, detector.day_churn):
+        assert {dest.key for _group, dest in churns} == newest
+        assert all(size == GB for size, _when in churns.values())
+    assert {dest.key for _group, dest in detector.day_block_churn} == newest
+    tracked = detector.groups["eng"]
+    for table in (tracked.prefixes, tracked.blocks):
+        assert set(table) == {f"94.130.{n}.0/24" for n in range(7, 12)}
+
+
+def test_a_state_file_cannot_give_unexpected_windows_more_than_learning_keeps() -> None:
+    """A window restored holds what learning could have: intervals closed by the saved event
+    time, finite starts, sizes not below zero, at most its longest span's worth (the latest);
+    and at most max_keys windows. A negative entry dated in the future, before, never expired
+    and held its key's total under the floor for good."""
+    engine = _engine("max_keys = 20\n")
+    saved = T0 + 2 * DAY
+    one = [[saved - 3 * DAY + 300.0 * n, 1 * MB, 0, 0] for n in range(3 * 288)]
+    one += [[math.nan, 1, 0, 0], [saved - 600, -50 * GB, 0, 0], [saved - 900, MB, -MB, 0]]
+    one += [[saved + 30 * DAY, -50 * GB, 0, 0], [saved + 300, 5 * GB, 0, 0]]
+    windows: list[dict[str, object]] = [
+        {"group": "research", "dest": "CN", "entries": one, "sources": {}, "destinations": {}}
+    ]
+    windows += [
+        {"group": "research", "dest": f"FR||{n + 1}", "entries": [[saved - 300, n, 0, 0]]}
+        for n in range(40)
+    ]
+    engine.restore(
+        {**engine.snapshot(), "event_time": saved, "closed_upto": saved, "windows": windows}
+    )
+    unexpected = engine.unexpected
+    cn = next(w for (_g, dest), w in unexpected.windows.items() if dest.key == "CN")
+    starts = [entry[0] for entry in cn.entries]
+    assert starts == [saved - 3 * DAY + 300.0 * n for n in range(2 * 288, 3 * 288)]
+    assert cn.spans[-1].bytes == 288 * MB
+    assert len(unexpected.windows) <= 20
+    assert {dest.key for _group, dest in unexpected.windows} >= {"CN", "FR||40"}

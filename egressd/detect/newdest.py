@@ -47,6 +47,7 @@ import ipaddress
 import math
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 from egressd.aggregate import AggregateKey, Bucket
 from egressd.baseline.grouprate import GroupRates
@@ -80,6 +81,8 @@ GROUP_CHURN_KEYS = 3
 #: destinations remembered per group for that (the least recently raised go first)
 GROUP_CHURN_KEPT = 256
 _PREFIX_CACHE = 65_536
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 def _use(table: dict[str, tuple[float, float]], key: str, clock: float, unseen: float) -> float:
@@ -219,7 +222,6 @@ class NewDestinationDetector(Detector):
     __slots__ = (
         "_block_cache",
         "_factors",
-        "_negative_churn",
         "_prefix_cache",
         "block_churn",
         "churn",
@@ -261,8 +263,6 @@ class NewDestinationDetector(Detector):
         self.evicted = 0
         self._prefix_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
         self._block_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
-        #: a state file held a negative hour-window churn (a zero total would raise it)
-        self._negative_churn = False
 
     def factor(self, group: str) -> float:
         """What ``group``'s floors are multiplied by this interval (at most 1)."""
@@ -461,8 +461,8 @@ class NewDestinationDetector(Detector):
                 # so the churns, the policy and the alert book need not be asked (what they
                 # would answer changes nothing). The window's history still learns; with no
                 # entries and no history it would take a zero total and give it up at once,
-                # which raises no churn (unless a state file held a negative one).
-                if entries or window.history or self._negative_churn:
+                # which raises no churn (a churn is never below zero, see _load_churn).
+                if entries or window.history:
                     self._learn(key, now, horizon, window.history,
                                 (now, total, block_total, 0),
                                 not entries, self.churn, self.block_churn,
@@ -813,11 +813,10 @@ class NewDestinationDetector(Detector):
             counting_from = item.get("counting_from")
             # (a state written before the day window counted long ago: everything may count)
             tracked.counting_from = -math.inf if counting_from is None else float(counting_from)
-            for prefix, first, last in item["prefixes"]:
-                tracked.prefixes[str(prefix)] = (float(first), float(last))
+            limit = self._config.new_destination_max_prefixes
+            tracked.prefixes = _load_uses(item["prefixes"], limit)
             if "blocks" in item:
-                for block, first, last in item["blocks"]:
-                    tracked.blocks[str(block)] = (float(first), float(last))
+                tracked.blocks = _load_uses(item["blocks"], limit)
             else:
                 # A state written before blocks were kept: its networks' blocks, as used.
                 for prefix, (first, last) in tracked.prefixes.items():
@@ -826,15 +825,13 @@ class NewDestinationDetector(Detector):
                     tracked.blocks[block] = (min(seen[0], first), max(seen[1], last))
             groups[str(group)] = tracked
         self.groups = groups
-        self.churn = _load_churn(data.get("churn", []), intern)
-        self.block_churn = _load_churn(data.get("block_churn", []), intern)
-        self.day_churn = _load_churn(data.get("day_churn", []), intern)
-        self.day_block_churn = _load_churn(data.get("day_block_churn", []), intern)
+        kept = self._config.max_keys
+        self.churn = _load_churn(data.get("churn", []), intern, kept)
+        self.block_churn = _load_churn(data.get("block_churn", []), intern, kept)
+        self.day_churn = _load_churn(data.get("day_churn", []), intern, kept)
+        self.day_block_churn = _load_churn(data.get("day_block_churn", []), intern, kept)
         # (a state written before the group's churn: none learned yet)
-        self.group_block_churn = _load_group_churn(data.get("group_block_churn", []), intern)
-        self._negative_churn = any(
-            size < 0 for churns in (self.churn, self.block_churn) for size, _when in churns.values()
-        )
+        self.group_block_churn = _load_group_churn(data.get("group_block_churn", []), intern, kept)
         self.windows = {}
 
 
@@ -842,35 +839,60 @@ def _churn_json(churns: dict[AggregateKey, tuple[float, float]]) -> list[list[ob
     return [[g, d.key, size, when] for (g, d), (size, when) in churns.items()]
 
 
+def _load_uses(data: object, limit: int) -> dict[str, tuple[float, float]]:
+    """A group's networks or blocks as :meth:`NewDestinationDetector.to_json` wrote them,
+    held to what learning keeps: finite times, at most ``limit`` (the most recently used)."""
+    uses: dict[str, tuple[float, float]] = {}
+    if not isinstance(data, list):
+        raise ValueError("malformed new-destination networks")
+    for name, first, last in data:
+        seen = (float(first), float(last))
+        if math.isfinite(seen[0]) and math.isfinite(seen[1]):
+            uses[str(name)] = seen
+    return _newest(uses, limit, lambda seen: seen[1])
+
+
 def _load_churn(
-    data: object, intern: dict[str, DestinationLabels]
+    data: object, intern: dict[str, DestinationLabels], kept: int
 ) -> dict[AggregateKey, tuple[float, float]]:
+    """A churn as :meth:`NewDestinationDetector.to_json` wrote it, held to what learning
+    writes: positive finite sizes at finite times (a NaN or infinite churn would hold a key's
+    bar above anything it sends), for at most ``kept`` keys (``detection.max_keys``, the most
+    recently raised)."""
     churn: dict[AggregateKey, tuple[float, float]] = {}
     if not isinstance(data, list):
         raise ValueError("malformed new-destination churn")
     for group, dest_key, size, when in data:
+        seen = (float(size), float(when))
+        if not (seen[0] > 0.0 and math.isfinite(seen[0]) and math.isfinite(seen[1])):
+            continue
         dest = intern.get(str(dest_key)) or DestinationLabels.from_key(str(dest_key))
-        churn[(str(group), dest)] = (float(size), float(when))
-    return churn
+        churn[(str(group), dest)] = seen
+    return _newest(churn, kept, lambda seen: seen[1])
+
+
+def _newest(table: dict[_K, _V], kept: int, when: Callable[[_V], float]) -> dict[_K, _V]:
+    """``table`` with at most ``kept`` entries, the latest by ``when``, in their order."""
+    if len(table) <= kept:
+        return table
+    newest = {k for k, _v in heapq.nlargest(kept, table.items(), key=lambda kv: when(kv[1]))}
+    return {k: v for k, v in table.items() if k in newest}
 
 
 def _load_group_churn(
-    data: object, intern: dict[str, DestinationLabels]
+    data: object, intern: dict[str, DestinationLabels], kept: int
 ) -> dict[str, dict[DestinationLabels, tuple[float, float]]]:
     """A group churn as :meth:`NewDestinationDetector.to_json` wrote it, held to what learning
     keeps: positive finite sizes at finite times, at most :data:`GROUP_CHURN_KEPT` destinations
     a group (the most recently raised), so that a state file cannot make every evaluation of a
     group's fresh blocks scan an unbounded list."""
     churns: dict[str, dict[DestinationLabels, tuple[float, float]]] = {}
-    for (group, dest), (size, when) in _load_churn(data, intern).items():
-        if size > 0.0 and math.isfinite(size) and math.isfinite(when):
-            churns.setdefault(group, {})[dest] = (size, when)
-    for group, per_dest in churns.items():
-        if len(per_dest) > GROUP_CHURN_KEPT:
-            newest = heapq.nlargest(GROUP_CHURN_KEPT, per_dest.items(), key=lambda item: item[1][1])
-            kept = {dest for dest, _seen in newest}
-            churns[group] = {dest: seen for dest, seen in per_dest.items() if dest in kept}
-    return churns
+    for (group, dest), seen in _load_churn(data, intern, kept).items():
+        churns.setdefault(group, {})[dest] = seen
+    return {
+        group: _newest(per_dest, GROUP_CHURN_KEPT, lambda seen: seen[1])
+        for group, per_dest in churns.items()
+    }
 
 
 def _with_bytes(sketch: TopK, n: int) -> str:

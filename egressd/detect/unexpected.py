@@ -35,6 +35,7 @@ past what was captured.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
@@ -931,10 +932,23 @@ class UnexpectedDestinationDetector(Detector):
         return out
 
     def load_json(
-        self, data: list[dict[str, object]], intern: dict[str, DestinationLabels]
+        self,
+        data: list[dict[str, object]],
+        intern: dict[str, DestinationLabels],
+        until: float = math.inf,
     ) -> None:
+        """Restore what :meth:`to_json` wrote, held to what learning keeps: a window's entries
+        are intervals that closed by ``until`` (the saved event time), with finite starts and
+        sizes not below zero, at most as many as its longest span holds (the latest); at most
+        ``max_keys`` windows (the lightest without an alert dropped, as at run time). An
+        entry dated in the future would never expire, and a negative or an ingress-laden one
+        would hold the key's total under its floor for as long."""
+        config = self._config
         windows: dict[AggregateKey, _Window] = {}
-        count = len(self._config.unexpected_windows)
+        count = len(config.unexpected_windows)
+        kept = math.ceil(
+            max(length for length, _floor in config.unexpected_windows) / config.interval
+        )
         groups: dict[str, list[_Span]] = {}
         for item in data:
             dest_key = str(item["dest"])
@@ -951,6 +965,7 @@ class UnexpectedDestinationDetector(Detector):
                 raise ValueError("malformed window")
             group = str(item["group"])
             group_spans = groups.setdefault(group, [_Span() for _ in range(count)])
+            rows: list[tuple[float, int, int, int]] = []
             for row in entries:
                 if len(row) == 4 and isinstance(row[2], int):
                     small, ingress = int(row[2]), int(row[3])
@@ -959,6 +974,10 @@ class UnexpectedDestinationDetector(Detector):
                     window.sources.merge(TopK.from_json(row[2]))
                     window.destinations.merge(TopK.from_json(row[3]))
                 entry = (float(row[0]), int(row[1]), small, ingress)
+                if math.isfinite(entry[0]) and entry[0] < until and min(entry[1:]) >= 0:
+                    rows.append(entry)
+            rows.sort(key=lambda e: e[0])
+            for entry in rows[-kept:]:
                 # Restored evidence is merged already: the first span's entries carry none.
                 window.spans[0].add((*entry, None))
                 for index in range(1, count):
@@ -983,3 +1002,5 @@ class UnexpectedDestinationDetector(Detector):
             if window.alerting:
                 self._alerting.setdefault(key[0], set()).add(key)
         self._fanout_last = {g for (_a, g, d) in self.book.active if d == FANOUT_COUNTRY}
+        if len(windows) > config.max_keys:
+            self._evict_for_room()
