@@ -10,11 +10,14 @@ import pytest
 
 from egressd.config import parse_config
 from egressd.detect.alerts import FIRING, RESOLVED, Alert
-from egressd.detect.newdest import block_of, prefix_of
+from egressd.detect.newdest import NewDestinationDetector, block_of, prefix_of
+from egressd.detect.newdest import _Entry as _NewEntry
+from egressd.detect.newdest import _Window as _NewWindow
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.errors import ConfigError
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
+from egressd.sketch import TopK
 from tests.integration_support import research_config
 
 T0 = 1_773_014_400.0  # a Monday, 00:00 UTC
@@ -833,6 +836,98 @@ def test_a_transfer_that_paged_on_the_hour_does_not_page_again_on_the_day() -> N
         (FIRING, "1h"),
         (RESOLVED, "1h"),
     ]
+
+
+def _fresh_networks(days: int) -> list[FlowRecord]:
+    """Each day, 8 MB to each of six DE networks and three US ones not used before (day
+    window entries far under its floors: the windows wait out their day) and, on day 2, a
+    burst to DE beside them."""
+    flows = []
+    for day in range(1, days):
+        for i in range(6):
+            for k in range(2):
+                at = day * DAY + (2 + i) * HOUR + k * 900 + 150
+                flows.append(_flow(at, f"88.99.{10 * day + i}.1", 4 * MB))
+                if i < 3:
+                    flows.append(_flow(at + 7 * HOUR, f"4.{day}.{i}.1", 4 * MB))
+    flows += [_flow(2 * DAY + 13 * HOUR + k * 300 + 200, DE, 900 * MB) for k in range(3)]
+    return flows
+
+
+def _states(engine: Engine, flows: list[FlowRecord], cuts: list[float]) -> list[object]:
+    """Alerts and the state file at each cut, restarting from it at the middle one."""
+    seen: list[object] = []
+    rest = sorted(flows, key=lambda f: f.time_end)
+    for index, cut in enumerate(cuts):
+        now = [f for f in rest if f.time_end < T0 + cut]
+        rest = rest[len(now) :]
+        alerts = _run(engine, now)
+        seen.append([(a.key, a.state, a.annotations) for a in alerts])
+        snapshot = engine.snapshot()
+        snapshot.pop("saved_at", None)
+        seen.append(orjson.dumps(snapshot))
+        if index == 1:
+            engine = Engine(engine.config, engine.labeler)
+            engine.restore(snapshot)
+    return seen
+
+
+def test_windows_waiting_out_their_day_learn_as_if_looked_at_every_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Windows with only day entries under every floor are parked: left alone until they take
+    # an entry, their oldest entry expires or a spike covers them. Alerts and the state file
+    # (its day churns, their order) must be what looking at every window every interval gives.
+    flows = _usual(5) + _fresh_networks(4)
+    cuts = [1.6 * DAY, 2.55 * DAY, 3.3 * DAY, 5 * DAY]
+    engine = _engine()
+    parked = []
+    waiting = NewDestinationDetector._park
+
+    def park(self: NewDestinationDetector, *args: object) -> None:
+        waiting(self, *args)  # type: ignore[arg-type]
+        parked.append(args[0])
+
+    monkeypatch.setattr(NewDestinationDetector, "_park", park)
+    lazy = _states(engine, flows, cuts)
+    assert len(parked) >= 20
+    monkeypatch.setattr(NewDestinationDetector, "_park", lambda *args: None)
+    eager = _states(_engine(), flows, cuts)
+    assert lazy == eager
+    # (both windows' day churns were learned, so the comparison covers them)
+    learned = orjson.loads(lazy[-1])["new_destinations"]["day_churn"]  # type: ignore[arg-type]
+    assert sorted(dest for _group, dest, _size, _when in learned) == ["DE", "US"]
+
+
+def test_day_churns_learned_while_parked_keep_the_order_they_were_learned_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # DE's window is parked when its first day churn is learned (interval 5), US's is looked
+    # at when its own is (interval 10, it has an hour entry): the state file lists DE first,
+    # as looking at every window every interval does, though DE's came in when it was read.
+    def waiting(engine: Engine) -> bytes:
+        detector = engine.new_destinations
+        start = T0 + 2 * DAY
+        for seq, (address, pops_at) in enumerate(((DE, 5), (US, 10)), start=1):
+            key = ("research", engine.labeler.label(address))
+            window = _NewWindow(key, seq)
+            window.day_entries.append((start - 300, 8 * MB, 0))
+            window.day_bytes = 8 * MB
+            window.day_history.append((start - DAY + pops_at * 300, 8 * MB, 0, 0))
+            if address == US:
+                window.entries.append(_NewEntry(start - 300, 0, 0, TopK(16), TopK(16)))
+            detector.windows[key] = detector._awake[key] = window
+        for k in range(1, 30):
+            detector._factors = {}
+            detector._evaluate(start + k * 300)
+        return orjson.dumps(detector.to_json())
+
+    lazy = waiting(_engine())
+    monkeypatch.setattr(NewDestinationDetector, "_park", lambda *args: None)
+    eager = waiting(_engine())
+    assert lazy == eager
+    learned = orjson.loads(lazy)["day_churn"]
+    assert [dest for _group, dest, _size, _when in learned] == ["DE", "US"]
 
 
 def test_blocks() -> None:

@@ -45,9 +45,10 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import math
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from egressd.aggregate import AggregateKey, Bucket
 from egressd.baseline.grouprate import GroupRates
@@ -83,6 +84,8 @@ GROUP_CHURN_KEPT = 256
 _PREFIX_CACHE = 65_536
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+#: (a day churn's insertion rank if it had none: last)
+_UNRANKED = (1 << 62, 0)
 
 
 def _use(table: dict[str, tuple[float, float]], key: str, clock: float, unseen: float) -> float:
@@ -187,10 +190,13 @@ class _Window:
         "day_sources",
         "entries",
         "history",
+        "parked_at",
+        "seq",
         "spike_key",
+        "token",
     )
 
-    def __init__(self, key: AggregateKey) -> None:
+    def __init__(self, key: AggregateKey, seq: int = 0) -> None:
         #: the key's own alert, and the spike alert that covers it
         self.alert_key: AlertKey = (NEW_DESTINATION, key[0], key[1].key)
         self.spike_key: AlertKey = (SPIKE, key[0], key[1].key)
@@ -214,15 +220,33 @@ class _Window:
         #: evaluations: once a window length old, totals that did not page tell what the
         #: key's churn is
         self.history: deque[tuple[float, int, int, int]] = deque()
+        #: the order the window was opened in (the detector's windows are looked at in it)
+        self.seq = seq
+        #: parked (see :meth:`NewDestinationDetector._park`): the last interval its day
+        #: history took (an index into the detector's intervals); -1 when not parked
+        self.parked_at = -1
+        #: which parking a due time in the detector's heap is for
+        self.token = 0
 
 
 class NewDestinationDetector(Detector):
     """Per (group x expected destination): bytes within a window to newly used prefixes."""
 
     __slots__ = (
+        "_awake",
         "_block_cache",
+        "_block_rank",
+        "_due",
         "_factors",
+        "_horizons",
+        "_parked",
+        "_parked_alerts",
+        "_parks",
         "_prefix_cache",
+        "_rank",
+        "_seq",
+        "_tick_base",
+        "_ticks",
         "block_churn",
         "churn",
         "day_block_churn",
@@ -263,6 +287,30 @@ class NewDestinationDetector(Detector):
         self.evicted = 0
         self._prefix_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
         self._block_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
+        self._reset_windows()
+
+    def _reset_windows(self) -> None:
+        """No windows (a new detector, a restored state)."""
+        self.windows = {}
+        #: the windows looked at every interval (the others are parked), and how many were
+        #: ever opened (their order)
+        self._awake: dict[AggregateKey, _Window] = {}
+        self._seq = 0
+        #: parked windows: by key, by (group, destination key) for their alerts, and when
+        #: each must be looked at again at the latest (a heap of (time, token, key))
+        self._parked: dict[AggregateKey, _Window] = {}
+        self._parked_alerts: dict[tuple[str, str], list[AggregateKey]] = {}
+        self._due: list[tuple[float, int, AggregateKey]] = []
+        self._parks = 0
+        #: the intervals evaluated (ends, and those minus a day), from interval number
+        #: ``_tick_base`` on: what a parked window's day history catches up with
+        self._ticks: list[float] = []
+        self._horizons: list[float] = []
+        self._tick_base = 0
+        #: per key of the day churns: (interval number, window order) of its insertion, the
+        #: order evaluating every window every interval inserts them in (the state file's)
+        self._rank: dict[AggregateKey, tuple[int, int]] = {}
+        self._block_rank: dict[AggregateKey, tuple[int, int]] = {}
 
     def factor(self, group: str) -> float:
         """What ``group``'s floors are multiplied by this interval (at most 1)."""
@@ -394,7 +442,10 @@ class NewDestinationDetector(Detector):
             if new_destinations is not None or day_destinations is not None:
                 window = self.windows.get(key)
                 if window is None:
-                    window = self.windows[key] = _Window(key)
+                    self._seq += 1
+                    window = self.windows[key] = self._awake[key] = _Window(key, self._seq)
+                elif window.parked_at >= 0:
+                    self._wake(key, window)
                 if new_destinations is not None:
                     window.entries.append(
                         _Entry(start, new_bytes, block_bytes, new_destinations, accum.sources)
@@ -421,7 +472,26 @@ class NewDestinationDetector(Detector):
         factors = self._factors  # (what factor asked of the rates this interval)
         day_churns, day_block_churns = self.day_churn, self.day_block_churn
         decayed = self._decayed
-        for key, window in list(self.windows.items()):
+        rank, block_rank = self._rank, self._block_rank
+        tick = self._tick(now, day_horizon)
+        # A window waiting out its day that cannot page whatever its group's floors become
+        # (see _park) is parked: left alone until something can change for it.
+        # (every factor lies in [least, 1])
+        least = (
+            min(config.new_destination_floors_lowest_factor, 1.0)
+            if config.new_destination_floors_scale_below > 0
+            else 1.0
+        )
+        parkable = hour_floor * least > 0
+        least_day_floor = configured_day_floor * least
+        awake = self._awake
+        windows = self.windows
+        if len(windows) != len(awake) + len(self._parked):
+            # (windows put in place by hand, as tests do: looked at like new ones)
+            for key, window in windows.items():
+                if key not in awake and key not in self._parked:
+                    awake[key] = window
+        for key, window in sorted(awake.items(), key=_opened):
             entries = window.entries
             while entries and entries[0].start < horizon:
                 entries.popleft()
@@ -472,22 +542,42 @@ class NewDestinationDetector(Detector):
                 history = window.day_history
                 history.append((now, window.day_bytes, window.day_block,
                                 PAGING if now - window.day_paged < DAY else 0))  # fmt: skip
-                if history[0][0] <= day_horizon or not day_entries:
-                    empty = not day_entries
-                    while history and (history[0][0] <= day_horizon or empty):
+                if not day_entries:
+                    # The window closes: its whole history comes out now (runs of equal
+                    # entries, most of it, learned at once).
+                    out = list(history)
+                    history.clear()
+                    self._take_out(key, window.seq, out, [tick - self._tick_base] * len(out))
+                elif history[0][0] <= day_horizon:
+                    while history and history[0][0] <= day_horizon:
                         _when, old_total, old_block, paging = history.popleft()
                         if paging == PAGING:
                             continue
                         found = day_churns.get(key)
                         if old_total > (0.0 if found is None else decayed(found, now)):
+                            if found is None:
+                                rank[key] = (tick, window.seq)
                             day_churns[key] = (float(old_total), now)
                         found = day_block_churns.get(key)
                         if old_block > (0.0 if found is None else decayed(found, now)):
+                            if found is None:
+                                block_rank[key] = (tick, window.seq)
                             day_block_churns[key] = (float(old_block), now)
                 if not entries:
                     window.covered = False  # that transfer is over
                     if not day_entries:
-                        del self.windows[key]
+                        del windows[key], awake[key]
+                    elif (
+                        parkable
+                        and not window.history
+                        and window.spike_key not in book_active
+                        and (
+                            configured_day_floor <= 0
+                            or (window.day_bytes < configured_day_floor
+                                and window.day_block < least_day_floor)
+                        )
+                    ):  # fmt: skip
+                        self._park(key, window, tick)
                 continue
             group, dest = key
             churn = self._churn(self.churn, key, now)
@@ -615,20 +705,228 @@ class NewDestinationDetector(Detector):
             self._learn(key, now, horizon, window.history, (now, total, block_total, state),
                         not entries, self.churn, self.block_churn,
                         self.group_block_churn)  # fmt: skip
+            new_day = key not in day_churns
+            new_block = key not in day_block_churns
             self._learn(key, now, day_horizon, window.day_history,
                         (now, day_total, day_block, PAGING if now - window.day_paged < DAY else 0),
                         not day_entries,
                         self.day_churn, self.day_block_churn)  # fmt: skip
+            if new_day and key in day_churns:
+                rank[key] = (tick, window.seq)
+            if new_block and key in day_block_churns:
+                block_rank[key] = (tick, window.seq)
             if not entries and not active:
                 window.covered = False  # that transfer is over
                 if not day_entries:
-                    del self.windows[key]
-        for churns in (self.churn, self.block_churn, self.day_churn, self.day_block_churn):
+                    del windows[key], awake[key]
+        if len(self.day_churn) > config.max_keys or len(self.day_block_churn) > config.max_keys:
+            # (in the order and with the values evaluating every window would have given)
+            self._wake_all(tick)
+            self._in_order()
+        ranked: tuple[tuple[dict[AggregateKey, tuple[float, float]], dict[AggregateKey, Any]], ...]
+        ranked = (
+            (self.churn, {}),
+            (self.block_churn, {}),
+            (self.day_churn, self._rank),
+            (self.day_block_churn, self._block_rank),
+        )
+        for churns, ranks in ranked:
             if len(churns) > config.max_keys:
                 oldest = sorted(churns, key=lambda k: churns[k][1])[: config.max_keys // 10]
                 for key in oldest:
                     del churns[key]
+                    ranks.pop(key, None)
         return changed
+
+    # -- parked windows ---------------------------------------------------------------------
+    #
+    # A window with no hour entries, no hour history and no alert, whose day sums stay under
+    # the day floors whatever its group's factor (at least ``least``) becomes, only learns its
+    # day history each interval: the same entry (its day sums) goes in, and an entry a day old
+    # comes out into the day churns. It is parked instead: left alone, and brought up to date
+    # (exactly those intervals' history, in the same order, at the same times) when it takes
+    # an entry, when its oldest day entry is about to expire (its sums change, or it closes),
+    # when an alert of its key or a spike on its destination is active, and before the churns
+    # are read (a state snapshot, the eviction of churns). The day churns' insertion order is
+    # kept apart (:attr:`_rank`), so the state file lists them as evaluating every window every
+    # interval would have.
+
+    def _tick(self, now: float, day_horizon: float) -> int:
+        """Note the interval ending at ``now``; wake the windows due. Returns its number."""
+        ticks, horizons = self._ticks, self._horizons
+        if ticks and not now > ticks[-1]:
+            # Event time went back (a clamped clock): catch up, and start the intervals anew.
+            self._wake_all(self._tick_base + len(ticks) - 1)
+            self._tick_base += len(ticks)
+            ticks.clear()
+            horizons.clear()
+        elif len(ticks) >= 4096:
+            first = min(
+                (window.parked_at for window in self._parked.values()),
+                default=self._tick_base + len(ticks),
+            )
+            drop = first - self._tick_base
+            if drop >= 1024:
+                del ticks[:drop], horizons[:drop]
+                self._tick_base = first
+        ticks.append(now)
+        horizons.append(day_horizon)
+        tick = self._tick_base + len(ticks) - 1
+        due = self._due
+        parked = self._parked
+        while due and due[0][0] <= now:
+            _when, token, key = heapq.heappop(due)
+            window = parked.get(key)
+            if window is not None and window.token == token:
+                self._wake(key, window, tick - 1)
+        if parked:
+            by_alert = self._parked_alerts
+            for name, group, dest_key in list(self.book.active):
+                if name in (SPIKE, NEW_DESTINATION):
+                    for key in list(by_alert.get((group, dest_key), ())):
+                        self._wake(key, parked[key], tick - 1)
+        return tick
+
+    def _park(self, key: AggregateKey, window: _Window, tick: int) -> None:
+        """Leave ``window`` alone from the interval after ``tick`` on (see above)."""
+        window.parked_at = tick
+        self._parks += 1
+        window.token = self._parks
+        del self._awake[key]
+        self._parked[key] = window
+        self._parked_alerts.setdefault((key[0], key[1].key), []).append(key)
+        # Woken an interval early (at most): its oldest day entry expires after this.
+        due = window.day_entries[0][0] + DAY - self._config.interval
+        heapq.heappush(self._due, (due, window.token, key))
+
+    def _wake(self, key: AggregateKey, window: _Window, upto: int | None = None) -> None:
+        """Bring parked ``window`` up to date to interval ``upto`` (the last one noted by
+        default) and look at it every interval again."""
+        if upto is None:
+            upto = self._tick_base + len(self._ticks) - 1
+        self._sync(key, window, upto)
+        window.parked_at = -1
+        del self._parked[key]
+        alert = (key[0], key[1].key)
+        keys = self._parked_alerts[alert]
+        keys.remove(key)
+        if not keys:
+            del self._parked_alerts[alert]
+        self._awake[key] = window
+
+    def _wake_all(self, upto: int) -> None:
+        for key, window in list(self._parked.items()):
+            self._wake(key, window, upto)
+        self._due = []
+
+    def _sync(self, key: AggregateKey, window: _Window, upto: int) -> None:
+        """The day history of parked ``window`` through interval ``upto``: what evaluating it
+        at each would have done (its day sums and alert did not change meanwhile).
+
+        Each of those intervals appended the same entry (its time aside; paging or not as
+        ``day_paged`` says) and took out the entries a day old, which the churns learn in
+        order. Of a run of equal entries coming out, only up to the first that raises a churn
+        need be looked at: the later ones raise it again to the same size (it decays between
+        them), so it ends at the run's size and the time the last came out.
+        """
+        first = window.parked_at + 1
+        if first > upto:
+            return
+        window.parked_at = upto
+        base = self._tick_base
+        ticks, horizons = self._ticks, self._horizons
+        lo, hi = first - base, upto - base + 1
+        size, block, paged = window.day_bytes, window.day_block, window.day_paged
+        history = window.day_history
+        # (paging while now - paged < DAY: the first intervals of the range, if any)
+        cut = bisect_left(ticks, True, lo, hi, key=lambda now: not now - paged < DAY)
+        history.extend([(now, size, block, PAGING) for now in ticks[lo:cut]])
+        history.extend([(now, size, block, 0) for now in ticks[cut:hi]])
+        last_horizon = horizons[hi - 1]
+        if not history[0][0] <= last_horizon:
+            return
+        # What came out, and the interval each did (evaluating every interval takes out the
+        # oldest entries while they are a day old, so never one before the one ahead of it).
+        out: list[tuple[float, int, int, int]] = []
+        at: list[int] = []
+        index = lo
+        while history and history[0][0] <= last_horizon:
+            entry = history.popleft()
+            index = max(index, bisect_left(horizons, entry[0], lo, hi))
+            out.append(entry)
+            at.append(index)
+        self._take_out(key, window.seq, out, at)
+
+    def _take_out(
+        self, key: AggregateKey, seq: int, out: list[tuple[float, int, int, int]], at: list[int]
+    ) -> None:
+        """What the day history's entries ``out``, taken out in that order at the intervals
+        ``at`` (indices into the intervals noted), teach ``key``'s day churns."""
+        count = len(out)
+        i = 0
+        while i < count:
+            _when, total, block_total, paging = out[i]
+            j = i + 1
+            while j < count and out[j][1:] == (total, block_total, paging):
+                j += 1
+            if paging != PAGING:
+                self._learn_run(key, seq, total, at, i, j, self.day_churn, self._rank)
+                self._learn_run(
+                    key, seq, block_total, at, i, j, self.day_block_churn, self._block_rank
+                )
+            i = j
+
+    def _learn_run(
+        self,
+        key: AggregateKey,
+        seq: int,
+        size: int,
+        at: list[int],
+        first: int,
+        end: int,
+        churns: dict[AggregateKey, tuple[float, float]],
+        ranks: dict[AggregateKey, tuple[int, int]],
+    ) -> None:
+        """What taking out entries ``first``..``end`` (exclusive) of a run of ``size`` at the
+        intervals ``at`` does to ``key``'s churn in ``churns``, as :meth:`_learn` would."""
+        ticks = self._ticks
+        found = churns.get(key)
+        failed = -1  # (taken out in the same interval as one that raised nothing: nor does it)
+        for index in range(first, end):
+            tick = at[index]
+            if tick == failed:
+                continue
+            now = ticks[tick]
+            if size > (0.0 if found is None else self._decayed(found, now)):
+                if found is None:
+                    ranks[key] = (self._tick_base + tick, seq)
+                if size > 0:  # (each later one raises it again: the last one's time stays)
+                    now = ticks[at[end - 1]]
+                churns[key] = (float(size), now)
+                return
+            failed = tick
+
+    def _sync_all(self) -> None:
+        """Every parked window up to date (they stay parked)."""
+        last = self._tick_base + len(self._ticks) - 1
+        for key, window in self._parked.items():
+            self._sync(key, window, last)
+
+    def _in_order(self) -> None:
+        """The day churns in the order evaluating every window would have inserted them."""
+        for churns, ranks in (
+            (self.day_churn, self._rank),
+            (self.day_block_churn, self._block_rank),
+        ):
+            items = sorted(churns.items(), key=lambda item: ranks.get(item[0], _UNRANKED))
+            churns.clear()
+            churns.update(items)
+
+    def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
+        # (parking depends on the floors)
+        if self._parked:
+            self._wake_all(self._tick_base + len(self._ticks) - 1)
+        super().reconfigure(config, labels)
 
     def _learn(
         self,
@@ -775,6 +1073,8 @@ class NewDestinationDetector(Detector):
     # -- persistence ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, object]:
+        self._sync_all()
+        self._in_order()
         return {
             "groups": {
                 group: {
@@ -832,7 +1132,14 @@ class NewDestinationDetector(Detector):
         self.day_block_churn = _load_churn(data.get("day_block_churn", []), intern, kept)
         # (a state written before the group's churn: none learned yet)
         self.group_block_churn = _load_group_churn(data.get("group_block_churn", []), intern, kept)
-        self.windows = {}
+        self._reset_windows()
+        # (a state file's churns, in its order, before any this process learns)
+        self._rank = {key: (-1, i) for i, key in enumerate(self.day_churn)}
+        self._block_rank = {key: (-1, i) for i, key in enumerate(self.day_block_churn)}
+
+
+def _opened(item: tuple[AggregateKey, _Window]) -> int:
+    return item[1].seq
 
 
 def _churn_json(churns: dict[AggregateKey, tuple[float, float]]) -> list[list[object]]:
