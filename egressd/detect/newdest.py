@@ -25,7 +25,10 @@ is judged by the configured floors.
 
 Prefixes come from each interval's top-destination sketch (the addresses that carried at
 least a tenth of the floor's per-interval share in the interval: 8.3 MB by default, times the
-group's factor, at least 1 MB), so the cost is per interval, not per record.
+group's factor, at least 1 MB), so the cost is per interval, not per record. A window that only
+waits out its day (no hour entries, no alert, day sums under the day floors whatever its
+group's factor) is parked: brought up to date, as if looked at every interval, only when
+something can change for it.
 Each group remembers at most ``new_destination_max_prefixes`` prefixes (least recently used
 go first, a tenth at a time, counted in :attr:`NewDestinationDetector.evicted`; as many address
 blocks at most, likewise). Keys whose
