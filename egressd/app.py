@@ -54,6 +54,11 @@ EXIT_ERROR = 1
 
 #: how often the idle watermark, the status line and readiness are looked at
 TICK = 2.0
+#: flows sources may deliver while the state is restored, kept to be judged once it is in
+#: place (about 100 bytes each as columns): a million-baseline state takes seconds
+HELD_RECORDS = 1_000_000
+#: how far each notice to systemd moves its start timeout on while the state is restored
+RESTORE_EXTEND = 30.0
 
 
 def default_config() -> Config:
@@ -140,7 +145,7 @@ class EngineFeed:
     (:meth:`Daemon.idle_tick`) and intervals keep closing.
     """
 
-    __slots__ = ("_daemon", "monotonic", "progress", "wall")
+    __slots__ = ("_daemon", "_held", "_held_count", "monotonic", "progress", "wall")
 
     def __init__(
         self,
@@ -153,6 +158,9 @@ class EngineFeed:
         self.wall = wall
         self.monotonic = monotonic
         self.progress = Progress(monotonic())
+        #: what sources delivered while the state was being restored (see :meth:`hold`)
+        self._held: list[tuple[Sequence[FlowRecord] | None, FlowColumns | None]] | None = None
+        self._held_count = 0
 
     @property
     def last_event_time(self) -> float:
@@ -172,11 +180,42 @@ class EngineFeed:
     def last_wall(self, value: float) -> None:
         self.progress.since = value
 
+    def hold(self) -> None:
+        """Keep what is submitted from now on, in order, until :meth:`release`: records that
+        arrive before the state is restored are judged against it, not against empty
+        baselines. At most :data:`HELD_RECORDS` are kept; later ones are dropped and counted."""
+        if self._held is None:
+            self._held = []
+            self._held_count = 0
+
+    def release(self) -> None:
+        """Run what was held through the engine and stop holding."""
+        held, self._held = self._held, None
+        for records, columns in held or ():
+            self._account(records, columns)
+
+    def _keep(self, records: Sequence[FlowRecord] | None, columns: FlowColumns | None) -> None:
+        assert self._held is not None
+        count = len(columns) if columns is not None else len(records or ())
+        stats = self._daemon.stats
+        if self._held_count + count > HELD_RECORDS:
+            stats.records_dropped_before_state += count
+            return
+        self._held.append((records, columns))
+        self._held_count += count
+        stats.records_held_before_state += count
+
     def submit(self, records: Sequence[FlowRecord]) -> None:
+        if self._held is not None:
+            self._keep(list(records), None)
+            return
         self._account(records, None)
 
     def submit_columns(self, columns: FlowColumns) -> None:
         """:meth:`submit` of a batch given as columns (the NetFlow hot path)."""
+        if self._held is not None:
+            self._keep(None, columns)
+            return
         self._account(None, columns)
 
     def _account(self, records: Sequence[FlowRecord] | None, columns: FlowColumns | None) -> None:
@@ -310,14 +349,15 @@ class Daemon:
 
     def restore_state(self) -> None:
         """Load learned state (a corrupt file is moved aside and learning starts again)."""
+        self._apply_restored(self._read_state())
+
+    def _read_state(self) -> tuple[Engine, dict[str, Any]] | None:
+        """The state file read into an engine of its own, or None (no file, or an unusable
+        one, moved aside). Touches nothing the event loop uses but counters, so
+        :meth:`run` calls it in a thread while HTTP and the collector serve."""
         path = self.state_path
         if path is None:
-            log.warning(
-                "no state.path configured and no $STATE_DIRECTORY: what egressd learns "
-                "is lost when it stops"
-            )
-            self._state_loaded = True
-            return
+            return None
         try:
             data = load_state(path, self.config.state.max_size)
         except StateError as exc:
@@ -326,35 +366,72 @@ class Daemon:
             else:
                 self.stats.state_corrupt += 1
             move_aside(path, str(exc))
-            data = None
-        if data is not None:
-            try:
-                self.engine.restore(data)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                self.stats.state_corrupt += 1
-                move_aside(path, f"{type(exc).__name__}: {exc}")
-                self.engine = Engine(self.config, self.labeler)
-            else:
-                positions = data.get("sources")
-                self._positions = positions if isinstance(positions, dict) else {}
-                self.stats.state_restored = True
-                log.info(
-                    "restored state from %s: %d baselines, %d active alerts",
+            return None
+        if data is None:
+            return None
+        engine = Engine(self.config, self.labeler)
+        try:
+            engine.restore(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.stats.state_corrupt += 1
+            move_aside(path, f"{type(exc).__name__}: {exc}")
+            return None
+        return engine, data
+
+    def _apply_restored(self, restored: tuple[Engine, dict[str, Any]] | None) -> None:
+        path = self.state_path
+        if path is None:
+            log.warning(
+                "no state.path configured and no $STATE_DIRECTORY: what egressd learns "
+                "is lost when it stops"
+            )
+        elif restored is not None:
+            self.engine, data = restored
+            positions = data.get("sources")
+            self._positions = positions if isinstance(positions, dict) else {}
+            self.stats.state_restored = True
+            log.info(
+                "restored state from %s: %d baselines, %d active alerts",
+                path,
+                len(self.engine.baselines),
+                len(self.engine.book.active),
+            )
+            dropped = self.engine.baselines.dropped_on_load
+            if dropped:
+                log.warning(
+                    "state from %s: %d baseline(s) left out (values learning never "
+                    "writes, or beyond detection.max_keys)",
                     path,
-                    len(self.engine.baselines),
-                    len(self.engine.book.active),
+                    dropped,
                 )
-                dropped = self.engine.baselines.dropped_on_load
-                if dropped:
-                    log.warning(
-                        "state from %s: %d baseline(s) left out (values learning never "
-                        "writes, or beyond detection.max_keys)",
-                        path,
-                        dropped,
-                    )
-                self._clamp_restored_time(path)
+            self._clamp_restored_time(path)
         self.feed.last_event_time = self.engine.event_time()
         self._state_loaded = True
+
+    async def restore_state_off_loop(self) -> None:
+        """:meth:`restore_state`, the file read and the engine rebuilt in a thread: a large
+        state takes seconds, during which HTTP answers (``/readyz`` says the state is not
+        loaded yet) and sources started early are held (:meth:`EngineFeed.hold`). No reload
+        runs meanwhile: it would change the engine being replaced."""
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        async with self._reload_lock:
+            extending = asyncio.get_running_loop().create_task(self._extend_start_timeout())
+            try:
+                restored = await asyncio.to_thread(self._read_state)
+            finally:
+                extending.cancel()
+            self._apply_restored(restored)
+
+    async def _extend_start_timeout(self) -> None:
+        """Tell systemd the start goes on while the state is restored (its start timeout,
+        90 s by default, would otherwise end a daemon restoring a large state slowly)."""
+        while True:
+            self.notifier.notify(
+                f"EXTEND_TIMEOUT_USEC={int(RESTORE_EXTEND * 1e6)}",
+                f"STATUS=restoring learned state from {self.state_path}",
+            )
+            await asyncio.sleep(RESTORE_EXTEND / 3)
 
     def _clamp_restored_time(self, path: Path) -> None:
         """A state saved by a clock far ahead must not freeze detection until time catches up."""
@@ -575,8 +652,6 @@ class Daemon:
         exit_code = EXIT_OK
         handled: list[signal.Signals] = []
         try:
-            self.restore_state()
-            self.collector.warm()
             for signum, handler in (
                 (signal.SIGTERM, self._stopping.set),
                 (signal.SIGINT, self._stopping.set),
@@ -587,10 +662,10 @@ class Daemon:
             if self.alert_log is not None:
                 await self.alert_log.start()
                 started.append(self.alert_log)
-            if self.alertmanager is not None:
-                self.alertmanager.replace_firing(self.engine.active_alerts())
-                await self.alertmanager.start()
-                started.append(self.alertmanager)
+            # HTTP first: health, readiness ("state not loaded yet") and metrics answer while
+            # a large state is restored. Sources whose position the state does not decide
+            # (UDP) start too, and what they deliver is held until the state is in place,
+            # so neither the socket buffer fills nor do records meet empty baselines.
             await self.http.start()
             started.append(self.http)
             control = ControlServer(self.reload_outcome)
@@ -604,7 +679,25 @@ class Daemon:
                 )
             else:
                 started.append(control)
+            early = [s for s in self.sources if getattr(s, "starts_before_state", False)]
+            self.feed.hold()
+            try:
+                for source in early:
+                    await source.start(self.feed)
+                    started.append(source)
+                await self.restore_state_off_loop()
+                for source in early:
+                    source.restore_position(self._positions.get(source.name))
+            finally:
+                self.feed.release()
+            self.collector.warm()
+            if self.alertmanager is not None:
+                self.alertmanager.replace_firing(self.engine.active_alerts())
+                await self.alertmanager.start()
+                started.append(self.alertmanager)
             for source in self.sources:
+                if source in early:
+                    continue
                 source.restore_position(self._positions.get(source.name))
                 if hasattr(source, "request_checkpoint"):
                     source.request_checkpoint = self.save

@@ -6,8 +6,10 @@ import asyncio
 import os
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import orjson
 import pytest
@@ -15,8 +17,9 @@ import pytest
 from egressd.app import Daemon, EngineFeed, default_config, run_daemon, state_path_of
 from egressd.config import NetflowSourceConfig, parse_config
 from egressd.model import FlowRecord
+from egressd.pipeline import Engine
 from egressd.sources.netflow import NetflowSource
-from tests.integration_support import research_config
+from tests.integration_support import http_get, research_config
 from tests.netflow_builders import data_set, ipfix_datagram, template_set
 
 CONFIG = research_config(state="{state}")
@@ -316,3 +319,68 @@ async def test_daemon_exits_non_zero_when_a_component_dies(tmp_path: Path) -> No
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(ipfix([("10.20.0.1", "47.100.23.45", 1, int(T0), int(T0))]), source.bound)
     assert await asyncio.wait_for(task, 10) == 1
+
+
+async def test_the_daemon_serves_and_holds_flows_while_its_state_is_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large state takes seconds to restore. Meanwhile HTTP answers (ready only once the
+    state is in place) and the collector receives: what it receives is held, then judged
+    against the restored state (its baselines, its firing alert), not against empty ones."""
+    state = tmp_path / "state.json"
+    first = Daemon(parse_config(CONFIG.format(state=state)), environ={}, sources=[])
+    first.restore_state()
+    exfiltration(first)
+    assert await first.save()
+    saved_bytes = first.engine.stats.egress_bytes
+
+    gate = threading.Event()
+    restore = Engine.restore
+
+    def slow_restore(engine: Engine, data: dict[str, object]) -> None:
+        assert gate.wait(30), "the test never opened the gate"
+        restore(engine, data)
+
+    monkeypatch.setattr(Engine, "restore", slow_restore)
+    config = parse_config(
+        CONFIG.format(state=state)
+        + '\n[http]\nlisten = "127.0.0.1:0"\n[[sources.netflow]]\nlisten = "127.0.0.1:0"\n'
+    )
+    notify = tmp_path / "notify"
+    told = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    told.bind(str(notify))
+    told.setblocking(False)
+    daemon = Daemon(config, environ={"NOTIFY_SOCKET": str(notify)})
+    task = asyncio.create_task(daemon.run())
+    source = daemon.sources[0]
+    assert isinstance(source, NetflowSource)
+    await wait_for(lambda: daemon.http.bound is not None and source.ready)
+    # systemd is told the start goes on (its start timeout would end a slow restore).
+    loop = asyncio.get_running_loop()
+    first = (await asyncio.wait_for(loop.sock_recv(told, 4096), 5)).decode()
+    assert first.startswith("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=restoring"), first
+    assert daemon.http.bound is not None and source.bound is not None
+    base = f"http://127.0.0.1:{daemon.http.bound[1]}"
+    assert await asyncio.to_thread(http_get, base + "/healthz") == (200, mock.ANY)
+    status, body = await asyncio.to_thread(http_get, base + "/readyz")
+    assert status == 503 and b"state not loaded yet" in body, body
+    assert (await asyncio.to_thread(http_get, base + "/metrics"))[0] == 200
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(ipfix([("10.20.0.1", "81.2.69.160", 1234, int(T0) + 400, int(T0) + 430)]),
+                    source.bound)  # fmt: skip
+    await wait_for(lambda: daemon.stats.records_held_before_state == 1)
+    assert daemon.engine.stats.records == 0 and not daemon.stats.state_restored
+    gate.set()
+    await wait_for(lambda: daemon.readiness()[0])
+    assert daemon.stats.state_restored
+    # The held flow went into the restored engine, on top of what the state held.
+    assert daemon.engine.stats.egress_bytes == 1234
+    totals = daemon.engine.aggregator.open_totals()
+    assert {(g, d.key): size for (g, d), size in totals.items()} == {("research", "GB"): 2234}
+    assert [a["labels"]["dst_country"] for a in daemon.firing_alerts()] == ["CN"]
+    assert daemon.stats.records_dropped_before_state == 0
+    assert saved_bytes > 0
+    assert daemon._stopping is not None
+    daemon._stopping.set()
+    assert await task == 0
+    told.close()

@@ -55,6 +55,10 @@ class DaemonStats:
     idle_advances: int = 0
     #: restored states whose event time was ahead of wall time + max_clock_ahead (set back)
     state_time_clamped: int = 0
+    #: flows delivered while the state was restored: held and judged once it was in place,
+    #: or dropped past the hold's bound
+    records_held_before_state: int = 0
+    records_dropped_before_state: int = 0
     alert_log_errors: int = 0
     geo_reloads: int = 0
     geo_reload_errors: int = 0
@@ -618,6 +622,16 @@ class EgressdCollector(Collector):
             "state_time_clamped",
             "Restored states whose event time lay past wall time + detection.max_clock_ahead",
             d.state_time_clamped,
+        )
+        yield _counter(
+            "records_held_before_state",
+            "Flows received while the state file was restored, judged once it was in place",
+            d.records_held_before_state,
+        )
+        yield _counter(
+            "records_dropped_before_state",
+            "Flows received while the state file was restored, dropped past the hold's bound",
+            d.records_dropped_before_state,
         )
         yield _counter(
             "idle_advances",

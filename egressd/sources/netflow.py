@@ -123,6 +123,10 @@ def resolve_listen(name: str, listen: str) -> tuple[int, int, int, Any]:
 class NetflowSource:
     """Receives export datagrams on ``config.listen``; inert until :meth:`start`."""
 
+    #: the daemon starts it before the state is restored (UDP cannot wait in the kernel's
+    #: buffer for seconds; the proven exporters come back once the state is in place)
+    starts_before_state = True
+
     __slots__ = (
         "_allowed",
         "_clock",
