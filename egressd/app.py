@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from egressd.baseline.statefile import load_state, move_aside, save_state
+from egressd.clock import SteadyWall
 from egressd.columns import FlowColumns
 from egressd.config import (
     Config,
@@ -145,7 +146,7 @@ class EngineFeed:
     (:meth:`Daemon.idle_tick`) and intervals keep closing.
     """
 
-    __slots__ = ("_daemon", "_held", "_held_count", "monotonic", "progress", "wall")
+    __slots__ = ("_daemon", "_held", "_held_count", "monotonic", "now", "progress", "wall")
 
     def __init__(
         self,
@@ -156,6 +157,9 @@ class EngineFeed:
     ) -> None:
         self._daemon = daemon
         self.wall = wall
+        #: wall time as the bounds on event time read it: never stepping back (a host clock
+        #: set back would count every flow late, and nothing would page until it caught up)
+        self.now = SteadyWall(lambda: self.wall(), lambda: self.monotonic())
         self.monotonic = monotonic
         self.progress = Progress(monotonic())
         #: what sources delivered while the state was being restored (see :meth:`hold`)
@@ -221,7 +225,7 @@ class EngineFeed:
     def _account(self, records: Sequence[FlowRecord] | None, columns: FlowColumns | None) -> None:
         daemon = self._daemon
         engine = daemon.engine
-        engine.future_limit = self.wall() + daemon.config.detection.max_clock_ahead
+        engine.future_limit = self.now() + daemon.config.detection.max_clock_ahead
         before = engine.event_time()
         if columns is not None:
             alerts = engine.process_columns(columns)
@@ -249,7 +253,7 @@ class EngineFeed:
                 setattr(stats, name, getattr(stats, name) + delta)
         if event_time is not None:
             # A worker's clock cannot push event time past what a record could claim.
-            event_time = min(event_time, self.wall() + daemon.config.detection.max_clock_ahead)
+            event_time = min(event_time, self.now() + daemon.config.detection.max_clock_ahead)
         before = engine.event_time()
         alerts = engine.apply_partials(partials, event_time)
         after = engine.event_time()
@@ -435,7 +439,7 @@ class Daemon:
 
     def _clamp_restored_time(self, path: Path) -> None:
         """A state saved by a clock far ahead must not freeze detection until time catches up."""
-        limit = self.feed.wall() + self.config.detection.max_clock_ahead
+        limit = self.feed.now() + self.config.detection.max_clock_ahead
         ahead = self.engine.clamp_event_time(limit)
         if ahead is None:
             return
@@ -625,7 +629,7 @@ class Daemon:
     def idle_tick(self, now: float) -> None:
         """Move event time on at wall-clock pace from where flows last moved it, once they
         have not for IDLE_AFTER, up to wall time (``now`` is the feed's monotonic clock)."""
-        target = self.feed.progress.idle_target(now, self.feed.wall())
+        target = self.feed.progress.idle_target(now, self.feed.now())
         if target is None or target <= self.engine.event_time():
             return
         self.stats.idle_advances += 1

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from egressd.app import TICK, Daemon, EngineFeed
+from egressd.clock import SteadyWall
 from egressd.config import parse_config
 from egressd.decode.egressd_json import encode_egressd_json
 from egressd.detect.alerts import FIRING, Alert
@@ -246,3 +247,49 @@ def test_a_real_gap_in_a_replay_moves_event_time_on(tmp_path: Path) -> None:
     assert summary.future_records == 0
     (event,) = [orjson.loads(line) for line in out.getvalue().splitlines()]
     assert datetime.fromisoformat(event["startsAt"]).timestamp() >= later
+
+
+@pytest.mark.parametrize("step", [-2 * 86400.0, -3600.0, 2 * 86400.0])
+def test_the_hosts_clock_stepping_by_hours_or_days_does_not_hold_detection(
+    tmp_path: Path, step: float
+) -> None:
+    """The host's clock is set back (or forward) while the exporter's is right. Back, wall
+    time + max_clock_ahead fell behind every flow: all counted late, and nothing paged until
+    the host's clock caught up, days later. Wall time as the daemon reads it never steps back."""
+    clock = FakeClock()
+    daemon = live_daemon(tmp_path, clock)
+    step_at, exfiltration_at = 600.0, 900.0
+    host = {"offset": 0.0}
+    daemon.feed.wall = lambda: clock.wall() + host["offset"]
+    fired_at = None
+    while clock.t <= 2400 and fired_at is None:
+        if clock.t == step_at:
+            host["offset"] = step
+        if clock.t % 10 == 0:
+            stamp = T0 + clock.t  # the exporter's clock is right
+            batch = [FlowRecord(stamp - 10, stamp, "10.20.0.5", US, 1_000_000, 800)]
+            if clock.t == exfiltration_at:
+                batch.append(FlowRecord(stamp - 10, stamp, "10.20.0.17", CN, 100_000_000, 70_000))
+            daemon.feed.submit(batch)
+        daemon.idle_tick(clock.monotonic())
+        if cn_firing(daemon):
+            fired_at = clock.t
+        clock.t += TICK
+    assert fired_at is not None, "the exfiltration never paged"
+    assert fired_at - exfiltration_at <= 300 + 60 + IDLE_AFTER + 2 * TICK
+    assert daemon.engine.aggregator.late_records == 0
+    assert daemon.engine.stats.future_records == 0
+
+
+def test_wall_time_as_read_never_steps_back() -> None:
+    readings = {"wall": 1000.0, "mono": 0.0}
+    wall = SteadyWall(lambda: readings["wall"], lambda: readings["mono"])
+    assert wall() == 1000.0
+    readings.update(wall=500.0, mono=10.0)  # set back 500 s, 10 s later
+    assert wall() == 1010.0 and wall.stepped_back == 1
+    readings.update(wall=520.0, mono=30.0)
+    assert wall() == 1030.0
+    readings.update(wall=5000.0, mono=31.0)  # put forward: taken as it comes
+    assert wall() == 5000.0
+    readings.update(wall=5001.0, mono=32.0)
+    assert wall() == 5001.0 and wall.stepped_back == 2

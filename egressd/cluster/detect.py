@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
 from egressd.aggregate import Bucket
+from egressd.clock import SteadyWall
 from egressd.cluster.role import KafkaRole
 from egressd.cluster.snapshots import (
     CorruptSnapshot,
@@ -180,7 +181,8 @@ class Detect(KafkaRole):
         self.stats = DetectStats()
         self._consumer_factory = consumer_factory
         self._consumer: Any = None
-        self.wall: Callable[[], float] = time.time
+        #: never stepping back (see :class:`SteadyWall`)
+        self.wall: Callable[[], float] = SteadyWall()
         self.partitions: dict[TopicPartition, _Partition] = {}
         #: called with every partition's alerts whenever the set of owned partitions changes
         self.on_ownership: Callable[[list[Alert]], None] | None = None

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from aiokafka.errors import KafkaError
 
+from egressd.clock import SteadyWall
 from egressd.cluster.role import KafkaRole
 from egressd.cluster.wire import Heartbeat, heartbeat_headers, partials_headers, source_key
 from egressd.config import Config
@@ -202,7 +203,8 @@ class Ingest(KafkaRole):
         self._stopping = False
         self._ready = False
         self._last_heartbeat = 0.0
-        self.wall: Callable[[], float] = time.time
+        #: never stepping back (see :class:`SteadyWall`)
+        self.wall: Callable[[], float] = SteadyWall()
         self.monotonic: Callable[[], float] = time.monotonic
         env = os.environ if environ is None else environ
         fault = env.get(FAULT_ENV, "")

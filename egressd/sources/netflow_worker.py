@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from egressd.clock import SteadyWall
 from egressd.columns import FlowColumns
 from egressd.config import Config, NetflowSourceConfig
 from egressd.enrich import DestinationLabeler
@@ -142,6 +143,7 @@ class Worker:
         "rebuilding",
         "records",
         "reload_errors",
+        "wall",
     )
 
     def __init__(self, config: Config, netflow: NetflowSourceConfig) -> None:
@@ -155,6 +157,8 @@ class Worker:
         self.pending: list[FlowColumns] = []
         self.pending_flows = 0
         self.records = 0
+        #: what the bound on flows' stamps is read from (never stepping back)
+        self.wall = SteadyWall()
         self.errors: dict[str, int] = {}
         self.next_geo = time.monotonic() + config.geo.watch_interval
         #: changed geo files being loaded beside the receive loop, and for which labeler
@@ -272,7 +276,7 @@ class Worker:
 
     def count(self) -> None:
         if self.pending:
-            future_limit = time.time() + self.config.detection.max_clock_ahead
+            future_limit = self.wall() + self.config.detection.max_clock_ahead
             self.records += self.pending_flows
             batch = FlowColumns.concat(self.pending)
             self.pending = []
