@@ -6,6 +6,7 @@ a torn one; ENOSPC must leave the previous file intact; replay must survive any 
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
+from egressd.app import Daemon
 from egressd.baseline.seasonal import stored_keys
 from egressd.baseline.statefile import load_state, save_state
 from egressd.config import Config, parse_config
@@ -268,6 +270,58 @@ def test_no_space_left_keeps_previous_state(tiny_tmpfs: Path) -> None:
     # Once there is room again, saving works (nothing was left to eat the space).
     save_state(state, {"version": STATE_VERSION, "payload": "z" * 30_000})
     assert load_state(state)["payload"] == "z" * 30_000  # type: ignore[index]
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+async def test_a_running_daemon_whose_state_cannot_be_saved_says_so_retries_and_detects(
+    tiny_tmpfs: Path, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The state directory full, or read-only: each save fails loudly (logged, counted), the
+    next one is tried at the next save interval, and detection goes on meanwhile; once there
+    is room again, the next save writes the state whole."""
+    state = tiny_tmpfs / "state.json"
+    config = parse_config(
+        research_config(
+            {"interval": "5m"}, state=str(state), save_interval="1s", http="127.0.0.1:0"
+        )
+    )
+    daemon = Daemon(config, environ={}, sources=[])
+    if fault == "full":
+        filler = tiny_tmpfs / "filler"
+        with filler.open("wb", buffering=0) as out, pytest.raises(OSError):
+            while True:
+                out.write(b"x" * 4096)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    task = asyncio.create_task(daemon.run())
+    try:
+        async with asyncio.timeout(30):
+            while daemon.stats.state_save_errors < 2:
+                await asyncio.sleep(0.05)
+        t0 = 1_773_064_800.0
+        daemon.feed.submit(
+            [
+                FlowRecord(t0 + 50, t0 + 60, "10.20.0.17", "47.100.23.45", 300_000_000, 2000),
+                FlowRecord(t0 + 400, t0 + 420, "10.20.0.17", "81.2.69.160", 1_000, 1),
+            ]
+        )
+        assert [a["labels"]["dst_country"] for a in daemon.firing_alerts()] == ["CN"]
+        assert any("cannot save state" in r.getMessage() for r in caplog.records)
+        assert daemon.stats.state_saves == 0
+        if fault == "full":
+            filler.unlink()
+        else:
+            subprocess.run(["mount", "-o", "remount,rw", str(tiny_tmpfs)], check=True)
+        async with asyncio.timeout(30):
+            while daemon.stats.state_saves < 1:
+                await asyncio.sleep(0.05)
+    finally:
+        assert daemon._stopping is not None
+        daemon._stopping.set()
+        assert await task == 0
+    saved = load_state(state)
+    assert saved is not None and saved["alerts"]
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["state.json"]
 
 
 # --------------------------------------------------------------------------- bad files at start
