@@ -11,7 +11,9 @@ the daemon does before it serves. With two trees, the last one also restores the
 one's file (a state written by older code: the migration). Peak memory is the process's
 maximum resident set (``ru_maxrss``), with what it held before the restore beside it; times
 are wall and CPU (the process's; on a loaded machine the wall time is mostly waiting);
-``--profile`` prints where one restore spends its time.
+``--profile`` prints where one restore spends its time; ``--live`` also starts each tree's
+``egressd run`` (HTTP and a NetFlow listener on loopback) on the file and reports when its
+HTTP server listened and when ``/readyz`` first answered.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import json
 import os
 import pstats
 import resource
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +82,69 @@ def measure(repo: Path, keys: int, state: Path, profile: bool) -> dict[str, obje
     }
 
 
+def serve(repo: Path, keys: int, state: Path) -> dict[str, object]:
+    """A live ``egressd run`` of ``repo`` on a copy of ``state``: when its HTTP server began
+    to listen (its log says so: a port another process answers on is not taken for it) and
+    when /readyz first answered 200 (seconds from the start of the process)."""
+    bench = _tree(repo)
+    with tempfile.TemporaryDirectory() as work:
+        shutil.copy(state.parent / "regions.csv", Path(work) / "regions.csv")
+        copy = Path(work) / "state.json"
+        shutil.copy(state, copy)
+        config = Path(work) / "egressd.toml"
+        http, netflow = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
+        config.write_text(
+            bench.config_text(keys, copy)
+            + f'\n[http]\nlisten = "127.0.0.1:{http}"\n'
+            + f'[[sources.netflow]]\nlisten = "127.0.0.1:{netflow}"\n'
+        )
+        command = "import sys; from egressd.cli import main; sys.exit(main())"
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [sys.executable, "-c", command, "run", "--allow-root", "--config", str(config)],
+            env={**os.environ, "PYTHONPATH": str(repo.resolve())},
+            cwd=work,  # not a tree's root, whose egressd would come first on the path
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        first: dict[str, float] = {}
+
+        def watch_log() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                if "HTTP listening" in line and "http" not in first:
+                    first["http"] = round(time.monotonic() - started, 1)
+
+        reader = threading.Thread(target=watch_log, daemon=True)
+        reader.start()
+        try:
+            while "ready" not in first and time.monotonic() - started < 600:
+                if "http" in first and _answers(f"http://127.0.0.1:{http}/readyz"):
+                    first["ready"] = round(time.monotonic() - started, 1)
+                time.sleep(0.1)
+        finally:
+            process.terminate()
+            process.wait(300)
+            reader.join(10)
+    return {"http_s": first.get("http"), "readyz_s": first.get("ready")}
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def _run(repo: Path, *args: str) -> str:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     return subprocess.run(
@@ -96,9 +165,14 @@ def main() -> int:
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--build", nargs=2, metavar=("KEYS", "STATE"))
     parser.add_argument("--measure", nargs=2, metavar=("KEYS", "STATE"))
+    parser.add_argument("--live", action="store_true", help="also time a live `egressd run`")
+    parser.add_argument("--serve", nargs=2, metavar=("KEYS", "STATE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build:
         build(args.tree, int(args.build[0]), Path(args.build[1]))
+        return 0
+    if args.serve:
+        print(json.dumps(serve(args.tree, int(args.serve[0]), Path(args.serve[1]))))
         return 0
     if args.measure:
         result = measure(args.tree, int(args.measure[0]), Path(args.measure[1]), args.profile)
@@ -122,6 +196,9 @@ def main() -> int:
                     extra = ["--profile"] if args.profile else []
                     out = _run(repo, *extra, "--measure", str(keys), str(state))
                     print(f"  {repo.name} restores {state.name}: {out}", flush=True)
+                    if args.live:
+                        out = _run(repo, "--serve", str(keys), str(state))
+                        print(f"  {repo.name} runs on {state.name}: {out}", flush=True)
     return 0
 
 
