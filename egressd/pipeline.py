@@ -738,11 +738,16 @@ class Engine:
         starts: npt.NDArray[np.float64],
         late: npt.NDArray[np.bool_],
     ) -> None:
-        """:meth:`_account_block` of a few touched rows (``where``), one row at a time as
-        :meth:`process` takes records: numpy's grouping costs more than that below
-        :data:`ROW_LOOP_ROWS` rows. Talkers wait in their accumulator (:class:`Accum`) and go
-        into the sketches in flow order when those are first read: it runs only while no
-        interval has a backlog (which would see its flows later)."""
+        """:meth:`_account_block` of a few touched rows (``where``): below
+        :data:`ROW_LOOP_ROWS` rows the talker backlog's sorting costs more than it saves.
+        Rows are grouped by key in a few numpy calls and Python runs once per key (a sparse
+        interval's key sees three or four flows; a new key's accumulator is built with its
+        sums, one call). Keys are met in the order of their first rows, as :meth:`process`
+        meets them record by record, so buckets hold the same keys in the same order.
+        Talkers wait in their accumulator (:class:`Accum`) and go into the sketches in flow
+        order when those are first read or :data:`WAITING_FLOWS` wait (after the block that
+        brought them: the sketches are the same whenever they are added): it runs only
+        while no interval has a backlog (which would see its flows later)."""
         aggregator = self.aggregator
         buckets = aggregator.buckets
         max_keys = aggregator.max_keys
@@ -781,15 +786,129 @@ class Engine:
                 codes += interval_codes.reshape(-1) * key_count
         else:
             interval_starts = [first_start]
-        found: dict[int, Accum] = {}
         src_hi = columns.src_hi[rows]
         dst_hi = columns.dst_hi[rows]
-        v6 = bool(src_hi.any() or dst_hi.any())
+        if src_hi.any() or dst_hi.any():
+            self._account_each(batch, rows, codes, interval_starts, key_count, egress_rows)
+            return
+        # Rows grouped by key (a stable sort: each key's rows keep flow order, its first row
+        # leads), summed per key in numpy; Python then runs once per key, not per row.
+        n = len(codes)
+        order = np.argsort(codes, kind="stable")
+        ordered = codes[order]
+        change = np.empty(n, dtype=np.bool_)
+        change[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+        heads = np.flatnonzero(change)
+        # keys in the order their first rows come (the order records create them in)
+        by_first = np.argsort(order[heads])
+        is_egress = egress_rows[order]
+        sizes = batch.sizes[rows]
+        ordered_sizes = sizes[order]
+        egress_sizes = ordered_sizes * is_egress
+        byte_sums = np.add.reduceat(egress_sizes, heads)
+        flow_sums = np.add.reduceat(is_egress.astype(np.int64), heads)
+        # where each key's flows start among the egress rows (in key order)
+        flow_ends = np.cumsum(flow_sums)
+        egress_order = order[is_egress]
+        # each egress flow's (source, destination, bytes), flat, by key then flow order
+        talkers_flat = (
+            np.column_stack(
+                (
+                    columns.src_lo[rows][egress_order],
+                    columns.dst_lo[rows][egress_order],
+                    sizes[egress_order],
+                )
+            )
+            .ravel()
+            .tolist()
+        )
+        for code, count, size, packets, flows, small, ingress, low, high in zip(
+            ordered[heads][by_first].tolist(),
+            np.diff(np.append(heads, n))[by_first].tolist(),
+            byte_sums[by_first].tolist(),
+            np.add.reduceat(batch.packets[rows][order] * is_egress, heads)[by_first].tolist(),
+            flow_sums[by_first].tolist(),
+            np.add.reduceat(egress_sizes * batch.small[rows][order], heads)[by_first].tolist(),
+            (np.add.reduceat(ordered_sizes, heads) - byte_sums)[by_first].tolist(),
+            (3 * (flow_ends - flow_sums))[by_first].tolist(),
+            (3 * flow_ends)[by_first].tolist(),
+            strict=True,
+        ):
+            start = interval_starts[code // key_count]
+            bucket = buckets.get(start)
+            if bucket is None:
+                bucket = aggregator.bucket(start)
+            key = (names[code % key_count // label_count], labels[code % label_count])
+            accum = bucket.get(key)
+            if accum is None:
+                if len(bucket) < max_keys:  # (IntervalAggregator.accum, inlined)
+                    # A new key: its sums at once (most keys meet one block an interval).
+                    # The talkers wait in the accumulator until its sketches are read
+                    # (most never are); they go into the sketches in flow order, whenever.
+                    accum = bucket[key] = Accum(
+                        capacity,
+                        size,
+                        packets,
+                        flows,
+                        small,
+                        ingress,
+                        None,
+                        None,
+                        talkers_flat[low:high] if flows else None,
+                    )
+                    if high - low >= waiting:
+                        accum.settle()
+                    continue
+                accum = aggregator.accum(bucket, key)
+                if key not in bucket:  # each of its records was folded
+                    aggregator.folded_records += count - 1
+            if ingress:
+                accum.ingress += ingress
+            if not flows:
+                continue
+            accum.bytes += size
+            accum.packets += packets
+            accum.flows += flows
+            if small:
+                accum.small += small
+            talkers = accum.talkers
+            if talkers is None:
+                talkers = accum.talkers = talkers_flat[low:high]
+            else:
+                talkers += talkers_flat[low:high]
+            if len(talkers) >= waiting:
+                accum.settle()
+
+    def _account_each(
+        self,
+        batch: ClassifiedBatch,
+        rows: slice | npt.NDArray[np.intp],
+        codes: I64,
+        interval_starts: list[float],
+        key_count: int,
+        egress_rows: npt.NDArray[np.bool_],
+    ) -> None:
+        """:meth:`_account_rows` one row at a time (a block with IPv6 addresses, whose
+        128-bit values are Python integers)."""
+        aggregator = self.aggregator
+        buckets = aggregator.buckets
+        max_keys = aggregator.max_keys
+        capacity = aggregator.sketch_capacity
+        names = batch.groups
+        labels = batch.labels
+        label_count = len(labels)
+        columns = batch.columns
+        waiting = 3 * WAITING_FLOWS
+        found: dict[int, Accum] = {}
         src_values = columns.src_lo[rows].tolist()
         dst_values = columns.dst_lo[rows].tolist()
-        if v6:
-            src_values = [(h << 64) | v for h, v in zip(src_hi.tolist(), src_values, strict=True)]
-            dst_values = [(h << 64) | v for h, v in zip(dst_hi.tolist(), dst_values, strict=True)]
+        src_values = [
+            (h << 64) | v for h, v in zip(columns.src_hi[rows].tolist(), src_values, strict=True)
+        ]
+        dst_values = [
+            (h << 64) | v for h, v in zip(columns.dst_hi[rows].tolist(), dst_values, strict=True)
+        ]
         for code, egress, size, packets, small, src, dst in zip(
             codes.tolist(),
             egress_rows.tolist(),

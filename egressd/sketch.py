@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from heapq import heapify, heappush, heapreplace, nlargest
 
+import msgspec
+
 
 def _heaviest_first(pair: tuple[str, int]) -> tuple[int, str]:
     return -pair[1], pair[0]
 
 
-class TopK:
+class TopK(msgspec.Struct, gc=False, eq=False):
     """Space-Saving summary of the heaviest keys by summed weight, O(log capacity) per update.
 
     ``counts`` holds the estimates. Once it is full, ``_heap`` holds one ``(count, item)``
@@ -30,15 +32,16 @@ class TopK:
     is stale, pushes it back with its current count and looks again; every increment causes
     at most one such repair, so an update costs O(log capacity) amortised instead of a scan
     of every entry (which made every flow with a new address pay ~15-30 µs at capacity 32).
+
+    A struct the cyclic garbage collector never tracks (``gc=False``: it holds a dict of
+    texts to numbers and a list of (number, text) pairs, nothing that leads back to it);
+    each key's accumulator has two, and the detectors' windows keep more.
     """
 
-    __slots__ = ("_heap", "capacity", "counts")
-
-    def __init__(self, capacity: int = 32) -> None:
-        self.capacity = capacity
-        self.counts: dict[str, int] = {}
-        #: built when ``counts`` first overflows; None while the summary is exact
-        self._heap: list[tuple[int, str]] | None = None
+    capacity: int = 32
+    counts: dict[str, int] = {}
+    #: built when ``counts`` first overflows; None while the summary is exact
+    _heap: list[tuple[int, str]] | None = None
 
     def add(self, item: str, weight: int) -> None:
         counts = self.counts

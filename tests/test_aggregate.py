@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -230,3 +231,22 @@ def test_heaviest_items_ties_keep_insertion_order() -> None:
     counts = {"a": 5, "b": 9, "c": 5, "d": 9, "e": 1}
     assert heaviest_items(counts, 3) == [("b", 9), ("d", 9), ("a", 5)]
     assert heaviest_items(counts, 5) == list(counts.items())  # all: as they are
+
+
+def test_interval_sums_and_their_sketches_are_left_out_of_garbage_collections() -> None:
+    """At 100,000 keys an interval, every full collection walked each key's accumulator and
+    its two sketches (they make no cycles): the collector never tracks them."""
+    agg = _agg()
+    for i in range(40):  # past the sketches' 32 entries: their eviction heaps are built
+        agg.add(CN, T0 + 10, f"10.20.0.{i}", f"47.100.23.{i}", 1000 + i, 2)
+    accum = agg.buckets[T0][CN]
+    assert accum.sources._heap is not None
+    for thing in (accum, accum.sources, accum.destinations):
+        assert not gc.is_tracked(thing), thing
+    gc.collect()
+    assert agg.buckets[T0][CN] is accum
+    assert (accum.bytes, accum.packets, accum.flows) == (40 * 1000 + sum(range(40)), 80, 40)
+    restored = Accum.from_row(accum.to_row(), 32)
+    assert not gc.is_tracked(restored)
+    assert not gc.is_tracked(restored.sources)
+    assert restored.to_row() == accum.to_row()

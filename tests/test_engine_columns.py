@@ -7,6 +7,7 @@ mix of families, groups, late, future, implausible, small-packet and ingress flo
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import random
@@ -415,6 +416,26 @@ def test_the_row_loops_talkers_wait_a_bounded_while_and_stay_exact() -> None:
         pair.check(settle=step % 2 == 1)
     pair.flush()
     pair.check()
+
+
+def test_the_row_loop_builds_accumulators_the_collector_does_not_track() -> None:
+    """The sparse path's accumulators (built with their sums at once) and the sketches they
+    settle into stay out of every garbage collection, as the record path's do."""
+    pair = Pair()
+    pair.feed(
+        [
+            FlowRecord(T0, T0 + i / 100, f"10.20.0.{i % 40 + 1}", f"3.5.140.{i % 3 + 1}", i + 1, 1)
+            for i in range(200)
+        ]
+    )
+    pair.check()
+    for engine in (pair.records, pair.columns):
+        accums = [a for bucket in engine.aggregator.buckets.values() for a in bucket.values()]
+        assert accums
+        for accum in accums:
+            assert not gc.is_tracked(accum)
+            assert not gc.is_tracked(accum.sources)
+            assert not gc.is_tracked(accum.destinations)
 
 
 def _feed_outside_mix(pair: Pair, rng: random.Random, steps: int) -> None:
