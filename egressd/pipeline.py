@@ -6,6 +6,7 @@ the same engine, so replaying recorded flows gives the alerts living through the
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -765,8 +766,8 @@ class Engine:
         if late_egress.any():
             aggregator.late_records += int(np.count_nonzero(late_egress))
             aggregator.late_bytes += exact_total(batch.sizes[where[late_egress]])
-        # Each row's (interval, group, destination) as one number, to find its accumulator
-        # in ``found`` (number -> accumulator, for this block). A block is mostly two
+        # Each row's (interval, group, destination) as one number, its key's code for the
+        # grouping below. A block is mostly two
         # intervals (it ends where one closes, the lateness after the next began): those are
         # told apart by one comparison, without numpy's unique.
         label_count = len(labels)
@@ -786,11 +787,6 @@ class Engine:
                 codes += interval_codes.reshape(-1) * key_count
         else:
             interval_starts = [first_start]
-        src_hi = columns.src_hi[rows]
-        dst_hi = columns.dst_hi[rows]
-        if src_hi.any() or dst_hi.any():
-            self._account_each(batch, rows, codes, interval_starts, key_count, egress_rows)
-            return
         # Rows grouped by key (a stable sort: each key's rows keep flow order, its first row
         # leads), summed per key in numpy; Python then runs once per key, not per row.
         n = len(codes)
@@ -812,17 +808,18 @@ class Engine:
         flow_ends = np.cumsum(flow_sums)
         egress_order = order[is_egress]
         # each egress flow's (source, destination, bytes), flat, by key then flow order
-        talkers_flat = (
-            np.column_stack(
-                (
-                    columns.src_lo[rows][egress_order],
-                    columns.dst_lo[rows][egress_order],
-                    sizes[egress_order],
-                )
-            )
-            .ravel()
-            .tolist()
-        )
+        src_hi = columns.src_hi[rows][egress_order]
+        dst_hi = columns.dst_hi[rows][egress_order]
+        src_lo = columns.src_lo[rows][egress_order]
+        dst_lo = columns.dst_lo[rows][egress_order]
+        talkers_flat: list[int]
+        if src_hi.any() or dst_hi.any():  # 128-bit values: Python integers
+            sources = [(h << 64) | v for h, v in zip(src_hi.tolist(), src_lo.tolist(), strict=True)]
+            targets = [(h << 64) | v for h, v in zip(dst_hi.tolist(), dst_lo.tolist(), strict=True)]
+            flat = zip(sources, targets, sizes[egress_order].tolist(), strict=True)
+            talkers_flat = list(itertools.chain.from_iterable(flat))
+        else:
+            talkers_flat = np.column_stack((src_lo, dst_lo, sizes[egress_order])).ravel().tolist()
         for code, count, size, packets, flows, small, ingress, low, high in zip(
             ordered[heads][by_first].tolist(),
             np.diff(np.append(heads, n))[by_first].tolist(),
@@ -879,79 +876,6 @@ class Engine:
                 talkers += talkers_flat[low:high]
             if len(talkers) >= waiting:
                 accum.settle()
-
-    def _account_each(
-        self,
-        batch: ClassifiedBatch,
-        rows: slice | npt.NDArray[np.intp],
-        codes: I64,
-        interval_starts: list[float],
-        key_count: int,
-        egress_rows: npt.NDArray[np.bool_],
-    ) -> None:
-        """:meth:`_account_rows` one row at a time (a block with IPv6 addresses, whose
-        128-bit values are Python integers)."""
-        aggregator = self.aggregator
-        buckets = aggregator.buckets
-        max_keys = aggregator.max_keys
-        capacity = aggregator.sketch_capacity
-        names = batch.groups
-        labels = batch.labels
-        label_count = len(labels)
-        columns = batch.columns
-        waiting = 3 * WAITING_FLOWS
-        found: dict[int, Accum] = {}
-        src_values = columns.src_lo[rows].tolist()
-        dst_values = columns.dst_lo[rows].tolist()
-        src_values = [
-            (h << 64) | v for h, v in zip(columns.src_hi[rows].tolist(), src_values, strict=True)
-        ]
-        dst_values = [
-            (h << 64) | v for h, v in zip(columns.dst_hi[rows].tolist(), dst_values, strict=True)
-        ]
-        for code, egress, size, packets, small, src, dst in zip(
-            codes.tolist(),
-            egress_rows.tolist(),
-            batch.sizes[rows].tolist(),
-            batch.packets[rows].tolist(),
-            batch.small[rows].tolist(),
-            src_values,
-            dst_values,
-            strict=True,
-        ):
-            accum = found.get(code)
-            if accum is None:
-                start = interval_starts[code // key_count]
-                bucket = buckets.get(start)
-                if bucket is None:
-                    bucket = aggregator.bucket(start)
-                key = (names[code % key_count // label_count], labels[code % label_count])
-                accum = bucket.get(key)
-                if accum is None:
-                    if len(bucket) < max_keys:  # (IntervalAggregator.accum, inlined)
-                        accum = found[code] = bucket[key] = Accum(capacity)
-                    else:
-                        accum = aggregator.accum(bucket, key)
-                        if key in bucket:  # a folded key is looked up (and counted) per row
-                            found[code] = accum
-                else:
-                    found[code] = accum
-            if not egress:
-                accum.ingress += size
-                continue
-            accum.bytes += size
-            accum.packets += packets
-            accum.flows += 1
-            if small:
-                accum.small += size
-            # The talkers wait in the accumulator until its sketches are read (most never are).
-            talkers = accum.talkers
-            if talkers is None:
-                accum.talkers = [src, dst, size]
-            else:
-                talkers += (src, dst, size)
-                if len(talkers) >= waiting:
-                    accum.settle()
 
     def apply_partials(
         self, partials: Iterable[Partial], event_time: float | None = None
