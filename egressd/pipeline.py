@@ -37,7 +37,8 @@ from egressd.enrich.special import special_kind_of
 from egressd.model import FlowRecord
 from egressd.talkers import SETTLE_ROWS
 
-#: a block touching at most this many rows is accounted row by row (:meth:`Engine._account_rows`)
+#: a block touching at most this many rows is accounted by key without the talker backlog
+#: (:meth:`Engine._account_rows`)
 ROW_LOOP_ROWS = 256
 #: rows a block looks ahead over at least (see :meth:`Engine._process_blocks`)
 _FIRST_WINDOW = 512
@@ -412,9 +413,9 @@ class Engine:
         by range tables, without the source cache, and keeps labels in the destination
         cache by the address's integer value, except with the embedded country data
         alone: then it asks that data without the cache). A block touching few rows (sparse input:
-        one interval's few hundred flows) is added row by row instead, its talkers straight
-        into the sketches (:meth:`_account_rows`): numpy's fixed cost per call outweighs
-        its speed per row there.
+        one interval's few hundred flows) is added by key without the talker backlog, its
+        talkers waiting in their accumulators (:meth:`_account_rows`): the backlog's
+        sorting costs more than it saves there.
         """
         n = len(columns)
         if n == 0:
