@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping, Se
 from pathlib import Path
 from typing import Any
 
-from egressd.baseline.statefile import load_state, move_aside, save_state
+from egressd.baseline.statefile import load_state, move_aside, save_state, saved_too_large
 from egressd.clock import SteadyWall
 from egressd.columns import FlowColumns
 from egressd.config import (
@@ -478,6 +478,10 @@ class Daemon:
             self.stats.state_saves += 1
             self.stats.state_last_save = time.time()
             self.stats.state_last_save_bytes = size
+            if size > self.config.state.max_size:
+                # Saved whole (nothing is lost now), but a restart would move it aside.
+                self.stats.state_saved_too_large += 1
+                log.error("%s", saved_too_large(self.state_path, size, self.config.state.max_size))
             for source in self.sources:
                 position = positions.get(source.name)
                 if position is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 import operator
 import time
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 import numpy as np
 import orjson
 
-from egressd.baseline.statefile import load_state, move_aside, save_state
+from egressd.baseline.statefile import load_state, move_aside, save_state, saved_too_large
 from egressd.columns import FlowColumns
 from egressd.config import Config
 from egressd.detect.alerts import FIRING, Alert
@@ -34,6 +35,8 @@ from egressd.units import format_bytes
 
 if TYPE_CHECKING:
     from egressd.report.collect import ReportCollector
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 8192
 #: event time jumps ahead only where this many of the next _WINDOW records agree
@@ -352,5 +355,7 @@ def replay(
     summary.invalid_records = engine.stats.invalid_records
     summary.seconds = time.monotonic() - started
     if state_path is not None:
-        save_state(state_path, engine.snapshot())
+        size = save_state(state_path, engine.snapshot())
+        if size > config.state.max_size:
+            log.warning("%s", saved_too_large(state_path, size, config.state.max_size))
     return summary

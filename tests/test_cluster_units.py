@@ -32,7 +32,7 @@ from egressd.cluster.wire import (
     partials_headers,
     read_headers,
 )
-from egressd.config import parse_config
+from egressd.config import Config, parse_config
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.errors import DecodeError, SourceError
 from egressd.partials import encode_segments
@@ -122,8 +122,9 @@ def test_a_gap_in_offsets_ends_the_batch_at_the_next_record(tmp_path: Path) -> N
     assert node._lanes[TP].first == 12
 
 
-def detect(tmp_path: Path) -> tuple[Detect, _Partition]:
-    config = parse_config(CONFIG.format(role="detect", states=tmp_path))
+def detect(tmp_path: Path, config: Config | None = None) -> tuple[Detect, _Partition]:
+    if config is None:
+        config = parse_config(CONFIG.format(role="detect", states=tmp_path))
     node = Detect(config, EmbeddedCountryLabeler(), lambda alerts: None)
     part = _Partition(TopicPartition("partials", 0), node._new_engine())
     return node, part
@@ -221,6 +222,34 @@ async def test_a_snapshot_over_state_max_size_is_not_read(tmp_path: Path) -> Non
     assert not path.exists()  # moved aside, as a state file over the limit is
     assert [p.name for p in tmp_path.glob(f"{path.name}.bad-*")]
     assert ("egressd_cluster_snapshots_too_large_total", {"role": "detect"}, 1.0) in (
+        small.metrics()
+    )
+
+
+async def test_a_snapshot_saved_over_state_max_size_is_reported_when_saved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Such a snapshot would be set aside at the next load: the save says so at once, while
+    # the operator can still raise the limit, instead of the partition starting afresh later.
+    node, part = detect(tmp_path)
+    beat = Heartbeat({"flows:0": FLOW_T0 + 600}, {"flows": 1})
+    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
+    part.position = 1
+    await node._save([part])
+    assert node.stats.snapshots_saved_too_large == 0
+    size = (tmp_path / f"{node._name(part.tp)}.json").stat().st_size
+    config = parse_config(
+        CONFIG.format(role="detect", states=tmp_path) + f"\n[state]\nmax_size = {size - 1}\n"
+    )
+    small, again = detect(tmp_path, config)
+    small._apply(again, Message(0, beat.encode(), heartbeat_headers()))
+    again.position = 1
+    with caplog.at_level("ERROR"):
+        await small._save([again])
+    assert small.stats.snapshots == 1  # saved whole all the same
+    assert small.stats.snapshots_saved_too_large == 1
+    assert "over state.max_size" in caplog.text and "raise state.max_size" in caplog.text
+    assert ("egressd_cluster_snapshots_saved_too_large_total", {"role": "detect"}, 1.0) in (
         small.metrics()
     )
 

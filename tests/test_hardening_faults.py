@@ -125,6 +125,32 @@ def test_state_file_over_max_size_is_not_read(
     assert load_state(state, max_size=5000) is not None
 
 
+async def test_a_save_over_max_size_says_the_next_start_will_not_read_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state grown past state.max_size was saved silently and set aside at the next start,
+    where learning began again; the save now says so while the limit can still be raised."""
+    state = tmp_path / "state.json"
+    text = CONFIG.format(state=state)
+    daemon = Daemon(parse_config(text), environ={}, sources=[])
+    daemon.restore_state()
+    daemon.feed.submit([FlowRecord(T0 + 50, T0 + 60, "10.20.0.17", "81.2.69.160", 5_000, 5)])
+    assert await daemon.save()
+    assert daemon.stats.state_saved_too_large == 0
+    size = state.stat().st_size
+    small_config = parse_config(text + f"max_size = {size // 2}\n")  # [state] is the last table
+    small = Daemon(small_config, environ={}, sources=[])
+    small.restore_state()
+    assert small.stats.state_too_large == 1  # what the warning is about
+    small.feed.submit([FlowRecord(T0 + 50, T0 + 60, "10.20.0.17", "81.2.69.160", 5_000, 5)])
+    with caplog.at_level("ERROR"):
+        assert await small.save()
+    assert small.stats.state_saves == 1 and state.stat().st_size > size // 2  # saved whole
+    assert small.stats.state_saved_too_large == 1
+    assert "the next start will not read it" in caplog.text
+    assert "egressd_state_saves_over_max_size_total 1.0" in generate_latest(small.registry).decode()
+
+
 @pytest.mark.parametrize(
     "content",
     [

@@ -174,3 +174,24 @@ def test_files_moved_aside_in_the_same_second_are_all_kept(tmp_path: Path) -> No
         moved.append(target)
     assert len(set(moved)) == 3
     assert sorted(p.read_bytes() for p in moved) == [b"first", b"second", b"third"]
+
+
+def test_a_replay_whose_state_outgrows_max_size_says_so(
+    two_part_scenario: tuple[Scenario, Path, Path, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The state is written whole, but a later replay (or a daemon) with the same limit would
+    set it aside and learn again: the replay that wrote it warns, naming the limit to raise."""
+    scenario, _whole, part1, _part2 = two_part_scenario
+    config = parse_config(scenario.config_text)
+    state = tmp_path / "state.json"
+    with caplog.at_level("WARNING"):
+        replay(config, "goflow2-json", [str(part1)], io.BytesIO(), state_path=state)
+    assert "over state.max_size" not in caplog.text
+    size = state.stat().st_size
+    small = replace(config, state=replace(config.state, max_size=size // 2))
+    with caplog.at_level("WARNING"):
+        replay(small, "goflow2-json", [str(part1)], io.BytesIO(), state_path=tmp_path / "s.json")
+    assert "over state.max_size" in caplog.text and "raise state.max_size" in caplog.text
+    assert load_state(tmp_path / "s.json") is not None  # saved whole all the same

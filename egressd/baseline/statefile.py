@@ -210,6 +210,15 @@ def load_state(path: Path, max_size: int = MAX_STATE_SIZE) -> dict[str, Any] | N
     return data
 
 
+def saved_too_large(path: Path, size: int, max_size: int) -> str:
+    """What to say when a save wrote more than ``state.max_size``: a start would not read it."""
+    return (
+        f"state saved to {path} holds {size:,} bytes, over state.max_size ({max_size:,}): "
+        "the next start will not read it and learning would start again; "
+        "raise state.max_size (or lower detection.max_keys)"
+    )
+
+
 def _too_large(path: Path, size: int, max_size: int) -> str:
     return (
         f"state file {path} holds {size:,} bytes, over state.max_size ({max_size:,}); "

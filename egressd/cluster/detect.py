@@ -98,6 +98,8 @@ class DetectStats:
     snapshots_loaded: int = 0
     #: snapshots not read because they are over state.max_size (the partition starts afresh)
     snapshots_too_large: int = 0
+    #: snapshots saved over state.max_size (a restart or rebalance would not read them)
+    snapshots_saved_too_large: int = 0
     #: source partition times a message put past wall time + detection.max_clock_ahead
     future_times_clamped: int = 0
     #: partials naming an interval past wall time + detection.max_clock_ahead (counted there)
@@ -620,12 +622,22 @@ class Detect(KafkaRole):
             data.update(extra)
             data["saved_at"] = time.time()
             try:
-                await self.store.save(self._name(part.tp), data)
+                size = await self.store.save(self._name(part.tp), data)
             except StateError as exc:
                 self.stats.snapshot_errors += 1
                 log.error("%s", exc)
                 continue
             self.stats.snapshots += 1
+            if size > self.config.state.max_size:  # saved, but a restart would not read it
+                self.stats.snapshots_saved_too_large += 1
+                log.error(
+                    "%s: snapshot %s holds %s bytes, over state.max_size (%s): the partition "
+                    "would start afresh when loaded; raise state.max_size",
+                    self.name,
+                    self.store.where(self._name(part.tp)),
+                    f"{size:,}",
+                    f"{self.config.state.max_size:,}",
+                )
             offsets[part.tp] = part.position
         consumer = self._consumer
         if consumer is None or not offsets:
@@ -791,6 +803,11 @@ class Detect(KafkaRole):
                 "egressd_cluster_snapshots_too_large_total",
                 labels,
                 float(stats.snapshots_too_large),
+            ),
+            (
+                "egressd_cluster_snapshots_saved_too_large_total",
+                labels,
+                float(stats.snapshots_saved_too_large),
             ),
             ("egressd_cluster_partitions_kept_total", labels, float(stats.partitions_kept)),
             ("egressd_cluster_reseeks_total", labels, float(stats.reseeks)),

@@ -49,6 +49,8 @@ class DaemonStats:
     state_last_save_bytes: int = 0
     state_values_clamped: int = 0
     state_too_large: int = 0
+    #: saves that wrote more than state.max_size: a restart would not read them
+    state_saved_too_large: int = 0
     #: state files moved aside as unusable (not JSON, nested too deep, not a state)
     state_corrupt: int = 0
     state_restored: bool = False
@@ -596,6 +598,11 @@ class EgressdCollector(Collector):
             "state_files_too_large",
             "State files not read because they are over state.max_size (moved aside)",
             d.state_too_large,
+        )
+        yield _counter(
+            "state_saves_over_max_size",
+            "State saves that wrote more than state.max_size, which the next start will not read",
+            d.state_saved_too_large,
         )
         yield _counter(
             "state_files_corrupt",
