@@ -1125,3 +1125,54 @@ def test_a_state_file_cannot_give_unexpected_windows_more_than_learning_keeps() 
     assert cn.spans[-1].bytes == 288 * MB
     assert len(unexpected.windows) <= 20
     assert {dest.key for _group, dest in unexpected.windows} >= {"CN", "FR||40"}
+
+
+def _hour_to(day: float, hour: float, dst: str, size: int, intervals: int = 12) -> list:
+    """``size`` over ``intervals`` five-minute intervals from ``hour`` on ``day``."""
+    return [
+        _flow(day * DAY + hour * HOUR + k * 300 + 150, dst, size // intervals)
+        for k in range(intervals)
+    ]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_block_a_page_just_named_does_not_page_again_the_same_day(restart: bool) -> None:
+    # (the spike rule off: DE's usual 10 MB an interval would make these transfers spikes)
+    extra = NEW_ABSOLUTE + 'spike_min_bytes = "1TB"\n'
+    engine = _engine(extra)
+    # A new collaborator: a 1.5 GB test transfer to a network in a block never used pages.
+    test = _hour_to(1, 10, DE_FRESH, 1500 * MB, intervals=4)
+    alerts = _run(engine, _usual(1.5) + test)
+    assert [(a.state, a.annotations["new_prefixes"]) for a in alerts] == [
+        (FIRING, "88.99.1.0/24"),
+        (RESOLVED, "88.99.1.0/24"),
+    ]
+    if restart:
+        restored = _engine(extra)
+        restored.restore(engine.snapshot())
+        engine = restored
+    # The bulk in the afternoon, to the site's other endpoint (another /24 of that block): the
+    # person paged in the morning knows that block; 3 GB within the hour does not page again.
+    flows = _usual(0.25, start=1.5 * DAY) + _hour_to(1, 15, "88.99.77.1", 3 * GB)
+    assert _firing(_run(engine, flows)) == []
+    # A block no page named still pages, that day and with the same bytes.
+    flows = _usual(0.25, start=1.75 * DAY) + _hour_to(1, 19, "94.130.1.1", 3 * GB)
+    assert _firing(_run(engine, flows)) == ["EgressNewDestinationVolume DE"]
+    # A day after the page resolved, a new network in that block is judged as before (against
+    # three times the 2 GB the key learned from the hour before that page crossed its bar).
+    later = _usual(1, start=2 * DAY) + _hour_to(2, 15, "88.99.200.1", 8 * GB)
+    assert _firing(_run(engine, later)) == ["EgressNewDestinationVolume DE"]
+
+
+def test_a_state_file_cannot_hold_unbounded_or_unreal_paged_blocks() -> None:
+    from egressd.detect.newdest import PAGED_BLOCKS_KEPT
+
+    detector = _engine().new_destinations
+    rows: list[list[object]] = [[f"10.{n}.0.0/16", T0 + n] for n in range(4 * PAGED_BLOCKS_KEPT)]
+    rows += [["11.0.0.0/16", math.nan], ["12.0.0.0/16", math.inf]]
+    group = {"since": T0, "prefixes": [], "paged_blocks": rows}
+    detector.load_json({"groups": {"research": group}}, {})
+    paged = detector.groups["research"].paged
+    assert sorted(paged.values()) == [
+        T0 + n for n in range(3 * PAGED_BLOCKS_KEPT, 4 * PAGED_BLOCKS_KEPT)
+    ]

@@ -41,6 +41,8 @@ of networks but hardly any of blocks, so a fresh VPS in another provider's block
 A group that sends GBs to new blocks in several of its destinations (a research grid) learns
 that too (the third largest of its destinations' new-block volumes, paged or not): bytes to new
 blocks must also be :data:`CHURN_RATIO` times it, at most ``new_destination_group_churn_max``.
+For :data:`PAGED_BLOCK_QUIET` after a page resolves, other networks in the address blocks it
+named are that transfer's, not new (someone has just looked at that block).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from egressd.aggregate import AggregateKey, Bucket
 from egressd.baseline.grouprate import GroupRates
 from egressd.cache import BoundedCache
 from egressd.config import DetectionConfig
-from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
+from egressd.detect.alerts import RESOLVED, Alert, AlertBook, AlertKey, rfc3339
 from egressd.detect.base import Detector
 from egressd.detect.labels import LabelOptions, alert_labels
 from egressd.detect.policy import ExpectedDestinations
@@ -84,6 +86,12 @@ PAGING = 1
 GROUP_CHURN_KEYS = 3
 #: destinations remembered per group for that (the least recently raised go first)
 GROUP_CHURN_KEPT = 256
+#: after a page resolves, networks in the address blocks it named are not new for this long:
+#: a person has just looked at that block (a new collaborator's test transfer, then its bulk
+#: to the site's other endpoints), and a new page would tell them what they know
+PAGED_BLOCK_QUIET = DAY
+#: blocks remembered per group for that (the least recently paged go first)
+PAGED_BLOCKS_KEPT = 256
 _PREFIX_CACHE = 65_536
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -129,7 +137,16 @@ def prefix_of(address: str) -> str:
 
 
 class _GroupPrefixes:
-    __slots__ = ("blocks", "counting_from", "day", "idle", "known", "prefixes", "since")
+    __slots__ = (
+        "blocks",
+        "counting_from",
+        "day",
+        "idle",
+        "known",
+        "paged",
+        "prefixes",
+        "since",
+    )
 
     def __init__(self, since: float) -> None:
         self.since = since
@@ -149,6 +166,9 @@ class _GroupPrefixes:
         #: the group's clock when it began counting new networks: for the day window only
         #: networks first used since then are new (not everything the warm-up saw first)
         self.counting_from: float | None = None
+        #: address block -> event time a page that named it resolved: for
+        #: :data:`PAGED_BLOCK_QUIET` after, its other networks are that transfer's, not new
+        self.paged: dict[str, float] = {}
 
     def clock(self, start: float) -> float:
         """The group's clock at ``start``, an interval in which it uses a network.
@@ -385,6 +405,7 @@ class NewDestinationDetector(Detector):
             prefixes = tracked.prefixes
             blocks = tracked.blocks
             known = tracked.known
+            paged = tracked.paged
             counting = start - tracked.since >= warm_up
             new_bytes = 0
             block_bytes = 0
@@ -404,7 +425,15 @@ class NewDestinationDetector(Detector):
                 if prefix is None:
                     prefix = self._prefix(address)
                 first_use = _use(prefixes, prefix, clock, unseen)
-                block_first_use = _use(blocks, self._block(prefix), clock, unseen)
+                block = self._block(prefix)
+                block_first_use = _use(blocks, block, clock, unseen)
+                if (
+                    paged
+                    and counting
+                    and clock - first_use < max(fresh_for, day_span)
+                    and start - paged.get(block, -math.inf) < PAGED_BLOCK_QUIET
+                ):
+                    continue  # in a block a page just named: that transfer's other networks
                 if counting and clock - first_use < fresh_for:
                     new_bytes += weight
                     if clock - block_first_use < fresh_for:
@@ -701,6 +730,8 @@ class NewDestinationDetector(Detector):
             alert = self.book.evaluate(alert_key, now, fire, keep, describe, strength=strength)
             if alert is not None:
                 changed.append(alert)
+                if alert.state == RESOLVED:
+                    self._paged(tracked, alert, now)
             active = alert_key in self.book.active
             if active:
                 window.day_paged = now
@@ -931,6 +962,19 @@ class NewDestinationDetector(Detector):
             self._wake_all(self._tick_base + len(self._ticks) - 1)
         super().reconfigure(config, labels)
 
+    def _paged(self, tracked: _GroupPrefixes, alert: Alert, now: float) -> None:
+        """Remember the address blocks of the networks a resolved page named (see
+        :data:`PAGED_BLOCK_QUIET`), at most :data:`PAGED_BLOCKS_KEPT` a group."""
+        paged = tracked.paged
+        for prefix in alert.annotations.get("new_prefixes", "").split(","):
+            if prefix:
+                paged[self._block(prefix)] = now
+        if len(paged) > PAGED_BLOCKS_KEPT:
+            for block in [b for b, when in paged.items() if now - when >= PAGED_BLOCK_QUIET]:
+                del paged[block]
+            while len(paged) > PAGED_BLOCKS_KEPT:
+                del paged[min(paged, key=paged.__getitem__)]
+
     def _learn(
         self,
         key: AggregateKey,
@@ -1057,7 +1101,9 @@ class NewDestinationDetector(Detector):
                 f"{format_bytes(block_total)} of it to address blocks (/16, /32) it had not "
                 f"used either{group_text}. Top sources of the destination: "
                 f"{_with_bytes(sources, n)}. "
-                f"New destinations: {_with_bytes(destinations, n)}."
+                f"New destinations: {_with_bytes(destinations, n)}. Once this resolves, "
+                f"other networks in {', '.join(sorted({self._block(p) for p in prefixes}))} "
+                f"count as this transfer's, not as new, for {format_duration(PAGED_BLOCK_QUIET)}."
             ),
             "bytes": str(total),
             "new_block_bytes": str(block_total),
@@ -1087,6 +1133,7 @@ class NewDestinationDetector(Detector):
                     "counting_from": tracked.counting_from,
                     "prefixes": [[p, first, last] for p, (first, last) in tracked.prefixes.items()],
                     "blocks": [[b, first, last] for b, (first, last) in tracked.blocks.items()],
+                    "paged_blocks": [[b, when] for b, when in tracked.paged.items()],
                 }
                 for group, tracked in self.groups.items()
             },
@@ -1126,6 +1173,14 @@ class NewDestinationDetector(Detector):
                     block = block_of(prefix)
                     seen = tracked.blocks.get(block, (first, last))
                     tracked.blocks[block] = (min(seen[0], first), max(seen[1], last))
+            # (a state written before paged blocks were kept: none)
+            paged = [(float(when), str(block)) for block, when in item.get("paged_blocks", [])]
+            tracked.paged = {
+                block: when
+                for when, block in sorted(p for p in paged if math.isfinite(p[0]))[
+                    -PAGED_BLOCKS_KEPT:
+                ]
+            }
             groups[str(group)] = tracked
         self.groups = groups
         kept = self._config.max_keys
