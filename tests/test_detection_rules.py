@@ -1176,3 +1176,45 @@ def test_a_state_file_cannot_hold_unbounded_or_unreal_paged_blocks() -> None:
     assert sorted(paged.values()) == [
         T0 + n for n in range(3 * PAGED_BLOCKS_KEPT, 4 * PAGED_BLOCKS_KEPT)
     ]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_fresh_block_that_pages_while_its_keys_page_fires_gets_a_page_of_its_own(
+    restart: bool,
+) -> None:
+    extra = NEW_ABSOLUTE + 'spike_min_bytes = "1TB"\n'
+    engine = _engine(extra)
+    # A transfer to a network in a block never used pages, and goes on for two hours (with
+    # a second network of that block: the same transfer).
+    first = _hour_to(1, 10, DE_FRESH, 6 * GB, intervals=24) + _hour_to(1, 10.5, "88.99.77.1", GB)
+    cut = T0 + DAY + 10.5 * HOUR
+    before = [f for f in _usual(1.5) + first if f.time_end < cut]
+    alerts = _run(engine, before)
+    assert _firing(alerts) == ["EgressNewDestinationVolume DE"]
+    assert "dst_block" not in alerts[0].labels
+    if restart:
+        restored = _engine(extra)
+        restored.restore(engine.snapshot())
+        engine = restored
+    # Meanwhile 3 GB within the hour go to a block no page is about: a page of its own.
+    rest = [f for f in _usual(2) + first if f.time_end >= cut]
+    rest += _hour_to(1, 10.75, "94.130.1.1", 3 * GB)
+    cut = T0 + DAY + 11.5 * HOUR
+    alerts = _run(engine, [f for f in rest if f.time_end < cut])
+    if restart:
+        # (both pages firing across a restart: each still resolves on its own)
+        restored = _engine(extra)
+        restored.restore(engine.snapshot())
+        engine = restored
+    alerts += _run(engine, [f for f in rest if f.time_end >= cut])
+    fired = [a for a in alerts if a.state == FIRING]
+    assert [a.labels.get("dst_block") for a in fired] == ["94.130.0.0/16"]
+    page = fired[0]
+    assert page.labels["alertname"] == "EgressNewDestinationVolume"
+    assert page.labels["dst_country"] == "DE"
+    assert page.annotations["firing_with_blocks"] == "88.99.0.0/16"
+    assert page.annotations["new_prefixes"] == "94.130.1.0/24"
+    assert "was firing" in page.annotations["summary"]
+    # Both resolve when their transfers end.
+    resolved = [a for a in alerts if a.state == RESOLVED]
+    assert sorted(a.labels.get("dst_block", "") for a in resolved) == ["", "94.130.0.0/16"]

@@ -42,7 +42,9 @@ A group that sends GBs to new blocks in several of its destinations (a research 
 that too (the third largest of its destinations' new-block volumes, paged or not): bytes to new
 blocks must also be :data:`CHURN_RATIO` times it, at most ``new_destination_group_churn_max``.
 For :data:`PAGED_BLOCK_QUIET` after a page resolves, other networks in the address blocks it
-named are that transfer's, not new (someone has just looked at that block).
+named are that transfer's, not new (someone has just looked at that block). While a page fires,
+a fresh block it is not about that clears the bar for fresh blocks on its own bytes gets an
+alert of its own (label ``dst_block``): one alert per group and destination would hide it.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from egressd.aggregate import AggregateKey, Bucket
 from egressd.baseline.grouprate import GroupRates
 from egressd.cache import BoundedCache
 from egressd.config import DetectionConfig
-from egressd.detect.alerts import RESOLVED, Alert, AlertBook, AlertKey, rfc3339
+from egressd.detect.alerts import FIRING, RESOLVED, Alert, AlertBook, AlertKey, rfc3339
 from egressd.detect.base import Detector
 from egressd.detect.labels import LabelOptions, alert_labels
 from egressd.detect.policy import ExpectedDestinations
@@ -187,15 +189,23 @@ class _GroupPrefixes:
 
 
 class _Entry:
-    __slots__ = ("block_bytes", "bytes", "destinations", "sources", "start")
+    __slots__ = ("block_bytes", "blocks", "bytes", "destinations", "sources", "start")
 
     def __init__(
-        self, start: float, size: int, block_bytes: int, destinations: TopK, sources: TopK
+        self,
+        start: float,
+        size: int,
+        block_bytes: int,
+        destinations: TopK,
+        sources: TopK,
+        blocks: dict[str, int] | None = None,
     ) -> None:
         self.start = start
         self.bytes = size
         #: of ``size``, the bytes to networks in blocks the group had not used either
         self.block_bytes = block_bytes
+        #: those per address block
+        self.blocks = blocks
         self.destinations = destinations
         self.sources = sources
 
@@ -213,6 +223,7 @@ class _Window:
         "day_sources",
         "entries",
         "history",
+        "named",
         "parked_at",
         "seq",
         "spike_key",
@@ -239,6 +250,10 @@ class _Window:
         self.day_paged = -math.inf
         #: a spike alert on the destination told this transfer already
         self.covered = False
+        #: the fresh address blocks the key's firing alert is about (those in its window when
+        #: it fired, and those with alerts of their own since); None when it is not firing
+        #: (or was restored firing: then those it names and those in the window)
+        self.named: set[str] | None = None
         #: (event time, window total, its new-block part, :data:`PAGING` or 0) of recent
         #: evaluations: once a window length old, totals that did not page tell what the
         #: key's churn is
@@ -267,9 +282,11 @@ class NewDestinationDetector(Detector):
         "_parks",
         "_prefix_cache",
         "_rank",
+        "_restore_block_alerts",
         "_seq",
         "_tick_base",
         "_ticks",
+        "block_alerts",
         "block_churn",
         "churn",
         "day_block_churn",
@@ -310,6 +327,11 @@ class NewDestinationDetector(Detector):
         self.evicted = 0
         self._prefix_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
         self._block_cache: BoundedCache[str, str] = BoundedCache(_PREFIX_CACHE)
+        #: alerts of fresh blocks that paged on their own while their key's alert was firing:
+        #: alert key -> (the key, the block)
+        self.block_alerts: dict[AlertKey, tuple[AggregateKey, str]] = {}
+        #: the alert book may hold some from a state file: find them at the next evaluation
+        self._restore_block_alerts = False
         self._reset_windows()
 
     def _reset_windows(self) -> None:
@@ -410,6 +432,7 @@ class NewDestinationDetector(Detector):
             new_bytes = 0
             block_bytes = 0
             new_destinations: TopK | None = None
+            new_blocks: dict[str, int] | None = None
             day_bytes = 0
             day_block = 0
             day_destinations: TopK | None = None
@@ -438,6 +461,9 @@ class NewDestinationDetector(Detector):
                     new_bytes += weight
                     if clock - block_first_use < fresh_for:
                         block_bytes += weight
+                        if new_blocks is None:
+                            new_blocks = {}
+                        new_blocks[block] = new_blocks.get(block, 0) + weight
                     if new_destinations is None:
                         new_destinations = TopK(16)
                     new_destinations.add(address, weight)
@@ -480,7 +506,14 @@ class NewDestinationDetector(Detector):
                     self._wake(key, window)
                 if new_destinations is not None:
                     window.entries.append(
-                        _Entry(start, new_bytes, block_bytes, new_destinations, accum.sources)
+                        _Entry(
+                            start,
+                            new_bytes,
+                            block_bytes,
+                            new_destinations,
+                            accum.sources,
+                            new_blocks,
+                        )
                     )
                 if day_destinations is not None:
                     window.day_entries.append((start, day_bytes, day_block))
@@ -523,6 +556,13 @@ class NewDestinationDetector(Detector):
             for key, window in windows.items():
                 if key not in awake and key not in self._parked:
                     awake[key] = window
+        if self._restore_block_alerts:
+            self._restore_block_alerts = False
+            for restored in book_active:
+                if restored[0] == NEW_DESTINATION and " " in restored[2]:
+                    dest_key, _sep, block = restored[2].rpartition(" ")
+                    aggregate = (restored[1], DestinationLabels.from_key(dest_key))
+                    self.block_alerts[restored] = (aggregate, block)
         for key, window in sorted(awake.items(), key=_opened):
             entries = window.entries
             while entries and entries[0].start < horizon:
@@ -732,7 +772,26 @@ class NewDestinationDetector(Detector):
                 changed.append(alert)
                 if alert.state == RESOLVED:
                     self._paged(tracked, alert, now)
-            active = alert_key in self.book.active
+                else:
+                    # What the page is about: the fresh blocks in its window as it fired.
+                    window.named = {b for entry in entries if entry.blocks for b in entry.blocks}
+            current = self.book.active.get(alert_key)
+            active = current is not None
+            if current is not None and current.state == FIRING:
+                if window.named is None:
+                    # Restored firing: what it names and what its window holds are its own.
+                    window.named = {b for entry in entries if entry.blocks for b in entry.blocks}
+                    window.named.update(
+                        self._block(p)
+                        for p in current.annotations.get("new_prefixes", "").split(",")
+                        if p
+                    )
+                if group_cap > 0 and not group_bar:
+                    group_bar = min(CHURN_RATIO * self._group_churn(group, now), group_cap * factor)
+                bar = max(floor, CHURN_RATIO * block_churn, group_bar)
+                self._new_blocks(key, window, window.named, bar)
+            elif not active:
+                window.named = None
             if active:
                 window.day_paged = now
             state = PAGING if active or held else 0
@@ -753,6 +812,8 @@ class NewDestinationDetector(Detector):
                 window.covered = False  # that transfer is over
                 if not day_entries:
                     del windows[key], awake[key]
+        if self.block_alerts:
+            changed += self._evaluate_blocks(now)
         if len(self.day_churn) > config.max_keys or len(self.day_block_churn) > config.max_keys:
             # (in the order and with the values evaluating every window would have given)
             self._wake_all(tick)
@@ -961,6 +1022,85 @@ class NewDestinationDetector(Detector):
         if self._parked:
             self._wake_all(self._tick_base + len(self._ticks) - 1)
         super().reconfigure(config, labels)
+
+    def _new_blocks(self, key: AggregateKey, window: _Window, named: set[str], bar: float) -> None:
+        """While ``key``'s alert fires: a fresh block it is not about that clears ``bar`` (the
+        key's bars for fresh blocks) on its own bytes is another transfer, with its own alert
+        (label ``dst_block``), or the page already firing would hide it."""
+        sums: dict[str, int] = {}
+        for entry in window.entries:
+            if entry.blocks:
+                for block, size in entry.blocks.items():
+                    if block not in named:
+                        sums[block] = sums.get(block, 0) + size
+        for block, size in sums.items():
+            if size >= bar:
+                named.add(block)
+                group, dest = key
+                self.block_alerts[(NEW_DESTINATION, group, f"{dest.key} {block}")] = (key, block)
+
+    def _evaluate_blocks(self, now: float) -> list[Alert]:
+        """Advance the alerts of :meth:`_new_blocks`: each fires on its block's bytes within
+        the window at the key's floor, is kept at half of it, and resolves as a page does."""
+        config = self._config
+        changed: list[Alert] = []
+        for alert_key, (key, block) in list(self.block_alerts.items()):
+            group, dest = key
+            window = self.windows.get(key)
+            entries: deque[_Entry] = window.entries if window is not None else deque()
+            size = sum(entry.blocks.get(block, 0) for entry in entries if entry.blocks)
+            floor = config.new_destination_min_bytes * self.factor(group)
+            firing = self.book.active.get(window.alert_key) if window is not None else None
+            named = window.named if window is not None else None
+            about = ", ".join(sorted(named - {block})) if named else ""
+
+            def describe(
+                entries: deque[_Entry] = entries,
+                size: int = size,
+                group: str = group,
+                dest: DestinationLabels = dest,
+                block: str = block,
+                floor: float = floor,
+                about: str = about,
+                firing: Alert | None = firing,
+            ) -> tuple[dict[str, str], dict[str, str]]:
+                sources = TopK(64)
+                destinations = TopK(64)
+                for entry in entries:
+                    sources.merge(entry.sources)
+                    for address, weight in entry.destinations.counts.items():
+                        if self._block(self._prefix(address)) == block:
+                            destinations.add(address, weight)
+                first = entries[0].start if entries else now
+                churn = self._churn(self.block_churn, (group, dest), now)
+                labels, annotations = self._describe(
+                    now, first, size, group, dest, churn, size, config.new_destination_window,
+                    sources, destinations, floor,
+                )  # fmt: skip
+                labels = {k: v for k, v in labels.items() if k != "severity"}
+                labels["dst_block"] = block
+                labels["severity"] = config.severity
+                since = f" (since {rfc3339(firing.starts_at)})" if firing is not None else ""
+                annotations["summary"] = (
+                    f"{group} sent {format_bytes(size)} within "
+                    f"{format_duration(config.new_destination_window)} to {block} in "
+                    f"{dest.describe()}, an address block it had not used, while its page for "
+                    f"{dest.describe()} about {about or 'other networks'} was firing{since}"
+                )
+                annotations["firing_with_blocks"] = about
+                return labels, annotations
+
+            alert = self.book.evaluate(
+                alert_key, now, size >= floor, size >= floor / 2, describe, strength=size
+            )
+            if alert is not None:
+                changed.append(alert)
+                tracked = self.groups.get(group)
+                if alert.state == RESOLVED and tracked is not None:
+                    self._paged(tracked, alert, now)
+            if alert_key not in self.book.active:
+                del self.block_alerts[alert_key]
+        return changed
 
     def _paged(self, tracked: _GroupPrefixes, alert: Alert, now: float) -> None:
         """Remember the address blocks of the networks a resolved page named (see
@@ -1194,6 +1334,8 @@ class NewDestinationDetector(Detector):
         # (a state file's churns, in its order, before any this process learns)
         self._rank = {key: (-1, i) for i, key in enumerate(self.day_churn)}
         self._block_rank = {key: (-1, i) for i, key in enumerate(self.day_block_churn)}
+        self._restore_block_alerts = True
+        self.block_alerts = {}
 
 
 def _opened(item: tuple[AggregateKey, _Window]) -> int:
