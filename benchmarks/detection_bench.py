@@ -9,9 +9,9 @@ a tiny office of thirteen hosts whose incidents are tens to hundreds of MB, and 
 institute whose HPC cluster two routers export, one with a 30 min active timeout and its clock
 behind); ``all`` is all eight. Each scenario is replayed with its own configuration (the months
 set only ``interval`` and ``learning`` under ``[detection]``: the defaults do the work; the
-institute's also maps cloud regions). The institute's week-long drip stays under the
-default floors (tests/network_scenarios.py, ``BELOW_DEFAULT_FLOORS``): it counts as missed with
-the defaults. A page is an alert that fires;
+institute's also maps cloud regions). The institute's week-long drip pages on the default
+week window (1 GB within 7 d); an incident under the default floors would be listed in
+tests/network_scenarios.py's ``BELOW_DEFAULT_FLOORS``. A page is an alert that fires;
 it is true when it matches an injected exfiltration (alertname, group, destination country)
 and starts between the exfiltration's first flow and one interval after its last flow (or after
 the moment it crossed the configured floor, whichever is later); every other page is false.

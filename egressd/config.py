@@ -65,10 +65,13 @@ class DetectionConfig:
     #: the first of ``unexpected_windows`` (kept as keys of their own for older configs)
     unexpected_min_bytes: int = 100_000_000
     unexpected_window: float = 3600.0
-    #: (window seconds, floor bytes) per sliding window of the unexpected-destination rule
+    #: (window seconds, floor bytes) per sliding window of the unexpected-destination rule;
+    #: the week's catches a drip of ~6 MB an hour that the day's floor never sees (a window
+    #: of more than 336 intervals sums them into buckets: the week's are hourly)
     unexpected_windows: tuple[tuple[float, int], ...] = (
         (3600.0, 100_000_000),
         (86400.0, 1_000_000_000),
+        (7 * 86400.0, 1_000_000_000),
     )
     #: a group's unexpected egress summed over destinations pages at this many times a
     #: window's floor (fan-out: many destinations each under the floor)
@@ -799,8 +802,8 @@ def _unexpected_windows(
 
     ``[[detection.unexpected]]`` tables list every window. The older single pair
     ``unexpected_min_bytes`` / ``unexpected_window`` still works: it sets the first window,
-    and a 24-hour window stays behind it (with a floor ten times the first one, at least the
-    default 1 GB) unless the first window is already a day or longer.
+    and the default windows longer than it (a day, a week) stay behind it, each with a floor
+    ten times the first one, at least its default (1 GB).
     """
     d = DetectionConfig()
     old_keys = (cfg.unexpected_min_bytes, cfg.unexpected_window) != (
@@ -822,13 +825,12 @@ def _unexpected_windows(
             unexpected_min_bytes=ordered[0][1],
         )
     first = (cfg.unexpected_window, cfg.unexpected_min_bytes)
-    long_window, long_floor = d.unexpected_windows[-1]
-    if first[0] >= long_window:
-        return replace(cfg, unexpected_windows=(first,))
-    return replace(
-        cfg,
-        unexpected_windows=(first, (long_window, max(long_floor, 10 * first[1]))),
+    behind = tuple(
+        (length, max(floor, 10 * first[1]))
+        for length, floor in d.unexpected_windows
+        if length > first[0]
     )
+    return replace(cfg, unexpected_windows=(first, *behind))
 
 
 def _fraction(value: Any) -> float:

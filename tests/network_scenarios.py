@@ -60,9 +60,10 @@ traffic the month scenario (tests/scenarios.py) was not written for.
   (``labs-bucket``), 1.2-2 GB to China over one connection in four hours, seen every half hour
   (``admin-long``), 8-15 GB in an hour to a fresh VPS in Germany during Monday's catch-up
   (``catch-up-vps``), and 8-12 MB an hour for a week from a workstation to a VPS in Russia
-  (``week-drip``: under the default floors, crossed at 1 GB within a week,
-  ``INSTITUTE_WEEK``). Ground truth counts every byte once (the edge's records, the firewall's
-  for the administration): the core's copies are the double count a user would not want.
+  (``week-drip``: under the hour's and the day's floors, crossed at 1 GB within a week, the
+  default week window, ``INSTITUTE_WEEK``). Ground truth counts every byte once (the edge's
+  records, the firewall's for the administration): the core's copies are the double count a
+  user would not want.
 
 Each injects exfiltrations with their ground truth (``ExpectedAlert``: the alert, the event
 time its threshold is crossed), scored like the month by benchmarks/detection_bench.py.
@@ -1445,11 +1446,12 @@ _INSTITUTE_CORE = "10.255.9.1"
 _INSTITUTE_FIREWALL = "10.255.9.3"
 ACTIVE_TIMEOUT = 1800.0
 CORE_SKEW = 240.0
-#: a week's window, where the week-long drip (under the default floors) crosses 1 GB
+#: a week's window, where the week-long drip (under the hour's and the day's floors) crosses
+#: 1 GB: the default third window
 INSTITUTE_WEEK = ((7 * DAY, 1 * GB),)
 #: incidents a person would act on that stay under the default floors (they count against
-#: recall; the scenario tests do not require them)
-BELOW_DEFAULT_FLOORS = {"institute": ("week-drip",)}
+#: recall; the scenario tests do not require them): none since the default week window
+BELOW_DEFAULT_FLOORS: dict[str, tuple[str, ...]] = {"institute": ()}
 #: benign traffic the defaults page on, for open weaknesses (README, "How detection works"):
 #: (alertname, group, country, or "" for any)
 KNOWN_FALSE_PAGES = {

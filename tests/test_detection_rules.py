@@ -88,19 +88,19 @@ def _usual(days: float, start: float = 0.0, size: int = 30 * MB) -> list[FlowRec
 # -- configuration -----------------------------------------------------------------------
 
 
-def test_unexpected_windows_default_to_an_hour_and_a_day() -> None:
+def test_unexpected_windows_default_to_an_hour_a_day_and_a_week() -> None:
     detection = parse_config("").detection
-    assert detection.unexpected_windows == ((3600.0, 100 * MB), (86400.0, GB))
+    assert detection.unexpected_windows == ((3600.0, 100 * MB), (DAY, GB), (7 * DAY, GB))
     assert (detection.unexpected_window, detection.unexpected_min_bytes) == (3600.0, 100 * MB)
 
 
-def test_the_older_two_keys_set_the_first_window_and_keep_a_day_behind_it() -> None:
+def test_the_older_two_keys_set_the_first_window_and_keep_a_day_and_a_week_behind_it() -> None:
     detection = parse_config(
         '[detection]\nunexpected_min_bytes = "300MB"\nunexpected_window = "2h"\n'
     ).detection
-    assert detection.unexpected_windows == ((7200.0, 300 * MB), (86400.0, 3 * GB))
+    assert detection.unexpected_windows == ((7200.0, 300 * MB), (DAY, 3 * GB), (7 * DAY, 3 * GB))
     whole_day = parse_config('[detection]\nunexpected_window = "1d"\n').detection
-    assert whole_day.unexpected_windows == ((86400.0, 100 * MB),)
+    assert whole_day.unexpected_windows == ((DAY, 100 * MB), (7 * DAY, GB))
 
 
 def test_unexpected_windows_as_tables() -> None:

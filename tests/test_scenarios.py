@@ -262,4 +262,5 @@ def test_the_month_config_sets_only_interval_and_learning() -> None:
     assert parse_config(scenario.config_text).detection.unexpected_windows == (
         (3600.0, 100_000_000),
         (86400.0, 1_000_000_000),
+        (7 * 86400.0, 1_000_000_000),
     )

@@ -1,7 +1,12 @@
 """EgressUnexpectedDestination: bytes to destinations outside a group's expected set.
 
-Each configured window (``detection.unexpected_windows``; by default 1 h / 100 MB and
-1 d / 1 GB) has its own floor, and a destination pages when any window reaches its floor.
+Each configured window (``detection.unexpected_windows``; by default 1 h / 100 MB,
+1 d / 1 GB and 7 d / 1 GB) has its own floor, and a destination pages when any window reaches
+its floor; a window after the first only while the transfer goes on (:func:`still_sending`),
+so a transfer that stopped resolves when the first window empties, and what the week still
+holds of it pages no second time. A window of more than ``2 * _SPAN_ENTRIES`` intervals (the
+week's) keeps its intervals summed into buckets (:func:`bucket_lengths`: hourly for the week,
+at most 169 entries per destination), in memory and in the state file.
 Small-packet egress (ACKs) counts only beyond ``ingress_return_fraction`` of the ingress from
 the same destination in that window, so a download's return path does not page while an
 upload beside it does. A group's unexpected egress summed over its destinations pages too, at
@@ -91,22 +96,60 @@ def still_sending(totals: Sequence[int], spans: Sequence[tuple[float, int]], fac
     return any(recent * (length / shortest) >= factor * floor / 2 for length, floor in spans)
 
 
+#: a span holds at most about this many entries: a longer window sums its intervals into
+#: buckets of several (a week of 5-minute intervals in hourly buckets)
+_SPAN_ENTRIES = 168
+
+
+def bucket_lengths(windows: Sequence[tuple[float, int]], interval: float) -> tuple[float, ...]:
+    """Per window, the length of its entries: one interval, or for a window of more than
+    ``2 * _SPAN_ENTRIES`` intervals a whole number of them (a week of 5 minutes: an hour)."""
+    return tuple(
+        interval * max(1, round(length / interval) // _SPAN_ENTRIES) for length, _floor in windows
+    )
+
+
 class _Span:
-    """The entries of one window length, with running sums."""
+    """The entries of one window length, with running sums.
 
-    __slots__ = ("bytes", "entries", "ingress", "small")
+    A span with ``bucket`` longer than an interval (a week's) sums consecutive intervals into
+    one entry per bucket, stamped with its first interval's start: it expires a bucket at a
+    time, so it covers its length less at most a bucket.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("bucket", "bytes", "entries", "ingress", "next_bucket", "small")
+
+    def __init__(self, bucket: float = 0.0) -> None:
         self.entries: deque[_Entry] = deque()
         self.bytes = 0
         self.small = 0
         self.ingress = 0
+        #: 0 for one entry per interval
+        self.bucket = bucket
+        #: where the last entry's bucket ends (an entry starting before it joins that one)
+        self.next_bucket = 0.0
 
     def add(self, entry: _Entry) -> None:
+        if self.bucket:
+            self.add_bucketed(entry[0], entry[1], entry[2], entry[3])
+            return
         self.entries.append(entry)
         self.bytes += entry[1]
         self.small += entry[2]
         self.ingress += entry[3]
+
+    def add_bucketed(self, start: float, size: int, small: int, ingress: int) -> None:
+        """Sum an interval into the last bucket, or open a bucket with it."""
+        entries = self.entries
+        if start < self.next_bucket and entries:
+            last = entries[-1]
+            entries[-1] = (last[0], last[1] + size, last[2] + small, last[3] + ingress)
+        else:
+            entries.append((start, size, small, ingress))
+            self.next_bucket = start - start % self.bucket + self.bucket
+        self.bytes += size
+        self.small += small
+        self.ingress += ingress
 
     def expire(self, horizon: float) -> None:
         entries = self.entries
@@ -141,22 +184,28 @@ class _Window:
         "_generation",
         "_merged",
         "alerting",
+        "bucketed",
         "destinations",
         "longer",
+        "paged",
         "sources",
         "spans",
         "touched",
     )
 
-    def __init__(self, count: int) -> None:
-        #: the first span's entries carry the intervals' sketches (see _Entry)
-        self.spans = [_Span() for _ in range(count)]
-        #: the spans after the first
-        self.longer = tuple(self.spans[1:])
+    def __init__(self, count: int, buckets: Sequence[float] = ()) -> None:
+        #: the first span's entries carry the intervals' sketches (see _Entry); ``buckets``:
+        #: per span, its bucket length (bucket_lengths) when longer than an interval, else 0
+        self.spans = [_Span(buckets[i] if i < len(buckets) else 0.0) for i in range(count)]
+        #: the spans after the first: one entry per interval, and in buckets
+        self.longer = tuple(span for span in self.spans[1:] if not span.bucket)
+        self.bucketed = tuple(span for span in self.spans[1:] if span.bucket)
         #: evidence of entries older than the first span (heaviest talkers only)
         self.sources = TopK(_EVIDENCE_CAPACITY)
         self.destinations = TopK(_EVIDENCE_CAPACITY)
         self.alerting = False
+        #: the last interval end at which the window had an alert (0: never)
+        self.paged = 0.0
         #: the last interval end at which the window was looked at
         self.touched = 0.0
         #: evidence() as last built, and how many first-span entries it holds; None once
@@ -168,8 +217,15 @@ class _Window:
 
     @property
     def entries(self) -> deque[_Entry]:
-        """Entries of the longest window (every entry any window still holds)."""
+        """Entries of the longest window: empty when no window holds anything."""
         return self.spans[-1].entries
+
+    @property
+    def intervals(self) -> deque[_Entry]:
+        """Entries of the longest window kept per interval (every interval such a window
+        holds; the bucketed spans hold them too, summed)."""
+        longer = self.longer
+        return longer[-1].entries if longer else self.spans[0].entries
 
     @property
     def total(self) -> int:
@@ -267,6 +323,15 @@ def _by_key(item: tuple[AggregateKey, _Window]) -> tuple[str, str]:
     return item[0][0], item[0][1].key
 
 
+def about(seconds: float) -> str:
+    """A transfer's length in words a page's reader takes in at once ("6 days", "19 hours")."""
+    for unit, size in (("day", 86400.0), ("hour", 3600.0)):
+        if seconds >= 2 * size:
+            return f"{round(seconds / size)} {unit}s"
+    minutes = max(round(seconds / 60), 1)
+    return f"{minutes} minute" + ("s" if minutes > 1 else "")
+
+
 def _floor_text(floor: int, configured: int, span: str) -> str:
     """The floor a page was judged by; below the configured one, that one and why."""
     text = f"{format_bytes(floor)} per {span}"
@@ -283,10 +348,12 @@ class UnexpectedDestinationDetector(Detector):
 
     __slots__ = (
         "_alerting",
+        "_buckets",
         "_factors",
         "_fanout_last",
         "_groups",
         "_limits",
+        "_paged",
         "_ticks",
         "_touched",
         "evicted",
@@ -316,21 +383,33 @@ class UnexpectedDestinationDetector(Detector):
         self._fanout_last: set[str] = set()
         #: per group: windows with an alert of their own
         self._alerting: dict[str, set[AggregateKey]] = {}
+        #: per group: windows that had an alert within the longest window (those alerting
+        #: too): their bytes paged already, and are no part of the group's fan-out sums
+        self._paged: dict[str, set[AggregateKey]] = {}
         #: windows that took an entry this interval, in bucket order
         self._touched: list[tuple[AggregateKey, _Window]] = []
         self._ticks = 0
         #: what collect needs of the configuration: (dust, floors, lowest floor)
         self._limits = self._compute_limits()
+        #: per window, its bucket length when its span sums several intervals, else 0
+        self._buckets = self._compute_buckets()
 
     def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
         if config.unexpected_windows != self._config.unexpected_windows:
             self.windows = {}  # other window lengths: start afresh
             self._groups = {}
             self._alerting = {}
+            self._paged = {}
             self._touched = []
         self._config = config
         self._labels = labels
         self._limits = self._compute_limits()
+        self._buckets = self._compute_buckets()
+
+    def _compute_buckets(self) -> tuple[float, ...]:
+        interval = self._config.interval
+        lengths = bucket_lengths(self._config.unexpected_windows, interval)
+        return tuple(length if length > interval else 0.0 for length in lengths)
 
     def _compute_limits(self) -> tuple[int, list[int], int]:
         floors = [floor for _length, floor in self._config.unexpected_windows]
@@ -356,6 +435,7 @@ class UnexpectedDestinationDetector(Detector):
         policy = self.policy
         windows = self.windows
         count = len(self._config.unexpected_windows)
+        buckets = self._buckets
         now = start + self._config.interval
         # The longest span holds every entry the others do, so its sum bounds theirs: under
         # the lowest floor, no span can page.
@@ -391,7 +471,7 @@ class UnexpectedDestinationDetector(Detector):
                     if rule is None or dest.country in rule:
                         continue
                 if size >= dust or (size >= dust_least and size >= dust * factor(key[0])):
-                    window = windows[key] = _Window(count)
+                    window = windows[key] = _Window(count, buckets)
                 small, ingress = accum.small, accum.ingress
             else:
                 small, ingress = accum.small, accum.ingress
@@ -414,6 +494,8 @@ class UnexpectedDestinationDetector(Detector):
                         span.small += small
                     if ingress:
                         span.ingress += ingress
+                for span in window.bucketed:
+                    span.add_bucketed(start, size, small, ingress)
                 if window.touched != now:
                     window.touched = now
                     # Evaluation looks only at windows that might page (sums before expiring
@@ -438,7 +520,7 @@ class UnexpectedDestinationDetector(Detector):
         for group, (size, small, ingress) in groups.items():
             spans = self._groups.get(group)
             if spans is None:
-                spans = self._groups[group] = [_Span() for _ in range(count)]
+                spans = self._groups[group] = [_Span(bucket) for bucket in buckets]
             entry = (start, size, small, ingress)
             for span in spans:
                 span.add(entry)
@@ -603,6 +685,15 @@ class UnexpectedDestinationDetector(Detector):
                 totals.append(total)
                 if fire_index < 0 and total >= configured * g:
                     fire_index = index
+            # Kept as with the configured floors, or while the upload goes on at the group's:
+            # a download's return path that paged at the configured floor stays one alert.
+            sending = still_sending(effectives, spans, 1.0) or (
+                g < 1.0 and still_sending(totals, spans, g)
+            )
+            if fire_index > 0 and not sending:
+                # A longer window holds a page only while the transfer goes on: one that
+                # stopped resolves, and its bytes do not page again, for the week they stay.
+                fire_index = -1
             if fire_index >= 0 and group in fanout_last and alert_key not in active:
                 # The group's fan-out page already covers this destination: one page, not
                 # one per country, while it lasts.
@@ -611,13 +702,7 @@ class UnexpectedDestinationDetector(Detector):
                 if not window.entries:
                     del windows[key]
                 continue
-            # Kept as with the configured floors, or while the upload goes on at the group's:
-            # a download's return path that paged at the configured floor stays one alert.
-            keep = (
-                fire_index >= 0
-                or still_sending(effectives, spans, 1.0)
-                or (g < 1.0 and still_sending(totals, spans, g))
-            )
+            keep = fire_index >= 0 or sending
             shown = fire_index if fire_index >= 0 else 0
             # The floor this group's page is judged by (and shows).
             floor = round(spans[shown][1] * g)
@@ -664,6 +749,8 @@ class UnexpectedDestinationDetector(Detector):
                 if alerting is None:
                     alerting = self._alerting[group] = set()
                 alerting.add(key)
+                window.paged = now
+                self._paged.setdefault(group, set()).add(key)
             else:
                 self._alerting.get(group, set()).discard(key)
                 if not window.entries:
@@ -678,6 +765,7 @@ class UnexpectedDestinationDetector(Detector):
         fraction = config.ingress_return_fraction
         changed = []
         sweep = self._ticks % _SWEEP_EVERY == 0
+        longest = spans[-1][0]
         least = factor
         if config.unexpected_floors_scale_below > 0:
             least *= config.unexpected_floors_lowest_factor
@@ -708,13 +796,18 @@ class UnexpectedDestinationDetector(Detector):
                     total < times * floor for total, (_l, floor) in zip(sums, spans, strict=True)
                 ):
                     continue  # cannot fire, and no alert to keep
-            # Destinations paging on their own are not part of the fan-out.
-            for key in self._alerting.get(group, ()):
+            # Destinations paging on their own are not part of the fan-out, nor, while a
+            # window still holds what they sent, those that paged (their alert resolved when
+            # they stopped: the bytes a week's window keeps paged once).
+            paged = self._paged.get(group, set())
+            for key in list(paged):
                 window = self.windows.get(key)
-                if window is not None:
-                    for index, span in enumerate(window.spans):
-                        sums[index] -= span.effective(fraction)
-                        uploads[index] -= span.upload(fraction)
+                if window is None or (not window.alerting and now - window.paged > longest):
+                    paged.discard(key)
+                    continue
+                for index, span in enumerate(window.spans):
+                    sums[index] -= span.effective(fraction)
+                    uploads[index] -= span.upload(fraction)
             effectives = list(sums)
             if times < factor:
                 # Under the configured floor only upload-shaped egress counts (see above).
@@ -724,11 +817,12 @@ class UnexpectedDestinationDetector(Detector):
             fire_index = next(
                 (i for i, (_l, floor) in enumerate(spans) if sums[i] >= times * floor), -1
             )
-            keep = (
-                fire_index >= 0
-                or still_sending(effectives, spans, factor)
-                or (times < factor and still_sending(sums, spans, times))
+            sending = still_sending(effectives, spans, factor) or (
+                times < factor and still_sending(sums, spans, times)
             )
+            if fire_index > 0 and not sending:
+                fire_index = -1  # a longer window holds a page only while the sending goes on
+            keep = fire_index >= 0 or sending
             shown = fire_index if fire_index >= 0 else 0
             alert_key: AlertKey = (UNEXPECTED, group, FANOUT_COUNTRY)
             floor = int(times * spans[shown][1])
@@ -874,6 +968,10 @@ class UnexpectedDestinationDetector(Detector):
         expected_text = ", ".join(sorted(expected)) if expected else "none"
         first = span_data.entries[0][0] if span_data.entries else now
         captured = window.capture_evidence()
+        # A drip over days reads as its pace: what an hour of it carries.
+        pace = ""
+        if now - first >= 2 * 86400.0:
+            pace = f", about {format_bytes(total * 3600.0 / (now - first))} an hour"
 
         def render() -> dict[str, str]:
             sources, destinations = window.evidence_at(captured)
@@ -887,12 +985,13 @@ class UnexpectedDestinationDetector(Detector):
                 )
             annotations = {
                 "summary": (
-                    f"{group} sent {format_bytes(total)} to {dest.describe()} within {span}, "
-                    "a destination it is not expected to send to"
+                    f"{group} sent {format_bytes(total)} over {about(now - first)} to "
+                    f"{dest.describe()}, a destination it is not expected to send to "
+                    f"({span} window)"
                 ),
                 "description": (
                     f"Group {group} sent {format_bytes(total)} to {dest.describe()} between "
-                    f"{rfc3339(first)} and {rfc3339(now)} "
+                    f"{rfc3339(first)} and {rfc3339(now)}{pace} "
                     f"(floor {_floor_text(floor, configured, span)}).{set_against} "
                     f"Expected countries: {expected_text}. "
                     f"Top sources: {top_with_bytes(sources, n)}. "
@@ -916,19 +1015,24 @@ class UnexpectedDestinationDetector(Detector):
     # -- persistence -------------------------------------------------------------------------
 
     def to_json(self) -> list[dict[str, object]]:
+        """Each window: its intervals (those of its longest window kept per interval) and, when
+        a window sums intervals into buckets, its longest such window's buckets."""
         out: list[dict[str, object]] = []
         for (group, dest), window in self.windows.items():
             sources, destinations = window.evidence(keep=False)
-            out.append(
-                {
-                    "group": group,
-                    "dest": dest.key,
-                    "as_org": dest.as_org,
-                    "entries": [list(e[:4]) for e in window.entries],
-                    "sources": sources.to_json(),
-                    "destinations": destinations.to_json(),
-                }
-            )
+            item: dict[str, object] = {
+                "group": group,
+                "dest": dest.key,
+                "as_org": dest.as_org,
+                "entries": [list(e[:4]) for e in window.intervals],
+                "sources": sources.to_json(),
+                "destinations": destinations.to_json(),
+            }
+            if window.bucketed:
+                item["buckets"] = [list(e) for e in window.bucketed[-1].entries]
+            if window.paged:
+                item["paged"] = window.paged
+            out.append(item)
         return out
 
     def load_json(
@@ -942,14 +1046,18 @@ class UnexpectedDestinationDetector(Detector):
         sizes not below zero, at most as many as its longest span holds (the latest); at most
         ``max_keys`` windows (the lightest without an alert dropped, as at run time). An
         entry dated in the future would never expire, and a negative or an ingress-laden one
-        would hold the key's total under its floor for as long."""
+        would hold the key's total under its floor for as long. A bucketed window's buckets
+        are held the same way; an older state's windows, which held their entries per interval
+        only, fill it from those."""
         config = self._config
         windows: dict[AggregateKey, _Window] = {}
         count = len(config.unexpected_windows)
         kept = math.ceil(
             max(length for length, _floor in config.unexpected_windows) / config.interval
         )
-        groups: dict[str, list[_Span]] = {}
+        buckets = self._buckets
+        #: per group, its windows' intervals and buckets (the group's sums, rebuilt in order)
+        group_entries: dict[str, tuple[list[_Entry], list[_Entry]]] = {}
         for item in data:
             dest_key = str(item["dest"])
             dest = intern.get(dest_key)
@@ -959,12 +1067,13 @@ class UnexpectedDestinationDetector(Detector):
                     base.country, base.region, base.asn, str(item.get("as_org", "")), "state"
                 )
                 intern[dest_key] = dest
-            window = _Window(count)
+            window = _Window(count, buckets)
             entries = item["entries"]
-            if not isinstance(entries, list):
+            saved_buckets = item.get("buckets")
+            if not isinstance(entries, list) or not isinstance(saved_buckets, list | None):
                 raise ValueError("malformed window")
             group = str(item["group"])
-            group_spans = groups.setdefault(group, [_Span() for _ in range(count)])
+            intervals, summed = group_entries.setdefault(group, ([], []))
             rows: list[tuple[float, int, int, int]] = []
             for row in entries:
                 if len(row) == 4 and isinstance(row[2], int):
@@ -977,30 +1086,57 @@ class UnexpectedDestinationDetector(Detector):
                 if math.isfinite(entry[0]) and entry[0] < until and min(entry[1:]) >= 0:
                     rows.append(entry)
             rows.sort(key=lambda e: e[0])
-            for entry in rows[-kept:]:
+            rows = rows[-kept:]
+            for entry in rows:
                 # Restored evidence is merged already: the first span's entries carry none.
                 window.spans[0].add((*entry, None))
-                for index in range(1, count):
-                    window.spans[index].add(entry)
-                for span in group_spans:
+                for span in window.longer:
                     span.add(entry)
+                if saved_buckets is None:
+                    for span in window.bucketed:
+                        span.add(entry)
+            intervals.extend(rows)
+            if saved_buckets is not None:
+                sums: list[tuple[float, int, int, int]] = []
+                for row in saved_buckets:
+                    entry = (float(row[0]), int(row[1]), int(row[2]), int(row[3]))
+                    if math.isfinite(entry[0]) and entry[0] < until and min(entry[1:]) >= 0:
+                        sums.append(entry)
+                sums.sort(key=lambda e: e[0])
+                for entry in sums[-kept:]:
+                    for span in window.bucketed:
+                        span.add(entry)
+                    summed.append(entry)
+            else:
+                summed.extend(rows)
             sources, destinations = item.get("sources"), item.get("destinations")
             if isinstance(sources, dict) and isinstance(destinations, dict):
                 window.sources = TopK.from_json(sources, _EVIDENCE_CAPACITY)
                 window.destinations = TopK.from_json(destinations, _EVIDENCE_CAPACITY)
             window.alerting = (UNEXPECTED, group, dest_key) in self.book.active
+            paged = item.get("paged", 0.0)
+            window.paged = float(paged) if isinstance(paged, int | float) else 0.0
             windows[(group, dest)] = window
-        # The group spans' entries must be in time order to expire from the left.
-        for spans in groups.values():
+        # The group spans' entries must be in time order to expire from the left (and to
+        # sum into buckets).
+        groups: dict[str, list[_Span]] = {}
+        for group, (intervals, summed) in group_entries.items():
+            spans = groups[group] = [_Span(bucket) for bucket in buckets]
+            intervals.sort(key=lambda e: e[0])
+            summed.sort(key=lambda e: e[0])
             for span in spans:
-                span.entries = deque(sorted(span.entries, key=lambda e: e[0]))
+                for entry in summed if span.bucket else intervals:
+                    span.add(entry)
         self.windows = windows
         self._groups = groups
         self._touched = list(windows.items())
         self._alerting = {}
+        self._paged = {}
         for key, window in windows.items():
             if window.alerting:
                 self._alerting.setdefault(key[0], set()).add(key)
+            if window.alerting or window.paged:
+                self._paged.setdefault(key[0], set()).add(key)
         self._fanout_last = {g for (_a, g, d) in self.book.active if d == FANOUT_COUNTRY}
         if len(windows) > config.max_keys:
             self._evict_for_room()
