@@ -23,8 +23,9 @@ a CDN edge in a new country do not page a small office); at the configured floor
 egress counts in full, as for any group.
 
 Cost: a destination gets a window of its own from its first interval carrying at least a
-tenth of the smallest per-interval share of a floor (347 KB with the defaults, times the
-group's factor; smaller intervals count for the fan-out sums only). A window is looked at when
+tenth of the smallest per-interval share of a floor of the windows kept per interval, or half
+that share of a bucketed window's (248 KB with the defaults, the week's, times the group's
+factor; smaller intervals count for the fan-out sums only). A window is looked at when
 it takes an entry that leaves one of its spans at or over that span's floor, or has an alert to
 keep or resolve; the rest is swept every 36 intervals. Evidence sketches are kept
 for the first window's span; older entries merge their heaviest talkers into the window's
@@ -530,15 +531,24 @@ class UnexpectedDestinationDetector(Detector):
     @property
     def _dust(self) -> int:
         """Below this, an interval does not open a window of its own (it still counts for
-        the group's fan-out sums): a tenth of the smallest per-interval share of a floor.
+        the group's fan-out sums): a tenth of the smallest per-interval share of a floor of
+        the windows kept per interval, at most half that share of a bucketed (week's) one.
 
         A window reaches a floor only with intervals averaging that share, so the bytes of
-        the dust intervals before a window opens are at most a tenth of any floor.
+        the dust intervals before a window opens are at most a tenth of a per-interval
+        window's floor; a week's drip opens its window with intervals at half its floor's
+        pace (a tenth of it, 50 kB, would keep a week's window for most scanned addresses).
         """
         config = self._config
+        interval = config.interval
+        windows = config.unexpected_windows
         return int(
-            min(floor * config.interval / length for length, floor in config.unexpected_windows)
-            / 10
+            min(
+                floor * interval / length / (2 if bucket > interval else 10)
+                for (length, floor), bucket in zip(
+                    windows, bucket_lengths(windows, interval), strict=True
+                )
+            )
         )
 
     @staticmethod
