@@ -147,3 +147,33 @@ def test_a_destination_that_paged_is_no_part_of_a_later_fan_out() -> None:
         alerts += _run(engine, [f for f in flows if f.time_end >= T0 + split])
         fired = [a.labels["dst_country"] for a in alerts if a.state == FIRING]
         assert fired == ["CN", "DE"], restart
+
+
+def test_a_drip_that_pauses_and_resumes_within_the_week_is_one_page() -> None:
+    # 8 MB an hour pages on the week after ~5 days; it stops for a day (the page resolves
+    # within hours) and resumes at the same pace while the week still holds over 1 GB of it:
+    # the same incident, no second page. What it sends after the resolution counts anew:
+    # 150 MB within an hour later on is a page of its own (on the hour).
+    engine = _engine()
+    resume = 7 * DAY + 12 * HOUR
+    flows = (
+        _usual(0, 9.5 * DAY)
+        + _drip(DAY, 5 * 24 + 18, 8 * MB)
+        + _drip(resume, 36, 8 * MB)
+        + _drip(resume + 40 * HOUR, 1, 150 * MB)
+    )
+    alerts = _run(engine, flows)
+    assert [(a.state, a.annotations["window"]) for a in alerts] == [
+        (FIRING, "7d"),
+        (RESOLVED, "7d"),
+        (FIRING, "1h"),
+        (RESOLVED, "1h"),
+    ]
+    stopped = T0 + DAY + (5 * 24 + 18) * HOUR
+    assert alerts[0].starts_at < stopped
+    ends_at = alerts[1].ends_at
+    assert ends_at is not None and stopped < ends_at < stopped + 2 * HOUR
+    assert T0 + resume + 40 * HOUR <= alerts[2].starts_at <= T0 + resume + 41 * HOUR
+    # Over the week's floor the whole time since the first page: that alone pages no more.
+    (window,) = [w for k, w in engine.unexpected.windows.items() if k[1].country == "CN"]
+    assert window.spans[-1].bytes > GB

@@ -51,7 +51,7 @@ from egressd.aggregate import AggregateKey, Bucket
 from egressd.baseline.grouprate import GroupRates
 from egressd.baseline.seasonal import SeasonalBaselines
 from egressd.config import DetectionConfig
-from egressd.detect.alerts import Alert, AlertBook, AlertKey, rfc3339
+from egressd.detect.alerts import RESOLVED, Alert, AlertBook, AlertKey, rfc3339
 from egressd.detect.base import Detector
 from egressd.detect.labels import LabelOptions, alert_labels, top, top_with_bytes
 from egressd.detect.policy import ExpectedDestinations
@@ -84,17 +84,31 @@ RETURN_SHARE = 0.1
 _Entry = tuple[Any, ...]
 
 
-def still_sending(totals: Sequence[int], spans: Sequence[tuple[float, int]], factor: float) -> bool:
+def still_sending(
+    totals: Sequence[int], spans: Sequence[tuple[float, int]], factor: float, reach: int = -1
+) -> bool:
     """Whether an alert's transfer goes on: it keeps the alert open (no resolve, no new page).
 
-    It goes on while the shortest window's bytes, at their pace, would bring some window to
-    half its floor (times ``factor``). A slow transfer that paged on the hour and goes on at the
-    daily window's pace stays one alert, instead of resolving and paging again when the day's
-    sum crosses its floor; a transfer that stopped resolves as soon as the shortest window
-    empties, whatever the longer ones still hold.
+    It goes on while the shortest window's bytes, at their pace, would bring some window (up
+    to index ``reach``; -1: every one) to half its floor (times ``factor``). A slow transfer
+    that paged on the hour and goes on at the daily window's pace stays one alert, instead of
+    resolving and paging again when the day's sum crosses its floor; a transfer that stopped
+    resolves as soon as the shortest window empties, whatever the longer ones still hold.
     """
     shortest, recent = spans[0][0], totals[0]
+    if reach >= 0:
+        spans = spans[: reach + 1]
     return any(recent * (length / shortest) >= factor * floor / 2 for length, floor in spans)
+
+
+#: windows up to this long keep any alert open while the transfer goes on at their pace
+#: (still_sending); a longer one (the week's) only an alert that paged on it
+KEEP_REACH = 86400.0
+
+
+def keep_reach(spans: Sequence[tuple[float, int]]) -> int:
+    """The index of the longest window of at most :data:`KEEP_REACH` (0 when none is)."""
+    return max((i for i, (length, _floor) in enumerate(spans) if length <= KEEP_REACH), default=0)
 
 
 #: a span holds at most about this many entries: a longer window sums its intervals into
@@ -186,9 +200,11 @@ class _Window:
         "_merged",
         "alerting",
         "bucketed",
+        "credit",
         "destinations",
         "longer",
-        "paged",
+        "paged_on",
+        "paid_until",
         "sources",
         "spans",
         "touched",
@@ -205,8 +221,13 @@ class _Window:
         self.sources = TopK(_EVIDENCE_CAPACITY)
         self.destinations = TopK(_EVIDENCE_CAPACITY)
         self.alerting = False
-        #: the last interval end at which the window had an alert (0: never)
-        self.paged = 0.0
+        #: while alerting, the longest window (index) its alert fired on, else -1
+        self.paged_on = -1
+        #: per span, what it still holds of the intervals before ``paid_until`` (bytes,
+        #: small-packet bytes, ingress): an alert of the window resolved then, and those bytes
+        #: paged once (:meth:`pay`); None when the spans hold none of them
+        self.credit: list[list[int]] | None = None
+        self.paid_until = 0.0
         #: the last interval end at which the window was looked at
         self.touched = 0.0
         #: evidence() as last built, and how many first-span entries it holds; None once
@@ -231,6 +252,51 @@ class _Window:
     @property
     def total(self) -> int:
         return self.spans[0].bytes
+
+    def pay(self, now: float) -> None:
+        """The window's alert resolved at ``now``: what its spans hold paged, and pages no
+        second time (a paused transfer that resumes within the week is the same incident;
+        what is sent from ``now`` on counts toward a page of its own)."""
+        self.credit = [[span.bytes, span.small, span.ingress] for span in self.spans]
+        self.paid_until = now
+        for span in self.bucketed:
+            # An interval from now on opens a bucket of its own: no bucket straddles ``now``.
+            span.next_bucket = min(span.next_bucket, now)
+
+    def settle(self, horizons: Sequence[float]) -> None:
+        """Take what is about to leave each span (before ``horizons``) off its credit; none
+        left once the longest span keeps nothing from before ``paid_until``."""
+        credit = self.credit
+        if credit is None:
+            return
+        until = self.paid_until
+        for span, paid, horizon in zip(self.spans, credit, horizons, strict=True):
+            for entry in span.entries:
+                start = entry[0]
+                if start >= horizon or start >= until:
+                    break
+                paid[0] -= entry[1]
+                paid[1] -= entry[2]
+                paid[2] -= entry[3]
+        for entry in self.spans[-1].entries:
+            if entry[0] >= horizons[-1]:
+                if entry[0] >= until:
+                    self.credit = None
+                return
+        self.credit = None
+
+    def unpaid(self, index: int) -> _Span:
+        """Span ``index`` without what paged already (its sums only)."""
+        span = self.spans[index]
+        credit = self.credit
+        if credit is None:
+            return span
+        paid = credit[index]
+        view = _Span()
+        view.bytes = span.bytes - paid[0]
+        view.small = span.small - paid[1]
+        view.ingress = span.ingress - paid[2]
+        return view
 
     def evidence(self, keep: bool = True) -> tuple[TopK, TopK]:
         """Top sources and destinations over everything the window holds (read only).
@@ -352,9 +418,10 @@ class UnexpectedDestinationDetector(Detector):
         "_buckets",
         "_factors",
         "_fanout_last",
+        "_fanout_on",
         "_groups",
         "_limits",
-        "_paged",
+        "_paid",
         "_ticks",
         "_touched",
         "evicted",
@@ -382,11 +449,13 @@ class UnexpectedDestinationDetector(Detector):
         self._groups: dict[str, list[_Span]] = {}
         #: groups with an active fan-out alert
         self._fanout_last: set[str] = set()
+        #: per group with a fan-out alert, the longest window it fired on (see keep_reach)
+        self._fanout_on: dict[str, int] = {}
         #: per group: windows with an alert of their own
         self._alerting: dict[str, set[AggregateKey]] = {}
-        #: per group: windows that had an alert within the longest window (those alerting
-        #: too): their bytes paged already, and are no part of the group's fan-out sums
-        self._paged: dict[str, set[AggregateKey]] = {}
+        #: per group: windows holding bytes of an alert that resolved (_Window.credit): they
+        #: paged already, and are no part of the group's fan-out sums
+        self._paid: dict[str, set[AggregateKey]] = {}
         #: windows that took an entry this interval, in bucket order
         self._touched: list[tuple[AggregateKey, _Window]] = []
         self._ticks = 0
@@ -400,7 +469,8 @@ class UnexpectedDestinationDetector(Detector):
             self.windows = {}  # other window lengths: start afresh
             self._groups = {}
             self._alerting = {}
-            self._paged = {}
+            self._paid = {}
+            self._fanout_on = {}
             self._touched = []
         self._config = config
         self._labels = labels
@@ -559,6 +629,8 @@ class UnexpectedDestinationDetector(Detector):
         ``heavy`` bytes (or with an alert) their heaviest talkers join the window's evidence.
         """
         spans = window.spans
+        if window.credit is not None:
+            window.settle(horizons)
         # Span.expire inlined: this runs for every window the sweep looks at.
         span = spans[0]
         entries = span.entries
@@ -606,7 +678,7 @@ class UnexpectedDestinationDetector(Detector):
         candidates = [
             (window.spans[-1].bytes, key)
             for key, window in self.windows.items()
-            if not window.alerting
+            if not window.alerting and window.credit is None
         ]
         excess = len(self.windows) - self._config.max_keys
         count = min(len(candidates), max(excess, self._config.max_keys // 10, 1))
@@ -638,6 +710,7 @@ class UnexpectedDestinationDetector(Detector):
         floors = [floor for _length, floor in spans]
         # Windows halfway to the longest window's floor might still page: keep evidence.
         heavy = spans[-1][1] // 2
+        reach_least = keep_reach(spans)
         expire = self._expire
         factor = self.factor
         factors = self._factors  # (what factor asked of the rates this interval)
@@ -684,7 +757,11 @@ class UnexpectedDestinationDetector(Detector):
             fire_index = -1
             totals = []
             effectives = []
+            paid = window.credit is not None
             for index, span in enumerate(window.spans):
+                if paid:
+                    # What paged once (its alert resolved) pages no second time.
+                    span = window.unpaid(index)
                 total = span.effective(fraction)
                 effectives.append(total)
                 configured = floors[index]
@@ -697,8 +774,11 @@ class UnexpectedDestinationDetector(Detector):
                     fire_index = index
             # Kept as with the configured floors, or while the upload goes on at the group's:
             # a download's return path that paged at the configured floor stays one alert.
-            sending = still_sending(effectives, spans, 1.0) or (
-                g < 1.0 and still_sending(totals, spans, g)
+            # A transfer goes on at the pace of the windows up to a day, or of a longer one
+            # that paged: a trickle at a week's pace keeps open only a page of the week.
+            reach = max(reach_least, fire_index, window.paged_on)
+            sending = still_sending(effectives, spans, 1.0, reach) or (
+                g < 1.0 and still_sending(totals, spans, g, reach)
             )
             if fire_index > 0 and not sending:
                 # A longer window holds a page only while the transfer goes on: one that
@@ -753,15 +833,19 @@ class UnexpectedDestinationDetector(Detector):
             )
             if alert is not None:
                 changed.append(alert)
+                if alert.state == RESOLVED:
+                    window.pay(now)
+                    self._paid.setdefault(group, set()).add(key)
             window.alerting = alert_key in active
             if window.alerting:
+                if fire_index > window.paged_on:
+                    window.paged_on = fire_index
                 alerting = self._alerting.get(group)
                 if alerting is None:
                     alerting = self._alerting[group] = set()
                 alerting.add(key)
-                window.paged = now
-                self._paged.setdefault(group, set()).add(key)
             else:
+                window.paged_on = -1
                 self._alerting.get(group, set()).discard(key)
                 if not window.entries:
                     del windows[key]
@@ -775,8 +859,8 @@ class UnexpectedDestinationDetector(Detector):
         fraction = config.ingress_return_fraction
         changed = []
         sweep = self._ticks % _SWEEP_EVERY == 0
-        longest = spans[-1][0]
         least = factor
+        reach_least = keep_reach(spans)
         if config.unexpected_floors_scale_below > 0:
             least *= config.unexpected_floors_lowest_factor
         for group in list(self._groups):
@@ -806,18 +890,35 @@ class UnexpectedDestinationDetector(Detector):
                     total < times * floor for total, (_l, floor) in zip(sums, spans, strict=True)
                 ):
                     continue  # cannot fire, and no alert to keep
-            # Destinations paging on their own are not part of the fan-out, nor, while a
-            # window still holds what they sent, those that paged (their alert resolved when
-            # they stopped: the bytes a week's window keeps paged once).
-            paged = self._paged.get(group, set())
-            for key in list(paged):
-                window = self.windows.get(key)
-                if window is None or (not window.alerting and now - window.paged > longest):
-                    paged.discard(key)
-                    continue
-                for index, span in enumerate(window.spans):
-                    sums[index] -= span.effective(fraction)
-                    uploads[index] -= span.upload(fraction)
+            # Destinations paging on their own are not part of the fan-out, nor what those
+            # whose alert resolved sent before (it paged once, while a week's window holds it).
+            windows = self.windows
+            for key in self._alerting.get(group, ()):
+                window = windows.get(key)
+                if window is not None:
+                    for index, span in enumerate(window.spans):
+                        sums[index] -= span.effective(fraction)
+                        uploads[index] -= span.upload(fraction)
+            paid = self._paid.get(group)
+            if paid:
+                horizons = [now - length for length, _floor in spans]
+                heavy = int(spans[-1][1] // 2 * self.factor(group))
+                for key in list(paid):
+                    window = windows.get(key)
+                    if window is not None and not window.alerting:
+                        self._expire(window, horizons, heavy)
+                    if window is None or window.credit is None:
+                        paid.discard(key)
+                        continue
+                    if window.alerting:
+                        continue  # (all of it, above)
+                    for index, (size, small, ingress) in enumerate(window.credit):
+                        if index <= reach_least:
+                            continue  # (a day's sums count it, as they always did)
+                        part = _Span()
+                        part.bytes, part.small, part.ingress = size, small, ingress
+                        sums[index] -= part.effective(fraction)
+                        uploads[index] -= part.upload(fraction)
             effectives = list(sums)
             if times < factor:
                 # Under the configured floor only upload-shaped egress counts (see above).
@@ -827,8 +928,10 @@ class UnexpectedDestinationDetector(Detector):
             fire_index = next(
                 (i for i, (_l, floor) in enumerate(spans) if sums[i] >= times * floor), -1
             )
-            sending = still_sending(effectives, spans, factor) or (
-                times < factor and still_sending(sums, spans, times)
+            # (as for one destination: a window longer than a day keeps only its own page open)
+            reach = max(reach_least, fire_index, self._fanout_on.get(group, -1))
+            sending = still_sending(effectives, spans, factor, reach) or (
+                times < factor and still_sending(sums, spans, times, reach)
             )
             if fire_index > 0 and not sending:
                 fire_index = -1  # a longer window holds a page only while the sending goes on
@@ -855,8 +958,11 @@ class UnexpectedDestinationDetector(Detector):
                 changed.append(alert)
             if alert_key in self.book.active:
                 self._fanout_last.add(group)
+                if fire_index > self._fanout_on.get(group, -1):
+                    self._fanout_on[group] = fire_index
             else:
                 self._fanout_last.discard(group)
+                self._fanout_on.pop(group, None)
         return changed
 
     # -- evidence ----------------------------------------------------------------------------
@@ -977,6 +1083,8 @@ class UnexpectedDestinationDetector(Detector):
         expected = self.policy.expected_countries(group)
         expected_text = ", ".join(sorted(expected)) if expected else "none"
         first = span_data.entries[0][0] if span_data.entries else now
+        if window.credit is not None:
+            first = max(first, window.paid_until)  # (what came before paged once)
         captured = window.capture_evidence()
         # A drip over days reads as its pace: what an hour of it carries.
         pace = ""
@@ -1040,8 +1148,10 @@ class UnexpectedDestinationDetector(Detector):
             }
             if window.bucketed:
                 item["buckets"] = [list(e) for e in window.bucketed[-1].entries]
-            if window.paged:
-                item["paged"] = window.paged
+            if window.credit is not None:
+                item["paid_until"] = window.paid_until
+            if window.alerting and window.paged_on > 0:
+                item["paged_on"] = window.paged_on
             out.append(item)
         return out
 
@@ -1124,8 +1234,19 @@ class UnexpectedDestinationDetector(Detector):
                 window.sources = TopK.from_json(sources, _EVIDENCE_CAPACITY)
                 window.destinations = TopK.from_json(destinations, _EVIDENCE_CAPACITY)
             window.alerting = (UNEXPECTED, group, dest_key) in self.book.active
-            paged = item.get("paged", 0.0)
-            window.paged = float(paged) if isinstance(paged, int | float) else 0.0
+            paged_on = item.get("paged_on")
+            if window.alerting and isinstance(paged_on, int) and 0 < paged_on < count:
+                window.paged_on = paged_on
+            paid_until = item.get("paid_until")
+            if isinstance(paid_until, int | float):
+                # What the spans hold from before it (the invariant pay and settle keep).
+                window.paid_until = float(paid_until)
+                window.credit = [
+                    [sum(e[j] for e in span.entries if e[0] < paid_until) for j in (1, 2, 3)]
+                    for span in window.spans
+                ]
+                for span in window.bucketed:
+                    span.next_bucket = min(span.next_bucket, float(paid_until))
             windows[(group, dest)] = window
         # The group spans' entries must be in time order to expire from the left (and to
         # sum into buckets).
@@ -1141,12 +1262,13 @@ class UnexpectedDestinationDetector(Detector):
         self._groups = groups
         self._touched = list(windows.items())
         self._alerting = {}
-        self._paged = {}
+        self._paid = {}
         for key, window in windows.items():
             if window.alerting:
                 self._alerting.setdefault(key[0], set()).add(key)
-            if window.alerting or window.paged:
-                self._paged.setdefault(key[0], set()).add(key)
+            if window.credit is not None:
+                self._paid.setdefault(key[0], set()).add(key)
         self._fanout_last = {g for (_a, g, d) in self.book.active if d == FANOUT_COUNTRY}
+        self._fanout_on = {}
         if len(windows) > config.max_keys:
             self._evict_for_room()
