@@ -177,3 +177,27 @@ def test_a_drip_that_pauses_and_resumes_within_the_week_is_one_page() -> None:
     # Over the week's floor the whole time since the first page: that alone pages no more.
     (window,) = [w for k, w in engine.unexpected.windows.items() if k[1].country == "CN"]
     assert window.spans[-1].bytes > GB
+
+
+#: a group of this size (30 MB an interval) has its floors scaled to about a ninth
+SCALED = research_config({"interval": "5m", "learning": "1d"}, countries=("US",))
+ROUTINE = ("77.88.8.8", "200.160.2.3", "202.31.203.13", DE)  # RU, BR, KR, DE
+
+
+def test_a_small_groups_routine_unexpected_traffic_does_not_page_on_the_week() -> None:
+    # About 1 MB an hour to each of four countries nobody listed: 24 MB a day, under the
+    # scaled day floor (~110 MB), 140 MB over six days, over the scaled week floor. Routine,
+    # not a drip: none pages. A drip of 4 MB an hour to China from the same group, four times
+    # what each of those carries, pages on the week once past the scaled floor.
+    engine = Engine(parse_config(SCALED), EmbeddedCountryLabeler())
+    flows = _usual(0, 7 * DAY)
+    for dst in ROUTINE:
+        flows += _drip(DAY, 6 * 24, 1 * MB, dst)
+    flows += _drip(DAY, 6 * 24, 4 * MB)
+    alerts = _run(engine, flows)
+    assert engine.unexpected.factor("research") < 0.2
+    fired = [
+        (a.labels["dst_country"], a.annotations["window"]) for a in alerts if a.state == FIRING
+    ]
+    assert fired == [("CN", "7d")]
+    assert engine.unexpected._bars["research"] >= 3 * 100 * MB

@@ -106,6 +106,12 @@ def still_sending(
 KEEP_REACH = 86400.0
 
 
+#: a small group's floor for a window longer than :data:`KEEP_REACH` is at least this many
+#: times the third largest of its unexpected destinations' sums in the longest window, never
+#: above the configured floor (:meth:`UnexpectedDestinationDetector.measure_bars`)
+GROUP_BAR_TIMES = 3
+
+
 def keep_reach(spans: Sequence[tuple[float, int]]) -> int:
     """The index of the longest window of at most :data:`KEEP_REACH` (0 when none is)."""
     return max((i for i, (length, _floor) in enumerate(spans) if length <= KEEP_REACH), default=0)
@@ -399,14 +405,20 @@ def about(seconds: float) -> str:
     return f"{minutes} minute" + ("s" if minutes > 1 else "")
 
 
-def _floor_text(floor: int, configured: int, span: str) -> str:
-    """The floor a page was judged by; below the configured one, that one and why."""
+def _floor_text(floor: int, configured: int, span: str, barred: bool = False) -> str:
+    """The floor a page was judged by; below the configured one, that one and why
+    (``barred``: the group's bar raised it, see measure_bars)."""
     text = f"{format_bytes(floor)} per {span}"
     if floor < configured:
         text += (
             f": {format_bytes(configured)} scaled to the group's size "
             "(its busy-interval egress under unexpected_floors_scale_below)"
         )
+        if barred:
+            text += (
+                f", raised to {GROUP_BAR_TIMES}x the group's third largest unexpected "
+                f"destination within {span}"
+            )
     return text
 
 
@@ -415,13 +427,13 @@ class UnexpectedDestinationDetector(Detector):
 
     __slots__ = (
         "_alerting",
+        "_bars",
         "_buckets",
         "_factors",
         "_fanout_last",
-        "_fanout_on",
+        "_group_levels",
         "_groups",
         "_limits",
-        "_paid",
         "_ticks",
         "_touched",
         "evicted",
@@ -449,13 +461,12 @@ class UnexpectedDestinationDetector(Detector):
         self._groups: dict[str, list[_Span]] = {}
         #: groups with an active fan-out alert
         self._fanout_last: set[str] = set()
-        #: per group with a fan-out alert, the longest window it fired on (see keep_reach)
-        self._fanout_on: dict[str, int] = {}
+        #: per group, its bar for windows longer than a day (measure_bars), and this
+        #: interval's floors (_levels)
+        self._bars: dict[str, int] = {}
+        self._group_levels: dict[str, list[float]] = {}
         #: per group: windows with an alert of their own
         self._alerting: dict[str, set[AggregateKey]] = {}
-        #: per group: windows holding bytes of an alert that resolved (_Window.credit): they
-        #: paged already, and are no part of the group's fan-out sums
-        self._paid: dict[str, set[AggregateKey]] = {}
         #: windows that took an entry this interval, in bucket order
         self._touched: list[tuple[AggregateKey, _Window]] = []
         self._ticks = 0
@@ -469,8 +480,6 @@ class UnexpectedDestinationDetector(Detector):
             self.windows = {}  # other window lengths: start afresh
             self._groups = {}
             self._alerting = {}
-            self._paid = {}
-            self._fanout_on = {}
             self._touched = []
         self._config = config
         self._labels = labels
@@ -485,6 +494,47 @@ class UnexpectedDestinationDetector(Detector):
     def _compute_limits(self) -> tuple[int, list[int], int]:
         floors = [floor for _length, floor in self._config.unexpected_windows]
         return self._dust, floors, min(floors)
+
+    def measure_bars(self) -> None:
+        """Each group's bar for its windows longer than a day (:data:`GROUP_BAR_TIMES`).
+
+        Routine traffic to unexpected destinations (a few MB a day to each of several
+        countries nobody listed) sums over a week to what a small group's scaled week floor
+        is: a drip is told apart from it by being several times what the group's third largest
+        such destination carries, up to the configured floor (the floor of a group at its full
+        size, which no bar raises). Measured at the sweep (every 36 intervals) over the windows
+        without an alert or a credit (what paged is no routine).
+        """
+        tops: dict[str, list[int]] = {}
+        for (group, _dest), window in self.windows.items():
+            if window.alerting or window.credit is not None:
+                continue
+            size = window.spans[-1].bytes
+            top = tops.get(group)
+            if top is None:
+                tops[group] = [size]
+            elif len(top) < 3:
+                top.append(size)
+                top.sort(reverse=True)
+            elif size > top[2]:
+                top[2] = size
+                top.sort(reverse=True)
+        self._bars = {g: GROUP_BAR_TIMES * top[2] for g, top in tops.items() if len(top) == 3}
+        self._group_levels = {}
+
+    def _levels(self, group: str, g: float) -> list[float]:
+        """``group``'s floors this interval: the configured ones times its factor ``g``, and
+        for a window longer than a day at least its bar (never above the configured floor)."""
+        levels = self._group_levels.get(group)
+        if levels is None:
+            spans = self._config.unexpected_windows
+            bar = self._bars.get(group, 0)
+            reach = keep_reach(spans)
+            levels = self._group_levels[group] = [
+                floor * g if i <= reach else max(floor * g, min(floor, bar))
+                for i, (_length, floor) in enumerate(spans)
+            ]
+        return levels
 
     def factor(self, group: str) -> float:
         """What ``group``'s floors are multiplied by this interval (at most 1)."""
@@ -514,6 +564,7 @@ class UnexpectedDestinationDetector(Detector):
         # A small group's floors are lower (its factor, at most 1, asked once per interval):
         # under the least any group's can be, nothing to ask.
         self._factors = {}
+        self._group_levels = {}
         factor = self.factor
         config = self._config
         shrinks = config.unexpected_floors_scale_below > 0
@@ -591,7 +642,9 @@ class UnexpectedDestinationDetector(Detector):
         for group, (size, small, ingress) in groups.items():
             spans = self._groups.get(group)
             if spans is None:
-                spans = self._groups[group] = [_Span(bucket) for bucket in buckets]
+                # (the fan-out's windows only: up to a day, see _evaluate_fanout)
+                reach = keep_reach(self._config.unexpected_windows)
+                spans = self._groups[group] = [_Span(bucket) for bucket in buckets[: reach + 1]]
             entry = (start, size, small, ingress)
             for span in spans:
                 span.add(entry)
@@ -720,6 +773,9 @@ class UnexpectedDestinationDetector(Detector):
                     expire(window, horizons, int(heavy * factor(key[0])))
                     if not window.entries:
                         del windows[key]
+            if reach_least < len(spans) - 1:
+                self.measure_bars()
+        levels = self._levels
         touched = self._touched
         self._touched = []
         # In key order, not bucket order (one process and a scale-out's partials fill buckets
@@ -770,7 +826,9 @@ class UnexpectedDestinationDetector(Detector):
                     # from a new CDN edge is no page for a small group either.
                     total = span.upload(fraction)
                 totals.append(total)
-                if fire_index < 0 and total >= configured * g:
+                if fire_index < 0 and total >= (
+                    configured * g if index <= reach_least else levels(group, g)[index]
+                ):
                     fire_index = index
             # Kept as with the configured floors, or while the upload goes on at the group's:
             # a download's return path that paged at the configured floor stays one alert.
@@ -795,7 +853,7 @@ class UnexpectedDestinationDetector(Detector):
             keep = fire_index >= 0 or sending
             shown = fire_index if fire_index >= 0 else 0
             # The floor this group's page is judged by (and shows).
-            floor = round(spans[shown][1] * g)
+            floor = round(spans[shown][1] * g if shown <= reach_least else levels(group, g)[shown])
 
             def describe(
                 window: _Window = window,
@@ -835,7 +893,6 @@ class UnexpectedDestinationDetector(Detector):
                 changed.append(alert)
                 if alert.state == RESOLVED:
                     window.pay(now)
-                    self._paid.setdefault(group, set()).add(key)
             window.alerting = alert_key in active
             if window.alerting:
                 if fire_index > window.paged_on:
@@ -854,13 +911,15 @@ class UnexpectedDestinationDetector(Detector):
 
     def _evaluate_fanout(self, now: float) -> list[Alert]:
         config = self._config
-        spans = config.unexpected_windows
+        # A group's sums over windows up to a day: a week of its routine unexpected egress
+        # summed over every destination is no incident (a drip is one destination's).
+        spans = config.unexpected_windows[: keep_reach(config.unexpected_windows) + 1]
+        count = len(spans)
         factor = config.fanout_factor
         fraction = config.ingress_return_fraction
         changed = []
         sweep = self._ticks % _SWEEP_EVERY == 0
         least = factor
-        reach_least = keep_reach(spans)
         if config.unexpected_floors_scale_below > 0:
             least *= config.unexpected_floors_lowest_factor
         for group in list(self._groups):
@@ -890,35 +949,14 @@ class UnexpectedDestinationDetector(Detector):
                     total < times * floor for total, (_l, floor) in zip(sums, spans, strict=True)
                 ):
                     continue  # cannot fire, and no alert to keep
-            # Destinations paging on their own are not part of the fan-out, nor what those
-            # whose alert resolved sent before (it paged once, while a week's window holds it).
-            windows = self.windows
+            # Destinations paging on their own are not part of the fan-out.
             for key in self._alerting.get(group, ()):
-                window = windows.get(key)
+                window = self.windows.get(key)
                 if window is not None:
-                    for index, span in enumerate(window.spans):
+                    for index in range(count):
+                        span = window.spans[index]
                         sums[index] -= span.effective(fraction)
                         uploads[index] -= span.upload(fraction)
-            paid = self._paid.get(group)
-            if paid:
-                horizons = [now - length for length, _floor in spans]
-                heavy = int(spans[-1][1] // 2 * self.factor(group))
-                for key in list(paid):
-                    window = windows.get(key)
-                    if window is not None and not window.alerting:
-                        self._expire(window, horizons, heavy)
-                    if window is None or window.credit is None:
-                        paid.discard(key)
-                        continue
-                    if window.alerting:
-                        continue  # (all of it, above)
-                    for index, (size, small, ingress) in enumerate(window.credit):
-                        if index <= reach_least:
-                            continue  # (a day's sums count it, as they always did)
-                        part = _Span()
-                        part.bytes, part.small, part.ingress = size, small, ingress
-                        sums[index] -= part.effective(fraction)
-                        uploads[index] -= part.upload(fraction)
             effectives = list(sums)
             if times < factor:
                 # Under the configured floor only upload-shaped egress counts (see above).
@@ -928,10 +966,8 @@ class UnexpectedDestinationDetector(Detector):
             fire_index = next(
                 (i for i, (_l, floor) in enumerate(spans) if sums[i] >= times * floor), -1
             )
-            # (as for one destination: a window longer than a day keeps only its own page open)
-            reach = max(reach_least, fire_index, self._fanout_on.get(group, -1))
-            sending = still_sending(effectives, spans, factor, reach) or (
-                times < factor and still_sending(sums, spans, times, reach)
+            sending = still_sending(effectives, spans, factor) or (
+                times < factor and still_sending(sums, spans, times)
             )
             if fire_index > 0 and not sending:
                 fire_index = -1  # a longer window holds a page only while the sending goes on
@@ -958,11 +994,8 @@ class UnexpectedDestinationDetector(Detector):
                 changed.append(alert)
             if alert_key in self.book.active:
                 self._fanout_last.add(group)
-                if fire_index > self._fanout_on.get(group, -1):
-                    self._fanout_on[group] = fire_index
             else:
                 self._fanout_last.discard(group)
-                self._fanout_on.pop(group, None)
         return changed
 
     # -- evidence ----------------------------------------------------------------------------
@@ -1076,6 +1109,9 @@ class UnexpectedDestinationDetector(Detector):
         ``floor`` is the one it was judged by (the window's, times the group's factor)."""
         config = self._config
         length, configured = config.unexpected_windows[index]
+        barred = index > keep_reach(config.unexpected_windows) and floor > round(
+            configured * self.factor(group)
+        )
         span_data = window.spans[index]
         small, ingress = span_data.small, span_data.ingress
         expectation = baselines.expect((group, dest.key), now - config.interval)
@@ -1110,7 +1146,7 @@ class UnexpectedDestinationDetector(Detector):
                 "description": (
                     f"Group {group} sent {format_bytes(total)} to {dest.describe()} between "
                     f"{rfc3339(first)} and {rfc3339(now)}{pace} "
-                    f"(floor {_floor_text(floor, configured, span)}).{set_against} "
+                    f"(floor {_floor_text(floor, configured, span, barred)}).{set_against} "
                     f"Expected countries: {expected_text}. "
                     f"Top sources: {top_with_bytes(sources, n)}. "
                     f"Top destinations: {top_with_bytes(destinations, n)}."
@@ -1252,7 +1288,10 @@ class UnexpectedDestinationDetector(Detector):
         # sum into buckets).
         groups: dict[str, list[_Span]] = {}
         for group, (intervals, summed) in group_entries.items():
-            spans = groups[group] = [_Span(bucket) for bucket in buckets]
+            spans = groups[group] = [
+                _Span(bucket)
+                for bucket in buckets[: keep_reach(self._config.unexpected_windows) + 1]
+            ]
             intervals.sort(key=lambda e: e[0])
             summed.sort(key=lambda e: e[0])
             for span in spans:
@@ -1262,13 +1301,10 @@ class UnexpectedDestinationDetector(Detector):
         self._groups = groups
         self._touched = list(windows.items())
         self._alerting = {}
-        self._paid = {}
         for key, window in windows.items():
             if window.alerting:
                 self._alerting.setdefault(key[0], set()).add(key)
-            if window.credit is not None:
-                self._paid.setdefault(key[0], set()).add(key)
         self._fanout_last = {g for (_a, g, d) in self.book.active if d == FANOUT_COUNTRY}
-        self._fanout_on = {}
         if len(windows) > config.max_keys:
             self._evict_for_room()
+        self.measure_bars()
