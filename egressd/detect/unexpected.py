@@ -3,14 +3,22 @@
 Each configured window (``detection.unexpected_windows``; by default 1 h / 100 MB,
 1 d / 1 GB and 7 d / 1 GB) has its own floor, and a destination pages when any window reaches
 its floor; a window after the first only while the transfer goes on (:func:`still_sending`),
-so a transfer that stopped resolves when the first window empties, and what the week still
-holds of it pages no second time. A window of more than ``2 * _SPAN_ENTRIES`` intervals (the
+so a transfer that stopped resolves when the first window empties. What a destination's windows
+hold when its alert resolves pages no second time (:meth:`_Window.pay`): a paused transfer that
+resumes within the week is the incident that resolved, and only what is sent after counts
+toward a new page. A trickle at a window's pace longer than a day (:data:`KEEP_REACH`) keeps
+open only a page of that window. A window of more than ``2 * _SPAN_ENTRIES`` intervals (the
 week's) keeps its intervals summed into buckets (:func:`bucket_lengths`: hourly for the week,
-at most 169 entries per destination), in memory and in the state file.
+at most 169 entries per destination), in memory and in the state file. A small group's floor
+for a window longer than a day is at least :data:`GROUP_BAR_TIMES` times its third largest
+unexpected destination's sum in the longest window, at most the configured floor
+(:meth:`UnexpectedDestinationDetector.measure_bars`): routine traffic to several unlisted
+countries sums over a week to what the scaled floor is.
 Small-packet egress (ACKs) counts only beyond ``ingress_return_fraction`` of the ingress from
 the same destination in that window, so a download's return path does not page while an
 upload beside it does. A group's unexpected egress summed over its destinations pages too, at
-``fanout_factor`` times a window's floor (fan-out: many destinations, each under its floor).
+``fanout_factor`` times a window's floor (fan-out: many destinations, each under its floor),
+over the windows up to a day (a week of a group's routine sums to no incident).
 Every byte floor (the windows', the fan-out sums', the dust that opens a window) is multiplied
 by the group's factor: its busy-interval egress (:class:`GroupRates`) over
 ``unexpected_floors_scale_below`` when it carries less, down to a fifth, and more slowly (the
