@@ -442,6 +442,7 @@ class UnexpectedDestinationDetector(Detector):
         "_group_levels",
         "_groups",
         "_limits",
+        "_reach",
         "_ticks",
         "_touched",
         "evicted",
@@ -482,6 +483,8 @@ class UnexpectedDestinationDetector(Detector):
         self._limits = self._compute_limits()
         #: per window, its bucket length when its span sums several intervals, else 0
         self._buckets = self._compute_buckets()
+        #: the longest window up to a day (keep_reach): the fan-out's, and without a bar
+        self._reach = keep_reach(config.unexpected_windows)
 
     def reconfigure(self, config: DetectionConfig, labels: LabelOptions) -> None:
         if config.unexpected_windows != self._config.unexpected_windows:
@@ -493,6 +496,7 @@ class UnexpectedDestinationDetector(Detector):
         self._labels = labels
         self._limits = self._compute_limits()
         self._buckets = self._compute_buckets()
+        self._reach = keep_reach(config.unexpected_windows)
 
     def _compute_buckets(self) -> tuple[float, ...]:
         interval = self._config.interval
@@ -537,7 +541,7 @@ class UnexpectedDestinationDetector(Detector):
         if levels is None:
             spans = self._config.unexpected_windows
             bar = self._bars.get(group, 0)
-            reach = keep_reach(spans)
+            reach = self._reach
             levels = self._group_levels[group] = [
                 floor * g if i <= reach else max(floor * g, min(floor, bar))
                 for i, (_length, floor) in enumerate(spans)
@@ -625,7 +629,19 @@ class UnexpectedDestinationDetector(Detector):
                     if ingress:
                         span.ingress += ingress
                 for span in window.bucketed:
-                    span.add_bucketed(start, size, small, ingress)
+                    # Span.add_bucketed inlined: every window, every interval it takes.
+                    entries = span.entries
+                    if start < span.next_bucket and entries:
+                        last = entries[-1]
+                        entries[-1] = (last[0], last[1] + size, last[2] + small, last[3] + ingress)
+                    else:
+                        entries.append(entry)
+                        span.next_bucket = start - start % span.bucket + span.bucket
+                    span.bytes += size
+                    if small:
+                        span.small += small
+                    if ingress:
+                        span.ingress += ingress
                 if window.touched != now:
                     window.touched = now
                     # Evaluation looks only at windows that might page (sums before expiring
@@ -651,8 +667,9 @@ class UnexpectedDestinationDetector(Detector):
             spans = self._groups.get(group)
             if spans is None:
                 # (the fan-out's windows only: up to a day, see _evaluate_fanout)
-                reach = keep_reach(self._config.unexpected_windows)
-                spans = self._groups[group] = [_Span(bucket) for bucket in buckets[: reach + 1]]
+                spans = self._groups[group] = [
+                    _Span(bucket) for bucket in buckets[: self._reach + 1]
+                ]
             entry = (start, size, small, ingress)
             for span in spans:
                 span.add(entry)
@@ -771,7 +788,7 @@ class UnexpectedDestinationDetector(Detector):
         floors = [floor for _length, floor in spans]
         # Windows halfway to the longest window's floor might still page: keep evidence.
         heavy = spans[-1][1] // 2
-        reach_least = keep_reach(spans)
+        reach_least = self._reach
         expire = self._expire
         factor = self.factor
         factors = self._factors  # (what factor asked of the rates this interval)
@@ -842,10 +859,13 @@ class UnexpectedDestinationDetector(Detector):
             # a download's return path that paged at the configured floor stays one alert.
             # A transfer goes on at the pace of the windows up to a day, or of a longer one
             # that paged: a trickle at a week's pace keeps open only a page of the week.
-            reach = max(reach_least, fire_index, window.paged_on)
-            sending = still_sending(effectives, spans, 1.0, reach) or (
-                g < 1.0 and still_sending(totals, spans, g, reach)
-            )
+            # (Asked only where it decides: a page on a longer window, or an alert to keep.)
+            sending = False
+            if fire_index > 0 or (fire_index < 0 and window.alerting):
+                reach = max(reach_least, fire_index, window.paged_on)
+                sending = still_sending(effectives, spans, 1.0, reach) or (
+                    g < 1.0 and still_sending(totals, spans, g, reach)
+                )
             if fire_index > 0 and not sending:
                 # A longer window holds a page only while the transfer goes on: one that
                 # stopped resolves, and its bytes do not page again, for the week they stay.
@@ -921,7 +941,7 @@ class UnexpectedDestinationDetector(Detector):
         config = self._config
         # A group's sums over windows up to a day: a week of its routine unexpected egress
         # summed over every destination is no incident (a drip is one destination's).
-        spans = config.unexpected_windows[: keep_reach(config.unexpected_windows) + 1]
+        spans = config.unexpected_windows[: self._reach + 1]
         count = len(spans)
         factor = config.fanout_factor
         fraction = config.ingress_return_fraction
@@ -1117,9 +1137,7 @@ class UnexpectedDestinationDetector(Detector):
         ``floor`` is the one it was judged by (the window's, times the group's factor)."""
         config = self._config
         length, configured = config.unexpected_windows[index]
-        barred = index > keep_reach(config.unexpected_windows) and floor > round(
-            configured * self.factor(group)
-        )
+        barred = index > self._reach and floor > round(configured * self.factor(group))
         span_data = window.spans[index]
         small, ingress = span_data.small, span_data.ingress
         expectation = baselines.expect((group, dest.key), now - config.interval)
@@ -1296,10 +1314,7 @@ class UnexpectedDestinationDetector(Detector):
         # sum into buckets).
         groups: dict[str, list[_Span]] = {}
         for group, (intervals, summed) in group_entries.items():
-            spans = groups[group] = [
-                _Span(bucket)
-                for bucket in buckets[: keep_reach(self._config.unexpected_windows) + 1]
-            ]
+            spans = groups[group] = [_Span(bucket) for bucket in buckets[: self._reach + 1]]
             intervals.sort(key=lambda e: e[0])
             summed.sort(key=lambda e: e[0])
             for span in spans:
