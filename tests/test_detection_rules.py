@@ -1105,7 +1105,8 @@ def test_a_state_file_cannot_give_unexpected_windows_more_than_learning_keeps() 
     and held its key's total under the floor for good."""
     engine = _engine("max_keys = 20\n")
     saved = T0 + 2 * DAY
-    one = [[saved - 3 * DAY + 300.0 * n, 1 * MB, 0, 0] for n in range(3 * 288)]
+    # Eight days of intervals: the longest span (the default week's) holds the latest seven.
+    one = [[saved - 8 * DAY + 300.0 * n, 1 * MB, 0, 0] for n in range(8 * 288)]
     one += [[math.nan, 1, 0, 0], [saved - 600, -50 * GB, 0, 0], [saved - 900, MB, -MB, 0]]
     one += [[saved + 30 * DAY, -50 * GB, 0, 0], [saved + 300, 5 * GB, 0, 0]]
     windows: list[dict[str, object]] = [
@@ -1120,9 +1121,10 @@ def test_a_state_file_cannot_give_unexpected_windows_more_than_learning_keeps() 
     )
     unexpected = engine.unexpected
     cn = next(w for (_g, dest), w in unexpected.windows.items() if dest.key == "CN")
+    # (the week's span sums its intervals in hourly buckets)
     starts = [entry[0] for entry in cn.entries]
-    assert starts == [saved - 3 * DAY + 300.0 * n for n in range(2 * 288, 3 * 288)]
-    assert cn.spans[-1].bytes == 288 * MB
+    assert starts == [saved - 7 * DAY + 3600.0 * n for n in range(7 * 24)]
+    assert cn.spans[-1].bytes == 7 * 288 * MB
     assert len(unexpected.windows) <= 20
     assert {dest.key for _group, dest in unexpected.windows} >= {"CN", "FR||40"}
 
