@@ -201,3 +201,21 @@ def test_a_small_groups_routine_unexpected_traffic_does_not_page_on_the_week() -
     ]
     assert fired == [("CN", "7d")]
     assert engine.unexpected._bars["research"] >= 3 * 100 * MB
+
+
+def test_a_state_files_week_buckets_are_held_to_what_the_week_keeps() -> None:
+    # Buckets dated after the saved event time or below zero are left out, as a
+    # window's intervals are: a negative bucket dated in the future would never expire and
+    # would hold the week's sum under its floor for good.
+    engine = _engine()
+    _run(engine, _usual(0, 3 * DAY) + _drip(DAY, 2 * 24, 8 * MB))
+    state = orjson.loads(orjson.dumps(engine.snapshot()))
+    (saved,) = [w for w in state["windows"] if w["dest"].startswith("CN")]
+    good = sum(row[1] for row in saved["buckets"])
+    end = state["event_time"]
+    saved["buckets"] += [[end + 30 * DAY, -50 * GB, 0, 0], [end - 600, -GB, 0, 0]]
+    saved["buckets"] += [[end + 300, 5 * GB, 0, 0]]
+    restored = _engine()
+    restored.restore(state)
+    (window,) = [w for k, w in restored.unexpected.windows.items() if k[1].country == "CN"]
+    assert window.spans[-1].bytes == good > 300 * MB
