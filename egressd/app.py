@@ -488,12 +488,13 @@ class Daemon:
                     await source.checkpoint_saved(position)
             return True
 
-    def settle_heap(self) -> None:
+    def settle_heap(self, *, rescan: bool = True) -> None:
         """Keep what the daemon is built of out of the garbage collector's full scans
-        (:func:`egressd.gctune.settle_long_lived`): once it is running, after each reload."""
+        (:func:`egressd.gctune.settle_long_lived`): once it is running, after each reload
+        (``rescan=False`` after a geo data change: only the new tables are scanned)."""
         if self._gc_threshold is None:
             self._gc_threshold = gc.get_threshold()
-        settle_long_lived()
+        settle_long_lived(rescan=rescan)
 
     def _unsettle_heap(self) -> None:
         """Give the garbage collector back as :meth:`settle_heap` found it."""
@@ -602,7 +603,9 @@ class Daemon:
             self.engine.labels_changed()
             self.stats.geo_reloads += 1
             if self._gc_threshold is not None:  # a running daemon (not a test's bare one)
-                self.settle_heap()  # the new tables (a region map: ~5 objects a network)
+                # The new tables (a region map: ~5 objects a network); the replaced ones
+                # hold no cycles, so reference counting has freed them already.
+                self.settle_heap(rescan=False)
         return changed
 
     def _schedule_reload(self) -> None:

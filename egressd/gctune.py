@@ -21,7 +21,7 @@ from contextlib import contextmanager
 GEN0_THRESHOLD = 50_000
 
 
-def settle_long_lived() -> int:
+def settle_long_lived(*, rescan: bool = True) -> int:
     """Collect once over everything, then keep what is left out of every later collection.
 
     For a daemon once it is built and its state restored, and again after a reload: the
@@ -31,8 +31,14 @@ def settle_long_lived() -> int:
     collection free what a reload replaced, so a cycle in it is not kept forever.
     Collections also run less often (:data:`GEN0_THRESHOLD`). Returns how many objects
     are frozen.
+
+    ``rescan=False`` collects and freezes only what was made since the last freeze: for new
+    tables that replace acyclic ones (a geo reload's maps and readers, which reference
+    counting frees when swapped out), so the event loop does not stop to scan the whole
+    frozen heap again (a full scan is proportional to everything the process holds).
     """
-    gc.unfreeze()
+    if rescan:
+        gc.unfreeze()
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
