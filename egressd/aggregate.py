@@ -526,14 +526,44 @@ class IntervalAggregator:
                 out.append([start, group, dest.key, dest.as_org, *accum.to_row()])
         return out
 
-    def load_json(self, data: list[list[object]], intern: dict[str, DestinationLabels]) -> None:
-        self.buckets = {}
-        self.talkers = {}
+    def load_json(
+        self,
+        data: list[list[object]],
+        intern: dict[str, DestinationLabels],
+        until: float = math.inf,
+    ) -> int:
+        """Restore what :meth:`to_json` wrote, held to what the aggregator itself keeps;
+        returns how many keys were left out.
+
+        An open interval starts not below zero and not after ``until`` (the saved event
+        time: no record opened one later); as many are kept as the allowed lateness holds
+        open at once (the latest), and in each at most ``max_keys`` keys (the heaviest: past
+        it, a running aggregator folds keys into their country's).
+        """
+        buckets: dict[float, Bucket] = {}
+        dropped = 0
         for start, group, key, as_org, *row in data:
+            begins = float(start)  # type: ignore[arg-type]
+            if not 0 <= begins <= until:
+                dropped += 1
+                continue
             dest = intern_labels(intern, str(key), str(as_org))
             accum = Accum.from_row(row, self.sketch_capacity)
-            self.buckets.setdefault(float(start), {})[(str(group), dest)] = accum  # type: ignore[arg-type]
+            buckets.setdefault(begins, {})[(str(group), dest)] = accum
+        # Open at once: from the watermark's interval back over the lateness, plus the one
+        # a record past the watermark opens.
+        most = math.ceil(self.lateness / self.interval) + 2
+        for begins in sorted(buckets)[:-most]:
+            dropped += len(buckets.pop(begins))
+        for begins, bucket in buckets.items():
+            if len(bucket) > self.max_keys:
+                heaviest = sorted(bucket.items(), key=lambda item: -item[1].bytes)
+                buckets[begins] = dict(heaviest[: self.max_keys])
+                dropped += len(bucket) - self.max_keys
+        self.buckets = buckets
+        self.talkers = {}
         self._recompute_due()
+        return dropped
 
     def open_totals(self) -> dict[AggregateKey, int]:
         """Bytes per key in buckets not yet closed (for live metrics)."""

@@ -400,17 +400,25 @@ class Daemon:
                 len(self.engine.baselines),
                 len(self.engine.book.active),
             )
-            dropped = self.engine.baselines.dropped_on_load
-            if dropped:
-                log.warning(
-                    "state from %s: %d baseline(s) left out (values learning never "
-                    "writes, or beyond detection.max_keys)",
-                    path,
-                    dropped,
-                )
+            self._count_dropped_on_load(path)
             self._clamp_restored_time(path)
         self.feed.last_event_time = self.engine.event_time()
         self._state_loaded = True
+
+    def _count_dropped_on_load(self, path: Path) -> None:
+        """One warning for everything the restored state held beyond the engine's bounds."""
+        dropped = {part: n for part, n in self.engine.dropped_on_load.items() if n}
+        if not dropped:
+            return
+        counted = self.stats.state_entries_dropped
+        for part, n in dropped.items():
+            counted[part] = counted.get(part, 0) + n
+        log.warning(
+            "state from %s: entries left out on load (values learning never writes, times "
+            "after the saved event time, or beyond detection.max_keys and the like): %s",
+            path,
+            ", ".join(f"{part} {n}" for part, n in dropped.items()),
+        )
 
     async def restore_state_off_loop(self) -> None:
         """:meth:`restore_state`, the file read and the engine rebuilt in a thread: a large

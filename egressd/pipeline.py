@@ -22,14 +22,16 @@ from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
 from egressd.columnar import I64, ClassifiedBatch, ColumnClassifier, exact_total, numbered
 from egressd.columns import U64, FlowColumns, address_texts
-from egressd.config import Config
+from egressd.config import OTHER_GROUP, Config, GroupConfig
 from egressd.detect.alerts import Alert, AlertBook
 from egressd.detect.detectors import (
+    SPIKE,
+    UNEXPECTED,
     LabelOptions,
     UnexpectedDestinationDetector,
     VolumeSpikeDetector,
 )
-from egressd.detect.newdest import NewDestinationDetector
+from egressd.detect.newdest import NEW_DESTINATION, NewDestinationDetector
 from egressd.detect.policy import ExpectedDestinations
 from egressd.enrich import DestinationLabeler, DestinationLabels, NumberedLabeler, ParsedLabeler
 from egressd.enrich.address import parse_address
@@ -47,6 +49,19 @@ _FIRST_WINDOW = 512
 #: records, see :meth:`SeasonalBaselines.to_json`); 1, their per-key form, is still read
 STATE_VERSION = 2
 READABLE_STATE_VERSIONS = (1, 2)
+#: the parts of a state file that leave out what the running engine would not hold
+#: (:attr:`Engine.dropped_on_load`)
+RESTORED_PARTS = (
+    "baselines",
+    "learned",
+    "alerts",
+    "windows",
+    "spike_held",
+    "groups",
+    "open_intervals",
+)
+#: what the detectors page as; an active alert of another name is nothing they evaluate
+ALERTNAMES = (UNEXPECTED, SPIKE, NEW_DESTINATION)
 
 # What a destination is when it is not a labelled egress destination.
 _INTERNAL = "internal"  # inside networks.local: east-west
@@ -197,6 +212,8 @@ class Engine:
         #: time itself, so each record may reach at most this far past the ones before it
         self.stream_ahead = -math.inf
         self.restored = False
+        #: per part of a restored state file, the entries left out (see :meth:`restore`)
+        self.dropped_on_load: dict[str, int] = {}
         self._link_rate = detection.max_link_rate
         #: observer of every interval closed with data, called with (start, bucket) after
         #: detection has seen it; replay reports collect from here. It must not change them.
@@ -1112,21 +1129,39 @@ class Engine:
         return ahead
 
     def _restore_parts(self, data: dict[str, Any]) -> None:
-        self.baselines.load_json(data["baselines"])
-        self.policy.load_json(data["learned"])
-        self.book.load_json(data["alerts"])
-        # One labels object per destination key across everything restored.
-        intern: dict[str, DestinationLabels] = {}
+        """Each part held to the bounds the running engine keeps; what a part left out is
+        counted in :attr:`dropped_on_load` (a crafted or damaged file cannot grow the engine
+        past them, nor hold a key below what pages)."""
         saved_time = data.get("event_time")
         until = math.inf if saved_time is None else float(saved_time)
+        max_keys = self.config.detection.max_keys
+        dropped = self.dropped_on_load = dict.fromkeys(RESTORED_PARTS, 0)
+        self.baselines.load_json(data["baselines"])
+        dropped["baselines"] = self.baselines.dropped_on_load
+        dropped["learned"] = self.policy.load_json(data["learned"], until)
+        dropped["alerts"] = self.book.load_json(data["alerts"], until, ALERTNAMES, max_keys)
+        # One labels object per destination key across everything restored.
+        intern: dict[str, DestinationLabels] = {}
         self.unexpected.load_json(data["windows"], intern, until)
-        self.spikes.load_json(data["spikes"], intern)
+        dropped["windows"] = self.unexpected.evicted
+        dropped["spike_held"] = self.spikes.load_json(data["spikes"], intern, until)
         # (a state from before group rates has none: they are learned again within hours)
         rates = GroupRates.from_json(data.get("group_rates"))
         self.group_rates.levels = rates.levels
         if "new_destinations" in data:
             self.new_destinations.load_json(data["new_destinations"], intern)
-        self.aggregator.load_json(data.get("open_buckets", []), intern)
+        dropped["groups"] = sum(
+            _bound_unnamed(table, self.config.groups)
+            for table in (
+                self.group_rates.levels,
+                self.spikes.excesses.learned,
+                self.spikes.excesses.pending,
+                self.new_destinations.groups,
+            )
+        )
+        dropped["open_intervals"] = self.aggregator.load_json(
+            data.get("open_buckets", []), intern, until
+        )
         # The restored open intervals' bytes were counted (egressd_egress_bytes_total) by the
         # process that saved them; they close into the totals here again, so start each key
         # below zero by that much: the counter starts at 0 and never counts a byte twice.
@@ -1139,3 +1174,15 @@ class Engine:
             self.aggregator.closed_upto = float(data["closed_upto"])
         if data.get("last_tick") is not None:
             self.last_tick = float(data["last_tick"])
+
+
+def _bound_unnamed(table: dict[str, Any], groups: tuple[GroupConfig, ...]) -> int:
+    """Hold a per-group table restored from a state file to the groups configured (and
+    unmatched sources' group) plus as many others (a renamed or removed group's, the last
+    saved kept); returns how many groups were left out."""
+    named = {group.name for group in groups} | {OTHER_GROUP}
+    unnamed = [group for group in table if group not in named]
+    excess = len(unnamed) - len(named)
+    for group in unnamed[: max(excess, 0)]:
+        del table[group]
+    return max(excess, 0)

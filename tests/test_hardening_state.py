@@ -22,12 +22,14 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from egressd.app import Daemon
 from egressd.baseline.seasonal import stored_keys
 from egressd.baseline.statefile import load_state, save_state
 from egressd.config import Config, parse_config
 from egressd.decode.egressd_json import encode_egressd_json
+from egressd.detect.policy import MAX_LEARNED_COUNTRIES
 from egressd.enrich import DestinationLabels
 from egressd.errors import StateError
 from egressd.model import FlowRecord
@@ -405,3 +407,165 @@ def test_replay_restores_a_good_state(tmp_path: Path) -> None:
     saved = load_state(state)
     assert saved is not None
     assert set(stored_keys(saved["baselines"])) == {("research", "JP"), ("research", "KP")}
+
+
+# ------------------------------------------------- count bounds of what a state file restores
+
+#: a small max_keys, so that a crafted file goes past it cheaply
+BOUND_KEYS = 40
+BOUND_CONFIG = f"""
+[networks]
+local = ["10.0.0.0/8"]
+[[groups]]
+name = "research"
+sources = ["10.20.0.0/16"]
+[[groups]]
+name = "office"
+sources = ["10.30.0.0/16"]
+[detection]
+interval = "5m"
+allowed_lateness = "1m"
+learning = "1d"
+max_keys = {BOUND_KEYS}
+[state]
+path = "{{state}}"
+"""
+SAVED_AT = 1_773_064_800.0  # the crafted files' event time (an interval boundary)
+FUTURE = SAVED_AT + 10 * 86400.0
+
+
+def _alert(name: str, group: str, dest: str, state: str, when: float) -> dict[str, Any]:
+    return {
+        "key": [name, group, dest],
+        "labels": {"alertname": name},
+        "annotations": {"bytes": "1"},
+        "state": state,
+        "pending_since": when,
+        "starts_at": when,
+        "last_true": when,
+        "updated": when,
+    }
+
+
+def crafted_state(config: Config) -> dict[str, Any]:
+    """A state file as an attacker (or a bad disk) could write it: within state.max_size,
+    but holding far more than the engine ever keeps, with times in the future of its own
+    event time and values learning never writes."""
+    data = Engine(config, _FixedLabeler()).snapshot()
+    data["event_time"] = SAVED_AT
+    data["closed_upto"] = SAVED_AT - 300.0
+    data["last_tick"] = SAVED_AT - 300.0
+    row = [1000, 2, 1, {"10.20.0.5": 1000}, {"3.5.140.2": 1000}, 0, 0]
+    # Open intervals: 5 x 100 keys in the intervals the lateness holds open, 30 intervals
+    # a long way back, one after the saved event time.
+    buckets = [SAVED_AT - 300.0 * i for i in range(5)] + [
+        SAVED_AT - 86400.0 * (i + 1) for i in range(30)
+    ]
+    data["open_buckets"] = [
+        [start, "research", f"C{k % 26}|r{k}|{k + 1}", "", *row]
+        for start in buckets
+        for k in range(100)
+    ] + [[FUTURE, "research", "CN", "", *row]]
+    # Active alerts: 100 spikes (the latest updated last), 5 of a name nothing evaluates, a
+    # pending one dated in the future (it would wait for ever and hold its key silent).
+    data["alerts"] = (
+        [
+            _alert("EgressVolumeSpike", "research", f"C{k}", "firing", SAVED_AT - 1000 + k)
+            for k in range(100)
+        ]
+        + [_alert("Bogus", "research", f"B{k}", "firing", SAVED_AT) for k in range(5)]
+        + [_alert("EgressVolumeSpike", "research", "CN", "pending", FUTURE)]
+        + [_alert("EgressUnexpectedDestination", "research", "RU", "resolved", SAVED_AT)]
+    )
+    # Spike held keys: 100, one held in the future, one with a negative peak.
+    data["spikes"]["held"] = (
+        [["EgressVolumeSpike", "research", f"H{k}", SAVED_AT - 3000 + k, 10.0] for k in range(100)]
+        + [["EgressVolumeSpike", "research", "F", FUTURE, 10.0]]
+        + [["EgressVolumeSpike", "research", "N", SAVED_AT - 300, -1.0]]
+    )
+    data["spikes"]["last"] = [["EgressVolumeSpike", "research", f"L{k}"] for k in range(100)]
+    # Learned countries: 3,000 in one group, one with negative bytes, one whose use is cut
+    # short; a group whose learning started in the future; 20 groups nobody configured.
+    countries = {f"X{k}": 10_000 + k for k in range(3000)}
+    use = {c: [5, 2, 1] for c in countries}
+    countries["NEG"], use["NEG"] = -5, [5, 2, 1]
+    countries["CUT"], use["CUT"] = 50, [5]
+    data["learned"] = {
+        "research": {"started": SAVED_AT - 86400.0, "countries": countries, "use": use},
+        "office": {"started": FUTURE, "countries": {"US": 5}, "use": {"US": [1, 1, 0]}},
+        **{
+            f"gone{k}": {"started": SAVED_AT - k, "countries": {"US": 5}, "use": {"US": [1, 1, 0]}}
+            for k in range(20)
+        },
+    }
+    data["group_rates"] = {f"rate{k}": [10.0, 5.0] for k in range(20)}
+    return data
+
+
+def test_a_crafted_state_is_held_to_what_the_running_engine_keeps() -> None:
+    config = parse_config(BOUND_CONFIG.format(state="/nonexistent/s.json"))
+    engine = Engine(config, _FixedLabeler())
+    engine.restore(orjson.loads(orjson.dumps(crafted_state(config))))
+    dropped = engine.dropped_on_load
+
+    # Open intervals: only those the lateness holds open (3 with 1m lateness on 5m), at most
+    # max_keys keys each (the heaviest), none after the saved event time.
+    buckets = engine.aggregator.buckets
+    assert sorted(buckets) == [SAVED_AT - 600.0, SAVED_AT - 300.0, SAVED_AT]
+    assert all(len(bucket) == BOUND_KEYS for bucket in buckets.values())
+    assert dropped["open_intervals"] == 35 * 100 + 1 - 3 * BOUND_KEYS
+
+    # Alerts: at most max_keys of a name (the latest updated), none of an unknown name, none
+    # dated after the saved event time, none resolved.
+    active = engine.book.active
+    assert len(active) == BOUND_KEYS
+    assert {key[0] for key in active} == {"EgressVolumeSpike"}
+    assert min(a.updated for a in active.values()) == SAVED_AT - 1000 + 100 - BOUND_KEYS
+    assert ("EgressVolumeSpike", "research", "CN") not in active
+    assert dropped["alerts"] == 100 - BOUND_KEYS + 5 + 1 + 1
+
+    # Spike held keys: at most max_keys, none in the future, no negative peak; the keys
+    # evaluated when idle are those of active spike alerts only.
+    held = engine.spikes._held
+    assert len(held) == BOUND_KEYS
+    assert all(when <= SAVED_AT and peak >= 0 for when, peak in held.values())
+    assert dropped["spike_held"] == 100 - BOUND_KEYS + 2
+    assert set(engine.spikes._last) <= set(active)
+
+    # Learned countries: at most MAX_LEARNED_COUNTRIES a group (the heaviest), none with
+    # negative bytes or a short use; a learning start set back to the saved event time, so
+    # the group's learning ends (it does not hold every destination expected for ever).
+    research = engine.policy.learned["research"].countries
+    assert len(research) == MAX_LEARNED_COUNTRIES
+    assert "NEG" not in research and "CUT" not in research
+    assert min(research.values()) == 10_000 + 3000 - MAX_LEARNED_COUNTRIES
+    assert engine.policy.learned["office"].started == SAVED_AT
+    assert not engine.policy.is_learning("office", SAVED_AT + 86400.0)
+    # Groups nobody configured: as many as are configured (research, office, other).
+    assert len(engine.policy.learned) == 2 + 3
+    assert len(engine.group_rates.levels) == 3
+    assert dropped["learned"] == 3000 - MAX_LEARNED_COUNTRIES + 2 + 17
+    assert dropped["groups"] == 17
+
+    # What stays is still judged: the next intervals close and evaluate without error.
+    engine.advance(SAVED_AT + 3600.0)
+    assert not engine.aggregator.buckets
+
+
+async def test_a_daemon_logs_and_counts_what_a_state_file_held_beyond_the_bounds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = parse_config(BOUND_CONFIG.format(state=tmp_path / "s.json"))
+    (tmp_path / "s.json").write_bytes(orjson.dumps(crafted_state(config)))
+    with caplog.at_level(logging.WARNING, logger="egressd"):
+        daemon = Daemon(config, environ={}, sources=[])
+        daemon.restore_state()
+    assert daemon.stats.state_restored
+    lines = [r.getMessage() for r in caplog.records if "left out on load" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "open_intervals 3381" in lines[0] and "alerts 67" in lines[0]
+    counted = daemon.stats.state_entries_dropped
+    assert counted["open_intervals"] == 3381
+    assert counted["spike_held"] == 62
+    text = generate_latest(daemon.registry).decode()
+    assert 'egressd_state_entries_dropped_total{part="alerts"} 67.0' in text

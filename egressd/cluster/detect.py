@@ -574,6 +574,14 @@ class Detect(KafkaRole):
             return _Partition(tp, self._new_engine())
         self.stats.snapshots_loaded += 1
         part.loaded = True
+        dropped = {key: n for key, n in part.engine.dropped_on_load.items() if n}
+        if dropped:
+            log.warning(
+                "%s: the snapshot %s held entries beyond what the engine keeps, left out: %s",
+                self.name,
+                self.store.where(name),
+                ", ".join(f"{key} {n}" for key, n in dropped.items()),
+            )
         self._clamp(part, name)
         log.info(
             "%s: loaded the snapshot of %s:%d from %s, replaying from offset %d",

@@ -7,7 +7,8 @@ that pauses for an interval does not flap. Events follow Alertmanager's v2 alert
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
@@ -283,8 +284,46 @@ class AlertBook:
     def to_json(self) -> list[dict[str, Any]]:
         return [a.to_json() for a in self.active.values()]
 
-    def load_json(self, data: list[dict[str, Any]]) -> None:
-        self.active = {}
+    def load_json(
+        self,
+        data: list[dict[str, Any]],
+        until: float = math.inf,
+        names: Collection[str] | None = None,
+        max_per_name: int | None = None,
+    ) -> int:
+        """Restore what :meth:`to_json` wrote, held to what the book itself keeps; returns
+        how many alerts were left out.
+
+        Left out: alerts whose state is not pending or firing, whose times are not finite
+        or lie after ``until`` (the saved event time: a pending alert dated in the future
+        would never have waited ``pending_for`` and so never fire, holding its key silent;
+        a firing one would never resolve), whose alertname is not among ``names`` (nothing
+        would ever evaluate them), and beyond ``max_per_name`` alerts of one name (one per
+        key, ``detection.max_keys``) the least recently updated.
+        """
+        kept: dict[AlertKey, Alert] = {}
+        dropped = 0
         for item in data:
             alert = Alert.from_json(item)
-            self.active[alert.key] = alert
+            times = (alert.pending_since, alert.starts_at, alert.last_true, alert.updated)
+            if (
+                alert.state not in (PENDING, FIRING)
+                or (names is not None and alert.key[0] not in names)
+                or not all(math.isfinite(t) and t <= until for t in times)
+            ):
+                dropped += 1
+                continue
+            kept.pop(alert.key, None)  # (a key saved twice: the later stands)
+            kept[alert.key] = alert
+        if max_per_name is not None:
+            by_name: dict[str, list[Alert]] = {}
+            for alert in kept.values():
+                by_name.setdefault(alert.key[0], []).append(alert)
+            for alerts in by_name.values():
+                if len(alerts) > max_per_name:
+                    alerts.sort(key=attrgetter("updated"))
+                    for alert in alerts[: len(alerts) - max_per_name]:
+                        del kept[alert.key]
+                        dropped += 1
+        self.active = kept
+        return dropped

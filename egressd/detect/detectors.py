@@ -498,23 +498,51 @@ class VolumeSpikeDetector(Detector):
             "excesses": self.excesses.to_json(),
         }
 
-    def load_json(self, data: object, intern: dict[str, DestinationLabels]) -> None:
+    def load_json(
+        self, data: object, intern: dict[str, DestinationLabels], until: float = math.inf
+    ) -> int:
+        """Restore what :meth:`to_json` wrote, held to what the detector itself keeps;
+        returns how many held keys were left out.
+
+        A held key is one of an interval's keys (at most ``max_keys``: the latest held are
+        kept), held at a start not after ``until`` (the saved event time) with a finite peak
+        not below zero. Keys to evaluate when idle are those of the restored active spike
+        alerts (restore the alert book first); no others.
+        """
         self._last = {}
         self._held = {}
+        held: list[tuple[AlertKey, tuple[float, float]]] = []
+        dropped = 0
         if isinstance(data, dict):
             self.ratios = BurstRatios.from_json(data.get("ratios"))
             self.excesses = PeakExcesses.from_json(data.get("excesses"))
             for entry in data.get("held") or []:
                 if isinstance(entry, list) and len(entry) == 5 and all(map(_finite, entry[3:])):
                     alertname, group, dest_key, when, peak = entry
-                    if all(isinstance(x, str) for x in (alertname, group, dest_key)):
-                        self._held[(alertname, group, dest_key)] = (float(when), float(peak))
+                    if (
+                        all(isinstance(x, str) for x in (alertname, group, dest_key))
+                        and when <= until
+                        and peak >= 0
+                    ):
+                        held.append(((alertname, group, dest_key), (float(when), float(peak))))
+                        continue
+                dropped += 1
             data = data.get("last", [])
         if not isinstance(data, list):
             raise ValueError("malformed spike state")
+        kept = self._config.max_keys
+        if len(held) > kept:
+            dropped += len(held) - kept
+            held = sorted(held, key=lambda item: item[1][0])[-kept:]
+        self._held = dict(held)
+        active = self.book.active
         for alertname, group, dest_key in data:
-            dest = intern.get(dest_key) or DestinationLabels.from_key(dest_key)
-            self._last[(alertname, group, dest_key)] = (group, dest)
+            key = (str(alertname), str(group), str(dest_key))
+            if key not in active:
+                continue  # (a running detector forgets a key once its alert is gone)
+            dest = intern.get(key[2]) or DestinationLabels.from_key(key[2])
+            self._last[key] = (key[1], dest)
+        return dropped
 
 
 def _no_description() -> tuple[dict[str, str], dict[str, str]]:

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from egressd.config import GroupConfig
 from egressd.enrich import DestinationLabels
 
+#: countries a group's learned set holds at most on load: more than every two-letter code
+MAX_LEARNED_COUNTRIES = 1024
+
 
 @dataclass(slots=True)
 class LearnedDestinations:
@@ -233,11 +236,53 @@ class ExpectedDestinations:
     def to_json(self) -> dict[str, object]:
         return {g: learned.to_json() for g, learned in self.learned.items()}
 
-    def load_json(self, data: dict[str, object]) -> None:
-        learned = {}
+    def load_json(self, data: dict[str, object], until: float = math.inf) -> int:
+        """Restore what :meth:`to_json` wrote, held to what learning writes; returns how many
+        entries (countries, groups) were left out.
+
+        A group's learning started at a finite time not after ``until`` (the saved event
+        time; a later start would keep the group learning, where every destination is
+        expected, until the clock passed it: set back to ``until``). Its countries carry
+        byte counts not below zero and whole use counts (intervals, days, last day; a
+        shorter one would stop every evaluation of the group), at most :data:`MAX_LEARNED_COUNTRIES`
+        (the heaviest). Groups the configuration does not name (a renamed or removed
+        group's) are kept up to as many as it names, plus one.
+        """
+        learned: dict[str, LearnedDestinations] = {}
+        dropped = 0
         for group, item in data.items():
             if not isinstance(item, dict):
                 raise ValueError(f"malformed learned destinations for {group!r}")
-            learned[group] = LearnedDestinations.from_json(item)
+            entry = LearnedDestinations.from_json(item)
+            if not math.isfinite(entry.started):
+                dropped += 1
+                continue
+            entry.started = min(entry.started, until)
+            usable = {
+                country: size
+                for country, size in entry.countries.items()
+                if size >= 0 and _counts(entry.use.get(country))
+            }
+            if len(usable) > MAX_LEARNED_COUNTRIES:
+                usable = dict(sorted(usable.items(), key=lambda kv: -kv[1])[:MAX_LEARNED_COUNTRIES])
+            dropped += len(entry.countries) - len(usable)
+            entry.countries = usable
+            entry.use = {c: u for c, u in entry.use.items() if c in usable}
+            learned[str(group)] = entry
+        unnamed = [group for group in learned if group not in self._groups]
+        spare = len(self._groups) + 1
+        if len(unnamed) > spare:
+            # the latest started: the most recently renamed or removed
+            unnamed.sort(key=lambda group: learned[group].started)
+            for group in unnamed[: len(unnamed) - spare]:
+                del learned[group]
+                dropped += 1
         self._frozen = {}
         self.learned = learned
+        return dropped
+
+
+def _counts(use: list[int] | None) -> bool:
+    """Whether a learned country's use is as learning writes it: intervals and days used
+    (not below zero) and the last day used."""
+    return use is not None and len(use) == 3 and use[0] >= 0 and use[1] >= 0

@@ -55,6 +55,8 @@ class DaemonStats:
     state_corrupt: int = 0
     state_restored: bool = False
     idle_advances: int = 0
+    #: per part of a restored state file, entries left out as beyond what the engine holds
+    state_entries_dropped: dict[str, int] = field(default_factory=dict)
     #: restored states whose event time was ahead of wall time + max_clock_ahead (set back)
     state_time_clamped: int = 0
     #: flows delivered while the state was restored: held and judged once it was in place,
@@ -613,6 +615,13 @@ class EgressdCollector(Collector):
             "state_values_clamped",
             "Integers beyond the 64-bit range saved at its limit",
             d.state_values_clamped,
+        )
+        yield _counter(
+            "state_entries_dropped",
+            "Entries of a restored state file left out: values learning never writes, times "
+            "after its event time, or beyond the engine's bounds (detection.max_keys and the like)",
+            [([part], float(n)) for part, n in sorted(d.state_entries_dropped.items())],
+            ["part"],
         )
         yield _gauge(
             "state_last_save_timestamp_seconds", "When state was last saved", d.state_last_save
