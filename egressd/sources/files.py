@@ -6,18 +6,23 @@ line, datagram or packet is counted under its reason and skipped, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import io
+import logging
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from egressd.columns import FlowColumns
-from egressd.errors import DecodeError, EgressdError
+from egressd.errors import DecodeError, EgressdError, SourceError
 from egressd.model import FlowRecord
 from egressd.stats import SourceStats
+
+_log = logging.getLogger(__name__)
 
 #: bytes of one line → a record, None for a line to skip on purpose; raises DecodeError
 LineDecoder = Callable[[bytes], FlowRecord | None]
@@ -198,15 +203,31 @@ def read_columns_file(fmt: str, path: str | Path, stats: SourceStats) -> Iterato
         return
     stream = open_input(str(path))
     try:
-        if fmt in LINE_FORMATS:
-            yield from read_line_columns(stream, stats, fmt)
-            return
-        from egressd.sources.pcapfile import read_netflow_columns
+        with _named(path, stats):
+            if fmt in LINE_FORMATS:
+                yield from read_line_columns(stream, stats, fmt)
+                return
+            from egressd.sources.pcapfile import read_netflow_columns
 
-        yield from read_netflow_columns(stream, stats)
+            yield from read_netflow_columns(stream, stats)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
+
+
+@contextlib.contextmanager
+def _named(path: str | Path, stats: SourceStats) -> Iterator[None]:
+    """Reading ``path``: a compressed file cut short ends it (counted as ``truncated``, what
+    came before it counts); one that is no gzip, or corrupt, is an error naming the file."""
+    try:
+        yield
+    except EOFError:
+        stats.failed("truncated")
+        _log.warning("%s: ends mid-way (a compressed file cut short): read up to there", path)
+    except SourceError as exc:
+        raise EgressdError(f"{path}: {exc}") from None
+    except (OSError, zlib.error) as exc:
+        raise EgressdError(f"{path}: cannot read: {exc}") from None
 
 
 def open_input(path: str) -> BinaryIO:
@@ -236,7 +257,8 @@ def read_file(fmt: str, path: str | Path, stats: SourceStats) -> Iterator[FlowRe
         return
     stream = open_input(str(path))
     try:
-        yield from reader(stream, stats)
+        with _named(path, stats):
+            yield from reader(stream, stats)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
