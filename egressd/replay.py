@@ -242,7 +242,7 @@ class _Progress:
         if self._out is None:
             return
         if self._bar is not None:
-            self._bar.set_description(f"replay {path}", refresh=False)
+            self._bar.set_description_str(f"replay {path}", refresh=False)
             self._bar.update(records - self._bar.n)
             return
         now = time.monotonic()

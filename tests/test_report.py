@@ -163,6 +163,13 @@ def test_summary_and_json_on_stdout(scenario_files: tuple[Scenario, Path, Path])
             for a in alerts
         )
         assert f"{expected.alertname} {expected.dst_country}: " in sections[expected.group]
+        # Each alert line is followed by its evidence: who sent how much where.
+        evidence = re.findall(
+            rf"{expected.alertname} {expected.dst_country}: .*\n      (bytes .*)",
+            sections[expected.group],
+        )
+        assert evidence and all("top sources " in e for e in evidence), evidence
+        assert all("top destinations " in e for e in evidence), evidence
     # Both together are refused: stdout carries one of them.
     both = _egressd(*args, "--json", "--summary")
     assert both.returncode == 2 and b"not allowed with" in both.stderr
@@ -234,8 +241,89 @@ def test_progress_on_a_terminal_only(scenario_files: tuple[Scenario, Path, Path]
     finally:
         os.close(controller)
     assert done.returncode == 0
-    assert re.search(rb"replay .*flows\.goflow2\.jsonl: .*records", seen), seen[-500:]
+    assert re.search(rb"replay .*flows\.goflow2\.jsonl: [0-9.]+k? records", seen), seen[-500:]
     assert b"replay: alerts" in seen  # the summary follows the bar
+
+
+def _one_interval() -> ReportCollector:
+    collector = ReportCollector(300.0)
+    start = datetime(2026, 3, 9, 14, 0, tzinfo=UTC).timestamp()
+    bucket = _bucket([("research", DestinationLabels("CN"), 2_923_076_907)])
+    collector.observe_interval(start, bucket)  # type: ignore[arg-type]
+    return collector
+
+
+def _one_alert(annotations: dict[str, str]) -> ReportCollector:
+    collector = _one_interval()
+    collector.alert(
+        {
+            "status": "firing",
+            "labels": {
+                "alertname": "EgressUnexpectedDestination",
+                "group": "research",
+                "dst_country": "CN",
+            },
+            "annotations": annotations,
+            "startsAt": "2026-03-09T14:05:00Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+        }
+    )
+    return collector
+
+
+def test_a_chart_of_one_interval_shows_it_in_bytes() -> None:
+    figure = chart_figure(_one_interval().data, "research")
+    (trace,) = figure["data"]
+    assert trace["y"] == [2_923_076_907] and "markers" in trace["mode"]  # a lone point shows
+    layout = figure["layout"]
+    low, high = layout["xaxis"]["range"]  # an interval wide, not a millisecond
+    assert low < trace["x"][0] < high and high[:13] != low[:13]
+    assert layout["showlegend"] is True  # one country is still named
+    # 2.9GB, not plotly's default 2.9B (billions, read as bytes)
+    assert layout["yaxis"]["exponentformat"] == "SI" and layout["yaxis"]["ticksuffix"] == "B"
+    assert "(bytes per 5m)" in layout["title"]["text"]
+
+
+def test_many_alerts_are_shaded_without_names_covering_the_chart() -> None:
+    collector = _one_interval()
+    for minute in range(0, 60, 4):
+        collector.alert(
+            {
+                "status": "firing",
+                "labels": {"alertname": "EgressUnexpectedDestination", "group": "research"},
+                "annotations": {"summary": "..."},
+                "startsAt": f"2026-03-09T15:{minute:02d}:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+            }
+        )
+    figure = chart_figure(collector.data, "research")
+    assert len(figure["layout"]["shapes"]) == 2 * 15  # every alert shaded and marked
+    assert figure["layout"]["annotations"] == []
+    assert "15 alerts shaded" in figure["layout"]["title"]["text"]
+
+
+def test_an_alert_shows_what_happened_before_its_other_evidence() -> None:
+    collector = _one_alert(
+        {
+            "baseline_bytes": "0",
+            "bytes": "2923076907",
+            "description": "Group research sent 2.92 GB to CN ...",
+            "expected_countries": "GB, US",
+            "summary": "research sent 2.92 GB to CN",
+            "top_destinations": "47.100.23.45",
+            "top_sources": "10.20.0.17",
+            "window": "1h",
+        }
+    )
+    page = render_html(collector.data)
+    names = re.findall(r"<dt>([a-z_]+)</dt>", page)
+    assert names[:5] == ["summary", "description", "bytes", "baseline_bytes", "window"]
+    assert sorted(names) == sorted(collector.data.alerts[0].annotations)
+    text = render_text(collector.data)
+    assert (
+        "      bytes 2.92 GB; baseline 0 B; top sources 10.20.0.17; "
+        "top destinations 47.100.23.45\n" in text
+    ), text
 
 
 # -- the page in a real browser ---------------------------------------------------------------

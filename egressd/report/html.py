@@ -17,10 +17,13 @@ import orjson
 
 from egressd.errors import EgressdError
 from egressd.report.collect import MAX_POINTS, TOP_SHOWN, AlertSpan, ReportData, day_of
-from egressd.units import format_bytes
+from egressd.units import format_bytes, format_duration
 
 #: countries drawn on their own per group chart; the rest are summed as "other"
 MAX_SERIES = 10
+#: alerts named on a group's chart; beyond this many the names would cover each other and the
+#: alerts are only shaded (the list under the chart names them all)
+MAX_NOTES = 12
 
 _MISSING = (
     "egressd replay --report needs the report extra (jinja2 and plotly): "
@@ -62,29 +65,23 @@ def chart_figure(data: ReportData, group: str) -> dict[str, Any]:
                 values[int((start - origin) // step)] += size
         return values
 
+    # A line needs two points: a step or two alone is drawn as markers too.
+    mode = "lines" if count > 2 else "lines+markers"
+    named = [(country, [country]) for country in shown]
+    if rest:
+        named.append((f"other ({len(rest)})", rest))
     traces = [
         {
             "type": "scatter",
-            "mode": "lines",
+            "mode": mode,
             "stackgroup": "egress",
-            "name": country,
+            "name": name,
             "x": xs,
-            "y": column([country]),
-            "hovertemplate": f"{country}: %{{y:.3s}}B<extra></extra>",
+            "y": column(countries),
+            "hovertemplate": f"{name}: %{{y:.3s}}B<extra></extra>",
         }
-        for country in shown
+        for name, countries in named
     ]
-    if rest:
-        traces.append(
-            {
-                "type": "scatter",
-                "mode": "lines",
-                "stackgroup": "egress",
-                "name": f"other ({len(rest)})",
-                "x": xs,
-                "y": column(rest),
-            }
-        )
     shapes: list[dict[str, Any]] = []
     notes: list[dict[str, Any]] = []
     end_of_chart = _iso(origin + count * step)
@@ -116,6 +113,8 @@ def chart_figure(data: ReportData, group: str) -> dict[str, Any]:
                 "line": {"color": color, "width": 2, "dash": "dot"},
             }
         )
+        if len(alerts) > MAX_NOTES:
+            continue
         notes.append(
             {
                 "x": _iso(alert.starts_at),
@@ -128,13 +127,27 @@ def chart_figure(data: ReportData, group: str) -> dict[str, Any]:
                 "font": {"color": color, "size": 11},
             }
         )
-    step_name = {3600.0: "hour", 86400.0: "day"}.get(step, f"{step:g}s interval")
+    step_name = {3600.0: "hour", 86400.0: "day", 7 * 86400.0: "week"}.get(step)
+    xaxis: dict[str, Any] = {"type": "date", "title": {"text": "time (UTC)"}}
+    if count == 1:  # plotly would zoom a lone point to milliseconds
+        xaxis["range"] = [_iso(origin - step), _iso(origin + step)]
     return {
         "data": traces,
         "layout": {
-            "title": {"text": f"{group}: egress per destination country (bytes per {step_name})"},
-            "xaxis": {"type": "date", "title": {"text": "time (UTC)"}},
-            "yaxis": {"title": {"text": "bytes"}, "rangemode": "tozero"},
+            "title": {
+                "text": f"{group}: egress per destination country "
+                f"(bytes per {step_name or format_duration(step)})"
+                + (f"; {len(alerts)} alerts shaded" if len(alerts) > MAX_NOTES else "")
+            },
+            "xaxis": xaxis,
+            # SI prefixes with a unit (2.5GB): plotly's default writes 2.5B for 2.5 billion.
+            "yaxis": {
+                "title": {"text": "bytes"},
+                "rangemode": "tozero",
+                "exponentformat": "SI",
+                "ticksuffix": "B",
+            },
+            "showlegend": True,
             "shapes": shapes,
             "annotations": notes,
             "margin": {"t": 70},
@@ -149,10 +162,17 @@ def _script_json(value: Any) -> str:
     return orjson.dumps(value).decode().replace("<", "\\u003c")
 
 
+#: annotations shown first, in this order: what happened, then the figures
+_FIRST_ROWS = ("summary", "description", "bytes", "baseline_bytes", "window")
+
+
 def _alert_rows(alert: AlertSpan) -> list[tuple[str, str]]:
-    """The alert's evidence; byte counts also in human units."""
+    """The alert's evidence, what happened first; byte counts also in human units."""
     rows = []
-    for name, value in sorted(alert.annotations.items()):
+    annotations = alert.annotations
+    first = [name for name in _FIRST_ROWS if name in annotations]
+    for name in first + sorted(set(annotations) - set(first)):
+        value = annotations[name]
         if name.endswith("bytes") and value.isdigit():
             value = f"{value} ({format_bytes(int(value))})"
         rows.append((name, value))

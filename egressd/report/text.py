@@ -18,6 +18,19 @@ def _talkers(items: list[tuple[str, int]]) -> str:
     return ", ".join(f"{address} ({format_bytes(size)})" for address, size in items)
 
 
+def _evidence(annotations: dict[str, str]) -> str:
+    """bytes, baseline, top sources and destinations of an alert, as far as it has them."""
+    parts = []
+    for name, label in (("bytes", "bytes"), ("baseline_bytes", "baseline")):
+        value = annotations.get(name, "")
+        if value.isdigit():
+            parts.append(f"{label} {format_bytes(int(value))}")
+    for name, label in (("top_sources", "top sources"), ("top_destinations", "top destinations")):
+        if annotations.get(name):
+            parts.append(f"{label} {annotations[name]}")
+    return "; ".join(parts)
+
+
 def _table(rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
@@ -69,5 +82,8 @@ def render_text(data: ReportData) -> str:
                 f"{alert.labels.get('alertname', '')} {alert.destination}: "
                 f"{alert.annotations.get('summary', '')}"
             )
+            evidence = _evidence(alert.annotations)
+            if evidence:
+                out.append(f"      {evidence}")
         out.append("")
     return "\n".join(out)
