@@ -156,7 +156,20 @@ def install_units_main(root: Path, remove: bool, out: TextIO = sys.stdout) -> in
     if root == Path("/") and os.geteuid() != 0:
         print("egressd install-units: needs root (or --root DIR for an image)", file=sys.stderr)
         return 1
+    if not root.is_dir():
+        # A mistyped image path would otherwise become a new tree holding only egressd.
+        print(
+            f"egressd install-units: --root {root} is not a directory (an image's root "
+            "must exist); nothing installed",
+            file=sys.stderr,
+        )
+        return 1
     if _systemd_running(root) and shutil.which("systemctl") is None:
         print("egressd install-units: systemctl not found", file=sys.stderr)
         return 1
-    return uninstall(root, out) if remove else install(root, out)
+    try:
+        return uninstall(root, out) if remove else install(root, out)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"egressd install-units: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1

@@ -142,6 +142,22 @@ def test_install_units_needs_root_for_the_running_system(
         assert "needs root" in capsys.readouterr().err
 
 
+def test_install_units_into_a_root_that_is_no_directory_writes_nothing(tmp_path: Path) -> None:
+    mistyped = tmp_path / "imgae"
+    result = run_cli("install-units", "--root", str(mistyped))
+    assert result.returncode == 1
+    assert f"--root {mistyped} is not a directory" in result.stderr
+    assert not mistyped.exists()
+    # A root where a file cannot be written: the file is named, no traceback.
+    root = tmp_path / "image"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/systemd").write_text("a file where a directory belongs")
+    blocked = run_cli("install-units", "--root", str(root))
+    assert blocked.returncode == 1
+    assert blocked.stderr.startswith("egressd install-units: cannot write "), blocked.stderr
+    assert "etc/systemd/system" in blocked.stderr and "Traceback" not in blocked.stderr
+
+
 # -- the units: one identity, ordered switching, no /bin/kill -----------------------------------
 
 
