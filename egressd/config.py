@@ -6,6 +6,7 @@ collects all problems before it gives up so ``egressd check-config`` can say all
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import os
@@ -413,23 +414,29 @@ class _Reader:
 
 
 class _Table:
-    __slots__ = ("_data", "_path", "_reader")
+    __slots__ = ("_asked", "_data", "_path", "_reader")
 
     def __init__(self, reader: _Reader, data: dict[str, Any], path: tuple[str | int, ...]) -> None:
         self._reader = reader
         self._data = data
         self._path = path
+        #: every key read from this table, present or not: what an unknown key may be a typo of
+        self._asked: set[str] = set()
 
     def has(self, key: str) -> bool:
+        self._asked.add(key)
         return key in self._data
 
     def raw(self, key: str) -> Any:
+        self._asked.add(key)
         return self._data.pop(key, None)
 
     def sub(self, key: str) -> _Table:
+        self._asked.add(key)
         return self._reader.table(self._data.pop(key, None), (*self._path, key))
 
     def subs(self, key: str) -> Iterator[_Table]:
+        self._asked.add(key)
         return self._reader.tables(self._data.pop(key, None), (*self._path, key))
 
     def problem(self, key: str | None, message: str) -> None:
@@ -437,6 +444,7 @@ class _Table:
         self._reader.problem((*self._path, key) if key is not None else self._path, message)
 
     def get(self, key: str, default: T, convert: Callable[[Any], T]) -> T:
+        self._asked.add(key)
         if key not in self._data:
             return default
         value = self._data.pop(key)
@@ -448,6 +456,7 @@ class _Table:
 
     def require(self, key: str, convert: Callable[[Any], T], default: T) -> T:
         """Like :meth:`get`, but a missing key is a problem (``default`` keeps checking going)."""
+        self._asked.add(key)
         if key not in self._data:
             self.problem(key, "is required")
             return default
@@ -455,7 +464,8 @@ class _Table:
 
     def done(self) -> None:
         for key in self._data:
-            self.problem(key, "unknown key")
+            near = difflib.get_close_matches(key.lower(), sorted(self._asked), n=1, cutoff=0.7)
+            self.problem(key, f"unknown key (did you mean {near[0]}?)" if near else "unknown key")
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

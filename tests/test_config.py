@@ -180,6 +180,38 @@ def test_every_problem_names_key_file_and_line() -> None:
     assert len(problems) == len(BAD_PROBLEMS) + 1, problems
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            '[detection]\nintervall = "5m"\n',
+            "t.toml:2: detection.intervall: unknown key (did you mean interval?)",
+        ),
+        (
+            "[detection]\nSpike_Ratio = 3.0\n",
+            "t.toml:2: detection.Spike_Ratio: unknown key (did you mean spike_ratio?)",
+        ),
+        (
+            '[[groups]]\nname = "a"\nsources = ["10.0.0.0/8"]\nexpected_country = ["GB"]\n',
+            "t.toml:4: groups[0].expected_country: unknown key (did you mean expected_countries?)",
+        ),
+        (
+            '[htttp]\nlisten = "127.0.0.1:9108"\n',
+            "t.toml:1: htttp: unknown key (did you mean http?)",
+        ),
+        (
+            '[[sources.netflows]]\nlisten = "127.0.0.1:2055"\n',
+            "t.toml:1: sources.netflows: unknown key (did you mean netflow?)",
+        ),
+        ("[detection]\nbogus = 1\n", "t.toml:2: detection.bogus: unknown key"),
+    ],
+)
+def test_an_unknown_key_close_to_a_known_one_names_it(text: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "t.toml")
+    assert problem in info.value.problems
+
+
 def test_unknown_table_names_its_line() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(BAD, "bad.toml")
