@@ -34,16 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon (collectors, detection, metrics, alerts)")
-    run.add_argument(
-        "--config", "-c", type=Path, help="configuration file (TOML); default: built-in"
-    )
+    run.add_argument("--config", "-c", type=Path, help=_CONFIG_HELP)
     run.add_argument("--allow-root", action="store_true", help="allow running as root")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     replay = sub.add_parser("replay", help="replay recorded telemetry and print alert events")
-    replay.add_argument(
-        "--config", "-c", type=Path, help="configuration file (TOML); default: built-in"
-    )
+    replay.add_argument("--config", "-c", type=Path, help=_CONFIG_HELP)
     replay.add_argument("--format", "-f", required=True, choices=FILE_FORMATS, help="input format")
     replay.add_argument(
         "--alerts-out", "-o", type=Path, help="write alert events here (default stdout)"
@@ -51,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--state", type=Path, help="load learned state from and save it to this file"
     )
-    replay.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
+    replay.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress and no summary on stderr"
+    )
     replay.add_argument(
         "--report",
         type=Path,
@@ -80,12 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check-config", help="validate a configuration file (exit 0 valid, 2 not)"
     )
-    check.add_argument("--config", "-c", type=Path, required=True)
+    check.add_argument(
+        "--config", "-c", type=Path, required=True, help="the configuration file (TOML) to check"
+    )
 
     lookup = sub.add_parser("lookup", help="show country, region and ASN of addresses")
-    lookup.add_argument("--config", "-c", type=Path)
+    lookup.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        help="configuration whose [geo] data, region maps and groups answer; default: the "
+        "embedded country data",
+    )
     lookup.add_argument("--json", action="store_true", help="one JSON object per address")
-    lookup.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    lookup.add_argument("addresses", nargs="+", metavar="ADDRESS", help="IPv4 or IPv6 addresses")
 
     demo = sub.add_parser(
         "demo", help="send a synthetic exfiltration as NetFlow v9 to a running egressd"
@@ -106,9 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the alert (default 30)"
     )
-    demo.add_argument("--group-source", default="10.20.0.17", help="source address of the transfer")
-    demo.add_argument("--destination", default="47.100.23.45", help="destination address")
-    demo.add_argument("--bytes", default="6GB", help="how much to report as sent")
+    demo.add_argument(
+        "--group-source",
+        default="10.20.0.17",
+        help="source address of the transfer (default 10.20.0.17)",
+    )
+    demo.add_argument(
+        "--destination", default="47.100.23.45", help="destination address (default 47.100.23.45)"
+    )
+    demo.add_argument(
+        "--bytes", default="6GB", help="how much to report as sent (a size: 6GB, 500MB)"
+    )
 
     install = sub.add_parser(
         "install-units",

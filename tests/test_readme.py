@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -52,3 +53,42 @@ def test_example_config_is_valid_and_names_every_section() -> None:
         "[alertmanager]",
     ):
         assert section in text, section
+
+
+def _commands_table() -> dict[str, str]:
+    """README "Commands": subcommand → its synopsis cell."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Commands", 1)[1].split("\n#", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        found = re.match(r"\| `egressd ([a-z-]+)([^`]*)`", line)
+        if found and not found.group(1).startswith("-"):
+            rows[found.group(1)] = found.group(2)
+    return rows
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    from egressd.cli import _parser
+
+    (action,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_readme_commands_are_the_programs_with_their_options() -> None:
+    """Every subcommand has a row in README "Commands"; every option a row names exists, and
+    every option of a subcommand is named in the README (in its row, or in the text)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = _commands_table()
+    parsers = _subparsers()
+    assert sorted(rows) == sorted(parsers)
+    for name, parser in parsers.items():
+        options = {
+            option
+            for action in parser._actions
+            for option in action.option_strings
+            if option.startswith("--") and option != "--help"
+        }
+        named = set(re.findall(r"--[a-z-]+", rows[name]))
+        assert sorted(named - options) == [], f"egressd {name}: README names options it lacks"
+        unnamed = [o for o in sorted(options) if not re.search(rf"`[^`]*{o}\b[^`]*`", readme)]
+        assert unnamed == [], f"egressd {name}: options the README never names"
