@@ -8,6 +8,7 @@ tests/test_gateway_nspawn.py runs the same install under a real systemd.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -194,6 +195,23 @@ def test_switching_units_is_a_conflict_with_an_order() -> None:
     assert "egressd.service" in " ".join(capture["After"])
     assert "egressd-capture.service" not in " ".join(plain.get("After", []))
     assert "egressd.service" not in " ".join(capture.get("Before", []))
+
+
+def test_the_capture_unit_differs_from_the_plain_one_where_the_guide_says() -> None:
+    plain = directives(SOURCES["egressd.service"])["Service"]
+    capture = directives(SOURCES["egressd-capture.service"])["Service"]
+    differ = {key for key in plain.keys() | capture.keys() if plain.get(key) != capture.get(key)}
+    guide = SOURCES["deploy-README.md"].read_text(encoding="utf-8")
+    variant = guide.split("## Capture variant", 1)[1].split("\n## ", 1)[0]
+    bullets = re.findall(r"^- (.*)$", variant, re.M)
+    listed = {
+        name
+        for bullet in bullets
+        for name in re.findall(r"`([A-Za-z]+)=[^`]*`", bullet.split(":")[0])
+    }
+    assert sorted(differ) == sorted(listed)
+    count = ["no", "one", "two", "three", "four", "five", "six"][len(bullets)]
+    assert f"same sandbox with {count} differences" in variant
 
 
 # -- egressd reload -------------------------------------------------------------------------------
