@@ -206,7 +206,10 @@ def _replay(args: argparse.Namespace) -> int:
     to_stdout = not (args.summary or args.json)
     with contextlib.ExitStack() as stack:
         if args.alerts_out is not None:
-            out: BinaryIO = stack.enter_context(open(args.alerts_out, "wb"))
+            try:
+                out: BinaryIO = stack.enter_context(open(args.alerts_out, "wb"))
+            except OSError as exc:
+                raise EgressdError(f"{args.alerts_out}: cannot write: {exc.strerror}") from None
         elif to_stdout:
             out = sys.stdout.buffer
         else:

@@ -85,3 +85,14 @@ def test_a_gz_file_cut_short_is_read_up_to_the_cut(
     assert main(args) == 0
     err = capsys.readouterr().err
     assert f"{read + 2000} records from" in err, err
+
+
+def test_an_alerts_file_that_cannot_be_written_is_named_before_replaying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flows = tmp_path / "flows.jsonl"
+    flows.write_bytes(_goflow2_lines(10))
+    out = tmp_path / "no-such-directory" / "alerts.jsonl"
+    assert main(["replay", "-f", "goflow2-json", "-o", str(out), str(flows)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"egressd: error: {out}: cannot write: No such file or directory\n"
