@@ -173,6 +173,39 @@ def request_reload(pid: int, timeout: float) -> tuple[bool, str]:
     return verdict == "ok", detail
 
 
+def daemon_config_path(pid: int) -> Path | None:
+    """The ``--config`` file of the egressd process ``pid`` as its command line names it (made
+    absolute against its working directory), None when it has none or that cannot be read."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if b"run" not in argv:
+        return None
+    found: bytes | None = None
+    for i, arg in enumerate(argv):
+        if arg in (b"--config", b"-c") and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(b"--config="):
+            found = arg.partition(b"=")[2]
+    if not found:
+        return None
+    path = Path(os.fsdecode(found))
+    if path.is_absolute():
+        return path
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) / path
+    except OSError:
+        return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
 def reload_main(
     config_path: Path | None, pid: int, err: TextIO = sys.stderr, timeout: float = 60.0
 ) -> int:
@@ -187,6 +220,16 @@ def reload_main(
         print(f"egressd reload: no process to ask (pid {pid})", file=err)
         return EXIT_ERROR
     if config_path is not None:
+        running = daemon_config_path(pid)
+        if running is not None and not _same_file(running, config_path):
+            # The daemon re-reads its own file: checking another says nothing of it.
+            print(
+                f"egressd reload: process {pid} reads {running}, not {config_path}: a reload "
+                f"makes it read {running} again; check that file (--config {running}), or "
+                "restart it with the other; nothing reloaded",
+                file=err,
+            )
+            return EXIT_INVALID
         from egressd.replay import build_labeler
 
         try:

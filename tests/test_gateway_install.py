@@ -283,6 +283,27 @@ def test_reload_command_returns_once_the_daemon_applied_or_refused_the_file(
         assert daemon.stop() == 0
 
 
+def test_reload_command_checks_the_file_the_daemon_reads_not_another(tmp_path: Path) -> None:
+    running = tmp_path / "egressd.toml"
+    running.write_text('[networks]\nlocal = ["10.0.0.0/8"]\n')
+    other = tmp_path / "new.toml"
+    other.write_text('[networks]\nlocal = ["10.0.0.0/8"]\n')
+    # A process whose command line is a daemon's with a relative --config (not egressd).
+    code = "import time; time.sleep(30)"
+    argv = [sys.executable, "-c", code, "run", "--config", running.name]
+    with subprocess.Popen(argv, cwd=tmp_path) as child:
+        try:
+            wrong = run_cli("reload", "--config", str(other), "--pid", str(child.pid))
+            assert wrong.returncode == 2, wrong
+            assert f"process {child.pid} reads {running}, not {other}" in wrong.stderr
+            assert "nothing reloaded" in wrong.stderr
+            # Its own file passes the check: the process is then asked (and is no egressd).
+            right = run_cli("reload", "--config", str(running), "--pid", str(child.pid))
+            assert right.returncode == 1 and "is it egressd" in right.stderr, right
+        finally:
+            child.kill()
+
+
 def test_reload_command_does_not_signal_when_the_file_is_broken(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("[networks\n")
