@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from egressd.columns import FlowColumns
 from egressd.config import NetflowSourceConfig
+from egressd.errors import SourceError
 from egressd.model import FlowRecord
 from egressd.sources.netflow import NetflowSource
 from tests.netflow_builders import data_set, template_set, v9_datagram
@@ -145,3 +148,47 @@ async def test_datagrams_held_for_a_batch_count_as_queued_until_the_engine_has_t
         assert source.stats.records == 3 * FLOWS
     finally:
         await source.stop()
+
+
+async def test_a_second_collector_on_a_port_in_use_is_refused_not_handed_the_datagrams() -> None:
+    """A second egressd started on the running one's port (a test run by hand beside the
+    service) must fail to start: had it bound, the kernel would hand it every datagram and
+    the running daemon would go blind without a word."""
+    first = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0"))
+    sink = ColumnsSink()
+    await first.start(sink)
+    assert first.bound is not None
+    port = first.bound[1]
+    try:
+        second = NetflowSource(NetflowSourceConfig(listen=f"127.0.0.1:{port}"))
+        with pytest.raises(SourceError, match=f"cannot listen on 127.0.0.1:{port}: .*in use"):
+            await second.start(ColumnsSink())
+        await _send_all(first)
+        await _until(lambda: first.stats.records == DATAGRAMS * FLOWS)
+    finally:
+        await first.stop()
+    # A restart binds the port again at once (UDP keeps no TIME_WAIT).
+    again = NetflowSource(NetflowSourceConfig(listen=f"127.0.0.1:{port}"))
+    await again.start(ColumnsSink())
+    await again.stop()
+
+
+def test_a_second_worker_group_on_a_port_in_use_is_refused() -> None:
+    """Worker sockets share their port by SO_REUSEPORT: a second egressd with workers must
+    not join the running one's group (and take part of its datagrams)."""
+    from egressd.config import Config
+    from egressd.sources.netflow_workers import NetflowWorkers
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    config = NetflowSourceConfig(listen=f"127.0.0.1:{port}", workers=2)
+    running = NetflowWorkers(config, "netflow:a", Config())
+    sockets = running._bind_group()
+    try:
+        second = NetflowWorkers(config, "netflow:b", Config())
+        with pytest.raises(SourceError, match=f"cannot listen on 127.0.0.1:{port} .*in use"):
+            second._bind_group()
+    finally:
+        for sock, _inode in sockets:
+            sock.close()

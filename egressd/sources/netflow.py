@@ -251,7 +251,9 @@ class NetflowSource:
         family, kind, proto, address = resolve_listen(self.name, self.config.listen)
         sock = socket.socket(family, kind, proto)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # No SO_REUSEADDR: for UDP it lets a second process bind the same port, and the
+            # kernel then hands that one every datagram (a second egressd started by hand
+            # would blind the running one). UDP has no TIME_WAIT: a restart rebinds at once.
             if family == socket.AF_INET6 and ipaddress.ip_address(address[0]).is_unspecified:
                 # "[::]:2055" takes IPv4 exporters too (they arrive IPv4-mapped).
                 with contextlib.suppress(OSError):

@@ -240,6 +240,11 @@ class NetflowWorkers:
         table = "/proc/net/udp6" if family == socket.AF_INET6 else "/proc/net/udp"
         out: list[tuple[socket.socket, tuple[str, int]]] = []
         try:
+            if self.bound is None and address[1] != 0:
+                # A socket without SO_REUSEPORT cannot bind a port in use: this group would
+                # otherwise join another process's group on it and take part of its datagrams.
+                with socket.socket(family, kind, proto) as probe:
+                    probe.bind(address)
             for _ in range(count):
                 sock = socket.socket(family, kind, proto)
                 out.append((sock, (table, os.fstat(sock.fileno()).st_ino)))
