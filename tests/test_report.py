@@ -300,6 +300,12 @@ def test_many_alerts_are_shaded_without_names_covering_the_chart() -> None:
     assert len(figure["layout"]["shapes"]) == 2 * 15  # every alert shaded and marked
     assert figure["layout"]["annotations"] == []
     assert "15 alerts shaded" in figure["layout"]["title"]["text"]
+    # The list under it: the first twelve open with their evidence, the rest one line each
+    # that names what happened.
+    page = render_html(collector.data)
+    alerts = re.findall(r'<details class="alert"[^>]*>', page)
+    assert len(alerts) == 15 and sum(a.endswith(" open>") for a in alerts) == 12
+    assert len(re.findall(r"still firing: \.\.\.</summary>", page)) == 3
 
 
 def test_an_alert_shows_what_happened_before_its_other_evidence() -> None:

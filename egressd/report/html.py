@@ -22,7 +22,8 @@ from egressd.units import format_bytes, format_duration
 #: countries drawn on their own per group chart; the rest are summed as "other"
 MAX_SERIES = 10
 #: alerts named on a group's chart; beyond this many the names would cover each other and the
-#: alerts are only shaded (the list under the chart names them all)
+#: alerts are only shaded (the list under the chart names them all). It is also how many of a
+#: group's alerts show their evidence open; the rest are one line each, opened by a click.
 MAX_NOTES = 12
 
 _MISSING = (
@@ -265,6 +266,7 @@ def render_html(
         groups=groups,
         generated=_iso(datetime.now(UTC).timestamp()),
         top_shown=TOP_SHOWN,
+        open_alerts=MAX_NOTES,
         alert_rows=_alert_rows,
         plotly_js=get_plotlyjs(),
     )
