@@ -276,3 +276,23 @@ async def test_baselines_evaluated_at_start_leave_the_first_scrape_nothing_to_ev
     first = samples(await (await client.get("/metrics")).text())
     assert first[evaluated] == 2  # all done before the scrape
     assert first[("egressd_egress_baseline_bytes", gb)] == pytest.approx(5_000_000, rel=0.02)
+
+
+async def test_a_listen_address_in_use_is_named_with_its_key() -> None:
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from egressd.config import HttpConfig
+    from egressd.errors import SinkError
+    from egressd.sinks.http import HttpServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = HttpConfig(listen=f"127.0.0.1:{port}")
+        server = HttpServer(config, CollectorRegistry(), view=None)  # type: ignore[arg-type]
+        with pytest.raises(SinkError) as info:
+            await server.start()
+    assert str(info.value) == f"http.listen 127.0.0.1:{port}: cannot listen: Address already in use"

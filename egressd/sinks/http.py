@@ -29,7 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from egressd.config import HttpConfig, split_host_port
-from egressd.errors import ConfigError
+from egressd.errors import ConfigError, SinkError
 from egressd.sinks.guard import ConnectionStats, GuardedSite, connection_limit
 
 log = logging.getLogger("egressd.http")
@@ -352,9 +352,13 @@ class HttpServer:
         )
         try:
             await site.start()
-        except OSError:
+        except OSError as exc:
             await runner.cleanup()
-            raise
+            raise SinkError(
+                f"http.listen {self.config.listen}: cannot listen: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}",
+                retriable=False,
+            ) from exc
         self._runner = runner
         self.bound = site.bound
         log.info("HTTP listening on %s (%d connections at most)", self.config.listen, limit)
