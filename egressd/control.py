@@ -217,7 +217,12 @@ def reload_main(
     cannot be asked or does not answer within ``timeout`` seconds.
     """
     if pid <= 1:
-        print(f"egressd reload: no process to ask (pid {pid})", file=err)
+        # 0 and negative ids name process groups, 1 is init: never the daemon.
+        print(
+            f"egressd reload: --pid {pid} cannot be egressd: give the daemon's process id "
+            "($MAINPID in its unit); nothing reloaded",
+            file=err,
+        )
         return EXIT_ERROR
     if config_path is not None:
         running = daemon_config_path(pid)

@@ -325,3 +325,6 @@ def test_reload_command_does_not_signal_when_the_file_is_broken(tmp_path: Path) 
 def test_reload_command_reports_a_missing_process() -> None:
     result = run_cli("reload", "--pid", "999999999")
     assert result.returncode == 1 and "cannot ask process 999999999" in result.stderr
+    for pid in ("1", "0", "-5"):  # init and process groups: never signalled or asked
+        refused = run_cli("reload", "--pid", pid)
+        assert refused.returncode == 1 and f"--pid {pid} cannot be egressd" in refused.stderr
