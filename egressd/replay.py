@@ -31,7 +31,7 @@ from egressd.model import FlowRecord
 from egressd.pipeline import Engine
 from egressd.sources.files import COLUMN_FORMATS, read_columns_file, read_file
 from egressd.stats import SourceStats
-from egressd.units import format_bytes
+from egressd.units import format_bytes, format_duration
 
 if TYPE_CHECKING:
     from egressd.report.collect import ReportCollector
@@ -181,6 +181,10 @@ class ReplaySummary:
     firing: int = 0
     resolved: int = 0
     seconds: float = 0.0
+    #: groups learning their countries that were still learning when the input ended (nothing
+    #: was unexpected for them), and the history they need (detection.learning)
+    learning: list[str] = field(default_factory=list)
+    learning_seconds: float = 0.0
 
     def lines(self) -> list[str]:
         rate = self.records / self.seconds if self.seconds > 0 else 0.0
@@ -194,6 +198,12 @@ class ReplaySummary:
             f"replay: skipped {sum(self.skipped.values())}" + (f" ({skipped})" if skipped else ""),
             f"replay: alerts {self.firing} firing, {self.resolved} resolved",
         ]
+        if self.learning:
+            lines.append(
+                f"replay: still learning when the input ended (detection.learning = "
+                f"{format_duration(self.learning_seconds)} of a group's history): "
+                f"{', '.join(self.learning)}; no destination was unexpected for them yet"
+            )
         if self.skipped.get("multi_line_json"):
             lines.append(
                 "replay: multi_line_json: the input holds pretty-printed (multi-line) JSON, and "
@@ -354,6 +364,11 @@ def replay(
     summary.future_records = engine.stats.future_records
     summary.invalid_records = engine.stats.invalid_records
     summary.seconds = time.monotonic() - started
+    policy = engine.policy
+    summary.learning = sorted(
+        group for group in policy.learned if policy.is_learning(group, engine.event_time())
+    )
+    summary.learning_seconds = config.detection.learning
     if state_path is not None:
         size = save_state(state_path, engine.snapshot())
         if size > config.state.max_size:

@@ -96,3 +96,32 @@ def test_an_alerts_file_that_cannot_be_written_is_named_before_replaying(
     assert main(["replay", "-f", "goflow2-json", "-o", str(out), str(flows)]) == 1
     err = capsys.readouterr().err
     assert err == f"egressd: error: {out}: cannot write: No such file or directory\n"
+
+
+def test_the_summary_says_which_groups_were_still_learning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An archive shorter than detection.learning pages on nothing new: the summary says why."""
+    flows = tmp_path / "flows.jsonl"
+    flows.write_bytes(_goflow2_lines(10))  # ten seconds from 10.20.0.17 to CN
+    config = tmp_path / "egressd.toml"
+    config.write_text(
+        '[[groups]]\nname = "pinned"\nsources = ["10.30.0.0/16"]\nexpected_countries = ["GB"]\n'
+        '[[groups]]\nname = "research"\nsources = ["10.20.0.0/16"]\n'
+    )
+    assert (
+        main(["replay", "-c", str(config), "-f", "goflow2-json", "-o", "/dev/null", str(flows)])
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert (
+        "replay: still learning when the input ended (detection.learning = 3d of a group's "
+        "history): research; no destination was unexpected for them yet\n"
+    ) in err, err
+    # Past learning, nothing is said.
+    config.write_text(config.read_text() + '[detection]\nlearning = "0s"\n')
+    assert (
+        main(["replay", "-c", str(config), "-f", "goflow2-json", "-o", "/dev/null", str(flows)])
+        == 0
+    )
+    assert "still learning" not in capsys.readouterr().err
