@@ -175,6 +175,12 @@ def _check_config(args: argparse.Namespace) -> int:
         f"{len(config.alertmanager.urls)} alertmanager(s)"
     )
     cluster = config.cluster
+    if not config.alertmanager.urls and cluster.role != "ingest":
+        where = f", and appended to {config.alerts.log_path}" if config.alerts.log_path else ""
+        print(
+            "egressd: no [alertmanager] urls: alerts page no one; they are served on "
+            f"/api/v1/alerts and logged{where}"
+        )
     if cluster.role == "ingest":
         print(f"egressd: role ingest: flows in, partials out to {cluster.partials_topic}")
     elif cluster.role == "detect":

@@ -311,3 +311,27 @@ def test_check_config_exit_codes_and_all_problems(tmp_path: Path) -> None:
     result = _check_config(tmp_path / "missing.toml")
     assert result.returncode == 2
     assert "missing.toml" in result.stderr
+
+
+def test_check_config_says_when_alerts_page_no_one(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "egressd.toml"
+    config.write_text('[[sources.netflow]]\nlisten = "127.0.0.1:0"\n')
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "egressd.cli", "check-config", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+
+    alone = check()
+    assert alone.returncode == 0, alone.stderr
+    assert "no [alertmanager] urls: alerts page no one" in alone.stdout
+    config.write_text(config.read_text() + '[alertmanager]\nurls = ["http://127.0.0.1:9093"]\n')
+    paged = check()
+    assert paged.returncode == 0 and "page no one" not in paged.stdout
