@@ -271,6 +271,34 @@ def _one_alert(annotations: dict[str, str]) -> ReportCollector:
     return collector
 
 
+def test_top_destinations_over_the_whole_input() -> None:
+    collector = ReportCollector(300.0)
+    start = datetime(2026, 3, 9, 14, 0, tzinfo=UTC).timestamp()
+    for day in range(3):  # the same address on three days, another on one
+        bucket = _bucket([("research", DestinationLabels("CN"), 2_000_000_000)])
+        if day == 1:
+            gb = DestinationLabels("GB")
+            bucket[("research", gb)] = Accum(8)  # type: ignore[index]
+            bucket[("research", gb)].add("10.20.0.5", "81.2.69.160", 500_000_000, 1)  # type: ignore[index]
+        collector.observe_interval(start + day * 86400, bucket)  # type: ignore[arg-type]
+    data = collector.data
+    assert data.top_destinations("research") == [
+        ("47.100.23.45", "CN", 6_000_000_000),
+        ("81.2.69.160", "GB", 500_000_000),
+    ]
+    assert (
+        "  top destinations over the whole input: 47.100.23.45 (CN, 6.00 GB), "
+        "81.2.69.160 (GB, 500.00 MB)\n"
+    ) in render_text(data)
+    page = render_html(data)
+    assert '<td>47.100.23.45</td><td>CN</td><td class="num">6.00 GB</td>' in page
+    assert data.to_json()["groups"]["research"]["top_destinations"][0] == [
+        "47.100.23.45",
+        "CN",
+        6_000_000_000,
+    ]
+
+
 def test_a_chart_of_one_interval_shows_it_in_bytes() -> None:
     figure = chart_figure(_one_interval().data, "research")
     (trace,) = figure["data"]

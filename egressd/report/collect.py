@@ -118,6 +118,18 @@ class ReportData:
         rows = [t for t in self.days.values() if group is None or t.group == group]
         return sorted(rows, key=lambda t: (t.group, t.day, -t.bytes, t.country, t.region, t.asn))
 
+    def top_destinations(self, group: str, n: int = 5) -> list[tuple[str, str, int]]:
+        """(address, country, bytes) of the group's heaviest destination addresses over the
+        whole input, summed from each day's top destinations (exact while few addresses carry
+        the egress; an estimate, as the alerts' evidence is, past that)."""
+        merged = TopK(64)
+        country: dict[str, str] = {}
+        for row in self.totals(group):
+            merged.merge(row.destinations)
+            for address in row.destinations.counts:
+                country.setdefault(address, row.country)
+        return [(address, country.get(address, ""), size) for address, size in merged.top(n)]
+
     def country_totals(self, group: str) -> dict[str, int]:
         return {c: sum(points.values()) for c, points in self.series.get(group, {}).items()}
 
@@ -134,6 +146,7 @@ class ReportData:
                         ]
                         for country, points in sorted(self.series.get(group, {}).items())
                     },
+                    "top_destinations": [list(t) for t in self.top_destinations(group)],
                     "days": [t.to_json() for t in self.totals(group)],
                     "alerts": [a.to_json() for a in self.alerts if a.group == group],
                 }

@@ -253,6 +253,7 @@ def render_html(
                 "countries": len(data.series.get(group, {})),
                 "figure": _script_json(chart_figure(data, group)),
                 "rows": rows,
+                "top_destinations": data.top_destinations(group),
                 "total": sum(t.bytes for t in rows),
                 "regions": any(t.region for t in rows),
                 "asns": any(t.asn for t in rows),

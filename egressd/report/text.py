@@ -53,6 +53,10 @@ def render_text(data: ReportData) -> str:
         rows = data.totals(group)
         total = sum(t.bytes for t in rows)
         out.append(f"group {group}: {format_bytes(total)} egress")
+        top = data.top_destinations(group)
+        if top:
+            named = ", ".join(f"{a} ({c}, {format_bytes(n)})" for a, c, n in top)
+            out.append(f"  top destinations over the whole input: {named}")
         if rows:
             regions = any(t.region for t in rows)
             asns = any(t.asn for t in rows)
