@@ -13,12 +13,16 @@ maximum resident set (``ru_maxrss``), with what it held before the restore besid
 are wall and CPU (the process's; on a loaded machine the wall time is mostly waiting);
 ``--profile`` prints where one restore spends its time; ``--live`` also starts each tree's
 ``egressd run`` (HTTP and a NetFlow listener on loopback) on the file and reports when its
-HTTP server listened and when ``/readyz`` first answered.
+HTTP server listened, when ``/readyz`` first answered, and the slowest answer of
+``/healthz`` asked without pause meanwhile. ``loop_pause_s`` is the longest an event loop
+stood still while :meth:`~egressd.app.Daemon.restore_state_off_loop` restored the file in
+a thread beside it (the lock the thread holds through one long call: a parse, a decode).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import json
 import os
@@ -61,7 +65,11 @@ def measure(repo: Path, keys: int, state: Path, profile: bool) -> dict[str, obje
     started, cpu = time.perf_counter(), time.process_time()
     if profiler is not None:
         profiler.enable()
-    daemon.restore_state()
+    if profiler is not None:  # (it sees only this thread: restored here, no loop beside)
+        daemon.restore_state()
+        pause = float("nan")
+    else:
+        pause = asyncio.run(_restore_beside_loop(daemon))
     restored, restored_cpu = time.perf_counter(), time.process_time()
     daemon.collector.warm()
     warmed, warmed_cpu = time.perf_counter(), time.process_time()
@@ -76,10 +84,36 @@ def measure(repo: Path, keys: int, state: Path, profile: bool) -> dict[str, obje
         "warm_s": round(warmed - restored, 2),
         "total_s": round(warmed - started, 2),
         "restore_cpu_s": round(restored_cpu - cpu, 2),
+        "loop_pause_s": round(pause, 3),
         "total_cpu_s": round(warmed_cpu - cpu, 2),
         "rss_before_mb": round(before),
         "peak_rss_mb": round(peak),
     }
+
+
+async def _restore_beside_loop(daemon: Any) -> float:
+    """Restore as ``egressd run`` does (in a thread beside the event loop); returns the
+    longest the loop stood still meanwhile (a task asking to wake every millisecond)."""
+    longest = 0.0
+    done = False
+
+    async def tick() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    try:
+        await daemon.restore_state_off_loop()
+    finally:
+        done = True
+        await ticker
+    return longest
 
 
 def serve(repo: Path, keys: int, state: Path) -> dict[str, object]:
@@ -115,19 +149,47 @@ def serve(repo: Path, keys: int, state: Path) -> dict[str, object]:
             for line in process.stderr:
                 if "HTTP listening" in line and "http" not in first:
                     first["http"] = round(time.monotonic() - started, 1)
+                if "restored state from" in line and "restored" not in first:
+                    first["restored"] = time.monotonic()
 
         reader = threading.Thread(target=watch_log, daemon=True)
         reader.start()
+        # Until /readyz answers, /healthz is asked without pause: its slowest answer is
+        # about the longest the daemon's event loop stood still (while the state was
+        # restored in a thread, until its log says so, and after, the start's own work on
+        # the loop: putting the engine in place, the first full collection).
+        answers: list[tuple[float, float]] = []
+
+        def probe() -> None:
+            while "ready" not in first and time.monotonic() - started < 600:
+                if "http" not in first:
+                    time.sleep(0.01)
+                    continue
+                asked = time.monotonic()
+                _answers(f"http://127.0.0.1:{http}/healthz", timeout=60)
+                answers.append((asked, time.monotonic()))
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
         try:
             while "ready" not in first and time.monotonic() - started < 600:
                 if "http" in first and _answers(f"http://127.0.0.1:{http}/readyz"):
                     first["ready"] = round(time.monotonic() - started, 1)
                 time.sleep(0.1)
         finally:
+            prober.join(70)
             process.terminate()
             process.wait(300)
             reader.join(10)
-    return {"http_s": first.get("http"), "readyz_s": first.get("ready")}
+    restored = first.get("restored", float("inf"))
+    return {
+        "http_s": first.get("http"),
+        "readyz_s": first.get("ready"),
+        "slowest_healthz_restoring_s": round(
+            max((b - a for a, b in answers if b <= restored), default=0.0), 3
+        ),
+        "slowest_healthz_s": round(max((b - a for a, b in answers), default=0.0), 3),
+    }
 
 
 def _free_port(kind: int) -> int:
@@ -137,9 +199,9 @@ def _free_port(kind: int) -> int:
         return port
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, timeout: float = 1) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return bool(response.status == 200)
     except OSError:
         return False

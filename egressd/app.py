@@ -363,7 +363,7 @@ class Daemon:
         if path is None:
             return None
         try:
-            data = load_state(path, self.config.state.max_size)
+            data = load_state(path, self.config.state.max_size, decode_records=True)
         except StateError as exc:
             if isinstance(exc, StateTooLarge):
                 self.stats.state_too_large += 1

@@ -289,7 +289,7 @@ def replay(
     engine = Engine(config, labeler or build_labeler(config))
     if state_path is not None:
         try:
-            data = load_state(state_path, config.state.max_size)
+            data = load_state(state_path, config.state.max_size, decode_records=True)
             if data is not None:
                 engine.restore(data)
         except (StateError, ValueError, KeyError, TypeError) as exc:

@@ -11,15 +11,26 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scenarios import DAY, Scenario, generate
 
 from egressd.baseline.seasonal import SeasonalBaselines
-from egressd.baseline.statefile import load_state, move_aside, save_state
+from egressd.baseline.statefile import (
+    decode_base64,
+    encode_state,
+    load_state,
+    move_aside,
+    parse_state,
+    save_state,
+)
 from egressd.config import parse_config
-from egressd.errors import StateError
-from egressd.pipeline import STATE_VERSION
+from egressd.enrich import DestinationLabels
+from egressd.errors import DecodeError, StateError
+from egressd.pipeline import STATE_VERSION, Engine
 from egressd.replay import replay
 
 
@@ -195,3 +206,137 @@ def test_a_replay_whose_state_outgrows_max_size_says_so(
         replay(small, "goflow2-json", [str(part1)], io.BytesIO(), state_path=tmp_path / "s.json")
     assert "over state.max_size" in caplog.text and "raise state.max_size" in caplog.text
     assert load_state(tmp_path / "s.json") is not None  # saved whole all the same
+
+
+# ------------------------------------------------ the baselines' records at the end of the file
+
+
+def _learned_engine(keys: int = 300) -> Engine:
+    engine = Engine(parse_config(""), _OneCountry())
+    start = 1_773_000_000.0
+    for i in range(keys):
+        for k in range(3):
+            engine.baselines.observe((f"g{i % 5}", f"C{i}|r|{i}"), start + 300 * k, 1000 + i * k)
+    return engine
+
+
+class _OneCountry:
+    has_regions = False
+    has_asn = False
+
+    def label(self, address: str) -> DestinationLabels:
+        return DestinationLabels("JP")
+
+    def label_many(self, addresses: Any) -> list[DestinationLabels]:
+        return [DestinationLabels("JP") for _ in addresses]
+
+
+def test_a_state_file_ends_in_its_records_and_reads_the_same_apart_or_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _learned_engine()
+    snapshot = engine.snapshot()
+    path = tmp_path / "state.json"
+    save_state(path, snapshot)
+    blob = path.read_bytes()
+    # Still one JSON object (older code reads it), whose last member holds the records last.
+    whole = orjson.loads(blob)
+    assert list(whole)[-1] == "baselines" and list(whole["baselines"])[-1] == "records"
+    assert blob.endswith(b'"}}') and blob.count(b',"records":"') == 1
+    assert {k: v for k, v in whole.items() if k != "saved_at"} == snapshot
+    # Taken apart: the same data, without orjson ever seeing the records text.
+    parsed = orjson.loads
+    seen: list[int] = []
+    monkeypatch.setattr(
+        "egressd.baseline.statefile.orjson.loads", lambda b: seen.append(len(b)) or parsed(b)
+    )
+    monkeypatch.setattr("egressd.baseline.statefile.BASE64_PIECE", 400)
+    assert parse_state(blob) == whole
+    decoded = parse_state(blob, decode_records=True)
+    assert max(seen) < len(blob) - len(whole["baselines"]["records"])
+    records = decoded["baselines"].pop("records")
+    assert records.tobytes() == base64.b64decode(whole["baselines"].pop("records"))
+    assert decoded == whole
+    # An engine restored from either (or from a file of the older layout) is the same.
+    restored = []
+    older = tmp_path / "older.json"
+    older.write_bytes(orjson.dumps(snapshot))  # baselines before the detectors' state
+    assert not older.read_bytes().endswith(b'"}}')
+    for data in (
+        load_state(path),
+        load_state(path, decode_records=True),
+        load_state(older, decode_records=True),
+    ):
+        again = Engine(parse_config(""), _OneCountry())
+        assert data is not None
+        again.restore(data)
+        restored.append(again.snapshot())
+    assert restored == [snapshot] * 3
+
+
+def test_decoding_records_in_pieces_is_strict_base64() -> None:
+    raw = bytes(range(256)) * 40
+    text = base64.b64encode(raw).decode()
+    for piece in (4, 8, 400, 1 << 22):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("egressd.baseline.statefile.BASE64_PIECE", piece)
+            assert decode_base64(text).tobytes() == raw
+            assert decode_base64(memoryview(text.encode())).tobytes() == raw
+            for bad in (text[:-1], text + "A", text[:8] + "!" + text[9:], "=" + text[1:], "é"):
+                with pytest.raises(ValueError):
+                    decode_base64(bad)
+
+
+_TEXT = st.text(alphabet='AQ+/="\\\x01é,:{}[]', max_size=12)
+_VALUE = st.recursive(
+    st.none() | st.integers(-5, 5) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=250, deadline=None)
+@given(
+    before=st.dictionaries(_TEXT, _VALUE, max_size=3),
+    inner=st.dictionaries(_TEXT, _VALUE, max_size=3),
+    records=st.sampled_from(["", "QUFB", "QUE=", "QQ==", "QU", 'Q"Q', "Q\\u0051Q="]) | _TEXT,
+    after=st.dictionaries(_TEXT, _VALUE, max_size=2),
+    cut=st.integers(0, 40),
+    insert=st.sampled_from([b"", b'"', b"}", b",", b'"records":"', b"\\", b"\xff"]),
+)
+def test_a_file_taken_apart_means_what_the_whole_parse_means(
+    before: dict[str, Any],
+    inner: dict[str, Any],
+    records: str,
+    after: dict[str, Any],
+    cut: int,
+    insert: bytes,
+) -> None:
+    """Whatever the bytes, reading the records apart gives what orjson gives for the whole
+    file (decoded, when asked), or the file is refused as the whole parse refuses it."""
+    state = {**before, "baselines": {**inner, "records": records}, **after}
+    written = orjson.dumps(state)
+    blobs = [written, encode_state(state)[0]]
+    blobs.append(blobs[-1][: len(blobs[-1]) - cut - 3] + insert + blobs[-1][-cut - 3 :])
+    for blob in blobs:
+        try:
+            expected: Any = orjson.loads(blob)
+        except orjson.JSONDecodeError:
+            expected = None
+        try:
+            got = parse_state(blob)
+        except (orjson.JSONDecodeError, DecodeError):
+            got = None
+        assert got == expected
+        try:
+            decoded = parse_state(blob, decode_records=True)
+        except (orjson.JSONDecodeError, DecodeError):
+            decoded = None
+        if decoded is None or expected is None:
+            assert decoded == expected
+            continue
+        text = decoded.get("baselines", {}).get("records") if isinstance(decoded, dict) else None
+        if isinstance(text, np.ndarray):  # taken apart: the whole parse's text, decoded
+            decoded["baselines"]["records"] = expected["baselines"]["records"]
+            assert base64.b64decode(expected["baselines"]["records"], validate=True) == bytes(text)
+        assert decoded == expected

@@ -20,7 +20,9 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from egressd.baseline.statefile import decode_base64
 from egressd.cache import BoundedCache
 
 # header: first_seen, last_seen (event time s), overall level, overall spread, observations
@@ -716,14 +718,23 @@ class SeasonalBaselines:
             dests = [dests[i] for i in picked.tolist()]
             self.dropped_on_load += count - len(picked)
             count = len(picked)
-        # Label numbers per group and per distinct destination text, not per key.
+        # Label numbers per group and per distinct destination text, not per key. (A
+        # slice of keys at a time: one call over a million holds the interpreter's lock,
+        # and the event loop beside a restore, for a tenth of a second or more.)
+        pieces = range(0, count, _LOAD_PIECE)
+        distinct: dict[str, None] = {}
         try:
-            codes = {dest: code for code, dest in enumerate(dict.fromkeys(dests))}
+            for at in pieces:
+                distinct.update(dict.fromkeys(dests[at : at + _LOAD_PIECE]))
         except TypeError:  # a list or an object where a text belongs
-            codes = {}
+            distinct = {}
+        codes = {dest: code for code, dest in enumerate(distinct)}
         if (count and not codes) or not all(type(dest) is str for dest in codes):
             raise ValueError("malformed baselines: destinations")
-        dest_code = np.fromiter(map(codes.__getitem__, dests), np.intp, count)
+        dest_code = np.empty(count, np.intp)
+        for at in pieces:
+            part = dests[at : at + _LOAD_PIECE]
+            dest_code[at : at + len(part)] = np.fromiter(map(codes.__getitem__, part), np.intp)
         index = _index_of(groups, group_of, dests)
         self.version += 1
         capacity = max(count, min(self.max_keys, 1024))
@@ -746,6 +757,9 @@ class SeasonalBaselines:
         self.epoch += 1
 
 
+#: keys a restore handles in one call (see :meth:`SeasonalBaselines.load_json`)
+_LOAD_PIECE = 1 << 16
+
 #: the form :meth:`SeasonalBaselines.to_json` writes (the per-key form before it had none)
 STATE_FORMAT = 2
 
@@ -760,7 +774,7 @@ def stored_keys(data: dict[str, Any]) -> list[BaselineKey]:
 
 def _compact_parts(
     data: dict[str, Any],
-) -> tuple[list[str], np.ndarray[Any, np.dtype[np.intp]], list[str], bytes]:
+) -> tuple[list[str], np.ndarray[Any, np.dtype[np.intp]], list[str], bytes | npt.NDArray[np.uint8]]:
     """Groups, each key's group number, each key's destination and the records, checked."""
     groups, group_of, dests, text = (data.get(k) for k in ("groups", "group", "dests", "records"))
     if not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
@@ -776,12 +790,16 @@ def _compact_parts(
         raise ValueError("malformed baselines: group numbers")
     if len(numbers) and not (numbers.min() >= 0 and numbers.max() < len(groups)):
         raise ValueError("malformed baselines: group numbers")
-    if not isinstance(text, str):
+    raw: bytes | npt.NDArray[np.uint8]
+    if isinstance(text, np.ndarray):
+        raw = text  # decoded as the file was parsed (statefile.parse_state)
+    elif isinstance(text, str):
+        try:
+            raw = decode_base64(text)  # (in pieces: a thread decoding it lets the loop run)
+        except ValueError as exc:
+            raise ValueError(f"malformed baselines: records: {exc}") from None
+    else:
         raise ValueError("malformed baselines: records")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except ValueError as exc:
-        raise ValueError(f"malformed baselines: records: {exc}") from None
     if len(raw) != len(dests) * RECORD_SIZE:
         raise ValueError(f"malformed baselines: {len(raw)} bytes of records for {len(dests)} keys")
     return groups, numbers.astype(np.intp), dests, raw

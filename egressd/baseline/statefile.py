@@ -6,6 +6,7 @@ old or the new file, never a torn one. A file that cannot be used is moved aside
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import logging
 import os
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from egressd.decode.common import check_object_depth
@@ -31,13 +34,145 @@ INT_MAX = 2**64 - 1
 INT_MIN = -(2**63)
 
 
+#: The baselines' records (one base64 text, nearly all of a large state) are written as the
+#: last member of ``baselines``, itself the last member of the state, so that the file ends
+#: ``<_RECORDS_AT><base64><_RECORDS_END>``: still one JSON object, which a reader can also
+#: take apart without parsing the records as JSON (see :func:`parse_state`).
+_RECORDS_AT = b',"records":"'
+_RECORDS_END = b'"}}'
+#: base64 characters decoded at a time (whole quanta): each piece keeps the interpreter's
+#: lock for a few milliseconds, so a thread decoding a million baselines' records does not
+#: stop the event loop beside it for the second the whole text takes
+BASE64_PIECE = 1 << 22
+
+
 def encode_state(payload: dict[str, Any]) -> tuple[bytes, int]:
     """The JSON bytes of ``payload`` and how many values had to be saturated to write them.
 
     Integers outside [-2^63, 2^64 - 1] become the nearest end (orjson refuses them, and
     every save would fail from then on): no value can stop the state from being saved.
-    Only a type that has no JSON form (a bug, not a value) raises StateError.
+    Only a type that has no JSON form (a bug, not a value) raises StateError. The
+    baselines' records go last (see :data:`_RECORDS_AT`).
     """
+    head, records = _records_apart(payload)
+    # (the rest first, at once: a save in a thread may share containers with the engine,
+    # and orjson holds the interpreter's lock while it writes them; the text is immutable)
+    blob, clamped = _encode(head)
+    if records is None:
+        return blob, clamped
+    text = records.encode("ascii")
+    if not _base64_only(text, 0, len(text)):  # (what JSON would escape is left to orjson)
+        return _encode(payload)
+    return b"".join((blob[: -len(b"}}")], _RECORDS_AT, text, _RECORDS_END)), clamped
+
+
+def _records_apart(payload: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``payload`` without the baselines' records text, and the text (None, with
+    ``payload`` as it is, when it has no such text to write last)."""
+    baselines = payload.get("baselines")
+    if not isinstance(baselines, dict):
+        return payload, None
+    records = baselines.get("records")
+    rest = {key: value for key, value in baselines.items() if key != "records"}
+    if not (isinstance(records, str) and rest and records.isascii()):
+        return payload, None
+    head = {key: value for key, value in payload.items() if key != "baselines"}
+    head["baselines"] = rest
+    return head, records
+
+
+#: the characters of a base64 text
+_BASE64_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+def _base64_only(blob: bytes, start: int, end: int) -> bool:
+    """Whether ``blob[start:end]`` holds only base64 characters (checked in pieces)."""
+    for at in range(start, end, BASE64_PIECE):
+        if blob[at : min(at + BASE64_PIECE, end)].translate(None, _BASE64_CHARS):
+            return False
+    return True
+
+
+def parse_state(blob: bytes, *, decode_records: bool = False) -> Any:
+    """A state file's or snapshot's JSON, parsed (what ``orjson.loads`` returns); raises
+    DecodeError (nested too deep, not an object) or orjson.JSONDecodeError.
+
+    A file that ends in the baselines' records, as :func:`encode_state` writes it, is parsed
+    without them, and the records text is taken from the bytes as it stands: orjson took
+    over a second to parse a million baselines' 370 MB text into a string, holding the
+    interpreter's lock throughout, so the event loop beside it (HTTP, the collector) stood
+    still that long. With ``decode_records`` the text is decoded from base64 in pieces
+    (:func:`decode_base64`) and ``baselines["records"]`` holds the records' bytes (a numpy
+    array, which :meth:`SeasonalBaselines.load_json` takes as they are); without,
+    the text (a ``str``). Any other file (older ones, whose records lie elsewhere) is
+    parsed whole, as before.
+    """
+    data = _parse_apart(blob, decode_records)
+    if data is not None:
+        return data
+    check_object_depth(blob)  # before orjson, which crashes on deep nesting before 3.9.15
+    return orjson.loads(blob)
+
+
+def _parse_apart(blob: bytes, decode: bool) -> dict[str, Any] | None:
+    """The state with the records text taken apart, or None when ``blob`` does not end in
+    it (or when taking it apart could mean something else than the whole parse).
+
+    The head, closed by ``}}``, must parse to an object whose last member is a non-empty
+    ``baselines`` object, and the text must hold only base64 characters (nothing JSON
+    escapes): the file is then that object with one more member of ``baselines``,
+    ``records``, a JSON string that is the text itself.
+    """
+    if not blob.endswith(_RECORDS_END):
+        return None
+    # (the first: a key cannot hide in a string, where quotes are escaped; and a record
+    # text holds no quote)
+    at = blob.find(_RECORDS_AT)
+    if at < 0:
+        return None
+    head = blob[:at] + b"}}"
+    try:
+        check_object_depth(head)
+        data = orjson.loads(head)
+    except (DecodeError, orjson.JSONDecodeError):
+        return None
+    if not (isinstance(data, dict) and data and next(reversed(data)) == "baselines"):
+        return None
+    baselines = data["baselines"]
+    if not (isinstance(baselines, dict) and baselines):
+        return None
+    start, end = at + len(_RECORDS_AT), len(blob) - len(_RECORDS_END)
+    try:
+        if decode:  # (strict: base64 characters only)
+            baselines["records"] = decode_base64(memoryview(blob)[start:end])
+            return data
+        if not _base64_only(blob, start, end):
+            return None
+        baselines["records"] = str(memoryview(blob)[start:end], "ascii")
+    except ValueError:  # (UnicodeDecodeError too)
+        return None
+    return data
+
+
+def decode_base64(text: str | memoryview) -> npt.NDArray[np.uint8]:
+    """Strict base64 (no other characters, padding only at the end) decoded in pieces of
+    :data:`BASE64_PIECE` characters, as bytes in an array; raises ValueError when it is
+    not base64."""
+    # (an array left unset, each piece written once: a bytearray of the size would be
+    # zeroed first, all of it in one call)
+    out = np.empty(len(text) // 4 * 3, np.uint8)
+    filled = 0
+    try:
+        for start in range(0, len(text), BASE64_PIECE):
+            piece = binascii.a2b_base64(text[start : start + BASE64_PIECE], strict_mode=True)
+            out[filled : filled + len(piece)] = np.frombuffer(piece, np.uint8)
+            filled += len(piece)
+    except (binascii.Error, ValueError) as exc:  # (ValueError: a text that is not ASCII)
+        raise ValueError(f"not base64: {exc}") from None
+    return out[:filled]
+
+
+def _encode(payload: dict[str, Any]) -> tuple[bytes, int]:
     try:
         return orjson.dumps(payload), 0
     except TypeError:
@@ -180,11 +315,15 @@ def open_regular(path: Path) -> BinaryIO:
     return file
 
 
-def load_state(path: Path, max_size: int = MAX_STATE_SIZE) -> dict[str, Any] | None:
+def load_state(
+    path: Path, max_size: int = MAX_STATE_SIZE, *, decode_records: bool = False
+) -> dict[str, Any] | None:
     """The saved state, or None when there is none. Raises StateError when it is unreadable.
 
     A file over ``max_size`` bytes is not read at all (StateTooLarge): parsing JSON takes
     several times its size in memory, so a huge (or sparse) file could exhaust it.
+    ``decode_records``: the baselines' records may come back decoded (see
+    :func:`parse_state`), for an engine to restore; not for writing the data again.
     """
     try:
         with open_regular(path) as file:
@@ -199,8 +338,7 @@ def load_state(path: Path, max_size: int = MAX_STATE_SIZE) -> dict[str, Any] | N
     if len(blob) > max_size:  # it grew between the stat and the read
         raise StateTooLarge(_too_large(path, len(blob), max_size))
     try:
-        check_object_depth(blob)  # before orjson, which crashes on deep nesting before 3.9.15
-        data = orjson.loads(blob)
+        data = parse_state(blob, decode_records=decode_records)
     except DecodeError as exc:
         raise StateError(f"state file {path} is not usable: {exc}") from exc
     except orjson.JSONDecodeError as exc:

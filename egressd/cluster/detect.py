@@ -561,7 +561,8 @@ class Detect(KafkaRole):
             return part
         try:
             cluster = data.pop("cluster")
-            part.engine.restore(data)
+            # (a fresh engine, nothing else holds it yet: restored beside the event loop)
+            await asyncio.to_thread(part.engine.restore, data)
             part.applied = {str(k): int(v) for k, v in dict(cluster["applied"]).items()}
             part.times = {str(k): float(v) for k, v in dict(cluster["times"]).items()}
             part.sources = {str(k): int(v) for k, v in dict(cluster["sources"]).items()}

@@ -33,9 +33,9 @@ from egressd.baseline.statefile import (
     encode_state,
     move_aside,
     open_regular,
+    parse_state,
     save_state,
 )
-from egressd.decode.common import check_object_depth
 from egressd.errors import DecodeError, StateError, StateTooLarge
 
 log = logging.getLogger("egressd.cluster.snapshots")
@@ -63,9 +63,10 @@ def _too_large(where: str, size: int, max_size: int) -> str:
 
 
 def _parse(blob: bytes, where: str) -> dict[str, Any]:
+    """The snapshot in ``blob``, its baselines' records decoded (see :func:`parse_state`);
+    run in a thread: a large one takes seconds, in pieces that let the event loop run."""
     try:
-        check_object_depth(blob)  # before orjson, which crashes on deep nesting before 3.9.15
-        data = orjson.loads(blob)
+        data = parse_state(blob, decode_records=True)
     except DecodeError as exc:
         raise CorruptSnapshot(f"{where} is not usable: {exc}") from exc
     except orjson.JSONDecodeError as exc:
@@ -84,7 +85,9 @@ class SnapshotStore(Protocol):
 
     async def load(self, name: str) -> dict[str, Any] | None:
         """The snapshot, None when there is none; CorruptSnapshot when it cannot be used,
-        StateError when it cannot be read now."""
+        StateError when it cannot be read now. The baselines' records may come decoded
+        (bytes, see :func:`~egressd.baseline.statefile.parse_state`): for an engine to
+        restore, not to save again."""
         ...
 
     async def save(self, name: str, data: dict[str, Any]) -> int:
@@ -119,7 +122,7 @@ class DirectoryStore:
             return None
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        return _parse(blob, str(path))
+        return await asyncio.to_thread(_parse, blob, str(path))
 
     def _read(self, path: Path) -> bytes:
         """The file's bytes; SnapshotTooLarge, before reading, when it is over max_size."""
@@ -273,7 +276,7 @@ class S3Store:
                 body = await self._read(reply, name)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StateError(f"cannot read {self.where(name)}: {exc!r}") from exc
-        return _parse(body, self.where(name))
+        return await asyncio.to_thread(_parse, body, self.where(name))
 
     async def _read(self, reply: aiohttp.ClientResponse, name: str) -> bytes:
         """The object's bytes; SnapshotTooLarge, before reading, when its Content-Length is
