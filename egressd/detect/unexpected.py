@@ -195,10 +195,11 @@ class _Span:
             return self.bytes
         return self.bytes - small + max(small - int(return_fraction * self.ingress), 0)
 
-    def upload(self, return_fraction: float) -> int:
+    def upload(self, return_fraction: float, effective: int | None = None) -> int:
         """Egress that counts toward a floor under the configured one: what counts
-        (:meth:`effective`), but only beyond :data:`RETURN_SHARE` of the ingress."""
-        total = self.effective(return_fraction)
+        (:meth:`effective`, given as ``effective`` when the caller has it already), but only
+        beyond :data:`RETURN_SHARE` of the ingress."""
+        total = self.effective(return_fraction) if effective is None else effective
         ingress = self.ingress
         if not ingress:
             return total
@@ -849,7 +850,7 @@ class UnexpectedDestinationDetector(Detector):
                 if g < 1.0 and total < configured:
                     # Under the configured floor only upload-shaped egress counts: a download
                     # from a new CDN edge is no page for a small group either.
-                    total = span.upload(fraction)
+                    total = span.upload(fraction, total)
                 totals.append(total)
                 if fire_index < 0 and total >= (
                     configured * g if index <= reach_least else levels(group, g)[index]
@@ -967,8 +968,9 @@ class UnexpectedDestinationDetector(Detector):
             uploads = []
             for index, span in enumerate(group_spans):
                 span.expire(now - spans[index][0])
-                sums.append(span.effective(fraction))
-                uploads.append(span.upload(fraction))
+                total = span.effective(fraction)
+                sums.append(total)
+                uploads.append(span.upload(fraction, total))
             if not active:
                 if not group_spans[-1].entries:
                     del self._groups[group]
@@ -983,8 +985,9 @@ class UnexpectedDestinationDetector(Detector):
                 if window is not None:
                     for index in range(count):
                         span = window.spans[index]
-                        sums[index] -= span.effective(fraction)
-                        uploads[index] -= span.upload(fraction)
+                        total = span.effective(fraction)
+                        sums[index] -= total
+                        uploads[index] -= span.upload(fraction, total)
             effectives = list(sums)
             if times < factor:
                 # Under the configured floor only upload-shaped egress counts (see above).
