@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from egressd.aggregate import Accum
 from egressd.config import parse_config
 from egressd.detect.alerts import Alert, AlertBook
-from egressd.detect.unexpected import UnexpectedDestinationDetector, _Window
+from egressd.detect.unexpected import UnexpectedDestinationDetector, _Span, _Window
 from egressd.enrich import DestinationLabels
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.model import FlowRecord
@@ -211,3 +211,61 @@ def test_annotations_read_intervals_later_say_what_they_said_when_brought_up_to_
             assert any(s == status and labels["dst_country"] == country for s, labels in statuses)
     assert events["late"] == events["eager"]
     assert events["read"] == events["eager"]
+
+
+def test_expiring_keeps_what_each_span_holds_and_merges_what_left_the_first() -> None:
+    """Expiring leaves each span (per interval and in hourly buckets) exactly its entries from
+    its horizon on with their sums, and merges the heaviest talkers of every interval that left
+    the first span into the long-term evidence, in order, when the week holds ``heavy``."""
+    rng = random.Random(5)
+    lengths = [3600.0, 4 * 3600.0, 8 * 3600.0]
+    for _trial in range(40):
+        window = _Window(3, (0.0, 0.0, 3600.0))
+        heavy = rng.choice([0, 10**6, 10**7, 10**9])
+        #: the model: every interval with its accumulator, and the long-term evidence
+        held: list[tuple[float, int, int, int, Accum | None]] = []
+        sources, destinations = TopK(16), TopK(16)
+        start = 0.0
+        for _step in range(rng.randrange(1, 150)):
+            start += 300.0 * rng.choice([1, 1, 1, 2, 5, 20])  # (gaps: intervals not taken)
+            size = rng.choice([0, rng.randrange(1, 10**6)])
+            small = rng.choice([0, rng.randrange(0, size + 1)])
+            ingress = rng.choice([0, rng.randrange(1, 10**6)])
+            accum = _interval(rng) if size else None
+            window.spans[0].add((start, size, small, ingress, accum))
+            for span in window.spans[1:]:
+                span.add((start, size, small, ingress))
+            held.append((start, size, small, ingress, accum))
+            if rng.random() < 0.7:
+                continue  # (a window not looked at this interval)
+            now = start + 300.0
+            horizons = [now - length for length in lengths]
+            before = list(window.spans[0].entries)
+            UnexpectedDestinationDetector._expire(window, horizons, heavy)
+            for span, horizon in zip(window.spans, horizons, strict=True):
+                kept = list(span.entries)
+                assert all(e[0] >= horizon for e in kept)
+                assert span.bytes == sum(e[1] for e in kept)
+                assert span.small == sum(e[2] for e in kept)
+                assert span.ingress == sum(e[3] for e in kept)
+            assert list(window.spans[0].entries) == [e for e in held if e[0] >= horizons[0]]
+            in_day = [e[:4] for e in held if e[0] >= horizons[1]]
+            assert list(window.spans[1].entries) == in_day
+            left = [e for e in before if e[0] < horizons[0]]
+            if left and window.spans[-1].bytes >= heavy:
+                for entry in left:
+                    if entry[4] is not None:
+                        entry[4].add_heaviest(4, sources, destinations)
+            assert window.sources.counts == sources.counts
+            assert window.destinations.counts == destinations.counts
+
+
+def test_upload_given_the_effective_egress_is_upload_computing_it() -> None:
+    rng = random.Random(8)
+    for _ in range(2000):
+        span = _Span()
+        span.bytes = rng.randrange(0, 10**7)
+        span.small = rng.choice([0, rng.randrange(0, span.bytes + 1)])
+        span.ingress = rng.choice([0, rng.randrange(0, 10**8)])
+        fraction = rng.choice([0.0, 0.05, 0.5, 1.0])
+        assert span.upload(fraction, span.effective(fraction)) == span.upload(fraction)
