@@ -10,6 +10,7 @@ import itertools
 import logging
 import math
 import operator
+import stat
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from egressd.columns import FlowColumns
 from egressd.config import Config
 from egressd.detect.alerts import FIRING, Alert
 from egressd.enrich import DestinationLabeler
-from egressd.errors import StateError
+from egressd.errors import EgressdError, StateError
 from egressd.gctune import engine_gc
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
@@ -271,6 +272,40 @@ class _Progress:
             self._out.flush()
 
 
+#: how every state file egressd writes begins (:meth:`egressd.pipeline.Engine.snapshot`)
+STATE_SIGNATURE = b'{"version":'
+
+
+def refuse_foreign_state(path: Path) -> None:
+    """Stop unless ``path`` is absent, empty or begins as a state file egressd writes.
+
+    An unusable state file is moved aside and replaced by the replay's state (a damaged one
+    must not stop a scheduled replay); a path that names something else (a directory, a
+    device, a capture or a system file given to ``--state`` by mistake) is never renamed or
+    overwritten.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise EgressdError(f"--state {path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise EgressdError(f"--state {path}: not a regular file; give a state file's path")
+    if info.st_size == 0:
+        return
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(STATE_SIGNATURE))
+    except OSError as exc:
+        raise EgressdError(f"--state {path}: cannot read: {exc.strerror or exc}") from None
+    if head != STATE_SIGNATURE:
+        raise EgressdError(
+            f"--state {path}: not an egressd state file (it does not begin as one); "
+            "nothing was changed: give another path, or remove the file to learn afresh"
+        )
+
+
 def replay(
     config: Config,
     fmt: str,
@@ -288,6 +323,7 @@ def replay(
     """
     engine = Engine(config, labeler or build_labeler(config))
     if state_path is not None:
+        refuse_foreign_state(state_path)
         try:
             data = load_state(state_path, config.state.max_size, decode_records=True)
             if data is not None:

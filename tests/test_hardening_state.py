@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import logging
 import os
 import random
@@ -31,7 +32,7 @@ from egressd.config import Config, parse_config
 from egressd.decode.egressd_json import encode_egressd_json
 from egressd.detect.policy import MAX_LEARNED_COUNTRIES
 from egressd.enrich import DestinationLabels
-from egressd.errors import StateError
+from egressd.errors import EgressdError, StateError
 from egressd.model import FlowRecord
 from egressd.pipeline import STATE_VERSION, Engine
 from egressd.replay import replay
@@ -365,7 +366,11 @@ def _corruptions(good: dict[str, Any]) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("kind", sorted(_corruptions({"version": 1})))
+#: corruptions that no longer begin as egressd writes a state file: replay refuses them
+_FOREIGN = ("garbage", "not-an-object", "no-version")
+
+
+@pytest.mark.parametrize("kind", sorted(set(_corruptions({"version": 1})) - set(_FOREIGN)))
 def test_replay_moves_a_bad_state_aside_and_learns_again(
     kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -390,6 +395,42 @@ def test_replay_moves_a_bad_state_aside_and_learns_again(
     assert fresh is not None and fresh["version"] == STATE_VERSION
     # Learning started again: only what this replay saw is in the new baselines.
     assert set(stored_keys(fresh["baselines"])) == {("research", "JP")}
+
+
+@pytest.mark.parametrize("kind", [*_FOREIGN, "text", "directory", "fifo"])
+def test_replay_refuses_a_state_path_that_is_no_state_file_and_changes_nothing(
+    kind: str, tmp_path: Path
+) -> None:
+    """A path given to --state by mistake (a system file, a capture, a directory, a FIFO) is
+    never renamed nor overwritten: the replay stops before reading its input, naming the
+    path. (A file that begins as egressd writes a state file but is damaged is moved aside:
+    the test above.)"""
+    config = parse_config(CONFIG)
+    inputs = tmp_path / "flows.jsonl"
+    _flows(inputs)
+    state = tmp_path / "state"
+    if kind == "directory":
+        state.mkdir()
+        (state / "keep").write_text("x")
+    elif kind == "fifo":
+        os.mkfifo(state)
+    else:
+        content = {
+            **_corruptions(_old_state(config)),
+            "text": b"root:x:0:0:root:/root:/bin/bash\n",
+        }[kind]
+        state.write_bytes(content)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    snapshot = state.read_bytes() if state.is_file() else None
+
+    with pytest.raises(EgressdError, match=r"--state .*state"):
+        replay(config, "egressd-json", [str(inputs)], io.BytesIO(), state_path=state)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if snapshot is not None:
+        assert state.read_bytes() == snapshot
+    if kind == "directory":
+        assert (state / "keep").read_text() == "x"
 
 
 def test_replay_restores_a_good_state(tmp_path: Path) -> None:

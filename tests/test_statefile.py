@@ -159,7 +159,8 @@ def test_corrupt_state_is_moved_aside_and_learning_restarts(
     config = parse_config(scenario.config_text)
     fresh = io.BytesIO()
     replay(config, "goflow2-json", [str(part2)], fresh)
-    for corrupt in (b"\x00garbage", b'{"version": 99}', b'{"version": 1, "interval": 300}'):
+    # (A file that does not begin as a state file is refused, untouched: test_hardening_state.)
+    for corrupt in (b'{"version": 99}', b'{"version": 1, "interval": 300}', b'{"version":2,'):
         state = tmp_path / "state.json"
         state.write_bytes(corrupt)
         out = io.BytesIO()
