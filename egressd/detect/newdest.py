@@ -734,11 +734,7 @@ class NewDestinationDetector(Detector):
                     floor: float = floor,
                     group_bar: float = group_bar,
                 ) -> tuple[dict[str, str], dict[str, str]]:
-                    sources = TopK(64)
-                    destinations = TopK(64)
-                    for entry in window:
-                        sources.merge(entry.sources)
-                        destinations.merge(entry.destinations)
+                    sources, destinations = self._window_talkers(window)
                     first = window[0].start if window else now
                     return self._describe(
                         now, first, total, group, dest, churn, block_total,
@@ -1064,13 +1060,7 @@ class NewDestinationDetector(Detector):
                 about: str = about,
                 firing: Alert | None = firing,
             ) -> tuple[dict[str, str], dict[str, str]]:
-                sources = TopK(64)
-                destinations = TopK(64)
-                for entry in entries:
-                    sources.merge(entry.sources)
-                    for address, weight in entry.destinations.counts.items():
-                        if self._block(self._prefix(address)) == block:
-                            destinations.add(address, weight)
+                sources, destinations = self._window_talkers(entries, block)
                 first = entries[0].start if entries else now
                 churn = self._churn(self.block_churn, (group, dest), now)
                 labels, annotations = self._describe(
@@ -1101,6 +1091,24 @@ class NewDestinationDetector(Detector):
             if alert_key not in self.book.active:
                 del self.block_alerts[alert_key]
         return changed
+
+    def _window_talkers(
+        self, entries: deque[_Entry], block: str | None = None
+    ) -> tuple[TopK, TopK]:
+        """The top sources and new destinations of a window's ``entries``, for its page's
+        text; of the destinations only those in address block ``block`` when it is given
+        (a ``dst_block`` page is about that block alone)."""
+        sources = TopK(64)
+        destinations = TopK(64)
+        for entry in entries:
+            sources.merge(entry.sources)
+            if block is None:
+                destinations.merge(entry.destinations)
+            else:
+                for address, weight in entry.destinations.counts.items():
+                    if self._block(self._prefix(address)) == block:
+                        destinations.add(address, weight)
+        return sources, destinations
 
     def _paged(self, tracked: _GroupPrefixes, alert: Alert, now: float) -> None:
         """Remember the address blocks of the networks a resolved page named (see
