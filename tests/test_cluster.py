@@ -611,15 +611,20 @@ def test_members_that_leave_or_freeze_change_nothing_in_the_sums(
     request.addfinalizer(s3.stop)
     cluster = Cluster(broker, tmp_path, batch=250, s3=s3)
     half = len(values) // 2
-    asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[:half], seed=23))
-    produced = time.monotonic()
-    seen = FirstSeen(cluster).__enter__()
-    request.addfinalizer(lambda: seen.__exit__(None, None, None))
     try:
         for name in ("detect-a", "detect-b", "detect-c"):
             cluster.start(name, "detect")
         for name in ("ingest-a", "ingest-b"):
             cluster.start(name, "ingest")
+        # The first half goes out once both ingest members own raw partitions. Produced
+        # before, ingest-a (started first) could read and commit all of it before ingest-b
+        # joined (a slow start on a busy machine): ingest-b, handed partitions read to their
+        # end, would never read a record to freeze with.
+        wait_owned(cluster, ("ingest-a", "ingest-b"), timeout=120)
+        asyncio.run(produce_split(broker.bootstrap, cluster.raw, values[:half], seed=23))
+        produced = time.monotonic()
+        seen = FirstSeen(cluster).__enter__()
+        request.addfinalizer(lambda: seen.__exit__(None, None, None))
         # As soon as ingest-b has read records (it then holds the batch it is counting, and
         # often a shipment in flight), detect-b and ingest-b freeze for 2.5 times the session
         # timeout: each group moves their partitions to the others (detect ones taken over
@@ -637,7 +642,11 @@ def test_members_that_leave_or_freeze_change_nothing_in_the_sums(
         ingest_a = cluster.processes["ingest-a"]
         owned = 0.0
         stopped = time.monotonic()
-        while time.monotonic() - stopped < 5 or (owned < 4 and time.monotonic() - stopped < 20):
+        # (at least 2.5 times the session timeout, and until ingest-a took them all: at once
+        # on a quiet machine, later on a busy one)
+        while time.monotonic() - stopped < 5 or (
+            owned < RAW_PARTITIONS and time.monotonic() - stopped < 60
+        ):
             owned = max(owned, ingest_owned(ingest_a))
             time.sleep(0.3)
         for process in frozen:
@@ -680,6 +689,18 @@ def wait_committed(cluster: Cluster, count: int, timeout: float) -> None:
             return
         assert time.monotonic() < deadline, f"committed {offsets} of {count}{cluster.logs()}"
         time.sleep(0.5)
+
+
+def wait_owned(cluster: Cluster, names: tuple[str, ...], timeout: float) -> None:
+    """Until each of the ingest processes ``names`` owns raw partitions, all of them between
+    them (the group has settled with every one of them in it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        owned = [ingest_owned(cluster.processes[name]) for name in names]
+        if min(owned) >= 1 and sum(owned) == RAW_PARTITIONS:
+            return
+        assert time.monotonic() < deadline, f"owned {owned}{cluster.logs()}"
+        time.sleep(0.3)
 
 
 def ingest_owned(process: EgressdProcess) -> float:
