@@ -14,8 +14,10 @@ alerts for either. Nothing here does I/O.
 
 from __future__ import annotations
 
+import itertools
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +29,8 @@ U64 = npt.NDArray[np.uint64]
 F64 = npt.NDArray[np.float64]
 U16 = npt.NDArray[np.uint16]
 U8 = npt.NDArray[np.uint8]
+#: one exporter text per row (numpy object array of ``str``)
+Texts = npt.NDArray[np.object_]
 
 #: the high 64 bits of every IPv4 address in a column, and the 32 bits above its value
 V4_HI = np.uint64(0)
@@ -58,7 +62,10 @@ class FlowColumns:
     ``bytes`` and ``packets`` are already multiplied by the sampling rate and are at most
     2**64 - 1 (a larger claim saturates there: the engine finds it implausible anyway).
     Times are event time in seconds since the Unix epoch. ``exporter`` names where the whole
-    batch came from ("" when it mixes several, or nobody said).
+    batch came from ("" when nobody said). A batch mixing exporters has ``exporter`` "" and
+    ``exporters``, each row's exporter; a batch of one exporter has ``exporters`` None, so
+    the common batch costs nothing per row for it (the duplicate stage,
+    :mod:`egressd.dedupe`, reads it).
     """
 
     __slots__ = (
@@ -67,6 +74,7 @@ class FlowColumns:
         "dst_lo",
         "dst_port",
         "exporter",
+        "exporters",
         "packets",
         "proto",
         "src_hi",
@@ -90,6 +98,7 @@ class FlowColumns:
         src_port: U16 | None = None,
         dst_port: U16 | None = None,
         exporter: str = "",
+        exporters: Texts | None = None,
     ) -> None:
         n = len(time_end)
         self.time_start = time_start
@@ -104,6 +113,7 @@ class FlowColumns:
         self.src_port = src_port if src_port is not None else np.zeros(n, dtype=np.uint16)
         self.dst_port = dst_port if dst_port is not None else np.zeros(n, dtype=np.uint16)
         self.exporter = exporter
+        self.exporters = exporters
 
     def __len__(self) -> int:
         return len(self.time_end)
@@ -129,6 +139,14 @@ class FlowColumns:
                 raise ValueError(
                     f"column {name} is {column.dtype}{column.shape}, not {dtype}({n},)"
                 )
+        exporters = self.exporters
+        if exporters is not None and (exporters.dtype != object or exporters.shape != (n,)):
+            raise ValueError(f"column exporters is {exporters.dtype}{exporters.shape}")
+
+    def exporter_of(self, index: int) -> str:
+        """The exporter of row ``index``."""
+        exporters = self.exporters
+        return self.exporter if exporters is None else str(exporters[index])
 
     @classmethod
     def empty(cls, exporter: str = "") -> FlowColumns:
@@ -154,7 +172,7 @@ class FlowColumns:
             np.fromiter((r.proto & 0xFF for r in records), dtype=np.uint8, count=len(records)),
             np.fromiter((r.src_port & 0xFFFF for r in records), dtype=np.uint16),
             np.fromiter((r.dst_port & 0xFFFF for r in records), dtype=np.uint16),
-            exporter=exporters.pop() if len(exporters) == 1 else "",
+            **exporter_fields(exporters, lambda: [r.exporter for r in records]),
         )
 
     def to_records(self) -> list[FlowRecord]:
@@ -167,10 +185,12 @@ class FlowColumns:
             address_text(h, lo)
             for h, lo in zip(self.dst_hi.tolist(), self.dst_lo.tolist(), strict=True)
         ]
-        exporter = self.exporter
+        exporters = (
+            itertools.repeat(self.exporter) if self.exporters is None else self.exporters.tolist()
+        )
         return [
             FlowRecord(start, end, s, d, size, packets, proto, sport, dport, exporter)
-            for start, end, s, d, size, packets, proto, sport, dport in zip(
+            for start, end, s, d, size, packets, proto, sport, dport, exporter in zip(
                 self.time_start.tolist(),
                 self.time_end.tolist(),
                 src,
@@ -180,7 +200,8 @@ class FlowColumns:
                 self.proto.tolist(),
                 self.src_port.tolist(),
                 self.dst_port.tolist(),
-                strict=True,
+                exporters,
+                strict=False,
             )
         ]
 
@@ -190,6 +211,7 @@ class FlowColumns:
         for name in _FIELDS:
             setattr(made, name, getattr(self, name)[index])
         made.exporter = self.exporter
+        made.exporters = None if self.exporters is None else self.exporters[index]
         return made
 
     @classmethod
@@ -199,13 +221,41 @@ class FlowColumns:
             return batches[0]
         if not batches:
             return cls.empty()
-        exporters = {b.exporter for b in batches}
         columns = [np.concatenate([getattr(b, name) for b in batches]) for name in _FIELDS]
         made = cls.__new__(cls)
         for name, column in zip(_FIELDS, columns, strict=True):
             setattr(made, name, column)
-        made.exporter = exporters.pop() if len(exporters) == 1 else ""
+        exporters = {b.exporter for b in batches if b.exporters is None and len(b)}
+        mixed = any(b.exporters is not None for b in batches)
+        if not mixed and len(exporters) <= 1:
+            made.exporter = exporters.pop() if exporters else batches[0].exporter
+            made.exporters = None
+        else:
+            made.exporter = ""
+            made.exporters = np.concatenate([b.exporter_column() for b in batches])
         return made
+
+    def exporter_column(self) -> Texts:
+        """Each row's exporter as a column (made when a batch has none: only where exporters
+        mix)."""
+        if self.exporters is not None:
+            return self.exporters
+        return texts_column([self.exporter] * len(self))
+
+
+def exporter_fields(texts: set[str], rows: Callable[[], Sequence[str]]) -> dict[str, Any]:
+    """``exporter`` / ``exporters`` keyword arguments of a batch whose rows' exporters are
+    ``texts``: ``rows()`` (each row's, in order) is asked for only when they mix."""
+    if len(texts) <= 1:
+        return {"exporter": next(iter(texts), ""), "exporters": None}
+    return {"exporter": "", "exporters": texts_column(rows())}
+
+
+def texts_column(texts: Sequence[str]) -> Texts:
+    """``texts`` as a numpy object column."""
+    column = np.empty(len(texts), dtype=object)
+    column[:] = texts
+    return column
 
 
 def address_value(text: str) -> int:

@@ -147,6 +147,17 @@ class DetectionConfig:
     key_idle_timeout: float = 35 * 86400.0
     top_talkers: int = 5
     severity: str = "page"
+    #: a flow two exporters report (core and edge router, firewall behind a router):
+    #: "count_once" counts per flow key the largest total one exporter reported
+    #: (:mod:`egressd.dedupe`; engaged once a second exporter's records arrive), "sum" adds
+    #: every exporter's records
+    duplicate_exports: str = "count_once"
+    #: whether the configuration named ``duplicate_exports`` (start-up notes only)
+    duplicate_exports_named: bool = False
+    #: a flow key's entry is forgotten this long (event time) after its last record
+    duplicate_expiry: float = 65 * 60.0
+    #: flow keys the duplicate stage holds at most (least recently reported evicted)
+    duplicate_max_keys: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -922,6 +933,12 @@ def _read_detection(t: _Table) -> DetectionConfig:
         key_idle_timeout=t.get("key_idle_timeout", d.key_idle_timeout, _positive_duration),
         top_talkers=t.get("top_talkers", d.top_talkers, _positive_int),
         severity=t.get("severity", d.severity, _nonempty_str),
+        duplicate_exports_named=t.has("duplicate_exports"),
+        duplicate_exports=t.get(
+            "duplicate_exports", d.duplicate_exports, _choice("count_once", "sum")
+        ),
+        duplicate_expiry=t.get("duplicate_expiry", d.duplicate_expiry, _positive_duration),
+        duplicate_max_keys=t.get("duplicate_max_keys", d.duplicate_max_keys, _positive_int),
     )
     windows = [_read_unexpected_window(w, cfg.interval) for w in t.subs("unexpected")]
     cfg = _unexpected_windows(t, cfg, windows)
@@ -1311,6 +1328,17 @@ def config_warnings(config: Config) -> list[str]:
             warnings.append(
                 f"sources.capture.interface: {capture.interface!r} does not exist on this "
                 "machine: egressd run fails to capture here until it does"
+            )
+    detection = config.detection
+    if detection.duplicate_exports_named and detection.duplicate_exports == "count_once":
+        split = [f"{n.listen} has workers = {n.workers}" for n in sources.netflow if n.workers > 1]
+        if config.cluster.role == "ingest":
+            split.append("cluster.role = 'ingest' shares the flow partitions among members")
+        if split:
+            warnings.append(
+                "detection.duplicate_exports: each process counts once only what it receives "
+                f"itself ({'; '.join(split)}): a flow two exporters report still counts "
+                "twice where their records reach different processes (docs/formats.md)"
             )
     for kafka in sources.kafka:
         if not 6.0 <= kafka.session_timeout <= 1800.0:

@@ -22,7 +22,8 @@ from egressd.cache import BoundedCache
 from egressd.classify import EgressClassifier
 from egressd.columnar import I64, ClassifiedBatch, ColumnClassifier, exact_total, numbered
 from egressd.columns import U64, FlowColumns, address_texts
-from egressd.config import OTHER_GROUP, Config, GroupConfig
+from egressd.config import OTHER_GROUP, Config, DetectionConfig, GroupConfig
+from egressd.dedupe import DuplicateExports
 from egressd.detect.alerts import Alert, AlertBook
 from egressd.detect.detectors import (
     SPIKE,
@@ -152,6 +153,12 @@ class EngineStats:
     #: carries in their duration (a lying or broken exporter; see :meth:`Engine.plausible`)
     invalid_records: int = 0
     intervals_closed: int = 0
+    #: records whose bytes another exporter had reported already, taken out whole, and the
+    #: bytes taken out (whole records and parts: :mod:`egressd.dedupe`)
+    duplicate_records: int = 0
+    duplicate_bytes: int = 0
+    #: flow keys the duplicate stage forgot to stay within ``duplicate_max_keys``
+    duplicate_evictions: int = 0
     #: egress bytes in closed intervals by (group, destination labels)
     egress_by_destination: dict[AggregateKey, int] = field(default_factory=dict)
 
@@ -222,6 +229,9 @@ class Engine:
         self.row_loop_rows = ROW_LOOP_ROWS
         #: rows the next block looks ahead over
         self._window = _FIRST_WINDOW
+        #: counts a flow two exporters report once (None: ``duplicate_exports = "sum"``)
+        self.duplicates: DuplicateExports | None = None
+        self._use_duplicates(detection)
 
     def _learn_factor(self, group: str) -> float | None:
         """The factor ``group``'s unexpected-destination floors shrink by (None: no rate yet),
@@ -265,6 +275,16 @@ class Engine:
         self.source_cache.resize(config.geo.cache_size)
         self.destination_cache.resize(config.geo.cache_size)
         self._link_rate = detection.max_link_rate
+        self._use_duplicates(detection)
+
+    def _use_duplicates(self, detection: DetectionConfig) -> None:
+        if detection.duplicate_exports == "sum":
+            self.duplicates = None
+            return
+        if self.duplicates is None:
+            self.duplicates = DuplicateExports()
+        self.duplicates.expiry = detection.duplicate_expiry
+        self.duplicates.max_keys = detection.duplicate_max_keys
 
     def _use_labeler(self, labeler: DestinationLabeler) -> None:
         """Take a labeler, and note once what batch answers it offers (an isinstance check
@@ -323,6 +343,10 @@ class Engine:
         """Account ``records``; return the alerts that started or resolved meanwhile."""
         changed: list[Alert] = []
         stats = self.stats
+        if self.duplicates is not None:
+            given = records if isinstance(records, list) else list(records)
+            records = self.duplicates.records(given, self.future_limit, stats, self.plausible)
+            stats.records += len(given) - len(records)  # (taken out, yet received)
         source_group = self.source_cache.get
         destination = self.destination_cache.get
         aggregator = self.aggregator
@@ -447,6 +471,8 @@ class Engine:
             columns = columns.take(valid)
         stats.records += n
         stats.invalid_records += invalid
+        if self.duplicates is not None:
+            columns = self.duplicates.columns(columns, self.future_limit, stats)
         if len(columns) == 0:
             return []
         batch = ClassifiedBatch(

@@ -1,8 +1,8 @@
 """JSON lines decoded into columns give what the record decoders give, line for line.
 
 Every check compares the columnar decoder with the record path it stands in for
-(``read_lines`` with the format's record decoder) on the same bytes: the flows (exporter
-aside: columns carry one per batch), their order, and every counter. Counts are compared
+(``read_lines`` with the format's record decoder) on the same bytes: the flows (each with its
+exporter: one per batch, or a column where a batch mixes them), their order, and every counter. Counts are compared
 after saturating at 2**64 - 1, as the FlowColumns contract says.
 """
 
@@ -49,6 +49,7 @@ def _comparable(records: list[FlowRecord]) -> list[tuple[Any, ...]]:
             r.proto,
             r.src_port,
             r.dst_port,
+            r.exporter,
         )
         for r in records
     ]

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from egressd.cache import BoundedCache
-from egressd.columns import F64, U64, FlowColumns, address_value
+from egressd.columns import F64, U64, FlowColumns, address_value, exporter_fields
 from egressd.decode.common import (
     CACHE_LIMIT,
     MAX_EPOCH,
@@ -321,8 +321,9 @@ def _learn_addresses(col: Sequence[object]) -> bytes | None:
         return None
 
 
-def _exporters(col: Sequence[object], rows: Bools) -> tuple[Bools, set[str]]:
-    """Optional exporter addresses (false values mean none): (cleared, texts of ``rows``)."""
+def _exporters(col: Sequence[object], rows: Bools) -> tuple[Bools, set[str], list[str] | None]:
+    """Optional exporter addresses (false values mean none): (cleared, texts of ``rows``,
+    each row's text when those mix, else None)."""
     n = len(col)
     first = col[0]
     try:
@@ -345,18 +346,21 @@ def _exporters(col: Sequence[object], rows: Bools) -> tuple[Bools, set[str]]:
                 used = set(verdict.values())
             else:
                 used = {verdict[v] for v, row in zip(col, rows.tolist(), strict=True) if row}
-            return np.ones(n, dtype=np.bool_), used  # type: ignore[return-value]
+            texts = [verdict[v] for v in col] if len(used) > 1 else None
+            return np.ones(n, dtype=np.bool_), used, texts  # type: ignore[return-value]
     ok = np.zeros(n, dtype=np.bool_)
-    texts: set[str] = set()
+    used_texts: set[str] = set()
+    each = [""] * n
     for i, v in enumerate(col):
         try:
             text = "" if v is _UNSET or not v else normalize_address(v)
         except DecodeError:
             continue
         ok[i] = True
+        each[i] = text
         if rows[i]:
-            texts.add(text)
-    return ok, texts
+            used_texts.add(text)
+    return ok, used_texts, each if len(used_texts) > 1 else None
 
 
 def _saturating_product(values: U64, rate: U64, rated: bool = True) -> U64:
@@ -378,6 +382,7 @@ class _Fields:
         "dst_hi",
         "dst_lo",
         "dst_port",
+        "exporter_rows",
         "exporters",
         "ok",
         "packets",
@@ -402,6 +407,7 @@ class _Fields:
         src_port: npt.NDArray[np.int64] | U64,
         dst_port: npt.NDArray[np.int64] | U64,
         exporters: set[str],
+        exporter_rows: list[str] | None = None,
     ) -> None:
         self.ok = ok
         self.time_start = time_start
@@ -414,6 +420,8 @@ class _Fields:
         self.src_port = src_port
         self.dst_port = dst_port
         self.exporters = exporters
+        #: each row's exporter when ``exporters`` holds more than one, else None
+        self.exporter_rows = exporter_rows
 
 
 # --- formats ------------------------------------------------------------------------------
@@ -463,7 +471,7 @@ def _goflow2(cols: Sequence[Sequence[object]]) -> _Fields:
     src = _addresses(cols[_SRC])
     dst = _addresses(cols[_DST])
     ok &= src[2] & dst[2]
-    ok_exporter, exporters = _exporters(cols[_EXPORTER], ok)
+    ok_exporter, exporters, exporter_rows = _exporters(cols[_EXPORTER], ok)
     ok &= ok_exporter
     # (a sampling rate of 0 means 1; a block sampled 1:1 throughout needs no products)
     rated = int(rate.max()) > 1
@@ -482,6 +490,7 @@ def _goflow2(cols: Sequence[Sequence[object]]) -> _Fields:
         src_port,
         dst_port,
         exporters,
+        exporter_rows,
     )
 
 
@@ -554,6 +563,8 @@ def _egressd(cols: Sequence[Sequence[object]]) -> _Fields:
         fields.exporters = {
             v if type(v) is str else "" for v in exporters if v is _UNSET or type(v) is str
         }
+    if len(fields.exporters) > 1:
+        fields.exporter_rows = [v if type(v) is str else "" for v in exporters]
     return fields
 
 
@@ -586,7 +597,7 @@ def _pmacct(cols: Sequence[Sequence[object]]) -> _Fields:
             (v is None or v is _UNSET or v == "purge" for v in events), np.bool_, len(events)
         )
     fields = _flow_fields(cols, ok, (start, end))
-    ok_exporter, fields.exporters = _exporters(cols[10], fields.ok)
+    ok_exporter, fields.exporters, fields.exporter_rows = _exporters(cols[10], fields.ok)
     fields.ok &= ok_exporter
     return fields
 
@@ -668,7 +679,7 @@ def _nfdump(cols: Sequence[Sequence[object]]) -> _Fields:
     dst_port = _table(cols[8], _PORTS_OR_ABSENT)
     ok &= src[2] & dst[2] & ok_bytes & ok_packets
     ok &= (proto >= 0) & (src_port >= 0) & (dst_port >= 0)
-    ok_exporter, exporters = _exporters(_either(cols[12], cols[13]), ok)
+    ok_exporter, exporters, exporter_rows = _exporters(_either(cols[12], cols[13]), ok)
     ok &= ok_exporter
     return _Fields(
         ok,
@@ -682,6 +693,7 @@ def _nfdump(cols: Sequence[Sequence[object]]) -> _Fields:
         src_port,
         dst_port,
         exporters,
+        exporter_rows,
     )
 
 
@@ -794,6 +806,9 @@ class JsonColumnDecoder:
             fields.ok &= parsed
         keep: npt.NDArray[np.bool_] | None = None
         exporters = fields.exporters
+        #: exporters of rows the record decoder mended (they may differ from the block's)
+        mended: dict[int, str] = {}
+        fast = next(iter(exporters), "") if len(exporters) == 1 else ""
         units = n
         # (every row cleared is the common block: no positions to find then)
         slow = _NONE if fields.ok.all() else np.flatnonzero(~fields.ok)
@@ -810,6 +825,7 @@ class JsonColumnDecoder:
                 keep[index] = True
                 records += 1
                 exporters.add(outcome.exporter)
+                mended[index] = outcome.exporter
                 _put(fields, index, outcome)
         stats.units += units
         stats.records += records
@@ -825,7 +841,9 @@ class JsonColumnDecoder:
             fields.proto.astype(np.uint8),
             fields.src_port.astype(np.uint16),
             fields.dst_port.astype(np.uint16),
-            exporter=exporters.pop() if len(exporters) == 1 else "",
+            **exporter_fields(
+                exporters, lambda: _exporter_rows(fields.exporter_rows, fast, n, mended)
+            ),
         )
         return columns if keep is None else columns.take(keep)
 
@@ -855,6 +873,16 @@ class JsonColumnDecoder:
             stats.drop("skipped")
             return None
         return record
+
+
+def _exporter_rows(rows: list[str] | None, fast: str, n: int, mended: dict[int, str]) -> list[str]:
+    """Each row's exporter (rows not kept hold any text): the fast rules' (``rows``, or
+    ``fast`` for all when they agree), then the mended rows'."""
+    if rows is None:
+        rows = [fast] * n
+    for index, exporter in mended.items():
+        rows[index] = exporter
+    return rows
 
 
 def _put(fields: _Fields, index: int, record: FlowRecord) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from egressd.columns import U64, V4_MARK, FlowColumns
+from egressd.columns import U64, V4_MARK, FlowColumns, texts_column
 from egressd.decode.netflow import fields as F
 from egressd.decode.netflow.templated import DatagramContext, ExporterOptions
 from egressd.decode.netflow.templates import Layout
@@ -385,9 +385,12 @@ def held_columns(group: list[HeldSet]) -> FlowColumns:
     rate: U64 | int = rates[0]
     if rates.count(rates[0]) != len(rates):
         rate = np.repeat(np.array(rates, dtype=np.uint64), counts)
-    exporters = {held.exporter for held in group}
-    exporter = exporters.pop() if len(exporters) == 1 else ""
-    return _columns(buf, 0, n, plan, rows, export_time, uptime, rate, exporter)
+    names = [held.exporter for held in group]
+    if names.count(names[0]) == len(names):
+        return _columns(buf, 0, n, plan, rows, export_time, uptime, rate, names[0])
+    columns = _columns(buf, 0, n, plan, rows, export_time, uptime, rate, "")
+    columns.exporters = np.repeat(texts_column(names), counts)
+    return columns
 
 
 def _columns(
