@@ -157,7 +157,7 @@ class DetectionConfig:
     #: a flow key's entry is forgotten this long (event time) after its last record
     duplicate_expiry: float = 65 * 60.0
     #: flow keys the duplicate stage holds at most (least recently reported evicted)
-    duplicate_max_keys: int = 200_000
+    duplicate_max_keys: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,14 +38,15 @@ from egressd.model import FlowRecord
 #: an entry is forgotten when no record of its key ended within this much event time of the
 #: latest: the longest common active timeout (30 minutes) twice over, plus clock skew
 EXPIRY = 65 * 60.0
-#: flow keys held at most (about 200 bytes each with two exporters)
-MAX_KEYS = 200_000
+#: flow keys held at most (about 630 bytes each with two exporters: 63 MB at the bound)
+MAX_KEYS = 100_000
 #: exporters one key tracks; records of further exporters of that key count in full (a
 #: flood of forged exporter names for one key costs memory no more than this)
 MAX_EXPORTERS_PER_KEY = 8
 
-#: (source high, low, destination high, low, protocol, source port, destination port)
-FlowKey = tuple[int, int, int, int, int, int, int]
+#: (source high, low, destination high, low, protocol << 32 | source port << 16 | destination
+#: port)
+FlowKey = tuple[int, int, int, int, int]
 
 
 class DuplicateCounters(Protocol):
@@ -57,21 +57,16 @@ class DuplicateCounters(Protocol):
     duplicate_evictions: int
 
 
-class _Entry:
-    """One flow key: what counted so far, the latest end seen, each exporter's total."""
-
-    __slots__ = ("counted", "last", "totals")
-
-    def __init__(self, counted: int, last: float, totals: dict[str, int]) -> None:
-        self.counted = counted
-        self.last = last
-        self.totals = totals
+#: A flow key's entry is a list: [bytes counted, latest end seen, exporter, its total,
+#: exporter, its total, ...] (no dict per key: most keys have one or two exporters). Positions:
+_COUNTED, _LAST, _FIRST_EXPORTER = 0, 1, 2
+_PROTO_SHIFT, _PORT_SHIFT = np.uint64(32), np.uint64(16)
 
 
 class DuplicateExports:
     """The duplicate stage (see the module docstring). Not thread-safe."""
 
-    __slots__ = ("_first", "_now", "_table", "engaged", "expiry", "max_keys")
+    __slots__ = ("_first", "_next_sweep", "_now", "_table", "engaged", "expiry", "max_keys")
 
     def __init__(self, expiry: float = EXPIRY, max_keys: int = MAX_KEYS) -> None:
         self.expiry = expiry
@@ -80,10 +75,12 @@ class DuplicateExports:
         self._first: str | None = None
         #: whether records of a second exporter arrived: every record is then looked at
         self.engaged = False
-        #: flow key -> entry, least recently reported first
-        self._table: OrderedDict[FlowKey, _Entry] = OrderedDict()
+        #: flow key -> entry
+        self._table: dict[FlowKey, list[Any]] = {}
         #: the latest record end seen (bounded by the engine's future limit)
         self._now = -math.inf
+        #: event time of the next sweep for expired keys
+        self._next_sweep = -math.inf
 
     def __len__(self) -> int:
         return len(self._table)
@@ -116,14 +113,15 @@ class DuplicateExports:
         if n == 0:
             return columns
         self._advance(float(columns.time_end.max()), limit, stats)
+        ports = columns.proto.astype(np.uint64) << _PROTO_SHIFT
+        ports |= columns.src_port.astype(np.uint64) << _PORT_SHIFT
+        ports |= columns.dst_port
         keys = zip(
             columns.src_hi.tolist(),
             columns.src_lo.tolist(),
             columns.dst_hi.tolist(),
             columns.dst_lo.tolist(),
-            columns.proto.tolist(),
-            columns.src_port.tolist(),
-            columns.dst_port.tolist(),
+            ports.tolist(),
             strict=True,
         )
         each: Iterable[str] = (
@@ -170,8 +168,8 @@ class DuplicateExports:
         if finite:
             self._advance(max(finite), limit, stats)
         keys = (
-            (*_halves(address_value(r.src)), *_halves(address_value(r.dst)), r.proto & 0xFF,
-             r.src_port & 0xFFFF, r.dst_port & 0xFFFF)
+            (*_halves(address_value(r.src)), *_halves(address_value(r.dst)),
+             (r.proto & 0xFF) << 32 | (r.src_port & 0xFFFF) << 16 | r.dst_port & 0xFFFF)
             for r in valid
         )  # fmt: skip
         sizes = [record.bytes for record in valid]
@@ -193,18 +191,35 @@ class DuplicateExports:
         return [record for record in out if record is not None]
 
     def _advance(self, end: float, limit: float, stats: DuplicateCounters) -> None:
-        """Event time reached ``end`` (at most ``limit``): forget the keys it left behind."""
+        """Event time reached ``end`` (at most ``limit``): every quarter of the expiry, forget
+        the keys without a record that ended within the expiry (so a key lives at most 1.25
+        expiries past its last record)."""
         now = min(end, limit)
         if not now > self._now:  # also NaN
             return
         self._now = now
-        cutoff = now - self.expiry
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.expiry / 4
+            self._forget(now - self.expiry)
+
+    def _forget(self, cutoff: float) -> int:
+        """Forget the keys whose last record ended before ``cutoff``; how many are left."""
         table = self._table
-        while table:
-            key = next(iter(table))
-            if table[key].last >= cutoff:
-                break
-            del table[key]
+        if table:
+            self._table = {key: e for key, e in table.items() if e[_LAST] >= cutoff}
+        return len(self._table)
+
+    def _make_room(self, stats: DuplicateCounters) -> None:
+        """The table is full: forget expired keys, then the least recently reported tenth
+        (sorting once per tenth of the bound, not once per key)."""
+        table = self._table
+        keep = self.max_keys - max(self.max_keys // 10, 1)
+        if self._forget(self._now - self.expiry) <= keep:
+            return
+        table = self._table
+        order = sorted(table.items(), key=lambda item: item[1][_LAST], reverse=True)
+        stats.duplicate_evictions += len(order) - keep
+        self._table = dict(order[:keep])
 
     def _count(
         self,
@@ -217,33 +232,38 @@ class DuplicateExports:
         """(index, bytes that count) of every record that does not count in full."""
         table = self._table
         find = table.get
-        to_end = table.move_to_end
         changed: list[tuple[int, int]] = []
         removed = removed_bytes = 0
+        most = _FIRST_EXPORTER + 2 * MAX_EXPORTERS_PER_KEY
         for index, key, exporter, size, end in zip(itertools.count(), keys, exporters, sizes, ends):
             entry = find(key)
             if entry is None:
                 if len(table) >= self.max_keys:
-                    table.popitem(last=False)
-                    stats.duplicate_evictions += 1
-                table[key] = _Entry(size, end, {exporter: size})
+                    self._make_room(stats)
+                    table = self._table
+                    find = table.get
+                table[key] = [size, end, exporter, size]
                 continue
-            to_end(key)
-            if end > entry.last:
-                entry.last = end
-            totals = entry.totals
-            total = totals.get(exporter)
-            if total is None:
-                if len(totals) >= MAX_EXPORTERS_PER_KEY:
-                    entry.counted += size  # counts in full, untracked
-                    continue
-                total = size
+            if end > entry[_LAST]:
+                entry[_LAST] = end
+            if entry[_FIRST_EXPORTER] == exporter:
+                total = entry[3] + size
+                entry[3] = total
             else:
-                total += size
-            totals[exporter] = total
-            counted = entry.counted
+                try:
+                    at = entry.index(exporter, _FIRST_EXPORTER + 2) + 1
+                except ValueError:
+                    if len(entry) >= most:
+                        entry[_COUNTED] += size  # counts in full, untracked
+                        continue
+                    entry += (exporter, size)
+                    total = size
+                else:
+                    total = entry[at] + size
+                    entry[at] = total
+            counted = entry[_COUNTED]
             if total > counted:
-                entry.counted = total
+                entry[_COUNTED] = total
                 counts = total - counted
                 if counts == size:
                     continue

@@ -2,8 +2,8 @@
 
 Every check compares the columnar decoder with the record path it stands in for
 (``read_lines`` with the format's record decoder) on the same bytes: the flows (each with its
-exporter: one per batch, or a column where a batch mixes them), their order, and every counter. Counts are compared
-after saturating at 2**64 - 1, as the FlowColumns contract says.
+exporter: one per batch, or a column where a batch mixes them), their order, and every
+counter. Counts are compared after saturating at 2**64 - 1, as the FlowColumns contract says.
 """
 
 from __future__ import annotations

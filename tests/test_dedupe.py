@@ -160,13 +160,18 @@ def test_an_expired_key_counts_in_full_again() -> None:
 def test_an_evicted_key_counts_in_full_again() -> None:
     stage = DuplicateExports(max_keys=2)
     stats = EngineStats()
-    first = [flow(T0, 1_000, EDGE, sport=1), flow(T0, 1_000, CORE, sport=1)]
-    stage.columns(FlowColumns.from_records(first), np.inf, stats)
-    others = [flow(T0, 5, EDGE, sport=2), flow(T0, 5, EDGE, sport=3)]
+    first = [flow(T0, 1_000, EDGE, sport=1), flow(T0, 500, CORE, sport=1)]
+    assert len(stage.columns(FlowColumns.from_records(first), np.inf, stats)) == 1
+    # While held, the core's second half of the flow is a duplicate too.
+    kept = FlowColumns.from_records([flow(T0 + 1, 500, CORE, sport=1)])
+    assert len(stage.columns(kept, np.inf, stats)) == 0
+    # Two later keys fill the table: the least recently reported (the first) makes room.
+    others = [flow(T0 + 60, 5, EDGE, sport=2), flow(T0 + 60, 5, EDGE, sport=3)]
     stage.columns(FlowColumns.from_records(others), np.inf, stats)
     assert len(stage) == 2 and stats.duplicate_evictions == 1
-    out = stage.columns(FlowColumns.from_records([flow(T0, 1_000, CORE, sport=1)]), 1e30, stats)
-    assert int(out.bytes.sum()) == 1_000  # counted in full: a double count, never a loss
+    again = FlowColumns.from_records([flow(T0 + 61, 500, CORE, sport=1)])
+    out = stage.columns(again, np.inf, stats)
+    assert int(out.bytes.sum()) == 500  # counted in full: a double count, never a loss
 
 
 def test_packets_follow_the_share_of_bytes_that_counts() -> None:

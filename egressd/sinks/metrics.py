@@ -454,6 +454,29 @@ class EgressdCollector(Collector):
             aggregator.late_records,
         )
         yield _counter("late_bytes", "Bytes of late records", aggregator.late_bytes)
+        yield _counter(
+            "duplicate_records",
+            "Records not counted: another exporter had reported all their bytes of the flow "
+            "(detection.duplicate_exports)",
+            stats.duplicate_records,
+        )
+        yield _counter(
+            "duplicate_bytes",
+            "Bytes not counted: another exporter had reported them for the flow",
+            stats.duplicate_bytes,
+        )
+        yield _counter(
+            "duplicate_evictions",
+            "Flow keys the duplicate stage forgot at detection.duplicate_max_keys "
+            "(their next record counts in full)",
+            stats.duplicate_evictions,
+        )
+        duplicates = engine.duplicates
+        yield _gauge(
+            "duplicate_flow_keys",
+            "Flow keys the duplicate stage holds (0 while a single exporter was seen)",
+            len(duplicates) if duplicates is not None else 0,
+        )
         yield _counter("intervals_closed", "Intervals closed and evaluated", stats.intervals_closed)
         # The bounds of the engine's own tables, so a flood of distinct labels shows.
         yield _gauge(
