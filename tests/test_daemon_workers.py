@@ -25,6 +25,9 @@ EXPORTERS = [f"127.0.0.{n}" for n in range(2, 8)]
 def workers(tmp_path: Path) -> Iterator[Setup]:
     s = Setup(tmp_path)
     s.text += "workers = 2\n"
+    # These tests send one flow key from several exporters to see each exporter's records
+    # reach the engine through its worker: summed, as a flow two exporters report is not.
+    s.text = s.text.replace("[detection]\n", '[detection]\nduplicate_exports = "sum"\n', 1)
     s.config.write_text(s.text)
     yield s
     if s.egressd.alive():
@@ -304,6 +307,7 @@ def test_workers_pick_up_replaced_geo_files(tmp_path: Path) -> None:
         "[state]", f'[geo]\ncountry_mmdb = "{country}"\nwatch_interval = "1s"\n\n[state]'
     )
     s.text += "workers = 2\n"
+    s.text = s.text.replace("[detection]\n", '[detection]\nduplicate_exports = "sum"\n', 1)
     s.config.write_text(s.text)
     s.egressd.start()
     try:
