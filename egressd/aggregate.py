@@ -531,14 +531,17 @@ class IntervalAggregator:
         data: list[list[object]],
         intern: dict[str, DestinationLabels],
         until: float = math.inf,
+        *,
+        by_lateness: bool = True,
     ) -> int:
         """Restore what :meth:`to_json` wrote, held to what the aggregator itself keeps;
         returns how many keys were left out.
 
         An open interval starts not below zero and not after ``until`` (the saved event
         time: no record opened one later); as many are kept as the allowed lateness holds
-        open at once (the latest), and in each at most ``max_keys`` keys (the heaviest: past
-        it, a running aggregator folds keys into their country's).
+        open at once (the latest; all of them without ``by_lateness``, for an aggregator
+        whose intervals close by another watermark), and in each at most ``max_keys`` keys
+        (the heaviest: past it, a running aggregator folds keys into their country's).
         """
         buckets: dict[float, Bucket] = {}
         dropped = 0
@@ -552,9 +555,10 @@ class IntervalAggregator:
             buckets.setdefault(begins, {})[(str(group), dest)] = accum
         # Open at once: from the watermark's interval back over the lateness, plus the one
         # a record past the watermark opens.
-        most = math.ceil(self.lateness / self.interval) + 2
-        for begins in sorted(buckets)[:-most]:
-            dropped += len(buckets.pop(begins))
+        if by_lateness:
+            most = math.ceil(self.lateness / self.interval) + 2
+            for begins in sorted(buckets)[:-most]:
+                dropped += len(buckets.pop(begins))
         for begins, bucket in buckets.items():
             if len(bucket) > self.max_keys:
                 heaviest = sorted(bucket.items(), key=lambda item: -item[1].bytes)

@@ -1103,8 +1103,15 @@ class Engine:
             "open_buckets": self.aggregator.to_json(),
         }
 
-    def restore(self, data: dict[str, Any]) -> None:
-        """Load a snapshot; raises ValueError/KeyError/TypeError when it is not usable."""
+    def restore(self, data: dict[str, Any], *, open_by_lateness: bool = True) -> None:
+        """Load a snapshot; raises ValueError/KeyError/TypeError when it is not usable.
+
+        ``open_by_lateness``: the engine closes each interval once the allowed lateness has
+        passed it, so no more open intervals than that holds are restored, none after the
+        saved event time. A cluster's detect partition closes one only when its slowest
+        source partition has passed it (its event time) while faster ones open later
+        intervals: it restores them all.
+        """
         if data.get("version") not in READABLE_STATE_VERSIONS:
             raise ValueError(
                 f"state version {data.get('version')!r} is not one of {READABLE_STATE_VERSIONS}"
@@ -1112,7 +1119,7 @@ class Engine:
         if float(data.get("interval", 0)) != self.config.detection.interval:
             raise ValueError("state was written with another detection.interval")
         try:
-            self._restore_parts(data)
+            self._restore_parts(data, open_by_lateness)
         except AttributeError as exc:  # a list where a table belongs, and the like
             raise ValueError(f"malformed state: {exc}") from exc
         self.restored = True
@@ -1154,7 +1161,7 @@ class Engine:
         )
         return ahead
 
-    def _restore_parts(self, data: dict[str, Any]) -> None:
+    def _restore_parts(self, data: dict[str, Any], open_by_lateness: bool) -> None:
         """Each part held to the bounds the running engine keeps; what a part left out is
         counted in :attr:`dropped_on_load` (a crafted or damaged file cannot grow the engine
         past them, nor hold a key below what pages)."""
@@ -1186,7 +1193,10 @@ class Engine:
             )
         )
         dropped["open_intervals"] = self.aggregator.load_json(
-            data.get("open_buckets", []), intern, until
+            data.get("open_buckets", []),
+            intern,
+            until if open_by_lateness else math.inf,
+            by_lateness=open_by_lateness,
         )
         # The restored open intervals' bytes were counted (egressd_egress_bytes_total) by the
         # process that saved them; they close into the totals here again, so start each key

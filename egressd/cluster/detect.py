@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -562,7 +563,11 @@ class Detect(KafkaRole):
         try:
             cluster = data.pop("cluster")
             # (a fresh engine, nothing else holds it yet: restored beside the event loop)
-            await asyncio.to_thread(part.engine.restore, data)
+            # (its intervals close at the slowest source partition's watermark, not by
+            # lateness: every open one is restored)
+            await asyncio.to_thread(
+                functools.partial(part.engine.restore, data, open_by_lateness=False)
+            )
             part.applied = {str(k): int(v) for k, v in dict(cluster["applied"]).items()}
             part.times = {str(k): float(v) for k, v in dict(cluster["times"]).items()}
             part.sources = {str(k): int(v) for k, v in dict(cluster["sources"]).items()}
