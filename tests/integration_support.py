@@ -18,10 +18,29 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from egressd.enrich import DestinationLabels
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+class FixedLabeler:
+    """Every destination is in one country (for tests about state, not geography)."""
+
+    has_regions = False
+    has_asn = False
+
+    def __init__(self, country: str = "JP") -> None:
+        self._labels = DestinationLabels(country)
+
+    def label(self, address: str) -> DestinationLabels:
+        return self._labels
+
+    def label_many(self, addresses: Any) -> list[DestinationLabels]:
+        return [self._labels for _ in addresses]
 
 
 def research_config(

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import numpy as np
 import pytest
+from integration_support import FixedLabeler
 from kafka_support import MotoS3
 
 from egressd.cluster.snapshots import (
@@ -21,7 +21,6 @@ from egressd.cluster.snapshots import (
     sigv4_headers,
 )
 from egressd.config import parse_config
-from egressd.enrich import DestinationLabels
 from egressd.errors import StateError
 from egressd.pipeline import Engine
 
@@ -180,7 +179,7 @@ async def test_a_snapshot_of_baselines_is_read_with_its_records_decoded_apart(
 ) -> None:
     """A partition's snapshot ends in its baselines' records, which a load decodes apart
     (in pieces, in a thread): the engine restored from it is the one saved."""
-    engine = Engine(parse_config(""), _OneCountry())
+    engine = Engine(parse_config(""), FixedLabeler())
     for i in range(200):
         for k in range(3):
             engine.baselines.observe((f"g{i % 3}", f"C{i}"), 1_773_000_000.0 + 300 * k, 1000 + i)
@@ -191,17 +190,6 @@ async def test_a_snapshot_of_baselines_is_read_with_its_records_decoded_apart(
     loaded = await store.load("p-0")
     assert loaded is not None and loaded.pop("cluster") == {"position": 5}
     assert isinstance(loaded["baselines"]["records"], np.ndarray)
-    again = Engine(parse_config(""), _OneCountry())
+    again = Engine(parse_config(""), FixedLabeler())
     again.restore(loaded)
     assert again.snapshot() == saved
-
-
-class _OneCountry:
-    has_regions = False
-    has_asn = False
-
-    def label(self, address: str) -> DestinationLabels:
-        return DestinationLabels("JP")
-
-    def label_many(self, addresses: Any) -> list[DestinationLabels]:
-        return [DestinationLabels("JP") for _ in addresses]

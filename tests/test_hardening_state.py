@@ -31,12 +31,11 @@ from egressd.baseline.statefile import load_state, save_state
 from egressd.config import Config, parse_config
 from egressd.decode.egressd_json import encode_egressd_json
 from egressd.detect.policy import MAX_LEARNED_COUNTRIES
-from egressd.enrich import DestinationLabels
 from egressd.errors import EgressdError, StateError
 from egressd.model import FlowRecord
 from egressd.pipeline import STATE_VERSION, Engine
 from egressd.replay import replay
-from tests.integration_support import research_config
+from tests.integration_support import FixedLabeler, research_config
 
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 36
@@ -44,25 +43,9 @@ KILLS = 36
 VERSION_FIELDS = ("writer", "seq", "saved_at")
 
 
-class _FixedLabeler:
-    """Every destination is in one country (the tests care about state, not geography)."""
-
-    has_regions = False
-    has_asn = False
-
-    def __init__(self, country: str = "JP") -> None:
-        self._labels = DestinationLabels(country)
-
-    def label(self, address: str) -> DestinationLabels:
-        return self._labels
-
-    def label_many(self, addresses: Any) -> list[DestinationLabels]:
-        return [self._labels for _ in addresses]
-
-
 def big_snapshot(keys: int = 12_000) -> dict[str, Any]:
     """A real engine snapshot holding ``keys`` baselines (about 5 MB of JSON)."""
-    engine = Engine(Config(), _FixedLabeler())
+    engine = Engine(Config(), FixedLabeler())
     start = 1_773_000_000.0
     for i in range(keys):
         for k in range(3):
@@ -344,7 +327,7 @@ def _flows(path: Path) -> None:
 
 def _old_state(config: Config) -> dict[str, Any]:
     """A usable state whose baseline key (research, KP) the replayed input never produces."""
-    engine = Engine(config, _FixedLabeler("KP"))
+    engine = Engine(config, FixedLabeler("KP"))
     for k in range(3):
         engine.baselines.observe(("research", "KP"), START - 86400 + 300 * k, 10_000)
     return engine.snapshot()
@@ -384,7 +367,7 @@ def test_replay_moves_a_bad_state_aside_and_learns_again(
 
     with caplog.at_level(logging.WARNING, logger="egressd.state"), alerts.open("wb") as out:
         summary = replay(
-            config, "egressd-json", [str(inputs)], out, state_path=state, labeler=_FixedLabeler()
+            config, "egressd-json", [str(inputs)], out, state_path=state, labeler=FixedLabeler()
         )
 
     assert summary.records == 40
@@ -441,9 +424,7 @@ def test_replay_restores_a_good_state(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     save_state(state, _old_state(config))
     with (tmp_path / "alerts.jsonl").open("wb") as out:
-        replay(
-            config, "egressd-json", [str(inputs)], out, state_path=state, labeler=_FixedLabeler()
-        )
+        replay(config, "egressd-json", [str(inputs)], out, state_path=state, labeler=FixedLabeler())
     assert not list(tmp_path.glob("state.json.bad-*"))
     saved = load_state(state)
     assert saved is not None
@@ -492,7 +473,7 @@ def crafted_state(config: Config) -> dict[str, Any]:
     """A state file as an attacker (or a bad disk) could write it: within state.max_size,
     but holding far more than the engine ever keeps, with times in the future of its own
     event time and values learning never writes."""
-    data = Engine(config, _FixedLabeler()).snapshot()
+    data = Engine(config, FixedLabeler()).snapshot()
     data["event_time"] = SAVED_AT
     data["closed_upto"] = SAVED_AT - 300.0
     data["last_tick"] = SAVED_AT - 300.0
@@ -545,7 +526,7 @@ def crafted_state(config: Config) -> dict[str, Any]:
 
 def test_a_crafted_state_is_held_to_what_the_running_engine_keeps() -> None:
     config = parse_config(BOUND_CONFIG.format(state="/nonexistent/s.json"))
-    engine = Engine(config, _FixedLabeler())
+    engine = Engine(config, FixedLabeler())
     engine.restore(orjson.loads(orjson.dumps(crafted_state(config))))
     dropped = engine.dropped_on_load
 

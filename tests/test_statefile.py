@@ -16,6 +16,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from integration_support import FixedLabeler
 from scenarios import DAY, Scenario, generate
 
 from egressd.baseline.seasonal import SeasonalBaselines
@@ -28,7 +29,6 @@ from egressd.baseline.statefile import (
     save_state,
 )
 from egressd.config import parse_config
-from egressd.enrich import DestinationLabels
 from egressd.errors import DecodeError, StateError
 from egressd.pipeline import STATE_VERSION, Engine
 from egressd.replay import replay
@@ -213,23 +213,12 @@ def test_a_replay_whose_state_outgrows_max_size_says_so(
 
 
 def _learned_engine(keys: int = 300) -> Engine:
-    engine = Engine(parse_config(""), _OneCountry())
+    engine = Engine(parse_config(""), FixedLabeler())
     start = 1_773_000_000.0
     for i in range(keys):
         for k in range(3):
             engine.baselines.observe((f"g{i % 5}", f"C{i}|r|{i}"), start + 300 * k, 1000 + i * k)
     return engine
-
-
-class _OneCountry:
-    has_regions = False
-    has_asn = False
-
-    def label(self, address: str) -> DestinationLabels:
-        return DestinationLabels("JP")
-
-    def label_many(self, addresses: Any) -> list[DestinationLabels]:
-        return [DestinationLabels("JP") for _ in addresses]
 
 
 def test_a_state_file_ends_in_its_records_and_reads_the_same_apart_or_whole(
@@ -268,7 +257,7 @@ def test_a_state_file_ends_in_its_records_and_reads_the_same_apart_or_whole(
         load_state(path, decode_records=True),
         load_state(older, decode_records=True),
     ):
-        again = Engine(parse_config(""), _OneCountry())
+        again = Engine(parse_config(""), FixedLabeler())
         assert data is not None
         again.restore(data)
         restored.append(again.snapshot())
