@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -44,9 +45,11 @@ MAX_KEYS = 100_000
 #: flood of forged exporter names for one key costs memory no more than this)
 MAX_EXPORTERS_PER_KEY = 8
 
-#: (source high, low, destination high, low, protocol << 32 | source port << 16 | destination
-#: port)
-FlowKey = tuple[int, int, int, int, int]
+#: source high, low, destination high, low, protocol << 32 | source port << 16 | destination
+#: port: five native unsigned 64-bit integers side by side (one object a key, fast to hash)
+FlowKey = bytes
+_KEY = struct.Struct("=5Q")
+_KEY_DTYPE = np.dtype((np.void, _KEY.size))
 
 
 class DuplicateCounters(Protocol):
@@ -113,39 +116,56 @@ class DuplicateExports:
         if n == 0:
             return columns
         self._advance(float(columns.time_end.max()), limit, stats)
-        ports = columns.proto.astype(np.uint64) << _PROTO_SHIFT
+        # One bytes object a record (the five key columns side by side: hashed once, compared
+        # by memcmp) rather than a tuple of five ints.
+        stack = np.empty((n, 5), dtype=np.uint64)
+        stack[:, 0] = columns.src_hi
+        stack[:, 1] = columns.src_lo
+        stack[:, 2] = columns.dst_hi
+        stack[:, 3] = columns.dst_lo
+        ports = stack[:, 4]
+        ports[:] = columns.proto
+        ports <<= _PROTO_SHIFT
         ports |= columns.src_port.astype(np.uint64) << _PORT_SHIFT
         ports |= columns.dst_port
-        keys = zip(
-            columns.src_hi.tolist(),
-            columns.src_lo.tolist(),
-            columns.dst_hi.tolist(),
-            columns.dst_lo.tolist(),
-            ports.tolist(),
-            strict=True,
-        )
+        keys = cast(list[FlowKey], stack.view(_KEY_DTYPE).ravel().tolist())
         each: Iterable[str] = (
             itertools.repeat(columns.exporter, n)
             if columns.exporters is None
             else columns.exporters.tolist()
         )
         sizes = columns.bytes.tolist()
-        changed = self._count(keys, each, sizes, columns.time_end.tolist(), stats)
-        if not changed:
+        where, counts = self._count(keys, each, sizes, columns.time_end.tolist(), stats)
+        if not where:
             return columns
+        at = np.array(where, dtype=np.intp)
+        share = np.array(counts, dtype=np.uint64)
+        keep = share > 0
+        if not keep.all():
+            at_kept, share = at[keep], share[keep]
+        else:
+            at_kept = at
         nbytes = columns.bytes.copy()
         packets = columns.packets.copy()
-        keep = np.ones(n, dtype=np.bool_)
-        for index, counted in changed:
-            if counted == 0:
-                keep[index] = False
-                continue
-            nbytes[index] = counted
-            packets[index] = _share(int(packets[index]), counted, sizes[index])
+        if len(at_kept):
+            old = packets[at_kept]
+            size = nbytes[at_kept]  # every one above its share (so above 0)
+            if int(old.max()) * int(share.max()) + int(size.max()) < 1 << 64:
+                packets[at_kept] = (old * share + size - np.uint64(1)) // size
+            else:  # beyond uint64: Python's integers
+                packets[at_kept] = [
+                    _share(p, c, s)
+                    for p, c, s in zip(old.tolist(), share.tolist(), size.tolist(), strict=True)
+                ]
+            nbytes[at_kept] = share
         made = columns.take(slice(None))
         made.bytes = nbytes
         made.packets = packets
-        return made if keep.all() else made.take(keep)
+        if len(at_kept) == len(at):
+            return made
+        rows = np.ones(n, dtype=np.bool_)
+        rows[at[~keep]] = False
+        return made.take(rows)
 
     def records(
         self,
@@ -167,17 +187,17 @@ class DuplicateExports:
         finite = [end for end in ends if math.isfinite(end)]
         if finite:
             self._advance(max(finite), limit, stats)
-        keys = (
-            (*_halves(address_value(r.src)), *_halves(address_value(r.dst)),
-             (r.proto & 0xFF) << 32 | (r.src_port & 0xFFFF) << 16 | r.dst_port & 0xFFFF)
+        keys = [
+            _KEY.pack(*_halves(address_value(r.src)), *_halves(address_value(r.dst)),
+                      (r.proto & 0xFF) << 32 | (r.src_port & 0xFFFF) << 16 | r.dst_port & 0xFFFF)
             for r in valid
-        )  # fmt: skip
+        ]  # fmt: skip
         sizes = [record.bytes for record in valid]
-        changed = self._count(keys, [r.exporter for r in valid], sizes, ends, stats)
-        if not changed:
+        where, counts = self._count(keys, [r.exporter for r in valid], sizes, ends, stats)
+        if not where:
             return records
         out: list[FlowRecord | None] = list(records)
-        for index, counted in changed:
+        for index, counted in zip(where, counts, strict=True):
             record = valid[index]
             out[positions[index]] = (
                 FlowRecord(
@@ -228,17 +248,20 @@ class DuplicateExports:
         sizes: Sequence[int],
         ends: Iterable[float],
         stats: DuplicateCounters,
-    ) -> list[tuple[int, int]]:
-        """(index, bytes that count) of every record that does not count in full."""
+    ) -> tuple[list[int], list[int]]:
+        """The indexes of the records that do not count in full, and the bytes of each that
+        count."""
         table = self._table
         find = table.get
-        changed: list[tuple[int, int]] = []
+        where: list[int] = []
+        counts: list[int] = []
         removed = removed_bytes = 0
         most = _FIRST_EXPORTER + 2 * MAX_EXPORTERS_PER_KEY
+        bound = self.max_keys
         for index, key, exporter, size, end in zip(itertools.count(), keys, exporters, sizes, ends):
             entry = find(key)
             if entry is None:
-                if len(table) >= self.max_keys:
+                if len(table) >= bound:
                     self._make_room(stats)
                     table = self._table
                     find = table.get
@@ -246,12 +269,19 @@ class DuplicateExports:
                 continue
             if end > entry[_LAST]:
                 entry[_LAST] = end
+            # The first and second exporter of a key at fixed places (most keys have no more).
             if entry[_FIRST_EXPORTER] == exporter:
                 total = entry[3] + size
                 entry[3] = total
+            elif len(entry) == 4:
+                entry += (exporter, size)
+                total = size
+            elif entry[4] == exporter:
+                total = entry[5] + size
+                entry[5] = total
             else:
                 try:
-                    at = entry.index(exporter, _FIRST_EXPORTER + 2) + 1
+                    at = entry.index(exporter, _FIRST_EXPORTER + 4) + 1
                 except ValueError:
                     if len(entry) >= most:
                         entry[_COUNTED] += size  # counts in full, untracked
@@ -264,18 +294,18 @@ class DuplicateExports:
             counted = entry[_COUNTED]
             if total > counted:
                 entry[_COUNTED] = total
-                counts = total - counted
-                if counts == size:
+                share = total - counted
+                if share == size:
                     continue
             else:
-                counts = 0
-            changed.append((index, counts))
-            removed_bytes += size - counts
-            if counts == 0:
+                share = 0
                 removed += 1
+            where.append(index)
+            counts.append(share)
+            removed_bytes += size - share
         stats.duplicate_records += removed
         stats.duplicate_bytes += removed_bytes
-        return changed
+        return where, counts
 
 
 def _halves(value: int) -> tuple[int, int]:
