@@ -39,7 +39,7 @@ from egressd.model import FlowRecord
 #: an entry is forgotten when no record of its key ended within this much event time of the
 #: latest: the longest common active timeout (30 minutes) twice over, plus clock skew
 EXPIRY = 65 * 60.0
-#: flow keys held at most (about 630 bytes each with two exporters: 63 MB at the bound)
+#: flow keys held at most (about 530 bytes each with two exporters: 53 MB at the bound)
 MAX_KEYS = 100_000
 #: exporters one key tracks; records of further exporters of that key count in full (a
 #: flood of forged exporter names for one key costs memory no more than this)
