@@ -22,6 +22,7 @@ from egressd.model import FlowRecord
 from egressd.pipeline import Engine, EngineStats
 from egressd.replay import replay
 from egressd.sources.netflow import NetflowSource
+from tests.integration_support import research_config
 from tests.netflow_builders import data_set, template_set, v9_datagram
 
 T0 = 1_773_000_000.0
@@ -200,22 +201,16 @@ def test_one_exporter_passes_through_untouched() -> None:
 
 
 def test_the_engine_counts_two_exporters_once_by_default_and_sums_when_told() -> None:
-    text = """
-[networks]
-local = ["10.0.0.0/8"]
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["US"]
-"""
     batch = [flow(T0, 5_000, EDGE), flow(T0, 5_000, CORE)]
-    for extra, egress, duplicates in (("", 5_000, 1), ('duplicate_exports = "sum"', 10_000, 0)):
-        engine = Engine(parse_config(text + "[detection]\n" + extra), EmbeddedCountryLabeler())
+    told = {"duplicate_exports": "sum"}
+    for detection, egress, duplicates in (({}, 5_000, 1), (told, 10_000, 0)):
+        config = research_config(detection, countries=["US"])
+        engine = Engine(parse_config(config), EmbeddedCountryLabeler())
         engine.process_columns(FlowColumns.from_records(batch))
         assert engine.stats.egress_bytes == egress
         assert engine.stats.duplicate_records == duplicates
         assert engine.stats.records == 2
-        engine = Engine(parse_config(text + "[detection]\n" + extra), EmbeddedCountryLabeler())
+        engine = Engine(parse_config(config), EmbeddedCountryLabeler())
         engine.process(batch)
         assert engine.stats.egress_bytes == egress
         assert engine.stats.records == 2
@@ -313,15 +308,7 @@ class _EngineSink:
 
 
 async def test_netflow_from_two_routers_into_one_collector_counts_once() -> None:
-    text = """
-[networks]
-local = ["10.0.0.0/8"]
-[[groups]]
-name = "research"
-sources = ["10.20.0.0/16"]
-expected_countries = ["US"]
-"""
-    engine = Engine(parse_config(text), EmbeddedCountryLabeler())
+    engine = Engine(parse_config(research_config(countries=["US"])), EmbeddedCountryLabeler())
     source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0", workers=1))
     await source.start(_EngineSink(engine))
     senders = []
