@@ -186,7 +186,9 @@ class FlowColumns:
             for h, lo in zip(self.dst_hi.tolist(), self.dst_lo.tolist(), strict=True)
         ]
         exporters = (
-            itertools.repeat(self.exporter) if self.exporters is None else self.exporters.tolist()
+            itertools.repeat(self.exporter, len(self))
+            if self.exporters is None
+            else self.exporters.tolist()
         )
         return [
             FlowRecord(start, end, s, d, size, packets, proto, sport, dport, exporter)
@@ -201,7 +203,7 @@ class FlowColumns:
                 self.src_port.tolist(),
                 self.dst_port.tolist(),
                 exporters,
-                strict=False,
+                strict=True,
             )
         ]
 
