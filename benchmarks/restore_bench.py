@@ -16,7 +16,11 @@ are wall and CPU (the process's; on a loaded machine the wall time is mostly wai
 HTTP server listened, when ``/readyz`` first answered, and the slowest answer of
 ``/healthz`` asked without pause meanwhile. ``loop_pause_s`` is the longest an event loop
 stood still while :meth:`~egressd.app.Daemon.restore_state_off_loop` restored the file in
-a thread beside it (the lock the thread holds through one long call: a parse, a decode).
+a thread beside it (the lock the thread holds through one long call: a parse, a decode);
+``after_pause_s`` the longest it stood still after, while what ``egressd run`` does next
+ran: judging the ``--held`` flows (100,000 by default, in batches of 1,000, stamped an
+interval after the state's last) delivered while the state was restored, and the metrics
+view's first evaluation (``warm_s`` is how long both took).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import cProfile
 import json
 import os
 import pstats
+import random
 import resource
 import shutil
 import socket
@@ -54,24 +59,32 @@ def build(repo: Path, keys: int, state: Path) -> None:
     _tree(repo).build(keys, state)
 
 
-def measure(repo: Path, keys: int, state: Path, profile: bool) -> dict[str, object]:
+def measure(repo: Path, keys: int, state: Path, profile: bool, held: int) -> dict[str, object]:
     bench = _tree(repo)
     from egressd.app import Daemon
     from egressd.config import parse_config
 
     daemon = Daemon(parse_config(bench.config_text(keys, state)), environ={}, sources=[])
+    rng = random.Random(5)
+    flows = bench.traffic(rng, bench.T0 + 300 * 6, held, bench.addresses(rng, 200_000))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     profiler = cProfile.Profile() if profile else None
     started, cpu = time.perf_counter(), time.process_time()
     if profiler is not None:
         profiler.enable()
+    timed: dict[str, float] = {}
     if profiler is not None:  # (it sees only this thread: restored here, no loop beside)
+        daemon.feed.hold()
+        for batch in flows:
+            daemon.feed.submit_columns(batch)
         daemon.restore_state()
-        pause = float("nan")
+        timed["restored"], timed["restored_cpu"] = time.perf_counter(), time.process_time()
+        daemon.feed.release()
+        daemon.collector.warm()
+        pause = after = float("nan")
     else:
-        pause = asyncio.run(_restore_beside_loop(daemon))
-    restored, restored_cpu = time.perf_counter(), time.process_time()
-    daemon.collector.warm()
+        pause, after = asyncio.run(_restore_beside_loop(daemon, flows, timed))
+    restored, restored_cpu = timed["restored"], timed["restored_cpu"]
     warmed, warmed_cpu = time.perf_counter(), time.process_time()
     if profiler is not None:
         profiler.disable()
@@ -85,15 +98,20 @@ def measure(repo: Path, keys: int, state: Path, profile: bool) -> dict[str, obje
         "total_s": round(warmed - started, 2),
         "restore_cpu_s": round(restored_cpu - cpu, 2),
         "loop_pause_s": round(pause, 3),
+        "after_pause_s": round(after, 3),
         "total_cpu_s": round(warmed_cpu - cpu, 2),
         "rss_before_mb": round(before),
         "peak_rss_mb": round(peak),
     }
 
 
-async def _restore_beside_loop(daemon: Any) -> float:
-    """Restore as ``egressd run`` does (in a thread beside the event loop); returns the
-    longest the loop stood still meanwhile (a task asking to wake every millisecond)."""
+async def _restore_beside_loop(
+    daemon: Any, flows: list[Any], timed: dict[str, float]
+) -> tuple[float, float]:
+    """Restore as ``egressd run`` does (in a thread beside the event loop, ``flows`` held
+    meanwhile), then judge what was held and evaluate the metrics view; returns the longest
+    the loop stood still during the restore and after it (a task asking to wake every
+    millisecond)."""
     longest = 0.0
     done = False
 
@@ -108,12 +126,25 @@ async def _restore_beside_loop(daemon: Any) -> float:
 
     ticker = asyncio.create_task(tick())
     await asyncio.sleep(0)
+    daemon.feed.hold()
+    for batch in flows:
+        daemon.feed.submit_columns(batch)
     try:
         await daemon.restore_state_off_loop()
+        timed["restored"], timed["restored_cpu"] = time.perf_counter(), time.process_time()
+        await asyncio.sleep(0.002)  # the ticker's turn: what it saw so far was the restore
+        during, longest = longest, 0.0
+        drain = getattr(daemon.feed, "drain", None)  # (the code before: release at once)
+        if drain is not None:
+            await drain()
+        else:
+            daemon.feed.release()
+        daemon.collector.warm()
+        await asyncio.sleep(0.002)
     finally:
         done = True
         await ticker
-    return longest
+    return during, longest
 
 
 def serve(repo: Path, keys: int, state: Path) -> dict[str, object]:
@@ -224,6 +255,7 @@ def main() -> int:
     parser.add_argument("--repos", type=Path, nargs="+", default=[HERE.parents[1]])
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--held", type=int, default=100_000, help="flows held while restoring")
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--build", nargs=2, metavar=("KEYS", "STATE"))
     parser.add_argument("--measure", nargs=2, metavar=("KEYS", "STATE"))
@@ -237,7 +269,9 @@ def main() -> int:
         print(json.dumps(serve(args.tree, int(args.serve[0]), Path(args.serve[1]))))
         return 0
     if args.measure:
-        result = measure(args.tree, int(args.measure[0]), Path(args.measure[1]), args.profile)
+        result = measure(
+            args.tree, int(args.measure[0]), Path(args.measure[1]), args.profile, args.held
+        )
         print(json.dumps(result))
         return 0
     repos = [repo.resolve() for repo in args.repos]
@@ -256,6 +290,7 @@ def main() -> int:
             for _ in range(args.runs):
                 for repo, state in pairs:
                     extra = ["--profile"] if args.profile else []
+                    extra += ["--held", str(args.held)]
                     out = _run(repo, *extra, "--measure", str(keys), str(state))
                     print(f"  {repo.name} restores {state.name}: {out}", flush=True)
                     if args.live:

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from egressd.replay import build_labeler
 from egressd.sinks.alertlog import AlertLog
 from egressd.sinks.alertmanager import AlertmanagerSink
 from egressd.sinks.http import HttpServer
-from egressd.sinks.metrics import DaemonStats, EgressdCollector, build_registry
+from egressd.sinks.metrics import BaselineGauge, DaemonStats, EgressdCollector, build_registry
 from egressd.sources.base import Source
 from egressd.systemd import Notifier
 from egressd.units import format_bytes, format_utc
@@ -163,7 +164,7 @@ class EngineFeed:
         self.monotonic = monotonic
         self.progress = Progress(monotonic())
         #: what sources delivered while the state was being restored (see :meth:`hold`)
-        self._held: list[tuple[Sequence[FlowRecord] | None, FlowColumns | None]] | None = None
+        self._held: deque[tuple[Sequence[FlowRecord] | None, FlowColumns | None]] | None = None
         self._held_count = 0
 
     @property
@@ -189,14 +190,32 @@ class EngineFeed:
         arrive before the state is restored are judged against it, not against empty
         baselines. At most :data:`HELD_RECORDS` are kept; later ones are dropped and counted."""
         if self._held is None:
-            self._held = []
+            self._held = deque()
             self._held_count = 0
+
+    @property
+    def holding(self) -> bool:
+        """Whether what is submitted is held (from :meth:`hold` until drained)."""
+        return self._held is not None
 
     def release(self) -> None:
         """Run what was held through the engine and stop holding."""
         held, self._held = self._held, None
         for records, columns in held or ():
             self._account(records, columns)
+
+    async def drain(self) -> None:
+        """:meth:`release`, a held batch at a time with a turn of the event loop between:
+        judging a million held flows takes seconds (labelling destinations the cache does not
+        know yet, closing intervals), which stopped the loop at once. What arrives meanwhile
+        is held behind them, so flows are judged in the order they came."""
+        held = self._held
+        while held:
+            records, columns = held.popleft()
+            self._held_count -= len(columns) if columns is not None else len(records or ())
+            self._account(records, columns)
+            await asyncio.sleep(0)
+        self._held = None
 
     def _keep(self, records: Sequence[FlowRecord] | None, columns: FlowColumns | None) -> None:
         assert self._held is not None
@@ -323,6 +342,8 @@ class Daemon:
     def readiness(self) -> tuple[bool, str]:
         if not self._state_loaded:
             return False, "state not loaded yet"
+        if self.feed.holding:
+            return False, "judging the flows held while the state was restored"
         waiting = [s.name for s in self.sources if not s.ready]
         if waiting:
             return False, "sources not ready: " + ", ".join(waiting)
@@ -355,10 +376,11 @@ class Daemon:
         """Load learned state (a corrupt file is moved aside and learning starts again)."""
         self._apply_restored(self._read_state())
 
-    def _read_state(self) -> tuple[Engine, dict[str, Any]] | None:
-        """The state file read into an engine of its own, or None (no file, or an unusable
-        one, moved aside). Touches nothing the event loop uses but counters, so
-        :meth:`run` calls it in a thread while HTTP and the collector serve."""
+    def _read_state(self) -> tuple[Engine, dict[str, Any], BaselineGauge] | None:
+        """The state file read into an engine of its own, with the metrics view's first
+        evaluation of its baselines, or None (no file, or an unusable one, moved aside).
+        Touches nothing the event loop uses but counters, so :meth:`run` calls it in a
+        thread while HTTP and the collector serve."""
         path = self.state_path
         if path is None:
             return None
@@ -380,9 +402,11 @@ class Daemon:
             self.stats.state_corrupt += 1
             move_aside(path, f"{type(exc).__name__}: {exc}")
             return None
-        return engine, data
+        return engine, data, self.collector.view_for(engine, self.feed.wall())
 
-    def _apply_restored(self, restored: tuple[Engine, dict[str, Any]] | None) -> None:
+    def _apply_restored(
+        self, restored: tuple[Engine, dict[str, Any], BaselineGauge] | None
+    ) -> None:
         path = self.state_path
         if path is None:
             log.warning(
@@ -390,7 +414,8 @@ class Daemon:
                 "is lost when it stops"
             )
         elif restored is not None:
-            self.engine, data = restored
+            self.engine, data, view = restored
+            self.collector.adopt(view)
             positions = data.get("sources")
             self._positions = positions if isinstance(positions, dict) else {}
             self.stats.state_restored = True
@@ -707,8 +732,9 @@ class Daemon:
                 await self.restore_state_off_loop()
                 for source in early:
                     source.restore_position(self._positions.get(source.name))
+                await self.feed.drain()
             finally:
-                self.feed.release()
+                self.feed.release()  # (nothing left once drained)
             self.collector.warm()
             if self.alertmanager is not None:
                 self.alertmanager.replace_firing(self.engine.active_alerts())

@@ -737,7 +737,10 @@ class SeasonalBaselines:
             dest_code[at : at + len(part)] = np.fromiter(map(codes.__getitem__, part), np.intp)
         index = _index_of(groups, group_of, dests)
         self.version += 1
-        capacity = max(count, min(self.max_keys, 1024))
+        # Room to grow as the first new key would make it (doubling, up to max_keys): its
+        # pages cost nothing until used, and growing later copies every record on the event
+        # loop (0.6 s at a million keys, at the first key learned after the restore).
+        capacity = max(count, min(self.max_keys, max(1024, 2 * count)))
         storage = _zeroed(capacity * RECORD_SIZE)
         storage[: count * RECORD_SIZE] = np.ascontiguousarray(table).view(np.uint8)
         self._index = index
