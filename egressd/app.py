@@ -21,7 +21,13 @@ from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping, Se
 from pathlib import Path
 from typing import Any
 
-from egressd.baseline.statefile import load_state, move_aside, save_state, saved_too_large
+from egressd.baseline.statefile import (
+    foreign_state,
+    load_state,
+    move_aside,
+    save_state,
+    saved_too_large,
+)
 from egressd.clock import SteadyWall
 from egressd.columns import FlowColumns
 from egressd.config import (
@@ -384,6 +390,7 @@ class Daemon:
         path = self.state_path
         if path is None:
             return None
+        self.refuse_foreign_state()  # (again: the file may have changed since the start)
         try:
             data = load_state(path, self.config.state.max_size, decode_records=True)
         except StateError as exc:
@@ -403,6 +410,16 @@ class Daemon:
             move_aside(path, f"{type(exc).__name__}: {exc}")
             return None
         return engine, data, self.collector.view_for(engine, self.feed.wall())
+
+    def refuse_foreign_state(self) -> None:
+        """Stop the start when the state path names something that is no state file of
+        egressd's (:func:`~egressd.baseline.statefile.foreign_state`): it would be moved
+        aside like a damaged state and the daemon's own written in its place."""
+        path = self.state_path
+        problem = foreign_state(path) if path is not None else None
+        if problem is not None:
+            key = "state.path" if self.config.state.path is not None else "$STATE_DIRECTORY"
+            raise StateError(f"{key}: {str(path)!r}: {problem}")
 
     def _apply_restored(
         self, restored: tuple[Engine, dict[str, Any], BaselineGauge] | None
@@ -696,6 +713,7 @@ class Daemon:
         exit_code = EXIT_OK
         handled: list[signal.Signals] = []
         try:
+            self.refuse_foreign_state()  # before anything starts
             for signum, handler in (
                 (signal.SIGTERM, self._stopping.set),
                 (signal.SIGINT, self._stopping.set),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from egressd.baseline.statefile import foreign_state
 from egressd.countries import country_problem
 from egressd.errors import ConfigError
 from egressd.units import parse_duration, parse_size
@@ -965,6 +966,11 @@ def _read_state(t: _Table) -> StateConfig:
         save_interval=t.get("save_interval", d.save_interval, _positive_duration),
         max_size=t.get("max_size", d.max_size, _positive_size),
     )
+    # A path naming something that is no state file (a system file, a directory, a device)
+    # would be moved aside like a damaged state and the daemon's own written in its place.
+    problem = foreign_state(cfg.path) if cfg.path is not None else None
+    if problem is not None:
+        t.problem("path", f"{str(cfg.path)!r}: {problem}")
     t.done()
     return cfg
 

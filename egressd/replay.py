@@ -10,7 +10,6 @@ import itertools
 import logging
 import math
 import operator
-import stat
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -21,7 +20,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 import numpy as np
 import orjson
 
-from egressd.baseline.statefile import load_state, move_aside, save_state, saved_too_large
+from egressd.baseline.statefile import (
+    foreign_state,
+    load_state,
+    move_aside,
+    save_state,
+    saved_too_large,
+)
 from egressd.columns import FlowColumns
 from egressd.config import Config
 from egressd.detect.alerts import FIRING, Alert
@@ -272,38 +277,14 @@ class _Progress:
             self._out.flush()
 
 
-#: how every state file egressd writes begins (:meth:`egressd.pipeline.Engine.snapshot`)
-STATE_SIGNATURE = b'{"version":'
-
-
 def refuse_foreign_state(path: Path) -> None:
-    """Stop unless ``path`` is absent, empty or begins as a state file egressd writes.
-
-    An unusable state file is moved aside and replaced by the replay's state (a damaged one
-    must not stop a scheduled replay); a path that names something else (a directory, a
-    device, a capture or a system file given to ``--state`` by mistake) is never renamed or
-    overwritten.
-    """
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise EgressdError(f"--state {path}: cannot read: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise EgressdError(f"--state {path}: not a regular file; give a state file's path")
-    if info.st_size == 0:
-        return
-    try:
-        with path.open("rb") as file:
-            head = file.read(len(STATE_SIGNATURE))
-    except OSError as exc:
-        raise EgressdError(f"--state {path}: cannot read: {exc.strerror or exc}") from None
-    if head != STATE_SIGNATURE:
-        raise EgressdError(
-            f"--state {path}: not an egressd state file (it does not begin as one); "
-            "nothing was changed: give another path, or remove the file to learn afresh"
-        )
+    """Stop unless ``path`` is absent, empty or begins as a state file egressd writes
+    (:func:`~egressd.baseline.statefile.foreign_state`): a damaged state file is moved
+    aside and replaced by the replay's state, but a path that names something else is
+    never renamed or overwritten."""
+    problem = foreign_state(path)
+    if problem is not None:
+        raise EgressdError(f"--state {path}: {problem}")
 
 
 def replay(

@@ -82,7 +82,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
 
 async def test_corrupt_state_is_moved_aside(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    state.write_bytes(b"{not json")
+    state.write_bytes(b'{"version": not json')  # begins as a state file, damaged
     daemon = Daemon(parse_config(CONFIG.format(state=state)), environ={}, sources=[])
     daemon.restore_state()
     assert daemon.readiness() == (True, "")

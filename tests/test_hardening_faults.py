@@ -155,7 +155,7 @@ async def test_a_save_over_max_size_says_the_next_start_will_not_read_it(
     "content",
     [
         b'{"version":1,"baselines":' + b"[" * 300_000 + b"]" * 300_000 + b"}",
-        b"[" * 300_000,
+        b'{"version":' + b"[" * 300_000,
         b'{"version":1,"baselines":[1,2]}',
     ],
     ids=["nested-object", "nested-array", "not-a-state"],

@@ -416,6 +416,84 @@ def test_replay_refuses_a_state_path_that_is_no_state_file_and_changes_nothing(
         assert (state / "keep").read_text() == "x"
 
 
+def _foreign(kind: str, state: Path) -> None:
+    """Something that is no state file of egressd's at ``state``."""
+    if kind == "directory":
+        state.mkdir()
+        (state / "keep").write_text("x")
+    elif kind == "fifo":
+        os.mkfifo(state)
+    elif kind == "device":
+        state.symlink_to("/dev/zero")
+    elif kind == "capture":
+        state.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
+    else:
+        state.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+
+
+_FOREIGN_PATHS = ("system-file", "capture", "directory", "fifo", "device")
+
+
+@pytest.mark.parametrize("kind", _FOREIGN_PATHS)
+def test_check_config_and_run_refuse_a_state_path_that_is_no_state_file(
+    kind: str, tmp_path: Path
+) -> None:
+    """``state.path`` naming something that is no egressd state (/etc/passwd, a directory,
+    a device) was moved aside like a damaged state, and the daemon wrote its own in its
+    place. ``check-config`` and ``egressd run`` now refuse it, naming the key and the file,
+    and nothing is renamed or written (a damaged state that begins as egressd writes one is
+    still moved aside at start: test_corrupt_state_is_moved_aside)."""
+    state = tmp_path / "state"
+    _foreign(kind, state)
+    config = tmp_path / "egressd.toml"
+    config.write_text(research_config(state=str(state), http="127.0.0.1:0"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    snapshot = state.read_bytes() if state.is_file() and kind != "device" else None
+    for command in ("check-config", "run"):
+        result = subprocess.run(
+            [sys.executable, "-m", "egressd.cli", command, "--config", str(config)]
+            + (["--allow-root"] if command == "run" else []),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, (command, result.stderr)
+        assert f"state.path: '{state}': not " in result.stderr, (command, result.stderr)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if snapshot is not None:
+        assert state.read_bytes() == snapshot
+    if kind == "directory":
+        assert (state / "keep").read_text() == "x"
+
+
+@pytest.mark.parametrize("kind", _FOREIGN_PATHS[:3])
+async def test_a_state_path_that_became_no_state_file_stops_the_start_before_it_starts(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file is checked again when the daemon starts (a configuration checked before the
+    file appeared; a state path from $STATE_DIRECTORY, which no key names): the start stops
+    with an error naming it, nothing is served, and nothing is moved aside or saved."""
+    for named in (True, False):
+        where = tmp_path / ("named" if named else "directory")
+        where.mkdir()
+        state = where / "state.json"
+        text = research_config(state=str(state) if named else None, http="127.0.0.1:0")
+        daemon = Daemon(
+            parse_config(text),  # (parsed while no file is there: a first start)
+            environ={} if named else {"STATE_DIRECTORY": str(where)},
+            sources=[],
+        )
+        _foreign(kind, state)
+        before = sorted(p.name for p in where.iterdir())
+        with caplog.at_level(logging.ERROR):
+            assert await asyncio.wait_for(daemon.run(), 30) == 1
+        key = "state.path" if named else "$STATE_DIRECTORY"
+        assert f"cannot start: {key}: '{state}': not " in caplog.text
+        assert daemon.http.bound is None
+        assert sorted(p.name for p in where.iterdir()) == before
+
+
 def test_replay_restores_a_good_state(tmp_path: Path) -> None:
     """The control case: a usable state is kept and extended, nothing is moved aside."""
     config = parse_config(CONFIG)

@@ -315,6 +315,48 @@ def open_regular(path: Path) -> BinaryIO:
     return file
 
 
+#: how every state file egressd writes begins (:meth:`egressd.pipeline.Engine.snapshot`)
+STATE_SIGNATURE = b'{"version":'
+
+
+def foreign_state(path: Path) -> str | None:
+    """Why ``path`` is no state file of egressd's, or None when it may be one: absent (a
+    first start), empty, or beginning as egressd writes a state file.
+
+    An unusable state file is moved aside and replaced (a damaged state must not stop the
+    daemon or a scheduled replay); a path naming something else (a directory, a device, a
+    capture or a system file given by mistake) must never be renamed or overwritten, so
+    ``egressd replay --state``, ``check-config`` and the daemon's start refuse it.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file; give a state file's path"
+    if info.st_size == 0:
+        return None
+    try:
+        # Without blocking, in case a FIFO took the file's place since the stat above.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return "not a regular file; give a state file's path"
+            head = os.read(fd, len(STATE_SIGNATURE))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if head != STATE_SIGNATURE:
+        return (
+            "not an egressd state file (it does not begin as one); nothing was changed: give "
+            "another path, or remove the file to learn afresh"
+        )
+    return None
+
+
 def load_state(
     path: Path, max_size: int = MAX_STATE_SIZE, *, decode_records: bool = False
 ) -> dict[str, Any] | None:
