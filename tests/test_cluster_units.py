@@ -1184,3 +1184,43 @@ async def test_a_detect_process_applies_a_fetch_of_large_messages_a_piece_at_a_t
     assert len([run for run in runs if run]) >= 3
     assert node.stats.batches_applied == 8
     assert part.position == 8
+
+
+async def test_entries_a_snapshot_held_beyond_the_bounds_are_counted_by_part(
+    tmp_path: Path,
+) -> None:
+    # What a partition snapshot held beyond what the engine keeps (here alerts of an
+    # alertname no detector evaluates, or dated after the snapshot's event time) is left
+    # out on load; it was only logged, now it is counted as the all-in-one daemon counts
+    # its state file's: egressd_state_entries_dropped_total{part}.
+    node, part = detect(tmp_path)
+    beat = Heartbeat({"flows:0": FLOW_T0}, {"flows": 1})
+    node._apply(part, Message(0, beat.encode(), heartbeat_headers()))
+    part.position = 1
+    await node._save([part])
+    load = node.store.load
+
+    async def crafted(name: str) -> dict[str, Any] | None:
+        data = await load(name)
+        assert data is not None
+        alert = {
+            "labels": {"alertname": "NoSuchRule"},
+            "annotations": {},
+            "state": "firing",
+            "pending_since": FLOW_T0,
+            "starts_at": FLOW_T0,
+            "last_true": FLOW_T0,
+            "updated": FLOW_T0,
+        }
+        data["alerts"] = data["alerts"] + [
+            {**alert, "key": ["NoSuchRule", "research", f"X{n}"]} for n in range(3)
+        ]
+        return data
+
+    node.store.load = crafted  # type: ignore[method-assign]
+    for _ in range(2):
+        loaded = await node._load(part.tp)
+        assert loaded.loaded and loaded.engine.dropped_on_load["alerts"] == 3
+    assert node.stats.entries_dropped == {"alerts": 6}
+    samples = node.metrics()
+    assert ("egressd_state_entries_dropped_total", {"part": "alerts"}, 6.0) in samples

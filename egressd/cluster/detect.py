@@ -107,6 +107,9 @@ class DetectStats:
     future_partials_clamped: int = 0
     #: loaded snapshots whose event time lay past wall time + detection.max_clock_ahead
     snapshots_clamped: int = 0
+    #: entries of loaded snapshots left out by the engine's bounds on load, by part (as the
+    #: all-in-one daemon counts its state file's: ``state_entries_dropped_total{part}``)
+    entries_dropped: dict[str, int] = field(default_factory=dict)
     #: partitions given back by a rebalance and kept in memory instead of loaded again
     partitions_kept: int = 0
     #: fetches dropped because they did not start where the consumer was told to seek
@@ -581,6 +584,9 @@ class Detect(KafkaRole):
         self.stats.snapshots_loaded += 1
         part.loaded = True
         dropped = {key: n for key, n in part.engine.dropped_on_load.items() if n}
+        counted = self.stats.entries_dropped
+        for key, n in dropped.items():
+            counted[key] = counted.get(key, 0) + n
         if dropped:
             log.warning(
                 "%s: the snapshot %s held entries beyond what the engine keeps, left out: %s",
@@ -792,6 +798,10 @@ class Detect(KafkaRole):
             (PREFIX + "intervals_closed_total", {}, float(closed)),
             (PREFIX + "baseline_keys", {}, float(keys)),
             (PREFIX + "state_time_clamped_total", {}, float(self.stats.snapshots_clamped)),
+        ]
+        samples += [
+            (PREFIX + "state_entries_dropped_total", {"part": key}, float(n))
+            for key, n in sorted(self.stats.entries_dropped.items())
         ]
         return samples
 
