@@ -105,6 +105,7 @@ def test_state_file_over_max_size_is_not_read(
     """A 1 GB sparse state file peaked RSS at 2 GiB: it is now refused before reading."""
     state = tmp_path / "state.json"
     with state.open("wb") as file:
+        file.write(b'{"version":')  # (begins as a state: a file that does not is refused)
         file.truncate(1 << 30)
     daemon = Daemon(parse_config(CONFIG.format(state=state)), environ={}, sources=[])
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
