@@ -816,19 +816,20 @@ class Engine:
         # told apart by one comparison, without numpy's unique.
         label_count = len(labels)
         key_count = len(names) * label_count
-        codes = batch.group[rows] * label_count
-        codes += batch.dest[rows]
+        # (the batch's numbers per row, gathered once for all its blocks)
+        row_sums = batch.row_sums()
+        codes = row_sums.codes[rows]
         first_start = float(starts[0])
         later = starts != first_start
         if later.any():
             second_start = float(starts[int(later.argmax())])
             if bool((starts[later] == second_start).all()):
                 interval_starts = [first_start, second_start]
-                codes += later * key_count
+                codes = codes + later * key_count
             else:
                 distinct, interval_codes = np.unique(starts, return_inverse=True)
                 interval_starts = distinct.tolist()
-                codes += interval_codes.reshape(-1) * key_count
+                codes = codes + interval_codes.reshape(-1) * key_count
         else:
             interval_starts = [first_start]
         # Rows grouped by key (a stable sort: each key's rows keep flow order, its first row
@@ -839,43 +840,33 @@ class Engine:
         change = np.empty(n, dtype=np.bool_)
         change[0] = True
         np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
-        heads = np.flatnonzero(change)
+        heads = change.nonzero()[0]
         # keys in the order their first rows come (the order records create them in)
         by_first = np.argsort(order[heads])
-        is_egress = egress_rows[order]
-        sizes = batch.sizes[rows]
-        ordered_sizes = sizes[order]
-        egress_sizes = ordered_sizes * is_egress
-        byte_sums = np.add.reduceat(egress_sizes, heads)
-        flow_sums = np.add.reduceat(is_egress.astype(np.int64), heads)
-        # where each key's flows start among the egress rows (in key order)
-        flow_ends = np.cumsum(flow_sums)
-        egress_order = order[is_egress]
+        taken = where[order]
+        # Per key (in key order): egress bytes, flows, packets, small-packet bytes, ingress
+        # bytes, rows, and where its flows end among the egress rows (a running sum).
+        table = row_sums.table
+        sums = np.empty((7, len(heads)), dtype=table.dtype)
+        np.add.reduceat(table[:, taken], heads, axis=1, out=sums[:6])
+        np.cumsum(sums[1], out=sums[6])
         # each egress flow's (source, destination, bytes), flat, by key then flow order
-        src_hi = columns.src_hi[rows][egress_order]
-        dst_hi = columns.dst_hi[rows][egress_order]
-        src_lo = columns.src_lo[rows][egress_order]
-        dst_lo = columns.dst_lo[rows][egress_order]
+        flowing = taken[egress_rows[order]]
         talkers_flat: list[int]
-        if src_hi.any() or dst_hi.any():  # 128-bit values: Python integers
-            sources = [(h << 64) | v for h, v in zip(src_hi.tolist(), src_lo.tolist(), strict=True)]
-            targets = [(h << 64) | v for h, v in zip(dst_hi.tolist(), dst_lo.tolist(), strict=True)]
-            flat = zip(sources, targets, sizes[egress_order].tolist(), strict=True)
+        if row_sums.talkers is not None:
+            talkers_flat = row_sums.talkers[flowing].ravel().tolist()
+        else:  # 128-bit values: Python integers
+            src_hi, src_lo = columns.src_hi[flowing].tolist(), columns.src_lo[flowing].tolist()
+            dst_hi, dst_lo = columns.dst_hi[flowing].tolist(), columns.dst_lo[flowing].tolist()
+            sources = [(h << 64) | v for h, v in zip(src_hi, src_lo, strict=True)]
+            targets = [(h << 64) | v for h, v in zip(dst_hi, dst_lo, strict=True)]
+            flat = zip(sources, targets, batch.sizes[flowing].tolist(), strict=True)
             talkers_flat = list(itertools.chain.from_iterable(flat))
-        else:
-            talkers_flat = np.column_stack((src_lo, dst_lo, sizes[egress_order])).ravel().tolist()
-        for code, count, size, packets, flows, small, ingress, low, high in zip(
-            ordered[heads][by_first].tolist(),
-            np.diff(np.append(heads, n))[by_first].tolist(),
-            byte_sums[by_first].tolist(),
-            np.add.reduceat(batch.packets[rows][order] * is_egress, heads)[by_first].tolist(),
-            flow_sums[by_first].tolist(),
-            np.add.reduceat(egress_sizes * batch.small[rows][order], heads)[by_first].tolist(),
-            (np.add.reduceat(ordered_sizes, heads) - byte_sums)[by_first].tolist(),
-            (3 * (flow_ends - flow_sums))[by_first].tolist(),
-            (3 * flow_ends)[by_first].tolist(),
-            strict=True,
+        for code, size, flows, packets, small, ingress, count, high in zip(
+            ordered[heads][by_first].tolist(), *sums[:, by_first].tolist(), strict=True
         ):
+            high *= 3
+            low = high - 3 * flows
             start = interval_starts[code // key_count]
             bucket = buckets.get(start)
             if bucket is None:
