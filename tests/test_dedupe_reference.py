@@ -105,6 +105,20 @@ records = st.lists(
 )
 
 
+#: counts near the 64-bit limit: totals outgrow unsigned 64-bit integers (the stage then
+#: goes on with Python's integers)
+huge_records = st.lists(
+    st.tuples(
+        st.integers(0, 11),
+        st.integers(0, len(EXPORTERS) - 1),
+        st.one_of(st.integers(0, 3000), st.integers((1 << 62) - 5, (1 << 64) - 1)),
+        st.integers(0, 40),
+        st.integers(-30, 30),
+    ),
+    max_size=25,
+)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batches=st.lists(st.tuples(records, st.booleans()), max_size=12),
@@ -112,6 +126,25 @@ records = st.lists(
     expiry=st.sampled_from([100.0, 1000.0, 65 * 60.0]),
 )
 def test_the_stage_follows_the_rule_exactly(
+    batches: list[tuple[list[tuple[int, int, int, int, int]], bool]],
+    max_keys: int,
+    expiry: float,
+) -> None:
+    check_against_reference(batches, max_keys, expiry)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=st.lists(st.tuples(huge_records, st.booleans()), max_size=8),
+    max_keys=st.integers(1, 12),
+)
+def test_the_rule_holds_past_64_bit_totals(
+    batches: list[tuple[list[tuple[int, int, int, int, int]], bool]], max_keys: int
+) -> None:
+    check_against_reference(batches, max_keys, 1000.0)
+
+
+def check_against_reference(
     batches: list[tuple[list[tuple[int, int, int, int, int]], bool]],
     max_keys: int,
     expiry: float,
