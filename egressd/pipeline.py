@@ -636,7 +636,7 @@ class Engine:
                 starts = np.where(late, watermark - watermark % interval, starts)
                 due = np.where(touches, starts + interval + lateness, math.inf)
             next_due = np.minimum(np.minimum.accumulate(due), aggregator.next_due)
-            closing = np.flatnonzero((end > before) & (end >= next_due))
+            closing = ((end > before) & (end >= next_due)).nonzero()[0]
             size = int(closing[0]) + 1 if len(closing) else len(end)
             if may_clamp and size == len(end) and end[-1] < ends[pos + size - 1]:
                 self.stats.future_records += 1  # the block ends with the clamped record
@@ -665,11 +665,14 @@ class Engine:
     ) -> None:
         """Add rows ``pos`` .. ``pos + size`` of ``batch`` to their intervals' sums."""
         aggregator = self.aggregator
-        where = pos + np.flatnonzero(batch.touch[pos : pos + size])
-        if not len(where):
+        offsets = batch.touch[pos : pos + size].nonzero()[0]
+        if not len(offsets):
             return
+        where = offsets + pos
         if len(where) <= self.row_loop_rows and not aggregator.talkers:
-            self._account_rows(batch, where, starts[where - pos], late[where - pos])
+            if len(where) < size:  # (else every row touches: the block's own views)
+                starts, late = starts[offsets], late[offsets]
+            self._account_rows(batch, where, starts, late)
             return
         starts = starts[where - pos]
         egress = batch.egress[where]
@@ -835,21 +838,21 @@ class Engine:
         # Rows grouped by key (a stable sort: each key's rows keep flow order, its first row
         # leads), summed per key in numpy; Python then runs once per key, not per row.
         n = len(codes)
-        order = np.argsort(codes, kind="stable")
+        order = codes.argsort(kind="stable")
         ordered = codes[order]
         change = np.empty(n, dtype=np.bool_)
         change[0] = True
         np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
         heads = change.nonzero()[0]
         # keys in the order their first rows come (the order records create them in)
-        by_first = np.argsort(order[heads])
+        by_first = order[heads].argsort()
         taken = where[order]
         # Per key (in key order): egress bytes, flows, packets, small-packet bytes, ingress
         # bytes, rows, and where its flows end among the egress rows (a running sum).
         table = row_sums.table
         sums = np.empty((7, len(heads)), dtype=table.dtype)
         np.add.reduceat(table[:, taken], heads, axis=1, out=sums[:6])
-        np.cumsum(sums[1], out=sums[6])
+        sums[1].cumsum(out=sums[6])
         # each egress flow's (source, destination, bytes), flat, by key then flow order
         flowing = taken[egress_rows[order]]
         talkers_flat: list[int]
