@@ -121,7 +121,8 @@ class DetectionConfig:
     new_destination_max_prefixes: int = 50_000
     #: the most a group's learned new-block churn (the bytes it sent within the window to
     #: networks in address blocks it had not used, over all its destinations) raises the floor
-    #: for such bytes to (times the group's floor factor); 0 turns the group's churn off
+    #: for such bytes to (times the group's floor factor), and a destination's own new-block
+    #: churn likewise; 0 turns the group's churn off and leaves a destination's unbounded
     new_destination_group_churn_max: int = 5_000_000_000
     #: both floors (and the least an address must carry to count as used) shrink for a group
     #: whose busy intervals (the 90% quantile of its egress, per 5 minutes) carry less than

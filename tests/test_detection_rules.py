@@ -1043,6 +1043,56 @@ def test_what_the_groups_churn_held_back_does_not_raise_the_keys_own_bar() -> No
     assert fired[0].annotations["new_prefixes"] == "94.130.1.0/24"
 
 
+@pytest.mark.parametrize("bounded", [True, False])
+def test_a_keys_own_churn_of_fresh_blocks_raises_its_bar_no_further_than_the_groups(
+    bounded: bool,
+) -> None:
+    engine = _grid_engine("" if bounded else 'new_destination_group_churn_max = "0"\n')
+    # On the first day, counting but not yet paging, 6 GB within the hour go to a DE site in a
+    # block the group never used (a grid transfer during learning): the DE key learns 6 GB of
+    # new-block churn, three times which is 18 GB.
+    flows = _usual(2)
+    flows += [_flow(14 * HOUR + k * 300 + 150, DE_FRESH, 500 * MB) for k in range(12)]
+    # The next day 8 GB within the hour to a fresh VPS in DE: beyond
+    # new_destination_group_churn_max (5 GB), so it pages however much the key had sent to new
+    # blocks; with the bound off, the key's own churn holds it.
+    flows += [_flow(DAY + 10 * HOUR + k * 300 + 150, "94.130.1.1", 667 * MB) for k in range(12)]
+    fired = [a for a in _run(engine, flows) if a.state == FIRING]
+    if not bounded:
+        assert fired == []
+        return
+    assert _firing(fired) == ["EgressNewDestinationVolume DE"]
+    alert = fired[0]
+    assert alert.starts_at == T0 + DAY + 10 * HOUR + 8 * 300  # 5.3 GB
+    assert alert.annotations["new_prefixes"] == "94.130.1.0/24"
+    assert int(alert.annotations["baseline_bytes"]) > 5 * GB  # the key's churn of networks
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_stepping_a_destinations_fresh_block_churn_up_does_not_lift_its_bar_past_the_bound(
+    bounded: bool,
+) -> None:
+    engine = _grid_engine("" if bounded else 'new_destination_group_churn_max = "0"\n')
+    # Every other day, a fresh DE block takes 2.5 times what the last one did: 0.9 GB (under
+    # the 1 GB floor), 2.25 GB, then 5.6 GB, each under three times the last (what the key
+    # learned: its bars for fresh blocks, the hour's and the day's), so none would page, and
+    # the next step could be 14 GB. The bound stops the climb at 5 GB.
+    flows = _usual(6)
+    for day, (address, size) in enumerate(
+        (("88.99.1.1", 75 * MB), ("94.130.1.1", 188 * MB), ("116.203.1.1", 470 * MB)),
+        start=0,
+    ):
+        at = (1 + 2 * day) * DAY + 10 * HOUR
+        flows += [_flow(at + k * 300 + 150, address, size) for k in range(12)]
+    fired = [a for a in _run(engine, flows) if a.state == FIRING]
+    if not bounded:
+        assert fired == []
+        return
+    assert _firing(fired) == ["EgressNewDestinationVolume DE"]
+    assert fired[0].annotations["new_prefixes"] == "116.203.1.0/24"
+    assert fired[0].starts_at == T0 + 5 * DAY + 10 * HOUR + 11 * 300  # 5.2 GB
+
+
 def test_a_state_file_cannot_give_a_group_an_unbounded_or_unreal_churn() -> None:
     """What learning keeps, a state file cannot exceed: at most GROUP_CHURN_KEPT destinations a
     group (the most recently raised) and positive finite sizes, or every evaluation of the

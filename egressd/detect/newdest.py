@@ -40,7 +40,10 @@ of such blocks alone: a cloud whose addresses rotate over its own blocks learns 
 of networks but hardly any of blocks, so a fresh VPS in another provider's block still pages.
 A group that sends GBs to new blocks in several of its destinations (a research grid) learns
 that too (the third largest of its destinations' new-block volumes, paged or not): bytes to new
-blocks must also be :data:`CHURN_RATIO` times it, at most ``new_destination_group_churn_max``.
+blocks must also be :data:`CHURN_RATIO` times it, at most ``new_destination_group_churn_max``,
+which bounds the key's own new-block bar too: a destination whose past fresh blocks took GBs
+(a grid transfer while learning, or fresh blocks each a little under three times the last) cannot
+hide a fresh network taking more than that within the hour.
 For :data:`PAGED_BLOCK_QUIET` after a page resolves, other networks in the address blocks it
 named are that transfer's, not new (someone has just looked at that block). While a page fires,
 a fresh block it is not about that clears the bar for fresh blocks on its own bytes gets an
@@ -660,9 +663,15 @@ class NewDestinationDetector(Detector):
             )
             # A key whose traffic moves between networks all the time (a cloud, a CDN) must
             # send several times its usual new-network volume; a network in an address block
-            # the group never used is judged against the churn of such blocks alone.
+            # the group never used is judged against the churn of such blocks alone, which
+            # raises its bar to new_destination_group_churn_max at most, as the group's does:
+            # a key that learned GBs of new blocks (a grid site's transfer during learning)
+            # must not hide a fresh VPS taking more than that within the hour.
+            block_bar = CHURN_RATIO * block_churn
+            if group_cap > 0:
+                block_bar = min(block_bar, group_cap * factor)
             fresh = (total >= hour_floor and total >= CHURN_RATIO * churn) or (
-                block_total >= floor and block_total >= CHURN_RATIO * block_churn
+                block_total >= floor and block_total >= block_bar
             )
             # A group that routinely sends GBs to address blocks it never used, in several of
             # its destinations (a research grid's sites, a new collaborator each week), learns
@@ -784,7 +793,7 @@ class NewDestinationDetector(Detector):
                     )
                 if group_cap > 0 and not group_bar:
                     group_bar = min(CHURN_RATIO * self._group_churn(group, now), group_cap * factor)
-                bar = max(floor, CHURN_RATIO * block_churn, group_bar)
+                bar = max(floor, block_bar, group_bar)
                 self._new_blocks(key, window, window.named, bar)
             elif not active:
                 window.named = None
