@@ -260,6 +260,60 @@ def test_expiring_keeps_what_each_span_holds_and_merges_what_left_the_first() ->
             assert window.destinations.counts == destinations.counts
 
 
+def test_captured_evidence_stays_as_it_was_while_merges_wait_and_happen() -> None:
+    """The heaviest talkers of intervals leaving the first span join the long-term evidence
+    only when it is read (or enough wait): evidence captured for a page, read later, is what
+    merging eagerly gave at the capture, whatever merges and reads came in between."""
+    rng = random.Random(3)
+    lengths = [3600.0, 86400.0]
+    merged = 0
+    for _trial in range(40):
+        window = _Window(2)
+        #: the model: the long-term evidence merged as intervals leave the first span
+        model_sources, model_destinations = TopK(16), TopK(16)
+        captures: list[tuple[Any, Any]] = []
+        start = 0.0
+        for _step in range(rng.randrange(20, 150)):
+            start += 300.0 * rng.choice([1, 1, 1, 3])
+            accum = _interval(rng) if rng.random() < 0.9 else None
+            size = rng.randrange(1, 10**6) if accum is not None else 0
+            window.spans[0].add((start, size, 0, 0, accum))
+            window.spans[1].add((start, size, 0, 0))
+            now = start + 300.0
+            if rng.random() < 0.6:
+                heavy = rng.choice([0, 0, 10**12])
+                before = list(window.spans[0].entries)
+                UnexpectedDestinationDetector._expire(window, [now - n for n in lengths], heavy)
+                if window.spans[-1].bytes >= heavy:
+                    for entry in before:
+                        if entry[0] < now - lengths[0] and entry[4] is not None:
+                            entry[4].add_heaviest(4, model_sources, model_destinations)
+            expected_sources, expected_destinations = TopK(64), TopK(64)
+            expected_sources.merge(model_sources)
+            expected_destinations.merge(model_destinations)
+            for entry in window.spans[0].entries:
+                if entry[4] is not None:
+                    expected_sources.merge(entry[4].sources)
+                    expected_destinations.merge(entry[4].destinations)
+            expected = (list(expected_sources.counts.items()), expected_destinations.counts)
+            choice = rng.random()
+            if choice < 0.25:
+                captures.append((window.capture_evidence(), expected))
+            elif choice < 0.35:
+                merged += bool(window._pending)
+                sources, destinations = window.evidence()
+                assert (list(sources.counts.items()), destinations.counts) == expected
+            if captures and rng.random() < 0.2:
+                captured, then = captures.pop(rng.randrange(len(captures)))
+                sources, destinations = window.evidence_at(captured)
+                assert (list(sources.counts.items()), destinations.counts) == then
+        for captured, then in captures:
+            sources, destinations = window.evidence_at(captured)
+            assert (list(sources.counts.items()), destinations.counts) == then
+        assert window.sources.counts == model_sources.counts
+    assert merged  # (reads found intervals waiting to join)
+
+
 def test_upload_given_the_effective_egress_is_upload_computing_it() -> None:
     rng = random.Random(8)
     for _ in range(2000):

@@ -37,11 +37,16 @@ factor; smaller intervals count for the fan-out sums only). A window is looked a
 it takes an entry that leaves one of its spans at or over that span's floor, or has an alert to
 keep or resolve; the rest is swept every 36 intervals. Evidence sketches are kept
 for the first window's span; older entries merge their heaviest talkers into the window's
-evidence once, and only for windows halfway to a floor. A window's merged evidence, once read
+evidence once, and only for windows halfway to a floor, when that evidence is next read (a
+page's annotations, a state snapshot) or once a few dozen busy intervals' worth wait
+(:meth:`_Window.defer`): what a read finds is what merging at once gave, and intervals no
+read reaches (a replay without a state file reads a window's evidence only when one of its
+pages is sent) are never merged. A window's merged evidence, once read
 (a description), is kept and takes only the entries that came since at the next read, until
 an entry leaves the first span: a fan-out page reads hundreds of windows each interval.
 A firing page brought up to date captures its windows' evidence as it is (the long-term part
-copied, the first span's entries as they are); merging it and formatting wait until its
+and what waits to join it held, copied before they next change; the first span's entries as
+they are); merging it and formatting wait until its
 annotations are read (sent, resolved, saved), from the kept evidence while that has not moved
 past what was captured.
 """
@@ -55,7 +60,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import Any
 
-from egressd.aggregate import AggregateKey, Bucket
+from egressd.aggregate import Accum, AggregateKey, Bucket
 from egressd.baseline.grouprate import GroupRates
 from egressd.baseline.seasonal import SeasonalBaselines
 from egressd.config import DetectionConfig
@@ -73,6 +78,12 @@ FANOUT_COUNTRY = "multiple"
 #: talkers per interval merged into a window's long-term evidence, and how many it keeps
 _EVIDENCE_ITEMS = 4
 _EVIDENCE_CAPACITY = 16
+#: talker values (three a flow) of the intervals waiting to join a window's long-term evidence
+#: (:meth:`_Window.defer`) past which they join it at once, and what an interval whose talkers
+#: went into its sketches counts (two sketches' worth): what they hold stays under half a MB a
+#: window (a sparse window's week of intervals, 40-80 intervals of a busy key)
+_PENDING_SIZE = 16384
+_SETTLED_SIZE = 6 * 64
 #: windows not looked at for this many intervals are swept (expired, dropped when empty)
 _SWEEP_EVERY = 36
 #: under the configured floors (a small group's lower ones), egress counts only beyond this
@@ -210,17 +221,20 @@ class _Window:
     """One (group, destination)'s recent intervals: one span per configured window length."""
 
     __slots__ = (
+        "_destinations",
         "_evidence",
         "_generation",
         "_merged",
+        "_pending",
+        "_pending_size",
+        "_shared",
+        "_sources",
         "alerting",
         "bucketed",
         "credit",
-        "destinations",
         "longer",
         "paged_on",
         "paid_until",
-        "sources",
         "spans",
         "touched",
     )
@@ -232,9 +246,16 @@ class _Window:
         #: the spans after the first: one entry per interval, and in buckets
         self.longer = tuple(span for span in self.spans[1:] if not span.bucket)
         self.bucketed = tuple(span for span in self.spans[1:] if span.bucket)
-        #: evidence of entries older than the first span (heaviest talkers only)
-        self.sources = TopK(_EVIDENCE_CAPACITY)
-        self.destinations = TopK(_EVIDENCE_CAPACITY)
+        #: evidence of entries older than the first span (heaviest talkers only): see
+        #: :attr:`sources`; the accumulators of intervals that left the first span and whose
+        #: heaviest talkers join it when it is next read, in order, and what they hold
+        #: (talker values, :data:`_SETTLED_SIZE` for sketches); True while a capture holds the
+        #: long-term sketches and the list (the next merge copies them first)
+        self._sources = TopK(_EVIDENCE_CAPACITY)
+        self._destinations = TopK(_EVIDENCE_CAPACITY)
+        self._pending: list[Accum] = []
+        self._pending_size = 0
+        self._shared = False
         self.alerting = False
         #: while alerting, the longest window (index) its alert fired on, else -1
         self.paged_on = -1
@@ -251,6 +272,74 @@ class _Window:
         self._merged = 0
         #: counts forget_evidence: captured evidence of the same generation is a prefix
         self._generation = 0
+
+    @property
+    def sources(self) -> TopK:
+        """The long-term evidence's sources: the heaviest talkers of every interval that left
+        the first span while the window was heavy (or alerting), added in order."""
+        if self._pending:
+            self._merge_pending()
+        return self._sources
+
+    @sources.setter
+    def sources(self, sketch: TopK) -> None:
+        self._merge_pending()
+        self._sources = sketch
+
+    @property
+    def destinations(self) -> TopK:
+        """The long-term evidence's destinations (see :attr:`sources`)."""
+        if self._pending:
+            self._merge_pending()
+        return self._destinations
+
+    @destinations.setter
+    def destinations(self, sketch: TopK) -> None:
+        self._merge_pending()
+        self._destinations = sketch
+
+    def defer(self, left: Sequence[_Entry]) -> None:
+        """Intervals that left the first span while the window was heavy: their heaviest
+        talkers join the long-term evidence when it is next read (most windows' never is
+        before they empty; a state snapshot reads every one), or once what waits holds
+        :data:`_PENDING_SIZE` talker values."""
+        pending = self._pending
+        size = self._pending_size
+        for entry in left:
+            accum = entry[4]
+            if accum is not None:
+                pending.append(accum)
+                talkers = accum.talkers
+                size += len(talkers) if talkers is not None else _SETTLED_SIZE
+        self._pending_size = size
+        if size > _PENDING_SIZE:
+            self._merge_pending()
+
+    def _merge_pending(self, count: int = -1) -> None:
+        """Add the waiting intervals' heaviest talkers to the long-term evidence, in order:
+        all of them, or the first ``count`` (the rest go on waiting)."""
+        pending = self._pending
+        if not pending:
+            return
+        sources, destinations = self._sources, self._destinations
+        if self._shared:
+            # A capture holds these: it keeps them as they are (copy on write).
+            sources = self._sources = sources.copy()
+            destinations = self._destinations = destinations.copy()
+            self._shared = False
+        # (a new list: a capture holds its prefix of the old one)
+        if 0 <= count < len(pending):
+            self._pending = pending[count:]
+            pending = pending[:count]
+            self._pending_size = sum(
+                len(accum.talkers) if accum.talkers is not None else _SETTLED_SIZE
+                for accum in self._pending
+            )
+        else:
+            self._pending = []
+            self._pending_size = 0
+        for accum in pending:
+            accum.add_heaviest(_EVIDENCE_ITEMS, sources, destinations)
 
     @property
     def entries(self) -> deque[_Entry]:
@@ -355,11 +444,15 @@ class _Window:
         """What :meth:`evidence_at` needs to give the evidence as it is now, later: no merging
         now (a firing page's evidence is read only when its annotations are)."""
         entries = self.spans[0].entries
+        pending = self._pending
+        self._shared = True  # (the long-term sketches are copied before they next change)
         return (
             self._generation,
             len(entries),
-            self.sources.copy(),
-            self.destinations.copy(),
+            self._sources,
+            self._destinations,
+            pending,
+            len(pending),
             tuple(entries),
         )
 
@@ -370,9 +463,19 @@ class _Window:
         captured ones and more after them: the kept evidence serves, when it has not taken
         any of those after. Otherwise it is built from what was captured, and not kept.
         """
-        generation, count, sources, destinations, entries = captured
+        generation, count, sources, destinations, pending, waiting, entries = captured
         if generation == self._generation and (self._evidence is None or self._merged <= count):
             return self._advance(count)
+        if waiting:
+            if pending is self._pending and sources is self._sources:
+                # Nothing merged since the capture: what waited then joins the window's own
+                # evidence now (once), and the capture reads that.
+                self._merge_pending(waiting)
+                sources, destinations = self._sources, self._destinations
+            else:
+                sources, destinations = sources.copy(), destinations.copy()
+                for accum in pending[:waiting]:
+                    accum.add_heaviest(_EVIDENCE_ITEMS, sources, destinations)
         return _build_evidence(sources, destinations, entries)
 
     def forget_evidence(self) -> None:
@@ -382,8 +485,9 @@ class _Window:
 
 
 #: a window's evidence as :meth:`_Window.capture_evidence` took it: (generation, first-span
-#: entries, long-term sources and destinations, the first-span entries themselves)
-_EvidenceAt = tuple[int, int, TopK, TopK, tuple[_Entry, ...]]
+#: entries, long-term sources and destinations, the list of intervals waiting to join them and
+#: how many of it waited, the first-span entries themselves)
+_EvidenceAt = tuple[int, int, TopK, TopK, list[Accum], int, tuple[_Entry, ...]]
 
 
 def _build_evidence(
@@ -742,12 +846,7 @@ class UnexpectedDestinationDetector(Detector):
                 span.small -= small
                 span.ingress -= ingress
         if left and (spans[-1].bytes >= heavy or window.alerting):
-            window_sources = window.sources
-            window_destinations = window.destinations
-            for entry in left:
-                accum = entry[4]
-                if accum is not None:
-                    accum.add_heaviest(_EVIDENCE_ITEMS, window_sources, window_destinations)
+            window.defer(left)
 
     def _evict_for_room(self) -> None:
         """Drop the lightest tenth of the windows without an active alert.
