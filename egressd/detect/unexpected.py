@@ -1161,10 +1161,11 @@ class UnexpectedDestinationDetector(Detector):
         for dest, window in mine:
             span = window.spans[index]
             entries = span.entries
-            if not entries or entries[0][0] >= horizon:
-                size = span.bytes  # (every entry within the horizon: the running sum)
-            else:
-                size = sum(e[1] for e in entries if e[0] >= horizon)
+            size = span.bytes  # (every entry within the horizon: the running sum)
+            for entry in entries:  # (less what a span not expired lately holds from before it)
+                if entry[0] >= horizon:
+                    break
+                size -= entry[1]
             if not size:
                 continue
             evidence.append((window, window.capture_evidence()))
