@@ -399,11 +399,13 @@ async def test_flows_held_during_the_restore_are_judged_a_batch_at_a_time_in_ord
     for n in range(3):
         feed.submit([flow("10.20.0.17", "81.2.69.160", 1_000, T0 + 10 + n)])
     seen: list[int] = []
+    judged: list[tuple[int, int]] = []  # (records, egress bytes) after each turn
     ready: list[bool] = []
 
     async def watch() -> None:
         while True:
             seen.append(daemon.engine.stats.records)
+            judged.append((seen[-1], daemon.engine.stats.egress_bytes))
             ready.append(daemon.readiness()[0])
             if seen[-1] == 1 and seen.count(1) == 1:  # arrives meanwhile
                 feed.submit([flow("10.20.0.17", "81.2.69.160", 5_000, T0 + 5)])
@@ -414,6 +416,9 @@ async def test_flows_held_during_the_restore_are_judged_a_batch_at_a_time_in_ord
     await feed.drain()
     watcher.cancel()
     assert {1, 2, 3} <= set(seen)  # the loop ran between the batches
+    # In the order they came: the three held first (1 kB each), the late arrival (5 kB) last.
+    assert sorted(set(judged)) == [(0, 0), (1, 1_000), (2, 2_000), (3, 3_000), (4, 8_000)]
+    assert daemon.engine.stats.egress_bytes == 8_000
     assert not any(ready)  # not ready until what was held is judged
     assert daemon.stats.records_held_before_state == 4 and daemon.engine.stats.records == 4
     assert not feed.holding and daemon.readiness()[0]
