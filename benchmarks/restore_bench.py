@@ -19,8 +19,14 @@ stood still while :meth:`~egressd.app.Daemon.restore_state_off_loop` restored th
 a thread beside it (the lock the thread holds through one long call: a parse, a decode);
 ``after_pause_s`` the longest it stood still after, while what ``egressd run`` does next
 ran: judging the ``--held`` flows (100,000 by default, in batches of 1,000, stamped an
-interval after the state's last) delivered while the state was restored, and the metrics
-view's first evaluation (``warm_s`` is how long both took).
+interval after the state's last, or ``--held-at`` seconds after it: 5400 takes the event
+time to an hour of day neither the state's nor wall time's) delivered while the state was
+restored, and the metrics view's first evaluation (``warm_s`` is how long both took).
+``--reload`` then reloads the configuration without its region map (the label names
+change: every baseline's label set and expectation are evaluated again) with scrapes of
+``/metrics`` every 50 ms until one shows the new names' expectations: ``reload_pause_s``
+is the longest the loop stood still from the reload's start to that scrape,
+``reload_s`` how long that took.
 """
 
 from __future__ import annotations
@@ -59,14 +65,23 @@ def build(repo: Path, keys: int, state: Path) -> None:
     _tree(repo).build(keys, state)
 
 
-def measure(repo: Path, keys: int, state: Path, profile: bool, held: int) -> dict[str, object]:
+def measure(
+    repo: Path,
+    keys: int,
+    state: Path,
+    profile: bool,
+    held: int,
+    held_at: float = 0.0,
+    reload: bool = False,
+) -> dict[str, object]:
     bench = _tree(repo)
     from egressd.app import Daemon
     from egressd.config import parse_config
 
     daemon = Daemon(parse_config(bench.config_text(keys, state)), environ={}, sources=[])
     rng = random.Random(5)
-    flows = bench.traffic(rng, bench.T0 + 300 * 6, held, bench.addresses(rng, 200_000))
+    start = bench.T0 + 300 * 6 + held_at
+    flows = bench.traffic(rng, start, held, bench.addresses(rng, 200_000))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     profiler = cProfile.Profile() if profile else None
     started, cpu = time.perf_counter(), time.process_time()
@@ -83,7 +98,11 @@ def measure(repo: Path, keys: int, state: Path, profile: bool, held: int) -> dic
         daemon.collector.warm()
         pause = after = float("nan")
     else:
-        pause, after = asyncio.run(_restore_beside_loop(daemon, flows, timed))
+        # (the configuration without its region map, for --reload)
+        changed = bench.config_text(keys, state).split("[[geo.region_maps]]")[0]
+        pause, after = asyncio.run(
+            _restore_beside_loop(daemon, flows, timed, changed if reload else None, state)
+        )
     restored, restored_cpu = timed["restored"], timed["restored_cpu"]
     warmed, warmed_cpu = time.perf_counter(), time.process_time()
     if profiler is not None:
@@ -102,16 +121,17 @@ def measure(repo: Path, keys: int, state: Path, profile: bool, held: int) -> dic
         "total_cpu_s": round(warmed_cpu - cpu, 2),
         "rss_before_mb": round(before),
         "peak_rss_mb": round(peak),
+        **{name: round(value, 3) for name, value in timed.items() if name.startswith("reload")},
     }
 
 
 async def _restore_beside_loop(
-    daemon: Any, flows: list[Any], timed: dict[str, float]
+    daemon: Any, flows: list[Any], timed: dict[str, float], reload: str | None, state: Path
 ) -> tuple[float, float]:
     """Restore as ``egressd run`` does (in a thread beside the event loop, ``flows`` held
     meanwhile), then judge what was held and evaluate the metrics view; returns the longest
     the loop stood still during the restore and after it (a task asking to wake every
-    millisecond)."""
+    millisecond). With ``reload`` (a configuration), then the reload of :func:`measure`."""
     longest = 0.0
     done = False
 
@@ -139,12 +159,44 @@ async def _restore_beside_loop(
             await drain()
         else:
             daemon.feed.release()
-        daemon.collector.warm()
+        settle = getattr(daemon.collector, "settle", None)  # (the code before: on the loop)
+        if settle is not None:
+            await settle()
+        else:
+            daemon.collector.warm()
         await asyncio.sleep(0.002)
+        after = longest
+        if reload is not None:
+            longest = 0.0
+            timed["reload_s"] = await _reload_until_scraped(daemon, reload, state)
+            await asyncio.sleep(0.002)
+            timed["reload_pause_s"] = longest
     finally:
         done = True
         await ticker
-    return during, longest
+    return during, after
+
+
+async def _reload_until_scraped(daemon: Any, text: str, state: Path) -> float:
+    """Reload to the configuration ``text`` (no region map), scraping every 50 ms until a
+    scrape shows baseline expectations without the region label; how long that took."""
+    from prometheus_client import generate_latest
+
+    config = state.parent / f"reload-{os.getpid()}.toml"
+    config.write_text(text)
+    daemon.config_path = config
+    started = time.perf_counter()
+    reloading = asyncio.create_task(daemon.reload_outcome())
+    try:
+        while True:
+            await asyncio.sleep(0.05)
+            text = generate_latest(daemon.registry).decode()
+            lines = [line for line in text.splitlines() if line.startswith("egressd_egress_base")]
+            if reloading.done() and lines and "dst_region" not in lines[0]:
+                return time.perf_counter() - started
+    finally:
+        await reloading
+        config.unlink()
 
 
 def serve(repo: Path, keys: int, state: Path) -> dict[str, object]:
@@ -256,6 +308,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--held", type=int, default=100_000, help="flows held while restoring")
+    parser.add_argument(
+        "--held-at", type=float, default=0.0, help="held flows this late after the state's end"
+    )
+    parser.add_argument(
+        "--reload", action="store_true", help="then time a reload that changes label names"
+    )
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--build", nargs=2, metavar=("KEYS", "STATE"))
     parser.add_argument("--measure", nargs=2, metavar=("KEYS", "STATE"))
@@ -270,7 +328,13 @@ def main() -> int:
         return 0
     if args.measure:
         result = measure(
-            args.tree, int(args.measure[0]), Path(args.measure[1]), args.profile, args.held
+            args.tree,
+            int(args.measure[0]),
+            Path(args.measure[1]),
+            args.profile,
+            args.held,
+            args.held_at,
+            args.reload,
         )
         print(json.dumps(result))
         return 0
@@ -290,7 +354,8 @@ def main() -> int:
             for _ in range(args.runs):
                 for repo, state in pairs:
                     extra = ["--profile"] if args.profile else []
-                    extra += ["--held", str(args.held)]
+                    extra += ["--held", str(args.held), "--held-at", str(args.held_at)]
+                    extra += ["--reload"] if args.reload else []
                     out = _run(repo, *extra, "--measure", str(keys), str(state))
                     print(f"  {repo.name} restores {state.name}: {out}", flush=True)
                     if args.live:

@@ -608,6 +608,9 @@ class Daemon:
         old, self.labeler = self.labeler, labeler
         if isinstance(old, CompositeLabeler):
             old.close()  # the new labeler opened its own copies of the files
+        # Label names changed (a region map or an ASN database added or removed): every
+        # baseline's label set and expectation again, in a thread beside the event loop.
+        await self.collector.settle()
         self.stats.config_reloads += 1
         self.stats.config_last_reload_success = time.time()
         if self._gc_threshold is not None:  # a running daemon (not a test's bare one)
@@ -753,7 +756,9 @@ class Daemon:
                 await self.feed.drain()
             finally:
                 self.feed.release()  # (nothing left once drained)
-            self.collector.warm()
+            # (in a thread when the held flows took the event time to an hour the restore's
+            # thread did not evaluate: a million baselines took a second of the loop)
+            await self.collector.settle()
             if self.alertmanager is not None:
                 self.alertmanager.replace_firing(self.engine.active_alerts())
                 await self.alertmanager.start()

@@ -6,6 +6,8 @@ bounded (group, country, region, ASN, source, reason) — never an address.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,12 +29,17 @@ from egressd.sinks.alertmanager import AlertmanagerStats
 from egressd.sinks.guard import ConnectionStats
 from egressd.sources.base import Source
 
+log = logging.getLogger("egressd")
+
 PREFIX = "egressd_"
 #: scrapes this close (event time, seconds) to the next hour slot start evaluating it
 PREPARE_AHEAD = 900.0
 #: keys a scrape evaluates ahead for the next hour slot
 PREPARE_CHUNK = 16_384
 ALERTNAMES = (UNEXPECTED, SPIKE, NEW_DESTINATION)
+#: keys an evaluation of the baseline view may take on the event loop; more (a restored or
+#: reloaded view, an hour of day the scrapes did not evaluate ahead) go to a thread
+EVALUATE_ON_LOOP = 65_536
 
 
 @dataclass(slots=True)
@@ -149,6 +156,24 @@ class BaselineGauge:
             self._changed.clear()
             self._evaluate_some(baselines, slots, now)
         self._prepare(baselines, now)
+        return self._sums
+
+    def pending(self, baselines: SeasonalBaselines, now: float, regions: bool, asn: bool) -> int:
+        """About how many keys :meth:`expected` would evaluate now (at most every key)."""
+        season = baselines.season.slot(now)
+        if baselines is not self._baselines or baselines.epoch != self._epoch:
+            return len(baselines)
+        if self._shape is None or self._shape[1:] != (regions, asn):
+            return len(baselines)
+        if season == self._shape[0]:
+            return len(self._changed)
+        if season != self._next_season:
+            return len(baselines)
+        return max(0, len(baselines) - int(np.count_nonzero(self._prepared))) + len(self._changed)
+
+    @property
+    def last(self) -> dict[tuple[str, ...], float]:
+        """What the last evaluation gave (the label values' arity is of its shape)."""
         return self._sums
 
     def prepare_all(self, baselines: SeasonalBaselines, at: float) -> None:
@@ -284,6 +309,13 @@ class BaselineGauge:
         }
 
 
+def _fresh(view: BaselineGauge) -> BaselineGauge:
+    """A view that evaluates everything at its first use, counting on from ``view``."""
+    fresh = BaselineGauge()
+    fresh.evaluated = view.evaluated
+    return fresh
+
+
 def _slots(slots: Iterable[int]) -> np.ndarray[Any, np.dtype[np.intp]]:
     return np.fromiter(slots, np.intp)
 
@@ -303,6 +335,8 @@ class EgressdCollector(Collector):
         self._daemon = daemon
         self._alertmanager = alertmanager
         self._baseline_view = BaselineGauge()
+        #: an evaluation of the baseline view running in a thread (see :meth:`_expected`)
+        self._evaluating: asyncio.Future[Any] | None = None
 
     @staticmethod
     def view_for(engine: Engine, wall: float) -> BaselineGauge:
@@ -323,17 +357,93 @@ class EgressdCollector(Collector):
         """Use ``view`` (from :meth:`view_for`) from now on; the count of evaluations goes on."""
         view.evaluated += self._baseline_view.evaluated
         self._baseline_view = view
+        self._evaluating = None  # (one still running evaluates the view replaced)
+
+    def _expected(
+        self, engine: Engine, now: float, regions: bool, asn: bool
+    ) -> dict[tuple[str, ...], float]:
+        """The baseline view's sums for ``now``, evaluated here when that takes at most
+        :data:`EVALUATE_ON_LOOP` keys. Beyond, from the event loop, the evaluation runs in a
+        thread (:meth:`_evaluate_beside`) and the scrapes meanwhile show what the view held
+        before (nothing when the label names changed); evaluating a million keys at once
+        stopped the loop a second (HTTP, sources, state saves, the watchdog). What the loop
+        changes in the baselines meanwhile is tracked as ever (their ``changed`` set), and
+        evaluated by the next scrape."""
+        view = self._baseline_view
+        running = self._evaluating
+        if running is not None:
+            if not running.done():
+                return self._stale(view, regions, asn)
+            self._evaluating = None
+            failure = running.exception() if not running.cancelled() else None
+            if running.cancelled() or failure is not None:
+                log.error("evaluating the baseline view failed: %r", failure)
+                view = self._baseline_view = _fresh(view)
+        baselines = engine.baselines
+        if view.pending(baselines, now, regions, asn) > EVALUATE_ON_LOOP:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None  # (called outside the daemon: a test, a benchmark)
+            if loop is not None:
+                self._evaluate_beside(loop, view, baselines, now, regions, asn)
+                return self._stale(view, regions, asn)
+        return view.expected(baselines, now, regions, asn)
+
+    def _evaluate_beside(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        view: BaselineGauge,
+        baselines: SeasonalBaselines,
+        now: float,
+        regions: bool,
+        asn: bool,
+    ) -> None:
+        self._evaluating = loop.run_in_executor(None, view.expected, baselines, now, regions, asn)
+
+    @staticmethod
+    def _stale(view: BaselineGauge, regions: bool, asn: bool) -> dict[tuple[str, ...], float]:
+        last = view.last
+        width = 2 + regions + asn
+        if last and len(next(iter(last))) != width:
+            return {}
+        return last
+
+    async def settle(self) -> int:
+        """:meth:`warm`, what takes more than :data:`EVALUATE_ON_LOOP` keys evaluated in a
+        thread while the event loop goes on (after a restore whose flows took the event time
+        to an hour not evaluated ahead, after a reload that changed the label names).
+        Returns how many were evaluated."""
+        view = self._baseline_view
+        before = view.evaluated
+        for _ in range(4):  # (the loop's flows may move the hour on meanwhile: a few times)
+            running = self._evaluating
+            if running is not None:
+                await asyncio.wait([running])
+            engine = self._engine()
+            now = engine.event_time()
+            if now == -math.inf:
+                break
+            labeler = engine.labeler
+            regions, asn = labeler.has_regions, labeler.has_asn
+            self._expected(engine, now, regions, asn)
+            if self._evaluating is None:
+                break
+        view = self._baseline_view
+        return view.evaluated - before
 
     def warm(self) -> int:
-        """Evaluate every baseline's expectation for the engine's event time now (the daemon
-        calls this once its state is restored and held flows are judged), so the first scrape
-        finds them done instead of paying for all of them. Returns how many were evaluated:
-        after :meth:`adopt`, only the keys changed since :meth:`view_for`, unless the event
-        time moved to an hour slot other than those evaluated there."""
+        """Evaluate every baseline's expectation for the engine's event time now, here, so the
+        first scrape finds them done instead of paying for all of them (the daemon uses
+        :meth:`settle`, which takes a large evaluation off the event loop). Returns how many
+        were evaluated: after :meth:`adopt`, only the keys changed since :meth:`view_for`,
+        unless the event time moved to an hour slot other than those evaluated there."""
         engine = self._engine()
         now = engine.event_time()
         view = self._baseline_view
         before = view.evaluated
+        if self._evaluating is not None and not self._evaluating.done():
+            return 0  # (one view is evaluated by one caller at a time: see settle)
         if now > -math.inf:
             labeler = engine.labeler
             view.expected(engine.baselines, now, labeler.has_regions, labeler.has_asn)
@@ -416,7 +526,7 @@ class EgressdCollector(Collector):
         )
         now = engine.event_time()
         if now > -math.inf:
-            expected = self._baseline_view.expected(engine.baselines, now, regions, asn)
+            expected = self._expected(engine, now, regions, asn)
             for values, expected_bytes in sorted(expected.items()):
                 baseline.add_metric(list(values), round(expected_bytes))
         yield baseline
