@@ -44,6 +44,12 @@ _RECORDS_END = b'"}}'
 #: lock for a few milliseconds, so a thread decoding a million baselines' records does not
 #: stop the event loop beside it for the second the whole text takes
 BASE64_PIECE = 1 << 22
+#: bytes of the key lists' JSON (the last members of ``baselines`` before the records: the
+#: group number and the destination text of each key, ~13 MB at a million keys) parsed at a
+#: time, so the thread restoring them holds the interpreter's lock for milliseconds at once
+LIST_PIECE = 1 << 18
+#: the key lists as :func:`parse_state` takes them apart (each with its separator)
+_KEY_LISTS = ((b',"group":[', b","), (b',"dests":[', b'","'))
 
 
 def encode_state(payload: dict[str, Any]) -> tuple[bytes, int]:
@@ -133,7 +139,7 @@ def _parse_apart(blob: bytes, decode: bool) -> dict[str, Any] | None:
     head = blob[:at] + b"}}"
     try:
         check_object_depth(head)
-        data = orjson.loads(head)
+        data = _parse_head(head)
     except (DecodeError, orjson.JSONDecodeError):
         return None
     if not (isinstance(data, dict) and data and next(reversed(data)) == "baselines"):
@@ -152,6 +158,73 @@ def _parse_apart(blob: bytes, decode: bool) -> dict[str, Any] | None:
     except ValueError:  # (UnicodeDecodeError too)
         return None
     return data
+
+
+def _parse_head(head: bytes) -> Any:
+    """``orjson.loads(head)``, the key lists that end it parsed apart, in pieces of about
+    :data:`LIST_PIECE` bytes: orjson holds the interpreter's lock while it parses, and the
+    lists (13 MB at a million keys) took 0.3-1.1 s of it in one call, the longest the event
+    loop stood still beside a restore. A piece is cut only at a separator of the list's
+    elements (a comma; for texts a quote, a comma and a quote) and parsed as a list of its
+    own: when each is a list of at least one element, the whole is the list of all of
+    them (JSON's grammar), so the result is what the whole parse gives; anything else (a
+    cut inside a text, which holds that separator escaped, or another layout) parses
+    ``head`` whole."""
+    parts = _key_lists(head)
+    if parts is not None:
+        rest, lists = parts
+        data = orjson.loads(rest)
+        baselines = data.get("baselines") if isinstance(data, dict) else None
+        if isinstance(baselines, dict) and next(reversed(data)) == "baselines":
+            for (name, _separator), values in zip(_KEY_LISTS, lists, strict=True):
+                baselines[name[2:-3].decode()] = values
+            return data
+    return orjson.loads(head)
+
+
+def _key_lists(head: bytes) -> tuple[bytes, list[list[Any]]] | None:
+    """``head`` without the key lists that end its ``baselines`` (closed again), and those
+    lists parsed in pieces; None when it does not end in them or a piece is no list of at
+    least one element."""
+    end = len(head) - 2  # (head ends in the "}}" put after the records were cut off)
+    bounds = []
+    for name, _separator in reversed(_KEY_LISTS):
+        start = head.rfind(name, 0, end)
+        if start < 0 or head[end - 1 : end] != b"]":
+            return None
+        bounds.append((start + len(name), end - 1))
+        end = start
+    lists = []
+    for (_name, separator), (first, last) in zip(_KEY_LISTS, reversed(bounds), strict=True):
+        values = _list_in_pieces(head, first, last, separator)
+        if values is None:
+            return None
+        lists.append(values)
+    return head[:end] + b"}}", lists
+
+
+def _list_in_pieces(text: bytes, first: int, last: int, separator: bytes) -> list[Any] | None:
+    """The JSON array whose elements are ``text[first:last]``, parsed about
+    :data:`LIST_PIECE` bytes at a time, cut after the comma of ``separator``; None when a
+    piece is not a list of at least one element."""
+    if first == last:
+        return []
+    comma = separator.index(b",")
+    values: list[Any] = []
+    at = first
+    while True:
+        cut = text.find(separator, at + LIST_PIECE, last)
+        end = last if cut < 0 else cut + comma
+        try:
+            piece = orjson.loads(b"[" + text[at:end] + b"]")
+        except orjson.JSONDecodeError:
+            return None
+        if not piece:  # (nothing after the last comma, say: no list)
+            return None
+        values += piece
+        if cut < 0:
+            return values
+        at = end + 1
 
 
 def decode_base64(text: str | memoryview) -> npt.NDArray[np.uint8]:
