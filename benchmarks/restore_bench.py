@@ -26,7 +26,10 @@ restored, and the metrics view's first evaluation (``warm_s`` is how long both t
 change: every baseline's label set and expectation are evaluated again) with scrapes of
 ``/metrics`` every 50 ms until one shows the new names' expectations: ``reload_pause_s``
 is the longest the loop stood still from the reload's start to that scrape,
-``reload_s`` how long that took.
+``reload_s`` how long that took. ``--save`` then saves the state once as the daemon does:
+``save_snapshot_s`` is the snapshot taken on the event loop (it stands still that long),
+``save_write_pause_s`` the longest the loop stood still while a thread encoded and wrote
+the file, ``save_peak_rss_mb`` the process's peak memory after it.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def measure(
     held: int,
     held_at: float = 0.0,
     reload: bool = False,
+    save: bool = False,
 ) -> dict[str, object]:
     bench = _tree(repo)
     from egressd.app import Daemon
@@ -101,7 +105,7 @@ def measure(
         # (the configuration without its region map, for --reload)
         changed = bench.config_text(keys, state).split("[[geo.region_maps]]")[0]
         pause, after = asyncio.run(
-            _restore_beside_loop(daemon, flows, timed, changed if reload else None, state)
+            _restore_beside_loop(daemon, flows, timed, changed if reload else None, state, save)
         )
     restored, restored_cpu = timed["restored"], timed["restored_cpu"]
     warmed, warmed_cpu = time.perf_counter(), time.process_time()
@@ -121,17 +125,27 @@ def measure(
         "total_cpu_s": round(warmed_cpu - cpu, 2),
         "rss_before_mb": round(before),
         "peak_rss_mb": round(peak),
-        **{name: round(value, 3) for name, value in timed.items() if name.startswith("reload")},
+        **{
+            name: round(value, 3)
+            for name, value in timed.items()
+            if name.startswith(("reload", "save"))
+        },
     }
 
 
 async def _restore_beside_loop(
-    daemon: Any, flows: list[Any], timed: dict[str, float], reload: str | None, state: Path
+    daemon: Any,
+    flows: list[Any],
+    timed: dict[str, float],
+    reload: str | None,
+    state: Path,
+    save: bool = False,
 ) -> tuple[float, float]:
     """Restore as ``egressd run`` does (in a thread beside the event loop, ``flows`` held
-    meanwhile), then judge what was held and evaluate the metrics view; returns the longest
-    the loop stood still during the restore and after it (a task asking to wake every
-    millisecond). With ``reload`` (a configuration), then the reload of :func:`measure`."""
+        meanwhile), then judge what was held and evaluate the metrics view; returns the longest
+        the loop stood still during the restore and after it (a task asking to wake every
+        millisecond). With ``reload`` (a configuration), then the reload of :func:`measure`; with
+    ``save``, then its save."""
     longest = 0.0
     done = False
 
@@ -171,6 +185,22 @@ async def _restore_beside_loop(
             timed["reload_s"] = await _reload_until_scraped(daemon, reload, state)
             await asyncio.sleep(0.002)
             timed["reload_pause_s"] = longest
+        if save:
+            from egressd.baseline.statefile import save_state
+
+            started = time.perf_counter()
+            snapshot = daemon.engine.snapshot()
+            timed["save_snapshot_s"] = time.perf_counter() - started
+            await asyncio.sleep(0.002)
+            longest = 0.0
+            saved = state.parent / f"saved-{os.getpid()}.json"
+            try:
+                await asyncio.to_thread(save_state, saved, snapshot)
+            finally:
+                saved.unlink(missing_ok=True)
+            await asyncio.sleep(0.002)
+            timed["save_write_pause_s"] = longest
+            timed["save_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     finally:
         done = True
         await ticker
@@ -314,6 +344,7 @@ def main() -> int:
     parser.add_argument(
         "--reload", action="store_true", help="then time a reload that changes label names"
     )
+    parser.add_argument("--save", action="store_true", help="then time a save of the state")
     parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--build", nargs=2, metavar=("KEYS", "STATE"))
     parser.add_argument("--measure", nargs=2, metavar=("KEYS", "STATE"))
@@ -335,6 +366,7 @@ def main() -> int:
             args.held,
             args.held_at,
             args.reload,
+            args.save,
         )
         print(json.dumps(result))
         return 0
@@ -356,6 +388,7 @@ def main() -> int:
                     extra = ["--profile"] if args.profile else []
                     extra += ["--held", str(args.held), "--held-at", str(args.held_at)]
                     extra += ["--reload"] if args.reload else []
+                    extra += ["--save"] if args.save else []
                     out = _run(repo, *extra, "--measure", str(keys), str(state))
                     print(f"  {repo.name} restores {state.name}: {out}", flush=True)
                     if args.live:
