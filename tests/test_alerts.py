@@ -151,3 +151,29 @@ def test_each_evaluation_describes_the_alert_at_most_once() -> None:
             assert states == [(FIRING, [200]), (FIRING, [300]), (FIRING, [400])]
         else:
             assert states == [(PENDING, [200]), (FIRING, [300]), (FIRING, [400])]
+
+
+def test_hold_is_evaluate_for_an_alert_kept_open_with_weaker_evidence() -> None:
+    """``hold`` moves a firing alert's times as ``evaluate`` does when its evidence is not
+    rebuilt, and declines (False, nothing changed) wherever ``evaluate`` would do more: no
+    alert, a pending one, or evidence at least as strong."""
+    for pending_for in (0.0, STEP):
+        held = AlertBook(pending_for=pending_for, resolve_after=900.0)
+        asked = AlertBook(pending_for=pending_for, resolve_after=900.0)
+        # (step, fire, strength): starts, grows, is kept with less, then with as much
+        steps = [(0, True, 300), (1, True, 500), (2, False, 100), (3, True, 400), (4, False, 500)]
+        outcomes = []
+        for i, fire, strength in steps:
+            now = T0 + i * STEP
+            before = held.active[KEY].copy() if KEY in held.active else None
+            if held.hold(KEY, now, strength):
+                outcomes.append(i)
+            else:
+                assert (held.active[KEY].copy() if KEY in held.active else None) == before
+                held.evaluate(KEY, now, fire, True, describe_with(strength), strength)
+            asked.evaluate(KEY, now, fire, True, describe_with(strength), strength)
+            assert held.active == asked.active
+            assert held.transitions == asked.transitions
+        # held where the alert fired already and the evidence was weaker than what it shows
+        # (declined while pending: the pending alert is described again as it fires)
+        assert outcomes == [2, 3]

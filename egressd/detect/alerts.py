@@ -281,6 +281,20 @@ class AlertBook:
             return alert.copy()
         return None
 
+    def hold(self, key: AlertKey, now: float, strength: int) -> bool:
+        """What :meth:`evaluate` does for a firing alert whose condition (or its keep) holds
+        and whose evidence is not rebuilt (``strength`` under its ``bytes``): its times move
+        to ``now``. True when that is all there is to do; False when :meth:`evaluate` must be
+        asked (no such alert, not firing, or evidence at least as strong). The caller asks
+        only when fire or keep holds: an alert held open interval after interval (most of a
+        long transfer's) then costs no descriptions built to be left unused."""
+        alert = self.active.get(key)
+        if alert is None or alert.state != FIRING or strength >= alert.described_bytes():
+            return False
+        alert.updated = now
+        alert.last_true = now
+        return True
+
     def to_json(self) -> list[dict[str, Any]]:
         return [a.to_json() for a in self.active.values()]
 

@@ -881,7 +881,8 @@ class UnexpectedDestinationDetector(Detector):
         spans = config.unexpected_windows
         fraction = config.ingress_return_fraction
         changed: list[Alert] = []
-        active = self.book.active
+        book = self.book
+        active = book.active
         fanout_last = self._fanout_last
         windows = self.windows
         horizons = [now - length for length, _floor in spans]
@@ -939,6 +940,8 @@ class UnexpectedDestinationDetector(Detector):
             totals = []
             effectives = []
             paid = window.credit is not None
+            # Up to the first window that fires: what is read below is that window's total
+            # and the first window's (still_sending reads only the shortest's pace).
             for index, span in enumerate(window.spans):
                 if paid:
                     # What paged once (its alert resolved) pages no second time.
@@ -951,10 +954,9 @@ class UnexpectedDestinationDetector(Detector):
                     # from a new CDN edge is no page for a small group either.
                     total = span.upload(fraction, total)
                 totals.append(total)
-                if fire_index < 0 and total >= (
-                    configured * g if index <= reach_least else levels(group, g)[index]
-                ):
+                if total >= (configured * g if index <= reach_least else levels(group, g)[index]):
                     fire_index = index
+                    break
             # Kept as with the configured floors, or while the upload goes on at the group's:
             # a download's return path that paged at the configured floor stays one alert.
             # A transfer goes on at the pace of the windows up to a day, or of a longer one
@@ -983,40 +985,39 @@ class UnexpectedDestinationDetector(Detector):
             # The floor this group's page is judged by (and shows).
             floor = round(spans[shown][1] * g if shown <= reach_least else levels(group, g)[shown])
 
-            def describe(
-                window: _Window = window,
-                total: int = totals[shown],
-                index: int = shown,
-                group: str = group,
-                dest: DestinationLabels = dest,
-                floor: int = floor,
-            ) -> tuple[dict[str, str], dict[str, str]]:
-                return self._describe(now, window, total, index, floor, group, dest, baselines)
-
-            def later(
-                window: _Window = window,
-                total: int = totals[shown],
-                index: int = shown,
-                group: str = group,
-                dest: DestinationLabels = dest,
-                floor: int = floor,
-            ) -> tuple[int, Callable[[], dict[str, str]]]:
-                return total, self._capture(
-                    now, window, total, index, floor, group, dest, baselines
-                )
-
             # Evidence of a firing alert is rebuilt when its total grew by a tenth of the
-            # floor, not at every interval of a day-long window.
+            # floor, not at every interval of a day-long window: an alert held open with
+            # weaker evidence only moves its times (AlertBook.hold), no descriptions built.
             step = max(floor // 10, 1)
-            alert = self.book.evaluate(
-                alert_key,
-                now,
-                fire_index >= 0,
-                keep,
-                describe,
-                totals[shown] // step * step,
-                later,
-            )
+            strength = totals[shown] // step * step
+            alert: Alert | None = None
+            if not (keep and book.hold(alert_key, now, strength)):
+
+                def describe(
+                    window: _Window = window,
+                    total: int = totals[shown],
+                    index: int = shown,
+                    group: str = group,
+                    dest: DestinationLabels = dest,
+                    floor: int = floor,
+                ) -> tuple[dict[str, str], dict[str, str]]:
+                    return self._describe(now, window, total, index, floor, group, dest, baselines)
+
+                def later(
+                    window: _Window = window,
+                    total: int = totals[shown],
+                    index: int = shown,
+                    group: str = group,
+                    dest: DestinationLabels = dest,
+                    floor: int = floor,
+                ) -> tuple[int, Callable[[], dict[str, str]]]:
+                    return total, self._capture(
+                        now, window, total, index, floor, group, dest, baselines
+                    )
+
+                alert = book.evaluate(
+                    alert_key, now, fire_index >= 0, keep, describe, strength, later
+                )
             if alert is not None:
                 changed.append(alert)
                 if alert.state == RESOLVED:
@@ -1106,20 +1107,30 @@ class UnexpectedDestinationDetector(Detector):
             alert_key: AlertKey = (UNEXPECTED, group, FANOUT_COUNTRY)
             floor = int(times * spans[shown][1])
 
-            def describe(
-                group: str = group, total: int = sums[shown], index: int = shown, floor: int = floor
-            ) -> tuple[dict[str, str], dict[str, str]]:
-                return self._describe_fanout(now, group, total, index, floor)
-
-            def later(
-                group: str = group, total: int = sums[shown], index: int = shown, floor: int = floor
-            ) -> tuple[int, Callable[[], dict[str, str]]]:
-                return total, self._capture_fanout(now, group, total, index, floor)
-
             step = max(floor // 10, 1)
-            alert = self.book.evaluate(
-                alert_key, now, fire_index >= 0, keep, describe, sums[shown] // step * step, later
-            )
+            strength = sums[shown] // step * step
+            alert: Alert | None = None
+            if not (keep and self.book.hold(alert_key, now, strength)):
+
+                def describe(
+                    group: str = group,
+                    total: int = sums[shown],
+                    index: int = shown,
+                    floor: int = floor,
+                ) -> tuple[dict[str, str], dict[str, str]]:
+                    return self._describe_fanout(now, group, total, index, floor)
+
+                def later(
+                    group: str = group,
+                    total: int = sums[shown],
+                    index: int = shown,
+                    floor: int = floor,
+                ) -> tuple[int, Callable[[], dict[str, str]]]:
+                    return total, self._capture_fanout(now, group, total, index, floor)
+
+                alert = self.book.evaluate(
+                    alert_key, now, fire_index >= 0, keep, describe, strength, later
+                )
             if alert is not None:
                 changed.append(alert)
             if alert_key in self.book.active:
