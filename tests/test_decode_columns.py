@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import egressd.replay as replay_module
 from egressd.columns import FlowColumns
 from egressd.config import parse_config
+from egressd.decode import common
 from egressd.decode.columnar import COLUMN_FORMATS, JsonColumnDecoder
 from egressd.decode.nfdump_json import decode_nfdump_object, load_record
 from egressd.errors import DecodeError
@@ -424,6 +425,33 @@ def test_goflow2_protocol_in_a_block(proto: bytes) -> None:
     odd = orjson.dumps({**base, "proto": "@"}).replace(b'"@"', proto) + b"\n"
     flows = assert_same("goflow2-json", b"".join([*good, odd, *good[:2]]))
     assert len(flows) >= 42
+
+
+def test_goflow2_addresses_new_to_the_cache_in_a_block() -> None:
+    """Addresses the cache has not seen (some repeated within the block), among cached ones,
+    malformed ones and missing ones: what the record path gives, and each new text is parsed
+    and cached once."""
+    base = _BASE["goflow2-json"]
+    cached = ["10.60.0.4", "203.0.113.9"]
+    new = ["10.61.0.9", "198.51.100.23", "2001:db8::44", "::ffff:192.0.2.77"]
+    rows: list[dict[str, object]] = []
+    for i in range(60):
+        src = new[i % 2] if i % 5 == 0 else cached[i % 2]
+        dst = new[2 + i % 2] if i % 7 == 0 else cached[(i + 1) % 2]
+        rows.append({**base, "src_addr": src, "dst_addr": dst, "bytes": 100 + i})
+    rows[13] = {**rows[13], "dst_addr": "10.0.0.256"}  # malformed: a decode error
+    rows[29] = {k: v for k, v in rows[29].items() if k != "src_addr"}  # missing
+    rows[44] = {**rows[44], "src_addr": ["10.0.0.1"]}  # not a text
+    data = b"".join(orjson.dumps(row) + b"\n" for row in rows)
+    common.PACKED_CACHE.clear()
+    for text in cached:
+        common.packed_address(text)
+    misses = common.PACKED_CACHE.misses
+    flows = assert_same("goflow2-json", data)
+    assert len(flows) == 57
+    assert {f.dst for f in flows} >= {"2001:db8::44", "192.0.2.77"}
+    assert common.PACKED_CACHE.misses - misses == len(new)
+    assert set(new) <= set(common.PACKED_CACHE.data)
 
 
 # --- real outputs of the tools ----------------------------------------------------------------

@@ -51,6 +51,8 @@ LineDecoder = Callable[[bytes], FlowRecord | None]
 _U64_MAX: Final = 2**64 - 1
 _I64_MIN: Final = -(2**63)
 _ZERO16: Final = bytes(16)
+#: what the address cache answers for a text it does not hold (no packed address is 15 bytes)
+_MISS: Final = bytes(15)
 _NONE: Final = np.zeros(0, dtype=np.intp)
 _UNSET: Final = msgspec.UNSET
 #: RecursionError: nesting deeper than msgspec takes (the record decoder then names it)
@@ -278,47 +280,34 @@ def _table(col: Sequence[object], table: dict[object, int]) -> npt.NDArray[np.in
 def _addresses(col: Sequence[object]) -> tuple[U64, U64, Bools]:
     """Required addresses as column halves; rows not cleared: absent, empty or malformed."""
     n = len(col)
-    get = PACKED_CACHE.get
     PACKED_CACHE.lookups += n
     ok = np.ones(n, dtype=np.bool_)
     try:
-        joined = b"".join(map(get, col))  # type: ignore[arg-type]
-    except TypeError:  # a miss (None) or an unhashable value
-        learned = _learn_addresses(col)
-        if learned is None:  # a value that is no address: row by row
-            parts = []
-            for i, v in enumerate(col):
-                packed = get(v) if type(v) is str else None
-                if packed is None:
-                    try:
-                        packed = packed_address(v)
-                    except DecodeError:
-                        ok[i] = False
-                        packed = _ZERO16
-                parts.append(packed)
-            learned = b"".join(parts)
-        joined = learned
+        # (a miss gives _MISS, 15 bytes where every packed address has 16: the joined length
+        # tells whether any row missed, without a second pass over the column)
+        packed: list[bytes] = list(map(PACKED_CACHE.get, col, repeat(_MISS)))  # type: ignore[arg-type]
+    except TypeError:  # an unhashable value: every row is checked below
+        packed = [_MISS] * n
+    joined = b"".join(packed)
+    if len(joined) != 16 * n:
+        # The rows that missed (texts new to the cache, or no address at all) one by one: a
+        # block meets a few new addresses, each parsed and cached at its first row.
+        find = packed.index
+        row = -1
+        while True:
+            try:
+                row = find(_MISS, row + 1)
+            except ValueError:  # no more misses
+                break
+            try:
+                packed[row] = packed_address(col[row])
+            except DecodeError:
+                ok[row] = False
+                packed[row] = _ZERO16
+        joined = b"".join(packed)
     # (each half converted from big-endian straight into its own contiguous column)
     words = np.frombuffer(joined, dtype=">u8").reshape(n, 2)
     return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64), ok
-
-
-def _learn_addresses(col: Sequence[object]) -> bytes | None:
-    """The packed addresses of ``col`` after the ones not cached yet were parsed (and cached,
-    each distinct text once); None when a value is not an address text (or is evicted)."""
-    try:
-        new = set(col).difference(PACKED_CACHE.data)
-    except TypeError:  # an unhashable value
-        return None
-    for value in new:
-        try:
-            packed_address(value)
-        except DecodeError:
-            return None
-    try:
-        return b"".join(map(PACKED_CACHE.get, col))  # type: ignore[arg-type]
-    except TypeError:  # evicted again by a very large block
-        return None
 
 
 def _exporters(col: Sequence[object], rows: Bools) -> tuple[Bools, set[str], list[str] | None]:
