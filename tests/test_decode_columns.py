@@ -427,6 +427,21 @@ def test_goflow2_protocol_in_a_block(proto: bytes) -> None:
     assert len(flows) >= 42
 
 
+@pytest.mark.parametrize("rate", [0, 1, 7, 1000, 2**40, 2**64 - 1])
+@pytest.mark.parametrize("odd", [None, 0, 3, -1, 2**64, "5"])
+def test_goflow2_one_sampling_rate_throughout_a_block(rate: int, odd: object) -> None:
+    """A block of one sampling rate (read with one comparison a row) and the same block with
+    one row of another rate or kind: what the record path gives, products saturating."""
+    base = _BASE["goflow2-json"]
+    rows = [{**base, "sampling_rate": rate, "bytes": 1000 + i, "packets": 3} for i in range(30)]
+    if odd is not None:
+        rows[17] = {**rows[17], "sampling_rate": odd}
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    flows = assert_same("goflow2-json", data)
+    scale = max(rate, 1)
+    assert [f.bytes for f in flows[:17]] == [min((1000 + i) * scale, _MAX) for i in range(17)]
+
+
 def test_goflow2_addresses_new_to_the_cache_in_a_block() -> None:
     """Addresses the cache has not seen (some repeated within the block), among cached ones,
     malformed ones and missing ones: what the record path gives, and each new text is parsed

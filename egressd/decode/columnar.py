@@ -143,6 +143,16 @@ def _typed_ints(col: Sequence[object]) -> U64 | None:
         return None
 
 
+def _typed_rate(col: Sequence[object]) -> U64 | None:
+    """:func:`_typed_ints` of a sampling-rate column: one rate throughout (the common block)
+    costs a comparison a row (the same small int object: an identity check) instead of a
+    conversion."""
+    first = col[0]
+    if type(first) is int and 0 <= first <= _U64_MAX and col.count(first) == len(col):
+        return np.full(len(col), first, dtype=np.uint64)
+    return _typed_ints(col)
+
+
 def _ints(col: Sequence[object]) -> tuple[U64, Bools]:
     """JSON integers (true/false count as 1/0) in [0, 2**64); anything else is not cleared."""
     typed = _typed_ints(col)
@@ -436,7 +446,9 @@ _RATE, _EXPORTER, _START, _END, _BYTES, _PACKETS, _SRC, _DST, _PROTO, _SPORT, _D
 def _goflow2(cols: Sequence[Sequence[object]]) -> _Fields:
     """goflow2 ≥2 lines the record decoder's fast path takes (integer nanosecond times,
     every field present, a known protocol): the same rules, on columns."""
-    typed = [_typed_ints(cols[i]) for i in (_BYTES, _PACKETS, _RATE, _START, _END, _SPORT, _DPORT)]
+    typed = [_typed_ints(cols[i]) for i in (_BYTES, _PACKETS)]
+    typed.append(_typed_rate(cols[_RATE]))
+    typed.extend(_typed_ints(cols[i]) for i in (_START, _END, _SPORT, _DPORT))
     if all(column is not None for column in typed):
         # Every row holds an integer in [0, 2**64) in each (array("Q") took them all) and
         # ports are below 2**16 (msgspec checked _PORT while parsing): nothing more to check.
