@@ -830,7 +830,9 @@ class UnexpectedDestinationDetector(Detector):
             span.bytes -= size
             span.small -= small
             span.ingress -= ingress
-            window.forget_evidence()
+            # (forget_evidence inlined)
+            window._evidence = None
+            window._generation += 1
         for index in range(1, len(spans)):
             span = spans[index]
             entries = span.entries
@@ -921,9 +923,11 @@ class UnexpectedDestinationDetector(Detector):
             g = factors.get(group)
             if g is None:
                 g = factor(group)
-            if not window.alerting:
+            if not window.alerting and (sweep or window.touched != now):
                 # Fast path: the sums before expiring bound the sums after; under every
-                # floor nothing can fire (expiring waits for the hourly sweep).
+                # floor nothing can fire (expiring waits for the hourly sweep). A window that
+                # took an entry this interval was let in by collect with the same sums and
+                # factor, unless the sweep expired it since.
                 for span, floor in zip(window.spans, floors, strict=True):
                     if span.bytes >= floor * g:
                         break
