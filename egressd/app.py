@@ -510,10 +510,13 @@ class Daemon:
             self._save_lock = asyncio.Lock()
         async with self._save_lock:
             positions = {s.name: s.checkpoint_position() for s in self.sources}
-            snapshot = self.engine.snapshot()
+            # (the baselines' records a copy of their rows: their text is encoded in the
+            # thread, a piece at a time, so the loop does not stand still for it)
+            snapshot = self.engine.snapshot(records_text=False)
             try:
-                # orjson keeps the GIL while it serialises, so the loop cannot change the
-                # snapshot underneath; only the write and fsync run beside the loop.
+                # orjson keeps the GIL while it serialises the rest, so the loop cannot change
+                # the snapshot underneath; the records' text, the write and fsync run beside
+                # the loop.
                 size = await asyncio.to_thread(
                     save_state,
                     self.state_path,

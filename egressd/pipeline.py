@@ -1075,8 +1075,12 @@ class Engine:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything learned, as JSON-friendly data (see :mod:`egressd.baseline.statefile`)."""
+    def snapshot(self, *, records_text: bool = True) -> dict[str, Any]:
+        """Everything learned, as JSON-friendly data (see :mod:`egressd.baseline.statefile`).
+
+        ``records_text=False`` (a save's, taken on the event loop): the baselines' records
+        stay a copy of their rows, which :func:`~egressd.baseline.statefile.save_state`
+        encodes in its thread (see :meth:`SeasonalBaselines.to_json`)."""
         return {
             "version": STATE_VERSION,
             "event_time": self.aggregator.max_time
@@ -1087,7 +1091,7 @@ class Engine:
             ),
             "last_tick": self.last_tick if self.last_tick > -math.inf else None,
             "interval": self.config.detection.interval,
-            "baselines": self.baselines.to_json(),
+            "baselines": self.baselines.to_json(records_text=records_text),
             "learned": self.policy.to_json(),
             "alerts": self.book.to_json(),
             "windows": self.unexpected.to_json(),

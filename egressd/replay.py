@@ -387,7 +387,7 @@ def replay(
     )
     summary.learning_seconds = config.detection.learning
     if state_path is not None:
-        size = save_state(state_path, engine.snapshot())
+        size = save_state(state_path, engine.snapshot(records_text=False))
         if size > config.state.max_size:
             log.warning("%s", saved_too_large(state_path, size, config.state.max_size))
     return summary

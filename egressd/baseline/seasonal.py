@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from egressd.baseline.statefile import decode_base64
+from egressd.baseline.statefile import Base64Records, decode_base64
 from egressd.cache import BoundedCache
 
 # header: first_seen, last_seen (event time s), overall level, overall spread, observations
@@ -660,13 +660,16 @@ class SeasonalBaselines:
 
     # -- persistence ------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self, *, records_text: bool = True) -> dict[str, object]:
         """The baselines in the state file's compact form (:data:`STATE_FORMAT`).
 
         Keys in the order they were learned, as parallel lists (the group of each, as a
         number into ``groups``, and its destination text) and the records side by side in
         one base64 text: a million keys are a few list items each, not a JSON object and a
         string apiece, so restoring them costs a fraction of what the per-key form did.
+        Without ``records_text`` (a save's snapshot), the records are a copy of their rows
+        (:class:`~egressd.baseline.statefile.Base64Records`), whose text the save's thread
+        encodes as it writes it.
         """
         index = self._index
         groups = list(index)
@@ -683,7 +686,9 @@ class SeasonalBaselines:
             "groups": groups,
             "group": group_of.tolist(),
             "dests": [dests[i] for i in order.tolist()],
-            "records": base64.b64encode(rows.tobytes()).decode(),
+            "records": base64.b64encode(rows.tobytes()).decode()
+            if records_text
+            else Base64Records(rows),
         }
 
     def load_json(self, data: dict[str, Any]) -> None:

@@ -638,7 +638,7 @@ class Detect(KafkaRole):
                     "position": part.position,
                 }
             }
-            data = part.engine.snapshot()
+            data = part.engine.snapshot(records_text=False)  # (the records' text: the store's)
             data.update(extra)
             data["saved_at"] = time.time()
             try:

@@ -91,7 +91,10 @@ class SnapshotStore(Protocol):
         ...
 
     async def save(self, name: str, data: dict[str, Any]) -> int:
-        """Replace the snapshot whole; returns its size. Raises StateError."""
+        """Replace the snapshot whole; returns its size. Raises StateError. The baselines'
+        records may be :class:`~egressd.baseline.statefile.Base64Records` (a save's
+        snapshot): encode it in a thread (:func:`~egressd.baseline.statefile.encode_state`),
+        not on the event loop."""
         ...
 
     async def discard(self, name: str, reason: str) -> None:
@@ -294,7 +297,8 @@ class S3Store:
         return b"".join(chunks)
 
     async def save(self, name: str, data: dict[str, Any]) -> int:
-        blob, clamped = encode_state(data)
+        # (in a thread: the baselines' records text of a snapshot is encoded here)
+        blob, clamped = await asyncio.to_thread(encode_state, data)
         if clamped:
             log.warning("%s: %d integer(s) saved at the 64-bit limit", self.where(name), clamped)
         url = self._url(name)
