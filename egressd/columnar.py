@@ -249,17 +249,23 @@ class ClassifiedBatch:
         outside[outside] = ~classifier.special(dst_hi[outside], dst_lo[outside], dst_v4[outside])
         egress = src_local & outside
         ingress = ~src_local & dst_local
+        n = len(columns)
+        self.egress_count = int(np.count_nonzero(egress))
+        #: every row egress (the common batch): no rows to pick out by mask or index below
+        every = 0 < n == self.egress_count
         labelled = ingress.copy()
-        labelled[ingress] = ~classifier.special(src_hi[ingress], src_lo[ingress], src_v4[ingress])
+        if not every:
+            labelled[ingress] = ~classifier.special(
+                src_hi[ingress], src_lo[ingress], src_v4[ingress]
+            )
         touch = egress | labelled
         self.egress = egress
         self.touch = touch
         self.groups = list(classifier.groups)
-        self.group = np.where(egress, src_group, dst_group)
+        self.group = src_group if every else np.where(egress, src_group, dst_group)
         sizes = columns.bytes
         internal = src_local & dst_local
-        self.egress_count = int(np.count_nonzero(egress))
-        self.egress_bytes = exact_total(sizes[egress])
+        self.egress_bytes = exact_total(sizes if every else sizes[egress])
         self.ingress_count = int(np.count_nonzero(ingress))
         self.ingress_bytes = exact_total(sizes[ingress])
         self.internal_count = int(np.count_nonzero(internal))
@@ -269,13 +275,16 @@ class ClassifiedBatch:
         self.special_count -= self.ingress_count + self.transit_count
         # One label lookup per distinct labelled address: the destination of egress, the
         # source of ingress.
-        rows = np.flatnonzero(touch)
-        self.dest = np.full(len(columns), -1, dtype=np.int64)
+        rows = None if every else np.flatnonzero(touch)
+        self.dest = np.full(n, -1, dtype=np.int64)
         self.labels: list[DestinationLabels] = []
-        if len(rows):
-            pick = egress[rows]
-            hi = np.where(pick, dst_hi[rows], src_hi[rows])
-            lo = np.where(pick, dst_lo[rows], src_lo[rows])
+        if rows is None or len(rows):
+            if rows is None:
+                hi, lo = dst_hi, dst_lo
+            else:
+                pick = egress[rows]
+                hi = np.where(pick, dst_hi[rows], src_hi[rows])
+                lo = np.where(pick, dst_lo[rows], src_lo[rows])
             first, inverse = distinct_addresses(hi, lo)
             objects, by_object = labels_of(hi[first], lo[first])
             # Merge equal labels of distinct objects (a destination named by two data
@@ -285,7 +294,10 @@ class ClassifiedBatch:
                 [codes.setdefault(labels, len(codes)) for labels in objects], dtype=np.int64
             )
             self.labels = list(codes)
-            self.dest[rows] = object_code[by_object][inverse]
+            if rows is None:
+                self.dest = object_code[by_object][inverse]
+            else:
+                self.dest[rows] = object_code[by_object][inverse]
         self.ends = columns.time_end
         if summable(sizes) and summable(columns.packets):
             self.sizes: npt.NDArray[Any] = sizes

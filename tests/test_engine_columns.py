@@ -24,7 +24,7 @@ from scenarios import generate, generate_month
 
 from egressd import talkers
 from egressd.aggregate import WAITING_FLOWS, Accum, Bucket
-from egressd.columnar import distinct_addresses
+from egressd.columnar import ClassifiedBatch, distinct_addresses
 from egressd.columns import FlowColumns
 from egressd.config import GeoConfig, RegionMapConfig, parse_config
 from egressd.detect.alerts import Alert
@@ -562,3 +562,42 @@ def test_distinct_addresses_of_ipv6_number_them_by_first_appearance(seed: int) -
     assert first.tolist() == list(seen.values())
     order = list(seen)
     assert inverse.tolist() == [order.index(pair) for pair in pairs]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_batch_of_egress_alone_classifies_as_in_a_mixed_batch(seed: int) -> None:
+    """A batch whose every row is egress takes no row masks or indexes; its rows get the
+    groups, destinations, labels and sums they get in a batch that also holds ingress and
+    internal rows."""
+    rng = random.Random(seed)
+    engine = Engine(parse_config(CONFIG), EmbeddedCountryLabeler())
+    egress = [
+        FlowRecord(
+            T0 + i,
+            T0 + i + 1,
+            rng.choice(LOCAL_V4[:2]).format(rng.randint(1, 9)),
+            rng.choice(OUTSIDE_V4 + OUTSIDE_V6 + MAPPED).format(rng.randint(1, 9)),
+            rng.randint(0, 90_000),
+            rng.randint(0, 60),
+        )
+        for i in range(200)
+    ]
+    others = [
+        FlowRecord(T0, T0 + 1, "47.100.23.5", "10.20.0.3", 500, 2),  # ingress
+        FlowRecord(T0, T0 + 1, "10.20.0.3", "10.30.1.4", 700, 3),  # internal
+    ]
+    args = (engine.column_classifier, engine._labels_of, 100)
+    alone = ClassifiedBatch(FlowColumns.from_records(egress), *args)
+    mixed = ClassifiedBatch(FlowColumns.from_records(egress + others), *args)
+    n = len(egress)
+    assert alone.egress_count == n == mixed.egress_count
+    assert alone.egress_bytes == mixed.egress_bytes == sum(r.bytes for r in egress)
+    assert alone.touch.all() and mixed.touch[:n].all()
+    assert alone.group.tolist() == mixed.group[:n].tolist()
+    assert [alone.labels[d] for d in alone.dest.tolist()] == [
+        mixed.labels[d] for d in mixed.dest[:n].tolist()
+    ]
+    assert (alone.ingress_count, alone.internal_count) == (0, 0)
+    assert (mixed.ingress_count, mixed.internal_count) == (1, 1)
+    assert alone.dest.dtype == mixed.dest.dtype == np.int64
+    assert alone.small.tolist() == mixed.small[:n].tolist()
