@@ -115,9 +115,13 @@ def still_sending(
     resolves as soon as the shortest window empties, whatever the longer ones still hold.
     """
     shortest, recent = spans[0][0], totals[0]
-    if reach >= 0:
-        spans = spans[: reach + 1]
-    return any(recent * (length / shortest) >= factor * floor / 2 for length, floor in spans)
+    last = len(spans) - 1 if reach < 0 else min(reach, len(spans) - 1)
+    # (a loop, not any() of a generator: asked of every alerting window each interval)
+    for index in range(last + 1):
+        length, floor = spans[index]
+        if recent * (length / shortest) >= factor * floor / 2:
+            return True
+    return False
 
 
 #: windows up to this long keep any alert open while the transfer goes on at their pace
@@ -1098,9 +1102,11 @@ class UnexpectedDestinationDetector(Detector):
                 for index, (_l, floor) in enumerate(spans):
                     if sums[index] < factor * floor:
                         sums[index] = max(min(sums[index], uploads[index]), 0)
-            fire_index = next(
-                (i for i, (_l, floor) in enumerate(spans) if sums[i] >= times * floor), -1
-            )
+            fire_index = -1
+            for index, (_l, floor) in enumerate(spans):
+                if sums[index] >= times * floor:
+                    fire_index = index
+                    break
             sending = still_sending(effectives, spans, factor) or (
                 times < factor and still_sending(sums, spans, times)
             )
