@@ -28,6 +28,7 @@ from egressd.baseline.statefile import (
     save_state,
     saved_too_large,
 )
+from egressd.build_info import describe
 from egressd.clock import SteadyWall
 from egressd.columns import FlowColumns
 from egressd.config import (
@@ -797,7 +798,8 @@ class Daemon:
             self.settle_heap()  # state restored, sources started: the long-lived heap
             self.notifier.ready(self._status())
             log.info(
-                "egressd running: %d source(s), HTTP on %s, state %s",
+                "egressd running (%s): %d source(s), HTTP on %s, state %s",
+                describe(),
                 len(self.sources),
                 self.config.http.listen,
                 self.state_path or "not persisted",

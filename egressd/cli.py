@@ -25,12 +25,22 @@ EXIT_INVALID = 2
 _CONFIG_HELP = "configuration file (TOML); default: the built-in configuration"
 
 
+class _Version(argparse.Action):
+    """``--version``: the version and the build (compiled or pure Python), then exit."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
+        from egressd.build_info import describe  # imports the hot modules: only when asked
+
+        print(f"egressd {__version__} ({describe()})")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="egressd",
         description="Watch what leaves a network; page when data flows where it should not.",
     )
-    parser.add_argument("--version", action="version", version=f"egressd {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and build")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon (collectors, detection, metrics, alerts)")

@@ -18,6 +18,7 @@ from egressd.errors import ConfigError
 from egressd.model import FlowRecord
 from egressd.pipeline import Engine
 from egressd.sketch import TopK
+from tests.build_support import pure_python_only
 from tests.integration_support import research_config
 
 T0 = 1_773_014_400.0  # a Monday, 00:00 UTC
@@ -872,6 +873,7 @@ def _states(engine: Engine, flows: list[FlowRecord], cuts: list[float]) -> list[
     return seen
 
 
+@pure_python_only("egressd.detect.newdest")
 def test_windows_waiting_out_their_day_learn_as_if_looked_at_every_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -899,6 +901,7 @@ def test_windows_waiting_out_their_day_learn_as_if_looked_at_every_interval(
     assert sorted(dest for _group, dest, _size, _when in learned) == ["DE", "US"]
 
 
+@pure_python_only("egressd.detect.newdest")
 def test_day_churns_learned_while_parked_keep_the_order_they_were_learned_in(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -727,15 +727,16 @@ class SeasonalBaselines:
         # slice of keys at a time: one call over a million holds the interpreter's lock,
         # and the event loop beside a restore, for a tenth of a second or more.)
         pieces = range(0, count, _LOAD_PIECE)
-        distinct: dict[str, None] = {}
+        # Untrusted until checked (the compiled build checks declared types as it reads).
+        distinct: dict[object, None] = {}
         try:
             for at in pieces:
                 distinct.update(dict.fromkeys(dests[at : at + _LOAD_PIECE]))
         except TypeError:  # a list or an object where a text belongs
             distinct = {}
-        codes = {dest: code for code, dest in enumerate(distinct)}
-        if (count and not codes) or not all(type(dest) is str for dest in codes):
+        if (count and not distinct) or not all(type(dest) is str for dest in distinct):
             raise ValueError("malformed baselines: destinations")
+        codes = {str(dest): code for code, dest in enumerate(distinct)}
         dest_code = np.empty(count, np.intp)
         for at in pieces:
             part = dests[at : at + _LOAD_PIECE]

@@ -585,8 +585,9 @@ class NewDestinationDetector(Detector):
             factor = factors.get(key[0])
             if factor is None:
                 factor = self.factor(key[0])
-            floor = hour_floor * factor
-            day_floor = configured_day_floor * factor
+            # An int when a configured floor is shown as it is (below), a float when scaled.
+            floor: float | int = hour_floor * factor
+            day_floor: float | int = configured_day_floor * factor
             total = sum(entry.bytes for entry in entries) if entries else 0
             block_total = sum(entry.block_bytes for entry in entries) if entries else 0
             # One page per transfer: a spike alert on the same destination already tells it.
