@@ -10,6 +10,7 @@ not rebuilt after an edit).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
@@ -34,6 +35,10 @@ HOT_MODULES = (
 )
 
 
+#: The library holding the compiled modules' code (setup.py's ``group_name``).
+GROUP_LIBRARY = "egressd__mypyc"
+
+
 def compiled_modules() -> list[str]:
     """The hot modules that were imported from a compiled extension."""
     compiled = []
@@ -45,15 +50,23 @@ def compiled_modules() -> list[str]:
 
 
 def stale_modules() -> list[str]:
-    """Compiled hot modules whose ``.py`` source is newer than the extension: an in-place
-    build (``EGRESSD_COMPILE=1 pip install -e .``) that runs old code after an edit."""
+    """Compiled hot modules whose ``.py`` source is newer than the compiled code: an in-place
+    build (``EGRESSD_COMPILE=1 pip install -e .``) that runs old code after an edit.
+
+    The code of every compiled module is in one library (``egressd__mypyc``), rebuilt whenever
+    one of them changes; the per-module files are small stubs the build may leave as they were.
+    """
     stale: list[str] = []
     if not (Path(__file__).resolve().parents[1] / "setup.py").exists():
         return stale  # an installed wheel: its files' times say when pip wrote them
+    spec = importlib.util.find_spec(GROUP_LIBRARY)
+    if spec is None or not spec.origin:
+        return stale
+    built = Path(spec.origin).stat().st_mtime
     for name in compiled_modules():
-        extension = Path(importlib.import_module(name).__file__ or "")
-        source = extension.with_name(extension.name.split(".", 1)[0] + ".py")
-        if source.exists() and source.stat().st_mtime > extension.stat().st_mtime:
+        stub = Path(importlib.import_module(name).__file__ or "")
+        source = stub.with_name(stub.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > built:
             stale.append(name)
     return stale
 

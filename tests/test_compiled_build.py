@@ -21,7 +21,7 @@ from types import ModuleType
 import pytest
 from scenarios import generate_month
 
-from egressd.build_info import HOT_MODULES, compiled_modules
+from egressd.build_info import GROUP_LIBRARY, HOT_MODULES, compiled_modules
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,10 @@ def _setup_module() -> ModuleType:
 
 def test_setup_compiles_the_modules_build_info_reports() -> None:
     compiled = _setup_module().COMPILED
+    # The compiled code's library, whose build time says whether a module is stale.
+    assert (
+        f'group_name="{GROUP_LIBRARY.removesuffix("__mypyc")}"' in (REPO / "setup.py").read_text()
+    )
     names = tuple(path.removesuffix(".py").replace("/", ".") for path in compiled)
     assert names == HOT_MODULES
     for path in compiled:
