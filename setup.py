@@ -107,9 +107,9 @@ def _mypyc_sources(root: Path) -> list[str]:
     for module in COMPILED:
         path = root / module
         path.write_text(_without_slots((HERE / module).read_text()))
-    # pip builds in an environment of its own, before egressd's dependencies are installed:
-    # their types are unknown there (numpy's arrays, msgspec's structs are objects to mypyc
-    # either way), and the strict checks are the development setup's job (mypy in CI).
+    # pip builds in an environment of its own with only the build requirements (pyproject.toml:
+    # mypy, and the libraries whose types the compiled modules use); what other modules import
+    # is unknown there, and the strict checks are the development setup's job (mypy in CI).
     config = root / "mypyc.ini"
     config.write_text("[mypy]\nignore_missing_imports = True\nfollow_imports = silent\n")
     paths = [str((root / module).relative_to(HERE)) for module in COMPILED]
