@@ -46,7 +46,7 @@ from egressd.enrich.labeler import CompositeLabeler, LoadedFile
 from egressd.errors import ConfigError, EgressdError, StateError, StateTooLarge
 from egressd.gctune import settle_long_lived
 from egressd.model import FlowRecord
-from egressd.pipeline import Engine, EngineStats, Partial, Progress
+from egressd.pipeline import WORKER_COUNTERS, Engine, Partial, Progress
 from egressd.replay import build_labeler
 from egressd.sinks.alertlog import AlertLog
 from egressd.sinks.alertmanager import AlertmanagerSink
@@ -275,7 +275,7 @@ class EngineFeed:
         engine = daemon.engine
         stats = engine.stats
         for name, delta in counts.items():
-            if name in _WORKER_COUNTERS and delta > 0:
+            if name in WORKER_COUNTERS and delta > 0:
                 setattr(stats, name, getattr(stats, name) + delta)
         if event_time is not None:
             # A worker's clock cannot push event time past what a record could claim.
@@ -287,14 +287,6 @@ class EngineFeed:
             self.progress.note(after, self.monotonic())
         if alerts:
             daemon.publish(alerts)
-
-
-#: per-record engine counters a worker keeps (egress ones come with the partials)
-_WORKER_COUNTERS = frozenset(
-    f.name
-    for f in dataclasses.fields(EngineStats)
-    if f.type == "int" and f.name not in ("egress_records", "egress_bytes", "intervals_closed")
-)
 
 
 class Daemon:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -161,6 +161,17 @@ class EngineStats:
     duplicate_evictions: int = 0
     #: egress bytes in closed intervals by (group, destination labels)
     egress_by_destination: dict[AggregateKey, int] = field(default_factory=dict)
+
+
+#: The per-record counters of :class:`EngineStats` a NetFlow worker process keeps and sends
+#: its parent (egress ones travel inside the partials; intervals close in the parent). The
+#: field types are compared as text or type: a compiled build's dataclass holds types.
+WORKER_COUNTERS = tuple(
+    f.name
+    for f in fields(EngineStats)
+    if f.type in ("int", int)
+    and f.name not in ("egress_records", "egress_bytes", "intervals_closed")
+)
 
 
 class Engine:

@@ -29,7 +29,6 @@ import struct
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import fields
 from typing import Any
 
 import orjson
@@ -42,7 +41,7 @@ from egressd.enrich.labeler import CompositeLabeler, LoadedFile
 from egressd.errors import DecodeError
 from egressd.gctune import settle_long_lived
 from egressd.partials import PartialCounter, encode_partials
-from egressd.pipeline import EngineStats
+from egressd.pipeline import WORKER_COUNTERS
 from egressd.replay import build_labeler
 from egressd.sources.netflow import BATCH_DATAGRAMS, NetflowSource
 
@@ -69,12 +68,6 @@ SOCKET_METRICS = frozenset(
         "egressd_netflow_receive_buffer_bytes",
         "egressd_netflow_receive_buffer_drops_total",
     }
-)
-#: engine counters a worker adds to the parent's (egress ones travel inside the partials)
-ENGINE_COUNTERS = tuple(
-    f.name
-    for f in fields(EngineStats)
-    if f.type == "int" and f.name not in ("egress_records", "egress_bytes", "intervals_closed")
 )
 
 
@@ -295,7 +288,7 @@ class Worker:
             "records": self.records,
             "errors": self.errors,
             "dropped": self.dropped,
-            "engine": {name: getattr(engine, name) for name in ENGINE_COUNTERS},
+            "engine": {name: getattr(engine, name) for name in WORKER_COUNTERS},
             # The single-process source's decoder metrics, but for those of its socket.
             "samples": [
                 *(
