@@ -1,8 +1,10 @@
 """egressd's build: the hot modules compiled to C with mypyc, from the same Python sources.
 
 A wheel (``pip install .``, ``pip wheel .``) compiles the modules in :data:`COMPILED` with
-mypyc, which turns their type annotations into native code: the per-flow and per-interval
-paths run about 1.5x faster and the rest of the package stays Python. Nothing else changes:
+mypyc, which turns their type annotations into native code: closing intervals (baselines,
+detectors) takes about a third fewer instructions, a sparse replay about 10% fewer in all (its
+JSON parsing and numpy work are native code already), and the rest of the package stays
+Python. Nothing else changes:
 the ``.py`` files ship beside the compiled modules, and the compiled and pure builds give the
 same alerts and the same saved state (tests/test_compiled_build.py replays both).
 
