@@ -411,3 +411,64 @@ def test_a_restore_leaves_room_for_new_keys_so_the_first_does_not_copy_every_rec
     capped = SeasonalBaselines(max_keys=2_000)  # never past max_keys
     capped.load_json(orjson.loads(orjson.dumps(learned.to_json())))
     assert capped._capacity == 2_000
+
+
+_OPS = st.lists(
+    st.one_of(
+        # learn an interval for (group number, destination number) at a time step
+        st.tuples(st.just("learn"), st.integers(0, 2), st.integers(0, 11), st.integers(0, 40)),
+        st.tuples(st.just("idle"), st.integers(0, 40)),
+        st.tuples(st.just("reload"), st.just(0)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_OPS)
+def test_keys_evictions_and_saves_follow_a_model_as_slots_are_reused(
+    ops: list[tuple[object, ...]],
+) -> None:
+    """Slots freed by idle and capacity evictions are reused by new keys: what the baselines
+    hold, the order keys were learned, which keys a full table evicts (least recently seen,
+    ties by learned order) and the saved state must stay what a plain model of the keys
+    says."""
+    cap = 6
+    b = SeasonalBaselines(max_keys=cap)
+    model: dict[tuple[str, str], list[float]] = {}  # key -> [learned number, last seen]
+    learned = 0
+    for op in ops:
+        if op[0] == "learn":
+            _, g, d, step = op
+            key, at = (f"g{g}", f"D{d}"), T0 + 60.0 * float(step)  # type: ignore[arg-type]
+            if key not in model:
+                if len(model) >= cap:
+                    for old in sorted(model, key=lambda k: (model[k][1], model[k][0]))[
+                        : max(1, cap // 10)
+                    ]:
+                        del model[old]
+                learned += 1
+                model[key] = [learned, at]
+            model[key][1] = max(model[key][1], at)
+            b.observe(key, at, 1000.0)
+        elif op[0] == "idle":
+            now = T0 + 60.0 * float(op[1]) + 3600.0  # type: ignore[arg-type]
+            gone = [k for k, (_n, last) in model.items() if last < now - 3600.0]
+            for k in gone:
+                del model[k]
+            assert b.evict_idle(now, idle_timeout=3600.0) == len(gone)
+        else:
+            again = SeasonalBaselines(max_keys=cap)
+            again.load_json(orjson.loads(orjson.dumps(b.to_json())))
+            assert again.to_json() == b.to_json()
+            b = again
+            # a restore numbers keys afresh, in the order they were learned
+            for number, k in enumerate(sorted(model, key=lambda k: model[k][0]), 1):
+                model[k][0] = number
+            learned = len(model)
+        in_order = sorted(model, key=lambda k: model[k][0])
+        assert list(b.keys()) == in_order
+        assert len(b) == len(model)
+        saved = b.to_json()
+        assert stored_keys(saved) == in_order
+        assert sorted(s["destination"] for s in b.summaries()) == sorted(d for _g, d in model)

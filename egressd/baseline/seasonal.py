@@ -162,7 +162,9 @@ class SeasonalBaselines:
 
     The records live side by side in one byte array, a slot per key (reused once its key is
     forgotten), rather than one ``bytearray`` each; the index maps group, then destination
-    text, to a slot, so no (group, destination) tuple is kept per key either. The metrics
+    text, to a slot, so no (group, destination) tuple is kept per key either; a list names
+    each slot's destination (its group's text number is in the slot's labels), so evictions
+    and saves find keys with numpy rather than by walking the index. The metrics
     view evaluates many baselines on the array at once. It grows by doubling up to
     ``max_keys``, and its pages cost memory only once a slot in them is used.
     """
@@ -171,6 +173,7 @@ class SeasonalBaselines:
         "_buf",
         "_capacity",
         "_count",
+        "_dest_of",
         "_extra",
         "_extra_buf",
         "_free",
@@ -203,6 +206,9 @@ class SeasonalBaselines:
         self._used = 0
         #: slots whose key was forgotten, reused first
         self._free: list[int] = []
+        #: the destination of the key in each slot ("" in a free one); with the group's text
+        #: number in the slot's labels, a slot names its key without walking the index
+        self._dest_of: list[str] = []
         #: keys learned so far: a key's number orders keys the way they were first learned
         #: (the state file keeps that order; eviction breaks ties by it)
         self._learned = 0
@@ -254,11 +260,13 @@ class SeasonalBaselines:
             slot = self._free.pop()
             offset = slot * RECORD_SIZE
             self._buf[offset : offset + RECORD_SIZE] = _EMPTY_RECORD
+            self._dest_of[slot] = dest
         else:
             slot = self._used
             if slot >= self._capacity:
                 self._grow(slot + 1)
             self._used = slot + 1
+            self._dest_of.append(dest)
         inner = self._index.get(group)
         if inner is None:
             inner = self._index[group] = {}
@@ -301,13 +309,14 @@ class SeasonalBaselines:
 
     def _release(self, keys: Iterable[BaselineKey]) -> None:
         self.version += 1
-        index, seq, free = self._index, self._seq, self._free
+        index, seq, free, dest_of = self._index, self._seq, self._free, self._dest_of
         for group, dest in keys:
             inner = index[group]
             slot = inner.pop(dest)
             if not inner:
                 del index[group]
             seq[slot] = 0
+            dest_of[slot] = ""
             free.append(slot)
             if self.changed is not None:
                 self.changed.add(slot)
@@ -317,19 +326,25 @@ class SeasonalBaselines:
         inner = self._index.get(key[0])
         return None if inner is None else inner.get(key[1])
 
+    def _live_slots(self, ordered: bool = False) -> np.ndarray[Any, np.dtype[np.intp]]:
+        """The slots that hold a key (a free slot's learned number is 0), in slot order, or
+        in the order their keys were learned if ``ordered``. Numpy alone: at a million keys
+        walking the index instead held the event loop for half a second."""
+        slots = np.flatnonzero(self._seq[: self._used])
+        if ordered:
+            slots = slots[np.argsort(self._seq[slots], kind="stable")]
+        return slots
+
+    def _keys_at(self, slots: np.ndarray[Any, np.dtype[np.intp]]) -> list[BaselineKey]:
+        """The key in each of ``slots`` (each holding one)."""
+        texts, dest_of = self._texts, self._dest_of
+        groups = self._labels[slots, 0].tolist()
+        return [(texts[g], dest_of[s]) for g, s in zip(groups, slots.tolist(), strict=True)]
+
     def _items(self, ordered: bool = False) -> tuple[list[BaselineKey], np.ndarray[Any, Any]]:
         """Every key and its slot; in the order the keys were learned if ``ordered``."""
-        keys = [(group, dest) for group, inner in self._index.items() for dest in inner]
-        slots = np.fromiter(
-            (slot for inner in self._index.values() for slot in inner.values()),
-            np.intp,
-            self._count,
-        )
-        if ordered:
-            order = np.argsort(self._seq[slots], kind="stable")
-            slots = slots[order]
-            keys = [keys[i] for i in order.tolist()]
-        return keys, slots
+        slots = self._live_slots(ordered)
+        return self._keys_at(slots), slots
 
     def record(self, key: BaselineKey) -> bytes | None:
         """The stored record of ``key`` (the state file's bytes), or None."""
@@ -642,8 +657,8 @@ class SeasonalBaselines:
     def evict_idle(self, now: float, idle_timeout: float) -> int:
         """Forget keys not seen for ``idle_timeout``; returns how many."""
         horizon = now - idle_timeout
-        keys, slots = self._items()
-        stale = [keys[i] for i in np.flatnonzero(self._table["last"][slots] < horizon).tolist()]
+        slots = self._live_slots()
+        stale = self._keys_at(slots[self._table["last"][slots] < horizon])
         self._release(stale)
         self.evicted_idle += len(stale)
         return len(stale)
@@ -652,9 +667,9 @@ class SeasonalBaselines:
         # Evict the least recently seen tenth at once so eviction cost is amortised; among
         # keys last seen at the same time, the first learned go first.
         count = max(1, self.max_keys // 10)
-        keys, slots = self._items()
+        slots = self._live_slots()
         order = np.lexsort((self._seq[slots], self._table["last"][slots]))[:count]
-        oldest = [keys[i] for i in order.tolist()]
+        oldest = self._keys_at(slots[order])
         self._release(oldest)
         self.evicted_capacity += len(oldest)
 
@@ -671,21 +686,19 @@ class SeasonalBaselines:
         (:class:`~egressd.baseline.statefile.Base64Records`), whose text the save's thread
         encodes as it writes it.
         """
-        index = self._index
-        groups = list(index)
-        sizes = [len(inner) for inner in index.values()]
-        slots = np.fromiter(
-            (slot for inner in index.values() for slot in inner.values()), np.intp, self._count
-        )
-        order = np.argsort(self._seq[slots], kind="stable")  # the order keys were learned
-        group_of = np.repeat(np.arange(len(groups)), sizes)[order]
-        dests = [dest for inner in index.values() for dest in inner]
-        rows = self._raw.reshape(-1, RECORD_SIZE)[slots[order]]
+        groups = list(self._index)
+        slots = self._live_slots(ordered=True)
+        # A group's number in the file is its place in ``groups``; its slots hold its text's.
+        place = np.zeros(len(self._texts), np.intp)
+        place[[self._text_ids[group] for group in groups]] = np.arange(len(groups))
+        group_of = place[self._labels[slots, 0]]
+        dest_of = self._dest_of
+        rows = self._raw.reshape(-1, RECORD_SIZE)[slots]
         return {
             "format": STATE_FORMAT,
             "groups": groups,
             "group": group_of.tolist(),
-            "dests": [dests[i] for i in order.tolist()],
+            "dests": [dest_of[slot] for slot in slots.tolist()],
             "records": base64.b64encode(rows.tobytes()).decode()
             if records_text
             else Base64Records(rows),
@@ -752,6 +765,7 @@ class SeasonalBaselines:
         self._index = index
         self._count = self._used = self._learned = count
         self._free = []
+        self._dest_of = list(dests)
         self._texts, self._text_ids = [], {}
         extra = _zeroed(capacity * _EXTRA.size)
         columns = extra.view(_EXTRA_DTYPE)
