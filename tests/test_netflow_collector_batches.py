@@ -192,3 +192,36 @@ def test_a_second_worker_group_on_a_port_in_use_is_refused() -> None:
     finally:
         for sock, _inode in sockets:
             sock.close()
+
+
+async def test_datagrams_arriving_one_by_one_are_decoded_together() -> None:
+    """A collector keeping up with a modest rate gathers datagrams before decoding: it
+    decoded each one alone as it came (numpy's fixed cost a call, and a wake-up of its task,
+    per datagram), which cost more than the flows' own decoding."""
+    source = NetflowSource(NetflowSourceConfig(listen="127.0.0.1:0"))
+    calls: list[int] = []
+    decoder = source.decoder
+
+    class Counting:
+        def decode_columns_batch(self, datagrams: list[tuple[bytes, str, float]]) -> object:
+            calls.append(len(datagrams))
+            return decoder.decode_columns_batch(datagrams)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(decoder, name)
+
+    source.decoder = Counting()  # type: ignore[assignment]
+    sink = ColumnsSink()
+    await source.start(sink)
+    try:
+        assert source.bound is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for index in range(6):  # within the submit delay, each read on its own
+                sock.sendto(datagram(index), source.bound)
+                await _until(lambda sent=index + 1: source.stats.units == sent)
+        await _until(lambda: source.stats.records == 6 * FLOWS)
+    finally:
+        await source.stop()
+    assert sum(calls) == 6
+    assert len(calls) <= 2, calls
+    assert sum(len(b) for b in sink.batches) == 6 * FLOWS
