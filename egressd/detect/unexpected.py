@@ -695,6 +695,11 @@ class UnexpectedDestinationDetector(Detector):
         groups: dict[str, list[int]] = {}
         #: per group, the policy's answer for labels without region and ASN (asked once)
         rules: dict[str, frozenset[str] | None] = {}
+        # The entries hold these as objects (Any): one float for every entry of the interval,
+        # one int per value and window. Compiled, a float or int local is a machine number,
+        # boxed anew for each tuple it goes into (three tuples a window and interval: a
+        # compiled window took half as much memory again).
+        stamp: Any = start
         for key, accum in bucket.items():
             size = accum.bytes
             window = windows.get(key)
@@ -723,13 +728,18 @@ class UnexpectedDestinationDetector(Detector):
             if window is not None:
                 held = window.spans
                 span = held[0]
-                span.entries.append((start, size, small, ingress, accum if size else None))
+                size_value: Any = size
+                small_value: Any = small
+                ingress_value: Any = ingress
+                span.entries.append(
+                    (stamp, size_value, small_value, ingress_value, accum if size else None)
+                )
                 span.bytes += size
                 if small:
                     span.small += small
                 if ingress:
                     span.ingress += ingress
-                entry = (start, size, small, ingress)
+                entry: _Entry = (stamp, size_value, small_value, ingress_value)
                 for span in window.longer:
                     span.entries.append(entry)
                     span.bytes += size
@@ -742,7 +752,12 @@ class UnexpectedDestinationDetector(Detector):
                     entries = span.entries
                     if start < span.next_bucket and entries:
                         last = entries[-1]
-                        entries[-1] = (last[0], last[1] + size, last[2] + small, last[3] + ingress)
+                        entries[-1] = (
+                            last[0],
+                            last[1] + size_value,
+                            last[2] + small_value,
+                            last[3] + ingress_value,
+                        )
                     else:
                         entries.append(entry)
                         span.next_bucket = start - start % span.bucket + span.bucket
@@ -779,7 +794,7 @@ class UnexpectedDestinationDetector(Detector):
                 spans = self._groups[group] = [
                     _Span(bucket) for bucket in buckets[: self._reach + 1]
                 ]
-            entry = (start, size, small, ingress)
+            entry = (stamp, size, small, ingress)
             for span in spans:
                 span.add(entry)
         if len(windows) > self._config.max_keys:
