@@ -876,16 +876,28 @@ class Engine:
             targets = [(h << 64) | v for h, v in zip(dst_hi, dst_lo, strict=True)]
             flat = zip(sources, targets, batch.sizes[flowing].tolist(), strict=True)
             talkers_flat = list(itertools.chain.from_iterable(flat))
-        for code, size, flows, packets, small, ingress, count, high in zip(
-            ordered[heads][by_first].tolist(), *sums[:, by_first].tolist(), strict=True
-        ):
-            high *= 3
-            low = high - 3 * flows
-            start = interval_starts[code // key_count]
-            bucket = buckets.get(start)
+        # (typed lists and an index: the compiled build runs the loop on native integers)
+        key_codes: list[int] = ordered[heads][by_first].tolist()
+        per_key: list[list[int]] = sums[:, by_first].tolist()
+        key_bytes, key_flows, key_packets, key_small, key_ingress, key_rows, key_ends = per_key
+        #: each interval's bucket, once its first key has opened it
+        interval_buckets: list[Bucket | None] = [None] * len(interval_starts)
+        for k in range(len(key_codes)):
+            code = key_codes[k]
+            flows = key_flows[k]
+            ingress = key_ingress[k]
+            interval = code // key_count
+            bucket = interval_buckets[interval]
             if bucket is None:
-                bucket = aggregator.bucket(start)
-            key = (names[code % key_count // label_count], labels[code % label_count])
+                start = interval_starts[interval]
+                bucket = buckets.get(start)
+                if bucket is None:
+                    bucket = aggregator.bucket(start)
+                interval_buckets[interval] = bucket
+            code -= interval * key_count
+            key = (names[code // label_count], labels[code % label_count])
+            high = 3 * key_ends[k]
+            low = high - 3 * flows
             accum = bucket.get(key)
             if accum is None:
                 if len(bucket) < max_keys:  # (IntervalAggregator.accum, inlined)
@@ -894,10 +906,10 @@ class Engine:
                     # (most never are); they go into the sketches in flow order, whenever.
                     accum = bucket[key] = Accum(
                         capacity,
-                        size,
-                        packets,
+                        key_bytes[k],
+                        key_packets[k],
                         flows,
-                        small,
+                        key_small[k],
                         ingress,
                         None,
                         None,
@@ -908,14 +920,15 @@ class Engine:
                     continue
                 accum = aggregator.accum(bucket, key)
                 if key not in bucket:  # each of its records was folded
-                    aggregator.folded_records += count - 1
+                    aggregator.folded_records += key_rows[k] - 1
             if ingress:
                 accum.ingress += ingress
             if not flows:
                 continue
-            accum.bytes += size
-            accum.packets += packets
+            accum.bytes += key_bytes[k]
+            accum.packets += key_packets[k]
             accum.flows += flows
+            small = key_small[k]
             if small:
                 accum.small += small
             talkers = accum.talkers
