@@ -579,8 +579,6 @@ class NetflowSource:
                 # are due) before decoding. Decoding and waking this task per datagram, as
                 # a collector keeping up with a modest rate did, cost more than the flows'
                 # own decoding (numpy's fixed cost a call).
-                if flows >= _SUBMIT_FLOWS:
-                    flush()  # what is decoded already makes a batch
                 gathering = True
                 self._wake_slots = gather
                 ready.clear()
