@@ -545,7 +545,7 @@ class NetflowSource:
         due = 0.0  # when ``batch`` goes to the sink even if it stays small
         # datagrams gathered before decoding (queue slots: a quarter of a small queue)
         gather = max(1, min(BATCH_DATAGRAMS, self._queue_size // 4))
-        gathering = False  # waiting for more datagrams (``due`` set by the first)
+        gathering = False  # waited for more datagrams since the last decode
 
         def flush() -> None:
             nonlocal batch, flows, held
@@ -574,11 +574,12 @@ class NetflowSource:
             now = time.monotonic()
             if not held and not gathering:
                 due = now + _SUBMIT_DELAY
-            if self._slots < gather and now < due:
+            if self._slots < gather and now < due and not gathering:
                 # A few datagrams wait: gather up to a batch of them (or until the flows
                 # are due) before decoding. Decoding and waking this task per datagram, as
                 # a collector keeping up with a modest rate did, cost more than the flows'
-                # own decoding (numpy's fixed cost a call).
+                # own decoding (numpy's fixed cost a call). One wait per decode: what is
+                # queued when it ends is decoded, whatever the clock says.
                 gathering = True
                 self._wake_slots = gather
                 ready.clear()
