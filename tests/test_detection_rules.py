@@ -1219,6 +1219,40 @@ def test_a_block_a_page_just_named_does_not_page_again_the_same_day(restart: boo
     assert _firing(_run(engine, later)) == ["EgressNewDestinationVolume DE"]
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_fresh_block_judged_routine_is_that_sites_for_a_day_once_its_transfer_ended(
+    restart: bool,
+) -> None:
+    engine = _grid_engine()
+    # A grid group (1.8 GB an hour to fresh sites in four countries, its first and third day).
+    flows = _usual(3.5) + _grid(0, (13, 16, 19, 22)) + _grid(2, (13, 16, 19, 22))
+    # A new collaborator's test transfer: 1.6 GB within the hour to a block never used,
+    # judged the group's routine novelty (under its bar), no page; then it ends.
+    flows += [_flow(3 * DAY + 10 * HOUR + k * 300 + 150, DE_FRESH, 200 * MB) for k in range(8)]
+    assert _firing(_run(engine, flows)) == []
+    if restart:
+        restored = _grid_engine()
+        restored.restore(engine.snapshot())
+        engine = restored
+    # The bulk in the afternoon: 9 GB in three hours to that site's two endpoints (the second
+    # in another /24 of the block). Without the judgement, the new network pages within the
+    # hour and the day window at 5 GB; the site is the one the group's routine took.
+    bulk = _usual(0.25, start=3.5 * DAY)
+    bulk += [
+        _flow(3 * DAY + 15 * HOUR + k * 300 + 150, ("88.99.77.1", DE_FRESH)[k % 2], 250 * MB)
+        for k in range(36)
+    ]
+    assert _firing(_run(engine, bulk)) == []
+    # A transfer judged routine that goes on (no pause: no test, then bulk) is judged as
+    # before: 1.5 GB an hour for five hours to another fresh block pages on the day window.
+    flows = _usual(0.25, start=3.75 * DAY)
+    flows += [_flow(3 * DAY + 19 * HOUR + k * 300 + 150, "94.130.1.1", 125 * MB) for k in range(60)]
+    fired = [a for a in _run(engine, flows) if a.state == FIRING]
+    assert _firing(fired) == ["EgressNewDestinationVolume DE"]
+    assert fired[0].annotations["window"] == "1d"
+    assert "94.130.1.0/24" in fired[0].annotations["new_prefixes"]
+
+
 def test_a_state_file_cannot_hold_unbounded_or_unreal_paged_blocks() -> None:
     from egressd.detect.newdest import PAGED_BLOCKS_KEPT
 
@@ -1229,6 +1263,15 @@ def test_a_state_file_cannot_hold_unbounded_or_unreal_paged_blocks() -> None:
     detector.load_json({"groups": {"research": group}}, {})
     paged = detector.groups["research"].paged
     assert sorted(paged.values()) == [
+        T0 + n for n in range(3 * PAGED_BLOCKS_KEPT, 4 * PAGED_BLOCKS_KEPT)
+    ]
+    # Blocks judged routine likewise: the latest kept, finite times only.
+    rows = [[f"10.{n}.0.0/16", T0 + n, T0 + n, False] for n in range(4 * PAGED_BLOCKS_KEPT)]
+    rows += [["11.0.0.0/16", math.nan, T0, True], ["12.0.0.0/16", T0, math.inf, True]]
+    group = {"since": T0, "prefixes": [], "routine_blocks": rows}
+    detector.load_json({"groups": {"research": group}}, {})
+    routine = detector.groups["research"].routine
+    assert sorted(judged for judged, _used, _quiet in routine.values()) == [
         T0 + n for n in range(3 * PAGED_BLOCKS_KEPT, 4 * PAGED_BLOCKS_KEPT)
     ]
 

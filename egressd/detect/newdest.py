@@ -45,7 +45,10 @@ which bounds the key's own new-block bar too: a destination whose past fresh blo
 (a grid transfer while learning, or fresh blocks each a little under three times the last) cannot
 hide a fresh network taking more than that within the hour.
 For :data:`PAGED_BLOCK_QUIET` after a page resolves, other networks in the address blocks it
-named are that transfer's, not new (someone has just looked at that block). While a page fires,
+named are that transfer's, not new (someone has just looked at that block); so are, for a day
+after it was judged, those of a fresh block whose bytes within the hour reached the floor and were
+held back by the churn bars, once that block went unused for an hour (the transfer that was judged
+ended: a new collaborator's test transfer, then its bulk). While a page fires,
 a fresh block it is not about that clears the bar for fresh blocks on its own bytes gets an
 alert of its own (label ``dst_block``): one alert per group and destination would hide it.
 """
@@ -97,6 +100,11 @@ GROUP_CHURN_KEPT = 256
 PAGED_BLOCK_QUIET = DAY
 #: blocks remembered per group for that (the least recently paged go first)
 PAGED_BLOCKS_KEPT = 256
+#: a fresh block whose transfer reached the hour floor on its own bytes and was judged the
+#: key's or the group's routine novelty (held back by a churn bar, no page), and that then
+#: went unused for a window's length (the transfer ended): for this long after that judgement
+#: its networks are that site's, not new (a new collaborator's test transfer, then its bulk)
+ROUTINE_BLOCK_QUIET = DAY
 _PREFIX_CACHE = 65_536
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -150,6 +158,7 @@ class _GroupPrefixes:
         "known",
         "paged",
         "prefixes",
+        "routine",
         "since",
     )
 
@@ -174,6 +183,9 @@ class _GroupPrefixes:
         #: address block -> event time a page that named it resolved: for
         #: :data:`PAGED_BLOCK_QUIET` after, its other networks are that transfer's, not new
         self.paged: dict[str, float] = {}
+        #: address block -> (the last time its transfer was judged routine, its last use
+        #: since, whether it is quiet now): see :data:`ROUTINE_BLOCK_QUIET`
+        self.routine: dict[str, tuple[float, float, bool]] = {}
 
     def clock(self, start: float) -> float:
         """The group's clock at ``start``, an interval in which it uses a network.
@@ -431,6 +443,7 @@ class NewDestinationDetector(Detector):
             blocks = tracked.blocks
             known = tracked.known
             paged = tracked.paged
+            holds = tracked.routine
             counting = start - tracked.since >= warm_up
             new_bytes = 0
             block_bytes = 0
@@ -453,6 +466,16 @@ class NewDestinationDetector(Detector):
                 first_use = _use(prefixes, prefix, clock, unseen)
                 block = self._block(prefix)
                 block_first_use = _use(blocks, block, clock, unseen)
+                if holds and counting and clock - first_use < max(fresh_for, day_span):
+                    hold = holds.get(block)
+                    if hold is not None:
+                        if start - hold[0] >= ROUTINE_BLOCK_QUIET:
+                            del holds[block]
+                        elif hold[2] or start - hold[1] >= fresh_for:
+                            holds[block] = (hold[0], start, True)
+                            continue  # the site the group's routine took earlier today
+                        else:
+                            holds[block] = (hold[0], start, False)
                 if (
                     paged
                     and counting
@@ -707,6 +730,8 @@ class NewDestinationDetector(Detector):
                 )
             )
             fire = armed and not window.covered and (fresh or slow)
+            if armed and not fire and block_total >= floor and alert_key not in book_active:
+                self._judged(tracked, entries, floor, now)
             # Kept while the last hour's new-network bytes, at their pace, would bring the
             # day window to half its floor: a transfer that stopped resolves within the hour.
             recent = 0
@@ -1133,6 +1158,30 @@ class NewDestinationDetector(Detector):
             while len(paged) > PAGED_BLOCKS_KEPT:
                 del paged[min(paged, key=paged.__getitem__)]
 
+    def _judged(
+        self, tracked: _GroupPrefixes, entries: deque[_Entry], floor: float, now: float
+    ) -> None:
+        """The fresh blocks of a window that reached ``floor`` on their own bytes and did not
+        page: judged routine at ``now`` (see :data:`ROUTINE_BLOCK_QUIET`)."""
+        sizes: dict[str, int] = {}
+        used: dict[str, float] = {}
+        for entry in entries:
+            if entry.blocks:
+                for block, size in entry.blocks.items():
+                    sizes[block] = sizes.get(block, 0) + size
+                    used[block] = entry.start
+        holds = tracked.routine
+        for block, size in sizes.items():
+            if size >= floor:
+                hold = holds.get(block)
+                last = used[block] if hold is None else max(hold[1], used[block])
+                holds[block] = (now, last, hold is not None and hold[2])
+        if len(holds) > PAGED_BLOCKS_KEPT:
+            for block in [b for b, h in holds.items() if now - h[0] >= ROUTINE_BLOCK_QUIET]:
+                del holds[block]
+            while len(holds) > PAGED_BLOCKS_KEPT:
+                del holds[min(holds, key=lambda b: holds[b][0])]
+
     def _learn(
         self,
         key: AggregateKey,
@@ -1292,6 +1341,10 @@ class NewDestinationDetector(Detector):
                     "prefixes": [[p, first, last] for p, (first, last) in tracked.prefixes.items()],
                     "blocks": [[b, first, last] for b, (first, last) in tracked.blocks.items()],
                     "paged_blocks": [[b, when] for b, when in tracked.paged.items()],
+                    "routine_blocks": [
+                        [b, judged, used, quiet]
+                        for b, (judged, used, quiet) in tracked.routine.items()
+                    ],
                 }
                 for group, tracked in self.groups.items()
             },
@@ -1338,6 +1391,17 @@ class NewDestinationDetector(Detector):
                 for when, block in sorted(p for p in paged if math.isfinite(p[0]))[
                     -PAGED_BLOCKS_KEPT:
                 ]
+            }
+            # (a state written before routine blocks were kept: none)
+            routine = [
+                (float(judged), float(used), bool(quiet), str(block))
+                for block, judged, used, quiet in item.get("routine_blocks", [])
+            ]
+            tracked.routine = {
+                block: (judged, used, quiet)
+                for judged, used, quiet, block in sorted(
+                    r for r in routine if math.isfinite(r[0]) and math.isfinite(r[1])
+                )[-PAGED_BLOCKS_KEPT:]
             }
             groups[str(group)] = tracked
         self.groups = groups
