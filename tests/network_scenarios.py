@@ -1456,8 +1456,9 @@ BELOW_DEFAULT_FLOORS: dict[str, tuple[str, ...]] = {"institute": ()}
 #: (alertname, group, country, or "" for any)
 KNOWN_FALSE_PAGES = {
     "institute": (
-        # Grid transfers and new collaborators: GBs within the hour to research networks the
-        # cluster had not used this month, in listed countries. The group's learned bar for
+        # Grid transfers: GBs within the hour to research networks the cluster had not used
+        # this month, in listed countries (a new collaborator's bulk, after its test transfer
+        # was judged routine, is that site's and does not page). The group's learned bar for
         # fresh address blocks goes to 5 GB an hour at most (a fresh VPS must still page), and
         # most of these carry more within the hour, or 5 GB within the day.
         (NEW_DESTINATION, "hpc", ""),
