@@ -428,6 +428,18 @@ class SeasonalBaselines:
         # Keys come grouped by group, mostly: the group's index is looked up once per run.
         group: str | None = None
         inner: dict[str, int] = {}
+        # The record's fields as the numbers they are: compiled, a name left to the unpack's
+        # (untyped) tuple makes every comparison and sum below a generic object operation.
+        first: float
+        last: float
+        level: float
+        spread: float
+        n: int
+        s_level: float
+        s_spread: float
+        s_n: int
+        peak: float
+        raised: float
         for (key_group, dest), byte_count in items:
             if key_group is not group:
                 group = key_group
