@@ -99,88 +99,6 @@ class Accum(msgspec.Struct, gc=False, eq=False):
             self.settle()
         self._destinations = sketch
 
-    def heaviest(self, n: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-        """The :func:`heaviest_items` of the sources' and the destinations' sketch.
-
-        While the talkers wait and no sketch would evict (at most ``capacity`` distinct
-        addresses each), the sketches would hold the exact sums in first-flow order: those
-        are summed by address value and only the ``n`` picked get their text (a window's
-        expiry reads the few heaviest of each interval leaving its first span). The talkers
-        stay: a later read of the sketches makes them as ever.
-        """
-        talkers = self.talkers
-        if talkers is not None and self._sources is None and self._destinations is None:
-            count = len(talkers)
-            if count <= 3 * min(n, self.capacity):
-                # At most n distinct talkers each, none evicted: all of them, summed, in
-                # first-flow order (by text: one text per address value).
-                texts = _TEXTS
-                by_source: dict[str, int] = {}
-                by_target: dict[str, int] = {}
-                for index in range(0, count, 3):
-                    value = talkers[index]
-                    source = texts.get(value) or _text(value)
-                    value = talkers[index + 1]
-                    target = texts.get(value) or _text(value)
-                    weight = talkers[index + 2]
-                    by_source[source] = by_source.get(source, 0) + weight
-                    by_target[target] = by_target.get(target, 0) + weight
-                return list(by_source.items()), list(by_target.items())
-            sources: dict[int, int] = {}
-            destinations: dict[int, int] = {}
-            source_sum = sources.get
-            destination_sum = destinations.get
-            flows = iter(talkers)
-            for src, dst, size in zip(flows, flows, flows, strict=True):
-                sources[src] = source_sum(src, 0) + size
-                destinations[dst] = destination_sum(dst, 0) + size
-            if len(sources) <= self.capacity and len(destinations) <= self.capacity:
-                return (
-                    _with_texts(heaviest_items(sources, n)),
-                    _with_texts(heaviest_items(destinations, n)),
-                )
-        return heaviest_items(self.sources.counts, n), heaviest_items(self.destinations.counts, n)
-
-    def add_heaviest(self, n: int, sources: TopK, destinations: TopK) -> None:
-        """Add :meth:`heaviest` of each sketch to ``sources`` and ``destinations`` (a window's
-        long-term evidence), in order; an interval of one flow (a third of a sparse
-        network's) without the lists."""
-        talkers = self.talkers
-        if (
-            talkers is not None
-            and len(talkers) == 3
-            and self._sources is None
-            and self._destinations is None
-        ):
-            sources.add(_text(talkers[0]), talkers[2])
-            destinations.add(_text(talkers[1]), talkers[2])
-            return
-        heavy_sources, heavy_destinations = self.heaviest(n)
-        sources.add_distinct(heavy_sources)
-        destinations.add_distinct(heavy_destinations)
-
-    def destinations_at_least(self, least: float) -> list[tuple[str, int]]:
-        """The destinations' sketch's (address, count) pairs of at least ``least``, in its
-        order.
-
-        While the talkers wait and their distinct destinations fit the sketch (it would
-        hold their exact sums in first-flow order), those are summed by address value and
-        only the pairs kept get their text; the sketches are left to be made when read.
-        """
-        talkers = self.talkers
-        if talkers is not None and self._sources is None and self._destinations is None:
-            if len(talkers) == 3:
-                size = talkers[2]
-                return [(_text(talkers[1]), size)] if size >= least else []
-            sums: dict[int, int] = {}
-            get = sums.get
-            for index in range(1, len(talkers), 3):
-                dst = talkers[index]
-                sums[dst] = get(dst, 0) + talkers[index + 1]
-            if len(sums) <= self.capacity:
-                return [(_text(value), size) for value, size in sums.items() if size >= least]
-        return [item for item in self.destinations.counts.items() if item[1] >= least]
-
     def settle(self) -> None:
         """Add :attr:`talkers` to the sketches, in order, as adding each flow would."""
         talkers = self.talkers
@@ -287,7 +205,7 @@ def heaviest_items(counts: dict[_Item, int], n: int) -> list[tuple[_Item, int]]:
 _WEIGHT = itemgetter(1)
 
 
-def _text(value: int) -> str:
+def value_text(value: int) -> str:
     """The text of an address value, from (and into) :data:`_TEXTS`."""
     texts = _TEXTS
     text = texts.get(value)
@@ -298,7 +216,7 @@ def _text(value: int) -> str:
     return text
 
 
-def _with_texts(pairs: list[tuple[int, int]]) -> list[tuple[str, int]]:
+def with_texts(pairs: list[tuple[int, int]]) -> list[tuple[str, int]]:
     """``pairs`` of (address value, weight) with each address's text instead."""
     texts = _TEXTS
     if len(texts) > KNOWN_TEXTS:

@@ -10,6 +10,8 @@ import pytest
 
 from egressd.aggregate import Accum, IntervalAggregator, heaviest_items
 from egressd.columns import address_text
+from egressd.detect.newdest import destinations_at_least
+from egressd.detect.unexpected import add_heaviest, heaviest
 from egressd.enrich import DestinationLabels
 from egressd.sketch import TopK
 
@@ -164,13 +166,13 @@ def test_the_heaviest_talkers_are_the_sketches_heaviest(sources: int, destinatio
         accum = _waiting(flows, 16)
         expected_sources, expected_destinations = _added(flows, 16)
         for n in (2, 4, 16):
-            assert accum.heaviest(n) == (
+            assert heaviest(accum, n) == (
                 heaviest_items(expected_sources.counts, n),
                 heaviest_items(expected_destinations.counts, n),
             )
         # the talkers still wait for whoever reads the sketches themselves
         assert list(accum.sources.counts.items()) == list(expected_sources.counts.items())
-        assert accum.heaviest(4) == (
+        assert heaviest(accum, 4) == (
             heaviest_items(expected_sources.counts, 4),
             heaviest_items(expected_destinations.counts, 4),
         )
@@ -188,10 +190,10 @@ def test_destinations_at_least_are_the_sketchs_and_leave_the_talkers_waiting(
         for least in (0, 5_000, 20_000):
             want = [(item, size) for item, size in expected.counts.items() if size >= least]
             accum = _waiting(flows, 16)
-            assert accum.destinations_at_least(least) == want
+            assert destinations_at_least(accum, least) == want
             # the sketches are made only when read, as ever (read here: the same answer)
             assert list(accum.destinations.counts.items()) == list(expected.counts.items())
-            assert accum.destinations_at_least(least) == want
+            assert destinations_at_least(accum, least) == want
 
 
 @pytest.mark.parametrize(("count", "sources", "destinations"), [(1, 1, 1), (4, 2, 3), (60, 40, 6)])
@@ -207,8 +209,8 @@ def test_add_heaviest_adds_the_heaviest_talkers_in_order(
             for index in range(4):
                 sketch.add(f"192.0.2.{index}", 3_000 + index)
         accum = _waiting(flows, 16)
-        accum.add_heaviest(4, *taken)
-        for sketch, pairs in zip(added, _waiting(flows, 16).heaviest(4), strict=True):
+        add_heaviest(accum, 4, *taken)
+        for sketch, pairs in zip(added, heaviest(_waiting(flows, 16), 4), strict=True):
             for item, weight in pairs:
                 sketch.add(item, weight)
         assert [list(s.counts.items()) for s in taken] == [list(s.counts.items()) for s in added]
@@ -220,7 +222,7 @@ def test_one_flows_heaviest_talkers_are_its_own() -> None:
     flows = _flows(7, 1, 1, 1)
     accum = _waiting(flows, 16)
     expected_sources, expected_destinations = _added(flows, 16)
-    assert accum.heaviest(4) == (
+    assert heaviest(accum, 4) == (
         list(expected_sources.counts.items()),
         list(expected_destinations.counts.items()),
     )

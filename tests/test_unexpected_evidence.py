@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from egressd.aggregate import Accum
 from egressd.config import parse_config
 from egressd.detect.alerts import Alert, AlertBook
-from egressd.detect.unexpected import UnexpectedDestinationDetector, _Span, _Window
+from egressd.detect.unexpected import UnexpectedDestinationDetector, _Span, _Window, add_heaviest
 from egressd.enrich import DestinationLabels
 from egressd.enrich.embedded import EmbeddedCountryLabeler
 from egressd.model import FlowRecord
@@ -255,7 +255,7 @@ def test_expiring_keeps_what_each_span_holds_and_merges_what_left_the_first() ->
             if left and window.spans[-1].bytes >= heavy:
                 for entry in left:
                     if entry[4] is not None:
-                        entry[4].add_heaviest(4, sources, destinations)
+                        add_heaviest(entry[4], 4, sources, destinations)
             assert window.sources.counts == sources.counts
             assert window.destinations.counts == destinations.counts
 
@@ -287,7 +287,7 @@ def test_captured_evidence_stays_as_it_was_while_merges_wait_and_happen() -> Non
                 if window.spans[-1].bytes >= heavy:
                     for entry in before:
                         if entry[0] < now - lengths[0] and entry[4] is not None:
-                            entry[4].add_heaviest(4, model_sources, model_destinations)
+                            add_heaviest(entry[4], 4, model_sources, model_destinations)
             expected_sources, expected_destinations = TopK(64), TopK(64)
             expected_sources.merge(model_sources)
             expected_destinations.merge(model_destinations)

@@ -63,7 +63,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from egressd.aggregate import AggregateKey, Bucket
+from egressd.aggregate import Accum, AggregateKey, Bucket, value_text
 from egressd.baseline.grouprate import GroupRates
 from egressd.cache import BoundedCache
 from egressd.config import DetectionConfig
@@ -110,6 +110,40 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 #: (a day churn's insertion rank if it had none: last)
 _UNRANKED = (1 << 62, 0)
+
+
+def destinations_at_least(accum: Accum, least: float) -> list[tuple[str, int]]:
+    """``accum``'s destinations' sketch's (address, count) pairs of at least ``least``, in
+    its order.
+
+    While the talkers wait and their distinct destinations fit the sketch (it would hold
+    their exact sums in first-flow order), those are summed by address value, a run of one
+    destination at a time (the same sums in the same first-flow order), and only the pairs
+    kept get their text; the sketches are left to be made when read. (Here, not a method of
+    the accumulator: this module is compiled in the compiled build, the accumulators' is
+    not; their own fields are read, not through a Python property.)
+    """
+    talkers = accum.talkers
+    if talkers is not None and accum._sources is None and accum._destinations is None:
+        count = len(talkers)
+        if count == 3:
+            size = talkers[2]
+            return [(value_text(talkers[1]), size)] if size >= least else []
+        sums: dict[int, int] = {}
+        dst = talkers[1]
+        run = 0
+        for index in range(1, count, 3):
+            value = talkers[index]
+            if value == dst:
+                run += talkers[index + 1]
+            else:
+                sums[dst] = sums.get(dst, 0) + run
+                dst = value
+                run = talkers[index + 1]
+        sums[dst] = sums.get(dst, 0) + run
+        if len(sums) <= accum.capacity:
+            return [(value_text(value), size) for value, size in sums.items() if size >= least]
+    return [item for item in accum.destinations.counts.items() if item[1] >= least]
 
 
 def _use(table: dict[str, tuple[float, float]], key: str, clock: float, unseen: float) -> float:
@@ -453,7 +487,7 @@ class NewDestinationDetector(Detector):
             day_block = 0
             day_destinations: TopK | None = None
             clock = -math.inf  # the group's clock, read at its first used address
-            for address, weight in accum.destinations_at_least(use_min):
+            for address, weight in destinations_at_least(accum, use_min):
                 if clock == -math.inf:
                     clock = tracked.clock(start)
                     if counting and tracked.counting_from is None:

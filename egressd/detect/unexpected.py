@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from typing import Any
 
-from egressd.aggregate import Accum, AggregateKey, Bucket
+from egressd.aggregate import Accum, AggregateKey, Bucket, heaviest_items, value_text, with_texts
 from egressd.baseline.grouprate import GroupRates
 from egressd.baseline.seasonal import SeasonalBaselines
 from egressd.config import DetectionConfig
@@ -343,7 +343,7 @@ class _Window:
             self._pending = []
             self._pending_size = 0
         for accum in pending:
-            accum.add_heaviest(_EVIDENCE_ITEMS, sources, destinations)
+            add_heaviest(accum, _EVIDENCE_ITEMS, sources, destinations)
 
     @property
     def entries(self) -> deque[_Entry]:
@@ -378,7 +378,9 @@ class _Window:
         if credit is None:
             return
         until = self.paid_until
-        for span, paid, horizon in zip(self.spans, credit, horizons, strict=True):
+        for index, span in enumerate(self.spans):  # (see collect: not zip)
+            paid = credit[index]
+            horizon = horizons[index]
             for entry in span.entries:
                 start = entry[0]
                 if start >= horizon or start >= until:
@@ -479,7 +481,7 @@ class _Window:
             else:
                 sources, destinations = sources.copy(), destinations.copy()
                 for accum in pending[:waiting]:
-                    accum.add_heaviest(_EVIDENCE_ITEMS, sources, destinations)
+                    add_heaviest(accum, _EVIDENCE_ITEMS, sources, destinations)
         return _build_evidence(sources, destinations, entries)
 
     def forget_evidence(self) -> None:
@@ -507,6 +509,100 @@ def _build_evidence(
             sources.merge(accum.sources)
             destinations.merge(accum.destinations)
     return sources, destinations
+
+
+def heaviest(accum: Accum, n: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The :func:`~egressd.aggregate.heaviest_items` of ``accum``'s sources' and destinations'
+    sketch.
+
+    While its talkers wait and no sketch would evict (at most ``capacity`` distinct addresses
+    each), the sketches would hold the exact sums in first-flow order: those are summed by
+    address value and only the ``n`` picked get their text (a window's expiry reads the few
+    heaviest of each interval leaving its first span). The talkers stay: a later read of the
+    sketches makes them as ever. (Here, not a method of the accumulator: this module is
+    compiled in the compiled build, the accumulators' is not.)
+    """
+    talkers = accum.talkers
+    # (the accumulator's own fields read, not through a Python property: a call of Python
+    # from compiled code)
+    if talkers is not None and accum._sources is None and accum._destinations is None:
+        count = len(talkers)
+        if count <= 3 * min(n, accum.capacity):
+            # At most n distinct talkers each, none evicted: all of them, summed, in
+            # first-flow order (by text: one text per address value).
+            by_source: dict[str, int] = {}
+            by_target: dict[str, int] = {}
+            for index in range(0, count, 3):
+                source = value_text(talkers[index])
+                target = value_text(talkers[index + 1])
+                weight = talkers[index + 2]
+                by_source[source] = by_source.get(source, 0) + weight
+                by_target[target] = by_target.get(target, 0) + weight
+            return list(by_source.items()), list(by_target.items())
+        # Summed a run of one talker at a time (a key's flows mostly come in runs of one
+        # source or destination): a dict update per run, not per flow, and the same sums in
+        # the same first-flow order (a talker's first run ends before any later one's).
+        sources: dict[int, int] = {}
+        destinations: dict[int, int] = {}
+        src = talkers[0]
+        dst = talkers[1]
+        src_sum = dst_sum = 0
+        for index in range(0, count, 3):
+            size = talkers[index + 2]
+            value = talkers[index]
+            if value == src:
+                src_sum += size
+            else:
+                sources[src] = sources.get(src, 0) + src_sum
+                src = value
+                src_sum = size
+            value = talkers[index + 1]
+            if value == dst:
+                dst_sum += size
+            else:
+                destinations[dst] = destinations.get(dst, 0) + dst_sum
+                dst = value
+                dst_sum = size
+        sources[src] = sources.get(src, 0) + src_sum
+        destinations[dst] = destinations.get(dst, 0) + dst_sum
+        capacity = accum.capacity
+        if len(sources) <= capacity and len(destinations) <= capacity:
+            return (
+                with_texts(heaviest_items(sources, n)),
+                with_texts(heaviest_items(destinations, n)),
+            )
+    return heaviest_items(accum.sources.counts, n), heaviest_items(accum.destinations.counts, n)
+
+
+def add_heaviest(accum: Accum, n: int, sources: TopK, destinations: TopK) -> None:
+    """Add :func:`heaviest` of ``accum``'s sketches to ``sources`` and ``destinations`` (a
+    window's long-term evidence), in order; an interval of one flow (a third of a sparse
+    network's) without the lists."""
+    talkers = accum.talkers
+    if (
+        talkers is not None
+        and len(talkers) == 3
+        and accum._sources is None
+        and accum._destinations is None
+    ):
+        sources.add(value_text(talkers[0]), talkers[2])
+        destinations.add(value_text(talkers[1]), talkers[2])
+        return
+    heavy_sources, heavy_destinations = heaviest(accum, n)
+    _add_each(sources, heavy_sources)
+    _add_each(destinations, heavy_destinations)
+
+
+def _add_each(sketch: TopK, pairs: list[tuple[str, int]]) -> None:
+    """``sketch.add`` of each (item, weight) pair in order (:meth:`TopK.add_distinct`), an
+    item the sketch holds summed here without the call."""
+    counts = sketch.counts
+    for item, weight in pairs:
+        current = counts.get(item)
+        if current is not None:
+            counts[item] = current + weight
+        else:
+            sketch.add(item, weight)
 
 
 def _by_key(item: tuple[AggregateKey, _Window]) -> tuple[str, str]:
@@ -684,9 +780,9 @@ class UnexpectedDestinationDetector(Detector):
         dust, floors, lowest = self._limits
         # A small group's floors are lower (its factor, at most 1, asked once per interval):
         # under the least any group's can be, nothing to ask.
-        self._factors = {}
+        factors: dict[str, float] = {}
+        self._factors = factors
         self._group_levels = {}
-        factor = self.factor
         config = self._config
         shrinks = config.unexpected_floors_scale_below > 0
         least = config.unexpected_floors_lowest_factor if shrinks else 1.0
@@ -718,7 +814,7 @@ class UnexpectedDestinationDetector(Detector):
                         rule = rules[group] = policy.country_rule(group, start)
                     if rule is None or dest.country in rule:
                         continue
-                if size >= dust or (size >= dust_least and size >= dust * factor(key[0])):
+                if size >= dust or (size >= dust_least and size >= dust * self.factor(key[0])):
                     window = windows[key] = _Window(count, buckets)
                 small, ingress = accum.small, accum.ingress
             else:
@@ -773,9 +869,15 @@ class UnexpectedDestinationDetector(Detector):
                     if window.alerting:
                         touched.append((key, window))
                     elif held[-1].bytes >= lowest_least:
-                        g = factor(key[0])
-                        for span, floor in zip(held, floors, strict=True):
-                            if span.bytes >= floor * g:
+                        # (the factor's cache read here: a compiled call of a bound method
+                        # held in a local goes through Python's generic call)
+                        g = factors.get(key[0], -1.0)
+                        if g < 0.0:
+                            g = self.factor(key[0])
+                        # (enumerate, not zip(strict=True): compiled, a zip with keywords
+                        # is a Python call and iterator, one without is a C loop)
+                        for index, span in enumerate(held):
+                            if span.bytes >= floors[index] * g:
                                 touched.append((key, window))
                                 break
             total = groups.get(key[0])
@@ -911,18 +1013,17 @@ class UnexpectedDestinationDetector(Detector):
         # Windows halfway to the longest window's floor might still page: keep evidence.
         heavy = spans[-1][1] // 2
         reach_least = self._reach
-        expire = self._expire
-        factor = self.factor
+        # (methods called as such, not held in locals: compiled, a held bound method is
+        # called through Python's generic call, a method call is a C call)
         factors = self._factors  # (what factor asked of the rates this interval)
         if sweep:
             for key, window in list(windows.items()):
                 if not window.alerting:
-                    expire(window, horizons, int(heavy * factor(key[0])))
+                    self._expire(window, horizons, int(heavy * self.factor(key[0])))
                     if not window.entries:
                         del windows[key]
             if reach_least < len(spans) - 1:
                 self.measure_bars()
-        levels = self._levels
         touched = self._touched
         self._touched = []
         # In key order, not bucket order (one process and a scale-out's partials fill buckets
@@ -941,18 +1042,18 @@ class UnexpectedDestinationDetector(Detector):
             group, dest = key
             g = factors.get(group)
             if g is None:
-                g = factor(group)
+                g = self.factor(group)
             if not window.alerting and (sweep or window.touched != now):
                 # Fast path: the sums before expiring bound the sums after; under every
                 # floor nothing can fire (expiring waits for the hourly sweep). A window that
                 # took an entry this interval was let in by collect with the same sums and
                 # factor, unless the sweep expired it since.
-                for span, floor in zip(window.spans, floors, strict=True):
-                    if span.bytes >= floor * g:
+                for index, span in enumerate(window.spans):  # (see collect: not zip)
+                    if span.bytes >= floors[index] * g:
                         break
                 else:
                     continue
-            expire(window, horizons, int(heavy * g))
+            self._expire(window, horizons, int(heavy * g))
             alert_key: AlertKey = (UNEXPECTED, group, dest.key)
             if not window.alerting and group in fanout_last and alert_key not in active:
                 # The group's fan-out page covers this destination: it cannot fire (below).
@@ -977,7 +1078,9 @@ class UnexpectedDestinationDetector(Detector):
                     # from a new CDN edge is no page for a small group either.
                     total = span.upload(fraction, total)
                 totals.append(total)
-                if total >= (configured * g if index <= reach_least else levels(group, g)[index]):
+                if total >= (
+                    configured * g if index <= reach_least else self._levels(group, g)[index]
+                ):
                     fire_index = index
                     break
             # Kept as with the configured floors, or while the upload goes on at the group's:
@@ -1006,7 +1109,9 @@ class UnexpectedDestinationDetector(Detector):
             keep = fire_index >= 0 or sending
             shown = fire_index if fire_index >= 0 else 0
             # The floor this group's page is judged by (and shows).
-            floor = round(spans[shown][1] * g if shown <= reach_least else levels(group, g)[shown])
+            floor = round(
+                spans[shown][1] * g if shown <= reach_least else self._levels(group, g)[shown]
+            )
 
             # Evidence of a firing alert is rebuilt when its total grew by a tenth of the
             # floor, not at every interval of a day-long window: an alert held open with
